@@ -1,0 +1,357 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-3-Clause) */
+/*
+ * cenalloc virtio device wire protocol (virtio device ID 37, VIRTIO_ID_DMABUF).
+ *
+ * This header is the one definition of the protocol between the guest driver
+ * (cenalloc.ko) and the device back-end (cenallocd). The Rust mirror lives in
+ * src/protocol.rs and a test (tests/protocol_layout.rs) compiles a C program
+ * against this file and checks every size, offset and constant.
+ *
+ * All fields are little-endian. Every struct has a fixed size that is a
+ * multiple of 8 bytes, with explicit padding that must be zero.
+ *
+ * Queues
+ *   0: control queue. One descriptor chain carries one batch: the readable
+ *      part holds a struct cenalloc_batch_hdr followed by num_cmds commands;
+ *      the writable part receives a struct cenalloc_batch_resp followed, for
+ *      each command in order, by a struct cenalloc_resp_hdr and a response
+ *      payload slot of exactly the resp_len bytes the command asked for.
+ *      Commands run in order; the first failure stops the batch and every
+ *      later command is answered -ECANCELED.
+ *   1: event queue. The driver posts writable buffers of at least
+ *      sizeof(struct cenalloc_event); the device fills one event per buffer.
+ *
+ * A command is a struct cenalloc_cmd_hdr followed by len payload bytes.
+ *
+ * Batch references: in an id field of a command, the value
+ * CENALLOC_BATCH_REF | i names the id produced by command i (0-based) of the
+ * same batch (the buffer id of a CREATE, the attachment id of an ATTACH).
+ * Ids handed out by the device never have CENALLOC_BATCH_REF set and are
+ * never 0.
+ *
+ * Status values are 0 or a negative Linux errno stored as a two's complement
+ * __le32.
+ */
+#ifndef CENALLOC_PROTO_H
+#define CENALLOC_PROTO_H
+
+#ifdef __KERNEL__
+#include <linux/types.h>
+#else
+#include <stdint.h>
+typedef uint16_t __le16;
+typedef uint32_t __le32;
+typedef uint64_t __le64;
+#endif
+
+#define VIRTIO_ID_DMABUF		37
+#define CENALLOC_PROTOCOL_VERSION	1
+
+#define CENALLOC_VQ_CONTROL		0
+#define CENALLOC_VQ_EVENT		1
+#define CENALLOC_NUM_VQS		2
+
+#define CENALLOC_PAGE_SIZE		4096
+
+/* Limits of the protocol itself (the device may announce smaller ones). */
+#define CENALLOC_MAX_POOLS		8	/* pools in config space */
+#define CENALLOC_MAX_MAP_TYPES		8	/* importer list in ATTACH */
+#define CENALLOC_MAX_BATCH		64	/* commands in one chain */
+#define CENALLOC_MAX_POOL_RANGES	256	/* ranges in one POOL_ADD */
+#define CENALLOC_NAME_LEN		16
+
+#define CENALLOC_BATCH_REF		0x80000000u
+
+/*
+ * Memory kinds: the bits of a constraint mask. A device's mask is the set of
+ * kinds it can access; an allocator serves one or more kinds; a buffer's
+ * access mask is the intersection of its attachments' masks. Bits 0-7 are
+ * the well-known kinds; bits 8-31 are free for a pool configuration.
+ */
+#define CENALLOC_KIND_SYSTEM		(1u << 0) /* pages anywhere in guest RAM */
+#define CENALLOC_KIND_CONTIG		(1u << 1) /* physically contiguous */
+#define CENALLOC_KIND_DMA32		(1u << 2) /* pages below 4 GiB */
+#define CENALLOC_KIND_CONTIG_DMA32	(1u << 3) /* contiguous, below 4 GiB */
+#define CENALLOC_KIND_WELL_KNOWN	0x000000ffu
+#define CENALLOC_KIND_CUSTOM		0xffffff00u
+#define CENALLOC_MASK_ANY		0xffffffffu
+
+/*
+ * Mapping types, negotiated at ATTACH: the device walks its own (exporter)
+ * list in priority order and picks the first type the importer also lists
+ * and that can serve the buffer.
+ */
+#define CENALLOC_MAP_SG			1 /* scatter-gather list of segments */
+#define CENALLOC_MAP_CONTIG		2 /* one contiguous physical range */
+#define CENALLOC_MAP_PRIVATE_FIRST	0x8000 /* opaque driver-private types */
+#define CENALLOC_MAP_PRIVATE_LAST	0xffff
+
+/* Pool placement flags (config space) and allocator flags (GET_INFO). */
+#define CENALLOC_PLACE_CONTIG		(1u << 0) /* one physically contiguous extent per range */
+#define CENALLOC_PLACE_DMA32		(1u << 1) /* every range below 4 GiB */
+
+/* ---------------------------------------------------------------------- */
+/* Config space, read by the driver at probe.                              */
+
+struct cenalloc_config_pool {
+	__le32 kinds;		/* CENALLOC_KIND_* served by this pool */
+	__le32 placement;	/* CENALLOC_PLACE_* the donated memory must fit */
+	__le64 size;		/* bytes the device asks the guest to donate */
+	__le32 align;		/* required alignment of each range, bytes (power of 2) */
+	__le32 reserved;
+	char name[CENALLOC_NAME_LEN];	/* NUL-padded */
+};
+
+struct cenalloc_config {
+	__le32 version;			/* CENALLOC_PROTOCOL_VERSION */
+	__le32 num_pools;		/* valid entries in pools[] */
+	__le32 max_buffers;
+	__le32 max_attachments;		/* per buffer */
+	__le64 max_buffer_size;		/* bytes */
+	__le64 max_total_bytes;		/* all backing together */
+	__le32 max_batch;		/* commands per chain */
+	__le32 max_segments;		/* segments one MAP can return */
+	struct cenalloc_config_pool pools[CENALLOC_MAX_POOLS];
+};
+
+/* ---------------------------------------------------------------------- */
+/* Control queue framing.                                                  */
+
+struct cenalloc_batch_hdr {
+	__le32 num_cmds;	/* 1..max_batch */
+	__le32 reserved;
+};
+
+struct cenalloc_batch_resp {
+	__le32 status;		/* 0, or the status of the first failed command */
+	__le32 num_done;	/* commands that succeeded */
+};
+
+struct cenalloc_cmd_hdr {
+	__le16 opcode;		/* CENALLOC_CMD_* */
+	__le16 flags;		/* must be 0 */
+	__le32 len;		/* payload bytes after this header, multiple of 8 */
+	__le32 resp_len;	/* response payload slot bytes, multiple of 8 */
+	__le32 reserved;
+};
+
+struct cenalloc_resp_hdr {
+	__le32 status;		/* 0 or -errno */
+	__le32 len;		/* payload bytes written into the slot */
+	__le32 needed;		/* with -ENOSPC: payload bytes the answer needs */
+	__le32 reserved;
+};
+
+enum cenalloc_opcode {
+	CENALLOC_CMD_GET_INFO = 1,
+	CENALLOC_CMD_POOL_ADD = 2,
+	CENALLOC_CMD_CREATE = 3,
+	CENALLOC_CMD_ATTACH = 4,
+	CENALLOC_CMD_DETACH = 5,
+	CENALLOC_CMD_MAP = 6,
+	CENALLOC_CMD_UNMAP = 7,
+	CENALLOC_CMD_FREE = 8,
+	CENALLOC_CMD_PHYS = 9,
+	CENALLOC_CMD_SYNC = 10,
+	CENALLOC_CMD_STATS = 11,
+	CENALLOC_CMD_FILL = 12,
+	CENALLOC_CMD_CHECKSUM = 13,
+};
+
+/* ---------------------------------------------------------------------- */
+/* Payloads. "req" follows the cmd header, "resp" goes in the resp slot.   */
+
+/* GET_INFO: no request payload. */
+struct cenalloc_info_resp {
+	__le32 version;
+	__le32 num_allocators;		/* struct cenalloc_allocator_info that follow */
+	__le32 max_buffers;
+	__le32 max_attachments;
+	__le64 max_buffer_size;
+	__le64 max_total_bytes;
+	__le32 num_buffers;		/* live buffers */
+	__le32 num_exporter_types;	/* valid entries of exporter_types */
+	__le32 exporter_types[CENALLOC_MAX_MAP_TYPES]; /* priority order */
+	/* followed by struct cenalloc_allocator_info[num_allocators] */
+};
+
+struct cenalloc_allocator_info {
+	__le32 id;			/* allocator index, pool priority order */
+	__le32 kinds;			/* CENALLOC_KIND_* served */
+	__le32 placement;		/* CENALLOC_PLACE_* of its memory */
+	__le32 fragmentation;		/* per mille: 1000 * (1 - largest_free / free) */
+	__le64 capacity;		/* bytes donated */
+	__le64 free;			/* bytes free */
+	__le64 largest_free;		/* largest free extent, bytes */
+	__le32 num_buffers;		/* buffers backed by it */
+	__le32 reserved;
+	char name[CENALLOC_NAME_LEN];
+};
+
+/* POOL_ADD: the guest donates guest-physical ranges to pool pool_index. */
+struct cenalloc_range {
+	__le64 addr;
+	__le64 len;
+};
+
+struct cenalloc_pool_add_req {
+	__le32 pool_index;	/* index into config pools[] */
+	__le32 num_ranges;	/* 1..CENALLOC_MAX_POOL_RANGES ranges follow */
+	/* followed by struct cenalloc_range[num_ranges] */
+};
+
+/* CREATE */
+#define CENALLOC_CREATE_F_ALL		0u	/* no flags defined yet */
+
+struct cenalloc_create_req {
+	__le64 size;		/* bytes, rounded up to CENALLOC_PAGE_SIZE */
+	__le32 flags;		/* must be 0 */
+	__le32 initial_mask;	/* 0 = none, else counts like an attachment's mask */
+};
+
+struct cenalloc_create_resp {
+	__le32 buffer_id;
+	__le32 reserved;
+	__le64 size;		/* rounded size */
+};
+
+/* ATTACH */
+struct cenalloc_attach_req {
+	__le32 buffer_id;
+	__le32 mask;		/* constraint mask of the importing device */
+	__le32 num_types;	/* 1..CENALLOC_MAX_MAP_TYPES */
+	__le32 reserved;
+	__le32 types[CENALLOC_MAX_MAP_TYPES];	/* importer's mapping types */
+};
+
+#define CENALLOC_ATTACH_F_MIGRATE	(1u << 0) /* next MAP migrates the backing */
+
+struct cenalloc_attach_resp {
+	__le32 attach_id;
+	__le32 map_type;	/* negotiated CENALLOC_MAP_* */
+	__le32 flags;		/* CENALLOC_ATTACH_F_* */
+	__le32 access_mask;	/* buffer's access mask after this attach */
+};
+
+/* DETACH */
+struct cenalloc_detach_req {
+	__le32 attach_id;
+	__le32 reserved;
+};
+
+/* MAP / UNMAP */
+#define CENALLOC_DIR_BIDIRECTIONAL	0
+#define CENALLOC_DIR_TO_DEVICE		1
+#define CENALLOC_DIR_FROM_DEVICE	2
+
+struct cenalloc_map_req {
+	__le32 attach_id;
+	__le32 direction;	/* CENALLOC_DIR_* */
+};
+
+#define CENALLOC_MAP_F_ALLOCATED	(1u << 0) /* this MAP allocated the backing */
+#define CENALLOC_MAP_F_MIGRATED		(1u << 1) /* this MAP moved the backing */
+
+/*
+ * If the slot is too small for every segment, the MAP fails with -ENOSPC,
+ * resp_hdr.needed says how many payload bytes it needs, and the attachment
+ * holds no new mapping (the backing, once allocated, stays allocated).
+ */
+struct cenalloc_map_resp {
+	__le32 map_type;	/* negotiated type */
+	__le32 num_segments;	/* struct cenalloc_range that follow */
+	__le32 allocator_id;	/* allocator backing the buffer */
+	__le32 flags;		/* CENALLOC_MAP_F_* */
+	__le64 size;		/* buffer size */
+	/* followed by struct cenalloc_range[num_segments] */
+};
+
+struct cenalloc_unmap_req {
+	__le32 attach_id;
+	__le32 direction;
+};
+
+/* FREE: drops the creator's reference. */
+struct cenalloc_free_req {
+	__le32 buffer_id;
+	__le32 reserved;
+};
+
+/* PHYS: -ENODEV if the backing is not one contiguous range, -ENODATA if the
+ * buffer has no backing yet. */
+struct cenalloc_phys_req {
+	__le32 buffer_id;
+	__le32 reserved;
+};
+
+struct cenalloc_phys_resp {
+	__le64 addr;
+	__le64 len;
+};
+
+/* SYNC: CPU access bracketing. */
+#define CENALLOC_SYNC_BEGIN		(1u << 0)
+#define CENALLOC_SYNC_END		(1u << 1)
+#define CENALLOC_SYNC_READ		(1u << 2)
+#define CENALLOC_SYNC_WRITE		(1u << 3)
+
+struct cenalloc_sync_req {
+	__le32 buffer_id;
+	__le32 flags;		/* exactly one of BEGIN/END, plus READ and/or WRITE */
+};
+
+/* STATS: no request payload; the response is a UTF-8 JSON snapshot of the
+ * buffers, attachments, allocators and counters (not NUL-terminated, its
+ * length is resp_hdr.len). */
+
+/*
+ * FILL: the device writes a pattern into the buffer's backing through its
+ * own mapping of guest memory: 64-bit little-endian word i (byte offset 8*i)
+ * is cenalloc_pattern(seed, i). The buffer must have backing (-ENODATA).
+ */
+struct cenalloc_fill_req {
+	__le32 buffer_id;
+	__le32 reserved;
+	__le64 seed;
+};
+
+/* CHECKSUM: FNV-1a 64 over every byte of the backing, in buffer order
+ * (-ENODATA without backing). */
+struct cenalloc_checksum_req {
+	__le32 buffer_id;
+	__le32 reserved;
+};
+
+struct cenalloc_checksum_resp {
+	__le64 checksum;
+	__le64 len;		/* bytes hashed */
+};
+
+#define CENALLOC_FNV1A64_OFFSET		0xcbf29ce484222325ull
+#define CENALLOC_FNV1A64_PRIME		0x00000100000001b3ull
+
+/* splitmix64 of (seed + i): the FILL pattern. */
+static inline uint64_t cenalloc_pattern(uint64_t seed, uint64_t i)
+{
+	uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Event queue.                                                            */
+
+enum cenalloc_event_type {
+	CENALLOC_EVENT_MIGRATED = 1,	/* buffer_id moved to new backing */
+	CENALLOC_EVENT_POOL_LOW = 2,	/* allocator data has < 1/8 free */
+};
+
+struct cenalloc_event {
+	__le32 type;
+	__le32 buffer_id;	/* MIGRATED: the buffer; POOL_LOW: 0 */
+	__le64 data;		/* POOL_LOW: allocator id; MIGRATED: new allocator id */
+};
+
+#endif /* CENALLOC_PROTO_H */
