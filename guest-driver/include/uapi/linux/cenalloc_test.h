@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * /dev/cenalloc_test: a test importer (like vgem for DRM tests). It owns a
+ * few virtual devices, each with a constraint mask and a mapping-type list,
+ * and lets userspace attach them to any dma-buf fd, map, unmap, detach, and
+ * read or write through the kernel mapping.
+ */
+#ifndef _UAPI_LINUX_CENALLOC_TEST_H
+#define _UAPI_LINUX_CENALLOC_TEST_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define CENALLOC_TEST_MAX_DEVICES	8
+#define CENALLOC_TEST_MAX_TYPES		8
+
+/* Configure virtual device `device` (0..CENALLOC_TEST_MAX_DEVICES-1). */
+struct cenalloc_test_device_arg {
+	__u32 device;
+	__u32 mask;		/* constraint mask; 0 = attach with plain dma_buf_attach() */
+	__u32 num_types;	/* importer mapping types, 1..CENALLOC_TEST_MAX_TYPES */
+	__u32 types[CENALLOC_TEST_MAX_TYPES];
+	__u32 reserved;		/* must be 0 */
+};
+
+struct cenalloc_test_attach_arg {
+	__s32 dmabuf_fd;	/* in */
+	__u32 device;		/* in */
+	__u32 handle;		/* out: attachment handle, valid for this open file */
+	__u32 map_type;		/* out: negotiated mapping type (0 for plain attach) */
+	__u64 reserved;		/* must be 0 */
+};
+
+struct cenalloc_test_segment {
+	__u64 addr;		/* DMA address */
+	__u64 len;
+};
+
+struct cenalloc_test_map_arg {
+	__u32 handle;		/* in */
+	__u32 direction;	/* in: 0 bidirectional, 1 to device, 2 from device */
+	__u32 max_segments;	/* in: entries at segments_ptr */
+	__u32 num_segments;	/* out: segments of the mapping (may exceed max) */
+	__u64 segments_ptr;	/* in: struct cenalloc_test_segment[max_segments] */
+	__u32 map_type;		/* out */
+	__u32 reserved;		/* must be 0 */
+};
+
+struct cenalloc_test_handle_arg {
+	__u32 handle;
+	__u32 reserved;		/* must be 0 */
+};
+
+/* Read or write the buffer through the exporter's kernel mapping (vmap). */
+struct cenalloc_test_rw_arg {
+	__s32 dmabuf_fd;
+	__u32 write;		/* 1: user -> buffer, 0: buffer -> user */
+	__u64 offset;
+	__u64 len;
+	__u64 data_ptr;
+};
+
+#define CENALLOC_TEST_IOC_MAGIC		'c'
+#define CENALLOC_TEST_IOC_SET_DEVICE	_IOW(CENALLOC_TEST_IOC_MAGIC, 0, struct cenalloc_test_device_arg)
+#define CENALLOC_TEST_IOC_ATTACH	_IOWR(CENALLOC_TEST_IOC_MAGIC, 1, struct cenalloc_test_attach_arg)
+#define CENALLOC_TEST_IOC_DETACH	_IOW(CENALLOC_TEST_IOC_MAGIC, 2, struct cenalloc_test_handle_arg)
+#define CENALLOC_TEST_IOC_MAP		_IOWR(CENALLOC_TEST_IOC_MAGIC, 3, struct cenalloc_test_map_arg)
+#define CENALLOC_TEST_IOC_UNMAP		_IOW(CENALLOC_TEST_IOC_MAGIC, 4, struct cenalloc_test_handle_arg)
+#define CENALLOC_TEST_IOC_RW		_IOW(CENALLOC_TEST_IOC_MAGIC, 5, struct cenalloc_test_rw_arg)
+
+#endif /* _UAPI_LINUX_CENALLOC_TEST_H */
