@@ -91,6 +91,18 @@ apt_archive_uri() {
 	printf '%s\n' "${uri%/}"
 }
 
+# cache_lock NAME: holds an exclusive lock on $CENALLOC_CACHE/NAME.lock until
+# the script exits, so that two runs never fill the same cache entry at once.
+cache_lock() {
+	local fd
+	mkdir -p "$CENALLOC_CACHE"
+	exec {fd}>"$CENALLOC_CACHE/$1.lock"
+	if ! flock -n "$fd"; then
+		log "waiting for another run to release $CENALLOC_CACHE/$1.lock"
+		flock "$fd"
+	fi
+}
+
 APT_UPDATED=0
 apt_update_once() {
 	if [ "$APT_UPDATED" -eq 0 ]; then
@@ -148,6 +160,7 @@ apt_fetch_unpack() {
 	mkdir -p "$dest/debs" "$dest/root"
 	for pkg in "$@"; do
 		if ! compgen -G "$dest/debs/${pkg}_*.deb" >/dev/null; then
+			apt-cache show "$pkg" >/dev/null 2>&1 || apt_update_once
 			(cd "$dest/debs" && run apt-get -o APT::Sandbox::User=root download -q "$pkg" >&2)
 		fi
 		for deb in "$dest/debs/${pkg}"_*.deb; do
