@@ -52,9 +52,9 @@ host_codename() {
 # read from the apt sources (deb822 first, then one-line format). Scripts that
 # add suites or fetch packages reuse it, so no host name is ever spelled out.
 apt_archive_uri() {
-	local codename uri="" file
+	local codename uri="" file apt_etc="${CENALLOC_APT_ETC:-/etc/apt}"
 	codename="$(host_codename)"
-	for file in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
+	for file in "$apt_etc/sources.list.d/debian.sources" "$apt_etc"/sources.list.d/*.sources; do
 		[ -r "$file" ] || continue
 		uri="$(awk -v suite="$codename" '
 			BEGIN { RS = ""; FS = "\n" }
@@ -74,20 +74,20 @@ apt_archive_uri() {
 				if (enabled ~ /no/) next
 				if (types !~ /(^|[ \t])deb([ \t]|$)/) next
 				if ((" " suites " ") !~ ("[ \t]" suite "[ \t]")) next
-				split(uris, u, /[ \t]+/)
-				for (j in u) if (u[j] != "") { print u[j]; exit }
+				n = split(uris, u, /[ \t]+/)
+				for (j = 1; j <= n; j++) if (u[j] != "") { print u[j]; exit }
 			}' "$file")"
 		[ -n "$uri" ] && break
 	done
-	if [ -z "$uri" ] && [ -r /etc/apt/sources.list ]; then
+	if [ -z "$uri" ] && [ -r "$apt_etc/sources.list" ]; then
 		uri="$(awk -v suite="$codename" '
 			$1 == "deb" {
 				n = 2
 				if ($2 ~ /^\[/) { while (n <= NF && $n !~ /\]$/) n++; n++ }
 				if ($(n + 1) == suite) { print $n; exit }
-			}' /etc/apt/sources.list)"
+			}' "$apt_etc/sources.list")"
 	fi
-	[ -n "$uri" ] || die "no apt source for suite '$codename' found in /etc/apt/sources.list{,.d}"
+	[ -n "$uri" ] || die "no apt source for suite '$codename' found in $apt_etc/sources.list{,.d}"
 	printf '%s\n' "${uri%/}"
 }
 
