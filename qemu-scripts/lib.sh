@@ -172,7 +172,7 @@ apt_fetch_unpack() {
 # Size in bytes of struct cenalloc_config, computed by compiling a tiny C
 # program against the protocol header (the single source of truth).
 config_space_size() {
-	local header="$REPO_ROOT/guest-driver/cenalloc_proto.h" tmp size
+	local header="${CENALLOC_DRIVER_DIR:-$REPO_ROOT/guest-driver}/cenalloc_proto.h" tmp size
 	[ -r "$header" ] || die "missing $header"
 	tmp="$(mktemp -d)"
 	cat >"$tmp/size.c" <<'EOF'
