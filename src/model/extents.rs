@@ -35,9 +35,10 @@ impl FreeExtents {
         self.by_addr.is_empty()
     }
 
-    /// The largest free extent.
+    /// The largest free extent (lowest address among equals).
     pub fn largest(&self) -> Option<Segment> {
-        self.by_len.last().map(|&(len, addr)| Segment { addr, len })
+        let &(max_len, _) = self.by_len.last()?;
+        self.best_fit(max_len)
     }
 
     /// The smallest extent of at least `len` bytes (lowest address among
