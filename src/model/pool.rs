@@ -406,7 +406,16 @@ impl Pool {
         }
         buffer.access_mask = access;
         if let Some(backing) = &buffer.backing {
-            if self.allocators[backing.allocator].kinds & access != 0 {
+            // Cancel a pending migration the backing no longer needs: it
+            // satisfies the wider mask and every contiguous promise.
+            let contiguous_promised = buffer.attachments.iter().any(|a| {
+                self.attachments
+                    .get(a)
+                    .is_some_and(|att| att.map_type == MappingType::Contiguous)
+            });
+            if self.allocators[backing.allocator].kinds & access != 0
+                && (!contiguous_promised || backing.segments.len() == 1)
+            {
                 buffer.migrate_pending = false;
             }
         }

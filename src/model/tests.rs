@@ -800,6 +800,42 @@ fn detach_cancels_a_pending_migration() {
     assert!(m.migrated_from.is_none());
 }
 
+#[test]
+fn detach_keeps_a_migration_that_a_contiguous_promise_needs() {
+    let mut pool = Pool::new(config_with(vec![
+        spec("system", Strategy::Scatter, kinds::SYSTEM, false),
+        spec(
+            "contig",
+            Strategy::Contiguous,
+            kinds::CONTIG | kinds::SYSTEM,
+            false,
+        ),
+    ]))
+    .unwrap();
+    pool.add_region(0, 0x10_0000, PAGE_SIZE).unwrap();
+    pool.add_region(0, 0x20_0000, PAGE_SIZE).unwrap();
+    pool.add_region(1, 0x40_0000, MIB).unwrap();
+    // Two pages from two system regions: two segments.
+    let b = pool.create(2 * PAGE_SIZE, 0, 0).unwrap().id;
+    let a = pool.attach(b, kinds::ANY, &[SG]).unwrap().id;
+    assert_eq!(pool.map(a, DIR).unwrap().segments.len(), 2);
+    pool.unmap(a, DIR).unwrap();
+    // A CONTIG device: migration pending; then a wide Contiguous importer,
+    // promised contiguity because the migration target is contiguous.
+    let strict = pool.attach(b, kinds::CONTIG, &[SG]).unwrap();
+    assert!(strict.migrate_pending);
+    let wide = pool.attach(b, kinds::ANY, &[CONTIGUOUS]).unwrap();
+    assert_eq!(wide.map_type, CONTIGUOUS);
+    // The strict device leaves: the mask widens back to ANY, which the
+    // system backing satisfies, but it is two segments: still migrate.
+    pool.detach(strict.id).unwrap();
+    assert!(pool.snapshot().buffers[0].migrate_pending);
+    let m = pool.map(wide.id, DIR).unwrap();
+    assert_eq!(m.segments.len(), 1);
+    assert_eq!(m.allocator, 1);
+    assert_eq!(m.migrated_from.map(|s| s.len()), Some(2));
+}
+
 // ---------------------------------------------------------------- map / unmap
 
 #[test]
