@@ -376,6 +376,41 @@ fn region_validation() {
 }
 
 #[test]
+fn add_regions_is_all_or_nothing() {
+    let mut pool = default_pool();
+    let seg = |addr, len| Segment { addr, len };
+    // The third overlaps the contig region: none is added.
+    let err = fails_unchanged(&mut pool, libc::EEXIST, |p| {
+        p.add_regions(
+            SYSTEM_ALLOC,
+            &[seg(32 * GIB, MIB), seg(33 * GIB, MIB), seg(16 * GIB, MIB)],
+        )
+    });
+    assert_eq!(err.errno(), libc::EEXIST);
+    // Two that overlap each other.
+    let err = fails_unchanged(&mut pool, libc::EEXIST, |p| {
+        p.add_regions(SYSTEM_ALLOC, &[seg(33 * GIB, MIB), seg(32 * GIB, 2 * GIB)])
+    });
+    assert_eq!(
+        err,
+        Error::RegionOverlap {
+            addr: 33 * GIB,
+            len: MIB,
+            allocator: SYSTEM_ALLOC
+        }
+    );
+    // One misaligned.
+    fails_unchanged(&mut pool, libc::EINVAL, |p| {
+        p.add_regions(SYSTEM_ALLOC, &[seg(32 * GIB, MIB), seg(33 * GIB + 1, MIB)])
+    });
+    assert_eq!(pool.check_region(SYSTEM_ALLOC, 32 * GIB, MIB), Ok(()));
+    pool.add_regions(SYSTEM_ALLOC, &[seg(32 * GIB, MIB), seg(33 * GIB, MIB)])
+        .unwrap();
+    assert_eq!(stats(&pool, SYSTEM_ALLOC).capacity, 66 * MIB);
+    assert_eq!(pool.counters().regions_added, 6);
+}
+
+#[test]
 fn region_alignment_of_the_placement() {
     let mut s = spec("big", Strategy::Contiguous, kinds::CONTIG, false);
     s.placement.align = 2 * MIB;
