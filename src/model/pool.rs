@@ -502,7 +502,22 @@ impl Pool {
 
         let mut newly_allocated = false;
         let mut migrated_from = None;
-        if buffer.backing.is_none() || buffer.migrate_pending {
+        let needs_backing = buffer.backing.is_none() || buffer.migrate_pending;
+        if !needs_backing
+            && map_type == MappingType::Contiguous
+            && buffer
+                .backing
+                .as_ref()
+                .is_some_and(|b| b.segments.len() != 1)
+        {
+            // Cannot happen: Contiguous is only negotiated for a backing of
+            // one segment, and every allocation for a buffer with a
+            // contiguous attachment asks for one segment. Refuse rather
+            // than lie, before anything changes.
+            return Err(Error::NotContiguous(buffer_id));
+        }
+        if needs_backing {
+            // A contiguous attachment (this one included) needs one segment.
             let single_segment = buffer.attachments.iter().any(|a| {
                 self.attachments
                     .get(a)
@@ -536,14 +551,8 @@ impl Pool {
             }
         }
         let Some(backing) = &buffer.backing else {
-            return Err(Error::NoBacking(buffer_id));
+            return Err(Error::NoBacking(buffer_id)); // set just above
         };
-        if map_type == MappingType::Contiguous && backing.segments.len() != 1 {
-            // Cannot happen: allocations for a buffer with a contiguous
-            // attachment ask for one segment. Refuse rather than lie; the
-            // backing was not just allocated, so nothing changed.
-            return Err(Error::NotContiguous(buffer_id));
-        }
         let mapped = Mapped {
             map_type,
             segments: backing.segments.clone(),
