@@ -6,6 +6,10 @@
 //!   one allocation of a random size (1..=16 pages), with 1k, 10k and 100k
 //!   buffers live in a fragmented allocator (target: cost per op within 2×
 //!   across the range).
+//!
+//! Times are the benchmark thread's CPU time, not wall time: the build
+//! machine is shared, and preemption by other processes would otherwise
+//! dominate the figures.
 
 use std::hint::black_box;
 
@@ -13,11 +17,59 @@ use cenalloc::model::{
     kinds, Allocator, ContiguousAllocator, Direction, MappingType, Pool, PoolConfig,
     ScatterAllocator, Segment, PAGE_SIZE,
 };
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// Times by the CPU time of the benchmark thread
+/// (`CLOCK_THREAD_CPUTIME_ID`), in nanoseconds, so that other processes on
+/// a shared machine do not count; reported like wall time.
+struct ThreadCpuTime;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the
+    // call; CLOCK_THREAD_CPUTIME_ID is supported by Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns().saturating_sub(start)
+    }
+
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+
+    fn zero(&self) -> u64 {
+        0
+    }
+
+    fn to_f64(&self, value: &u64) -> f64 {
+        *value as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL_TIME: WallTime = WallTime;
+        WALL_TIME.formatter()
+    }
+}
 
 const GIB: u64 = 1 << 30;
 
-fn lifecycle(c: &mut Criterion) {
+fn lifecycle(c: &mut Criterion<ThreadCpuTime>) {
     let mut pool = Pool::new(PoolConfig::default_layout()).expect("default layout");
     pool.add_region(0, 8 * GIB, GIB).expect("system region");
     pool.add_region(1, GIB, 256 << 20).expect("dma32 region");
@@ -113,7 +165,7 @@ fn churn(allocator: &mut dyn Allocator, buffers: &mut [Vec<Segment>], rng: &mut 
     }
 }
 
-fn alloc_free(c: &mut Criterion) {
+fn alloc_free(c: &mut Criterion<ThreadCpuTime>) {
     let mut group = c.benchmark_group("alloc_free");
     // One iteration = one free + one alloc.
     group.throughput(Throughput::Elements(2));
@@ -138,5 +190,9 @@ fn alloc_free(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lifecycle, alloc_free);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = lifecycle, alloc_free
+}
 criterion_main!(benches);
