@@ -11,4 +11,6 @@
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue.
 //! - [`config`]: command line and configuration file → daemon configuration.
 
+pub mod model;
+
 pub mod protocol;

@@ -1,0 +1,323 @@
+//! Allocators: carve the guest-physical regions donated to them.
+//!
+//! Both allocators keep their free space in [`FreeExtents`]; allocation and
+//! free are O(log n) in the number of free extents (scatter: O(k log n) for
+//! k segments). Region validation that only depends on one allocator
+//! (alignment, placement) happens here; overlap across allocators is checked
+//! by the pool.
+
+use super::extents::FreeExtents;
+use super::{Error, Segment, Strategy, PAGE_SIZE};
+
+/// How many best-fit candidates a contiguous allocator inspects for an
+/// aligned fit before taking the smallest extent that fits whatever its
+/// alignment. Bounds the work per allocation.
+const ALIGNED_FIT_CANDIDATES: usize = 8;
+
+/// One allocator of the pool.
+pub trait Allocator: Send {
+    fn strategy(&self) -> Strategy;
+
+    /// Checks that `[addr, addr + len)` may be donated: non-empty, page
+    /// multiple, start aligned to the region alignment, below the limit.
+    fn check_region(&self, addr: u64, len: u64) -> Result<(), Error>;
+
+    /// Adds a region (call [`Allocator::check_region`] first). A contiguous
+    /// allocator treats it as one extent.
+    fn add_region(&mut self, addr: u64, len: u64) -> Result<(), Error>;
+
+    /// Allocates `size` bytes (a page multiple). Returns the segments in
+    /// buffer order, coalesced, or `None` (and changes nothing) when there
+    /// is no room. `single_segment` asks for exactly one segment.
+    fn alloc(&mut self, size: u64, single_segment: bool) -> Option<Vec<Segment>>;
+
+    /// Returns segments obtained from [`Allocator::alloc`].
+    fn free(&mut self, segments: &[Segment]);
+
+    /// Bytes donated.
+    fn capacity(&self) -> u64;
+    /// Bytes free.
+    fn free_bytes(&self) -> u64;
+    /// Largest free extent, bytes.
+    fn largest_free(&self) -> u64;
+    /// Number of free extents.
+    fn free_extents(&self) -> usize;
+
+    /// Per mille: `1000 * (1 - largest_free / free)`, 0 when nothing is free.
+    fn fragmentation_permille(&self) -> u32 {
+        fragmentation_permille(self.free_bytes(), self.largest_free())
+    }
+}
+
+/// `1000 * (1 - largest / free)` rounded down, 0 when `free == 0`.
+pub fn fragmentation_permille(free: u64, largest: u64) -> u32 {
+    if free == 0 {
+        return 0;
+    }
+    let scattered = u128::from(free.saturating_sub(largest));
+    // scattered < free, so the quotient is below 1000.
+    (scattered * 1000 / u128::from(free)) as u32
+}
+
+fn align_up(value: u64, align: u64) -> Option<u64> {
+    value.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+/// What both allocators share: the free extents, the capacity and the
+/// region rules.
+#[derive(Clone, Debug)]
+struct Regions {
+    extents: FreeExtents,
+    capacity: u64,
+    /// Exclusive end limit of every region.
+    limit: u64,
+    region_align: u64,
+}
+
+impl Regions {
+    fn new(limit: u64, region_align: u64) -> Self {
+        Regions {
+            extents: FreeExtents::new(),
+            capacity: 0,
+            limit,
+            region_align: region_align.max(PAGE_SIZE),
+        }
+    }
+
+    fn check(&self, addr: u64, len: u64) -> Result<(), Error> {
+        if len == 0 {
+            return Err(Error::EmptyRegion { addr });
+        }
+        if addr % self.region_align != 0 || len % PAGE_SIZE != 0 {
+            return Err(Error::MisalignedRegion {
+                addr,
+                len,
+                align: self.region_align,
+            });
+        }
+        let end = addr
+            .checked_add(len)
+            .ok_or(Error::RegionOverflow { addr, len })?;
+        if end > self.limit {
+            return Err(Error::RegionOutOfPlacement {
+                addr,
+                len,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        self.check(addr, len)?;
+        if self.extents.overlaps(addr, len) {
+            // The pool checks overlap across all regions first; this guards
+            // direct users of the allocator.
+            return Err(Error::RegionOverlap {
+                addr,
+                len,
+                allocator: usize::MAX,
+            });
+        }
+        self.extents.insert(addr, len);
+        self.capacity += len;
+        Ok(())
+    }
+
+    fn free(&mut self, segments: &[Segment]) {
+        for seg in segments {
+            self.extents.insert(seg.addr, seg.len);
+        }
+    }
+
+    /// Best fit of `size` bytes with the start aligned to `align`.
+    fn alloc_aligned(&mut self, size: u64, align: u64) -> Option<Segment> {
+        let mut found = None;
+        for extent in self.extents.fits(size).take(ALIGNED_FIT_CANDIDATES) {
+            if let Some(start) = align_up(extent.addr, align) {
+                if start.checked_add(size).is_some_and(|e| e <= extent.end()) {
+                    found = Some((extent, start));
+                    break;
+                }
+            }
+        }
+        if found.is_none() && align > PAGE_SIZE {
+            // Extents start on a page, so one of at least
+            // size + align - PAGE_SIZE bytes always holds an aligned fit.
+            let need = size.checked_add(align - PAGE_SIZE)?;
+            let extent = self.extents.best_fit(need)?;
+            found = Some((extent, align_up(extent.addr, align)?));
+        }
+        let (extent, start) = found?;
+        self.extents.take(extent, start, size);
+        Some(Segment {
+            addr: start,
+            len: size,
+        })
+    }
+}
+
+/// Best fit over free extents, one extent per allocation, each start
+/// aligned to `align` (up to 2 MiB). Coalesces on free.
+#[derive(Clone, Debug)]
+pub struct ContiguousAllocator {
+    regions: Regions,
+    align: u64,
+}
+
+impl ContiguousAllocator {
+    /// `limit`: exclusive end of every region (e.g. 4 GiB for below-4G);
+    /// `region_align`: alignment of each region's start; `align`: alignment
+    /// of each allocation's start (a power of two, at least a page).
+    pub fn new(limit: u64, region_align: u64, align: u64) -> Self {
+        ContiguousAllocator {
+            regions: Regions::new(limit, region_align),
+            align: align.max(PAGE_SIZE),
+        }
+    }
+
+    /// The free extents, in address order.
+    pub fn free_list(&self) -> Vec<Segment> {
+        self.regions.extents.iter().collect()
+    }
+}
+
+impl Allocator for ContiguousAllocator {
+    fn strategy(&self) -> Strategy {
+        Strategy::Contiguous
+    }
+
+    fn check_region(&self, addr: u64, len: u64) -> Result<(), Error> {
+        self.regions.check(addr, len)
+    }
+
+    fn add_region(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        self.regions.add(addr, len)
+    }
+
+    fn alloc(&mut self, size: u64, _single_segment: bool) -> Option<Vec<Segment>> {
+        if size == 0 || size > self.regions.extents.free_bytes() {
+            return None;
+        }
+        self.regions
+            .alloc_aligned(size, self.align)
+            .map(|s| vec![s])
+    }
+
+    fn free(&mut self, segments: &[Segment]) {
+        self.regions.free(segments)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.regions.capacity
+    }
+
+    fn free_bytes(&self) -> u64 {
+        self.regions.extents.free_bytes()
+    }
+
+    fn largest_free(&self) -> u64 {
+        self.regions.extents.largest().map_or(0, |s| s.len)
+    }
+
+    fn free_extents(&self) -> usize {
+        self.regions.extents.len()
+    }
+}
+
+/// Pages from anywhere, fewest segments first: when one free extent can
+/// hold the rest of the request, the best fit does; otherwise the largest
+/// free extent is taken whole and the loop goes on.
+#[derive(Clone, Debug)]
+pub struct ScatterAllocator {
+    regions: Regions,
+}
+
+impl ScatterAllocator {
+    /// `limit`: exclusive end of every region; `region_align`: alignment of
+    /// each region's start.
+    pub fn new(limit: u64, region_align: u64) -> Self {
+        ScatterAllocator {
+            regions: Regions::new(limit, region_align),
+        }
+    }
+
+    /// The free extents, in address order.
+    pub fn free_list(&self) -> Vec<Segment> {
+        self.regions.extents.iter().collect()
+    }
+}
+
+impl Allocator for ScatterAllocator {
+    fn strategy(&self) -> Strategy {
+        Strategy::Scatter
+    }
+
+    fn check_region(&self, addr: u64, len: u64) -> Result<(), Error> {
+        self.regions.check(addr, len)
+    }
+
+    fn add_region(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        self.regions.add(addr, len)
+    }
+
+    fn alloc(&mut self, size: u64, single_segment: bool) -> Option<Vec<Segment>> {
+        let extents = &mut self.regions.extents;
+        if size == 0 || size > extents.free_bytes() {
+            return None;
+        }
+        if single_segment {
+            let extent = extents.best_fit(size)?;
+            extents.take(extent, extent.addr, size);
+            return Some(vec![Segment {
+                addr: extent.addr,
+                len: size,
+            }]);
+        }
+        let mut segments: Vec<Segment> = Vec::with_capacity(1);
+        let mut remaining = size;
+        // Terminates: free_bytes >= size, and every round either finishes
+        // or takes a whole extent smaller than `remaining`.
+        while remaining > 0 {
+            let extent = match extents.best_fit(remaining).or_else(|| extents.largest()) {
+                Some(extent) => extent,
+                None => {
+                    // Unreachable given the check above; undo, change nothing.
+                    for seg in &segments {
+                        extents.insert(seg.addr, seg.len);
+                    }
+                    return None;
+                }
+            };
+            let len = extent.len.min(remaining);
+            extents.take(extent, extent.addr, len);
+            segments.push(Segment {
+                addr: extent.addr,
+                len,
+            });
+            remaining -= len;
+        }
+        super::coalesce(&mut segments);
+        Some(segments)
+    }
+
+    fn free(&mut self, segments: &[Segment]) {
+        self.regions.free(segments)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.regions.capacity
+    }
+
+    fn free_bytes(&self) -> u64 {
+        self.regions.extents.free_bytes()
+    }
+
+    fn largest_free(&self) -> u64 {
+        self.regions.extents.largest().map_or(0, |s| s.len)
+    }
+
+    fn free_extents(&self) -> usize {
+        self.regions.extents.len()
+    }
+}

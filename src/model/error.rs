@@ -1,0 +1,129 @@
+//! The errors of the buffer model, each with its Linux errno.
+
+use super::{AttachmentId, BufferId, Direction};
+
+/// Every way a model operation can fail. A failed operation changes nothing.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    // ---- configuration (Pool::new) ----
+    #[error("invalid pool configuration: {0}")]
+    InvalidConfig(String),
+
+    // ---- regions (Pool::add_region) ----
+    #[error("no allocator with index {0}")]
+    UnknownAllocator(usize),
+    #[error("empty region at {addr:#x}")]
+    EmptyRegion { addr: u64 },
+    #[error("region {addr:#x}+{len:#x} is not aligned to {align:#x}")]
+    MisalignedRegion { addr: u64, len: u64, align: u64 },
+    #[error("region {addr:#x}+{len:#x} wraps around the address space")]
+    RegionOverflow { addr: u64, len: u64 },
+    #[error("region {addr:#x}+{len:#x} overlaps a region of allocator {allocator}")]
+    RegionOverlap {
+        addr: u64,
+        len: u64,
+        allocator: usize,
+    },
+    #[error("region {addr:#x}+{len:#x} ends above the allocator's limit {limit:#x}")]
+    RegionOutOfPlacement { addr: u64, len: u64, limit: u64 },
+
+    // ---- create ----
+    #[error("buffer size 0")]
+    ZeroSize,
+    #[error("buffer size {size:#x} above the limit {max:#x}")]
+    BufferTooLarge { size: u64, max: u64 },
+    #[error("unknown create flags {0:#x}")]
+    InvalidFlags(u32),
+    #[error("too many buffers (limit {max})")]
+    TooManyBuffers { max: u32 },
+    #[error(
+        "total buffer bytes would exceed the limit {max:#x} ({in_use:#x} in use, {size:#x} asked)"
+    )]
+    TotalBytesExceeded { in_use: u64, size: u64, max: u64 },
+    #[error("no free id left")]
+    IdsExhausted,
+
+    // ---- ids ----
+    #[error("unknown buffer {0}")]
+    UnknownBuffer(BufferId),
+    #[error("unknown attachment {0}")]
+    UnknownAttachment(AttachmentId),
+    #[error("buffer {0} was already freed by its creator")]
+    BufferReleased(BufferId),
+
+    // ---- attach ----
+    #[error("too many attachments on buffer {buffer} (limit {max})")]
+    TooManyAttachments { buffer: BufferId, max: u32 },
+    #[error("attach mask {mask:#x} leaves access mask {access_mask:#x} empty")]
+    EmptyAccessMask { access_mask: u32, mask: u32 },
+    #[error("no importer mapping type given")]
+    NoImporterTypes,
+    #[error("invalid mapping type code {0:#x}")]
+    InvalidMappingType(u32),
+    #[error("mapping type {0:#x} cannot serve this buffer")]
+    MappingTypeUnsupported(u32),
+    #[error("no mapping type both exporter and importer support for this buffer")]
+    NoMutualMappingType,
+    #[error(
+        "buffer {buffer}: backing does not satisfy mask {mask:#x} and it is mapped, cannot migrate"
+    )]
+    MigrationWhileMapped { buffer: BufferId, mask: u32 },
+    #[error("buffer {buffer}: no allocator serves mask {mask:#x}")]
+    NoAllocatorForMask { buffer: BufferId, mask: u32 },
+
+    // ---- detach / map / unmap ----
+    #[error("attachment {0} still has mappings outstanding")]
+    AttachmentMapped(AttachmentId),
+    #[error("no allocator can back {size:#x} bytes for access mask {mask:#x}")]
+    OutOfMemory { size: u64, mask: u32 },
+    #[error("attachment {attachment} has no {direction:?} mapping outstanding")]
+    NotMapped {
+        attachment: AttachmentId,
+        direction: Direction,
+    },
+    #[error("attachment {0} has too many mappings outstanding")]
+    MapCountOverflow(AttachmentId),
+
+    // ---- phys / backing ----
+    #[error("buffer {0} has no backing yet")]
+    NoBacking(BufferId),
+    #[error("backing of buffer {0} is not one contiguous range")]
+    NotContiguous(BufferId),
+}
+
+impl Error {
+    /// The positive Linux errno the protocol reports for this error.
+    pub fn errno(&self) -> i32 {
+        use Error::*;
+        match self {
+            InvalidConfig(_)
+            | UnknownAllocator(_)
+            | EmptyRegion { .. }
+            | MisalignedRegion { .. }
+            | RegionOverflow { .. }
+            | ZeroSize
+            | InvalidFlags(_)
+            | BufferReleased(_)
+            | EmptyAccessMask { .. }
+            | NoImporterTypes
+            | InvalidMappingType(_)
+            | NotMapped { .. } => libc::EINVAL,
+            RegionOverlap { .. } => libc::EEXIST,
+            RegionOutOfPlacement { .. } => libc::ERANGE,
+            BufferTooLarge { .. } => libc::E2BIG,
+            TooManyBuffers { .. }
+            | TotalBytesExceeded { .. }
+            | IdsExhausted
+            | TooManyAttachments { .. } => libc::ENOSPC,
+            UnknownBuffer(_) | UnknownAttachment(_) => libc::ENOENT,
+            MappingTypeUnsupported(_) | NoMutualMappingType => libc::EOPNOTSUPP,
+            MigrationWhileMapped { .. } | NoAllocatorForMask { .. } | AttachmentMapped(_) => {
+                libc::EBUSY
+            }
+            OutOfMemory { .. } => libc::ENOMEM,
+            MapCountOverflow(_) => libc::EOVERFLOW,
+            NoBacking(_) => libc::ENODATA,
+            NotContiguous(_) => libc::ENODEV,
+        }
+    }
+}

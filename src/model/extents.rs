@@ -1,0 +1,123 @@
+//! A set of free extents indexed both by address (for coalescing) and by
+//! (length, address) (for best fit and largest first). Every operation is
+//! O(log n) in the number of free extents.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::Segment;
+
+/// Free extents: disjoint, never adjacent (adjacent ones are merged).
+#[derive(Clone, Debug, Default)]
+pub struct FreeExtents {
+    /// addr -> len
+    by_addr: BTreeMap<u64, u64>,
+    /// (len, addr)
+    by_len: BTreeSet<(u64, u64)>,
+    free: u64,
+}
+
+impl FreeExtents {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes free.
+    pub fn free_bytes(&self) -> u64 {
+        self.free
+    }
+
+    /// Number of free extents.
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
+    /// The largest free extent.
+    pub fn largest(&self) -> Option<Segment> {
+        self.by_len.last().map(|&(len, addr)| Segment { addr, len })
+    }
+
+    /// The smallest extent of at least `len` bytes (lowest address among
+    /// equals).
+    pub fn best_fit(&self, len: u64) -> Option<Segment> {
+        self.by_len
+            .range((len, 0)..)
+            .next()
+            .map(|&(len, addr)| Segment { addr, len })
+    }
+
+    /// Extents of at least `len` bytes, smallest first.
+    pub fn fits(&self, len: u64) -> impl Iterator<Item = Segment> + '_ {
+        self.by_len
+            .range((len, 0)..)
+            .map(|&(len, addr)| Segment { addr, len })
+    }
+
+    /// Extents in address order.
+    pub fn iter(&self) -> impl Iterator<Item = Segment> + '_ {
+        self.by_addr
+            .iter()
+            .map(|(&addr, &len)| Segment { addr, len })
+    }
+
+    /// Returns `[addr, addr + len)` to the free set, merging it with the
+    /// free extents right before and after it. The range must not overlap a
+    /// free extent (the allocators only free what they handed out).
+    pub fn insert(&mut self, addr: u64, len: u64) {
+        debug_assert!(len > 0);
+        debug_assert!(
+            !self.overlaps(addr, len),
+            "double free of {addr:#x}+{len:#x}"
+        );
+        let mut start = addr;
+        let mut end = addr + len;
+        if let Some((&prev_addr, &prev_len)) = self.by_addr.range(..addr).next_back() {
+            if prev_addr + prev_len == addr {
+                self.remove_raw(prev_addr, prev_len);
+                start = prev_addr;
+            }
+        }
+        if let Some(&next_len) = self.by_addr.get(&end) {
+            self.remove_raw(end, next_len);
+            end += next_len;
+        }
+        self.insert_raw(start, end - start);
+    }
+
+    /// Takes `[start, start + len)` out of the free extent `extent`, which
+    /// must contain it; the pieces before and after stay free.
+    pub fn take(&mut self, extent: Segment, start: u64, len: u64) {
+        debug_assert!(extent.addr <= start && start + len <= extent.end());
+        self.remove_raw(extent.addr, extent.len);
+        if start > extent.addr {
+            self.insert_raw(extent.addr, start - extent.addr);
+        }
+        if start + len < extent.end() {
+            self.insert_raw(start + len, extent.end() - (start + len));
+        }
+    }
+
+    /// Whether `[addr, addr + len)` overlaps a free extent.
+    pub fn overlaps(&self, addr: u64, len: u64) -> bool {
+        let end = addr + len;
+        if let Some((&a, &l)) = self.by_addr.range(..end).next_back() {
+            return a + l > addr;
+        }
+        false
+    }
+
+    fn insert_raw(&mut self, addr: u64, len: u64) {
+        self.by_addr.insert(addr, len);
+        self.by_len.insert((len, addr));
+        self.free += len;
+    }
+
+    fn remove_raw(&mut self, addr: u64, len: u64) {
+        self.by_addr.remove(&addr);
+        self.by_len.remove(&(len, addr));
+        self.free -= len;
+    }
+}

@@ -1,0 +1,70 @@
+//! Id maps: O(1) lookups keyed by the model's own sequential ids.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::MAX_ID;
+
+/// Multiplicative hash for the model's `u32` ids. The ids are chosen by the
+/// model, never by the guest, so a keyed hash (SipHash) buys nothing here.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// Hands out ids 1..=MAX_ID in sequence, wrapping, skipping ids in use.
+#[derive(Clone, Debug)]
+pub(crate) struct IdAllocator {
+    next: u32,
+}
+
+impl IdAllocator {
+    pub fn new() -> Self {
+        IdAllocator { next: 1 }
+    }
+
+    /// The next free id, without consuming it: call [`IdAllocator::commit`]
+    /// once the operation has succeeded. `None` if every id is in use.
+    pub fn peek<V>(&self, in_use: &IdMap<V>) -> Option<u32> {
+        let mut id = self.next;
+        for _ in 0..=in_use.len() {
+            if !in_use.contains_key(&id) {
+                return Some(id);
+            }
+            id = Self::after(id);
+        }
+        None
+    }
+
+    pub fn commit(&mut self, id: u32) {
+        self.next = Self::after(id);
+    }
+
+    pub fn next_value(&self) -> u32 {
+        self.next
+    }
+
+    fn after(id: u32) -> u32 {
+        if id >= MAX_ID {
+            1
+        } else {
+            id + 1
+        }
+    }
+}
