@@ -13,4 +13,8 @@
 
 pub mod model;
 
+pub mod chain;
+pub mod config;
+pub mod device;
 pub mod protocol;
+pub mod vhu_cenalloc;
