@@ -260,6 +260,10 @@ impl Device {
         &self.pool
     }
 
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Takes the events produced since the last call, oldest first.
     pub fn take_events(&mut self) -> VecDeque<Event> {
         std::mem::take(&mut self.events)

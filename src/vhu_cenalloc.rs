@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use log::{debug, error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
-use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{
     ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
 };
@@ -83,8 +83,9 @@ impl CenallocBackend {
         }
     }
 
-    /// Answers every available control chain.
-    fn process_control(&mut self, vring: &VringRwLock, mem: &MemoryGuard) {
+    /// Answers every available control chain. Events a chain produced are
+    /// sent (or dropped) right after its answer, before the next chain runs.
+    fn process_control(&mut self, vring: &VringRwLock, events: &VringRwLock, mem: &MemoryGuard) {
         let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
             Ok(iter) => iter.collect(),
             Err(e) => {
@@ -101,16 +102,17 @@ impl CenallocBackend {
             if let Err(e) = vring.add_used(head, written) {
                 warn!("control queue: add_used({head}) failed: {e}");
             }
+            self.deliver_events(events, mem);
         }
         signal(vring, "control");
     }
 
     /// Sends the pending events; one with no event buffer posted is dropped.
     fn deliver_events(&mut self, vring: &VringRwLock, mem: &MemoryGuard) {
-        let events = self.device().take_events();
-        if events.is_empty() {
+        if !self.device().has_events() {
             return;
         }
+        let events = self.device().take_events();
         let ready = {
             let state = vring.get_ref();
             state.get_queue().ready() && state.is_enabled()
@@ -256,7 +258,7 @@ impl VhostUserBackendMut for CenallocBackend {
                         if let Err(e) = control.disable_notification() {
                             warn!("control queue: disable_notification: {e}");
                         }
-                        self.process_control(control, &mem);
+                        self.process_control(control, events, &mem);
                         match control.enable_notification() {
                             Ok(true) => continue,
                             Ok(false) => break,
@@ -267,9 +269,8 @@ impl VhostUserBackendMut for CenallocBackend {
                         }
                     }
                 } else {
-                    self.process_control(control, &mem);
+                    self.process_control(control, events, &mem);
                 }
-                self.deliver_events(events, &mem);
             }
             CENALLOC_VQ_EVENT => {
                 // The driver posted event buffers; events are sent as they
