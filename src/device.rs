@@ -999,3 +999,70 @@ pub fn copy_segments<M: GuestMemoryBackend>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
+    }
+
+    fn seg(addr: u64, len: u64) -> Segment {
+        Segment { addr, len }
+    }
+
+    #[test]
+    fn copy_keeps_buffer_order_across_different_segmentations() {
+        let mem = memory();
+        let from = [seg(0x10_0000, 0x3000), seg(0x20_0000, 0x1000)];
+        let to = [seg(0x40_0000, 0x1000), seg(0x50_0000, 0x3000)];
+        fill_pattern(&mem, &from, 5).unwrap();
+        copy_segments(&mem, &from, &to).unwrap();
+        assert_eq!(checksum(&mem, &from).unwrap(), checksum(&mem, &to).unwrap());
+    }
+
+    #[test]
+    fn copy_between_overlapping_backings_goes_through_a_bounce_buffer() {
+        let mem = memory();
+        let from = [seg(0x10_0000, 0x4000)];
+        let to = [seg(0x10_2000, 0x4000)];
+        fill_pattern(&mem, &from, 9).unwrap();
+        let (before, _) = checksum(&mem, &from).unwrap();
+        copy_segments(&mem, &from, &to).unwrap();
+        assert_eq!(checksum(&mem, &to).unwrap(), (before, 0x4000));
+    }
+
+    #[test]
+    fn zeroing_and_guest_memory_errors() {
+        let mem = memory();
+        let segments = [seg(0x10_0000, 0x2_0000)];
+        fill_pattern(&mem, &segments, 1).unwrap();
+        zero_segments(&mem, &segments).unwrap();
+        let mut bytes = vec![1u8; 0x2_0000];
+        mem.read_slice(&mut bytes, GuestAddress(0x10_0000)).unwrap();
+        assert!(bytes.iter().all(|&b| b == 0));
+        // Outside guest memory: an error, not a panic.
+        let outside = [seg(0xff_f000, 0x2000)];
+        assert_eq!(
+            zero_segments(&mem, &outside).unwrap_err().errno(),
+            libc::EFAULT
+        );
+        assert_eq!(checksum(&mem, &outside).unwrap_err().errno(), libc::EFAULT);
+    }
+
+    #[test]
+    fn config_space_lists_the_pools_in_priority_order() {
+        let config = DeviceConfig::default_layout();
+        let space = config.config_space();
+        assert_eq!(space.num_pools, 4);
+        assert_eq!(
+            space.pools[1].kinds,
+            CENALLOC_KIND_DMA32 | CENALLOC_KIND_SYSTEM
+        );
+        assert_eq!(space.pools[1].placement, CENALLOC_PLACE_DMA32);
+        assert_eq!(space.pools[2].placement, CENALLOC_PLACE_CONTIG);
+        assert_eq!(space.max_segments, (1 << 30) / 4096);
+    }
+}
