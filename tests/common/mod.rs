@@ -94,7 +94,7 @@ impl GuestRam {
     }
 
     pub fn fill(&self, gpa: u64, len: u64, byte: u8) {
-        let chunk = vec![byte; 1 << 20];
+        let chunk = vec![byte; len.min(1 << 20) as usize];
         let mut done = 0;
         while done < len {
             let step = (len - done).min(chunk.len() as u64);
