@@ -200,6 +200,19 @@ impl VhostUserBackendMut for CenallocBackend {
         }
     }
 
+    /// QEMU's vhost-user-base never sends RESET_DEVICE: a guest driver
+    /// reset (status 0, e.g. module unload) reaches the backend as
+    /// GET_VRING_BASE on every queue. Stopping the control queue is
+    /// therefore the device reset: the donated pools and every buffer go,
+    /// so a reloaded driver starts from a clean device.
+    fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        if queue_index == u32::from(CENALLOC_VQ_CONTROL) {
+            log::info!("control queue stopped (device reset): dropping all buffers and pools");
+            self.reset_device();
+        }
+        Ok(())
+    }
+
     fn set_event_idx(&mut self, enabled: bool) {
         self.event_idx = enabled;
     }

@@ -476,3 +476,19 @@ fn reconnecting_front_end_gets_fresh_state() {
     second.donate_all();
     second.run(Cmd::create(4096, 0)).ok();
 }
+
+#[test]
+fn driver_reset_stopping_the_rings_drops_the_state() {
+    let mut harness = Harness::start();
+    harness.donate_all();
+    harness.run(Cmd::create(4096, 0)).ok();
+    harness.restart_queues();
+    let answer = harness.run(Cmd::get_info());
+    let info: InfoResp = answer.ok().get();
+    assert_eq!(info.num_buffers, 0);
+    let system: AllocatorInfo = answer.get_at(72);
+    assert_eq!(system.capacity, 0);
+    // The restarted driver can donate the same memory again.
+    harness.donate_all();
+    harness.run(Cmd::create(4096, 0)).ok();
+}

@@ -489,6 +489,20 @@ impl Harness {
         self.frontend.set_vring_enable(index, true).unwrap();
     }
 
+    /// What QEMU does at a guest driver reset and restart: stop both rings
+    /// (GET_VRING_BASE), then set them up again from scratch.
+    pub fn restart_queues(&mut self) {
+        for index in 0..CENALLOC_NUM_VQS {
+            self.frontend.get_vring_base(index).unwrap();
+        }
+        self.ram.fill(0x1000, 0x6000, 0);
+        self.control = Queue::new(0x1000);
+        self.events = Queue::new(0x4000);
+        for index in 0..CENALLOC_NUM_VQS {
+            self.setup_queue(index);
+        }
+    }
+
     pub fn event_idx(&self) -> bool {
         self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0
     }
