@@ -66,8 +66,6 @@ pub enum Error {
     RangeOutsideRam { addr: u64, len: u64 },
     #[error("range {addr:#x}+{len:#x} ends above the pool's limit {limit:#x}")]
     RangeOutOfPlacement { addr: u64, len: u64, limit: u64 },
-    #[error("range {addr:#x}+{len:#x} overlaps another donated range")]
-    RangeOverlap { addr: u64, len: u64 },
     #[error("guest memory access failed: {0}")]
     GuestMemory(#[from] GuestMemoryError),
     #[error("the batch was cancelled by an earlier failure")]
@@ -104,7 +102,6 @@ impl Error {
             SlotTooSmall { .. } | ResponseTooSmall { .. } => libc::ENOSPC,
             RangeOutsideRam { .. } | GuestMemory(_) => libc::EFAULT,
             RangeOutOfPlacement { .. } => libc::ERANGE,
-            RangeOverlap { .. } => libc::EEXIST,
             Cancelled => libc::ECANCELED,
             Serialize(_) => libc::EIO,
         }
@@ -573,9 +570,8 @@ impl Device {
     }
 
     /// POOL_ADD: every range is checked (page aligned, pool alignment, one
-    /// guest RAM region, placement, no overlap with the others or with any
-    /// donated region) before the first one is added, so a bad request
-    /// changes nothing.
+    /// guest RAM region, placement) here, overlaps by the model, before the
+    /// first one is added, so a bad request changes nothing.
     fn pool_add<M: GuestMemoryBackend>(&mut self, mem: &M, payload: &[u8]) -> Result<(), Error> {
         let req: PoolAddReq = read_struct(payload, 0).ok_or(Error::PayloadLength {
             need: size_of::<PoolAddReq>(),
@@ -633,30 +629,9 @@ impl Device {
             }
             ranges.push(Segment { addr, len });
         }
-        let snapshot_regions = self.pool.snapshot().regions;
-        let mut all: Vec<Segment> = ranges.clone();
-        all.extend(snapshot_regions.iter().map(|r| Segment {
-            addr: r.addr,
-            len: r.len,
-        }));
-        all.sort();
-        for pair in all.windows(2) {
-            if pair[0].addr + pair[0].len > pair[1].addr {
-                return Err(Error::RangeOverlap {
-                    addr: pair[1].addr,
-                    len: pair[1].len,
-                });
-            }
-        }
-        for (index, range) in ranges.iter().enumerate() {
-            if let Err(error) = self.pool.add_region(allocator, range.addr, range.len) {
-                if index > 0 {
-                    // Unreachable after the checks above; say so loudly.
-                    warn!("POOL_ADD: range {index} refused after {index} were added: {error}");
-                }
-                return Err(error.into());
-            }
-        }
+        // The model checks overlaps (with each other and with every donated
+        // region) and adds all ranges or none.
+        self.pool.add_regions(allocator, &ranges)?;
         Ok(())
     }
 

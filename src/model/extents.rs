@@ -35,9 +35,10 @@ impl FreeExtents {
         self.by_addr.is_empty()
     }
 
-    /// The largest free extent.
+    /// The largest free extent (lowest address among equals).
     pub fn largest(&self) -> Option<Segment> {
-        self.by_len.last().map(|&(len, addr)| Segment { addr, len })
+        let &(max_len, _) = self.by_len.last()?;
+        self.best_fit(max_len)
     }
 
     /// The smallest extent of at least `len` bytes (lowest address among
@@ -74,13 +75,21 @@ impl FreeExtents {
         );
         let mut start = addr;
         let mut end = addr + len;
-        if let Some((&prev_addr, &prev_len)) = self.by_addr.range(..addr).next_back() {
+        // One descent finds both neighbours: the extent starting at `end`
+        // (if any) and the last one starting before `addr`.
+        let mut before_end = self.by_addr.range(..=end);
+        let (next, prev) = match before_end.next_back() {
+            Some((&a, &l)) if a == end => (Some(l), before_end.next_back()),
+            other => (None, other),
+        };
+        let prev = prev.map(|(&a, &l)| (a, l));
+        if let Some((prev_addr, prev_len)) = prev {
             if prev_addr + prev_len == addr {
                 self.remove_raw(prev_addr, prev_len);
                 start = prev_addr;
             }
         }
-        if let Some(&next_len) = self.by_addr.get(&end) {
+        if let Some(next_len) = next {
             self.remove_raw(end, next_len);
             end += next_len;
         }

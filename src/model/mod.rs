@@ -25,12 +25,30 @@
 //! Hence *every* backing satisfies *every* kind of its allocator, and a
 //! backing satisfies a mask exactly when its allocator's kind set meets it.
 //!
+//! # Late attach and migration
+//! An attach after the backing exists is accepted as is when the backing's
+//! allocator serves a kind of the new access mask. Otherwise, if no map is
+//! outstanding on any attachment of the buffer and some allocator serves a
+//! kind of the new mask, it is accepted and the buffer is marked for
+//! migration ([`Attached::migrate_pending`]): the next [`Pool::map`]
+//! allocates new backing (`ENOMEM` keeps the mark and changes nothing),
+//! returns the old segments in [`Mapped::migrated_from`] for the caller to
+//! copy, and frees them in the model. Otherwise `EBUSY`. A detach that
+//! widens the mask back cancels a pending migration the backing no longer
+//! needs.
+//!
 //! # Mapping types
 //! Negotiated at attach ([`mapping::negotiate`]): the exporter list of the
 //! pool configuration is walked in priority order; the first type the
 //! importer also lists and whose `match` accepts the buffer is recorded on
 //! the attachment. [`MappingType::Contiguous`] only matches a buffer that is
-//! or can only become one contiguous range. When no type matches, attach
+//! or can only become one contiguous range: its backing is one segment (and
+//! stays, no migration pending), or it will be allocated and every
+//! allocator serving a kind of the new access mask is a contiguous
+//! allocator (this includes "every kind of the mask is a contiguous kind",
+//! since only contiguous allocators may serve those). Private types
+//! (0x8000..=0xffff) match when both lists name the same code and map like
+//! scatter-gather. When no type matches, attach
 //! fails with `EOPNOTSUPP` ([`Error::NoMutualMappingType`]). Once an
 //! attachment has negotiated `Contiguous`, every later allocation of that
 //! buffer (first map, migration) asks for one single segment, so the

@@ -176,12 +176,17 @@ impl Pool {
     /// be non-empty, page multiple, aligned to the allocator's placement
     /// alignment, below its limit, and overlap no region of any allocator.
     pub fn add_region(&mut self, allocator: usize, addr: u64, len: u64) -> Result<(), Error> {
+        self.add_regions(allocator, &[Segment { addr, len }])
+    }
+
+    /// Checks a region as [`Pool::add_region`] would, without adding it.
+    pub fn check_region(&self, allocator: usize, addr: u64, len: u64) -> Result<(), Error> {
         let slot = self
             .allocators
             .get(allocator)
             .ok_or(Error::UnknownAllocator(allocator))?;
         slot.allocator.check_region(addr, len)?;
-        let end = addr + len; // checked by check_region
+        let end = addr + len; // check_region refused an overflow
         if let Some((_, &(prev_end, owner))) = self.regions.range(..end).next_back() {
             if prev_end > addr {
                 return Err(Error::RegionOverlap {
@@ -191,9 +196,37 @@ impl Pool {
                 });
             }
         }
-        self.allocators[allocator].allocator.add_region(addr, len)?;
-        self.regions.insert(addr, (end, allocator));
-        self.counters.regions_added += 1;
+        Ok(())
+    }
+
+    /// Donates several regions to one allocator, all or nothing: every
+    /// region is checked (as [`Pool::add_region`], and against the others)
+    /// before any is added.
+    pub fn add_regions(&mut self, allocator: usize, regions: &[Segment]) -> Result<(), Error> {
+        if allocator >= self.allocators.len() {
+            return Err(Error::UnknownAllocator(allocator));
+        }
+        for region in regions {
+            self.check_region(allocator, region.addr, region.len)?;
+        }
+        let mut sorted = regions.to_vec();
+        sorted.sort_unstable();
+        for pair in sorted.windows(2) {
+            if pair[0].end() > pair[1].addr {
+                return Err(Error::RegionOverlap {
+                    addr: pair[1].addr,
+                    len: pair[1].len,
+                    allocator,
+                });
+            }
+        }
+        for region in regions {
+            self.allocators[allocator]
+                .allocator
+                .add_region(region.addr, region.len)?;
+            self.regions.insert(region.addr, (region.end(), allocator));
+            self.counters.regions_added += 1;
+        }
         Ok(())
     }
 
@@ -406,7 +439,16 @@ impl Pool {
         }
         buffer.access_mask = access;
         if let Some(backing) = &buffer.backing {
-            if self.allocators[backing.allocator].kinds & access != 0 {
+            // Cancel a pending migration the backing no longer needs: it
+            // satisfies the wider mask and every contiguous promise.
+            let contiguous_promised = buffer.attachments.iter().any(|a| {
+                self.attachments
+                    .get(a)
+                    .is_some_and(|att| att.map_type == MappingType::Contiguous)
+            });
+            if self.allocators[backing.allocator].kinds & access != 0
+                && (!contiguous_promised || backing.segments.len() == 1)
+            {
                 buffer.migrate_pending = false;
             }
         }
@@ -460,7 +502,22 @@ impl Pool {
 
         let mut newly_allocated = false;
         let mut migrated_from = None;
-        if buffer.backing.is_none() || buffer.migrate_pending {
+        let needs_backing = buffer.backing.is_none() || buffer.migrate_pending;
+        if !needs_backing
+            && map_type == MappingType::Contiguous
+            && buffer
+                .backing
+                .as_ref()
+                .is_some_and(|b| b.segments.len() != 1)
+        {
+            // Cannot happen: Contiguous is only negotiated for a backing of
+            // one segment, and every allocation for a buffer with a
+            // contiguous attachment asks for one segment. Refuse rather
+            // than lie, before anything changes.
+            return Err(Error::NotContiguous(buffer_id));
+        }
+        if needs_backing {
+            // A contiguous attachment (this one included) needs one segment.
             let single_segment = buffer.attachments.iter().any(|a| {
                 self.attachments
                     .get(a)
@@ -494,14 +551,8 @@ impl Pool {
             }
         }
         let Some(backing) = &buffer.backing else {
-            return Err(Error::NoBacking(buffer_id));
+            return Err(Error::NoBacking(buffer_id)); // set just above
         };
-        if map_type == MappingType::Contiguous && backing.segments.len() != 1 {
-            // Cannot happen: allocations for a buffer with a contiguous
-            // attachment ask for one segment. Refuse rather than lie; the
-            // backing was not just allocated, so nothing changed.
-            return Err(Error::NotContiguous(buffer_id));
-        }
         let mapped = Mapped {
             map_type,
             segments: backing.segments.clone(),
