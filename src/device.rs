@@ -1041,3 +1041,71 @@ mod tests {
         assert_eq!(space.max_segments, (1 << 30) / 4096);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use vm_memory::GuestMemoryMmap;
+
+    /// A request built from valid framing around arbitrary payloads, so the
+    /// decoder gets past the batch checks into every command.
+    fn framed(cmds: &[(u16, Vec<u8>, u32)]) -> Vec<u8> {
+        let mut out = BatchHdr {
+            num_cmds: cmds.len() as u32,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        for (opcode, payload, resp_len) in cmds {
+            let mut payload = payload.clone();
+            payload.resize(payload.len().div_ceil(8) * 8, 0);
+            let hdr = CmdHdr {
+                opcode: *opcode,
+                flags: 0,
+                len: payload.len() as u32,
+                resp_len: resp_len * 8,
+                reserved: 0,
+            };
+            out.extend_from_slice(hdr.as_slice());
+            out.extend_from_slice(&payload);
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_fit_the_writable_part(
+            request in proptest::collection::vec(any::<u8>(), 0..512),
+            writable in 0usize..4096,
+        ) {
+            let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
+            let out = device.execute_batch(&mem, &request, writable);
+            prop_assert!(out.len() <= writable);
+        }
+
+        #[test]
+        fn arbitrary_commands_never_panic(
+            cmds in proptest::collection::vec(
+                (0u16..16, proptest::collection::vec(any::<u8>(), 0..64), 0u32..64),
+                1..8,
+            ),
+        ) {
+            let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+            let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
+            // Give the pools memory so MAP/FILL/CHECKSUM can reach guest RAM.
+            device.pool.add_region(0, 0x40_0000, 0x40_0000).unwrap();
+            let request = framed(&cmds);
+            let out = device.execute_batch(&mem, &request, 1 << 20);
+            prop_assert!(out.len() >= 8);
+            let status = u32::from_le_bytes(out[0..4].try_into().unwrap()) as i32;
+            let done = u32::from_le_bytes(out[4..8].try_into().unwrap());
+            prop_assert!(status <= 0);
+            prop_assert!(done as usize <= cmds.len());
+            prop_assert_eq!(status == 0, done as usize == cmds.len());
+        }
+    }
+}
