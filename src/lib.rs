@@ -3,5 +3,18 @@
 //! The crate is layered the way the daemon is built:
 //! - [`model`]: buffers, attachments, constraint masks, mapping types and the
 //!   allocator pool. It knows nothing of vhost or virtqueues.
+//! - [`protocol`]: the Rust mirror of the wire protocol header.
+//! - [`device`]: the command executor: decodes a batch, runs it against the
+//!   model and guest memory, encodes the answers. No vhost types.
+//! - [`chain`]: gathers a descriptor chain into a request and scatters the
+//!   response back; validates the chain's shape.
+//! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue.
+//! - [`config`]: command line and configuration file → daemon configuration.
 
 pub mod model;
+
+pub mod chain;
+pub mod config;
+pub mod device;
+pub mod protocol;
+pub mod vhu_cenalloc;

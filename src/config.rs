@@ -1,0 +1,612 @@
+//! Command line and configuration file → the daemon's validated
+//! configuration.
+//!
+//! Pools come from the configuration file (`[[pool]]` tables) followed by
+//! the repeated `--pool KIND:SIZE[:OPTS]` flags; with neither, the default
+//! layout ([`DeviceConfig::default_layout`]) is used.
+//!
+//! `--pool` KIND is one of the well-known allocators (`system`, `dma32`,
+//! `contig`, `contig32`) or a custom kind of the configuration file. OPTS
+//! is a comma-separated list of `below4g`, `align=SIZE`, `name=NAME`,
+//! `kinds=MASK`. SIZE accepts the suffixes K, M, G (powers of 1024).
+//!
+//! Configuration file (TOML):
+//! ```toml
+//! max_batch = 64
+//! exporter_types = ["contig", "sg"]     # or numbers (0x8000.. private)
+//! [limits]
+//! max_buffers = 1024
+//! max_attachments_per_buffer = 16
+//! max_buffer_size = "64M"
+//! max_total_bytes = "256M"
+//! [[kind]]                               # custom memory kinds
+//! bit = 8
+//! name = "carveout"
+//! contiguous = true
+//! max_address = "4G"
+//! align = "2M"
+//! [[pool]]
+//! name = "carveout"
+//! kind = "carveout"                      # or strategy + kinds
+//! size = "32M"
+//! below_4g = true
+//! align = "2M"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::device::DeviceConfig;
+use crate::model::{
+    kinds, AllocatorSpec, KindSpec, Limits, MappingType, Placement, Pool, Strategy,
+};
+use crate::protocol::{
+    CENALLOC_MAX_BATCH, CENALLOC_MAX_MAP_TYPES, CENALLOC_MAX_POOLS, CENALLOC_PAGE_SIZE,
+};
+
+/// Command line of `cenallocd`.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(
+    name = "cenallocd",
+    version,
+    about = "vhost-user backend of the cenalloc device (virtio device ID 37)"
+)]
+pub struct Args {
+    /// Unix socket the front-end (QEMU) connects to.
+    #[arg(short, long, required_unless_present_any = ["print_capabilities", "print_config_size"])]
+    pub socket_path: Option<PathBuf>,
+
+    /// A pool the guest is asked to donate: KIND:SIZE[:OPTS], repeatable
+    /// (e.g. `contig:64M:below4g,align=2M`).
+    #[arg(long = "pool", value_name = "KIND:SIZE[:OPTS]")]
+    pub pools: Vec<String>,
+
+    /// TOML configuration file: limits, pools, custom kinds, exporter types.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the backend capabilities as JSON and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Print the size of the config space (QEMU's `config_size=`) and exit.
+    #[arg(long)]
+    pub print_config_size: bool,
+}
+
+/// The validated configuration of the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub socket_path: PathBuf,
+    pub device: DeviceConfig,
+}
+
+/// Everything wrong a configuration can be.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("--socket-path is required")]
+    NoSocketPath,
+    #[error("cannot read {path}: {source}")]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    ParseConfig {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("--pool {spec:?}: {reason}")]
+    PoolSpec { spec: String, reason: String },
+    #[error("invalid size {0:?} (a number with an optional K, M or G suffix)")]
+    Size(String),
+    #[error("unknown memory kind {0:?}")]
+    UnknownKind(String),
+    #[error("unknown mapping type {0:?} (sg, contig or a number 0x8000..=0xffff)")]
+    UnknownMappingType(String),
+    #[error("{0} pools, the protocol carries at most {max}", max = CENALLOC_MAX_POOLS)]
+    TooManyPools(usize),
+    #[error("{0} exporter types, the protocol carries at most {max}", max = CENALLOC_MAX_MAP_TYPES)]
+    TooManyExporterTypes(usize),
+    #[error("max_batch {0} must be 1..={max}", max = CENALLOC_MAX_BATCH)]
+    MaxBatch(u32),
+    #[error("pool {name:?}: size must be a non-zero multiple of its alignment {align:#x}")]
+    PoolSize { name: String, align: u64 },
+    #[error("pool configuration rejected by the model: {0}")]
+    Model(#[from] crate::model::Error),
+}
+
+/// A size: an integer, or a string with an optional K/M/G suffix.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum SizeValue {
+    Number(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn bytes(&self) -> Result<u64, Error> {
+        match self {
+            SizeValue::Number(n) => Ok(*n),
+            SizeValue::Text(text) => parse_size(text),
+        }
+    }
+}
+
+/// A kind mask: a number, or a list of kind names.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum KindsValue {
+    Mask(u32),
+    Names(Vec<String>),
+}
+
+/// A mapping type: a number or `sg` / `contig`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum MapTypeValue {
+    Code(u32),
+    Name(String),
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_buffers: Option<u32>,
+    max_attachments_per_buffer: Option<u32>,
+    max_buffer_size: Option<SizeValue>,
+    max_total_bytes: Option<SizeValue>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileKind {
+    bit: u8,
+    name: String,
+    #[serde(default)]
+    contiguous: bool,
+    max_address: Option<SizeValue>,
+    align: Option<SizeValue>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    name: Option<String>,
+    /// A well-known allocator or custom kind name; gives the defaults.
+    kind: Option<String>,
+    strategy: Option<String>,
+    kinds: Option<KindsValue>,
+    size: SizeValue,
+    below_4g: Option<bool>,
+    align: Option<SizeValue>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    max_batch: Option<u32>,
+    exporter_types: Option<Vec<MapTypeValue>>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default, rename = "kind")]
+    kinds: Vec<FileKind>,
+    #[serde(default, rename = "pool")]
+    pools: Vec<FilePool>,
+}
+
+/// Parses `4096`, `64K`, `2M`, `1G` (also `KiB`/`MiB`/`GiB`, case-insensitive).
+pub fn parse_size(text: &str) -> Result<u64, Error> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 10),
+        Some('m') => (&lower[..lower.len() - 1], 20),
+        Some('g') => (&lower[..lower.len() - 1], 30),
+        _ => (lower, 0),
+    };
+    let value = if let Some(hex) = digits.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16)
+    } else {
+        digits.parse::<u64>()
+    }
+    .map_err(|_| Error::Size(text.to_string()))?;
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| Error::Size(text.to_string()))
+}
+
+fn parse_mask(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// Well-known allocator templates: (name, strategy, kinds, below 4 GiB).
+fn well_known(kind: &str) -> Option<(Strategy, u32, bool)> {
+    Some(match kind {
+        "system" => (Strategy::Scatter, kinds::SYSTEM, false),
+        "dma32" => (Strategy::Scatter, kinds::DMA32 | kinds::SYSTEM, true),
+        "contig" => (Strategy::Contiguous, kinds::CONTIG | kinds::SYSTEM, false),
+        "contig32" | "contig-dma32" | "contig_dma32" => (
+            Strategy::Contiguous,
+            kinds::CONTIG_DMA32 | kinds::CONTIG | kinds::DMA32 | kinds::SYSTEM,
+            true,
+        ),
+        _ => return None,
+    })
+}
+
+fn kind_bit(name: &str, custom: &[KindSpec]) -> Option<u32> {
+    match name {
+        "system" => Some(kinds::SYSTEM),
+        "contig" => Some(kinds::CONTIG),
+        "dma32" => Some(kinds::DMA32),
+        "contig32" | "contig-dma32" | "contig_dma32" => Some(kinds::CONTIG_DMA32),
+        _ => custom
+            .iter()
+            .find(|k| k.name == name)
+            .and_then(|k| 1u32.checked_shl(u32::from(k.bit))),
+    }
+}
+
+/// The allocator template of a kind name: well-known or custom.
+fn template(kind: &str, custom: &[KindSpec]) -> Result<(Strategy, u32, bool, u64), Error> {
+    if let Some((strategy, mask, below_4g)) = well_known(kind) {
+        return Ok((strategy, mask, below_4g, CENALLOC_PAGE_SIZE));
+    }
+    let spec = custom
+        .iter()
+        .find(|k| k.name == kind)
+        .ok_or_else(|| Error::UnknownKind(kind.to_string()))?;
+    let strategy = if spec.contiguous {
+        Strategy::Contiguous
+    } else {
+        Strategy::Scatter
+    };
+    let mask = 1u32
+        .checked_shl(u32::from(spec.bit))
+        .ok_or_else(|| Error::UnknownKind(kind.to_string()))?;
+    Ok((
+        strategy,
+        mask,
+        spec.max_address <= crate::model::FOUR_GIB,
+        spec.align.max(CENALLOC_PAGE_SIZE),
+    ))
+}
+
+/// Parses one `--pool KIND:SIZE[:OPTS]`.
+fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<(AllocatorSpec, u64), Error> {
+    let bad = |reason: String| Error::PoolSpec {
+        spec: spec.to_string(),
+        reason,
+    };
+    let mut parts = spec.splitn(3, ':');
+    let kind = parts.next().unwrap_or_default();
+    let size_text = parts
+        .next()
+        .ok_or_else(|| bad("expected KIND:SIZE[:OPTS]".into()))?;
+    let size = parse_size(size_text).map_err(|e| bad(e.to_string()))?;
+    let (strategy, mut mask, mut below_4g, mut align) =
+        template(kind, custom).map_err(|e| bad(e.to_string()))?;
+    let mut name = kind.to_string();
+    if let Some(opts) = parts.next() {
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            match opt.split_once('=') {
+                None if opt == "below4g" => below_4g = true,
+                Some(("align", value)) => {
+                    align = parse_size(value).map_err(|e| bad(e.to_string()))?
+                }
+                Some(("name", value)) => name = value.to_string(),
+                Some(("kinds", value)) => {
+                    mask =
+                        parse_mask(value).ok_or_else(|| bad(format!("bad kind mask {value:?}")))?
+                }
+                _ => return Err(bad(format!("unknown option {opt:?}"))),
+            }
+        }
+    }
+    let allocator = AllocatorSpec {
+        name,
+        strategy,
+        kinds: mask,
+        placement: Placement {
+            contiguous: strategy == Strategy::Contiguous,
+            below_4g,
+            align,
+        },
+    };
+    Ok((allocator, size))
+}
+
+fn parse_map_type(value: &MapTypeValue) -> Result<MappingType, Error> {
+    let code = match value {
+        MapTypeValue::Code(code) => *code,
+        MapTypeValue::Name(name) => match name.as_str() {
+            "sg" | "scatter-gather" | "scatter_gather" => return Ok(MappingType::ScatterGather),
+            "contig" | "contiguous" => return Ok(MappingType::Contiguous),
+            other => {
+                parse_mask(other).ok_or_else(|| Error::UnknownMappingType(other.to_string()))?
+            }
+        },
+    };
+    MappingType::from_code(code).ok_or_else(|| Error::UnknownMappingType(code.to_string()))
+}
+
+fn read_config_file(path: &Path) -> Result<ConfigFile, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| Error::ParseConfig {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// Builds and validates the device configuration from the optional file
+/// and the `--pool` flags.
+pub fn device_config(file: Option<&Path>, pool_flags: &[String]) -> Result<DeviceConfig, Error> {
+    let file = match file {
+        Some(path) => read_config_file(path)?,
+        None => ConfigFile::default(),
+    };
+    let mut config = DeviceConfig::default_layout();
+    let defaults = Limits::default();
+    let limits = &file.limits;
+    config.pool.limits = Limits {
+        max_buffers: limits.max_buffers.unwrap_or(defaults.max_buffers),
+        max_attachments_per_buffer: limits
+            .max_attachments_per_buffer
+            .unwrap_or(defaults.max_attachments_per_buffer),
+        max_buffer_size: match &limits.max_buffer_size {
+            Some(size) => size.bytes()?,
+            None => defaults.max_buffer_size,
+        },
+        max_total_bytes: match &limits.max_total_bytes {
+            Some(size) => size.bytes()?,
+            None => defaults.max_total_bytes,
+        },
+    };
+    if let Some(max_batch) = file.max_batch {
+        if max_batch == 0 || max_batch > CENALLOC_MAX_BATCH {
+            return Err(Error::MaxBatch(max_batch));
+        }
+        config.max_batch = max_batch;
+    }
+    if let Some(types) = &file.exporter_types {
+        if types.len() > CENALLOC_MAX_MAP_TYPES {
+            return Err(Error::TooManyExporterTypes(types.len()));
+        }
+        config.pool.exporter_types = types.iter().map(parse_map_type).collect::<Result<_, _>>()?;
+    }
+    config.pool.custom_kinds = file
+        .kinds
+        .iter()
+        .map(|k| {
+            Ok(KindSpec {
+                bit: k.bit,
+                name: k.name.clone(),
+                contiguous: k.contiguous,
+                max_address: match &k.max_address {
+                    Some(size) => size.bytes()?,
+                    None => u64::MAX,
+                },
+                align: match &k.align {
+                    Some(size) => size.bytes()?,
+                    None => CENALLOC_PAGE_SIZE,
+                },
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+
+    let custom = config.pool.custom_kinds.clone();
+    let mut pools: Vec<(AllocatorSpec, u64)> = Vec::new();
+    for pool in &file.pools {
+        let base = pool.kind.as_deref().unwrap_or("system");
+        let (mut strategy, mut mask, mut below_4g, mut align) = template(base, &custom)?;
+        if let Some(text) = &pool.strategy {
+            strategy = match text.as_str() {
+                "contiguous" | "contig" => Strategy::Contiguous,
+                "scatter" | "sg" => Strategy::Scatter,
+                other => return Err(Error::UnknownKind(format!("strategy {other}"))),
+            };
+        }
+        if let Some(value) = &pool.kinds {
+            mask = match value {
+                KindsValue::Mask(mask) => *mask,
+                KindsValue::Names(names) => names.iter().try_fold(0u32, |acc, name| {
+                    kind_bit(name, &custom)
+                        .map(|bit| acc | bit)
+                        .ok_or_else(|| Error::UnknownKind(name.clone()))
+                })?,
+            };
+        }
+        if let Some(value) = pool.below_4g {
+            below_4g = value;
+        }
+        if let Some(value) = &pool.align {
+            align = value.bytes()?;
+        }
+        let spec = AllocatorSpec {
+            name: pool.name.clone().unwrap_or_else(|| base.to_string()),
+            strategy,
+            kinds: mask,
+            placement: Placement {
+                contiguous: strategy == Strategy::Contiguous,
+                below_4g,
+                align,
+            },
+        };
+        pools.push((spec, pool.size.bytes()?));
+    }
+    for flag in pool_flags {
+        pools.push(parse_pool_flag(flag, &custom)?);
+    }
+    if !pools.is_empty() {
+        if pools.len() > CENALLOC_MAX_POOLS {
+            return Err(Error::TooManyPools(pools.len()));
+        }
+        config.pool.allocators = pools.iter().map(|(spec, _)| spec.clone()).collect();
+        config.pool_sizes = pools.iter().map(|(_, size)| *size).collect();
+    }
+    for (spec, size) in config.pool.allocators.iter().zip(&config.pool_sizes) {
+        let align = spec.placement.align.max(CENALLOC_PAGE_SIZE);
+        if *size == 0 || size % align != 0 {
+            return Err(Error::PoolSize {
+                name: spec.name.clone(),
+                align,
+            });
+        }
+    }
+    // The model is the judge of the rest (names, kinds, placements).
+    Pool::new(config.pool.clone())?;
+    Ok(config)
+}
+
+impl TryFrom<Args> for Config {
+    type Error = Error;
+
+    fn try_from(args: Args) -> Result<Self, Error> {
+        let socket_path = args.socket_path.ok_or(Error::NoSocketPath)?;
+        let device = device_config(args.config.as_deref(), &args.pools)?;
+        Ok(Config {
+            socket_path,
+            device,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("cenallocd").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("2M").unwrap(), 2 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("0x1000").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn default_layout_fits_a_1g_guest() {
+        let config = Config::try_from(args(&["--socket-path", "/tmp/s"])).unwrap();
+        assert_eq!(config.device, DeviceConfig::default_layout());
+        let total: u64 = config.device.pool_sizes.iter().sum();
+        assert!(total <= 256 << 20, "{total}");
+        assert_eq!(
+            config.device.pool_sizes.len(),
+            config.device.pool.allocators.len()
+        );
+    }
+
+    #[test]
+    fn pool_flags_replace_the_default_layout() {
+        let config = Config::try_from(args(&[
+            "-s",
+            "/tmp/s",
+            "--pool",
+            "contig:64M:below4g,align=2M",
+            "--pool",
+            "system:32M:name=plenty",
+        ]))
+        .unwrap();
+        let pools = &config.device.pool.allocators;
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].strategy, Strategy::Contiguous);
+        assert!(pools[0].placement.below_4g);
+        assert_eq!(pools[0].placement.align, 2 << 20);
+        assert_eq!(pools[1].name, "plenty");
+        assert_eq!(config.device.pool_sizes, vec![64 << 20, 32 << 20]);
+    }
+
+    #[test]
+    fn bad_pool_flags_are_refused() {
+        for bad in [
+            "contig",
+            "bogus:1M",
+            "system:12Q",
+            "system:1M:frob",
+            "system:0",
+            "contig:1M:align=3M",
+        ] {
+            let result = Config::try_from(args(&["-s", "/tmp/s", "--pool", bad]));
+            assert!(result.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn missing_socket_is_a_usage_error() {
+        let error = Args::try_parse_from(["cenallocd"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(Args::try_parse_from(["cenallocd", "--print-config-size"]).is_ok());
+        assert!(Args::try_parse_from(["cenallocd", "--frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn config_file_sets_limits_kinds_and_pools() {
+        let dir = std::env::temp_dir().join(format!("cenalloc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pools.toml");
+        std::fs::write(
+            &path,
+            r#"
+max_batch = 16
+exporter_types = ["sg", "contig", 0x8001]
+[limits]
+max_buffers = 100
+max_buffer_size = "16M"
+max_total_bytes = "64M"
+[[kind]]
+bit = 8
+name = "carveout"
+contiguous = true
+max_address = "4G"
+align = "2M"
+[[pool]]
+name = "carve"
+kind = "carveout"
+size = "32M"
+align = "2M"
+[[pool]]
+kind = "system"
+size = "16M"
+"#,
+        )
+        .unwrap();
+        let config =
+            Config::try_from(args(&["-s", "/tmp/s", "-c", path.to_str().unwrap()])).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let device = &config.device;
+        assert_eq!(device.max_batch, 16);
+        assert_eq!(device.pool.limits.max_buffers, 100);
+        assert_eq!(device.pool.limits.max_buffer_size, 16 << 20);
+        assert_eq!(
+            device.pool.exporter_types,
+            vec![
+                MappingType::ScatterGather,
+                MappingType::Contiguous,
+                MappingType::Private(0x8001)
+            ]
+        );
+        assert_eq!(device.pool.allocators[0].name, "carve");
+        assert_eq!(device.pool.allocators[0].kinds, 1 << 8);
+        assert_eq!(device.pool.allocators[0].strategy, Strategy::Contiguous);
+        assert_eq!(device.pool_sizes, vec![32 << 20, 16 << 20]);
+    }
+}

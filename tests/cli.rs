@@ -1,0 +1,116 @@
+//! The `cenallocd` binary: QEMU's backend conventions, usage errors, a real
+//! front-end served by the process, clean exit on SIGTERM/SIGINT.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cenalloc::protocol::*;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cenallocd");
+
+#[test]
+fn prints_config_size_and_capabilities() {
+    let out = Command::new(BIN)
+        .arg("--print-config-size")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        size_of::<Config>().to_string()
+    );
+
+    let out = Command::new(BIN)
+        .arg("--print-capabilities")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["type"], "cenalloc");
+    assert_eq!(json["virtio-id"], 37);
+}
+
+#[test]
+fn bad_arguments_exit_with_status_2_and_a_message() {
+    for args in [
+        &[][..],
+        &["--socket-path"][..],
+        &["--bogus"][..],
+        &["-s", "/tmp/x.sock", "--pool", "nosuchkind:1M"][..],
+        &["-s", "/tmp/x.sock", "--pool", "contig:12Q"][..],
+        &[
+            "-s",
+            "/tmp/x.sock",
+            "--config",
+            "/nonexistent/cenalloc.toml",
+        ][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: no message");
+    }
+}
+
+fn wait_for(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serves_front_ends_in_turn_and_exits_cleanly_on_sigterm() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let socket = std::env::temp_dir().join(format!(
+            "cenallocd-cli-{}-{signal}.sock",
+            std::process::id()
+        ));
+        let mut child = Command::new(BIN)
+            .args([
+                "--socket-path",
+                socket.to_str().unwrap(),
+                "--pool",
+                "system:16M",
+                "--pool",
+                "contig32:8M",
+            ])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(&socket);
+        for round in 0..2 {
+            let mut harness = Harness::connect(&socket, WANTED_FEATURES);
+            assert_eq!(harness.config.num_pools, 2);
+            let info: InfoResp = harness.run(Cmd::get_info()).get();
+            assert_eq!(info.num_buffers, 0, "round {round}: state leaked");
+            harness.donate_all();
+            let answer = harness.batch(&[
+                Cmd::create(8192, 0),
+                Cmd::attach(
+                    CENALLOC_BATCH_REF,
+                    CENALLOC_KIND_CONTIG_DMA32,
+                    &[CENALLOC_MAP_CONTIG],
+                ),
+                Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_BIDIRECTIONAL, 1),
+            ]);
+            assert_eq!(answer.status, 0, "{answer:?}");
+        }
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "daemon ignored signal {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+        assert!(!socket.exists(), "socket left behind");
+    }
+}

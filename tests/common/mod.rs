@@ -1,0 +1,822 @@
+//! A test VMM for cenallocd: guest memory in a memfd, the vhost-user
+//! front-end of the `vhost` crate over the daemon's socket, and a small
+//! split-ring driver that writes descriptor chains into that memory.
+//!
+//! Guest-physical layout (two RAM regions, both from one memfd):
+//! - `[0, 512 MiB)`: rings at 0x1000.., request/response scratch from
+//!   1 MiB to 16 MiB, pool donations above 16 MiB.
+//! - `[4 GiB, 4 GiB + 64 MiB)`: high RAM (donated to the `system` pool).
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use cenalloc::device::DeviceConfig;
+use cenalloc::protocol::*;
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Frontend, Listener, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub const LOW_RAM: u64 = 512 << 20;
+pub const HIGH_BASE: u64 = 1 << 32;
+pub const HIGH_RAM: u64 = 64 << 20;
+pub const QUEUE_SIZE: u16 = 256;
+pub const SCRATCH_START: u64 = 1 << 20;
+pub const SCRATCH_END: u64 = 16 << 20;
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const DESC_F_INDIRECT: u16 = 4;
+
+/// How long any wait for the daemon may take before the test fails.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Guest memory shared with the daemon through a memfd.
+pub struct GuestRam {
+    pub mem: GuestMemoryMmap,
+    memfd: File,
+}
+
+impl GuestRam {
+    pub fn new() -> Self {
+        // SAFETY: memfd_create with a NUL-terminated name; the result is
+        // checked before use and then owned by a File.
+        let fd = unsafe { libc::memfd_create(c"cenalloc-guest".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let memfd = unsafe { File::from_raw_fd(fd) };
+        memfd.set_len(LOW_RAM + HIGH_RAM).unwrap();
+        let mem = GuestMemoryMmap::from_ranges_with_files([
+            (
+                GuestAddress(0),
+                LOW_RAM as usize,
+                Some(FileOffset::new(memfd.try_clone().unwrap(), 0)),
+            ),
+            (
+                GuestAddress(HIGH_BASE),
+                HIGH_RAM as usize,
+                Some(FileOffset::new(memfd.try_clone().unwrap(), LOW_RAM)),
+            ),
+        ])
+        .unwrap();
+        GuestRam { mem, memfd }
+    }
+
+    fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
+        self.mem
+            .iter()
+            .map(|region| VhostUserMemoryRegionInfo::from_guest_region(region).unwrap())
+            .collect()
+    }
+
+    fn host_address(&self, gpa: u64) -> u64 {
+        self.mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
+    }
+
+    pub fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        self.mem.read_slice(&mut out, GuestAddress(gpa)).unwrap();
+        out
+    }
+
+    pub fn write(&self, gpa: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(gpa)).unwrap();
+    }
+
+    pub fn fill(&self, gpa: u64, len: u64, byte: u8) {
+        let chunk = vec![byte; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let step = (len - done).min(chunk.len() as u64);
+            self.write(gpa + done, &chunk[..step as usize]);
+            done += step;
+        }
+    }
+
+    pub fn memfd(&self) -> &File {
+        &self.memfd
+    }
+}
+
+/// One descriptor of a chain the test builds.
+#[derive(Clone, Debug)]
+pub enum Desc {
+    /// Device-readable, holding these bytes (placed in scratch memory).
+    Readable(Vec<u8>),
+    /// Device-writable, this many bytes (placed in scratch memory, filled
+    /// with 0xEE so unwritten bytes show).
+    Writable(u32),
+    /// A descriptor exactly as given (for malformed chains).
+    Raw { addr: u64, len: u32, write: bool },
+}
+
+/// A chain: its descriptors, direct or through an indirect table.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    pub descs: Vec<Desc>,
+    pub indirect: bool,
+}
+
+impl Chain {
+    pub fn new(descs: Vec<Desc>) -> Self {
+        Chain {
+            descs,
+            indirect: false,
+        }
+    }
+
+    /// The usual shape: one readable request, one writable answer.
+    pub fn simple(request: Vec<u8>, writable: u32) -> Self {
+        Chain::new(vec![Desc::Readable(request), Desc::Writable(writable)])
+    }
+}
+
+/// What the device returned for one chain.
+#[derive(Clone, Debug)]
+pub struct Used {
+    pub len: u32,
+    /// The contents of the writable descriptors the harness placed, in
+    /// order, concatenated.
+    pub written: Vec<u8>,
+}
+
+/// One split virtqueue driven by the test.
+struct Queue {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+    used_idx: u16,
+    kick: EventFd,
+    call: EventFd,
+}
+
+impl Queue {
+    fn new(base: u64) -> Self {
+        Queue {
+            desc: base,
+            avail: base + 0x1000,
+            used: base + 0x2000,
+            avail_idx: 0,
+            used_idx: 0,
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }
+    }
+}
+
+/// A command for [`Harness::batch`].
+#[derive(Clone, Debug)]
+pub struct Cmd {
+    pub opcode: u16,
+    pub flags: u16,
+    pub reserved: u32,
+    pub payload: Vec<u8>,
+    pub resp_len: u32,
+}
+
+impl Cmd {
+    pub fn new(opcode: u16, payload: &[u8], resp_len: u32) -> Self {
+        Cmd {
+            opcode,
+            flags: 0,
+            reserved: 0,
+            payload: payload.to_vec(),
+            resp_len,
+        }
+    }
+    pub fn get_info() -> Self {
+        Cmd::new(CENALLOC_CMD_GET_INFO, &[], 1024)
+    }
+    pub fn pool_add(pool_index: u32, ranges: &[(u64, u64)]) -> Self {
+        let mut payload = PoolAddReq {
+            pool_index,
+            num_ranges: ranges.len() as u32,
+        }
+        .as_slice()
+        .to_vec();
+        for &(addr, len) in ranges {
+            payload.extend_from_slice(Range { addr, len }.as_slice());
+        }
+        Cmd::new(CENALLOC_CMD_POOL_ADD, &payload, 0)
+    }
+    pub fn create(size: u64, initial_mask: u32) -> Self {
+        let req = CreateReq {
+            size,
+            flags: 0,
+            initial_mask,
+        };
+        Cmd::new(CENALLOC_CMD_CREATE, req.as_slice(), 16)
+    }
+    pub fn attach(buffer_id: u32, mask: u32, types: &[u32]) -> Self {
+        let mut req = AttachReq {
+            buffer_id,
+            mask,
+            num_types: types.len() as u32,
+            ..Default::default()
+        };
+        for (slot, &t) in req.types.iter_mut().zip(types) {
+            *slot = t;
+        }
+        Cmd::new(CENALLOC_CMD_ATTACH, req.as_slice(), 16)
+    }
+    pub fn detach(attach_id: u32) -> Self {
+        let req = DetachReq {
+            attach_id,
+            reserved: 0,
+        };
+        Cmd::new(CENALLOC_CMD_DETACH, req.as_slice(), 0)
+    }
+    pub fn map(attach_id: u32, direction: u32, max_segments: u32) -> Self {
+        let req = MapReq {
+            attach_id,
+            direction,
+        };
+        Cmd::new(CENALLOC_CMD_MAP, req.as_slice(), 24 + 16 * max_segments)
+    }
+    pub fn unmap(attach_id: u32, direction: u32) -> Self {
+        let req = UnmapReq {
+            attach_id,
+            direction,
+        };
+        Cmd::new(CENALLOC_CMD_UNMAP, req.as_slice(), 0)
+    }
+    pub fn free(buffer_id: u32) -> Self {
+        let req = FreeReq {
+            buffer_id,
+            reserved: 0,
+        };
+        Cmd::new(CENALLOC_CMD_FREE, req.as_slice(), 0)
+    }
+    pub fn phys(buffer_id: u32) -> Self {
+        let req = PhysReq {
+            buffer_id,
+            reserved: 0,
+        };
+        Cmd::new(CENALLOC_CMD_PHYS, req.as_slice(), 16)
+    }
+    pub fn sync(buffer_id: u32, flags: u32) -> Self {
+        let req = SyncReq { buffer_id, flags };
+        Cmd::new(CENALLOC_CMD_SYNC, req.as_slice(), 0)
+    }
+    pub fn stats(resp_len: u32) -> Self {
+        Cmd::new(CENALLOC_CMD_STATS, &[], resp_len)
+    }
+    pub fn fill(buffer_id: u32, seed: u64) -> Self {
+        let req = FillReq {
+            buffer_id,
+            reserved: 0,
+            seed,
+        };
+        Cmd::new(CENALLOC_CMD_FILL, req.as_slice(), 0)
+    }
+    pub fn checksum(buffer_id: u32) -> Self {
+        let req = ChecksumReq {
+            buffer_id,
+            reserved: 0,
+        };
+        Cmd::new(CENALLOC_CMD_CHECKSUM, req.as_slice(), 16)
+    }
+}
+
+/// Encodes a batch's readable part.
+pub fn encode_batch(cmds: &[Cmd]) -> Vec<u8> {
+    let mut out = BatchHdr {
+        num_cmds: cmds.len() as u32,
+        reserved: 0,
+    }
+    .as_slice()
+    .to_vec();
+    for cmd in cmds {
+        let hdr = CmdHdr {
+            opcode: cmd.opcode,
+            flags: cmd.flags,
+            len: cmd.payload.len() as u32,
+            resp_len: cmd.resp_len,
+            reserved: cmd.reserved,
+        };
+        out.extend_from_slice(hdr.as_slice());
+        out.extend_from_slice(&cmd.payload);
+    }
+    out
+}
+
+/// Size of the writable part a batch needs.
+pub fn response_len(cmds: &[Cmd]) -> u32 {
+    8 + cmds.iter().map(|c| 16 + c.resp_len).sum::<u32>()
+}
+
+/// One command's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: i32,
+    pub len: u32,
+    pub needed: u32,
+    pub payload: Vec<u8>,
+}
+
+impl Answer {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.status, 0, "command failed: {self:?}");
+        self
+    }
+    pub fn get<T: ByteValued + Default>(&self) -> T {
+        self.get_at(0)
+    }
+    pub fn get_at<T: ByteValued + Default>(&self, offset: usize) -> T {
+        let mut value = T::default();
+        value
+            .as_mut_slice()
+            .copy_from_slice(&self.payload[offset..offset + size_of::<T>()]);
+        value
+    }
+}
+
+/// A batch's answer.
+#[derive(Clone, Debug)]
+pub struct BatchAnswer {
+    pub status: i32,
+    pub num_done: u32,
+    pub used_len: u32,
+    pub answers: Vec<Answer>,
+}
+
+pub fn decode_batch(cmds: &[Cmd], used: &Used) -> BatchAnswer {
+    let bytes = &used.written;
+    let word = |off: usize| u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap());
+    let mut answers = Vec::new();
+    let mut off = 8;
+    if used.len as usize >= response_len(cmds) as usize {
+        for cmd in cmds {
+            let len = word(off + 4);
+            answers.push(Answer {
+                status: word(off) as i32,
+                len,
+                needed: word(off + 8),
+                payload: bytes[off + 16..off + 16 + len.min(cmd.resp_len) as usize].to_vec(),
+            });
+            off += 16 + cmd.resp_len as usize;
+        }
+    }
+    BatchAnswer {
+        status: word(0) as i32,
+        num_done: word(4),
+        used_len: used.len,
+        answers,
+    }
+}
+
+/// The test VMM: memory, front-end, the two queues.
+pub struct Harness {
+    pub ram: GuestRam,
+    pub frontend: Frontend,
+    pub config: Config,
+    pub features: u64,
+    control: Queue,
+    events: Queue,
+    scratch: u64,
+    pub socket: PathBuf,
+}
+
+/// Starts an in-process daemon serving `config` on a fresh socket; returns
+/// the socket path. The server thread serves front-ends until the process
+/// ends.
+pub fn spawn_daemon(config: DeviceConfig) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let socket =
+        std::env::temp_dir().join(format!("cenalloc-test-{}-{n}.sock", std::process::id()));
+    let mut listener = Listener::new(&socket, true).unwrap();
+    std::thread::spawn(move || {
+        let _ = cenalloc::vhu_cenalloc::serve_forever(&mut listener, &config);
+    });
+    socket
+}
+
+pub const WANTED_FEATURES: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
+
+impl Harness {
+    /// In-process daemon with the default layout, connected.
+    pub fn start() -> Self {
+        Self::start_with(DeviceConfig::default_layout())
+    }
+
+    pub fn start_with(config: DeviceConfig) -> Self {
+        let socket = spawn_daemon(config);
+        Self::connect(&socket, WANTED_FEATURES)
+    }
+
+    /// Connects a new front-end to `socket` with fresh guest memory and
+    /// rings, negotiating `wanted` virtio features.
+    pub fn connect(socket: &Path, wanted: u64) -> Self {
+        let ram = GuestRam::new();
+        let mut frontend = Frontend::connect(socket, CENALLOC_NUM_VQS as u64).unwrap();
+        frontend.set_owner().unwrap();
+        let offered = frontend.get_features().unwrap();
+        assert_eq!(
+            offered & WANTED_FEATURES,
+            WANTED_FEATURES,
+            "features {offered:#x}"
+        );
+        let features = (offered & wanted) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        frontend.set_features(features).unwrap();
+        let protocol = frontend.get_protocol_features().unwrap();
+        assert!(protocol.contains(VhostUserProtocolFeatures::CONFIG));
+        assert!(!protocol.contains(VhostUserProtocolFeatures::SHMEM));
+        frontend
+            .set_protocol_features(VhostUserProtocolFeatures::CONFIG)
+            .unwrap();
+        let size = size_of::<Config>() as u32;
+        let (_, bytes) = frontend
+            .get_config(
+                0,
+                size,
+                VhostUserConfigFlags::WRITABLE,
+                &vec![0u8; size as usize],
+            )
+            .unwrap();
+        let mut config = Config::default();
+        config.as_mut_slice().copy_from_slice(&bytes);
+
+        frontend.set_mem_table(&ram.regions()).unwrap();
+        let mut harness = Harness {
+            frontend,
+            config,
+            features,
+            control: Queue::new(0x1000),
+            events: Queue::new(0x4000),
+            scratch: SCRATCH_START,
+            socket: socket.to_path_buf(),
+            ram,
+        };
+        for index in 0..CENALLOC_NUM_VQS {
+            harness.setup_queue(index);
+        }
+        harness
+    }
+
+    fn setup_queue(&mut self, index: usize) {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        let data = VringConfigData {
+            queue_max_size: QUEUE_SIZE,
+            queue_size: QUEUE_SIZE,
+            flags: 0,
+            desc_table_addr: self.ram.host_address(queue.desc),
+            used_ring_addr: self.ram.host_address(queue.used),
+            avail_ring_addr: self.ram.host_address(queue.avail),
+            log_addr: None,
+        };
+        self.frontend.set_vring_num(index, QUEUE_SIZE).unwrap();
+        self.frontend.set_vring_addr(index, &data).unwrap();
+        self.frontend.set_vring_base(index, 0).unwrap();
+        self.frontend.set_vring_call(index, &queue.call).unwrap();
+        self.frontend.set_vring_kick(index, &queue.kick).unwrap();
+        self.frontend.set_vring_enable(index, true).unwrap();
+    }
+
+    /// What QEMU does at a guest driver reset and restart: stop both rings
+    /// (GET_VRING_BASE), then set them up again from scratch.
+    pub fn restart_queues(&mut self) {
+        for index in 0..CENALLOC_NUM_VQS {
+            self.frontend.get_vring_base(index).unwrap();
+        }
+        self.ram.fill(0x1000, 0x6000, 0);
+        self.control = Queue::new(0x1000);
+        self.events = Queue::new(0x4000);
+        for index in 0..CENALLOC_NUM_VQS {
+            self.setup_queue(index);
+        }
+    }
+
+    pub fn event_idx(&self) -> bool {
+        self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0
+    }
+
+    /// Scratch memory for one round of chains; reset per round.
+    fn alloc(&mut self, len: u64) -> u64 {
+        let addr = self.scratch;
+        let end = (addr + len.max(1) + 63) & !63;
+        assert!(end <= SCRATCH_END, "scratch exhausted");
+        self.scratch = end;
+        addr
+    }
+
+    fn write_desc(&self, table: u64, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let base = table + 16 * u64::from(index);
+        let mut bytes = [0u8; 16];
+        bytes[0..8].copy_from_slice(&addr.to_le_bytes());
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        bytes[12..14].copy_from_slice(&flags.to_le_bytes());
+        bytes[14..16].copy_from_slice(&next.to_le_bytes());
+        self.ram.write(base, &bytes);
+    }
+
+    /// Places `chains` on the control queue, kicks once, waits for all of
+    /// them to be used; returns what the device wrote for each.
+    pub fn submit(&mut self, chains: &[Chain]) -> Vec<Used> {
+        self.submit_on(0, chains, true)
+    }
+
+    /// Posts chains on queue `index` (0 control, 1 event); with `wait`,
+    /// waits for them all to come back.
+    pub fn submit_on(&mut self, index: usize, chains: &[Chain], wait: bool) -> Vec<Used> {
+        self.scratch = if index == 0 {
+            SCRATCH_START
+        } else {
+            SCRATCH_END - (2 << 20)
+        };
+        let mut next_desc: u16 = 0;
+        let mut writable_areas: Vec<Vec<(u64, u32)>> = Vec::new();
+        let mut heads = Vec::new();
+        let table_of_queue = if index == 0 {
+            self.control.desc
+        } else {
+            self.events.desc
+        };
+        for chain in chains {
+            let mut areas = Vec::new();
+            let mut placed: Vec<(u64, u32, u16)> = Vec::new();
+            for desc in &chain.descs {
+                match desc {
+                    Desc::Readable(bytes) => {
+                        let addr = self.alloc(bytes.len() as u64);
+                        self.ram.write(addr, bytes);
+                        placed.push((addr, bytes.len() as u32, 0));
+                    }
+                    Desc::Writable(len) => {
+                        let addr = self.alloc(u64::from(*len));
+                        self.ram.fill(addr, u64::from(*len), 0xEE);
+                        areas.push((addr, *len));
+                        placed.push((addr, *len, DESC_F_WRITE));
+                    }
+                    Desc::Raw { addr, len, write } => {
+                        placed.push((*addr, *len, if *write { DESC_F_WRITE } else { 0 }));
+                    }
+                }
+            }
+            let head = next_desc;
+            if chain.indirect {
+                let table = self.alloc(16 * placed.len() as u64);
+                for (i, &(addr, len, flags)) in placed.iter().enumerate() {
+                    let last = i + 1 == placed.len();
+                    let flags = flags | if last { 0 } else { DESC_F_NEXT };
+                    self.write_desc(table, i as u16, addr, len, flags, (i + 1) as u16);
+                }
+                self.write_desc(
+                    table_of_queue,
+                    head,
+                    table,
+                    16 * placed.len() as u32,
+                    DESC_F_INDIRECT,
+                    0,
+                );
+                next_desc += 1;
+            } else {
+                for (i, &(addr, len, flags)) in placed.iter().enumerate() {
+                    let last = i + 1 == placed.len();
+                    let flags = flags | if last { 0 } else { DESC_F_NEXT };
+                    let index = next_desc;
+                    self.write_desc(table_of_queue, index, addr, len, flags, index + 1);
+                    next_desc += 1;
+                }
+            }
+            assert!(
+                next_desc <= QUEUE_SIZE,
+                "too many descriptors for one round"
+            );
+            heads.push(head);
+            writable_areas.push(areas);
+        }
+
+        let event_idx = self.event_idx();
+        let queue = if index == 0 {
+            &mut self.control
+        } else {
+            &mut self.events
+        };
+        for &head in &heads {
+            let slot = queue.avail + 4 + 2 * u64::from(queue.avail_idx % QUEUE_SIZE);
+            self.ram.write(slot, &head.to_le_bytes());
+            queue.avail_idx = queue.avail_idx.wrapping_add(1);
+        }
+        if event_idx {
+            // used_event: interrupt as soon as the device uses anything new.
+            let used_event = queue.avail + 4 + 2 * u64::from(QUEUE_SIZE);
+            self.ram.write(used_event, &queue.used_idx.to_le_bytes());
+        }
+        fence(Ordering::SeqCst);
+        self.ram
+            .mem
+            .store(
+                queue.avail_idx,
+                GuestAddress(queue.avail + 2),
+                Ordering::Release,
+            )
+            .unwrap();
+        fence(Ordering::SeqCst);
+        queue.kick.write(1).unwrap();
+        if !wait {
+            return Vec::new();
+        }
+        let target = queue.used_idx.wrapping_add(heads.len() as u16);
+        let (used_addr, call_fd) = (queue.used, queue.call.as_raw_fd());
+        let start = queue.used_idx;
+        wait_used(&self.ram, used_addr, call_fd, target);
+        let mut by_head = std::collections::HashMap::new();
+        for i in 0..heads.len() as u16 {
+            let entry = used_addr + 4 + 8 * u64::from(start.wrapping_add(i) % QUEUE_SIZE);
+            let bytes = self.ram.read(entry, 8);
+            let id = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+            let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+            by_head.insert(id as u16, len);
+        }
+        let queue = if index == 0 {
+            &mut self.control
+        } else {
+            &mut self.events
+        };
+        queue.used_idx = target;
+        heads
+            .iter()
+            .zip(writable_areas)
+            .map(|(head, areas)| {
+                let len = *by_head.get(head).expect("chain not returned");
+                let mut written = Vec::new();
+                for (addr, area_len) in areas {
+                    written.extend(self.ram.read(addr, area_len as usize));
+                }
+                Used { len, written }
+            })
+            .collect()
+    }
+
+    /// Runs one batch in one chain (request in one descriptor, answer in
+    /// one descriptor sized exactly).
+    pub fn batch(&mut self, cmds: &[Cmd]) -> BatchAnswer {
+        let chain = Chain::simple(encode_batch(cmds), response_len(cmds));
+        let used = self.submit(&[chain]).remove(0);
+        decode_batch(cmds, &used)
+    }
+
+    /// Runs one command alone; returns its answer.
+    pub fn run(&mut self, cmd: Cmd) -> Answer {
+        let answer = self.batch(std::slice::from_ref(&cmd));
+        assert_eq!(answer.answers.len(), 1, "{answer:?}");
+        answer.answers[0].clone()
+    }
+
+    /// Posts `count` event buffers of `len` bytes on the event queue
+    /// (without waiting); they come back as events happen.
+    pub fn post_event_buffers(&mut self, count: usize, len: u32) {
+        let chains: Vec<Chain> = (0..count)
+            .map(|_| Chain::new(vec![Desc::Writable(len)]))
+            .collect();
+        self.post_events_raw(&chains);
+    }
+
+    fn post_events_raw(&mut self, chains: &[Chain]) {
+        // Event buffers live at the top of the scratch area, away from control chains.
+        self.submit_on(1, chains, false);
+    }
+
+    /// Events the device returned so far (reads the used ring).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        let queue = &mut self.events;
+        let used_idx: u16 = self
+            .ram
+            .mem
+            .load(GuestAddress(queue.used + 2), Ordering::Acquire)
+            .unwrap();
+        let mut out = Vec::new();
+        while queue.used_idx != used_idx {
+            let entry = queue.used + 4 + 8 * u64::from(queue.used_idx % QUEUE_SIZE);
+            let bytes = self.ram.read(entry, 8);
+            let id = u16::from_le_bytes(bytes[0..2].try_into().unwrap());
+            let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+            if len as usize >= size_of::<Event>() {
+                // The descriptor's address tells where the event is.
+                let desc = self.ram.read(queue.desc + 16 * u64::from(id), 16);
+                let addr = u64::from_le_bytes(desc[0..8].try_into().unwrap());
+                let mut event = Event::default();
+                event
+                    .as_mut_slice()
+                    .copy_from_slice(&self.ram.read(addr, size_of::<Event>()));
+                out.push(event);
+            }
+            queue.used_idx = queue.used_idx.wrapping_add(1);
+        }
+        out
+    }
+
+    /// Donates memory for every pool of the config space: pools that must
+    /// lie below 4 GiB from low RAM, the others from high RAM first.
+    /// Returns the ranges donated per pool.
+    pub fn donate_all(&mut self) -> Vec<Vec<(u64, u64)>> {
+        let mut low_next = 16u64 << 20;
+        let mut high_next = HIGH_BASE;
+        let mut donated = Vec::new();
+        let pools = self.config.pools;
+        for (index, pool) in pools
+            .iter()
+            .take(self.config.num_pools as usize)
+            .enumerate()
+        {
+            let align = u64::from(pool.align).max(4096);
+            let size = pool.size;
+            let below_4g = pool.placement & CENALLOC_PLACE_DMA32 != 0;
+            let start = if !below_4g && high_next + size <= HIGH_BASE + HIGH_RAM {
+                let start = (high_next + align - 1) & !(align - 1);
+                high_next = start + size;
+                start
+            } else {
+                let start = (low_next + align - 1) & !(align - 1);
+                low_next = start + size;
+                start
+            };
+            assert!(start + size <= HIGH_BASE + HIGH_RAM);
+            // Garbage, so zeroing by the daemon shows.
+            self.ram.fill(start, size, 0xA5);
+            let ranges = vec![(start, size)];
+            let answer = self.run(Cmd::pool_add(index as u32, &ranges));
+            assert_eq!(answer.status, 0, "POOL_ADD {index}: {answer:?}");
+            donated.push(ranges);
+        }
+        donated
+    }
+}
+
+/// Waits until the used index at `used_addr + 2` reaches `target`.
+fn wait_used(ram: &GuestRam, used_addr: u64, call_fd: i32, target: u16) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let used: u16 = ram
+            .mem
+            .load(GuestAddress(used_addr + 2), Ordering::Acquire)
+            .unwrap();
+        if used == target {
+            return;
+        }
+        let now = Instant::now();
+        assert!(
+            now < deadline,
+            "device did not answer (used {used}, want {target})"
+        );
+        let mut pfd = libc::pollfd {
+            fd: call_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, bounded timeout.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        let mut counter = 0u64;
+        // SAFETY: reading 8 bytes from a non-blocking eventfd into a u64.
+        unsafe { libc::read(call_fd, (&mut counter as *mut u64).cast(), 8) };
+    }
+}
+
+/// Reads 64-bit word `i` of a buffer from its segments, as the test sees
+/// guest memory.
+pub fn read_buffer(ram: &GuestRam, segments: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(addr, len) in segments {
+        out.extend(ram.read(addr, len as usize));
+    }
+    out
+}
+
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = Fnv1a64::default();
+    hash.update(bytes);
+    hash.finish()
+}
+
+/// Segments of a MAP answer.
+pub fn map_segments(answer: &Answer) -> (MapResp, Vec<(u64, u64)>) {
+    let resp: MapResp = answer.get();
+    let segments = (0..resp.num_segments as usize)
+        .map(|i| {
+            let range: Range = answer.get_at(24 + 16 * i);
+            (range.addr, range.len)
+        })
+        .collect();
+    (resp, segments)
+}
+
+pub fn errno(e: i32) -> i32 {
+    -e
+}
