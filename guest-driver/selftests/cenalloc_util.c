@@ -511,7 +511,7 @@ int ca_fragment(int ca, int ct, uint32_t device, int index,
 			return ret;
 	}
 
-	/* Fill the rest, one largest free extent at a time. */
+	/* Fill the rest (a scatter buffer may span several extents). */
 	for (;;) {
 		const struct cenalloc_allocator_info *a;
 		uint64_t size;
@@ -522,7 +522,7 @@ int ca_fragment(int ca, int ct, uint32_t device, int index,
 		a = &pool.alloc[index];
 		if (!a->free)
 			break;
-		size = a->largest_free;
+		size = a->free;
 		if (size > pool.info.max_buffer_size)
 			size = pool.info.max_buffer_size;
 		ret = frag_take(ca, ct, device, index, size, frag);
