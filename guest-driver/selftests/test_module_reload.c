@@ -1,0 +1,341 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cenalloc.ko unload and reload: refused while a buffer is alive; after
+ * several unload/reload cycles with work in between, the pool statistics
+ * and the slab caches are back where they started (no leak).
+ *
+ * The module files come from $CENALLOC_MODULE_DIR (default
+ * /lib/modules/cenalloc): cenalloc.ko and cenalloc_test.ko. cenalloc.ko is
+ * reloaded with the parameters it had (read back from sysfs). Reloading
+ * re-probes the virtio device, so the pool is donated again.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "cenalloc_util.h"
+#include "tap.h"
+
+#define CYCLES			3
+#define WORK_BUFFERS		200
+/* A leak of one object per buffer shows as CYCLES * WORK_BUFFERS. */
+#define SLAB_GROWTH_LIMIT	150
+#define MAX_CACHES		512
+
+static char module_dir[256];
+static char cenalloc_params[512];
+
+static const char *module_path(const char *name, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s.ko", module_dir, name);
+	return buf;
+}
+
+static bool module_loaded(const char *name)
+{
+	char path[128];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "/sys/module/%s", name);
+	return stat(path, &st) == 0;
+}
+
+static int unload(const char *name)
+{
+	int tries;
+
+	/* The last close of a file may still be finishing: retry EAGAIN. */
+	for (tries = 0; tries < 50; tries++) {
+		if (syscall(SYS_delete_module, name, O_NONBLOCK) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EBUSY)
+			return -errno;
+		usleep(100000);
+	}
+	return -errno;
+}
+
+static bool wait_for(const char *path, unsigned int ms)
+{
+	struct stat st;
+	unsigned int waited;
+
+	for (waited = 0; waited <= ms; waited += 20) {
+		if (stat(path, &st) == 0)
+			return true;
+		usleep(20000);
+	}
+	return false;
+}
+
+static int load(const char *name, const char *params, const char *node)
+{
+	char path[512];
+	int fd, ret = 0;
+
+	fd = open(module_path(name, path, sizeof(path)), O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (syscall(SYS_finit_module, fd, params, 0))
+		ret = -errno;
+	close(fd);
+	if (!ret && !wait_for(node, 10000))
+		ret = -ETIMEDOUT;
+	return ret;
+}
+
+/* "name=value ..." from /sys/module/cenalloc/parameters. */
+static void read_params(void)
+{
+	const char *dir = "/sys/module/cenalloc/parameters";
+	size_t used = 0;
+	struct dirent *e;
+	DIR *d = opendir(dir);
+
+	cenalloc_params[0] = '\0';
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char path[512], value[128];
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(value, sizeof(value), f)) {
+			value[strcspn(value, "\n")] = '\0';
+			if (value[0] && !strchr(value, ' '))
+				used += snprintf(cenalloc_params + used,
+						 sizeof(cenalloc_params) - used,
+						 "%s%s=%s", used ? " " : "",
+						 e->d_name, value);
+		}
+		fclose(f);
+		if (used >= sizeof(cenalloc_params))
+			break;
+	}
+	closedir(d);
+}
+
+static enum tap_result setup(void)
+{
+	const char *env = getenv("CENALLOC_MODULE_DIR");
+	char path[512];
+	struct stat st;
+
+	snprintf(module_dir, sizeof(module_dir), "%s",
+		 env && env[0] ? env : "/lib/modules/cenalloc");
+	if (stat(module_path("cenalloc", path, sizeof(path)), &st) ||
+	    stat(module_path("cenalloc_test", path, sizeof(path)), &st))
+		return tap_skip("no cenalloc.ko / cenalloc_test.ko in %s", module_dir);
+	if (!module_loaded("cenalloc") || !module_loaded("cenalloc_test"))
+		return tap_skip("cenalloc and cenalloc_test are not both loaded");
+	read_params();
+	tap_diag("modules from %s, cenalloc parameters \"%s\"", module_dir, cenalloc_params);
+	return TAP_PASS;
+}
+
+static int unload_both(void)
+{
+	int ret = unload("cenalloc_test");
+
+	return ret ? ret : unload("cenalloc");
+}
+
+static int load_both(void)
+{
+	int ret = 0;
+
+	if (!module_loaded("cenalloc"))
+		ret = load("cenalloc", cenalloc_params, CA_DEVICE_PATH);
+	if (!ret && !module_loaded("cenalloc_test"))
+		ret = load("cenalloc_test", "", CT_DEVICE_PATH);
+	return ret;
+}
+
+/* Buffers created, allocated, filled, checked and freed. */
+static bool workload(void)
+{
+	struct ca_buf b = { .fd = -1 };
+	unsigned int i;
+	uint64_t sum, len;
+	int ca, ct, ret;
+	bool ok = true;
+
+	if (!ca_env_open(&ca, &ct))
+		return false;
+	ok = CHECK(ct_set_device1(ct, 0, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE");
+	for (i = 0; ok && i < WORK_BUFFERS; i++) {
+		ret = ca_buf_alloc(ca, ct, (i % 8 + 1) * 16 * CA_KIB, 0, &b);
+		ok = CHECK(ret == 0, "work buffer %u: %s", i, strerror(-ret));
+		if (ok)
+			ok = CHECK(ca_fill(ca, b.fd, i) == 0 &&
+				   ca_checksum(ca, b.fd, &sum, &len) == 0,
+				   "FILL/CHECKSUM");
+		ca_buf_free(ct, &b);
+	}
+	ca_close(&ct);
+	ca_close(&ca);
+	return ok;
+}
+
+struct slab_count {
+	char name[64];
+	long active;
+};
+
+static int read_slabinfo(struct slab_count *caches, unsigned int max)
+{
+	FILE *f = fopen("/proc/slabinfo", "r");
+	char line[512];
+	unsigned int n = 0;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f) && n < max) {
+		if (line[0] == '#' || !strncmp(line, "slabinfo", 8))
+			continue;
+		if (sscanf(line, "%63s %ld", caches[n].name, &caches[n].active) == 2)
+			n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static long slab_active(const struct slab_count *caches, int n, const char *name)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (!strcmp(caches[i].name, name))
+			return caches[i].active;
+	return 0;
+}
+
+static enum tap_result test_unload_refused_while_buffer_alive(void)
+{
+	enum tap_result result = setup();
+	struct ca_buf b = { .fd = -1 };
+	uint64_t sum, len;
+	int ca = -1, ct = -1, ret;
+
+	if (result != TAP_PASS)
+		return result;
+	if (!ca_env_open(&ca, &ct))
+		return TAP_FAIL;
+	ret = ct_set_device1(ct, 0, CENALLOC_MASK_ANY, 0);
+	ret = ret ? ret : ca_buf_alloc(ca, ct, 64 * CA_KIB, 0, &b);
+	if (!CHECK(ret == 0, "alloc: %s", strerror(-ret)))
+		goto out;
+	/* Only the buffer's fd remains. */
+	ct_unmap(ct, b.handle);
+	ct_detach(ct, b.handle);
+	b.handle = 0;
+	ca_close(&ct);
+	ca_close(&ca);
+	ret = unload("cenalloc_test");
+	if (!CHECK(ret == 0, "unload cenalloc_test: %s", strerror(-ret)))
+		goto out;
+	ret = syscall(SYS_delete_module, "cenalloc", O_NONBLOCK) ? -errno : 0;
+	CHECK(ret == -EWOULDBLOCK || ret == -EBUSY || ret == -EAGAIN,
+	      "unload cenalloc with a live buffer: %s, expected it refused",
+	      ret ? strerror(-ret) : "success");
+	if (ret)
+		tap_diag("unload refused: %s", strerror(-ret));
+	if (!ret)
+		goto out;
+	ca = ca_open();
+	if (CHECK(ca >= 0, "reopen: %s", strerror(-ca)))
+		CHECK(ca_fill(ca, b.fd, 3) == 0 && ca_checksum(ca, b.fd, &sum, &len) == 0,
+		      "the live buffer no longer works");
+	ca_close(&ca);
+	ca_close(&b.fd);
+	ret = unload("cenalloc");
+	CHECK(ret == 0, "unload after the last buffer is gone: %s", strerror(-ret));
+out:
+	ca_buf_free(ct, &b);
+	ca_close(&ct);
+	ca_close(&ca);
+	ret = load_both();
+	CHECK(ret == 0, "reload: %s", strerror(-ret));
+	return TAP_PASS;
+}
+
+static enum tap_result test_reload_without_leak(void)
+{
+	struct slab_count *s0 = calloc(MAX_CACHES, sizeof(*s0));
+	struct slab_count *s1 = calloc(MAX_CACHES, sizeof(*s1));
+	enum tap_result result = setup();
+	struct ca_pool before, after;
+	long worst = 0;
+	int ca = -1, n0, n1, i, cycle, ret;
+	const char *worst_name = "-";
+
+	if (result != TAP_PASS || !CHECK(s0 && s1, "out of memory"))
+		goto out;
+	/* Warm the caches, then take the starting point. */
+	if (!workload())
+		goto out;
+	if (!ca_env_open(&ca, NULL) || !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	ca_close(&ca);
+	n0 = read_slabinfo(s0, MAX_CACHES);
+	if (!CHECK(n0 > 0, "/proc/slabinfo: %s", strerror(-n0)))
+		goto out;
+
+	for (cycle = 0; cycle < CYCLES; cycle++) {
+		ret = unload_both();
+		if (!CHECK(ret == 0, "cycle %d: unload: %s", cycle, strerror(-ret)))
+			goto out;
+		CHECK(access(CA_DEVICE_PATH, F_OK) != 0, "%s still there after unload",
+		      CA_DEVICE_PATH);
+		ret = load_both();
+		if (!CHECK(ret == 0, "cycle %d: load: %s", cycle, strerror(-ret)))
+			goto out;
+		if (!workload())
+			goto out;
+	}
+
+	if (!ca_env_open(&ca, NULL) || !CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+		goto out;
+	CHECK(ca_pool_same(&before, &after), "pool statistics differ after %d reloads", CYCLES);
+	n1 = read_slabinfo(s1, MAX_CACHES);
+	for (i = 0; i < n1; i++) {
+		long growth = s1[i].active - slab_active(s0, n0, s1[i].name);
+
+		if (growth > worst) {
+			worst = growth;
+			worst_name = s1[i].name;
+		}
+		if (growth >= SLAB_GROWTH_LIMIT / 2)
+			tap_diag("slab %s: %+ld active objects", s1[i].name, growth);
+	}
+	tap_diag("%d reload cycles with %d buffers each: largest slab growth %ld (%s)",
+		 CYCLES, WORK_BUFFERS, worst, worst_name);
+	CHECK(worst < SLAB_GROWTH_LIMIT, "slab cache %s grew by %ld objects", worst_name, worst);
+out:
+	ca_close(&ca);
+	if (result == TAP_PASS) {
+		ret = load_both();
+		CHECK(ret == 0, "final reload: %s", strerror(-ret));
+	}
+	free(s0);
+	free(s1);
+	return result;
+}
+
+static const struct tap_test tests[] = {
+	TAP_TEST_TIMEOUT("unload is refused while a buffer is alive", test_unload_refused_while_buffer_alive, 300),
+	TAP_TEST_TIMEOUT("unload/reload cycles leak no pool memory and no slab objects", test_reload_without_leak, 900),
+};
+
+TAP_MAIN(tests)

@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A real V4L2 importer: vivid captures into cenalloc buffers queued with
+ * V4L2_MEMORY_DMABUF. vivid knows nothing of cenalloc; the mask given to
+ * its device with SET_DEVICE_MASK (contiguous below 4 GiB: vivid with
+ * allocators=1 uses dma-contig and a 32-bit DMA mask) decides where the
+ * buffers are allocated at its first map. The frame must land in the
+ * buffer (bytes no longer zero, read through the exporter's mmap).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/videodev2.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "cenalloc_util.h"
+#include "sysfs_util.h"
+#include "tap.h"
+
+#define NBUF		2	/* vivid starts streaming with 2 queued */
+#define FRAME_WAIT_MS	30000
+
+static int xioctl(int fd, unsigned long req, void *arg)
+{
+	int ret;
+
+	do {
+		ret = ioctl(fd, req, arg);
+	} while (ret < 0 && errno == EINTR);
+	return ret < 0 ? -errno : 0;
+}
+
+static int open_vivid(char *dev_name, size_t len)
+{
+	int i;
+
+	for (i = 0; i < 64; i++) {
+		struct v4l2_capability cap = { 0 };
+		char path[64], node[16];
+		int fd;
+
+		snprintf(path, sizeof(path), "/dev/video%d", i);
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (!xioctl(fd, VIDIOC_QUERYCAP, &cap) &&
+		    !strcmp((char *)cap.driver, "vivid") &&
+		    (cap.device_caps & V4L2_CAP_VIDEO_CAPTURE) &&
+		    (cap.device_caps & V4L2_CAP_STREAMING)) {
+			snprintf(node, sizeof(node), "video%d", i);
+			if (sysfs_device_name("video4linux", node, dev_name, len) == 0)
+				return fd;
+		}
+		close(fd);
+	}
+	return -1;
+}
+
+static enum tap_result test_vivid_captures_into_dmabuf(void)
+{
+	struct v4l2_format fmt = { .type = V4L2_BUF_TYPE_VIDEO_CAPTURE };
+	struct v4l2_requestbuffers req = { 0 };
+	const uint32_t mask = CENALLOC_KIND_CONTIG_DMA32;
+	enum tap_result result = TAP_PASS;
+	struct ca_pool before, streaming, after;
+	int fds[NBUF] = { -1, -1 };
+	int ca = -1, vid, ret, used, expected, type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
+	bool streaming_on = false, bufs_requested = false, have_before = false;
+	char dev_name[64];
+	uint64_t size;
+	unsigned int i;
+
+	vid = open_vivid(dev_name, sizeof(dev_name));
+	if (vid < 0)
+		return tap_skip("no vivid capture device (modprobe vivid node_types=0x1)");
+	if (!ca_env_open(&ca, NULL))
+		goto out;
+	ret = xioctl(vid, VIDIOC_G_FMT, &fmt);
+	if (!CHECK(ret == 0, "G_FMT: %s", strerror(-ret)))
+		goto out;
+	size = fmt.fmt.pix.sizeimage;
+	tap_diag("vivid device %s: %ux%u, %llu bytes per frame", dev_name,
+		 fmt.fmt.pix.width, fmt.fmt.pix.height, (unsigned long long)size);
+	ret = ca_set_device_mask(ca, dev_name, mask);
+	if (!CHECK(ret == 0, "SET_DEVICE_MASK %s: %s", dev_name, strerror(-ret)) ||
+	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	have_before = true;
+	expected = ca_pool_expected_allocator(&before, mask, size);
+
+	req.count = NBUF;
+	req.type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
+	req.memory = V4L2_MEMORY_DMABUF;
+	ret = xioctl(vid, VIDIOC_REQBUFS, &req);
+	if (!CHECK(ret == 0 && req.count >= NBUF, "REQBUFS DMABUF: %s, count %u",
+		   strerror(-ret), req.count))
+		goto out;
+	bufs_requested = true;
+	for (i = 0; i < NBUF; i++) {
+		struct v4l2_buffer vb = {
+			.index = i,
+			.type = V4L2_BUF_TYPE_VIDEO_CAPTURE,
+			.memory = V4L2_MEMORY_DMABUF,
+			.length = size,
+		};
+
+		fds[i] = ca_create(ca, size, 0);
+		if (!CHECK(fds[i] >= 0, "create: %s", strerror(-fds[i])))
+			goto out;
+		vb.m.fd = fds[i];
+		ret = xioctl(vid, VIDIOC_QBUF, &vb);
+		if (!CHECK(ret == 0, "QBUF %u: %s", i, strerror(-ret)))
+			goto out;
+	}
+	ret = xioctl(vid, VIDIOC_STREAMON, &type);
+	if (!CHECK(ret == 0, "STREAMON: %s", strerror(-ret)))
+		goto out;
+	streaming_on = true;
+
+	if (CHECK(ca_pool_read(ca, &streaming) == 0, "INFO")) {
+		used = ca_pool_allocator_used(&before, &streaming);
+		tap_diag("vivid (mask CONTIG_DMA32) buffers allocated from allocator %d (%.16s), %llu bytes",
+			 used, used >= 0 ? streaming.alloc[used].name : "none",
+			 (unsigned long long)(ca_pool_free(&before) - ca_pool_free(&streaming)));
+		CHECK(used == expected, "allocator %d, expected %d", used, expected);
+	}
+
+	struct pollfd pfd = { .fd = vid, .events = POLLIN };
+	struct v4l2_buffer vb = {
+		.type = V4L2_BUF_TYPE_VIDEO_CAPTURE,
+		.memory = V4L2_MEMORY_DMABUF,
+	};
+
+	ret = poll(&pfd, 1, FRAME_WAIT_MS);
+	if (!CHECK(ret == 1, "no frame within %d ms", FRAME_WAIT_MS))
+		goto out;
+	ret = xioctl(vid, VIDIOC_DQBUF, &vb);
+	if (!CHECK(ret == 0, "DQBUF: %s", strerror(-ret)))
+		goto out;
+	if (!CHECK(vb.index < NBUF, "DQBUF index %u", vb.index))
+		goto out;
+	tap_diag("frame %u in buffer %u, %u bytes used", vb.sequence, vb.index, vb.bytesused);
+	CHECK(vb.bytesused > 0 && vb.bytesused <= size, "bytesused %u", vb.bytesused);
+
+	uint8_t *p = ca_mmap(fds[vb.index], size);
+
+	if (CHECK(p, "mmap: %s", strerror(errno))) {
+		size_t nz = ca_first_nonzero(p, vb.bytesused);
+		uint64_t sum, len;
+
+		CHECK(nz < vb.bytesused, "captured frame is all zeros");
+		/* The device sees the same bytes as the guest. */
+		CHECK(ca_checksum(ca, fds[vb.index], &sum, &len) == 0 &&
+		      sum == ca_fnv1a64(p, size), "device checksum differs from the frame");
+		munmap(p, size);
+	}
+out:
+	if (streaming_on)
+		xioctl(vid, VIDIOC_STREAMOFF, &type);
+	if (bufs_requested) {
+		req.count = 0;
+		xioctl(vid, VIDIOC_REQBUFS, &req);
+	}
+	close(vid);
+	for (i = 0; i < NBUF; i++)
+		ca_close(&fds[i]);
+	if (ca >= 0) {
+		if (have_before && CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+			CHECK(ca_pool_free(&after) == ca_pool_free(&before),
+			      "pool not back after closing vivid and the buffers");
+		ca_set_device_mask(ca, dev_name, 0);
+	}
+	ca_close(&ca);
+	return result;
+}
+
+static const struct tap_test tests[] = {
+	TAP_TEST_TIMEOUT("vivid captures a frame into a cenalloc dma-buf", test_vivid_captures_into_dmabuf, 120),
+};
+
+TAP_MAIN(tests)
