@@ -138,8 +138,8 @@ int main(void)
 	    (unsigned long long)ca_pool_free(&attached), (unsigned long long)ca_pool_free(&mapped));
 	row("", "  access mask = ANY & CONTIG_DMA32", "%s",
 	    ca_mask_str(CENALLOC_KIND_CONTIG_DMA32, text, sizeof(text)));
-	verdict(!ret && used == ca_pool_expected_allocator(&attached, CENALLOC_KIND_CONTIG_DMA32, SIZE),
-		"");
+	verdict(!ret && used == ca_pool_expected_allocator(&attached,
+							   CENALLOC_KIND_CONTIG_DMA32, SIZE));
 	row("6", "camera's mapping", "type %s, %u segment(s), first %#llx + %#llx",
 	    ca_map_type_str(m->map_type), m->num_segments,
 	    (unsigned long long)m->seg[0].addr, (unsigned long long)m->seg[0].len);
