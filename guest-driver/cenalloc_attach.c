@@ -74,7 +74,8 @@ static bool cenalloc_contig_possible(struct cenalloc_buffer *buffer,
 }
 
 /* Walk the exporter's list in priority order, pick the first type the
- * importer lists that can serve the buffer. */
+ * importer lists that can serve the buffer.
+ */
 static int cenalloc_negotiate(struct cenalloc_buffer *buffer, u32 access_mask,
 			      const u32 *types, u32 num_types, u32 *map_type)
 {
@@ -224,7 +225,8 @@ static int cenalloc_attachment_add(struct cenalloc_buffer *buffer,
 		return -ENODEV;
 	if (!access_mask)
 		return -EINVAL;
-	if (buffer->num_attachments >= le32_to_cpu(cdev->config.max_attachments))
+	if (cdev->max_attachments &&
+	    buffer->num_attachments >= cdev->max_attachments)
 		return -ENOSPC;
 	ret = cenalloc_negotiate(buffer, access_mask, a->types, a->num_types,
 				 &a->map_type);
@@ -426,7 +428,8 @@ static int cenalloc_batch_record(struct cenalloc_buffer *buffer,
 }
 
 /* Bring the buffer and every pending attachment to the device, leaving
- * room for @keep more commands in the last batch; returns that batch. */
+ * room for @keep more commands in the last batch; returns that batch.
+ */
 static struct cenalloc_req *
 cenalloc_batch_begin(struct cenalloc_buffer *buffer,
 		     struct cenalloc_attachment **sent, unsigned int keep)
@@ -777,7 +780,8 @@ EXPORT_SYMBOL_GPL(cenalloc_attach);
 
 /* Pin the backing for CPU access through the internal CPU attachment
  * (mask: any kind, type SG). It stays mapped until the buffer is released,
- * so the backing cannot migrate under a user or kernel mapping. */
+ * so the backing cannot migrate under a user or kernel mapping.
+ */
 int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer)
 {
 	static const u32 cpu_types[] = { CENALLOC_MAP_SG };

@@ -171,7 +171,7 @@ static int cenalloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	unsigned long npages = buffer->size >> PAGE_SHIFT;
-	unsigned long p = 0, k, seg_pages;
+	unsigned long p = 0, k, seg_pages, pfn;
 	struct page **pages;
 	unsigned int i;
 	int ret = 0;
@@ -188,9 +188,10 @@ static int cenalloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 		goto out_unlock;
 	}
 	for (i = 0; i < buffer->num_backing; i++) {
+		pfn = PHYS_PFN(le64_to_cpu(buffer->backing[i].addr));
 		seg_pages = le64_to_cpu(buffer->backing[i].len) >> PAGE_SHIFT;
 		for (k = 0; k < seg_pages && p < npages; k++)
-			pages[p++] = pfn_to_page(PHYS_PFN(le64_to_cpu(buffer->backing[i].addr)) + k);
+			pages[p++] = pfn_to_page(pfn + k);
 	}
 	buffer->vaddr = vmap(pages, npages, VM_MAP, PAGE_KERNEL);
 	kvfree(pages);
@@ -303,7 +304,8 @@ out:
 }
 
 /* Last reference: UNMAP and DETACH the CPU attachment and FREE, posted in
- * one batch; the device state reference goes last. */
+ * one batch; the device state reference goes last.
+ */
 static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
@@ -369,7 +371,8 @@ const struct dma_buf_ops cenalloc_dmabuf_ops = {
 
 /* A new buffer: only a size and a mask until its first map. Device limits
  * are checked here, against the buffers this driver has alive, so that a
- * create the device would refuse fails at once. */
+ * create the device would refuse fails at once.
+ */
 struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 				       bool rdwr, u32 initial_mask)
 {

@@ -82,6 +82,7 @@ struct cenalloc_dev {
 	struct cenalloc_config config;
 	u32 max_batch;
 	u32 max_segments;
+	u32 max_attachments;			/* per buffer, 0: no limit */
 	u32 num_exporter_types;
 	u32 exporter_types[CENALLOC_MAX_MAP_TYPES];
 	u32 num_allocators;
@@ -150,7 +151,7 @@ struct cenalloc_attachment;
 struct cenalloc_buffer {
 	struct cenalloc_dev *cdev;		/* holds a reference */
 	struct dma_buf *dmabuf;
-	struct mutex lock;
+	struct mutex lock;			/* everything below */
 	struct list_head node;			/* in cdev->buffers */
 	u64 size;
 	u32 buffer_id;				/* 0 until CREATE ran */

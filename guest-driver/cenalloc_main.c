@@ -177,6 +177,12 @@ static int cenalloc_cache_info(struct cenalloc_dev *cdev)
 					 CENALLOC_MAX_MAP_TYPES);
 	for (i = 0; i < cdev->num_exporter_types; i++)
 		cdev->exporter_types[i] = le32_to_cpu(info.exporter_types[i]);
+	if (!cdev->num_exporter_types) {
+		/* Every device maps as a scatter-gather list. */
+		cdev->exporter_types[0] = CENALLOC_MAP_SG;
+		cdev->num_exporter_types = 1;
+	}
+	cdev->max_attachments = le32_to_cpu(info.max_attachments);
 	return 0;
 }
 

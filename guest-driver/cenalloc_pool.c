@@ -117,7 +117,8 @@ static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
 }
 
 /* Sort the blocks and merge adjacent ones into extents, each starting at
- * the pool's alignment. */
+ * the pool's alignment.
+ */
 static int cenalloc_pool_merge(struct cenalloc_pool *pool)
 {
 	u64 align = max_t(u64, le32_to_cpu(pool->config.align), PAGE_SIZE);
@@ -165,7 +166,8 @@ static int cenalloc_pool_merge(struct cenalloc_pool *pool)
 }
 
 /* POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, as many
- * commands per batch as the device takes. */
+ * commands per batch as the device takes.
+ */
 static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			      struct cenalloc_pool *pool, u32 index)
 {
@@ -180,8 +182,9 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 		if (!req)
 			return -ENOMEM;
 		sent = first;
-		for (cmd = 0; cmd < cdev->max_batch &&
-			      sent < pool->num_extents; cmd++) {
+		for (cmd = 0;
+		     cmd < cdev->max_batch && sent < pool->num_extents;
+		     cmd++) {
 			n = min_t(unsigned int, pool->num_extents - sent,
 				  CENALLOC_MAX_POOL_RANGES);
 			add = cenalloc_req_add(req, CENALLOC_CMD_POOL_ADD,
@@ -194,7 +197,8 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			}
 			add->pool_index = cpu_to_le32(index);
 			add->num_ranges = cpu_to_le32(n);
-			memcpy(add + 1, &pool->extents[sent], n * sizeof(struct cenalloc_range));
+			memcpy(add + 1, &pool->extents[sent],
+			       n * sizeof(struct cenalloc_range));
 			bytes[cmd] = 0;
 			for (i = 0; i < n; i++)
 				bytes[cmd] += le64_to_cpu(pool->extents[sent + i].len);
@@ -222,7 +226,8 @@ out_free:
 }
 
 /* Donate every pool of config space. A pool that fails is reported and
- * keeps status != 0; the others still work. */
+ * keeps status != 0; the others still work.
+ */
 int cenalloc_pools_donate(struct cenalloc_dev *cdev)
 {
 	struct cenalloc_pool *pool;
@@ -295,7 +300,8 @@ cenalloc_pools_find(struct cenalloc_dev *cdev, u64 addr)
 }
 
 /* True if [addr, addr + len) lies entirely in donated memory: a device
- * answer can never make the driver map memory it did not give away. */
+ * answer can never make the driver map memory it did not give away.
+ */
 bool cenalloc_pools_contain(struct cenalloc_dev *cdev, u64 addr, u64 len)
 {
 	const struct cenalloc_range *ext;

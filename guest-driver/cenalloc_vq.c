@@ -137,7 +137,8 @@ static int cenalloc_req_queue(struct cenalloc_req *req)
 }
 
 /* Send the batch and sleep until the device answers. Returns a transport
- * error; the status of each command is cenalloc_req_status(). */
+ * error; the status of each command is cenalloc_req_status().
+ */
 int cenalloc_req_submit(struct cenalloc_req *req)
 {
 	int ret;
@@ -196,7 +197,8 @@ static void cenalloc_req_posted_done(struct cenalloc_req *req)
 }
 
 /* Send the batch without waiting: the completion logs errors and frees
- * @req. Used for UNMAP, DETACH and FREE. */
+ * @req. Used for UNMAP, DETACH and FREE.
+ */
 void cenalloc_req_post(struct cenalloc_req *req)
 {
 	int ret;
@@ -214,7 +216,8 @@ void cenalloc_req_post(struct cenalloc_req *req)
 }
 
 /* Status of command @i: 0, the device's -errno, or -EIO when the answer is
- * missing or malformed. */
+ * missing or malformed.
+ */
 int cenalloc_req_status(struct cenalloc_req *req, unsigned int i)
 {
 	const struct cenalloc_resp_hdr *hdr;
@@ -411,7 +414,8 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev)
 }
 
 /* GET_INFO: fills @info and up to @max_allocators allocator records.
- * Returns the number of allocator records copied, or -errno. */
+ * Returns the number of allocator records copied, or -errno.
+ */
 int cenalloc_get_info(struct cenalloc_dev *cdev,
 		      struct cenalloc_info_resp *info,
 		      struct cenalloc_allocator_info *allocators,
