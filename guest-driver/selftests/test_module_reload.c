@@ -4,8 +4,9 @@
  * several unload/reload cycles with work in between, the pool statistics
  * and the slab caches are back where they started (no leak).
  *
- * The module files come from $CENALLOC_MODULE_DIR (default
- * /lib/modules/cenalloc): cenalloc.ko and cenalloc_test.ko. cenalloc.ko is
+ * The module files cenalloc.ko and cenalloc_test.ko come from
+ * $CENALLOC_MODULE_DIR, else /lib/modules/cenalloc, else
+ * /lib/modules/$(uname -r)/extra (where the guest image puts them). cenalloc.ko is
  * reloaded with the parameters it had (read back from sysfs). Reloading
  * re-probes the virtio device, so the pool is donated again.
  */
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "cenalloc_util.h"
@@ -126,17 +128,31 @@ static void read_params(void)
 	closedir(d);
 }
 
-static enum tap_result setup(void)
+static bool modules_in(const char *dir)
 {
-	const char *env = getenv("CENALLOC_MODULE_DIR");
 	char path[512];
 	struct stat st;
 
-	snprintf(module_dir, sizeof(module_dir), "%s",
-		 env && env[0] ? env : "/lib/modules/cenalloc");
-	if (stat(module_path("cenalloc", path, sizeof(path)), &st) ||
-	    stat(module_path("cenalloc_test", path, sizeof(path)), &st))
-		return tap_skip("no cenalloc.ko / cenalloc_test.ko in %s", module_dir);
+	snprintf(module_dir, sizeof(module_dir), "%s", dir);
+	return !stat(module_path("cenalloc", path, sizeof(path)), &st) &&
+	       !stat(module_path("cenalloc_test", path, sizeof(path)), &st);
+}
+
+static enum tap_result setup(void)
+{
+	const char *env = getenv("CENALLOC_MODULE_DIR");
+	char extra[300] = "/lib/modules/unknown/extra";
+	struct utsname uts;
+
+	if (!uname(&uts))
+		snprintf(extra, sizeof(extra), "/lib/modules/%s/extra", uts.release);
+	if (env && env[0]) {
+		if (!modules_in(env))
+			return tap_skip("no cenalloc.ko / cenalloc_test.ko in %s", env);
+	} else if (!modules_in("/lib/modules/cenalloc") && !modules_in(extra)) {
+		return tap_skip("no cenalloc.ko / cenalloc_test.ko in /lib/modules/cenalloc or %s",
+				extra);
+	}
 	if (!module_loaded("cenalloc") || !module_loaded("cenalloc_test"))
 		return tap_skip("cenalloc and cenalloc_test are not both loaded");
 	read_params();
@@ -334,8 +350,8 @@ out:
 }
 
 static const struct tap_test tests[] = {
-	TAP_TEST_TIMEOUT("unload is refused while a buffer is alive", test_unload_refused_while_buffer_alive, 300),
-	TAP_TEST_TIMEOUT("unload/reload cycles leak no pool memory and no slab objects", test_reload_without_leak, 900),
+	TAP_TEST_TIMEOUT("unload is refused while a buffer is alive", test_unload_refused_while_buffer_alive, 60),
+	TAP_TEST_TIMEOUT("unload/reload cycles leak no pool memory and no slab objects", test_reload_without_leak, 200),
 };
 
 TAP_MAIN(tests)

@@ -161,7 +161,7 @@ out:
 static const struct tap_test tests[] = {
 	TAP_TEST("PHYS gives ENODATA before the first map", test_phys_before_first_map),
 	TAP_TEST("PHYS gives the range of a contiguous buffer", test_phys_contiguous),
-	TAP_TEST_TIMEOUT("PHYS gives ENODEV for a scattered buffer", test_phys_scatter_enodev, 600),
+	TAP_TEST_TIMEOUT("PHYS gives ENODEV for a scattered buffer", test_phys_scatter_enodev, 200),
 };
 
 TAP_MAIN(tests)
