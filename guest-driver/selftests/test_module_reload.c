@@ -349,7 +349,101 @@ out:
 	return result;
 }
 
+#define VIRTIO_DRIVER_DIR	"/sys/bus/virtio/drivers/cenalloc"
+
+/* Name of the virtio device bound to cenalloc ("virtio0"), or false. */
+static bool bound_device(char *name, size_t len)
+{
+	DIR *d = opendir(VIRTIO_DRIVER_DIR);
+	struct dirent *e;
+	bool found = false;
+
+	if (!d)
+		return false;
+	while (!found && (e = readdir(d))) {
+		if (strncmp(e->d_name, "virtio", 6))
+			continue;
+		snprintf(name, len, "%s", e->d_name);
+		found = true;
+	}
+	closedir(d);
+	return found;
+}
+
+static int write_attr(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, value, strlen(value)) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/*
+ * The virtio device goes away (unbind) while a buffer is alive and mapped
+ * by an importer: the buffer's operations fail cleanly, releasing it later
+ * is safe, and after bind the device works with the pool as it was.
+ */
+static enum tap_result test_device_removal_with_live_buffer(void)
+{
+	struct ca_buf b = { .fd = -1 };
+	struct ca_pool before, after;
+	char dev[256], path[384];
+	uint64_t sum, len;
+	int ca = -1, ct = -1, ret;
+	bool unbound = false;
+
+	if (!bound_device(dev, sizeof(dev)))
+		return tap_skip("no virtio device bound to cenalloc");
+	if (!ca_env_open(&ca, &ct))
+		return TAP_FAIL;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	ret = ct_set_device1(ct, 0, CENALLOC_MASK_ANY, 0);
+	ret = ret ? ret : ca_buf_alloc(ca, ct, 64 * CA_KIB, 0, &b);
+	if (!CHECK(ret == 0, "alloc: %s", strerror(-ret)))
+		goto out;
+
+	ret = write_attr(VIRTIO_DRIVER_DIR "/unbind", dev);
+	if (!CHECK(ret == 0, "unbind %s: %s", dev, strerror(-ret)))
+		goto out;
+	unbound = true;
+	ret = ca_checksum(ca, b.fd, &sum, &len);
+	CHECK(ret < 0, "CHECKSUM without a device succeeded");
+	tap_diag("CHECKSUM with the device gone: %s", strerror(-ret));
+	ret = ca_create(ca, CA_PAGE_SIZE, 0);
+	CHECK(ret < 0, "CREATE without a device succeeded");
+	if (ret >= 0)
+		close(ret);
+	/* Unmap, detach and close with the device gone. */
+	ca_buf_free(ct, &b);
+
+	ret = write_attr("/sys/bus/virtio/drivers_probe", dev);
+	if (ret)
+		ret = write_attr(VIRTIO_DRIVER_DIR "/bind", dev);
+	snprintf(path, sizeof(path), VIRTIO_DRIVER_DIR "/%s", dev);
+	if (!CHECK(ret == 0 && wait_for(path, 10000), "bind %s again: %s", dev,
+		   strerror(-ret)))
+		goto out;
+	unbound = false;
+	if (CHECK(ca_pool_read(ca, &after) == 0, "INFO after bind"))
+		CHECK(ca_pool_same(&before, &after), "pool differs after unbind/bind");
+	ret = ca_buf_alloc(ca, ct, 64 * CA_KIB, 0, &b);
+	CHECK(ret == 0, "alloc after bind: %s", strerror(-ret));
+out:
+	ca_buf_free(ct, &b);
+	if (unbound)
+		write_attr(VIRTIO_DRIVER_DIR "/bind", dev);
+	ca_close(&ct);
+	ca_close(&ca);
+	return TAP_PASS;
+}
+
 static const struct tap_test tests[] = {
+	TAP_TEST_TIMEOUT("device removal with a live buffer, then bind again", test_device_removal_with_live_buffer, 60),
 	TAP_TEST_TIMEOUT("unload is refused while a buffer is alive", test_unload_refused_while_buffer_alive, 60),
 	TAP_TEST_TIMEOUT("unload/reload cycles leak no pool memory and no slab objects", test_reload_without_leak, 200),
 };
