@@ -28,6 +28,9 @@ module_param(pool_limit_mb, uint, 0444);
 MODULE_PARM_DESC(pool_limit_mb,
 		 "Largest donation per pool in MiB (0: half of the RAM)");
 
+/* POOL_ADD commands per batch: keeps one request under 20 KiB. */
+#define CENALLOC_POOL_ADD_BATCH		4
+
 /* Smallest block a contiguous pool accepts (64 KiB). */
 #define CENALLOC_CONTIG_MIN_ORDER	4
 
@@ -165,8 +168,8 @@ static int cenalloc_pool_merge(struct cenalloc_pool *pool)
 	return 0;
 }
 
-/* POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, as many
- * commands per batch as the device takes.
+/* POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, a few
+ * commands per batch.
  */
 static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			      struct cenalloc_pool *pool, u32 index)
@@ -174,8 +177,11 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 	struct cenalloc_pool_add_req *add;
 	unsigned int first = 0, sent, i, n, cmd;
 	struct cenalloc_req *req;
-	u64 bytes[CENALLOC_MAX_BATCH];
+	u64 bytes[CENALLOC_POOL_ADD_BATCH];
+	unsigned int batch_cmds;
 	int ret, status;
+
+	batch_cmds = min_t(u32, cdev->max_batch, CENALLOC_POOL_ADD_BATCH);
 
 	while (first < pool->num_extents) {
 		req = cenalloc_req_alloc(cdev);
@@ -183,7 +189,7 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			return -ENOMEM;
 		sent = first;
 		for (cmd = 0;
-		     cmd < cdev->max_batch && sent < pool->num_extents;
+		     cmd < batch_cmds && sent < pool->num_extents;
 		     cmd++) {
 			n = min_t(unsigned int, pool->num_extents - sent,
 				  CENALLOC_MAX_POOL_RANGES);
