@@ -59,8 +59,6 @@ static bool cenalloc_contig_possible(struct cenalloc_buffer *buffer,
 
 	if (buffer->backed)
 		return buffer->num_backing == 1;
-	if (buffer->contiguous_promised)
-		return true;
 	for (i = 0; i < cdev->num_allocators; i++) {
 		kinds = le32_to_cpu(cdev->allocators[i].kinds);
 		if (!(kinds & access_mask))
@@ -228,15 +226,15 @@ static int cenalloc_attachment_add(struct cenalloc_buffer *buffer,
 	if (cdev->max_attachments &&
 	    buffer->num_attachments >= cdev->max_attachments)
 		return -ENOSPC;
-	ret = cenalloc_negotiate(buffer, access_mask, a->types, a->num_types,
-				 &a->map_type);
+	if (buffer->backed && !defer) {
+		/* Only the device knows whether the backing migrates. */
+		ret = cenalloc_attach_sync(buffer, a);
+	} else {
+		ret = cenalloc_negotiate(buffer, access_mask, a->types,
+					 a->num_types, &a->map_type);
+	}
 	if (ret)
 		return ret;
-	if (buffer->backed && !defer) {
-		ret = cenalloc_attach_sync(buffer, a);
-		if (ret)
-			return ret;
-	}
 	if (a->map_type == CENALLOC_MAP_CONTIG)
 		buffer->contiguous_promised = true;
 	list_add_tail(&a->node, &buffer->attachments);

@@ -220,6 +220,7 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	if (ret)
 		goto err_del_vqs;
 	virtio_device_ready(vdev);
+	virtqueue_kick(cdev->event_vq);
 
 	ret = cenalloc_cache_info(cdev);
 	if (ret) {

@@ -15,6 +15,7 @@
  * state drops (cenalloc_pools_free()): only then can no buffer reach it.
  */
 #include <linux/gfp.h>
+#include <linux/ioport.h>
 #include <linux/mm.h>
 #include <linux/moduleparam.h>
 #include <linux/sizes.h>
@@ -23,10 +24,26 @@
 
 #include "cenalloc_internal.h"
 
+/*
+ * A boot-time reservation (e.g. memmap=256M$0x40000000 on the kernel
+ * command line) handed to the module as contig_reserve=256M@0x40000000:
+ * one physically contiguous extent larger than the buddy allocator's 4 MiB
+ * blocks, given to the first contiguous pool whose placement it fits. It
+ * must not be System RAM (the page allocator does not own it) and must have
+ * struct pages (mapped with pfn_to_page()).
+ */
+static char *contig_reserve;
+module_param(contig_reserve, charp, 0444);
+MODULE_PARM_DESC(contig_reserve,
+		 "SIZE@ADDR of a memmap= reservation for a contiguous pool");
+
 static unsigned int pool_limit_mb;
 module_param(pool_limit_mb, uint, 0444);
 MODULE_PARM_DESC(pool_limit_mb,
 		 "Largest donation per pool in MiB (0: half of the RAM)");
+
+/* POOL_ADD commands per batch: keeps one request under 20 KiB. */
+#define CENALLOC_POOL_ADD_BATCH		4
 
 /* Smallest block a contiguous pool accepts (64 KiB). */
 #define CENALLOC_CONTIG_MIN_ORDER	4
@@ -35,6 +52,16 @@ static int cenalloc_chunk_cmp(const void *a, const void *b)
 {
 	unsigned long pa = page_to_pfn(((const struct cenalloc_chunk *)a)->page);
 	unsigned long pb = page_to_pfn(((const struct cenalloc_chunk *)b)->page);
+
+	if (pa < pb)
+		return -1;
+	return pa > pb;
+}
+
+static int cenalloc_range_cmp(const void *a, const void *b)
+{
+	u64 pa = le64_to_cpu(((const struct cenalloc_range *)a)->addr);
+	u64 pb = le64_to_cpu(((const struct cenalloc_range *)b)->addr);
 
 	if (pa < pb)
 		return -1;
@@ -56,6 +83,67 @@ static u64 cenalloc_pool_target(const struct cenalloc_config_pool *config)
 	return round_down(size, PAGE_SIZE);
 }
 
+/* Parse and check contig_reserve; 0 and *len 0 when there is none. */
+static int cenalloc_reserve_parse(u64 *addr, u64 *len)
+{
+	char *end;
+
+	*addr = 0;
+	*len = 0;
+	if (!contig_reserve || !contig_reserve[0])
+		return 0;
+	*len = memparse(contig_reserve, &end);
+	if (*end != '@')
+		return -EINVAL;
+	*addr = memparse(end + 1, &end);
+	if (*end && *end != '\n')
+		return -EINVAL;
+	if (!*len || !PAGE_ALIGNED(*addr) || !PAGE_ALIGNED(*len) ||
+	    *addr + *len < *addr)
+		return -EINVAL;
+	if (region_intersects(*addr, *len, IORESOURCE_SYSTEM_RAM,
+			      IORES_DESC_NONE) != REGION_DISJOINT)
+		return -EBUSY;
+	if (!pfn_valid(PHYS_PFN(*addr)) ||
+	    !pfn_valid(PHYS_PFN(*addr + *len - 1)))
+		return -EINVAL;
+	return 0;
+}
+
+/* Give the reservation to the first contiguous pool it fits. */
+static void cenalloc_reserve_assign(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_pool *pool;
+	u64 addr, len;
+	unsigned int i;
+	u32 placement;
+	int ret;
+
+	ret = cenalloc_reserve_parse(&addr, &len);
+	if (ret) {
+		pr_warn("cenalloc: contig_reserve=%s ignored: %d\n",
+			contig_reserve, ret);
+		return;
+	}
+	if (!len)
+		return;
+	for (i = 0; i < cdev->num_pools; i++) {
+		pool = &cdev->pools[i];
+		placement = le32_to_cpu(pool->config.placement);
+		if (!(placement & CENALLOC_PLACE_CONTIG))
+			continue;
+		if ((placement & CENALLOC_PLACE_DMA32) && addr + len > SZ_4G)
+			continue;
+		pool->reserve_addr = addr;
+		pool->reserve_len = len;
+		pr_info("cenalloc: pool %.16s gets the reservation %llu MiB at %#llx\n",
+			pool->config.name, len >> 20, addr);
+		return;
+	}
+	pr_warn("cenalloc: no contiguous pool fits contig_reserve=%s\n",
+		contig_reserve);
+}
+
 /* Allocate the blocks of one pool into pool->chunks. */
 static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
 {
@@ -67,6 +155,7 @@ static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
 	struct page *page;
 
 	target = cenalloc_pool_target(&pool->config);
+	target -= min(target, pool->reserve_len);
 	if (!target)
 		return 0;
 	if (align < PAGE_SIZE)
@@ -81,7 +170,7 @@ static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
 	if (placement & CENALLOC_PLACE_DMA32)
 		gfp |= GFP_DMA32;
 
-	pool->chunks = kvcalloc(target >> (PAGE_SHIFT + min_order),
+	pool->chunks = kvcalloc((target >> (PAGE_SHIFT + min_order)) + 1,
 				sizeof(*pool->chunks), GFP_KERNEL);
 	if (!pool->chunks)
 		return -ENOMEM;
@@ -126,11 +215,11 @@ static int cenalloc_pool_merge(struct cenalloc_pool *pool)
 	unsigned int i, n = 0;
 	u64 addr, end, start;
 
-	if (!pool->num_chunks)
+	if (!pool->num_chunks && !pool->reserve_len)
 		return 0;
 	sort(pool->chunks, pool->num_chunks, sizeof(*pool->chunks),
 	     cenalloc_chunk_cmp, NULL);
-	pool->extents = kvcalloc(pool->num_chunks, sizeof(*pool->extents),
+	pool->extents = kvcalloc(pool->num_chunks + 1, sizeof(*pool->extents),
 				 GFP_KERNEL);
 	if (!pool->extents)
 		return -ENOMEM;
@@ -146,6 +235,13 @@ static int cenalloc_pool_merge(struct cenalloc_pool *pool)
 		pool->extents[n].addr = cpu_to_le64(addr);
 		pool->extents[n].len = cpu_to_le64(end - addr);
 		n++;
+	}
+	if (pool->reserve_len) {
+		pool->extents[n].addr = cpu_to_le64(pool->reserve_addr);
+		pool->extents[n].len = cpu_to_le64(pool->reserve_len);
+		n++;
+		sort(pool->extents, n, sizeof(*pool->extents),
+		     cenalloc_range_cmp, NULL);
 	}
 
 	/* Trim each extent's head to the alignment; drop what is left empty. */
@@ -165,8 +261,8 @@ static int cenalloc_pool_merge(struct cenalloc_pool *pool)
 	return 0;
 }
 
-/* POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, as many
- * commands per batch as the device takes.
+/* POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, a few
+ * commands per batch.
  */
 static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			      struct cenalloc_pool *pool, u32 index)
@@ -174,8 +270,11 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 	struct cenalloc_pool_add_req *add;
 	unsigned int first = 0, sent, i, n, cmd;
 	struct cenalloc_req *req;
-	u64 bytes[CENALLOC_MAX_BATCH];
+	u64 bytes[CENALLOC_POOL_ADD_BATCH];
+	unsigned int batch_cmds;
 	int ret, status;
+
+	batch_cmds = min_t(u32, cdev->max_batch, CENALLOC_POOL_ADD_BATCH);
 
 	while (first < pool->num_extents) {
 		req = cenalloc_req_alloc(cdev);
@@ -183,7 +282,7 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			return -ENOMEM;
 		sent = first;
 		for (cmd = 0;
-		     cmd < cdev->max_batch && sent < pool->num_extents;
+		     cmd < batch_cmds && sent < pool->num_extents;
 		     cmd++) {
 			n = min_t(unsigned int, pool->num_extents - sent,
 				  CENALLOC_MAX_POOL_RANGES);
@@ -234,6 +333,7 @@ int cenalloc_pools_donate(struct cenalloc_dev *cdev)
 	unsigned int i;
 	int ret;
 
+	cenalloc_reserve_assign(cdev);
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
 		ret = cenalloc_pool_alloc(pool);
