@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 int sysfs_device_name(const char *cls, const char *node, char *buf, size_t len)
@@ -68,4 +69,41 @@ int file_count_word(const char *path, const char *word)
 	}
 	fclose(f);
 	return count;
+}
+
+int cenalloc_pools_not_donated(void)
+{
+	FILE *f = fopen(CENALLOC_DEBUGFS_ALLOCATORS, "r");
+	bool in_pools = false, header = false;
+	char line[512];
+	int bad = 0, rows = 0;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		char *last;
+
+		if (!strncmp(line, "# pools donated", 15)) {
+			in_pools = true;
+			header = true;
+			continue;
+		}
+		if (!in_pools)
+			continue;
+		if (header) {		/* the column names */
+			header = false;
+			continue;
+		}
+		line[strcspn(line, "\n")] = '\0';
+		while (strlen(line) && isspace((unsigned char)line[strlen(line) - 1]))
+			line[strlen(line) - 1] = '\0';
+		if (!line[0] || line[0] == '#')
+			break;
+		last = strrchr(line, ' ');
+		rows++;
+		if (!last || atoi(last + 1) != 0)
+			bad++;
+	}
+	fclose(f);
+	return rows ? bad : -ENODATA;
 }

@@ -14,5 +14,12 @@ bool debugfs_ready(void);
 int file_count_word(const char *path, const char *word);
 
 #define CENALLOC_DEBUGFS_ATTACHMENTS	"/sys/kernel/debug/cenalloc/attachments"
+#define CENALLOC_DEBUGFS_ALLOCATORS	"/sys/kernel/debug/cenalloc/allocators"
+
+/*
+ * Pools of the debugfs "allocators" file whose POOL_ADD status is not 0
+ * (the device refused the driver's donation), or -errno.
+ */
+int cenalloc_pools_not_donated(void);
 
 #endif

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cenalloc_util.h"
+#include "sysfs_util.h"
 #include "tap.h"
 
 #define CYCLES			3
@@ -96,6 +97,20 @@ static int load(const char *name, const char *params, const char *node)
 	if (!ret && !wait_for(node, 10000))
 		ret = -ETIMEDOUT;
 	return ret;
+}
+
+/* After a probe, every pool must have been donated (POOL_ADD status 0). */
+static void check_donations(const char *when)
+{
+	int bad;
+
+	if (!debugfs_ready()) {
+		tap_diag("no debugfs: donations %s not checked", when);
+		return;
+	}
+	bad = cenalloc_pools_not_donated();
+	CHECK(bad == 0, "%s: %d pool donation(s) refused by the device (see dmesg)",
+	      when, bad);
 }
 
 /* "name=value ..." from /sys/module/cenalloc/parameters. */
@@ -331,6 +346,7 @@ static enum tap_result test_reload_without_leak(void)
 		ret = load_both();
 		if (!CHECK(ret == 0, "cycle %d: load: %s", cycle, strerror(-ret)))
 			goto out;
+		check_donations("after reload");
 		if (!workload())
 			goto out;
 	}
@@ -450,6 +466,7 @@ static enum tap_result test_device_removal_with_live_buffer(void)
 		   strerror(-ret)))
 		goto out;
 	unbound = false;
+	check_donations("after bind");
 	if (CHECK(ca_pool_read(ca, &after) == 0, "INFO after bind"))
 		CHECK(ca_pool_same(&before, &after), "pool differs after unbind/bind");
 	ret = ca_buf_alloc(ca, ct, 64 * CA_KIB, 0, &b);
