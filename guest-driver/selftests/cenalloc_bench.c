@@ -172,6 +172,7 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	mapping = calloc(1, sizeof(*mapping));
 	ca = ca_open();
+	ct_load_module();
 	ct = ct_open();
 	heap = open(HEAP_PATH, O_RDONLY | O_CLOEXEC);
 	if (ca < 0 || ct < 0 || !mapping) {

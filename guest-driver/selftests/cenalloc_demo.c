@@ -38,7 +38,7 @@ static void row(const char *step, const char *what, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(result, sizeof(result), fmt, ap);
 	va_end(ap);
-	printf("%-4s %-44s %s\n", step, what, result);
+	printf("%-4s %-46s %s\n", step, what, result);
 }
 
 /* Counts an unexpected outcome; prints nothing when all is well. */
@@ -46,7 +46,7 @@ static void verdict(bool ok)
 {
 	if (!ok) {
 		failures++;
-		printf("     %-44s %s\n", "", "^ UNEXPECTED");
+		printf("     %-46s %s\n", "", "^ UNEXPECTED");
 	}
 }
 
@@ -85,6 +85,9 @@ int main(void)
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	ca = ca_open();
+	ret = ct_load_module();
+	if (ret)
+		fprintf(stderr, "cenalloc_demo: loading cenalloc_test.ko: %s\n", strerror(-ret));
 	ct = ct_open();
 	if (ca < 0 || ct < 0 || !m) {
 		fprintf(stderr, "cenalloc_demo: needs %s and %s (%s)\n", CA_DEVICE_PATH,
@@ -102,8 +105,8 @@ int main(void)
 	ct_set_device(ct, DEV_GPU, CENALLOC_MASK_ANY, gpu_types, 2);
 	ct_set_device(ct, DEV_CAMERA, CENALLOC_KIND_CONTIG_DMA32, camera_types, 1);
 
-	printf("%-4s %-44s %s\n", "step", "action", "result");
-	printf("%-4s %-44s %s\n", "----", "--------------------------------------------",
+	printf("%-4s %-46s %s\n", "step", "action", "result");
+	printf("%-4s %-46s %s\n", "----", "----------------------------------------------",
 	       "------------------------------------------------");
 
 	fd = ca_create(ca, SIZE, 0);

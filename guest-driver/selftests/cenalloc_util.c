@@ -9,6 +9,8 @@
 #include <sys/ioctl.h>
 #include <linux/dma-buf.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -222,6 +224,28 @@ bool ca_pool_has_exporter_type(const struct ca_pool *pool, uint32_t type)
 		if (pool->info.exporter_types[i] == type)
 			return true;
 	return false;
+}
+
+int ct_load_module(void)
+{
+	char path[384];
+	struct utsname uts;
+	int fd, ret = 0, tries;
+
+	if (access(CT_DEVICE_PATH, F_OK) == 0)
+		return 0;
+	if (uname(&uts))
+		return -errno;
+	snprintf(path, sizeof(path), "/lib/modules/%s/extra/cenalloc_test.ko", uts.release);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (syscall(SYS_finit_module, fd, "", 0))
+		ret = -errno;
+	close(fd);
+	for (tries = 0; !ret && tries < 100 && access(CT_DEVICE_PATH, F_OK); tries++)
+		usleep(20000);
+	return ret;
 }
 
 int ct_open(void)

@@ -74,6 +74,11 @@ bool ca_allocator_contiguous(const struct cenalloc_allocator_info *a);
 /* ---- /dev/cenalloc_test ---- */
 
 int ct_open(void);
+/*
+ * Loads /lib/modules/$(uname -r)/extra/cenalloc_test.ko if
+ * /dev/cenalloc_test is missing (the demo VM does not load it at boot).
+ */
+int ct_load_module(void);
 int ct_set_device(int ct, uint32_t device, uint32_t mask,
 		  const uint32_t *types, uint32_t num_types);
 /* Shorthand: a device listing only @type (0: CENALLOC_MAP_SG). */
