@@ -160,7 +160,13 @@ static long cenalloc_ioctl_info(struct cenalloc_dev *cdev, void __user *uarg)
 	arg.num_allocators = le32_to_cpu(info.num_allocators);
 	arg.max_buffer_size = le64_to_cpu(info.max_buffer_size);
 	arg.max_buffers = le32_to_cpu(info.max_buffers);
-	arg.num_buffers = le32_to_cpu(info.num_buffers);
+	/*
+	 * Live buffers as the guest sees them: a buffer reaches the device
+	 * only with its first map, so the device's count lags behind.
+	 */
+	mutex_lock(&cdev->lock);
+	arg.num_buffers = cdev->num_buffers;
+	mutex_unlock(&cdev->lock);
 	arg.num_exporter_types = min_t(u32, le32_to_cpu(info.num_exporter_types),
 				       CENALLOC_MAX_MAP_TYPES);
 	for (i = 0; i < CENALLOC_MAX_MAP_TYPES; i++)

@@ -32,8 +32,9 @@
  * must not be System RAM (the page allocator does not own it) and must have
  * struct pages (mapped with pfn_to_page()).
  */
-static char *contig_reserve;
-module_param(contig_reserve, charp, 0444);
+static char contig_reserve[64];
+module_param_string(contig_reserve, contig_reserve, sizeof(contig_reserve),
+		    0444);
 MODULE_PARM_DESC(contig_reserve,
 		 "SIZE@ADDR of a memmap= reservation for a contiguous pool");
 
@@ -90,7 +91,7 @@ static int cenalloc_reserve_parse(u64 *addr, u64 *len)
 
 	*addr = 0;
 	*len = 0;
-	if (!contig_reserve || !contig_reserve[0])
+	if (!contig_reserve[0])
 		return 0;
 	*len = memparse(contig_reserve, &end);
 	if (*end != '@')
