@@ -54,7 +54,7 @@ typedef uint64_t __le64;
 #define CENALLOC_PAGE_SIZE		4096
 
 /* Limits of the protocol itself (the device may announce smaller ones). */
-#define CENALLOC_MAX_POOLS		8	/* pools in config space */
+#define CENALLOC_MAX_POOLS		5	/* pools in config space */
 #define CENALLOC_MAX_MAP_TYPES		8	/* importer list in ATTACH */
 #define CENALLOC_MAX_BATCH		64	/* commands in one chain */
 #define CENALLOC_MAX_POOL_RANGES	256	/* ranges in one POOL_ADD */
@@ -92,6 +92,8 @@ typedef uint64_t __le64;
 
 /* ---------------------------------------------------------------------- */
 /* Config space, read by the driver at probe.                              */
+/* vhost-user carries at most 256 bytes of config space                    */
+/* (VHOST_USER_MAX_CONFIG_SIZE; QEMU aborts on more): 40 + 5 * 40 = 240.   */
 
 struct cenalloc_config_pool {
 	__le32 kinds;		/* CENALLOC_KIND_* served by this pool */

@@ -1,0 +1,454 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cenalloc buffers: the dma-buf exporter.
+ *
+ * A buffer is first only a size and a mask: CREATE reaches the device with
+ * the first map (see cenalloc_attach.c). CPU access (mmap, vmap) needs
+ * backing: it maps the buffer through an internal CPU attachment (mask: any
+ * kind, type SG) that stays mapped until the buffer is released, so the
+ * backing is allocated if it was not, and can never migrate away from under
+ * a CPU mapping (a later incompatible attach gets -EBUSY from the device).
+ * begin/end_cpu_access send SYNC and sync every DMA mapping for the CPU or
+ * the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
+ */
+#include <linux/dma-mapping.h>
+#include <linux/fcntl.h>
+#include <linux/iosys-map.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/sizes.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "cenalloc_internal.h"
+
+/* Run one command on the device and copy its answer into @resp. */
+static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,
+				const void *payload, u32 len, void *resp,
+				u32 resp_len)
+{
+	struct cenalloc_req *req;
+	u32 got;
+	void *p;
+	int ret;
+
+	req = cenalloc_req_alloc(buffer->cdev);
+	if (!req)
+		return -ENOMEM;
+	p = cenalloc_req_add(req, opcode, len, resp_len);
+	if (IS_ERR(p)) {
+		ret = PTR_ERR(p);
+		goto out;
+	}
+	memcpy(p, payload, len);
+	ret = cenalloc_req_submit(req);
+	if (!ret)
+		ret = cenalloc_req_status(req, 0);
+	if (ret || !resp_len)
+		goto out;
+	p = cenalloc_req_resp(req, 0, &got);
+	if (got < resp_len) {
+		ret = -EIO;
+		goto out;
+	}
+	memcpy(resp, p, resp_len);
+out:
+	cenalloc_req_free(req);
+	return ret;
+}
+
+int cenalloc_buffer_phys(struct cenalloc_buffer *buffer, u64 *addr, u64 *len)
+{
+	struct cenalloc_phys_req pr = {};
+	struct cenalloc_phys_resp resp;
+	int ret;
+
+	mutex_lock(&buffer->lock);
+	if (!buffer->backed) {
+		ret = -ENODATA;
+		goto out;
+	}
+	pr.buffer_id = cpu_to_le32(buffer->buffer_id);
+	ret = cenalloc_buffer_call(buffer, CENALLOC_CMD_PHYS, &pr, sizeof(pr),
+				   &resp, sizeof(resp));
+	if (ret)
+		goto out;
+	*addr = le64_to_cpu(resp.addr);
+	*len = le64_to_cpu(resp.len);
+	if (*len != buffer->size ||
+	    !cenalloc_pools_contain(buffer->cdev, *addr, *len))
+		ret = -EIO;
+out:
+	mutex_unlock(&buffer->lock);
+	return ret;
+}
+
+int cenalloc_buffer_fill(struct cenalloc_buffer *buffer, u64 seed)
+{
+	struct cenalloc_fill_req fr = {};
+	int ret;
+
+	mutex_lock(&buffer->lock);
+	if (!buffer->backed) {
+		ret = -ENODATA;
+		goto out;
+	}
+	fr.buffer_id = cpu_to_le32(buffer->buffer_id);
+	fr.seed = cpu_to_le64(seed);
+	ret = cenalloc_buffer_call(buffer, CENALLOC_CMD_FILL, &fr, sizeof(fr),
+				   NULL, 0);
+out:
+	mutex_unlock(&buffer->lock);
+	return ret;
+}
+
+int cenalloc_buffer_checksum(struct cenalloc_buffer *buffer, u64 *sum,
+			     u64 *len)
+{
+	struct cenalloc_checksum_req cr = {};
+	struct cenalloc_checksum_resp resp;
+	int ret;
+
+	mutex_lock(&buffer->lock);
+	if (!buffer->backed) {
+		ret = -ENODATA;
+		goto out;
+	}
+	cr.buffer_id = cpu_to_le32(buffer->buffer_id);
+	ret = cenalloc_buffer_call(buffer, CENALLOC_CMD_CHECKSUM, &cr,
+				   sizeof(cr), &resp, sizeof(resp));
+	if (!ret) {
+		*sum = le64_to_cpu(resp.checksum);
+		*len = le64_to_cpu(resp.len);
+	}
+out:
+	mutex_unlock(&buffer->lock);
+	return ret;
+}
+
+static int cenalloc_dmabuf_mmap(struct dma_buf *dmabuf,
+				struct vm_area_struct *vma)
+{
+	struct cenalloc_buffer *buffer = dmabuf->priv;
+	unsigned long uaddr = vma->vm_start;
+	unsigned long left = vma_pages(vma);
+	unsigned long skip = vma->vm_pgoff;
+	unsigned long seg_pages, n;
+	unsigned int i;
+	u64 addr;
+	int ret;
+
+	if (skip > buffer->size >> PAGE_SHIFT ||
+	    left > (buffer->size >> PAGE_SHIFT) - skip)
+		return -EINVAL;
+
+	mutex_lock(&buffer->lock);
+	ret = cenalloc_buffer_cpu_map(buffer);
+	if (ret)
+		goto out;
+	for (i = 0; i < buffer->num_backing && left; i++) {
+		addr = le64_to_cpu(buffer->backing[i].addr);
+		seg_pages = le64_to_cpu(buffer->backing[i].len) >> PAGE_SHIFT;
+		if (skip >= seg_pages) {
+			skip -= seg_pages;
+			continue;
+		}
+		n = min(seg_pages - skip, left);
+		ret = remap_pfn_range(vma, uaddr, PHYS_PFN(addr) + skip,
+				      n << PAGE_SHIFT, vma->vm_page_prot);
+		if (ret)
+			goto out;
+		uaddr += n << PAGE_SHIFT;
+		left -= n;
+		skip = 0;
+	}
+out:
+	mutex_unlock(&buffer->lock);
+	return ret;
+}
+
+static int cenalloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
+{
+	struct cenalloc_buffer *buffer = dmabuf->priv;
+	unsigned long npages = buffer->size >> PAGE_SHIFT;
+	unsigned long p = 0, k, seg_pages, pfn;
+	struct page **pages;
+	unsigned int i;
+	int ret = 0;
+
+	mutex_lock(&buffer->lock);
+	if (buffer->vmap_count)
+		goto out_mapped;
+	ret = cenalloc_buffer_cpu_map(buffer);
+	if (ret)
+		goto out_unlock;
+	pages = kvmalloc_array(npages, sizeof(*pages), GFP_KERNEL);
+	if (!pages) {
+		ret = -ENOMEM;
+		goto out_unlock;
+	}
+	for (i = 0; i < buffer->num_backing; i++) {
+		pfn = PHYS_PFN(le64_to_cpu(buffer->backing[i].addr));
+		seg_pages = le64_to_cpu(buffer->backing[i].len) >> PAGE_SHIFT;
+		for (k = 0; k < seg_pages && p < npages; k++)
+			pages[p++] = pfn_to_page(pfn + k);
+	}
+	buffer->vaddr = vmap(pages, npages, VM_MAP, PAGE_KERNEL);
+	kvfree(pages);
+	if (!buffer->vaddr) {
+		ret = -ENOMEM;
+		goto out_unlock;
+	}
+out_mapped:
+	buffer->vmap_count++;
+	iosys_map_set_vaddr(map, buffer->vaddr);
+out_unlock:
+	mutex_unlock(&buffer->lock);
+	return ret;
+}
+
+static void cenalloc_dmabuf_vunmap(struct dma_buf *dmabuf,
+				   struct iosys_map *map)
+{
+	struct cenalloc_buffer *buffer = dmabuf->priv;
+
+	mutex_lock(&buffer->lock);
+	if (!WARN_ON(!buffer->vmap_count) && !--buffer->vmap_count) {
+		vunmap(buffer->vaddr);
+		buffer->vaddr = NULL;
+	}
+	mutex_unlock(&buffer->lock);
+	iosys_map_clear(map);
+}
+
+static u32 cenalloc_sync_flags(enum dma_data_direction dir)
+{
+	switch (dir) {
+	case DMA_TO_DEVICE:
+		return CENALLOC_SYNC_WRITE;
+	case DMA_FROM_DEVICE:
+		return CENALLOC_SYNC_READ;
+	default:
+		return CENALLOC_SYNC_READ | CENALLOC_SYNC_WRITE;
+	}
+}
+
+/* Sync every DMA mapping of every attachment for the CPU or the device. */
+static void cenalloc_sync_mappings(struct cenalloc_buffer *buffer, bool for_cpu)
+{
+	struct cenalloc_attachment *a;
+	struct cenalloc_mapping *m;
+
+	list_for_each_entry(a, &buffer->attachments, node) {
+		if (!a->dev)
+			continue;
+		list_for_each_entry(m, &a->mappings, node) {
+			if (for_cpu)
+				dma_sync_sgtable_for_cpu(a->dev, &m->sgt, m->dir);
+			else
+				dma_sync_sgtable_for_device(a->dev, &m->sgt,
+							    m->dir);
+		}
+	}
+}
+
+static int cenalloc_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
+					    enum dma_data_direction dir)
+{
+	struct cenalloc_buffer *buffer = dmabuf->priv;
+	struct cenalloc_sync_req sr = {};
+	int ret = 0;
+
+	mutex_lock(&buffer->lock);
+	if (!buffer->backed)
+		goto out;	/* nothing was ever written: nothing to sync */
+	cenalloc_sync_mappings(buffer, true);
+	sr.buffer_id = cpu_to_le32(buffer->buffer_id);
+	sr.flags = cpu_to_le32(CENALLOC_SYNC_BEGIN | cenalloc_sync_flags(dir));
+	ret = cenalloc_buffer_call(buffer, CENALLOC_CMD_SYNC, &sr, sizeof(sr),
+				   NULL, 0);
+out:
+	mutex_unlock(&buffer->lock);
+	return ret;
+}
+
+static int cenalloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
+					  enum dma_data_direction dir)
+{
+	struct cenalloc_buffer *buffer = dmabuf->priv;
+	struct cenalloc_sync_req *sr;
+	struct cenalloc_req *req;
+	int ret = 0;
+
+	mutex_lock(&buffer->lock);
+	if (!buffer->backed)
+		goto out;
+	cenalloc_sync_mappings(buffer, false);
+	req = cenalloc_req_alloc(buffer->cdev);
+	if (!req) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	sr = cenalloc_req_add(req, CENALLOC_CMD_SYNC, sizeof(*sr), 0);
+	if (IS_ERR(sr)) {
+		cenalloc_req_free(req);
+		ret = PTR_ERR(sr);
+		goto out;
+	}
+	sr->buffer_id = cpu_to_le32(buffer->buffer_id);
+	sr->flags = cpu_to_le32(CENALLOC_SYNC_END | cenalloc_sync_flags(dir));
+	cenalloc_req_post(req);
+out:
+	mutex_unlock(&buffer->lock);
+	return ret;
+}
+
+/* Last reference: UNMAP and DETACH the CPU attachment and FREE, posted in
+ * one batch; the device state reference goes last.
+ */
+static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
+{
+	struct cenalloc_buffer *buffer = dmabuf->priv;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	struct cenalloc_attachment *a;
+	struct cenalloc_unmap_req *ur;
+	struct cenalloc_free_req *fr;
+	struct cenalloc_req *req = NULL;
+
+	mutex_lock(&cdev->lock);
+	list_del(&buffer->node);
+	cdev->num_buffers--;
+	cdev->total_bytes -= buffer->size;
+	mutex_unlock(&cdev->lock);
+
+	mutex_lock(&buffer->lock);
+	if (WARN_ON(buffer->vmap_count))
+		vunmap(buffer->vaddr);
+	if (buffer->buffer_id && !READ_ONCE(cdev->removed))
+		req = cenalloc_req_alloc(cdev);
+	a = buffer->cpu_attach;
+	if (a) {
+		if (req && a->attach_id && a->num_maps) {
+			ur = cenalloc_req_add(req, CENALLOC_CMD_UNMAP,
+					      sizeof(*ur), 0);
+			if (!IS_ERR(ur)) {
+				ur->attach_id = cpu_to_le32(a->attach_id);
+				ur->direction = cpu_to_le32(CENALLOC_DIR_BIDIRECTIONAL);
+			}
+		}
+		cenalloc_attachment_release(a, req);
+		buffer->cpu_attach = NULL;
+		kfree(a);
+	}
+	WARN_ON(!list_empty(&buffer->attachments));
+	if (req) {
+		fr = cenalloc_req_add(req, CENALLOC_CMD_FREE, sizeof(*fr), 0);
+		if (!IS_ERR(fr))
+			fr->buffer_id = cpu_to_le32(buffer->buffer_id);
+		cenalloc_req_post(req);
+	}
+	mutex_unlock(&buffer->lock);
+
+	kfree(buffer->backing);
+	mutex_destroy(&buffer->explicit_mutex);
+	mutex_destroy(&buffer->lock);
+	kfree(buffer);
+	cenalloc_dev_put(cdev);
+}
+
+const struct dma_buf_ops cenalloc_dmabuf_ops = {
+	.attach = cenalloc_dmabuf_attach,
+	.detach = cenalloc_dmabuf_detach,
+	.map_dma_buf = cenalloc_map_dma_buf,
+	.unmap_dma_buf = cenalloc_unmap_dma_buf,
+	.release = cenalloc_dmabuf_release,
+	.begin_cpu_access = cenalloc_dmabuf_begin_cpu_access,
+	.end_cpu_access = cenalloc_dmabuf_end_cpu_access,
+	.mmap = cenalloc_dmabuf_mmap,
+	.vmap = cenalloc_dmabuf_vmap,
+	.vunmap = cenalloc_dmabuf_vunmap,
+};
+
+/* A new buffer: only a size and a mask until its first map. Device limits
+ * are checked here, against the buffers this driver has alive, so that a
+ * create the device would refuse fails at once.
+ */
+struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
+				       bool rdwr, u32 initial_mask)
+{
+	DEFINE_DMA_BUF_EXPORT_INFO(exp_info);
+	u64 max_size = le64_to_cpu(cdev->config.max_buffer_size);
+	u64 max_total = le64_to_cpu(cdev->config.max_total_bytes);
+	u32 max_buffers = le32_to_cpu(cdev->config.max_buffers);
+	struct cenalloc_buffer *buffer;
+	struct dma_buf *dmabuf;
+	int ret;
+
+	if (!size)
+		return ERR_PTR(-EINVAL);
+	if (size > SZ_1T * 64)
+		return ERR_PTR(-E2BIG);
+	size = PAGE_ALIGN(size);
+	if ((cenalloc_size_limit_mb &&
+	     size > (u64)cenalloc_size_limit_mb * SZ_1M) ||
+	    (max_size && size > max_size))
+		return ERR_PTR(-E2BIG);
+
+	buffer = kzalloc(sizeof(*buffer), GFP_KERNEL);
+	if (!buffer)
+		return ERR_PTR(-ENOMEM);
+	buffer->cdev = cdev;
+	buffer->size = size;
+	buffer->initial_mask = initial_mask;
+	buffer->access_mask = initial_mask ? initial_mask : CENALLOC_MASK_ANY;
+	mutex_init(&buffer->lock);
+	mutex_init(&buffer->explicit_mutex);
+	INIT_LIST_HEAD(&buffer->attachments);
+
+	mutex_lock(&cdev->lock);
+	if (READ_ONCE(cdev->removed)) {
+		ret = -ENODEV;
+		goto err_unlock;
+	}
+	if ((max_buffers && cdev->num_buffers >= max_buffers) ||
+	    (cenalloc_buffer_limit &&
+	     cdev->num_buffers >= cenalloc_buffer_limit) ||
+	    (max_total && cdev->total_bytes + size > max_total)) {
+		ret = -ENOSPC;
+		goto err_unlock;
+	}
+	cdev->num_buffers++;
+	cdev->total_bytes += size;
+	list_add_tail(&buffer->node, &cdev->buffers);
+	kref_get(&cdev->ref);
+	mutex_unlock(&cdev->lock);
+
+	exp_info.ops = &cenalloc_dmabuf_ops;
+	exp_info.owner = THIS_MODULE;
+	exp_info.size = size;
+	exp_info.flags = rdwr ? O_RDWR : O_RDONLY;
+	exp_info.priv = buffer;
+	dmabuf = dma_buf_export(&exp_info);
+	if (IS_ERR(dmabuf)) {
+		ret = PTR_ERR(dmabuf);
+		goto err_unlist;
+	}
+	buffer->dmabuf = dmabuf;
+	return dmabuf;
+
+err_unlist:
+	mutex_lock(&cdev->lock);
+	list_del(&buffer->node);
+	cdev->num_buffers--;
+	cdev->total_bytes -= size;
+	mutex_unlock(&cdev->lock);
+	cenalloc_dev_put(cdev);
+	goto err_free;
+err_unlock:
+	mutex_unlock(&cdev->lock);
+err_free:
+	mutex_destroy(&buffer->explicit_mutex);
+	mutex_destroy(&buffer->lock);
+	kfree(buffer);
+	return ERR_PTR(ret);
+}

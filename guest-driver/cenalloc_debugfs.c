@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * /sys/kernel/debug/cenalloc/: buffers, attachments and allocators tables.
+ * "allocators" asks the device (GET_INFO) for fresh figures and adds what
+ * the driver donated per pool and its own counters.
+ */
+#include <linux/debugfs.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+
+#include "cenalloc_internal.h"
+
+static struct dentry *cenalloc_debugfs_dir;
+
+static int cenalloc_buffers_show(struct seq_file *s, void *unused)
+{
+	struct cenalloc_dev *cdev = s->private;
+	struct cenalloc_buffer *buffer;
+
+	seq_printf(s, "%-8s %-12s %-10s %-10s %-6s %-9s %-8s %-7s %-5s\n",
+		   "id", "size", "access", "initial", "backed", "allocator",
+		   "segments", "attachs", "vmaps");
+	mutex_lock(&cdev->lock);
+	list_for_each_entry(buffer, &cdev->buffers, node) {
+		mutex_lock(&buffer->lock);
+		seq_printf(s, "%-8u %-12llu 0x%08x 0x%08x %-6s %-9d %-8u %-7u %-5u\n",
+			   buffer->buffer_id, buffer->size,
+			   buffer->access_mask, buffer->initial_mask,
+			   buffer->backed ? "yes" : "no",
+			   buffer->backed ? (int)buffer->allocator_id : -1,
+			   buffer->num_backing, buffer->num_attachments,
+			   buffer->vmap_count);
+		mutex_unlock(&buffer->lock);
+	}
+	seq_printf(s, "# %u buffers, %llu bytes\n", cdev->num_buffers,
+		   cdev->total_bytes);
+	mutex_unlock(&cdev->lock);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(cenalloc_buffers);
+
+static int cenalloc_attachments_show(struct seq_file *s, void *unused)
+{
+	struct cenalloc_dev *cdev = s->private;
+	struct cenalloc_attachment *a;
+	struct cenalloc_buffer *buffer;
+
+	seq_printf(s, "%-8s %-8s %-24s %-10s %-8s %-5s\n", "buffer", "id",
+		   "device", "mask", "map_type", "maps");
+	mutex_lock(&cdev->lock);
+	list_for_each_entry(buffer, &cdev->buffers, node) {
+		mutex_lock(&buffer->lock);
+		list_for_each_entry(a, &buffer->attachments, node)
+			seq_printf(s, "%-8u %-8u %-24s 0x%08x %-8u %-5u\n",
+				   buffer->buffer_id, a->attach_id,
+				   a->dev_name, a->mask, a->map_type,
+				   a->num_maps);
+		mutex_unlock(&buffer->lock);
+	}
+	mutex_unlock(&cdev->lock);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(cenalloc_attachments);
+
+static int cenalloc_allocators_show(struct seq_file *s, void *unused)
+{
+	struct cenalloc_dev *cdev = s->private;
+	struct cenalloc_allocator_info *allocators, *al;
+	struct cenalloc_info_resp info;
+	struct cenalloc_pool *pool;
+	unsigned int i;
+	int num;
+
+	allocators = kcalloc(CENALLOC_MAX_ALLOCATORS, sizeof(*allocators),
+			     GFP_KERNEL);
+	if (!allocators)
+		return -ENOMEM;
+	num = cenalloc_get_info(cdev, &info, allocators,
+				CENALLOC_MAX_ALLOCATORS);
+	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-12s %-5s %-7s\n",
+		   "id", "name", "kinds", "placement", "capacity", "free",
+		   "largest_free", "frag", "buffers");
+	if (num < 0)
+		seq_printf(s, "# GET_INFO failed: %d\n", num);
+	for (i = 0; num > 0 && i < num; i++) {
+		al = &allocators[i];
+		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-12llu %-5u %-7u\n",
+			   le32_to_cpu(al->id), al->name,
+			   le32_to_cpu(al->kinds), le32_to_cpu(al->placement),
+			   le64_to_cpu(al->capacity), le64_to_cpu(al->free),
+			   le64_to_cpu(al->largest_free),
+			   le32_to_cpu(al->fragmentation),
+			   le32_to_cpu(al->num_buffers));
+	}
+	kfree(allocators);
+
+	seq_puts(s, "\n# pools donated by the driver\n");
+	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-7s %-14s %-6s\n",
+		   "idx", "name", "kinds", "placement", "requested", "donated",
+		   "ranges", "longest_extent", "status");
+	for (i = 0; i < cdev->num_pools; i++) {
+		pool = &cdev->pools[i];
+		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-7u %-14llu %-6d\n",
+			   i, pool->config.name,
+			   le32_to_cpu(pool->config.kinds),
+			   le32_to_cpu(pool->config.placement),
+			   le64_to_cpu(pool->config.size), pool->donated,
+			   pool->num_extents, pool->longest_extent,
+			   pool->status);
+	}
+
+	seq_puts(s, "\n# counters\n");
+	seq_printf(s, "round_trips %lld\nposted %lld\nposted_errors %lld\n",
+		   atomic64_read(&cdev->round_trips),
+		   atomic64_read(&cdev->posted),
+		   atomic64_read(&cdev->posted_errors));
+	seq_printf(s, "events_migrated %d\nevents_pool_low %d\nevents_unknown %d\n",
+		   atomic_read(&cdev->events_migrated),
+		   atomic_read(&cdev->events_pool_low),
+		   atomic_read(&cdev->events_unknown));
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(cenalloc_allocators);
+
+void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
+{
+	cenalloc_debugfs_dir = debugfs_create_dir("cenalloc", NULL);
+	debugfs_create_file("buffers", 0444, cenalloc_debugfs_dir, cdev,
+			    &cenalloc_buffers_fops);
+	debugfs_create_file("attachments", 0444, cenalloc_debugfs_dir, cdev,
+			    &cenalloc_attachments_fops);
+	debugfs_create_file("allocators", 0444, cenalloc_debugfs_dir, cdev,
+			    &cenalloc_allocators_fops);
+}
+
+void cenalloc_debugfs_exit(void)
+{
+	debugfs_remove_recursive(cenalloc_debugfs_dir);
+	cenalloc_debugfs_dir = NULL;
+}

@@ -1,0 +1,421 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cenalloc pool donation: at probe, for every pool of config space, allocate
+ * guest memory that fits its placement and hand it to the device with
+ * POOL_ADD.
+ *
+ * Contiguous pools are built from blocks of the largest order the buddy
+ * allocator gives a module (MAX_PAGE_ORDER: 4 MiB; this kernel has no CMA
+ * and alloc_contig_pages() is not exported); blocks that happen to be
+ * adjacent merge into longer extents, and each range sent is one extent.
+ * DMA32 pools come from ZONE_DMA32. Other pools take any pages, large
+ * blocks first so that fewer ranges are needed.
+ *
+ * The memory belongs to the device until the last reference to the device
+ * state drops (cenalloc_pools_free()): only then can no buffer reach it.
+ */
+#include <linux/gfp.h>
+#include <linux/ioport.h>
+#include <linux/mm.h>
+#include <linux/moduleparam.h>
+#include <linux/sizes.h>
+#include <linux/slab.h>
+#include <linux/sort.h>
+
+#include "cenalloc_internal.h"
+
+/*
+ * A boot-time reservation (e.g. memmap=256M$0x40000000 on the kernel
+ * command line) handed to the module as contig_reserve=256M@0x40000000:
+ * one physically contiguous extent larger than the buddy allocator's 4 MiB
+ * blocks, given to the first contiguous pool whose placement it fits. It
+ * must not be System RAM (the page allocator does not own it) and must have
+ * struct pages (mapped with pfn_to_page()).
+ */
+static char contig_reserve[64];
+module_param_string(contig_reserve, contig_reserve, sizeof(contig_reserve),
+		    0444);
+MODULE_PARM_DESC(contig_reserve,
+		 "SIZE@ADDR of a memmap= reservation for a contiguous pool");
+
+static unsigned int pool_limit_mb;
+module_param(pool_limit_mb, uint, 0444);
+MODULE_PARM_DESC(pool_limit_mb,
+		 "Largest donation per pool in MiB (0: half of the RAM)");
+
+/* POOL_ADD commands per batch: keeps one request under 20 KiB. */
+#define CENALLOC_POOL_ADD_BATCH		4
+
+/* Smallest block a contiguous pool accepts (64 KiB). */
+#define CENALLOC_CONTIG_MIN_ORDER	4
+
+static int cenalloc_chunk_cmp(const void *a, const void *b)
+{
+	unsigned long pa = page_to_pfn(((const struct cenalloc_chunk *)a)->page);
+	unsigned long pb = page_to_pfn(((const struct cenalloc_chunk *)b)->page);
+
+	if (pa < pb)
+		return -1;
+	return pa > pb;
+}
+
+static int cenalloc_range_cmp(const void *a, const void *b)
+{
+	u64 pa = le64_to_cpu(((const struct cenalloc_range *)a)->addr);
+	u64 pb = le64_to_cpu(((const struct cenalloc_range *)b)->addr);
+
+	if (pa < pb)
+		return -1;
+	return pa > pb;
+}
+
+static u64 cenalloc_pool_target(const struct cenalloc_config_pool *config)
+{
+	u64 limit = (u64)totalram_pages() * PAGE_SIZE / 2;
+	u64 size = le64_to_cpu(config->size);
+
+	if (pool_limit_mb)
+		limit = (u64)pool_limit_mb * SZ_1M;
+	if (size > limit) {
+		pr_warn("cenalloc: pool %.16s asks %llu bytes, donating %llu\n",
+			config->name, size, limit);
+		size = limit;
+	}
+	return round_down(size, PAGE_SIZE);
+}
+
+/* Parse and check contig_reserve; 0 and *len 0 when there is none. */
+static int cenalloc_reserve_parse(u64 *addr, u64 *len)
+{
+	char *end;
+
+	*addr = 0;
+	*len = 0;
+	if (!contig_reserve[0])
+		return 0;
+	*len = memparse(contig_reserve, &end);
+	if (*end != '@')
+		return -EINVAL;
+	*addr = memparse(end + 1, &end);
+	if (*end && *end != '\n')
+		return -EINVAL;
+	if (!*len || !PAGE_ALIGNED(*addr) || !PAGE_ALIGNED(*len) ||
+	    *addr + *len < *addr)
+		return -EINVAL;
+	if (region_intersects(*addr, *len, IORESOURCE_SYSTEM_RAM,
+			      IORES_DESC_NONE) != REGION_DISJOINT)
+		return -EBUSY;
+	if (!pfn_valid(PHYS_PFN(*addr)) ||
+	    !pfn_valid(PHYS_PFN(*addr + *len - 1)))
+		return -EINVAL;
+	return 0;
+}
+
+/* Give the reservation to the first contiguous pool it fits. */
+static void cenalloc_reserve_assign(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_pool *pool;
+	u64 addr, len;
+	unsigned int i;
+	u32 placement;
+	int ret;
+
+	ret = cenalloc_reserve_parse(&addr, &len);
+	if (ret) {
+		pr_warn("cenalloc: contig_reserve=%s ignored: %d\n",
+			contig_reserve, ret);
+		return;
+	}
+	if (!len)
+		return;
+	for (i = 0; i < cdev->num_pools; i++) {
+		pool = &cdev->pools[i];
+		placement = le32_to_cpu(pool->config.placement);
+		if (!(placement & CENALLOC_PLACE_CONTIG))
+			continue;
+		if ((placement & CENALLOC_PLACE_DMA32) && addr + len > SZ_4G)
+			continue;
+		pool->reserve_addr = addr;
+		pool->reserve_len = len;
+		pr_info("cenalloc: pool %.16s gets the reservation %llu MiB at %#llx\n",
+			pool->config.name, len >> 20, addr);
+		return;
+	}
+	pr_warn("cenalloc: no contiguous pool fits contig_reserve=%s\n",
+		contig_reserve);
+}
+
+/* Allocate the blocks of one pool into pool->chunks. */
+static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
+{
+	u32 placement = le32_to_cpu(pool->config.placement);
+	u32 align = le32_to_cpu(pool->config.align);
+	gfp_t gfp = GFP_KERNEL | __GFP_NOWARN | __GFP_NORETRY;
+	unsigned int order, min_order = 0;
+	u64 target, done = 0;
+	struct page *page;
+
+	target = cenalloc_pool_target(&pool->config);
+	target -= min(target, pool->reserve_len);
+	if (!target)
+		return 0;
+	if (align < PAGE_SIZE)
+		align = PAGE_SIZE;
+	if (!is_power_of_2(align))
+		return -EINVAL;
+	min_order = get_order(align);
+	if (placement & CENALLOC_PLACE_CONTIG)
+		min_order = max(min_order, CENALLOC_CONTIG_MIN_ORDER);
+	if (min_order > MAX_PAGE_ORDER)
+		min_order = MAX_PAGE_ORDER;
+	if (placement & CENALLOC_PLACE_DMA32)
+		gfp |= GFP_DMA32;
+
+	pool->chunks = kvcalloc((target >> (PAGE_SHIFT + min_order)) + 1,
+				sizeof(*pool->chunks), GFP_KERNEL);
+	if (!pool->chunks)
+		return -ENOMEM;
+
+	order = MAX_PAGE_ORDER;
+	while (done < target) {
+		while (order > min_order && (PAGE_SIZE << order) > target - done)
+			order--;
+		if ((PAGE_SIZE << order) > target - done)
+			break;
+		page = alloc_pages(gfp, order);
+		if (!page) {
+			if (order == min_order)
+				break;
+			order--;
+			continue;
+		}
+		if ((placement & CENALLOC_PLACE_DMA32) &&
+		    page_to_phys(page) + (PAGE_SIZE << order) > SZ_4G) {
+			__free_pages(page, order);
+			break;
+		}
+		pool->chunks[pool->num_chunks].page = page;
+		pool->chunks[pool->num_chunks].order = order;
+		pool->num_chunks++;
+		done += PAGE_SIZE << order;
+		cond_resched();
+	}
+	if (done < target)
+		pr_warn("cenalloc: pool %.16s: got %llu of %llu bytes\n",
+			pool->config.name, done, target);
+	return 0;
+}
+
+/* Sort the blocks and merge adjacent ones into extents, each starting at
+ * the pool's alignment.
+ */
+static int cenalloc_pool_merge(struct cenalloc_pool *pool)
+{
+	u64 align = max_t(u64, le32_to_cpu(pool->config.align), PAGE_SIZE);
+	struct cenalloc_range *ext;
+	unsigned int i, n = 0;
+	u64 addr, end, start;
+
+	if (!pool->num_chunks && !pool->reserve_len)
+		return 0;
+	sort(pool->chunks, pool->num_chunks, sizeof(*pool->chunks),
+	     cenalloc_chunk_cmp, NULL);
+	pool->extents = kvcalloc(pool->num_chunks + 1, sizeof(*pool->extents),
+				 GFP_KERNEL);
+	if (!pool->extents)
+		return -ENOMEM;
+
+	for (i = 0; i < pool->num_chunks; i++) {
+		addr = page_to_phys(pool->chunks[i].page);
+		end = addr + (PAGE_SIZE << pool->chunks[i].order);
+		if (n && le64_to_cpu(pool->extents[n - 1].addr) +
+			 le64_to_cpu(pool->extents[n - 1].len) == addr) {
+			le64_add_cpu(&pool->extents[n - 1].len, end - addr);
+			continue;
+		}
+		pool->extents[n].addr = cpu_to_le64(addr);
+		pool->extents[n].len = cpu_to_le64(end - addr);
+		n++;
+	}
+	if (pool->reserve_len) {
+		pool->extents[n].addr = cpu_to_le64(pool->reserve_addr);
+		pool->extents[n].len = cpu_to_le64(pool->reserve_len);
+		n++;
+		sort(pool->extents, n, sizeof(*pool->extents),
+		     cenalloc_range_cmp, NULL);
+	}
+
+	/* Trim each extent's head to the alignment; drop what is left empty. */
+	pool->num_extents = 0;
+	for (i = 0; i < n; i++) {
+		ext = &pool->extents[i];
+		addr = le64_to_cpu(ext->addr);
+		end = addr + le64_to_cpu(ext->len);
+		start = ALIGN(addr, align);
+		if (start >= end)
+			continue;
+		pool->extents[pool->num_extents].addr = cpu_to_le64(start);
+		pool->extents[pool->num_extents].len = cpu_to_le64(end - start);
+		pool->longest_extent = max(pool->longest_extent, end - start);
+		pool->num_extents++;
+	}
+	return 0;
+}
+
+/* POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, a few
+ * commands per batch.
+ */
+static int cenalloc_pool_send(struct cenalloc_dev *cdev,
+			      struct cenalloc_pool *pool, u32 index)
+{
+	struct cenalloc_pool_add_req *add;
+	unsigned int first = 0, sent, i, n, cmd;
+	struct cenalloc_req *req;
+	u64 bytes[CENALLOC_POOL_ADD_BATCH];
+	unsigned int batch_cmds;
+	int ret, status;
+
+	batch_cmds = min_t(u32, cdev->max_batch, CENALLOC_POOL_ADD_BATCH);
+
+	while (first < pool->num_extents) {
+		req = cenalloc_req_alloc(cdev);
+		if (!req)
+			return -ENOMEM;
+		sent = first;
+		for (cmd = 0;
+		     cmd < batch_cmds && sent < pool->num_extents;
+		     cmd++) {
+			n = min_t(unsigned int, pool->num_extents - sent,
+				  CENALLOC_MAX_POOL_RANGES);
+			add = cenalloc_req_add(req, CENALLOC_CMD_POOL_ADD,
+					       sizeof(*add) +
+					       n * sizeof(struct cenalloc_range),
+					       0);
+			if (IS_ERR(add)) {
+				ret = PTR_ERR(add);
+				goto out_free;
+			}
+			add->pool_index = cpu_to_le32(index);
+			add->num_ranges = cpu_to_le32(n);
+			memcpy(add + 1, &pool->extents[sent],
+			       n * sizeof(struct cenalloc_range));
+			bytes[cmd] = 0;
+			for (i = 0; i < n; i++)
+				bytes[cmd] += le64_to_cpu(pool->extents[sent + i].len);
+			sent += n;
+		}
+		ret = cenalloc_req_submit(req);
+		if (ret)
+			goto out_free;
+		for (i = 0; i < cmd; i++) {
+			status = cenalloc_req_status(req, i);
+			if (status) {
+				ret = status;
+				goto out_free;
+			}
+			pool->donated += bytes[i];
+		}
+		cenalloc_req_free(req);
+		first = sent;
+	}
+	return 0;
+
+out_free:
+	cenalloc_req_free(req);
+	return ret;
+}
+
+/* Donate every pool of config space. A pool that fails is reported and
+ * keeps status != 0; the others still work.
+ */
+int cenalloc_pools_donate(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_pool *pool;
+	unsigned int i;
+	int ret;
+
+	cenalloc_reserve_assign(cdev);
+	for (i = 0; i < cdev->num_pools; i++) {
+		pool = &cdev->pools[i];
+		ret = cenalloc_pool_alloc(pool);
+		if (!ret)
+			ret = cenalloc_pool_merge(pool);
+		if (!ret)
+			ret = cenalloc_pool_send(cdev, pool, i);
+		pool->status = ret;
+		if (ret == -ENODEV)
+			return ret;
+		if (ret)
+			pr_warn("cenalloc: pool %.16s: donation failed: %d\n",
+				pool->config.name, ret);
+		else
+			pr_info("cenalloc: pool %.16s: donated %llu MiB in %u ranges, longest extent %llu KiB\n",
+				pool->config.name, pool->donated >> 20,
+				pool->num_extents, pool->longest_extent >> 10);
+	}
+	return 0;
+}
+
+void cenalloc_pools_free(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_pool *pool;
+	unsigned int i, c;
+
+	for (i = 0; i < cdev->num_pools; i++) {
+		pool = &cdev->pools[i];
+		for (c = 0; c < pool->num_chunks; c++)
+			__free_pages(pool->chunks[c].page, pool->chunks[c].order);
+		kvfree(pool->chunks);
+		kvfree(pool->extents);
+		pool->chunks = NULL;
+		pool->extents = NULL;
+		pool->num_chunks = 0;
+		pool->num_extents = 0;
+	}
+}
+
+/* The extent of any pool that contains @addr, or NULL. */
+static const struct cenalloc_range *
+cenalloc_pools_find(struct cenalloc_dev *cdev, u64 addr)
+{
+	const struct cenalloc_range *ext;
+	unsigned int i, lo, hi, mid;
+	u64 start;
+
+	for (i = 0; i < cdev->num_pools; i++) {
+		ext = cdev->pools[i].extents;
+		lo = 0;
+		hi = cdev->pools[i].num_extents;
+		while (lo < hi) {
+			mid = lo + (hi - lo) / 2;
+			start = le64_to_cpu(ext[mid].addr);
+			if (addr < start)
+				hi = mid;
+			else if (addr - start >= le64_to_cpu(ext[mid].len))
+				lo = mid + 1;
+			else
+				return &ext[mid];
+		}
+	}
+	return NULL;
+}
+
+/* True if [addr, addr + len) lies entirely in donated memory: a device
+ * answer can never make the driver map memory it did not give away.
+ */
+bool cenalloc_pools_contain(struct cenalloc_dev *cdev, u64 addr, u64 len)
+{
+	const struct cenalloc_range *ext;
+	u64 end, ext_end;
+
+	if (check_add_overflow(addr, len, &end))
+		return false;
+	while (addr < end) {
+		ext = cenalloc_pools_find(cdev, addr);
+		if (!ext)
+			return false;
+		ext_end = le64_to_cpu(ext->addr) + le64_to_cpu(ext->len);
+		addr = min(end, ext_end);
+	}
+	return true;
+}

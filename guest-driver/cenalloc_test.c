@@ -1,0 +1,492 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cenalloc_test: a test importer for dma-bufs (like vgem for DRM tests).
+ *
+ * The module owns CENALLOC_TEST_MAX_DEVICES virtual platform devices. Each
+ * has a constraint mask and a list of mapping types, set from userspace with
+ * CENALLOC_TEST_IOC_SET_DEVICE. Userspace then attaches a device to any
+ * dma-buf fd through /dev/cenalloc_test, maps the attachment (and reads back
+ * the DMA segments), unmaps, detaches, and reads or writes the buffer
+ * through the exporter's kernel mapping.
+ *
+ * A device with a non-zero mask attaches to cenalloc buffers with
+ * cenalloc_attach(); a device with mask 0 (or any device and a foreign
+ * dma-buf) attaches with plain dma_buf_attach(), as an importer that knows
+ * nothing of cenalloc would.
+ *
+ * Attachments are handles of the open file that made them; closing the file
+ * unmaps and detaches whatever is left.
+ */
+
+#include <linux/cenalloc.h>
+#include <linux/dma-buf.h>
+#include <linux/dma-mapping.h>
+#include <linux/fs.h>
+#include <linux/iosys-map.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/platform_device.h>
+#include <linux/scatterlist.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/xarray.h>
+#include <uapi/linux/cenalloc.h>
+#include <uapi/linux/cenalloc_test.h>
+
+#define CENALLOC_TEST_NAME	"cenalloc_test"
+
+/* Kinds that only a device limited to 32-bit DMA addresses would list. */
+#define CENALLOC_TEST_DMA32_KINDS	(CENALLOC_KIND_DMA32 | CENALLOC_KIND_CONTIG_DMA32)
+
+struct cenalloc_test_device {
+	struct platform_device *pdev;
+	u32 mask;
+	u32 num_types;
+	u32 types[CENALLOC_TEST_MAX_TYPES];
+};
+
+/* One attachment made through an open file. */
+struct cenalloc_test_handle {
+	struct dma_buf *dmabuf;
+	struct dma_buf_attachment *attach;
+	struct sg_table *sgt;		/* NULL while not mapped */
+	enum dma_data_direction dir;
+	u32 map_type;
+};
+
+struct cenalloc_test_file {
+	struct mutex lock;		/* serialises map/unmap/detach */
+	struct xarray handles;		/* u32 handle -> cenalloc_test_handle */
+};
+
+static struct cenalloc_test_device test_devices[CENALLOC_TEST_MAX_DEVICES];
+static DEFINE_MUTEX(test_devices_lock);	/* protects mask and types */
+
+static int cenalloc_test_set_dma_mask(struct device *dev, u32 mask)
+{
+	bool dma32_only = mask && !(mask & ~CENALLOC_TEST_DMA32_KINDS);
+
+	return dma_coerce_mask_and_coherent(dev, dma32_only ?
+					    DMA_BIT_MASK(32) :
+					    DMA_BIT_MASK(64));
+}
+
+static int cenalloc_test_open(struct inode *inode, struct file *file)
+{
+	struct cenalloc_test_file *tf;
+
+	tf = kzalloc(sizeof(*tf), GFP_KERNEL);
+	if (!tf)
+		return -ENOMEM;
+	mutex_init(&tf->lock);
+	xa_init_flags(&tf->handles, XA_FLAGS_ALLOC1);
+	file->private_data = tf;
+	return 0;
+}
+
+static void cenalloc_test_handle_destroy(struct cenalloc_test_handle *h)
+{
+	if (h->sgt)
+		dma_buf_unmap_attachment_unlocked(h->attach, h->sgt, h->dir);
+	dma_buf_detach(h->dmabuf, h->attach);
+	dma_buf_put(h->dmabuf);
+	kfree(h);
+}
+
+static int cenalloc_test_release(struct inode *inode, struct file *file)
+{
+	struct cenalloc_test_file *tf = file->private_data;
+	struct cenalloc_test_handle *h;
+	unsigned long index;
+
+	xa_for_each(&tf->handles, index, h)
+		cenalloc_test_handle_destroy(h);
+	xa_destroy(&tf->handles);
+	mutex_destroy(&tf->lock);
+	kfree(tf);
+	return 0;
+}
+
+static long cenalloc_test_set_device(void __user *uarg)
+{
+	struct cenalloc_test_device_arg arg;
+	struct cenalloc_test_device *td;
+	unsigned int i;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved || arg.device >= CENALLOC_TEST_MAX_DEVICES ||
+	    arg.num_types < 1 || arg.num_types > CENALLOC_TEST_MAX_TYPES)
+		return -EINVAL;
+	for (i = 0; i < arg.num_types; i++)
+		if (!arg.types[i])
+			return -EINVAL;
+
+	td = &test_devices[arg.device];
+	mutex_lock(&test_devices_lock);
+	ret = cenalloc_test_set_dma_mask(&td->pdev->dev, arg.mask);
+	if (!ret) {
+		td->mask = arg.mask;
+		td->num_types = arg.num_types;
+		memcpy(td->types, arg.types, sizeof(td->types));
+	}
+	mutex_unlock(&test_devices_lock);
+	return ret;
+}
+
+static long cenalloc_test_attach(struct cenalloc_test_file *tf,
+				 void __user *uarg)
+{
+	u32 types[CENALLOC_TEST_MAX_TYPES];
+	struct cenalloc_test_attach_arg arg;
+	struct cenalloc_test_device *td;
+	struct cenalloc_test_handle *h;
+	unsigned int num_types;
+	u32 mask, handle;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved || arg.device >= CENALLOC_TEST_MAX_DEVICES)
+		return -EINVAL;
+
+	td = &test_devices[arg.device];
+	mutex_lock(&test_devices_lock);
+	mask = td->mask;
+	num_types = td->num_types;
+	memcpy(types, td->types, sizeof(types));
+	mutex_unlock(&test_devices_lock);
+
+	h = kzalloc(sizeof(*h), GFP_KERNEL);
+	if (!h)
+		return -ENOMEM;
+
+	h->dmabuf = dma_buf_get(arg.dmabuf_fd);
+	if (IS_ERR(h->dmabuf)) {
+		ret = PTR_ERR(h->dmabuf);
+		goto err_free;
+	}
+
+	if (mask && cenalloc_is_cenalloc_dmabuf(h->dmabuf))
+		h->attach = cenalloc_attach(h->dmabuf, &td->pdev->dev, mask,
+					    types, num_types, &h->map_type);
+	else
+		h->attach = dma_buf_attach(h->dmabuf, &td->pdev->dev);
+	if (IS_ERR(h->attach)) {
+		ret = PTR_ERR(h->attach);
+		goto err_put;
+	}
+
+	ret = xa_alloc(&tf->handles, &handle, h, xa_limit_32b, GFP_KERNEL);
+	if (ret)
+		goto err_detach;
+
+	arg.handle = handle;
+	arg.map_type = h->map_type;
+	if (copy_to_user(uarg, &arg, sizeof(arg))) {
+		ret = -EFAULT;
+		goto err_erase;
+	}
+	return 0;
+
+err_erase:
+	xa_erase(&tf->handles, handle);
+err_detach:
+	dma_buf_detach(h->dmabuf, h->attach);
+err_put:
+	dma_buf_put(h->dmabuf);
+err_free:
+	kfree(h);
+	return ret;
+}
+
+static long cenalloc_test_detach(struct cenalloc_test_file *tf,
+				 void __user *uarg)
+{
+	struct cenalloc_test_handle_arg arg;
+	struct cenalloc_test_handle *h;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved)
+		return -EINVAL;
+
+	mutex_lock(&tf->lock);
+	h = xa_erase(&tf->handles, arg.handle);
+	mutex_unlock(&tf->lock);
+	if (!h)
+		return -ENOENT;
+	cenalloc_test_handle_destroy(h);
+	return 0;
+}
+
+/*
+ * Copy the mapping's DMA segments to userspace, merging neighbours that are
+ * contiguous in DMA address space. Returns the number of merged segments
+ * (which may exceed @max; only the first @max are copied) or -EFAULT.
+ */
+static long cenalloc_test_copy_segments(struct sg_table *sgt,
+					struct cenalloc_test_segment __user *useg,
+					u32 max)
+{
+	struct cenalloc_test_segment seg = { 0 };
+	struct scatterlist *sg;
+	long count = 0;
+	unsigned int i;
+
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		dma_addr_t addr = sg_dma_address(sg);
+		u64 len = sg_dma_len(sg);
+
+		if (count && seg.addr + seg.len == addr) {
+			seg.len += len;
+			continue;
+		}
+		if (count && count <= max &&
+		    copy_to_user(&useg[count - 1], &seg, sizeof(seg)))
+			return -EFAULT;
+		seg.addr = addr;
+		seg.len = len;
+		count++;
+	}
+	if (count && count <= max &&
+	    copy_to_user(&useg[count - 1], &seg, sizeof(seg)))
+		return -EFAULT;
+	return count;
+}
+
+static long cenalloc_test_map(struct cenalloc_test_file *tf, void __user *uarg)
+{
+	static const enum dma_data_direction dirs[] = {
+		DMA_BIDIRECTIONAL, DMA_TO_DEVICE, DMA_FROM_DEVICE,
+	};
+	struct cenalloc_test_map_arg arg;
+	struct cenalloc_test_handle *h;
+	struct sg_table *sgt;
+	long count;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved || arg.direction >= ARRAY_SIZE(dirs))
+		return -EINVAL;
+
+	mutex_lock(&tf->lock);
+	h = xa_load(&tf->handles, arg.handle);
+	if (!h) {
+		ret = -ENOENT;
+		goto out_unlock;
+	}
+	if (h->sgt) {
+		ret = -EBUSY;
+		goto out_unlock;
+	}
+
+	sgt = dma_buf_map_attachment_unlocked(h->attach, dirs[arg.direction]);
+	if (IS_ERR(sgt)) {
+		ret = PTR_ERR(sgt);
+		goto out_unlock;
+	}
+
+	count = cenalloc_test_copy_segments(sgt, u64_to_user_ptr(arg.segments_ptr),
+					    arg.max_segments);
+	if (count < 0) {
+		ret = count;
+		goto err_unmap;
+	}
+	arg.num_segments = count;
+	arg.map_type = h->map_type;
+	if (copy_to_user(uarg, &arg, sizeof(arg))) {
+		ret = -EFAULT;
+		goto err_unmap;
+	}
+	h->sgt = sgt;
+	h->dir = dirs[arg.direction];
+	mutex_unlock(&tf->lock);
+	return 0;
+
+err_unmap:
+	dma_buf_unmap_attachment_unlocked(h->attach, sgt, dirs[arg.direction]);
+out_unlock:
+	mutex_unlock(&tf->lock);
+	return ret;
+}
+
+static long cenalloc_test_unmap(struct cenalloc_test_file *tf,
+				void __user *uarg)
+{
+	struct cenalloc_test_handle_arg arg;
+	struct cenalloc_test_handle *h;
+	int ret = 0;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved)
+		return -EINVAL;
+
+	mutex_lock(&tf->lock);
+	h = xa_load(&tf->handles, arg.handle);
+	if (!h) {
+		ret = -ENOENT;
+	} else if (!h->sgt) {
+		ret = -EINVAL;
+	} else {
+		dma_buf_unmap_attachment_unlocked(h->attach, h->sgt, h->dir);
+		h->sgt = NULL;
+	}
+	mutex_unlock(&tf->lock);
+	return ret;
+}
+
+static long cenalloc_test_rw(void __user *uarg)
+{
+	struct cenalloc_test_rw_arg arg;
+	enum dma_data_direction dir;
+	struct iosys_map map;
+	struct dma_buf *dmabuf;
+	void __user *udata;
+	unsigned long left;
+	u64 end;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.write > 1 || check_add_overflow(arg.offset, arg.len, &end))
+		return -EINVAL;
+	udata = u64_to_user_ptr(arg.data_ptr);
+	dir = arg.write ? DMA_BIDIRECTIONAL : DMA_FROM_DEVICE;
+
+	dmabuf = dma_buf_get(arg.dmabuf_fd);
+	if (IS_ERR(dmabuf))
+		return PTR_ERR(dmabuf);
+	if (end > dmabuf->size) {
+		ret = -EINVAL;
+		goto out_put;
+	}
+
+	ret = dma_buf_begin_cpu_access(dmabuf, dir);
+	if (ret)
+		goto out_put;
+	ret = dma_buf_vmap_unlocked(dmabuf, &map);
+	if (ret)
+		goto out_end_access;
+	if (map.is_iomem) {
+		ret = -EOPNOTSUPP;
+		goto out_vunmap;
+	}
+
+	if (arg.write)
+		left = copy_from_user(map.vaddr + arg.offset, udata, arg.len);
+	else
+		left = copy_to_user(udata, map.vaddr + arg.offset, arg.len);
+	if (left)
+		ret = -EFAULT;
+
+out_vunmap:
+	dma_buf_vunmap_unlocked(dmabuf, &map);
+out_end_access:
+	dma_buf_end_cpu_access(dmabuf, dir);
+out_put:
+	dma_buf_put(dmabuf);
+	return ret;
+}
+
+static long cenalloc_test_ioctl(struct file *file, unsigned int cmd,
+				unsigned long arg)
+{
+	struct cenalloc_test_file *tf = file->private_data;
+	void __user *uarg = (void __user *)arg;
+
+	switch (cmd) {
+	case CENALLOC_TEST_IOC_SET_DEVICE:
+		return cenalloc_test_set_device(uarg);
+	case CENALLOC_TEST_IOC_ATTACH:
+		return cenalloc_test_attach(tf, uarg);
+	case CENALLOC_TEST_IOC_DETACH:
+		return cenalloc_test_detach(tf, uarg);
+	case CENALLOC_TEST_IOC_MAP:
+		return cenalloc_test_map(tf, uarg);
+	case CENALLOC_TEST_IOC_UNMAP:
+		return cenalloc_test_unmap(tf, uarg);
+	case CENALLOC_TEST_IOC_RW:
+		return cenalloc_test_rw(uarg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations cenalloc_test_fops = {
+	.owner = THIS_MODULE,
+	.open = cenalloc_test_open,
+	.release = cenalloc_test_release,
+	.unlocked_ioctl = cenalloc_test_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+static struct miscdevice cenalloc_test_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = CENALLOC_TEST_NAME,
+	.fops = &cenalloc_test_fops,
+	.mode = 0666,
+};
+
+static void cenalloc_test_remove_devices(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < CENALLOC_TEST_MAX_DEVICES; i++) {
+		if (!test_devices[i].pdev)
+			continue;
+		platform_device_unregister(test_devices[i].pdev);
+		test_devices[i].pdev = NULL;
+	}
+}
+
+static int __init cenalloc_test_init(void)
+{
+	struct platform_device_info info = {
+		.name = CENALLOC_TEST_NAME,
+		.dma_mask = DMA_BIT_MASK(64),
+	};
+	struct platform_device *pdev;
+	unsigned int i;
+	int ret;
+
+	/* Every device starts as "any memory, scatter-gather". */
+	for (i = 0; i < CENALLOC_TEST_MAX_DEVICES; i++) {
+		info.id = i;
+		pdev = platform_device_register_full(&info);
+		if (IS_ERR(pdev)) {
+			ret = PTR_ERR(pdev);
+			goto err_remove;
+		}
+		test_devices[i].pdev = pdev;
+		test_devices[i].mask = CENALLOC_DEFAULT_MASK;
+		test_devices[i].num_types = 1;
+		test_devices[i].types[0] = CENALLOC_MAP_SG;
+	}
+
+	ret = misc_register(&cenalloc_test_misc);
+	if (ret)
+		goto err_remove;
+	return 0;
+
+err_remove:
+	cenalloc_test_remove_devices();
+	return ret;
+}
+
+static void __exit cenalloc_test_exit(void)
+{
+	misc_deregister(&cenalloc_test_misc);
+	cenalloc_test_remove_devices();
+}
+
+module_init(cenalloc_test_init);
+module_exit(cenalloc_test_exit);
+
+MODULE_DESCRIPTION("cenalloc test importer: virtual devices that attach to dma-bufs");
+MODULE_LICENSE("GPL");
+MODULE_IMPORT_NS(DMA_BUF);

@@ -1,0 +1,573 @@
+// SPDX-License-Identifier: GPL-2.0
+#include "cenalloc_util.h"
+#include "tap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <linux/dma-buf.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+static int xioctl(int fd, unsigned long request, void *arg)
+{
+	int ret;
+
+	do {
+		ret = ioctl(fd, request, arg);
+	} while (ret < 0 && errno == EINTR);
+	return ret < 0 ? -errno : ret;
+}
+
+int ca_open(void)
+{
+	int fd = open(CA_DEVICE_PATH, O_RDWR | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int ca_create(int ca, uint64_t size, uint32_t initial_mask)
+{
+	struct cenalloc_create_arg arg = {
+		.size = size,
+		.flags = CENALLOC_CREATE_CLOEXEC | CENALLOC_CREATE_RDWR,
+		.initial_mask = initial_mask,
+	};
+	int ret = xioctl(ca, CENALLOC_IOC_CREATE, &arg);
+
+	return ret < 0 ? ret : arg.fd;
+}
+
+int ca_phys(int ca, int buf, uint64_t *addr, uint64_t *len)
+{
+	struct cenalloc_phys_arg arg = { .fd = buf };
+	int ret = xioctl(ca, CENALLOC_IOC_PHYS, &arg);
+
+	if (ret)
+		return ret;
+	*addr = arg.addr;
+	*len = arg.len;
+	return 0;
+}
+
+int ca_checksum(int ca, int buf, uint64_t *checksum, uint64_t *len)
+{
+	struct cenalloc_checksum_arg arg = { .fd = buf };
+	int ret = xioctl(ca, CENALLOC_IOC_CHECKSUM, &arg);
+
+	if (ret)
+		return ret;
+	*checksum = arg.checksum;
+	*len = arg.len;
+	return 0;
+}
+
+int ca_fill(int ca, int buf, uint64_t seed)
+{
+	struct cenalloc_fill_arg arg = { .fd = buf, .seed = seed };
+
+	return xioctl(ca, CENALLOC_IOC_FILL, &arg);
+}
+
+int ca_set_device_mask(int ca, const char *dev_name, uint32_t mask)
+{
+	struct cenalloc_device_mask_arg arg = { .mask = mask };
+
+	if (strlen(dev_name) >= sizeof(arg.name))
+		return -ENAMETOOLONG;
+	strcpy(arg.name, dev_name);
+	return xioctl(ca, CENALLOC_IOC_SET_DEVICE_MASK, &arg);
+}
+
+int64_t ca_buf_size(int buf)
+{
+	off_t end = lseek(buf, 0, SEEK_END);
+
+	return end < 0 ? -errno : (int64_t)end;
+}
+
+void *ca_mmap(int buf, size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, buf, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+int ca_pool_read(int ca, struct ca_pool *pool)
+{
+	int ret;
+
+	memset(pool, 0, sizeof(*pool));
+	pool->info.max_allocators = CA_MAX_ALLOCATORS;
+	pool->info.allocators_ptr = (uintptr_t)pool->alloc;
+	ret = xioctl(ca, CENALLOC_IOC_INFO, &pool->info);
+	if (ret)
+		return ret;
+	pool->count = pool->info.num_allocators < CA_MAX_ALLOCATORS ?
+		      pool->info.num_allocators : CA_MAX_ALLOCATORS;
+	return 0;
+}
+
+uint64_t ca_pool_free(const struct ca_pool *pool)
+{
+	uint64_t sum = 0;
+	uint32_t i;
+
+	for (i = 0; i < pool->count; i++)
+		sum += pool->alloc[i].free;
+	return sum;
+}
+
+bool ca_pool_same(const struct ca_pool *before, const struct ca_pool *after)
+{
+	bool same = before->count == after->count;
+	uint32_t i;
+
+	if (!same)
+		tap_diag("allocator count %u -> %u", before->count, after->count);
+	for (i = 0; same && i < before->count; i++) {
+		const struct cenalloc_allocator_info *a = &before->alloc[i];
+		const struct cenalloc_allocator_info *b = &after->alloc[i];
+
+		if (a->free != b->free || a->num_buffers != b->num_buffers ||
+		    a->capacity != b->capacity) {
+			tap_diag("allocator %u (%.16s): free %llu -> %llu, buffers %u -> %u, capacity %llu -> %llu",
+				 a->id, a->name, (unsigned long long)a->free,
+				 (unsigned long long)b->free, a->num_buffers,
+				 b->num_buffers,
+				 (unsigned long long)a->capacity,
+				 (unsigned long long)b->capacity);
+			same = false;
+		}
+	}
+	if (before->info.num_buffers != after->info.num_buffers) {
+		tap_diag("live buffers %u -> %u", before->info.num_buffers,
+			 after->info.num_buffers);
+		same = false;
+	}
+	return same;
+}
+
+static int pool_changed(const struct ca_pool *before,
+			const struct ca_pool *after, bool dropped)
+{
+	int found = -1;
+	uint32_t i;
+
+	for (i = 0; i < before->count && i < after->count; i++) {
+		uint64_t b = before->alloc[i].free, a = after->alloc[i].free;
+
+		if (dropped ? a < b : a > b) {
+			if (found >= 0)
+				return -2;
+			found = i;
+		}
+	}
+	return found;
+}
+
+int ca_pool_allocator_used(const struct ca_pool *before,
+			   const struct ca_pool *after)
+{
+	return pool_changed(before, after, true);
+}
+
+int ca_pool_allocator_released(const struct ca_pool *before,
+			       const struct ca_pool *after)
+{
+	return pool_changed(before, after, false);
+}
+
+bool ca_allocator_contiguous(const struct cenalloc_allocator_info *a)
+{
+	return a->placement & 1u;	/* CENALLOC_PLACE_CONTIG */
+}
+
+int ca_pool_expected_allocator(const struct ca_pool *pool, uint32_t mask,
+			       uint64_t size)
+{
+	uint32_t i;
+
+	size = (size + CA_PAGE_SIZE - 1) & ~(CA_PAGE_SIZE - 1);
+	for (i = 0; i < pool->count; i++) {
+		const struct cenalloc_allocator_info *a = &pool->alloc[i];
+		uint64_t room = ca_allocator_contiguous(a) ? a->largest_free :
+							      a->free;
+
+		if ((a->kinds & mask) && room >= size)
+			return i;
+	}
+	return -1;
+}
+
+int ca_pool_find_kind(const struct ca_pool *pool, uint32_t kind)
+{
+	uint32_t i;
+
+	for (i = 0; i < pool->count; i++)
+		if (pool->alloc[i].kinds & kind)
+			return i;
+	return -1;
+}
+
+bool ca_pool_has_exporter_type(const struct ca_pool *pool, uint32_t type)
+{
+	uint32_t i;
+
+	for (i = 0; i < pool->info.num_exporter_types &&
+		    i < CENALLOC_MAX_MAP_TYPES; i++)
+		if (pool->info.exporter_types[i] == type)
+			return true;
+	return false;
+}
+
+int ct_load_module(void)
+{
+	char path[384];
+	struct utsname uts;
+	int fd, ret = 0, tries;
+
+	if (access(CT_DEVICE_PATH, F_OK) == 0)
+		return 0;
+	if (uname(&uts))
+		return -errno;
+	snprintf(path, sizeof(path), "/lib/modules/%s/extra/cenalloc_test.ko", uts.release);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (syscall(SYS_finit_module, fd, "", 0))
+		ret = -errno;
+	close(fd);
+	for (tries = 0; !ret && tries < 100 && access(CT_DEVICE_PATH, F_OK); tries++)
+		usleep(20000);
+	return ret;
+}
+
+int ct_open(void)
+{
+	int fd = open(CT_DEVICE_PATH, O_RDWR | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int ct_set_device(int ct, uint32_t device, uint32_t mask,
+		  const uint32_t *types, uint32_t num_types)
+{
+	struct cenalloc_test_device_arg arg = {
+		.device = device,
+		.mask = mask,
+		.num_types = num_types,
+	};
+
+	if (num_types > CENALLOC_TEST_MAX_TYPES)
+		return -EINVAL;
+	memcpy(arg.types, types, num_types * sizeof(*types));
+	return xioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &arg);
+}
+
+int ct_set_device1(int ct, uint32_t device, uint32_t mask, uint32_t type)
+{
+	uint32_t types[1] = { type ? type : CENALLOC_MAP_SG };
+
+	return ct_set_device(ct, device, mask, types, 1);
+}
+
+int ct_attach(int ct, int buf, uint32_t device, uint32_t *handle,
+	      uint32_t *map_type)
+{
+	struct cenalloc_test_attach_arg arg = {
+		.dmabuf_fd = buf,
+		.device = device,
+	};
+	int ret = xioctl(ct, CENALLOC_TEST_IOC_ATTACH, &arg);
+
+	if (ret)
+		return ret;
+	*handle = arg.handle;
+	if (map_type)
+		*map_type = arg.map_type;
+	return 0;
+}
+
+int ct_detach(int ct, uint32_t handle)
+{
+	struct cenalloc_test_handle_arg arg = { .handle = handle };
+
+	return xioctl(ct, CENALLOC_TEST_IOC_DETACH, &arg);
+}
+
+int ct_map(int ct, uint32_t handle, uint32_t direction, struct ct_mapping *m)
+{
+	struct cenalloc_test_map_arg arg = {
+		.handle = handle,
+		.direction = direction,
+		.max_segments = CT_MAX_SEGMENTS,
+		.segments_ptr = (uintptr_t)m->seg,
+	};
+	int ret = xioctl(ct, CENALLOC_TEST_IOC_MAP, &arg);
+
+	if (ret)
+		return ret;
+	m->map_type = arg.map_type;
+	m->num_segments = arg.num_segments;
+	return 0;
+}
+
+int ct_unmap(int ct, uint32_t handle)
+{
+	struct cenalloc_test_handle_arg arg = { .handle = handle };
+
+	return xioctl(ct, CENALLOC_TEST_IOC_UNMAP, &arg);
+}
+
+int ct_rw(int ct, int buf, bool write, uint64_t offset, void *data,
+	  uint64_t len)
+{
+	struct cenalloc_test_rw_arg arg = {
+		.dmabuf_fd = buf,
+		.write = write,
+		.offset = offset,
+		.len = len,
+		.data_ptr = (uintptr_t)data,
+	};
+
+	return xioctl(ct, CENALLOC_TEST_IOC_RW, &arg);
+}
+
+const char *ct_device_name(uint32_t device)
+{
+	static char names[CENALLOC_TEST_MAX_DEVICES][32];
+
+	if (device >= CENALLOC_TEST_MAX_DEVICES)
+		return "?";
+	snprintf(names[device], sizeof(names[device]), "cenalloc_test.%u",
+		 device);
+	return names[device];
+}
+
+uint64_t ca_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+const char *ca_mask_str(uint32_t mask, char *buf, size_t len)
+{
+	static const char *const names[] = {
+		"SYSTEM", "CONTIG", "DMA32", "CONTIG_DMA32",
+	};
+	size_t used = 0;
+	unsigned int bit;
+
+	if (mask == CENALLOC_MASK_ANY) {
+		snprintf(buf, len, "ANY");
+		return buf;
+	}
+	buf[0] = '\0';
+	for (bit = 0; bit < 32 && used < len; bit++) {
+		if (!(mask & (1u << bit)))
+			continue;
+		if (bit < 4)
+			used += snprintf(buf + used, len - used, "%s%s",
+					 used ? "|" : "", names[bit]);
+		else
+			used += snprintf(buf + used, len - used, "%sbit%u",
+					 used ? "|" : "", bit);
+	}
+	if (!mask)
+		snprintf(buf, len, "0");
+	return buf;
+}
+
+const char *ca_map_type_str(uint32_t type)
+{
+	switch (type) {
+	case 0:
+		return "none";
+	case CENALLOC_MAP_SG:
+		return "SG";
+	case CENALLOC_MAP_CONTIG:
+		return "CONTIG";
+	default:
+		if (type >= CENALLOC_MAP_PRIVATE_FIRST &&
+		    type <= CENALLOC_MAP_PRIVATE_LAST)
+			return "PRIVATE";
+		return "UNKNOWN";
+	}
+}
+
+bool ca_env_open(int *ca, int *ct)
+{
+	if (ca) {
+		*ca = ca_open();
+		if (!CHECK(*ca >= 0, "open %s: %s", CA_DEVICE_PATH,
+			   strerror(-*ca)))
+			return false;
+	}
+	if (ct) {
+		*ct = ct_open();
+		if (!CHECK(*ct >= 0, "open %s: %s (cenalloc_test.ko loaded?)",
+			   CT_DEVICE_PATH, strerror(-*ct))) {
+			if (ca)
+				ca_close(ca);
+			return false;
+		}
+	}
+	return true;
+}
+
+void ca_close(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+int ca_cpu_access(int buf, bool start)
+{
+	struct dma_buf_sync sync = {
+		.flags = (start ? DMA_BUF_SYNC_START : DMA_BUF_SYNC_END) |
+			 DMA_BUF_SYNC_RW,
+	};
+
+	return xioctl(buf, DMA_BUF_IOCTL_SYNC, &sync);
+}
+
+int ca_buf_alloc(int ca, int ct, uint64_t size, uint32_t device,
+		 struct ca_buf *b)
+{
+	int ret;
+
+	memset(b, 0, sizeof(*b));
+	b->fd = ca_create(ca, size, 0);
+	if (b->fd < 0)
+		return b->fd;
+	b->size = (size + CA_PAGE_SIZE - 1) & ~(CA_PAGE_SIZE - 1);
+	ret = ct_attach(ct, b->fd, device, &b->handle, NULL);
+	if (ret)
+		goto err_close;
+	ret = ct_map(ct, b->handle, 0, &b->map);
+	if (ret)
+		goto err_detach;
+	return 0;
+
+err_detach:
+	ct_detach(ct, b->handle);
+err_close:
+	ca_close(&b->fd);
+	b->handle = 0;
+	return ret;
+}
+
+void ca_buf_free(int ct, struct ca_buf *b)
+{
+	if (b->handle) {
+		ct_unmap(ct, b->handle);
+		ct_detach(ct, b->handle);
+		b->handle = 0;
+	}
+	ca_close(&b->fd);
+}
+
+uint64_t ct_mapping_bytes(const struct ct_mapping *m)
+{
+	uint64_t sum = 0;
+	uint32_t i;
+
+	if (m->num_segments > CT_MAX_SEGMENTS)
+		return 0;
+	for (i = 0; i < m->num_segments; i++)
+		sum += m->seg[i].len;
+	return sum;
+}
+
+/* Allocates the next fragmenting buffer and checks it came from @index. */
+static int frag_take(int ca, int ct, uint32_t device, int index,
+		     uint64_t size, struct ca_frag *frag)
+{
+	struct ca_pool before, after;
+	int ret, used;
+
+	if (frag->count == CA_FRAG_MAX_BUFFERS)
+		return 1;
+	ret = ca_pool_read(ca, &before);
+	if (ret)
+		return ret;
+	ret = ca_buf_alloc(ca, ct, size, device, &frag->buf[frag->count]);
+	if (ret)
+		return ret;
+	frag->count++;
+	ret = ca_pool_read(ca, &after);
+	if (ret)
+		return ret;
+	used = ca_pool_allocator_used(&before, &after);
+	if (used != index) {
+		tap_diag("fragmenting buffer of %llu bytes went to allocator %d, not %d",
+			 (unsigned long long)size, used, index);
+		return -EXDEV;
+	}
+	return 0;
+}
+
+int ca_fragment(int ca, int ct, uint32_t device, int index,
+		struct ca_frag *frag)
+{
+	struct ca_pool pool;
+	uint64_t total = 0;
+	unsigned int i;
+	int ret;
+
+	memset(frag, 0, sizeof(*frag));
+	for (i = 0; i < CA_FRAG_MAX_BUFFERS; i++)
+		frag->buf[i].fd = -1;
+
+	/* P1 S1 P2 S2, in allocation order. */
+	for (i = 0; i < 4; i++) {
+		ret = frag_take(ca, ct, device, index, CA_FRAG_HOLE, frag);
+		if (ret)
+			return ret;
+	}
+
+	/* Fill the rest (a scatter buffer may span several extents). */
+	for (;;) {
+		const struct cenalloc_allocator_info *a;
+		uint64_t size;
+
+		ret = ca_pool_read(ca, &pool);
+		if (ret)
+			return ret;
+		a = &pool.alloc[index];
+		if (!a->free)
+			break;
+		size = a->free;
+		if (size > pool.info.max_buffer_size)
+			size = pool.info.max_buffer_size;
+		ret = frag_take(ca, ct, device, index, size, frag);
+		if (ret)
+			return ret;
+		total += size;
+	}
+	tap_diag("allocator %d filled with %u buffers (%llu bytes after the holes)",
+		 index, frag->count, (unsigned long long)total);
+
+	/* Free P1 and P2: two 64 KiB holes separated by S1. */
+	ca_buf_free(ct, &frag->buf[0]);
+	ca_buf_free(ct, &frag->buf[2]);
+	return 0;
+}
+
+void ca_fragment_release(int ct, struct ca_frag *frag)
+{
+	unsigned int i;
+
+	for (i = 0; i < frag->count; i++)
+		ca_buf_free(ct, &frag->buf[i]);
+	frag->count = 0;
+}

@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A real DRM importer: vgem imports a cenalloc buffer with PRIME
+ * (DRM_IOCTL_PRIME_FD_TO_HANDLE attaches and maps it), the attachment shows
+ * in debugfs with vgem's device name, the allocation follows the mask given
+ * to vgem's device with SET_DEVICE_MASK, the bytes are right through the
+ * exporter's mmap, and DRM_IOCTL_GEM_CLOSE detaches.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "cenalloc_util.h"
+#include "drm_min.h"
+#include "sysfs_util.h"
+#include "tap.h"
+
+#define SIZE	(1 * CA_MIB)
+#define SEED	0x76656d31ull
+
+/* Opens the vgem card node; its sysfs device name goes to @dev_name. */
+static int open_vgem(char *dev_name, size_t len)
+{
+	int i;
+
+	for (i = 0; i < 16; i++) {
+		char path[64], name[32] = "", node[16];
+		struct drm_version v = { .name = name, .name_len = sizeof(name) - 1 };
+		int fd;
+
+		snprintf(path, sizeof(path), "/dev/dri/card%d", i);
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (ioctl(fd, DRM_IOCTL_VERSION, &v) == 0 && !strcmp(name, "vgem")) {
+			snprintf(node, sizeof(node), "card%d", i);
+			if (sysfs_device_name("drm", node, dev_name, len) == 0)
+				return fd;
+		}
+		close(fd);
+	}
+	return -1;
+}
+
+static enum tap_result test_vgem_prime_import(void)
+{
+	enum tap_result result = TAP_PASS;
+	struct drm_prime_handle prime = { 0 };
+	struct ca_pool before, imported, closed, after;
+	char dev_name[64], text[32];
+	const uint32_t mask = CENALLOC_KIND_CONTIG;
+	int ca = -1, drm, buf = -1, ret, used, expected, n;
+	bool handle_open = false;
+	uint8_t *p;
+
+	drm = open_vgem(dev_name, sizeof(dev_name));
+	if (drm < 0)
+		return tap_skip("no vgem DRM device (modprobe vgem)");
+	if (!CHECK(debugfs_ready(), "no debugfs %s", CENALLOC_DEBUGFS_ATTACHMENTS) ||
+	    !ca_env_open(&ca, NULL))
+		goto out;
+	tap_diag("vgem device %s", dev_name);
+	ret = ca_set_device_mask(ca, dev_name, mask);
+	if (!CHECK(ret == 0, "SET_DEVICE_MASK %s: %s", dev_name, strerror(-ret)) ||
+	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	expected = ca_pool_expected_allocator(&before, mask, SIZE);
+
+	buf = ca_create(ca, SIZE, 0);
+	if (!CHECK(buf >= 0, "create: %s", strerror(-buf)))
+		goto out;
+	CHECK(file_count_word(CENALLOC_DEBUGFS_ATTACHMENTS, dev_name) == 0,
+	      "%s attached before the import", dev_name);
+
+	prime.fd = buf;
+	ret = ioctl(drm, DRM_IOCTL_PRIME_FD_TO_HANDLE, &prime) ? -errno : 0;
+	if (!CHECK(ret == 0, "PRIME_FD_TO_HANDLE: %s", strerror(-ret)))
+		goto out;
+	handle_open = true;
+	n = file_count_word(CENALLOC_DEBUGFS_ATTACHMENTS, dev_name);
+	CHECK(n == 1, "debugfs lists %d attachments of %s, expected 1", n, dev_name);
+
+	/* vgem maps at import: that was the first map. */
+	if (CHECK(ca_pool_read(ca, &imported) == 0, "INFO")) {
+		used = ca_pool_allocator_used(&before, &imported);
+		tap_diag("vgem import (mask %s) allocated from allocator %d (%.16s)",
+			 ca_mask_str(mask, text, sizeof(text)), used,
+			 used >= 0 ? imported.alloc[used].name : "none");
+		CHECK(used == expected, "allocator %d, expected %d", used, expected);
+	}
+	ret = ca_fill(ca, buf, SEED);
+	if (CHECK(ret == 0, "FILL: %s", strerror(-ret))) {
+		p = ca_mmap(buf, SIZE);
+		if (CHECK(p, "mmap: %s", strerror(errno))) {
+			size_t bad = ca_pattern_check(p, SIZE, SEED);
+
+			CHECK(bad == SIZE, "mmap differs from FILL at %zu", bad);
+			munmap(p, SIZE);
+		}
+	}
+
+	struct drm_gem_close gem_close = { .handle = prime.handle };
+
+	ret = ioctl(drm, DRM_IOCTL_GEM_CLOSE, &gem_close) ? -errno : 0;
+	handle_open = false;
+	if (!CHECK(ret == 0, "GEM_CLOSE: %s", strerror(-ret)))
+		goto out;
+	n = file_count_word(CENALLOC_DEBUGFS_ATTACHMENTS, dev_name);
+	CHECK(n == 0, "debugfs still lists %d attachments of %s after GEM_CLOSE", n, dev_name);
+	/* The buffer's fd still holds the backing. */
+	if (CHECK(ca_pool_read(ca, &closed) == 0, "INFO"))
+		CHECK(ca_pool_same(&imported, &closed), "GEM_CLOSE released the backing");
+	ca_close(&buf);
+	if (CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+		CHECK(ca_pool_same(&before, &after), "pool not back");
+out:
+	if (handle_open) {
+		struct drm_gem_close c = { .handle = prime.handle };
+
+		ioctl(drm, DRM_IOCTL_GEM_CLOSE, &c);
+	}
+	ca_close(&buf);
+	if (ca >= 0)
+		ca_set_device_mask(ca, dev_name, 0);
+	ca_close(&ca);
+	close(drm);
+	return result;
+}
+
+static const struct tap_test tests[] = {
+	TAP_TEST("vgem imports with PRIME, shows in debugfs, detaches on GEM_CLOSE", test_vgem_prime_import),
+};
+
+TAP_MAIN(tests)
