@@ -22,7 +22,7 @@ pub const CENALLOC_NUM_VQS: usize = 2;
 
 pub const CENALLOC_PAGE_SIZE: u64 = 4096;
 
-pub const CENALLOC_MAX_POOLS: usize = 8;
+pub const CENALLOC_MAX_POOLS: usize = 5;
 pub const CENALLOC_MAX_MAP_TYPES: usize = 8;
 pub const CENALLOC_MAX_BATCH: u32 = 64;
 pub const CENALLOC_MAX_POOL_RANGES: u32 = 256;
@@ -152,7 +152,7 @@ wire_struct!(
 
 wire_struct!(
     /// `struct cenalloc_config`: the device config space.
-    Config = 360, {
+    Config = 240, {
         version: u32,
         num_pools: u32,
         max_buffers: u32,
