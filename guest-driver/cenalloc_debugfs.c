@@ -107,7 +107,7 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 			   le32_to_cpu(pool->config.kinds),
 			   le32_to_cpu(pool->config.placement),
 			   le64_to_cpu(pool->config.size), pool->donated,
-			   pool->num_extents, pool->longest_extent,
+			   pool->num_donated, pool->longest_extent,
 			   pool->status);
 	}
 
