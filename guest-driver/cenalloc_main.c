@@ -265,9 +265,10 @@ static void cenalloc_remove(struct virtio_device *vdev)
 	if (cenalloc_current == cdev)
 		cenalloc_current = NULL;
 	mutex_unlock(&cenalloc_current_lock);
-	cenalloc_debugfs_exit();
 
+	/* Fail what is in flight first, so that no debugfs reader waits. */
 	cenalloc_vq_stop(cdev);
+	cenalloc_debugfs_exit();
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
 	cdev->event_bufs = NULL;
