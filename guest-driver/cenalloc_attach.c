@@ -727,12 +727,35 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 
 /* ---- Exported API ---- */
 
+/**
+ * cenalloc_is_cenalloc_dmabuf - tell whether cenalloc exported a dma-buf
+ * @dmabuf: any dma-buf, or NULL
+ *
+ * Return: true if @dmabuf is a /dev/cenalloc buffer.
+ */
 bool cenalloc_is_cenalloc_dmabuf(struct dma_buf *dmabuf)
 {
 	return dmabuf && dmabuf->ops == &cenalloc_dmabuf_ops;
 }
 EXPORT_SYMBOL_GPL(cenalloc_is_cenalloc_dmabuf);
 
+/**
+ * cenalloc_attach - attach a device with an explicit constraint mask
+ * @dmabuf: a cenalloc dma-buf
+ * @dev: the importing device
+ * @mask: its constraint mask (CENALLOC_KIND_* bits), not 0
+ * @types: the importer's mapping types, priority order
+ * @n: entries in @types, 1..CENALLOC_MAX_MAP_TYPES
+ * @map_type: where to store the negotiated type (may be NULL)
+ *
+ * Like dma_buf_attach(), but with @mask instead of the device mask table.
+ * Before the buffer has backing nothing reaches the device: the ATTACH
+ * travels with the first map. Release with dma_buf_detach().
+ *
+ * Return: the attachment, or ERR_PTR(-EINVAL) for bad arguments or an empty
+ * mask intersection, -EOPNOTSUPP when no mapping type is mutual, -EBUSY when
+ * the backing does not fit and cannot migrate, -ENODEV after remove.
+ */
 struct dma_buf_attachment *cenalloc_attach(struct dma_buf *dmabuf,
 					   struct device *dev, u32 mask,
 					   const u32 *types, unsigned int n,

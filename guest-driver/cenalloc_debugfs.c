@@ -2,10 +2,12 @@
 /*
  * /sys/kernel/debug/cenalloc/: buffers, attachments and allocators tables.
  * "allocators" asks the device (GET_INFO) for fresh figures and adds what
- * the driver donated per pool and its own counters.
+ * the driver donated per pool and its own counters; "device_stats" is the
+ * device's JSON snapshot (STATS).
  */
 #include <linux/debugfs.h>
 #include <linux/seq_file.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 
 #include "cenalloc_internal.h"
@@ -105,7 +107,7 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 			   le32_to_cpu(pool->config.kinds),
 			   le32_to_cpu(pool->config.placement),
 			   le64_to_cpu(pool->config.size), pool->donated,
-			   pool->num_extents, pool->longest_extent,
+			   pool->num_donated, pool->longest_extent,
 			   pool->status);
 	}
 
@@ -122,6 +124,38 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(cenalloc_allocators);
 
+/* The device's own JSON snapshot (STATS), asked again when it is larger. */
+static int cenalloc_stats_show(struct seq_file *s, void *unused)
+{
+	struct cenalloc_dev *cdev = s->private;
+	u32 slot = SZ_16K, len, needed;
+	struct cenalloc_req *req;
+	void *resp;
+	int ret, tries;
+
+	for (tries = 0; tries < 2; tries++) {
+		req = cenalloc_req_alloc(cdev);
+		if (!req)
+			return -ENOMEM;
+		resp = cenalloc_req_add(req, CENALLOC_CMD_STATS, 0, slot);
+		ret = IS_ERR(resp) ? PTR_ERR(resp) : cenalloc_req_submit(req);
+		if (!ret)
+			ret = cenalloc_req_status(req, 0);
+		if (!ret) {
+			resp = cenalloc_req_resp(req, 0, &len);
+			seq_write(s, resp, len);
+			seq_putc(s, '\n');
+		}
+		needed = ret == -ENOSPC ? cenalloc_req_needed(req, 0) : 0;
+		cenalloc_req_free(req);
+		if (ret != -ENOSPC || needed <= slot || needed > SZ_4M)
+			break;
+		slot = ALIGN(needed, 8);
+	}
+	return ret;
+}
+DEFINE_SHOW_ATTRIBUTE(cenalloc_stats);
+
 void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 {
 	cenalloc_debugfs_dir = debugfs_create_dir("cenalloc", NULL);
@@ -131,6 +165,8 @@ void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 			    &cenalloc_attachments_fops);
 	debugfs_create_file("allocators", 0444, cenalloc_debugfs_dir, cdev,
 			    &cenalloc_allocators_fops);
+	debugfs_create_file("device_stats", 0444, cenalloc_debugfs_dir, cdev,
+			    &cenalloc_stats_fops);
 }
 
 void cenalloc_debugfs_exit(void)

@@ -48,6 +48,7 @@ struct cenalloc_pool {
 	unsigned int num_chunks;
 	struct cenalloc_range *extents;		/* chunks merged, sorted */
 	unsigned int num_extents;
+	unsigned int num_donated;		/* extents the device accepted */
 	u64 reserve_addr, reserve_len;		/* boot-time reservation */
 	u64 donated;				/* bytes accepted by the device */
 	u64 longest_extent;			/* bytes */

@@ -126,6 +126,15 @@ u32 cenalloc_device_mask(struct device *dev)
 	return mask;
 }
 
+/**
+ * cenalloc_set_device_constraints - record the constraint mask of a device
+ * @dev: the device (keyed by dev_name())
+ * @mask: CENALLOC_KIND_* bits; 0 removes the entry
+ *
+ * Used when @dev later attaches with plain dma_buf_attach().
+ *
+ * Return: 0, -EINVAL without a name, -ENOSPC when the table is full.
+ */
 int cenalloc_set_device_constraints(struct device *dev, u32 mask)
 {
 	if (!dev || !dev_name(dev))
@@ -265,9 +274,10 @@ static void cenalloc_remove(struct virtio_device *vdev)
 	if (cenalloc_current == cdev)
 		cenalloc_current = NULL;
 	mutex_unlock(&cenalloc_current_lock);
-	cenalloc_debugfs_exit();
 
+	/* Fail what is in flight first, so that no debugfs reader waits. */
 	cenalloc_vq_stop(cdev);
+	cenalloc_debugfs_exit();
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
 	cdev->event_bufs = NULL;

@@ -269,19 +269,20 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			      struct cenalloc_pool *pool, u32 index)
 {
 	struct cenalloc_pool_add_req *add;
-	unsigned int first = 0, sent, i, n, cmd;
+	unsigned int sent, i, n, cmd;
 	struct cenalloc_req *req;
+	unsigned int ranges[CENALLOC_POOL_ADD_BATCH];
 	u64 bytes[CENALLOC_POOL_ADD_BATCH];
 	unsigned int batch_cmds;
 	int ret, status;
 
 	batch_cmds = min_t(u32, cdev->max_batch, CENALLOC_POOL_ADD_BATCH);
 
-	while (first < pool->num_extents) {
+	while (pool->num_donated < pool->num_extents) {
 		req = cenalloc_req_alloc(cdev);
 		if (!req)
 			return -ENOMEM;
-		sent = first;
+		sent = pool->num_donated;
 		for (cmd = 0;
 		     cmd < batch_cmds && sent < pool->num_extents;
 		     cmd++) {
@@ -299,6 +300,7 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			add->num_ranges = cpu_to_le32(n);
 			memcpy(add + 1, &pool->extents[sent],
 			       n * sizeof(struct cenalloc_range));
+			ranges[cmd] = n;
 			bytes[cmd] = 0;
 			for (i = 0; i < n; i++)
 				bytes[cmd] += le64_to_cpu(pool->extents[sent + i].len);
@@ -314,9 +316,9 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 				goto out_free;
 			}
 			pool->donated += bytes[i];
+			pool->num_donated += ranges[i];
 		}
 		cenalloc_req_free(req);
-		first = sent;
 	}
 	return 0;
 
@@ -324,6 +326,8 @@ out_free:
 	cenalloc_req_free(req);
 	return ret;
 }
+
+static void cenalloc_pool_release(struct cenalloc_pool *pool);
 
 /* Donate every pool of config space. A pool that fails is reported and
  * keeps status != 0; the others still work.
@@ -343,6 +347,8 @@ int cenalloc_pools_donate(struct cenalloc_dev *cdev)
 		if (!ret)
 			ret = cenalloc_pool_send(cdev, pool, i);
 		pool->status = ret;
+		if (ret && !pool->num_donated)
+			cenalloc_pool_release(pool);
 		if (ret == -ENODEV)
 			return ret;
 		if (ret)
@@ -356,22 +362,29 @@ int cenalloc_pools_donate(struct cenalloc_dev *cdev)
 	return 0;
 }
 
+/* Give a pool's memory back to the kernel. */
+static void cenalloc_pool_release(struct cenalloc_pool *pool)
+{
+	unsigned int c;
+
+	for (c = 0; c < pool->num_chunks; c++)
+		__free_pages(pool->chunks[c].page, pool->chunks[c].order);
+	kvfree(pool->chunks);
+	kvfree(pool->extents);
+	pool->chunks = NULL;
+	pool->extents = NULL;
+	pool->num_chunks = 0;
+	pool->num_extents = 0;
+	pool->num_donated = 0;
+	pool->longest_extent = 0;
+}
+
 void cenalloc_pools_free(struct cenalloc_dev *cdev)
 {
-	struct cenalloc_pool *pool;
-	unsigned int i, c;
+	unsigned int i;
 
-	for (i = 0; i < cdev->num_pools; i++) {
-		pool = &cdev->pools[i];
-		for (c = 0; c < pool->num_chunks; c++)
-			__free_pages(pool->chunks[c].page, pool->chunks[c].order);
-		kvfree(pool->chunks);
-		kvfree(pool->extents);
-		pool->chunks = NULL;
-		pool->extents = NULL;
-		pool->num_chunks = 0;
-		pool->num_extents = 0;
-	}
+	for (i = 0; i < cdev->num_pools; i++)
+		cenalloc_pool_release(&cdev->pools[i]);
 }
 
 /* The extent of any pool that contains @addr, or NULL. */
@@ -385,7 +398,7 @@ cenalloc_pools_find(struct cenalloc_dev *cdev, u64 addr)
 	for (i = 0; i < cdev->num_pools; i++) {
 		ext = cdev->pools[i].extents;
 		lo = 0;
-		hi = cdev->pools[i].num_extents;
+		hi = cdev->pools[i].num_donated;
 		while (lo < hi) {
 			mid = lo + (hi - lo) / 2;
 			start = le64_to_cpu(ext[mid].addr);
