@@ -66,6 +66,8 @@ pub enum Error {
     RangeOutsideRam { addr: u64, len: u64 },
     #[error("range {addr:#x}+{len:#x} ends above the pool's limit {limit:#x}")]
     RangeOutOfPlacement { addr: u64, len: u64, limit: u64 },
+    #[error("backing segment {addr:#x}+{len:#x} is not inside guest RAM")]
+    SegmentOutsideRam { addr: u64, len: u64 },
     #[error("guest memory access failed: {0}")]
     GuestMemory(#[from] GuestMemoryError),
     #[error("the batch was cancelled by an earlier failure")]
@@ -100,7 +102,7 @@ impl Error {
             | Framing(_) => libc::EINVAL,
             UnknownPool(_) => libc::ENOENT,
             SlotTooSmall { .. } | ResponseTooSmall { .. } => libc::ENOSPC,
-            RangeOutsideRam { .. } | GuestMemory(_) => libc::EFAULT,
+            RangeOutsideRam { .. } | SegmentOutsideRam { .. } | GuestMemory(_) => libc::EFAULT,
             RangeOutOfPlacement { .. } => libc::ERANGE,
             Cancelled => libc::ECANCELED,
             Serialize(_) => libc::EIO,
@@ -859,9 +861,27 @@ fn to_usize(len: u64) -> Result<usize, Error> {
     usize::try_from(len).map_err(|_| Error::Framing("segment too large"))
 }
 
+/// Checks that every segment lies inside guest RAM, so that an operation
+/// over several segments fails before it writes the first byte (the memory
+/// table may have changed since the regions were donated).
+fn check_in_ram<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(), Error> {
+    for segment in segments {
+        let inside = usize::try_from(segment.len)
+            .is_ok_and(|len| mem.check_range(GuestAddress(segment.addr), len));
+        if !inside {
+            return Err(Error::SegmentOutsideRam {
+                addr: segment.addr,
+                len: segment.len,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Zeroes every segment through the daemon's mapping of guest memory.
 pub fn zero_segments<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(), Error> {
     static ZEROES: [u8; CHUNK] = [0; CHUNK];
+    check_in_ram(mem, segments)?;
     for segment in segments {
         let mut done = 0u64;
         while done < segment.len {
@@ -883,6 +903,7 @@ pub fn fill_pattern<M: GuestMemoryBackend>(
     segments: &[Segment],
     seed: u64,
 ) -> Result<(), Error> {
+    check_in_ram(mem, segments)?;
     let mut chunk = vec![0u8; CHUNK];
     let mut word = 0u64;
     for segment in segments {
@@ -902,6 +923,7 @@ pub fn fill_pattern<M: GuestMemoryBackend>(
 
 /// FNV-1a 64 of every byte of the segments, in order; returns (hash, bytes).
 pub fn checksum<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(u64, u64), Error> {
+    check_in_ram(mem, segments)?;
     let mut chunk = vec![0u8; CHUNK];
     let mut hash = Fnv1a64::default();
     let mut total = 0u64;
@@ -926,6 +948,8 @@ pub fn copy_segments<M: GuestMemoryBackend>(
     from: &[Segment],
     to: &[Segment],
 ) -> Result<(), Error> {
+    check_in_ram(mem, from)?;
+    check_in_ram(mem, to)?;
     let overlaps = from.iter().any(|a| {
         to.iter()
             .any(|b| a.addr < b.addr + b.len && b.addr < a.addr + a.len)
@@ -1025,6 +1049,40 @@ mod tests {
             libc::EFAULT
         );
         assert_eq!(checksum(&mem, &outside).unwrap_err().errno(), libc::EFAULT);
+    }
+
+    #[test]
+    fn fill_and_copy_fail_before_writing_when_a_segment_left_guest_ram() {
+        let mem = memory();
+        let inside = seg(0x10_0000, 0x1000);
+        let outside = seg(0xff_f000, 0x2000);
+        assert_eq!(
+            fill_pattern(&mem, &[inside, outside], 3)
+                .unwrap_err()
+                .errno(),
+            libc::EFAULT
+        );
+        assert_eq!(
+            zero_segments(&mem, &[inside, outside]).unwrap_err().errno(),
+            libc::EFAULT
+        );
+        let target = seg(0x20_0000, 0x1000);
+        fill_pattern(&mem, &[target], 4).unwrap();
+        let (before, _) = checksum(&mem, &[target]).unwrap();
+        assert_eq!(
+            copy_segments(&mem, &[inside, outside], &[target, seg(0x30_0000, 0x2000)])
+                .unwrap_err()
+                .errno(),
+            libc::EFAULT
+        );
+        let mut bytes = vec![1u8; 0x1000];
+        mem.read_slice(&mut bytes, GuestAddress(inside.addr))
+            .unwrap();
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "a failed FILL or zeroing wrote its first segment"
+        );
+        assert_eq!(checksum(&mem, &[target]).unwrap().0, before);
     }
 
     #[test]
