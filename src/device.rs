@@ -638,8 +638,10 @@ impl Device {
     }
 
     /// MAP: zeroes new backing and copies migrated contents through guest
-    /// memory before answering. An answer that does not fit the slot undoes
-    /// the mapping (the backing stays) and reports the size it needs.
+    /// memory before answering. If that fails, the new backing goes back to
+    /// its allocator (its bytes must not reach the guest) and the next MAP
+    /// allocates afresh. An answer that does not fit the slot undoes the
+    /// mapping (the backing stays) and reports the size it needs.
     fn map<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -654,33 +656,37 @@ impl Device {
         if let Some(old) = &mapped.migrated_from {
             flags |= CENALLOC_MAP_F_MIGRATED;
             prepared = copy_segments(mem, old, &mapped.segments);
+        }
+        if mapped.newly_allocated {
+            flags |= CENALLOC_MAP_F_ALLOCATED;
+            prepared = prepared.and_then(|()| zero_segments(mem, &mapped.segments));
+        }
+        if let Err(error) = prepared {
+            self.undo_map(attachment, direction);
+            if let Err(discard_error) = self.pool.discard_backing(buffer) {
+                warn!(
+                    "MAP: discarding unprepared backing of buffer {buffer} failed: {discard_error}"
+                );
+            }
+            return Err(error);
+        }
+        if mapped.migrated_from.is_some() {
             self.events.push_back(Event {
                 event_type: CENALLOC_EVENT_MIGRATED,
                 buffer_id: buffer,
                 data: mapped.allocator as u64,
             });
         }
-        if mapped.newly_allocated {
-            flags |= CENALLOC_MAP_F_ALLOCATED;
-            prepared = prepared.and_then(|()| zero_segments(mem, &mapped.segments));
-        }
         if flags != 0 {
             self.check_pool_low(mapped.allocator);
         }
         let need = size_of::<MapResp>() + mapped.segments.len() * size_of::<Range>();
-        let outcome = prepared.and(if slot.len() < need {
-            Err(Error::SlotTooSmall {
+        if slot.len() < need {
+            self.undo_map(attachment, direction);
+            return Err(Error::SlotTooSmall {
                 need,
                 got: slot.len(),
-            })
-        } else {
-            Ok(())
-        });
-        if let Err(error) = outcome {
-            if let Err(unmap_error) = self.pool.unmap(attachment, direction) {
-                warn!("MAP: undoing map of attachment {attachment} failed: {unmap_error}");
-            }
-            return Err(error);
+            });
         }
         let resp = MapResp {
             map_type: mapped.map_type.code(),
@@ -698,6 +704,13 @@ impl Device {
             offset += write_struct(&mut slot[offset..], &range);
         }
         Ok(offset)
+    }
+
+    /// Takes back the mapping a failed MAP counted.
+    fn undo_map(&mut self, attachment: u32, direction: Direction) {
+        if let Err(unmap_error) = self.pool.unmap(attachment, direction) {
+            warn!("MAP: undoing map of attachment {attachment} failed: {unmap_error}");
+        }
     }
 
     /// Queues POOL_LOW when the allocator has less than 1/8 free.
@@ -1083,6 +1096,98 @@ mod tests {
             "a failed FILL or zeroing wrote its first segment"
         );
         assert_eq!(checksum(&mem, &[target]).unwrap().0, before);
+    }
+
+    /// One command in its own batch; returns (status, response slot).
+    fn run_one(
+        device: &mut Device,
+        mem: &GuestMemoryMmap,
+        opcode: u16,
+        payload: &[u8],
+        resp_len: u32,
+    ) -> (i32, Vec<u8>) {
+        let mut request = BatchHdr {
+            num_cmds: 1,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        let hdr = CmdHdr {
+            opcode,
+            flags: 0,
+            len: payload.len() as u32,
+            resp_len,
+            reserved: 0,
+        };
+        request.extend_from_slice(hdr.as_slice());
+        request.extend_from_slice(payload);
+        let out = device.execute_batch(mem, &request, 8 + 16 + resp_len as usize);
+        let status = u32::from_le_bytes(out[8..12].try_into().unwrap()) as i32;
+        (status, out[24..].to_vec())
+    }
+
+    #[test]
+    fn backing_that_could_not_be_zeroed_never_reaches_the_guest() {
+        let mem = memory();
+        let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
+        device.pool.add_region(0, 0x40_0000, 0x10_0000).unwrap();
+        let create = CreateReq {
+            size: 0x2000,
+            flags: 0,
+            initial_mask: 0,
+        };
+        let (status, slot) = run_one(
+            &mut device,
+            &mem,
+            CENALLOC_CMD_CREATE,
+            create.as_slice(),
+            16,
+        );
+        assert_eq!(status, 0);
+        let buffer_id = u32::from_le_bytes(slot[0..4].try_into().unwrap());
+        let mut attach = AttachReq {
+            buffer_id,
+            mask: CENALLOC_KIND_SYSTEM,
+            num_types: 1,
+            ..Default::default()
+        };
+        attach.types[0] = CENALLOC_MAP_SG;
+        let (status, slot) = run_one(
+            &mut device,
+            &mem,
+            CENALLOC_CMD_ATTACH,
+            attach.as_slice(),
+            16,
+        );
+        assert_eq!(status, 0);
+        let attach_id = u32::from_le_bytes(slot[0..4].try_into().unwrap());
+        let map = MapReq {
+            attach_id,
+            direction: CENALLOC_DIR_BIDIRECTIONAL,
+        };
+
+        // Stale guest data where the backing will go.
+        mem.write_slice(&[0xa5; 0x2000], GuestAddress(0x40_0000))
+            .unwrap();
+        // The memory table changed: the donated region is no longer RAM.
+        let shrunk = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let (status, _) = run_one(&mut device, &shrunk, CENALLOC_CMD_MAP, map.as_slice(), 64);
+        assert_eq!(status, -libc::EFAULT);
+        assert_eq!(
+            device.pool.backing(buffer_id).unwrap_err().errno(),
+            libc::ENODATA,
+            "a failed MAP kept backing it could not zero"
+        );
+        assert_eq!(device.pool.allocator_stats()[0].free, 0x10_0000);
+
+        // Back in RAM: the next MAP allocates and zeroes.
+        let (status, slot) = run_one(&mut device, &mem, CENALLOC_CMD_MAP, map.as_slice(), 64);
+        assert_eq!(status, 0);
+        let resp: MapResp = read_struct(&slot, 0).unwrap();
+        assert_eq!(resp.flags, CENALLOC_MAP_F_ALLOCATED);
+        let mut bytes = vec![1u8; 0x2000];
+        mem.read_slice(&mut bytes, GuestAddress(0x40_0000)).unwrap();
+        assert!(bytes.iter().all(|&b| b == 0));
     }
 
     #[test]
