@@ -72,20 +72,36 @@ static struct dma_buf *cenalloc_fd_to_dmabuf(int fd)
 	return dmabuf;
 }
 
+/*
+ * Copies in the @size bytes of an ioctl argument that names a cenalloc
+ * dma-buf by its fd; @fd and @flags point into @arg, and the flags must be
+ * 0. Returns the dma-buf (dma_buf_put() when done).
+ */
+static struct dma_buf *cenalloc_fd_arg_get(void *arg, const void __user *uarg,
+					   size_t size, const __s32 *fd,
+					   const __u32 *flags)
+{
+	if (copy_from_user(arg, uarg, size))
+		return ERR_PTR(-EFAULT);
+	if (*flags)
+		return ERR_PTR(-EINVAL);
+	return cenalloc_fd_to_dmabuf(*fd);
+}
+
 static long cenalloc_ioctl_phys(void __user *uarg)
 {
 	struct cenalloc_phys_arg arg;
 	struct dma_buf *dmabuf;
 	int ret;
 
-	if (copy_from_user(&arg, uarg, sizeof(arg)))
-		return -EFAULT;
-	if (arg.flags || arg.reserved)
-		return -EINVAL;
-	dmabuf = cenalloc_fd_to_dmabuf(arg.fd);
+	dmabuf = cenalloc_fd_arg_get(&arg, uarg, sizeof(arg), &arg.fd,
+				     &arg.flags);
 	if (IS_ERR(dmabuf))
 		return PTR_ERR(dmabuf);
-	ret = cenalloc_buffer_phys(dmabuf->priv, &arg.addr, &arg.len);
+	if (arg.reserved)
+		ret = -EINVAL;
+	else
+		ret = cenalloc_buffer_phys(dmabuf->priv, &arg.addr, &arg.len);
 	dma_buf_put(dmabuf);
 	if (ret)
 		return ret;
@@ -98,11 +114,8 @@ static long cenalloc_ioctl_checksum(void __user *uarg)
 	struct dma_buf *dmabuf;
 	int ret;
 
-	if (copy_from_user(&arg, uarg, sizeof(arg)))
-		return -EFAULT;
-	if (arg.flags)
-		return -EINVAL;
-	dmabuf = cenalloc_fd_to_dmabuf(arg.fd);
+	dmabuf = cenalloc_fd_arg_get(&arg, uarg, sizeof(arg), &arg.fd,
+				     &arg.flags);
 	if (IS_ERR(dmabuf))
 		return PTR_ERR(dmabuf);
 	ret = cenalloc_buffer_checksum(dmabuf->priv, &arg.checksum, &arg.len);
@@ -118,11 +131,8 @@ static long cenalloc_ioctl_fill(void __user *uarg)
 	struct dma_buf *dmabuf;
 	int ret;
 
-	if (copy_from_user(&arg, uarg, sizeof(arg)))
-		return -EFAULT;
-	if (arg.flags)
-		return -EINVAL;
-	dmabuf = cenalloc_fd_to_dmabuf(arg.fd);
+	dmabuf = cenalloc_fd_arg_get(&arg, uarg, sizeof(arg), &arg.fd,
+				     &arg.flags);
 	if (IS_ERR(dmabuf))
 		return PTR_ERR(dmabuf);
 	ret = cenalloc_buffer_fill(dmabuf->priv, arg.seed);

@@ -17,7 +17,15 @@
  *      each command in order, by a struct cenalloc_resp_hdr and a response
  *      payload slot of exactly the resp_len bytes the command asked for.
  *      Commands run in order; the first failure stops the batch and every
- *      later command is answered -ECANCELED.
+ *      later command is answered -ECANCELED. Commands that succeeded before
+ *      the failure keep their effects; the failed command changes nothing.
+ *      The framing is checked before any command runs: a bad batch header,
+ *      command header framing (len or resp_len not a multiple of 8, a
+ *      payload past the readable part, trailing bytes, a resp_len above
+ *      16 MiB, a whole answer above 32 MiB) or a malformed chain gets only a batch_resp with -EINVAL and
+ *      num_done 0; a writable part smaller than the whole answer gets one
+ *      with -ENOSPC. A chain whose writable part cannot hold a batch_resp
+ *      is returned with 0 bytes written.
  *   1: event queue. The driver posts writable buffers of at least
  *      sizeof(struct cenalloc_event); the device fills one event per buffer.
  *
@@ -190,7 +198,15 @@ struct cenalloc_allocator_info {
 	char name[CENALLOC_NAME_LEN];
 };
 
-/* POOL_ADD: the guest donates guest-physical ranges to pool pool_index. */
+/*
+ * POOL_ADD: the guest donates guest-physical ranges to pool pool_index, all
+ * or nothing: every range is checked before the first is added. -ENOENT for
+ * an unknown pool_index; -EINVAL for a bad num_ranges or payload length, or
+ * a range that is empty or not page (or pool align) aligned; -ERANGE for a
+ * range above the pool's placement limit; -EFAULT for a range not inside one
+ * guest RAM region; -EEXIST for a range overlapping another range or memory
+ * donated before.
+ */
 struct cenalloc_range {
 	__le64 addr;
 	__le64 len;
@@ -258,6 +274,10 @@ struct cenalloc_map_req {
  * If the slot is too small for every segment, the MAP fails with -ENOSPC,
  * resp_hdr.needed says how many payload bytes it needs, and the attachment
  * holds no new mapping (the backing, once allocated, stays allocated).
+ * If the device cannot zero new backing (or copy a migrated buffer into it)
+ * because it is no longer inside guest RAM, the MAP fails with -EFAULT and
+ * the new backing is given back: the buffer has no backing and the next
+ * MAP allocates (and zeroes) again. A migrated buffer's contents are lost.
  */
 struct cenalloc_map_resp {
 	__le32 map_type;	/* negotiated type */
@@ -310,6 +330,8 @@ struct cenalloc_sync_req {
  * FILL: the device writes a pattern into the buffer's backing through its
  * own mapping of guest memory: 64-bit little-endian word i (byte offset 8*i)
  * is cenalloc_pattern(seed, i). The buffer must have backing (-ENODATA).
+ * If any part of the backing is no longer inside guest RAM, FILL fails with
+ * -EFAULT before writing anything.
  */
 struct cenalloc_fill_req {
 	__le32 buffer_id;

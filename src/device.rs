@@ -66,6 +66,8 @@ pub enum Error {
     RangeOutsideRam { addr: u64, len: u64 },
     #[error("range {addr:#x}+{len:#x} ends above the pool's limit {limit:#x}")]
     RangeOutOfPlacement { addr: u64, len: u64, limit: u64 },
+    #[error("backing segment {addr:#x}+{len:#x} is not inside guest RAM")]
+    SegmentOutsideRam { addr: u64, len: u64 },
     #[error("guest memory access failed: {0}")]
     GuestMemory(#[from] GuestMemoryError),
     #[error("the batch was cancelled by an earlier failure")]
@@ -100,7 +102,7 @@ impl Error {
             | Framing(_) => libc::EINVAL,
             UnknownPool(_) => libc::ENOENT,
             SlotTooSmall { .. } | ResponseTooSmall { .. } => libc::ENOSPC,
-            RangeOutsideRam { .. } | GuestMemory(_) => libc::EFAULT,
+            RangeOutsideRam { .. } | SegmentOutsideRam { .. } | GuestMemory(_) => libc::EFAULT,
             RangeOutOfPlacement { .. } => libc::ERANGE,
             Cancelled => libc::ECANCELED,
             Serialize(_) => libc::EIO,
@@ -636,8 +638,10 @@ impl Device {
     }
 
     /// MAP: zeroes new backing and copies migrated contents through guest
-    /// memory before answering. An answer that does not fit the slot undoes
-    /// the mapping (the backing stays) and reports the size it needs.
+    /// memory before answering. If that fails, the new backing goes back to
+    /// its allocator (its bytes must not reach the guest) and the next MAP
+    /// allocates afresh. An answer that does not fit the slot undoes the
+    /// mapping (the backing stays) and reports the size it needs.
     fn map<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -652,33 +656,37 @@ impl Device {
         if let Some(old) = &mapped.migrated_from {
             flags |= CENALLOC_MAP_F_MIGRATED;
             prepared = copy_segments(mem, old, &mapped.segments);
+        }
+        if mapped.newly_allocated {
+            flags |= CENALLOC_MAP_F_ALLOCATED;
+            prepared = prepared.and_then(|()| zero_segments(mem, &mapped.segments));
+        }
+        if let Err(error) = prepared {
+            self.undo_map(attachment, direction);
+            if let Err(discard_error) = self.pool.discard_backing(buffer) {
+                warn!(
+                    "MAP: discarding unprepared backing of buffer {buffer} failed: {discard_error}"
+                );
+            }
+            return Err(error);
+        }
+        if mapped.migrated_from.is_some() {
             self.events.push_back(Event {
                 event_type: CENALLOC_EVENT_MIGRATED,
                 buffer_id: buffer,
                 data: mapped.allocator as u64,
             });
         }
-        if mapped.newly_allocated {
-            flags |= CENALLOC_MAP_F_ALLOCATED;
-            prepared = prepared.and_then(|()| zero_segments(mem, &mapped.segments));
-        }
         if flags != 0 {
             self.check_pool_low(mapped.allocator);
         }
         let need = size_of::<MapResp>() + mapped.segments.len() * size_of::<Range>();
-        let outcome = prepared.and(if slot.len() < need {
-            Err(Error::SlotTooSmall {
+        if slot.len() < need {
+            self.undo_map(attachment, direction);
+            return Err(Error::SlotTooSmall {
                 need,
                 got: slot.len(),
-            })
-        } else {
-            Ok(())
-        });
-        if let Err(error) = outcome {
-            if let Err(unmap_error) = self.pool.unmap(attachment, direction) {
-                warn!("MAP: undoing map of attachment {attachment} failed: {unmap_error}");
-            }
-            return Err(error);
+            });
         }
         let resp = MapResp {
             map_type: mapped.map_type.code(),
@@ -696,6 +704,13 @@ impl Device {
             offset += write_struct(&mut slot[offset..], &range);
         }
         Ok(offset)
+    }
+
+    /// Takes back the mapping a failed MAP counted.
+    fn undo_map(&mut self, attachment: u32, direction: Direction) {
+        if let Err(unmap_error) = self.pool.unmap(attachment, direction) {
+            warn!("MAP: undoing map of attachment {attachment} failed: {unmap_error}");
+        }
     }
 
     /// Queues POOL_LOW when the allocator has less than 1/8 free.
@@ -859,9 +874,27 @@ fn to_usize(len: u64) -> Result<usize, Error> {
     usize::try_from(len).map_err(|_| Error::Framing("segment too large"))
 }
 
+/// Checks that every segment lies inside guest RAM, so that an operation
+/// over several segments fails before it writes the first byte (the memory
+/// table may have changed since the regions were donated).
+fn check_in_ram<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(), Error> {
+    for segment in segments {
+        let inside = usize::try_from(segment.len)
+            .is_ok_and(|len| mem.check_range(GuestAddress(segment.addr), len));
+        if !inside {
+            return Err(Error::SegmentOutsideRam {
+                addr: segment.addr,
+                len: segment.len,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Zeroes every segment through the daemon's mapping of guest memory.
 pub fn zero_segments<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(), Error> {
     static ZEROES: [u8; CHUNK] = [0; CHUNK];
+    check_in_ram(mem, segments)?;
     for segment in segments {
         let mut done = 0u64;
         while done < segment.len {
@@ -883,6 +916,7 @@ pub fn fill_pattern<M: GuestMemoryBackend>(
     segments: &[Segment],
     seed: u64,
 ) -> Result<(), Error> {
+    check_in_ram(mem, segments)?;
     let mut chunk = vec![0u8; CHUNK];
     let mut word = 0u64;
     for segment in segments {
@@ -902,6 +936,7 @@ pub fn fill_pattern<M: GuestMemoryBackend>(
 
 /// FNV-1a 64 of every byte of the segments, in order; returns (hash, bytes).
 pub fn checksum<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(u64, u64), Error> {
+    check_in_ram(mem, segments)?;
     let mut chunk = vec![0u8; CHUNK];
     let mut hash = Fnv1a64::default();
     let mut total = 0u64;
@@ -926,6 +961,8 @@ pub fn copy_segments<M: GuestMemoryBackend>(
     from: &[Segment],
     to: &[Segment],
 ) -> Result<(), Error> {
+    check_in_ram(mem, from)?;
+    check_in_ram(mem, to)?;
     let overlaps = from.iter().any(|a| {
         to.iter()
             .any(|b| a.addr < b.addr + b.len && b.addr < a.addr + a.len)
@@ -1025,6 +1062,132 @@ mod tests {
             libc::EFAULT
         );
         assert_eq!(checksum(&mem, &outside).unwrap_err().errno(), libc::EFAULT);
+    }
+
+    #[test]
+    fn fill_and_copy_fail_before_writing_when_a_segment_left_guest_ram() {
+        let mem = memory();
+        let inside = seg(0x10_0000, 0x1000);
+        let outside = seg(0xff_f000, 0x2000);
+        assert_eq!(
+            fill_pattern(&mem, &[inside, outside], 3)
+                .unwrap_err()
+                .errno(),
+            libc::EFAULT
+        );
+        assert_eq!(
+            zero_segments(&mem, &[inside, outside]).unwrap_err().errno(),
+            libc::EFAULT
+        );
+        let target = seg(0x20_0000, 0x1000);
+        fill_pattern(&mem, &[target], 4).unwrap();
+        let (before, _) = checksum(&mem, &[target]).unwrap();
+        assert_eq!(
+            copy_segments(&mem, &[inside, outside], &[target, seg(0x30_0000, 0x2000)])
+                .unwrap_err()
+                .errno(),
+            libc::EFAULT
+        );
+        let mut bytes = vec![1u8; 0x1000];
+        mem.read_slice(&mut bytes, GuestAddress(inside.addr))
+            .unwrap();
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "a failed FILL or zeroing wrote its first segment"
+        );
+        assert_eq!(checksum(&mem, &[target]).unwrap().0, before);
+    }
+
+    /// One command in its own batch; returns (status, response slot).
+    fn run_one(
+        device: &mut Device,
+        mem: &GuestMemoryMmap,
+        opcode: u16,
+        payload: &[u8],
+        resp_len: u32,
+    ) -> (i32, Vec<u8>) {
+        let mut request = BatchHdr {
+            num_cmds: 1,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        let hdr = CmdHdr {
+            opcode,
+            flags: 0,
+            len: payload.len() as u32,
+            resp_len,
+            reserved: 0,
+        };
+        request.extend_from_slice(hdr.as_slice());
+        request.extend_from_slice(payload);
+        let out = device.execute_batch(mem, &request, 8 + 16 + resp_len as usize);
+        let status = u32::from_le_bytes(out[8..12].try_into().unwrap()) as i32;
+        (status, out[24..].to_vec())
+    }
+
+    #[test]
+    fn backing_that_could_not_be_zeroed_never_reaches_the_guest() {
+        let mem = memory();
+        let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
+        device.pool.add_region(0, 0x40_0000, 0x10_0000).unwrap();
+        let create = CreateReq {
+            size: 0x2000,
+            flags: 0,
+            initial_mask: 0,
+        };
+        let (status, slot) = run_one(
+            &mut device,
+            &mem,
+            CENALLOC_CMD_CREATE,
+            create.as_slice(),
+            16,
+        );
+        assert_eq!(status, 0);
+        let buffer_id = u32::from_le_bytes(slot[0..4].try_into().unwrap());
+        let mut attach = AttachReq {
+            buffer_id,
+            mask: CENALLOC_KIND_SYSTEM,
+            num_types: 1,
+            ..Default::default()
+        };
+        attach.types[0] = CENALLOC_MAP_SG;
+        let (status, slot) = run_one(
+            &mut device,
+            &mem,
+            CENALLOC_CMD_ATTACH,
+            attach.as_slice(),
+            16,
+        );
+        assert_eq!(status, 0);
+        let attach_id = u32::from_le_bytes(slot[0..4].try_into().unwrap());
+        let map = MapReq {
+            attach_id,
+            direction: CENALLOC_DIR_BIDIRECTIONAL,
+        };
+
+        // Stale guest data where the backing will go.
+        mem.write_slice(&[0xa5; 0x2000], GuestAddress(0x40_0000))
+            .unwrap();
+        // The memory table changed: the donated region is no longer RAM.
+        let shrunk = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let (status, _) = run_one(&mut device, &shrunk, CENALLOC_CMD_MAP, map.as_slice(), 64);
+        assert_eq!(status, -libc::EFAULT);
+        assert_eq!(
+            device.pool.backing(buffer_id).unwrap_err().errno(),
+            libc::ENODATA,
+            "a failed MAP kept backing it could not zero"
+        );
+        assert_eq!(device.pool.allocator_stats()[0].free, 0x10_0000);
+
+        // Back in RAM: the next MAP allocates and zeroes.
+        let (status, slot) = run_one(&mut device, &mem, CENALLOC_CMD_MAP, map.as_slice(), 64);
+        assert_eq!(status, 0);
+        let resp: MapResp = read_struct(&slot, 0).unwrap();
+        assert_eq!(resp.flags, CENALLOC_MAP_F_ALLOCATED);
+        let mut bytes = vec![1u8; 0x2000];
+        mem.read_slice(&mut bytes, GuestAddress(0x40_0000)).unwrap();
+        assert!(bytes.iter().all(|&b| b == 0));
     }
 
     #[test]

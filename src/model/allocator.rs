@@ -157,6 +157,39 @@ impl Regions {
     }
 }
 
+/// The [`Allocator`] methods both allocators answer from their [`Regions`].
+macro_rules! delegate_to_regions {
+    () => {
+        fn check_region(&self, addr: u64, len: u64) -> Result<(), Error> {
+            self.regions.check(addr, len)
+        }
+
+        fn add_region(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+            self.regions.add(addr, len)
+        }
+
+        fn free(&mut self, segments: &[Segment]) {
+            self.regions.free(segments)
+        }
+
+        fn capacity(&self) -> u64 {
+            self.regions.capacity
+        }
+
+        fn free_bytes(&self) -> u64 {
+            self.regions.extents.free_bytes()
+        }
+
+        fn largest_free(&self) -> u64 {
+            self.regions.extents.largest().map_or(0, |s| s.len)
+        }
+
+        fn free_extents(&self) -> usize {
+            self.regions.extents.len()
+        }
+    };
+}
+
 /// Best fit over free extents, one extent per allocation, each start
 /// aligned to `align` (up to 2 MiB). Coalesces on free.
 #[derive(Clone, Debug)]
@@ -187,13 +220,7 @@ impl Allocator for ContiguousAllocator {
         Strategy::Contiguous
     }
 
-    fn check_region(&self, addr: u64, len: u64) -> Result<(), Error> {
-        self.regions.check(addr, len)
-    }
-
-    fn add_region(&mut self, addr: u64, len: u64) -> Result<(), Error> {
-        self.regions.add(addr, len)
-    }
+    delegate_to_regions!();
 
     fn alloc(&mut self, size: u64, _single_segment: bool) -> Option<Vec<Segment>> {
         if size == 0 || size > self.regions.extents.free_bytes() {
@@ -202,26 +229,6 @@ impl Allocator for ContiguousAllocator {
         self.regions
             .alloc_aligned(size, self.align)
             .map(|s| vec![s])
-    }
-
-    fn free(&mut self, segments: &[Segment]) {
-        self.regions.free(segments)
-    }
-
-    fn capacity(&self) -> u64 {
-        self.regions.capacity
-    }
-
-    fn free_bytes(&self) -> u64 {
-        self.regions.extents.free_bytes()
-    }
-
-    fn largest_free(&self) -> u64 {
-        self.regions.extents.largest().map_or(0, |s| s.len)
-    }
-
-    fn free_extents(&self) -> usize {
-        self.regions.extents.len()
     }
 }
 
@@ -253,13 +260,7 @@ impl Allocator for ScatterAllocator {
         Strategy::Scatter
     }
 
-    fn check_region(&self, addr: u64, len: u64) -> Result<(), Error> {
-        self.regions.check(addr, len)
-    }
-
-    fn add_region(&mut self, addr: u64, len: u64) -> Result<(), Error> {
-        self.regions.add(addr, len)
-    }
+    delegate_to_regions!();
 
     fn alloc(&mut self, size: u64, single_segment: bool) -> Option<Vec<Segment>> {
         let extents = &mut self.regions.extents;
@@ -299,25 +300,5 @@ impl Allocator for ScatterAllocator {
         }
         super::coalesce(&mut segments);
         Some(segments)
-    }
-
-    fn free(&mut self, segments: &[Segment]) {
-        self.regions.free(segments)
-    }
-
-    fn capacity(&self) -> u64 {
-        self.regions.capacity
-    }
-
-    fn free_bytes(&self) -> u64 {
-        self.regions.extents.free_bytes()
-    }
-
-    fn largest_free(&self) -> u64 {
-        self.regions.extents.largest().map_or(0, |s| s.len)
-    }
-
-    fn free_extents(&self) -> usize {
-        self.regions.extents.len()
     }
 }

@@ -587,6 +587,34 @@ impl Pool {
         Ok(())
     }
 
+    /// Gives a buffer's backing back to its allocator: the buffer is again
+    /// without backing, and its next map allocates (and reports) new backing.
+    /// For the device, when it could not zero or fill new backing. `EBUSY`
+    /// while any attachment holds a mapping, `ENODATA` without backing.
+    pub fn discard_backing(&mut self, buffer_id: BufferId) -> Result<(), Error> {
+        let buffer = self
+            .buffers
+            .get(&buffer_id)
+            .ok_or(Error::UnknownBuffer(buffer_id))?;
+        if let Some(mapped) = buffer
+            .attachments
+            .iter()
+            .find(|a| self.attachments.get(a).is_some_and(Attachment::mapped))
+        {
+            return Err(Error::AttachmentMapped(*mapped));
+        }
+        let Some(buffer) = self.buffers.get_mut(&buffer_id) else {
+            return Err(Error::UnknownBuffer(buffer_id)); // found just above
+        };
+        let backing = buffer.backing.take().ok_or(Error::NoBacking(buffer_id))?;
+        let slot = &mut self.allocators[backing.allocator];
+        slot.allocator.free(&backing.segments);
+        slot.num_buffers -= 1;
+        self.counters.backing_bytes -= buffer.size;
+        buffer.migrate_pending = false;
+        Ok(())
+    }
+
     /// Drops the creator's reference. The buffer (and its backing) goes
     /// away now if it has no attachment, else at its last detach. A second
     /// free fails with `EINVAL` while attachments keep it alive, `ENOENT`
