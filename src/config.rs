@@ -1,6 +1,10 @@
 //! Command line and configuration file → the daemon's validated
 //! configuration.
 //!
+//! Front-ends connect to `--socket-path PATH` (bound by the daemon) or to
+//! `--fd FD`, a listening unix socket the caller passes down (QEMU's
+//! back-end program conventions); exactly one of the two.
+//!
 //! Pools come from the configuration file (`[[pool]]` tables) followed by
 //! the repeated `--pool KIND:SIZE[:OPTS]` flags; with neither, the default
 //! layout ([`DeviceConfig::default_layout`]) is used.
@@ -33,6 +37,7 @@
 //! align = "2M"
 //! ```
 
+use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -55,8 +60,18 @@ use crate::protocol::{
 )]
 pub struct Args {
     /// Unix socket the front-end (QEMU) connects to.
-    #[arg(short, long, required_unless_present_any = ["print_capabilities", "print_config_size"])]
+    #[arg(
+        short,
+        long,
+        conflicts_with = "fd",
+        required_unless_present_any = ["fd", "print_capabilities", "print_config_size"]
+    )]
     pub socket_path: Option<PathBuf>,
+
+    /// A listening unix socket inherited from the caller, used instead of
+    /// --socket-path.
+    #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(0..))]
+    pub fd: Option<i32>,
 
     /// A pool the guest is asked to donate: KIND:SIZE[:OPTS], repeatable
     /// (e.g. `contig:64M:below4g,align=2M`).
@@ -76,18 +91,28 @@ pub struct Args {
     pub print_config_size: bool,
 }
 
+/// Where front-ends connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenOn {
+    /// A socket the daemon binds (and removes when it exits).
+    Path(PathBuf),
+    /// An inherited listening socket, owned by the caller's file system
+    /// entry (if any): the daemon neither binds nor removes anything.
+    Fd(RawFd),
+}
+
 /// The validated configuration of the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub socket_path: PathBuf,
+    pub listen: ListenOn,
     pub device: DeviceConfig,
 }
 
 /// Everything wrong a configuration can be.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("--socket-path is required")]
-    NoSocketPath,
+    #[error("exactly one of --socket-path and --fd is required")]
+    NoSocket,
     #[error("cannot read {path}: {source}")]
     ReadConfig {
         path: PathBuf,
@@ -509,12 +534,13 @@ impl TryFrom<Args> for Config {
     type Error = Error;
 
     fn try_from(args: Args) -> Result<Self, Error> {
-        let socket_path = args.socket_path.ok_or(Error::NoSocketPath)?;
+        let listen = match (args.socket_path, args.fd) {
+            (Some(path), None) => ListenOn::Path(path),
+            (None, Some(fd)) => ListenOn::Fd(fd),
+            _ => return Err(Error::NoSocket),
+        };
         let device = device_config(args.config.as_deref(), &args.pools)?;
-        Ok(Config {
-            socket_path,
-            device,
-        })
+        Ok(Config { listen, device })
     }
 }
 
@@ -671,6 +697,27 @@ mod tests {
             let result = Config::try_from(args(&["-s", "/tmp/s", "--pool", bad]));
             assert!(result.is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn socket_path_or_fd_exactly_one() {
+        let config = Config::try_from(args(&["--fd", "3"])).unwrap();
+        assert_eq!(config.listen, ListenOn::Fd(3));
+        let config = Config::try_from(args(&["-s", "/tmp/s"])).unwrap();
+        assert_eq!(config.listen, ListenOn::Path("/tmp/s".into()));
+        for bad in [
+            &["cenallocd", "--fd", "3", "--socket-path", "/tmp/s"][..],
+            &["cenallocd", "--fd", "-1"][..],
+            &["cenallocd", "--fd", "three"][..],
+            &["cenallocd", "--fd"][..],
+        ] {
+            let error = Args::try_parse_from(bad).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
+        // Built by hand (not through clap), neither is an error too.
+        let mut neither = args(&["--fd", "3"]);
+        neither.fd = None;
+        assert!(matches!(Config::try_from(neither), Err(Error::NoSocket)));
     }
 
     #[test]
