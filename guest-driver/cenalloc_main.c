@@ -149,6 +149,7 @@ static int cenalloc_read_config(struct cenalloc_dev *cdev)
 {
 	struct virtio_device *vdev = cdev->vdev;
 	struct cenalloc_config *config = &cdev->config;
+	unsigned int i;
 	u32 version;
 
 	/* 4-byte accesses: every field is __le32 or __le64 aligned. */
@@ -164,8 +165,8 @@ static int cenalloc_read_config(struct cenalloc_dev *cdev)
 	cdev->max_batch = clamp_t(u32, le32_to_cpu(config->max_batch), 1,
 				  CENALLOC_MAX_BATCH);
 	cdev->max_segments = max_t(u32, le32_to_cpu(config->max_segments), 1);
-	for (version = 0; version < cdev->num_pools; version++)
-		cdev->pools[version].config = config->pools[version];
+	for (i = 0; i < cdev->num_pools; i++)
+		cdev->pools[i].config = config->pools[i];
 	return 0;
 }
 
@@ -281,6 +282,8 @@ static void cenalloc_remove(struct virtio_device *vdev)
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
 	cdev->event_bufs = NULL;
+	/* Buffers may outlive the virtio device: none may reach it now. */
+	cdev->vdev = NULL;
 	vdev->priv = NULL;
 	dev_info(&vdev->dev, "removed, %u buffers still alive\n",
 		 cdev->num_buffers);

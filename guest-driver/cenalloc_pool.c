@@ -14,6 +14,7 @@
  * The memory belongs to the device until the last reference to the device
  * state drops (cenalloc_pools_free()): only then can no buffer reach it.
  */
+#include <linux/atomic.h>
 #include <linux/gfp.h>
 #include <linux/ioport.h>
 #include <linux/mm.h>
@@ -37,6 +38,13 @@ module_param_string(contig_reserve, contig_reserve, sizeof(contig_reserve),
 		    0444);
 MODULE_PARM_DESC(contig_reserve,
 		 "SIZE@ADDR of a memmap= reservation for a contiguous pool");
+
+/*
+ * The reservation has one owner at a time: a device removed with buffers
+ * still alive keeps its pools (and so the reservation) until the last buffer
+ * goes, and a device probed meanwhile must not donate the same memory again.
+ */
+static atomic_t contig_reserve_owned = ATOMIC_INIT(0);
 
 static unsigned int pool_limit_mb;
 module_param(pool_limit_mb, uint, 0444);
@@ -135,6 +143,11 @@ static void cenalloc_reserve_assign(struct cenalloc_dev *cdev)
 			continue;
 		if ((placement & CENALLOC_PLACE_DMA32) && addr + len > SZ_4G)
 			continue;
+		if (atomic_cmpxchg(&contig_reserve_owned, 0, 1)) {
+			pr_warn("cenalloc: contig_reserve=%s ignored: another cenalloc device still owns it\n",
+				contig_reserve);
+			return;
+		}
 		pool->reserve_addr = addr;
 		pool->reserve_len = len;
 		pr_info("cenalloc: pool %.16s gets the reservation %llu MiB at %#llx\n",
@@ -371,6 +384,11 @@ static void cenalloc_pool_release(struct cenalloc_pool *pool)
 		__free_pages(pool->chunks[c].page, pool->chunks[c].order);
 	kvfree(pool->chunks);
 	kvfree(pool->extents);
+	if (pool->reserve_len) {
+		pool->reserve_addr = 0;
+		pool->reserve_len = 0;
+		atomic_set(&contig_reserve_owned, 0);
+	}
 	pool->chunks = NULL;
 	pool->extents = NULL;
 	pool->num_chunks = 0;

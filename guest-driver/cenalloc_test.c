@@ -26,6 +26,7 @@
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/nospec.h>
 #include <linux/platform_device.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
@@ -120,11 +121,16 @@ static long cenalloc_test_set_device(void __user *uarg)
 	if (arg.reserved || arg.device >= CENALLOC_TEST_MAX_DEVICES ||
 	    arg.num_types < 1 || arg.num_types > CENALLOC_TEST_MAX_TYPES)
 		return -EINVAL;
-	for (i = 0; i < arg.num_types; i++)
-		if (!arg.types[i])
-			return -EINVAL;
+	/* Listed types are non-zero; the unused entries are reserved: zero. */
+	for (i = 0; i < CENALLOC_TEST_MAX_TYPES; i++) {
+		bool listed = i < arg.num_types;
 
-	td = &test_devices[arg.device];
+		if (listed != !!arg.types[i])
+			return -EINVAL;
+	}
+
+	td = &test_devices[array_index_nospec(arg.device,
+					      CENALLOC_TEST_MAX_DEVICES)];
 	mutex_lock(&test_devices_lock);
 	ret = cenalloc_test_set_dma_mask(&td->pdev->dev, arg.mask);
 	if (!ret) {
@@ -152,7 +158,8 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 	if (arg.reserved || arg.device >= CENALLOC_TEST_MAX_DEVICES)
 		return -EINVAL;
 
-	td = &test_devices[arg.device];
+	td = &test_devices[array_index_nospec(arg.device,
+					      CENALLOC_TEST_MAX_DEVICES)];
 	mutex_lock(&test_devices_lock);
 	mask = td->mask;
 	num_types = td->num_types;
@@ -192,7 +199,18 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 	return 0;
 
 err_erase:
-	xa_erase(&tf->handles, handle);
+	/*
+	 * Other threads of this file could use the handle since xa_alloc():
+	 * a DETACH may have destroyed @h already (and the index be reused),
+	 * a MAP may have mapped it. Only undo what is still ours.
+	 */
+	mutex_lock(&tf->lock);
+	if (xa_cmpxchg(&tf->handles, handle, h, NULL, 0) != h)
+		h = NULL;
+	mutex_unlock(&tf->lock);
+	if (h)
+		cenalloc_test_handle_destroy(h);
+	return ret;
 err_detach:
 	dma_buf_detach(h->dmabuf, h->attach);
 err_put:

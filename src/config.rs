@@ -1,6 +1,10 @@
 //! Command line and configuration file → the daemon's validated
 //! configuration.
 //!
+//! Front-ends connect to `--socket-path PATH` (bound by the daemon) or to
+//! `--fd FD`, a listening unix socket the caller passes down (QEMU's
+//! back-end program conventions); exactly one of the two.
+//!
 //! Pools come from the configuration file (`[[pool]]` tables) followed by
 //! the repeated `--pool KIND:SIZE[:OPTS]` flags; with neither, the default
 //! layout ([`DeviceConfig::default_layout`]) is used.
@@ -33,6 +37,7 @@
 //! align = "2M"
 //! ```
 
+use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -55,8 +60,18 @@ use crate::protocol::{
 )]
 pub struct Args {
     /// Unix socket the front-end (QEMU) connects to.
-    #[arg(short, long, required_unless_present_any = ["print_capabilities", "print_config_size"])]
+    #[arg(
+        short,
+        long,
+        conflicts_with = "fd",
+        required_unless_present_any = ["fd", "print_capabilities", "print_config_size"]
+    )]
     pub socket_path: Option<PathBuf>,
+
+    /// A listening unix socket inherited from the caller, used instead of
+    /// --socket-path.
+    #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(0..))]
+    pub fd: Option<i32>,
 
     /// A pool the guest is asked to donate: KIND:SIZE[:OPTS], repeatable
     /// (e.g. `contig:64M:below4g,align=2M`).
@@ -76,18 +91,28 @@ pub struct Args {
     pub print_config_size: bool,
 }
 
+/// Where front-ends connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenOn {
+    /// A socket the daemon binds (and removes when it exits).
+    Path(PathBuf),
+    /// An inherited listening socket, owned by the caller's file system
+    /// entry (if any): the daemon neither binds nor removes anything.
+    Fd(RawFd),
+}
+
 /// The validated configuration of the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub socket_path: PathBuf,
+    pub listen: ListenOn,
     pub device: DeviceConfig,
 }
 
 /// Everything wrong a configuration can be.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("--socket-path is required")]
-    NoSocketPath,
+    #[error("exactly one of --socket-path and --fd is required")]
+    NoSocket,
     #[error("cannot read {path}: {source}")]
     ReadConfig {
         path: PathBuf,
@@ -102,6 +127,10 @@ pub enum Error {
     PoolSpec { spec: String, reason: String },
     #[error("invalid size {0:?} (a number with an optional K, M or G suffix)")]
     Size(String),
+    #[error("size {0:?} does not fit in 64 bits")]
+    SizeTooLarge(String),
+    #[error("kind {name:?}: bit {bit} must be {first}..=31", first = kinds::FIRST_CUSTOM_BIT)]
+    KindBit { name: String, bit: u8 },
     #[error("unknown memory kind {0:?}")]
     UnknownKind(String),
     #[error("unknown mapping type {0:?} (sg, contig or a number 0x8000..=0xffff)")]
@@ -120,7 +149,10 @@ pub enum Error {
 
 /// A size: an integer, or a string with an optional K/M/G suffix.
 #[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a size: a non-negative integer or a string such as \"64M\""
+)]
 enum SizeValue {
     Number(u64),
     Text(String),
@@ -137,7 +169,7 @@ impl SizeValue {
 
 /// A kind mask: a number, or a list of kind names.
 #[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "kinds: a 32-bit mask or a list of kind names")]
 enum KindsValue {
     Mask(u32),
     Names(Vec<String>),
@@ -145,7 +177,7 @@ enum KindsValue {
 
 /// A mapping type: a number or `sg` / `contig`.
 #[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a mapping type: \"sg\", \"contig\" or a number")]
 enum MapTypeValue {
     Code(u32),
     Name(String),
@@ -197,29 +229,48 @@ struct ConfigFile {
     pools: Vec<FilePool>,
 }
 
-/// Parses `4096`, `64K`, `2M`, `1G` (also `KiB`/`MiB`/`GiB`, case-insensitive).
+/// Size suffixes (after lowercasing) and their shifts; longest first.
+const SIZE_SUFFIXES: [(&str, u32); 9] = [
+    ("kib", 10),
+    ("mib", 20),
+    ("gib", 30),
+    ("kb", 10),
+    ("mb", 20),
+    ("gb", 30),
+    ("k", 10),
+    ("m", 20),
+    ("g", 30),
+];
+
+/// Parses `4096`, `64K`, `2M`, `1G` (also `KiB`/`MiB`/`GiB`/`KB`,
+/// case-insensitive), `0x1000`, `0x10M`. A lone `B` suffix means bytes for a
+/// decimal number; in a hexadecimal one it is a digit (`0x1b` is 27).
 pub fn parse_size(text: &str) -> Result<u64, Error> {
-    let trimmed = text.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    let lower = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let (digits, shift) = match lower.chars().last() {
-        Some('k') => (&lower[..lower.len() - 1], 10),
-        Some('m') => (&lower[..lower.len() - 1], 20),
-        Some('g') => (&lower[..lower.len() - 1], 30),
-        _ => (lower, 0),
-    };
-    let value = if let Some(hex) = digits.strip_prefix("0x") {
-        u64::from_str_radix(hex, 16)
-    } else {
-        digits.parse::<u64>()
+    let lower = text.trim().to_ascii_lowercase();
+    let hex = lower.strip_prefix("0x");
+    let (digits, shift) = SIZE_SUFFIXES
+        .iter()
+        .find_map(|(suffix, shift)| Some((lower.strip_suffix(suffix)?, *shift)))
+        .or_else(|| match hex {
+            Some(_) => None,
+            None => Some((lower.strip_suffix('b')?, 0)),
+        })
+        .unwrap_or((&lower, 0));
+    let invalid = || Error::Size(text.to_string());
+    // from_str_radix would also take a sign: only digits are a size.
+    let value = match digits.strip_prefix("0x") {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16)
+        }
+        None if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            digits.parse::<u64>()
+        }
+        _ => return Err(invalid()),
     }
-    .map_err(|_| Error::Size(text.to_string()))?;
+    .map_err(|_| Error::SizeTooLarge(text.to_string()))?;
     value
         .checked_mul(1u64 << shift)
-        .ok_or_else(|| Error::Size(text.to_string()))
+        .ok_or_else(|| Error::SizeTooLarge(text.to_string()))
 }
 
 fn parse_mask(text: &str) -> Option<u32> {
@@ -391,6 +442,14 @@ pub fn device_config(file: Option<&Path>, pool_flags: &[String]) -> Result<Devic
         .kinds
         .iter()
         .map(|k| {
+            // Checked here, before a pool names the kind, so that the message
+            // is about the bit rather than "unknown memory kind".
+            if !(kinds::FIRST_CUSTOM_BIT..32).contains(&k.bit) {
+                return Err(Error::KindBit {
+                    name: k.name.clone(),
+                    bit: k.bit,
+                });
+            }
             Ok(KindSpec {
                 bit: k.bit,
                 name: k.name.clone(),
@@ -475,12 +534,13 @@ impl TryFrom<Args> for Config {
     type Error = Error;
 
     fn try_from(args: Args) -> Result<Self, Error> {
-        let socket_path = args.socket_path.ok_or(Error::NoSocketPath)?;
+        let listen = match (args.socket_path, args.fd) {
+            (Some(path), None) => ListenOn::Path(path),
+            (None, Some(fd)) => ListenOn::Fd(fd),
+            _ => return Err(Error::NoSocket),
+        };
         let device = device_config(args.config.as_deref(), &args.pools)?;
-        Ok(Config {
-            socket_path,
-            device,
-        })
+        Ok(Config { listen, device })
     }
 }
 
@@ -501,6 +561,95 @@ mod tests {
         assert_eq!(parse_size("0x1000").unwrap(), 4096);
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn size_suffixes_and_hex_digits_do_not_mix_up() {
+        assert_eq!(parse_size("1KB").unwrap(), 1 << 10);
+        assert_eq!(parse_size("3mb").unwrap(), 3 << 20);
+        assert_eq!(parse_size("512b").unwrap(), 512);
+        assert_eq!(parse_size(" 0x10M ").unwrap(), 16 << 20);
+        // A trailing b of a hexadecimal number is a digit, not "bytes".
+        assert_eq!(parse_size("0x1b").unwrap(), 0x1b);
+        assert_eq!(parse_size("0xab").unwrap(), 0xab);
+        for bad in [
+            "", "b", "K", "0x", "0xM", "+5", "-1", "0x+5", "1.5G", "64 M", "0x1g2",
+        ] {
+            assert!(
+                matches!(parse_size(bad), Err(Error::Size(_))),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_that_overflow_64_bits_say_so() {
+        for big in [
+            "18446744073709551616",
+            "0x10000000000000000",
+            "17179869184G",
+            "0x400000000G",
+        ] {
+            assert!(
+                matches!(parse_size(big), Err(Error::SizeTooLarge(_))),
+                "{big:?}"
+            );
+        }
+        assert_eq!(parse_size("17179869183G").unwrap(), 17179869183 << 30);
+        assert_eq!(parse_size("18446744073709551615").unwrap(), u64::MAX);
+    }
+
+    /// Writes `text` to a fresh file and builds the device config from it.
+    fn config_from_toml(test: &str, text: &str) -> Result<DeviceConfig, Error> {
+        let dir =
+            std::env::temp_dir().join(format!("cenalloc-config-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let result = device_config(Some(&path), &[]);
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_everywhere_with_their_name() {
+        for (text, key) in [
+            ("max_batchh = 4\n", "max_batchh"),
+            ("[limits]\nmax_bufers = 4\n", "max_bufers"),
+            (
+                "[[kind]]\nbit = 8\nname = \"k\"\ncontigous = true\n",
+                "contigous",
+            ),
+            ("[[pool]]\nsize = \"1M\"\nbelow4g = true\n", "below4g"),
+            ("[extra]\na = 1\n", "extra"),
+        ] {
+            let error = config_from_toml("unknown", text).unwrap_err();
+            assert!(
+                matches!(error, Error::ParseConfig { .. }),
+                "{text}: {error}"
+            );
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn bad_values_in_the_file_get_clear_messages() {
+        let error = config_from_toml("negative", "[[pool]]\nsize = -4096\n").unwrap_err();
+        assert!(error.to_string().contains("a size"), "{error}");
+        let error =
+            config_from_toml("kinds", "[[pool]]\nsize = \"1M\"\nkinds = true\n").unwrap_err();
+        assert!(error.to_string().contains("kind names"), "{error}");
+        let error = config_from_toml("huge", "[[pool]]\nsize = \"99999999999G\"\n").unwrap_err();
+        assert!(matches!(error, Error::SizeTooLarge(_)), "{error}");
+        let error = config_from_toml(
+            "bit",
+            "[[kind]]\nbit = 40\nname = \"far\"\n[[pool]]\nkind = \"far\"\nsize = \"1M\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&error, Error::KindBit { name, bit: 40 } if name == "far"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -548,6 +697,27 @@ mod tests {
             let result = Config::try_from(args(&["-s", "/tmp/s", "--pool", bad]));
             assert!(result.is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn socket_path_or_fd_exactly_one() {
+        let config = Config::try_from(args(&["--fd", "3"])).unwrap();
+        assert_eq!(config.listen, ListenOn::Fd(3));
+        let config = Config::try_from(args(&["-s", "/tmp/s"])).unwrap();
+        assert_eq!(config.listen, ListenOn::Path("/tmp/s".into()));
+        for bad in [
+            &["cenallocd", "--fd", "3", "--socket-path", "/tmp/s"][..],
+            &["cenallocd", "--fd", "-1"][..],
+            &["cenallocd", "--fd", "three"][..],
+            &["cenallocd", "--fd"][..],
+        ] {
+            let error = Args::try_parse_from(bad).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
+        // Built by hand (not through clap), neither is an error too.
+        let mut neither = args(&["--fd", "3"]);
+        neither.fd = None;
+        assert!(matches!(Config::try_from(neither), Err(Error::NoSocket)));
     }
 
     #[test]

@@ -423,6 +423,26 @@ bool ca_env_open(int *ca, int *ct)
 	return true;
 }
 
+bool ca_env_open_device(int *ca, int *ct, uint32_t device, uint32_t mask)
+{
+	if (!ca_env_open(ca, ct))
+		return false;
+	if (!CHECK(ct_set_device1(*ct, device, mask, 0) == 0, "SET_DEVICE")) {
+		ca_close(ct);
+		ca_close(ca);
+		return false;
+	}
+	return true;
+}
+
+void ca_env_close(int *ca, int *ct, struct ca_buf *b)
+{
+	if (b)
+		ca_buf_free(*ct, b);
+	ca_close(ct);
+	ca_close(ca);
+}
+
 void ca_close(int *fd)
 {
 	if (*fd >= 0)

@@ -127,6 +127,13 @@ int ca_buf_alloc(int ca, int ct, uint64_t size, uint32_t device,
 		 struct ca_buf *b);
 /* Unmaps (if mapped), detaches and closes. */
 void ca_buf_free(int ct, struct ca_buf *b);
+/*
+ * ca_env_open() of both devices, then test device @device set to @mask with
+ * scatter-gather. On failure (reported with CHECK) nothing is left open.
+ */
+bool ca_env_open_device(int *ca, int *ct, uint32_t device, uint32_t mask);
+/* The common end of a test: frees @b (may be NULL), closes @ct and @ca. */
+void ca_env_close(int *ca, int *ct, struct ca_buf *b);
 /* Sum of the segment lengths of a mapping; 0 if it had too many. */
 uint64_t ct_mapping_bytes(const struct ct_mapping *m);
 

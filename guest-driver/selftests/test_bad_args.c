@@ -261,6 +261,7 @@ static enum tap_result test_info_and_mask_args(void)
 
 static enum tap_result test_importer_bad_args(void)
 {
+	struct cenalloc_test_attach_arg attach;
 	struct cenalloc_test_device_arg dev;
 	struct cenalloc_test_handle_arg h;
 	struct cenalloc_test_map_arg map;
@@ -285,16 +286,37 @@ static enum tap_result test_importer_bad_args(void)
 	dev.num_types = 1;
 	dev.reserved = 1;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "reserved != 0");
+	dev.reserved = 0;
+	dev.types[1] = CENALLOC_MAP_CONTIG;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
+	      "type past num_types != 0");
+	dev.types[1] = 0;
+	dev.types[CENALLOC_TEST_MAX_TYPES - 1] = CENALLOC_MAP_CONTIG;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
+	      "last type past num_types != 0");
+	dev.num_types = 2;
+	dev.types[CENALLOC_TEST_MAX_TYPES - 1] = 0;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
+	      "listed type 0");
 
 	ret = ct_attach(ct, -1, 0, &handle, NULL);
 	CHECK(ret == -EBADF, "attach fd -1: %s", err_name(ret));
 	ret = ct_attach(ct, 0, CENALLOC_TEST_MAX_DEVICES, &handle, NULL);
 	CHECK(ret == -EINVAL, "attach device out of range: %s", err_name(ret));
 
+	memset(&attach, 0, sizeof(attach));
+	attach.dmabuf_fd = -1;
+	attach.reserved = 1;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_ATTACH, &attach) == -EINVAL,
+	      "attach reserved != 0");
+
 	memset(&h, 0, sizeof(h));
 	h.handle = 12345;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_DETACH, &h) == -ENOENT, "detach unknown handle");
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_UNMAP, &h) == -ENOENT, "unmap unknown handle");
+	h.reserved = 1;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_DETACH, &h) == -EINVAL, "detach reserved != 0");
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_UNMAP, &h) == -EINVAL, "unmap reserved != 0");
 
 	if (!CHECK(ct_set_device1(ct, 0, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE"))
 		goto out;
@@ -309,6 +331,9 @@ static enum tap_result test_importer_bad_args(void)
 	map.direction = 3;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "bad direction");
 	map.direction = 0;
+	map.reserved = 1;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "map reserved != 0");
+	map.reserved = 0;
 	map.max_segments = 4;
 	map.segments_ptr = 16;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EFAULT, "bad segments pointer");

@@ -27,10 +27,8 @@ static enum tap_result test_checksum_of_mmap_writes(void)
 	unsigned int i;
 	int ca, ct, ret;
 
-	if (!ca_env_open(&ca, &ct))
+	if (!ca_env_open_device(&ca, &ct, DEV_ANY, CENALLOC_MASK_ANY))
 		return TAP_FAIL;
-	if (!CHECK(ct_set_device1(ct, DEV_ANY, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE"))
-		goto out;
 	for (i = 0; i < TAP_ARRAY_SIZE(sizes); i++) {
 		uint64_t sum = 0, len = 0, expected;
 		uint8_t *p;
@@ -60,9 +58,7 @@ static enum tap_result test_checksum_of_mmap_writes(void)
 		ca_buf_free(ct, &b);
 	}
 out:
-	ca_buf_free(ct, &b);
-	ca_close(&ct);
-	ca_close(&ca);
+	ca_env_close(&ca, &ct, &b);
 	return TAP_PASS;
 }
 
@@ -73,10 +69,8 @@ static enum tap_result test_fill_seen_by_guest(void)
 	unsigned int i;
 	int ca, ct, ret;
 
-	if (!ca_env_open(&ca, &ct))
+	if (!ca_env_open_device(&ca, &ct, DEV_ANY, CENALLOC_MASK_ANY))
 		return TAP_FAIL;
-	if (!CHECK(ct_set_device1(ct, DEV_ANY, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE"))
-		goto out;
 	for (i = 0; i < TAP_ARRAY_SIZE(sizes); i++) {
 		const uint64_t seed = 0xc0ffee00ull + i;
 		size_t bad;
@@ -151,9 +145,7 @@ static enum tap_result test_kernel_mapping_writes(void)
 		munmap(p, size);
 	}
 out:
-	ca_buf_free(ct, &b);
-	ca_close(&ct);
-	ca_close(&ca);
+	ca_env_close(&ca, &ct, &b);
 	free(expect);
 	return TAP_PASS;
 }
@@ -166,10 +158,8 @@ static enum tap_result test_new_buffers_are_zero(void)
 	unsigned int round;
 	int ca, ct, ret;
 
-	if (!ca_env_open(&ca, &ct))
+	if (!ca_env_open_device(&ca, &ct, DEV_ANY, CENALLOC_MASK_ANY))
 		return TAP_FAIL;
-	if (!CHECK(ct_set_device1(ct, DEV_ANY, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE"))
-		goto out;
 	for (round = 0; round < 3; round++) {
 		uint64_t sum = 0, len = 0;
 		size_t nz;
@@ -192,9 +182,7 @@ static enum tap_result test_new_buffers_are_zero(void)
 		ca_buf_free(ct, &b);
 	}
 out:
-	ca_buf_free(ct, &b);
-	ca_close(&ct);
-	ca_close(&ca);
+	ca_env_close(&ca, &ct, &b);
 	return TAP_PASS;
 }
 

@@ -207,11 +207,9 @@ static enum tap_result test_attachment_outlives_fd(void)
 	struct ca_buf b = { .fd = -1 };
 	int ca, ct, ret;
 
-	if (!ca_env_open(&ca, &ct))
+	if (!ca_env_open_device(&ca, &ct, DEV_ANY, CENALLOC_MASK_ANY))
 		return TAP_FAIL;
-	if (!CHECK(ct_set_device1(ct, DEV_ANY, CENALLOC_MASK_ANY, 0) == 0,
-		   "SET_DEVICE") ||
-	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
 		goto out;
 	ret = ca_buf_alloc(ca, ct, 64 * CA_KIB, DEV_ANY, &b);
 	if (!CHECK(ret == 0, "alloc: %s", strerror(-ret)))
@@ -233,9 +231,7 @@ static enum tap_result test_attachment_outlives_fd(void)
 		CHECK(ca_pool_same(&before, &after),
 		      "pool not back after the last detach");
 out:
-	ca_buf_free(ct, &b);
-	ca_close(&ct);
-	ca_close(&ca);
+	ca_env_close(&ca, &ct, &b);
 	return TAP_PASS;
 }
 
@@ -249,11 +245,9 @@ static enum tap_result test_importer_close_cleans_up(void)
 
 	for (i = 0; i < 4; i++)
 		b[i].fd = -1;
-	if (!ca_env_open(&ca, &ct))
+	if (!ca_env_open_device(&ca, &ct, DEV_ANY, CENALLOC_MASK_ANY))
 		return TAP_FAIL;
-	if (!CHECK(ct_set_device1(ct, DEV_ANY, CENALLOC_MASK_ANY, 0) == 0,
-		   "SET_DEVICE") ||
-	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
 		goto out;
 	for (i = 0; i < 4; i++) {
 		ret = ca_buf_alloc(ca, ct, (i + 1) * 16 * CA_KIB, DEV_ANY,

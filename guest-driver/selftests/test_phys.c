@@ -23,11 +23,9 @@ static enum tap_result test_phys_before_first_map(void)
 	uint64_t addr, len;
 	int ca, ct, fd = -1, ret;
 
-	if (!ca_env_open(&ca, &ct))
+	if (!ca_env_open_device(&ca, &ct, DEV_CONTIG, CENALLOC_KIND_CONTIG))
 		return TAP_FAIL;
-	if (!CHECK(ct_set_device1(ct, DEV_CONTIG, CENALLOC_KIND_CONTIG, 0) == 0,
-		   "SET_DEVICE") ||
-	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
 		goto out;
 	fd = ca_create(ca, 64 * CA_KIB, 0);
 	if (!CHECK(fd >= 0, "create: %s", strerror(-fd)))
@@ -61,11 +59,8 @@ static enum tap_result test_phys_contiguous(void)
 	uint64_t addr, len;
 	int ca, ct, ret;
 
-	if (!ca_env_open(&ca, &ct))
+	if (!ca_env_open_device(&ca, &ct, DEV_CONTIG, CENALLOC_KIND_CONTIG))
 		return TAP_FAIL;
-	if (!CHECK(ct_set_device1(ct, DEV_CONTIG, CENALLOC_KIND_CONTIG, 0) == 0,
-		   "SET_DEVICE"))
-		goto out;
 	for (i = 0; i < TAP_ARRAY_SIZE(sizes); i++) {
 		ret = ca_buf_alloc(ca, ct, sizes[i], DEV_CONTIG, &b);
 		if (!CHECK(ret == 0, "alloc %llu: %s",
@@ -94,9 +89,7 @@ static enum tap_result test_phys_contiguous(void)
 		ca_buf_free(ct, &b);
 	}
 out:
-	ca_buf_free(ct, &b);
-	ca_close(&ct);
-	ca_close(&ca);
+	ca_env_close(&ca, &ct, &b);
 	return TAP_PASS;
 }
 

@@ -19,7 +19,7 @@ struct cenalloc_test_device_arg {
 	__u32 device;
 	__u32 mask;		/* constraint mask; 0 = attach with plain dma_buf_attach() */
 	__u32 num_types;	/* importer mapping types, 1..CENALLOC_TEST_MAX_TYPES */
-	__u32 types[CENALLOC_TEST_MAX_TYPES];
+	__u32 types[CENALLOC_TEST_MAX_TYPES];	/* entries past num_types must be 0 */
 	__u32 reserved;		/* must be 0 */
 };
 
