@@ -34,6 +34,14 @@ struct dentry;
 
 #define CENALLOC_EVENT_BUFS	16
 #define CENALLOC_MAX_ALLOCATORS	32
+#define CENALLOC_LATENCY_SAMPLES	1024
+
+/* The last CENALLOC_LATENCY_SAMPLES latencies of one kind, in ns. */
+struct cenalloc_latency {
+	u32 ns[CENALLOC_LATENCY_SAMPLES];
+	unsigned int next;		/* ring position */
+	unsigned int count;		/* valid samples, <= the ring size */
+};
 
 /* One block of memory donated to a pool: 2^order pages at page. */
 struct cenalloc_chunk {
@@ -80,6 +88,15 @@ struct cenalloc_dev {
 	atomic64_t posted;			/* fire-and-forget */
 	atomic64_t posted_errors;
 
+	/* Transport figures (debugfs "transport"), under ctrl_lock. */
+	u64 kicks;				/* virtqueue_notify() calls */
+	u64 ctrl_interrupts;			/* control queue callbacks */
+	u64 chains_sent;
+	u64 chains_done;
+	struct cenalloc_latency lat_device;	/* queued -> answer reaped */
+	struct cenalloc_latency lat_posted;	/* same, posted chains */
+	struct cenalloc_latency lat_wake;	/* queued -> submitter runs */
+
 	/* Config space and GET_INFO, cached at probe (under lock). */
 	struct cenalloc_config config;
 	u32 max_batch;
@@ -113,6 +130,7 @@ struct cenalloc_req {
 	struct cenalloc_dev *cdev;
 	struct completion done;
 	bool posted;			/* fire-and-forget: freed on completion */
+	u64 queued_ns;			/* ktime when it went on the ring */
 	int error;			/* transport error (-ENODEV, -EIO) */
 	unsigned int num_cmds;
 	u32 used_len;
@@ -137,6 +155,7 @@ int cenalloc_vq_init(struct cenalloc_dev *cdev);
 void cenalloc_vq_stop(struct cenalloc_dev *cdev);
 void cenalloc_ctrl_done(struct virtqueue *vq);
 void cenalloc_event_done(struct virtqueue *vq);
+void cenalloc_latency_add(struct cenalloc_latency *lat, u64 ns);
 int cenalloc_get_info(struct cenalloc_dev *cdev,
 		      struct cenalloc_info_resp *info,
 		      struct cenalloc_allocator_info *allocators,

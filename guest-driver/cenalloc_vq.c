@@ -10,6 +10,7 @@
  * used buffers. After remove every new request fails with -ENODEV and every
  * request still on the ring is completed with -ENODEV.
  */
+#include <linux/ktime.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -106,13 +107,35 @@ static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
 					GFP_ATOMIC);
 		if (!ret) {
 			cdev->inflight++;
+			cdev->chains_sent++;
+			req->queued_ns = ktime_get_ns();
 			kick = virtqueue_kick_prepare(cdev->ctrl_vq);
+			if (kick)
+				cdev->kicks++;
 		}
 	}
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
 	return ret;
+}
+
+void cenalloc_latency_add(struct cenalloc_latency *lat, u64 ns)
+{
+	lat->ns[lat->next] = min_t(u64, ns, U32_MAX);
+	lat->next = (lat->next + 1) % CENALLOC_LATENCY_SAMPLES;
+	if (lat->count < CENALLOC_LATENCY_SAMPLES)
+		lat->count++;
+}
+
+static void cenalloc_latency_record(struct cenalloc_dev *cdev,
+				    struct cenalloc_latency *lat, u64 ns)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	cenalloc_latency_add(lat, ns);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 }
 
 static int cenalloc_req_queue(struct cenalloc_req *req)
@@ -148,6 +171,8 @@ int cenalloc_req_submit(struct cenalloc_req *req)
 		return ret;
 	atomic64_inc(&req->cdev->round_trips);
 	wait_for_completion(&req->done);
+	cenalloc_latency_record(req->cdev, &req->cdev->lat_wake,
+				ktime_get_ns() - req->queued_ns);
 	return req->error;
 }
 
@@ -281,6 +306,10 @@ static void cenalloc_ctrl_reap(struct cenalloc_dev *cdev)
 
 	while ((req = virtqueue_get_buf(cdev->ctrl_vq, &len))) {
 		cdev->inflight--;
+		cdev->chains_done++;
+		cenalloc_latency_add(req->posted ? &cdev->lat_posted :
+						   &cdev->lat_device,
+				     ktime_get_ns() - req->queued_ns);
 		req->used_len = min_t(u32, len, req->resp_len);
 		if (req->used_len < sizeof(struct cenalloc_batch_resp))
 			req->error = -EIO;
@@ -295,6 +324,7 @@ void cenalloc_ctrl_done(struct virtqueue *vq)
 	unsigned long flags;
 
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	cdev->ctrl_interrupts++;
 	do {
 		virtqueue_disable_cb(vq);
 		cenalloc_ctrl_reap(cdev);
