@@ -10,6 +10,11 @@
  *    printed; it shrinks when a cell would take more than ~60 s).
  * 2. memset bandwidth through mmap of a 64 MiB buffer: the first pass
  *    (page faults included) and the best of 5 later passes.
+ * 3. Where a cenalloc cycle's time goes: per latency row, the control
+ *    queue's kicks, interrupts and chains per cycle, virtio interrupts per
+ *    cycle from /proc/interrupts, and the driver's latencies (debugfs
+ *    cenalloc/transport: queued -> answer reaped, for waited and posted
+ *    chains; queued -> the waiting task runs again).
  *
  *   cenalloc_bench [-q]     -q: fewer runs (quick check)
  */
@@ -26,6 +31,8 @@
 #include "cenalloc_util.h"
 
 #define HEAP_PATH	"/dev/dma_heap/system"
+#define TRANSPORT_PATH	"/sys/kernel/debug/cenalloc/transport"
+#define DEVICE_STATS_PATH	"/sys/kernel/debug/cenalloc/device_stats"
 #define CELL_BUDGET_NS	(60ull * 1000000000ull)
 
 enum provider { CENALLOC, HEAP, NPROVIDERS };
@@ -73,6 +80,167 @@ static int64_t one_cycle(enum provider p, uint64_t size)
 	return ret ? ret : (int64_t)(ca_now_ns() - t0);
 }
 
+/* Interrupts of every virtio vector in /proc/interrupts, all CPUs. */
+static uint64_t virtio_interrupts(void)
+{
+	FILE *f = fopen("/proc/interrupts", "r");
+	char line[1024];
+	uint64_t total = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		char *p = strchr(line, ':');
+
+		if (!p || !strstr(line, "virtio"))
+			continue;
+		for (p++;;) {
+			char *end;
+			unsigned long long n = strtoull(p, &end, 10);
+
+			if (end == p)
+				break;
+			total += n;
+			p = end;
+		}
+	}
+	fclose(f);
+	return total;
+}
+
+static bool transport_reset(void)
+{
+	int fd = open(TRANSPORT_PATH, O_WRONLY | O_CLOEXEC);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = write(fd, "0\n", 2) == 2;
+	close(fd);
+	return ok;
+}
+
+/* Value of "name N" in the transport file, -1 if missing. */
+static long long transport_value(const char *text, const char *name)
+{
+	size_t len = strlen(name);
+	const char *p = text;
+
+	while ((p = strstr(p, name))) {
+		if ((p == text || p[-1] == '\n') && p[len] == ' ')
+			return strtoll(p + len + 1, NULL, 10);
+		p += len;
+	}
+	return -1;
+}
+
+/* The daemon's own counters (STATS), read through debugfs. */
+struct daemon_counters {
+	double batches, wakeups, signals, busy_ns;
+};
+
+static double json_number(const char *json, const char *name)
+{
+	char key[64];
+	const char *p;
+
+	snprintf(key, sizeof(key), "\"%s\":", name);
+	p = strstr(json, key);
+	return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+static bool daemon_counters_read(struct daemon_counters *c)
+{
+	static char json[256 * 1024];
+	ssize_t n, got = 0;
+	int fd;
+
+	fd = open(DEVICE_STATS_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	while ((n = read(fd, json + got, sizeof(json) - 1 - got)) > 0)
+		got += n;
+	close(fd);
+	json[got] = 0;
+	c->batches = json_number(json, "batches");
+	c->wakeups = json_number(json, "control_wakeups");
+	c->signals = json_number(json, "control_signals");
+	c->busy_ns = json_number(json, "control_busy_ns");
+	return c->batches >= 0 && c->wakeups >= 0 && c->signals >= 0 &&
+	       c->busy_ns >= 0;
+}
+
+/* The transport figures of one cenalloc latency row. */
+struct breakdown {
+	const char *label;
+	unsigned int cycles;
+	uint64_t irqs;
+	bool have_daemon;
+	struct daemon_counters daemon;	/* per cycle */
+	char text[2048];
+};
+
+static struct breakdown breakdowns[8];
+static unsigned int nbreakdowns;
+
+static void transport_save(const char *label, unsigned int cycles,
+			   uint64_t irqs, const struct daemon_counters *before)
+{
+	struct breakdown *b = &breakdowns[nbreakdowns];
+	struct daemon_counters after;
+	ssize_t n;
+	int fd;
+
+	if (nbreakdowns >= sizeof(breakdowns) / sizeof(breakdowns[0]))
+		return;
+	/* Reading the stats is one batch of its own: not the cycles'. */
+	b->have_daemon = before && daemon_counters_read(&after);
+	if (b->have_daemon) {
+		b->daemon.batches = (after.batches - before->batches - 1) / cycles;
+		b->daemon.wakeups = (after.wakeups - before->wakeups - 1) / cycles;
+		b->daemon.signals = (after.signals - before->signals - 1) / cycles;
+		b->daemon.busy_ns = (after.busy_ns - before->busy_ns) / cycles;
+	}
+	fd = open(TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	n = read(fd, b->text, sizeof(b->text) - 1);
+	close(fd);
+	if (n <= 0 || !cycles)
+		return;
+	b->text[n] = 0;
+	b->label = label;
+	b->cycles = cycles;
+	b->irqs = irqs;
+	nbreakdowns++;
+}
+
+static void transport_row(const struct breakdown *b)
+{
+	const char *label = b->label, *text = b->text, *line;
+	unsigned int cycles = b->cycles;
+	uint64_t irqs = b->irqs;
+
+	printf("  %-6s per cycle: kicks %.2f, ctrl interrupts %.2f, chains %.2f, virtio irqs %.2f\n",
+	       label, transport_value(text, "kicks") / (double)cycles,
+	       transport_value(text, "interrupts") / (double)cycles,
+	       transport_value(text, "chains_done") / (double)cycles,
+	       irqs / (double)cycles);
+	if (b->have_daemon)
+		printf("  %-6s daemon per cycle: batches %.2f, wakeups %.2f, signals %.2f, busy %.1f us\n",
+		       label, b->daemon.batches, b->daemon.wakeups,
+		       b->daemon.signals, b->daemon.busy_ns / 1e3);
+	/* The latency table, from its heading to the end. */
+	for (line = strstr(text, "latency_us"); line && *line;) {
+		const char *end = strchr(line, '\n');
+
+		if (!end)
+			break;
+		printf("    %.*s\n", (int)(end - line), line);
+		line = end + 1;
+	}
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -81,13 +249,18 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 static void latency_row(enum provider p, uint64_t size, const char *label,
-			unsigned int runs)
+			unsigned int runs, bool breakdown)
 {
-	uint64_t *ns = calloc(runs, sizeof(*ns)), start = ca_now_ns();
+	uint64_t *ns = calloc(runs, sizeof(*ns)), start, irqs;
+	bool transport = breakdown && transport_reset();
+	struct daemon_counters daemon;
+	bool have_daemon = transport && daemon_counters_read(&daemon);
 	unsigned int n = 0;
 
 	if (!ns)
 		return;
+	irqs = virtio_interrupts();
+	start = ca_now_ns();
 	while (n < runs) {
 		int64_t t = one_cycle(p, size);
 
@@ -102,10 +275,13 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 		if (n >= 10 && ca_now_ns() - start > CELL_BUDGET_NS)
 			break;
 	}
+	irqs = virtio_interrupts() - irqs;
 	qsort(ns, n, sizeof(*ns), cmp_u64);
 	printf("%-8s %-17s %6u %12.1f %12.1f %12.1f\n", label, provider_names[p], n,
 	       ns[n / 2] / 1e3, ns[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] / 1e3,
 	       ns[0] / 1e3);
+	if (transport)
+		transport_save(label, n, irqs, have_daemon ? &daemon : NULL);
 	free(ns);
 }
 
@@ -192,7 +368,13 @@ int main(int argc, char **argv)
 		for (p = 0; p < NPROVIDERS; p++)
 			if (p == CENALLOC || heap >= 0)
 				latency_row(p, sizes[i].size, sizes[i].label,
-					    quick ? sizes[i].quick_runs : sizes[i].runs);
+					    quick ? sizes[i].quick_runs : sizes[i].runs,
+					    p == CENALLOC);
+	if (nbreakdowns)
+		printf("\n/dev/cenalloc transport (debugfs %s, latencies of the last chains)\n",
+		       TRANSPORT_PATH);
+	for (i = 0; i < nbreakdowns; i++)
+		transport_row(&breakdowns[i]);
 
 	printf("\nmemset through mmap of a 64 MiB buffer (GB/s)\n");
 	printf("%-17s %16s %16s\n", "provider", "first pass", "best of 5 more");
