@@ -190,7 +190,7 @@ static void cenalloc_latency_show(struct seq_file *s, const char *name,
 static int cenalloc_transport_show(struct seq_file *s, void *unused)
 {
 	struct cenalloc_dev *cdev = s->private;
-	u64 kicks, interrupts, sent, done;
+	u64 kicks, interrupts, sent, done, polled;
 	u32 *buf;
 
 	buf = kmalloc_array(CENALLOC_LATENCY_SAMPLES, sizeof(*buf), GFP_KERNEL);
@@ -201,9 +201,10 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 	interrupts = cdev->ctrl_interrupts;
 	sent = cdev->chains_sent;
 	done = cdev->chains_done;
+	polled = cdev->polled;
 	spin_unlock_irq(&cdev->ctrl_lock);
-	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\n",
-		   kicks, interrupts, sent, done);
+	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\npolled %llu\n",
+		   kicks, interrupts, sent, done, polled);
 	seq_printf(s, "round_trips %lld\nposted %lld\nposted_errors %lld\n",
 		   atomic64_read(&cdev->round_trips),
 		   atomic64_read(&cdev->posted),
@@ -234,6 +235,7 @@ static ssize_t cenalloc_transport_write(struct file *file,
 	cdev->ctrl_interrupts = 0;
 	cdev->chains_sent = 0;
 	cdev->chains_done = 0;
+	cdev->polled = 0;
 	cdev->lat_device.count = 0;
 	cdev->lat_device.next = 0;
 	cdev->lat_posted.count = 0;

@@ -25,6 +25,7 @@
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include "cenalloc_proto.h"
 
@@ -74,6 +75,9 @@ struct cenalloc_dev {
 	wait_queue_head_t ctrl_wait;		/* ring space freed */
 	bool removed;				/* new requests fail -ENODEV */
 	unsigned int inflight;
+	unsigned int unkicked;			/* posted chains not kicked yet */
+	unsigned int pollers;			/* submitters polling, callbacks off */
+	struct delayed_work post_kick;		/* kicks posted chains left alone */
 
 	/* Event queue. */
 	spinlock_t event_lock;
@@ -91,6 +95,7 @@ struct cenalloc_dev {
 	/* Transport figures (debugfs "transport"), under ctrl_lock. */
 	u64 kicks;				/* virtqueue_notify() calls */
 	u64 ctrl_interrupts;			/* control queue callbacks */
+	u64 polled;				/* waited chains reaped by polling */
 	u64 chains_sent;
 	u64 chains_done;
 	struct cenalloc_latency lat_device;	/* queued -> answer reaped */
@@ -124,12 +129,14 @@ u32 cenalloc_device_mask(struct device *dev);
 int cenalloc_mask_set(const char *name, u32 mask);
 extern unsigned int cenalloc_size_limit_mb;
 extern unsigned int cenalloc_buffer_limit;
+extern unsigned int cenalloc_poll_us;
 
 /* ---- cenalloc_vq.c: batches on the control queue ---- */
 struct cenalloc_req {
 	struct cenalloc_dev *cdev;
 	struct completion done;
 	bool posted;			/* fire-and-forget: freed on completion */
+	bool polling;			/* its submitter polls for the answer */
 	u64 queued_ns;			/* ktime when it went on the ring */
 	int error;			/* transport error (-ENODEV, -EIO) */
 	unsigned int num_cmds;
