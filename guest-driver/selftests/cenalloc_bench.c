@@ -33,6 +33,7 @@
 #define HEAP_PATH	"/dev/dma_heap/system"
 #define TRANSPORT_PATH	"/sys/kernel/debug/cenalloc/transport"
 #define DEVICE_STATS_PATH	"/sys/kernel/debug/cenalloc/device_stats"
+#define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
 #define CELL_BUDGET_NS	(60ull * 1000000000ull)
 
 enum provider { CENALLOC, HEAP, NPROVIDERS };
@@ -57,27 +58,6 @@ static int create_buffer(enum provider p, uint64_t size)
 	if (ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &alloc))
 		return -errno;
 	return alloc.fd;
-}
-
-/* One create + attach + first map + unmap + detach + close, in ns. */
-static int64_t one_cycle(enum provider p, uint64_t size)
-{
-	uint64_t t0 = ca_now_ns();
-	uint32_t handle;
-	int fd, ret;
-
-	fd = create_buffer(p, size);
-	if (fd < 0)
-		return fd;
-	ret = ct_attach(ct, fd, 0, &handle, NULL);
-	if (!ret) {
-		ret = ct_map(ct, handle, 0, mapping);
-		if (!ret)
-			ct_unmap(ct, handle);
-		ct_detach(ct, handle);
-	}
-	close(fd);
-	return ret ? ret : (int64_t)(ca_now_ns() - t0);
 }
 
 /* Interrupts of every virtio vector in /proc/interrupts, all CPUs. */
@@ -221,10 +201,11 @@ static void transport_row(const struct breakdown *b)
 	unsigned int cycles = b->cycles;
 	uint64_t irqs = b->irqs;
 
-	printf("  %-6s per cycle: kicks %.2f, ctrl interrupts %.2f, chains %.2f, virtio irqs %.2f\n",
+	printf("  %-6s per cycle: kicks %.2f, ctrl interrupts %.2f, chains %.2f, polled %.2f, virtio irqs %.2f\n",
 	       label, transport_value(text, "kicks") / (double)cycles,
 	       transport_value(text, "interrupts") / (double)cycles,
 	       transport_value(text, "chains_done") / (double)cycles,
+	       transport_value(text, "polled") / (double)cycles,
 	       irqs / (double)cycles);
 	if (b->have_daemon)
 		printf("  %-6s daemon per cycle: batches %.2f, wakeups %.2f, signals %.2f, busy %.1f us\n",
@@ -241,6 +222,32 @@ static void transport_row(const struct breakdown *b)
 	}
 }
 
+/* A sysfs value without its newline; false if unreadable. */
+static bool read_param(const char *path, char *buf, size_t size)
+{
+	FILE *f = fopen(path, "r");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fgets(buf, (int)size, f) != NULL;
+	fclose(f);
+	if (ok)
+		buf[strcspn(buf, "\n")] = 0;
+	return ok;
+}
+
+static bool write_param(const char *path, const char *value)
+{
+	FILE *f = fopen(path, "w");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fputs(value, f) >= 0;
+	return fclose(f) == 0 && ok;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -248,26 +255,101 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* The steps of one cycle, timed apart for the phase table. */
+enum phase { PH_CREATE, PH_ATTACH, PH_MAP, PH_UNMAP, PH_DETACH, PH_CLOSE, NPHASES };
+
+static const char *const phase_names[NPHASES] = {
+	"create", "attach", "map", "unmap", "detach", "close",
+};
+
+/* One create + attach + first map + unmap + detach + close, in ns;
+ * phase[] gets each step's share.
+ */
+static int64_t one_cycle(enum provider p, uint64_t size, uint64_t *phase)
+{
+	uint64_t t[NPHASES + 1];
+	uint32_t handle;
+	int fd, ret;
+
+	t[0] = ca_now_ns();
+	fd = create_buffer(p, size);
+	if (fd < 0)
+		return fd;
+	t[1] = ca_now_ns();
+	ret = ct_attach(ct, fd, 0, &handle, NULL);
+	t[2] = t[3] = t[4] = t[5] = ca_now_ns();
+	if (!ret) {
+		ret = ct_map(ct, handle, 0, mapping);
+		t[3] = t[4] = ca_now_ns();
+		if (!ret) {
+			ct_unmap(ct, handle);
+			t[4] = ca_now_ns();
+		}
+		ct_detach(ct, handle);
+		t[5] = ca_now_ns();
+	}
+	close(fd);
+	t[6] = ca_now_ns();
+	for (int i = 0; i < NPHASES; i++)
+		phase[i] = t[i + 1] - t[i];
+	return ret ? ret : (int64_t)(t[NPHASES] - t[0]);
+}
+
+
+/* Median of each step, per latency row, printed after the table. */
+struct phase_row {
+	const char *label;
+	enum provider provider;
+	double median_us[NPHASES];
+};
+
+static struct phase_row phase_rows[16];
+static unsigned int nphase_rows;
+
+/* @scratch: room for @n values. */
+static void phase_save(enum provider p, const char *label,
+		       const uint64_t *phases, unsigned int n, uint64_t *scratch)
+{
+	struct phase_row *row = &phase_rows[nphase_rows];
+
+	if (!n || nphase_rows >= sizeof(phase_rows) / sizeof(phase_rows[0]))
+		return;
+	row->label = label;
+	row->provider = p;
+	for (int ph = 0; ph < NPHASES; ph++) {
+		for (unsigned int i = 0; i < n; i++)
+			scratch[i] = phases[(size_t)i * NPHASES + ph];
+		qsort(scratch, n, sizeof(*scratch), cmp_u64);
+		row->median_us[ph] = scratch[n / 2] / 1e3;
+	}
+	nphase_rows++;
+}
+
 static void latency_row(enum provider p, uint64_t size, const char *label,
 			unsigned int runs, bool breakdown)
 {
 	uint64_t *ns = calloc(runs, sizeof(*ns)), start, irqs;
+	uint64_t *phases = calloc((size_t)runs * NPHASES, sizeof(*phases));
 	bool transport = breakdown && transport_reset();
 	struct daemon_counters daemon;
 	bool have_daemon = transport && daemon_counters_read(&daemon);
 	unsigned int n = 0;
 
-	if (!ns)
+	if (!ns || !phases) {
+		free(ns);
+		free(phases);
 		return;
+	}
 	irqs = virtio_interrupts();
 	start = ca_now_ns();
 	while (n < runs) {
-		int64_t t = one_cycle(p, size);
+		int64_t t = one_cycle(p, size, phases + (size_t)n * NPHASES);
 
 		if (t < 0) {
 			printf("%-8s %-17s failed: %s\n", label, provider_names[p],
 			       strerror((int)-t));
 			free(ns);
+			free(phases);
 			return;
 		}
 		ns[n++] = t;
@@ -282,7 +364,9 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 	       ns[0] / 1e3);
 	if (transport)
 		transport_save(label, n, irqs, have_daemon ? &daemon : NULL);
+	phase_save(p, label, phases, n, ns);
 	free(ns);
+	free(phases);
 }
 
 static void bandwidth_row(enum provider p, uint64_t size)
@@ -342,6 +426,7 @@ int main(int argc, char **argv)
 		{ 64 * CA_MIB, "64 MiB", 30, 5 },
 	};
 	bool quick = argc > 1 && !strcmp(argv[1], "-q");
+	char poll_us[32];
 	unsigned int i;
 	int p;
 
@@ -370,6 +455,27 @@ int main(int argc, char **argv)
 				latency_row(p, sizes[i].size, sizes[i].label,
 					    quick ? sizes[i].quick_runs : sizes[i].runs,
 					    p == CENALLOC);
+	/* The driver's answer polling against sleeping, in the same boot. */
+	if (read_param(POLL_PARAM_PATH, poll_us, sizeof(poll_us)) &&
+	    strcmp(poll_us, "0") && write_param(POLL_PARAM_PATH, "0")) {
+		latency_row(CENALLOC, sizes[0].size, "4K poll0",
+			    quick ? sizes[0].quick_runs : sizes[0].runs, true);
+		write_param(POLL_PARAM_PATH, poll_us);
+		printf("(4K poll0: the 4 KiB row with the driver's poll_us=0 instead of %s)\n",
+		       poll_us);
+	}
+
+	printf("\nmedian of each step (microseconds)\n%-8s %-17s", "size", "provider");
+	for (i = 0; i < NPHASES; i++)
+		printf(" %9s", phase_names[i]);
+	printf("\n");
+	for (i = 0; i < nphase_rows; i++) {
+		printf("%-8s %-17s", phase_rows[i].label,
+		       provider_names[phase_rows[i].provider]);
+		for (p = 0; p < NPHASES; p++)
+			printf(" %9.1f", phase_rows[i].median_us[p]);
+		printf("\n");
+	}
 	if (nbreakdowns)
 		printf("\n/dev/cenalloc transport (debugfs %s, latencies of the last chains)\n",
 		       TRANSPORT_PATH);
