@@ -21,6 +21,7 @@
 #include <linux/dma-buf.h>
 #include <linux/kref.h>
 #include <linux/list.h>
+#include <linux/cache.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
@@ -132,6 +133,9 @@ extern unsigned int cenalloc_buffer_limit;
 extern unsigned int cenalloc_poll_us;
 
 /* ---- cenalloc_vq.c: batches on the control queue ---- */
+#define CENALLOC_REQ_INLINE_CMD		256
+#define CENALLOC_REQ_INLINE_RESP	256
+
 struct cenalloc_req {
 	struct cenalloc_dev *cdev;
 	struct completion done;
@@ -147,6 +151,9 @@ struct cenalloc_req {
 	u8 *resp_buf;			/* batch_resp + (resp_hdr + slot)... */
 	u32 resp_off[CENALLOC_MAX_BATCH];	/* offset of each resp_hdr */
 	u32 slot_len[CENALLOC_MAX_BATCH];
+	/* A small batch (the usual one) needs no allocation of its own. */
+	u8 inline_cmd[CENALLOC_REQ_INLINE_CMD] __aligned(8);
+	u8 inline_resp[CENALLOC_REQ_INLINE_RESP] ____cacheline_aligned;
 };
 
 struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev);

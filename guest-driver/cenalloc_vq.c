@@ -34,26 +34,32 @@
 
 #include "cenalloc_internal.h"
 
-#define CENALLOC_CMD_BUF_INITIAL	256
 #define CENALLOC_POST_MAX_UNKICKED	16
 
+/* Not zeroed as a whole (it is 1.5 KiB): every field a request reads
+ * before writing it is set here, each command is zeroed by
+ * cenalloc_req_add(), the answer buffer by cenalloc_req_queue().
+ */
 struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev)
 {
 	struct cenalloc_req *req;
 
-	req = kzalloc(sizeof(*req), GFP_KERNEL);
+	req = kmalloc(sizeof(*req), GFP_KERNEL);
 	if (!req)
 		return NULL;
-	req->cmd_buf = kzalloc(CENALLOC_CMD_BUF_INITIAL, GFP_KERNEL);
-	if (!req->cmd_buf) {
-		kfree(req);
-		return NULL;
-	}
 	req->cdev = cdev;
-	req->cmd_cap = CENALLOC_CMD_BUF_INITIAL;
-	req->cmd_len = sizeof(struct cenalloc_batch_hdr);
-	req->resp_len = sizeof(struct cenalloc_batch_resp);
 	init_completion(&req->done);
+	req->posted = false;
+	req->polling = false;
+	req->queued_ns = 0;
+	req->error = 0;
+	req->num_cmds = 0;
+	req->used_len = 0;
+	req->cmd_buf = req->inline_cmd;
+	req->cmd_cap = sizeof(req->inline_cmd);
+	req->cmd_len = sizeof(struct cenalloc_batch_hdr);
+	req->resp_buf = NULL;
+	req->resp_len = sizeof(struct cenalloc_batch_resp);
 	return req;
 }
 
@@ -61,8 +67,10 @@ void cenalloc_req_free(struct cenalloc_req *req)
 {
 	if (!req)
 		return;
-	kfree(req->resp_buf);
-	kfree(req->cmd_buf);
+	if (req->resp_buf != req->inline_resp)
+		kfree(req->resp_buf);
+	if (req->cmd_buf != req->inline_cmd)
+		kfree(req->cmd_buf);
 	kfree(req);
 }
 
@@ -86,7 +94,13 @@ void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 	if (need > req->cmd_cap) {
 		size_t cap = max(need, req->cmd_cap * 2);
 
-		grown = krealloc(req->cmd_buf, cap, GFP_KERNEL | __GFP_ZERO);
+		if (req->cmd_buf == req->inline_cmd) {
+			grown = kmalloc(cap, GFP_KERNEL);
+			if (grown)
+				memcpy(grown, req->cmd_buf, req->cmd_len);
+		} else {
+			grown = krealloc(req->cmd_buf, cap, GFP_KERNEL);
+		}
 		if (!grown)
 			return ERR_PTR(-ENOMEM);
 		req->cmd_buf = grown;
@@ -209,9 +223,14 @@ static int cenalloc_req_queue(struct cenalloc_req *req)
 	bhdr->num_cmds = cpu_to_le32(req->num_cmds);
 	bhdr->reserved = 0;
 
-	req->resp_buf = kzalloc(req->resp_len, GFP_KERNEL);
-	if (!req->resp_buf)
-		return -ENOMEM;
+	if (req->resp_len <= sizeof(req->inline_resp)) {
+		req->resp_buf = req->inline_resp;
+		memset(req->resp_buf, 0, req->resp_len);
+	} else {
+		req->resp_buf = kzalloc(req->resp_len, GFP_KERNEL);
+		if (!req->resp_buf)
+			return -ENOMEM;
+	}
 
 	wait_event(cdev->ctrl_wait,
 		   (ret = cenalloc_vq_try_add(cdev, req)) != -ENOSPC);
@@ -312,6 +331,11 @@ static void cenalloc_req_posted_done(struct cenalloc_req *req)
 	unsigned int i;
 	int status;
 
+	/* Never sent before remove: the device reset drops its state. */
+	if (req->error == -ENODEV) {
+		cenalloc_req_free(req);
+		return;
+	}
 	for (i = 0; i < req->num_cmds; i++) {
 		hdr = (const struct cenalloc_cmd_hdr *)(req->cmd_buf + off);
 		off += sizeof(*hdr) + le32_to_cpu(hdr->len);
