@@ -3,12 +3,16 @@
  * /sys/kernel/debug/cenalloc/: buffers, attachments and allocators tables.
  * "allocators" asks the device (GET_INFO) for fresh figures and adds what
  * the driver donated per pool and its own counters; "device_stats" is the
- * device's JSON snapshot (STATS).
+ * device's JSON snapshot (STATS). "transport" shows the control queue's
+ * kicks, interrupts and latencies (median and p90 of the last samples);
+ * writing to it starts the figures afresh.
  */
 #include <linux/debugfs.h>
 #include <linux/seq_file.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
+#include <linux/sort.h>
+#include <linux/uaccess.h>
 
 #include "cenalloc_internal.h"
 
@@ -156,6 +160,101 @@ static int cenalloc_stats_show(struct seq_file *s, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(cenalloc_stats);
 
+static int cenalloc_u32_cmp(const void *a, const void *b)
+{
+	u32 x = *(const u32 *)a, y = *(const u32 *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void cenalloc_latency_show(struct seq_file *s, const char *name,
+				  struct cenalloc_dev *cdev,
+				  const struct cenalloc_latency *lat, u32 *buf)
+{
+	unsigned int n;
+
+	spin_lock_irq(&cdev->ctrl_lock);
+	n = lat->count;
+	memcpy(buf, lat->ns, n * sizeof(*buf));
+	spin_unlock_irq(&cdev->ctrl_lock);
+	if (!n) {
+		seq_printf(s, "%-16s %6u\n", name, 0);
+		return;
+	}
+	sort(buf, n, sizeof(*buf), cenalloc_u32_cmp, NULL);
+	seq_printf(s, "%-16s %6u %10u %10u %10u %10u\n", name, n,
+		   buf[n / 2] / 1000, buf[n * 9 / 10] / 1000, buf[0] / 1000,
+		   buf[n - 1] / 1000);
+}
+
+static int cenalloc_transport_show(struct seq_file *s, void *unused)
+{
+	struct cenalloc_dev *cdev = s->private;
+	u64 kicks, interrupts, sent, done, polled;
+	u32 *buf;
+
+	buf = kmalloc_array(CENALLOC_LATENCY_SAMPLES, sizeof(*buf), GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	spin_lock_irq(&cdev->ctrl_lock);
+	kicks = cdev->kicks;
+	interrupts = cdev->ctrl_interrupts;
+	sent = cdev->chains_sent;
+	done = cdev->chains_done;
+	polled = cdev->polled;
+	spin_unlock_irq(&cdev->ctrl_lock);
+	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\npolled %llu\n",
+		   kicks, interrupts, sent, done, polled);
+	seq_printf(s, "round_trips %lld\nposted %lld\nposted_errors %lld\n",
+		   atomic64_read(&cdev->round_trips),
+		   atomic64_read(&cdev->posted),
+		   atomic64_read(&cdev->posted_errors));
+	seq_printf(s, "%-16s %6s %10s %10s %10s %10s\n", "latency_us",
+		   "n", "median", "p90", "min", "max");
+	cenalloc_latency_show(s, "device", cdev, &cdev->lat_device, buf);
+	cenalloc_latency_show(s, "posted", cdev, &cdev->lat_posted, buf);
+	cenalloc_latency_show(s, "wake", cdev, &cdev->lat_wake, buf);
+	kfree(buf);
+	return 0;
+}
+
+static int cenalloc_transport_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, cenalloc_transport_show, inode->i_private);
+}
+
+/* Any write starts the figures afresh (the other counters stay). */
+static ssize_t cenalloc_transport_write(struct file *file,
+					const char __user *ubuf, size_t len,
+					loff_t *ppos)
+{
+	struct cenalloc_dev *cdev = file_inode(file)->i_private;
+
+	spin_lock_irq(&cdev->ctrl_lock);
+	cdev->kicks = 0;
+	cdev->ctrl_interrupts = 0;
+	cdev->chains_sent = 0;
+	cdev->chains_done = 0;
+	cdev->polled = 0;
+	cdev->lat_device.count = 0;
+	cdev->lat_device.next = 0;
+	cdev->lat_posted.count = 0;
+	cdev->lat_posted.next = 0;
+	cdev->lat_wake.count = 0;
+	cdev->lat_wake.next = 0;
+	spin_unlock_irq(&cdev->ctrl_lock);
+	return len;
+}
+
+static const struct file_operations cenalloc_transport_fops = {
+	.owner = THIS_MODULE,
+	.open = cenalloc_transport_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = single_release,
+	.write = cenalloc_transport_write,
+};
+
 void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 {
 	cenalloc_debugfs_dir = debugfs_create_dir("cenalloc", NULL);
@@ -167,6 +266,8 @@ void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 			    &cenalloc_allocators_fops);
 	debugfs_create_file("device_stats", 0444, cenalloc_debugfs_dir, cdev,
 			    &cenalloc_stats_fops);
+	debugfs_create_file("transport", 0644, cenalloc_debugfs_dir, cdev,
+			    &cenalloc_transport_fops);
 }
 
 void cenalloc_debugfs_exit(void)

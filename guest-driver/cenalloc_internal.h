@@ -21,10 +21,12 @@
 #include <linux/dma-buf.h>
 #include <linux/kref.h>
 #include <linux/list.h>
+#include <linux/cache.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include "cenalloc_proto.h"
 
@@ -34,6 +36,14 @@ struct dentry;
 
 #define CENALLOC_EVENT_BUFS	16
 #define CENALLOC_MAX_ALLOCATORS	32
+#define CENALLOC_LATENCY_SAMPLES	1024
+
+/* The last CENALLOC_LATENCY_SAMPLES latencies of one kind, in ns. */
+struct cenalloc_latency {
+	u32 ns[CENALLOC_LATENCY_SAMPLES];
+	unsigned int next;		/* ring position */
+	unsigned int count;		/* valid samples, <= the ring size */
+};
 
 /* One block of memory donated to a pool: 2^order pages at page. */
 struct cenalloc_chunk {
@@ -66,6 +76,9 @@ struct cenalloc_dev {
 	wait_queue_head_t ctrl_wait;		/* ring space freed */
 	bool removed;				/* new requests fail -ENODEV */
 	unsigned int inflight;
+	unsigned int unkicked;			/* posted chains not kicked yet */
+	unsigned int pollers;			/* submitters polling, callbacks off */
+	struct delayed_work post_kick;		/* kicks posted chains left alone */
 
 	/* Event queue. */
 	spinlock_t event_lock;
@@ -79,6 +92,16 @@ struct cenalloc_dev {
 	atomic64_t round_trips;			/* submitted and waited for */
 	atomic64_t posted;			/* fire-and-forget */
 	atomic64_t posted_errors;
+
+	/* Transport figures (debugfs "transport"), under ctrl_lock. */
+	u64 kicks;				/* virtqueue_notify() calls */
+	u64 ctrl_interrupts;			/* control queue callbacks */
+	u64 polled;				/* waited chains reaped by polling */
+	u64 chains_sent;
+	u64 chains_done;
+	struct cenalloc_latency lat_device;	/* queued -> answer reaped */
+	struct cenalloc_latency lat_posted;	/* same, posted chains */
+	struct cenalloc_latency lat_wake;	/* queued -> submitter runs */
 
 	/* Config space and GET_INFO, cached at probe (under lock). */
 	struct cenalloc_config config;
@@ -107,12 +130,18 @@ u32 cenalloc_device_mask(struct device *dev);
 int cenalloc_mask_set(const char *name, u32 mask);
 extern unsigned int cenalloc_size_limit_mb;
 extern unsigned int cenalloc_buffer_limit;
+extern unsigned int cenalloc_poll_us;
 
 /* ---- cenalloc_vq.c: batches on the control queue ---- */
+#define CENALLOC_REQ_INLINE_CMD		256
+#define CENALLOC_REQ_INLINE_RESP	256
+
 struct cenalloc_req {
 	struct cenalloc_dev *cdev;
 	struct completion done;
 	bool posted;			/* fire-and-forget: freed on completion */
+	bool polling;			/* its submitter polls for the answer */
+	u64 queued_ns;			/* ktime when it went on the ring */
 	int error;			/* transport error (-ENODEV, -EIO) */
 	unsigned int num_cmds;
 	u32 used_len;
@@ -122,6 +151,9 @@ struct cenalloc_req {
 	u8 *resp_buf;			/* batch_resp + (resp_hdr + slot)... */
 	u32 resp_off[CENALLOC_MAX_BATCH];	/* offset of each resp_hdr */
 	u32 slot_len[CENALLOC_MAX_BATCH];
+	/* A small batch (the usual one) needs no allocation of its own. */
+	u8 inline_cmd[CENALLOC_REQ_INLINE_CMD] __aligned(8);
+	u8 inline_resp[CENALLOC_REQ_INLINE_RESP] ____cacheline_aligned;
 };
 
 struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev);
@@ -137,6 +169,7 @@ int cenalloc_vq_init(struct cenalloc_dev *cdev);
 void cenalloc_vq_stop(struct cenalloc_dev *cdev);
 void cenalloc_ctrl_done(struct virtqueue *vq);
 void cenalloc_event_done(struct virtqueue *vq);
+void cenalloc_latency_add(struct cenalloc_latency *lat, u64 ns);
 int cenalloc_get_info(struct cenalloc_dev *cdev,
 		      struct cenalloc_info_resp *info,
 		      struct cenalloc_allocator_info *allocators,

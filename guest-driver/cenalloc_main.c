@@ -27,6 +27,11 @@ module_param_named(buffer_limit, cenalloc_buffer_limit, uint, 0644);
 MODULE_PARM_DESC(buffer_limit,
 		 "Most buffers alive at once (0: the device's limit only)");
 
+unsigned int cenalloc_poll_us = 200;
+module_param_named(poll_us, cenalloc_poll_us, uint, 0644);
+MODULE_PARM_DESC(poll_us,
+		 "Microseconds a waiting request polls for its answer before sleeping until the interrupt (0: never poll)");
+
 static DEFINE_MUTEX(cenalloc_current_lock);
 static struct cenalloc_dev *cenalloc_current;
 

@@ -4,12 +4,29 @@
  * and the event queue.
  *
  * A request is built with cenalloc_req_add() (one call per command), then
- * either submitted (the caller sleeps until the device answers) or posted
+ * either submitted (the caller waits until the device answers) or posted
  * (fire-and-forget: the completion logs a failure and frees the request).
  * A full ring (-ENOSPC) makes the submitter wait until the callback reaps
  * used buffers. After remove every new request fails with -ENODEV and every
  * request still on the ring is completed with -ENODEV.
+ *
+ * Notifications cost more than the work (each kick wakes the device, each
+ * answer interrupts a CPU), so a posted chain goes on the ring without a
+ * kick: the next submitted chain's kick carries it, and the device, which
+ * takes chains in ring order, runs it first (an UNMAP, DETACH or FREE
+ * always reaches the device before anything submitted after it; a FREE
+ * gives its pool space back before a later CREATE). Posted chains nobody
+ * follows are kicked from a delayed work a jiffy later, or at once when
+ * CENALLOC_POST_MAX_UNKICKED wait or the ring is full.
+ *
+ * A submitter polls the used ring for its answer, with the queue's
+ * callbacks off, for up to poll_us microseconds (as virtio-net does for its
+ * control queue): an ordinary answer comes in well under that, and then no
+ * interrupt, no wake-up and no reschedule happen at all. A slow answer
+ * (a large MAP zeroes the whole buffer) turns the callbacks back on and
+ * sleeps until the interrupt.
  */
+#include <linux/ktime.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -17,25 +34,32 @@
 
 #include "cenalloc_internal.h"
 
-#define CENALLOC_CMD_BUF_INITIAL	256
+#define CENALLOC_POST_MAX_UNKICKED	16
 
+/* Not zeroed as a whole (it is 1.5 KiB): every field a request reads
+ * before writing it is set here, each command is zeroed by
+ * cenalloc_req_add(), the answer buffer by cenalloc_req_queue().
+ */
 struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev)
 {
 	struct cenalloc_req *req;
 
-	req = kzalloc(sizeof(*req), GFP_KERNEL);
+	req = kmalloc(sizeof(*req), GFP_KERNEL);
 	if (!req)
 		return NULL;
-	req->cmd_buf = kzalloc(CENALLOC_CMD_BUF_INITIAL, GFP_KERNEL);
-	if (!req->cmd_buf) {
-		kfree(req);
-		return NULL;
-	}
 	req->cdev = cdev;
-	req->cmd_cap = CENALLOC_CMD_BUF_INITIAL;
-	req->cmd_len = sizeof(struct cenalloc_batch_hdr);
-	req->resp_len = sizeof(struct cenalloc_batch_resp);
 	init_completion(&req->done);
+	req->posted = false;
+	req->polling = false;
+	req->queued_ns = 0;
+	req->error = 0;
+	req->num_cmds = 0;
+	req->used_len = 0;
+	req->cmd_buf = req->inline_cmd;
+	req->cmd_cap = sizeof(req->inline_cmd);
+	req->cmd_len = sizeof(struct cenalloc_batch_hdr);
+	req->resp_buf = NULL;
+	req->resp_len = sizeof(struct cenalloc_batch_resp);
 	return req;
 }
 
@@ -43,8 +67,10 @@ void cenalloc_req_free(struct cenalloc_req *req)
 {
 	if (!req)
 		return;
-	kfree(req->resp_buf);
-	kfree(req->cmd_buf);
+	if (req->resp_buf != req->inline_resp)
+		kfree(req->resp_buf);
+	if (req->cmd_buf != req->inline_cmd)
+		kfree(req->cmd_buf);
 	kfree(req);
 }
 
@@ -68,7 +94,13 @@ void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 	if (need > req->cmd_cap) {
 		size_t cap = max(need, req->cmd_cap * 2);
 
-		grown = krealloc(req->cmd_buf, cap, GFP_KERNEL | __GFP_ZERO);
+		if (req->cmd_buf == req->inline_cmd) {
+			grown = kmalloc(cap, GFP_KERNEL);
+			if (grown)
+				memcpy(grown, req->cmd_buf, req->cmd_len);
+		} else {
+			grown = krealloc(req->cmd_buf, cap, GFP_KERNEL);
+		}
 		if (!grown)
 			return ERR_PTR(-ENOMEM);
 		req->cmd_buf = grown;
@@ -87,6 +119,38 @@ void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 	return hdr + 1;
 }
 
+/* Kick decision for everything added so far (ctrl_lock held). */
+static bool cenalloc_kick_prepare(struct cenalloc_dev *cdev)
+{
+	bool kick;
+
+	if (cdev->unkicked) {
+		cdev->unkicked = 0;
+		cancel_delayed_work(&cdev->post_kick);
+	}
+	kick = virtqueue_kick_prepare(cdev->ctrl_vq);
+	if (kick)
+		cdev->kicks++;
+	return kick;
+}
+
+/* Posted chains that no submitted chain followed. */
+static void cenalloc_post_kick_work(struct work_struct *work)
+{
+	struct cenalloc_dev *cdev = container_of(to_delayed_work(work),
+						 struct cenalloc_dev,
+						 post_kick);
+	unsigned long flags;
+	bool kick = false;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	if (!cdev->removed && cdev->unkicked)
+		kick = cenalloc_kick_prepare(cdev);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	if (kick)
+		virtqueue_notify(cdev->ctrl_vq);
+}
+
 static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
 			       struct cenalloc_req *req)
 {
@@ -101,18 +165,50 @@ static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
 	if (cdev->removed) {
 		ret = -ENODEV;
-	} else {
-		ret = virtqueue_add_sgs(cdev->ctrl_vq, sgs, 1, 1, req,
-					GFP_ATOMIC);
-		if (!ret) {
-			cdev->inflight++;
-			kick = virtqueue_kick_prepare(cdev->ctrl_vq);
-		}
+		goto out_unlock;
 	}
+	ret = virtqueue_add_sgs(cdev->ctrl_vq, sgs, 1, 1, req, GFP_ATOMIC);
+	if (ret) {
+		/* A full ring drains only if the device hears of it. */
+		if (ret == -ENOSPC && cdev->unkicked)
+			kick = cenalloc_kick_prepare(cdev);
+		goto out_unlock;
+	}
+	cdev->inflight++;
+	cdev->chains_sent++;
+	req->queued_ns = ktime_get_ns();
+	/* Before the kick, so that the answer raises no interrupt. */
+	if (req->polling && !cdev->pollers++)
+		virtqueue_disable_cb(cdev->ctrl_vq);
+	if (req->posted && ++cdev->unkicked < CENALLOC_POST_MAX_UNKICKED) {
+		if (cdev->unkicked == 1)
+			schedule_delayed_work(&cdev->post_kick, 1);
+	} else {
+		kick = cenalloc_kick_prepare(cdev);
+	}
+out_unlock:
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
 	return ret;
+}
+
+void cenalloc_latency_add(struct cenalloc_latency *lat, u64 ns)
+{
+	lat->ns[lat->next] = min_t(u64, ns, U32_MAX);
+	lat->next = (lat->next + 1) % CENALLOC_LATENCY_SAMPLES;
+	if (lat->count < CENALLOC_LATENCY_SAMPLES)
+		lat->count++;
+}
+
+static void cenalloc_latency_record(struct cenalloc_dev *cdev,
+				    struct cenalloc_latency *lat, u64 ns)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	cenalloc_latency_add(lat, ns);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 }
 
 static int cenalloc_req_queue(struct cenalloc_req *req)
@@ -127,27 +223,80 @@ static int cenalloc_req_queue(struct cenalloc_req *req)
 	bhdr->num_cmds = cpu_to_le32(req->num_cmds);
 	bhdr->reserved = 0;
 
-	req->resp_buf = kzalloc(req->resp_len, GFP_KERNEL);
-	if (!req->resp_buf)
-		return -ENOMEM;
+	if (req->resp_len <= sizeof(req->inline_resp)) {
+		req->resp_buf = req->inline_resp;
+		memset(req->resp_buf, 0, req->resp_len);
+	} else {
+		req->resp_buf = kzalloc(req->resp_len, GFP_KERNEL);
+		if (!req->resp_buf)
+			return -ENOMEM;
+	}
 
 	wait_event(cdev->ctrl_wait,
 		   (ret = cenalloc_vq_try_add(cdev, req)) != -ENOSPC);
 	return ret;
 }
 
-/* Send the batch and sleep until the device answers. Returns a transport
+static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev);
+
+/*
+ * Reap answers for up to cenalloc_poll_us or until @req has its own, then
+ * give the callbacks back (the last poller does) and reap what came
+ * meanwhile. The vq is only touched under ctrl_lock and before remove.
+ */
+static void cenalloc_req_poll(struct cenalloc_req *req)
+{
+	u64 deadline = req->queued_ns +
+		       (u64)READ_ONCE(cenalloc_poll_us) * NSEC_PER_USEC;
+	struct cenalloc_dev *cdev = req->cdev;
+	unsigned int reaped = 0;
+	unsigned long flags;
+
+	for (;;) {
+		spin_lock_irqsave(&cdev->ctrl_lock, flags);
+		if (!cdev->removed)
+			reaped += cenalloc_ctrl_reap(cdev);
+		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+		if (completion_done(&req->done)) {
+			spin_lock_irqsave(&cdev->ctrl_lock, flags);
+			cdev->polled++;
+			spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+			break;
+		}
+		if (ktime_get_ns() > deadline || need_resched())
+			break;
+		cpu_relax();
+	}
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	if (!--cdev->pollers && !cdev->removed) {
+		while (!virtqueue_enable_cb(cdev->ctrl_vq)) {
+			virtqueue_disable_cb(cdev->ctrl_vq);
+			reaped += cenalloc_ctrl_reap(cdev);
+		}
+	}
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	if (reaped)
+		wake_up_all(&cdev->ctrl_wait);
+}
+
+/* Send the batch and wait until the device answers. Returns a transport
  * error; the status of each command is cenalloc_req_status().
  */
 int cenalloc_req_submit(struct cenalloc_req *req)
 {
 	int ret;
 
+	req->polling = READ_ONCE(cenalloc_poll_us) != 0;
 	ret = cenalloc_req_queue(req);
 	if (ret)
 		return ret;
 	atomic64_inc(&req->cdev->round_trips);
+	if (req->polling)
+		cenalloc_req_poll(req);
 	wait_for_completion(&req->done);
+	cenalloc_latency_record(req->cdev, &req->cdev->lat_wake,
+				ktime_get_ns() - req->queued_ns);
 	return req->error;
 }
 
@@ -182,6 +331,11 @@ static void cenalloc_req_posted_done(struct cenalloc_req *req)
 	unsigned int i;
 	int status;
 
+	/* Never sent before remove: the device reset drops its state. */
+	if (req->error == -ENODEV) {
+		cenalloc_req_free(req);
+		return;
+	}
 	for (i = 0; i < req->num_cmds; i++) {
 		hdr = (const struct cenalloc_cmd_hdr *)(req->cmd_buf + off);
 		off += sizeof(*hdr) + le32_to_cpu(hdr->len);
@@ -274,18 +428,24 @@ static void cenalloc_req_complete(struct cenalloc_req *req)
 }
 
 /* Complete every chain the device has used (ctrl_lock held). */
-static void cenalloc_ctrl_reap(struct cenalloc_dev *cdev)
+static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev)
 {
+	unsigned int len, reaped = 0;
 	struct cenalloc_req *req;
-	unsigned int len;
 
 	while ((req = virtqueue_get_buf(cdev->ctrl_vq, &len))) {
 		cdev->inflight--;
+		cdev->chains_done++;
+		cenalloc_latency_add(req->posted ? &cdev->lat_posted :
+						   &cdev->lat_device,
+				     ktime_get_ns() - req->queued_ns);
 		req->used_len = min_t(u32, len, req->resp_len);
 		if (req->used_len < sizeof(struct cenalloc_batch_resp))
 			req->error = -EIO;
 		cenalloc_req_complete(req);
+		reaped++;
 	}
+	return reaped;
 }
 
 /* Control queue callback (interrupt context). */
@@ -295,10 +455,19 @@ void cenalloc_ctrl_done(struct virtqueue *vq)
 	unsigned long flags;
 
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
-	do {
+	cdev->ctrl_interrupts++;
+	if (cdev->pollers) {
+		/* An answer that came before they were off; the last poller
+		 * turns them on again.
+		 */
 		virtqueue_disable_cb(vq);
 		cenalloc_ctrl_reap(cdev);
-	} while (!virtqueue_enable_cb(vq));
+	} else {
+		do {
+			virtqueue_disable_cb(vq);
+			cenalloc_ctrl_reap(cdev);
+		} while (!virtqueue_enable_cb(vq));
+	}
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	wake_up_all(&cdev->ctrl_wait);
 }
@@ -366,6 +535,7 @@ int cenalloc_vq_init(struct cenalloc_dev *cdev)
 	unsigned int i;
 	int ret;
 
+	INIT_DELAYED_WORK(&cdev->post_kick, cenalloc_post_kick_work);
 	cdev->event_bufs = kcalloc(CENALLOC_EVENT_BUFS,
 				   sizeof(*cdev->event_bufs), GFP_KERNEL);
 	if (!cdev->event_bufs)
@@ -395,6 +565,8 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev)
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
 	cdev->removed = true;
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	/* Nothing schedules it once removed is set. */
+	cancel_delayed_work_sync(&cdev->post_kick);
 
 	virtio_reset_device(cdev->vdev);
 

@@ -213,6 +213,12 @@ pub struct DeviceCounters {
     pub events_sent: u64,
     /// Events with no event buffer posted when they happened.
     pub events_dropped: u64,
+    /// Control queue notifications (kicks) the queue glue handled.
+    pub control_wakeups: u64,
+    /// Used-buffer notifications (interrupts) sent on the control queue.
+    pub control_signals: u64,
+    /// Time spent answering control chains, nanoseconds.
+    pub control_busy_ns: u64,
 }
 
 /// What a command produced, for batch references.

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use log::{debug, error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -96,6 +97,7 @@ impl CenallocBackend {
         if chains.is_empty() {
             return;
         }
+        let start = Instant::now();
         for chain in chains {
             let head = chain.head_index();
             let written = chain::answer_control(self.device(), &**mem, chain);
@@ -104,7 +106,13 @@ impl CenallocBackend {
             }
             self.deliver_events(events, mem);
         }
-        signal(vring, "control");
+        let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let signalled = signal(vring, "control");
+        let counters = &mut self.device().counters;
+        counters.control_busy_ns = counters.control_busy_ns.saturating_add(busy);
+        if signalled {
+            counters.control_signals += 1;
+        }
     }
 
     /// Sends the pending events; one with no event buffer posted is dropped.
@@ -157,15 +165,22 @@ impl CenallocBackend {
     }
 }
 
-fn signal(vring: &VringRwLock, name: &str) {
+/// Notifies the driver of used buffers unless it suppressed that (event
+/// index); returns whether it was notified.
+fn signal(vring: &VringRwLock, name: &str) -> bool {
     match vring.needs_notification() {
         Ok(true) => {
             if let Err(e) = vring.signal_used_queue() {
                 warn!("{name} queue: signal failed: {e}");
+                return false;
             }
+            true
         }
-        Ok(false) => {}
-        Err(e) => warn!("{name} queue: needs_notification failed: {e}"),
+        Ok(false) => false,
+        Err(e) => {
+            warn!("{name} queue: needs_notification failed: {e}");
+            false
+        }
     }
 }
 
@@ -260,6 +275,7 @@ impl VhostUserBackendMut for CenallocBackend {
         let mem = atomic.memory();
         match device_event {
             CENALLOC_VQ_CONTROL => {
+                self.device().counters.control_wakeups += 1;
                 let (Some(control), Some(events)) = (
                     vrings.get(CENALLOC_VQ_CONTROL as usize),
                     vrings.get(CENALLOC_VQ_EVENT as usize),

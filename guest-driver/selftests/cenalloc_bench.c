@@ -10,6 +10,11 @@
  *    printed; it shrinks when a cell would take more than ~60 s).
  * 2. memset bandwidth through mmap of a 64 MiB buffer: the first pass
  *    (page faults included) and the best of 5 later passes.
+ * 3. Where a cenalloc cycle's time goes: per latency row, the control
+ *    queue's kicks, interrupts and chains per cycle, virtio interrupts per
+ *    cycle from /proc/interrupts, and the driver's latencies (debugfs
+ *    cenalloc/transport: queued -> answer reaped, for waited and posted
+ *    chains; queued -> the waiting task runs again).
  *
  *   cenalloc_bench [-q]     -q: fewer runs (quick check)
  */
@@ -26,6 +31,9 @@
 #include "cenalloc_util.h"
 
 #define HEAP_PATH	"/dev/dma_heap/system"
+#define TRANSPORT_PATH	"/sys/kernel/debug/cenalloc/transport"
+#define DEVICE_STATS_PATH	"/sys/kernel/debug/cenalloc/device_stats"
+#define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
 #define CELL_BUDGET_NS	(60ull * 1000000000ull)
 
 enum provider { CENALLOC, HEAP, NPROVIDERS };
@@ -52,25 +60,192 @@ static int create_buffer(enum provider p, uint64_t size)
 	return alloc.fd;
 }
 
-/* One create + attach + first map + unmap + detach + close, in ns. */
-static int64_t one_cycle(enum provider p, uint64_t size)
+/* Interrupts of every virtio vector in /proc/interrupts, all CPUs. */
+static uint64_t virtio_interrupts(void)
 {
-	uint64_t t0 = ca_now_ns();
-	uint32_t handle;
-	int fd, ret;
+	FILE *f = fopen("/proc/interrupts", "r");
+	char line[1024];
+	uint64_t total = 0;
 
-	fd = create_buffer(p, size);
-	if (fd < 0)
-		return fd;
-	ret = ct_attach(ct, fd, 0, &handle, NULL);
-	if (!ret) {
-		ret = ct_map(ct, handle, 0, mapping);
-		if (!ret)
-			ct_unmap(ct, handle);
-		ct_detach(ct, handle);
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		char *p = strchr(line, ':');
+
+		if (!p || !strstr(line, "virtio"))
+			continue;
+		for (p++;;) {
+			char *end;
+			unsigned long long n = strtoull(p, &end, 10);
+
+			if (end == p)
+				break;
+			total += n;
+			p = end;
+		}
 	}
+	fclose(f);
+	return total;
+}
+
+static bool transport_reset(void)
+{
+	int fd = open(TRANSPORT_PATH, O_WRONLY | O_CLOEXEC);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = write(fd, "0\n", 2) == 2;
 	close(fd);
-	return ret ? ret : (int64_t)(ca_now_ns() - t0);
+	return ok;
+}
+
+/* Value of "name N" in the transport file, -1 if missing. */
+static long long transport_value(const char *text, const char *name)
+{
+	size_t len = strlen(name);
+	const char *p = text;
+
+	while ((p = strstr(p, name))) {
+		if ((p == text || p[-1] == '\n') && p[len] == ' ')
+			return strtoll(p + len + 1, NULL, 10);
+		p += len;
+	}
+	return -1;
+}
+
+/* The daemon's own counters (STATS), read through debugfs. */
+struct daemon_counters {
+	double batches, wakeups, signals, busy_ns;
+};
+
+static double json_number(const char *json, const char *name)
+{
+	char key[64];
+	const char *p;
+
+	snprintf(key, sizeof(key), "\"%s\":", name);
+	p = strstr(json, key);
+	return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+static bool daemon_counters_read(struct daemon_counters *c)
+{
+	static char json[256 * 1024];
+	ssize_t n, got = 0;
+	int fd;
+
+	fd = open(DEVICE_STATS_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	while ((n = read(fd, json + got, sizeof(json) - 1 - got)) > 0)
+		got += n;
+	close(fd);
+	json[got] = 0;
+	c->batches = json_number(json, "batches");
+	c->wakeups = json_number(json, "control_wakeups");
+	c->signals = json_number(json, "control_signals");
+	c->busy_ns = json_number(json, "control_busy_ns");
+	return c->batches >= 0 && c->wakeups >= 0 && c->signals >= 0 &&
+	       c->busy_ns >= 0;
+}
+
+/* The transport figures of one cenalloc latency row. */
+struct breakdown {
+	const char *label;
+	unsigned int cycles;
+	uint64_t irqs;
+	bool have_daemon;
+	struct daemon_counters daemon;	/* per cycle */
+	char text[2048];
+};
+
+static struct breakdown breakdowns[8];
+static unsigned int nbreakdowns;
+
+static void transport_save(const char *label, unsigned int cycles,
+			   uint64_t irqs, const struct daemon_counters *before)
+{
+	struct breakdown *b = &breakdowns[nbreakdowns];
+	struct daemon_counters after;
+	ssize_t n;
+	int fd;
+
+	if (nbreakdowns >= sizeof(breakdowns) / sizeof(breakdowns[0]))
+		return;
+	/* Reading the stats is one batch of its own: not the cycles'. */
+	b->have_daemon = before && daemon_counters_read(&after);
+	if (b->have_daemon) {
+		b->daemon.batches = (after.batches - before->batches - 1) / cycles;
+		b->daemon.wakeups = (after.wakeups - before->wakeups - 1) / cycles;
+		b->daemon.signals = (after.signals - before->signals - 1) / cycles;
+		b->daemon.busy_ns = (after.busy_ns - before->busy_ns) / cycles;
+	}
+	fd = open(TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	n = read(fd, b->text, sizeof(b->text) - 1);
+	close(fd);
+	if (n <= 0 || !cycles)
+		return;
+	b->text[n] = 0;
+	b->label = label;
+	b->cycles = cycles;
+	b->irqs = irqs;
+	nbreakdowns++;
+}
+
+static void transport_row(const struct breakdown *b)
+{
+	const char *label = b->label, *text = b->text, *line;
+	unsigned int cycles = b->cycles;
+	uint64_t irqs = b->irqs;
+
+	printf("  %-6s per cycle: kicks %.2f, ctrl interrupts %.2f, chains %.2f, polled %.2f, virtio irqs %.2f\n",
+	       label, transport_value(text, "kicks") / (double)cycles,
+	       transport_value(text, "interrupts") / (double)cycles,
+	       transport_value(text, "chains_done") / (double)cycles,
+	       transport_value(text, "polled") / (double)cycles,
+	       irqs / (double)cycles);
+	if (b->have_daemon)
+		printf("  %-6s daemon per cycle: batches %.2f, wakeups %.2f, signals %.2f, busy %.1f us\n",
+		       label, b->daemon.batches, b->daemon.wakeups,
+		       b->daemon.signals, b->daemon.busy_ns / 1e3);
+	/* The latency table, from its heading to the end. */
+	for (line = strstr(text, "latency_us"); line && *line;) {
+		const char *end = strchr(line, '\n');
+
+		if (!end)
+			break;
+		printf("    %.*s\n", (int)(end - line), line);
+		line = end + 1;
+	}
+}
+
+/* A sysfs value without its newline; false if unreadable. */
+static bool read_param(const char *path, char *buf, size_t size)
+{
+	FILE *f = fopen(path, "r");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fgets(buf, (int)size, f) != NULL;
+	fclose(f);
+	if (ok)
+		buf[strcspn(buf, "\n")] = 0;
+	return ok;
+}
+
+static bool write_param(const char *path, const char *value)
+{
+	FILE *f = fopen(path, "w");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fputs(value, f) >= 0;
+	return fclose(f) == 0 && ok;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -80,21 +255,101 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static void latency_row(enum provider p, uint64_t size, const char *label,
-			unsigned int runs)
+/* The steps of one cycle, timed apart for the phase table. */
+enum phase { PH_CREATE, PH_ATTACH, PH_MAP, PH_UNMAP, PH_DETACH, PH_CLOSE, NPHASES };
+
+static const char *const phase_names[NPHASES] = {
+	"create", "attach", "map", "unmap", "detach", "close",
+};
+
+/* One create + attach + first map + unmap + detach + close, in ns;
+ * phase[] gets each step's share.
+ */
+static int64_t one_cycle(enum provider p, uint64_t size, uint64_t *phase)
 {
-	uint64_t *ns = calloc(runs, sizeof(*ns)), start = ca_now_ns();
+	uint64_t t[NPHASES + 1];
+	uint32_t handle;
+	int fd, ret;
+
+	t[0] = ca_now_ns();
+	fd = create_buffer(p, size);
+	if (fd < 0)
+		return fd;
+	t[1] = ca_now_ns();
+	ret = ct_attach(ct, fd, 0, &handle, NULL);
+	t[2] = t[3] = t[4] = t[5] = ca_now_ns();
+	if (!ret) {
+		ret = ct_map(ct, handle, 0, mapping);
+		t[3] = t[4] = ca_now_ns();
+		if (!ret) {
+			ct_unmap(ct, handle);
+			t[4] = ca_now_ns();
+		}
+		ct_detach(ct, handle);
+		t[5] = ca_now_ns();
+	}
+	close(fd);
+	t[6] = ca_now_ns();
+	for (int i = 0; i < NPHASES; i++)
+		phase[i] = t[i + 1] - t[i];
+	return ret ? ret : (int64_t)(t[NPHASES] - t[0]);
+}
+
+
+/* Median of each step, per latency row, printed after the table. */
+struct phase_row {
+	const char *label;
+	enum provider provider;
+	double median_us[NPHASES];
+};
+
+static struct phase_row phase_rows[16];
+static unsigned int nphase_rows;
+
+/* @scratch: room for @n values. */
+static void phase_save(enum provider p, const char *label,
+		       const uint64_t *phases, unsigned int n, uint64_t *scratch)
+{
+	struct phase_row *row = &phase_rows[nphase_rows];
+
+	if (!n || nphase_rows >= sizeof(phase_rows) / sizeof(phase_rows[0]))
+		return;
+	row->label = label;
+	row->provider = p;
+	for (int ph = 0; ph < NPHASES; ph++) {
+		for (unsigned int i = 0; i < n; i++)
+			scratch[i] = phases[(size_t)i * NPHASES + ph];
+		qsort(scratch, n, sizeof(*scratch), cmp_u64);
+		row->median_us[ph] = scratch[n / 2] / 1e3;
+	}
+	nphase_rows++;
+}
+
+static void latency_row(enum provider p, uint64_t size, const char *label,
+			unsigned int runs, bool breakdown)
+{
+	uint64_t *ns = calloc(runs, sizeof(*ns)), start, irqs;
+	uint64_t *phases = calloc((size_t)runs * NPHASES, sizeof(*phases));
+	bool transport = breakdown && transport_reset();
+	struct daemon_counters daemon;
+	bool have_daemon = transport && daemon_counters_read(&daemon);
 	unsigned int n = 0;
 
-	if (!ns)
+	if (!ns || !phases) {
+		free(ns);
+		free(phases);
 		return;
+	}
+	irqs = virtio_interrupts();
+	start = ca_now_ns();
 	while (n < runs) {
-		int64_t t = one_cycle(p, size);
+		int64_t t = one_cycle(p, size, phases + (size_t)n * NPHASES);
 
 		if (t < 0) {
 			printf("%-8s %-17s failed: %s\n", label, provider_names[p],
 			       strerror((int)-t));
 			free(ns);
+			free(phases);
 			return;
 		}
 		ns[n++] = t;
@@ -102,11 +357,16 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 		if (n >= 10 && ca_now_ns() - start > CELL_BUDGET_NS)
 			break;
 	}
+	irqs = virtio_interrupts() - irqs;
 	qsort(ns, n, sizeof(*ns), cmp_u64);
 	printf("%-8s %-17s %6u %12.1f %12.1f %12.1f\n", label, provider_names[p], n,
 	       ns[n / 2] / 1e3, ns[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] / 1e3,
 	       ns[0] / 1e3);
+	if (transport)
+		transport_save(label, n, irqs, have_daemon ? &daemon : NULL);
+	phase_save(p, label, phases, n, ns);
 	free(ns);
+	free(phases);
 }
 
 static void bandwidth_row(enum provider p, uint64_t size)
@@ -166,6 +426,7 @@ int main(int argc, char **argv)
 		{ 64 * CA_MIB, "64 MiB", 30, 5 },
 	};
 	bool quick = argc > 1 && !strcmp(argv[1], "-q");
+	char poll_us[32];
 	unsigned int i;
 	int p;
 
@@ -192,7 +453,34 @@ int main(int argc, char **argv)
 		for (p = 0; p < NPROVIDERS; p++)
 			if (p == CENALLOC || heap >= 0)
 				latency_row(p, sizes[i].size, sizes[i].label,
-					    quick ? sizes[i].quick_runs : sizes[i].runs);
+					    quick ? sizes[i].quick_runs : sizes[i].runs,
+					    p == CENALLOC);
+	/* The driver's answer polling against sleeping, in the same boot. */
+	if (read_param(POLL_PARAM_PATH, poll_us, sizeof(poll_us)) &&
+	    strcmp(poll_us, "0") && write_param(POLL_PARAM_PATH, "0")) {
+		latency_row(CENALLOC, sizes[0].size, "4K poll0",
+			    quick ? sizes[0].quick_runs : sizes[0].runs, true);
+		write_param(POLL_PARAM_PATH, poll_us);
+		printf("(4K poll0: the 4 KiB row with the driver's poll_us=0 instead of %s)\n",
+		       poll_us);
+	}
+
+	printf("\nmedian of each step (microseconds)\n%-8s %-17s", "size", "provider");
+	for (i = 0; i < NPHASES; i++)
+		printf(" %9s", phase_names[i]);
+	printf("\n");
+	for (i = 0; i < nphase_rows; i++) {
+		printf("%-8s %-17s", phase_rows[i].label,
+		       provider_names[phase_rows[i].provider]);
+		for (p = 0; p < NPHASES; p++)
+			printf(" %9.1f", phase_rows[i].median_us[p]);
+		printf("\n");
+	}
+	if (nbreakdowns)
+		printf("\n/dev/cenalloc transport (debugfs %s, latencies of the last chains)\n",
+		       TRANSPORT_PATH);
+	for (i = 0; i < nbreakdowns; i++)
+		transport_row(&breakdowns[i]);
 
 	printf("\nmemset through mmap of a 64 MiB buffer (GB/s)\n");
 	printf("%-17s %16s %16s\n", "provider", "first pass", "best of 5 more");

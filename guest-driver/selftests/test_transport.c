@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The control queue transport (debugfs cenalloc/transport and the poll_us
+ * module parameter): posted UNMAP/DETACH/FREE wait for the next kick but
+ * still reach the device on their own, an answer is polled for without an
+ * interrupt, and with poll_us=0 the interrupt path still serves every
+ * request. Counts only, no timing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cenalloc_util.h"
+#include "tap.h"
+
+#define TRANSPORT_PATH	"/sys/kernel/debug/cenalloc/transport"
+#define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
+#define CYCLES		50
+
+struct transport {
+	long long kicks, interrupts, chains_sent, chains_done, polled;
+};
+
+static long long field(const char *text, const char *name)
+{
+	size_t len = strlen(name);
+	const char *p = text;
+
+	while ((p = strstr(p, name))) {
+		if ((p == text || p[-1] == '\n') && p[len] == ' ')
+			return strtoll(p + len + 1, NULL, 10);
+		p += len;
+	}
+	return -1;
+}
+
+static bool transport_read(struct transport *t)
+{
+	char text[4096];
+	ssize_t n;
+	int fd;
+
+	fd = open(TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	text[n] = 0;
+	t->kicks = field(text, "kicks");
+	t->interrupts = field(text, "interrupts");
+	t->chains_sent = field(text, "chains_sent");
+	t->chains_done = field(text, "chains_done");
+	t->polled = field(text, "polled");
+	return t->kicks >= 0 && t->interrupts >= 0 && t->chains_sent >= 0 &&
+	       t->chains_done >= 0 && t->polled >= 0;
+}
+
+static bool transport_reset(void)
+{
+	int fd = open(TRANSPORT_PATH, O_WRONLY | O_CLOEXEC);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = write(fd, "0\n", 2) == 2;
+	close(fd);
+	return ok;
+}
+
+static bool param_read(char *buf, size_t size)
+{
+	FILE *f = fopen(POLL_PARAM_PATH, "r");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fgets(buf, (int)size, f) != NULL;
+	fclose(f);
+	if (ok)
+		buf[strcspn(buf, "\n")] = 0;
+	return ok;
+}
+
+static bool param_write(const char *value)
+{
+	FILE *f = fopen(POLL_PARAM_PATH, "w");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fputs(value, f) >= 0;
+	return fclose(f) == 0 && ok;
+}
+
+/* Opens the devices, device 0 with mask ANY; TAP_SKIP without debugfs. */
+static enum tap_result setup(int *ca, int *ct)
+{
+	struct transport t;
+
+	*ca = *ct = -1;
+	if (access(TRANSPORT_PATH, R_OK | W_OK) || access(POLL_PARAM_PATH, W_OK))
+		return tap_skip("no %s or %s", TRANSPORT_PATH, POLL_PARAM_PATH);
+	if (!ca_env_open(ca, ct))
+		return TAP_FAIL;
+	if (!CHECK(ct_set_device1(*ct, 0, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE") ||
+	    !CHECK(transport_reset(), "reset %s: %s", TRANSPORT_PATH, strerror(errno)) ||
+	    !CHECK(transport_read(&t), "read %s", TRANSPORT_PATH))
+		return TAP_FAIL;
+	return TAP_PASS;
+}
+
+/* @cycles times: create, attach, map, unmap, detach, close a 4 KiB buffer. */
+static bool cycles_run(int ca, int ct, unsigned int cycles)
+{
+	struct ca_buf b;
+	unsigned int i;
+	int ret;
+
+	for (i = 0; i < cycles; i++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, 0, &b);
+		if (!CHECK(ret == 0, "cycle %u: %s", i, strerror(-ret)))
+			return false;
+		ca_buf_free(ct, &b);
+	}
+	return true;
+}
+
+static enum tap_result test_posted_reach_device_alone(void)
+{
+	enum tap_result result;
+	struct ca_pool before, after;
+	struct transport t = {};
+	unsigned int waited_ms;
+	int ca, ct;
+
+	result = setup(&ca, &ct);
+	if (result != TAP_PASS)
+		goto out;
+	result = TAP_FAIL;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO") ||
+	    !CHECK(cycles_run(ca, ct, 1), "cycle"))
+		goto out;
+	/* The UNMAP, DETACH and FREE were posted; nothing follows them. */
+	for (waited_ms = 0; waited_ms < 2000; waited_ms += 10) {
+		if (!CHECK(transport_read(&t), "read %s", TRANSPORT_PATH))
+			goto out;
+		if (t.chains_done == t.chains_sent)
+			break;
+		usleep(10000);
+	}
+	if (!CHECK(t.chains_done == t.chains_sent,
+		   "%lld chains sent, %lld answered after 2 s without a later request",
+		   t.chains_sent, t.chains_done) ||
+	    !CHECK(t.chains_sent >= 2, "%lld chains sent", t.chains_sent) ||
+	    !CHECK(ca_pool_read(ca, &after) == 0, "INFO") ||
+	    !CHECK(ca_pool_same(&before, &after), "pool differs after the free"))
+		goto out;
+	result = TAP_PASS;
+out:
+	ca_close(&ct);
+	ca_close(&ca);
+	return result;
+}
+
+static enum tap_result test_posted_ride_next_kick(void)
+{
+	enum tap_result result;
+	struct ca_pool before, after;
+	struct transport t;
+	int ca, ct;
+
+	result = setup(&ca, &ct);
+	if (result != TAP_PASS)
+		goto out;
+	result = TAP_FAIL;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO") ||
+	    !CHECK(transport_reset(), "reset") ||
+	    !cycles_run(ca, ct, CYCLES) ||
+	    !CHECK(transport_read(&t), "read %s", TRANSPORT_PATH))
+		goto out;
+	tap_diag("%u cycles: %lld chains, %lld kicks, %lld interrupts, %lld polled",
+		 CYCLES, t.chains_sent, t.kicks, t.interrupts, t.polled);
+	/* Each cycle: one waited chain (CREATE+ATTACH+MAP), three posted. */
+	if (!CHECK(t.chains_sent >= 4 * CYCLES, "%lld chains", t.chains_sent) ||
+	    /* One kick per waited chain, at most one more per cycle from the
+	     * delayed work; a kick per posted chain would make it ~4.
+	     */
+	    !CHECK(t.kicks <= 2 * CYCLES, "%lld kicks for %u cycles", t.kicks, CYCLES) ||
+	    !CHECK(ca_pool_read(ca, &after) == 0, "INFO") ||
+	    !CHECK(ca_pool_same(&before, &after), "pool differs after the cycles"))
+		goto out;
+	result = TAP_PASS;
+out:
+	ca_close(&ct);
+	ca_close(&ca);
+	return result;
+}
+
+/* Runs CYCLES cycles with poll_us = @value, restores the parameter. */
+static enum tap_result cycles_with_poll(const char *value, struct transport *t)
+{
+	enum tap_result result;
+	char saved[32] = "";
+	int ca, ct;
+
+	result = setup(&ca, &ct);
+	if (result != TAP_PASS)
+		goto out;
+	result = TAP_FAIL;
+	if (!CHECK(param_read(saved, sizeof(saved)), "read %s", POLL_PARAM_PATH) ||
+	    !CHECK(param_write(value), "write %s: %s", POLL_PARAM_PATH, strerror(errno)))
+		goto out;
+	if (CHECK(transport_reset(), "reset") && cycles_run(ca, ct, CYCLES) &&
+	    CHECK(transport_read(t), "read %s", TRANSPORT_PATH))
+		result = TAP_PASS;
+	CHECK(param_write(saved), "restore poll_us=%s", saved);
+	tap_diag("poll_us=%s, %u cycles: %lld chains, %lld kicks, %lld interrupts, %lld polled",
+		 value, CYCLES, t->chains_sent, t->kicks, t->interrupts, t->polled);
+out:
+	ca_close(&ct);
+	ca_close(&ca);
+	return result;
+}
+
+static enum tap_result test_interrupt_path(void)
+{
+	struct transport t = {};
+	enum tap_result result = cycles_with_poll("0", &t);
+
+	if (result != TAP_PASS)
+		return result;
+	if (!CHECK(t.polled == 0, "%lld answers polled with poll_us=0", t.polled) ||
+	    !CHECK(t.interrupts > 0, "no interrupt for %lld chains", t.chains_sent))
+		return TAP_FAIL;
+	return TAP_PASS;
+}
+
+static enum tap_result test_polled_answers(void)
+{
+	struct transport t = {};
+	/* Far above an ordinary answer, so that a loaded host cannot fail it. */
+	enum tap_result result = cycles_with_poll("5000", &t);
+
+	if (result != TAP_PASS)
+		return result;
+	if (!CHECK(t.polled >= CYCLES / 2, "%lld of %u answers polled", t.polled, CYCLES))
+		return TAP_FAIL;
+	return TAP_PASS;
+}
+
+static const struct tap_test tests[] = {
+	TAP_TEST("posted commands reach the device with no request after them",
+		 test_posted_reach_device_alone),
+	TAP_TEST("posted commands ride the next request's kick",
+		 test_posted_ride_next_kick),
+	TAP_TEST("with poll_us=0 every answer comes by interrupt",
+		 test_interrupt_path),
+	TAP_TEST("a waiting request polls for its answer", test_polled_answers),
+};
+
+TAP_MAIN(tests)
