@@ -146,9 +146,10 @@ static void cenalloc_post_kick_work(struct work_struct *work)
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
 	if (!cdev->removed && cdev->unkicked)
 		kick = cenalloc_kick_prepare(cdev);
-	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	/* Under the lock: remove sets removed before it deletes the vq. */
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 }
 
 static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
@@ -187,9 +188,13 @@ static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
 		kick = cenalloc_kick_prepare(cdev);
 	}
 out_unlock:
-	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	/*
+	 * Notify under the lock: remove sets removed under it before the vq
+	 * is deleted, so a notify after the unlock could touch a freed vq.
+	 */
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	return ret;
 }
 
