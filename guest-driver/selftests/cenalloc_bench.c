@@ -100,20 +100,6 @@ static bool transport_reset(void)
 	return ok;
 }
 
-/* Value of "name N" in the transport file, -1 if missing. */
-static long long transport_value(const char *text, const char *name)
-{
-	size_t len = strlen(name);
-	const char *p = text;
-
-	while ((p = strstr(p, name))) {
-		if ((p == text || p[-1] == '\n') && p[len] == ' ')
-			return strtoll(p + len + 1, NULL, 10);
-		p += len;
-	}
-	return -1;
-}
-
 /* The daemon's own counters (STATS), read through debugfs. */
 struct daemon_counters {
 	double batches, wakeups, signals, busy_ns;
@@ -202,10 +188,10 @@ static void transport_row(const struct breakdown *b)
 	uint64_t irqs = b->irqs;
 
 	printf("  %-6s per cycle: kicks %.2f, ctrl interrupts %.2f, chains %.2f, polled %.2f, virtio irqs %.2f\n",
-	       label, transport_value(text, "kicks") / (double)cycles,
-	       transport_value(text, "interrupts") / (double)cycles,
-	       transport_value(text, "chains_done") / (double)cycles,
-	       transport_value(text, "polled") / (double)cycles,
+	       label, ca_text_value(text, "kicks") / (double)cycles,
+	       ca_text_value(text, "interrupts") / (double)cycles,
+	       ca_text_value(text, "chains_done") / (double)cycles,
+	       ca_text_value(text, "polled") / (double)cycles,
 	       irqs / (double)cycles);
 	if (b->have_daemon)
 		printf("  %-6s daemon per cycle: batches %.2f, wakeups %.2f, signals %.2f, busy %.1f us\n",

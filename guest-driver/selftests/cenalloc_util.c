@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <linux/dma-buf.h>
@@ -590,4 +591,17 @@ void ca_fragment_release(int ct, struct ca_frag *frag)
 	for (i = 0; i < frag->count; i++)
 		ca_buf_free(ct, &frag->buf[i]);
 	frag->count = 0;
+}
+
+long long ca_text_value(const char *text, const char *name)
+{
+	size_t len = strlen(name);
+	const char *p = text;
+
+	while ((p = strstr(p, name))) {
+		if ((p == text || p[-1] == '\n') && p[len] == ' ')
+			return strtoll(p + len + 1, NULL, 10);
+		p += len;
+	}
+	return -1;
 }

@@ -24,19 +24,6 @@ struct transport {
 	long long kicks, interrupts, chains_sent, chains_done, polled;
 };
 
-static long long field(const char *text, const char *name)
-{
-	size_t len = strlen(name);
-	const char *p = text;
-
-	while ((p = strstr(p, name))) {
-		if ((p == text || p[-1] == '\n') && p[len] == ' ')
-			return strtoll(p + len + 1, NULL, 10);
-		p += len;
-	}
-	return -1;
-}
-
 static bool transport_read(struct transport *t)
 {
 	char text[4096];
@@ -51,11 +38,11 @@ static bool transport_read(struct transport *t)
 	if (n <= 0)
 		return false;
 	text[n] = 0;
-	t->kicks = field(text, "kicks");
-	t->interrupts = field(text, "interrupts");
-	t->chains_sent = field(text, "chains_sent");
-	t->chains_done = field(text, "chains_done");
-	t->polled = field(text, "polled");
+	t->kicks = ca_text_value(text, "kicks");
+	t->interrupts = ca_text_value(text, "interrupts");
+	t->chains_sent = ca_text_value(text, "chains_sent");
+	t->chains_done = ca_text_value(text, "chains_done");
+	t->polled = ca_text_value(text, "polled");
 	return t->kicks >= 0 && t->interrupts >= 0 && t->chains_sent >= 0 &&
 	       t->chains_done >= 0 && t->polled >= 0;
 }
