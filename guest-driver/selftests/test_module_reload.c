@@ -30,8 +30,10 @@
 /*
  * A leak of one object per buffer shows as CYCLES * WORK_BUFFERS = 3000
  * objects. SLUB counts the free objects of per-CPU slabs as active, so a
- * cache may look a few slabs larger without any leak: the limit is the
- * larger of SLAB_GROWTH_LIMIT objects and SLAB_NOISE_SLABS slabs.
+ * cache may look larger without any leak: by up to its per-CPU partial
+ * capacity plus one slab on every CPU (/sys/kernel/slab/NAME/cpu_partial
+ * and objs_per_slab). The limit is the largest of SLAB_GROWTH_LIMIT
+ * objects, SLAB_NOISE_SLABS slabs and that per-CPU capacity.
  */
 #define SLAB_GROWTH_LIMIT	150
 #define SLAB_NOISE_SLABS	4
@@ -326,11 +328,33 @@ out:
 	return TAP_PASS;
 }
 
+/* A number from /sys/kernel/slab/NAME/ATTR, 0 if it cannot be read. */
+static long slab_sysfs_value(const char *name, const char *attr)
+{
+	char path[192];
+	long value = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/kernel/slab/%s/%s", name, attr);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (fscanf(f, "%ld", &value) != 1)
+		value = 0;
+	fclose(f);
+	return value;
+}
+
 /* Growth of a cache that is noise, not a leak (see SLAB_GROWTH_LIMIT). */
 static long slab_growth_limit(const struct slab_count *cache)
 {
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	long limit = SLAB_NOISE_SLABS * cache->per_slab;
+	long per_cpu = slab_sysfs_value(cache->name, "cpu_partial") +
+		       slab_sysfs_value(cache->name, "objs_per_slab");
 
+	if (cpus > 0 && per_cpu * cpus > limit)
+		limit = per_cpu * cpus;
 	return limit < SLAB_GROWTH_LIMIT ? SLAB_GROWTH_LIMIT : limit;
 }
 
