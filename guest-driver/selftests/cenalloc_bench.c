@@ -31,7 +31,6 @@
 #include "cenalloc_util.h"
 
 #define HEAP_PATH	"/dev/dma_heap/system"
-#define TRANSPORT_PATH	"/sys/kernel/debug/cenalloc/transport"
 #define DEVICE_STATS_PATH	"/sys/kernel/debug/cenalloc/device_stats"
 #define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
 #define CELL_BUDGET_NS	(60ull * 1000000000ull)
@@ -86,18 +85,6 @@ static uint64_t virtio_interrupts(void)
 	}
 	fclose(f);
 	return total;
-}
-
-static bool transport_reset(void)
-{
-	int fd = open(TRANSPORT_PATH, O_WRONLY | O_CLOEXEC);
-	bool ok;
-
-	if (fd < 0)
-		return false;
-	ok = write(fd, "0\n", 2) == 2;
-	close(fd);
-	return ok;
 }
 
 /* The daemon's own counters (STATS), read through debugfs. */
@@ -167,7 +154,7 @@ static void transport_save(const char *label, unsigned int cycles,
 		b->daemon.signals = (after.signals - before->signals - 1) / cycles;
 		b->daemon.busy_ns = (after.busy_ns - before->busy_ns) / cycles;
 	}
-	fd = open(TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
+	fd = open(CA_TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
 	n = read(fd, b->text, sizeof(b->text) - 1);
@@ -316,7 +303,7 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 {
 	uint64_t *ns = calloc(runs, sizeof(*ns)), start, irqs;
 	uint64_t *phases = calloc((size_t)runs * NPHASES, sizeof(*phases));
-	bool transport = breakdown && transport_reset();
+	bool transport = breakdown && ca_transport_reset();
 	struct daemon_counters daemon;
 	bool have_daemon = transport && daemon_counters_read(&daemon);
 	unsigned int n = 0;
@@ -464,7 +451,7 @@ int main(int argc, char **argv)
 	}
 	if (nbreakdowns)
 		printf("\n/dev/cenalloc transport (debugfs %s, latencies of the last chains)\n",
-		       TRANSPORT_PATH);
+		       CA_TRANSPORT_PATH);
 	for (i = 0; i < nbreakdowns; i++)
 		transport_row(&breakdowns[i]);
 

@@ -605,3 +605,15 @@ long long ca_text_value(const char *text, const char *name)
 	}
 	return -1;
 }
+
+bool ca_transport_reset(void)
+{
+	int fd = open(CA_TRANSPORT_PATH, O_WRONLY | O_CLOEXEC);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = write(fd, "0\n", 2) == 2;
+	close(fd);
+	return ok;
+}

@@ -172,6 +172,9 @@ uint64_t ca_now_ns(void);
 /* "SYSTEM|DMA32"-style text for a mask (static buffer per call site). */
 const char *ca_mask_str(uint32_t mask, char *buf, size_t len);
 const char *ca_map_type_str(uint32_t type);
+/* The driver's transport counters (debugfs); writing resets them. */
+#define CA_TRANSPORT_PATH "/sys/kernel/debug/cenalloc/transport"
+bool ca_transport_reset(void);
 /* Value N of a line "name N" in a debugfs text, -1 if missing. */
 long long ca_text_value(const char *text, const char *name);
 

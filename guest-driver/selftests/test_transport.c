@@ -16,7 +16,6 @@
 #include "cenalloc_util.h"
 #include "tap.h"
 
-#define TRANSPORT_PATH	"/sys/kernel/debug/cenalloc/transport"
 #define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
 #define CYCLES		50
 
@@ -30,7 +29,7 @@ static bool transport_read(struct transport *t)
 	ssize_t n;
 	int fd;
 
-	fd = open(TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
+	fd = open(CA_TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
 	n = read(fd, text, sizeof(text) - 1);
@@ -45,18 +44,6 @@ static bool transport_read(struct transport *t)
 	t->polled = ca_text_value(text, "polled");
 	return t->kicks >= 0 && t->interrupts >= 0 && t->chains_sent >= 0 &&
 	       t->chains_done >= 0 && t->polled >= 0;
-}
-
-static bool transport_reset(void)
-{
-	int fd = open(TRANSPORT_PATH, O_WRONLY | O_CLOEXEC);
-	bool ok;
-
-	if (fd < 0)
-		return false;
-	ok = write(fd, "0\n", 2) == 2;
-	close(fd);
-	return ok;
 }
 
 static bool param_read(char *buf, size_t size)
@@ -90,13 +77,13 @@ static enum tap_result setup(int *ca, int *ct)
 	struct transport t;
 
 	*ca = *ct = -1;
-	if (access(TRANSPORT_PATH, R_OK | W_OK) || access(POLL_PARAM_PATH, W_OK))
-		return tap_skip("no %s or %s", TRANSPORT_PATH, POLL_PARAM_PATH);
+	if (access(CA_TRANSPORT_PATH, R_OK | W_OK) || access(POLL_PARAM_PATH, W_OK))
+		return tap_skip("no %s or %s", CA_TRANSPORT_PATH, POLL_PARAM_PATH);
 	if (!ca_env_open(ca, ct))
 		return TAP_FAIL;
 	if (!CHECK(ct_set_device1(*ct, 0, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE") ||
-	    !CHECK(transport_reset(), "reset %s: %s", TRANSPORT_PATH, strerror(errno)) ||
-	    !CHECK(transport_read(&t), "read %s", TRANSPORT_PATH))
+	    !CHECK(ca_transport_reset(), "reset %s: %s", CA_TRANSPORT_PATH, strerror(errno)) ||
+	    !CHECK(transport_read(&t), "read %s", CA_TRANSPORT_PATH))
 		return TAP_FAIL;
 	return TAP_PASS;
 }
@@ -134,7 +121,7 @@ static enum tap_result test_posted_reach_device_alone(void)
 		goto out;
 	/* The UNMAP, DETACH and FREE were posted; nothing follows them. */
 	for (waited_ms = 0; waited_ms < 2000; waited_ms += 10) {
-		if (!CHECK(transport_read(&t), "read %s", TRANSPORT_PATH))
+		if (!CHECK(transport_read(&t), "read %s", CA_TRANSPORT_PATH))
 			goto out;
 		if (t.chains_done == t.chains_sent)
 			break;
@@ -166,9 +153,9 @@ static enum tap_result test_posted_ride_next_kick(void)
 		goto out;
 	result = TAP_FAIL;
 	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO") ||
-	    !CHECK(transport_reset(), "reset") ||
+	    !CHECK(ca_transport_reset(), "reset") ||
 	    !cycles_run(ca, ct, CYCLES) ||
-	    !CHECK(transport_read(&t), "read %s", TRANSPORT_PATH))
+	    !CHECK(transport_read(&t), "read %s", CA_TRANSPORT_PATH))
 		goto out;
 	tap_diag("%u cycles: %lld chains, %lld kicks, %lld interrupts, %lld polled",
 		 CYCLES, t.chains_sent, t.kicks, t.interrupts, t.polled);
@@ -202,8 +189,8 @@ static enum tap_result cycles_with_poll(const char *value, struct transport *t)
 	if (!CHECK(param_read(saved, sizeof(saved)), "read %s", POLL_PARAM_PATH) ||
 	    !CHECK(param_write(value), "write %s: %s", POLL_PARAM_PATH, strerror(errno)))
 		goto out;
-	if (CHECK(transport_reset(), "reset") && cycles_run(ca, ct, CYCLES) &&
-	    CHECK(transport_read(t), "read %s", TRANSPORT_PATH))
+	if (CHECK(ca_transport_reset(), "reset") && cycles_run(ca, ct, CYCLES) &&
+	    CHECK(transport_read(t), "read %s", CA_TRANSPORT_PATH))
 		result = TAP_PASS;
 	CHECK(param_write(saved), "restore poll_us=%s", saved);
 	tap_diag("poll_us=%s, %u cycles: %lld chains, %lld kicks, %lld interrupts, %lld polled",
