@@ -28,6 +28,7 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
+#include "cenalloc_compat.h"
 #include "cenalloc_proto.h"
 
 struct virtio_device;

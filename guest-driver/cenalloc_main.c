@@ -226,7 +226,7 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	ret = cenalloc_read_config(cdev);
 	if (ret)
 		goto err_free;
-	ret = virtio_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info, NULL);
+	ret = cenalloc_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info);
 	if (ret)
 		goto err_free;
 	cdev->ctrl_vq = vqs[CENALLOC_VQ_CONTROL];
@@ -336,4 +336,4 @@ module_exit(cenalloc_exit);
 
 MODULE_DESCRIPTION("Constraint-enabled dma-buf allocation over virtio");
 MODULE_LICENSE("GPL");
-MODULE_IMPORT_NS(DMA_BUF);
+MODULE_IMPORT_NS(CENALLOC_NS_DMA_BUF);

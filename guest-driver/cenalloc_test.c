@@ -35,6 +35,8 @@
 #include <uapi/linux/cenalloc.h>
 #include <uapi/linux/cenalloc_test.h>
 
+#include "cenalloc_compat.h"
+
 #define CENALLOC_TEST_NAME	"cenalloc_test"
 
 /* Kinds that only a device limited to 32-bit DMA addresses would list. */
@@ -507,4 +509,4 @@ module_exit(cenalloc_test_exit);
 
 MODULE_DESCRIPTION("cenalloc test importer: virtual devices that attach to dma-bufs");
 MODULE_LICENSE("GPL");
-MODULE_IMPORT_NS(DMA_BUF);
+MODULE_IMPORT_NS(CENALLOC_NS_DMA_BUF);

@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Kernel version differences cenalloc.ko and cenalloc_test.ko build across:
+ * Debian's 6.1 LTS, 6.12 and the newest kernel of Debian testing (the matrix
+ * of qemu-scripts/test-all). The driver is written against the newest API;
+ * this header, and only this header, maps it onto older kernels. Each shim
+ * names the release that changed the API.
+ */
+#ifndef CENALLOC_COMPAT_H
+#define CENALLOC_COMPAT_H
+
+#include <linux/dma-buf.h>
+#include <linux/iosys-map.h>
+#include <linux/mmzone.h>
+#include <linux/module.h>
+#include <linux/version.h>
+#include <linux/virtio_config.h>
+
+/*
+ * Symbol namespaces: since 6.13 MODULE_IMPORT_NS() takes a string literal;
+ * before, a bare identifier it stringified itself.
+ *
+ *	MODULE_IMPORT_NS(CENALLOC_NS_DMA_BUF);
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 13, 0)
+#define CENALLOC_NS_DMA_BUF "DMA_BUF"
+#else
+#define CENALLOC_NS_DMA_BUF DMA_BUF
+#endif
+
+/*
+ * The largest order the page allocator hands out, inclusive: MAX_PAGE_ORDER
+ * since 6.8. From 6.4 to 6.7 it was MAX_ORDER (inclusive); before 6.4,
+ * MAX_ORDER was an exclusive bound (orders 0 .. MAX_ORDER - 1).
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 4, 0)
+#define MAX_PAGE_ORDER (MAX_ORDER - 1)
+#elif LINUX_VERSION_CODE < KERNEL_VERSION(6, 8, 0)
+#define MAX_PAGE_ORDER MAX_ORDER
+#endif
+
+/*
+ * virtio_find_vqs(): since 6.11 one struct virtqueue_info per queue (name,
+ * callback, ctx); before, parallel arrays of callbacks and names.
+ * cenalloc_find_vqs() takes the 6.11 form on every kernel.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+static inline int cenalloc_find_vqs(struct virtio_device *vdev,
+				    unsigned int nvqs, struct virtqueue *vqs[],
+				    struct virtqueue_info vqs_info[])
+{
+	return virtio_find_vqs(vdev, nvqs, vqs, vqs_info, NULL);
+}
+#else
+struct virtqueue_info {
+	const char *name;
+	vq_callback_t *callback;
+	bool ctx;
+};
+
+#define CENALLOC_COMPAT_MAX_VQS 8
+
+static inline int cenalloc_find_vqs(struct virtio_device *vdev,
+				    unsigned int nvqs, struct virtqueue *vqs[],
+				    struct virtqueue_info vqs_info[])
+{
+	vq_callback_t *callbacks[CENALLOC_COMPAT_MAX_VQS];
+	const char *names[CENALLOC_COMPAT_MAX_VQS];
+	unsigned int i;
+
+	if (nvqs > CENALLOC_COMPAT_MAX_VQS)
+		return -EINVAL;
+	for (i = 0; i < nvqs; i++) {
+		if (vqs_info[i].ctx)
+			return -EINVAL;
+		callbacks[i] = vqs_info[i].callback;
+		names[i] = vqs_info[i].name;
+	}
+	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
+}
+#endif
+
+/*
+ * Importer-side dma-buf locking: since 6.2 an importer calls the _unlocked
+ * forms, which take the reservation lock around the exporter's callback (or
+ * the plain forms with the lock held). Before, the plain forms were the only
+ * ones; for a non-dynamic importer (cenalloc_test.ko) they took what they
+ * needed themselves and did not require the reservation lock, so they stand
+ * in for the _unlocked forms. 6.1.55 got the attachment-mapping ones
+ * backported (taking the reservation lock like 6.2), not the vmap ones.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 55)
+static inline struct sg_table *
+dma_buf_map_attachment_unlocked(struct dma_buf_attachment *attach,
+				enum dma_data_direction direction)
+{
+	return dma_buf_map_attachment(attach, direction);
+}
+
+static inline void
+dma_buf_unmap_attachment_unlocked(struct dma_buf_attachment *attach,
+				  struct sg_table *sg_table,
+				  enum dma_data_direction direction)
+{
+	dma_buf_unmap_attachment(attach, sg_table, direction);
+}
+#endif
+
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 2, 0)
+static inline int dma_buf_vmap_unlocked(struct dma_buf *dmabuf,
+					struct iosys_map *map)
+{
+	return dma_buf_vmap(dmabuf, map);
+}
+
+static inline void dma_buf_vunmap_unlocked(struct dma_buf *dmabuf,
+					   struct iosys_map *map)
+{
+	dma_buf_vunmap(dmabuf, map);
+}
+#endif
+
+#endif /* CENALLOC_COMPAT_H */
