@@ -20,7 +20,20 @@
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
-#include "cenalloc_internal.h"
+#include "cenalloc_attach.h"
+#include "cenalloc_buffer.h"
+#include "cenalloc_pool.h"
+#include "cenalloc_vq.h"
+
+static unsigned int cenalloc_size_limit_mb;
+module_param_named(size_limit_mb, cenalloc_size_limit_mb, uint, 0644);
+MODULE_PARM_DESC(size_limit_mb,
+		 "Largest buffer in MiB (0: the device's limit only)");
+
+static unsigned int cenalloc_buffer_limit;
+module_param_named(buffer_limit, cenalloc_buffer_limit, uint, 0644);
+MODULE_PARM_DESC(buffer_limit,
+		 "Most buffers alive at once (0: the device's limit only)");
 
 /* Run one command on the device and copy its answer into @resp. */
 static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,

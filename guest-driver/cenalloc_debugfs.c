@@ -14,7 +14,11 @@
 #include <linux/sort.h>
 #include <linux/uaccess.h>
 
-#include "cenalloc_internal.h"
+#include "cenalloc_buffer.h"
+#include "cenalloc_debugfs.h"
+#include "cenalloc_dev.h"
+#include "cenalloc_pool.h"
+#include "cenalloc_vq.h"
 
 static struct dentry *cenalloc_debugfs_dir;
 

@@ -32,7 +32,14 @@
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
-#include "cenalloc_internal.h"
+#include <linux/moduleparam.h>
+
+#include "cenalloc_vq.h"
+
+static unsigned int cenalloc_poll_us = 200;
+module_param_named(poll_us, cenalloc_poll_us, uint, 0644);
+MODULE_PARM_DESC(poll_us,
+		 "Microseconds a waiting request polls for its answer before sleeping until the interrupt (0: never poll)");
 
 #define CENALLOC_POST_MAX_UNKICKED	16
 

@@ -12,193 +12,25 @@ use std::collections::VecDeque;
 
 use log::{debug, warn};
 use serde::Serialize;
-use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError,
-    GuestMemoryRegion,
-};
+use vm_memory::{Address, ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::model::{self, Direction, MappingType, Pool, PoolConfig, Segment};
+use crate::model::{self, Direction, MappingType, Pool, Segment};
 use crate::protocol::*;
 
-/// Largest response (writable part) one batch may ask for.
-pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
-/// Largest response payload slot of one command.
-pub const MAX_SLOT_BYTES: u32 = 16 << 20;
-/// Bytes moved through guest memory per step (zeroing, FILL, CHECKSUM, copies).
-const CHUNK: usize = 64 << 10;
+mod config;
+mod error;
+mod frame;
+mod guest_mem;
 
-/// Everything that can make a command (or a whole batch) fail.
-#[derive(thiserror::Error, Debug)]
-pub enum Error {
-    #[error("{0}")]
-    Model(#[from] model::Error),
-    #[error("unknown opcode {0}")]
-    UnknownOpcode(u16),
-    #[error("non-zero command header flags {0:#x}")]
-    CommandFlags(u16),
-    #[error("non-zero reserved field {0:#x}")]
-    Reserved(u32),
-    #[error("invalid flags {0:#x}")]
-    InvalidFlags(u32),
-    #[error("payload of {got} bytes, the command takes {need}")]
-    PayloadLength { need: usize, got: usize },
-    #[error("response slot of {got} bytes, the answer needs {need}")]
-    SlotTooSmall { need: usize, got: usize },
-    #[error("batch reference {reference:#x} does not name an earlier {kind} of this batch")]
-    BadBatchReference { reference: u32, kind: &'static str },
-    #[error("invalid direction {0}")]
-    InvalidDirection(u32),
-    #[error("{0} mapping types, must be 1..={max}", max = CENALLOC_MAX_MAP_TYPES)]
-    MappingTypeCount(u32),
-    #[error("unused mapping type slot {0} is not zero")]
-    UnusedMappingType(usize),
-    #[error("unknown mapping type code {0:#x}")]
-    UnknownMappingType(u32),
-    #[error("no pool with index {0}")]
-    UnknownPool(u32),
-    #[error("{0} ranges, must be 1..={max}", max = CENALLOC_MAX_POOL_RANGES)]
-    RangeCount(u32),
-    #[error("range {addr:#x}+{len:#x} is not page aligned or empty")]
-    RangeNotPageAligned { addr: u64, len: u64 },
-    #[error("range {addr:#x}+{len:#x} is not aligned to the pool's {align:#x}")]
-    RangeMisaligned { addr: u64, len: u64, align: u64 },
-    #[error("range {addr:#x}+{len:#x} is not inside one guest RAM region")]
-    RangeOutsideRam { addr: u64, len: u64 },
-    #[error("range {addr:#x}+{len:#x} ends above the pool's limit {limit:#x}")]
-    RangeOutOfPlacement { addr: u64, len: u64, limit: u64 },
-    #[error("backing segment {addr:#x}+{len:#x} is not inside guest RAM")]
-    SegmentOutsideRam { addr: u64, len: u64 },
-    #[error("guest memory access failed: {0}")]
-    GuestMemory(#[from] GuestMemoryError),
-    #[error("the batch was cancelled by an earlier failure")]
-    Cancelled,
-    #[error("batch framing: {0}")]
-    Framing(&'static str),
-    #[error("writable part of {got} bytes, the batch needs {need}")]
-    ResponseTooSmall { need: usize, got: usize },
-    #[error("STATS serialization failed: {0}")]
-    Serialize(String),
-}
+pub use config::DeviceConfig;
+pub use error::Error;
+pub use frame::{MAX_RESPONSE_BYTES, MAX_SLOT_BYTES};
+pub use guest_mem::{checksum, copy_segments, fill_pattern, zero_segments};
 
-impl Error {
-    /// The positive Linux errno of this error.
-    pub fn errno(&self) -> i32 {
-        use Error::*;
-        match self {
-            Model(e) => e.errno(),
-            UnknownOpcode(_) => libc::EOPNOTSUPP,
-            CommandFlags(_)
-            | Reserved(_)
-            | InvalidFlags(_)
-            | PayloadLength { .. }
-            | BadBatchReference { .. }
-            | InvalidDirection(_)
-            | MappingTypeCount(_)
-            | UnusedMappingType(_)
-            | UnknownMappingType(_)
-            | RangeCount(_)
-            | RangeNotPageAligned { .. }
-            | RangeMisaligned { .. }
-            | Framing(_) => libc::EINVAL,
-            UnknownPool(_) => libc::ENOENT,
-            SlotTooSmall { .. } | ResponseTooSmall { .. } => libc::ENOSPC,
-            RangeOutsideRam { .. } | SegmentOutsideRam { .. } | GuestMemory(_) => libc::EFAULT,
-            RangeOutOfPlacement { .. } => libc::ERANGE,
-            Cancelled => libc::ECANCELED,
-            Serialize(_) => libc::EIO,
-        }
-    }
-
-    /// The `needed` field of the response header.
-    fn needed(&self) -> u32 {
-        match self {
-            Error::SlotTooSmall { need, .. } => u32::try_from(*need).unwrap_or(u32::MAX),
-            _ => 0,
-        }
-    }
-}
-
-/// What the daemon offers: the pool configuration plus what the model does
-/// not know (the size of each pool the guest is asked to donate, protocol
-/// limits).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct DeviceConfig {
-    pub pool: PoolConfig,
-    /// Bytes the guest is asked to donate to allocator `i` (config space).
-    pub pool_sizes: Vec<u64>,
-    /// Commands per chain, 1..=`CENALLOC_MAX_BATCH`.
-    pub max_batch: u32,
-}
-
-impl DeviceConfig {
-    /// The default pool layout with modest sizes (256 MiB together, so a
-    /// 1 GiB guest can donate all of it).
-    pub fn default_layout() -> Self {
-        let pool = PoolConfig::default_layout();
-        let pool_sizes = pool
-            .allocators
-            .iter()
-            .map(|spec| match spec.name.as_str() {
-                "system" => 128 << 20,
-                "dma32" => 64 << 20,
-                _ => 32 << 20,
-            })
-            .collect();
-        DeviceConfig {
-            pool,
-            pool_sizes,
-            max_batch: CENALLOC_MAX_BATCH,
-        }
-    }
-
-    /// The config space the driver reads at probe.
-    pub fn config_space(&self) -> Config {
-        let limits = &self.pool.limits;
-        let mut config = Config {
-            version: CENALLOC_PROTOCOL_VERSION,
-            num_pools: self.pool.allocators.len().min(CENALLOC_MAX_POOLS) as u32,
-            max_buffers: limits.max_buffers,
-            max_attachments: limits.max_attachments_per_buffer,
-            max_buffer_size: limits.max_buffer_size,
-            max_total_bytes: limits.max_total_bytes,
-            max_batch: self.max_batch,
-            max_segments: max_segments(limits.max_buffer_size),
-            ..Default::default()
-        };
-        for (slot, (spec, size)) in config
-            .pools
-            .iter_mut()
-            .zip(self.pool.allocators.iter().zip(&self.pool_sizes))
-        {
-            *slot = ConfigPool {
-                kinds: spec.kinds,
-                placement: placement_flags(&spec.placement),
-                size: *size,
-                align: u32::try_from(spec.placement.align).unwrap_or(u32::MAX),
-                reserved: 0,
-                name: encode_name(&spec.name),
-            };
-        }
-        config
-    }
-}
-
-/// Worst case of segments one MAP returns: one per page of the largest
-/// buffer.
-fn max_segments(max_buffer_size: u64) -> u32 {
-    u32::try_from(max_buffer_size / CENALLOC_PAGE_SIZE).unwrap_or(u32::MAX)
-}
-
-fn placement_flags(placement: &model::Placement) -> u32 {
-    let mut flags = 0;
-    if placement.contiguous {
-        flags |= CENALLOC_PLACE_CONTIG;
-    }
-    if placement.below_4g {
-        flags |= CENALLOC_PLACE_DMA32;
-    }
-    flags
-}
+use config::placement_flags;
+use frame::{
+    check_reserved, check_slot, exact, expect_empty, parse_batch, read_struct, write_struct,
+};
 
 /// Counters of the device layer (the model keeps its own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -227,15 +59,6 @@ enum Produced {
     Nothing,
     Buffer(u32),
     Attachment(u32),
-}
-
-/// One command of a parsed batch.
-struct CommandFrame {
-    header: CmdHdr,
-    /// Offset of the payload in the request.
-    payload: usize,
-    /// Offset of the response header in the response.
-    response: usize,
 }
 
 /// The device state of one front-end connection.
@@ -285,7 +108,7 @@ impl Device {
         writable_len: usize,
     ) -> Vec<u8> {
         self.counters.batches += 1;
-        let frames = match self.parse_batch(request, writable_len) {
+        let frames = match parse_batch(request, writable_len, self.config.max_batch) {
             Ok(frames) => frames,
             Err(error) => {
                 debug!("batch rejected: {error}");
@@ -356,56 +179,6 @@ impl Device {
         }
         response[..size_of::<BatchResp>()].copy_from_slice(batch.as_slice());
         response
-    }
-
-    /// Checks the framing of a whole batch before running any command.
-    fn parse_batch(&self, request: &[u8], writable_len: usize) -> Result<Vec<CommandFrame>, Error> {
-        let header: BatchHdr =
-            read_struct(request, 0).ok_or(Error::Framing("short batch header"))?;
-        if header.reserved != 0 {
-            return Err(Error::Reserved(header.reserved));
-        }
-        if header.num_cmds == 0 || header.num_cmds > self.config.max_batch {
-            return Err(Error::Framing("command count out of range"));
-        }
-        let mut frames = Vec::with_capacity(header.num_cmds as usize);
-        let mut offset = size_of::<BatchHdr>();
-        let mut response = size_of::<BatchResp>();
-        for _ in 0..header.num_cmds {
-            let cmd: CmdHdr =
-                read_struct(request, offset).ok_or(Error::Framing("short command header"))?;
-            if cmd.len % 8 != 0 || cmd.resp_len % 8 != 0 {
-                return Err(Error::Framing("length not a multiple of 8"));
-            }
-            if cmd.resp_len > MAX_SLOT_BYTES {
-                return Err(Error::Framing("response slot too large"));
-            }
-            let payload = offset + size_of::<CmdHdr>();
-            let end = payload
-                .checked_add(cmd.len as usize)
-                .filter(|&end| end <= request.len())
-                .ok_or(Error::Framing("payload runs past the readable part"))?;
-            frames.push(CommandFrame {
-                header: cmd,
-                payload,
-                response,
-            });
-            offset = end;
-            response += size_of::<RespHdr>() + cmd.resp_len as usize;
-            if response > MAX_RESPONSE_BYTES {
-                return Err(Error::Framing("response too large"));
-            }
-        }
-        if offset != request.len() {
-            return Err(Error::Framing("trailing bytes after the last command"));
-        }
-        if response > writable_len {
-            return Err(Error::ResponseTooSmall {
-                need: response,
-                got: writable_len,
-            });
-        }
-        Ok(frames)
     }
 
     fn run_command<M: GuestMemoryBackend>(
@@ -759,63 +532,6 @@ fn nothing(len: usize) -> (usize, Produced) {
     (len, Produced::Nothing)
 }
 
-fn read_struct<T: ByteValued + Default>(bytes: &[u8], offset: usize) -> Option<T> {
-    let end = offset.checked_add(size_of::<T>())?;
-    let src = bytes.get(offset..end)?;
-    let mut value = T::default();
-    value.as_mut_slice().copy_from_slice(src);
-    Some(value)
-}
-
-/// Writes `value` at the start of `slot` (callers checked the size).
-fn write_struct<T: ByteValued>(slot: &mut [u8], value: &T) -> usize {
-    let bytes = value.as_slice();
-    slot[..bytes.len()].copy_from_slice(bytes);
-    bytes.len()
-}
-
-/// The payload must be exactly one `T`.
-fn exact<T: ByteValued + Default>(payload: &[u8]) -> Result<T, Error> {
-    if payload.len() != size_of::<T>() {
-        return Err(Error::PayloadLength {
-            need: size_of::<T>(),
-            got: payload.len(),
-        });
-    }
-    read_struct(payload, 0).ok_or(Error::PayloadLength {
-        need: size_of::<T>(),
-        got: payload.len(),
-    })
-}
-
-fn expect_empty(payload: &[u8]) -> Result<(), Error> {
-    if payload.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::PayloadLength {
-            need: 0,
-            got: payload.len(),
-        })
-    }
-}
-
-fn check_slot<T: ByteValued>(slot: &[u8]) -> Result<(), Error> {
-    if slot.len() < size_of::<T>() {
-        return Err(Error::SlotTooSmall {
-            need: size_of::<T>(),
-            got: slot.len(),
-        });
-    }
-    Ok(())
-}
-
-fn check_reserved(value: u32) -> Result<(), Error> {
-    if value != 0 {
-        return Err(Error::Reserved(value));
-    }
-    Ok(())
-}
-
 fn check_sync_flags(flags: u32) -> Result<(), Error> {
     let known = CENALLOC_SYNC_BEGIN | CENALLOC_SYNC_END | CENALLOC_SYNC_READ | CENALLOC_SYNC_WRITE;
     let bracket = flags & (CENALLOC_SYNC_BEGIN | CENALLOC_SYNC_END);
@@ -876,232 +592,13 @@ fn resolve_attachment(value: u32, produced: &[Produced]) -> Result<u32, Error> {
     }
 }
 
-fn to_usize(len: u64) -> Result<usize, Error> {
-    usize::try_from(len).map_err(|_| Error::Framing("segment too large"))
-}
-
-/// Checks that every segment lies inside guest RAM, so that an operation
-/// over several segments fails before it writes the first byte (the memory
-/// table may have changed since the regions were donated).
-fn check_in_ram<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(), Error> {
-    for segment in segments {
-        let inside = usize::try_from(segment.len)
-            .is_ok_and(|len| mem.check_range(GuestAddress(segment.addr), len));
-        if !inside {
-            return Err(Error::SegmentOutsideRam {
-                addr: segment.addr,
-                len: segment.len,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Zeroes every segment through the daemon's mapping of guest memory.
-pub fn zero_segments<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(), Error> {
-    static ZEROES: [u8; CHUNK] = [0; CHUNK];
-    check_in_ram(mem, segments)?;
-    for segment in segments {
-        let mut done = 0u64;
-        while done < segment.len {
-            let step = (segment.len - done).min(CHUNK as u64);
-            mem.write_slice(
-                &ZEROES[..to_usize(step)?],
-                GuestAddress(segment.addr + done),
-            )?;
-            done += step;
-        }
-    }
-    Ok(())
-}
-
-/// Writes the FILL pattern: 64-bit word `i` of the buffer is
-/// `cenalloc_pattern(seed, i)`, little-endian.
-pub fn fill_pattern<M: GuestMemoryBackend>(
-    mem: &M,
-    segments: &[Segment],
-    seed: u64,
-) -> Result<(), Error> {
-    check_in_ram(mem, segments)?;
-    let mut chunk = vec![0u8; CHUNK];
-    let mut word = 0u64;
-    for segment in segments {
-        let mut done = 0u64;
-        while done < segment.len {
-            let step = to_usize((segment.len - done).min(CHUNK as u64))?;
-            for bytes in chunk[..step].chunks_exact_mut(8) {
-                bytes.copy_from_slice(&cenalloc_pattern(seed, word).to_le_bytes());
-                word += 1;
-            }
-            mem.write_slice(&chunk[..step], GuestAddress(segment.addr + done))?;
-            done += step as u64;
-        }
-    }
-    Ok(())
-}
-
-/// FNV-1a 64 of every byte of the segments, in order; returns (hash, bytes).
-pub fn checksum<M: GuestMemoryBackend>(mem: &M, segments: &[Segment]) -> Result<(u64, u64), Error> {
-    check_in_ram(mem, segments)?;
-    let mut chunk = vec![0u8; CHUNK];
-    let mut hash = Fnv1a64::default();
-    let mut total = 0u64;
-    for segment in segments {
-        let mut done = 0u64;
-        while done < segment.len {
-            let step = to_usize((segment.len - done).min(CHUNK as u64))?;
-            mem.read_slice(&mut chunk[..step], GuestAddress(segment.addr + done))?;
-            hash.update(&chunk[..step]);
-            done += step as u64;
-            total += step as u64;
-        }
-    }
-    Ok((hash.finish(), total))
-}
-
-/// Copies the contents of `from` into `to` (same total length, buffer
-/// order). The old backing was already returned to its allocator, so the
-/// two may overlap: then the whole contents go through a bounce buffer.
-pub fn copy_segments<M: GuestMemoryBackend>(
-    mem: &M,
-    from: &[Segment],
-    to: &[Segment],
-) -> Result<(), Error> {
-    check_in_ram(mem, from)?;
-    check_in_ram(mem, to)?;
-    let overlaps = from.iter().any(|a| {
-        to.iter()
-            .any(|b| a.addr < b.addr + b.len && b.addr < a.addr + a.len)
-    });
-    if overlaps {
-        let total: u64 = from.iter().map(|s| s.len).sum();
-        let mut bounce = vec![0u8; to_usize(total)?];
-        let mut offset = 0usize;
-        for segment in from {
-            let len = to_usize(segment.len)?;
-            mem.read_slice(
-                &mut bounce[offset..offset + len],
-                GuestAddress(segment.addr),
-            )?;
-            offset += len;
-        }
-        let mut offset = 0usize;
-        for segment in to {
-            let len = to_usize(segment.len)?;
-            let end = (offset + len).min(bounce.len());
-            mem.write_slice(&bounce[offset..end], GuestAddress(segment.addr))?;
-            offset = end;
-        }
-        return Ok(());
-    }
-    let mut chunk = vec![0u8; CHUNK];
-    let mut source = from.iter().map(|s| (s.addr, s.len));
-    let mut current = source.next();
-    for segment in to {
-        let mut done = 0u64;
-        while done < segment.len {
-            let Some((src_addr, src_len)) = current else {
-                return Ok(());
-            };
-            let step = (segment.len - done).min(src_len).min(CHUNK as u64);
-            let len = to_usize(step)?;
-            mem.read_slice(&mut chunk[..len], GuestAddress(src_addr))?;
-            mem.write_slice(&chunk[..len], GuestAddress(segment.addr + done))?;
-            done += step;
-            current = if step == src_len {
-                source.next()
-            } else {
-                Some((src_addr + step, src_len - step))
-            };
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestMemoryMmap};
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
-    }
-
-    fn seg(addr: u64, len: u64) -> Segment {
-        Segment { addr, len }
-    }
-
-    #[test]
-    fn copy_keeps_buffer_order_across_different_segmentations() {
-        let mem = memory();
-        let from = [seg(0x10_0000, 0x3000), seg(0x20_0000, 0x1000)];
-        let to = [seg(0x40_0000, 0x1000), seg(0x50_0000, 0x3000)];
-        fill_pattern(&mem, &from, 5).unwrap();
-        copy_segments(&mem, &from, &to).unwrap();
-        assert_eq!(checksum(&mem, &from).unwrap(), checksum(&mem, &to).unwrap());
-    }
-
-    #[test]
-    fn copy_between_overlapping_backings_goes_through_a_bounce_buffer() {
-        let mem = memory();
-        let from = [seg(0x10_0000, 0x4000)];
-        let to = [seg(0x10_2000, 0x4000)];
-        fill_pattern(&mem, &from, 9).unwrap();
-        let (before, _) = checksum(&mem, &from).unwrap();
-        copy_segments(&mem, &from, &to).unwrap();
-        assert_eq!(checksum(&mem, &to).unwrap(), (before, 0x4000));
-    }
-
-    #[test]
-    fn zeroing_and_guest_memory_errors() {
-        let mem = memory();
-        let segments = [seg(0x10_0000, 0x2_0000)];
-        fill_pattern(&mem, &segments, 1).unwrap();
-        zero_segments(&mem, &segments).unwrap();
-        let mut bytes = vec![1u8; 0x2_0000];
-        mem.read_slice(&mut bytes, GuestAddress(0x10_0000)).unwrap();
-        assert!(bytes.iter().all(|&b| b == 0));
-        // Outside guest memory: an error, not a panic.
-        let outside = [seg(0xff_f000, 0x2000)];
-        assert_eq!(
-            zero_segments(&mem, &outside).unwrap_err().errno(),
-            libc::EFAULT
-        );
-        assert_eq!(checksum(&mem, &outside).unwrap_err().errno(), libc::EFAULT);
-    }
-
-    #[test]
-    fn fill_and_copy_fail_before_writing_when_a_segment_left_guest_ram() {
-        let mem = memory();
-        let inside = seg(0x10_0000, 0x1000);
-        let outside = seg(0xff_f000, 0x2000);
-        assert_eq!(
-            fill_pattern(&mem, &[inside, outside], 3)
-                .unwrap_err()
-                .errno(),
-            libc::EFAULT
-        );
-        assert_eq!(
-            zero_segments(&mem, &[inside, outside]).unwrap_err().errno(),
-            libc::EFAULT
-        );
-        let target = seg(0x20_0000, 0x1000);
-        fill_pattern(&mem, &[target], 4).unwrap();
-        let (before, _) = checksum(&mem, &[target]).unwrap();
-        assert_eq!(
-            copy_segments(&mem, &[inside, outside], &[target, seg(0x30_0000, 0x2000)])
-                .unwrap_err()
-                .errno(),
-            libc::EFAULT
-        );
-        let mut bytes = vec![1u8; 0x1000];
-        mem.read_slice(&mut bytes, GuestAddress(inside.addr))
-            .unwrap();
-        assert!(
-            bytes.iter().all(|&b| b == 0),
-            "a failed FILL or zeroing wrote its first segment"
-        );
-        assert_eq!(checksum(&mem, &[target]).unwrap().0, before);
     }
 
     /// One command in its own batch; returns (status, response slot).

@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* cenalloc attachment commands to the device (cenalloc_batch.c). */
+#ifndef CENALLOC_BATCH_H
+#define CENALLOC_BATCH_H
+
+#include <linux/types.h>
+
+#include "cenalloc_buffer.h"
+
+int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
+			 struct cenalloc_attachment *a);
+int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
+			    struct cenalloc_range **segments, u32 *num);
+void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction);
+
+#endif /* CENALLOC_BATCH_H */
