@@ -3,6 +3,7 @@
 //! event queue; the config space is the device's `cenalloc_config`.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -55,6 +56,8 @@ pub struct CenallocBackend {
     config_space: Vec<u8>,
     mem: Option<AtomicMemory>,
     event_idx: bool,
+    /// The exit events' consumers, owned here: see [`Self::exit_event`].
+    exit_consumers: Mutex<Vec<EventConsumer>>,
 }
 
 impl CenallocBackend {
@@ -67,6 +70,7 @@ impl CenallocBackend {
             config_space,
             mem: None,
             event_idx: false,
+            exit_consumers: Mutex::new(Vec::new()),
         })
     }
 
@@ -247,14 +251,36 @@ impl VhostUserBackendMut for CenallocBackend {
         Ok(())
     }
 
+    /// The exit event of a vring worker thread. vhost-user-backend 0.24
+    /// registers the consumer's descriptor in its epoll set with
+    /// `into_raw_fd()` and never closes it (one descriptor per connection
+    /// leaked). So the backend keeps the consumer and hands out a
+    /// non-owning alias of the same descriptor, which the library only ever
+    /// turns back into a raw number; the descriptor closes when the backend
+    /// drops, after every worker thread (each holds a reference to the
+    /// backend) has ended and its epoll set is closed.
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                error!("{}", Error::ExitEvent(e));
-                None
-            }
+        let (consumer, notifier) =
+            match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    error!("{}", Error::ExitEvent(e));
+                    return None;
+                }
+            };
+        // SAFETY: `consumer` stays open in `exit_consumers` until the
+        // backend drops. VringEpollHandler::new (vhost-user-backend 0.24,
+        // event_loop.rs) calls `into_raw_fd()` on the alias at once and
+        // never closes that number, so the descriptor has one closer (the
+        // owner kept here) and the alias never outlives it in use: the
+        // epoll set holding it belongs to a worker that ends before the
+        // backend drops.
+        let alias = unsafe { EventConsumer::from_raw_fd(consumer.as_raw_fd()) };
+        match self.exit_consumers.lock() {
+            Ok(mut owned) => owned.push(consumer),
+            Err(poisoned) => poisoned.into_inner().push(consumer),
         }
+        Some((alias, notifier))
     }
 
     fn handle_event(
