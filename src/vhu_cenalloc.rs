@@ -119,20 +119,24 @@ impl CenallocBackend {
         }
     }
 
-    /// Sends the pending events; one with no event buffer posted is dropped.
+    /// Sends the pending events, oldest first. While the event ring is
+    /// stopped they wait in the device; on a running ring an event that
+    /// finds no event buffer posted is dropped and counted.
     fn deliver_events(&mut self, vring: &VringRwLock, mem: &MemoryGuard) {
         if !self.device().has_events() {
             return;
         }
-        let events = self.device().take_events();
-        let ready = {
+        let running = {
             let state = vring.get_ref();
             state.get_queue().ready() && state.is_enabled()
         };
+        if !running {
+            return;
+        }
         let mut used = false;
-        for event in events {
+        while let Some(event) = self.device().next_event() {
             let mut delivered = false;
-            while ready && !delivered {
+            while !delivered {
                 let Some(chain) = vring
                     .get_mut()
                     .get_queue_mut()
@@ -157,6 +161,7 @@ impl CenallocBackend {
                     warn!("event queue: add_used({head}) failed: {e}");
                 }
             }
+            self.device().pop_event();
             if delivered {
                 self.device().counters.events_sent += 1;
             } else {
@@ -219,16 +224,11 @@ impl VhostUserBackendMut for CenallocBackend {
         }
     }
 
-    /// QEMU's vhost-user-base never sends RESET_DEVICE: a guest driver
-    /// reset (status 0, e.g. module unload) reaches the backend as
-    /// GET_VRING_BASE on every queue. Stopping the control queue is
-    /// therefore the device reset: the donated pools and every buffer go,
-    /// so a reloaded driver starts from a clean device.
+    /// Stopping a ring (GET_VRING_BASE: a VM pause, a snapshot, a guest
+    /// driver reset) keeps the device state: only the driver's RESET
+    /// command drops it (see cenalloc_proto.h, "Lifecycle").
     fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
-        if queue_index == u32::from(CENALLOC_VQ_CONTROL) {
-            log::info!("control queue stopped (device reset): dropping all buffers and pools");
-            self.reset_device();
-        }
+        debug!("queue {queue_index} stopped; the device state is kept");
         Ok(())
     }
 
@@ -328,8 +328,10 @@ impl VhostUserBackendMut for CenallocBackend {
                 }
             }
             CENALLOC_VQ_EVENT => {
-                // The driver posted event buffers; events are sent as they
-                // happen, so there is nothing pending here.
+                // Buffers posted, or the ring (re)started: send what waits.
+                if let Some(events) = vrings.get(CENALLOC_VQ_EVENT as usize) {
+                    self.deliver_events(events, &mem);
+                }
             }
             other => warn!("event on unknown queue {other}"),
         }

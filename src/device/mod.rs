@@ -51,7 +51,12 @@ pub struct DeviceCounters {
     pub control_signals: u64,
     /// Time spent answering control chains, nanoseconds.
     pub control_busy_ns: u64,
+    /// RESET commands run (the device state was dropped).
+    pub resets: u64,
 }
+
+/// Events kept for an event ring that is stopped; further ones are dropped.
+pub const MAX_PENDING_EVENTS: usize = 1024;
 
 /// What a command produced, for batch references.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,9 +97,44 @@ impl Device {
         !self.events.is_empty()
     }
 
-    /// Takes the events produced since the last call, oldest first.
-    pub fn take_events(&mut self) -> VecDeque<Event> {
-        std::mem::take(&mut self.events)
+    /// The oldest event not delivered yet.
+    pub fn next_event(&self) -> Option<Event> {
+        self.events.front().copied()
+    }
+
+    /// Forgets the oldest event (delivered, or dropped by the caller).
+    pub fn pop_event(&mut self) {
+        self.events.pop_front();
+    }
+
+    /// Queues an event for the event ring; beyond [`MAX_PENDING_EVENTS`]
+    /// (a ring stopped for long) it is dropped and counted.
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() >= MAX_PENDING_EVENTS {
+            self.counters.events_dropped += 1;
+            return;
+        }
+        self.events.push_back(event);
+    }
+
+    /// Drops every buffer, attachment, mapping, donated range and pending
+    /// event (RESET): the state a new connection starts with. Returns what
+    /// was dropped; on error nothing changed.
+    pub fn reset(&mut self) -> Result<ResetResp, Error> {
+        let dropped = ResetResp {
+            buffers: u32::try_from(self.pool.num_buffers()).unwrap_or(u32::MAX),
+            reserved: 0,
+            donated: self
+                .pool
+                .allocator_stats()
+                .iter()
+                .map(|stat| stat.capacity)
+                .sum(),
+        };
+        self.pool.clear()?;
+        self.events.clear();
+        self.counters.resets += 1;
+        Ok(dropped)
     }
 
     /// Runs one batch. `request` is the readable part of the chain,
@@ -301,6 +341,22 @@ impl Device {
                 let resp = ChecksumResp { checksum, len };
                 Ok((write_struct(slot, &resp), Produced::Nothing))
             }
+            CENALLOC_CMD_RESET => {
+                let req: ResetReq = exact(payload)?;
+                if req.flags & !CENALLOC_RESET_F_ALL != 0 {
+                    return Err(Error::InvalidFlags(req.flags));
+                }
+                check_reserved(req.reserved)?;
+                check_slot::<ResetResp>(slot)?;
+                let dropped = self.reset()?;
+                if dropped.buffers != 0 || dropped.donated != 0 {
+                    debug!(
+                        "RESET dropped {} buffers and {} donated bytes",
+                        dropped.buffers, dropped.donated
+                    );
+                }
+                Ok((write_struct(slot, &dropped), Produced::Nothing))
+            }
             opcode => Err(Error::UnknownOpcode(opcode)),
         }
     }
@@ -450,7 +506,7 @@ impl Device {
             return Err(error);
         }
         if mapped.migrated_from.is_some() {
-            self.events.push_back(Event {
+            self.push_event(Event {
                 event_type: CENALLOC_EVENT_MIGRATED,
                 buffer_id: buffer,
                 data: mapped.allocator as u64,
@@ -497,7 +553,7 @@ impl Device {
         let stats = self.pool.allocator_stats();
         if let Some(stat) = stats.get(allocator) {
             if stat.free < stat.capacity / 8 {
-                self.events.push_back(Event {
+                self.push_event(Event {
                     event_type: CENALLOC_EVENT_POOL_LOW,
                     buffer_id: 0,
                     data: allocator as u64,
@@ -739,6 +795,51 @@ mod proptests {
         out
     }
 
+    /// A device with donated memory, one mapped and filled buffer and a
+    /// pending event.
+    fn stateful_device(mem: &GuestMemoryMmap) -> Device {
+        let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
+        device.pool.add_region(0, 0x40_0000, 0x40_0000).unwrap();
+        let mut attach = AttachReq {
+            buffer_id: CENALLOC_BATCH_REF,
+            mask: CENALLOC_KIND_SYSTEM,
+            num_types: 1,
+            ..Default::default()
+        };
+        attach.types[0] = CENALLOC_MAP_SG;
+        let create = CreateReq {
+            size: 0x4000,
+            flags: 0,
+            initial_mask: 0,
+        };
+        let map = MapReq {
+            attach_id: CENALLOC_BATCH_REF | 1,
+            direction: 0,
+        };
+        let fill = FillReq {
+            buffer_id: CENALLOC_BATCH_REF,
+            reserved: 0,
+            seed: 3,
+        };
+        let out = device.execute_batch(
+            mem,
+            &framed(&[
+                (CENALLOC_CMD_CREATE, create.as_slice().to_vec(), 2),
+                (CENALLOC_CMD_ATTACH, attach.as_slice().to_vec(), 2),
+                (CENALLOC_CMD_MAP, map.as_slice().to_vec(), 8),
+                (CENALLOC_CMD_FILL, fill.as_slice().to_vec(), 0),
+            ]),
+            1 << 20,
+        );
+        assert_eq!(&out[0..8], &[0, 0, 0, 0, 4, 0, 0, 0]);
+        device.push_event(Event {
+            event_type: CENALLOC_EVENT_POOL_LOW,
+            buffer_id: 0,
+            data: 0,
+        });
+        device
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -751,6 +852,68 @@ mod proptests {
             let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
             let out = device.execute_batch(&mem, &request, writable);
             prop_assert!(out.len() <= writable);
+        }
+
+        #[test]
+        fn a_failed_command_changes_nothing(
+            opcode in 1u16..16,
+            words in proptest::collection::vec(
+                prop_oneof![3 => Just(0u32), 2 => Just(1u32), 1 => 2u32..16, 1 => any::<u32>()],
+                0..12,
+            ),
+            resp_len in 0u32..8,
+        ) {
+            let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+            let mut device = stateful_device(&mem);
+            // Small words: ids and flags that commands accept often enough
+            // to get past their first checks.
+            let payload: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let before = (device.pool.snapshot(), device.events.clone());
+            let out = device.execute_batch(&mem, &framed(&[(opcode, payload, resp_len)]), 1 << 20);
+            let status = u32::from_le_bytes(out[0..4].try_into().unwrap()) as i32;
+            // The header's one exception: a MAP whose answer does not fit
+            // keeps the backing it allocated (and counts a map and unmap).
+            let documented = opcode == CENALLOC_CMD_MAP && status == -libc::ENOSPC;
+            if status != 0 && !documented {
+                prop_assert_eq!((device.pool.snapshot(), device.events.clone()), before);
+            }
+        }
+
+        #[test]
+        fn reset_runs_only_with_zero_flags_and_reserved_and_room_to_answer(
+            flags in prop_oneof![3 => Just(0u32), 1 => any::<u32>()],
+            reserved in prop_oneof![3 => Just(0u32), 1 => any::<u32>()],
+            slot_words in 0u32..4,
+        ) {
+            let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+            let mut device = stateful_device(&mem);
+            let before = device.pool.snapshot();
+            let req = ResetReq { flags, reserved };
+            let out = device.execute_batch(
+                &mem,
+                &framed(&[(CENALLOC_CMD_RESET, req.as_slice().to_vec(), slot_words)]),
+                1 << 20,
+            );
+            let status = u32::from_le_bytes(out[0..4].try_into().unwrap()) as i32;
+            let expect = if flags != 0 || reserved != 0 {
+                -libc::EINVAL
+            } else if slot_words * 8 < 16 {
+                -libc::ENOSPC
+            } else {
+                0
+            };
+            prop_assert_eq!(status, expect);
+            if status == 0 {
+                let dropped: ResetResp = read_struct(&out, 8 + 16).unwrap();
+                prop_assert_eq!(dropped.buffers, 1);
+                prop_assert_eq!(dropped.donated, 0x40_0000);
+                prop_assert_eq!(device.pool.num_buffers(), 0);
+                prop_assert!(device.pool.snapshot().regions.is_empty());
+                prop_assert!(!device.has_events());
+            } else {
+                prop_assert_eq!(device.pool.snapshot(), before);
+                prop_assert!(device.has_events());
+            }
         }
 
         #[test]

@@ -72,7 +72,7 @@ impl GuestRam {
         GuestRam { mem, memfd }
     }
 
-    fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
+    pub fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
         self.mem
             .iter()
             .map(|region| VhostUserMemoryRegionInfo::from_guest_region(region).unwrap())
@@ -287,6 +287,10 @@ impl Cmd {
             seed,
         };
         Cmd::new(CENALLOC_CMD_FILL, req.as_slice(), 0)
+    }
+    pub fn reset(flags: u32, reserved: u32) -> Self {
+        let req = ResetReq { flags, reserved };
+        Cmd::new(CENALLOC_CMD_RESET, req.as_slice(), 16)
     }
     pub fn checksum(buffer_id: u32) -> Self {
         let req = ChecksumReq {
@@ -590,6 +594,24 @@ impl Harness {
             .unwrap();
         fence(Ordering::SeqCst);
         queue.kick.write(1).unwrap();
+    }
+
+    /// After a ring the device gave up on: makes `avail` the control
+    /// queue's avail index (in memory and in the harness) and takes the
+    /// device's used index as it is, without kicking.
+    pub fn resync_control(&mut self, avail: u16) {
+        self.control.used_idx = self.control_used_idx();
+        self.control.avail_idx = avail;
+        fence(Ordering::SeqCst);
+        self.ram
+            .mem
+            .store(
+                avail,
+                GuestAddress(self.control.avail + 2),
+                Ordering::Release,
+            )
+            .unwrap();
+        fence(Ordering::SeqCst);
     }
 
     /// The control queue's used index as the device wrote it.
@@ -956,13 +978,13 @@ pub fn errno(e: i32) -> i32 {
 pub fn timed_request<T: Send + 'static>(
     frontend: &Frontend,
     bound: Duration,
-    request: impl FnOnce(&Frontend) -> T + Send + 'static,
+    request: impl FnOnce(&mut Frontend) -> T + Send + 'static,
 ) -> Option<(T, Duration)> {
-    let frontend = frontend.clone();
+    let mut frontend = frontend.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let start = Instant::now();
     std::thread::spawn(move || {
-        let result = request(&frontend);
+        let result = request(&mut frontend);
         let _ = tx.send((result, start.elapsed()));
     });
     rx.recv_timeout(bound).ok()
