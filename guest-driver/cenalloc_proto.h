@@ -29,6 +29,17 @@
  *   1: event queue. The driver posts writable buffers of at least
  *      sizeof(struct cenalloc_event); the device fills one event per buffer.
  *
+ * An invalid ring state stops a queue: an avail index more than the queue
+ * size away from the device's own, a head outside the descriptor table, a
+ * chain that cannot be walked to its end (a descriptor loop, a next index
+ * outside its table, an unreadable or nested indirect table, more than
+ * 4 GiB in total), rings that are missing or outside guest RAM, a kick in
+ * error. The device then uses that ring no more (the chain it gave up on
+ * is not returned), logs why once, and serves it again only after the VMM
+ * restarts the queue, which a virtio device reset (driver reload) does. The
+ * device state is kept. A malformed chain that can be walked is answered as
+ * described above.
+ *
  * A command is a struct cenalloc_cmd_hdr followed by len payload bytes.
  *
  * Batch references: in an id field of a command, the value

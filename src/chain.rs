@@ -173,7 +173,11 @@ pub fn answer_control<M: GuestMemoryBackend>(
     mem: &M,
     descriptors: impl Iterator<Item = Descriptor>,
 ) -> u32 {
-    let parsed = parse(mem, descriptors);
+    answer_parsed(device, mem, parse(mem, descriptors))
+}
+
+/// [`answer_control`] for a chain already [`parse`]d.
+pub fn answer_parsed<M: GuestMemoryBackend>(device: &mut Device, mem: &M, parsed: Parsed) -> u32 {
     let response = match &parsed.error {
         None => device.execute_batch(mem, &parsed.request, parsed.writable.len()),
         Some(error) => {
@@ -206,7 +210,15 @@ pub fn deliver_event<M: GuestMemoryBackend>(
     descriptors: impl Iterator<Item = Descriptor>,
     event: &Event,
 ) -> Result<u32, ChainError> {
-    let parsed = parse(mem, descriptors);
+    deliver_parsed(mem, parse(mem, descriptors), event)
+}
+
+/// [`deliver_event`] into a chain already [`parse`]d.
+pub fn deliver_parsed<M: GuestMemoryBackend>(
+    mem: &M,
+    parsed: Parsed,
+    event: &Event,
+) -> Result<u32, ChainError> {
     if let Some(error) = parsed.error {
         return Err(error);
     }

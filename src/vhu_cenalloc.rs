@@ -1,6 +1,8 @@
-//! The vhost-user backend: virtqueue glue only. Control chains go to
-//! [`chain::answer_control`], events produced by the device go out on the
-//! event queue; the config space is the device's `cenalloc_config`.
+//! The vhost-user backend: virtqueue glue only. Control chains are taken
+//! from their ring by [`ring::serve`] and answered by
+//! [`chain::answer_parsed`]; events produced by the device go out on the
+//! event queue; the config space is the device's `cenalloc_config`. An
+//! invalid ring state stops that queue ([`ring::Health`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -12,10 +14,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{
-    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
-};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -24,13 +23,13 @@ use vmm_sys_util::event::{
 use crate::chain;
 use crate::device::{self, Device, DeviceConfig};
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
+use crate::ring::{self, Health, MemoryGuard, Served, Walk};
 
 /// Largest queue the driver may set up.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 type GuestMemory = GuestMemoryMmap<()>;
 type AtomicMemory = GuestMemoryAtomic<GuestMemory>;
-type MemoryGuard = GuestMemoryLoadGuard<GuestMemory>;
 
 /// Errors of the backend glue.
 #[derive(thiserror::Error, Debug)]
@@ -47,12 +46,126 @@ impl From<Error> for io::Error {
     }
 }
 
+/// What the vring worker thread works on: the device state and whether
+/// each queue may still be used.
+struct Worker {
+    device: Device,
+    control: Health,
+    events: Health,
+}
+
+impl Worker {
+    fn new(config: DeviceConfig) -> Result<Self, Error> {
+        Ok(Worker {
+            device: Device::new(config)?,
+            control: Health::new("control"),
+            events: Health::new("event"),
+        })
+    }
+
+    /// Answers every available control chain. Events a chain produced are
+    /// sent right after its answer, before the next chain runs.
+    fn serve_control(
+        &mut self,
+        control: &VringRwLock,
+        events: &VringRwLock,
+        mem: &MemoryGuard,
+        event_idx: bool,
+    ) {
+        self.device.counters.control_wakeups += 1;
+        let start = Instant::now();
+        let Worker {
+            device,
+            control: control_health,
+            events: event_health,
+        } = self;
+        let round = ring::serve(control, mem, control_health, event_idx, |taken| {
+            let mut walk = Walk::new(taken.chain);
+            let parsed = chain::parse(&**mem, &mut walk);
+            if walk.cut() {
+                return Served::Cut;
+            }
+            let written = chain::answer_parsed(device, &**mem, parsed);
+            deliver_events(device, event_health, events, mem);
+            Served::Used(written)
+        });
+        let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let counters = &mut self.device.counters;
+        counters.control_busy_ns = counters.control_busy_ns.saturating_add(busy);
+        counters.control_signals += u64::from(round.signals);
+    }
+}
+
+/// Sends the pending events, oldest first. While the event ring is stopped
+/// (or broken) they wait in the device; on a running ring an event that
+/// finds no event buffer posted is dropped and counted.
+fn deliver_events(
+    device: &mut Device,
+    health: &mut Health,
+    vring: &VringRwLock,
+    mem: &MemoryGuard,
+) {
+    if !device.has_events() || health.is_broken() || !ring::running(vring) {
+        return;
+    }
+    if let Err(error) = ring::check_usable(vring, mem) {
+        health.fail(error);
+        return;
+    }
+    let mut used = false;
+    'events: while let Some(event) = device.next_event() {
+        let mut delivered = false;
+        while !delivered {
+            let taken = match ring::take(vring, mem) {
+                Ok(Some(taken)) => taken,
+                Ok(None) => break,
+                Err(error) => {
+                    health.fail(error);
+                    break 'events;
+                }
+            };
+            let head = taken.head;
+            let mut walk = Walk::new(taken.chain);
+            let parsed = chain::parse(&**mem, &mut walk);
+            if walk.cut() {
+                health.fail(ring::RingError::ChainCut { head });
+                break 'events;
+            }
+            let written = match chain::deliver_parsed(&**mem, parsed, &event) {
+                Ok(written) => {
+                    delivered = true;
+                    written
+                }
+                Err(e) => {
+                    debug!("event buffer {head} unusable: {e}");
+                    device.counters.malformed_chains += 1;
+                    0
+                }
+            };
+            used = true;
+            if let Err(e) = vring.add_used(head, written) {
+                health.fail(ring::RingError::Memory(e.to_string()));
+                break 'events;
+            }
+        }
+        device.pop_event();
+        if delivered {
+            device.counters.events_sent += 1;
+        } else {
+            device.counters.events_dropped += 1;
+        }
+    }
+    if used {
+        ring::signal(vring);
+    }
+}
+
 /// The cenalloc vhost-user backend of one front-end connection.
 pub struct CenallocBackend {
     config: DeviceConfig,
     /// Only ever locked through `get_mut` (the backend is `&mut` when it
     /// runs); the mutex makes the backend `Sync` for the daemon's threads.
-    device: Mutex<Device>,
+    worker: Mutex<Worker>,
     config_space: Vec<u8>,
     mem: Option<AtomicMemory>,
     event_idx: bool,
@@ -62,11 +175,11 @@ pub struct CenallocBackend {
 
 impl CenallocBackend {
     pub fn new(config: DeviceConfig) -> Result<Self, Error> {
-        let device = Device::new(config.clone())?;
+        let worker = Worker::new(config.clone())?;
         let config_space = config.config_space().as_slice().to_vec();
         Ok(CenallocBackend {
             config,
-            device: Mutex::new(device),
+            worker: Mutex::new(worker),
             config_space,
             mem: None,
             event_idx: false,
@@ -79,116 +192,12 @@ impl CenallocBackend {
         Ok(Arc::new(RwLock::new(Self::new(config)?)))
     }
 
-    fn device(&mut self) -> &mut Device {
+    fn worker(&mut self) -> &mut Worker {
         // A poisoned lock only means an earlier panic; the state is still
         // consistent (the model changes nothing on failure).
-        match self.device.get_mut() {
-            Ok(device) => device,
+        match self.worker.get_mut() {
+            Ok(worker) => worker,
             Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// Answers every available control chain. Events a chain produced are
-    /// sent (or dropped) right after its answer, before the next chain runs.
-    fn process_control(&mut self, vring: &VringRwLock, events: &VringRwLock, mem: &MemoryGuard) {
-        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(iter) => iter.collect(),
-            Err(e) => {
-                warn!("control queue unusable: {e}");
-                return;
-            }
-        };
-        if chains.is_empty() {
-            return;
-        }
-        let start = Instant::now();
-        for chain in chains {
-            let head = chain.head_index();
-            let written = chain::answer_control(self.device(), &**mem, chain);
-            if let Err(e) = vring.add_used(head, written) {
-                warn!("control queue: add_used({head}) failed: {e}");
-            }
-            self.deliver_events(events, mem);
-        }
-        let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let signalled = signal(vring, "control");
-        let counters = &mut self.device().counters;
-        counters.control_busy_ns = counters.control_busy_ns.saturating_add(busy);
-        if signalled {
-            counters.control_signals += 1;
-        }
-    }
-
-    /// Sends the pending events, oldest first. While the event ring is
-    /// stopped they wait in the device; on a running ring an event that
-    /// finds no event buffer posted is dropped and counted.
-    fn deliver_events(&mut self, vring: &VringRwLock, mem: &MemoryGuard) {
-        if !self.device().has_events() {
-            return;
-        }
-        let running = {
-            let state = vring.get_ref();
-            state.get_queue().ready() && state.is_enabled()
-        };
-        if !running {
-            return;
-        }
-        let mut used = false;
-        while let Some(event) = self.device().next_event() {
-            let mut delivered = false;
-            while !delivered {
-                let Some(chain) = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone())
-                else {
-                    break;
-                };
-                let head = chain.head_index();
-                let written = match chain::deliver_event(&**mem, chain, &event) {
-                    Ok(written) => {
-                        delivered = true;
-                        written
-                    }
-                    Err(e) => {
-                        debug!("event buffer {head} unusable: {e}");
-                        self.device().counters.malformed_chains += 1;
-                        0
-                    }
-                };
-                used = true;
-                if let Err(e) = vring.add_used(head, written) {
-                    warn!("event queue: add_used({head}) failed: {e}");
-                }
-            }
-            self.device().pop_event();
-            if delivered {
-                self.device().counters.events_sent += 1;
-            } else {
-                self.device().counters.events_dropped += 1;
-            }
-        }
-        if used {
-            signal(vring, "event");
-        }
-    }
-}
-
-/// Notifies the driver of used buffers unless it suppressed that (event
-/// index); returns whether it was notified.
-fn signal(vring: &VringRwLock, name: &str) -> bool {
-    match vring.needs_notification() {
-        Ok(true) => {
-            if let Err(e) = vring.signal_used_queue() {
-                warn!("{name} queue: signal failed: {e}");
-                return false;
-            }
-            true
-        }
-        Ok(false) => false,
-        Err(e) => {
-            warn!("{name} queue: needs_notification failed: {e}");
-            false
         }
     }
 }
@@ -218,17 +227,24 @@ impl VhostUserBackendMut for CenallocBackend {
 
     fn reset_device(&mut self) {
         debug!("device reset: dropping all buffers");
-        match Device::new(self.config.clone()) {
-            Ok(device) => *self.device() = device,
+        match Worker::new(self.config.clone()) {
+            Ok(worker) => *self.worker() = worker,
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
     }
 
     /// Stopping a ring (GET_VRING_BASE: a VM pause, a snapshot, a guest
     /// driver reset) keeps the device state: only the driver's RESET
-    /// command drops it (see cenalloc_proto.h, "Lifecycle").
+    /// command drops it (see cenalloc_proto.h, "Lifecycle"). A queue
+    /// stopped for an invalid ring state may be used again once restarted.
     fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
         debug!("queue {queue_index} stopped; the device state is kept");
+        let worker = self.worker();
+        match u16::try_from(queue_index) {
+            Ok(CENALLOC_VQ_CONTROL) => worker.control.clear(),
+            Ok(CENALLOC_VQ_EVENT) => worker.events.clear(),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -290,48 +306,39 @@ impl VhostUserBackendMut for CenallocBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            warn!("unexpected event set {evset:?} on queue {device_event}");
+        let kick_error = if evset != EventSet::IN {
+            Some(format!("event set {evset:?} on the kick descriptor"))
+        } else if self.mem.is_none() {
+            Some("kicked before the memory table".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = kick_error {
+            let worker = self.worker();
+            match device_event {
+                CENALLOC_VQ_CONTROL => worker.control.fail(ring::RingError::BadKick(reason)),
+                CENALLOC_VQ_EVENT => worker.events.fail(ring::RingError::BadKick(reason)),
+                other => warn!("event on unknown queue {other}"),
+            }
             return Ok(());
         }
         let Some(atomic) = &self.mem else {
-            warn!("queue {device_event} kicked before the memory table");
             return Ok(());
         };
         let mem = atomic.memory();
+        let event_idx = self.event_idx;
+        let (Some(control), Some(events)) = (
+            vrings.get(CENALLOC_VQ_CONTROL as usize),
+            vrings.get(CENALLOC_VQ_EVENT as usize),
+        ) else {
+            return Ok(());
+        };
+        let worker = self.worker();
         match device_event {
-            CENALLOC_VQ_CONTROL => {
-                self.device().counters.control_wakeups += 1;
-                let (Some(control), Some(events)) = (
-                    vrings.get(CENALLOC_VQ_CONTROL as usize),
-                    vrings.get(CENALLOC_VQ_EVENT as usize),
-                ) else {
-                    return Ok(());
-                };
-                if self.event_idx {
-                    loop {
-                        if let Err(e) = control.disable_notification() {
-                            warn!("control queue: disable_notification: {e}");
-                        }
-                        self.process_control(control, events, &mem);
-                        match control.enable_notification() {
-                            Ok(true) => continue,
-                            Ok(false) => break,
-                            Err(e) => {
-                                warn!("control queue: enable_notification: {e}");
-                                break;
-                            }
-                        }
-                    }
-                } else {
-                    self.process_control(control, events, &mem);
-                }
-            }
+            CENALLOC_VQ_CONTROL => worker.serve_control(control, events, &mem, event_idx),
+            // Buffers posted, or the ring (re)started: send what waits.
             CENALLOC_VQ_EVENT => {
-                // Buffers posted, or the ring (re)started: send what waits.
-                if let Some(events) = vrings.get(CENALLOC_VQ_EVENT as usize) {
-                    self.deliver_events(events, &mem);
-                }
+                deliver_events(&mut worker.device, &mut worker.events, events, &mem);
             }
             other => warn!("event on unknown queue {other}"),
         }

@@ -1,6 +1,7 @@
-//! The rings' life cycle, with the test as the VMM: stopping and
+//! The rings' life cycle and abuse, with the test as the VMM: stopping and
 //! restarting the rings (VM pause/resume) keeps the device state and the
-//! events produced meanwhile.
+//! events produced meanwhile; an invalid ring state stops that queue, is
+//! logged once, and never keeps the daemon from answering QEMU.
 
 mod common;
 
@@ -8,7 +9,22 @@ use std::time::Duration;
 
 use cenalloc::protocol::*;
 use common::*;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// How long a vhost-user request may take while the daemon is busy or a
+/// queue is broken. The design bound is one step of guest-memory work
+/// (64 KiB, well under 10 ms); this is generous for a loaded CI machine.
+const ANSWER_BOUND: Duration = Duration::from_secs(1);
+
+/// Log line of a queue stopped for an invalid ring state.
+const BROKEN: &str = "control queue stopped";
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
 
 fn info(harness: &mut Harness) -> (InfoResp, Vec<AllocatorInfo>) {
     let answer = harness.run(Cmd::get_info());
@@ -131,4 +147,178 @@ fn events_produced_while_the_event_ring_is_stopped_come_after_restart() {
     let stats = harness.run(Cmd::stats(1 << 20));
     let json: serde_json::Value = serde_json::from_slice(&stats.ok().payload).unwrap();
     assert_eq!(json["device"]["events_dropped"], 0, "{json}");
+}
+
+/// The daemon answers GET_CONFIG and GET_VRING_BASE within the bound, has
+/// logged `BROKEN` exactly once (after `kicks` more kicks), and serves the
+/// queue again once it is restarted at a sane base.
+fn check_contained(daemon: &DaemonProcess, harness: &mut Harness, kicks: usize) {
+    for _ in 0..kicks {
+        harness.kick(0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let size = size_of::<Config>() as u32;
+    let answer = timed_request(&harness.frontend, ANSWER_BOUND, move |frontend| {
+        frontend
+            .get_config(
+                0,
+                size,
+                VhostUserConfigFlags::WRITABLE,
+                &vec![0u8; size as usize],
+            )
+            .map(|_| ())
+    });
+    let (result, took) = answer.expect("GET_CONFIG not answered: the daemon is stuck");
+    result.unwrap();
+    eprintln!("GET_CONFIG answered in {took:?} with a broken queue");
+    let answer = timed_request(&harness.frontend, ANSWER_BOUND, |frontend| {
+        (0..CENALLOC_NUM_VQS)
+            .map(|index| frontend.get_vring_base(index).unwrap() as u16)
+            .collect::<Vec<_>>()
+    });
+    let (bases, took) = answer.expect("GET_VRING_BASE not answered");
+    eprintln!("GET_VRING_BASE answered in {took:?} with a broken queue");
+
+    let log = daemon.log_text();
+    assert_eq!(log.matches(BROKEN).count(), 1, "daemon log:\n{log}");
+
+    // Back to a sane ring, restarted where the device stopped (a chain the
+    // device gave up on is not returned).
+    harness.resync_control(bases[0]);
+    harness.start_queues(&bases);
+    let (info, _) = info(harness);
+    assert_eq!(info.num_buffers, 1, "the device state went with the queue");
+}
+
+fn broken_avail_index(event_idx: bool) {
+    let daemon = DaemonProcess::spawn(&[]);
+    let wanted = if event_idx {
+        WANTED_FEATURES
+    } else {
+        WANTED_FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX)
+    };
+    let mut harness = Harness::connect(&daemon.socket, wanted);
+    assert_eq!(harness.event_idx(), event_idx);
+    harness.donate_all();
+    harness.run(Cmd::create(4096, 0)).ok();
+    let used = harness.control_used_idx();
+    harness.write_avail_idx(0, used.wrapping_add(QUEUE_SIZE + 7));
+    check_contained(&daemon, &mut harness, 3);
+}
+
+#[test]
+fn an_avail_index_out_of_range_stops_the_queue_with_event_idx() {
+    broken_avail_index(true);
+}
+
+#[test]
+fn an_avail_index_out_of_range_stops_the_queue_without_event_idx() {
+    broken_avail_index(false);
+}
+
+#[test]
+fn set_vring_base_far_from_the_avail_index_stops_the_queue() {
+    let daemon = DaemonProcess::spawn(&[]);
+    let mut harness = Harness::connect(&daemon.socket, WANTED_FEATURES);
+    harness.donate_all();
+    harness.run(Cmd::create(4096, 0)).ok();
+    let bases = harness.stop_queues();
+    harness.start_queues(&[bases[0].wrapping_add(1000), bases[1]]);
+    harness.kick(0);
+    check_contained(&daemon, &mut harness, 2);
+}
+
+/// Publishes one chain made of `descs` (table index, addr, len, flags,
+/// next), head at index 0, and checks the queue stops.
+fn cut_chain(descs: &[(u16, u64, u32, u16, u16)]) {
+    let daemon = DaemonProcess::spawn(&[]);
+    let mut harness = Harness::connect(&daemon.socket, WANTED_FEATURES);
+    harness.donate_all();
+    harness.run(Cmd::create(4096, 0)).ok();
+    for &(index, addr, len, flags, next) in descs {
+        harness.write_control_desc(index, addr, len, flags, next);
+    }
+    harness.publish_control_head(0);
+    check_contained(&daemon, &mut harness, 2);
+}
+
+#[test]
+fn a_descriptor_loop_stops_the_queue() {
+    // Descriptors 0 -> 1 -> 0 -> ...
+    cut_chain(&[
+        (0, SCRATCH_START, 64, DESC_F_NEXT, 1),
+        (1, SCRATCH_START + 64, 64, DESC_F_NEXT | DESC_F_WRITE, 0),
+    ]);
+}
+
+#[test]
+fn a_chain_of_more_than_4_gib_stops_the_queue() {
+    // Drivers must not build it (virtio 1.2, 2.7.5.2); the walk ends early.
+    cut_chain(&[
+        (0, 0, u32::MAX, DESC_F_NEXT, 1),
+        (1, SCRATCH_START, 64, DESC_F_WRITE, 0),
+    ]);
+}
+
+#[test]
+fn a_next_index_outside_the_table_stops_the_queue() {
+    cut_chain(&[(0, SCRATCH_START, 64, DESC_F_NEXT, QUEUE_SIZE + 5)]);
+}
+
+#[test]
+fn an_avail_index_behind_the_device_stops_the_queue() {
+    let daemon = DaemonProcess::spawn(&[]);
+    let mut harness = Harness::connect(&daemon.socket, WANTED_FEATURES);
+    harness.donate_all();
+    harness.run(Cmd::create(4096, 0)).ok();
+    let used = harness.control_used_idx();
+    harness.write_avail_idx(0, used.wrapping_sub(2));
+    check_contained(&daemon, &mut harness, 2);
+}
+
+/// A front-end that sets a kick but never the ring addresses: the queue is
+/// started with no rings. Kicking it touches no guest memory.
+#[test]
+fn a_kick_on_a_queue_without_rings_is_contained() {
+    let daemon = DaemonProcess::spawn(&[]);
+    let ram = GuestRam::new();
+    ram.fill(0, 0x1_0000, 0x5c);
+    let mut frontend = Frontend::connect(&daemon.socket, CENALLOC_NUM_VQS as u64).unwrap();
+    frontend.set_owner().unwrap();
+    let features = frontend.get_features().unwrap();
+    frontend.set_features(features).unwrap();
+    frontend
+        .set_protocol_features(VhostUserProtocolFeatures::CONFIG)
+        .unwrap();
+    frontend.set_mem_table(&ram.regions()).unwrap();
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    let call = EventFd::new(EFD_NONBLOCK).unwrap();
+    frontend.set_vring_num(0, QUEUE_SIZE).unwrap();
+    frontend.set_vring_call(0, &call).unwrap();
+    frontend.set_vring_kick(0, &kick).unwrap();
+    frontend.set_vring_enable(0, true).unwrap();
+    for _ in 0..3 {
+        kick.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let size = size_of::<Config>() as u32;
+    let (result, took) = timed_request(&frontend, ANSWER_BOUND, move |frontend| {
+        frontend
+            .get_config(
+                0,
+                size,
+                VhostUserConfigFlags::WRITABLE,
+                &vec![0u8; size as usize],
+            )
+            .map(|_| ())
+    })
+    .expect("GET_CONFIG not answered");
+    result.unwrap();
+    eprintln!("GET_CONFIG answered in {took:?} after kicks on a queue without rings");
+    let log = daemon.log_text();
+    assert_eq!(log.matches(BROKEN).count(), 1, "daemon log:\n{log}");
+    assert!(
+        ram.read(0, 0x1_0000).iter().all(|&b| b == 0x5c),
+        "guest memory at address 0 was written"
+    );
 }
