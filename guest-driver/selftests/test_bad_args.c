@@ -284,9 +284,20 @@ static enum tap_result test_importer_bad_args(void)
 	dev.num_types = CENALLOC_TEST_MAX_TYPES + 1;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "too many types");
 	dev.num_types = 1;
-	dev.reserved = 1;
-	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "reserved != 0");
-	dev.reserved = 0;
+	dev.flags = ~CENALLOC_TEST_DEV_FLAGS;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "unknown flags");
+	dev.flags = 0;
+	dev.dma_bits = 65;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "dma_bits 65");
+	dev.dma_bits = 0;
+	dev.max_segment = 512;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
+	      "max_segment below a page");
+	dev.max_segment = 0;
+	dev.seg_boundary = 0x12fff;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
+	      "seg_boundary not a power of 2 minus 1");
+	dev.seg_boundary = 0;
 	dev.types[1] = CENALLOC_MAP_CONTIG;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
 	      "type past num_types != 0");
@@ -331,9 +342,9 @@ static enum tap_result test_importer_bad_args(void)
 	map.direction = 3;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "bad direction");
 	map.direction = 0;
-	map.reserved = 1;
-	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "map reserved != 0");
-	map.reserved = 0;
+	map.raw = 2;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "map raw > 1");
+	map.raw = 0;
 	map.max_segments = 4;
 	map.segments_ptr = 16;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EFAULT, "bad segments pointer");
