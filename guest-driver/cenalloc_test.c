@@ -251,7 +251,9 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 		ret = PTR_ERR(h->attach);
 		goto err_put;
 	}
-	h->map_type = cenalloc_attachment_map_type(h->attach);
+	/* Plain attaches report 0 (the UAPI promise), whoever exports. */
+	if (mask && cenalloc_is_cenalloc_dmabuf(h->dmabuf))
+		h->map_type = cenalloc_attachment_map_type(h->attach);
 
 	ret = xa_alloc(&tf->handles, &handle, h, xa_limit_32b, GFP_KERNEL);
 	if (ret)
