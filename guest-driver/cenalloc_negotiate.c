@@ -192,8 +192,9 @@ int cenalloc_negotiate(struct cenalloc_buffer *buffer, u32 access_mask,
 		if (!imp[i].type)
 			return -EINVAL;
 	}
-	for (e = 0; e < cdev->num_exporter_types &&
-		    n < CENALLOC_MAX_MAP_TYPES; e++) {
+	for (e = 0; e < cdev->num_exporter_types; e++) {
+		if (n == CENALLOC_MAX_MAP_TYPES)
+			break;
 		exp[n].type = cenalloc_type_of(cdev->exporter_types[e]);
 		if (!exp[n].type)
 			continue;

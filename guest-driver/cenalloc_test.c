@@ -542,6 +542,31 @@ out_put:
 	return ret;
 }
 
+static long cenalloc_test_rename(void __user *uarg)
+{
+	struct cenalloc_test_rename_arg arg;
+	struct cenalloc_test_device *td;
+	char name[40];
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved || arg.device >= CENALLOC_TEST_MAX_DEVICES ||
+	    strnlen(arg.name, sizeof(arg.name)) == sizeof(arg.name))
+		return -EINVAL;
+	td = &test_devices[array_index_nospec(arg.device,
+					      CENALLOC_TEST_MAX_DEVICES)];
+	if (arg.name[0])
+		strscpy(name, arg.name, sizeof(name));
+	else
+		snprintf(name, sizeof(name), "%s.%u", CENALLOC_TEST_NAME,
+			 arg.device);
+	mutex_lock(&test_devices_lock);
+	ret = device_rename(&td->pdev->dev, name);
+	mutex_unlock(&test_devices_lock);
+	return ret;
+}
+
 static long cenalloc_test_ioctl(struct file *file, unsigned int cmd,
 				unsigned long arg)
 {
@@ -563,6 +588,8 @@ static long cenalloc_test_ioctl(struct file *file, unsigned int cmd,
 		return cenalloc_test_rw(uarg);
 	case CENALLOC_TEST_IOC_STATUS:
 		return cenalloc_test_status(tf, uarg);
+	case CENALLOC_TEST_IOC_RENAME:
+		return cenalloc_test_rename(uarg);
 	default:
 		return -ENOTTY;
 	}

@@ -341,6 +341,16 @@ int ct_map(int ct, uint32_t handle, uint32_t direction, struct ct_mapping *m)
 	return ct_map_raw(ct, handle, direction, false, m);
 }
 
+int ct_rename(int ct, uint32_t device, const char *name)
+{
+	struct cenalloc_test_rename_arg arg = { .device = device };
+
+	if (strlen(name) >= sizeof(arg.name))
+		return -EINVAL;
+	strcpy(arg.name, name);
+	return xioctl(ct, CENALLOC_TEST_IOC_RENAME, &arg);
+}
+
 int ct_status(int ct, uint32_t handle, uint32_t *flags,
 	      uint32_t *move_notifies)
 {

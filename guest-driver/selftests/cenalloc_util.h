@@ -114,6 +114,8 @@ int ct_map(int ct, uint32_t handle, uint32_t direction, struct ct_mapping *m);
 int ct_map_raw(int ct, uint32_t handle, uint32_t direction, bool raw,
 	       struct ct_mapping *m);
 int ct_unmap(int ct, uint32_t handle);
+/* Renames test device @device ("" restores cenalloc_test.N). */
+int ct_rename(int ct, uint32_t device, const char *name);
 /* CENALLOC_TEST_STATUS_* flags and the move_notify count of a handle. */
 int ct_status(int ct, uint32_t handle, uint32_t *flags,
 	      uint32_t *move_notifies);

@@ -446,6 +446,70 @@ static enum tap_result test_pinned_importers_block_migration(void)
 	return TAP_PASS;
 }
 
+/* Attach plain device @device to a new buffer; the debugfs mask it got. */
+static bool plain_requested(int ca, int ct, const char *name, uint32_t *requested)
+{
+	struct dbg_attach d;
+	uint32_t handle;
+	int fd, ret;
+	bool ok;
+
+	fd = ca_create(ca, 64 * CA_KIB, 0);
+	if (!CHECK(fd >= 0, "create: %s", strerror(-fd)))
+		return false;
+	ret = ct_attach(ct, fd, DEV_PLAIN, &handle, NULL);
+	ok = CHECK(ret == 0, "attach %s: %s", name, strerror(-ret));
+	if (ok) {
+		ok = CHECK(dbg_attachment(name, &d), "no debugfs line for %s", name);
+		*requested = d.requested;
+		ct_detach(ct, handle);
+	}
+	close(fd);
+	return ok;
+}
+
+/*
+ * SET_DEVICE_MASK is keyed by name; the entry binds to the device at its
+ * first attach and follows it through a rename (device_rename()).
+ */
+static enum tap_result test_device_table_survives_rename(void)
+{
+	const char *renamed = "ct-renamed-6";
+	const char *name = ct_device_name(DEV_PLAIN);
+	uint32_t requested = 0;
+	bool was_renamed = false;
+	int ca, ct, ret;
+
+	if (!ca_env_open(&ca, &ct))
+		return TAP_FAIL;
+	if (!CHECK(ct_set_device1(ct, DEV_PLAIN, 0, 0) == 0, "SET_DEVICE") ||
+	    !CHECK(ca_set_device_mask(ca, name, CENALLOC_KIND_CONTIG_DMA32) == 0,
+		   "SET_DEVICE_MASK") ||
+	    !plain_requested(ca, ct, name, &requested))
+		goto out;
+	CHECK(requested == CENALLOC_KIND_CONTIG_DMA32, "table mask %#x", requested);
+	ret = ct_rename(ct, DEV_PLAIN, renamed);
+	if (!CHECK(ret == 0, "rename: %s", strerror(-ret)))
+		goto out;
+	was_renamed = true;
+	if (plain_requested(ca, ct, renamed, &requested))
+		CHECK(requested == CENALLOC_KIND_CONTIG_DMA32,
+		      "after the rename the device got %#x", requested);
+	/* The entry is found by the device's new name too. */
+	ret = ca_set_device_mask(ca, renamed, 0);
+	CHECK(ret == 0, "SET_DEVICE_MASK %s 0: %s", renamed, strerror(-ret));
+	if (plain_requested(ca, ct, renamed, &requested))
+		CHECK(requested == CENALLOC_MASK_ANY, "entry not removed: %#x",
+		      requested);
+out:
+	if (was_renamed)
+		CHECK(ct_rename(ct, DEV_PLAIN, "") == 0, "rename back");
+	ca_set_device_mask(ca, name, 0);
+	ca_close(&ct);
+	ca_close(&ca);
+	return TAP_PASS;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST("a 32-bit device gets memory below 4 GiB; debugfs shows why",
 		 test_dma32_device_gets_low_memory),
@@ -457,6 +521,8 @@ static const struct tap_test tests[] = {
 		 test_dynamic_importer_follows_migration),
 	TAP_TEST("static mapping, mmap, plain static importer: EBUSY, no move_notify",
 		 test_pinned_importers_block_migration),
+	TAP_TEST("SET_DEVICE_MASK follows its device through a rename",
+		 test_device_table_survives_rename),
 };
 
 TAP_MAIN(tests)

@@ -90,6 +90,13 @@ struct cenalloc_test_rw_arg {
 	__u64 data_ptr;
 };
 
+/* Rename virtual device `device` (device_rename()): device-table keying. */
+struct cenalloc_test_rename_arg {
+	__u32 device;
+	__u32 reserved;		/* must be 0 */
+	char name[32];		/* NUL-terminated; "" restores cenalloc_test.N */
+};
+
 #define CENALLOC_TEST_IOC_MAGIC		'c'
 #define CENALLOC_TEST_IOC_SET_DEVICE	_IOW(CENALLOC_TEST_IOC_MAGIC, 0, struct cenalloc_test_device_arg)
 #define CENALLOC_TEST_IOC_ATTACH	_IOWR(CENALLOC_TEST_IOC_MAGIC, 1, struct cenalloc_test_attach_arg)
@@ -98,5 +105,6 @@ struct cenalloc_test_rw_arg {
 #define CENALLOC_TEST_IOC_UNMAP		_IOW(CENALLOC_TEST_IOC_MAGIC, 4, struct cenalloc_test_handle_arg)
 #define CENALLOC_TEST_IOC_RW		_IOW(CENALLOC_TEST_IOC_MAGIC, 5, struct cenalloc_test_rw_arg)
 #define CENALLOC_TEST_IOC_STATUS	_IOWR(CENALLOC_TEST_IOC_MAGIC, 6, struct cenalloc_test_status_arg)
+#define CENALLOC_TEST_IOC_RENAME	_IOW(CENALLOC_TEST_IOC_MAGIC, 7, struct cenalloc_test_rename_arg)
 
 #endif /* _UAPI_LINUX_CENALLOC_TEST_H */
