@@ -252,32 +252,90 @@ static int cenalloc_make_room(struct cenalloc_buffer *buffer, u32 mask)
 	return 0;
 }
 
-/* Revoke every device mapping of the dynamic importers into @req. */
-static int cenalloc_revoke_into(struct cenalloc_buffer *buffer,
-				struct cenalloc_req *req)
+/* A mapping whose UNMAP travels in the batch of a late ATTACH. */
+struct cenalloc_revoke {
+	struct cenalloc_attachment *a;
+	struct cenalloc_mapping *m;
+};
+
+/*
+ * Add an UNMAP of every device mapping of the dynamic importers to @req;
+ * @rv[] records them. They count as revoked only once the device has
+ * run their UNMAP (cenalloc_revoke_commit()).
+ */
+static int cenalloc_revoke_prepare(struct cenalloc_buffer *buffer,
+				   struct cenalloc_req *req,
+				   struct cenalloc_revoke *rv, unsigned int max,
+				   unsigned int *n)
 {
 	struct cenalloc_attachment *a;
 	struct cenalloc_mapping *m;
 	u32 direction;
 	int ret;
 
+	*n = 0;
 	list_for_each_entry(a, &buffer->attachments, node) {
 		if (!a->revocable)
 			continue;
 		list_for_each_entry(m, &a->mappings, node) {
 			if (m->revoked)
 				continue;
+			if (*n == max)
+				return -EBUSY;
 			direction = CENALLOC_DIR_BIDIRECTIONAL;
 			cenalloc_direction(m->dir, &direction);
 			ret = cenalloc_req_add_unmap(req, a, direction);
 			if (ret)
 				return ret;
-			m->revoked = true;
-			a->num_maps--;
-			a->revoked++;
+			rv[(*n)++] = (struct cenalloc_revoke){ .a = a, .m = m };
 		}
 	}
 	return 0;
+}
+
+/* Mark revoked the mappings whose UNMAP (command i of @req) succeeded. */
+static void cenalloc_revoke_commit(struct cenalloc_req *req,
+				   struct cenalloc_revoke *rv, unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		if (cenalloc_req_status(req, i))
+			continue;
+		rv[i].m->revoked = true;
+		rv[i].a->num_maps--;
+		rv[i].a->revoked++;
+	}
+}
+
+/*
+ * ATTACH @a to a buffer with backing; when the backing must move, the
+ * UNMAPs of the revoked mappings run first in the same batch.
+ */
+static int cenalloc_attach_late(struct cenalloc_buffer *buffer,
+				struct cenalloc_attachment *a)
+{
+	u32 max = buffer->cdev->max_batch - 1;
+	struct cenalloc_revoke *rv = NULL;
+	struct cenalloc_req *req;
+	unsigned int n = 0;
+	int ret = 0;
+
+	req = cenalloc_req_alloc(buffer->cdev);
+	if (!req)
+		return -ENOMEM;
+	if (!cenalloc_backing_fits(buffer, buffer->access_mask & a->mask) &&
+	    cenalloc_revocable_count(buffer)) {
+		rv = kmalloc_array(max, sizeof(*rv), GFP_KERNEL);
+		ret = rv ? cenalloc_revoke_prepare(buffer, req, rv, max, &n) :
+			   -ENOMEM;
+	}
+	if (!ret)
+		ret = cenalloc_attach_sync(buffer, a, req);
+	cenalloc_revoke_commit(req, rv, n);
+	cenalloc_req_free(req);
+	kfree(rv);
+	return ret;
 }
 
 /*
@@ -289,7 +347,6 @@ static int cenalloc_attachment_add(struct cenalloc_buffer *buffer,
 				   struct cenalloc_attachment *a, bool defer)
 {
 	struct cenalloc_dev *cdev = buffer->cdev;
-	struct cenalloc_req *req = NULL;
 	u32 access_mask;
 	int ret;
 
@@ -318,18 +375,9 @@ static int cenalloc_attachment_add(struct cenalloc_buffer *buffer,
 			return ret;
 		if (READ_ONCE(cdev->removed))
 			return -ENODEV;
-		req = cenalloc_req_alloc(cdev);
-		if (!req)
-			return -ENOMEM;
-		if (!cenalloc_backing_fits(buffer, buffer->access_mask & a->mask))
-			ret = cenalloc_revoke_into(buffer, req);
-		if (!ret)
-			ret = cenalloc_attach_sync(buffer, a, req);
-		cenalloc_req_free(req);
+		ret = cenalloc_attach_late(buffer, a);
 		if (ret)
 			return ret;
-		if (!cenalloc_backing_fits(buffer, buffer->access_mask & a->mask))
-			buffer->migrations++;
 	} else {
 		ret = cenalloc_negotiate(buffer, buffer->access_mask & a->mask,
 					 a->types, a->num_types, &a->map_type);

@@ -37,7 +37,6 @@ struct cenalloc_buffer {
 	u32 num_backing;
 	void *vaddr;
 	unsigned int vmap_count;
-	unsigned int migrations;		/* late attaches that moved it */
 };
 
 /*

@@ -71,7 +71,7 @@ static void pool_kinds(const struct ca_pool *pool, uint32_t *high,
 
 /* The debugfs attachments line of @device, fields parsed. */
 struct dbg_attach {
-	uint32_t requested, reach, mask, max_seg;
+	uint32_t requested, reach, mask, max_seg, revoked;
 	char why[16];
 };
 
@@ -80,16 +80,17 @@ static bool dbg_attachment(const char *device, struct dbg_attach *d)
 	FILE *f = fopen(ATTACHMENTS_PATH, "re");
 	char line[512], name[64], dyn[8];
 	unsigned int buffer, id, map_type, maps, pins;
-	unsigned long long limit;
+	unsigned long long limit, boundary;
 	bool found = false;
 
 	if (!f)
 		return false;
 	while (!found && fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%u %u %63s %x %x %x %u %u %7s %u %llx %15s %u",
+		if (sscanf(line, "%u %u %63s %x %x %x %u %u %7s %u %llx %15s %u %llx %u",
 			   &buffer, &id, name, &d->requested, &d->reach,
 			   &d->mask, &map_type, &maps, dyn, &pins, &limit,
-			   d->why, &d->max_seg) == 13 && !strcmp(name, device)) {
+			   d->why, &d->max_seg, &boundary, &d->revoked) == 15 &&
+		    !strcmp(name, device)) {
 			found = true;
 			tap_diag("debugfs: %s", line);
 		}
@@ -335,6 +336,7 @@ static enum tap_result test_dynamic_importer_follows_migration(void)
 {
 	uint64_t sum1, sum2, len, old_addr;
 	uint32_t flags, notifies;
+	struct dbg_attach d;
 	struct ca_pool after;
 	struct migration t;
 	int ret, used;
@@ -355,6 +357,8 @@ static enum tap_result test_dynamic_importer_follows_migration(void)
 		goto out;
 	CHECK(notifies == 1, "dynamic importer saw %u move_notify calls", notifies);
 	CHECK(flags & CENALLOC_TEST_STATUS_INVALIDATED, "mapping not invalidated");
+	if (CHECK(dbg_attachment(ct_device_name(DEV_DYNAMIC), &d), "no debugfs line"))
+		CHECK(d.revoked == 1, "debugfs: %u mappings revoked", d.revoked);
 
 	/* Re-map on next use: the device migrates (copies) at this MAP. */
 	ret = ct_map(t.ct, t.hd, 0, t.m);
