@@ -33,18 +33,20 @@
 #include <linux/minmax.h>
 
 #include "cenalloc_reach.h"
+#include "cenalloc_reach_rules.h"
 
 /* Kinds no allocator serves from memory that may lie above 4 GiB. */
 u32 cenalloc_kinds_below_4g(struct cenalloc_dev *cdev)
 {
-	u32 kinds = CENALLOC_MASK_ANY;
-	unsigned int i;
+	u32 kinds[CENALLOC_MAX_ALLOCATORS], placement[CENALLOC_MAX_ALLOCATORS];
+	unsigned int i, n = min_t(u32, cdev->num_allocators,
+				  CENALLOC_MAX_ALLOCATORS);
 
-	for (i = 0; i < cdev->num_allocators; i++)
-		if (!(le32_to_cpu(cdev->allocators[i].placement) &
-		      CENALLOC_PLACE_DMA32))
-			kinds &= ~le32_to_cpu(cdev->allocators[i].kinds);
-	return kinds;
+	for (i = 0; i < n; i++) {
+		kinds[i] = le32_to_cpu(cdev->allocators[i].kinds);
+		placement[i] = le32_to_cpu(cdev->allocators[i].placement);
+	}
+	return cenalloc_rule_kinds_below_4g(kinds, placement, n);
 }
 
 static bool cenalloc_dev_translated(struct device *dev)
@@ -73,38 +75,17 @@ void cenalloc_reach_of(struct cenalloc_dev *cdev, struct device *dev,
 	r->max_seg = dma_get_max_seg_size(dev);
 	r->seg_boundary = dma_get_seg_boundary(dev);
 	r->iommu = cenalloc_dev_translated(dev);
-	if (r->iommu || r->dma_limit >= dma_get_required_mask(dev))
-		return;
-	r->full = false;
-	if (r->dma_limit >= U32_MAX)
-		r->kinds = cenalloc_kinds_below_4g(cdev);
-	else
-		r->kinds = 0;
+	r->full = r->iommu || r->dma_limit >= dma_get_required_mask(dev);
+	r->kinds = cenalloc_rule_reach(r->iommu, r->full,
+				       r->dma_limit >= U32_MAX,
+				       cenalloc_kinds_below_4g(cdev));
 }
 
-/*
- * What @requested (the importer's or the device table's mask) means for
- * this device before its reach is applied: behind an IOMMU, for an
- * importer that is not @physical, all well-known kinds for one; for a
- * device that does not reach all RAM, each well-known kind also admits
- * its below-4 GiB counterpart (SYSTEM: DMA32, CONTIG: CONTIG_DMA32), which
- * has every property the kind promises.
- */
+/* What @requested means for the device (cenalloc_reach_rules.h). */
 u32 cenalloc_reach_wanted(const struct cenalloc_reach *r, u32 requested,
 			  bool physical)
 {
-	u32 mask = requested;
-
-	if (r->iommu && !physical && (mask & CENALLOC_KIND_WELL_KNOWN))
-		mask |= CENALLOC_KIND_SYSTEM | CENALLOC_KIND_CONTIG |
-			CENALLOC_KIND_DMA32 | CENALLOC_KIND_CONTIG_DMA32;
-	if (!r->full) {
-		if (mask & CENALLOC_KIND_SYSTEM)
-			mask |= CENALLOC_KIND_DMA32;
-		if (mask & CENALLOC_KIND_CONTIG)
-			mask |= CENALLOC_KIND_CONTIG_DMA32;
-	}
-	return mask;
+	return cenalloc_rule_wanted(requested, r->iommu, r->full, physical);
 }
 
 /* The mask an attachment gets: what it wants, within the device's reach. */
