@@ -401,6 +401,7 @@ int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 	struct cenalloc_import *imp = cenalloc_import_of(attach);
 	struct cenalloc_attachment *a;
 	u32 requested;
+	bool resv;
 	int ret;
 
 	if (imp) {
@@ -420,8 +421,20 @@ int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 	a->revocable = imp ? !!imp->importer_ops :
 			     dma_buf_attachment_is_dynamic(attach);
 
-	dma_resv_lock(dmabuf->resv, NULL);
+	/*
+	 * Only a late attach (the buffer has backing) may revoke mappings and
+	 * needs the reservation lock, which comes before buffer->lock.
+	 */
+	resv = READ_ONCE(buffer->backed);
+retry:
+	if (resv)
+		dma_resv_lock(dmabuf->resv, NULL);
 	mutex_lock(&buffer->lock);
+	if (buffer->backed && !resv) {
+		mutex_unlock(&buffer->lock);
+		resv = true;
+		goto retry;
+	}
 	ret = cenalloc_attachment_add(buffer, a, false);
 	if (!ret) {
 		if (imp) {
@@ -431,7 +444,8 @@ int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 		attach->priv = a;
 	}
 	mutex_unlock(&buffer->lock);
-	dma_resv_unlock(dmabuf->resv);
+	if (resv)
+		dma_resv_unlock(dmabuf->resv);
 	if (ret)
 		kfree(a);
 	return ret;
