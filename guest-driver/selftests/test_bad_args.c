@@ -264,6 +264,8 @@ static enum tap_result test_importer_bad_args(void)
 	struct cenalloc_test_attach_arg attach;
 	struct cenalloc_test_device_arg dev;
 	struct cenalloc_test_handle_arg h;
+	struct cenalloc_test_rename_arg rename;
+	struct cenalloc_test_status_arg status;
 	struct cenalloc_test_map_arg map;
 	struct cenalloc_test_rw_arg rw;
 	struct ca_buf b = { .fd = -1 };
@@ -328,6 +330,26 @@ static enum tap_result test_importer_bad_args(void)
 	h.reserved = 1;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_DETACH, &h) == -EINVAL, "detach reserved != 0");
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_UNMAP, &h) == -EINVAL, "unmap reserved != 0");
+	memset(&status, 0, sizeof(status));
+	status.handle = 12345;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_STATUS, &status) == -ENOENT,
+	      "status unknown handle");
+	status.reserved = 1;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_STATUS, &status) == -EINVAL,
+	      "status reserved != 0");
+	memset(&rename, 'x', sizeof(rename));
+	rename.device = 0;
+	rename.reserved = 0;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_RENAME, &rename) == -EINVAL,
+	      "rename without NUL");
+	rename.name[0] = '\0';
+	rename.device = CENALLOC_TEST_MAX_DEVICES;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_RENAME, &rename) == -EINVAL,
+	      "rename device out of range");
+	rename.device = 0;
+	rename.reserved = 1;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_RENAME, &rename) == -EINVAL,
+	      "rename reserved != 0");
 
 	if (!CHECK(ct_set_device1(ct, 0, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE"))
 		goto out;
