@@ -38,7 +38,7 @@ fn parse_value(expr: &str) -> Option<u64> {
     if let Some((a, b)) = expr.split_once("<<") {
         return Some(parse_value(a)? << parse_value(b)?);
     }
-    let digits = expr.trim_end_matches(|c| c == 'u' || c == 'U' || c == 'l' || c == 'L');
+    let digits = expr.trim_end_matches(['u', 'U', 'l', 'L']);
     match digits.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => digits.parse().ok(),
