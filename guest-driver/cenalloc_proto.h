@@ -40,6 +40,19 @@
  * device state is kept. A malformed chain that can be walked is answered as
  * described above.
  *
+ * Long batches: the device's work on guest memory (zeroing new backing and
+ * copying a migrated buffer in MAP, FILL, CHECKSUM) goes in steps of at
+ * most 64 KiB, so that the VMM never waits for a whole batch: when it stops
+ * the control ring (GET_VRING_BASE) while a batch runs, the device stops
+ * after the current step and hands the chain back unanswered (the ring's
+ * base does not count it). When the ring runs again and hands out the same
+ * chain, the batch goes on where it stopped: the driver sees one answer, as
+ * if nothing had happened. If another chain is there instead (the driver
+ * reset the device meanwhile), the unfinished batch is abandoned: a MAP in
+ * progress gives its new backing back (a migrated buffer's contents are
+ * lost), a FILL in progress leaves part of its pattern written. Everything
+ * else a command does is short; STATS is bounded by its size (4 MiB).
+ *
  * A command is a struct cenalloc_cmd_hdr followed by len payload bytes.
  *
  * Batch references: in an id field of a command, the value
@@ -363,7 +376,8 @@ struct cenalloc_sync_req {
 
 /* STATS: no request payload; the response is a UTF-8 JSON snapshot of the
  * buffers, attachments, allocators and counters (not NUL-terminated, its
- * length is resp_hdr.len). */
+ * length is resp_hdr.len). A snapshot larger than 4 MiB fails with -E2BIG
+ * (the device bounds the work of one STATS). */
 
 /*
  * FILL: the device writes a pattern into the buffer's backing through its

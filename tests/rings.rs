@@ -1,7 +1,8 @@
 //! The rings' life cycle and abuse, with the test as the VMM: stopping and
 //! restarting the rings (VM pause/resume) keeps the device state and the
 //! events produced meanwhile; an invalid ring state stops that queue, is
-//! logged once, and never keeps the daemon from answering QEMU.
+//! logged once, and never keeps the daemon from answering QEMU; a long chain
+//! does not delay QEMU's vhost-user requests.
 
 mod common;
 
@@ -320,5 +321,164 @@ fn a_kick_on_a_queue_without_rings_is_contained() {
     assert!(
         ram.read(0, 0x1_0000).iter().all(|&b| b == 0x5c),
         "guest memory at address 0 was written"
+    );
+}
+
+#[test]
+fn a_long_chain_does_not_delay_vhost_user_requests() {
+    let mut harness = Harness::start();
+    harness.donate_all();
+    // 8 CHECKSUMs of 16 MiB in one chain: far more than one step of work.
+    let (buffer, _, sum) = mapped_buffer(&mut harness, 16 << 20, CENALLOC_KIND_SYSTEM, 5);
+    let cmds: Vec<Cmd> = (0..8).map(|_| Cmd::checksum(buffer)).collect();
+    let avail_before = harness.control_used_idx();
+    let posted = harness.post(&[Chain::simple(encode_batch(&cmds), response_len(&cmds))]);
+    std::thread::sleep(Duration::from_millis(50));
+
+    let size = size_of::<Config>() as u32;
+    let (_, config_took) = timed_request(&harness.frontend, ANSWER_BOUND, move |frontend| {
+        frontend
+            .get_config(
+                0,
+                size,
+                VhostUserConfigFlags::WRITABLE,
+                &vec![0u8; size as usize],
+            )
+            .unwrap();
+    })
+    .expect("GET_CONFIG waited for the chain");
+    // Stopping the rings (a pause) interrupts the chain after one step.
+    let (bases, stop_took) = timed_request(&harness.frontend, ANSWER_BOUND, |frontend| {
+        (0..CENALLOC_NUM_VQS)
+            .map(|index| frontend.get_vring_base(index).unwrap() as u16)
+            .collect::<Vec<_>>()
+    })
+    .expect("GET_VRING_BASE waited for the chain");
+    eprintln!("under a long chain: GET_CONFIG {config_took:?}, GET_VRING_BASE x2 {stop_took:?}");
+    // The chain was interrupted, not finished: it is back on the ring (the
+    // base does not count it) and goes on after the restart.
+    assert_eq!(
+        harness.control_used_idx(),
+        avail_before,
+        "the chain finished before the stop"
+    );
+    assert_eq!(bases[0], avail_before, "the unfinished chain was consumed");
+    harness.start_queues(&bases);
+    let used = harness.wait_posted(posted).remove(0);
+    let answer = decode_batch(&cmds, &used);
+    assert_eq!(answer.status, 0, "{answer:?}");
+    for (i, one) in answer.answers.iter().enumerate() {
+        let got: ChecksumResp = one.get();
+        assert_eq!(got.checksum, sum, "CHECKSUM {i} after the resume");
+        assert_eq!(got.len, 16 << 20);
+    }
+    let stats = harness.run(Cmd::stats(1 << 20));
+    let json: serde_json::Value = serde_json::from_slice(&stats.ok().payload).unwrap();
+    assert_eq!(
+        json["device"]["batches_interrupted"], 1,
+        "{}",
+        json["device"]
+    );
+}
+
+/// Runs `cmds` in one chain and, while it runs, measures GET_CONFIG and a
+/// ring stop (GET_VRING_BASE of both queues, then the restart) again and
+/// again; returns (worst GET_CONFIG, worst stop, stops, chain time).
+fn latency_under(harness: &mut Harness, cmds: &[Cmd]) -> (Duration, Duration, u32, Duration) {
+    let size = size_of::<Config>() as u32;
+    let before = harness.control_used_idx();
+    let start = std::time::Instant::now();
+    let posted = harness.post(&[Chain::simple(encode_batch(cmds), response_len(cmds))]);
+    let (mut worst_config, mut worst_stop, mut stops) = (Duration::ZERO, Duration::ZERO, 0);
+    while harness.control_used_idx() == before {
+        std::thread::sleep(Duration::from_millis(20));
+        let (_, took) = timed_request(&harness.frontend, Duration::from_secs(60), move |f| {
+            f.get_config(
+                0,
+                size,
+                VhostUserConfigFlags::WRITABLE,
+                &vec![0u8; size as usize],
+            )
+            .unwrap();
+        })
+        .expect("GET_CONFIG");
+        worst_config = worst_config.max(took);
+        let (bases, took) = timed_request(&harness.frontend, Duration::from_secs(60), |f| {
+            (0..CENALLOC_NUM_VQS)
+                .map(|index| f.get_vring_base(index).unwrap() as u16)
+                .collect::<Vec<_>>()
+        })
+        .expect("GET_VRING_BASE");
+        worst_stop = worst_stop.max(took);
+        stops += 1;
+        harness.start_queues(&bases);
+    }
+    let used = harness.wait_posted(posted).remove(0);
+    let elapsed = start.elapsed();
+    let answer = decode_batch(cmds, &used);
+    assert!(
+        [0, -libc::ENOSPC, -libc::E2BIG].contains(&answer.status),
+        "{answer:?}"
+    );
+    (worst_config, worst_stop, stops, elapsed)
+}
+
+/// The worst case, measured by hand (`cargo test --release --test rings
+/// -- --ignored --nocapture`): 256 MiB buffers, 65536 buffers for STATS.
+#[test]
+#[ignore]
+fn measure_vhost_user_latency_under_long_chains() {
+    let mut config = cenalloc::device::DeviceConfig::default_layout();
+    config.pool_sizes[0] = 300 << 20;
+    let mut harness = Harness::start_with(config);
+    harness.donate_all();
+    let big = 256u64 << 20;
+    let answer = harness.batch(&[
+        Cmd::create(big, 0),
+        Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]),
+    ]);
+    assert_eq!(answer.status, 0, "{answer:?}");
+    let buffer: CreateResp = answer.answers[0].get();
+    let attach: AttachResp = answer.answers[1].get();
+    let report = |name: &str, r: (Duration, Duration, u32, Duration)| {
+        eprintln!(
+            "{name}: chain {:?}, worst GET_CONFIG {:?}, worst GET_VRING_BASE x2 {:?} over {} stops",
+            r.3, r.0, r.1, r.2
+        );
+    };
+    let r = latency_under(
+        &mut harness,
+        &[Cmd::map(attach.attach_id, CENALLOC_DIR_BIDIRECTIONAL, 4096)],
+    );
+    report("MAP zeroing a new 256 MiB backing", r);
+    let fills: Vec<Cmd> = (0..4).map(|i| Cmd::fill(buffer.buffer_id, i)).collect();
+    report("4 x FILL of 256 MiB", latency_under(&mut harness, &fills));
+    let sums: Vec<Cmd> = (0..4).map(|_| Cmd::checksum(buffer.buffer_id)).collect();
+    report(
+        "4 x CHECKSUM of 256 MiB",
+        latency_under(&mut harness, &sums),
+    );
+
+    // The most work one STATS does: a snapshot just under the floor the
+    // daemon refuses from the counts alone, serialized until it passes the
+    // 4 MiB cap.
+    let mut made = 1;
+    while made < 27_000 {
+        let n = (27_000 - made).min(64);
+        let cmds: Vec<Cmd> = (0..n).map(|_| Cmd::create(4096, 0)).collect();
+        let answer = harness.batch(&cmds);
+        assert_eq!(answer.status, 0);
+        made += n;
+    }
+    let one = std::time::Instant::now();
+    let answer = harness.run(Cmd::stats(8));
+    eprintln!(
+        "STATS of {made} buffers: status {}, {:?}",
+        answer.status,
+        one.elapsed()
+    );
+    report(
+        "STATS of the largest snapshot",
+        latency_under(&mut harness, &[Cmd::stats(8)]),
     );
 }
