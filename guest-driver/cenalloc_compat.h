@@ -1,10 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Kernel version differences cenalloc.ko and cenalloc_test.ko build across:
- * Debian's 6.1 LTS, 6.12 and the newest kernel of Debian testing (the matrix
- * of qemu-scripts/test-all). The driver is written against the newest API;
- * this header, and only this header, maps it onto older kernels. Each shim
- * names the release that changed the API.
+ * Debian's 6.1 LTS, 6.12 and the newest kernel of Debian testing, 7.2 (the
+ * matrix of qemu-scripts/test-all). This header, and only this header, knows
+ * them; each shim names the release that changed the API.
  */
 #ifndef CENALLOC_COMPAT_H
 #define CENALLOC_COMPAT_H
@@ -79,6 +78,37 @@ static inline int cenalloc_find_vqs(struct virtio_device *vdev,
 	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
 }
 #endif
+
+/*
+ * The importer's notice that its mappings must go (dma_buf_attach_ops):
+ * move_notify, raised by dma_buf_move_notify(), before 7.1;
+ * invalidate_mappings, raised by dma_buf_invalidate_mappings(), since (and
+ * optional even for dynamic importers). The driver names the member
+ * CENALLOC_MOVE_NOTIFY and raises it with cenalloc_dma_buf_move_notify();
+ * cenalloc_attachment_revocable() tells whether an attachment's importer
+ * has it (before 7.1 every dynamic importer had to).
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(7, 1, 0)
+#define CENALLOC_MOVE_NOTIFY invalidate_mappings
+
+static inline void cenalloc_dma_buf_move_notify(struct dma_buf *dmabuf)
+{
+	dma_buf_invalidate_mappings(dmabuf);
+}
+#else
+#define CENALLOC_MOVE_NOTIFY move_notify
+
+static inline void cenalloc_dma_buf_move_notify(struct dma_buf *dmabuf)
+{
+	dma_buf_move_notify(dmabuf);
+}
+#endif
+
+static inline bool
+cenalloc_attachment_revocable(const struct dma_buf_attachment *attach)
+{
+	return attach->importer_ops && attach->importer_ops->CENALLOC_MOVE_NOTIFY;
+}
 
 /*
  * Importer-side dma-buf locking: since 6.2 an importer calls the _unlocked

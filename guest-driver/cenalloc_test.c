@@ -107,7 +107,7 @@ static void cenalloc_test_move_notify(struct dma_buf_attachment *attach)
 }
 
 static const struct dma_buf_attach_ops cenalloc_test_importer_ops = {
-	.move_notify = cenalloc_test_move_notify,
+	.CENALLOC_MOVE_NOTIFY = cenalloc_test_move_notify,
 };
 
 static int cenalloc_test_open(struct inode *inode, struct file *file)
