@@ -40,6 +40,7 @@ fn inputs(dirs: &[PathBuf]) -> Vec<PathBuf> {
 /// the failures (panics and overruns) as text.
 fn replay(files: &[PathBuf], run: fn(&[u8])) -> Vec<String> {
     let mut failures = Vec::new();
+    let mut slowest = (Duration::ZERO, None);
     for path in files {
         let data = std::fs::read(path).expect("read a corpus input");
         let (done, finished) = mpsc::channel();
@@ -54,6 +55,9 @@ fn replay(files: &[PathBuf], run: fn(&[u8])) -> Vec<String> {
         match finished.recv_timeout(DEADLINE) {
             Ok(()) => {
                 let _ = worker.join();
+                if start.elapsed() > slowest.0 {
+                    slowest = (start.elapsed(), Some(path));
+                }
             }
             // The sender went away without sending: the input panicked.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -75,6 +79,13 @@ fn replay(files: &[PathBuf], run: fn(&[u8])) -> Vec<String> {
                 start.elapsed()
             )),
         }
+    }
+    if let (elapsed, Some(path)) = slowest {
+        eprintln!(
+            "{} inputs, slowest {elapsed:?}: {}",
+            files.len(),
+            path.display()
+        );
     }
     failures
 }
