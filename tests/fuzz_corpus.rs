@@ -161,16 +161,3 @@ fn known_hang_inputs_terminate() {
         failures.join("\n")
     );
 }
-
-/// Triage: prints the decoded form of the input file named by
-/// `CENALLOC_FUZZ_INPUT` (target from `CENALLOC_FUZZ_TARGET`, default
-/// `ring`): `CENALLOC_FUZZ_INPUT=fuzz/artifacts/ring/crash-... cargo test
-/// --test fuzz_corpus describe -- --ignored --nocapture`.
-#[test]
-#[ignore = "a triage tool, not a test: needs CENALLOC_FUZZ_INPUT"]
-fn describe_input() {
-    let path = std::env::var("CENALLOC_FUZZ_INPUT").expect("CENALLOC_FUZZ_INPUT names an input");
-    let target = std::env::var("CENALLOC_FUZZ_TARGET").unwrap_or_else(|_| "ring".to_string());
-    let data = std::fs::read(&path).expect("read the input");
-    println!("{}", fuzz_harness::describe(&target, &data));
-}
