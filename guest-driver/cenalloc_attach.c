@@ -47,6 +47,11 @@ struct cenalloc_attachment *cenalloc_attachment_new(struct cenalloc_buffer *buff
 	a = kzalloc(sizeof(*a), GFP_KERNEL);
 	if (!a)
 		return ERR_PTR(-ENOMEM);
+	a->detach_req = cenalloc_req_alloc(buffer->cdev);
+	if (!a->detach_req) {
+		kfree(a);
+		return ERR_PTR(-ENOMEM);
+	}
 	a->buffer = buffer;
 	a->dev = dev;
 	a->mask = mask;
@@ -58,6 +63,13 @@ struct cenalloc_attachment *cenalloc_attachment_new(struct cenalloc_buffer *buff
 	return a;
 }
 
+/* Free an attachment that is not (or no longer) in the buffer's list. */
+void cenalloc_attachment_free(struct cenalloc_attachment *a)
+{
+	cenalloc_req_free(a->detach_req);
+	kfree(a);
+}
+
 static void cenalloc_access_mask_update(struct cenalloc_buffer *buffer)
 {
 	struct cenalloc_attachment *a;
@@ -65,7 +77,8 @@ static void cenalloc_access_mask_update(struct cenalloc_buffer *buffer)
 					  CENALLOC_MASK_ANY;
 
 	list_for_each_entry(a, &buffer->attachments, node)
-		mask &= a->mask;
+		if (!a->refused)
+			mask &= a->mask;
 	buffer->access_mask = mask;
 }
 
@@ -81,8 +94,9 @@ static int cenalloc_attachment_add(struct cenalloc_buffer *buffer,
 	int ret;
 
 	lockdep_assert_held(&buffer->lock);
-	if (READ_ONCE(cdev->removed))
-		return -ENODEV;
+	ret = cenalloc_dev_usable(cdev);
+	if (ret)
+		return ret;
 	if (!access_mask)
 		return -EINVAL;
 	if (cdev->max_attachments &&
@@ -113,7 +127,9 @@ int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 	struct cenalloc_attachment *a;
 	int ret;
 
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		return ret;
 	if (buffer->explicit_task == current &&
 	    buffer->explicit_dev == attach->dev)
 		a = cenalloc_attachment_new(buffer, attach->dev,
@@ -131,7 +147,7 @@ int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 	}
 	ret = cenalloc_attachment_add(buffer, a, false);
 	if (ret) {
-		kfree(a);
+		cenalloc_attachment_free(a);
 		goto out_unlock;
 	}
 	attach->priv = a;
@@ -140,22 +156,32 @@ out_unlock:
 	return ret;
 }
 
-/* Add UNMAP of outstanding device maps and DETACH of @a to @req; unlink. */
-void cenalloc_attachment_release(struct cenalloc_attachment *a,
-				 struct cenalloc_req *req)
+/*
+ * Unlink @a from its buffer. Returns its DETACH, ready to post (in order,
+ * under the buffer lock), or NULL when the device does not know @a.
+ */
+struct cenalloc_req *cenalloc_attachment_release(struct cenalloc_attachment *a)
 {
 	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_req *req = a->detach_req;
 	struct cenalloc_detach_req *dr;
 
 	lockdep_assert_held(&buffer->lock);
 	list_del_init(&a->node);
 	buffer->num_attachments--;
 	cenalloc_access_mask_update(buffer);
-	if (!req || !a->attach_id)
-		return;
+	a->detach_req = NULL;
+	if (!req || !a->attach_id) {
+		cenalloc_req_free(req);
+		return NULL;
+	}
 	dr = cenalloc_req_add(req, CENALLOC_CMD_DETACH, sizeof(*dr), 0);
-	if (!IS_ERR(dr))
-		dr->attach_id = cpu_to_le32(a->attach_id);
+	if (WARN_ON_ONCE(IS_ERR(dr))) {
+		cenalloc_req_free(req);
+		return NULL;
+	}
+	dr->attach_id = cpu_to_le32(a->attach_id);
+	return req;
 }
 
 void cenalloc_dmabuf_detach(struct dma_buf *dmabuf,
@@ -163,19 +189,17 @@ void cenalloc_dmabuf_detach(struct dma_buf *dmabuf,
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_attachment *a = attach->priv;
-	struct cenalloc_req *req = NULL;
+	struct cenalloc_req *req;
 
 	mutex_lock(&buffer->lock);
 	WARN_ONCE(!list_empty(&a->mappings),
 		  "cenalloc: %s detached with mappings outstanding\n",
 		  a->dev_name);
-	if (a->attach_id && !READ_ONCE(buffer->cdev->removed))
-		req = cenalloc_req_alloc(buffer->cdev);
-	cenalloc_attachment_release(a, req);
+	req = cenalloc_attachment_release(a);
 	if (req)
 		cenalloc_req_post(req);
 	mutex_unlock(&buffer->lock);
-	kfree(a);
+	cenalloc_attachment_free(a);
 }
 
 struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
@@ -183,9 +207,8 @@ struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
 {
 	struct cenalloc_attachment *a = attach->priv;
 	struct cenalloc_buffer *buffer = a->buffer;
-	struct cenalloc_range *segments = NULL;
 	struct cenalloc_mapping *m;
-	u32 direction, num;
+	u32 direction;
 	int ret;
 
 	ret = cenalloc_direction(dir, &direction);
@@ -195,12 +218,19 @@ struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
 	if (!m)
 		return ERR_PTR(-ENOMEM);
 	m->dir = dir;
+	m->unmap_req = cenalloc_req_alloc(buffer->cdev);
+	if (!m->unmap_req) {
+		ret = -ENOMEM;
+		goto err_free;
+	}
 
-	mutex_lock(&buffer->lock);
-	ret = cenalloc_attachment_map(a, direction, &segments, &num);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		goto err_free;
+	ret = cenalloc_attachment_map(a, direction, &m->unmap_req);
 	if (ret)
 		goto err_unlock;
-	ret = cenalloc_sgt_build(&m->sgt, segments, num);
+	ret = cenalloc_sgt_build(&m->sgt, buffer->backing, buffer->num_backing);
 	if (ret)
 		goto err_unmap;
 	ret = dma_map_sgtable(attach->dev, &m->sgt, dir, 0);
@@ -208,17 +238,17 @@ struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
 		goto err_free_sgt;
 	list_add_tail(&m->node, &a->mappings);
 	mutex_unlock(&buffer->lock);
-	kfree(segments);
 	return &m->sgt;
 
 err_free_sgt:
 	sg_free_table(&m->sgt);
 err_unmap:
 	a->num_maps--;
-	cenalloc_post_unmap(a, direction);
+	cenalloc_post_unmap(a, direction, &m->unmap_req);
 err_unlock:
 	mutex_unlock(&buffer->lock);
-	kfree(segments);
+err_free:
+	cenalloc_req_free(m->unmap_req);
 	kfree(m);
 	return ERR_PTR(ret);
 }
@@ -237,7 +267,8 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 	mutex_lock(&buffer->lock);
 	list_del(&m->node);
 	a->num_maps--;
-	cenalloc_post_unmap(a, direction);
+	/* Posted under the lock: it reaches the device before a DETACH. */
+	cenalloc_post_unmap(a, direction, &m->unmap_req);
 	mutex_unlock(&buffer->lock);
 	sg_free_table(sgt);
 	kfree(m);
@@ -245,19 +276,23 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 
 /* Pin the backing for CPU access through the internal CPU attachment
  * (mask: any kind, type SG). It stays mapped until the buffer is released,
- * so the backing cannot migrate under a user or kernel mapping.
+ * so the backing cannot migrate under a user or kernel mapping; its UNMAP
+ * is allocated before the map.
  */
 int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer)
 {
 	static const u32 cpu_types[] = { CENALLOC_MAP_SG };
 	struct cenalloc_attachment *a = buffer->cpu_attach;
-	struct cenalloc_range *segments;
-	u32 num;
 	int ret;
 
 	lockdep_assert_held(&buffer->lock);
 	if (a && a->num_maps)
 		return 0;
+	if (!buffer->cpu_unmap_req) {
+		buffer->cpu_unmap_req = cenalloc_req_alloc(buffer->cdev);
+		if (!buffer->cpu_unmap_req)
+			return -ENOMEM;
+	}
 	if (!a) {
 		a = cenalloc_attachment_new(buffer, NULL, CENALLOC_MASK_ANY,
 					    cpu_types, ARRAY_SIZE(cpu_types));
@@ -265,23 +300,18 @@ int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer)
 			return PTR_ERR(a);
 		ret = cenalloc_attachment_add(buffer, a, true);
 		if (ret) {
-			kfree(a);
+			cenalloc_attachment_free(a);
 			return ret;
 		}
 		buffer->cpu_attach = a;
 	}
 	ret = cenalloc_attachment_map(a, CENALLOC_DIR_BIDIRECTIONAL,
-				      &segments, &num);
-	if (ret) {
-		if (!a->attach_id) {
-			cenalloc_attachment_release(a, NULL);
-			buffer->cpu_attach = NULL;
-			kfree(a);
-		}
-		return ret;
+				      &buffer->cpu_unmap_req);
+	if (ret && !a->attach_id) {
+		/* Not on the device: nothing to DETACH. */
+		cenalloc_attachment_release(a);
+		buffer->cpu_attach = NULL;
+		cenalloc_attachment_free(a);
 	}
-	kfree(buffer->backing);
-	buffer->backing = segments;
-	buffer->num_backing = num;
-	return 0;
+	return ret;
 }

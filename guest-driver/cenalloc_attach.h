@@ -21,8 +21,8 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 struct cenalloc_attachment *cenalloc_attachment_new(struct cenalloc_buffer *buffer,
 						    struct device *dev, u32 mask,
 						    const u32 *types, u32 num_types);
-void cenalloc_attachment_release(struct cenalloc_attachment *a,
-				 struct cenalloc_req *req);
+struct cenalloc_req *cenalloc_attachment_release(struct cenalloc_attachment *a);
+void cenalloc_attachment_free(struct cenalloc_attachment *a);
 int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer);
 
 #endif /* CENALLOC_ATTACH_H */
