@@ -173,6 +173,19 @@ pub fn answer_control<M: GuestMemoryBackend>(
     mem: &M,
     descriptors: impl Iterator<Item = Descriptor>,
 ) -> u32 {
+    answer_control_filtered(device, mem, descriptors, |_, response| Some(response)).unwrap_or(0)
+}
+
+/// [`answer_control`] with a `filter` that sees the request and the answer
+/// before it is written, and may change it or (`None`) withhold it: then
+/// nothing is written and `None` is returned (the chain is not to be
+/// returned to the driver). For the test-only fault injection.
+pub fn answer_control_filtered<M: GuestMemoryBackend>(
+    device: &mut Device,
+    mem: &M,
+    descriptors: impl Iterator<Item = Descriptor>,
+    filter: impl FnOnce(&[u8], Vec<u8>) -> Option<Vec<u8>>,
+) -> Option<u32> {
     let parsed = parse(mem, descriptors);
     let response = match &parsed.error {
         None => device.execute_batch(mem, &parsed.request, parsed.writable.len()),
@@ -180,7 +193,7 @@ pub fn answer_control<M: GuestMemoryBackend>(
             log::debug!("malformed control chain: {error}");
             device.counters.malformed_chains += 1;
             if parsed.writable.len() < size_of::<BatchResp>() {
-                return 0;
+                return Some(0);
             }
             BatchResp {
                 status: status_of_errno(libc::EINVAL),
@@ -190,11 +203,12 @@ pub fn answer_control<M: GuestMemoryBackend>(
             .to_vec()
         }
     };
+    let response = filter(&parsed.request, response)?;
     match parsed.writable.scatter(mem, &response) {
-        Ok(written) => written as u32,
+        Ok(written) => Some(written as u32),
         Err(error) => {
             log::debug!("answer of a control chain lost: {error}");
-            0
+            Some(0)
         }
     }
 }

@@ -21,6 +21,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::chain;
+use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
 
@@ -55,6 +56,9 @@ pub struct CenallocBackend {
     config_space: Vec<u8>,
     mem: Option<AtomicMemory>,
     event_idx: bool,
+    /// Test builds: the hostile-host mode (answers rewritten on purpose).
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Mutex<crate::fault::Injector>>,
 }
 
 impl CenallocBackend {
@@ -67,7 +71,20 @@ impl CenallocBackend {
             config_space,
             mem: None,
             event_idx: false,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         })
+    }
+
+    /// The backend with the test hooks of `hooks` (nothing in normal builds).
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut, unused_variables))]
+    pub fn with_hooks(mut self, hooks: &Hooks) -> Self {
+        #[cfg(feature = "fault-injection")]
+        if let Some(source) = &hooks.fault {
+            log::warn!("fault injection on: this device lies to the guest on purpose");
+            self.fault = Some(Mutex::new(crate::fault::Injector::new(source.clone())));
+        }
+        self
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
@@ -76,12 +93,33 @@ impl CenallocBackend {
     }
 
     fn device(&mut self) -> &mut Device {
-        // A poisoned lock only means an earlier panic; the state is still
-        // consistent (the model changes nothing on failure).
-        match self.device.get_mut() {
-            Ok(device) => device,
-            Err(poisoned) => poisoned.into_inner(),
+        device_of(&mut self.device)
+    }
+
+    /// The answer to one control chain: the used length, or `None` for a
+    /// chain that must not be returned (fault injection only).
+    fn answer<M: vm_memory::GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+    ) -> Option<u32> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = &self.fault {
+            let mut fault = match fault.lock() {
+                Ok(fault) => fault,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            return chain::answer_control_filtered(
+                device_of(&mut self.device),
+                mem,
+                chain,
+                |request, response| match fault.rewrite_answer(request, response) {
+                    crate::fault::Verdict::Answer(bytes) => Some(bytes),
+                    crate::fault::Verdict::Withhold => None,
+                },
+            );
         }
+        Some(chain::answer_control(self.device(), mem, chain))
     }
 
     /// Answers every available control chain. Events a chain produced are
@@ -100,7 +138,9 @@ impl CenallocBackend {
         let start = Instant::now();
         for chain in chains {
             let head = chain.head_index();
-            let written = chain::answer_control(self.device(), &**mem, chain);
+            let Some(written) = self.answer(&**mem, chain) else {
+                continue;
+            };
             if let Err(e) = vring.add_used(head, written) {
                 warn!("control queue: add_used({head}) failed: {e}");
             }
@@ -162,6 +202,16 @@ impl CenallocBackend {
         if used {
             signal(vring, "event");
         }
+    }
+}
+
+/// The device behind its mutex. A poisoned lock only means an earlier
+/// panic; the state is still consistent (the model changes nothing on
+/// failure).
+fn device_of(device: &mut Mutex<Device>) -> &mut Device {
+    match device.get_mut() {
+        Ok(device) => device,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -239,6 +289,13 @@ impl VhostUserBackendMut for CenallocBackend {
             .saturating_add(size as usize)
             .min(self.config_space.len());
         out[..end - start].copy_from_slice(&self.config_space[start..end]);
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = &self.fault {
+            match fault.lock() {
+                Ok(mut fault) => fault.rewrite_config(offset, &mut out),
+                Err(poisoned) => poisoned.into_inner().rewrite_config(offset, &mut out),
+            }
+        }
         out
     }
 
@@ -326,8 +383,11 @@ pub enum ServeError {
 pub fn serve_one(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
+    hooks: &Hooks,
 ) -> Result<(), ServeError> {
-    let backend = CenallocBackend::new_shared(config.clone())?;
+    let backend = Arc::new(RwLock::new(
+        CenallocBackend::new(config.clone())?.with_hooks(hooks),
+    ));
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         "cenallocd".to_string(),
         backend,
@@ -355,9 +415,10 @@ pub fn serve_one(
 pub fn serve_forever(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
+    hooks: &Hooks,
 ) -> Result<(), ServeError> {
     loop {
-        if let Err(e) = serve_one(listener, config) {
+        if let Err(e) = serve_one(listener, config, hooks) {
             match e {
                 ServeError::Backend(_) => return Err(e),
                 ServeError::Daemon(_) => warn!("connection ended with an error: {e}"),
