@@ -173,20 +173,40 @@ pub fn answer_control<M: GuestMemoryBackend>(
     mem: &M,
     descriptors: impl Iterator<Item = Descriptor>,
 ) -> u32 {
-    answer_control_filtered(device, mem, descriptors, |_, response| Some(response)).unwrap_or(0)
+    answer_control_filtered(device, mem, descriptors, &mut Honest).unwrap_or(0)
 }
 
-/// [`answer_control`] with a `filter` that sees the request and the answer
-/// before it is written, and may change it or (`None`) withhold it: then
-/// nothing is written and `None` is returned (the chain is not to be
-/// returned to the driver). For the test-only fault injection.
+/// A test hook (the fault injection of test builds) around one chain: it
+/// sees the request before the device runs it and the answer before it is
+/// written, and may change either, or withhold the answer.
+pub trait Filter {
+    /// May change the request bytes before the device runs them.
+    fn request(&mut self, _request: &mut [u8]) {}
+
+    /// The answer to write (changed or not), or `None`: write nothing and
+    /// never return the chain.
+    fn answer(&mut self, request: &[u8], response: Vec<u8>) -> Option<Vec<u8>>;
+}
+
+/// The filter of normal operation: changes nothing.
+struct Honest;
+
+impl Filter for Honest {
+    fn answer(&mut self, _request: &[u8], response: Vec<u8>) -> Option<Vec<u8>> {
+        Some(response)
+    }
+}
+
+/// [`answer_control`] through `filter`; `None` when the filter withheld the
+/// answer (the chain is then not to be returned to the driver).
 pub fn answer_control_filtered<M: GuestMemoryBackend>(
     device: &mut Device,
     mem: &M,
     descriptors: impl Iterator<Item = Descriptor>,
-    filter: impl FnOnce(&[u8], Vec<u8>) -> Option<Vec<u8>>,
+    filter: &mut dyn Filter,
 ) -> Option<u32> {
-    let parsed = parse(mem, descriptors);
+    let mut parsed = parse(mem, descriptors);
+    filter.request(&mut parsed.request);
     let response = match &parsed.error {
         None => device.execute_batch(mem, &parsed.request, parsed.writable.len()),
         Some(error) => {
@@ -203,7 +223,7 @@ pub fn answer_control_filtered<M: GuestMemoryBackend>(
             .to_vec()
         }
     };
-    let response = filter(&parsed.request, response)?;
+    let response = filter.answer(&parsed.request, response)?;
     match parsed.writable.scatter(mem, &response) {
         Ok(written) => Some(written as u32),
         Err(error) => {

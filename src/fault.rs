@@ -27,12 +27,17 @@
 //! | `needed-huge` | MAP: -ENOSPC, needing a 4 GiB answer |
 //! | `attach-type` | ATTACH: map type 0x8123, which nobody lists |
 //! | `max-segments-huge` | config space: max_segments 0xffffffff (read at probe) |
+//! | `max-batch:N` | config space: max_batch N (the device still takes 64) |
+//! | `refuse-attach:MASK` | ATTACH of constraint mask MASK: refused (-EINVAL), as the request reaches the executor with mask 0 |
 //! | `short-answer[:OP]` | chains (with an OP command): only the batch response written |
 //! | `status-garbage[:OP]` | commands (OP only): status 0x1234, neither 0 nor an errno |
 //! | `no-answer[:OP]` | chains (with an OP command): never returned to the guest |
 //! | `slow:MS` | every chain answered MS milliseconds late |
 //!
-//! OP is an opcode name: `pool-add`, `map`, `create`, `attach`, ... A MAP
+//! OP is an opcode name: `pool-add`, `map`, `create`, `attach`, ... MASK is
+//! a number (`0x100`). `refuse-attach` is the one fault that changes a
+//! request instead of an answer: a refusal the device's state agrees with.
+//! A MAP
 //! answer that needs one more segment than its slot holds becomes -ENOSPC
 //! with the size it needs, as a device would answer; the guest then asks
 //! again with room, and gets the rewritten answer.
@@ -67,6 +72,8 @@ pub enum Fault {
     NeededHuge,
     AttachType,
     MaxSegmentsHuge,
+    MaxBatch(u32),
+    RefuseAttach(u32),
     ShortAnswer(Option<u16>),
     StatusGarbage(Option<u16>),
     NoAnswer(Option<u16>),
@@ -84,6 +91,17 @@ pub enum Error {
     Argument(String),
     #[error("slow:MS needs milliseconds 1..={MAX_DELAY_MS}, not {0:?}")]
     Delay(String),
+    #[error("{0:?} needs a number argument")]
+    Number(String),
+}
+
+fn number(spec: &str, arg: Option<&str>) -> Result<u32, Error> {
+    let arg = arg.ok_or_else(|| Error::Number(spec.to_string()))?;
+    let parsed = match arg.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => arg.parse(),
+    };
+    parsed.map_err(|_| Error::Number(spec.to_string()))
 }
 
 const OPCODES: [(&str, u16); 13] = [
@@ -138,6 +156,8 @@ impl FromStr for Fault {
             "needed-huge" => plain(Fault::NeededHuge),
             "attach-type" => plain(Fault::AttachType),
             "max-segments-huge" => plain(Fault::MaxSegmentsHuge),
+            "max-batch" => Ok(Fault::MaxBatch(number(spec, arg)?)),
+            "refuse-attach" => Ok(Fault::RefuseAttach(number(spec, arg)?)),
             "short-answer" => Ok(Fault::ShortAnswer(op()?)),
             "status-garbage" => Ok(Fault::StatusGarbage(op()?)),
             "no-answer" => Ok(Fault::NoAnswer(op()?)),
@@ -232,16 +252,56 @@ impl Injector {
 
     /// Rewrites the config space bytes starting at `offset`.
     pub fn rewrite_config(&mut self, offset: u32, bytes: &mut [u8]) {
-        if self.current() != Fault::MaxSegmentsHuge {
-            return;
-        }
-        let field = std::mem::offset_of!(Config, max_segments);
-        for (i, byte) in u32::MAX.to_le_bytes().iter().enumerate() {
+        let (field, value) = match self.current() {
+            Fault::MaxSegmentsHuge => (std::mem::offset_of!(Config, max_segments), u32::MAX),
+            Fault::MaxBatch(n) => (std::mem::offset_of!(Config, max_batch), n),
+            _ => return,
+        };
+        for (i, byte) in value.to_le_bytes().iter().enumerate() {
             let at = (field + i).checked_sub(offset as usize);
             if let Some(slot) = at.and_then(|at| bytes.get_mut(at)) {
                 *slot = *byte;
             }
         }
+    }
+}
+
+impl crate::chain::Filter for Injector {
+    fn request(&mut self, request: &mut [u8]) {
+        if let Fault::RefuseAttach(mask) = self.current() {
+            refuse_attach(mask, request);
+        }
+    }
+
+    fn answer(&mut self, request: &[u8], response: Vec<u8>) -> Option<Vec<u8>> {
+        match self.rewrite_answer(request, response) {
+            Verdict::Answer(bytes) => Some(bytes),
+            Verdict::Withhold => None,
+        }
+    }
+}
+
+/// Makes every ATTACH of constraint mask `mask` in `request` one of mask 0,
+/// which the device refuses.
+pub fn refuse_attach(mask: u32, request: &mut [u8]) {
+    let Some(batch) = read::<BatchHdr>(request, 0) else {
+        return;
+    };
+    let mut offset = size_of::<BatchHdr>();
+    for _ in 0..batch.num_cmds {
+        let Some(cmd) = read::<CmdHdr>(request, offset) else {
+            return;
+        };
+        let payload = offset + size_of::<CmdHdr>();
+        if cmd.opcode == CENALLOC_CMD_ATTACH {
+            if let Some(mut attach) = read::<AttachReq>(request, payload) {
+                if attach.mask == mask {
+                    attach.mask = 0;
+                    write(request, payload, &attach);
+                }
+            }
+        }
+        offset = payload + cmd.len as usize;
     }
 }
 
@@ -304,7 +364,7 @@ fn matches(filter: Option<u16>, commands: &[Command]) -> bool {
 pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
     let cmds = commands(request, &response);
     match fault {
-        Fault::None | Fault::MaxSegmentsHuge => {}
+        Fault::None | Fault::MaxSegmentsHuge | Fault::MaxBatch(_) | Fault::RefuseAttach(_) => {}
         Fault::Slow(ms) => std::thread::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))),
         Fault::NoAnswer(filter) => {
             if matches(filter, &cmds) {
@@ -568,6 +628,53 @@ mod tests {
             "sideways".parse::<Fault>(),
             Err(Error::Unknown(_))
         ));
+        assert_eq!("max-batch:2".parse(), Ok(Fault::MaxBatch(2)));
+        assert_eq!(
+            "refuse-attach:0x100".parse(),
+            Ok(Fault::RefuseAttach(0x100))
+        );
+        assert!(matches!(
+            "refuse-attach".parse::<Fault>(),
+            Err(Error::Number(_))
+        ));
+        assert!(matches!(
+            "max-batch:x".parse::<Fault>(),
+            Err(Error::Number(_))
+        ));
+    }
+
+    #[test]
+    fn refuse_attach_zeroes_only_the_mask_asked_for() {
+        let attach = |mask| AttachReq {
+            buffer_id: 1,
+            mask,
+            num_types: 1,
+            reserved: 0,
+            types: [CENALLOC_MAP_SG, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let mut request = BatchHdr {
+            num_cmds: 2,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        for mask in [0x100, CENALLOC_KIND_SYSTEM] {
+            request.extend_from_slice(
+                CmdHdr {
+                    opcode: CENALLOC_CMD_ATTACH,
+                    flags: 0,
+                    len: size_of::<AttachReq>() as u32,
+                    resp_len: 16,
+                    reserved: 0,
+                }
+                .as_slice(),
+            );
+            request.extend_from_slice(attach(mask).as_slice());
+        }
+        refuse_attach(0x100, &mut request);
+        let first: AttachReq = read(&request, 8 + 16).unwrap();
+        let second: AttachReq = read(&request, 8 + 16 + 48 + 16).unwrap();
+        assert_eq!((first.mask, second.mask), (0, CENALLOC_KIND_SYSTEM));
     }
 
     #[test]
@@ -733,6 +840,11 @@ mod tests {
         let mut word = [0u8; 4];
         injector.rewrite_config(field as u32, &mut word);
         assert_eq!(u32::from_le_bytes(word), u32::MAX);
+        let mut batch = Injector::new(Source::Fixed(Fault::MaxBatch(2)));
+        let mut bytes = config.as_slice().to_vec();
+        batch.rewrite_config(0, &mut bytes);
+        let read_back: Config = read(&bytes, 0).unwrap();
+        assert_eq!((read_back.max_batch, read_back.max_segments), (2, 0));
         let mut honest = Injector::new(Source::Fixed(Fault::None));
         let mut untouched = [0u8; 4];
         honest.rewrite_config(field as u32, &mut untouched);

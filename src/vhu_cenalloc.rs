@@ -113,10 +113,7 @@ impl CenallocBackend {
                 device_of(&mut self.device),
                 mem,
                 chain,
-                |request, response| match fault.rewrite_answer(request, response) {
-                    crate::fault::Verdict::Answer(bytes) => Some(bytes),
-                    crate::fault::Verdict::Withhold => None,
-                },
+                &mut *fault,
             );
         }
         Some(chain::answer_control(self.device(), mem, chain))

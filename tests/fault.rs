@@ -140,3 +140,24 @@ fn huge_max_segments_reaches_the_config_space() {
     let honest = Harness::connect(&socket, WANTED_FEATURES);
     assert_ne!(honest.config.max_segments, u32::MAX);
 }
+
+#[test]
+fn refuse_attach_is_a_refusal_the_device_state_agrees_with() {
+    let file = FaultFile::new("refuse");
+    let mut harness = harness(&file);
+    file.set("refuse-attach:0x100");
+    let created: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    let refused = harness.run(Cmd::attach(created.buffer_id, 0x100, &[CENALLOC_MAP_SG]));
+    assert_eq!(refused.status, -libc::EINVAL);
+    harness
+        .run(Cmd::attach(
+            created.buffer_id,
+            CENALLOC_KIND_SYSTEM,
+            &[CENALLOC_MAP_SG],
+        ))
+        .ok();
+    // Freed with one attachment: the refused one never existed.
+    harness.run(Cmd::free(created.buffer_id)).ok();
+    let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.num_buffers, 1, "alive until its one attachment goes");
+}
