@@ -197,6 +197,14 @@ pub struct Injector {
     /// (a writer that renames a new file into place always changes it).
     stamp: Option<(u64, SystemTime, u64)>,
     current: Fault,
+    /// The request as the driver sent it, and its MAPs whose slot was
+    /// hidden from the executor (command index, slot bytes).
+    original: Vec<u8>,
+    hidden: Vec<(usize, u32)>,
+    /// The slot the driver asks again with: a MAP of that slot runs.
+    room: Option<u32>,
+    /// The fault of the chain being answered (read once per chain).
+    chain_fault: Fault,
 }
 
 impl Injector {
@@ -209,6 +217,10 @@ impl Injector {
             source,
             stamp: None,
             current,
+            original: Vec::new(),
+            hidden: Vec::new(),
+            room: None,
+            chain_fault: Fault::None,
         };
         injector.refresh();
         injector
@@ -266,15 +278,101 @@ impl Injector {
     }
 }
 
+/// A fault whose MAP answers need more room than the driver gave, or
+/// claim to: the injector makes the device answer -ENOSPC first (a MAP
+/// with too small a slot maps nothing), so that the device's state agrees.
+fn needs_room(fault: Fault) -> bool {
+    matches!(
+        fault,
+        Fault::SplitSegment | Fault::ExtraSegment | Fault::ContigSplit | Fault::NeededHuge
+    )
+}
+
+impl Injector {
+    /// Hides the slot of every MAP of `request` from the executor, but one
+    /// sent with the room asked for last time.
+    fn hide_map_slots(&mut self, fault: Fault, request: &mut [u8]) {
+        self.original = request.to_vec();
+        let Some(batch) = read::<BatchHdr>(request, 0) else {
+            return;
+        };
+        let mut offset = size_of::<BatchHdr>();
+        for index in 0..batch.num_cmds as usize {
+            let Some(mut cmd) = read::<CmdHdr>(request, offset) else {
+                return;
+            };
+            if cmd.opcode == CENALLOC_CMD_MAP {
+                if fault != Fault::NeededHuge && self.room == Some(cmd.resp_len) {
+                    self.room = None;
+                } else {
+                    self.hidden.push((index, cmd.resp_len));
+                    cmd.resp_len = 0;
+                    write(request, offset, &cmd);
+                }
+            }
+            offset += size_of::<CmdHdr>() + cmd.len as usize;
+        }
+    }
+
+    /// Gives the hidden MAP slots back to the answer (zeroed) and asks for
+    /// one more segment's room where the device said -ENOSPC.
+    fn restore_map_slots(&mut self, fault: Fault, response: Vec<u8>) -> Vec<u8> {
+        let Some(batch) = read::<BatchHdr>(&self.original, 0) else {
+            return response;
+        };
+        let mut out = response
+            .get(..size_of::<BatchResp>())
+            .unwrap_or(&[])
+            .to_vec();
+        let (mut offset, mut from) = (size_of::<BatchHdr>(), size_of::<BatchResp>());
+        for index in 0..batch.num_cmds as usize {
+            let Some(cmd) = read::<CmdHdr>(&self.original, offset) else {
+                break;
+            };
+            offset += size_of::<CmdHdr>() + cmd.len as usize;
+            let hidden = self.hidden.iter().any(|&(i, _)| i == index);
+            let got = if hidden { 0 } else { cmd.resp_len as usize };
+            let Some(hdr_bytes) = response.get(from..from + size_of::<RespHdr>()) else {
+                break;
+            };
+            let mut hdr: RespHdr = read(hdr_bytes, 0).unwrap_or_default();
+            if hidden && hdr.status == status_of_errno(libc::ENOSPC) && fault != Fault::NeededHuge {
+                hdr.needed = hdr.needed.saturating_add(size_of::<Range>() as u32);
+                self.room = Some(hdr.needed);
+            }
+            out.extend_from_slice(hdr.as_slice());
+            let slot = from + size_of::<RespHdr>();
+            match response.get(slot..slot + got) {
+                Some(bytes) if !hidden => out.extend_from_slice(bytes),
+                _ => out.resize(out.len() + cmd.resp_len as usize, 0),
+            }
+            from = slot + got;
+        }
+        out
+    }
+}
+
 impl crate::chain::Filter for Injector {
     fn request(&mut self, request: &mut [u8]) {
-        if let Fault::RefuseAttach(mask) = self.current() {
-            refuse_attach(mask, request);
+        self.hidden.clear();
+        self.chain_fault = self.current();
+        match self.chain_fault {
+            Fault::RefuseAttach(mask) => refuse_attach(mask, request),
+            fault if needs_room(fault) => self.hide_map_slots(fault, request),
+            _ => {}
         }
     }
 
     fn answer(&mut self, request: &[u8], response: Vec<u8>) -> Option<Vec<u8>> {
-        match self.rewrite_answer(request, response) {
+        let fault = self.chain_fault;
+        let (request, response) = if self.hidden.is_empty() {
+            (request.to_vec(), response)
+        } else {
+            let restored = self.restore_map_slots(fault, response);
+            (std::mem::take(&mut self.original), restored)
+        };
+        self.hidden.clear();
+        match rewrite(fault, &request, response) {
             Verdict::Answer(bytes) => Some(bytes),
             Verdict::Withhold => None,
         }
@@ -416,14 +514,11 @@ fn rewrite_map(fault: Fault, request: &[u8], cmd: &Command, response: &mut [u8])
     };
     let at = cmd.response + size_of::<RespHdr>();
     if fault == Fault::NeededHuge {
-        let Some(slot) = response.get_mut(at..at + cmd.slot) else {
-            return;
-        };
-        slot.fill(0);
-        hdr.status = status_of_errno(libc::ENOSPC);
-        hdr.len = 0;
-        hdr.needed = !7;
-        write(response, cmd.response, &hdr);
+        // The injector hid the slot: the device answered -ENOSPC.
+        if hdr.status == status_of_errno(libc::ENOSPC) {
+            hdr.needed = !7;
+            write(response, cmd.response, &hdr);
+        }
         return;
     }
     if hdr.status != 0 || read::<MapReq>(request, cmd.payload).is_none() {
@@ -488,14 +583,7 @@ fn rewrite_map(fault: Fault, request: &[u8], cmd: &Command, response: &mut [u8])
     }
     let need = size_of::<MapResp>() + segments.len() * size_of::<Range>();
     if need > cmd.slot {
-        // No room for the lie: ask for it, as a device out of room would.
-        if let Some(slot) = response.get_mut(at..at + cmd.slot) {
-            slot.fill(0);
-        }
-        hdr.status = status_of_errno(libc::ENOSPC);
-        hdr.len = 0;
-        hdr.needed = need as u32;
-        write(response, cmd.response, &hdr);
+        // No room for the lie (the injector asks for room beforehand).
         return;
     }
     map.num_segments = segments.len() as u32;
@@ -715,12 +803,66 @@ mod tests {
     }
 
     #[test]
-    fn a_lie_without_room_asks_for_room() {
+    fn a_lie_without_room_is_not_told() {
         let (request, response) = map_batch(CENALLOC_MAP_SG, 0, &[(0x10000, 0x4000)], 1);
-        let (hdr, _, _) = parse_map(&answer(rewrite(Fault::SplitSegment, &request, response)));
-        assert_eq!(hdr.status as i32, -libc::ENOSPC);
-        assert_eq!(hdr.needed, 24 + 32);
-        assert_eq!(hdr.len, 0);
+        let unchanged = answer(rewrite(Fault::SplitSegment, &request, response.clone()));
+        assert_eq!(unchanged, response);
+    }
+
+    /// What the executor answers to a lone MAP whose slot is 0 bytes.
+    fn enospc(needed: u32) -> Vec<u8> {
+        let mut out = BatchResp {
+            status: status_of_errno(libc::ENOSPC),
+            num_done: 0,
+        }
+        .as_slice()
+        .to_vec();
+        out.extend_from_slice(
+            RespHdr {
+                status: status_of_errno(libc::ENOSPC),
+                len: 0,
+                needed,
+                reserved: 0,
+            }
+            .as_slice(),
+        );
+        out
+    }
+
+    #[test]
+    fn faults_that_need_room_ask_for_it_without_a_mapping() {
+        use crate::chain::Filter;
+
+        let mut injector = Injector::new(Source::Fixed(Fault::SplitSegment));
+        let (original, _) = map_batch(CENALLOC_MAP_SG, 0, &[(0x10000, 0x4000)], 1);
+        let mut request = original.clone();
+        injector.request(&mut request);
+        let cmd: CmdHdr = read(&request, 8).unwrap();
+        assert_eq!(cmd.resp_len, 0, "the executor sees no slot: maps nothing");
+        let restored = injector.answer(&request, enospc(24 + 16)).unwrap();
+        assert_eq!(restored.len(), 8 + 16 + 24 + 16, "the driver's layout");
+        let hdr: RespHdr = read(&restored, 8).unwrap();
+        assert_eq!(
+            (hdr.status as i32, hdr.needed),
+            (-libc::ENOSPC, 24 + 32),
+            "room for one more segment"
+        );
+        // Asked again with that room: the MAP runs and the lie fits.
+        let (original, response) = map_batch(CENALLOC_MAP_SG, 0, &[(0x10000, 0x4000)], 2);
+        let mut request = original.clone();
+        injector.request(&mut request);
+        assert_eq!(request, original, "not hidden");
+        let (hdr, map, _) = parse_map(&injector.answer(&request, response).unwrap());
+        assert_eq!((hdr.status, map.num_segments), (0, 2));
+
+        let mut huge = Injector::new(Source::Fixed(Fault::NeededHuge));
+        let mut request = original.clone();
+        huge.request(&mut request);
+        let (hdr, _, _) = parse_map(&huge.answer(&request, enospc(24 + 16)).unwrap());
+        assert_eq!(
+            (hdr.status as i32, hdr.needed),
+            (-libc::ENOSPC, 0xffff_fff8)
+        );
     }
 
     #[test]
@@ -820,10 +962,10 @@ mod tests {
             response.clone(),
         ));
         assert_eq!(read::<RespHdr>(&garbled, 8).unwrap().status, 0x1234);
-        let (hdr, _, _) = parse_map(&answer(rewrite(Fault::NeededHuge, &request, response)));
+        // A MAP the device did run is not turned into -ENOSPC.
         assert_eq!(
-            (hdr.status as i32, hdr.needed),
-            (-libc::ENOSPC, 0xffff_fff8)
+            answer(rewrite(Fault::NeededHuge, &request, response.clone())),
+            response
         );
     }
 

@@ -68,11 +68,23 @@ fn map_answers_are_rewritten_and_an_empty_file_is_honest() {
     let (resp, segments) = map_segments(honest.answers[2].ok());
     assert_eq!((resp.num_segments, segments.len()), (1, 1));
 
+    // A lie that needs more room than the slot has: first -ENOSPC (and no
+    // mapping on the device), then, asked again with that room, the lie.
     file.set("split-segment");
-    let lied = create_and_map(&mut harness);
-    let (resp, lies) = map_segments(lied.answers[2].ok());
+    let first = create_and_map(&mut harness);
+    let map = &first.answers[2];
+    assert_eq!(map.status, -libc::ENOSPC);
+    assert_eq!(map.needed, 24 + 2 * 16);
+    let attach: AttachResp = first.answers[1].ok().get();
+    let again = harness.run(Cmd::map(attach.attach_id, CENALLOC_DIR_BIDIRECTIONAL, 2));
+    let (resp, lies) = map_segments(again.ok());
     assert_eq!(resp.num_segments, 2, "one more segment");
     assert_eq!(lies.iter().map(|s| s.1).sum::<u64>(), 64 << 10, "same size");
+    // One mapping on the device, not two: one UNMAP, then DETACH works.
+    harness
+        .run(Cmd::unmap(attach.attach_id, CENALLOC_DIR_BIDIRECTIONAL))
+        .ok();
+    harness.run(Cmd::detach(attach.attach_id)).ok();
 
     file.set("dma32-high");
     let lied = create_and_map(&mut harness);
