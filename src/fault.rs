@@ -24,7 +24,7 @@
 //! | `dma32-high` | MAP: every segment 4 GiB higher |
 //! | `map-type` | MAP: SG and CONTIG swapped (a private type becomes SG) |
 //! | `allocator-id` | MAP: allocator 99 |
-//! | `needed-huge` | MAP: -ENOSPC, needing a 4 GiB answer |
+//! | `needed:N` | MAP: -ENOSPC, needing an N-byte answer (then, asked with N bytes, the real answer) |
 //! | `attach-type` | ATTACH: map type 0x8123, which nobody lists |
 //! | `max-segments-huge` | config space: max_segments 0xffffffff (read at probe) |
 //! | `max-batch:N` | config space: max_batch N (the device still takes 64) |
@@ -69,7 +69,7 @@ pub enum Fault {
     Dma32High,
     MapType,
     AllocatorId,
-    NeededHuge,
+    Needed(u32),
     AttachType,
     MaxSegmentsHuge,
     MaxBatch(u32),
@@ -153,7 +153,7 @@ impl FromStr for Fault {
             "dma32-high" => plain(Fault::Dma32High),
             "map-type" => plain(Fault::MapType),
             "allocator-id" => plain(Fault::AllocatorId),
-            "needed-huge" => plain(Fault::NeededHuge),
+            "needed" => Ok(Fault::Needed(number(spec, arg)?)),
             "attach-type" => plain(Fault::AttachType),
             "max-segments-huge" => plain(Fault::MaxSegmentsHuge),
             "max-batch" => Ok(Fault::MaxBatch(number(spec, arg)?)),
@@ -284,14 +284,14 @@ impl Injector {
 fn needs_room(fault: Fault) -> bool {
     matches!(
         fault,
-        Fault::SplitSegment | Fault::ExtraSegment | Fault::ContigSplit | Fault::NeededHuge
+        Fault::SplitSegment | Fault::ExtraSegment | Fault::ContigSplit | Fault::Needed(_)
     )
 }
 
 impl Injector {
     /// Hides the slot of every MAP of `request` from the executor, but one
     /// sent with the room asked for last time.
-    fn hide_map_slots(&mut self, fault: Fault, request: &mut [u8]) {
+    fn hide_map_slots(&mut self, request: &mut [u8]) {
         self.original = request.to_vec();
         let Some(batch) = read::<BatchHdr>(request, 0) else {
             return;
@@ -302,7 +302,7 @@ impl Injector {
                 return;
             };
             if cmd.opcode == CENALLOC_CMD_MAP {
-                if fault != Fault::NeededHuge && self.room == Some(cmd.resp_len) {
+                if self.room == Some(cmd.resp_len) {
                     self.room = None;
                 } else {
                     self.hidden.push((index, cmd.resp_len));
@@ -336,8 +336,11 @@ impl Injector {
                 break;
             };
             let mut hdr: RespHdr = read(hdr_bytes, 0).unwrap_or_default();
-            if hidden && hdr.status == status_of_errno(libc::ENOSPC) && fault != Fault::NeededHuge {
-                hdr.needed = hdr.needed.saturating_add(size_of::<Range>() as u32);
+            if hidden && hdr.status == status_of_errno(libc::ENOSPC) {
+                hdr.needed = match fault {
+                    Fault::Needed(n) => n,
+                    _ => hdr.needed.saturating_add(size_of::<Range>() as u32),
+                };
                 self.room = Some(hdr.needed);
             }
             out.extend_from_slice(hdr.as_slice());
@@ -358,7 +361,7 @@ impl crate::chain::Filter for Injector {
         self.chain_fault = self.current();
         match self.chain_fault {
             Fault::RefuseAttach(mask) => refuse_attach(mask, request),
-            fault if needs_room(fault) => self.hide_map_slots(fault, request),
+            fault if needs_room(fault) => self.hide_map_slots(request),
             _ => {}
         }
     }
@@ -513,14 +516,6 @@ fn rewrite_map(fault: Fault, request: &[u8], cmd: &Command, response: &mut [u8])
         return;
     };
     let at = cmd.response + size_of::<RespHdr>();
-    if fault == Fault::NeededHuge {
-        // The injector hid the slot: the device answered -ENOSPC.
-        if hdr.status == status_of_errno(libc::ENOSPC) {
-            hdr.needed = !7;
-            write(response, cmd.response, &hdr);
-        }
-        return;
-    }
     if hdr.status != 0 || read::<MapReq>(request, cmd.payload).is_none() {
         return;
     }
@@ -702,6 +697,7 @@ mod tests {
         );
         assert_eq!("no-answer".parse(), Ok(Fault::NoAnswer(None)));
         assert_eq!("slow:250".parse(), Ok(Fault::Slow(250)));
+        assert_eq!("needed:0xfffffff8".parse(), Ok(Fault::Needed(0xffff_fff8)));
         assert!(matches!("slow:0".parse::<Fault>(), Err(Error::Delay(_))));
         assert!(matches!("slow".parse::<Fault>(), Err(Error::Delay(_))));
         assert!(matches!(
@@ -855,14 +851,21 @@ mod tests {
         let (hdr, map, _) = parse_map(&injector.answer(&request, response).unwrap());
         assert_eq!((hdr.status, map.num_segments), (0, 2));
 
-        let mut huge = Injector::new(Source::Fixed(Fault::NeededHuge));
+        let mut huge = Injector::new(Source::Fixed(Fault::Needed(24 + 16 * 1000)));
         let mut request = original.clone();
         huge.request(&mut request);
         let (hdr, _, _) = parse_map(&huge.answer(&request, enospc(24 + 16)).unwrap());
         assert_eq!(
             (hdr.status as i32, hdr.needed),
-            (-libc::ENOSPC, 0xffff_fff8)
+            (-libc::ENOSPC, 24 + 16 * 1000)
         );
+        // Asked with that room, the real (smaller) answer comes.
+        let (original, response) = map_batch(CENALLOC_MAP_SG, 0, &[(0x10000, 0x4000)], 1000);
+        let mut request = original.clone();
+        huge.request(&mut request);
+        let cmd: CmdHdr = read(&request, 8).unwrap();
+        assert_eq!(cmd.resp_len, 24 + 16 * 1000, "not hidden");
+        assert_eq!(huge.answer(&request, response.clone()).unwrap(), response);
     }
 
     #[test]
@@ -964,7 +967,7 @@ mod tests {
         assert_eq!(read::<RespHdr>(&garbled, 8).unwrap().status, 0x1234);
         // A MAP the device did run is not turned into -ENOSPC.
         assert_eq!(
-            answer(rewrite(Fault::NeededHuge, &request, response.clone())),
+            answer(rewrite(Fault::Needed(1 << 20), &request, response.clone())),
             response
         );
     }
