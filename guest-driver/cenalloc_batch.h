@@ -9,8 +9,11 @@
 
 struct cenalloc_req;
 
+int cenalloc_req_add_unmap(struct cenalloc_req *req,
+			   struct cenalloc_attachment *a, u32 direction);
 int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
-			 struct cenalloc_attachment *a);
+			 struct cenalloc_attachment *a,
+			 struct cenalloc_req *req);
 int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 			    struct cenalloc_req **unmap_req);
 struct cenalloc_req *cenalloc_unmap_take(struct cenalloc_attachment *a,

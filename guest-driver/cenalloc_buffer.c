@@ -7,7 +7,9 @@
  * backing: it maps the buffer through an internal CPU attachment (mask: any
  * kind, type SG) that stays mapped until the buffer is released, so the
  * backing is allocated if it was not, and can never migrate away from under
- * a CPU mapping (a later incompatible attach gets -EBUSY from the device).
+ * a CPU mapping (a later incompatible attach gets -EBUSY).
+ * The exporter is dynamic (pin/unpin): see cenalloc_attach.c for what that
+ * means for static and dynamic importers and for migration.
  * begin/end_cpu_access send SYNC and sync every DMA mapping for the CPU or
  * the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
  */
@@ -290,6 +292,8 @@ static void cenalloc_sync_mappings(struct cenalloc_buffer *buffer, bool for_cpu)
 		if (!a->dev)
 			continue;
 		list_for_each_entry(m, &a->mappings, node) {
+			if (m->revoked)
+				continue;
 			if (for_cpu)
 				dma_sync_sgtable_for_cpu(a->dev, &m->sgt, m->dir);
 			else
@@ -404,7 +408,6 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	cenalloc_req_free(buffer->free_req);
 	cenalloc_quota_uncharge(buffer->user, buffer->size);
 	kvfree(buffer->backing);
-	mutex_destroy(&buffer->explicit_mutex);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	cenalloc_dev_put(cdev);
@@ -413,6 +416,8 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 const struct dma_buf_ops cenalloc_dmabuf_ops = {
 	.attach = cenalloc_dmabuf_attach,
 	.detach = cenalloc_dmabuf_detach,
+	.pin = cenalloc_dmabuf_pin,
+	.unpin = cenalloc_dmabuf_unpin,
 	.map_dma_buf = cenalloc_map_dma_buf,
 	.unmap_dma_buf = cenalloc_unmap_dma_buf,
 	.release = cenalloc_dmabuf_release,
@@ -469,7 +474,6 @@ struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 	buffer->initial_mask = initial_mask;
 	buffer->access_mask = initial_mask ? initial_mask : CENALLOC_MASK_ANY;
 	mutex_init(&buffer->lock);
-	mutex_init(&buffer->explicit_mutex);
 	INIT_LIST_HEAD(&buffer->attachments);
 
 	mutex_lock(&cdev->lock);
@@ -514,7 +518,6 @@ err_unlock:
 err_free:
 	cenalloc_quota_uncharge(buffer->user, size);
 	cenalloc_req_free(buffer->free_req);
-	mutex_destroy(&buffer->explicit_mutex);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	return ERR_PTR(ret);

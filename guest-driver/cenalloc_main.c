@@ -16,6 +16,7 @@
 
 #include "cenalloc_debugfs.h"
 #include "cenalloc_dev.h"
+#include "cenalloc_devmask.h"
 #include "cenalloc_ioctl.h"
 #include "cenalloc_negotiate.h"
 #include "cenalloc_pool.h"
@@ -219,6 +220,7 @@ static void __exit cenalloc_exit(void)
 {
 	unregister_virtio_driver(&cenalloc_virtio_driver);
 	cenalloc_misc_deregister();
+	cenalloc_mask_table_clear();
 }
 
 module_init(cenalloc_init);

@@ -679,6 +679,57 @@ const void *cenalloc_req_cmd(const struct cenalloc_req *req, unsigned int i,
 	return hdr + 1;
 }
 
+/*
+ * The answer as the ring left it. The ring side (posted completions, the
+ * undo of abandoned requests) reads these; a submitter reads them through
+ * cenalloc_req_status() and friends, which see nothing of a request it
+ * abandoned (the ring may be writing it).
+ */
+static bool cenalloc_answer_ok(struct cenalloc_req *req, unsigned int i)
+{
+	const struct cenalloc_resp_hdr *hdr;
+	s32 status;
+
+	if (req->error || i >= req->num_cmds ||
+	    req->used_len < req->resp_off[i] + sizeof(*hdr))
+		return false;
+	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
+						 req->resp_off[i]);
+	status = (s32)le32_to_cpu(hdr->status);
+	return status <= 0 && status >= -MAX_ERRNO &&
+	       le32_to_cpu(hdr->len) <= req->slot_len[i] &&
+	       (status || le32_to_cpu(hdr->len) <= req->used_len -
+			  req->resp_off[i] - sizeof(*hdr));
+}
+
+static int cenalloc_answer_status(struct cenalloc_req *req, unsigned int i)
+{
+	const struct cenalloc_resp_hdr *hdr;
+
+	if (req->error)
+		return req->error;
+	if (!cenalloc_answer_ok(req, i))
+		return -EIO;
+	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
+						 req->resp_off[i]);
+	return (s32)le32_to_cpu(hdr->status);
+}
+
+static void *cenalloc_answer_resp(struct cenalloc_req *req, unsigned int i,
+				  u32 *len)
+{
+	const struct cenalloc_resp_hdr *hdr;
+	u32 off = req->resp_off[i] + sizeof(*hdr);
+
+	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
+						 req->resp_off[i]);
+	*len = le32_to_cpu(hdr->len);
+	if (*len > req->slot_len[i] || req->used_len < off ||
+	    req->used_len - off < *len)
+		*len = 0;
+	return req->resp_buf + off;
+}
+
 /* Completion of a posted request (ctrl_lock held): log what failed. */
 static void cenalloc_req_posted_done(struct cenalloc_req *req)
 {
@@ -691,7 +742,7 @@ static void cenalloc_req_posted_done(struct cenalloc_req *req)
 	if (req->error == -ENODEV)
 		return;
 	for (i = 0; i < req->num_cmds; i++) {
-		status = cenalloc_req_status(req, i);
+		status = cenalloc_answer_status(req, i);
 		if (!status || status == -ECANCELED)
 			continue;
 		cenalloc_req_cmd(req, i, &opcode, &len);
@@ -769,53 +820,30 @@ void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n)
 		cenalloc_req_post(cur);
 }
 
-/* True if the device's answer to command @i is well formed. */
+/* True if the device answered command @i, well formed. */
 bool cenalloc_req_answered(struct cenalloc_req *req, unsigned int i)
 {
-	const struct cenalloc_resp_hdr *hdr;
-	s32 status;
-
-	if (req->error || i >= req->num_cmds ||
-	    req->used_len < req->resp_off[i] + sizeof(*hdr))
-		return false;
-	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
-						 req->resp_off[i]);
-	status = (s32)le32_to_cpu(hdr->status);
-	return status <= 0 && status >= -MAX_ERRNO &&
-	       le32_to_cpu(hdr->len) <= req->slot_len[i] &&
-	       (status || le32_to_cpu(hdr->len) <= req->used_len -
-			  req->resp_off[i] - sizeof(*hdr));
+	return req->answered && cenalloc_answer_ok(req, i);
 }
 
-/* Status of command @i: 0, the device's -errno, or -EIO when the answer is
- * missing or malformed (the transport error, if any, first).
+/* Status of command @i: 0, the device's -errno, the transport error, or
+ * -EIO when the answer is missing or malformed.
  */
 int cenalloc_req_status(struct cenalloc_req *req, unsigned int i)
 {
-	const struct cenalloc_resp_hdr *hdr;
-
-	if (req->error)
-		return req->error;
-	if (!cenalloc_req_answered(req, i))
+	if (!req->answered)
 		return -EIO;
-	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
-						 req->resp_off[i]);
-	return (s32)le32_to_cpu(hdr->status);
+	return cenalloc_answer_status(req, i);
 }
 
 /* Response payload of command @i (status 0 checked by the caller). */
 void *cenalloc_req_resp(struct cenalloc_req *req, unsigned int i, u32 *len)
 {
-	const struct cenalloc_resp_hdr *hdr;
-	u32 off = req->resp_off[i] + sizeof(*hdr);
-
-	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
-						 req->resp_off[i]);
-	*len = le32_to_cpu(hdr->len);
-	if (*len > req->slot_len[i] || req->used_len < off ||
-	    req->used_len - off < *len)
+	if (!req->answered) {
 		*len = 0;
-	return req->resp_buf + off;
+		return req->inline_resp;
+	}
+	return cenalloc_answer_resp(req, i, len);
 }
 
 /* With status -ENOSPC: the payload bytes the answer needs. */
@@ -950,9 +978,9 @@ void cenalloc_req_undo(struct cenalloc_req *req)
 	u16 opcode;
 
 	for (i = 0; i < req->num_cmds; i++) {
-		if (cenalloc_req_status(req, i))
+		if (cenalloc_answer_status(req, i))
 			continue;
-		resp = cenalloc_req_resp(req, i, &len);
+		resp = cenalloc_answer_resp(req, i, &len);
 		if (len < sizeof(*resp))
 			continue;
 		cenalloc_req_cmd(req, i, &opcode, &id);
@@ -966,7 +994,7 @@ void cenalloc_req_undo(struct cenalloc_req *req)
 	}
 	for (i = 0; i < req->num_cmds; i++) {
 		map = cenalloc_req_cmd(req, i, &opcode, &len);
-		if (opcode != CENALLOC_CMD_MAP || cenalloc_req_status(req, i))
+		if (opcode != CENALLOC_CMD_MAP || cenalloc_answer_status(req, i))
 			continue;
 		id = le32_to_cpu(map->attach_id);
 		if (id & CENALLOC_BATCH_REF) {
