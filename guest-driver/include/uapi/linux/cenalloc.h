@@ -19,7 +19,7 @@
  * largest buffer (or size_limit_mb).
  *
  * The device is not trusted and may fail: every call that needs it waits at
- * most timeout_ms (module parameter, default 5000) and can be killed;
+ * most timeout_ms (module parameter, default 10000) and can be killed;
  * -ETIMEDOUT when it did not answer (the device is then broken), -EINTR on
  * a fatal signal, -EIO when it is broken (until the driver is reloaded) or
  * answered something the driver refused to use. Closing and unmapping
