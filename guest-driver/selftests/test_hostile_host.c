@@ -650,8 +650,8 @@ static enum tap_result test_no_answer_breaks_the_device(void)
 	if (skip != TAP_PASS)
 		return skip;
 	logged = ca_kmsg_count("device marked broken");
-	if (!CHECK(ca_param_write("timeout_ms", "1000") == 0, "timeout_ms"))
-		return TAP_FAIL;
+	/* A driver without the parameter waits forever: that is the bug. */
+	CHECK(ca_param_write("timeout_ms", "1000") == 0, "timeout_ms");
 	if (!env_open(&ca, &ct, &before))
 		goto out_reload;
 	buf = buf_attach(ca, ct, DEV_ANY, &h);
