@@ -12,6 +12,14 @@
  * means for static and dynamic importers and for migration.
  * begin/end_cpu_access send SYNC and sync every DMA mapping for the CPU or
  * the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
+ *
+ * mmap and vmap use buffer->backing only: the segments of the last MAP
+ * answer cenalloc_batch.c accepted (inside the donated pools, exactly the
+ * buffer's size, unchanged while anything maps it); PHYS and CHECKSUM
+ * answers must agree with it. Release never fails and never waits: its
+ * UNMAP, DETACH and FREE were allocated with the objects (struct
+ * cenalloc_buffer) and are posted. CREATE charges the caller's uid
+ * (cenalloc_quota.c) until release.
  */
 #include <linux/dma-mapping.h>
 #include <linux/fcntl.h>

@@ -23,7 +23,7 @@
  *   cenalloc_attach.c (dma-buf attachments)
  *   cenalloc_batch.c (attachment commands to the device), cenalloc_sg.c,
  *   cenalloc_negotiate.c, cenalloc_devmask.c, cenalloc_reach.c
- *   cenalloc_pool.c, cenalloc_vq.c (transport)
+ *   cenalloc_pool.c, cenalloc_vq.c (transport), cenalloc_quota.c
  *   cenalloc_dev.c (this state)
  */
 #ifndef CENALLOC_DEV_H
