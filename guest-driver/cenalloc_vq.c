@@ -565,7 +565,8 @@ void cenalloc_answer_rejected(struct cenalloc_dev *cdev)
  * it did not answer is left to the ring (marked abandoned, under the lock
  * the reaper takes).
  */
-static int cenalloc_req_settle(struct cenalloc_req *req, long waited)
+static int cenalloc_req_settle(struct cenalloc_req *req, long waited,
+			       unsigned long timeout)
 {
 	struct cenalloc_dev *cdev = req->cdev;
 	unsigned long flags;
@@ -589,7 +590,7 @@ static int cenalloc_req_settle(struct cenalloc_req *req, long waited)
 	if (broken)
 		return -EIO;
 	snprintf(why, sizeof(why), "no answer within %u ms",
-		 jiffies_to_msecs(cenalloc_timeout_jiffies()));
+		 jiffies_to_msecs(timeout));
 	cenalloc_dev_break(cdev, why);
 	return -ETIMEDOUT;
 }
@@ -603,8 +604,13 @@ static int cenalloc_req_settle(struct cenalloc_req *req, long waited)
  */
 int cenalloc_req_submit(struct cenalloc_req *req)
 {
+	return cenalloc_req_submit_timeout(req, cenalloc_timeout_jiffies());
+}
+
+/* cenalloc_req_submit() with a bound of its own (RESET waits less). */
+int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
+{
 	struct cenalloc_dev *cdev = req->cdev;
-	unsigned long timeout = cenalloc_timeout_jiffies();
 	unsigned long deadline = jiffies + timeout;
 	long left;
 	int ret;
@@ -637,7 +643,7 @@ int cenalloc_req_submit(struct cenalloc_req *req)
 					   READ_ONCE(req->answered) ||
 					   READ_ONCE(cdev->broken),
 					   left);
-	return cenalloc_req_settle(req, left);
+	return cenalloc_req_settle(req, left, timeout);
 }
 
 static const char *cenalloc_opcode_name(u16 opcode)
@@ -656,6 +662,7 @@ static const char *cenalloc_opcode_name(u16 opcode)
 		[CENALLOC_CMD_STATS] = "STATS",
 		[CENALLOC_CMD_FILL] = "FILL",
 		[CENALLOC_CMD_CHECKSUM] = "CHECKSUM",
+		[CENALLOC_CMD_RESET] = "RESET",
 	};
 
 	if (opcode < ARRAY_SIZE(names) && names[opcode])
@@ -1188,6 +1195,54 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev)
 	}
 	while (virtqueue_detach_unused_buf(cdev->event_vq))
 		;
+}
+
+/*
+ * RESET: the device drops every buffer, attachment and donated range (see
+ * "Lifecycle" in cenalloc_proto.h). Waits at most CENALLOC_RESET_TIMEOUT_MS.
+ * Returns 0 or -errno; whatever a previous driver instance (or a guest
+ * that rebooted without this driver) left on the device is logged.
+ */
+int cenalloc_reset(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_reset_resp dropped;
+	struct cenalloc_reset_req *rst;
+	struct cenalloc_req *req;
+	void *resp;
+	u32 len;
+	int ret;
+
+	req = cenalloc_req_alloc(cdev);
+	if (!req)
+		return -ENOMEM;
+	rst = cenalloc_req_add(req, CENALLOC_CMD_RESET, sizeof(*rst),
+			       sizeof(dropped));
+	if (IS_ERR(rst)) {
+		ret = PTR_ERR(rst);
+		goto out;
+	}
+	ret = cenalloc_req_submit_timeout(req,
+					  msecs_to_jiffies(CENALLOC_RESET_TIMEOUT_MS));
+	if (ret)
+		goto out;
+	ret = cenalloc_req_status(req, 0);
+	if (ret)
+		goto out;
+	resp = cenalloc_req_resp(req, 0, &len);
+	if (len < sizeof(dropped)) {
+		cenalloc_answer_rejected(cdev);
+		ret = -EIO;
+		goto out;
+	}
+	memcpy(&dropped, resp, sizeof(dropped));
+	if (dropped.buffers || dropped.donated)
+		dev_info(&cdev->vdev->dev,
+			 "reset dropped %u stale buffers and %llu bytes of stale pool memory\n",
+			 le32_to_cpu(dropped.buffers),
+			 le64_to_cpu(dropped.donated));
+out:
+	cenalloc_req_free(req);
+	return ret;
 }
 
 /* GET_INFO: fills @info and up to @max_allocators allocator records.

@@ -15,6 +15,8 @@
 #include "cenalloc_dev.h"
 
 #define CENALLOC_REQ_INLINE_CMD		256
+/* How long probe and remove wait for the device's answer to RESET. */
+#define CENALLOC_RESET_TIMEOUT_MS	5000
 #define CENALLOC_REQ_INLINE_RESP	256
 /* Largest response slot of one command (the protocol's framing limit). */
 #define CENALLOC_MAX_SLOT		(16u << 20)
@@ -62,6 +64,7 @@ void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 bool cenalloc_req_append(struct cenalloc_req *dst,
 			 const struct cenalloc_req *src);
 int cenalloc_req_submit(struct cenalloc_req *req);
+int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout);
 void cenalloc_req_post(struct cenalloc_req *req);
 void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n);
 void cenalloc_req_undo(struct cenalloc_req *req);
@@ -80,6 +83,7 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev);
 void cenalloc_ctrl_done(struct virtqueue *vq);
 void cenalloc_event_done(struct virtqueue *vq);
 void cenalloc_latency_add(struct cenalloc_latency *lat, u64 ns);
+int cenalloc_reset(struct cenalloc_dev *cdev);
 int cenalloc_get_info(struct cenalloc_dev *cdev,
 		      struct cenalloc_info_resp *info,
 		      struct cenalloc_allocator_info *allocators,
