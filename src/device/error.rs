@@ -56,6 +56,8 @@ pub enum Error {
     ResponseTooSmall { need: usize, got: usize },
     #[error("STATS serialization failed: {0}")]
     Serialize(String),
+    #[error("the STATS snapshot has at least {at_least} bytes, more than any answer can hold")]
+    SnapshotTooLarge { at_least: usize },
 }
 
 impl Error {
@@ -84,6 +86,7 @@ impl Error {
             RangeOutOfPlacement { .. } => libc::ERANGE,
             Cancelled => libc::ECANCELED,
             Serialize(_) => libc::EIO,
+            SnapshotTooLarge { .. } => libc::E2BIG,
         }
     }
 
