@@ -111,23 +111,8 @@ fn replay_target(target: &str, run: fn(&[u8])) {
     );
 }
 
-/// Issue 8's EVENT_IDX spin is still in the daemon: the corpus was grown
-/// with `CENALLOC_FUZZ_SKIP_KNOWN_SPIN=1` and is replayed the same way (a
-/// kick in one of the spin's states is skipped or cut short), while the
-/// ignored `known_hang_inputs_terminate` replays the spin itself. When the
-/// fix lands: set this to `false`, un-ignore that test, and move
-/// `fuzz/known-hang/ring/*` to `fuzz/regressions/ring/`.
-const SKIP_KNOWN_SPIN: bool = true;
-
 fn run_ring(data: &[u8]) {
-    let options = fuzz_harness::Options {
-        skip_known_spin: SKIP_KNOWN_SPIN,
-    };
-    fuzz_harness::run_ring(data, options);
-}
-
-fn run_ring_unfiltered(data: &[u8]) {
-    fuzz_harness::run_ring(data, fuzz_harness::Options::default());
+    fuzz_harness::run_ring(data);
 }
 
 fn run_batch(data: &[u8]) {
@@ -142,22 +127,4 @@ fn ring_corpus_replays_without_panic_or_hang() {
 #[test]
 fn batch_corpus_replays_without_panic_or_hang() {
     replay_target("batch", run_batch);
-}
-
-/// The EVENT_IDX spin of issue 8, as the fuzzer found it: `avail->idx`
-/// far ahead of the device with EVENT_IDX negotiated makes `handle_event`
-/// loop forever. Un-ignore when the lifecycle fix for ring abuse lands (see
-/// [`SKIP_KNOWN_SPIN`]).
-#[test]
-#[ignore = "issue 8: handle_event spins on an avail index far ahead with EVENT_IDX; fixed by the lifecycle work"]
-fn known_hang_inputs_terminate() {
-    let files = inputs(&[fuzz_dir().join("known-hang").join("ring")]);
-    assert!(!files.is_empty(), "no known-hang inputs");
-    let failures = replay(&files, run_ring_unfiltered);
-    assert!(
-        failures.is_empty(),
-        "{} known-hang inputs still fail:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }

@@ -8,5 +8,5 @@ mod fuzz_harness;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    fuzz_harness::run_ring(data, fuzz_harness::Options::from_env());
+    fuzz_harness::run_ring(data);
 });

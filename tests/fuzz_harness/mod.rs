@@ -34,11 +34,10 @@ use arbitrary::{Arbitrary, Unstructured};
 use cenalloc::device::{Device, DeviceConfig};
 use cenalloc::protocol::*;
 use cenalloc::vhu_cenalloc::{CenallocBackend, MAX_QUEUE_SIZE};
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic,
-    GuestMemoryBackend, GuestMemoryMmap,
+    ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
 
@@ -69,26 +68,6 @@ const MAX_BATCHES: usize = 16;
 
 type Mem = GuestMemoryMmap<()>;
 type AtomicMem = GuestMemoryAtomic<Mem>;
-
-/// Knobs the fuzz targets may set; the replay test uses the defaults.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Options {
-    /// Skip a control-queue kick whose ring state is one of the known
-    /// EVENT_IDX spins (issue 8, see [`known_spin`]), so a long fuzzing
-    /// run on a daemon that still has the spin explores past it. Never set
-    /// by the replay test.
-    pub skip_known_spin: bool,
-}
-
-impl Options {
-    /// From the environment: `CENALLOC_FUZZ_SKIP_KNOWN_SPIN=1`.
-    pub fn from_env() -> Self {
-        Options {
-            skip_known_spin: std::env::var_os("CENALLOC_FUZZ_SKIP_KNOWN_SPIN")
-                .is_some_and(|v| v == "1"),
-        }
-    }
-}
 
 pub fn guest_memory() -> Mem {
     let ranges: Vec<(GuestAddress, usize)> = REGIONS
@@ -877,17 +856,17 @@ struct GuestRing {
     next_desc: u16,
 }
 
-struct RingWorld {
+/// The backend as `VhostUserDaemon` holds it (`CenallocBackend::new_shared`),
+/// driven through the `VhostUserBackend` trait the daemon's threads call.
+struct RingWorld<B> {
     atomic: AtomicMem,
-    backend: CenallocBackend,
+    backend: B,
     vrings: Vec<VringRwLock>,
     rings: [GuestRing; 2],
     scratch: u64,
-    event_idx: bool,
-    options: Options,
 }
 
-impl RingWorld {
+impl<B: VhostUserBackend<Bitmap = (), Vring = VringRwLock>> RingWorld<B> {
     fn mem(&self) -> impl std::ops::Deref<Target = Mem> {
         self.atomic.memory()
     }
@@ -1022,16 +1001,6 @@ impl RingWorld {
         if !live {
             return;
         }
-        if queue == CENALLOC_VQ_CONTROL && self.options.skip_known_spin {
-            if self.event_idx && known_spin(vring, &self.mem()) {
-                return;
-            }
-            let vring = vring.clone();
-            spin_breaker::arm(vring, self.atomic.clone());
-            self.handle(queue, evset);
-            spin_breaker::disarm();
-            return;
-        }
         self.handle(queue, evset);
     }
 
@@ -1116,138 +1085,6 @@ impl RingWorld {
     }
 }
 
-/// The known EVENT_IDX spin of issue 8: `handle_event` loops while
-/// `enable_notification()` says more work is pending but processing cannot
-/// take any: `avail->idx` more than the queue size ahead of the device, an
-/// avail ring the queue refuses (address 0: SET_VRING_ADDR was refused),
-/// an avail entry it cannot read, or a used ring placed over the avail
-/// ring (the device's used index then rewrites `avail->idx`). Only consulted with
-/// [`Options::skip_known_spin`].
-fn known_spin(vring: &VringRwLock, mem: &Mem) -> bool {
-    let state = vring.get_ref();
-    let queue = state.get_queue();
-    let size = u64::from(queue.size());
-    let avail = GuestAddress(queue.avail_ring());
-    let used = GuestAddress(queue.used_ring());
-    let Ok(idx) = mem.read_obj::<u16>(avail.unchecked_add(2)) else {
-        return false;
-    };
-    // enable_notification writes avail_event after the used ring; if that
-    // fails the loop ends.
-    if !mem.check_range(used.unchecked_add(4 + 8 * size), 2) {
-        return false;
-    }
-    // A used ring over the avail ring: the device's own used index
-    // rewrites `avail->idx` (the spin, reached during the kick).
-    let used_end = used.raw_value().saturating_add(6 + 8 * size);
-    let avail_end = avail.raw_value().saturating_add(6 + 2 * size);
-    if used.raw_value() < avail_end && avail.raw_value() < used_end {
-        return true;
-    }
-    let next = queue.next_avail();
-    let pending = idx.wrapping_sub(next);
-    if pending == 0 {
-        return false;
-    }
-    // The queue refuses to iterate a ring at address 0 (never set up) and
-    // an index more than a queue ahead.
-    if avail.raw_value() == 0 || u64::from(pending) > size {
-        return true;
-    }
-    (0..pending).any(|i| {
-        let slot = u64::from(next.wrapping_add(i)) % size.max(1);
-        !mem.check_range(avail.unchecked_add(4 + 2 * slot), 2)
-    })
-}
-
-/// Only with [`Options::skip_known_spin`]: the same spin reached while a
-/// kick runs (the used ring placed over the avail ring, a command's answer
-/// or a FILL landing on it, rewriting `avail->idx`) cannot be seen before
-/// the kick. A watchdog thread ends a control kick that runs longer than
-/// [`spin_breaker::AFTER`] by moving the device's next avail index onto
-/// `avail->idx`, which makes `enable_notification()` report no more work.
-/// A hang of any other kind still runs into libFuzzer's `-timeout`.
-mod spin_breaker {
-    use std::sync::{Condvar, Mutex, MutexGuard, Once};
-    use std::time::Duration;
-
-    use vhost_user_backend::{VringRwLock, VringT};
-    use virtio_queue::QueueT;
-    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
-
-    use super::AtomicMem;
-
-    /// Longer than any kick of a well-behaved input in this small memory
-    /// takes; a slow kick cut short only loses some of its work.
-    pub const AFTER: Duration = Duration::from_millis(2);
-
-    struct Armed {
-        vring: VringRwLock,
-        mem: AtomicMem,
-    }
-
-    struct State {
-        generation: u64,
-        armed: Option<Armed>,
-    }
-
-    static STATE: Mutex<State> = Mutex::new(State {
-        generation: 0,
-        armed: None,
-    });
-    static WAKE: Condvar = Condvar::new();
-    static START: Once = Once::new();
-
-    fn lock() -> MutexGuard<'static, State> {
-        STATE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn watch() {
-        let mut state = lock();
-        loop {
-            while state.armed.is_none() {
-                state = WAKE.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
-            let generation = state.generation;
-            let (next, timeout) = WAKE
-                .wait_timeout_while(state, AFTER, |s| {
-                    s.armed.is_some() && s.generation == generation
-                })
-                .unwrap_or_else(|p| p.into_inner());
-            state = next;
-            if !timeout.timed_out() {
-                continue;
-            }
-            if let Some(armed) = &state.armed {
-                let avail = armed.vring.get_ref().get_queue().avail_ring();
-                let idx = armed
-                    .mem
-                    .memory()
-                    .read_obj::<u16>(GuestAddress(avail.wrapping_add(2)));
-                if let Ok(idx) = idx {
-                    armed.vring.set_queue_next_avail(idx);
-                }
-            }
-        }
-    }
-
-    pub fn arm(vring: VringRwLock, mem: AtomicMem) {
-        START.call_once(|| {
-            std::thread::spawn(watch);
-        });
-        let mut state = lock();
-        state.generation += 1;
-        state.armed = Some(Armed { vring, mem });
-        WAKE.notify_one();
-    }
-
-    pub fn disarm() {
-        lock().armed = None;
-    }
-}
-
 fn set_up(vring: &VringRwLock, setup: &QueueSetup, defaults: (u64, u64, u64), event_idx: bool) {
     // SET_VRING_NUM: the handler refuses 0 and sizes above the maximum;
     // the queue itself refuses sizes that are not a power of two.
@@ -1290,13 +1127,13 @@ fn guest_ring(vring: &VringRwLock, setup: &QueueSetup, defaults: (u64, u64, u64)
 
 /// Runs one ring case against a fresh backend. Panics (an oracle failed)
 /// on a bug; never returns while the backend spins.
-pub fn run_ring(data: &[u8], options: Options) {
+pub fn run_ring(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(case) = RingCase::arbitrary(&mut u) else {
         return;
     };
     let atomic = GuestMemoryAtomic::new(guest_memory());
-    let mut backend = match CenallocBackend::new(DeviceConfig::default_layout()) {
+    let backend = match CenallocBackend::new_shared(DeviceConfig::default_layout()) {
         Ok(backend) => backend,
         Err(e) => panic!("the default device config is refused: {e}"),
     };
@@ -1325,8 +1162,6 @@ pub fn run_ring(data: &[u8], options: Options) {
         vrings,
         rings,
         scratch: SCRATCH_START,
-        event_idx: case.event_idx,
-        options,
     };
     if case.donate {
         let spec = ChainSpec {
