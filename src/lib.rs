@@ -12,12 +12,16 @@
 //!   states, the notification loop.
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue.
 //! - [`config`]: command line and configuration file → daemon configuration.
+//! - `fault` (cargo feature `fault-injection`, tests only): rewrites the
+//!   device's answers on purpose, to test that the guest driver trusts none.
 
 pub mod model;
 
 pub mod chain;
 pub mod config;
 pub mod device;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod protocol;
 pub mod ring;
 pub mod vhu_cenalloc;

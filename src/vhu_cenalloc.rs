@@ -38,7 +38,8 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::chain::{self, ControlWork};
+use crate::chain::{self, ControlWork, Outcome};
+use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
 use crate::ring::{self, Health, MemoryGuard, RingError, Served, Walk};
@@ -99,6 +100,7 @@ impl Worker {
     /// Answers the available control chains. Events a chain produced are
     /// sent right after its answer, before the next chain runs. Returns
     /// early, handing the chain at hand back, when `stopping` is set.
+    #[allow(clippy::too_many_arguments)]
     fn serve_control(
         &mut self,
         control: &VringRwLock,
@@ -107,6 +109,7 @@ impl Worker {
         mem: &MemoryGuard,
         event_idx: bool,
         stopping: &AtomicBool,
+        filter: &mut dyn chain::Filter,
     ) {
         self.device.counters.control_wakeups += 1;
         let start = Instant::now();
@@ -118,18 +121,19 @@ impl Worker {
         let round = ring::serve(control, mem, health, event_idx, |taken| {
             let (position, head) = (taken.position, taken.head);
             let mut walk = Walk::new(taken.chain);
-            let parsed = chain::parse(&**mem, &mut walk);
+            let mut parsed = chain::parse(&**mem, &mut walk);
             if walk.cut() {
                 return Served::Cut;
             }
+            filter.request(&mut parsed.request);
             let mut work = work_for(suspended, device, position, head, parsed);
             let mut yield_now = || stopping.load(Ordering::Acquire);
-            match work.run(device, &**mem, &mut yield_now) {
-                Some(written) => {
+            match work.run_filtered(device, &**mem, &mut yield_now, filter) {
+                Outcome::Written(written) => {
                     deliver_events(device, &mut lock(event_ring), events, mem);
                     Served::Used(written)
                 }
-                None => {
+                Outcome::Yielded => {
                     *suspended = Some(Suspended {
                         position,
                         head,
@@ -137,6 +141,7 @@ impl Worker {
                     });
                     Served::Later
                 }
+                Outcome::Withheld => Served::Withheld,
             }
         });
         let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -249,6 +254,9 @@ pub struct CenallocBackend {
     event_ring: Mutex<Health>,
     /// The exit events' consumers, owned here: see [`Self::exit_event`].
     exit_consumers: Mutex<Vec<EventConsumer>>,
+    /// Test builds: the hostile-host mode (answers rewritten on purpose).
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Mutex<crate::fault::Injector>>,
 }
 
 impl CenallocBackend {
@@ -264,7 +272,20 @@ impl CenallocBackend {
             worker: Mutex::new(worker),
             event_ring: Mutex::new(Health::new("event")),
             exit_consumers: Mutex::new(Vec::new()),
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         })
+    }
+
+    /// The backend with the test hooks of `hooks` (nothing in normal builds).
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut, unused_variables))]
+    pub fn with_hooks(mut self, hooks: &Hooks) -> Self {
+        #[cfg(feature = "fault-injection")]
+        if let Some(source) = &hooks.fault {
+            warn!("fault injection on: this device lies to the guest on purpose");
+            self.fault = Some(Mutex::new(crate::fault::Injector::new(source.clone())));
+        }
+        self
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
@@ -362,6 +383,10 @@ impl VhostUserBackend for CenallocBackend {
             .saturating_add(size as usize)
             .min(self.config_space.len());
         out[..end - start].copy_from_slice(&self.config_space[start..end]);
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = &self.fault {
+            lock(fault).rewrite_config(offset, &mut out);
+        }
         out
     }
 
@@ -424,6 +449,16 @@ impl VhostUserBackend for CenallocBackend {
             return Ok(());
         };
         let mut worker = lock(&self.worker);
+        let mut honest = chain::Honest;
+        #[cfg(feature = "fault-injection")]
+        let mut injector = self.fault.as_ref().map(lock);
+        #[cfg(feature = "fault-injection")]
+        let filter: &mut dyn chain::Filter = match injector.as_deref_mut() {
+            Some(injector) => injector,
+            None => &mut honest,
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let filter: &mut dyn chain::Filter = &mut honest;
         match device_event {
             CENALLOC_VQ_CONTROL => worker.serve_control(
                 control,
@@ -432,6 +467,7 @@ impl VhostUserBackend for CenallocBackend {
                 &mem,
                 self.event_idx.load(Ordering::Acquire),
                 &self.stopping,
+                filter,
             ),
             // Buffers posted, or the ring (re)started: send what waits.
             CENALLOC_VQ_EVENT => deliver_events(
@@ -461,8 +497,9 @@ pub enum ServeError {
 pub fn serve_one(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
+    hooks: &Hooks,
 ) -> Result<(), ServeError> {
-    let backend = CenallocBackend::new_shared(config.clone())?;
+    let backend = Arc::new(CenallocBackend::new(config.clone())?.with_hooks(hooks));
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         "cenallocd".to_string(),
         backend,
@@ -490,9 +527,10 @@ pub fn serve_one(
 pub fn serve_forever(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
+    hooks: &Hooks,
 ) -> Result<(), ServeError> {
     loop {
-        if let Err(e) = serve_one(listener, config) {
+        if let Err(e) = serve_one(listener, config, hooks) {
             match e {
                 ServeError::Backend(_) => return Err(e),
                 ServeError::Daemon(_) => warn!("connection ended with an error: {e}"),
