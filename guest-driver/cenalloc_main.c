@@ -19,6 +19,7 @@
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
+#include "cenalloc_compat.h"
 #include "cenalloc_debugfs.h"
 #include "cenalloc_dev.h"
 #include "cenalloc_devmask.h"
@@ -131,7 +132,7 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	ret = cenalloc_read_config(cdev);
 	if (ret)
 		goto err_unclaim;
-	ret = virtio_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info, NULL);
+	ret = cenalloc_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info);
 	if (ret)
 		goto err_unclaim;
 	cdev->ctrl_vq = vqs[CENALLOC_VQ_CONTROL];
@@ -249,4 +250,4 @@ module_exit(cenalloc_exit);
 
 MODULE_DESCRIPTION("Constraint-enabled dma-buf allocation over virtio");
 MODULE_LICENSE("GPL");
-MODULE_IMPORT_NS(DMA_BUF);
+MODULE_IMPORT_NS(CENALLOC_NS_DMA_BUF);
