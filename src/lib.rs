@@ -8,13 +8,27 @@
 //!   model and guest memory, encodes the answers. No vhost types.
 //! - [`chain`]: gathers a descriptor chain into a request and scatters the
 //!   response back; validates the chain's shape.
-//! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue.
+//! - [`registry`]: the VMs the daemon serves (one device state per
+//!   connected front-end), their exports and the daemon-wide limits.
+//! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue, and
+//!   the serve loop of one VM socket.
+//! - [`control`]: the control socket (protocol, server, exports, client
+//!   library, snapshots as PNG).
+//! - [`listen`]: binding and inheriting the daemon's sockets.
+//! - [`sandbox`]: privileges, Landlock and seccomp.
 //! - [`config`]: command line and configuration file → daemon configuration.
+//!
+//! Arrows point one way: main → config, control, vhu_cenalloc, listen,
+//! sandbox → registry → device → chain/model/protocol.
 
 pub mod model;
 
 pub mod chain;
 pub mod config;
+pub mod control;
 pub mod device;
+pub mod listen;
 pub mod protocol;
+pub mod registry;
+pub mod sandbox;
 pub mod vhu_cenalloc;

@@ -3,7 +3,7 @@
 //! event queue; the config space is the device's `cenalloc_config`.
 
 use std::io;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use log::{debug, error, warn};
@@ -23,6 +23,7 @@ use vmm_sys_util::event::{
 use crate::chain;
 use crate::device::{self, Device, DeviceConfig};
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
+use crate::registry::{self, Exports, Registry, Revocation, Vm};
 
 /// Largest queue the driver may set up.
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -49,9 +50,11 @@ impl From<Error> for io::Error {
 /// The cenalloc vhost-user backend of one front-end connection.
 pub struct CenallocBackend {
     config: DeviceConfig,
-    /// Only ever locked through `get_mut` (the backend is `&mut` when it
-    /// runs); the mutex makes the backend `Sync` for the daemon's threads.
-    device: Mutex<Device>,
+    /// Shared with the VM registry: the queue worker locks it for one
+    /// control chain at a time, the control socket only to copy a snapshot.
+    device: Arc<Mutex<Device>>,
+    /// Exports of this VM's buffers, checked after every control chain.
+    exports: Arc<Exports>,
     config_space: Vec<u8>,
     mem: Option<AtomicMemory>,
     event_idx: bool,
@@ -59,15 +62,25 @@ pub struct CenallocBackend {
 
 impl CenallocBackend {
     pub fn new(config: DeviceConfig) -> Result<Self, Error> {
-        let device = Device::new(config.clone())?;
+        let device = Arc::new(Mutex::new(Device::new(config.clone())?));
+        Ok(Self::with_state(config, device, Arc::new(Exports::new())))
+    }
+
+    /// A backend over device state and exports shared with the registry.
+    pub fn with_state(
+        config: DeviceConfig,
+        device: Arc<Mutex<Device>>,
+        exports: Arc<Exports>,
+    ) -> Self {
         let config_space = config.config_space().as_slice().to_vec();
-        Ok(CenallocBackend {
+        CenallocBackend {
             config,
-            device: Mutex::new(device),
+            device,
+            exports,
             config_space,
             mem: None,
             event_idx: false,
-        })
+        }
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
@@ -75,13 +88,8 @@ impl CenallocBackend {
         Ok(Arc::new(RwLock::new(Self::new(config)?)))
     }
 
-    fn device(&mut self) -> &mut Device {
-        // A poisoned lock only means an earlier panic; the state is still
-        // consistent (the model changes nothing on failure).
-        match self.device.get_mut() {
-            Ok(device) => device,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn device(&self) -> MutexGuard<'_, Device> {
+        registry::lock(&self.device)
     }
 
     /// Answers every available control chain. Events a chain produced are
@@ -100,7 +108,14 @@ impl CenallocBackend {
         let start = Instant::now();
         for chain in chains {
             let head = chain.head_index();
-            let written = chain::answer_control(self.device(), &**mem, chain);
+            let written = {
+                let mut device = self.device();
+                let written = chain::answer_control(&mut device, &**mem, chain);
+                // Before the guest sees the answer: a host view of a buffer
+                // this chain freed or moved is revoked first.
+                self.exports.check(device.pool());
+                written
+            };
             if let Err(e) = vring.add_used(head, written) {
                 warn!("control queue: add_used({head}) failed: {e}");
             }
@@ -108,7 +123,8 @@ impl CenallocBackend {
         }
         let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let signalled = signal(vring, "control");
-        let counters = &mut self.device().counters;
+        let mut device = self.device();
+        let counters = &mut device.counters;
         counters.control_busy_ns = counters.control_busy_ns.saturating_add(busy);
         if signalled {
             counters.control_signals += 1;
@@ -210,7 +226,11 @@ impl VhostUserBackendMut for CenallocBackend {
     fn reset_device(&mut self) {
         debug!("device reset: dropping all buffers");
         match Device::new(self.config.clone()) {
-            Ok(device) => *self.device() = device,
+            Ok(device) => {
+                let mut current = self.device();
+                *current = device;
+                self.exports.check(current.pool());
+            }
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
     }
@@ -243,6 +263,8 @@ impl VhostUserBackendMut for CenallocBackend {
     }
 
     fn update_memory(&mut self, mem: AtomicMemory) -> io::Result<()> {
+        // Exported segments name offsets in the old regions' files.
+        self.exports.revoke_all(Revocation::MemoryChanged);
         self.mem = Some(mem);
         Ok(())
     }
@@ -320,26 +342,55 @@ pub enum ServeError {
     Daemon(String),
 }
 
-/// Serves one front-end connection on `listener` with a fresh device
-/// state, until the front-end disconnects. The listener stays bound, so
-/// the next front-end can connect while this one is being torn down.
+/// Thread names are 15 bytes at most on Linux.
+fn thread_name(vm: &str) -> String {
+    let mut name = format!("vm-{vm}");
+    while name.len() > 15 {
+        name.pop();
+    }
+    name
+}
+
+/// Serves one front-end of VM `name` on `listener` with a fresh device
+/// state, until the front-end disconnects. The VM is registered in
+/// `registry` while connected (and refused, the connection closed, if the
+/// daemon limits do not allow it). The listener stays bound, so the next
+/// front-end can connect while this one is being torn down.
 pub fn serve_one(
     listener: &mut vhost::vhost_user::Listener,
+    name: &str,
     config: &DeviceConfig,
+    registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
-    let backend = CenallocBackend::new_shared(config.clone())?;
-    let mut daemon = vhost_user_backend::VhostUserDaemon::new(
-        "cenallocd".to_string(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemory::new()),
-    )
-    .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    let device = Arc::new(Mutex::new(
+        Device::new(config.clone()).map_err(Error::Device)?,
+    ));
+    let exports = Arc::new(Exports::new());
+    let backend = Arc::new(RwLock::new(CenallocBackend::with_state(
+        config.clone(),
+        device.clone(),
+        exports.clone(),
+    )));
+    let memory = GuestMemoryAtomic::new(GuestMemory::new());
+    let mut daemon =
+        vhost_user_backend::VhostUserDaemon::new(thread_name(name), backend, memory.clone())
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
     daemon
         .start(listener)
         .map_err(|e| ServeError::Daemon(e.to_string()))?;
-    log::info!("front-end connected");
+    let admitted = match registry.admit(Vm::new(name, device, memory, exports)) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            log::error!("{e}; closing the connection");
+            daemon.request_shutdown();
+            let _ = daemon.wait();
+            return Ok(());
+        }
+    };
+    log::info!("{name}: front-end connected");
     let result = daemon.wait();
-    log::info!("front-end disconnected; all device state dropped");
+    drop(admitted);
+    log::info!("{name}: front-end disconnected; all device state dropped");
     match result {
         Ok(()) => Ok(()),
         // A front-end that goes away mid-message is an ordinary disconnect.
@@ -350,18 +401,41 @@ pub fn serve_one(
     }
 }
 
-/// Serves front-ends one after the other, forever. A failing connection is
-/// logged and the next one served.
+/// Serves the front-ends of VM `name` one after the other, forever. A
+/// failing connection is logged and the next one served.
+pub fn serve_vm(
+    listener: &mut vhost::vhost_user::Listener,
+    name: &str,
+    config: &DeviceConfig,
+    registry: &Arc<Registry>,
+) -> Result<(), ServeError> {
+    loop {
+        if let Err(e) = serve_one(listener, name, config, registry) {
+            match e {
+                ServeError::Backend(_) => return Err(e),
+                ServeError::Daemon(_) => warn!("{name}: connection ended with an error: {e}"),
+            }
+        }
+    }
+}
+
+/// Name of the only VM of [`serve_forever`].
+pub const SINGLE_VM_NAME: &str = "vm";
+
+/// Serves front-ends on one socket one after the other, forever, with a
+/// registry of its own (one VM named [`SINGLE_VM_NAME`], no daemon-wide
+/// limits).
 pub fn serve_forever(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
 ) -> Result<(), ServeError> {
-    loop {
-        if let Err(e) = serve_one(listener, config) {
-            match e {
-                ServeError::Backend(_) => return Err(e),
-                ServeError::Daemon(_) => warn!("connection ended with an error: {e}"),
-            }
-        }
-    }
+    let registry = Registry::new(registry::DaemonLimits {
+        max_vms: u32::MAX,
+        max_buffers: u64::MAX,
+        max_total_bytes: u64::MAX,
+    });
+    registry
+        .add_socket(SINGLE_VM_NAME, "listener")
+        .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    serve_vm(listener, SINGLE_VM_NAME, config, &registry)
 }
