@@ -7,7 +7,9 @@
  * backing: it maps the buffer through an internal CPU attachment (mask: any
  * kind, type SG) that stays mapped until the buffer is released, so the
  * backing is allocated if it was not, and can never migrate away from under
- * a CPU mapping (a later incompatible attach gets -EBUSY from the device).
+ * a CPU mapping (a later incompatible attach gets -EBUSY).
+ * The exporter is dynamic (pin/unpin): see cenalloc_attach.c for what that
+ * means for static and dynamic importers and for migration.
  * begin/end_cpu_access send SYNC and sync every DMA mapping for the CPU or
  * the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
  */
@@ -20,7 +22,20 @@
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
-#include "cenalloc_internal.h"
+#include "cenalloc_attach.h"
+#include "cenalloc_buffer.h"
+#include "cenalloc_pool.h"
+#include "cenalloc_vq.h"
+
+static unsigned int cenalloc_size_limit_mb;
+module_param_named(size_limit_mb, cenalloc_size_limit_mb, uint, 0644);
+MODULE_PARM_DESC(size_limit_mb,
+		 "Largest buffer in MiB (0: the device's limit only)");
+
+static unsigned int cenalloc_buffer_limit;
+module_param_named(buffer_limit, cenalloc_buffer_limit, uint, 0644);
+MODULE_PARM_DESC(buffer_limit,
+		 "Most buffers alive at once (0: the device's limit only)");
 
 /* Run one command on the device and copy its answer into @resp. */
 static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,
@@ -243,6 +258,8 @@ static void cenalloc_sync_mappings(struct cenalloc_buffer *buffer, bool for_cpu)
 		if (!a->dev)
 			continue;
 		list_for_each_entry(m, &a->mappings, node) {
+			if (m->revoked)
+				continue;
 			if (for_cpu)
 				dma_sync_sgtable_for_cpu(a->dev, &m->sgt, m->dir);
 			else
@@ -350,7 +367,6 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	mutex_unlock(&buffer->lock);
 
 	kfree(buffer->backing);
-	mutex_destroy(&buffer->explicit_mutex);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	cenalloc_dev_put(cdev);
@@ -359,6 +375,8 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 const struct dma_buf_ops cenalloc_dmabuf_ops = {
 	.attach = cenalloc_dmabuf_attach,
 	.detach = cenalloc_dmabuf_detach,
+	.pin = cenalloc_dmabuf_pin,
+	.unpin = cenalloc_dmabuf_unpin,
 	.map_dma_buf = cenalloc_map_dma_buf,
 	.unmap_dma_buf = cenalloc_unmap_dma_buf,
 	.release = cenalloc_dmabuf_release,
@@ -402,7 +420,6 @@ struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 	buffer->initial_mask = initial_mask;
 	buffer->access_mask = initial_mask ? initial_mask : CENALLOC_MASK_ANY;
 	mutex_init(&buffer->lock);
-	mutex_init(&buffer->explicit_mutex);
 	INIT_LIST_HEAD(&buffer->attachments);
 
 	mutex_lock(&cdev->lock);
@@ -447,7 +464,6 @@ err_unlist:
 err_unlock:
 	mutex_unlock(&cdev->lock);
 err_free:
-	mutex_destroy(&buffer->explicit_mutex);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	return ERR_PTR(ret);

@@ -13,7 +13,12 @@
 #include <linux/uaccess.h>
 
 #include <linux/cenalloc.h>
-#include "cenalloc_internal.h"
+
+#include "cenalloc_buffer.h"
+#include "cenalloc_dev.h"
+#include "cenalloc_devmask.h"
+#include "cenalloc_ioctl.h"
+#include "cenalloc_vq.h"
 
 /*
  * The UAPI and the wire protocol both define struct cenalloc_allocator_info

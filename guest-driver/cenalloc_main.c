@@ -3,152 +3,28 @@
  * cenalloc.ko: virtio driver for the constraint-enabled buffer allocation
  * device (virtio ID 37) and the /dev/cenalloc exporter.
  *
- * Probe reads config space, sets up the control and event queues, caches
- * the allocator and exporter lists (GET_INFO) and donates the pools. Remove
- * fails every new operation with -ENODEV; buffers still alive keep the
- * device state (and the donated memory) until their last reference drops.
- * One device is served at a time. The ioctls are in cenalloc_ioctl.c.
+ * Probe reads config space, sets up the control and event queues, resets
+ * the device state (RESET: whatever an earlier driver instance or a guest
+ * that rebooted without this driver left there goes), caches the allocator
+ * and exporter lists (GET_INFO) and donates the pools. Remove sends RESET
+ * (bounded: a device that does not answer does not hold up the teardown),
+ * then resets the virtio device and fails every new operation with
+ * -ENODEV; buffers still alive keep the donated memory until their last
+ * reference drops (the device no longer knows them, so it never touches
+ * that memory again). One device is served at a time. The ioctls are in
+ * cenalloc_ioctl.c.
  */
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
-#include <linux/cenalloc.h>
-#include "cenalloc_internal.h"
-
-unsigned int cenalloc_size_limit_mb;
-module_param_named(size_limit_mb, cenalloc_size_limit_mb, uint, 0644);
-MODULE_PARM_DESC(size_limit_mb,
-		 "Largest buffer in MiB (0: the device's limit only)");
-
-unsigned int cenalloc_buffer_limit;
-module_param_named(buffer_limit, cenalloc_buffer_limit, uint, 0644);
-MODULE_PARM_DESC(buffer_limit,
-		 "Most buffers alive at once (0: the device's limit only)");
-
-unsigned int cenalloc_poll_us = 200;
-module_param_named(poll_us, cenalloc_poll_us, uint, 0644);
-MODULE_PARM_DESC(poll_us,
-		 "Microseconds a waiting request polls for its answer before sleeping until the interrupt (0: never poll)");
-
-static DEFINE_MUTEX(cenalloc_current_lock);
-static struct cenalloc_dev *cenalloc_current;
-
-/* ---- Device state lifetime ---- */
-
-static void cenalloc_dev_release(struct kref *ref)
-{
-	struct cenalloc_dev *cdev = container_of(ref, struct cenalloc_dev, ref);
-
-	WARN_ON(!list_empty(&cdev->buffers));
-	cenalloc_pools_free(cdev);
-	mutex_destroy(&cdev->lock);
-	kfree(cdev);
-}
-
-void cenalloc_dev_put(struct cenalloc_dev *cdev)
-{
-	kref_put(&cdev->ref, cenalloc_dev_release);
-}
-
-struct cenalloc_dev *cenalloc_dev_get_current(void)
-{
-	struct cenalloc_dev *cdev;
-
-	mutex_lock(&cenalloc_current_lock);
-	cdev = cenalloc_current;
-	if (cdev)
-		kref_get(&cdev->ref);
-	mutex_unlock(&cenalloc_current_lock);
-	return cdev;
-}
-
-/* ---- Constraint masks of devices that know nothing of cenalloc ---- */
-
-#define CENALLOC_MASK_TABLE_SIZE	32
-
-struct cenalloc_mask_entry {
-	char name[CENALLOC_MASK_NAME_LEN];
-	u32 mask;
-};
-
-static DEFINE_SPINLOCK(cenalloc_mask_lock);
-static struct cenalloc_mask_entry cenalloc_masks[CENALLOC_MASK_TABLE_SIZE];
-
-int cenalloc_mask_set(const char *name, u32 mask)
-{
-	struct cenalloc_mask_entry *free_entry = NULL, *e;
-	int ret = 0;
-
-	if (!name[0])
-		return -EINVAL;
-	spin_lock(&cenalloc_mask_lock);
-	for (e = cenalloc_masks; e < cenalloc_masks + CENALLOC_MASK_TABLE_SIZE; e++) {
-		if (!e->name[0]) {
-			if (!free_entry)
-				free_entry = e;
-			continue;
-		}
-		if (!strcmp(e->name, name))
-			break;
-	}
-	if (e == cenalloc_masks + CENALLOC_MASK_TABLE_SIZE)
-		e = NULL;
-	if (!mask) {
-		if (e)
-			memset(e, 0, sizeof(*e));
-	} else if (e) {
-		e->mask = mask;
-	} else if (free_entry) {
-		strscpy(free_entry->name, name, sizeof(free_entry->name));
-		free_entry->mask = mask;
-	} else {
-		ret = -ENOSPC;
-	}
-	spin_unlock(&cenalloc_mask_lock);
-	return ret;
-}
-
-/* The mask of a device attaching with plain dma_buf_attach(). */
-u32 cenalloc_device_mask(struct device *dev)
-{
-	u32 mask = CENALLOC_DEFAULT_MASK;
-	const char *name = dev ? dev_name(dev) : NULL;
-	unsigned int i;
-
-	if (!name)
-		return mask;
-	spin_lock(&cenalloc_mask_lock);
-	for (i = 0; i < CENALLOC_MASK_TABLE_SIZE; i++) {
-		if (cenalloc_masks[i].name[0] &&
-		    !strcmp(cenalloc_masks[i].name, name)) {
-			mask = cenalloc_masks[i].mask;
-			break;
-		}
-	}
-	spin_unlock(&cenalloc_mask_lock);
-	return mask;
-}
-
-/**
- * cenalloc_set_device_constraints - record the constraint mask of a device
- * @dev: the device (keyed by dev_name())
- * @mask: CENALLOC_KIND_* bits; 0 removes the entry
- *
- * Used when @dev later attaches with plain dma_buf_attach().
- *
- * Return: 0, -EINVAL without a name, -ENOSPC when the table is full.
- */
-int cenalloc_set_device_constraints(struct device *dev, u32 mask)
-{
-	if (!dev || !dev_name(dev))
-		return -EINVAL;
-	return cenalloc_mask_set(dev_name(dev), mask);
-}
-EXPORT_SYMBOL_GPL(cenalloc_set_device_constraints);
-
-/* ---- virtio driver ---- */
+#include "cenalloc_debugfs.h"
+#include "cenalloc_dev.h"
+#include "cenalloc_devmask.h"
+#include "cenalloc_ioctl.h"
+#include "cenalloc_pool.h"
+#include "cenalloc_vq.h"
 
 static int cenalloc_read_config(struct cenalloc_dev *cdev)
 {
@@ -211,16 +87,9 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	struct cenalloc_dev *cdev;
 	int ret;
 
-	cdev = kzalloc(sizeof(*cdev), GFP_KERNEL);
+	cdev = cenalloc_dev_new(vdev);
 	if (!cdev)
 		return -ENOMEM;
-	kref_init(&cdev->ref);
-	mutex_init(&cdev->lock);
-	spin_lock_init(&cdev->ctrl_lock);
-	spin_lock_init(&cdev->event_lock);
-	init_waitqueue_head(&cdev->ctrl_wait);
-	INIT_LIST_HEAD(&cdev->buffers);
-	cdev->vdev = vdev;
 	vdev->priv = cdev;
 
 	ret = cenalloc_read_config(cdev);
@@ -237,6 +106,12 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	virtio_device_ready(vdev);
 	virtqueue_kick(cdev->event_vq);
 
+	/* First command: the device state is ours alone from now on. */
+	ret = cenalloc_reset(cdev);
+	if (ret) {
+		dev_err(&vdev->dev, "RESET failed: %d\n", ret);
+		goto err_stop;
+	}
 	ret = cenalloc_cache_info(cdev);
 	if (ret) {
 		dev_err(&vdev->dev, "GET_INFO failed: %d\n", ret);
@@ -246,15 +121,11 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	if (ret)
 		goto err_stop;
 
-	mutex_lock(&cenalloc_current_lock);
-	if (cenalloc_current) {
-		mutex_unlock(&cenalloc_current_lock);
+	ret = cenalloc_dev_publish(cdev);
+	if (ret) {
 		dev_err(&vdev->dev, "only one cenalloc device is served\n");
-		ret = -EBUSY;
 		goto err_stop;
 	}
-	cenalloc_current = cdev;
-	mutex_unlock(&cenalloc_current_lock);
 	cenalloc_debugfs_init(cdev);
 
 	dev_info(&vdev->dev, "%u allocators, %u pools, max batch %u\n",
@@ -275,11 +146,18 @@ err_free:
 static void cenalloc_remove(struct virtio_device *vdev)
 {
 	struct cenalloc_dev *cdev = vdev->priv;
+	int ret;
 
-	mutex_lock(&cenalloc_current_lock);
-	if (cenalloc_current == cdev)
-		cenalloc_current = NULL;
-	mutex_unlock(&cenalloc_current_lock);
+	cenalloc_dev_unpublish(cdev);
+
+	/*
+	 * The device forgets this driver's buffers and pools; the memory
+	 * stays with the buffers still alive. Remove never fails: a device
+	 * that does not answer in time is reset below all the same.
+	 */
+	ret = cenalloc_reset(cdev);
+	if (ret)
+		dev_warn(&vdev->dev, "RESET at remove failed: %d\n", ret);
 
 	/* Fail what is in flight first, so that no debugfs reader waits. */
 	cenalloc_vq_stop(cdev);
@@ -329,6 +207,7 @@ static void __exit cenalloc_exit(void)
 {
 	unregister_virtio_driver(&cenalloc_virtio_driver);
 	cenalloc_misc_deregister();
+	cenalloc_mask_table_clear();
 }
 
 module_init(cenalloc_init);

@@ -16,6 +16,7 @@
  */
 #include <linux/atomic.h>
 #include <linux/gfp.h>
+#include <linux/io.h>
 #include <linux/ioport.h>
 #include <linux/mm.h>
 #include <linux/moduleparam.h>
@@ -23,7 +24,9 @@
 #include <linux/slab.h>
 #include <linux/sort.h>
 
-#include "cenalloc_internal.h"
+#include "cenalloc_dev.h"
+#include "cenalloc_pool.h"
+#include "cenalloc_vq.h"
 
 /*
  * A boot-time reservation (e.g. memmap=256M$0x40000000 on the kernel

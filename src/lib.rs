@@ -8,6 +8,8 @@
 //!   model and guest memory, encodes the answers. No vhost types.
 //! - [`chain`]: gathers a descriptor chain into a request and scatters the
 //!   response back; validates the chain's shape.
+//! - [`ring`]: ring-state logic for the glue: taking chains, invalid ring
+//!   states, the notification loop.
 //! - [`registry`]: the VMs the daemon serves (one device state per
 //!   connected front-end), their exports and the daemon-wide limits.
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue, and
@@ -19,7 +21,8 @@
 //! - [`config`]: command line and configuration file → daemon configuration.
 //!
 //! Arrows point one way: main → config, control, vhu_cenalloc, listen,
-//! sandbox → registry → device → chain/model/protocol.
+//! sandbox; vhu_cenalloc → ring, chain, registry; control → registry →
+//! device → model, protocol.
 
 pub mod model;
 
@@ -30,5 +33,6 @@ pub mod device;
 pub mod listen;
 pub mod protocol;
 pub mod registry;
+pub mod ring;
 pub mod sandbox;
 pub mod vhu_cenalloc;

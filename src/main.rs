@@ -170,6 +170,10 @@ fn main() -> ExitCode {
         None => None,
     };
     let owned = Arc::new(owned);
+    // Before the sandbox: glibc installs its internal signal handlers at
+    // the first thread it starts (rt_sigaction is not in the allowlist).
+    // The privilege drop then signals this thread too (SIGSETXID), whose
+    // handler's rt_sigreturn is allowed.
     if let Err(e) = wait_for_termination(signals, owned.clone()) {
         error!("cannot set up signal handling: {e}");
         remove_sockets(&owned);

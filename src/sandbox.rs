@@ -10,7 +10,7 @@
 //!    connection to abstract unix sockets and no signals to processes
 //!    outside the sandbox (ABI 6).
 //! 3. **seccomp** ([`seccompiler`]): an allowlist ([`allowed_syscalls`],
-//!    43 syscalls) derived by tracing the daemon through the integration
+//!    44 syscalls) derived by tracing the daemon through the integration
 //!    tests (several VMs, every control request, exports, reconnects,
 //!    SIGTERM). A syscall outside it kills the daemon (`--seccomp kill`,
 //!    the default), raises SIGSYS (`trap`), is only logged by the kernel
@@ -387,6 +387,9 @@ pub fn allowed_syscalls() -> &'static [(&'static str, i64, Arguments)] {
         // Signals: the SIGTERM/SIGINT thread, thread start and exit.
         ("rt_sigprocmask", libc::SYS_rt_sigprocmask, Any),
         ("rt_sigtimedwait", libc::SYS_rt_sigtimedwait, Any),
+        // The return of any signal handler, e.g. glibc's own SIGSETXID:
+        // a thread may still be returning from a privilege drop's.
+        ("rt_sigreturn", libc::SYS_rt_sigreturn, Any),
         ("sigaltstack", libc::SYS_sigaltstack, Any),
         ("exit", libc::SYS_exit, Any),
         ("exit_group", libc::SYS_exit_group, Any),

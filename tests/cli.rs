@@ -239,7 +239,11 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 fn mode_of(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 /// cenallocd on `socket` with extra arguments, under umask `umask`.
@@ -334,7 +338,10 @@ fn sigterm_removes_only_the_socket_the_daemon_created() {
     std::thread::sleep(Duration::from_millis(20));
     let new = start_on(&socket, &[], 0o022);
     assert!(old.stop(libc::SIGTERM).success());
-    assert!(socket.exists(), "the old daemon removed the new one's socket");
+    assert!(
+        socket.exists(),
+        "the old daemon removed the new one's socket"
+    );
     let mut harness = Harness::connect(&socket, WANTED_FEATURES);
     harness.run(Cmd::get_info()).ok();
     drop(harness);
@@ -363,12 +370,25 @@ fn socket_activation_names_the_vms_and_the_control_socket() {
         ])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; the source descriptors are open.
+    // SAFETY: fcntl and dup2 are async-signal-safe; the source descriptors
+    // are open. Copies out of the way first (the listeners may already sit
+    // at 3 or 4), then into place without close-on-exec (dup2 onto the
+    // same number would keep the flag).
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(vm_fd, 3) < 0 || libc::dup2(control_fd, 4) < 0 {
+            let vm = libc::fcntl(vm_fd, libc::F_DUPFD, 100);
+            let control = libc::fcntl(control_fd, libc::F_DUPFD, 100);
+            if vm < 0
+                || control < 0
+                || libc::dup2(vm, 3) < 0
+                || libc::dup2(control, 4) < 0
+                || libc::fcntl(3, libc::F_SETFD, 0) < 0
+                || libc::fcntl(4, libc::F_SETFD, 0) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
+            libc::close(vm);
+            libc::close(control);
             Ok(())
         });
     }

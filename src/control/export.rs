@@ -87,8 +87,7 @@ pub fn export(
         )
     })?);
     let memory = vm.memory.memory().into_inner();
-    let (size, pieces) = {
-        let device = vm.device();
+    let located = vm.read(|device| {
         let pool = device.pool();
         let size = pool.buffer_size(buffer).map_err(|_| {
             fail(
@@ -114,11 +113,17 @@ pub fn export(
                 format!("buffer {buffer} of VM {:?}: {message}", vm.name),
             )
         })?;
-        // Under the device lock: the next chain that changes this backing
-        // revokes the export before its answer reaches the guest.
+        // Under the worker's lock: the next chain that changes this
+        // backing revokes the export before its answer reaches the guest.
         vm.exports.add(id, holder, buffer, segments, status.clone());
-        (size, pieces)
-    };
+        Ok((size, pieces))
+    });
+    let (size, pieces) = located.unwrap_or_else(|| {
+        Err(fail(
+            ErrorCode::Internal,
+            "the device state could not be read".into(),
+        ))
+    })?;
     // A memory table that changed since `memory` was loaded may have been
     // revoked before the export was added: refuse rather than hand out
     // offsets into a stale table.

@@ -343,13 +343,14 @@ impl Client {
                     exports: 0,
                 };
                 if let Some(vm) = listing.vm {
-                    let (counters, allocators) = {
-                        let device = vm.device();
-                        (
-                            device.pool().counters().clone(),
-                            device.pool().allocator_stats(),
-                        )
-                    };
+                    let (counters, allocators) = vm
+                        .read(|device| {
+                            (
+                                device.pool().counters().clone(),
+                                device.pool().allocator_stats(),
+                            )
+                        })
+                        .unwrap_or_default();
                     info.state = VmState::Connected;
                     info.connected_secs =
                         Some(vm.connected_at.elapsed().map(|d| d.as_secs()).unwrap_or(0));
@@ -428,7 +429,9 @@ impl Client {
 }
 
 fn buffers_of(vm: &Vm) -> Vec<BufferInfo> {
-    let snapshot = vm.device().pool().snapshot();
+    let Some(snapshot) = vm.read(|device| device.pool().snapshot()) else {
+        return Vec::new();
+    };
     let exported = vm.exports.per_buffer();
     let mut maps: BTreeMap<u32, u32> = BTreeMap::new();
     for attachment in &snapshot.attachments {
@@ -465,8 +468,8 @@ fn buffers_of(vm: &Vm) -> Vec<BufferInfo> {
 }
 
 fn allocators_of(vm: &Vm) -> Vec<AllocatorInfo> {
-    let stats = vm.device().pool().allocator_stats();
-    stats
+    vm.read(|device| device.pool().allocator_stats())
+        .unwrap_or_default()
         .into_iter()
         .map(|a| AllocatorInfo {
             vm: vm.name.clone(),
@@ -501,10 +504,9 @@ fn counter_map<T: serde::Serialize>(counters: &T) -> BTreeMap<String, u64> {
 }
 
 fn stats_of(vm: &Vm) -> VmStats {
-    let (device, model) = {
-        let device = vm.device();
-        (device.counters.clone(), device.pool().counters().clone())
-    };
+    let (device, model) = vm
+        .read(|device| (device.counters.clone(), device.pool().counters().clone()))
+        .unwrap_or_default();
     VmStats {
         vm: vm.name.clone(),
         device: counter_map(&device),

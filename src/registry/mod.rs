@@ -10,13 +10,13 @@
 //! it is that VM. One front-end per socket at a time.
 //!
 //! # Locking
-//! A VM's device state is an `Arc<Mutex<Device>>` shared by the VM's
-//! queue worker (which locks it for one control chain at a time) and the
-//! control socket (which locks it only to copy a snapshot or look up one
-//! buffer's backing). Nothing here ever takes the vhost-user backend's own
-//! lock, so a control request never delays a vhost-user request of QEMU;
-//! at worst a kick waits for one snapshot copy. The registry's own mutex
-//! guards only the table of names.
+//! A VM's device state belongs to its queue worker; the control socket
+//! reads it through [`DeviceView::with_device`], which holds the worker's
+//! lock only for the closure: a snapshot copy, or one buffer's backing
+//! looked up and an export recorded. So a kick or a vhost-user request of
+//! QEMU waits for at most one such copy, while the control side may wait
+//! for the worker's current round. The registry's own mutex guards only
+//! the table of names.
 //!
 //! # Limits
 //! Per VM: the model's [`Limits`] of its device configuration. Daemon
@@ -80,11 +80,27 @@ pub enum Error {
     Refused { name: String, reason: String },
 }
 
+/// Read access to a VM's device state, for the control socket.
+pub trait DeviceView: Send + Sync {
+    /// Runs `f` on the device state, holding whatever protects it only for
+    /// the call. `f` must be short: copy, don't compute.
+    fn with_device(&self, f: &mut dyn FnMut(&Device));
+}
+
+/// A device of its own behind a mutex (tests, tools).
+impl DeviceView for Mutex<Device> {
+    fn with_device(&self, f: &mut dyn FnMut(&Device)) {
+        // The model changes nothing on a failed operation: the state is
+        // consistent even after a panic poisoned the lock.
+        f(&self.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// A connected VM.
 pub struct Vm {
     pub name: String,
     pub connected_at: SystemTime,
-    device: Arc<Mutex<Device>>,
+    device: Arc<dyn DeviceView>,
     /// Kept current by the vhost glue (SET_MEM_TABLE).
     pub memory: VmMemory,
     pub exports: Arc<Exports>,
@@ -94,11 +110,11 @@ pub struct Vm {
 impl Vm {
     pub fn new(
         name: &str,
-        device: Arc<Mutex<Device>>,
+        device: Arc<dyn DeviceView>,
         memory: VmMemory,
         exports: Arc<Exports>,
+        limits: Limits,
     ) -> Self {
-        let limits = lock(&device).config().pool.limits.clone();
         Vm {
             name: name.to_string(),
             connected_at: SystemTime::now(),
@@ -109,20 +125,22 @@ impl Vm {
         }
     }
 
-    /// Locks the device state. Hold it only to copy what is needed.
-    pub fn device(&self) -> MutexGuard<'_, Device> {
-        lock(&self.device)
+    /// Runs `f` on the device state (see [`DeviceView`]); `None` only if
+    /// the view did not run it.
+    pub fn read<T>(&self, f: impl FnOnce(&Device) -> T) -> Option<T> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.device.with_device(&mut |device| {
+            if let Some(f) = f.take() {
+                out = Some(f(device));
+            }
+        });
+        out
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
-}
-
-/// Locks a device, ignoring poisoning: the model changes nothing on a
-/// failed operation, so the state is consistent even after a panic.
-pub fn lock(device: &Mutex<Device>) -> MutexGuard<'_, Device> {
-    device.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Slot {
@@ -313,13 +331,14 @@ mod tests {
 
     fn vm(name: &str, limits: Limits) -> Vm {
         let mut config = DeviceConfig::default_layout();
-        config.pool.limits = limits;
+        config.pool.limits = limits.clone();
         let device = Arc::new(Mutex::new(Device::new(config).unwrap()));
         Vm::new(
             name,
             device,
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             Arc::new(Exports::new()),
+            limits,
         )
     }
 

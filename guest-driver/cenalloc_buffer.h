@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * cenalloc buffers and attachments: the objects of the dma-buf exporter
+ * (cenalloc_buffer.c) and of its attachments (cenalloc_attach.c).
+ */
+#ifndef CENALLOC_BUFFER_H
+#define CENALLOC_BUFFER_H
+
+#include <linux/dma-buf.h>
+#include <linux/dma-direction.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/scatterlist.h>
+#include <linux/types.h>
+
+#include "cenalloc_dev.h"
+#include "cenalloc_reach.h"
+
+struct cenalloc_attachment;
+
+struct cenalloc_buffer {
+	struct cenalloc_dev *cdev;		/* holds a reference */
+	struct dma_buf *dmabuf;
+	struct mutex lock;			/* everything below */
+	struct list_head node;			/* in cdev->buffers */
+	u64 size;
+	u32 buffer_id;				/* 0 until CREATE ran */
+	u32 initial_mask;
+	u32 access_mask;
+	bool backed;
+	u32 allocator_id;
+	bool contiguous_promised;		/* an attachment got MAP_CONTIG */
+	struct list_head attachments;
+	unsigned int num_attachments;
+	struct cenalloc_attachment *cpu_attach;	/* pins the backing for CPU */
+	struct cenalloc_range *backing;		/* segments of the CPU map */
+	u32 num_backing;
+	void *vaddr;
+	unsigned int vmap_count;
+};
+
+/*
+ * One map_dma_buf() of an attachment, for begin/end_cpu_access syncs. A
+ * revoked mapping (move_notify) is no longer mapped on the device; it stays
+ * listed until its importer unmaps it.
+ */
+struct cenalloc_mapping {
+	struct list_head node;		/* in attachment->mappings */
+	struct sg_table sgt;
+	enum dma_data_direction dir;
+	bool revoked;
+};
+
+struct cenalloc_import;
+
+struct cenalloc_attachment {
+	struct cenalloc_buffer *buffer;
+	struct list_head mappings;
+	struct device *dev;			/* NULL for the CPU attachment */
+	struct list_head node;			/* in buffer->attachments */
+	u32 attach_id;				/* 0 until ATTACH ran */
+	u32 mask;				/* effective: requested & reach */
+	u32 requested;				/* importer's or device table's */
+	struct cenalloc_reach reach;		/* derived from @dev */
+	u32 map_type;
+	u32 num_types;
+	u32 types[CENALLOC_MAX_MAP_TYPES];
+	unsigned int num_maps;			/* outstanding MAPs on the device */
+	unsigned int num_sgts;			/* listed mappings, revoked too */
+	unsigned int pins;			/* pin() minus unpin() calls */
+	bool revocable;				/* importer has move_notify */
+	bool api;				/* attached by cenalloc_mapping_attach() */
+	struct cenalloc_import *import;		/* its arguments, API only */
+	unsigned int revoked;			/* mappings revoked so far */
+	char dev_name[32];
+};
+
+extern const struct dma_buf_ops cenalloc_dmabuf_ops;
+struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
+				       bool rdwr, u32 initial_mask);
+int cenalloc_buffer_phys(struct cenalloc_buffer *buffer, u64 *addr, u64 *len);
+int cenalloc_buffer_fill(struct cenalloc_buffer *buffer, u64 seed);
+int cenalloc_buffer_checksum(struct cenalloc_buffer *buffer, u64 *sum,
+			     u64 *len);
+
+#endif /* CENALLOC_BUFFER_H */

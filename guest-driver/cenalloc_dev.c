@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cenalloc device state: creation, reference counting, and the one device
+ * that /dev/cenalloc serves (published at the end of probe, withdrawn at
+ * remove).
+ */
+#include <linux/slab.h>
+
+#include "cenalloc_dev.h"
+
+static DEFINE_MUTEX(cenalloc_current_lock);
+static struct cenalloc_dev *cenalloc_current;
+
+static void cenalloc_dev_release(struct kref *ref)
+{
+	struct cenalloc_dev *cdev = container_of(ref, struct cenalloc_dev, ref);
+
+	WARN_ON(!list_empty(&cdev->buffers));
+	cenalloc_pools_free(cdev);
+	mutex_destroy(&cdev->lock);
+	kfree(cdev);
+}
+
+void cenalloc_dev_put(struct cenalloc_dev *cdev)
+{
+	kref_put(&cdev->ref, cenalloc_dev_release);
+}
+
+struct cenalloc_dev *cenalloc_dev_get_current(void)
+{
+	struct cenalloc_dev *cdev;
+
+	mutex_lock(&cenalloc_current_lock);
+	cdev = cenalloc_current;
+	if (cdev)
+		kref_get(&cdev->ref);
+	mutex_unlock(&cenalloc_current_lock);
+	return cdev;
+}
+
+/* A new device state with one reference (the virtio driver's). */
+struct cenalloc_dev *cenalloc_dev_new(struct virtio_device *vdev)
+{
+	struct cenalloc_dev *cdev;
+
+	cdev = kzalloc(sizeof(*cdev), GFP_KERNEL);
+	if (!cdev)
+		return NULL;
+	kref_init(&cdev->ref);
+	mutex_init(&cdev->lock);
+	spin_lock_init(&cdev->ctrl_lock);
+	spin_lock_init(&cdev->event_lock);
+	init_waitqueue_head(&cdev->ctrl_wait);
+	INIT_LIST_HEAD(&cdev->buffers);
+	cdev->vdev = vdev;
+	return cdev;
+}
+
+/* Make @cdev the device /dev/cenalloc serves; -EBUSY if one already is. */
+int cenalloc_dev_publish(struct cenalloc_dev *cdev)
+{
+	int ret = 0;
+
+	mutex_lock(&cenalloc_current_lock);
+	if (cenalloc_current)
+		ret = -EBUSY;
+	else
+		cenalloc_current = cdev;
+	mutex_unlock(&cenalloc_current_lock);
+	return ret;
+}
+
+/* Withdraw @cdev if it is the device /dev/cenalloc serves. */
+void cenalloc_dev_unpublish(struct cenalloc_dev *cdev)
+{
+	mutex_lock(&cenalloc_current_lock);
+	if (cenalloc_current == cdev)
+		cenalloc_current = NULL;
+	mutex_unlock(&cenalloc_current_lock);
+}

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * cenalloc device state (cenalloc_dev.c): what the driver knows of one
+ * virtio device, its lifetime, and the one device /dev/cenalloc serves.
+ *
+ * Lifetimes: struct cenalloc_dev is reference counted (kref). The virtio
+ * driver holds one reference from probe to remove, every buffer holds one
+ * until its dma-buf is released, every open /dev/cenalloc file none (it
+ * looks the device up per ioctl). The donated pool memory is freed at the
+ * last put, when no buffer can reach it any more.
+ *
+ * Locking order: dma_resv (taken by the dma-buf core) -> cdev->lock ->
+ * buffer->lock -> cdev->ctrl_lock (spinlock, irq). The config, exporter
+ * types and allocator list cached at probe never change afterwards and are
+ * read without a lock.
+ *
+ * The driver's files form layers; each includes only the headers of the
+ * layers below it:
+ *   cenalloc_main.c (virtio driver, module)
+ *   cenalloc_ioctl.c, cenalloc_debugfs.c
+ *   cenalloc_api.c (exported in-kernel API)
+ *   cenalloc_buffer.c (the dma-buf exporter)
+ *   cenalloc_attach.c (dma-buf attachments)
+ *   cenalloc_batch.c (attachment commands to the device), cenalloc_sg.c,
+ *   cenalloc_negotiate.c, cenalloc_devmask.c, cenalloc_reach.c
+ *   cenalloc_pool.c, cenalloc_vq.c (transport)
+ *   cenalloc_dev.c (this state)
+ */
+#ifndef CENALLOC_DEV_H
+#define CENALLOC_DEV_H
+
+#include <linux/atomic.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "cenalloc_pool.h"
+#include "cenalloc_proto.h"
+
+struct virtio_device;
+struct virtqueue;
+
+#define CENALLOC_EVENT_BUFS	16
+#define CENALLOC_MAX_ALLOCATORS	32
+#define CENALLOC_LATENCY_SAMPLES	1024
+
+/* The last CENALLOC_LATENCY_SAMPLES latencies of one kind, in ns. */
+struct cenalloc_latency {
+	u32 ns[CENALLOC_LATENCY_SAMPLES];
+	unsigned int next;		/* ring position */
+	unsigned int count;		/* valid samples, <= the ring size */
+};
+
+struct cenalloc_dev {
+	struct kref ref;
+	struct virtio_device *vdev;		/* NULL after remove */
+	struct mutex lock;			/* buffers list, info cache */
+
+	/* Control queue. */
+	spinlock_t ctrl_lock;			/* ctrl_vq, removed, inflight */
+	struct virtqueue *ctrl_vq;
+	wait_queue_head_t ctrl_wait;		/* ring space freed */
+	bool removed;				/* new requests fail -ENODEV */
+	unsigned int inflight;
+	unsigned int unkicked;			/* posted chains not kicked yet */
+	unsigned int pollers;			/* submitters polling, callbacks off */
+	struct delayed_work post_kick;		/* kicks posted chains left alone */
+
+	/* Event queue. */
+	spinlock_t event_lock;
+	struct virtqueue *event_vq;
+	struct cenalloc_event *event_bufs;	/* CENALLOC_EVENT_BUFS */
+	atomic_t events_migrated;
+	atomic_t events_pool_low;
+	atomic_t events_unknown;
+
+	/* Counters. */
+	atomic64_t round_trips;			/* submitted and waited for */
+	atomic64_t posted;			/* fire-and-forget */
+	atomic64_t posted_errors;
+
+	/* Transport figures (debugfs "transport"), under ctrl_lock. */
+	u64 kicks;				/* virtqueue_notify() calls */
+	u64 ctrl_interrupts;			/* control queue callbacks */
+	u64 polled;				/* waited chains reaped by polling */
+	u64 chains_sent;
+	u64 chains_done;
+	struct cenalloc_latency lat_device;	/* queued -> answer reaped */
+	struct cenalloc_latency lat_posted;	/* same, posted chains */
+	struct cenalloc_latency lat_wake;	/* queued -> submitter runs */
+
+	/* Config space and GET_INFO, cached at probe (under lock). */
+	struct cenalloc_config config;
+	u32 max_batch;
+	u32 max_segments;
+	u32 max_attachments;			/* per buffer, 0: no limit */
+	u32 num_exporter_types;
+	u32 exporter_types[CENALLOC_MAX_MAP_TYPES];
+	u32 num_allocators;
+	struct cenalloc_allocator_info allocators[CENALLOC_MAX_ALLOCATORS];
+
+	struct cenalloc_pool pools[CENALLOC_MAX_POOLS];
+	unsigned int num_pools;
+
+	/* Buffers alive (for debugfs and local limits). */
+	struct list_head buffers;
+	unsigned int num_buffers;
+	u64 total_bytes;
+};
+
+struct cenalloc_dev *cenalloc_dev_new(struct virtio_device *vdev);
+void cenalloc_dev_put(struct cenalloc_dev *cdev);
+int cenalloc_dev_publish(struct cenalloc_dev *cdev);
+void cenalloc_dev_unpublish(struct cenalloc_dev *cdev);
+struct cenalloc_dev *cenalloc_dev_get_current(void);
+
+#endif /* CENALLOC_DEV_H */
