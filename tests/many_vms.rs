@@ -16,7 +16,7 @@ use cenalloc::device::DeviceConfig;
 use cenalloc::protocol::*;
 use cenalloc::registry::DaemonLimits;
 use common::*;
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::Frontend;
 use vhost::VhostBackend;
 
 fn pools(flags: &[&str]) -> DeviceConfig {
@@ -254,7 +254,7 @@ fn daemon_limits_refuse_a_vm_that_does_not_fit() {
     let mut a = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
     let b = Harness::connect(&daemon.sockets[1], WANTED_FEATURES);
     // The third is closed at once: its first request gets no answer.
-    let mut c = Frontend::connect(&daemon.sockets[2], CENALLOC_NUM_VQS as u64).unwrap();
+    let c = Frontend::connect(&daemon.sockets[2], CENALLOC_NUM_VQS as u64).unwrap();
     let refused = c.set_owner().and_then(|()| c.get_features());
     assert!(refused.is_err(), "{refused:?}");
     let mut client = Client::connect(&daemon.control).unwrap();
