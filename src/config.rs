@@ -11,7 +11,8 @@
 //! - systemd socket activation (`LISTEN_FDS`, names from
 //!   `FileDescriptorName=`; the one named `control` is the control socket);
 //! - `[[vm]]` tables of the configuration file (`name`, `socket`, and
-//!   optionally their own `[vm.limits]`, `max_batch` and `[[vm.pool]]`).
+//!   optionally their own `[vm.limits]`, `max_batch` and `[[vm.pool]]`);
+//!   an activated socket of the same name replaces `socket`.
 //!
 //! At least one is required. Sockets the daemon binds get mode 0600
 //! (0660 with a group) unless `--socket-mode`/`--socket-group` say
@@ -873,6 +874,11 @@ impl Config {
                 control_fd = Some(socket.fd);
                 continue;
             }
+            // A [[vm]] of the same name takes the socket (and keeps its
+            // own limits and pools); see below.
+            if file.vms.iter().any(|vm| vm.name == socket.name) {
+                continue;
+            }
             vms.push(VmConfig {
                 name: checked_name(&socket.name)?,
                 listen: ListenOn::Fd(socket.fd),
@@ -919,9 +925,15 @@ impl Config {
                     &[],
                 )?
             };
+            // Socket activation passes the socket of a [[vm]] by its name;
+            // the daemon then binds nothing for it.
+            let listen = match activated.iter().find(|s| s.name == vm.name) {
+                Some(socket) => ListenOn::Fd(socket.fd),
+                None => ListenOn::Path(vm.socket.clone()),
+            };
             vms.push(VmConfig {
                 name: checked_name(&vm.name)?,
-                listen: ListenOn::Path(vm.socket.clone()),
+                listen,
                 device,
             });
         }
@@ -1312,6 +1324,126 @@ mod tests {
         let control = config.control.unwrap();
         assert_eq!(control.permissions.mode, 0o600);
         assert!(!control.allow_writable_export);
+    }
+
+    #[test]
+    fn vm_tables_have_their_own_limits_and_pools() {
+        let dir = std::env::temp_dir().join(format!("cenalloc-config-vms-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vms.toml");
+        std::fs::write(
+            &path,
+            r#"
+[daemon]
+max_vms = 3
+max_buffers = 3000
+max_total_bytes = "8G"
+control_socket = "/run/c.sock"
+socket_mode = 0o640
+allow_writable_export = true
+seccomp = "log"
+landlock = "off"
+[limits]
+max_buffers = 1000
+max_total_bytes = "2G"
+[[pool]]
+kind = "system"
+size = "8M"
+[[vm]]
+name = "one"
+socket = "/run/one.sock"
+[[vm]]
+name = "two"
+socket = "/run/two.sock"
+max_batch = 8
+[vm.limits]
+max_buffers = 10
+[[vm.pool]]
+kind = "contig32"
+size = "4M"
+"#,
+        )
+        .unwrap();
+        let config = Config::try_from(args(&["-c", path.to_str().unwrap()])).unwrap();
+        assert_eq!(config.vms.len(), 2);
+        let (one, two) = (&config.vms[0], &config.vms[1]);
+        assert_eq!(one.listen, ListenOn::Path("/run/one.sock".into()));
+        assert_eq!(one.device.pool.limits.max_buffers, 1000);
+        assert_eq!(one.device.pool_sizes, vec![8 << 20]);
+        assert_eq!(two.device.pool.limits.max_buffers, 10);
+        assert_eq!(two.device.pool.limits.max_total_bytes, 2 << 30);
+        assert_eq!(two.device.max_batch, 8);
+        assert_eq!(two.device.pool.allocators[0].name, "contig32");
+        assert_eq!(two.device.pool_sizes, vec![4 << 20]);
+        assert_eq!(
+            config.daemon,
+            DaemonLimits {
+                max_vms: 3,
+                max_buffers: 3000,
+                max_total_bytes: 8 << 30
+            }
+        );
+        assert_eq!(config.socket_permissions.mode, 0o640);
+        let control = config.control.as_ref().unwrap();
+        assert_eq!(control.listen, ListenOn::Path("/run/c.sock".into()));
+        assert!(control.allow_writable_export);
+        assert_eq!(config.sandbox.seccomp, SeccompMode::Log);
+        assert_eq!(config.sandbox.landlock, LandlockMode::Off);
+        assert_eq!(config.sandbox.removable_dirs, vec![PathBuf::from("/run")]);
+
+        // Socket activation hands "two" its socket by name.
+        let activated = [ActivatedSocket {
+            fd: 3,
+            name: "two".into(),
+        }];
+        let config = Config::build(args(&["-c", path.to_str().unwrap()]), &activated).unwrap();
+        assert_eq!(config.vms.len(), 2);
+        assert_eq!(config.vms[1].listen, ListenOn::Fd(3));
+        assert_eq!(config.vms[1].device.pool.limits.max_buffers, 10);
+
+        // A VM whose limits exceed the daemon's is refused at start-up.
+        let over = dir.join("over.toml");
+        std::fs::write(
+            &over,
+            "[daemon]\nmax_buffers = 10\n[[vm]]\nname = \"a\"\nsocket = \"/run/a.sock\"\n",
+        )
+        .unwrap();
+        let error = Config::try_from(args(&["-c", over.to_str().unwrap()])).unwrap_err();
+        assert!(matches!(error, Error::VmOverDaemon { .. }), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/cenallocd.toml");
+        // The group may not exist where the test runs: any group will do.
+        let text = std::fs::read_to_string(&example)
+            .unwrap()
+            .replace("socket_group = \"kvm\"", "socket_group = \"0\"");
+        let dir = std::env::temp_dir().join(format!("cenalloc-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cenallocd.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::try_from(args(&["-c", path.to_str().unwrap()])).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let names: Vec<&str> = config.vms.iter().map(|vm| vm.name.as_str()).collect();
+        assert_eq!(names, ["desktop", "camera"]);
+        assert_eq!(config.vms[1].device.pool.allocators[0].name, "contig32");
+        assert_eq!(config.socket_permissions.mode, 0o660);
+        assert_eq!(config.control.unwrap().permissions.mode, 0o600);
+        // Both VMs fit in the daemon's budget at once.
+        let buffers: u64 = config
+            .vms
+            .iter()
+            .map(|vm| u64::from(vm.device.pool.limits.max_buffers))
+            .sum();
+        let bytes: u64 = config
+            .vms
+            .iter()
+            .map(|vm| vm.device.pool.limits.max_total_bytes)
+            .sum();
+        assert!(buffers <= config.daemon.max_buffers);
+        assert!(bytes <= config.daemon.max_total_bytes);
     }
 
     #[test]

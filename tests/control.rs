@@ -538,3 +538,251 @@ fn a_connection_holds_a_bounded_number_of_exports() {
     client.release(a.info.export).unwrap();
     client.export("vm", buffer, false).unwrap();
 }
+
+const CTL: &str = env!("CARGO_BIN_EXE_cenallocctl");
+
+/// Runs cenallocctl against `control`; returns (status, stdout, stderr).
+fn ctl(control: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(CTL)
+        .arg("--socket")
+        .arg(control)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn decode_png(path: &std::path::Path) -> (png::ColorType, u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut data = vec![0u8; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut data).unwrap();
+    data.truncate(info.buffer_size());
+    (info.color_type, info.width, info.height, data)
+}
+
+#[test]
+fn cenallocctl_prints_tables_and_json_and_exits_0_1_2() {
+    let daemon = daemon(&[
+        ("vm1", pools(&["system:1M", "contig:1M"])),
+        ("vm2", pools(&["system:1M"])),
+    ]);
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    // A 32x8 frame with a 100-byte stride in a contiguous buffer.
+    let (frame, _, segments) =
+        harness.mapped_buffer(4096, CENALLOC_KIND_CONTIG, &[CENALLOC_MAP_CONTIG]);
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 253) as u8).collect();
+    harness.ram.write(segments[0].0, &bytes);
+    let dir = std::env::temp_dir().join(format!("cenallocctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    for (args, needle) in [
+        (&["vms"][..], "vm1"),
+        (&["buffers"], "contig"),
+        (&["buffers", "vm1"], "ALLOCATOR"),
+        (&["buffers", "vm2"], "FIRST_GPA"),
+        (&["allocators"], "contiguous"),
+        (&["allocators", "vm1"], "CAPACITY"),
+        (&["stats"], "daemon: 2 VMs (1 connected"),
+        (&["stats", "vm1"], "live_buffers"),
+    ] {
+        let (status, out, err) = ctl(&daemon.control, args);
+        assert_eq!(status, 0, "{args:?}: {err}");
+        assert!(out.contains(needle), "{args:?}:\n{out}");
+    }
+    let (status, out, _) = ctl(&daemon.control, &["--json", "buffers", "vm1"]);
+    assert_eq!(status, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[0]["id"], frame);
+    assert_eq!(json[0]["allocator"], "contig");
+    let (_, out, _) = ctl(&daemon.control, &["vms", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[1]["state"], "waiting");
+
+    // export: checksum and bytes.
+    let raw = dir.join("frame.raw");
+    let (status, out, err) = ctl(
+        &daemon.control,
+        &[
+            "--json",
+            "export",
+            "vm1",
+            &frame.to_string(),
+            "-o",
+            raw.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(status, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["checksum"],
+        format!("{:#018x}", harness.device_checksum(frame))
+    );
+    assert_eq!(std::fs::read(&raw).unwrap(), bytes);
+
+    // snapshot: the PNG's pixels are the guest's bytes (rgb24, gray) or
+    // their conversion (xrgb8888, yuyv).
+    let stride = 100usize;
+    let row = |r: usize, len: usize| &bytes[r * stride..r * stride + len];
+    for (format, width, channels, expect) in [
+        (
+            "rgb24",
+            32,
+            3,
+            (0..8)
+                .flat_map(|r| row(r, 96).to_vec())
+                .collect::<Vec<u8>>(),
+        ),
+        (
+            "gray",
+            32,
+            1,
+            (0..8).flat_map(|r| row(r, 32).to_vec()).collect(),
+        ),
+        (
+            "xrgb8888",
+            24,
+            3,
+            (0..8)
+                .flat_map(|r| {
+                    row(r, 96)
+                        .chunks_exact(4)
+                        .flat_map(|p| [p[2], p[1], p[0]])
+                        .collect::<Vec<u8>>()
+                })
+                .collect(),
+        ),
+        (
+            "yuyv",
+            32,
+            3,
+            (0..8)
+                .flat_map(|r| {
+                    row(r, 64)
+                        .chunks_exact(4)
+                        .flat_map(|p| {
+                            let a = cenalloc::control::snapshot::yuv_to_rgb(p[0], p[1], p[3]);
+                            let b = cenalloc::control::snapshot::yuv_to_rgb(p[2], p[1], p[3]);
+                            [a, b].concat()
+                        })
+                        .collect::<Vec<u8>>()
+                })
+                .collect(),
+        ),
+    ] {
+        let png = dir.join(format!("{format}.png"));
+        let (status, out, err) = ctl(
+            &daemon.control,
+            &[
+                "snapshot",
+                "vm1",
+                &frame.to_string(),
+                "--format",
+                format,
+                "--width",
+                &width.to_string(),
+                "--height",
+                "8",
+                "--stride",
+                "100",
+                "-o",
+                png.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(status, 0, "{format}: {err}");
+        assert!(out.contains(&format!("{width}x8")), "{out}");
+        let (color, png_width, height, pixels) = decode_png(&png);
+        assert_eq!((png_width, height), (width, 8));
+        assert_eq!(
+            color,
+            if channels == 1 {
+                png::ColorType::Grayscale
+            } else {
+                png::ColorType::Rgb
+            }
+        );
+        assert_eq!(pixels, expect, "{format}");
+    }
+
+    // Exit status 1: the daemon refused, or cannot be reached.
+    for args in [
+        &["buffers", "vm9"][..],
+        &["allocators", "vm9"],
+        &["stats", "vm9"],
+        &["export", "vm9", "1"],
+        &["export", "vm1", "999"],
+        &["export", "vm2", "1"],
+        &["export", "vm1", &frame.to_string(), "--writable"],
+        &[
+            "snapshot",
+            "vm1",
+            "999",
+            "--format",
+            "gray",
+            "--width",
+            "4",
+            "--height",
+            "4",
+            "-o",
+            "/tmp/never.png",
+        ],
+        &[
+            "snapshot",
+            "vm1",
+            &frame.to_string(),
+            "--format",
+            "rgb24",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "-o",
+            "/tmp/never.png",
+        ],
+    ] {
+        let (status, _, err) = ctl(&daemon.control, args);
+        assert_eq!(status, 1, "{args:?}: {err}");
+        assert!(err.starts_with("cenallocctl: "), "{args:?}: {err}");
+    }
+    let (status, _, err) = ctl(&dir.join("nothing.sock"), &["vms"]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+
+    // Exit status 2: bad arguments.
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["vms", "--bogus"],
+        &["export", "vm1"],
+        &["export", "vm1", "seven"],
+        &[
+            "snapshot", "vm1", "1", "--format", "bmp", "--width", "4", "--height", "4", "-o",
+            "x.png",
+        ],
+        &[
+            "snapshot", "vm1", "1", "--format", "gray", "--width", "0", "--height", "4", "-o",
+            "x.png",
+        ],
+        &[
+            "snapshot", "vm1", "1", "--format", "yuyv", "--width", "3", "--height", "4", "-o",
+            "x.png",
+        ],
+        &[
+            "snapshot", "vm1", "1", "--format", "rgb24", "--width", "4", "--height", "4",
+            "--stride", "8", "-o", "x.png",
+        ],
+        &[
+            "snapshot", "vm1", "1", "--format", "gray", "--width", "4", "--height", "4",
+        ],
+    ] {
+        let (status, _, err) = ctl(&daemon.control, args);
+        assert_eq!(status, 2, "{args:?}: {err}");
+        assert!(!err.is_empty(), "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
