@@ -15,7 +15,11 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 			 struct cenalloc_attachment *a,
 			 struct cenalloc_req *req);
 int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
-			    struct cenalloc_range **segments, u32 *num);
-void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction);
+			    struct cenalloc_req **unmap_req);
+struct cenalloc_req *cenalloc_unmap_take(struct cenalloc_attachment *a,
+					 u32 direction,
+					 struct cenalloc_req **reqp);
+void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction,
+			 struct cenalloc_req **reqp);
 
 #endif /* CENALLOC_BATCH_H */

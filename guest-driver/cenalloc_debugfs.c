@@ -130,18 +130,18 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 	kfree(allocators);
 
 	seq_puts(s, "\n# pools donated by the driver\n");
-	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-7s %-14s %-6s\n",
+	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-7s %-14s %-12s %-6s\n",
 		   "idx", "name", "kinds", "placement", "requested", "donated",
-		   "ranges", "longest_extent", "status");
+		   "ranges", "longest_extent", "held", "status");
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
-		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-7u %-14llu %-6d\n",
+		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-7u %-14llu %-12llu %-6d\n",
 			   i, pool->config.name,
 			   le32_to_cpu(pool->config.kinds),
 			   le32_to_cpu(pool->config.placement),
 			   le64_to_cpu(pool->config.size), pool->donated,
 			   pool->num_donated, pool->longest_extent,
-			   pool->status);
+			   pool->held, pool->status);
 	}
 
 	seq_puts(s, "\n# counters\n");
@@ -219,7 +219,9 @@ static void cenalloc_latency_show(struct seq_file *s, const char *name,
 static int cenalloc_transport_show(struct seq_file *s, void *unused)
 {
 	struct cenalloc_dev *cdev = s->private;
-	u64 kicks, interrupts, sent, done, polled;
+	u64 kicks, interrupts, sent, done, polled, abandoned;
+	unsigned int inflight, backlogged;
+	bool broken;
 	u32 *buf;
 
 	buf = kmalloc_array(CENALLOC_LATENCY_SAMPLES, sizeof(*buf), GFP_KERNEL);
@@ -231,6 +233,10 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 	sent = cdev->chains_sent;
 	done = cdev->chains_done;
 	polled = cdev->polled;
+	abandoned = cdev->abandoned_reqs;
+	inflight = cdev->inflight;
+	backlogged = cdev->backlogged;
+	broken = cdev->broken;
 	spin_unlock_irq(&cdev->ctrl_lock);
 	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\npolled %llu\n",
 		   kicks, interrupts, sent, done, polled);
@@ -238,6 +244,10 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 		   atomic64_read(&cdev->round_trips),
 		   atomic64_read(&cdev->posted),
 		   atomic64_read(&cdev->posted_errors));
+	seq_printf(s, "inflight %u\nbacklogged %u\nabandoned %llu\nanswers_rejected %lld\nbroken %d\nmax_segments %u\nmax_batch %u\n",
+		   inflight, backlogged, abandoned,
+		   atomic64_read(&cdev->answers_rejected), broken,
+		   cdev->max_segments, cdev->max_batch);
 	seq_printf(s, "%-16s %6s %10s %10s %10s %10s\n", "latency_us",
 		   "n", "median", "p90", "min", "max");
 	cenalloc_latency_show(s, "device", cdev, &cdev->lat_device, buf);

@@ -49,10 +49,26 @@ MODULE_PARM_DESC(contig_reserve,
  */
 static atomic_t contig_reserve_owned = ATOMIC_INIT(0);
 
+/*
+ * The device asks for pool sizes in config space; the guest decides what it
+ * can spare. Each pool gets at most pool_ram_percent of the RAM (and at most
+ * pool_limit_mb), all pools together at most pools_ram_percent, in pool
+ * order.
+ */
 static unsigned int pool_limit_mb;
 module_param(pool_limit_mb, uint, 0444);
 MODULE_PARM_DESC(pool_limit_mb,
-		 "Largest donation per pool in MiB (0: half of the RAM)");
+		 "Largest donation per pool in MiB (0: only the RAM fractions limit it)");
+
+static unsigned int pool_ram_percent = 25;
+module_param(pool_ram_percent, uint, 0444);
+MODULE_PARM_DESC(pool_ram_percent,
+		 "Largest donation per pool in percent of the RAM (1..100, default 25)");
+
+static unsigned int pools_ram_percent = 50;
+module_param(pools_ram_percent, uint, 0444);
+MODULE_PARM_DESC(pools_ram_percent,
+		 "Largest donation of all pools together in percent of the RAM (1..100, default 50)");
 
 /* POOL_ADD commands per batch: keeps one request under 20 KiB. */
 #define CENALLOC_POOL_ADD_BATCH		4
@@ -80,13 +96,21 @@ static int cenalloc_range_cmp(const void *a, const void *b)
 	return pa > pb;
 }
 
-static u64 cenalloc_pool_target(const struct cenalloc_config_pool *config)
+static u64 cenalloc_ram_percent(unsigned int percent)
 {
-	u64 limit = (u64)totalram_pages() * PAGE_SIZE / 2;
+	return div_u64((u64)totalram_pages() * PAGE_SIZE *
+		       clamp_t(unsigned int, percent, 1, 100), 100);
+}
+
+/* What the guest gives pool @config, @budget bytes being left for all. */
+static u64 cenalloc_pool_target(const struct cenalloc_config_pool *config,
+				u64 budget)
+{
+	u64 limit = min(cenalloc_ram_percent(pool_ram_percent), budget);
 	u64 size = le64_to_cpu(config->size);
 
 	if (pool_limit_mb)
-		limit = (u64)pool_limit_mb * SZ_1M;
+		limit = min_t(u64, limit, (u64)pool_limit_mb * SZ_1M);
 	if (size > limit) {
 		pr_warn("cenalloc: pool %.16s asks %llu bytes, donating %llu\n",
 			config->name, size, limit);
@@ -161,8 +185,8 @@ static void cenalloc_reserve_assign(struct cenalloc_dev *cdev)
 		contig_reserve);
 }
 
-/* Allocate the blocks of one pool into pool->chunks. */
-static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
+/* Allocate the blocks of one pool into pool->chunks, at most @budget. */
+static int cenalloc_pool_alloc(struct cenalloc_pool *pool, u64 budget)
 {
 	u32 placement = le32_to_cpu(pool->config.placement);
 	u32 align = le32_to_cpu(pool->config.align);
@@ -171,7 +195,7 @@ static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
 	u64 target, done = 0;
 	struct page *page;
 
-	target = cenalloc_pool_target(&pool->config);
+	target = cenalloc_pool_target(&pool->config, budget);
 	target -= min(target, pool->reserve_len);
 	if (!target)
 		return 0;
@@ -219,6 +243,7 @@ static int cenalloc_pool_alloc(struct cenalloc_pool *pool)
 	if (done < target)
 		pr_warn("cenalloc: pool %.16s: got %llu of %llu bytes\n",
 			pool->config.name, done, target);
+	pool->allocated = done;
 	return 0;
 }
 
@@ -278,8 +303,13 @@ static int cenalloc_pool_merge(struct cenalloc_pool *pool)
 	return 0;
 }
 
-/* POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, a few
- * commands per batch.
+/*
+ * POOL_ADD every extent, CENALLOC_MAX_POOL_RANGES per command, a few
+ * commands per batch. A command the device refused (a well-formed error)
+ * stops the donation. One whose outcome is unknown (no answer in time, a
+ * short or malformed answer) may have been accepted: its memory is held
+ * for the device (pool->held) and never given back before the device is
+ * reset, because the device may be using it.
  */
 static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			      struct cenalloc_pool *pool, u32 index)
@@ -290,6 +320,7 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 	unsigned int ranges[CENALLOC_POOL_ADD_BATCH];
 	u64 bytes[CENALLOC_POOL_ADD_BATCH];
 	unsigned int batch_cmds;
+	bool stopped = false;
 	int ret, status;
 
 	batch_cmds = min_t(u32, cdev->max_batch, CENALLOC_POOL_ADD_BATCH);
@@ -309,8 +340,8 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 					       n * sizeof(struct cenalloc_range),
 					       0);
 			if (IS_ERR(add)) {
-				ret = PTR_ERR(add);
-				goto out_free;
+				cenalloc_req_free(req);
+				return PTR_ERR(add);
 			}
 			add->pool_index = cpu_to_le32(index);
 			add->num_ranges = cpu_to_le32(n);
@@ -323,24 +354,42 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev,
 			sent += n;
 		}
 		ret = cenalloc_req_submit(req);
-		if (ret)
-			goto out_free;
+		if (ret && !req->queued) {
+			/* Never reached the device. */
+			cenalloc_req_free(req);
+			return ret;
+		}
 		for (i = 0; i < cmd; i++) {
+			if (ret || !cenalloc_req_answered(req, i)) {
+				/* Sent, outcome unknown: the device may use it. */
+				pool->held += bytes[i];
+				stopped = true;
+				continue;
+			}
 			status = cenalloc_req_status(req, i);
-			if (status) {
-				ret = status;
-				goto out_free;
+			if (status || stopped) {
+				/* Refused; a success after that is a lie. */
+				if (!status)
+					pool->held += bytes[i];
+				else if (!ret)
+					ret = status;
+				stopped = true;
+				continue;
 			}
 			pool->donated += bytes[i];
 			pool->num_donated += ranges[i];
 		}
 		cenalloc_req_free(req);
+		if (pool->held) {
+			cenalloc_answer_rejected(cdev);
+			pr_warn("cenalloc: pool %.16s: no usable answer to POOL_ADD of %llu bytes: they stay with the device until it is reset\n",
+				pool->config.name, pool->held);
+			return ret ? ret : -EIO;
+		}
+		if (ret)
+			return ret;
 	}
 	return 0;
-
-out_free:
-	cenalloc_req_free(req);
-	return ret;
 }
 
 static void cenalloc_pool_release(struct cenalloc_pool *pool);
@@ -350,6 +399,7 @@ static void cenalloc_pool_release(struct cenalloc_pool *pool);
  */
 int cenalloc_pools_donate(struct cenalloc_dev *cdev)
 {
+	u64 budget = cenalloc_ram_percent(pools_ram_percent);
 	struct cenalloc_pool *pool;
 	unsigned int i;
 	int ret;
@@ -357,15 +407,17 @@ int cenalloc_pools_donate(struct cenalloc_dev *cdev)
 	cenalloc_reserve_assign(cdev);
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
-		ret = cenalloc_pool_alloc(pool);
+		ret = cenalloc_pool_alloc(pool, budget);
+		budget -= min(budget, pool->allocated);
 		if (!ret)
 			ret = cenalloc_pool_merge(pool);
 		if (!ret)
 			ret = cenalloc_pool_send(cdev, pool, i);
 		pool->status = ret;
-		if (ret && !pool->num_donated)
+		/* Nothing the device may hold: the memory goes back now. */
+		if (ret && !pool->num_donated && !pool->held)
 			cenalloc_pool_release(pool);
-		if (ret == -ENODEV)
+		if (ret == -ENODEV || ret == -ETIMEDOUT || ret == -EINTR)
 			return ret;
 		if (ret)
 			pr_warn("cenalloc: pool %.16s: donation failed: %d\n",
@@ -398,6 +450,9 @@ static void cenalloc_pool_release(struct cenalloc_pool *pool)
 	pool->num_extents = 0;
 	pool->num_donated = 0;
 	pool->longest_extent = 0;
+	pool->allocated = 0;
+	pool->donated = 0;
+	pool->held = 0;
 }
 
 void cenalloc_pools_free(struct cenalloc_dev *cdev)
@@ -408,48 +463,55 @@ void cenalloc_pools_free(struct cenalloc_dev *cdev)
 		cenalloc_pool_release(&cdev->pools[i]);
 }
 
-/* The extent of any pool that contains @addr, or NULL. */
+/* The donated extent of @pool that contains @addr, or NULL. */
 static const struct cenalloc_range *
-cenalloc_pools_find(struct cenalloc_dev *cdev, u64 addr)
+cenalloc_pool_find(const struct cenalloc_pool *pool, u64 addr)
 {
-	const struct cenalloc_range *ext;
-	unsigned int i, lo, hi, mid;
+	const struct cenalloc_range *ext = pool->extents;
+	unsigned int lo = 0, hi = pool->num_donated, mid;
 	u64 start;
 
-	for (i = 0; i < cdev->num_pools; i++) {
-		ext = cdev->pools[i].extents;
-		lo = 0;
-		hi = cdev->pools[i].num_donated;
-		while (lo < hi) {
-			mid = lo + (hi - lo) / 2;
-			start = le64_to_cpu(ext[mid].addr);
-			if (addr < start)
-				hi = mid;
-			else if (addr - start >= le64_to_cpu(ext[mid].len))
-				lo = mid + 1;
-			else
-				return &ext[mid];
-		}
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		start = le64_to_cpu(ext[mid].addr);
+		if (addr < start)
+			hi = mid;
+		else if (addr - start >= le64_to_cpu(ext[mid].len))
+			lo = mid + 1;
+		else
+			return &ext[mid];
 	}
 	return NULL;
 }
 
-/* True if [addr, addr + len) lies entirely in donated memory: a device
- * answer can never make the driver map memory it did not give away.
+/* True if [addr, addr + len) lies entirely in memory donated to @pool: a
+ * device answer can never make the driver map memory it did not give away.
  */
-bool cenalloc_pools_contain(struct cenalloc_dev *cdev, u64 addr, u64 len)
+bool cenalloc_pool_contains(const struct cenalloc_pool *pool, u64 addr,
+			    u64 len)
 {
 	const struct cenalloc_range *ext;
 	u64 end, ext_end;
 
-	if (check_add_overflow(addr, len, &end))
+	if (!len || check_add_overflow(addr, len, &end))
 		return false;
 	while (addr < end) {
-		ext = cenalloc_pools_find(cdev, addr);
+		ext = cenalloc_pool_find(pool, addr);
 		if (!ext)
 			return false;
 		ext_end = le64_to_cpu(ext->addr) + le64_to_cpu(ext->len);
 		addr = min(end, ext_end);
 	}
 	return true;
+}
+
+/* True if [addr, addr + len) lies entirely in the memory of one pool. */
+bool cenalloc_pools_contain(struct cenalloc_dev *cdev, u64 addr, u64 len)
+{
+	unsigned int i;
+
+	for (i = 0; i < cdev->num_pools; i++)
+		if (cenalloc_pool_contains(&cdev->pools[i], addr, len))
+			return true;
+	return false;
 }

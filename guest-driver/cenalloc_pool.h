@@ -27,7 +27,9 @@ struct cenalloc_pool {
 	unsigned int num_extents;
 	unsigned int num_donated;		/* extents the device accepted */
 	u64 reserve_addr, reserve_len;		/* boot-time reservation */
+	u64 allocated;				/* bytes taken from the page allocator */
 	u64 donated;				/* bytes accepted by the device */
+	u64 held;				/* bytes sent, outcome unknown */
 	u64 longest_extent;			/* bytes */
 	int status;				/* POOL_ADD result, 0 or -errno */
 };
@@ -35,5 +37,7 @@ struct cenalloc_pool {
 int cenalloc_pools_donate(struct cenalloc_dev *cdev);
 void cenalloc_pools_free(struct cenalloc_dev *cdev);
 bool cenalloc_pools_contain(struct cenalloc_dev *cdev, u64 addr, u64 len);
+bool cenalloc_pool_contains(const struct cenalloc_pool *pool, u64 addr,
+			    u64 len);
 
 #endif /* CENALLOC_POOL_H */

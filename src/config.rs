@@ -241,6 +241,18 @@ pub struct Args {
     /// Print the size of the config space (QEMU's `config_size=`) and exit.
     #[arg(long)]
     pub print_config_size: bool,
+
+    /// TEST BUILDS ONLY: answer the guest wrongly on purpose (see
+    /// src/fault.rs for the specs, e.g. `split-segment`, `no-answer:map`).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "SPEC", conflicts_with = "fault_file")]
+    pub fault: Option<crate::fault::Fault>,
+
+    /// TEST BUILDS ONLY: the fault spec is the contents of FILE, re-read
+    /// whenever it changes (missing or empty: an honest device).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "FILE")]
+    pub fault_file: Option<PathBuf>,
 }
 
 /// Where front-ends (or control clients) connect.
@@ -260,6 +272,14 @@ impl std::fmt::Display for ListenOn {
             ListenOn::Fd(fd) => write!(f, "fd {fd}"),
         }
     }
+}
+
+/// Test hooks of the queue glue; empty in normal builds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Where the fault to inject comes from (`--fault`, `--fault-file`).
+    #[cfg(feature = "fault-injection")]
+    pub fault: Option<crate::fault::Source>,
 }
 
 /// One VM: its name, socket and device configuration.
@@ -288,6 +308,8 @@ pub struct Config {
     pub socket_permissions: SocketPermissions,
     pub daemon: DaemonLimits,
     pub sandbox: SandboxConfig,
+    /// Test hooks of the queue glue (none in normal builds), every VM's.
+    pub hooks: Hooks,
 }
 
 impl Config {
@@ -1062,11 +1084,35 @@ impl Config {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        #[cfg(feature = "fault-injection")]
+        let hooks = Hooks {
+            fault: match (&args.fault, &args.fault_file) {
+                (Some(fault), _) => Some(crate::fault::Source::Fixed(*fault)),
+                (None, Some(path)) => Some(crate::fault::Source::File(path.clone())),
+                (None, None) => None,
+            },
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let hooks = Hooks::default();
+        // The fault file is read after start-up: Landlock lets the daemon
+        // read in its directory (it is replaced by a rename).
+        #[cfg(feature = "fault-injection")]
+        let readable_dirs = match &args.fault_file {
+            Some(path) => vec![path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()],
+            None => Vec::new(),
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let readable_dirs = Vec::new();
         let sandbox = SandboxConfig {
             seccomp: args.seccomp.or(daemon_file.seccomp).unwrap_or_default(),
             landlock: args.landlock.or(daemon_file.landlock).unwrap_or_default(),
             user,
             removable_dirs,
+            readable_dirs,
         };
         Ok(Config {
             vms,
@@ -1077,6 +1123,7 @@ impl Config {
             },
             daemon,
             sandbox,
+            hooks,
         })
     }
 }

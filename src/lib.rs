@@ -19,6 +19,8 @@
 //! - [`listen`]: binding and inheriting the daemon's sockets.
 //! - [`sandbox`]: privileges, Landlock and seccomp.
 //! - [`config`]: command line and configuration file → daemon configuration.
+//! - `fault` (cargo feature `fault-injection`, tests only): rewrites the
+//!   device's answers on purpose, to test that the guest driver trusts none.
 //!
 //! Arrows point one way: main → config, control, vhu_cenalloc, listen,
 //! sandbox; vhu_cenalloc → ring, chain, registry; control → registry →
@@ -30,6 +32,8 @@ pub mod chain;
 pub mod config;
 pub mod control;
 pub mod device;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod listen;
 pub mod protocol;
 pub mod registry;

@@ -220,12 +220,13 @@ fn main() -> ExitCode {
         );
         let mut listener = Listener::from(listener);
         let (name, device, registry) = (vm.name.clone(), vm.device.clone(), registry.clone());
+        let hooks = config.hooks.clone();
         let done = done_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("serve-{}", vm.name).chars().take(15).collect())
             .spawn(move || {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve_vm(&mut listener, &name, &device, &registry)
+                    serve_vm(&mut listener, &name, &device, &hooks, &registry)
                 }));
                 let why = match outcome {
                     Ok(Ok(())) => "stopped".to_string(),

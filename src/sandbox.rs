@@ -79,6 +79,9 @@ pub struct SandboxConfig {
     /// Directories in which the daemon may remove files (its own sockets,
     /// at exit).
     pub removable_dirs: Vec<PathBuf>,
+    /// Directories whose files the daemon may read after start-up (test
+    /// builds: the fault file).
+    pub readable_dirs: Vec<PathBuf>,
 }
 
 /// Everything that can go wrong setting up the sandbox.
@@ -282,6 +285,12 @@ fn landlock_ruleset(config: &SandboxConfig) -> Result<landlock::RulesetCreated, 
         let fd = PathFd::new(dir).map_err(|e| err(&e))?;
         ruleset = ruleset
             .add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))
+            .map_err(|e| err(&e))?;
+    }
+    for dir in &config.readable_dirs {
+        let fd = PathFd::new(dir).map_err(|e| err(&e))?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, AccessFs::ReadFile))
             .map_err(|e| err(&e))?;
     }
     Ok(ruleset)

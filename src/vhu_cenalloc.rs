@@ -45,7 +45,8 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::chain::{self, ControlWork};
+use crate::chain::{self, ControlWork, Outcome};
+use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
 use crate::registry::{self, DeviceView, Exports, Registry, Revocation, Vm};
@@ -116,6 +117,7 @@ impl Worker {
         mem: &MemoryGuard,
         event_idx: bool,
         stopping: &AtomicBool,
+        filter: &mut dyn chain::Filter,
         exports: &Exports,
     ) {
         self.device.counters.control_wakeups += 1;
@@ -128,21 +130,22 @@ impl Worker {
         let round = ring::serve(control, mem, health, event_idx, |taken| {
             let (position, head) = (taken.position, taken.head);
             let mut walk = Walk::new(taken.chain);
-            let parsed = chain::parse(&**mem, &mut walk);
+            let mut parsed = chain::parse(&**mem, &mut walk);
             if walk.cut() {
                 return Served::Cut;
             }
+            filter.request(&mut parsed.request);
             let mut work = work_for(suspended, device, position, head, parsed);
             let mut yield_now = || stopping.load(Ordering::Acquire);
-            match work.run(device, &**mem, &mut yield_now) {
-                Some(written) => {
+            match work.run_filtered(device, &**mem, &mut yield_now, filter) {
+                Outcome::Written(written) => {
                     // A host view of a buffer this chain freed or moved is
                     // revoked before the guest sees the answer.
                     exports.check(device.pool());
                     deliver_events(device, &mut lock(event_ring), events, mem);
                     Served::Used(written)
                 }
-                None => {
+                Outcome::Yielded => {
                     *suspended = Some(Suspended {
                         position,
                         head,
@@ -150,6 +153,7 @@ impl Worker {
                     });
                     Served::Later
                 }
+                Outcome::Withheld => Served::Withheld,
             }
         });
         let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -262,6 +266,9 @@ pub struct CenallocBackend {
     event_ring: Mutex<Health>,
     /// The exit events' consumers, owned here: see [`Self::exit_event`].
     exit_consumers: Mutex<Vec<EventConsumer>>,
+    /// Test builds: the hostile-host mode (answers rewritten on purpose).
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Mutex<crate::fault::Injector>>,
     /// Host views of this VM's buffers (the control socket's exports).
     exports: Arc<Exports>,
 }
@@ -284,8 +291,21 @@ impl CenallocBackend {
             worker: Mutex::new(worker),
             event_ring: Mutex::new(Health::new("event")),
             exit_consumers: Mutex::new(Vec::new()),
+            #[cfg(feature = "fault-injection")]
+            fault: None,
             exports,
         })
+    }
+
+    /// The backend with the test hooks of `hooks` (nothing in normal builds).
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut, unused_variables))]
+    pub fn with_hooks(mut self, hooks: &Hooks) -> Self {
+        #[cfg(feature = "fault-injection")]
+        if let Some(source) = &hooks.fault {
+            warn!("fault injection on: this device lies to the guest on purpose");
+            self.fault = Some(Mutex::new(crate::fault::Injector::new(source.clone())));
+        }
+        self
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
@@ -384,6 +404,10 @@ impl VhostUserBackend for CenallocBackend {
             .saturating_add(size as usize)
             .min(self.config_space.len());
         out[..end - start].copy_from_slice(&self.config_space[start..end]);
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = &self.fault {
+            lock(fault).rewrite_config(offset, &mut out);
+        }
         out
     }
 
@@ -448,6 +472,16 @@ impl VhostUserBackend for CenallocBackend {
             return Ok(());
         };
         let mut worker = lock(&self.worker);
+        let mut honest = chain::Honest;
+        #[cfg(feature = "fault-injection")]
+        let mut injector = self.fault.as_ref().map(lock);
+        #[cfg(feature = "fault-injection")]
+        let filter: &mut dyn chain::Filter = match injector.as_deref_mut() {
+            Some(injector) => injector,
+            None => &mut honest,
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let filter: &mut dyn chain::Filter = &mut honest;
         match device_event {
             CENALLOC_VQ_CONTROL => worker.serve_control(
                 control,
@@ -456,6 +490,7 @@ impl VhostUserBackend for CenallocBackend {
                 &mem,
                 self.event_idx.load(Ordering::Acquire),
                 &self.stopping,
+                filter,
                 &self.exports,
             ),
             // Buffers posted, or the ring (re)started: send what waits.
@@ -506,13 +541,12 @@ pub fn serve_one(
     listener: &mut vhost::vhost_user::Listener,
     name: &str,
     config: &DeviceConfig,
+    hooks: &Hooks,
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
     let exports = Arc::new(Exports::new());
-    let backend = Arc::new(CenallocBackend::with_exports(
-        config.clone(),
-        exports.clone(),
-    )?);
+    let backend =
+        Arc::new(CenallocBackend::with_exports(config.clone(), exports.clone())?.with_hooks(hooks));
     let memory = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         thread_name(name),
@@ -553,10 +587,11 @@ pub fn serve_vm(
     listener: &mut vhost::vhost_user::Listener,
     name: &str,
     config: &DeviceConfig,
+    hooks: &Hooks,
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
     loop {
-        if let Err(e) = serve_one(listener, name, config, registry) {
+        if let Err(e) = serve_one(listener, name, config, hooks, registry) {
             match e {
                 ServeError::Backend(_) => return Err(e),
                 ServeError::Daemon(_) => warn!("{name}: connection ended with an error: {e}"),
@@ -574,6 +609,7 @@ pub const SINGLE_VM_NAME: &str = "vm";
 pub fn serve_forever(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
+    hooks: &Hooks,
 ) -> Result<(), ServeError> {
     let registry = Registry::new(registry::DaemonLimits {
         max_vms: u32::MAX,
@@ -583,5 +619,5 @@ pub fn serve_forever(
     registry
         .add_socket(SINGLE_VM_NAME, "listener")
         .map_err(|e| ServeError::Daemon(e.to_string()))?;
-    serve_vm(listener, SINGLE_VM_NAME, config, &registry)
+    serve_vm(listener, SINGLE_VM_NAME, config, hooks, &registry)
 }

@@ -47,6 +47,7 @@ fn sandboxed_child(mode: &str) -> ! {
         landlock: LandlockMode::On,
         user: None,
         removable_dirs: Vec::new(),
+        readable_dirs: Vec::new(),
     };
     let applied = sandbox::enter(&config).unwrap();
     println!("sandboxed: {applied}");
