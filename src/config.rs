@@ -312,14 +312,6 @@ pub struct Config {
     pub hooks: Hooks,
 }
 
-impl Config {
-    /// The device configuration every VM without its own gets (the first
-    /// VM's when there is one).
-    pub fn device(&self) -> Option<&DeviceConfig> {
-        self.vms.first().map(|vm| &vm.device)
-    }
-}
-
 /// Everything wrong a configuration can be.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {

@@ -95,8 +95,8 @@ static void host_view_step(int ca)
 		}
 		return;
 	}
-	row("12", "vivid captures a frame into cenalloc", "%ux%u RGB24 in buffer %u, FNV-1a %016llx",
-	    frame.width, frame.height, frame.buffer_id, (unsigned long long)frame.pixel_hash);
+	row("12", "vivid captures a frame into cenalloc",
+	    "%ux%u RGB24 in buffer %u, FNV-1a %016llx", frame.width, frame.height, frame.buffer_id, (unsigned long long)frame.pixel_hash);
 	if (!ca_host_available()) {
 		row("13", "host writes the frame as PNG", "no host channel (not run by run-vm)");
 		close(frame.fd);
