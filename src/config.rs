@@ -1,13 +1,30 @@
 //! Command line and configuration file → the daemon's validated
 //! configuration.
 //!
-//! Front-ends connect to `--socket-path PATH` (bound by the daemon) or to
-//! `--fd FD`, a listening unix socket the caller passes down (QEMU's
-//! back-end program conventions); exactly one of the two.
+//! # VMs
+//! Every socket the daemon listens on is one VM, named by the operator:
+//! - `--socket-path NAME=PATH` (repeatable) binds PATH for VM NAME;
+//!   `--socket-path PATH` names the VM after the file (`/run/vm1.sock`:
+//!   `vm1`);
+//! - `--fd [NAME=]FD` (repeatable) serves a listening unix socket the caller
+//!   passes down (QEMU's back-end program conventions; default name `fdN`);
+//! - systemd socket activation (`LISTEN_FDS`, names from
+//!   `FileDescriptorName=`; the one named `control` is the control socket);
+//! - `[[vm]]` tables of the configuration file (`name`, `socket`, and
+//!   optionally their own `[vm.limits]`, `max_batch` and `[[vm.pool]]`);
+//!   an activated socket of the same name replaces `socket`.
 //!
+//! At least one is required. Sockets the daemon binds get mode 0600
+//! (0660 with a group) unless `--socket-mode`/`--socket-group` say
+//! otherwise; see [`crate::listen`].
+//!
+//! # Pools and limits
 //! Pools come from the configuration file (`[[pool]]` tables) followed by
 //! the repeated `--pool KIND:SIZE[:OPTS]` flags; with neither, the default
-//! layout ([`DeviceConfig::default_layout`]) is used.
+//! layout ([`DeviceConfig::default_layout`]) is used. A `[[vm]]` with its
+//! own `[[vm.pool]]` tables uses only those. `[limits]` are per VM (a VM's
+//! `[vm.limits]` overrides single keys); `[daemon]` holds the daemon-wide
+//! limits (see [`crate::registry`]), the control socket and the sandbox.
 //!
 //! `--pool` KIND is one of the well-known allocators (`system`, `dma32`,
 //! `contig`, `contig32`) or a custom kind of the configuration file. OPTS
@@ -18,11 +35,24 @@
 //! ```toml
 //! max_batch = 64
 //! exporter_types = ["contig", "sg"]     # or numbers (0x8000.. private)
-//! [limits]
+//! [limits]                               # per VM
 //! max_buffers = 1024
 //! max_attachments_per_buffer = 16
 //! max_buffer_size = "64M"
 //! max_total_bytes = "256M"
+//! [daemon]
+//! max_vms = 16
+//! max_buffers = 65536                    # sum over the connected VMs
+//! max_total_bytes = "64G"                # sum over the connected VMs
+//! control_socket = "/run/cenalloc/control.sock"
+//! control_socket_group = "video"         # mode 0660 instead of 0600
+//! allow_writable_export = false
+//! max_exports_per_client = 64
+//! socket_mode = "0660"
+//! socket_group = "kvm"
+//! user = "cenalloc"
+//! seccomp = "kill"                       # kill, trap, log, none
+//! landlock = "on"                        # on, off
 //! [[kind]]                               # custom memory kinds
 //! bit = 8
 //! name = "carveout"
@@ -35,52 +65,174 @@
 //! size = "32M"
 //! below_4g = true
 //! align = "2M"
+//! [[vm]]
+//! name = "vm1"
+//! socket = "/run/cenalloc/vm1.sock"
+//! [vm.limits]
+//! max_buffers = 256
 //! ```
 
 use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use clap::Parser;
 use serde::Deserialize;
 
 use crate::device::DeviceConfig;
+use crate::listen::{ActivatedSocket, SocketPermissions, DEFAULT_GROUP_MODE, DEFAULT_MODE};
 use crate::model::{
     kinds, AllocatorSpec, KindSpec, Limits, MappingType, Placement, Pool, Strategy,
 };
 use crate::protocol::{
     CENALLOC_MAX_BATCH, CENALLOC_MAX_MAP_TYPES, CENALLOC_MAX_POOLS, CENALLOC_PAGE_SIZE,
 };
+use crate::registry::DaemonLimits;
+use crate::sandbox::{self, LandlockMode, SandboxConfig, SeccompMode};
+
+/// Name of the activated socket that is the control socket.
+pub const CONTROL_FD_NAME: &str = "control";
+/// Default number of exports one control connection may hold.
+pub const DEFAULT_MAX_EXPORTS_PER_CLIENT: u32 = 64;
+
+/// `[NAME=]PATH` of `--socket-path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPath {
+    pub name: Option<String>,
+    pub path: PathBuf,
+}
+
+impl FromStr for NamedPath {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some((name, path)) = text.split_once('=') {
+            if valid_name(name) {
+                if path.is_empty() {
+                    return Err(format!("{text:?}: empty path"));
+                }
+                return Ok(NamedPath {
+                    name: Some(name.to_string()),
+                    path: path.into(),
+                });
+            }
+        }
+        if text.is_empty() {
+            return Err("empty path".into());
+        }
+        Ok(NamedPath {
+            name: None,
+            path: text.into(),
+        })
+    }
+}
+
+/// `[NAME=]FD` of `--fd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedFd {
+    pub name: Option<String>,
+    pub fd: RawFd,
+}
+
+impl FromStr for NamedFd {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, number) = match text.split_once('=') {
+            Some((name, number)) if valid_name(name) => (Some(name.to_string()), number),
+            Some(_) => return Err(format!("{text:?}: bad VM name")),
+            None => (None, text),
+        };
+        let fd = number
+            .parse::<RawFd>()
+            .ok()
+            .filter(|fd| *fd >= 0)
+            .ok_or_else(|| format!("{number:?} is not a file descriptor number"))?;
+        Ok(NamedFd { name, fd })
+    }
+}
+
+/// A VM name: 1-64 of `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Parses an octal permission mode (`600`, `0660`, `0o660`).
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777 && !digits.is_empty())
+        .ok_or_else(|| format!("{text:?} is not an octal mode 0..=0777"))
+}
 
 /// Command line of `cenallocd`.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
 #[command(
     name = "cenallocd",
     version,
-    about = "vhost-user backend of the cenalloc device (virtio device ID 37)"
+    about = "vhost-user backend of the cenalloc device (virtio device ID 37), for any number of VMs"
 )]
 pub struct Args {
-    /// Unix socket the front-end (QEMU) connects to.
-    #[arg(
-        short,
-        long,
-        conflicts_with = "fd",
-        required_unless_present_any = ["fd", "print_capabilities", "print_config_size"]
-    )]
-    pub socket_path: Option<PathBuf>,
+    /// Unix socket a front-end (QEMU) connects to, one per VM: NAME=PATH,
+    /// or PATH (the VM is named after the file). Repeatable.
+    #[arg(short, long = "socket-path", value_name = "[NAME=]PATH")]
+    pub socket_paths: Vec<NamedPath>,
 
-    /// A listening unix socket inherited from the caller, used instead of
-    /// --socket-path.
-    #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(0..))]
-    pub fd: Option<i32>,
+    /// A listening unix socket inherited from the caller, one per VM:
+    /// NAME=FD, or FD (VM name fdN). Repeatable.
+    #[arg(long = "fd", value_name = "[NAME=]FD")]
+    pub fds: Vec<NamedFd>,
 
     /// A pool the guest is asked to donate: KIND:SIZE[:OPTS], repeatable
     /// (e.g. `contig:64M:below4g,align=2M`).
     #[arg(long = "pool", value_name = "KIND:SIZE[:OPTS]")]
     pub pools: Vec<String>,
 
-    /// TOML configuration file: limits, pools, custom kinds, exporter types.
+    /// TOML configuration file: VMs, limits, pools, custom kinds, exporter
+    /// types, the control socket, the sandbox.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Control socket for cenallocctl (mode 0600; read-only requests and
+    /// exports).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Group allowed to use the control socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub control_socket_group: Option<String>,
+
+    /// Permission bits of the VM sockets (octal; default 0600, 0660 with
+    /// --socket-group).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// Group of the VM sockets (name or number).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Let control clients ask for writable exports.
+    #[arg(long)]
+    pub allow_writable_export: bool,
+
+    /// Run as this user once the sockets are bound (started as root).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// What a syscall outside the daemon's allowlist does (default kill).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub seccomp: Option<SeccompMode>,
+
+    /// Restrict file system and network access with Landlock where the
+    /// kernel has it (default on).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub landlock: Option<LandlockMode>,
 
     /// Print the backend capabilities as JSON and exit.
     #[arg(long)]
@@ -103,7 +255,7 @@ pub struct Args {
     pub fault_file: Option<PathBuf>,
 }
 
-/// Where front-ends connect.
+/// Where front-ends (or control clients) connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenOn {
     /// A socket the daemon binds (and removes when it exits).
@@ -111,6 +263,15 @@ pub enum ListenOn {
     /// An inherited listening socket, owned by the caller's file system
     /// entry (if any): the daemon neither binds nor removes anything.
     Fd(RawFd),
+}
+
+impl std::fmt::Display for ListenOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenOn::Path(path) => write!(f, "{}", path.display()),
+            ListenOn::Fd(fd) => write!(f, "fd {fd}"),
+        }
+    }
 }
 
 /// Test hooks of the queue glue; empty in normal builds.
@@ -121,19 +282,42 @@ pub struct Hooks {
     pub fault: Option<crate::fault::Source>,
 }
 
+/// One VM: its name, socket and device configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    pub name: String,
+    pub listen: ListenOn,
+    pub device: DeviceConfig,
+}
+
+/// The control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub listen: ListenOn,
+    pub permissions: SocketPermissions,
+    pub allow_writable_export: bool,
+    pub max_exports_per_client: u32,
+}
+
 /// The validated configuration of the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub listen: ListenOn,
-    pub device: DeviceConfig,
-    /// Test hooks of the queue glue (none in normal builds).
+    pub vms: Vec<VmConfig>,
+    pub control: Option<ControlConfig>,
+    /// Permissions of the VM sockets the daemon binds.
+    pub socket_permissions: SocketPermissions,
+    pub daemon: DaemonLimits,
+    pub sandbox: SandboxConfig,
+    /// Test hooks of the queue glue (none in normal builds), every VM's.
     pub hooks: Hooks,
 }
 
 /// Everything wrong a configuration can be.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("exactly one of --socket-path and --fd is required")]
+    #[error(
+        "no VM socket: give --socket-path, --fd, [[vm]] in the configuration or socket activation"
+    )]
     NoSocket,
     #[error("cannot read {path}: {source}")]
     ReadConfig {
@@ -167,6 +351,27 @@ pub enum Error {
     PoolSize { name: String, align: u64 },
     #[error("pool configuration rejected by the model: {0}")]
     Model(#[from] crate::model::Error),
+    #[error("VM name {0:?}: use 1-64 of A-Z a-z 0-9 _ . - (not starting with . or -)")]
+    BadName(String),
+    #[error("cannot name a VM after {0}: give NAME=PATH")]
+    Unnamed(PathBuf),
+    #[error("VM name {0:?} is used twice")]
+    DuplicateName(String),
+    #[error("socket {0} is used twice")]
+    DuplicateSocket(String),
+    #[error("two control sockets (--control-socket and socket activation)")]
+    TwoControlSockets,
+    #[error("VM {vm:?}: its limit {what} = {value} exceeds the daemon's {limit}")]
+    VmOverDaemon {
+        vm: String,
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    #[error("[daemon] {0}")]
+    Daemon(String),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::Error),
 }
 
 /// A size: an integer, or a string with an optional K/M/G suffix.
@@ -205,13 +410,56 @@ enum MapTypeValue {
     Name(String),
 }
 
-#[derive(Deserialize, Debug, Default)]
+/// A permission mode: an integer (`0o660`) or an octal string (`"0660"`).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(
+    untagged,
+    expecting = "a mode: an integer such as 0o660 or a string such as \"0660\""
+)]
+enum ModeValue {
+    Number(u32),
+    Text(String),
+}
+
+impl ModeValue {
+    fn mode(&self) -> Result<u32, Error> {
+        match self {
+            ModeValue::Number(mode) if *mode <= 0o777 => Ok(*mode),
+            ModeValue::Number(mode) => Err(Error::Daemon(format!(
+                "socket_mode {mode:#o} is not a mode 0..=0o777"
+            ))),
+            ModeValue::Text(text) => parse_mode(text).map_err(Error::Daemon),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_buffers: Option<u32>,
     max_attachments_per_buffer: Option<u32>,
     max_buffer_size: Option<SizeValue>,
     max_total_bytes: Option<SizeValue>,
+}
+
+impl FileLimits {
+    /// These limits with `over`'s keys replacing theirs.
+    fn overridden_by(&self, over: &FileLimits) -> FileLimits {
+        FileLimits {
+            max_buffers: over.max_buffers.or(self.max_buffers),
+            max_attachments_per_buffer: over
+                .max_attachments_per_buffer
+                .or(self.max_attachments_per_buffer),
+            max_buffer_size: over
+                .max_buffer_size
+                .clone()
+                .or_else(|| self.max_buffer_size.clone()),
+            max_total_bytes: over
+                .max_total_bytes
+                .clone()
+                .or_else(|| self.max_total_bytes.clone()),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -240,15 +488,48 @@ struct FilePool {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
+struct FileDaemon {
+    max_vms: Option<u32>,
+    max_buffers: Option<u64>,
+    max_total_bytes: Option<SizeValue>,
+    control_socket: Option<PathBuf>,
+    control_socket_group: Option<String>,
+    allow_writable_export: Option<bool>,
+    max_exports_per_client: Option<u32>,
+    socket_mode: Option<ModeValue>,
+    socket_group: Option<String>,
+    user: Option<String>,
+    seccomp: Option<SeccompMode>,
+    landlock: Option<LandlockMode>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileVm {
+    name: String,
+    socket: PathBuf,
+    max_batch: Option<u32>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default, rename = "pool")]
+    pools: Vec<FilePool>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 struct ConfigFile {
     max_batch: Option<u32>,
     exporter_types: Option<Vec<MapTypeValue>>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    daemon: FileDaemon,
     #[serde(default, rename = "kind")]
     kinds: Vec<FileKind>,
     #[serde(default, rename = "pool")]
     pools: Vec<FilePool>,
+    #[serde(default, rename = "vm")]
+    vms: Vec<FileVm>,
 }
 
 /// Size suffixes (after lowercasing) and their shifts; longest first.
@@ -431,9 +712,21 @@ pub fn device_config(file: Option<&Path>, pool_flags: &[String]) -> Result<Devic
         Some(path) => read_config_file(path)?,
         None => ConfigFile::default(),
     };
+    build_device(&file, &file.limits, file.max_batch, &file.pools, pool_flags)
+}
+
+/// The device configuration of one VM: `limits`, `max_batch` and `pools`
+/// are the file's or the VM's own; the `--pool` flags follow the pools of
+/// the file's top level only (a VM with its own pools gets no flags).
+fn build_device(
+    file: &ConfigFile,
+    limits: &FileLimits,
+    max_batch: Option<u32>,
+    file_pools: &[FilePool],
+    pool_flags: &[String],
+) -> Result<DeviceConfig, Error> {
     let mut config = DeviceConfig::default_layout();
     let defaults = Limits::default();
-    let limits = &file.limits;
     config.pool.limits = Limits {
         max_buffers: limits.max_buffers.unwrap_or(defaults.max_buffers),
         max_attachments_per_buffer: limits
@@ -448,7 +741,7 @@ pub fn device_config(file: Option<&Path>, pool_flags: &[String]) -> Result<Devic
             None => defaults.max_total_bytes,
         },
     };
-    if let Some(max_batch) = file.max_batch {
+    if let Some(max_batch) = max_batch {
         if max_batch == 0 || max_batch > CENALLOC_MAX_BATCH {
             return Err(Error::MaxBatch(max_batch));
         }
@@ -490,7 +783,7 @@ pub fn device_config(file: Option<&Path>, pool_flags: &[String]) -> Result<Devic
 
     let custom = config.pool.custom_kinds.clone();
     let mut pools: Vec<(AllocatorSpec, u64)> = Vec::new();
-    for pool in &file.pools {
+    for pool in file_pools {
         let base = pool.kind.as_deref().unwrap_or("system");
         let (mut strategy, mut mask, mut below_4g, mut align) = template(base, &custom)?;
         if let Some(text) = &pool.strategy {
@@ -552,31 +845,286 @@ pub fn device_config(file: Option<&Path>, pool_flags: &[String]) -> Result<Devic
     Ok(config)
 }
 
-impl TryFrom<Args> for Config {
-    type Error = Error;
+/// The VM name of an unnamed socket path: the file name without its
+/// extension (`/run/vm1.sock` → `vm1`).
+fn name_of_path(path: &Path) -> Result<String, Error> {
+    path.file_stem()
+        .and_then(|stem| stem.to_str())
+        .filter(|stem| valid_name(stem))
+        .map(str::to_string)
+        .ok_or_else(|| Error::Unnamed(path.to_path_buf()))
+}
 
-    fn try_from(args: Args) -> Result<Self, Error> {
-        let listen = match (args.socket_path, args.fd) {
-            (Some(path), None) => ListenOn::Path(path),
-            (None, Some(fd)) => ListenOn::Fd(fd),
-            _ => return Err(Error::NoSocket),
+fn checked_name(name: &str) -> Result<String, Error> {
+    if valid_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(Error::BadName(name.to_string()))
+    }
+}
+
+impl Config {
+    /// Builds and validates the configuration from the command line, the
+    /// configuration file it names and the sockets passed by socket
+    /// activation.
+    pub fn build(args: Args, activated: &[ActivatedSocket]) -> Result<Config, Error> {
+        let file = match &args.config {
+            Some(path) => read_config_file(path)?,
+            None => ConfigFile::default(),
         };
-        let device = device_config(args.config.as_deref(), &args.pools)?;
+        let base = build_device(
+            &file,
+            &file.limits,
+            file.max_batch,
+            &file.pools,
+            &args.pools,
+        )?;
+        let daemon_file = &file.daemon;
+
+        let mut vms: Vec<VmConfig> = Vec::new();
+        let mut control_fd = None;
+        for socket in activated {
+            if socket.name == CONTROL_FD_NAME {
+                control_fd = Some(socket.fd);
+                continue;
+            }
+            // A [[vm]] of the same name takes the socket (and keeps its
+            // own limits and pools); see below.
+            if file.vms.iter().any(|vm| vm.name == socket.name) {
+                continue;
+            }
+            vms.push(VmConfig {
+                name: checked_name(&socket.name)?,
+                listen: ListenOn::Fd(socket.fd),
+                device: base.clone(),
+            });
+        }
+        for named in &args.socket_paths {
+            let name = match &named.name {
+                Some(name) => checked_name(name)?,
+                None => name_of_path(&named.path)?,
+            };
+            vms.push(VmConfig {
+                name,
+                listen: ListenOn::Path(named.path.clone()),
+                device: base.clone(),
+            });
+        }
+        for named in &args.fds {
+            let name = match &named.name {
+                Some(name) => checked_name(name)?,
+                None => format!("fd{}", named.fd),
+            };
+            vms.push(VmConfig {
+                name,
+                listen: ListenOn::Fd(named.fd),
+                device: base.clone(),
+            });
+        }
+        for vm in &file.vms {
+            let device = if vm.pools.is_empty() {
+                build_device(
+                    &file,
+                    &file.limits.overridden_by(&vm.limits),
+                    vm.max_batch.or(file.max_batch),
+                    &file.pools,
+                    &args.pools,
+                )?
+            } else {
+                build_device(
+                    &file,
+                    &file.limits.overridden_by(&vm.limits),
+                    vm.max_batch.or(file.max_batch),
+                    &vm.pools,
+                    &[],
+                )?
+            };
+            // Socket activation passes the socket of a [[vm]] by its name;
+            // the daemon then binds nothing for it.
+            let listen = match activated.iter().find(|s| s.name == vm.name) {
+                Some(socket) => ListenOn::Fd(socket.fd),
+                None => ListenOn::Path(vm.socket.clone()),
+            };
+            vms.push(VmConfig {
+                name: checked_name(&vm.name)?,
+                listen,
+                device,
+            });
+        }
+        if vms.is_empty() {
+            return Err(Error::NoSocket);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut sockets = std::collections::BTreeSet::new();
+        for vm in &vms {
+            if !names.insert(vm.name.clone()) {
+                return Err(Error::DuplicateName(vm.name.clone()));
+            }
+            if !sockets.insert(vm.listen.to_string()) {
+                return Err(Error::DuplicateSocket(vm.listen.to_string()));
+            }
+        }
+
+        let defaults = DaemonLimits::default();
+        let daemon = DaemonLimits {
+            max_vms: daemon_file.max_vms.unwrap_or(defaults.max_vms),
+            max_buffers: daemon_file.max_buffers.unwrap_or(defaults.max_buffers),
+            max_total_bytes: match &daemon_file.max_total_bytes {
+                Some(size) => size.bytes()?,
+                None => defaults.max_total_bytes,
+            },
+        };
+        if daemon.max_vms == 0 {
+            return Err(Error::Daemon("max_vms must be at least 1".into()));
+        }
+        for vm in &vms {
+            let limits = &vm.device.pool.limits;
+            let over = |what, value: u64, limit: u64| Error::VmOverDaemon {
+                vm: vm.name.clone(),
+                what,
+                value,
+                limit,
+            };
+            if u64::from(limits.max_buffers) > daemon.max_buffers {
+                return Err(over(
+                    "max_buffers",
+                    u64::from(limits.max_buffers),
+                    daemon.max_buffers,
+                ));
+            }
+            if limits.max_total_bytes > daemon.max_total_bytes {
+                return Err(over(
+                    "max_total_bytes",
+                    limits.max_total_bytes,
+                    daemon.max_total_bytes,
+                ));
+            }
+        }
+
+        let group = |name: Option<&String>| -> Result<Option<u32>, Error> {
+            name.map(|n| sandbox::lookup_group(n))
+                .transpose()
+                .map_err(Error::from)
+        };
+        let socket_group = group(
+            args.socket_group
+                .as_ref()
+                .or(daemon_file.socket_group.as_ref()),
+        )?;
+        let socket_mode = match (args.socket_mode, &daemon_file.socket_mode) {
+            (Some(mode), _) => mode,
+            (None, Some(mode)) => mode.mode()?,
+            (None, None) if socket_group.is_some() => DEFAULT_GROUP_MODE,
+            (None, None) => DEFAULT_MODE,
+        };
+        let control_group = group(
+            args.control_socket_group
+                .as_ref()
+                .or(daemon_file.control_socket_group.as_ref()),
+        )?;
+        let control_path = args
+            .control_socket
+            .clone()
+            .or_else(|| daemon_file.control_socket.clone());
+        let control_listen = match (control_path, control_fd) {
+            (Some(_), Some(_)) => return Err(Error::TwoControlSockets),
+            (Some(path), None) => Some(ListenOn::Path(path)),
+            (None, Some(fd)) => Some(ListenOn::Fd(fd)),
+            (None, None) => None,
+        };
+        if let Some(listen) = &control_listen {
+            if sockets.contains(&listen.to_string()) {
+                return Err(Error::DuplicateSocket(listen.to_string()));
+            }
+        }
+        let control = control_listen.map(|listen| ControlConfig {
+            listen,
+            permissions: SocketPermissions {
+                mode: if control_group.is_some() {
+                    DEFAULT_GROUP_MODE
+                } else {
+                    DEFAULT_MODE
+                },
+                group: control_group,
+            },
+            allow_writable_export: args.allow_writable_export
+                || daemon_file.allow_writable_export.unwrap_or(false),
+            max_exports_per_client: daemon_file
+                .max_exports_per_client
+                .unwrap_or(DEFAULT_MAX_EXPORTS_PER_CLIENT),
+        });
+
+        let user = args
+            .user
+            .as_ref()
+            .or(daemon_file.user.as_ref())
+            .map(|name| sandbox::lookup_user(name))
+            .transpose()?;
+        let removable_dirs = vms
+            .iter()
+            .map(|vm| &vm.listen)
+            .chain(control.as_ref().map(|c| &c.listen))
+            .filter_map(|listen| match listen {
+                ListenOn::Path(path) => Some(
+                    path.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."))
+                        .to_path_buf(),
+                ),
+                ListenOn::Fd(_) => None,
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         #[cfg(feature = "fault-injection")]
         let hooks = Hooks {
-            fault: match (args.fault, args.fault_file) {
-                (Some(fault), _) => Some(crate::fault::Source::Fixed(fault)),
-                (None, Some(path)) => Some(crate::fault::Source::File(path)),
+            fault: match (&args.fault, &args.fault_file) {
+                (Some(fault), _) => Some(crate::fault::Source::Fixed(*fault)),
+                (None, Some(path)) => Some(crate::fault::Source::File(path.clone())),
                 (None, None) => None,
             },
         };
         #[cfg(not(feature = "fault-injection"))]
         let hooks = Hooks::default();
+        // The fault file is read after start-up: Landlock lets the daemon
+        // read in its directory (it is replaced by a rename).
+        #[cfg(feature = "fault-injection")]
+        let readable_dirs = match &args.fault_file {
+            Some(path) => vec![path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()],
+            None => Vec::new(),
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let readable_dirs = Vec::new();
+        let sandbox = SandboxConfig {
+            seccomp: args.seccomp.or(daemon_file.seccomp).unwrap_or_default(),
+            landlock: args.landlock.or(daemon_file.landlock).unwrap_or_default(),
+            user,
+            removable_dirs,
+            readable_dirs,
+        };
         Ok(Config {
-            listen,
-            device,
+            vms,
+            control,
+            socket_permissions: SocketPermissions {
+                mode: socket_mode,
+                group: socket_group,
+            },
+            daemon,
+            sandbox,
             hooks,
         })
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = Error;
+
+    fn try_from(args: Args) -> Result<Self, Error> {
+        Config::build(args, &[])
     }
 }
 
@@ -691,12 +1239,12 @@ mod tests {
     #[test]
     fn default_layout_fits_a_1g_guest() {
         let config = Config::try_from(args(&["--socket-path", "/tmp/s"])).unwrap();
-        assert_eq!(config.device, DeviceConfig::default_layout());
-        let total: u64 = config.device.pool_sizes.iter().sum();
+        assert_eq!(config.vms[0].device, DeviceConfig::default_layout());
+        let total: u64 = config.vms[0].device.pool_sizes.iter().sum();
         assert!(total <= 256 << 20, "{total}");
         assert_eq!(
-            config.device.pool_sizes.len(),
-            config.device.pool.allocators.len()
+            config.vms[0].device.pool_sizes.len(),
+            config.vms[0].device.pool.allocators.len()
         );
     }
 
@@ -711,13 +1259,13 @@ mod tests {
             "system:32M:name=plenty",
         ]))
         .unwrap();
-        let pools = &config.device.pool.allocators;
+        let pools = &config.vms[0].device.pool.allocators;
         assert_eq!(pools.len(), 2);
         assert_eq!(pools[0].strategy, Strategy::Contiguous);
         assert!(pools[0].placement.below_4g);
         assert_eq!(pools[0].placement.align, 2 << 20);
         assert_eq!(pools[1].name, "plenty");
-        assert_eq!(config.device.pool_sizes, vec![64 << 20, 32 << 20]);
+        assert_eq!(config.vms[0].device.pool_sizes, vec![64 << 20, 32 << 20]);
     }
 
     #[test]
@@ -736,30 +1284,241 @@ mod tests {
     }
 
     #[test]
-    fn socket_path_or_fd_exactly_one() {
+    fn sockets_name_the_vms() {
         let config = Config::try_from(args(&["--fd", "3"])).unwrap();
-        assert_eq!(config.listen, ListenOn::Fd(3));
-        let config = Config::try_from(args(&["-s", "/tmp/s"])).unwrap();
-        assert_eq!(config.listen, ListenOn::Path("/tmp/s".into()));
+        assert_eq!(config.vms[0].listen, ListenOn::Fd(3));
+        assert_eq!(config.vms[0].name, "fd3");
+        let config = Config::try_from(args(&["-s", "/tmp/s.sock"])).unwrap();
+        assert_eq!(config.vms[0].listen, ListenOn::Path("/tmp/s.sock".into()));
+        assert_eq!(config.vms[0].name, "s");
+        let config = Config::try_from(args(&[
+            "-s",
+            "vm1=/tmp/a.sock",
+            "--socket-path",
+            "vm2=/tmp/b=c.sock",
+            "--fd",
+            "vm3=4",
+            "-s",
+            "/tmp/d=e/f.sock",
+        ]))
+        .unwrap();
+        let names: Vec<_> = config.vms.iter().map(|vm| vm.name.as_str()).collect();
+        assert_eq!(names, ["vm1", "vm2", "f", "vm3"]);
+        assert_eq!(config.vms[1].listen, ListenOn::Path("/tmp/b=c.sock".into()));
+        assert_eq!(
+            config.vms[2].listen,
+            ListenOn::Path("/tmp/d=e/f.sock".into())
+        );
+        assert_eq!(config.vms[3].listen, ListenOn::Fd(4));
         for bad in [
-            &["cenallocd", "--fd", "3", "--socket-path", "/tmp/s"][..],
             &["cenallocd", "--fd", "-1"][..],
             &["cenallocd", "--fd", "three"][..],
+            &["cenallocd", "--fd", "x y=3"][..],
             &["cenallocd", "--fd"][..],
+            &["cenallocd", "-s", ""][..],
+            &["cenallocd", "-s", "vm=", "--fd", "3"][..],
+            &["cenallocd", "-s", "/tmp/a", "--socket-mode", "999"][..],
         ] {
             let error = Args::try_parse_from(bad).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{bad:?}");
         }
-        // Built by hand (not through clap), neither is an error too.
+        for (bad, message) in [
+            (&["-s", "a=/tmp/1", "-s", "a=/tmp/2"][..], "used twice"),
+            (&["-s", "a=/tmp/1", "-s", "b=/tmp/1"][..], "used twice"),
+            (&["-s", "/tmp/.hidden"][..], "give NAME=PATH"),
+            (
+                &["-s", "/tmp/s", "--control-socket", "/tmp/s"][..],
+                "used twice",
+            ),
+        ] {
+            let error = Config::try_from(args(bad)).unwrap_err();
+            assert!(error.to_string().contains(message), "{bad:?}: {error}");
+        }
+        // Built by hand (not through clap), no socket at all is an error too.
         let mut neither = args(&["--fd", "3"]);
-        neither.fd = None;
+        neither.fds.clear();
         assert!(matches!(Config::try_from(neither), Err(Error::NoSocket)));
     }
 
     #[test]
+    fn socket_permissions_default_to_owner_only() {
+        let config = Config::try_from(args(&["-s", "/tmp/s"])).unwrap();
+        assert_eq!(config.socket_permissions, SocketPermissions::default());
+        assert_eq!(config.socket_permissions.mode, 0o600);
+        let config = Config::try_from(args(&["-s", "/tmp/s", "--socket-group", "0"])).unwrap();
+        assert_eq!(
+            config.socket_permissions,
+            SocketPermissions {
+                mode: 0o660,
+                group: Some(0)
+            }
+        );
+        let config = Config::try_from(args(&["-s", "/tmp/s", "--socket-mode", "0640"])).unwrap();
+        assert_eq!(config.socket_permissions.mode, 0o640);
+        let error = Config::try_from(args(&["-s", "/tmp/s", "--socket-group", "no-such-group-x"]))
+            .unwrap_err();
+        assert!(error.to_string().contains("no group"), "{error}");
+        let config =
+            Config::try_from(args(&["-s", "/tmp/s", "--control-socket", "/tmp/c"])).unwrap();
+        let control = config.control.unwrap();
+        assert_eq!(control.permissions.mode, 0o600);
+        assert!(!control.allow_writable_export);
+    }
+
+    #[test]
+    fn vm_tables_have_their_own_limits_and_pools() {
+        let dir = std::env::temp_dir().join(format!("cenalloc-config-vms-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vms.toml");
+        std::fs::write(
+            &path,
+            r#"
+[daemon]
+max_vms = 3
+max_buffers = 3000
+max_total_bytes = "8G"
+control_socket = "/run/c.sock"
+socket_mode = 0o640
+allow_writable_export = true
+seccomp = "log"
+landlock = "off"
+[limits]
+max_buffers = 1000
+max_total_bytes = "2G"
+[[pool]]
+kind = "system"
+size = "8M"
+[[vm]]
+name = "one"
+socket = "/run/one.sock"
+[[vm]]
+name = "two"
+socket = "/run/two.sock"
+max_batch = 8
+[vm.limits]
+max_buffers = 10
+[[vm.pool]]
+kind = "contig32"
+size = "4M"
+"#,
+        )
+        .unwrap();
+        let config = Config::try_from(args(&["-c", path.to_str().unwrap()])).unwrap();
+        assert_eq!(config.vms.len(), 2);
+        let (one, two) = (&config.vms[0], &config.vms[1]);
+        assert_eq!(one.listen, ListenOn::Path("/run/one.sock".into()));
+        assert_eq!(one.device.pool.limits.max_buffers, 1000);
+        assert_eq!(one.device.pool_sizes, vec![8 << 20]);
+        assert_eq!(two.device.pool.limits.max_buffers, 10);
+        assert_eq!(two.device.pool.limits.max_total_bytes, 2 << 30);
+        assert_eq!(two.device.max_batch, 8);
+        assert_eq!(two.device.pool.allocators[0].name, "contig32");
+        assert_eq!(two.device.pool_sizes, vec![4 << 20]);
+        assert_eq!(
+            config.daemon,
+            DaemonLimits {
+                max_vms: 3,
+                max_buffers: 3000,
+                max_total_bytes: 8 << 30
+            }
+        );
+        assert_eq!(config.socket_permissions.mode, 0o640);
+        let control = config.control.as_ref().unwrap();
+        assert_eq!(control.listen, ListenOn::Path("/run/c.sock".into()));
+        assert!(control.allow_writable_export);
+        assert_eq!(config.sandbox.seccomp, SeccompMode::Log);
+        assert_eq!(config.sandbox.landlock, LandlockMode::Off);
+        assert_eq!(config.sandbox.removable_dirs, vec![PathBuf::from("/run")]);
+
+        // Socket activation hands "two" its socket by name.
+        let activated = [ActivatedSocket {
+            fd: 3,
+            name: "two".into(),
+        }];
+        let config = Config::build(args(&["-c", path.to_str().unwrap()]), &activated).unwrap();
+        assert_eq!(config.vms.len(), 2);
+        assert_eq!(config.vms[1].listen, ListenOn::Fd(3));
+        assert_eq!(config.vms[1].device.pool.limits.max_buffers, 10);
+
+        // A VM whose limits exceed the daemon's is refused at start-up.
+        let over = dir.join("over.toml");
+        std::fs::write(
+            &over,
+            "[daemon]\nmax_buffers = 10\n[[vm]]\nname = \"a\"\nsocket = \"/run/a.sock\"\n",
+        )
+        .unwrap();
+        let error = Config::try_from(args(&["-c", over.to_str().unwrap()])).unwrap_err();
+        assert!(matches!(error, Error::VmOverDaemon { .. }), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/cenallocd.toml");
+        // The group may not exist where the test runs: any group will do.
+        let text = std::fs::read_to_string(&example)
+            .unwrap()
+            .replace("socket_group = \"kvm\"", "socket_group = \"0\"");
+        let dir = std::env::temp_dir().join(format!("cenalloc-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cenallocd.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::try_from(args(&["-c", path.to_str().unwrap()])).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let names: Vec<&str> = config.vms.iter().map(|vm| vm.name.as_str()).collect();
+        assert_eq!(names, ["desktop", "camera"]);
+        assert_eq!(config.vms[1].device.pool.allocators[0].name, "contig32");
+        assert_eq!(config.socket_permissions.mode, 0o660);
+        assert_eq!(config.control.unwrap().permissions.mode, 0o600);
+        // Both VMs fit in the daemon's budget at once.
+        let buffers: u64 = config
+            .vms
+            .iter()
+            .map(|vm| u64::from(vm.device.pool.limits.max_buffers))
+            .sum();
+        let bytes: u64 = config
+            .vms
+            .iter()
+            .map(|vm| vm.device.pool.limits.max_total_bytes)
+            .sum();
+        assert!(buffers <= config.daemon.max_buffers);
+        assert!(bytes <= config.daemon.max_total_bytes);
+    }
+
+    #[test]
+    fn activated_sockets_are_vms_and_the_control_socket() {
+        let activated = [
+            ActivatedSocket {
+                fd: 3,
+                name: "vm1".into(),
+            },
+            ActivatedSocket {
+                fd: 4,
+                name: CONTROL_FD_NAME.into(),
+            },
+        ];
+        let config = Config::build(args(&[]), &activated).unwrap();
+        assert_eq!(config.vms.len(), 1);
+        assert_eq!(config.vms[0].name, "vm1");
+        assert_eq!(config.control.unwrap().listen, ListenOn::Fd(4));
+        let error = Config::build(args(&["--control-socket", "/tmp/c"]), &activated).unwrap_err();
+        assert!(matches!(error, Error::TwoControlSockets), "{error}");
+        let bad = [ActivatedSocket {
+            fd: 3,
+            name: "a b".into(),
+        }];
+        assert!(matches!(
+            Config::build(args(&[]), &bad),
+            Err(Error::BadName(_))
+        ));
+    }
+
+    #[test]
     fn missing_socket_is_a_usage_error() {
-        let error = Args::try_parse_from(["cenallocd"]).unwrap_err();
-        assert_eq!(error.exit_code(), 2);
+        // Clap accepts no socket (the file or socket activation may have
+        // them); the configuration refuses it.
+        let none = Args::try_parse_from(["cenallocd"]).unwrap();
+        assert!(matches!(Config::try_from(none), Err(Error::NoSocket)));
         assert!(Args::try_parse_from(["cenallocd", "--print-config-size"]).is_ok());
         assert!(Args::try_parse_from(["cenallocd", "--frobnicate"]).is_err());
     }
@@ -798,7 +1557,7 @@ size = "16M"
         let config =
             Config::try_from(args(&["-s", "/tmp/s", "-c", path.to_str().unwrap()])).unwrap();
         std::fs::remove_dir_all(&dir).ok();
-        let device = &config.device;
+        let device = &config.vms[0].device;
         assert_eq!(device.max_batch, 16);
         assert_eq!(device.pool.limits.max_buffers, 100);
         assert_eq!(device.pool.limits.max_buffer_size, 16 << 20);

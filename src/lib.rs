@@ -10,18 +10,33 @@
 //!   response back; validates the chain's shape.
 //! - [`ring`]: ring-state logic for the glue: taking chains, invalid ring
 //!   states, the notification loop.
-//! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue.
+//! - [`registry`]: the VMs the daemon serves (one device state per
+//!   connected front-end), their exports and the daemon-wide limits.
+//! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue, and
+//!   the serve loop of one VM socket.
+//! - [`control`]: the control socket (protocol, server, exports, client
+//!   library, snapshots as PNG).
+//! - [`listen`]: binding and inheriting the daemon's sockets.
+//! - [`sandbox`]: privileges, Landlock and seccomp.
 //! - [`config`]: command line and configuration file → daemon configuration.
 //! - `fault` (cargo feature `fault-injection`, tests only): rewrites the
 //!   device's answers on purpose, to test that the guest driver trusts none.
+//!
+//! Arrows point one way: main → config, control, vhu_cenalloc, listen,
+//! sandbox; vhu_cenalloc → ring, chain, registry; control → registry →
+//! device → model, protocol.
 
 pub mod model;
 
 pub mod chain;
 pub mod config;
+pub mod control;
 pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod listen;
 pub mod protocol;
+pub mod registry;
 pub mod ring;
+pub mod sandbox;
 pub mod vhu_cenalloc;

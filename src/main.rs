@@ -1,98 +1,41 @@
-//! `cenallocd`: the cenalloc vhost-user device backend.
+//! `cenallocd`: the cenalloc vhost-user device backend, for any number of
+//! VMs.
 //!
 //! ```text
-//! cenallocd --socket-path /tmp/cenalloc.sock [--pool KIND:SIZE[:OPTS]]... [--config FILE]
-//! cenallocd --fd FD ...     # FD: a listening unix socket inherited from the caller
+//! cenallocd --socket-path vm1=/run/cenalloc/vm1.sock --socket-path vm2=/run/cenalloc/vm2.sock \
+//!           [--control-socket /run/cenalloc/control.sock] [--pool KIND:SIZE[:OPTS]]... [--config FILE]
+//! cenallocd --fd [NAME=]FD ...   # a listening unix socket inherited from the caller
+//! LISTEN_FDS=... cenallocd ...   # systemd socket activation
 //! ```
-//! Never daemonizes; logs to stderr (level from `RUST_LOG`, default info);
-//! SIGTERM or SIGINT removes the socket it bound (none with `--fd`) and exits
-//! with status 0. Bad arguments, an `--fd` included, exit with status 2.
+//! Each socket is one VM; each front-end gets its own device state and
+//! threads. Never daemonizes; logs to stderr (level from `RUST_LOG`,
+//! default info). Start-up: bind every socket, drop privileges (`--user`),
+//! enter the sandbox (Landlock, seccomp), serve. SIGTERM or SIGINT removes
+//! the sockets it created (only if they still are the files it created)
+//! and exits with status 0. Bad arguments, an unusable `--fd` included,
+//! exit with status 2; a socket that cannot be bound (in use, not a
+//! socket) or a sandbox that cannot be set up, with status 1.
 
-use std::os::unix::io::{FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 use vhost::vhost_user::Listener;
 
 use cenalloc::config::{Args, Config, ListenOn};
+use cenalloc::control::server::{self, ControlPolicy};
+use cenalloc::listen::{self, OwnedPath};
 use cenalloc::protocol;
-use cenalloc::vhu_cenalloc::serve_forever;
+use cenalloc::registry::Registry;
+use cenalloc::sandbox;
+use cenalloc::vhu_cenalloc::serve_vm;
 
-/// Why an inherited `--fd` cannot be served.
-#[derive(thiserror::Error, Debug)]
-enum FdError {
-    #[error("--fd {0}: {1}")]
-    Unusable(RawFd, std::io::Error),
-    #[error("--fd {0} is not a socket")]
-    NotSocket(RawFd),
-    #[error("--fd {0} is not a unix stream socket")]
-    NotUnixStream(RawFd),
-    #[error("--fd {0} is not listening (cenallocd accepts front-ends on a listening socket only)")]
-    NotListening(RawFd),
-}
-
-/// An integer socket option of `fd`.
-fn socket_option(fd: RawFd, name: libc::c_int) -> Result<libc::c_int, FdError> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid out pointers of the sizes given;
-    // getsockopt only reads the descriptor number.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(FdError::Unusable(fd, std::io::Error::last_os_error()));
-    }
-    Ok(value)
-}
-
-/// Takes over the listening unix socket `fd` handed down by the caller.
-fn listener_from_fd(fd: RawFd) -> Result<Listener, FdError> {
-    // SAFETY: libc::stat is plain data; fstat fills it.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `stat` is a valid out pointer; fstat only reads the number.
-    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-        return Err(FdError::Unusable(fd, std::io::Error::last_os_error()));
-    }
-    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(FdError::NotSocket(fd));
-    }
-    if socket_option(fd, libc::SO_DOMAIN)? != libc::AF_UNIX
-        || socket_option(fd, libc::SO_TYPE)? != libc::SOCK_STREAM
-    {
-        return Err(FdError::NotUnixStream(fd));
-    }
-    if socket_option(fd, libc::SO_ACCEPTCONN)? == 0 {
-        return Err(FdError::NotListening(fd));
-    }
-    // SAFETY: fcntl on a descriptor checked open above; no pointers.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        return Err(FdError::Unusable(fd, std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is an open listening unix stream socket that the caller
-    // gave to this process for this purpose; nothing else here owns or
-    // closes it, so the UnixListener may take ownership.
-    let listener = Listener::from(unsafe { UnixListener::from_raw_fd(fd) });
-    // The caller may have left it non-blocking; accept() must wait.
-    listener
-        .set_nonblocking(false)
-        .map_err(|e| FdError::Unusable(fd, std::io::Error::other(e)))?;
-    Ok(listener)
-}
-
-/// Blocks SIGINT and SIGTERM in this thread (and every thread spawned
-/// after), then waits for them on a dedicated thread that removes the
-/// socket it bound, if any, and exits.
-fn handle_termination_signals(socket_path: Option<PathBuf>) -> std::io::Result<()> {
+/// Blocks SIGINT and SIGTERM in this thread and every thread spawned
+/// after, so that they stay pending until [`wait_for_termination`] takes
+/// them.
+fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t owned by this frame.
@@ -106,6 +49,26 @@ fn handle_termination_signals(socket_path: Option<PathBuf>) -> std::io::Result<(
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
+    Ok(set)
+}
+
+/// Removes the socket files this daemon created (and only those).
+fn remove_sockets(owned: &[OwnedPath]) {
+    for path in owned {
+        match path.remove() {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                "{}: not removed, it is no longer the socket this daemon created",
+                path.path.display()
+            ),
+            Err(e) => warn!("{}: cannot remove: {e}", path.path.display()),
+        }
+    }
+}
+
+/// Waits for SIGINT/SIGTERM on a thread of its own, then removes the
+/// sockets and exits.
+fn wait_for_termination(set: libc::sigset_t, owned: Arc<Vec<OwnedPath>>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
@@ -115,12 +78,26 @@ fn handle_termination_signals(socket_path: Option<PathBuf>) -> std::io::Result<(
             if rc == 0 {
                 info!("signal {signal}: exiting");
             }
-            if let Some(path) = &socket_path {
-                let _ = std::fs::remove_file(path);
-            }
+            remove_sockets(&owned);
             std::process::exit(0);
         })?;
     Ok(())
+}
+
+/// A listener of the configuration: bound now, or inherited.
+fn open_listener(
+    listen: &ListenOn,
+    permissions: listen::SocketPermissions,
+    owned: &mut Vec<OwnedPath>,
+) -> Result<UnixListener, (listen::Error, u8)> {
+    match listen {
+        ListenOn::Path(path) => {
+            let (listener, path) = listen::bind(path, permissions).map_err(|e| (e, 1))?;
+            owned.push(path);
+            Ok(listener)
+        }
+        ListenOn::Fd(fd) => listen::listener_from_fd(*fd).map_err(|e| (e, 2)),
+    }
 }
 
 fn main() -> ExitCode {
@@ -139,7 +116,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let config = match Config::try_from(args) {
+    let activated = match listen::take_activated_sockets() {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            eprintln!("cenallocd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::build(args, &activated) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("cenallocd: {e}");
@@ -147,41 +131,120 @@ fn main() -> ExitCode {
         }
     };
 
-    let bound_path = match &config.listen {
-        ListenOn::Path(path) => Some(path.clone()),
-        ListenOn::Fd(_) => None,
-    };
-    if let Err(e) = handle_termination_signals(bound_path.clone()) {
-        error!("cannot set up signal handling: {e}");
-        return ExitCode::FAILURE;
-    }
-    let (mut listener, description) = match &config.listen {
-        ListenOn::Path(path) => match Listener::new(path, true) {
-            Ok(listener) => (listener, path.display().to_string()),
-            Err(e) => {
-                error!("cannot listen on {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        ListenOn::Fd(fd) => match listener_from_fd(*fd) {
-            Ok(listener) => (listener, format!("inherited fd {fd}")),
-            Err(e) => {
-                eprintln!("cenallocd: {e}");
-                return ExitCode::from(2);
-            }
-        },
-    };
-    info!(
-        "listening on {description} ({} pools, config space {} bytes)",
-        config.device.pool.allocators.len(),
-        std::mem::size_of::<protocol::Config>()
-    );
-    if let Err(e) = serve_forever(&mut listener, &config.device, &config.hooks) {
-        error!("{e}");
-        if let Some(path) = &bound_path {
-            let _ = std::fs::remove_file(path);
+    let signals = match block_termination_signals() {
+        Ok(set) => set,
+        Err(e) => {
+            error!("cannot set up signal handling: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+
+    // Every socket first: a VM that cannot listen stops the start-up.
+    let registry = Registry::new(config.daemon.clone());
+    let mut owned = Vec::new();
+    let mut vm_listeners = Vec::new();
+    for vm in &config.vms {
+        match open_listener(&vm.listen, config.socket_permissions, &mut owned) {
+            Ok(listener) => vm_listeners.push(listener),
+            Err((e, status)) => {
+                eprintln!("cenallocd: VM {}: {e}", vm.name);
+                remove_sockets(&owned);
+                return ExitCode::from(status);
+            }
+        }
+        if let Err(e) = registry.add_socket(&vm.name, &vm.listen.to_string()) {
+            eprintln!("cenallocd: {e}");
+            remove_sockets(&owned);
+            return ExitCode::from(2);
+        }
+    }
+    let control_listener = match &config.control {
+        Some(control) => match open_listener(&control.listen, control.permissions, &mut owned) {
+            Ok(listener) => Some(listener),
+            Err((e, status)) => {
+                eprintln!("cenallocd: control socket: {e}");
+                remove_sockets(&owned);
+                return ExitCode::from(status);
+            }
+        },
+        None => None,
+    };
+    let owned = Arc::new(owned);
+    // Before the sandbox: glibc installs its internal signal handlers at
+    // the first thread it starts (rt_sigaction is not in the allowlist).
+    // The privilege drop then signals this thread too (SIGSETXID), whose
+    // handler's rt_sigreturn is allowed.
+    if let Err(e) = wait_for_termination(signals, owned.clone()) {
+        error!("cannot set up signal handling: {e}");
+        remove_sockets(&owned);
         return ExitCode::FAILURE;
     }
-    ExitCode::SUCCESS
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && config.sandbox.user.is_none() {
+        warn!("running as root: give --user to drop privileges");
+    }
+    match sandbox::enter(&config.sandbox) {
+        Ok(applied) => info!("sandbox: {applied}"),
+        Err(e) => {
+            error!("cannot enter the sandbox: {e}");
+            remove_sockets(&owned);
+            return ExitCode::FAILURE;
+        }
+    }
+
+    if let (Some(listener), Some(control)) = (control_listener, &config.control) {
+        let policy = ControlPolicy {
+            allow_writable_export: control.allow_writable_export,
+            max_exports_per_client: control.max_exports_per_client,
+            ..ControlPolicy::default()
+        };
+        if let Err(e) = server::spawn(listener, registry.clone(), policy) {
+            error!("cannot start the control socket: {e}");
+            remove_sockets(&owned);
+            return ExitCode::FAILURE;
+        }
+        info!("control socket on {}", control.listen);
+    }
+
+    // A VM thread only ends when its device configuration is unusable (or
+    // panics): then the daemon stops.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(String, String)>();
+    for (vm, listener) in config.vms.iter().zip(vm_listeners) {
+        info!(
+            "VM {} on {} ({} pools, config space {} bytes)",
+            vm.name,
+            vm.listen,
+            vm.device.pool.allocators.len(),
+            std::mem::size_of::<protocol::Config>()
+        );
+        let mut listener = Listener::from(listener);
+        let (name, device, registry) = (vm.name.clone(), vm.device.clone(), registry.clone());
+        let hooks = config.hooks.clone();
+        let done = done_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("serve-{}", vm.name).chars().take(15).collect())
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve_vm(&mut listener, &name, &device, &hooks, &registry)
+                }));
+                let why = match outcome {
+                    Ok(Ok(())) => "stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "its thread panicked".to_string(),
+                };
+                let _ = done.send((name, why));
+            });
+        if let Err(e) = spawned {
+            error!("VM {}: cannot start its thread: {e}", vm.name);
+            remove_sockets(&owned);
+            return ExitCode::FAILURE;
+        }
+    }
+    drop(done_tx);
+    if let Ok((name, why)) = done_rx.recv() {
+        error!("VM {name}: {why}");
+    }
+    remove_sockets(&owned);
+    ExitCode::FAILURE
 }

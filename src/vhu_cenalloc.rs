@@ -20,6 +20,13 @@
 //! - `event_ring`: held while the event ring is used; `stop_vring` of the
 //!   event queue waits for at most one delivery.
 //! - `mem`: swapped by SET_MEM_TABLE, cloned by the worker per kick.
+//!
+//! The control socket reads the device state through [`DeviceView`]: it
+//! takes `worker` only to copy a snapshot (never `stopping`, which would
+//! hand the guest's chain back), so a kick or a ring stop waits for at most
+//! one such copy. After every answered chain the VM's [`Exports`] are
+//! checked (one atomic load when there are none), under `worker`, before
+//! the guest sees the answer.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -42,6 +49,7 @@ use crate::chain::{self, ControlWork, Outcome};
 use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
+use crate::registry::{self, DeviceView, Exports, Registry, Revocation, Vm};
 use crate::ring::{self, Health, MemoryGuard, RingError, Served, Walk};
 
 /// Largest queue the driver may set up.
@@ -110,6 +118,7 @@ impl Worker {
         event_idx: bool,
         stopping: &AtomicBool,
         filter: &mut dyn chain::Filter,
+        exports: &Exports,
     ) {
         self.device.counters.control_wakeups += 1;
         let start = Instant::now();
@@ -130,6 +139,9 @@ impl Worker {
             let mut yield_now = || stopping.load(Ordering::Acquire);
             match work.run_filtered(device, &**mem, &mut yield_now, filter) {
                 Outcome::Written(written) => {
+                    // A host view of a buffer this chain freed or moved is
+                    // revoked before the guest sees the answer.
+                    exports.check(device.pool());
                     deliver_events(device, &mut lock(event_ring), events, mem);
                     Served::Used(written)
                 }
@@ -257,10 +269,17 @@ pub struct CenallocBackend {
     /// Test builds: the hostile-host mode (answers rewritten on purpose).
     #[cfg(feature = "fault-injection")]
     fault: Option<Mutex<crate::fault::Injector>>,
+    /// Host views of this VM's buffers (the control socket's exports).
+    exports: Arc<Exports>,
 }
 
 impl CenallocBackend {
     pub fn new(config: DeviceConfig) -> Result<Self, Error> {
+        Self::with_exports(config, Arc::new(Exports::new()))
+    }
+
+    /// A backend whose exports table is shared with the VM registry.
+    pub fn with_exports(config: DeviceConfig, exports: Arc<Exports>) -> Result<Self, Error> {
         let worker = Worker::new(config.clone())?;
         let config_space = config.config_space().as_slice().to_vec();
         Ok(CenallocBackend {
@@ -274,6 +293,7 @@ impl CenallocBackend {
             exit_consumers: Mutex::new(Vec::new()),
             #[cfg(feature = "fault-injection")]
             fault: None,
+            exports,
         })
     }
 
@@ -344,6 +364,7 @@ impl VhostUserBackend for CenallocBackend {
             Ok(fresh) => *worker = fresh,
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
+        self.exports.check(worker.device.pool());
         lock(&self.event_ring).clear();
     }
 
@@ -391,6 +412,8 @@ impl VhostUserBackend for CenallocBackend {
     }
 
     fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
+        // Exported segments name offsets in the old regions' files.
+        self.exports.revoke_all(Revocation::MemoryChanged);
         *lock(&self.mem) = Some(mem);
         Ok(())
     }
@@ -468,6 +491,7 @@ impl VhostUserBackend for CenallocBackend {
                 self.event_idx.load(Ordering::Acquire),
                 &self.stopping,
                 filter,
+                &self.exports,
             ),
             // Buffers posted, or the ring (re)started: send what waits.
             CENALLOC_VQ_EVENT => deliver_events(
@@ -482,6 +506,14 @@ impl VhostUserBackend for CenallocBackend {
     }
 }
 
+impl DeviceView for CenallocBackend {
+    /// Holds `worker` for the copy only; never sets `stopping` (that would
+    /// hand the guest's chain back to its ring).
+    fn with_device(&self, f: &mut dyn FnMut(&Device)) {
+        f(&lock(&self.worker).device)
+    }
+}
+
 /// Errors of the serve loop.
 #[derive(thiserror::Error, Debug)]
 pub enum ServeError {
@@ -491,27 +523,54 @@ pub enum ServeError {
     Daemon(String),
 }
 
-/// Serves one front-end connection on `listener` with a fresh device
-/// state, until the front-end disconnects. The listener stays bound, so
-/// the next front-end can connect while this one is being torn down.
+/// Thread names are 15 bytes at most on Linux.
+fn thread_name(vm: &str) -> String {
+    let mut name = format!("vm-{vm}");
+    while name.len() > 15 {
+        name.pop();
+    }
+    name
+}
+
+/// Serves one front-end of VM `name` on `listener` with a fresh device
+/// state, until the front-end disconnects. The VM is registered in
+/// `registry` while connected (and refused, the connection closed, if the
+/// daemon limits do not allow it). The listener stays bound, so the next
+/// front-end can connect while this one is being torn down.
 pub fn serve_one(
     listener: &mut vhost::vhost_user::Listener,
+    name: &str,
     config: &DeviceConfig,
     hooks: &Hooks,
+    registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
-    let backend = Arc::new(CenallocBackend::new(config.clone())?.with_hooks(hooks));
+    let exports = Arc::new(Exports::new());
+    let backend =
+        Arc::new(CenallocBackend::with_exports(config.clone(), exports.clone())?.with_hooks(hooks));
+    let memory = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
-        "cenallocd".to_string(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemory::new()),
+        thread_name(name),
+        backend.clone(),
+        memory.clone(),
     )
     .map_err(|e| ServeError::Daemon(e.to_string()))?;
     daemon
         .start(listener)
         .map_err(|e| ServeError::Daemon(e.to_string()))?;
-    log::info!("front-end connected");
+    let vm = Vm::new(name, backend, memory, exports, config.pool.limits.clone());
+    let admitted = match registry.admit(vm) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            log::error!("{e}; closing the connection");
+            daemon.request_shutdown();
+            let _ = daemon.wait();
+            return Ok(());
+        }
+    };
+    log::info!("{name}: front-end connected");
     let result = daemon.wait();
-    log::info!("front-end disconnected; all device state dropped");
+    drop(admitted);
+    log::info!("{name}: front-end disconnected; all device state dropped");
     match result {
         Ok(()) => Ok(()),
         // A front-end that goes away mid-message is an ordinary disconnect.
@@ -522,19 +581,43 @@ pub fn serve_one(
     }
 }
 
-/// Serves front-ends one after the other, forever. A failing connection is
-/// logged and the next one served.
+/// Serves the front-ends of VM `name` one after the other, forever. A
+/// failing connection is logged and the next one served.
+pub fn serve_vm(
+    listener: &mut vhost::vhost_user::Listener,
+    name: &str,
+    config: &DeviceConfig,
+    hooks: &Hooks,
+    registry: &Arc<Registry>,
+) -> Result<(), ServeError> {
+    loop {
+        if let Err(e) = serve_one(listener, name, config, hooks, registry) {
+            match e {
+                ServeError::Backend(_) => return Err(e),
+                ServeError::Daemon(_) => warn!("{name}: connection ended with an error: {e}"),
+            }
+        }
+    }
+}
+
+/// Name of the only VM of [`serve_forever`].
+pub const SINGLE_VM_NAME: &str = "vm";
+
+/// Serves front-ends on one socket one after the other, forever, with a
+/// registry of its own (one VM named [`SINGLE_VM_NAME`], no daemon-wide
+/// limits).
 pub fn serve_forever(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
     hooks: &Hooks,
 ) -> Result<(), ServeError> {
-    loop {
-        if let Err(e) = serve_one(listener, config, hooks) {
-            match e {
-                ServeError::Backend(_) => return Err(e),
-                ServeError::Daemon(_) => warn!("connection ended with an error: {e}"),
-            }
-        }
-    }
+    let registry = Registry::new(registry::DaemonLimits {
+        max_vms: u32::MAX,
+        max_buffers: u64::MAX,
+        max_total_bytes: u64::MAX,
+    });
+    registry
+        .add_socket(SINGLE_VM_NAME, "listener")
+        .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    serve_vm(listener, SINGLE_VM_NAME, config, hooks, &registry)
 }

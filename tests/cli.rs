@@ -63,7 +63,10 @@ fn bad_arguments_exit_with_status_2_and_a_message() {
         &["--bogus"][..],
         &["-s", "/tmp/x.sock", "--pool", "nosuchkind:1M"][..],
         &["-s", "/tmp/x.sock", "--pool", "contig:12Q"][..],
-        &["-s", "/tmp/x.sock", "--fd", "3"][..],
+        // Two VMs of one name (checked before any socket is touched).
+        &["-s", "dup=/tmp/x.sock", "--fd", "dup=987"][..],
+        &["-s", "/tmp/x.sock", "--socket-mode", "888"][..],
+        &["-s", "/tmp/x.sock", "--seccomp", "sometimes"][..],
         &["--fd", "-1"][..],
         &[
             "-s",
@@ -225,4 +228,206 @@ fn an_fd_that_is_not_a_listening_unix_socket_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--fd 987"), "{stderr}");
+}
+
+/// A daemon child that is killed if the test fails before stopping it.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Daemon {
+    fn stop(mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+        wait_exit(&mut self.0, "stop")
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cenallocd-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// cenallocd on `socket` with extra arguments, under umask `umask`.
+fn start_on(socket: &std::path::Path, extra: &[&str], umask: libc::mode_t) -> Daemon {
+    let mut command = Command::new(BIN);
+    command
+        .arg("--socket-path")
+        .arg(socket)
+        .args(["--pool", "system:1M"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(socket).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited early");
+        assert!(Instant::now() < deadline, "socket never accepted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon(child)
+}
+
+#[test]
+fn sockets_are_owner_only_even_under_umask_000_unless_told_otherwise() {
+    let dir = temp_dir("mode");
+    let socket = dir.join("vm.sock");
+    let daemon = start_on(&socket, &[], 0);
+    assert_eq!(mode_of(&socket), 0o600);
+    assert!(daemon.stop(libc::SIGTERM).success());
+
+    // SAFETY: getegid has no preconditions.
+    let gid = unsafe { libc::getegid() };
+    let daemon = start_on(&socket, &["--socket-group", &gid.to_string()], 0);
+    assert_eq!(mode_of(&socket), 0o660);
+    assert!(daemon.stop(libc::SIGTERM).success());
+
+    let daemon = start_on(&socket, &["--socket-mode", "0640"], 0o077);
+    assert_eq!(mode_of(&socket), 0o640);
+    let mut harness = Harness::connect(&socket, WANTED_FEATURES);
+    harness.run(Cmd::get_info()).ok();
+    drop(harness);
+    assert!(daemon.stop(libc::SIGTERM).success());
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_regular_file_or_a_live_socket_is_refused_and_a_stale_socket_replaced() {
+    let dir = temp_dir("refuse");
+    let socket = dir.join("vm.sock");
+    std::fs::write(&socket, b"not a socket").unwrap();
+    let out = Command::new(BIN).arg("-s").arg(&socket).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read(&socket).unwrap(), b"not a socket");
+    std::fs::remove_file(&socket).unwrap();
+
+    let first = start_on(&socket, &[], 0o022);
+    let out = Command::new(BIN).arg("-s").arg(&socket).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    // The first daemon still serves its socket.
+    let mut harness = Harness::connect(&socket, WANTED_FEATURES);
+    harness.run(Cmd::get_info()).ok();
+    drop(harness);
+    // SIGKILL: the socket file stays behind, stale.
+    assert!(!first.stop(libc::SIGKILL).success());
+    assert!(socket.exists());
+    let second = start_on(&socket, &[], 0o022);
+    let mut harness = Harness::connect(&socket, WANTED_FEATURES);
+    harness.run(Cmd::get_info()).ok();
+    drop(harness);
+    assert!(second.stop(libc::SIGTERM).success());
+}
+
+#[test]
+fn sigterm_removes_only_the_socket_the_daemon_created() {
+    let dir = temp_dir("own");
+    let socket = dir.join("vm.sock");
+    let old = start_on(&socket, &[], 0o022);
+    // Someone removes the old daemon's socket and a new daemon takes the
+    // path (ext4 may even give the new file the old inode number).
+    std::fs::remove_file(&socket).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let new = start_on(&socket, &[], 0o022);
+    assert!(old.stop(libc::SIGTERM).success());
+    assert!(
+        socket.exists(),
+        "the old daemon removed the new one's socket"
+    );
+    let mut harness = Harness::connect(&socket, WANTED_FEATURES);
+    harness.run(Cmd::get_info()).ok();
+    drop(harness);
+    assert!(new.stop(libc::SIGTERM).success());
+    assert!(!socket.exists());
+}
+
+#[test]
+fn socket_activation_names_the_vms_and_the_control_socket() {
+    let dir = temp_dir("activation");
+    let vm_path = dir.join("guest.sock");
+    let control_path = dir.join("control.sock");
+    let _ = std::fs::remove_file(&vm_path);
+    let _ = std::fs::remove_file(&control_path);
+    let vm = UnixListener::bind(&vm_path).unwrap();
+    let control = UnixListener::bind(&control_path).unwrap();
+    let (vm_fd, control_fd) = (vm.as_raw_fd(), control.as_raw_fd());
+    // What systemd does: the sockets at 3 and 4, LISTEN_PID the daemon's
+    // own pid (the shell execs the daemon, keeping its pid).
+    let mut command = Command::new("/bin/sh");
+    command
+        .args([
+            "-c",
+            "LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=guest:control exec \"$0\" --pool system:1M",
+            BIN,
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    // SAFETY: fcntl and dup2 are async-signal-safe; the source descriptors
+    // are open. Copies out of the way first (the listeners may already sit
+    // at 3 or 4), then into place without close-on-exec (dup2 onto the
+    // same number would keep the flag).
+    unsafe {
+        command.pre_exec(move || {
+            let vm = libc::fcntl(vm_fd, libc::F_DUPFD, 100);
+            let control = libc::fcntl(control_fd, libc::F_DUPFD, 100);
+            if vm < 0
+                || control < 0
+                || libc::dup2(vm, 3) < 0
+                || libc::dup2(control, 4) < 0
+                || libc::fcntl(3, libc::F_SETFD, 0) < 0
+                || libc::fcntl(4, libc::F_SETFD, 0) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(vm);
+            libc::close(control);
+            Ok(())
+        });
+    }
+    let daemon = Daemon(command.spawn().unwrap());
+    let mut harness = Harness::connect(&vm_path, WANTED_FEATURES);
+    harness.run(Cmd::create(4096, 0)).ok();
+    let out = Command::new(env!("CARGO_BIN_EXE_cenallocctl"))
+        .arg("--socket")
+        .arg(&control_path)
+        .args(["--json", "vms"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(vms[0]["name"], "guest");
+    assert_eq!(vms[0]["state"], "connected");
+    assert_eq!(vms[0]["buffers"], 1);
+    assert_eq!(vms[0]["socket"], "fd 3");
+    drop(harness);
+    assert!(daemon.stop(libc::SIGTERM).success());
+    // The caller's socket files stay.
+    assert!(vm_path.exists() && control_path.exists());
 }

@@ -977,6 +977,102 @@ pub fn errno(e: i32) -> i32 {
     -e
 }
 
+/// An in-process daemon serving several named VMs and a control socket.
+pub struct TestDaemon {
+    /// The VM sockets, in the order given.
+    pub sockets: Vec<PathBuf>,
+    pub control: PathBuf,
+    pub registry: std::sync::Arc<cenalloc::registry::Registry>,
+}
+
+/// Starts an in-process daemon: one socket per `(name, config)`, a control
+/// socket, the given daemon limits and control policy. Its threads serve
+/// until the process ends.
+pub fn spawn_vms(
+    vms: &[(&str, DeviceConfig)],
+    limits: cenalloc::registry::DaemonLimits,
+    policy: cenalloc::control::server::ControlPolicy,
+) -> TestDaemon {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("cenalloc-vms-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let registry = cenalloc::registry::Registry::new(limits);
+    let permissions = cenalloc::listen::SocketPermissions::default();
+    let mut sockets = Vec::new();
+    for (name, config) in vms {
+        let path = dir.join(format!("{name}.sock"));
+        let (listener, _) = cenalloc::listen::bind(&path, permissions).unwrap();
+        registry
+            .add_socket(name, &path.display().to_string())
+            .unwrap();
+        let mut listener = Listener::from(listener);
+        let (name, config, registry) = (name.to_string(), config.clone(), registry.clone());
+        std::thread::spawn(move || {
+            let _ = cenalloc::vhu_cenalloc::serve_vm(
+                &mut listener,
+                &name,
+                &config,
+                &cenalloc::config::Hooks::default(),
+                &registry,
+            );
+        });
+        sockets.push(path);
+    }
+    let control = dir.join("control.sock");
+    let (listener, _) = cenalloc::listen::bind(&control, permissions).unwrap();
+    cenalloc::control::server::spawn(listener, registry.clone(), policy).unwrap();
+    TestDaemon {
+        sockets,
+        control,
+        registry,
+    }
+}
+
+impl Harness {
+    /// Creates a buffer, attaches with `mask` and `types`, maps it; returns
+    /// (buffer id, attachment id, segments).
+    pub fn mapped_buffer(
+        &mut self,
+        size: u64,
+        mask: u32,
+        types: &[u32],
+    ) -> (u32, u32, Vec<(u64, u64)>) {
+        let answer = self.batch(&[
+            Cmd::create(size, 0),
+            Cmd::attach(CENALLOC_BATCH_REF, mask, types),
+            Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_BIDIRECTIONAL, 1024),
+        ]);
+        assert_eq!(answer.status, 0, "{answer:?}");
+        let created: CreateResp = answer.answers[0].get();
+        let attached: AttachResp = answer.answers[1].get();
+        let (_, segments) = map_segments(&answer.answers[2]);
+        (created.buffer_id, attached.attach_id, segments)
+    }
+
+    /// Unmaps, detaches and frees a buffer made by [`Harness::mapped_buffer`].
+    pub fn release_buffer(&mut self, buffer: u32, attachment: u32) {
+        let answer = self.batch(&[
+            Cmd::unmap(attachment, CENALLOC_DIR_BIDIRECTIONAL),
+            Cmd::detach(attachment),
+            Cmd::free(buffer),
+        ]);
+        assert_eq!(answer.status, 0, "{answer:?}");
+    }
+
+    /// Sends the memory table again (what QEMU does after memory hotplug).
+    pub fn resend_memory_table(&mut self) {
+        self.frontend.set_mem_table(&self.ram.regions()).unwrap();
+    }
+
+    /// The device's FNV-1a 64 checksum of a buffer.
+    pub fn device_checksum(&mut self, buffer: u32) -> u64 {
+        let answer = self.run(Cmd::checksum(buffer));
+        let resp: ChecksumResp = answer.ok().get();
+        resp.checksum
+    }
+}
+
 /// Runs one vhost-user request on its own thread and waits at most `bound`
 /// for the answer: `Some((result, elapsed))`, or `None` when the daemon did
 /// not answer in time (the thread is left blocked; the test fails anyway).

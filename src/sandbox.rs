@@ -1,0 +1,506 @@
+//! The daemon's sandbox, entered once every socket is bound and before the
+//! first front-end is served (as virtiofsd and the rust-vmm VMMs do):
+//!
+//! 1. **Privileges**: started as root with `--user USER`, the daemon drops
+//!    to that user's uid and gid with no supplementary groups (every
+//!    capability goes with uid 0).
+//! 2. **Landlock** (where the kernel has it; best effort): no file system
+//!    access at all, except removing its own socket files at exit (the
+//!    directories in [`SandboxConfig::removable_dirs`]); no TCP; no
+//!    connection to abstract unix sockets and no signals to processes
+//!    outside the sandbox (ABI 6).
+//! 3. **seccomp** ([`seccompiler`]): an allowlist ([`allowed_syscalls`],
+//!    44 syscalls) derived by tracing the daemon through the integration
+//!    tests (several VMs, every control request, exports, reconnects,
+//!    SIGTERM). A syscall outside it kills the daemon (`--seccomp kill`,
+//!    the default), raises SIGSYS (`trap`), is only logged by the kernel
+//!    (`log`), or nothing is filtered (`none`). Arguments are checked where
+//!    it matters: `clone` only for threads (`CLONE_THREAD`; `clone3`, whose
+//!    flags seccomp cannot see, answers `ENOSYS` so the C library falls
+//!    back to `clone`), `mmap`/`mprotect` never `PROT_EXEC`, `openat` only
+//!    read-only without `O_CREAT`, `fcntl`, `prctl` and `setsockopt` only
+//!    the commands used. No `socket`, `connect`, `bind`, `execve`, no
+//!    `ptrace`, no privilege changes.
+//!
+//! Guest memory files arrive after the sandbox is up (SET_MEM_TABLE): the
+//! daemon maps them, and re-opens them read-only through `/proc/self/fd`
+//! for an export; Landlock does not restrict memfds, which live on an
+//! internal mount (the integration tests export under the sandbox). After a
+//! privilege drop the process is made dumpable again, or its own
+//! `/proc/self/fd` would belong to root.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// What seccomp does with a syscall outside the allowlist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// The kernel kills the daemon (SIGSYS, no core).
+    #[default]
+    Kill,
+    /// SIGSYS is raised in the thread (a debugger shows where).
+    Trap,
+    /// The kernel logs the syscall (audit) and lets it run.
+    Log,
+    /// No seccomp filter.
+    None,
+}
+
+/// Whether to restrict the daemon with Landlock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LandlockMode {
+    /// As far as the running kernel supports it (nothing if it has none).
+    #[default]
+    On,
+    Off,
+}
+
+/// A user to run as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The sandbox of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SandboxConfig {
+    pub seccomp: SeccompMode,
+    pub landlock: LandlockMode,
+    /// Drop to this user (the daemon must be started as root).
+    pub user: Option<User>,
+    /// Directories in which the daemon may remove files (its own sockets,
+    /// at exit).
+    pub removable_dirs: Vec<PathBuf>,
+    /// Directories whose files the daemon may read after start-up (test
+    /// builds: the fault file).
+    pub readable_dirs: Vec<PathBuf>,
+}
+
+/// Everything that can go wrong setting up the sandbox.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("no user {0:?}")]
+    UnknownUser(String),
+    #[error("no group {0:?}")]
+    UnknownGroup(String),
+    #[error("looking up {0:?}: {1}")]
+    Lookup(String, io::Error),
+    #[error("--user {user}: the daemon runs as uid {uid}; only root can change user")]
+    NotRoot { user: String, uid: u32 },
+    #[error("dropping privileges to {user}: {what}: {source}")]
+    Drop {
+        user: String,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("landlock: {0}")]
+    Landlock(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+}
+
+/// Buffer size for getpwnam_r/getgrnam_r.
+const LOOKUP_BUFFER: usize = 16 << 10;
+
+/// Looks up a user by name or number.
+pub fn lookup_user(name: &str) -> Result<User, Error> {
+    let cname = CString::new(name).map_err(|_| Error::UnknownUser(name.to_string()))?;
+    let mut buffer = vec![0u8; LOOKUP_BUFFER];
+    // SAFETY: passwd is plain data; getpwnam_r/getpwuid_r fill it.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let rc = match name.parse::<u32>() {
+        // SAFETY: every pointer is valid for the sizes given; the strings
+        // the result points into live in `buffer`, unused after this call.
+        Ok(uid) => unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                &mut result,
+            )
+        },
+        // SAFETY: as above; `cname` is NUL-terminated.
+        Err(_) => unsafe {
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pwd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                &mut result,
+            )
+        },
+    };
+    if rc != 0 {
+        return Err(Error::Lookup(
+            name.to_string(),
+            io::Error::from_raw_os_error(rc),
+        ));
+    }
+    if result.is_null() {
+        return Err(Error::UnknownUser(name.to_string()));
+    }
+    Ok(User {
+        name: name.to_string(),
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+    })
+}
+
+/// Looks up a group by name or number.
+pub fn lookup_group(name: &str) -> Result<u32, Error> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let cname = CString::new(name).map_err(|_| Error::UnknownGroup(name.to_string()))?;
+    let mut buffer = vec![0u8; LOOKUP_BUFFER];
+    // SAFETY: group is plain data; getgrnam_r fills it.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the sizes given; `cname` is
+    // NUL-terminated; the result's strings are not used.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Lookup(
+            name.to_string(),
+            io::Error::from_raw_os_error(rc),
+        ));
+    }
+    if result.is_null() {
+        return Err(Error::UnknownGroup(name.to_string()));
+    }
+    Ok(grp.gr_gid)
+}
+
+/// What [`enter`] put in place, for the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub user: Option<String>,
+    /// Landlock ABI the kernel enforced (`None`: not applied or not
+    /// available).
+    pub landlock: Option<String>,
+    pub seccomp: Option<SeccompMode>,
+    pub syscalls: usize,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.user {
+            Some(user) => write!(f, "user {user}")?,
+            None => write!(f, "same user")?,
+        }
+        match &self.landlock {
+            Some(status) => write!(f, ", landlock {status}")?,
+            None => write!(f, ", no landlock")?,
+        }
+        match self.seccomp {
+            Some(mode) => write!(f, ", seccomp {mode:?} ({} syscalls allowed)", self.syscalls),
+            None => write!(f, ", no seccomp"),
+        }
+    }
+}
+
+fn drop_privileges(user: &User) -> Result<(), Error> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == user.uid {
+        return Ok(());
+    }
+    if euid != 0 {
+        return Err(Error::NotRoot {
+            user: user.name.clone(),
+            uid: euid,
+        });
+    }
+    let fail = |what: &'static str| Error::Drop {
+        user: user.name.clone(),
+        what,
+        source: io::Error::last_os_error(),
+    };
+    // SAFETY: setgroups with an empty list; no pointer is read.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(fail("setgroups"));
+    }
+    // SAFETY: plain id changes; glibc applies them to every thread.
+    if unsafe { libc::setresgid(user.gid, user.gid, user.gid) } != 0 {
+        return Err(fail("setresgid"));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setresuid(user.uid, user.uid, user.uid) } != 0 {
+        return Err(fail("setresuid"));
+    }
+    // Changing credentials made the process non-dumpable, which makes
+    // /proc/self/fd root's: exports re-open guest memory through it.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
+        return Err(fail("prctl(PR_SET_DUMPABLE)"));
+    }
+    // SAFETY: an id change that must fail now.
+    if unsafe { libc::setuid(0) } == 0 {
+        return Err(Error::Drop {
+            user: user.name.clone(),
+            what: "regaining root still works",
+            source: io::Error::other("privileges were not dropped"),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the Landlock ruleset (opening the directories it names while
+/// the daemon still has its privileges); enforced by [`restrict`].
+fn landlock_ruleset(config: &SandboxConfig) -> Result<landlock::RulesetCreated, Error> {
+    use landlock::{
+        Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        Scope, ABI,
+    };
+    let abi = ABI::V6;
+    let err = |e: &dyn std::fmt::Display| Error::Landlock(e.to_string());
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(|e| err(&e))?
+        .handle_access(AccessNet::from_all(abi))
+        .map_err(|e| err(&e))?
+        .scope(Scope::from_all(abi))
+        .map_err(|e| err(&e))?
+        .create()
+        .map_err(|e| err(&e))?;
+    for dir in &config.removable_dirs {
+        let fd = PathFd::new(dir).map_err(|e| err(&e))?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))
+            .map_err(|e| err(&e))?;
+    }
+    for dir in &config.readable_dirs {
+        let fd = PathFd::new(dir).map_err(|e| err(&e))?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, AccessFs::ReadFile))
+            .map_err(|e| err(&e))?;
+    }
+    Ok(ruleset)
+}
+
+fn restrict(ruleset: landlock::RulesetCreated) -> Result<Option<String>, Error> {
+    use landlock::RulesetStatus;
+    let status = ruleset
+        .restrict_self()
+        .map_err(|e| Error::Landlock(e.to_string()))?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => Some("fully enforced".to_string()),
+        RulesetStatus::PartiallyEnforced => Some("partially enforced (older kernel)".to_string()),
+        RulesetStatus::NotEnforced => None,
+    })
+}
+
+/// What a syscall's arguments must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arguments {
+    Any,
+    /// Argument `n` (a protection) without `PROT_EXEC`.
+    NoExec(u8),
+    /// `clone` creating a thread (`CLONE_THREAD` set).
+    Thread,
+    /// Argument `n` is one of these.
+    OneOf(u8, &'static [u64]),
+    /// `openat` for reading only, never creating or truncating.
+    ReadOnlyOpen,
+}
+
+/// The syscalls the daemon may make once sandboxed, with their argument
+/// rules. Derived from `strace -f` of the daemon through
+/// `tests/sandbox.rs` (several VMs, every control request, exports,
+/// reconnects, SIGTERM): every syscall seen after `landlock_restrict_self`,
+/// plus the few marked "rare" (paths the trace did not take).
+pub fn allowed_syscalls() -> &'static [(&'static str, i64, Arguments)] {
+    use Arguments::*;
+    const FCNTL: &[u64] = &[
+        libc::F_GETFD as u64,
+        libc::F_SETFD as u64,
+        libc::F_GETFL as u64,
+        libc::F_SETFL as u64,
+        libc::F_DUPFD_CLOEXEC as u64,
+        libc::F_ADD_SEALS as u64,
+        libc::F_GET_SEALS as u64,
+    ];
+    &[
+        // vhost-user messages (the fds of SET_MEM_TABLE and the vrings),
+        // control requests, export answers (SCM_RIGHTS).
+        ("recvmsg", libc::SYS_recvmsg, Any),
+        ("sendmsg", libc::SYS_sendmsg, Any),
+        ("recvfrom", libc::SYS_recvfrom, Any),
+        ("sendto", libc::SYS_sendto, Any),
+        ("read", libc::SYS_read, Any),
+        ("write", libc::SYS_write, Any),
+        ("accept4", libc::SYS_accept4, Any),
+        ("shutdown", libc::SYS_shutdown, Any),
+        // Control clients' write timeouts.
+        (
+            "setsockopt",
+            libc::SYS_setsockopt,
+            OneOf(1, &[libc::SOL_SOCKET as u64]),
+        ),
+        ("close", libc::SYS_close, Any),
+        ("fcntl", libc::SYS_fcntl, OneOf(1, FCNTL)),
+        // Queue workers: epoll, eventfd kicks, calls and exit events.
+        ("epoll_create1", libc::SYS_epoll_create1, Any),
+        ("epoll_ctl", libc::SYS_epoll_ctl, Any),
+        ("epoll_wait", libc::SYS_epoll_wait, Any),
+        ("eventfd2", libc::SYS_eventfd2, Any),
+        // Guest memory (SET_MEM_TABLE), export status pages, the heap.
+        ("mmap", libc::SYS_mmap, NoExec(2)),
+        ("mprotect", libc::SYS_mprotect, NoExec(2)),
+        ("munmap", libc::SYS_munmap, Any),
+        ("madvise", libc::SYS_madvise, Any),
+        ("brk", libc::SYS_brk, Any),       // rare: main-arena heap growth
+        ("mremap", libc::SYS_mremap, Any), // rare: realloc of large blocks
+        ("memfd_create", libc::SYS_memfd_create, Any),
+        ("ftruncate", libc::SYS_ftruncate, Any),
+        // Exports: re-open guest memory read-only through /proc/self/fd.
+        ("openat", libc::SYS_openat, ReadOnlyOpen),
+        // Removing the daemon's own sockets at exit (after a stat).
+        ("statx", libc::SYS_statx, Any),
+        ("unlink", libc::SYS_unlink, Any),
+        // Threads: one per VM connection and per control client.
+        ("clone", libc::SYS_clone, Thread), // what glibc falls back to
+        ("clone3", libc::SYS_clone3, Any),  // answered ENOSYS, see below
+        ("set_robust_list", libc::SYS_set_robust_list, Any),
+        ("rseq", libc::SYS_rseq, Any),
+        (
+            "prctl",
+            libc::SYS_prctl,
+            OneOf(0, &[libc::PR_SET_NAME as u64]),
+        ),
+        ("sched_getaffinity", libc::SYS_sched_getaffinity, Any),
+        ("futex", libc::SYS_futex, Any),
+        ("sched_yield", libc::SYS_sched_yield, Any), // rare: contended locks
+        ("clock_nanosleep", libc::SYS_clock_nanosleep, Any), // rare: accept back-off
+        ("gettid", libc::SYS_gettid, Any),
+        ("getpid", libc::SYS_getpid, Any),
+        ("getrandom", libc::SYS_getrandom, Any),
+        // Signals: the SIGTERM/SIGINT thread, thread start and exit.
+        ("rt_sigprocmask", libc::SYS_rt_sigprocmask, Any),
+        ("rt_sigtimedwait", libc::SYS_rt_sigtimedwait, Any),
+        // The return of any signal handler, e.g. glibc's own SIGSETXID:
+        // a thread may still be returning from a privilege drop's.
+        ("rt_sigreturn", libc::SYS_rt_sigreturn, Any),
+        ("sigaltstack", libc::SYS_sigaltstack, Any),
+        ("exit", libc::SYS_exit, Any),
+        ("exit_group", libc::SYS_exit_group, Any),
+    ]
+}
+
+fn seccomp_filters(mode: SeccompMode) -> Result<Vec<seccompiler::BpfProgram>, Error> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    let err = |e: &dyn std::fmt::Display| Error::Seccomp(e.to_string());
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| err(&e))?;
+    let mismatch = match mode {
+        SeccompMode::Kill => SeccompAction::KillProcess,
+        SeccompMode::Trap => SeccompAction::Trap,
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::None => return Ok(Vec::new()),
+    };
+    let rule = |arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, len, op, value)
+            .and_then(|condition| SeccompRule::new(vec![condition]))
+            .map_err(|e| err(&e))
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &(_, number, arguments) in allowed_syscalls() {
+        let syscall_rules = match arguments {
+            Arguments::Any => Vec::new(),
+            Arguments::NoExec(arg) => vec![rule(
+                arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+                0,
+            )?],
+            Arguments::Thread => vec![rule(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+                libc::CLONE_THREAD as u64,
+            )?],
+            Arguments::OneOf(arg, values) => values
+                .iter()
+                .map(|&value| rule(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value))
+                .collect::<Result<_, _>>()?,
+            Arguments::ReadOnlyOpen => {
+                let forbidden = libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE;
+                vec![rule(
+                    2,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(forbidden as u64),
+                    libc::O_RDONLY as u64,
+                )?]
+            }
+        };
+        rules.insert(number, syscall_rules);
+    }
+    let allowlist =
+        SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(|e| err(&e))?;
+    // clone3 passes its flags in memory, out of seccomp's sight: answer
+    // ENOSYS so the C library uses clone, whose flags are checked above.
+    // Stacked filters: the stricter action (ERRNO over ALLOW) wins.
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(|e| err(&e))?;
+    // The clone3 filter first: installing the allowlist ends the use of
+    // seccomp(2) itself.
+    Ok(vec![
+        clone3.try_into().map_err(|e| err(&e))?,
+        allowlist.try_into().map_err(|e| err(&e))?,
+    ])
+}
+
+/// Enters the sandbox: privileges, then Landlock, then seccomp (applied to
+/// every thread of the process). Call once every socket is bound.
+pub fn enter(config: &SandboxConfig) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
+    let ruleset = match config.landlock {
+        LandlockMode::On => Some(landlock_ruleset(config)?),
+        LandlockMode::Off => None,
+    };
+    if let Some(user) = &config.user {
+        drop_privileges(user)?;
+        applied.user = Some(format!(
+            "{} (uid {}, gid {})",
+            user.name, user.uid, user.gid
+        ));
+    }
+    if let Some(ruleset) = ruleset {
+        applied.landlock = restrict(ruleset)?;
+    }
+    let filters = seccomp_filters(config.seccomp)?;
+    if !filters.is_empty() {
+        for filter in &filters {
+            seccompiler::apply_filter_all_threads(filter)
+                .map_err(|e| Error::Seccomp(e.to_string()))?;
+        }
+        applied.seccomp = Some(config.seccomp);
+        applied.syscalls = allowed_syscalls().len();
+    }
+    Ok(applied)
+}
