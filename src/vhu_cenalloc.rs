@@ -201,6 +201,7 @@ impl VhostUserBackendMut for CenallocBackend {
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | self.config.features()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
