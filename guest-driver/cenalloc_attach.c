@@ -7,7 +7,7 @@
  * An incompatible attach is refused locally (mask intersection empty:
  * -EINVAL; no mutual mapping type: -EOPNOTSUPP, cenalloc_negotiate.c);
  * what must reach the device goes through cenalloc_batch.c. UNMAP and
- * DETACH are posted without waiting. The device validates all.
+ * DETACH wait in the buffer's pending batch. The device validates all.
  */
 #include <linux/dma-mapping.h>
 #include <linux/slab.h>
@@ -140,9 +140,9 @@ out_unlock:
 	return ret;
 }
 
-/* Add UNMAP of outstanding device maps and DETACH of @a to @req; unlink. */
+/* Unlink @a; with @tell_device, post its DETACH (buffer's pending batch). */
 void cenalloc_attachment_release(struct cenalloc_attachment *a,
-				 struct cenalloc_req *req)
+				 bool tell_device)
 {
 	struct cenalloc_buffer *buffer = a->buffer;
 	struct cenalloc_detach_req *dr;
@@ -151,9 +151,9 @@ void cenalloc_attachment_release(struct cenalloc_attachment *a,
 	list_del_init(&a->node);
 	buffer->num_attachments--;
 	cenalloc_access_mask_update(buffer);
-	if (!req || !a->attach_id)
+	if (!tell_device || !a->attach_id)
 		return;
-	dr = cenalloc_req_add(req, CENALLOC_CMD_DETACH, sizeof(*dr), 0);
+	dr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_DETACH, sizeof(*dr));
 	if (!IS_ERR(dr))
 		dr->attach_id = cpu_to_le32(a->attach_id);
 }
@@ -163,17 +163,12 @@ void cenalloc_dmabuf_detach(struct dma_buf *dmabuf,
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_attachment *a = attach->priv;
-	struct cenalloc_req *req = NULL;
 
 	mutex_lock(&buffer->lock);
 	WARN_ONCE(!list_empty(&a->mappings),
 		  "cenalloc: %s detached with mappings outstanding\n",
 		  a->dev_name);
-	if (a->attach_id && !READ_ONCE(buffer->cdev->removed))
-		req = cenalloc_req_alloc(buffer->cdev);
-	cenalloc_attachment_release(a, req);
-	if (req)
-		cenalloc_req_post(req);
+	cenalloc_attachment_release(a, true);
 	mutex_unlock(&buffer->lock);
 	kfree(a);
 }
@@ -274,7 +269,7 @@ int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer)
 				      &segments, &num);
 	if (ret) {
 		if (!a->attach_id) {
-			cenalloc_attachment_release(a, NULL);
+			cenalloc_attachment_release(a, false);
 			buffer->cpu_attach = NULL;
 			kfree(a);
 		}

@@ -8,8 +8,6 @@
 
 #include "cenalloc_buffer.h"
 
-struct cenalloc_req;
-
 int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 			   struct dma_buf_attachment *attach);
 void cenalloc_dmabuf_detach(struct dma_buf *dmabuf,
@@ -22,7 +20,7 @@ struct cenalloc_attachment *cenalloc_attachment_new(struct cenalloc_buffer *buff
 						    struct device *dev, u32 mask,
 						    const u32 *types, u32 num_types);
 void cenalloc_attachment_release(struct cenalloc_attachment *a,
-				 struct cenalloc_req *req);
+				 bool tell_device);
 int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer);
 
 #endif /* CENALLOC_ATTACH_H */

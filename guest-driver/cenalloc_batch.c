@@ -9,13 +9,27 @@
  * naming the earlier results by batch reference. An attach after the
  * backing exists goes to the device at once (cenalloc_attach_sync()),
  * because only the device knows whether the backing fits or can migrate
- * (-EBUSY). UNMAP is posted without waiting. Every answer is checked
- * before it is used.
+ * (-EBUSY). Every answer is checked before it is used.
+ *
+ * Commands nobody waits for (UNMAP, DETACH, SYNC END, FREE) gather in the
+ * buffer's pending batch (cenalloc_buffer_post_cmd()), one chain for a
+ * buffer's whole teardown: it goes on the ring (posted) when the buffer is
+ * released, when it is full, and before any other command of that buffer,
+ * so the device sees one buffer's commands in the order they were made.
+ * Commands of different buffers do not depend on each other.
+ *
+ * With leases (cenalloc_lease.c) the first map of a small buffer waits for
+ * nothing: a leased extent backs it and one LEASED_MAP, posted, tells the
+ * device everything (CREATE, every ATTACH and the MAP, with ids the driver
+ * chose). A map the device answers -ENOMEM grows a pool and maps again
+ * once; -EAGAIN (its room is in our leased stock) gives the stock back and
+ * maps again.
  */
 #include <linux/mm.h>
 #include <linux/slab.h>
 
 #include "cenalloc_batch.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_negotiate.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_vq.h"
@@ -74,6 +88,7 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 	u32 len;
 	int ret;
 
+	cenalloc_buffer_flush(buffer);
 	req = cenalloc_req_alloc(buffer->cdev);
 	if (!req)
 		return -ENOMEM;
@@ -96,27 +111,61 @@ out:
 	return ret;
 }
 
+/* Put the buffer's pending batch on the ring (buffer->lock held). */
+void cenalloc_buffer_flush(struct cenalloc_buffer *buffer)
+{
+	lockdep_assert_held(&buffer->lock);
+	if (buffer->pending)
+		cenalloc_req_post(buffer->pending);
+	buffer->pending = NULL;
+}
+
+/*
+ * Add a command nobody waits for to the buffer's pending batch; returns its
+ * zeroed payload, or an ERR_PTR (logged: the device keeps the state the
+ * command would have changed, e.g. a mapping, until the device resets).
+ */
+void *cenalloc_buffer_post_cmd(struct cenalloc_buffer *buffer, u16 opcode,
+			       u32 len)
+{
+	struct cenalloc_dev *cdev = buffer->cdev;
+	void *payload;
+
+	lockdep_assert_held(&buffer->lock);
+	if (READ_ONCE(cdev->removed))
+		return ERR_PTR(-ENODEV);
+	if (buffer->pending) {
+		payload = cenalloc_req_add(buffer->pending, opcode, len, 0);
+		if (!IS_ERR(payload))
+			return payload;
+		cenalloc_buffer_flush(buffer);	/* full */
+	}
+	buffer->pending = cenalloc_req_alloc(cdev);
+	if (!buffer->pending) {
+		pr_warn_ratelimited("cenalloc: no memory to post a command of buffer %u\n",
+				    buffer->buffer_id);
+		return ERR_PTR(-ENOMEM);
+	}
+	payload = cenalloc_req_add(buffer->pending, opcode, len, 0);
+	if (IS_ERR(payload)) {
+		cenalloc_req_free(buffer->pending);
+		buffer->pending = NULL;
+	}
+	return payload;
+}
+
 void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction)
 {
 	struct cenalloc_unmap_req *ur;
-	struct cenalloc_req *req;
 
-	if (!a->attach_id || READ_ONCE(a->buffer->cdev->removed))
+	if (!a->attach_id)
 		return;
-	req = cenalloc_req_alloc(a->buffer->cdev);
-	if (!req) {
-		pr_warn_ratelimited("cenalloc: no memory to unmap %u\n",
-				    a->attach_id);
+	ur = cenalloc_buffer_post_cmd(a->buffer, CENALLOC_CMD_UNMAP,
+				      sizeof(*ur));
+	if (IS_ERR(ur))
 		return;
-	}
-	ur = cenalloc_req_add(req, CENALLOC_CMD_UNMAP, sizeof(*ur), 0);
-	if (IS_ERR(ur)) {
-		cenalloc_req_free(req);
-		return;
-	}
 	ur->attach_id = cpu_to_le32(a->attach_id);
 	ur->direction = cpu_to_le32(direction);
-	cenalloc_req_post(req);
 }
 
 static unsigned int cenalloc_pending_commands(struct cenalloc_buffer *buffer)
@@ -216,6 +265,7 @@ cenalloc_batch_begin(struct cenalloc_buffer *buffer,
 	struct cenalloc_req *req;
 	int ret;
 
+	cenalloc_buffer_flush(buffer);
 	for (;;) {
 		req = cenalloc_req_alloc(buffer->cdev);
 		if (!req)
@@ -258,6 +308,37 @@ static u32 cenalloc_map_slot(struct cenalloc_buffer *buffer)
 	       segments * sizeof(struct cenalloc_range);
 }
 
+/*
+ * Count the buffer's backing on the pool blocks under it (they are never
+ * offered back while it lives), once, and again when it moved.
+ */
+static int cenalloc_backing_record(struct cenalloc_buffer *buffer,
+				   const struct cenalloc_range *segments,
+				   u32 num)
+{
+	struct cenalloc_range *copy;
+	int ret;
+
+	if (buffer->claim && buffer->num_claim == num &&
+	    !memcmp(buffer->claim, segments, num * sizeof(*segments)))
+		return 0;
+	copy = kmemdup(segments, num * sizeof(*segments), GFP_KERNEL);
+	if (!copy)
+		return -ENOMEM;
+	ret = cenalloc_pools_claim(buffer->cdev, copy, num, -1);
+	if (ret) {
+		kfree(copy);
+		return ret;
+	}
+	if (buffer->claim)
+		cenalloc_pools_unclaim(buffer->cdev, buffer->claim,
+				       buffer->num_claim);
+	kfree(buffer->claim);
+	buffer->claim = copy;
+	buffer->num_claim = num;
+	return 0;
+}
+
 static int cenalloc_map_parse(struct cenalloc_attachment *a, const void *resp,
 			      u32 len, struct cenalloc_range **segments,
 			      u32 *num)
@@ -268,6 +349,7 @@ static int cenalloc_map_parse(struct cenalloc_attachment *a, const void *resp,
 	struct cenalloc_range *copy;
 	u64 total = 0, addr, seg_len;
 	u32 n, i;
+	int ret;
 
 	if (len < sizeof(*mr))
 		return -EIO;
@@ -291,6 +373,11 @@ static int cenalloc_map_parse(struct cenalloc_attachment *a, const void *resp,
 	copy = kmemdup(seg, n * sizeof(*seg), GFP_KERNEL);
 	if (!copy)
 		return -ENOMEM;
+	ret = cenalloc_backing_record(buffer, copy, n);
+	if (ret) {
+		kfree(copy);
+		return ret;
+	}
 
 	if (le32_to_cpu(mr->flags) & CENALLOC_MAP_F_MIGRATED)
 		pr_debug("cenalloc: buffer %u migrated to allocator %u\n",
@@ -312,6 +399,7 @@ static int cenalloc_map_once(struct cenalloc_attachment *a, u32 direction,
 	struct cenalloc_req *req;
 	int ret;
 
+	cenalloc_buffer_flush(a->buffer);
 	req = cenalloc_req_alloc(a->buffer->cdev);
 	if (!req)
 		return -ENOMEM;
@@ -341,8 +429,8 @@ static int cenalloc_map_once(struct cenalloc_attachment *a, u32 direction,
  * in one batch. Returns the backing segments (kfree them) and counts one
  * outstanding device map on @a.
  */
-int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
-			    struct cenalloc_range **segments, u32 *num)
+static int cenalloc_map_device(struct cenalloc_attachment *a, u32 direction,
+			       struct cenalloc_range **segments, u32 *num)
 {
 	struct cenalloc_attachment *sent[CENALLOC_MAX_BATCH];
 	struct cenalloc_buffer *buffer = a->buffer;
@@ -409,4 +497,128 @@ int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 out_free:
 	cenalloc_req_free(req);
 	return ret;
+}
+
+/*
+ * The first map of a buffer no command has reached yet, from a leased
+ * extent: one LEASED_MAP, posted, creates the buffer and its attachments
+ * with ids chosen here and maps @a. Returns -EAGAIN (nothing changed) when
+ * no lease applies: no stock for the allocator the rule picks, too many
+ * attachments, or a buffer too large.
+ */
+static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction,
+			       struct cenalloc_range **segments, u32 *num)
+{
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	struct cenalloc_leased_attach *rec;
+	struct cenalloc_leased_map_req *lm;
+	struct cenalloc_range *seg, *claim;
+	struct cenalloc_attachment *each;
+	u32 allocator, index = 0, i;
+	struct cenalloc_req *req;
+	u64 addr, len;
+
+	if (!cdev->leases || buffer->buffer_id || buffer->backed ||
+	    !buffer->num_attachments ||
+	    buffer->num_attachments > CENALLOC_MAX_LEASED_ATTACH)
+		return -EAGAIN;
+	req = cenalloc_req_alloc(cdev);
+	if (!req)
+		return -EAGAIN;
+	lm = cenalloc_req_add(req, CENALLOC_CMD_LEASED_MAP,
+			      sizeof(*lm) + buffer->num_attachments *
+			      sizeof(*rec), 0);
+	seg = kmalloc(sizeof(*seg), GFP_KERNEL);
+	claim = kmalloc(sizeof(*claim), GFP_KERNEL);
+	if (IS_ERR(lm) || !seg || !claim)
+		goto out_free;
+	if (!cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
+				 &allocator, &addr, &len))
+		goto out_free;
+	seg->addr = cpu_to_le64(addr);
+	seg->len = cpu_to_le64(buffer->size);
+	/* The extent's count on its blocks becomes the buffer's backing's. */
+	*claim = *seg;
+	cenalloc_pools_claim_trim(cdev, addr, len, buffer->size);
+	buffer->claim = claim;
+	buffer->num_claim = 1;
+
+	lm->buffer_id = cpu_to_le32(cenalloc_lease_id(cdev));
+	lm->initial_mask = cpu_to_le32(buffer->initial_mask);
+	lm->size = cpu_to_le64(buffer->size);
+	lm->extent = cpu_to_le64(addr);
+	lm->direction = cpu_to_le32(direction);
+	lm->num_attachments = cpu_to_le32(buffer->num_attachments);
+	rec = (struct cenalloc_leased_attach *)(lm + 1);
+	list_for_each_entry(each, &buffer->attachments, node) {
+		if (each == a)
+			lm->map_index = cpu_to_le32(index);
+		rec[index].attach_id = cpu_to_le32(cenalloc_lease_id(cdev));
+		rec[index].mask = cpu_to_le32(each->mask);
+		rec[index].map_type = cpu_to_le32(each->map_type);
+		rec[index].num_types = cpu_to_le32(each->num_types);
+		for (i = 0; i < each->num_types; i++)
+			rec[index].types[i] = cpu_to_le32(each->types[i]);
+		each->attach_id = le32_to_cpu(rec[index].attach_id);
+		index++;
+	}
+	buffer->buffer_id = le32_to_cpu(lm->buffer_id);
+	buffer->backed = true;
+	buffer->allocator_id = allocator;
+	buffer->num_backing = 1;
+	a->num_maps++;
+	cenalloc_req_post(req);
+	*segments = seg;
+	*num = 1;
+	return 0;
+
+out_free:
+	kfree(claim);
+	kfree(seg);
+	cenalloc_req_free(req);
+	return -EAGAIN;
+}
+
+/* Whether a map of @buffer must be one contiguous range. */
+static bool cenalloc_map_contiguous(struct cenalloc_buffer *buffer)
+{
+	return buffer->contiguous_promised ||
+	       cenalloc_contig_possible(buffer, buffer->access_mask);
+}
+
+/*
+ * Map @a: from a leased extent when the buffer is new and small enough,
+ * else on the device, growing a pool once when the device has no room
+ * (-ENOMEM), and giving the leased stock back when the room the device
+ * found is in it (-EAGAIN). Returns the backing segments (kfree them) and
+ * counts one outstanding device map on @a.
+ */
+int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
+			    struct cenalloc_range **segments, u32 *num)
+{
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	bool grown = false, returned = false;
+	int ret;
+
+	lockdep_assert_held(&buffer->lock);
+	if (!cenalloc_map_leased(a, direction, segments, num))
+		return 0;
+	for (;;) {
+		ret = cenalloc_map_device(a, direction, segments, num);
+		if (ret == -EAGAIN && !returned) {
+			returned = true;
+			cenalloc_lease_return_mask(cdev, buffer->access_mask);
+			continue;
+		}
+		if (ret == -ENOMEM && !grown && !READ_ONCE(cdev->removed)) {
+			grown = true;
+			if (!cenalloc_pools_grow_for(cdev, buffer->access_mask,
+						     buffer->size,
+						     cenalloc_map_contiguous(buffer)))
+				continue;
+		}
+		return ret;
+	}
 }

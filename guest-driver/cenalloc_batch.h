@@ -12,5 +12,8 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 			    struct cenalloc_range **segments, u32 *num);
 void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction);
+void *cenalloc_buffer_post_cmd(struct cenalloc_buffer *buffer, u16 opcode,
+			       u32 len);
+void cenalloc_buffer_flush(struct cenalloc_buffer *buffer);
 
 #endif /* CENALLOC_BATCH_H */

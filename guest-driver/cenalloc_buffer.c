@@ -8,8 +8,8 @@
  * kind, type SG) that stays mapped until the buffer is released, so the
  * backing is allocated if it was not, and can never migrate away from under
  * a CPU mapping (a later incompatible attach gets -EBUSY from the device).
- * begin/end_cpu_access send SYNC and sync every DMA mapping for the CPU or
- * the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
+ * begin/end_cpu_access send SYNC (END waits in the buffer's pending batch)
+ * and sync every DMA mapping for the CPU or the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
  */
 #include <linux/dma-mapping.h>
 #include <linux/fcntl.h>
@@ -21,6 +21,7 @@
 #include <linux/vmalloc.h>
 
 #include "cenalloc_attach.h"
+#include "cenalloc_batch.h"
 #include "cenalloc_buffer.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_vq.h"
@@ -45,6 +46,7 @@ static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,
 	void *p;
 	int ret;
 
+	cenalloc_buffer_flush(buffer);
 	req = cenalloc_req_alloc(buffer->cdev);
 	if (!req)
 		return -ENOMEM;
@@ -290,43 +292,34 @@ static int cenalloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_sync_req *sr;
-	struct cenalloc_req *req;
 	int ret = 0;
 
 	mutex_lock(&buffer->lock);
 	if (!buffer->backed)
 		goto out;
 	cenalloc_sync_mappings(buffer, false);
-	req = cenalloc_req_alloc(buffer->cdev);
-	if (!req) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	sr = cenalloc_req_add(req, CENALLOC_CMD_SYNC, sizeof(*sr), 0);
+	sr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_SYNC, sizeof(*sr));
 	if (IS_ERR(sr)) {
-		cenalloc_req_free(req);
 		ret = PTR_ERR(sr);
 		goto out;
 	}
 	sr->buffer_id = cpu_to_le32(buffer->buffer_id);
 	sr->flags = cpu_to_le32(CENALLOC_SYNC_END | cenalloc_sync_flags(dir));
-	cenalloc_req_post(req);
 out:
 	mutex_unlock(&buffer->lock);
 	return ret;
 }
 
-/* Last reference: UNMAP and DETACH the CPU attachment and FREE, posted in
- * one batch; the device state reference goes last.
+/* Last reference: UNMAP and DETACH the CPU attachment and FREE join the
+ * buffer's pending batch, which goes on the ring; the device state
+ * reference goes last.
  */
 static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_dev *cdev = buffer->cdev;
 	struct cenalloc_attachment *a;
-	struct cenalloc_unmap_req *ur;
 	struct cenalloc_free_req *fr;
-	struct cenalloc_req *req = NULL;
 
 	mutex_lock(&cdev->lock);
 	list_del(&buffer->node);
@@ -337,31 +330,28 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	mutex_lock(&buffer->lock);
 	if (WARN_ON(buffer->vmap_count))
 		vunmap(buffer->vaddr);
-	if (buffer->buffer_id && !READ_ONCE(cdev->removed))
-		req = cenalloc_req_alloc(cdev);
 	a = buffer->cpu_attach;
 	if (a) {
-		if (req && a->attach_id && a->num_maps) {
-			ur = cenalloc_req_add(req, CENALLOC_CMD_UNMAP,
-					      sizeof(*ur), 0);
-			if (!IS_ERR(ur)) {
-				ur->attach_id = cpu_to_le32(a->attach_id);
-				ur->direction = cpu_to_le32(CENALLOC_DIR_BIDIRECTIONAL);
-			}
-		}
-		cenalloc_attachment_release(a, req);
+		if (a->num_maps)
+			cenalloc_post_unmap(a, CENALLOC_DIR_BIDIRECTIONAL);
+		cenalloc_attachment_release(a, true);
 		buffer->cpu_attach = NULL;
 		kfree(a);
 	}
 	WARN_ON(!list_empty(&buffer->attachments));
-	if (req) {
-		fr = cenalloc_req_add(req, CENALLOC_CMD_FREE, sizeof(*fr), 0);
+	if (buffer->buffer_id) {
+		fr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_FREE,
+					      sizeof(*fr));
 		if (!IS_ERR(fr))
 			fr->buffer_id = cpu_to_le32(buffer->buffer_id);
-		cenalloc_req_post(req);
 	}
+	cenalloc_buffer_flush(buffer);
 	mutex_unlock(&buffer->lock);
 
+	/* The FREE is on the ring before the blocks may be offered back. */
+	if (buffer->claim)
+		cenalloc_pools_unclaim(cdev, buffer->claim, buffer->num_claim);
+	kfree(buffer->claim);
 	kfree(buffer->backing);
 	mutex_destroy(&buffer->explicit_mutex);
 	mutex_destroy(&buffer->lock);

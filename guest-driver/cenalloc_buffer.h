@@ -34,6 +34,9 @@ struct cenalloc_buffer {
 	struct cenalloc_attachment *cpu_attach;	/* pins the backing for CPU */
 	struct cenalloc_range *backing;		/* segments of the CPU map */
 	u32 num_backing;
+	struct cenalloc_range *claim;		/* the backing, counted on its blocks */
+	u32 num_claim;
+	struct cenalloc_req *pending;		/* posted commands not queued yet */
 	void *vaddr;
 	unsigned int vmap_count;
 

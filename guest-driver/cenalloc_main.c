@@ -4,10 +4,13 @@
  * device (virtio ID 37) and the /dev/cenalloc exporter.
  *
  * Probe reads config space, sets up the control and event queues, caches
- * the allocator and exporter lists (GET_INFO) and donates the pools. Remove
- * fails every new operation with -ENODEV; buffers still alive keep the
- * device state (and the donated memory) until their last reference drops.
- * One device is served at a time. The ioctls are in cenalloc_ioctl.c.
+ * the allocator and exporter lists (GET_INFO), donates each pool's initial
+ * memory, and (with CENALLOC_F_ELASTIC) registers the shrinker that gives
+ * grown memory back under pressure; with CENALLOC_F_LEASE the first maps of
+ * small buffers come from leased extents. Remove fails every new operation
+ * with -ENODEV; buffers still alive keep the device state (and the donated
+ * memory) until their last reference drops. One device is served at a
+ * time. The ioctls are in cenalloc_ioctl.c.
  */
 #include <linux/module.h>
 #include <linux/slab.h>
@@ -17,7 +20,9 @@
 #include "cenalloc_debugfs.h"
 #include "cenalloc_dev.h"
 #include "cenalloc_ioctl.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_pool.h"
+#include "cenalloc_shrink.h"
 #include "cenalloc_vq.h"
 
 static int cenalloc_read_config(struct cenalloc_dev *cdev)
@@ -43,6 +48,24 @@ static int cenalloc_read_config(struct cenalloc_dev *cdev)
 	for (i = 0; i < cdev->num_pools; i++)
 		cdev->pools[i].config = config->pools[i];
 	return 0;
+}
+
+/* Events that need more than a counter (interrupt context). */
+static void cenalloc_event_hook(struct cenalloc_dev *cdev,
+				const struct cenalloc_event *event)
+{
+	u64 data = le64_to_cpu(event->data);
+
+	if (data > U32_MAX)
+		return;
+	switch (le32_to_cpu(event->type)) {
+	case CENALLOC_EVENT_POOL_LOW:
+		cenalloc_pool_low(cdev, data);
+		break;
+	case CENALLOC_EVENT_LEASE_REVOKE:
+		cenalloc_lease_revoke(cdev, data);
+		break;
+	}
 }
 
 /* Cache the allocator and exporter lists for local attach decisions. */
@@ -89,6 +112,9 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	ret = cenalloc_read_config(cdev);
 	if (ret)
 		goto err_free;
+	cdev->elastic = virtio_has_feature(vdev, CENALLOC_F_ELASTIC);
+	cdev->lease_feature = virtio_has_feature(vdev, CENALLOC_F_LEASE);
+	cenalloc_pools_init(cdev);
 	ret = virtio_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info, NULL);
 	if (ret)
 		goto err_free;
@@ -108,20 +134,34 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	ret = cenalloc_pools_donate(cdev);
 	if (ret)
 		goto err_stop;
+	ret = cenalloc_lease_init(cdev);
+	if (ret)
+		goto err_stop;
+	cdev->event_hook = cenalloc_event_hook;
+	ret = cenalloc_shrinker_register(cdev);
+	if (ret)
+		goto err_stop;
 
 	ret = cenalloc_dev_publish(cdev);
 	if (ret) {
 		dev_err(&vdev->dev, "only one cenalloc device is served\n");
-		goto err_stop;
+		goto err_shrinker;
 	}
 	cenalloc_debugfs_init(cdev);
 
-	dev_info(&vdev->dev, "%u allocators, %u pools, max batch %u\n",
-		 cdev->num_allocators, cdev->num_pools, cdev->max_batch);
+	dev_info(&vdev->dev, "%u allocators, %u pools, max batch %u%s%s\n",
+		 cdev->num_allocators, cdev->num_pools, cdev->max_batch,
+		 cdev->elastic ? ", elastic pools" : "",
+		 cdev->leases ? ", leases" : "");
 	return 0;
 
+err_shrinker:
+	cenalloc_shrinker_unregister(cdev);
 err_stop:
 	cenalloc_vq_stop(cdev);
+	cdev->event_hook = NULL;
+	cenalloc_lease_stop(cdev);
+	cenalloc_pools_stop(cdev);
 err_del_vqs:
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
@@ -139,6 +179,10 @@ static void cenalloc_remove(struct virtio_device *vdev)
 
 	/* Fail what is in flight first, so that no debugfs reader waits. */
 	cenalloc_vq_stop(cdev);
+	cenalloc_shrinker_unregister(cdev);
+	cdev->event_hook = NULL;
+	cenalloc_lease_stop(cdev);
+	cenalloc_pools_stop(cdev);
 	cenalloc_debugfs_exit();
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
@@ -157,9 +201,16 @@ static const struct virtio_device_id cenalloc_id_table[] = {
 };
 MODULE_DEVICE_TABLE(virtio, cenalloc_id_table);
 
+static unsigned int cenalloc_features[] = {
+	CENALLOC_F_ELASTIC,
+	CENALLOC_F_LEASE,
+};
+
 static struct virtio_driver cenalloc_virtio_driver = {
 	.driver.name = KBUILD_MODNAME,
 	.id_table = cenalloc_id_table,
+	.feature_table = cenalloc_features,
+	.feature_table_size = ARRAY_SIZE(cenalloc_features),
 	.probe = cenalloc_probe,
 	.remove = cenalloc_remove,
 };

@@ -217,8 +217,9 @@ struct cenalloc_allocator_info {
 	__le32 placement;		/* CENALLOC_PLACE_* of its memory */
 	__le32 fragmentation;		/* per mille: 1000 * (1 - largest_free / free) */
 	__le64 capacity;		/* bytes donated */
-	__le64 free;			/* bytes free */
-	__le64 largest_free;		/* largest free extent, bytes */
+	__le64 free;			/* bytes backing no buffer (free extents
+					 * and extents leased to the driver) */
+	__le64 largest_free;		/* largest free extent (not leased), bytes */
 	__le32 num_buffers;		/* buffers backed by it */
 	__le32 reserved;
 	char name[CENALLOC_NAME_LEN];

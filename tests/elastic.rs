@@ -97,12 +97,14 @@ fn allocator(json: &serde_json::Value, id: usize) -> &serde_json::Value {
 }
 
 #[test]
-fn the_device_offers_elastic_pools_and_leases() {
-    let harness = Harness::start_with(small());
+fn the_device_offers_elastic_pools_and_leases_and_asks_little_at_probe() {
+    let harness = Harness::start();
     let offered = harness.offered;
     assert_ne!(offered & (1 << CENALLOC_F_ELASTIC), 0, "{offered:#x}");
     assert_ne!(offered & (1 << CENALLOC_F_LEASE), 0, "{offered:#x}");
     let pools = &harness.config.pools[..harness.config.num_pools as usize];
+    let total: u64 = pools.iter().map(|p| p.size).sum();
+    assert!(total <= 16 * MIB, "{total}");
     assert!(pools.iter().all(|p| p.max_mb == 0));
 
     let mut config = DeviceConfig::default_layout();

@@ -28,18 +28,18 @@ pub struct DeviceConfig {
 pub const DEFAULT_MAX_POOL_PERCENT: u32 = 50;
 
 impl DeviceConfig {
-    /// The default pool layout with modest sizes (256 MiB together, so a
-    /// 1 GiB guest can donate all of it); pools may grow, together up to
-    /// half of guest RAM.
+    /// The default pool layout, elastic: the guest donates 8 MiB at probe
+    /// (4 MiB `system`, 1 MiB `dma32`, 2 MiB `contig`, 1 MiB `contig32`)
+    /// and the pools grow on demand, together up to half of guest RAM.
     pub fn default_layout() -> Self {
         let pool = PoolConfig::default_layout();
         let pool_sizes: Vec<u64> = pool
             .allocators
             .iter()
             .map(|spec| match spec.name.as_str() {
-                "system" => 128 << 20,
-                "dma32" => 64 << 20,
-                _ => 32 << 20,
+                "system" => 4 << 20,
+                "contig" => 2 << 20,
+                _ => 1 << 20,
             })
             .collect();
         DeviceConfig {

@@ -360,7 +360,9 @@ impl Device {
                 placement: placement_flags(&stat.placement),
                 fragmentation: stat.fragmentation_permille,
                 capacity: stat.capacity,
-                free: stat.free,
+                // Room, as the allocator rule counts it: leased extents
+                // back no buffer either.
+                free: stat.free + stat.leased,
                 largest_free: stat.largest_free,
                 num_buffers: stat.num_buffers,
                 reserved: 0,
