@@ -1,12 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * cenalloc in-kernel API (include/linux/cenalloc.h) for importers that know
- * their constraints.
+ * their constraints, and its compat layer for Linux 6.12.
+ *
+ * Upstream (the mapping-type RFC), dma_buf_mapping_attach() hands the
+ * importer's match list to the exporter's match op. Linux 6.12 has no such
+ * path: cenalloc_mapping_attach() wraps the list, the kinds and the
+ * importer's ops in a struct cenalloc_import whose dma_buf_attach_ops it
+ * gives dma_buf_dynamic_attach(); the exporter's attach callback recognises
+ * it by its move_notify (which forwards to the importer's) and reads the
+ * arguments from it. attach->importer_priv stays the importer's. Porting to
+ * the RFC replaces this file's wrapper by dma_buf_mapping_attach() and the
+ * recognition by the exporter's match op; the matching itself
+ * (cenalloc_match_mapping()) already has the RFC's shape.
  */
 #include <linux/cenalloc.h>
+#include <linux/device.h>
 #include <linux/dma-buf.h>
-#include <linux/mutex.h>
-#include <linux/sched.h>
 
 #include "cenalloc_attach.h"
 #include "cenalloc_buffer.h"
@@ -26,71 +36,76 @@ bool cenalloc_is_cenalloc_dmabuf(struct dma_buf *dmabuf)
 EXPORT_SYMBOL_GPL(cenalloc_is_cenalloc_dmabuf);
 
 /**
- * cenalloc_attach - attach a device with an explicit constraint mask
+ * cenalloc_mapping_attach - attach with mapping types and constraints
  * @dmabuf: a cenalloc dma-buf
  * @dev: the importing device
- * @mask: its constraint mask (CENALLOC_KIND_* bits), not 0
- * @types: the importer's mapping types, priority order
- * @n: entries in @types, 1..CENALLOC_MAX_MAP_TYPES
- * @map_type: where to store the negotiated type (may be NULL)
+ * @imp: the importer's mapping types, priority order (CENALLOC_IMAPPING_*)
+ * @imp_len: entries in @imp, 1..CENALLOC_MAX_MAP_TYPES
+ * @kinds: CENALLOC_KIND_* its device can use; 0: the device table's mask
+ * @importer_ops: dynamic importers: ops with move_notify; NULL: every
+ *	mapping pins the backing
+ * @importer_priv: the importer's, as for dma_buf_dynamic_attach()
  *
- * Like dma_buf_attach(), but with @mask instead of the device mask table.
- * Before the buffer has backing nothing reaches the device: the ATTACH
- * travels with the first map. Release with dma_buf_detach().
+ * See include/linux/cenalloc.h. Before the buffer has backing nothing
+ * reaches the device: the ATTACH travels with the first map.
  *
- * Return: the attachment, or ERR_PTR(-EINVAL) for bad arguments or an empty
- * mask intersection, -EOPNOTSUPP when no mapping type is mutual, -EBUSY when
- * the backing does not fit and cannot migrate, -ENODEV after remove.
+ * Return: the attachment or an ERR_PTR (see the header).
  */
-struct dma_buf_attachment *cenalloc_attach(struct dma_buf *dmabuf,
-					   struct device *dev, u32 mask,
-					   const u32 *types, unsigned int n,
-					   u32 *map_type)
+struct dma_buf_attachment *
+cenalloc_mapping_attach(struct dma_buf *dmabuf, struct device *dev,
+			const struct cenalloc_mapping_match *imp, size_t imp_len,
+			u32 kinds, const struct dma_buf_attach_ops *importer_ops,
+			void *importer_priv)
 {
+	u32 types[CENALLOC_MAX_MAP_TYPES];
 	struct dma_buf_attachment *attach;
-	struct cenalloc_attachment *a;
-	struct cenalloc_buffer *buffer;
-	unsigned int i;
+	struct cenalloc_import *import;
+	int n;
 
-	if (!cenalloc_is_cenalloc_dmabuf(dmabuf) || !dev || !mask || !types ||
-	    !n || n > CENALLOC_MAX_MAP_TYPES)
+	if (!cenalloc_is_cenalloc_dmabuf(dmabuf) || !dev)
 		return ERR_PTR(-EINVAL);
-	for (i = 0; i < n; i++)
-		if (!cenalloc_type_valid(types[i]))
-			return ERR_PTR(-EINVAL);
-	buffer = dmabuf->priv;
-
-	/* The attach callback picks these up for this task and device. */
-	mutex_lock(&buffer->explicit_mutex);
-	mutex_lock(&buffer->lock);
-	buffer->explicit_task = current;
-	buffer->explicit_dev = dev;
-	buffer->explicit_mask = mask;
-	buffer->explicit_num_types = n;
-	memcpy(buffer->explicit_types, types, n * sizeof(*types));
-	mutex_unlock(&buffer->lock);
-
-	attach = dma_buf_attach(dmabuf, dev);
-
-	mutex_lock(&buffer->lock);
-	buffer->explicit_task = NULL;
-	buffer->explicit_dev = NULL;
-	if (!IS_ERR(attach) && map_type) {
-		a = attach->priv;
-		*map_type = a->map_type;
-	}
-	mutex_unlock(&buffer->lock);
-	mutex_unlock(&buffer->explicit_mutex);
+	n = cenalloc_match_codes(imp, imp_len, types);
+	if (n < 0)
+		return ERR_PTR(n);
+	import = cenalloc_import_new(importer_ops, kinds, types, n);
+	if (IS_ERR(import))
+		return ERR_CAST(import);
+	attach = dma_buf_dynamic_attach(dmabuf, dev, &import->ops,
+					importer_priv);
+	/* The attachment holds its own reference until detach. */
+	cenalloc_import_put(import);
 	return attach;
 }
-EXPORT_SYMBOL_GPL(cenalloc_attach);
+EXPORT_SYMBOL_GPL(cenalloc_mapping_attach);
+
+/**
+ * cenalloc_attachment_map_type - the negotiated mapping type
+ * @attach: an attachment of a cenalloc dma-buf
+ *
+ * Return: the CENALLOC_MAP_* code, 0 for a foreign attachment.
+ */
+u32 cenalloc_attachment_map_type(struct dma_buf_attachment *attach)
+{
+	struct cenalloc_attachment *a;
+	u32 type;
+
+	if (!attach || !cenalloc_is_cenalloc_dmabuf(attach->dmabuf))
+		return 0;
+	a = attach->priv;
+	mutex_lock(&a->buffer->lock);
+	type = a->map_type;
+	mutex_unlock(&a->buffer->lock);
+	return type;
+}
+EXPORT_SYMBOL_GPL(cenalloc_attachment_map_type);
 
 /**
  * cenalloc_set_device_constraints - record the constraint mask of a device
- * @dev: the device (keyed by dev_name())
+ * @dev: the device
  * @mask: CENALLOC_KIND_* bits; 0 removes the entry
  *
- * Used when @dev later attaches with plain dma_buf_attach().
+ * Used when @dev later attaches with plain dma_buf_attach() (see
+ * cenalloc_devmask.c for how the entry is keyed).
  *
  * Return: 0, -EINVAL without a name, -ENOSPC when the table is full.
  */

@@ -78,37 +78,48 @@ static void cenalloc_attach_fill(struct cenalloc_attach_req *ar,
 		ar->types[i] = cpu_to_le32(a->types[i]);
 }
 
-/* A late attach: the buffer has backing, only the device can decide. */
+/* Add an UNMAP of one device map of @a to @req. */
+int cenalloc_req_add_unmap(struct cenalloc_req *req,
+			   struct cenalloc_attachment *a, u32 direction)
+{
+	struct cenalloc_unmap_req *ur;
+
+	ur = cenalloc_req_add(req, CENALLOC_CMD_UNMAP, sizeof(*ur), 0);
+	if (IS_ERR(ur))
+		return PTR_ERR(ur);
+	ur->attach_id = cpu_to_le32(a->attach_id);
+	ur->direction = cpu_to_le32(direction);
+	return 0;
+}
+
+/*
+ * A late attach: the buffer has backing, only the device can decide. @req
+ * may already hold the UNMAPs of revoked mappings; the ATTACH runs after
+ * them, in the same batch.
+ */
 int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
-			 struct cenalloc_attachment *a)
+			 struct cenalloc_attachment *a,
+			 struct cenalloc_req *req)
 {
 	struct cenalloc_attach_req *ar;
-	struct cenalloc_req *req;
+	unsigned int i, idx;
 	void *resp;
 	u32 len;
 	int ret;
 
-	cenalloc_buffer_flush(buffer);
-	req = cenalloc_req_alloc(buffer->cdev);
-	if (!req)
-		return -ENOMEM;
 	ar = cenalloc_req_add(req, CENALLOC_CMD_ATTACH, sizeof(*ar),
 			      sizeof(struct cenalloc_attach_resp));
-	if (IS_ERR(ar)) {
-		ret = PTR_ERR(ar);
-		goto out;
-	}
+	if (IS_ERR(ar))
+		return PTR_ERR(ar);
+	idx = req->num_cmds - 1;
 	cenalloc_attach_fill(ar, a, buffer->buffer_id);
 	ret = cenalloc_req_submit(req);
-	if (!ret)
-		ret = cenalloc_req_status(req, 0);
+	for (i = 0; !ret && i <= idx; i++)
+		ret = cenalloc_req_status(req, i);
 	if (ret)
-		goto out;
-	resp = cenalloc_req_resp(req, 0, &len);
-	ret = cenalloc_attach_record(a, resp, len);
-out:
-	cenalloc_req_free(req);
-	return ret;
+		return ret;
+	resp = cenalloc_req_resp(req, idx, &len);
+	return cenalloc_attach_record(a, resp, len);
 }
 
 /* Put the buffer's pending batch on the ring (buffer->lock held). */

@@ -7,8 +7,13 @@
 
 #include "cenalloc_buffer.h"
 
+struct cenalloc_req;
+
+int cenalloc_req_add_unmap(struct cenalloc_req *req,
+			   struct cenalloc_attachment *a, u32 direction);
 int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
-			 struct cenalloc_attachment *a);
+			 struct cenalloc_attachment *a,
+			 struct cenalloc_req *req);
 int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 			    struct cenalloc_range **segments, u32 *num);
 void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction);

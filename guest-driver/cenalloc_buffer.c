@@ -7,9 +7,12 @@
  * backing: it maps the buffer through an internal CPU attachment (mask: any
  * kind, type SG) that stays mapped until the buffer is released, so the
  * backing is allocated if it was not, and can never migrate away from under
- * a CPU mapping (a later incompatible attach gets -EBUSY from the device).
+ * a CPU mapping (a later incompatible attach gets -EBUSY).
+ * The exporter is dynamic (pin/unpin): see cenalloc_attach.c for what that
+ * means for static and dynamic importers and for migration.
  * begin/end_cpu_access send SYNC (END waits in the buffer's pending batch)
- * and sync every DMA mapping for the CPU or the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
+ * and sync every DMA mapping for the CPU or the device. PHYS, FILL and
+ * CHECKSUM need backing (-ENODATA otherwise).
  */
 #include <linux/dma-mapping.h>
 #include <linux/fcntl.h>
@@ -258,6 +261,8 @@ static void cenalloc_sync_mappings(struct cenalloc_buffer *buffer, bool for_cpu)
 		if (!a->dev)
 			continue;
 		list_for_each_entry(m, &a->mappings, node) {
+			if (m->revoked)
+				continue;
 			if (for_cpu)
 				dma_sync_sgtable_for_cpu(a->dev, &m->sgt, m->dir);
 			else
@@ -353,7 +358,6 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 		cenalloc_pools_unclaim(cdev, buffer->claim, buffer->num_claim);
 	kfree(buffer->claim);
 	kfree(buffer->backing);
-	mutex_destroy(&buffer->explicit_mutex);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	cenalloc_dev_put(cdev);
@@ -362,6 +366,8 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 const struct dma_buf_ops cenalloc_dmabuf_ops = {
 	.attach = cenalloc_dmabuf_attach,
 	.detach = cenalloc_dmabuf_detach,
+	.pin = cenalloc_dmabuf_pin,
+	.unpin = cenalloc_dmabuf_unpin,
 	.map_dma_buf = cenalloc_map_dma_buf,
 	.unmap_dma_buf = cenalloc_unmap_dma_buf,
 	.release = cenalloc_dmabuf_release,
@@ -405,7 +411,6 @@ struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 	buffer->initial_mask = initial_mask;
 	buffer->access_mask = initial_mask ? initial_mask : CENALLOC_MASK_ANY;
 	mutex_init(&buffer->lock);
-	mutex_init(&buffer->explicit_mutex);
 	INIT_LIST_HEAD(&buffer->attachments);
 
 	mutex_lock(&cdev->lock);
@@ -450,7 +455,6 @@ err_unlist:
 err_unlock:
 	mutex_unlock(&cdev->lock);
 err_free:
-	mutex_destroy(&buffer->explicit_mutex);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	return ERR_PTR(ret);

@@ -14,6 +14,7 @@
 #include <linux/types.h>
 
 #include "cenalloc_dev.h"
+#include "cenalloc_reach.h"
 
 struct cenalloc_attachment;
 
@@ -39,22 +40,21 @@ struct cenalloc_buffer {
 	struct cenalloc_req *pending;		/* posted commands not queued yet */
 	void *vaddr;
 	unsigned int vmap_count;
-
-	/* Explicit parameters of the cenalloc_attach() in progress. */
-	struct mutex explicit_mutex;
-	struct task_struct *explicit_task;
-	struct device *explicit_dev;
-	u32 explicit_mask;
-	u32 explicit_num_types;
-	u32 explicit_types[CENALLOC_MAX_MAP_TYPES];
 };
 
-/* One map_dma_buf() of an attachment, for begin/end_cpu_access syncs. */
+/*
+ * One map_dma_buf() of an attachment, for begin/end_cpu_access syncs. A
+ * revoked mapping (move_notify) is no longer mapped on the device; it stays
+ * listed until its importer unmaps it.
+ */
 struct cenalloc_mapping {
 	struct list_head node;		/* in attachment->mappings */
 	struct sg_table sgt;
 	enum dma_data_direction dir;
+	bool revoked;
 };
+
+struct cenalloc_import;
 
 struct cenalloc_attachment {
 	struct cenalloc_buffer *buffer;
@@ -62,11 +62,19 @@ struct cenalloc_attachment {
 	struct device *dev;			/* NULL for the CPU attachment */
 	struct list_head node;			/* in buffer->attachments */
 	u32 attach_id;				/* 0 until ATTACH ran */
-	u32 mask;
+	u32 mask;				/* effective: requested & reach */
+	u32 requested;				/* importer's or device table's */
+	struct cenalloc_reach reach;		/* derived from @dev */
 	u32 map_type;
 	u32 num_types;
 	u32 types[CENALLOC_MAX_MAP_TYPES];
-	unsigned int num_maps;			/* outstanding MAPs */
+	unsigned int num_maps;			/* outstanding MAPs on the device */
+	unsigned int num_sgts;			/* listed mappings, revoked too */
+	unsigned int pins;			/* pin() minus unpin() calls */
+	bool revocable;				/* importer has move_notify */
+	bool api;				/* attached by cenalloc_mapping_attach() */
+	struct cenalloc_import *import;		/* its arguments, API only */
+	unsigned int revoked;			/* mappings revoked so far */
 	char dev_name[32];
 };
 

@@ -50,22 +50,47 @@ static int cenalloc_buffers_show(struct seq_file *s, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(cenalloc_buffers);
 
+/* Why an attachment's mask is what it is (cenalloc_reach.c). */
+static const char *cenalloc_reach_why(const struct cenalloc_attachment *a)
+{
+	if (!a->dev)
+		return "cpu";
+	if (a->reach.iommu)
+		return "iommu";
+	if (a->reach.full)
+		return "all-ram";
+	if (a->reach.kinds)
+		return "below-4g";
+	return "unreachable";
+}
+
+/*
+ * One line per attachment: the mask the importer or the device table asked
+ * for, what the device reaches (derived from its DMA mask, bus limit and
+ * IOMMU), the effective mask, and the sg limits.
+ */
 static int cenalloc_attachments_show(struct seq_file *s, void *unused)
 {
 	struct cenalloc_dev *cdev = s->private;
 	struct cenalloc_attachment *a;
 	struct cenalloc_buffer *buffer;
 
-	seq_printf(s, "%-8s %-8s %-24s %-10s %-8s %-5s\n", "buffer", "id",
-		   "device", "mask", "map_type", "maps");
+	seq_printf(s, "%-8s %-8s %-24s %-10s %-10s %-10s %-8s %-5s %-7s %-4s %-18s %-11s %-10s %-18s %s\n",
+		   "buffer", "id", "device", "requested", "reach", "mask",
+		   "map_type", "maps", "dynamic", "pins", "dma_limit",
+		   "why", "max_seg", "seg_boundary", "revoked");
 	mutex_lock(&cdev->lock);
 	list_for_each_entry(buffer, &cdev->buffers, node) {
 		mutex_lock(&buffer->lock);
 		list_for_each_entry(a, &buffer->attachments, node)
-			seq_printf(s, "%-8u %-8u %-24s 0x%08x %-8u %-5u\n",
+			seq_printf(s, "%-8u %-8u %-24s 0x%08x 0x%08x 0x%08x %-8u %-5u %-7s %-4u 0x%016llx %-11s %-10u 0x%-16llx %u\n",
 				   buffer->buffer_id, a->attach_id,
-				   a->dev_name, a->mask, a->map_type,
-				   a->num_maps);
+				   a->dev_name, a->requested, a->reach.kinds,
+				   a->mask, a->map_type, a->num_maps,
+				   a->revocable ? "yes" : "no", a->pins,
+				   a->reach.dma_limit, cenalloc_reach_why(a),
+				   a->reach.max_seg, a->reach.seg_boundary,
+				   a->revoked);
 		mutex_unlock(&buffer->lock);
 	}
 	mutex_unlock(&cdev->lock);

@@ -22,7 +22,7 @@
  *   cenalloc_buffer.c (the dma-buf exporter)
  *   cenalloc_attach.c (dma-buf attachments)
  *   cenalloc_batch.c (attachment commands to the device), cenalloc_sg.c,
- *   cenalloc_negotiate.c, cenalloc_devmask.c
+ *   cenalloc_negotiate.c, cenalloc_devmask.c, cenalloc_reach.c
  *   cenalloc_shrink.c (memory pressure)
  *   cenalloc_lease.c (leased extents)
  *   cenalloc_pool.c, cenalloc_vq.c (transport)

@@ -2,8 +2,19 @@
 /*
  * cenalloc device mask table: the constraint mask of an in-kernel device
  * that knows nothing of cenalloc and attaches with plain dma_buf_attach(),
- * keyed by dev_name(). Set by CENALLOC_IOC_SET_DEVICE_MASK or
- * cenalloc_set_device_constraints().
+ * set by CENALLOC_IOC_SET_DEVICE_MASK or cenalloc_set_device_constraints().
+ *
+ * Keying: userspace only knows names, so an entry is set by dev_name().
+ * The first time a bus device (dev->bus set: PCI, platform, ...) of that
+ * name attaches, the entry is bound to the struct device (a reference is
+ * held; bus devices are released by their bus core): from then on it
+ * follows that device through renames (device_rename() changes the name,
+ * not the device), and SET_DEVICE_MASK finds it by its new name too. A
+ * binding whose device is no longer registered (unplugged, driver module
+ * unloaded with it) is dropped and the name binds the next device that
+ * carries it. Class devices are matched by name only.
+ * The table narrows what the exporter derives from the device
+ * (cenalloc_reach.c), it never widens it.
  */
 #include <linux/cenalloc.h>
 #include <linux/device.h>
@@ -17,6 +28,7 @@
 struct cenalloc_mask_entry {
 	char name[CENALLOC_MASK_NAME_LEN];
 	u32 mask;
+	struct device *dev;	/* bound at first attach, holds a reference */
 };
 
 static DEFINE_SPINLOCK(cenalloc_mask_lock);
@@ -25,6 +37,7 @@ static struct cenalloc_mask_entry cenalloc_masks[CENALLOC_MASK_TABLE_SIZE];
 int cenalloc_mask_set(const char *name, u32 mask)
 {
 	struct cenalloc_mask_entry *free_entry = NULL, *e;
+	struct device *drop = NULL;
 	int ret = 0;
 
 	if (!name[0])
@@ -36,14 +49,17 @@ int cenalloc_mask_set(const char *name, u32 mask)
 				free_entry = e;
 			continue;
 		}
-		if (!strcmp(e->name, name))
+		if (!strcmp(e->name, name) ||
+		    (e->dev && !strcmp(dev_name(e->dev), name)))
 			break;
 	}
 	if (e == cenalloc_masks + CENALLOC_MASK_TABLE_SIZE)
 		e = NULL;
 	if (!mask) {
-		if (e)
+		if (e) {
+			drop = e->dev;
 			memset(e, 0, sizeof(*e));
+		}
 	} else if (e) {
 		e->mask = mask;
 	} else if (free_entry) {
@@ -53,26 +69,57 @@ int cenalloc_mask_set(const char *name, u32 mask)
 		ret = -ENOSPC;
 	}
 	spin_unlock(&cenalloc_mask_lock);
+	put_device(drop);
 	return ret;
 }
 
 /* The mask of a device attaching with plain dma_buf_attach(). */
 u32 cenalloc_device_mask(struct device *dev)
 {
+	struct cenalloc_mask_entry *e, *by_name = NULL;
 	u32 mask = CENALLOC_DEFAULT_MASK;
-	const char *name = dev ? dev_name(dev) : NULL;
-	unsigned int i;
+	struct device *drop = NULL;
+	const char *name;
 
-	if (!name)
+	if (!dev)
 		return mask;
+	name = dev_name(dev);
 	spin_lock(&cenalloc_mask_lock);
-	for (i = 0; i < CENALLOC_MASK_TABLE_SIZE; i++) {
-		if (cenalloc_masks[i].name[0] &&
-		    !strcmp(cenalloc_masks[i].name, name)) {
-			mask = cenalloc_masks[i].mask;
+	for (e = cenalloc_masks; e < cenalloc_masks + CENALLOC_MASK_TABLE_SIZE; e++) {
+		if (!e->name[0])
+			continue;
+		if (e->dev == dev) {
+			by_name = NULL;
+			mask = e->mask;
 			break;
 		}
+		if (!by_name && name && !strcmp(e->name, name) &&
+		    (!e->dev || !device_is_registered(e->dev)))
+			by_name = e;
+	}
+	if (by_name && dev->bus) {
+		drop = by_name->dev;
+		by_name->dev = get_device(dev);
+	}
+	if (by_name)
+		mask = by_name->mask;
+	spin_unlock(&cenalloc_mask_lock);
+	put_device(drop);
+	return mask;
+}
+
+/* Module exit: drop the device references. */
+void cenalloc_mask_table_clear(void)
+{
+	struct device *drop[CENALLOC_MASK_TABLE_SIZE] = { NULL };
+	unsigned int i;
+
+	spin_lock(&cenalloc_mask_lock);
+	for (i = 0; i < CENALLOC_MASK_TABLE_SIZE; i++) {
+		drop[i] = cenalloc_masks[i].dev;
+		memset(&cenalloc_masks[i], 0, sizeof(cenalloc_masks[i]));
 	}
 	spin_unlock(&cenalloc_mask_lock);
-	return mask;
+	for (i = 0; i < CENALLOC_MASK_TABLE_SIZE; i++)
+		put_device(drop[i]);
 }

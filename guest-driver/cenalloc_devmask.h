@@ -11,5 +11,6 @@ struct device;
 
 int cenalloc_mask_set(const char *name, u32 mask);
 u32 cenalloc_device_mask(struct device *dev);
+void cenalloc_mask_table_clear(void);
 
 #endif /* CENALLOC_DEVMASK_H */

@@ -19,6 +19,7 @@
 
 #include "cenalloc_debugfs.h"
 #include "cenalloc_dev.h"
+#include "cenalloc_devmask.h"
 #include "cenalloc_ioctl.h"
 #include "cenalloc_lease.h"
 #include "cenalloc_pool.h"
@@ -236,6 +237,7 @@ static void __exit cenalloc_exit(void)
 {
 	unregister_virtio_driver(&cenalloc_virtio_driver);
 	cenalloc_misc_deregister();
+	cenalloc_mask_table_clear();
 }
 
 module_init(cenalloc_init);

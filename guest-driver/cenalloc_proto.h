@@ -373,6 +373,13 @@ struct cenalloc_attach_req {
 	__le32 types[CENALLOC_MAX_MAP_TYPES];	/* importer's mapping types */
 };
 
+/*
+ * A late ATTACH whose mask the backing does not satisfy migrates it only if
+ * no attachment holds a mapping (else -EBUSY). A driver that can revoke
+ * mappings (Linux dynamic importers, move_notify) sends an UNMAP for each
+ * revoked mapping before the ATTACH, in the same batch: no other command
+ * is needed. The specification is docs/virtio-dmabuf.md.
+ */
 #define CENALLOC_ATTACH_F_MIGRATE	(1u << 0) /* next MAP migrates the backing */
 
 struct cenalloc_attach_resp {

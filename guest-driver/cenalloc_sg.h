@@ -9,6 +9,7 @@
 #include "cenalloc_proto.h"
 
 int cenalloc_sgt_build(struct sg_table *sgt,
-		       const struct cenalloc_range *segments, u32 num);
+		       const struct cenalloc_range *segments, u32 num,
+		       u32 max_seg, u64 seg_boundary);
 
 #endif /* CENALLOC_SG_H */

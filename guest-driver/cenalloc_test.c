@@ -10,9 +10,13 @@
  * through the exporter's kernel mapping.
  *
  * A device with a non-zero mask attaches to cenalloc buffers with
- * cenalloc_attach(); a device with mask 0 (or any device and a foreign
- * dma-buf) attaches with plain dma_buf_attach(), as an importer that knows
- * nothing of cenalloc would.
+ * cenalloc_mapping_attach() (its mask and mapping types); a device with
+ * mask 0 (or any device and a foreign dma-buf) attaches with plain
+ * dma_buf_attach(), or dma_buf_dynamic_attach() when dynamic, as an
+ * importer that knows nothing of cenalloc would. A dynamic device's
+ * attachments have a move_notify that counts calls and marks the mapping
+ * invalid; the next MAP of the handle unmaps it and maps again (re-map on
+ * next use), under the reservation lock after waiting for its fences.
  *
  * Attachments are handles of the open file that made them; closing the file
  * unmaps and detaches whatever is left.
@@ -21,8 +25,11 @@
 #include <linux/cenalloc.h>
 #include <linux/dma-buf.h>
 #include <linux/dma-mapping.h>
+#include <linux/dma-resv.h>
 #include <linux/fs.h>
 #include <linux/iosys-map.h>
+#include <linux/jiffies.h>
+#include <linux/log2.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -40,9 +47,13 @@
 /* Kinds that only a device limited to 32-bit DMA addresses would list. */
 #define CENALLOC_TEST_DMA32_KINDS	(CENALLOC_KIND_DMA32 | CENALLOC_KIND_CONTIG_DMA32)
 
+/* Longest wait for a buffer's fences before a dynamic map. */
+#define CENALLOC_TEST_FENCE_WAIT_MS	5000
+
 struct cenalloc_test_device {
 	struct platform_device *pdev;
 	u32 mask;
+	u32 flags;
 	u32 num_types;
 	u32 types[CENALLOC_TEST_MAX_TYPES];
 };
@@ -54,6 +65,9 @@ struct cenalloc_test_handle {
 	struct sg_table *sgt;		/* NULL while not mapped */
 	enum dma_data_direction dir;
 	u32 map_type;
+	bool dynamic;
+	atomic_t move_notifies;
+	bool invalidated;		/* set by move_notify (resv held) */
 };
 
 struct cenalloc_test_file {
@@ -64,14 +78,35 @@ struct cenalloc_test_file {
 static struct cenalloc_test_device test_devices[CENALLOC_TEST_MAX_DEVICES];
 static DEFINE_MUTEX(test_devices_lock);	/* protects mask and types */
 
-static int cenalloc_test_set_dma_mask(struct device *dev, u32 mask)
+static int cenalloc_test_set_dma(struct device *dev,
+				 const struct cenalloc_test_device_arg *arg)
 {
-	bool dma32_only = mask && !(mask & ~CENALLOC_TEST_DMA32_KINDS);
+	bool dma32_only = arg->mask && !(arg->mask & ~CENALLOC_TEST_DMA32_KINDS);
+	u32 bits = arg->dma_bits ? arg->dma_bits : dma32_only ? 32 : 64;
+	int ret;
 
-	return dma_coerce_mask_and_coherent(dev, dma32_only ?
-					    DMA_BIT_MASK(32) :
-					    DMA_BIT_MASK(64));
+	ret = dma_coerce_mask_and_coherent(dev, DMA_BIT_MASK(bits));
+	if (ret)
+		return ret;
+	dma_set_max_seg_size(dev, arg->max_segment ? arg->max_segment :
+						     UINT_MAX);
+	dma_set_seg_boundary(dev, arg->seg_boundary ? arg->seg_boundary :
+						      ULONG_MAX);
+	return 0;
 }
+
+/* Called with the reservation lock held: no lock of ours may be taken. */
+static void cenalloc_test_move_notify(struct dma_buf_attachment *attach)
+{
+	struct cenalloc_test_handle *h = attach->importer_priv;
+
+	atomic_inc(&h->move_notifies);
+	WRITE_ONCE(h->invalidated, true);
+}
+
+static const struct dma_buf_attach_ops cenalloc_test_importer_ops = {
+	.move_notify = cenalloc_test_move_notify,
+};
 
 static int cenalloc_test_open(struct inode *inode, struct file *file)
 {
@@ -118,8 +153,13 @@ static long cenalloc_test_set_device(void __user *uarg)
 
 	if (copy_from_user(&arg, uarg, sizeof(arg)))
 		return -EFAULT;
-	if (arg.reserved || arg.device >= CENALLOC_TEST_MAX_DEVICES ||
-	    arg.num_types < 1 || arg.num_types > CENALLOC_TEST_MAX_TYPES)
+	if (arg.device >= CENALLOC_TEST_MAX_DEVICES ||
+	    arg.num_types < 1 || arg.num_types > CENALLOC_TEST_MAX_TYPES ||
+	    (arg.flags & ~CENALLOC_TEST_DEV_FLAGS) ||
+	    (arg.dma_bits && (arg.dma_bits < 24 || arg.dma_bits > 64)) ||
+	    (arg.max_segment && arg.max_segment < PAGE_SIZE) ||
+	    (arg.seg_boundary && (arg.seg_boundary < PAGE_SIZE - 1 ||
+				  !is_power_of_2(arg.seg_boundary + 1))))
 		return -EINVAL;
 	/* Listed types are non-zero; the unused entries are reserved: zero. */
 	for (i = 0; i < CENALLOC_TEST_MAX_TYPES; i++) {
@@ -132,14 +172,40 @@ static long cenalloc_test_set_device(void __user *uarg)
 	td = &test_devices[array_index_nospec(arg.device,
 					      CENALLOC_TEST_MAX_DEVICES)];
 	mutex_lock(&test_devices_lock);
-	ret = cenalloc_test_set_dma_mask(&td->pdev->dev, arg.mask);
+	ret = cenalloc_test_set_dma(&td->pdev->dev, &arg);
 	if (!ret) {
 		td->mask = arg.mask;
+		td->flags = arg.flags;
 		td->num_types = arg.num_types;
 		memcpy(td->types, arg.types, sizeof(td->types));
 	}
 	mutex_unlock(&test_devices_lock);
 	return ret;
+}
+
+/* Attach as the device is configured (see the top of this file). */
+static struct dma_buf_attachment *
+cenalloc_test_do_attach(struct cenalloc_test_handle *h, struct device *dev,
+			u32 mask, const u32 *types, unsigned int num_types)
+{
+	const struct dma_buf_attach_ops *ops =
+		h->dynamic ? &cenalloc_test_importer_ops : NULL;
+	struct cenalloc_mapping_match imp[CENALLOC_TEST_MAX_TYPES];
+	unsigned int i;
+
+	if (!mask || !cenalloc_is_cenalloc_dmabuf(h->dmabuf))
+		return h->dynamic ? dma_buf_dynamic_attach(h->dmabuf, dev, ops, h) :
+				    dma_buf_attach(h->dmabuf, dev);
+	for (i = 0; i < num_types; i++) {
+		if (types[i] == CENALLOC_MAP_SG)
+			imp[i] = CENALLOC_IMAPPING_SGT();
+		else if (types[i] == CENALLOC_MAP_CONTIG)
+			imp[i] = CENALLOC_IMAPPING_CONTIG();
+		else
+			imp[i] = CENALLOC_IMAPPING_PRIVATE(types[i]);
+	}
+	return cenalloc_mapping_attach(h->dmabuf, dev, imp, num_types, mask,
+				       ops, h);
 }
 
 static long cenalloc_test_attach(struct cenalloc_test_file *tf,
@@ -150,7 +216,7 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 	struct cenalloc_test_device *td;
 	struct cenalloc_test_handle *h;
 	unsigned int num_types;
-	u32 mask, handle;
+	u32 mask, flags, handle;
 	int ret;
 
 	if (copy_from_user(&arg, uarg, sizeof(arg)))
@@ -162,6 +228,7 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 					      CENALLOC_TEST_MAX_DEVICES)];
 	mutex_lock(&test_devices_lock);
 	mask = td->mask;
+	flags = td->flags;
 	num_types = td->num_types;
 	memcpy(types, td->types, sizeof(types));
 	mutex_unlock(&test_devices_lock);
@@ -169,6 +236,8 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 	h = kzalloc(sizeof(*h), GFP_KERNEL);
 	if (!h)
 		return -ENOMEM;
+	h->dynamic = flags & CENALLOC_TEST_DEV_DYNAMIC;
+	atomic_set(&h->move_notifies, 0);
 
 	h->dmabuf = dma_buf_get(arg.dmabuf_fd);
 	if (IS_ERR(h->dmabuf)) {
@@ -176,15 +245,15 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 		goto err_free;
 	}
 
-	if (mask && cenalloc_is_cenalloc_dmabuf(h->dmabuf))
-		h->attach = cenalloc_attach(h->dmabuf, &td->pdev->dev, mask,
-					    types, num_types, &h->map_type);
-	else
-		h->attach = dma_buf_attach(h->dmabuf, &td->pdev->dev);
+	h->attach = cenalloc_test_do_attach(h, &td->pdev->dev, mask, types,
+					    num_types);
 	if (IS_ERR(h->attach)) {
 		ret = PTR_ERR(h->attach);
 		goto err_put;
 	}
+	/* Plain attaches report 0 (the UAPI promise), whoever exports. */
+	if (mask && cenalloc_is_cenalloc_dmabuf(h->dmabuf))
+		h->map_type = cenalloc_attachment_map_type(h->attach);
 
 	ret = xa_alloc(&tf->handles, &handle, h, xa_limit_32b, GFP_KERNEL);
 	if (ret)
@@ -242,12 +311,12 @@ static long cenalloc_test_detach(struct cenalloc_test_file *tf,
 
 /*
  * Copy the mapping's DMA segments to userspace, merging neighbours that are
- * contiguous in DMA address space. Returns the number of merged segments
+ * contiguous in DMA address space unless @raw. Returns the number of merged segments
  * (which may exceed @max; only the first @max are copied) or -EFAULT.
  */
 static long cenalloc_test_copy_segments(struct sg_table *sgt,
 					struct cenalloc_test_segment __user *useg,
-					u32 max)
+					u32 max, bool raw)
 {
 	struct cenalloc_test_segment seg = { 0 };
 	struct scatterlist *sg;
@@ -258,7 +327,7 @@ static long cenalloc_test_copy_segments(struct sg_table *sgt,
 		dma_addr_t addr = sg_dma_address(sg);
 		u64 len = sg_dma_len(sg);
 
-		if (count && seg.addr + seg.len == addr) {
+		if (count && !raw && seg.addr + seg.len == addr) {
 			seg.len += len;
 			continue;
 		}
@@ -275,6 +344,31 @@ static long cenalloc_test_copy_segments(struct sg_table *sgt,
 	return count;
 }
 
+/* Map @h; a dynamic importer maps under the reservation lock, after the
+ * buffer's fences (bounded wait).
+ */
+static struct sg_table *cenalloc_test_map_attach(struct cenalloc_test_handle *h,
+						 enum dma_data_direction dir)
+{
+	struct dma_resv *resv = h->dmabuf->resv;
+	struct sg_table *sgt;
+	long left;
+
+	if (!h->dynamic)
+		return dma_buf_map_attachment_unlocked(h->attach, dir);
+	dma_resv_lock(resv, NULL);
+	left = dma_resv_wait_timeout(resv, DMA_RESV_USAGE_KERNEL, true,
+				     msecs_to_jiffies(CENALLOC_TEST_FENCE_WAIT_MS));
+	if (left <= 0)
+		sgt = ERR_PTR(left ? left : -ETIMEDOUT);
+	else
+		sgt = dma_buf_map_attachment(h->attach, dir);
+	if (!IS_ERR(sgt))
+		WRITE_ONCE(h->invalidated, false);
+	dma_resv_unlock(resv);
+	return sgt;
+}
+
 static long cenalloc_test_map(struct cenalloc_test_file *tf, void __user *uarg)
 {
 	static const enum dma_data_direction dirs[] = {
@@ -283,12 +377,13 @@ static long cenalloc_test_map(struct cenalloc_test_file *tf, void __user *uarg)
 	struct cenalloc_test_map_arg arg;
 	struct cenalloc_test_handle *h;
 	struct sg_table *sgt;
+	u32 flags = 0;
 	long count;
 	int ret;
 
 	if (copy_from_user(&arg, uarg, sizeof(arg)))
 		return -EFAULT;
-	if (arg.reserved || arg.direction >= ARRAY_SIZE(dirs))
+	if (arg.raw > 1 || arg.direction >= ARRAY_SIZE(dirs))
 		return -EINVAL;
 
 	mutex_lock(&tf->lock);
@@ -298,24 +393,32 @@ static long cenalloc_test_map(struct cenalloc_test_file *tf, void __user *uarg)
 		goto out_unlock;
 	}
 	if (h->sgt) {
-		ret = -EBUSY;
-		goto out_unlock;
+		if (!h->dynamic || !READ_ONCE(h->invalidated)) {
+			ret = -EBUSY;
+			goto out_unlock;
+		}
+		/* Re-map on next use: drop the invalidated mapping first. */
+		dma_buf_unmap_attachment_unlocked(h->attach, h->sgt, h->dir);
+		h->sgt = NULL;
+		flags |= CENALLOC_TEST_MAP_F_REMAPPED;
 	}
 
-	sgt = dma_buf_map_attachment_unlocked(h->attach, dirs[arg.direction]);
+	sgt = cenalloc_test_map_attach(h, dirs[arg.direction]);
 	if (IS_ERR(sgt)) {
 		ret = PTR_ERR(sgt);
 		goto out_unlock;
 	}
 
 	count = cenalloc_test_copy_segments(sgt, u64_to_user_ptr(arg.segments_ptr),
-					    arg.max_segments);
+					    arg.max_segments, arg.raw);
 	if (count < 0) {
 		ret = count;
 		goto err_unmap;
 	}
 	arg.num_segments = count;
 	arg.map_type = h->map_type;
+	arg.flags = flags;
+	arg.move_notifies = atomic_read(&h->move_notifies);
 	if (copy_to_user(uarg, &arg, sizeof(arg))) {
 		ret = -EFAULT;
 		goto err_unmap;
@@ -329,6 +432,34 @@ err_unmap:
 	dma_buf_unmap_attachment_unlocked(h->attach, sgt, dirs[arg.direction]);
 out_unlock:
 	mutex_unlock(&tf->lock);
+	return ret;
+}
+
+static long cenalloc_test_status(struct cenalloc_test_file *tf,
+				 void __user *uarg)
+{
+	struct cenalloc_test_status_arg arg;
+	struct cenalloc_test_handle *h;
+	int ret = 0;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved)
+		return -EINVAL;
+	mutex_lock(&tf->lock);
+	h = xa_load(&tf->handles, arg.handle);
+	if (!h) {
+		ret = -ENOENT;
+	} else {
+		arg.flags = (h->sgt ? CENALLOC_TEST_STATUS_MAPPED : 0) |
+			    (h->sgt && READ_ONCE(h->invalidated) ?
+			     CENALLOC_TEST_STATUS_INVALIDATED : 0) |
+			    (h->dynamic ? CENALLOC_TEST_STATUS_DYNAMIC : 0);
+		arg.move_notifies = atomic_read(&h->move_notifies);
+	}
+	mutex_unlock(&tf->lock);
+	if (!ret && copy_to_user(uarg, &arg, sizeof(arg)))
+		ret = -EFAULT;
 	return ret;
 }
 
@@ -411,6 +542,31 @@ out_put:
 	return ret;
 }
 
+static long cenalloc_test_rename(void __user *uarg)
+{
+	struct cenalloc_test_rename_arg arg;
+	struct cenalloc_test_device *td;
+	char name[40];
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved || arg.device >= CENALLOC_TEST_MAX_DEVICES ||
+	    strnlen(arg.name, sizeof(arg.name)) == sizeof(arg.name))
+		return -EINVAL;
+	td = &test_devices[array_index_nospec(arg.device,
+					      CENALLOC_TEST_MAX_DEVICES)];
+	if (arg.name[0])
+		strscpy(name, arg.name, sizeof(name));
+	else
+		snprintf(name, sizeof(name), "%s.%u", CENALLOC_TEST_NAME,
+			 arg.device);
+	mutex_lock(&test_devices_lock);
+	ret = device_rename(&td->pdev->dev, name);
+	mutex_unlock(&test_devices_lock);
+	return ret;
+}
+
 static long cenalloc_test_ioctl(struct file *file, unsigned int cmd,
 				unsigned long arg)
 {
@@ -430,6 +586,10 @@ static long cenalloc_test_ioctl(struct file *file, unsigned int cmd,
 		return cenalloc_test_unmap(tf, uarg);
 	case CENALLOC_TEST_IOC_RW:
 		return cenalloc_test_rw(uarg);
+	case CENALLOC_TEST_IOC_STATUS:
+		return cenalloc_test_status(tf, uarg);
+	case CENALLOC_TEST_IOC_RENAME:
+		return cenalloc_test_rename(uarg);
 	default:
 		return -ENOTTY;
 	}
@@ -481,6 +641,7 @@ static int __init cenalloc_test_init(void)
 			goto err_remove;
 		}
 		test_devices[i].pdev = pdev;
+		dma_set_max_seg_size(&pdev->dev, UINT_MAX);
 		test_devices[i].mask = CENALLOC_DEFAULT_MASK;
 		test_devices[i].num_types = 1;
 		test_devices[i].types[0] = CENALLOC_MAP_SG;

@@ -256,8 +256,9 @@ int ct_open(void)
 	return fd < 0 ? -errno : fd;
 }
 
-int ct_set_device(int ct, uint32_t device, uint32_t mask,
-		  const uint32_t *types, uint32_t num_types)
+int ct_set_device_ex(int ct, uint32_t device, uint32_t mask,
+		     const uint32_t *types, uint32_t num_types,
+		     const struct ct_device_opts *opts)
 {
 	struct cenalloc_test_device_arg arg = {
 		.device = device,
@@ -268,7 +269,19 @@ int ct_set_device(int ct, uint32_t device, uint32_t mask,
 	if (num_types > CENALLOC_TEST_MAX_TYPES)
 		return -EINVAL;
 	memcpy(arg.types, types, num_types * sizeof(*types));
+	if (opts) {
+		arg.flags = opts->flags;
+		arg.dma_bits = opts->dma_bits;
+		arg.max_segment = opts->max_segment;
+		arg.seg_boundary = opts->seg_boundary;
+	}
 	return xioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &arg);
+}
+
+int ct_set_device(int ct, uint32_t device, uint32_t mask,
+		  const uint32_t *types, uint32_t num_types)
+{
+	return ct_set_device_ex(ct, device, mask, types, num_types, NULL);
 }
 
 int ct_set_device1(int ct, uint32_t device, uint32_t mask, uint32_t type)
@@ -302,13 +315,15 @@ int ct_detach(int ct, uint32_t handle)
 	return xioctl(ct, CENALLOC_TEST_IOC_DETACH, &arg);
 }
 
-int ct_map(int ct, uint32_t handle, uint32_t direction, struct ct_mapping *m)
+int ct_map_raw(int ct, uint32_t handle, uint32_t direction, bool raw,
+	       struct ct_mapping *m)
 {
 	struct cenalloc_test_map_arg arg = {
 		.handle = handle,
 		.direction = direction,
 		.max_segments = CT_MAX_SEGMENTS,
 		.segments_ptr = (uintptr_t)m->seg,
+		.raw = raw,
 	};
 	int ret = xioctl(ct, CENALLOC_TEST_IOC_MAP, &arg);
 
@@ -316,6 +331,36 @@ int ct_map(int ct, uint32_t handle, uint32_t direction, struct ct_mapping *m)
 		return ret;
 	m->map_type = arg.map_type;
 	m->num_segments = arg.num_segments;
+	m->flags = arg.flags;
+	m->move_notifies = arg.move_notifies;
+	return 0;
+}
+
+int ct_map(int ct, uint32_t handle, uint32_t direction, struct ct_mapping *m)
+{
+	return ct_map_raw(ct, handle, direction, false, m);
+}
+
+int ct_rename(int ct, uint32_t device, const char *name)
+{
+	struct cenalloc_test_rename_arg arg = { .device = device };
+
+	if (strlen(name) >= sizeof(arg.name))
+		return -EINVAL;
+	strcpy(arg.name, name);
+	return xioctl(ct, CENALLOC_TEST_IOC_RENAME, &arg);
+}
+
+int ct_status(int ct, uint32_t handle, uint32_t *flags,
+	      uint32_t *move_notifies)
+{
+	struct cenalloc_test_status_arg arg = { .handle = handle };
+	int ret = xioctl(ct, CENALLOC_TEST_IOC_STATUS, &arg);
+
+	if (ret)
+		return ret;
+	*flags = arg.flags;
+	*move_notifies = arg.move_notifies;
 	return 0;
 }
 

@@ -81,6 +81,18 @@ int ct_open(void);
 int ct_load_module(void);
 int ct_set_device(int ct, uint32_t device, uint32_t mask,
 		  const uint32_t *types, uint32_t num_types);
+
+/* SET_DEVICE options beyond the mask and types (0: the defaults). */
+struct ct_device_opts {
+	uint32_t flags;		/* CENALLOC_TEST_DEV_* */
+	uint32_t dma_bits;
+	uint32_t max_segment;
+	uint64_t seg_boundary;
+};
+
+int ct_set_device_ex(int ct, uint32_t device, uint32_t mask,
+		     const uint32_t *types, uint32_t num_types,
+		     const struct ct_device_opts *opts);
 /* Shorthand: a device listing only @type (0: CENALLOC_MAP_SG). */
 int ct_set_device1(int ct, uint32_t device, uint32_t mask, uint32_t type);
 int ct_attach(int ct, int buf, uint32_t device, uint32_t *handle,
@@ -92,11 +104,21 @@ int ct_detach(int ct, uint32_t handle);
 struct ct_mapping {
 	uint32_t map_type;
 	uint32_t num_segments;	/* may exceed CT_MAX_SEGMENTS */
+	uint32_t flags;		/* CENALLOC_TEST_MAP_F_* */
+	uint32_t move_notifies;
 	struct cenalloc_test_segment seg[CT_MAX_SEGMENTS];
 };
 
 int ct_map(int ct, uint32_t handle, uint32_t direction, struct ct_mapping *m);
+/* With @raw, one segment per sg entry (no merging of DMA neighbours). */
+int ct_map_raw(int ct, uint32_t handle, uint32_t direction, bool raw,
+	       struct ct_mapping *m);
 int ct_unmap(int ct, uint32_t handle);
+/* Renames test device @device ("" restores cenalloc_test.N). */
+int ct_rename(int ct, uint32_t device, const char *name);
+/* CENALLOC_TEST_STATUS_* flags and the move_notify count of a handle. */
+int ct_status(int ct, uint32_t handle, uint32_t *flags,
+	      uint32_t *move_notifies);
 int ct_rw(int ct, int buf, bool write, uint64_t offset, void *data,
 	  uint64_t len);
 /* Name of virtual device @device, as the kernel's dev_name() gives it. */

@@ -264,6 +264,8 @@ static enum tap_result test_importer_bad_args(void)
 	struct cenalloc_test_attach_arg attach;
 	struct cenalloc_test_device_arg dev;
 	struct cenalloc_test_handle_arg h;
+	struct cenalloc_test_rename_arg rename;
+	struct cenalloc_test_status_arg status;
 	struct cenalloc_test_map_arg map;
 	struct cenalloc_test_rw_arg rw;
 	struct ca_buf b = { .fd = -1 };
@@ -284,9 +286,20 @@ static enum tap_result test_importer_bad_args(void)
 	dev.num_types = CENALLOC_TEST_MAX_TYPES + 1;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "too many types");
 	dev.num_types = 1;
-	dev.reserved = 1;
-	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "reserved != 0");
-	dev.reserved = 0;
+	dev.flags = ~CENALLOC_TEST_DEV_FLAGS;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "unknown flags");
+	dev.flags = 0;
+	dev.dma_bits = 65;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL, "dma_bits 65");
+	dev.dma_bits = 0;
+	dev.max_segment = 512;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
+	      "max_segment below a page");
+	dev.max_segment = 0;
+	dev.seg_boundary = 0x12fff;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
+	      "seg_boundary not a power of 2 minus 1");
+	dev.seg_boundary = 0;
 	dev.types[1] = CENALLOC_MAP_CONTIG;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &dev) == -EINVAL,
 	      "type past num_types != 0");
@@ -317,6 +330,26 @@ static enum tap_result test_importer_bad_args(void)
 	h.reserved = 1;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_DETACH, &h) == -EINVAL, "detach reserved != 0");
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_UNMAP, &h) == -EINVAL, "unmap reserved != 0");
+	memset(&status, 0, sizeof(status));
+	status.handle = 12345;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_STATUS, &status) == -ENOENT,
+	      "status unknown handle");
+	status.reserved = 1;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_STATUS, &status) == -EINVAL,
+	      "status reserved != 0");
+	memset(&rename, 'x', sizeof(rename));
+	rename.device = 0;
+	rename.reserved = 0;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_RENAME, &rename) == -EINVAL,
+	      "rename without NUL");
+	rename.name[0] = '\0';
+	rename.device = CENALLOC_TEST_MAX_DEVICES;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_RENAME, &rename) == -EINVAL,
+	      "rename device out of range");
+	rename.device = 0;
+	rename.reserved = 1;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_RENAME, &rename) == -EINVAL,
+	      "rename reserved != 0");
 
 	if (!CHECK(ct_set_device1(ct, 0, CENALLOC_MASK_ANY, 0) == 0, "SET_DEVICE"))
 		goto out;
@@ -331,9 +364,9 @@ static enum tap_result test_importer_bad_args(void)
 	map.direction = 3;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "bad direction");
 	map.direction = 0;
-	map.reserved = 1;
-	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "map reserved != 0");
-	map.reserved = 0;
+	map.raw = 2;
+	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EINVAL, "map raw > 1");
+	map.raw = 0;
 	map.max_segments = 4;
 	map.segments_ptr = 16;
 	CHECK(raw_ioctl(ct, CENALLOC_TEST_IOC_MAP, &map) == -EFAULT, "bad segments pointer");

@@ -7,16 +7,26 @@
  *
  * With vivid's allocators=1 (videobuf2-dma-contig, 32-bit DMA mask) vivid
  * attaches and maps like a DMA device; it knows nothing of cenalloc, so the
- * mask given to its device with SET_DEVICE_MASK (contiguous below 4 GiB)
- * must decide the allocator. With the default allocators=0
+ * mask given to its device with SET_DEVICE_MASK decides the allocator,
+ * narrowed by what the exporter derives from vivid's 32-bit DMA mask: in a
+ * guest whose RAM reaches above 4 GiB, CONTIG and CONTIG|CONTIG_DMA32 get
+ * contiguous memory below 4 GiB (the `contig` allocator's memory may lie
+ * above), exactly as CONTIG_DMA32 does. With the default allocators=0
  * (videobuf2-vmalloc) vivid never attaches: it only vmaps, which allocates
  * for the CPU (any kind).
+ *
+ * Linux 6.12's videobuf2 leaks the dma-buf reference QBUF took when the
+ * exporter refuses the attach: __prepare_dmabuf() jumps to err_put_vb2_buf
+ * before the plane's dbuf is stored, and __vb2_buf_dmabuf_put() only puts
+ * stored planes. One refused QBUF keeps one buffer alive until reboot; it
+ * is not a cenalloc leak (these tests only queue buffers vivid can use).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/videodev2.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -29,6 +39,7 @@
 #include "sysfs_util.h"
 #include "tap.h"
 
+#define FOUR_GIB	(4ull << 30)
 #define NBUF		2	/* vivid starts streaming with 2 queued */
 #define FRAME_WAIT_MS	30000
 
@@ -68,7 +79,7 @@ static int open_vivid(char *dev_name, size_t len)
 	return -1;
 }
 
-static enum tap_result capture_into_dmabuf(void);
+static enum tap_result capture_into_dmabuf(uint32_t mask);
 
 /* vivid's allocators= parameter for instance 0: 1 is dma-contig. */
 static int vivid_allocator(void)
@@ -135,7 +146,7 @@ out:
 	return ret;
 }
 
-static enum tap_result vivid_capture(int allocator)
+static enum tap_result vivid_capture(int allocator, uint32_t mask)
 {
 	int reload = vivid_use_allocator(allocator);
 
@@ -143,24 +154,74 @@ static enum tap_result vivid_capture(int allocator)
 		return tap_skip("vivid.ko not in the image");
 	if (!CHECK(reload == 0, "loading vivid allocators=%d: %s", allocator, strerror(-reload)))
 		return TAP_FAIL;
-	return capture_into_dmabuf();
+	return capture_into_dmabuf(mask);
 }
 
 static enum tap_result test_vivid_vmalloc(void)
 {
-	return vivid_capture(0);
+	return vivid_capture(0, CENALLOC_KIND_CONTIG_DMA32);
 }
 
 static enum tap_result test_vivid_dma_contig(void)
 {
-	return vivid_capture(1);
+	return vivid_capture(1, CENALLOC_KIND_CONTIG_DMA32);
 }
 
-static enum tap_result capture_into_dmabuf(void)
+static enum tap_result test_vivid_dma_contig_any_contig(void)
+{
+	return vivid_capture(1, CENALLOC_KIND_CONTIG | CENALLOC_KIND_CONTIG_DMA32);
+}
+
+static enum tap_result test_vivid_dma_contig_contig(void)
+{
+	return vivid_capture(1, CENALLOC_KIND_CONTIG);
+}
+
+/* End of the highest "System RAM" range of /proc/iomem, 0 if unknown. */
+static uint64_t ram_top(void)
+{
+	FILE *f = fopen("/proc/iomem", "re");
+	unsigned long long start, end;
+	uint64_t top = 0;
+	char line[256];
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (line[0] == ' ' || !strstr(line, "System RAM"))
+			continue;
+		if (sscanf(line, "%llx-%llx", &start, &end) == 2 && end + 1 > top)
+			top = end + 1;
+	}
+	fclose(f);
+	return top;
+}
+
+/*
+ * The mask the exporter gives vivid's 32-bit device for @mask: with RAM
+ * above 4 GiB, only kinds placed below 4 GiB, SYSTEM and CONTIG standing
+ * for DMA32 and CONTIG_DMA32 (cenalloc_reach.c).
+ */
+static uint32_t vivid_effective_mask(const struct ca_pool *pool, uint32_t mask)
+{
+	uint32_t high = 0, i;
+
+	if (ram_top() <= FOUR_GIB)
+		return mask;
+	for (i = 0; i < pool->count; i++)
+		if (!(pool->alloc[i].placement & 2u))
+			high |= pool->alloc[i].kinds;
+	if (mask & CENALLOC_KIND_SYSTEM)
+		mask |= CENALLOC_KIND_DMA32;
+	if (mask & CENALLOC_KIND_CONTIG)
+		mask |= CENALLOC_KIND_CONTIG_DMA32;
+	return mask & ~high;
+}
+
+static enum tap_result capture_into_dmabuf(uint32_t mask)
 {
 	struct v4l2_format fmt = { .type = V4L2_BUF_TYPE_VIDEO_CAPTURE };
 	struct v4l2_requestbuffers req = { 0 };
-	const uint32_t mask = CENALLOC_KIND_CONTIG_DMA32;
 	const bool dma_contig = vivid_allocator() == 1;
 	enum tap_result result = TAP_PASS;
 	struct ca_pool before, streaming, after;
@@ -187,8 +248,9 @@ static enum tap_result capture_into_dmabuf(void)
 	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
 		goto out;
 	have_before = true;
-	expected = ca_pool_expected_allocator(&before, dma_contig ? mask : CENALLOC_MASK_ANY,
-					      size);
+	expected = ca_pool_expected_allocator(&before, dma_contig ?
+					      vivid_effective_mask(&before, mask) :
+					      CENALLOC_MASK_ANY, size);
 	tap_diag("vivid uses %s", dma_contig ? "dma-contig: it attaches with its device"
 					     : "vmalloc: it only vmaps, no attach");
 
@@ -227,6 +289,19 @@ static enum tap_result capture_into_dmabuf(void)
 			 used, used >= 0 ? streaming.alloc[used].name : "none",
 			 (unsigned long long)(ca_pool_free(&before) - ca_pool_free(&streaming)));
 		CHECK(used == expected, "allocator %d, expected %d", used, expected);
+	}
+	if (dma_contig) {
+		uint64_t addr = 0, len = 0;
+
+		/* Real addresses: a 32-bit device's buffer lies below 4 GiB. */
+		for (i = 0; i < NBUF; i++) {
+			ret = ca_phys(ca, fds[i], &addr, &len);
+			if (CHECK(ret == 0, "PHYS %u: %s", i, strerror(-ret)))
+				CHECK(addr + len <= FOUR_GIB,
+				      "vivid buffer %u at [%#llx, +%#llx) above 4 GiB", i,
+				      (unsigned long long)addr, (unsigned long long)len);
+		}
+		tap_diag("buffer 1 at %#llx", (unsigned long long)addr);
 	}
 
 	struct pollfd pfd = { .fd = vid, .events = POLLIN };
@@ -287,6 +362,10 @@ out:
 static const struct tap_test tests[] = {
 	TAP_TEST_TIMEOUT("vivid (vmalloc, vmap only) captures into a cenalloc dma-buf", test_vivid_vmalloc, 100),
 	TAP_TEST_TIMEOUT("vivid (dma-contig) attaches with its table mask and captures", test_vivid_dma_contig, 100),
+	TAP_TEST_TIMEOUT("vivid (dma-contig, 32-bit) with mask CONTIG|CONTIG_DMA32 captures below 4 GiB",
+			 test_vivid_dma_contig_any_contig, 100),
+	TAP_TEST_TIMEOUT("vivid (dma-contig, 32-bit) with mask CONTIG captures below 4 GiB",
+			 test_vivid_dma_contig_contig, 100),
 };
 
 TAP_MAIN(tests)
