@@ -39,17 +39,33 @@ static const u32 cenalloc_lease_sizes[CENALLOC_LEASE_CLASSES] = {
 	SZ_4K, SZ_64K,
 };
 
+/* Bytes one LEASE asks for at most. */
+#define CENALLOC_LEASE_BITE		SZ_1M
+
 u32 cenalloc_lease_class_size(unsigned int class)
 {
 	return class < CENALLOC_LEASE_CLASSES ? cenalloc_lease_sizes[class] : 0;
 }
 
-static unsigned int cenalloc_lease_target(unsigned int class)
+/* The target of a stock without misses: the module parameter's. */
+static unsigned int cenalloc_lease_base(unsigned int class)
 {
 	unsigned int stock = READ_ONCE(lease_stock);
 	unsigned int target = class ? stock / 2 : stock;
 
 	return min_t(unsigned int, target, CENALLOC_LEASE_STOCK_MAX);
+}
+
+/* The stock's target (l->lock held, or a stale read for a refill). */
+static unsigned int cenalloc_lease_target(const struct cenalloc_stock *st,
+					  unsigned int class)
+{
+	unsigned int base = cenalloc_lease_base(class);
+
+	if (!base)
+		return 0;
+	return clamp_t(unsigned int, READ_ONCE(st->target), base,
+		       CENALLOC_LEASE_STOCK_MAX);
 }
 
 static int cenalloc_lease_class(u64 size)
@@ -58,7 +74,7 @@ static int cenalloc_lease_class(u64 size)
 
 	for (class = 0; class < CENALLOC_LEASE_CLASSES; class++)
 		if (size <= cenalloc_lease_sizes[class] &&
-		    cenalloc_lease_target(class))
+		    cenalloc_lease_base(class))
 			return class;
 	return -1;
 }
@@ -107,8 +123,13 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 		*len = cenalloc_lease_sizes[class];
 		*allocator = a;
 		taken = true;
+	} else {
+		/* Too shallow for the rate of maps: deeper next time. */
+		st->target = min_t(unsigned int,
+				   2 * cenalloc_lease_target(st, class),
+				   CENALLOC_LEASE_STOCK_MAX);
 	}
-	want = st->count <= cenalloc_lease_target(class) / 2 &&
+	want = st->count <= cenalloc_lease_target(st, class) / 2 &&
 	       !test_bit(a, &l->revoking);
 	if (want)
 		__set_bit(a * CENALLOC_LEASE_CLASSES + class, &l->wanted);
@@ -178,11 +199,15 @@ bad:
 	return taken;
 }
 
-/* LEASE up to @count extents of @class for @allocator. */
-static void cenalloc_lease_fill(struct cenalloc_dev *cdev, u32 allocator,
-				unsigned int class, unsigned int count)
+/* LEASE up to @count extents of @class for @allocator; returns how many
+ * came.
+ */
+static unsigned int cenalloc_lease_fill(struct cenalloc_dev *cdev,
+					u32 allocator, unsigned int class,
+					unsigned int count)
 {
 	struct cenalloc_lease_req *lr;
+	unsigned int taken = 0;
 	struct cenalloc_req *req;
 	void *resp;
 	u32 len;
@@ -190,7 +215,7 @@ static void cenalloc_lease_fill(struct cenalloc_dev *cdev, u32 allocator,
 
 	req = cenalloc_req_alloc(cdev);
 	if (!req)
-		return;
+		return 0;
 	lr = cenalloc_req_add(req, CENALLOC_CMD_LEASE, sizeof(*lr),
 			      sizeof(struct cenalloc_lease_resp) +
 			      count * sizeof(struct cenalloc_range));
@@ -208,9 +233,10 @@ static void cenalloc_lease_fill(struct cenalloc_dev *cdev, u32 allocator,
 		goto out;
 	}
 	resp = cenalloc_req_resp(req, 0, &len);
-	cenalloc_lease_accept(cdev, allocator, class, resp, len, count);
+	taken = cenalloc_lease_accept(cdev, allocator, class, resp, len, count);
 out:
 	cenalloc_req_free(req);
+	return taken;
 }
 
 static void cenalloc_lease_refill_work(struct work_struct *work)
@@ -218,7 +244,7 @@ static void cenalloc_lease_refill_work(struct work_struct *work)
 	struct cenalloc_leases *l = container_of(work, struct cenalloc_leases,
 						 refill_work);
 	struct cenalloc_dev *cdev = l->cdev;
-	unsigned int bit, a, class, have, target;
+	unsigned int bit, a, class, have, target, bite;
 	bool revoking;
 
 	for (;;) {
@@ -232,13 +258,28 @@ static void cenalloc_lease_refill_work(struct work_struct *work)
 		a = bit / CENALLOC_LEASE_CLASSES;
 		class = bit % CENALLOC_LEASE_CLASSES;
 		have = cenalloc_stock_of(l, a, class)->count;
+		target = cenalloc_lease_target(cenalloc_stock_of(l, a, class),
+					       class);
 		revoking = test_bit(a, &l->revoking);
 		spin_unlock(&l->lock);
-		target = cenalloc_lease_target(class);
 		if (READ_ONCE(cdev->removed))
 			return;
-		if (!revoking && have < target)
-			cenalloc_lease_fill(cdev, a, class, target - have);
+		/* In bites the device zeroes quickly: a LEASE holds up
+		 * every command queued behind it.
+		 */
+		if (revoking || have >= target)
+			continue;
+		bite = min3(target - have, (unsigned int)CENALLOC_MAX_LEASE,
+			    CENALLOC_LEASE_BITE / cenalloc_lease_sizes[class]);
+		/* A full bite and still short: another round, after what
+		 * else is waiting.
+		 */
+		if (cenalloc_lease_fill(cdev, a, class, bite) == bite &&
+		    have + bite < target) {
+			spin_lock(&l->lock);
+			__set_bit(bit, &l->wanted);
+			spin_unlock(&l->lock);
+		}
 	}
 }
 
@@ -272,6 +313,7 @@ int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
 			ranges[n].len = cpu_to_le64(cenalloc_lease_sizes[class]);
 		}
 		st->count = 0;
+		st->target = 0;		/* back to the parameter's */
 	}
 	spin_unlock(&l->lock);
 

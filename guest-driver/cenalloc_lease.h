@@ -15,11 +15,12 @@ struct cenalloc_dev;
 
 /* Extent sizes leased: a buffer takes the smallest class it fits. */
 #define CENALLOC_LEASE_CLASSES		2
-#define CENALLOC_LEASE_STOCK_MAX	32
+#define CENALLOC_LEASE_STOCK_MAX	128
 
 struct cenalloc_stock {
 	u64 addr[CENALLOC_LEASE_STOCK_MAX];
 	unsigned int count;
+	unsigned int target;		/* 0: the module parameter's */
 };
 
 struct cenalloc_leases {
