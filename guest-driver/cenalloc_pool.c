@@ -902,6 +902,7 @@ static u64 cenalloc_block_remove(struct cenalloc_dev *cdev, unsigned int index,
 	struct cenalloc_range range;
 	unsigned int done;
 	bool keep;
+	u64 len;
 	int ret;
 
 	write_lock(&cdev->block_lock);
@@ -941,9 +942,10 @@ static u64 cenalloc_block_remove(struct cenalloc_dev *cdev, unsigned int index,
 				    pool->config.name, b->len >> 10, b->addr);
 		return 0;
 	}
-	pool->returned += b->len;
+	len = b->len;
+	pool->returned += len;
 	cenalloc_block_free(b);
-	return range.len;
+	return len;
 }
 
 /*
