@@ -9,6 +9,9 @@
 //!   trips, not for others) is reported as BIMODAL, with both modes.
 //! - Throughput: many chains per kick, many commands per chain.
 //!
+//! - The same round trip with the daemon's polling after an answer off,
+//!   and what the worker spends per request (answering, polling).
+//!
 //! Targets: single-command median ≤ 1.2 × the floor's median; ≥ 100k
 //! commands/s with batching. `cargo bench --bench daemon`.
 
@@ -270,6 +273,54 @@ mod mode_checks {
     }
 }
 
+/// The daemon's own accounting of its worker (STATS): time answering,
+/// time polling, polls that found a request and polls that did not.
+#[derive(Clone, Copy, Debug, Default)]
+struct Busy {
+    batches: u64,
+    answer_ns: u64,
+    poll_ns: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl Busy {
+    fn of(harness: &mut Harness) -> Self {
+        let stats = harness.run(Cmd::stats(1 << 20));
+        let json: serde_json::Value = serde_json::from_slice(&stats.ok().payload).unwrap();
+        let get = |name: &str| json["device"][name].as_u64().unwrap_or(0);
+        Busy {
+            batches: get("batches"),
+            answer_ns: get("control_busy_ns"),
+            poll_ns: get("poll_busy_ns"),
+            hits: get("poll_hits"),
+            misses: get("poll_misses"),
+        }
+    }
+
+    fn since(&self, before: &Busy) -> Busy {
+        Busy {
+            batches: self.batches - before.batches,
+            answer_ns: self.answer_ns - before.answer_ns,
+            poll_ns: self.poll_ns - before.poll_ns,
+            hits: self.hits - before.hits,
+            misses: self.misses - before.misses,
+        }
+    }
+
+    fn line(&self) -> String {
+        let n = self.batches.max(1) as f64;
+        format!(
+            "worker busy per request {:.2} us (answering {:.2} + polling {:.2}); polls found a request {} times, none {} times",
+            (self.answer_ns + self.poll_ns) as f64 / n / 1e3,
+            self.answer_ns as f64 / n / 1e3,
+            self.poll_ns as f64 / n / 1e3,
+            self.hits,
+            self.misses
+        )
+    }
+}
+
 fn round_trip(harness: &mut Harness, chain: &Chain) -> Duration {
     let start = Instant::now();
     harness.submit(std::slice::from_ref(chain));
@@ -357,9 +408,29 @@ fn main() {
     ));
     let info_chain = single(Cmd::get_info());
 
+    // The same daemon without polling, the same buffer (ids start at 1).
+    let mut quiet = Harness::start_with(DeviceConfig {
+        poll_us: 0,
+        ..DeviceConfig::default_layout()
+    });
+    quiet.donate_all();
+    let quiet_setup = quiet.batch(&[
+        Cmd::create(64 << 10, 0),
+        Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_MASK_ANY, &[CENALLOC_MAP_SG]),
+        Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_BIDIRECTIONAL, 16),
+    ]);
+    assert_eq!(quiet_setup.status, 0);
+    assert_eq!(quiet_setup.answers[0].get::<CreateResp>(), buffer);
+
     let block = if quick { 50 } else { 500 };
+    let before = Busy::of(&mut daemon);
     let (floor_sync, daemon_sync) =
         interleaved(&mut floor, &mut daemon, &sync_chain, iterations, block);
+    let polled = Busy::of(&mut daemon).since(&before);
+    let before = Busy::of(&mut quiet);
+    let (floor_quiet, quiet_sync) =
+        interleaved(&mut floor, &mut quiet, &sync_chain, iterations, block);
+    let unpolled = Busy::of(&mut quiet).since(&before);
     let (floor_info, daemon_info) =
         interleaved(&mut floor, &mut daemon, &info_chain, iterations, block);
 
@@ -404,20 +475,41 @@ fn main() {
         "cenallocd benchmark ({iterations} samples per latency, floor and command in alternating blocks of {block}; {rounds} kicks per rate)"
     );
     println!("{}", floor_sync.line("floor (no work), with SYNC"));
-    println!("{}", daemon_sync.line("1 x SYNC"));
+    println!(
+        "{}",
+        daemon_sync.line(&format!(
+            "1 x SYNC, polling <= {} us",
+            DeviceConfig::default_layout().poll_us
+        ))
+    );
     println!(
         "  SYNC median / interleaved floor median: {ratio:.2} (target <= 1.20: {})",
         if ratio <= 1.2 { "met" } else { "MISSED" }
     );
+    println!("  {}", polled.line());
+    println!("{}", floor_quiet.line("floor (no work), with SYNC"));
+    println!("{}", quiet_sync.line("1 x SYNC, no polling"));
+    println!(
+        "  SYNC median / interleaved floor median: {:.2}",
+        us(quiet_sync.median) / us(floor_quiet.median)
+    );
+    println!("  {}", unpolled.line());
     println!("{}", floor_info.line("floor (no work), with INFO"));
     println!("{}", daemon_info.line("1 x GET_INFO"));
     println!(
         "  GET_INFO median / interleaved floor median: {:.2}",
         us(daemon_info.median) / us(floor_info.median)
     );
-    if [&floor_sync, &daemon_sync, &floor_info, &daemon_info]
-        .iter()
-        .any(|d| d.modes.is_some())
+    if [
+        &floor_sync,
+        &daemon_sync,
+        &floor_quiet,
+        &quiet_sync,
+        &floor_info,
+        &daemon_info,
+    ]
+    .iter()
+    .any(|d| d.modes.is_some())
     {
         println!("  a BIMODAL distribution: compare modes, not medians, across runs");
     }

@@ -21,6 +21,7 @@
 //! ```toml
 //! max_batch = 64
 //! max_pool_percent = 50                  # all pools together, of guest RAM
+//! poll_us = 50                           # poll for the next request (0: never)
 //! exporter_types = ["contig", "sg"]     # or numbers (0x8000.. private)
 //! [limits]
 //! max_buffers = 1024
@@ -88,6 +89,12 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// After answering, poll the control queue for the next request for
+    /// up to US microseconds (adaptive below it) before sleeping; 0 never
+    /// polls. Overrides the configuration file's poll_us.
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u32>,
+
     /// Print the backend capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -153,6 +160,8 @@ pub enum Error {
     PoolMaxSize { name: String },
     #[error("max_pool_percent {0} must be 1..=90")]
     PoolPercent(u32),
+    #[error("poll_us {0} must be at most {max}", max = crate::poll::MAX_POLL_US)]
+    PollUs(u32),
     #[error("pool configuration rejected by the model: {0}")]
     Model(#[from] crate::model::Error),
 }
@@ -233,6 +242,7 @@ struct FilePool {
 struct ConfigFile {
     max_batch: Option<u32>,
     max_pool_percent: Option<u32>,
+    poll_us: Option<u32>,
     exporter_types: Option<Vec<MapTypeValue>>,
     #[serde(default)]
     limits: FileLimits,
@@ -450,6 +460,9 @@ pub fn device_config(file: Option<&Path>, pool_flags: &[String]) -> Result<Devic
             None => defaults.max_lease_bytes,
         },
     };
+    if let Some(us) = file.poll_us {
+        config.poll_us = us;
+    }
     if let Some(percent) = file.max_pool_percent {
         if percent == 0 || percent > 90 {
             return Err(Error::PoolPercent(percent));
@@ -586,7 +599,13 @@ impl TryFrom<Args> for Config {
             (None, Some(fd)) => ListenOn::Fd(fd),
             _ => return Err(Error::NoSocket),
         };
-        let device = device_config(args.config.as_deref(), &args.pools)?;
+        let mut device = device_config(args.config.as_deref(), &args.pools)?;
+        if let Some(us) = args.poll_us {
+            device.poll_us = us;
+        }
+        if device.poll_us > crate::poll::MAX_POLL_US {
+            return Err(Error::PollUs(device.poll_us));
+        }
         Ok(Config { listen, device })
     }
 }
@@ -714,6 +733,18 @@ mod tests {
             vec![0; config.device.pool_sizes.len()]
         );
         assert_eq!(config.device.max_pool_percent, 50);
+    }
+
+    #[test]
+    fn polling_is_configured_by_flag_or_file() {
+        let config = Config::try_from(args(&["-s", "/tmp/s"])).unwrap();
+        assert_eq!(config.device.poll_us, crate::poll::DEFAULT_POLL_US);
+        let config = Config::try_from(args(&["-s", "/tmp/s", "--poll-us", "0"])).unwrap();
+        assert_eq!(config.device.poll_us, 0);
+        let device = config_from_toml("poll", "poll_us = 200\n").unwrap();
+        assert_eq!(device.poll_us, 200);
+        let result = Config::try_from(args(&["-s", "/tmp/s", "--poll-us", "5000"]));
+        assert!(matches!(result, Err(Error::PollUs(5000))));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   model and guest memory, encodes the answers. No vhost types.
 //! - [`chain`]: gathers a descriptor chain into a request and scatters the
 //!   response back; validates the chain's shape.
-//! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue.
+//! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue;
+//!   [`poll`]: how long it polls the control queue after an answer.
 //! - [`config`]: command line and configuration file → daemon configuration.
 
 pub mod model;
@@ -16,5 +17,6 @@ pub mod model;
 pub mod chain;
 pub mod config;
 pub mod device;
+pub mod poll;
 pub mod protocol;
 pub mod vhu_cenalloc;

@@ -22,6 +22,9 @@ pub struct DeviceConfig {
     pub max_pool_percent: u32,
     /// Commands per chain, 1..=`CENALLOC_MAX_BATCH`.
     pub max_batch: u32,
+    /// Longest time the control queue's worker polls for the next request
+    /// after answering, microseconds (adaptive below it; 0: never).
+    pub poll_us: u32,
 }
 
 /// Default of [`DeviceConfig::max_pool_percent`].
@@ -48,6 +51,7 @@ impl DeviceConfig {
             pool_sizes,
             max_pool_percent: DEFAULT_MAX_POOL_PERCENT,
             max_batch: CENALLOC_MAX_BATCH,
+            poll_us: crate::poll::DEFAULT_POLL_US,
         }
     }
 

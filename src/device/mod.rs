@@ -54,6 +54,13 @@ pub struct DeviceCounters {
     /// LEASED_MAPs refused (each one logged), LEASE_REVOKE events queued.
     pub leased_maps_refused: u64,
     pub lease_revokes: u64,
+    /// Polling of the control queue after an answer (the queue glue's):
+    /// polls that found a request, polls that did not, time spent
+    /// polling (ns), the current window (ns).
+    pub poll_hits: u64,
+    pub poll_misses: u64,
+    pub poll_busy_ns: u64,
+    pub poll_window_ns: u64,
 }
 
 /// What a command produced, for batch references.
