@@ -99,6 +99,7 @@ static uint64_t virtio_interrupts(void)
 /* The daemon's own counters (STATS), read through debugfs. */
 struct daemon_counters {
 	double batches, wakeups, signals, busy_ns;
+	double poll_hits, poll_misses, poll_ns;	/* -1: an older daemon */
 };
 
 static double json_number(const char *json, const char *name)
@@ -128,6 +129,9 @@ static bool daemon_counters_read(struct daemon_counters *c)
 	c->wakeups = json_number(json, "control_wakeups");
 	c->signals = json_number(json, "control_signals");
 	c->busy_ns = json_number(json, "control_busy_ns");
+	c->poll_hits = json_number(json, "poll_hits");
+	c->poll_misses = json_number(json, "poll_misses");
+	c->poll_ns = json_number(json, "poll_busy_ns");
 	return c->batches >= 0 && c->wakeups >= 0 && c->signals >= 0 &&
 	       c->busy_ns >= 0;
 }
@@ -162,6 +166,11 @@ static void transport_save(const char *label, unsigned int cycles,
 		b->daemon.wakeups = (after.wakeups - before->wakeups - 1) / cycles;
 		b->daemon.signals = (after.signals - before->signals - 1) / cycles;
 		b->daemon.busy_ns = (after.busy_ns - before->busy_ns) / cycles;
+		b->daemon.poll_hits = (after.poll_hits - before->poll_hits) / cycles;
+		b->daemon.poll_misses = (after.poll_misses - before->poll_misses) / cycles;
+		b->daemon.poll_ns = (after.poll_ns - before->poll_ns) / cycles;
+		if (after.poll_hits < 0 || before->poll_hits < 0)
+			b->daemon.poll_hits = -1;
 	}
 	fd = open(CA_TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -193,6 +202,10 @@ static void transport_row(const struct breakdown *b)
 		printf("  %-6s daemon per cycle: batches %.2f, wakeups %.2f, signals %.2f, busy %.1f us\n",
 		       label, b->daemon.batches, b->daemon.wakeups,
 		       b->daemon.signals, b->daemon.busy_ns / 1e3);
+	if (b->have_daemon && b->daemon.poll_hits >= 0)
+		printf("  %-6s daemon polling per cycle: found the next request %.2f, none %.2f, polled %.1f us\n",
+		       label, b->daemon.poll_hits, b->daemon.poll_misses,
+		       b->daemon.poll_ns / 1e3);
 	/* The latency table, from its heading to the end. */
 	for (line = strstr(text, "latency_us"); line && *line;) {
 		const char *end = strchr(line, '\n');
