@@ -119,6 +119,7 @@ struct cenalloc_dev {
 	/* Negotiated device features. */
 	bool elastic;				/* CENALLOC_F_ELASTIC */
 	bool lease_feature;			/* CENALLOC_F_LEASE */
+	bool quiesced;				/* remove: no growth, shrink, lease */
 
 	/* Donated memory (cenalloc_pool.c). */
 	struct rb_root blocks;			/* struct cenalloc_block by address */

@@ -110,7 +110,7 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 	bool taken = false, want;
 	int a, class;
 
-	if (!l)
+	if (!l || READ_ONCE(cdev->quiesced))
 		return false;
 	class = cenalloc_lease_class(size);
 	a = cenalloc_lease_allocator(cdev, mask);
@@ -262,7 +262,7 @@ static void cenalloc_lease_refill_work(struct work_struct *work)
 					       class);
 		revoking = test_bit(a, &l->revoking);
 		spin_unlock(&l->lock);
-		if (READ_ONCE(cdev->removed))
+		if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
 			return;
 		/* In bites the device zeroes quickly: a LEASE holds up
 		 * every command queued behind it.
@@ -369,7 +369,7 @@ void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator)
 {
 	struct cenalloc_leases *l = cdev->leases;
 
-	if (!l || allocator >= l->num_allocators)
+	if (!l || allocator >= l->num_allocators || READ_ONCE(cdev->quiesced))
 		return;
 	set_bit(allocator, &l->revoke_pending);
 	queue_work(system_unbound_wq, &l->revoke_work);
@@ -383,7 +383,7 @@ static void cenalloc_lease_revoke_work(struct work_struct *work)
 
 	for (a = 0; a < l->num_allocators; a++)
 		if (test_and_clear_bit(a, &l->revoke_pending) &&
-		    !READ_ONCE(l->cdev->removed))
+		    !READ_ONCE(l->cdev->removed) && !READ_ONCE(l->cdev->quiesced))
 			cenalloc_lease_return_all(l->cdev, a);
 }
 

@@ -3,14 +3,19 @@
  * cenalloc.ko: virtio driver for the constraint-enabled buffer allocation
  * device (virtio ID 37) and the /dev/cenalloc exporter.
  *
- * Probe reads config space, sets up the control and event queues, caches
- * the allocator and exporter lists (GET_INFO), donates each pool's initial
- * memory, and (with CENALLOC_F_ELASTIC) registers the shrinker that gives
- * grown memory back under pressure; with CENALLOC_F_LEASE the first maps of
- * small buffers come from leased extents. Remove fails every new operation
- * with -ENODEV; buffers still alive keep the device state (and the donated
- * memory) until their last reference drops. One device is served at a
- * time. The ioctls are in cenalloc_ioctl.c.
+ * Probe reads config space, sets up the control and event queues, resets
+ * the device state (RESET: whatever an earlier driver instance or a guest
+ * that rebooted without this driver left there goes), caches the allocator
+ * and exporter lists (GET_INFO), donates each pool's initial memory, and
+ * (with CENALLOC_F_ELASTIC) registers the shrinker that gives grown memory
+ * back under pressure; with CENALLOC_F_LEASE the first maps of small
+ * buffers come from leased extents. Remove sends RESET
+ * (bounded: a device that does not answer does not hold up the teardown),
+ * then resets the virtio device and fails every new operation with
+ * -ENODEV; buffers still alive keep the donated memory until their last
+ * reference drops (the device no longer knows them, so it never touches
+ * that memory again). One device is served at a time. The ioctls are in
+ * cenalloc_ioctl.c.
  */
 #include <linux/module.h>
 #include <linux/slab.h>
@@ -127,6 +132,12 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	virtio_device_ready(vdev);
 	virtqueue_kick(cdev->event_vq);
 
+	/* First command: the device state is ours alone from now on. */
+	ret = cenalloc_reset(cdev);
+	if (ret) {
+		dev_err(&vdev->dev, "RESET failed: %d\n", ret);
+		goto err_stop;
+	}
 	ret = cenalloc_cache_info(cdev);
 	if (ret) {
 		dev_err(&vdev->dev, "GET_INFO failed: %d\n", ret);
@@ -159,10 +170,11 @@ static int cenalloc_probe(struct virtio_device *vdev)
 err_shrinker:
 	cenalloc_shrinker_unregister(cdev);
 err_stop:
-	cenalloc_vq_stop(cdev);
-	cdev->event_hook = NULL;
+	WRITE_ONCE(cdev->quiesced, true);
 	cenalloc_lease_stop(cdev);
 	cenalloc_pools_stop(cdev);
+	cenalloc_vq_stop(cdev);
+	cdev->event_hook = NULL;
 err_del_vqs:
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
@@ -175,15 +187,30 @@ err_free:
 static void cenalloc_remove(struct virtio_device *vdev)
 {
 	struct cenalloc_dev *cdev = vdev->priv;
+	int ret;
 
 	cenalloc_dev_unpublish(cdev);
 
-	/* Fail what is in flight first, so that no debugfs reader waits. */
-	cenalloc_vq_stop(cdev);
+	/* No pool grows or shrinks and no lease moves from here on: the
+	 * device is about to forget them.
+	 */
+	WRITE_ONCE(cdev->quiesced, true);
 	cenalloc_shrinker_unregister(cdev);
-	cdev->event_hook = NULL;
 	cenalloc_lease_stop(cdev);
 	cenalloc_pools_stop(cdev);
+
+	/*
+	 * The device forgets this driver's buffers and pools; the memory
+	 * stays with the buffers still alive. Remove never fails: a device
+	 * that does not answer in time is reset below all the same.
+	 */
+	ret = cenalloc_reset(cdev);
+	if (ret)
+		dev_warn(&vdev->dev, "RESET at remove failed: %d\n", ret);
+
+	/* Fail what is in flight first, so that no debugfs reader waits. */
+	cenalloc_vq_stop(cdev);
+	cdev->event_hook = NULL;
 	cenalloc_debugfs_exit();
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);

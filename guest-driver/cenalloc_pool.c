@@ -718,7 +718,7 @@ static s64 cenalloc_pool_grow(struct cenalloc_dev *cdev, unsigned int index,
 	s64 ret;
 
 	lockdep_assert_held(&pool->lock);
-	if (READ_ONCE(cdev->removed))
+	if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
 		return -ENODEV;
 	room = pool->max > pool->donated ? pool->max - pool->donated : 0;
 	bytes = min(round_up(bytes, PAGE_SIZE), room);
@@ -833,7 +833,8 @@ int cenalloc_pools_grow_for(struct cenalloc_dev *cdev, u32 mask, u64 size,
 /* The device reported pool @index low: grow it in the background. */
 void cenalloc_pool_low(struct cenalloc_dev *cdev, u32 index)
 {
-	if (index >= cdev->num_pools || !cdev->elastic)
+	if (index >= cdev->num_pools || !cdev->elastic ||
+	    READ_ONCE(cdev->quiesced))
 		return;
 	set_bit(index, &cdev->pool_low_pending);
 	queue_work(system_unbound_wq, &cdev->pool_low_work);
@@ -876,7 +877,7 @@ static void cenalloc_pool_low_work(struct work_struct *work)
 		if (!test_and_clear_bit(i, &cdev->pool_low_pending))
 			continue;
 		pool = &cdev->pools[i];
-		if (READ_ONCE(cdev->removed) ||
+		if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced) ||
 		    READ_ONCE(pool->donated) >= pool->max ||
 		    !cenalloc_pool_still_low(cdev, i))
 			continue;
@@ -965,7 +966,7 @@ u64 cenalloc_pool_shrink(struct cenalloc_dev *cdev, unsigned int index,
 		return 0;
 	list_for_each_entry_safe_reverse(b, prev, &pool->blocks, link) {
 		if (freed >= want || tried >= CENALLOC_SHRINK_MAX_BLOCKS ||
-		    READ_ONCE(cdev->removed))
+		    READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
 			break;
 		if (b->initial || b->state != CENALLOC_BLOCK_ACTIVE ||
 		    READ_ONCE(b->users))

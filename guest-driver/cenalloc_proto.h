@@ -29,6 +29,30 @@
  *   1: event queue. The driver posts writable buffers of at least
  *      sizeof(struct cenalloc_event); the device fills one event per buffer.
  *
+ * An invalid ring state stops a queue: an avail index more than the queue
+ * size away from the device's own, a head outside the descriptor table, a
+ * chain that cannot be walked to its end (a descriptor loop, a next index
+ * outside its table, an unreadable or nested indirect table, more than
+ * 4 GiB in total), rings that are missing or outside guest RAM, a kick in
+ * error. The device then uses that ring no more (the chain it gave up on
+ * is not returned), logs why once, and serves it again only after the VMM
+ * restarts the queue, which a virtio device reset (driver reload) does. The
+ * device state is kept. A malformed chain that can be walked is answered as
+ * described above.
+ *
+ * Long batches: the device's work on guest memory (zeroing new backing and
+ * copying a migrated buffer in MAP, FILL, CHECKSUM) goes in steps of at
+ * most 64 KiB, so that the VMM never waits for a whole batch: when it stops
+ * the control ring (GET_VRING_BASE) while a batch runs, the device stops
+ * after the current step and hands the chain back unanswered (the ring's
+ * base does not count it). When the ring runs again and hands out the same
+ * chain, the batch goes on where it stopped: the driver sees one answer, as
+ * if nothing had happened. If another chain is there instead (the driver
+ * reset the device meanwhile), the unfinished batch is abandoned: a MAP in
+ * progress gives its new backing back (a migrated buffer's contents are
+ * lost), a FILL in progress leaves part of its pattern written. Everything
+ * else a command does is short; STATS is bounded by its size (4 MiB).
+ *
  * A command is a struct cenalloc_cmd_hdr followed by len payload bytes.
  *
  * Batch references: in an id field of a command, the value
@@ -39,6 +63,26 @@
  *
  * Status values are 0 or a negative Linux errno stored as a two's complement
  * __le32.
+ *
+ * Lifecycle of the device state
+ *   The device state (donated pool memory, buffers, attachments, mappings,
+ *   pending events) belongs to the guest driver. It is created by commands
+ *   and dropped only by
+ *   - RESET, which the driver sends first at every probe (before GET_INFO
+ *     and POOL_ADD) and at remove (before it resets the virtio device);
+ *   - the end of the front-end's vhost-user connection (QEMU exits, or the
+ *     back-end restarts: nothing is kept across connections).
+ *   A virtio device reset (status 0) and stopping or restarting the rings
+ *   (the VMM does so at a VM pause/resume, a snapshot, a cancelled
+ *   migration, a guest reboot) leave it untouched: the driver finds every
+ *   buffer where it was. A guest that reboots without the driver leaves a
+ *   stale state behind; it is harmless (the device touches guest RAM only
+ *   when a command asks it to) and goes at the next probe's RESET.
+ *
+ *   Events produced while the event ring is stopped wait in the device (up
+ *   to 1024, then further ones are dropped and counted) and are delivered,
+ *   oldest first, when it runs again. On a running event ring an event that
+ *   finds no posted buffer is dropped and counted.
  */
 #ifndef CENALLOC_PROTO_H
 #define CENALLOC_PROTO_H
@@ -53,7 +97,7 @@ typedef uint64_t __le64;
 #endif
 
 #define VIRTIO_ID_DMABUF		37
-#define CENALLOC_PROTOCOL_VERSION	1
+#define CENALLOC_PROTOCOL_VERSION	2
 
 #define CENALLOC_VQ_CONTROL		0
 #define CENALLOC_VQ_EVENT		1
@@ -188,6 +232,7 @@ enum cenalloc_opcode {
 	CENALLOC_CMD_STATS = 11,
 	CENALLOC_CMD_FILL = 12,
 	CENALLOC_CMD_CHECKSUM = 13,
+	CENALLOC_CMD_RESET = 14,
 	CENALLOC_CMD_POOL_REMOVE = 15,	/* CENALLOC_F_ELASTIC */
 	CENALLOC_CMD_LEASE = 16,	/* CENALLOC_F_LEASE */
 	CENALLOC_CMD_LEASE_RETURN = 17,	/* CENALLOC_F_LEASE */
@@ -466,7 +511,8 @@ struct cenalloc_sync_req {
 
 /* STATS: no request payload; the response is a UTF-8 JSON snapshot of the
  * buffers, attachments, allocators and counters (not NUL-terminated, its
- * length is resp_hdr.len). */
+ * length is resp_hdr.len). A snapshot larger than 4 MiB fails with -E2BIG
+ * (the device bounds the work of one STATS). */
 
 /*
  * FILL: the device writes a pattern into the buffer's backing through its
@@ -505,6 +551,29 @@ static inline uint64_t cenalloc_pattern(uint64_t seed, uint64_t i)
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 	return z ^ (z >> 31);
 }
+
+/*
+ * RESET: drops every buffer, attachment, mapping, donated pool range and
+ * pending event: the device is as a fresh connection finds it (the pools
+ * have no memory until the next POOL_ADD). Commands after it in the same
+ * batch run on the fresh state; batch references to ids produced before it
+ * name objects that no longer exist (-ENOENT). The response says what was
+ * dropped. Errors (nothing is dropped): -EINVAL for flags other than
+ * CENALLOC_RESET_F_ALL or a reserved field that is not zero, -ENOSPC for a
+ * response slot smaller than struct cenalloc_reset_resp.
+ */
+#define CENALLOC_RESET_F_ALL		0u	/* no flags defined yet */
+
+struct cenalloc_reset_req {
+	__le32 flags;		/* must be 0 */
+	__le32 reserved;	/* must be 0 */
+};
+
+struct cenalloc_reset_resp {
+	__le32 buffers;		/* live buffers dropped */
+	__le32 reserved;
+	__le64 donated;		/* bytes of donated pool memory forgotten */
+};
 
 /* ---------------------------------------------------------------------- */
 /* Event queue.                                                            */

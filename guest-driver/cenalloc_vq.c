@@ -312,6 +312,39 @@ int cenalloc_req_submit(struct cenalloc_req *req)
 	return req->error;
 }
 
+/*
+ * Send the batch and wait at most @timeout jiffies (killable) for the
+ * answer, without polling. Returns the transport error, or -ETIMEDOUT /
+ * -EINTR when the wait ended first: the request then stays on the ring as
+ * a posted one (whoever completes it frees it) and the caller must not
+ * touch or free @req again.
+ */
+int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
+{
+	struct cenalloc_dev *cdev = req->cdev;
+	unsigned long flags;
+	long left;
+	int ret;
+
+	req->polling = false;
+	ret = cenalloc_req_queue(req);
+	if (ret)
+		return ret;
+	atomic64_inc(&cdev->round_trips);
+	left = wait_for_completion_killable_timeout(&req->done, timeout);
+	if (left > 0)
+		return req->error;
+	/* Completions run under ctrl_lock: decide under it who frees @req. */
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	if (completion_done(&req->done)) {
+		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+		return req->error;
+	}
+	req->posted = true;
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	return left < 0 ? -EINTR : -ETIMEDOUT;
+}
+
 static const char *cenalloc_opcode_name(u16 opcode)
 {
 	static const char * const names[] = {
@@ -328,6 +361,7 @@ static const char *cenalloc_opcode_name(u16 opcode)
 		[CENALLOC_CMD_STATS] = "STATS",
 		[CENALLOC_CMD_FILL] = "FILL",
 		[CENALLOC_CMD_CHECKSUM] = "CHECKSUM",
+		[CENALLOC_CMD_RESET] = "RESET",
 		[CENALLOC_CMD_POOL_REMOVE] = "POOL_REMOVE",
 		[CENALLOC_CMD_LEASE] = "LEASE",
 		[CENALLOC_CMD_LEASE_RETURN] = "LEASE_RETURN",
@@ -347,7 +381,9 @@ static void cenalloc_req_posted_done(struct cenalloc_req *req)
 	unsigned int i;
 	int status;
 
-	/* Never sent before remove: the device reset drops its state. */
+	/* Never sent before remove: the RESET at remove (or, if that one
+	 * did not get through, at the next probe) drops its state.
+	 */
 	if (req->error == -ENODEV) {
 		cenalloc_req_free(req);
 		return;
@@ -606,6 +642,53 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev)
 
 	while (virtqueue_detach_unused_buf(cdev->event_vq))
 		;
+}
+
+/*
+ * RESET: the device drops every buffer, attachment and donated range (see
+ * "Lifecycle" in cenalloc_proto.h). Waits at most CENALLOC_RESET_TIMEOUT_MS.
+ * Returns 0 or -errno; whatever a previous driver instance (or a guest
+ * that rebooted without this driver) left on the device is logged.
+ */
+int cenalloc_reset(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_reset_resp dropped;
+	struct cenalloc_reset_req *rst;
+	struct cenalloc_req *req;
+	u32 len;
+	int ret;
+
+	req = cenalloc_req_alloc(cdev);
+	if (!req)
+		return -ENOMEM;
+	rst = cenalloc_req_add(req, CENALLOC_CMD_RESET, sizeof(*rst),
+			       sizeof(dropped));
+	if (IS_ERR(rst)) {
+		ret = PTR_ERR(rst);
+		goto out;
+	}
+	ret = cenalloc_req_submit_timeout(req,
+					  msecs_to_jiffies(CENALLOC_RESET_TIMEOUT_MS));
+	if (ret == -ETIMEDOUT || ret == -EINTR)
+		return ret;	/* @req now belongs to the ring */
+	if (ret)
+		goto out;
+	ret = cenalloc_req_status(req, 0);
+	if (ret)
+		goto out;
+	memcpy(&dropped, cenalloc_req_resp(req, 0, &len), sizeof(dropped));
+	if (len < sizeof(dropped)) {
+		ret = -EIO;
+		goto out;
+	}
+	if (dropped.buffers || dropped.donated)
+		dev_info(&cdev->vdev->dev,
+			 "reset dropped %u stale buffers and %llu bytes of stale pool memory\n",
+			 le32_to_cpu(dropped.buffers),
+			 le64_to_cpu(dropped.donated));
+out:
+	cenalloc_req_free(req);
+	return ret;
 }
 
 /* GET_INFO: fills @info and up to @max_allocators allocator records.

@@ -13,6 +13,8 @@
 #include "cenalloc_dev.h"
 
 #define CENALLOC_REQ_INLINE_CMD		256
+/* How long probe and remove wait for the device's answer to RESET. */
+#define CENALLOC_RESET_TIMEOUT_MS	5000
 #define CENALLOC_REQ_INLINE_RESP	256
 
 struct cenalloc_req {
@@ -40,6 +42,7 @@ void cenalloc_req_free(struct cenalloc_req *req);
 void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 		       u32 resp_len);
 int cenalloc_req_submit(struct cenalloc_req *req);
+int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout);
 void cenalloc_req_post(struct cenalloc_req *req);
 int cenalloc_req_status(struct cenalloc_req *req, unsigned int i);
 void *cenalloc_req_resp(struct cenalloc_req *req, unsigned int i, u32 *len);
@@ -49,6 +52,7 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev);
 void cenalloc_ctrl_done(struct virtqueue *vq);
 void cenalloc_event_done(struct virtqueue *vq);
 void cenalloc_latency_add(struct cenalloc_latency *lat, u64 ns);
+int cenalloc_reset(struct cenalloc_dev *cdev);
 int cenalloc_get_info(struct cenalloc_dev *cdev,
 		      struct cenalloc_info_resp *info,
 		      struct cenalloc_allocator_info *allocators,

@@ -11,7 +11,7 @@
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::device::Device;
+use crate::device::{Batch, Device, Progress};
 use crate::protocol::{status_of_errno, BatchResp, Event};
 
 /// Most descriptors one chain may have (direct or indirect).
@@ -35,7 +35,7 @@ pub enum ChainError {
 }
 
 /// The writable descriptors of a chain, each checked to lie in guest RAM.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Writable {
     ranges: Vec<(GuestAddress, usize)>,
     len: usize,
@@ -173,28 +173,102 @@ pub fn answer_control<M: GuestMemoryBackend>(
     mem: &M,
     descriptors: impl Iterator<Item = Descriptor>,
 ) -> u32 {
-    let parsed = parse(mem, descriptors);
-    let response = match &parsed.error {
-        None => device.execute_batch(mem, &parsed.request, parsed.writable.len()),
-        Some(error) => {
-            log::debug!("malformed control chain: {error}");
-            device.counters.malformed_chains += 1;
-            if parsed.writable.len() < size_of::<BatchResp>() {
-                return 0;
-            }
-            BatchResp {
-                status: status_of_errno(libc::EINVAL),
-                num_done: 0,
-            }
-            .as_slice()
-            .to_vec()
+    answer_parsed(device, mem, parse(mem, descriptors))
+}
+
+/// [`answer_control`] for a chain already [`parse`]d.
+pub fn answer_parsed<M: GuestMemoryBackend>(device: &mut Device, mem: &M, parsed: Parsed) -> u32 {
+    let mut work = ControlWork::start(device, parsed);
+    loop {
+        if let Some(written) = work.run(device, mem, &mut || false) {
+            return written;
         }
-    };
-    match parsed.writable.scatter(mem, &response) {
-        Ok(written) => written as u32,
-        Err(error) => {
-            log::debug!("answer of a control chain lost: {error}");
-            0
+    }
+}
+
+/// A control chain being answered: where its answer goes, and its batch
+/// (or the answer already known, for a chain refused as a whole). It may
+/// stop between two steps of work and go on later ([`ControlWork::run`]).
+#[derive(Debug)]
+pub struct ControlWork {
+    writable: Writable,
+    state: ControlState,
+}
+
+#[derive(Debug)]
+enum ControlState {
+    Answer(Vec<u8>),
+    Running(Batch),
+}
+
+impl ControlWork {
+    /// Checks a parsed chain and its batch framing. A bad chain is counted
+    /// and answered as well as its writable part allows.
+    pub fn start(device: &mut Device, parsed: Parsed) -> Self {
+        let Parsed {
+            request,
+            writable,
+            error,
+        } = parsed;
+        let state = match error {
+            Some(error) => {
+                log::debug!("malformed control chain: {error}");
+                device.counters.malformed_chains += 1;
+                if writable.len() < size_of::<BatchResp>() {
+                    ControlState::Answer(Vec::new())
+                } else {
+                    let resp = BatchResp {
+                        status: status_of_errno(libc::EINVAL),
+                        num_done: 0,
+                    };
+                    ControlState::Answer(resp.as_slice().to_vec())
+                }
+            }
+            None => match device.begin_batch(request, writable.len()) {
+                Ok(batch) => ControlState::Running(batch),
+                Err(answer) => ControlState::Answer(answer),
+            },
+        };
+        ControlWork { writable, state }
+    }
+
+    /// Runs the batch on; once it is done, writes the answer and returns
+    /// the bytes written (the used length). `None`: `yield_now` stopped it
+    /// between two steps; call again to continue.
+    pub fn run<M: GuestMemoryBackend>(
+        &mut self,
+        device: &mut Device,
+        mem: &M,
+        yield_now: &mut dyn FnMut() -> bool,
+    ) -> Option<u32> {
+        let response = match &mut self.state {
+            ControlState::Answer(bytes) => std::mem::take(bytes),
+            ControlState::Running(batch) => match device.run_batch(mem, batch, yield_now) {
+                Progress::Done(response) => response,
+                Progress::Yielded => return None,
+            },
+        };
+        match self.writable.scatter(mem, &response) {
+            Ok(written) => Some(written as u32),
+            Err(error) => {
+                log::debug!("answer of a control chain lost: {error}");
+                Some(0)
+            }
+        }
+    }
+
+    /// Whether `parsed` is the chain this work was started from: the same
+    /// request bytes and the same writable ranges.
+    pub fn same_chain(&self, parsed: &Parsed) -> bool {
+        parsed.error.is_none()
+            && parsed.writable == self.writable
+            && matches!(&self.state, ControlState::Running(batch) if batch.request() == parsed.request)
+    }
+
+    /// Gives the work up (its chain is not coming back).
+    pub fn abandon(self, device: &mut Device) {
+        if let ControlState::Running(batch) = self.state {
+            device.abandon_batch(batch);
         }
     }
 }
@@ -206,7 +280,15 @@ pub fn deliver_event<M: GuestMemoryBackend>(
     descriptors: impl Iterator<Item = Descriptor>,
     event: &Event,
 ) -> Result<u32, ChainError> {
-    let parsed = parse(mem, descriptors);
+    deliver_parsed(mem, parse(mem, descriptors), event)
+}
+
+/// [`deliver_event`] into a chain already [`parse`]d.
+pub fn deliver_parsed<M: GuestMemoryBackend>(
+    mem: &M,
+    parsed: Parsed,
+    event: &Event,
+) -> Result<u32, ChainError> {
     if let Some(error) = parsed.error {
         return Err(error);
     }

@@ -8,6 +8,8 @@
 //!   model and guest memory, encodes the answers. No vhost types.
 //! - [`chain`]: gathers a descriptor chain into a request and scatters the
 //!   response back; validates the chain's shape.
+//! - [`ring`]: ring-state logic for the glue: taking chains, invalid ring
+//!   states, the notification loop.
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue;
 //!   [`poll`]: how long it polls the control queue after an answer.
 //! - [`config`]: command line and configuration file → daemon configuration.
@@ -19,4 +21,5 @@ pub mod config;
 pub mod device;
 pub mod poll;
 pub mod protocol;
+pub mod ring;
 pub mod vhu_cenalloc;

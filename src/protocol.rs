@@ -14,7 +14,7 @@ use vm_memory::ByteValued;
 compile_error!("cenalloc's wire structs are read byte for byte: little-endian hosts only");
 
 pub const VIRTIO_ID_DMABUF: u32 = 37;
-pub const CENALLOC_PROTOCOL_VERSION: u32 = 1;
+pub const CENALLOC_PROTOCOL_VERSION: u32 = 2;
 
 pub const CENALLOC_VQ_CONTROL: u16 = 0;
 pub const CENALLOC_VQ_EVENT: u16 = 1;
@@ -63,6 +63,7 @@ pub const CENALLOC_CMD_SYNC: u16 = 10;
 pub const CENALLOC_CMD_STATS: u16 = 11;
 pub const CENALLOC_CMD_FILL: u16 = 12;
 pub const CENALLOC_CMD_CHECKSUM: u16 = 13;
+pub const CENALLOC_CMD_RESET: u16 = 14;
 pub const CENALLOC_CMD_POOL_REMOVE: u16 = 15;
 pub const CENALLOC_CMD_LEASE: u16 = 16;
 pub const CENALLOC_CMD_LEASE_RETURN: u16 = 17;
@@ -74,6 +75,7 @@ pub const CENALLOC_MAX_LEASED_ATTACH: u32 = 16;
 
 pub const CENALLOC_CREATE_F_ALL: u32 = 0;
 pub const CENALLOC_ATTACH_F_MIGRATE: u32 = 1 << 0;
+pub const CENALLOC_RESET_F_ALL: u32 = 0;
 
 pub const CENALLOC_DIR_BIDIRECTIONAL: u32 = 0;
 pub const CENALLOC_DIR_TO_DEVICE: u32 = 1;
@@ -449,6 +451,23 @@ wire_struct!(
     ChecksumResp = 16, {
         checksum: u64,
         len: u64,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_reset_req`.
+    ResetReq = 8, {
+        flags: u32,
+        reserved: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_reset_resp`: what a RESET dropped.
+    ResetResp = 16, {
+        buffers: u32,
+        reserved: u32,
+        donated: u64,
     }
 );
 

@@ -1,37 +1,54 @@
-//! The vhost-user backend: virtqueue glue only. Control chains go to
-//! [`chain::answer_control`], events produced by the device go out on the
-//! event queue; the config space is the device's `cenalloc_config`.
+//! The vhost-user backend: virtqueue glue only. Control chains are taken
+//! from their ring by [`ring::serve`] and answered through
+//! [`chain::ControlWork`]; events produced by the device go out on the
+//! event queue; the config space is the device's `cenalloc_config`. An
+//! invalid ring state stops that queue ([`ring::Health`]).
+//!
+//! Locking: the library serves QEMU's vhost-user requests on its own
+//! thread and calls this backend through `&self`; nothing here holds a lock
+//! across a whole batch that such a request needs.
+//! - `worker`: the device state, held by the vring worker thread while it
+//!   serves a kick. A batch does its guest-memory work in steps of at most
+//!   64 KiB and checks `stopping` between steps and between commands.
+//! - `stop_vring` (GET_VRING_BASE) of the control queue sets `stopping`
+//!   and takes `worker`: the worker hands its unfinished chain back to the
+//!   ring (the ring's next_avail goes back to it, so the base QEMU saves
+//!   does not count it) and keeps the batch as it stands; when the ring
+//!   runs again and hands the same chain out, the batch goes on from there
+//!   (a different chain: the batch is abandoned first). So a ring stop
+//!   waits for at most one step of work, not a whole batch.
+//! - `event_ring`: held while the event ring is used; `stop_vring` of the
+//!   event queue waits for at most one delivery.
+//! - `mem`: swapped by SET_MEM_TABLE, cloned by the worker per kick.
 
 use std::io;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use log::{debug, error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{
-    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
-};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::chain;
+use crate::chain::{self, ControlWork};
 use crate::device::{self, Device, DeviceConfig};
 use crate::poll::Poller;
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
+use crate::ring::{self, Health, MemoryGuard, RingError, Served, Walk};
 
 /// Largest queue the driver may set up.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 type GuestMemory = GuestMemoryMmap<()>;
 type AtomicMemory = GuestMemoryAtomic<GuestMemory>;
-type MemoryGuard = GuestMemoryLoadGuard<GuestMemory>;
 
 /// Errors of the backend glue.
 #[derive(thiserror::Error, Debug)]
@@ -48,168 +65,248 @@ impl From<Error> for io::Error {
     }
 }
 
+/// Locks `mutex`; a poisoned lock only means an earlier panic, and the
+/// state is still consistent (the model changes nothing on failure).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A control chain handed back to its ring unfinished.
+struct Suspended {
+    /// Its avail index and head: the ring hands it out there again.
+    position: u16,
+    head: u16,
+    work: ControlWork,
+}
+
+/// What the vring worker thread works on.
+struct Worker {
+    device: Device,
+    control: Health,
+    suspended: Option<Suspended>,
+    /// How long the control ring is polled after a pass drained it.
+    poller: Poller,
+}
+
+impl Worker {
+    fn new(config: DeviceConfig) -> Result<Self, Error> {
+        Ok(Worker {
+            poller: Poller::new(config.poll_us),
+            device: Device::new(config)?,
+            control: Health::new("control"),
+            suspended: None,
+        })
+    }
+
+    /// Answers the available control chains. Events a chain produced are
+    /// sent right after its answer, before the next chain runs. Returns
+    /// early, handing the chain at hand back, when `stopping` is set.
+    fn serve_control(
+        &mut self,
+        control: &VringRwLock,
+        events: &VringRwLock,
+        event_ring: &Mutex<Health>,
+        mem: &MemoryGuard,
+        event_idx: bool,
+        stopping: &AtomicBool,
+    ) {
+        self.device.counters.control_wakeups += 1;
+        let start = Instant::now();
+        let polled_before = self.poller.stats().busy_ns;
+        let Worker {
+            device,
+            control: health,
+            suspended,
+            poller,
+        } = self;
+        let round = ring::serve_polled(control, mem, health, event_idx, poller, |taken| {
+            let (position, head) = (taken.position, taken.head);
+            let mut walk = Walk::new(taken.chain);
+            let parsed = chain::parse(&**mem, &mut walk);
+            if walk.cut() {
+                return Served::Cut;
+            }
+            let mut work = work_for(suspended, device, position, head, parsed);
+            let mut yield_now = || stopping.load(Ordering::Acquire);
+            match work.run(device, &**mem, &mut yield_now) {
+                Some(written) => {
+                    deliver_events(device, &mut lock(event_ring), events, mem);
+                    Served::Used(written)
+                }
+                None => {
+                    *suspended = Some(Suspended {
+                        position,
+                        head,
+                        work,
+                    });
+                    Served::Later
+                }
+            }
+        });
+        let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let polls = self.poller.stats();
+        let counters = &mut self.device.counters;
+        // Answering only: the time spent polling is counted on its own.
+        let polled = polls.busy_ns.saturating_sub(polled_before);
+        counters.control_busy_ns = counters
+            .control_busy_ns
+            .saturating_add(busy.saturating_sub(polled));
+        counters.control_signals += u64::from(round.signals);
+        counters.poll_hits = polls.hits;
+        counters.poll_misses = polls.misses;
+        counters.poll_busy_ns = polls.busy_ns;
+        counters.poll_window_ns = polls.window_ns;
+    }
+}
+
+/// The work for a chain just taken: the suspended batch if this is its
+/// chain again, else a new one (a suspended batch whose chain did not come
+/// back is abandoned: the ring was set up anew).
+fn work_for(
+    suspended: &mut Option<Suspended>,
+    device: &mut Device,
+    position: u16,
+    head: u16,
+    parsed: chain::Parsed,
+) -> ControlWork {
+    if let Some(waiting) = suspended.take() {
+        if waiting.position == position && waiting.head == head && waiting.work.same_chain(&parsed)
+        {
+            debug!("control chain {head} at {position} goes on");
+            return waiting.work;
+        }
+        debug!(
+            "control chain {} at {} did not come back: abandoned",
+            waiting.head, waiting.position
+        );
+        waiting.work.abandon(device);
+    }
+    ControlWork::start(device, parsed)
+}
+
+/// Sends the pending events, oldest first. While the event ring is stopped
+/// (or broken) they wait in the device; on a running ring an event that
+/// finds no event buffer posted is dropped and counted.
+fn deliver_events(
+    device: &mut Device,
+    health: &mut Health,
+    vring: &VringRwLock,
+    mem: &MemoryGuard,
+) {
+    if !device.has_events() || health.is_broken() || !ring::running(vring) {
+        return;
+    }
+    if let Err(error) = ring::check_usable(vring, mem) {
+        health.fail(error);
+        return;
+    }
+    let mut used = false;
+    'events: while let Some(event) = device.next_event() {
+        let mut delivered = false;
+        while !delivered {
+            let taken = match ring::take(vring, mem) {
+                Ok(Some(taken)) => taken,
+                Ok(None) => break,
+                Err(error) => {
+                    health.fail(error);
+                    break 'events;
+                }
+            };
+            let head = taken.head;
+            let mut walk = Walk::new(taken.chain);
+            let parsed = chain::parse(&**mem, &mut walk);
+            if walk.cut() {
+                health.fail(RingError::ChainCut { head });
+                break 'events;
+            }
+            let written = match chain::deliver_parsed(&**mem, parsed, &event) {
+                Ok(written) => {
+                    delivered = true;
+                    written
+                }
+                Err(e) => {
+                    debug!("event buffer {head} unusable: {e}");
+                    device.counters.malformed_chains += 1;
+                    0
+                }
+            };
+            used = true;
+            if let Err(e) = vring.add_used(head, written) {
+                health.fail(RingError::Memory(e.to_string()));
+                break 'events;
+            }
+        }
+        device.pop_event();
+        if delivered {
+            device.counters.events_sent += 1;
+        } else {
+            device.counters.events_dropped += 1;
+        }
+    }
+    if used {
+        ring::signal(vring);
+    }
+}
+
 /// The cenalloc vhost-user backend of one front-end connection.
 pub struct CenallocBackend {
     config: DeviceConfig,
-    /// Only ever locked through `get_mut` (the backend is `&mut` when it
-    /// runs); the mutex makes the backend `Sync` for the daemon's threads.
-    device: Mutex<Device>,
     config_space: Vec<u8>,
-    mem: Option<AtomicMemory>,
-    event_idx: bool,
-    /// How long the control queue is polled after an answer.
-    poller: Poller,
+    mem: Mutex<Option<AtomicMemory>>,
+    event_idx: AtomicBool,
+    /// A ring stop (or device reset) waits for the worker: it hands its
+    /// chain back at its next step.
+    stopping: AtomicBool,
+    worker: Mutex<Worker>,
+    /// The event queue's health, held while the event ring is used.
+    event_ring: Mutex<Health>,
+    /// The exit events' consumers, owned here: see [`Self::exit_event`].
+    exit_consumers: Mutex<Vec<EventConsumer>>,
 }
 
 impl CenallocBackend {
     pub fn new(config: DeviceConfig) -> Result<Self, Error> {
-        let device = Device::new(config.clone())?;
+        let worker = Worker::new(config.clone())?;
         let config_space = config.config_space().as_slice().to_vec();
         Ok(CenallocBackend {
-            poller: Poller::new(config.poll_us),
             config,
-            device: Mutex::new(device),
             config_space,
-            mem: None,
-            event_idx: false,
+            mem: Mutex::new(None),
+            event_idx: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            worker: Mutex::new(worker),
+            event_ring: Mutex::new(Health::new("event")),
+            exit_consumers: Mutex::new(Vec::new()),
         })
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
-    pub fn new_shared(config: DeviceConfig) -> Result<Arc<RwLock<Self>>, Error> {
-        Ok(Arc::new(RwLock::new(Self::new(config)?)))
+    pub fn new_shared(config: DeviceConfig) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(Self::new(config)?))
     }
 
-    fn device(&mut self) -> &mut Device {
-        // A poisoned lock only means an earlier panic; the state is still
-        // consistent (the model changes nothing on failure).
-        match self.device.get_mut() {
-            Ok(device) => device,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    /// The worker's state, once the worker has handed back what it was
+    /// doing (for the front-end's requests, which must not wait a batch).
+    fn stop_worker(&self) -> MutexGuard<'_, Worker> {
+        self.stopping.store(true, Ordering::Release);
+        let worker = lock(&self.worker);
+        self.stopping.store(false, Ordering::Release);
+        worker
     }
 
-    /// Answers every available control chain. Events a chain produced are
-    /// sent (or dropped) right after its answer, before the next chain runs.
-    fn process_control(&mut self, vring: &VringRwLock, events: &VringRwLock, mem: &MemoryGuard) {
-        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(iter) => iter.collect(),
-            Err(e) => {
-                warn!("control queue unusable: {e}");
-                return;
-            }
-        };
-        if chains.is_empty() {
-            return;
-        }
-        let start = Instant::now();
-        for chain in chains {
-            let head = chain.head_index();
-            let written = chain::answer_control(self.device(), &**mem, chain);
-            if let Err(e) = vring.add_used(head, written) {
-                warn!("control queue: add_used({head}) failed: {e}");
-            }
-            self.deliver_events(events, mem);
-        }
-        let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let signalled = signal(vring, "control");
-        let counters = &mut self.device().counters;
-        counters.control_busy_ns = counters.control_busy_ns.saturating_add(busy);
-        if signalled {
-            counters.control_signals += 1;
-        }
-    }
-
-    /// Polls the control ring for a new chain (the window is the poller's,
-    /// microseconds); returns whether one came. The counters keep what the
-    /// polling cost.
-    fn poll_control(&mut self, vring: &VringRwLock, mem: &MemoryGuard) -> bool {
-        let found = self.poller.poll(|| {
-            let state = vring.get_ref();
-            let queue = state.get_queue();
-            queue
-                .avail_idx(&**mem, Ordering::Acquire)
-                .is_ok_and(|avail| avail.0 != queue.next_avail())
-        });
-        let stats = self.poller.stats();
-        let counters = &mut self.device().counters;
-        counters.poll_hits = stats.hits;
-        counters.poll_misses = stats.misses;
-        counters.poll_busy_ns = stats.busy_ns;
-        counters.poll_window_ns = stats.window_ns;
-        found
-    }
-
-    /// Sends the pending events; one with no event buffer posted is dropped.
-    fn deliver_events(&mut self, vring: &VringRwLock, mem: &MemoryGuard) {
-        if !self.device().has_events() {
-            return;
-        }
-        let events = self.device().take_events();
-        let ready = {
-            let state = vring.get_ref();
-            state.get_queue().ready() && state.is_enabled()
-        };
-        let mut used = false;
-        for event in events {
-            let mut delivered = false;
-            while ready && !delivered {
-                let Some(chain) = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone())
-                else {
-                    break;
-                };
-                let head = chain.head_index();
-                let written = match chain::deliver_event(&**mem, chain, &event) {
-                    Ok(written) => {
-                        delivered = true;
-                        written
-                    }
-                    Err(e) => {
-                        debug!("event buffer {head} unusable: {e}");
-                        self.device().counters.malformed_chains += 1;
-                        0
-                    }
-                };
-                used = true;
-                if let Err(e) = vring.add_used(head, written) {
-                    warn!("event queue: add_used({head}) failed: {e}");
-                }
-            }
-            if delivered {
-                self.device().counters.events_sent += 1;
-            } else {
-                self.device().counters.events_dropped += 1;
-            }
-        }
-        if used {
-            signal(vring, "event");
+    /// A kick that cannot be served: the queue stops (logged once).
+    fn bad_kick(&self, queue: u16, reason: String) {
+        match queue {
+            CENALLOC_VQ_CONTROL => lock(&self.worker).control.fail(RingError::BadKick(reason)),
+            CENALLOC_VQ_EVENT => lock(&self.event_ring).fail(RingError::BadKick(reason)),
+            other => warn!("event on unknown queue {other}"),
         }
     }
 }
 
-/// Notifies the driver of used buffers unless it suppressed that (event
-/// index); returns whether it was notified.
-fn signal(vring: &VringRwLock, name: &str) -> bool {
-    match vring.needs_notification() {
-        Ok(true) => {
-            if let Err(e) = vring.signal_used_queue() {
-                warn!("{name} queue: signal failed: {e}");
-                return false;
-            }
-            true
-        }
-        Ok(false) => false,
-        Err(e) => {
-            warn!("{name} queue: needs_notification failed: {e}");
-            false
-        }
-    }
-}
-
-impl VhostUserBackendMut for CenallocBackend {
+impl VhostUserBackend for CenallocBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
 
@@ -233,29 +330,45 @@ impl VhostUserBackendMut for CenallocBackend {
         VhostUserProtocolFeatures::CONFIG
     }
 
-    fn reset_device(&mut self) {
+    /// VHOST_USER_RESET_DEVICE (not negotiated, so QEMU does not send it):
+    /// everything goes, as at a new connection.
+    fn reset_device(&self) {
         debug!("device reset: dropping all buffers");
-        match Device::new(self.config.clone()) {
-            Ok(device) => *self.device() = device,
+        let mut worker = self.stop_worker();
+        match Worker::new(self.config.clone()) {
+            Ok(fresh) => *worker = fresh,
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
+        lock(&self.event_ring).clear();
     }
 
-    /// QEMU's vhost-user-base never sends RESET_DEVICE: a guest driver
-    /// reset (status 0, e.g. module unload) reaches the backend as
-    /// GET_VRING_BASE on every queue. Stopping the control queue is
-    /// therefore the device reset: the donated pools and every buffer go,
-    /// so a reloaded driver starts from a clean device.
-    fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
-        if queue_index == u32::from(CENALLOC_VQ_CONTROL) {
-            log::info!("control queue stopped (device reset): dropping all buffers and pools");
-            self.reset_device();
+    /// Stopping a ring (GET_VRING_BASE: a VM pause, a snapshot, a guest
+    /// driver reset) keeps the device state: only the driver's RESET
+    /// command drops it (see cenalloc_proto.h, "Lifecycle"). A control
+    /// chain the worker was answering goes back to the ring, unfinished,
+    /// to go on when the ring runs again. A queue stopped for an invalid
+    /// ring state may be used again once restarted.
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        match u16::try_from(queue_index) {
+            Ok(CENALLOC_VQ_CONTROL) => {
+                let mut worker = self.stop_worker();
+                worker.control.clear();
+                if let Some(suspended) = &worker.suspended {
+                    debug!(
+                        "control queue stopped with chain {} unfinished: it goes on at the restart",
+                        suspended.head
+                    );
+                }
+            }
+            Ok(CENALLOC_VQ_EVENT) => lock(&self.event_ring).clear(),
+            _ => {}
         }
+        debug!("queue {queue_index} stopped; the device state is kept");
         Ok(())
     }
 
-    fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -268,77 +381,81 @@ impl VhostUserBackendMut for CenallocBackend {
         out
     }
 
-    fn update_memory(&mut self, mem: AtomicMemory) -> io::Result<()> {
-        self.mem = Some(mem);
+    fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
+        *lock(&self.mem) = Some(mem);
         Ok(())
     }
 
+    /// The exit event of a vring worker thread. vhost-user-backend 0.24
+    /// registers the consumer's descriptor in its epoll set with
+    /// `into_raw_fd()` and never closes it (one descriptor per connection
+    /// leaked). So the backend keeps the consumer and hands out a
+    /// non-owning alias of the same descriptor, which the library only ever
+    /// turns back into a raw number; the descriptor closes when the backend
+    /// drops, after every worker thread (each holds a reference to the
+    /// backend) has ended and its epoll set is closed.
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                error!("{}", Error::ExitEvent(e));
-                None
-            }
-        }
+        let (consumer, notifier) =
+            match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    error!("{}", Error::ExitEvent(e));
+                    return None;
+                }
+            };
+        // SAFETY: `consumer` stays open in `exit_consumers` until the
+        // backend drops. VringEpollHandler::new (vhost-user-backend 0.24,
+        // event_loop.rs) calls `into_raw_fd()` on the alias at once and
+        // never closes that number, so the descriptor has one closer (the
+        // owner kept here) and the alias never outlives it in use: the
+        // epoll set holding it belongs to a worker that ends before the
+        // backend drops.
+        let alias = unsafe { EventConsumer::from_raw_fd(consumer.as_raw_fd()) };
+        lock(&self.exit_consumers).push(consumer);
+        Some((alias, notifier))
     }
 
     fn handle_event(
-        &mut self,
+        &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
-            warn!("unexpected event set {evset:?} on queue {device_event}");
+            self.bad_kick(
+                device_event,
+                format!("event set {evset:?} on the kick descriptor"),
+            );
             return Ok(());
         }
-        let Some(atomic) = &self.mem else {
-            warn!("queue {device_event} kicked before the memory table");
+        let Some(mem) = lock(&self.mem).as_ref().map(|atomic| atomic.memory()) else {
+            self.bad_kick(device_event, "kicked before the memory table".to_string());
             return Ok(());
         };
-        let mem = atomic.memory();
+        let (Some(control), Some(events)) = (
+            vrings.get(CENALLOC_VQ_CONTROL as usize),
+            vrings.get(CENALLOC_VQ_EVENT as usize),
+        ) else {
+            return Ok(());
+        };
+        let mut worker = lock(&self.worker);
         match device_event {
-            CENALLOC_VQ_CONTROL => {
-                self.device().counters.control_wakeups += 1;
-                let (Some(control), Some(events)) = (
-                    vrings.get(CENALLOC_VQ_CONTROL as usize),
-                    vrings.get(CENALLOC_VQ_EVENT as usize),
-                ) else {
-                    return Ok(());
-                };
-                if self.event_idx {
-                    loop {
-                        if let Err(e) = control.disable_notification() {
-                            warn!("control queue: disable_notification: {e}");
-                        }
-                        self.process_control(control, events, &mem);
-                        // With notifications still off: a request that
-                        // comes within the window needs no kick.
-                        if self.poll_control(control, &mem) {
-                            continue;
-                        }
-                        match control.enable_notification() {
-                            Ok(true) => continue,
-                            Ok(false) => break,
-                            Err(e) => {
-                                warn!("control queue: enable_notification: {e}");
-                                break;
-                            }
-                        }
-                    }
-                } else {
-                    self.process_control(control, events, &mem);
-                    while self.poll_control(control, &mem) {
-                        self.process_control(control, events, &mem);
-                    }
-                }
-            }
-            CENALLOC_VQ_EVENT => {
-                // The driver posted event buffers; events are sent as they
-                // happen, so there is nothing pending here.
-            }
+            CENALLOC_VQ_CONTROL => worker.serve_control(
+                control,
+                events,
+                &self.event_ring,
+                &mem,
+                self.event_idx.load(Ordering::Acquire),
+                &self.stopping,
+            ),
+            // Buffers posted, or the ring (re)started: send what waits.
+            CENALLOC_VQ_EVENT => deliver_events(
+                &mut worker.device,
+                &mut lock(&self.event_ring),
+                events,
+                &mem,
+            ),
             other => warn!("event on unknown queue {other}"),
         }
         Ok(())

@@ -482,17 +482,80 @@ fn reconnecting_front_end_gets_fresh_state() {
 }
 
 #[test]
-fn driver_reset_stopping_the_rings_drops_the_state() {
+fn restarting_the_rings_keeps_the_state_until_reset() {
     let mut harness = Harness::start();
     harness.donate_all();
     harness.run(Cmd::create(4096, 0)).ok();
+    // A guest driver reset: the rings stop and start again from scratch.
     harness.restart_queues();
+    let answer = harness.run(Cmd::get_info());
+    let info: InfoResp = answer.ok().get();
+    assert_eq!(info.num_buffers, 1, "a ring restart dropped the buffers");
+    let system: AllocatorInfo = answer.get_at(72);
+    assert_eq!(system.capacity, harness.config.pools[0].size);
+    // The driver's RESET is what drops the state; then the same memory can
+    // be donated again.
+    let dropped: ResetResp = harness.run(Cmd::reset(0, 0)).ok().get();
+    assert_eq!(dropped.buffers, 1);
+    let donated: u64 = harness.config.pools.iter().map(|p| p.size).sum();
+    assert_eq!(dropped.donated, donated);
     let answer = harness.run(Cmd::get_info());
     let info: InfoResp = answer.ok().get();
     assert_eq!(info.num_buffers, 0);
     let system: AllocatorInfo = answer.get_at(72);
     assert_eq!(system.capacity, 0);
-    // The restarted driver can donate the same memory again.
     harness.donate_all();
     harness.run(Cmd::create(4096, 0)).ok();
+}
+
+#[test]
+fn reset_validates_its_fields_and_changes_nothing_on_error() {
+    let mut harness = Harness::start();
+    harness.donate_all();
+    harness.run(Cmd::create(8192, 0)).ok();
+    let bad = [
+        (Cmd::reset(1, 0), -libc::EINVAL),
+        (Cmd::reset(0x8000_0000, 0), -libc::EINVAL),
+        (Cmd::reset(0, 1), -libc::EINVAL),
+        (Cmd::new(CENALLOC_CMD_RESET, &[0u8; 16], 16), -libc::EINVAL),
+        (Cmd::new(CENALLOC_CMD_RESET, &[], 16), -libc::EINVAL),
+        (Cmd::new(CENALLOC_CMD_RESET, &[0u8; 8], 8), -libc::ENOSPC),
+        (Cmd::new(CENALLOC_CMD_RESET, &[0u8; 8], 0), -libc::ENOSPC),
+    ];
+    for (cmd, status) in bad {
+        let answer = harness.run(cmd.clone());
+        assert_eq!(answer.status, status, "{cmd:?}");
+        let info: InfoResp = harness.run(Cmd::get_info()).get();
+        assert_eq!(info.num_buffers, 1, "{cmd:?} changed the state");
+    }
+    let mut flagged = Cmd::reset(0, 0);
+    flagged.flags = 1;
+    assert_eq!(harness.run(flagged).status, -libc::EINVAL);
+    assert_eq!(
+        harness.run(Cmd::get_info()).get::<InfoResp>().num_buffers,
+        1
+    );
+}
+
+#[test]
+fn commands_after_reset_in_one_batch_run_on_the_fresh_state() {
+    let mut harness = Harness::start();
+    harness.donate_all();
+    harness.post_event_buffers(4, 16);
+    let answer = harness.batch(&[
+        Cmd::create(4096, 0),
+        Cmd::reset(0, 0),
+        Cmd::create(4096, 0),
+        Cmd::get_info(),
+        Cmd::free(CENALLOC_BATCH_REF),
+    ]);
+    assert_eq!(answer.status, -libc::ENOENT, "{answer:?}");
+    assert_eq!(answer.num_done, 4);
+    let dropped: ResetResp = answer.answers[1].get();
+    assert_eq!(dropped.buffers, 1);
+    let info: InfoResp = answer.answers[3].get();
+    assert_eq!(info.num_buffers, 1);
+    let system: AllocatorInfo = answer.answers[3].get_at(72);
+    assert_eq!(system.capacity, 0, "donations survived RESET");
+    assert!(harness.take_events().is_empty());
 }

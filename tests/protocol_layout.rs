@@ -293,6 +293,15 @@ fn expectations() -> Vec<Expected> {
         list,
         ChecksumResp = cenalloc_checksum_resp { checksum, len }
     );
+    layout!(list, ResetReq = cenalloc_reset_req { flags, reserved });
+    layout!(
+        list,
+        ResetResp = cenalloc_reset_resp {
+            buffers,
+            reserved,
+            donated
+        }
+    );
     layout!(list, Event = cenalloc_event { event_type => type, buffer_id, data });
 
     constants!(
@@ -338,6 +347,7 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_CMD_STATS,
         CENALLOC_CMD_FILL,
         CENALLOC_CMD_CHECKSUM,
+        CENALLOC_CMD_RESET,
         CENALLOC_CMD_POOL_REMOVE,
         CENALLOC_CMD_LEASE,
         CENALLOC_CMD_LEASE_RETURN,
@@ -346,6 +356,7 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_MAX_LEASE,
         CENALLOC_MAX_LEASED_ATTACH,
         CENALLOC_CREATE_F_ALL,
+        CENALLOC_RESET_F_ALL,
         CENALLOC_ATTACH_F_MIGRATE,
         CENALLOC_DIR_BIDIRECTIONAL,
         CENALLOC_DIR_TO_DEVICE,

@@ -26,7 +26,8 @@ static enum tap_result test_info(void)
 	ret = ca_pool_read(ca, &pool);
 	if (!CHECK(ret == 0, "INFO: %s", strerror(-ret)))
 		goto out;
-	CHECK(pool.info.version == 1, "protocol version %u", pool.info.version);
+	/* CENALLOC_PROTOCOL_VERSION of cenalloc_proto.h (2: RESET). */
+	CHECK(pool.info.version == 2, "protocol version %u", pool.info.version);
 	CHECK(pool.info.num_allocators >= 1 &&
 	      pool.info.num_allocators <= CA_MAX_ALLOCATORS,
 	      "%u allocators", pool.info.num_allocators);

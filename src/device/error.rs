@@ -58,6 +58,8 @@ pub enum Error {
     ResponseTooSmall { need: usize, got: usize },
     #[error("STATS serialization failed: {0}")]
     Serialize(String),
+    #[error("the STATS snapshot has at least {at_least} bytes, more than any answer can hold")]
+    SnapshotTooLarge { at_least: usize },
     #[error("pool {pool}: {capacity:#x} bytes + {added:#x} would exceed its limit {max:#x}")]
     PoolFull {
         pool: u32,
@@ -97,6 +99,7 @@ impl Error {
             RangeOutOfPlacement { .. } => libc::ERANGE,
             Cancelled => libc::ECANCELED,
             Serialize(_) => libc::EIO,
+            SnapshotTooLarge { .. } => libc::E2BIG,
         }
     }
 

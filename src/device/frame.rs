@@ -12,6 +12,7 @@ pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
 pub const MAX_SLOT_BYTES: u32 = 16 << 20;
 
 /// One command of a parsed batch.
+#[derive(Debug)]
 pub(crate) struct CommandFrame {
     pub header: CmdHdr,
     /// Offset of the payload in the request.

@@ -242,6 +242,19 @@ impl Pool {
         &self.config
     }
 
+    /// Drops every buffer, attachment and donated region: the pool is as
+    /// [`Pool::new`] built it, except that ids keep counting where they
+    /// were, so that an id handed out before never names a later object.
+    /// The counters start from zero (they hold the live totals the limits
+    /// use). On error nothing changed.
+    pub fn clear(&mut self) -> Result<(), Error> {
+        let mut fresh = Pool::new(self.config.clone())?;
+        fresh.buffer_ids = self.buffer_ids.clone();
+        fresh.attachment_ids = self.attachment_ids.clone();
+        *self = fresh;
+        Ok(())
+    }
+
     /// Donates `[addr, addr + len)` to allocator `allocator`. The region must
     /// be non-empty, page multiple, aligned to the allocator's placement
     /// alignment, below its limit, and overlap no region of any allocator.

@@ -242,6 +242,8 @@ enum PoolOp {
     Free {
         pick: usize,
     },
+    /// The driver's RESET: everything goes, ids keep counting.
+    Clear,
 }
 
 fn pool_op() -> impl Strategy<Value = PoolOp> {
@@ -255,6 +257,7 @@ fn pool_op() -> impl Strategy<Value = PoolOp> {
         4 => (any::<usize>(), 0usize..3).prop_map(|(pick, dir)| PoolOp::Map { pick, dir }),
         3 => (any::<usize>(), 0usize..3).prop_map(|(pick, dir)| PoolOp::Unmap { pick, dir }),
         1 => any::<usize>().prop_map(|pick| PoolOp::Free { pick }),
+        1 => Just(PoolOp::Clear),
     ]
 }
 
@@ -459,6 +462,7 @@ fn run_pool_ops(ops: &[PoolOp]) {
                 r.map(|c| {
                     assert!(c.id != 0 && c.id & ID_BATCH_REF_BIT == 0);
                     assert!(!shadow.buffers.contains_key(&c.id));
+                    assert!(!buffer_ids.contains(&c.id), "buffer id {} reused", c.id);
                     buffer_ids.push(c.id);
                     shadow.buffers.insert(
                         c.id,
@@ -513,6 +517,11 @@ fn run_pool_ops(ops: &[PoolOp]) {
                 }
                 r.map(|a| {
                     assert_eq!(a.access_mask, shadow.access_mask(id) & mask);
+                    assert!(
+                        !attachment_ids.contains(&a.id),
+                        "attachment id {} reused",
+                        a.id
+                    );
                     attachment_ids.push(a.id);
                     assert!(types.contains(&a.map_type));
                     shadow.attachments.insert(
@@ -619,6 +628,15 @@ fn run_pool_ops(ops: &[PoolOp]) {
                         }
                     }
                 }
+                r
+            }
+            PoolOp::Clear => {
+                let r = pool.clear();
+                assert_eq!(r, Ok(()));
+                shadow = Shadow::default();
+                let snap = pool.snapshot();
+                assert!(snap.regions.is_empty() && snap.buffers.is_empty());
+                assert_eq!(snap.next_buffer_id, before.next_buffer_id);
                 r
             }
         };

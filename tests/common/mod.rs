@@ -72,7 +72,7 @@ impl GuestRam {
         GuestRam { mem, memfd }
     }
 
-    fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
+    pub fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
         self.mem
             .iter()
             .map(|region| VhostUserMemoryRegionInfo::from_guest_region(region).unwrap())
@@ -148,6 +148,14 @@ pub struct Used {
     /// The contents of the writable descriptors the harness placed, in
     /// order, concatenated.
     pub written: Vec<u8>,
+}
+
+/// Chains placed on a queue whose answers were not collected yet.
+#[derive(Debug)]
+pub struct Posted {
+    index: usize,
+    heads: Vec<u16>,
+    writable_areas: Vec<Vec<(u64, u32)>>,
 }
 
 /// One split virtqueue driven by the test.
@@ -279,6 +287,10 @@ impl Cmd {
             seed,
         };
         Cmd::new(CENALLOC_CMD_FILL, req.as_slice(), 0)
+    }
+    pub fn reset(flags: u32, reserved: u32) -> Self {
+        let req = ResetReq { flags, reserved };
+        Cmd::new(CENALLOC_CMD_RESET, req.as_slice(), 16)
     }
     pub fn checksum(buffer_id: u32) -> Self {
         let req = ChecksumReq {
@@ -464,12 +476,14 @@ impl Harness {
             ram,
         };
         for index in 0..CENALLOC_NUM_VQS {
-            harness.setup_queue(index);
+            harness.setup_queue(index, 0);
         }
         harness
     }
 
-    fn setup_queue(&mut self, index: usize) {
+    /// SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE of queue `index` with the
+    /// harness's ring memory, starting at avail index `base`.
+    fn setup_queue(&mut self, index: usize, base: u16) {
         let queue = if index == 0 {
             &self.control
         } else {
@@ -486,7 +500,7 @@ impl Harness {
         };
         self.frontend.set_vring_num(index, QUEUE_SIZE).unwrap();
         self.frontend.set_vring_addr(index, &data).unwrap();
-        self.frontend.set_vring_base(index, 0).unwrap();
+        self.frontend.set_vring_base(index, base).unwrap();
         self.frontend.set_vring_call(index, &queue.call).unwrap();
         self.frontend.set_vring_kick(index, &queue.kick).unwrap();
         self.frontend.set_vring_enable(index, true).unwrap();
@@ -502,8 +516,113 @@ impl Harness {
         self.control = Queue::new(0x1000);
         self.events = Queue::new(0x4000);
         for index in 0..CENALLOC_NUM_VQS {
-            self.setup_queue(index);
+            self.setup_queue(index, 0);
         }
+    }
+
+    /// What QEMU does at a VM pause (QMP `stop`), a snapshot or a cancelled
+    /// migration: stop both rings with GET_VRING_BASE. Returns the bases.
+    pub fn stop_queues(&mut self) -> Vec<u16> {
+        (0..CENALLOC_NUM_VQS)
+            .map(|index| {
+                let base = self.frontend.get_vring_base(index).unwrap();
+                u16::try_from(base).expect("vring base above 16 bits")
+            })
+            .collect()
+    }
+
+    /// ... and at the resume (QMP `cont`): the same rings again, each from
+    /// the base GET_VRING_BASE returned.
+    pub fn start_queues(&mut self, bases: &[u16]) {
+        for (index, &base) in bases.iter().enumerate() {
+            self.setup_queue(index, base);
+        }
+    }
+
+    /// Stops and restarts both rings at their bases (a pause/resume).
+    pub fn pause_resume(&mut self) {
+        let bases = self.stop_queues();
+        self.start_queues(&bases);
+    }
+
+    /// Kicks queue `index` (0 control, 1 event) without adding anything.
+    pub fn kick(&self, index: usize) {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        queue.kick.write(1).unwrap();
+    }
+
+    /// Writes `idx` as the avail index of queue `index`, as a broken or
+    /// malicious driver would, and kicks. The harness's own count is not
+    /// changed.
+    pub fn write_avail_idx(&self, index: usize, idx: u16) {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        fence(Ordering::SeqCst);
+        self.ram
+            .mem
+            .store(idx, GuestAddress(queue.avail + 2), Ordering::Release)
+            .unwrap();
+        fence(Ordering::SeqCst);
+        queue.kick.write(1).unwrap();
+    }
+
+    /// Writes descriptor `desc_index` of the control queue's table as given
+    /// (for chains a driver could not build with [`Chain`]).
+    pub fn write_control_desc(&self, desc_index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.write_desc(self.control.desc, desc_index, addr, len, flags, next);
+    }
+
+    /// Publishes `head` as the next available chain of the control queue
+    /// and kicks, without waiting.
+    pub fn publish_control_head(&mut self, head: u16) {
+        let queue = &mut self.control;
+        let slot = queue.avail + 4 + 2 * u64::from(queue.avail_idx % QUEUE_SIZE);
+        self.ram.write(slot, &head.to_le_bytes());
+        queue.avail_idx = queue.avail_idx.wrapping_add(1);
+        fence(Ordering::SeqCst);
+        self.ram
+            .mem
+            .store(
+                queue.avail_idx,
+                GuestAddress(queue.avail + 2),
+                Ordering::Release,
+            )
+            .unwrap();
+        fence(Ordering::SeqCst);
+        queue.kick.write(1).unwrap();
+    }
+
+    /// After a ring the device gave up on: makes `avail` the control
+    /// queue's avail index (in memory and in the harness) and takes the
+    /// device's used index as it is, without kicking.
+    pub fn resync_control(&mut self, avail: u16) {
+        self.control.used_idx = self.control_used_idx();
+        self.control.avail_idx = avail;
+        fence(Ordering::SeqCst);
+        self.ram
+            .mem
+            .store(
+                avail,
+                GuestAddress(self.control.avail + 2),
+                Ordering::Release,
+            )
+            .unwrap();
+        fence(Ordering::SeqCst);
+    }
+
+    /// The control queue's used index as the device wrote it.
+    pub fn control_used_idx(&self) -> u16 {
+        self.ram
+            .mem
+            .load(GuestAddress(self.control.used + 2), Ordering::Acquire)
+            .unwrap()
     }
 
     pub fn event_idx(&self) -> bool {
@@ -538,6 +657,21 @@ impl Harness {
     /// Posts chains on queue `index` (0 control, 1 event); with `wait`,
     /// waits for them all to come back.
     pub fn submit_on(&mut self, index: usize, chains: &[Chain], wait: bool) -> Vec<Used> {
+        let posted = self.place(index, chains);
+        if !wait {
+            return Vec::new();
+        }
+        self.wait_posted(posted)
+    }
+
+    /// Places `chains` on the control queue and kicks without waiting; the
+    /// answers come with [`Harness::wait_posted`].
+    pub fn post(&mut self, chains: &[Chain]) -> Posted {
+        self.place(0, chains)
+    }
+
+    /// Writes `chains` into queue `index` and kicks.
+    fn place(&mut self, index: usize, chains: &[Chain]) -> Posted {
         self.scratch = if index == 0 {
             SCRATCH_START
         } else {
@@ -633,9 +767,26 @@ impl Harness {
             .unwrap();
         fence(Ordering::SeqCst);
         queue.kick.write(1).unwrap();
-        if !wait {
-            return Vec::new();
+        Posted {
+            index,
+            heads,
+            writable_areas,
         }
+    }
+
+    /// Waits until every chain of `posted` is used; returns what the device
+    /// wrote for each, in the order they were posted.
+    pub fn wait_posted(&mut self, posted: Posted) -> Vec<Used> {
+        let Posted {
+            index,
+            heads,
+            writable_areas,
+        } = posted;
+        let queue = if index == 0 {
+            &mut self.control
+        } else {
+            &mut self.events
+        };
         let target = queue.used_idx.wrapping_add(heads.len() as u16);
         let (used_addr, call_fd) = (queue.used, queue.call.as_raw_fd());
         let start = queue.used_idx;
@@ -822,4 +973,83 @@ pub fn map_segments(answer: &Answer) -> (MapResp, Vec<(u64, u64)>) {
 
 pub fn errno(e: i32) -> i32 {
     -e
+}
+
+/// Runs one vhost-user request on its own thread and waits at most `bound`
+/// for the answer: `Some((result, elapsed))`, or `None` when the daemon did
+/// not answer in time (the thread is left blocked; the test fails anyway).
+pub fn timed_request<T: Send + 'static>(
+    frontend: &Frontend,
+    bound: Duration,
+    request: impl FnOnce(&mut Frontend) -> T + Send + 'static,
+) -> Option<(T, Duration)> {
+    let mut frontend = frontend.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let result = request(&mut frontend);
+        let _ = tx.send((result, start.elapsed()));
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+/// The `cenallocd` executable run as its own process, its log (stderr) in
+/// a file; killed when dropped.
+pub struct DaemonProcess {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `cenallocd --socket-path SOCK ARGS` with `RUST_LOG=info` and
+    /// waits for its socket.
+    pub fn spawn(args: &[&str]) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = std::env::temp_dir().join(format!("cenallocd-proc-{}-{n}", std::process::id()));
+        let socket = base.with_extension("sock");
+        let log = base.with_extension("log");
+        let _ = std::fs::remove_file(&socket);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cenallocd"))
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "cenallocd never created its socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        DaemonProcess { child, socket, log }
+    }
+
+    /// What the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Open file descriptors of the daemon process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
 }

@@ -1,0 +1,666 @@
+//! Ring-state logic of one virtqueue, for the backend glue
+//! ([`crate::vhu_cenalloc`]): what the device may take from a ring, and
+//! when it must stop using it.
+//!
+//! - [`take`] hands out the next available chain after the checks that
+//!   concern the ring itself: the avail index at most a queue size ahead of
+//!   the device's own, the head inside the descriptor table.
+//! - [`Walk`] walks one chain and tells whether it was cut: it yielded
+//!   nothing, or it ended on a descriptor that still says NEXT (a loop, a
+//!   next index outside its table, an unreadable or nested indirect table,
+//!   more than 4 GiB in total).
+//! - [`Health`]: an invalid ring state stops the queue. The device then
+//!   touches that ring no more (the chain it gave up on is not returned),
+//!   logs why once, and uses the ring again only after the front-end
+//!   restarts the queue (GET_VRING_BASE, then SET_VRING_*). A guest driver
+//!   reset does exactly that.
+//! - [`serve`]: the loop over the available chains, with the EVENT_IDX
+//!   re-check, that can neither spin nor hold on to a broken ring;
+//!   [`serve_polled`] polls the avail ring before it sleeps.
+
+use std::sync::atomic::Ordering;
+
+use log::warn;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
+
+use crate::poll::Poller;
+
+/// Guest memory as the vring worker sees it for one event.
+pub type MemoryGuard = GuestMemoryLoadGuard<GuestMemoryMmap<()>>;
+
+/// An invalid ring state: the queue stops.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum RingError {
+    #[error("the rings are not usable (missing, misaligned or outside guest RAM)")]
+    Unusable,
+    #[error("avail index {avail} is more than the queue size {size} ahead of the device's {next}")]
+    AvailIndex { avail: u16, next: u16, size: u16 },
+    #[error("chain head {head} at avail position {position} is outside the queue of {size}")]
+    Head { head: u16, position: u16, size: u16 },
+    #[error(
+        "the chain at head {head} cannot be walked to its end (a descriptor loop, a next \
+         index outside its table, an unreadable or nested indirect table, or more than 4 GiB)"
+    )]
+    ChainCut { head: u16 },
+    #[error("the ring announces chains that cannot be read")]
+    Stalled,
+    #[error("bad kick: {0}")]
+    BadKick(String),
+    #[error("guest memory access to the ring failed: {0}")]
+    Memory(String),
+}
+
+/// Whether a queue may still be used, and why not.
+#[derive(Debug)]
+pub struct Health {
+    name: &'static str,
+    broken: Option<RingError>,
+}
+
+impl Health {
+    pub fn new(name: &'static str) -> Self {
+        Health { name, broken: None }
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    pub fn broken(&self) -> Option<&RingError> {
+        self.broken.as_ref()
+    }
+
+    /// Stops the queue for `error`; logs the first reason only.
+    pub fn fail(&mut self, error: RingError) {
+        if self.broken.is_none() {
+            warn!(
+                "{} queue stopped: {error}; it stays stopped until the front-end restarts it",
+                self.name
+            );
+            self.broken = Some(error);
+        }
+    }
+
+    /// The front-end stopped the queue: it may set it up anew.
+    pub fn clear(&mut self) {
+        self.broken = None;
+    }
+}
+
+/// One chain taken from the avail ring.
+pub struct Taken<C> {
+    /// Its avail index: where the ring's next_avail goes back to if the
+    /// chain is handed back unanswered.
+    pub position: u16,
+    pub head: u16,
+    pub chain: C,
+}
+
+/// A chain walked by [`Walk`].
+pub type Chain = DescriptorChain<MemoryGuard>;
+
+/// Ready (started by the front-end) and enabled.
+pub fn running(vring: &VringRwLock) -> bool {
+    let state = vring.get_ref();
+    state.get_queue().ready() && state.is_enabled()
+}
+
+/// Ready, with rings that were set (address 0 means unset, as for
+/// virtio-queue), lie in guest RAM and are aligned.
+pub fn check_usable(vring: &VringRwLock, mem: &MemoryGuard) -> Result<(), RingError> {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    if queue.avail_ring() != 0 && queue.used_ring() != 0 && queue.is_valid(&**mem) {
+        Ok(())
+    } else {
+        Err(RingError::Unusable)
+    }
+}
+
+/// The next available chain; `None` when the ring is drained or no longer
+/// ready (the front-end is stopping it).
+pub fn take(vring: &VringRwLock, mem: &MemoryGuard) -> Result<Option<Taken<Chain>>, RingError> {
+    let mut state = vring.get_mut();
+    let queue = state.get_queue_mut();
+    let size = queue.size();
+    let position = queue.next_avail();
+    let chain = match queue.iter(mem.clone()) {
+        Ok(mut iter) => iter.next(),
+        Err(virtio_queue::Error::QueueNotReady) => return Ok(None),
+        Err(virtio_queue::Error::InvalidAvailRingIndex) => {
+            let avail = queue
+                .avail_idx(&**mem, Ordering::Relaxed)
+                .map_or(0, |idx| idx.0);
+            return Err(RingError::AvailIndex {
+                avail,
+                next: position,
+                size,
+            });
+        }
+        Err(e) => return Err(RingError::Memory(e.to_string())),
+    };
+    let Some(chain) = chain else {
+        return Ok(None);
+    };
+    let head = chain.head_index();
+    if head >= size {
+        return Err(RingError::Head {
+            head,
+            position,
+            size,
+        });
+    }
+    Ok(Some(Taken {
+        position,
+        head,
+        chain,
+    }))
+}
+
+/// Hands chains back: the next [`take`] starts again at `position`.
+pub fn put_back(vring: &VringRwLock, position: u16) {
+    vring.set_queue_next_avail(position);
+}
+
+/// Walks a chain's descriptors and remembers whether the walk was cut.
+pub struct Walk<I> {
+    inner: I,
+    yielded: usize,
+    last_has_next: bool,
+    exhausted: bool,
+}
+
+impl<I: Iterator<Item = Descriptor>> Walk<I> {
+    pub fn new(inner: I) -> Self {
+        Walk {
+            inner,
+            yielded: 0,
+            last_has_next: false,
+            exhausted: false,
+        }
+    }
+
+    /// The walk ran out before the chain's last descriptor: an invalid
+    /// ring state. (A walk its consumer stopped early is not cut.)
+    pub fn cut(&self) -> bool {
+        self.exhausted && (self.yielded == 0 || self.last_has_next)
+    }
+}
+
+impl<I: Iterator<Item = Descriptor>> Iterator for Walk<I> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        if self.exhausted {
+            return None;
+        }
+        match self.inner.next() {
+            Some(desc) => {
+                self.yielded += 1;
+                self.last_has_next = desc.has_next();
+                Some(desc)
+            }
+            None => {
+                self.exhausted = true;
+                None
+            }
+        }
+    }
+}
+
+/// What the caller of [`serve`] did with one chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Answered: this many bytes written into its writable part.
+    Used(u32),
+    /// Not answered yet: the chain goes back on the ring and the loop
+    /// ends; a later [`serve`] takes it again.
+    Later,
+    /// The chain was cut ([`Walk::cut`]): an invalid ring state.
+    Cut,
+}
+
+/// Why [`serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Nothing more is available (or the front-end is stopping the ring).
+    Drained,
+    /// The caller handed a chain back ([`Served::Later`]).
+    HandedBack,
+    /// The queue is stopped for an invalid ring state ([`Health`]).
+    Broken,
+}
+
+/// What one [`serve`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub end: End,
+    /// Chains answered.
+    pub used: u32,
+    /// Used-buffer notifications sent to the driver.
+    pub signals: u32,
+}
+
+/// Takes every available chain of `vring` and gives it to `answer`, in
+/// ring order, until the ring is drained, the queue breaks, or `answer`
+/// hands a chain back. With EVENT_IDX, notifications are off while it runs
+/// and the ring is checked again after they are back on (a chain added
+/// meanwhile is not missed). The driver is notified after each pass.
+///
+/// It never spins: a broken queue returns at once, and a pass that finds
+/// nothing although the ring announced more breaks the queue.
+pub fn serve(
+    vring: &VringRwLock,
+    mem: &MemoryGuard,
+    health: &mut Health,
+    event_idx: bool,
+    answer: impl FnMut(Taken<Chain>) -> Served,
+) -> Round {
+    serve_polled(vring, mem, health, event_idx, &mut Poller::new(0), answer)
+}
+
+/// [`serve`], and when a pass finds the ring drained (with EVENT_IDX,
+/// notifications still off) `poller` polls the avail ring for a while
+/// first: a chain that comes within its window is served without a kick.
+/// A poll that saw a chain counts as an announcement: a pass that then
+/// finds nothing stops the queue, as for the EVENT_IDX re-check.
+pub fn serve_polled(
+    vring: &VringRwLock,
+    mem: &MemoryGuard,
+    health: &mut Health,
+    event_idx: bool,
+    poller: &mut Poller,
+    mut answer: impl FnMut(Taken<Chain>) -> Served,
+) -> Round {
+    let mut round = Round {
+        end: End::Drained,
+        used: 0,
+        signals: 0,
+    };
+    if health.is_broken() {
+        round.end = End::Broken;
+        return round;
+    }
+    if let Err(error) = check_usable(vring, mem) {
+        health.fail(error);
+        round.end = End::Broken;
+        return round;
+    }
+    let mut announced = false;
+    loop {
+        if event_idx {
+            if let Err(e) = vring.disable_notification() {
+                health.fail(RingError::Memory(e.to_string()));
+                round.end = End::Broken;
+                return round;
+            }
+        }
+        let mut took = false;
+        let end = loop {
+            let taken = match take(vring, mem) {
+                Ok(Some(taken)) => taken,
+                Ok(None) => break None,
+                Err(error) => {
+                    health.fail(error);
+                    break Some(End::Broken);
+                }
+            };
+            took = true;
+            let (position, head) = (taken.position, taken.head);
+            match answer(taken) {
+                Served::Used(len) => {
+                    if let Err(e) = vring.add_used(head, len) {
+                        health.fail(RingError::Memory(e.to_string()));
+                        break Some(End::Broken);
+                    }
+                    round.used += 1;
+                }
+                Served::Later => {
+                    put_back(vring, position);
+                    break Some(End::HandedBack);
+                }
+                Served::Cut => {
+                    health.fail(RingError::ChainCut { head });
+                    break Some(End::Broken);
+                }
+            }
+        };
+        if signal(vring) {
+            round.signals += 1;
+        }
+        if let Some(end) = end {
+            round.end = end;
+            return round;
+        }
+        if announced && !took {
+            health.fail(RingError::Stalled);
+            round.end = End::Broken;
+            return round;
+        }
+        if !event_idx || !running(vring) {
+            return round;
+        }
+        if poller.poll(|| avail_pending(vring, mem)) {
+            announced = true;
+            continue;
+        }
+        match vring.enable_notification() {
+            Ok(true) => announced = true,
+            Ok(false) => return round,
+            Err(e) => {
+                health.fail(RingError::Memory(e.to_string()));
+                round.end = End::Broken;
+                return round;
+            }
+        }
+    }
+}
+
+/// Whether the driver made a chain available that the device has not
+/// taken (the avail index moved past the device's own).
+fn avail_pending(vring: &VringRwLock, mem: &MemoryGuard) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue
+        .avail_idx(&**mem, Ordering::Acquire)
+        .is_ok_and(|avail| avail.0 != queue.next_avail())
+}
+
+/// Notifies the driver of used buffers unless it suppressed that (event
+/// index); returns whether it was notified.
+pub fn signal(vring: &VringRwLock) -> bool {
+    match vring.needs_notification() {
+        Ok(true) => match vring.signal_used_queue() {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("cannot notify the driver: {e}");
+                false
+            }
+        },
+        Ok(false) => false,
+        Err(e) => {
+            warn!("needs_notification failed: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
+
+    const SIZE: u16 = 16;
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    struct Fixture {
+        atomic: GuestMemoryAtomic<GuestMemoryMmap<()>>,
+        vring: VringRwLock,
+        desc: u64,
+        avail: u64,
+        used: u64,
+    }
+
+    impl Fixture {
+        /// A ready, enabled queue of SIZE entries, rings laid out by
+        /// MockSplitQueue (from address 0x1000).
+        fn new(event_idx: bool) -> Self {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let mock = MockSplitQueue::create(&mem, GuestAddress(0x1000), SIZE);
+            let (desc, avail, used) = (
+                mock.desc_table_addr().raw_value(),
+                mock.avail_addr().raw_value(),
+                mock.used_addr().raw_value(),
+            );
+            let atomic = GuestMemoryAtomic::new(mem);
+            let vring = VringRwLock::new(atomic.clone(), SIZE).unwrap();
+            vring.set_queue_size(SIZE);
+            vring.set_queue_info(desc, avail, used).unwrap();
+            vring.set_queue_event_idx(event_idx);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            Fixture {
+                atomic,
+                vring,
+                desc,
+                avail,
+                used,
+            }
+        }
+
+        fn mem(&self) -> MemoryGuard {
+            self.atomic.memory()
+        }
+
+        /// Writes descriptors at 0.. and publishes `heads` from avail
+        /// position `from`.
+        fn publish(&self, descs: &[RawDescriptor], heads: &[u16], from: u16) {
+            let mem = self.mem();
+            for (i, desc) in descs.iter().enumerate() {
+                mem.write_obj(*desc, GuestAddress(self.desc + 16 * i as u64))
+                    .unwrap();
+            }
+            for (i, &head) in heads.iter().enumerate() {
+                let slot = (from as u64 + i as u64) % u64::from(SIZE);
+                mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
+                    .unwrap();
+            }
+            self.set_avail_idx(from.wrapping_add(heads.len() as u16));
+        }
+
+        fn set_avail_idx(&self, idx: u16) {
+            self.mem()
+                .write_obj(idx, GuestAddress(self.avail + 2))
+                .unwrap();
+        }
+
+        fn used_idx(&self) -> u16 {
+            self.mem().read_obj(GuestAddress(self.used + 2)).unwrap()
+        }
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// Three one-descriptor chains at heads 0, 1, 2.
+    fn three_chains(f: &Fixture) {
+        let descs: Vec<_> = (0..3)
+            .map(|i| desc(0x8000 + 0x100 * i, 64, WRITE, 0))
+            .collect();
+        f.publish(&descs, &[0, 1, 2], 0);
+    }
+
+    /// Answers every chain after walking it fully.
+    fn walk_all(taken: Taken<Chain>) -> Served {
+        let mut walk = Walk::new(taken.chain);
+        for _ in walk.by_ref() {}
+        if walk.cut() {
+            Served::Cut
+        } else {
+            Served::Used(8)
+        }
+    }
+
+    #[test]
+    fn serves_every_chain_in_order_with_and_without_event_idx() {
+        for event_idx in [false, true] {
+            let f = Fixture::new(event_idx);
+            three_chains(&f);
+            let mut health = Health::new("test");
+            let mut heads = Vec::new();
+            let round = serve(&f.vring, &f.mem(), &mut health, event_idx, |taken| {
+                heads.push((taken.position, taken.head));
+                walk_all(taken)
+            });
+            assert_eq!(round.end, End::Drained);
+            assert_eq!(round.used, 3);
+            assert_eq!(heads, [(0, 0), (1, 1), (2, 2)]);
+            assert_eq!(f.used_idx(), 3);
+            assert!(!health.is_broken());
+        }
+    }
+
+    #[test]
+    fn an_avail_index_out_of_range_breaks_the_queue_once_and_never_spins() {
+        for event_idx in [false, true] {
+            let f = Fixture::new(event_idx);
+            f.set_avail_idx(SIZE + 1);
+            let mut health = Health::new("test");
+            let mut calls = 0;
+            for _ in 0..3 {
+                let round = serve(&f.vring, &f.mem(), &mut health, event_idx, |_| {
+                    calls += 1;
+                    Served::Used(0)
+                });
+                assert_eq!(round.end, End::Broken);
+            }
+            assert_eq!(calls, 0);
+            assert_eq!(
+                health.broken(),
+                Some(&RingError::AvailIndex {
+                    avail: SIZE + 1,
+                    next: 0,
+                    size: SIZE
+                })
+            );
+            // Behind the device is as invalid as too far ahead.
+            let f = Fixture::new(event_idx);
+            three_chains(&f);
+            let mut health = Health::new("test");
+            serve(&f.vring, &f.mem(), &mut health, event_idx, walk_all);
+            f.set_avail_idx(1);
+            let round = serve(&f.vring, &f.mem(), &mut health, event_idx, walk_all);
+            assert_eq!(round.end, End::Broken);
+            // Until the front-end restarts the queue.
+            health.clear();
+            f.set_avail_idx(3);
+            let round = serve(&f.vring, &f.mem(), &mut health, event_idx, walk_all);
+            assert_eq!(round.end, End::Drained);
+        }
+    }
+
+    #[test]
+    fn a_head_outside_the_table_breaks_the_queue() {
+        let f = Fixture::new(true);
+        f.publish(&[desc(0x8000, 64, WRITE, 0)], &[SIZE + 3], 0);
+        let mut health = Health::new("test");
+        let round = serve(&f.vring, &f.mem(), &mut health, true, walk_all);
+        assert_eq!(round.end, End::Broken);
+        assert_eq!(
+            health.broken(),
+            Some(&RingError::Head {
+                head: SIZE + 3,
+                position: 0,
+                size: SIZE
+            })
+        );
+        assert_eq!(f.used_idx(), 0, "the chain given up on is not returned");
+    }
+
+    #[test]
+    fn cut_chains_break_the_queue_and_whole_chains_do_not() {
+        let cases: [(&str, Vec<RawDescriptor>, bool); 4] = [
+            (
+                "whole",
+                vec![desc(0x8000, 64, NEXT, 1), desc(0x9000, 64, WRITE, 0)],
+                false,
+            ),
+            (
+                "loop",
+                vec![desc(0x8000, 64, NEXT, 1), desc(0x9000, 64, NEXT | WRITE, 0)],
+                true,
+            ),
+            (
+                "next outside the table",
+                vec![desc(0x8000, 64, NEXT, SIZE + 1)],
+                true,
+            ),
+            (
+                "more than 4 GiB",
+                vec![desc(0x8000, u32::MAX, NEXT, 1), desc(0x9000, 64, WRITE, 0)],
+                true,
+            ),
+        ];
+        for (name, descs, cut) in cases {
+            let f = Fixture::new(true);
+            f.publish(&descs, &[0], 0);
+            let mut health = Health::new("test");
+            let round = serve(&f.vring, &f.mem(), &mut health, true, walk_all);
+            assert_eq!(round.end == End::Broken, cut, "{name}");
+            assert_eq!(
+                health.broken() == Some(&RingError::ChainCut { head: 0 }),
+                cut,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_walk_stopped_by_its_consumer_is_not_cut() {
+        let f = Fixture::new(false);
+        f.publish(
+            &[desc(0x8000, 64, NEXT, 1), desc(0x9000, 64, WRITE, 0)],
+            &[0],
+            0,
+        );
+        let taken = take(&f.vring, &f.mem()).unwrap().unwrap();
+        let mut walk = Walk::new(taken.chain);
+        assert!(walk.next().is_some());
+        assert!(!walk.cut());
+    }
+
+    #[test]
+    fn a_chain_handed_back_is_taken_again() {
+        let f = Fixture::new(true);
+        three_chains(&f);
+        let mut health = Health::new("test");
+        let round = serve(&f.vring, &f.mem(), &mut health, true, |taken| {
+            if taken.head == 1 {
+                Served::Later
+            } else {
+                walk_all(taken)
+            }
+        });
+        assert_eq!(round.end, End::HandedBack);
+        assert_eq!(round.used, 1);
+        assert_eq!(f.vring.queue_next_avail(), 1);
+        let mut heads = Vec::new();
+        let round = serve(&f.vring, &f.mem(), &mut health, true, |taken| {
+            heads.push(taken.head);
+            walk_all(taken)
+        });
+        assert_eq!(round.end, End::Drained);
+        assert_eq!(heads, [1, 2]);
+        assert_eq!(f.used_idx(), 3);
+    }
+
+    #[test]
+    fn rings_outside_memory_or_not_set_up_break_the_queue_untouched() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem);
+        let vring = VringRwLock::new(atomic.clone(), SIZE).unwrap();
+        vring.set_queue_size(SIZE);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let mut health = Health::new("test");
+        let round = serve(&vring, &atomic.memory(), &mut health, true, walk_all);
+        assert_eq!(round.end, End::Broken);
+        assert_eq!(health.broken(), Some(&RingError::Unusable));
+        // Nothing was written at guest address 0 (where an unset used
+        // ring would point).
+        let mut bytes = [1u8; 0x1000];
+        atomic
+            .memory()
+            .read_slice(&mut bytes, GuestAddress(0))
+            .unwrap();
+        assert!(bytes.iter().all(|&b| b == 0));
+    }
+}
