@@ -10,8 +10,8 @@
  * locally (mask intersection empty: -EINVAL, or -ERANGE when the device
  * cannot address any kind the buffer may use; no mutual mapping type:
  * -EOPNOTSUPP, cenalloc_negotiate.c); what must reach the device goes
- * through cenalloc_batch.c. UNMAP and DETACH wait in the buffer's pending
- * batch. The device validates all.
+ * through cenalloc_batch.c. UNMAP and DETACH wait in the buffer's pending batch.
+ * The device validates all.
  *
  * The exporter is dynamic (it has pin/unpin). Linux 6.12 then maps a
  * static importer (dma_buf_attach()) at attach, pinned until its detach;
@@ -149,6 +149,11 @@ cenalloc_attachment_new(struct cenalloc_buffer *buffer, struct device *dev,
 	a = kzalloc(sizeof(*a), GFP_KERNEL);
 	if (!a)
 		return ERR_PTR(-ENOMEM);
+	a->detach_req = cenalloc_req_alloc(buffer->cdev);
+	if (!a->detach_req) {
+		kfree(a);
+		return ERR_PTR(-ENOMEM);
+	}
 	a->buffer = buffer;
 	a->dev = dev;
 	a->requested = requested;
@@ -163,6 +168,13 @@ cenalloc_attachment_new(struct cenalloc_buffer *buffer, struct device *dev,
 	return a;
 }
 
+/* Free an attachment that is not (or no longer) in the buffer's list. */
+void cenalloc_attachment_free(struct cenalloc_attachment *a)
+{
+	cenalloc_req_free(a->detach_req);
+	kfree(a);
+}
+
 static void cenalloc_access_mask_update(struct cenalloc_buffer *buffer)
 {
 	struct cenalloc_attachment *a;
@@ -170,7 +182,8 @@ static void cenalloc_access_mask_update(struct cenalloc_buffer *buffer)
 					  CENALLOC_MASK_ANY;
 
 	list_for_each_entry(a, &buffer->attachments, node)
-		mask &= a->mask;
+		if (!a->refused)
+			mask &= a->mask;
 	buffer->access_mask = mask;
 }
 
@@ -321,7 +334,6 @@ static int cenalloc_attach_late(struct cenalloc_buffer *buffer,
 	unsigned int n = 0;
 	int ret = 0;
 
-	cenalloc_buffer_flush(buffer);
 	req = cenalloc_req_alloc(buffer->cdev);
 	if (!req)
 		return -ENOMEM;
@@ -352,8 +364,9 @@ static int cenalloc_attachment_add(struct cenalloc_buffer *buffer,
 	int ret;
 
 	lockdep_assert_held(&buffer->lock);
-	if (READ_ONCE(cdev->removed))
-		return -ENODEV;
+	ret = cenalloc_dev_usable(cdev);
+	if (ret)
+		return ret;
 	if (!(buffer->access_mask &
 	      cenalloc_reach_wanted(&a->reach, a->requested,
 				    cenalloc_types_physical(a->types,
@@ -372,10 +385,10 @@ static int cenalloc_attachment_add(struct cenalloc_buffer *buffer,
 	if (buffer->backed && !defer) {
 		/* Only the device knows whether the backing migrates. */
 		ret = cenalloc_make_room(buffer, buffer->access_mask & a->mask);
+		if (!ret)
+			ret = cenalloc_dev_usable(cdev);
 		if (ret)
 			return ret;
-		if (READ_ONCE(cdev->removed))
-			return -ENODEV;
 		ret = cenalloc_attach_late(buffer, a);
 		if (ret)
 			return ret;
@@ -430,7 +443,9 @@ int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 retry:
 	if (resv)
 		dma_resv_lock(dmabuf->resv, NULL);
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		goto out_resv;
 	if (buffer->backed && !resv) {
 		mutex_unlock(&buffer->lock);
 		resv = true;
@@ -445,29 +460,40 @@ retry:
 		attach->priv = a;
 	}
 	mutex_unlock(&buffer->lock);
+out_resv:
 	if (resv)
 		dma_resv_unlock(dmabuf->resv);
 	if (ret)
-		kfree(a);
+		cenalloc_attachment_free(a);
 	return ret;
 }
 
-/* Unlink @a; with @tell_device, post its DETACH (buffer's pending batch). */
-void cenalloc_attachment_release(struct cenalloc_attachment *a,
-				 bool tell_device)
+/*
+ * Unlink @a from its buffer. Returns its DETACH, ready to post (in order,
+ * under the buffer lock), or NULL when the device does not know @a.
+ */
+struct cenalloc_req *cenalloc_attachment_release(struct cenalloc_attachment *a)
 {
 	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_req *req = a->detach_req;
 	struct cenalloc_detach_req *dr;
 
 	lockdep_assert_held(&buffer->lock);
 	list_del_init(&a->node);
 	buffer->num_attachments--;
 	cenalloc_access_mask_update(buffer);
-	if (!tell_device || !a->attach_id)
-		return;
-	dr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_DETACH, sizeof(*dr));
-	if (!IS_ERR(dr))
-		dr->attach_id = cpu_to_le32(a->attach_id);
+	a->detach_req = NULL;
+	if (!req || !a->attach_id) {
+		cenalloc_req_free(req);
+		return NULL;
+	}
+	dr = cenalloc_req_add(req, CENALLOC_CMD_DETACH, sizeof(*dr), 0);
+	if (WARN_ON_ONCE(IS_ERR(dr))) {
+		cenalloc_req_free(req);
+		return NULL;
+	}
+	dr->attach_id = cpu_to_le32(a->attach_id);
+	return req;
 }
 
 void cenalloc_dmabuf_detach(struct dma_buf *dmabuf,
@@ -475,15 +501,18 @@ void cenalloc_dmabuf_detach(struct dma_buf *dmabuf,
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_attachment *a = attach->priv;
+	struct cenalloc_req *req;
 
 	mutex_lock(&buffer->lock);
 	WARN_ONCE(!list_empty(&a->mappings),
 		  "cenalloc: %s detached with mappings outstanding\n",
 		  a->dev_name);
-	cenalloc_attachment_release(a, true);
+	req = cenalloc_attachment_release(a);
+	if (req)
+		cenalloc_buffer_defer(buffer, req);
 	mutex_unlock(&buffer->lock);
 	cenalloc_import_put(a->import);
-	kfree(a);
+	cenalloc_attachment_free(a);
 }
 
 int cenalloc_dmabuf_pin(struct dma_buf_attachment *attach)
@@ -513,9 +542,8 @@ struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
 {
 	struct cenalloc_attachment *a = attach->priv;
 	struct cenalloc_buffer *buffer = a->buffer;
-	struct cenalloc_range *segments = NULL;
 	struct cenalloc_mapping *m;
-	u32 direction, num;
+	u32 direction;
 	int ret;
 
 	ret = cenalloc_direction(dir, &direction);
@@ -525,13 +553,21 @@ struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
 	if (!m)
 		return ERR_PTR(-ENOMEM);
 	m->dir = dir;
+	m->unmap_req = cenalloc_req_alloc(buffer->cdev);
+	if (!m->unmap_req) {
+		ret = -ENOMEM;
+		goto err_free;
+	}
 
-	mutex_lock(&buffer->lock);
-	ret = cenalloc_attachment_map(a, direction, &segments, &num);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		goto err_free;
+	ret = cenalloc_attachment_map(a, direction, &m->unmap_req);
 	if (ret)
 		goto err_unlock;
-	ret = cenalloc_sgt_build(&m->sgt, segments, num, a->reach.max_seg,
-				 a->reach.seg_boundary);
+	/* buffer->backing: the checked segments of the accepted answer. */
+	ret = cenalloc_sgt_build(&m->sgt, buffer->backing, buffer->num_backing,
+				 a->reach.max_seg, a->reach.seg_boundary);
 	if (ret)
 		goto err_unmap;
 	ret = dma_map_sgtable(attach->dev, &m->sgt, dir, 0);
@@ -540,17 +576,17 @@ struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
 	list_add_tail(&m->node, &a->mappings);
 	a->num_sgts++;
 	mutex_unlock(&buffer->lock);
-	kfree(segments);
 	return &m->sgt;
 
 err_free_sgt:
 	sg_free_table(&m->sgt);
 err_unmap:
 	a->num_maps--;
-	cenalloc_post_unmap(a, direction);
+	cenalloc_post_unmap(a, direction, &m->unmap_req);
 err_unlock:
 	mutex_unlock(&buffer->lock);
-	kfree(segments);
+err_free:
+	cenalloc_req_free(m->unmap_req);
 	kfree(m);
 	return ERR_PTR(ret);
 }
@@ -571,9 +607,11 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 	a->num_sgts--;
 	if (!m->revoked) {	/* a revoked one is unmapped on the device */
 		a->num_maps--;
-		cenalloc_post_unmap(a, direction);
+		/* Posted under the lock: it reaches the device before a DETACH. */
+		cenalloc_post_unmap(a, direction, &m->unmap_req);
 	}
 	mutex_unlock(&buffer->lock);
+	cenalloc_req_free(m->unmap_req);
 	sg_free_table(sgt);
 	kfree(m);
 }
@@ -581,19 +619,22 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 /* Pin the backing for CPU access through the internal CPU attachment
  * (mask: any kind, type SG). It stays mapped until the buffer is released,
  * so the backing cannot migrate under a user or kernel mapping (a later
- * incompatible attach gets -EBUSY).
+ * incompatible attach gets -EBUSY); its UNMAP is allocated before the map.
  */
 int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer)
 {
 	static const u32 cpu_types[] = { CENALLOC_MAP_SG };
 	struct cenalloc_attachment *a = buffer->cpu_attach;
-	struct cenalloc_range *segments;
-	u32 num;
 	int ret;
 
 	lockdep_assert_held(&buffer->lock);
 	if (a && a->num_maps)
 		return 0;
+	if (!buffer->cpu_unmap_req) {
+		buffer->cpu_unmap_req = cenalloc_req_alloc(buffer->cdev);
+		if (!buffer->cpu_unmap_req)
+			return -ENOMEM;
+	}
 	if (!a) {
 		a = cenalloc_attachment_new(buffer, NULL, CENALLOC_MASK_ANY,
 					    cpu_types, ARRAY_SIZE(cpu_types));
@@ -601,23 +642,18 @@ int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer)
 			return PTR_ERR(a);
 		ret = cenalloc_attachment_add(buffer, a, true);
 		if (ret) {
-			kfree(a);
+			cenalloc_attachment_free(a);
 			return ret;
 		}
 		buffer->cpu_attach = a;
 	}
 	ret = cenalloc_attachment_map(a, CENALLOC_DIR_BIDIRECTIONAL,
-				      &segments, &num);
-	if (ret) {
-		if (!a->attach_id) {
-			cenalloc_attachment_release(a, false);
-			buffer->cpu_attach = NULL;
-			kfree(a);
-		}
-		return ret;
+				      &buffer->cpu_unmap_req);
+	if (ret && !a->attach_id) {
+		/* Not on the device: nothing to DETACH. */
+		cenalloc_attachment_release(a);
+		buffer->cpu_attach = NULL;
+		cenalloc_attachment_free(a);
 	}
-	kfree(buffer->backing);
-	buffer->backing = segments;
-	buffer->num_backing = num;
-	return 0;
+	return ret;
 }

@@ -9,6 +9,8 @@
 
 #include "cenalloc_buffer.h"
 
+struct cenalloc_req;
+
 /*
  * The arguments of one cenalloc_mapping_attach() on Linux 6.12, where the
  * dma-buf core has no mapping-type list: the core sees @ops as the
@@ -41,8 +43,8 @@ struct sg_table *cenalloc_map_dma_buf(struct dma_buf_attachment *attach,
 				      enum dma_data_direction dir);
 void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 			    struct sg_table *sgt, enum dma_data_direction dir);
-void cenalloc_attachment_release(struct cenalloc_attachment *a,
-				 bool tell_device);
+struct cenalloc_req *cenalloc_attachment_release(struct cenalloc_attachment *a);
+void cenalloc_attachment_free(struct cenalloc_attachment *a);
 int cenalloc_buffer_cpu_map(struct cenalloc_buffer *buffer);
 
 #endif /* CENALLOC_ATTACH_H */

@@ -9,23 +9,52 @@
  * naming the earlier results by batch reference. An attach after the
  * backing exists goes to the device at once (cenalloc_attach_sync()),
  * because only the device knows whether the backing fits or can migrate
- * (-EBUSY). Every answer is checked before it is used.
+ * (-EBUSY).
  *
- * Commands nobody waits for (UNMAP, DETACH, SYNC END, FREE) gather in the
- * buffer's pending batch (cenalloc_buffer_post_cmd()), one chain for a
- * buffer's whole teardown: it goes on the ring (posted) when the buffer is
+ * Commands nobody waits for (UNMAP, DETACH, SYNC END, FREE; their requests
+ * allocated beforehand, so that teardown never fails) gather in the
+ * buffer's pending batch (cenalloc_buffer_defer()): one chain for a
+ * buffer's whole teardown. It goes on the ring (posted) when the buffer is
  * released, when it is full, and before any other command of that buffer,
- * so the device sees one buffer's commands in the order they were made.
- * Commands of different buffers do not depend on each other.
+ * so the device sees one buffer's commands in the order they were made;
+ * commands of different buffers do not depend on each other.
  *
  * With leases (cenalloc_lease.c) the first map of a small buffer waits for
  * nothing: a leased extent backs it and one LEASED_MAP, posted, tells the
  * device everything (CREATE, every ATTACH and the MAP, with ids the driver
  * chose). A map the device answers -ENOMEM grows a pool and maps again
  * once; -EAGAIN (its room is in our leased stock) gives the stock back and
- * maps again.
+ * maps again once.
+ *
+ * The device is not trusted. Every answer is checked against what the
+ * driver asked and what it already knows before anything of it is used;
+ * a malformed or inconsistent answer fails the operation with -EIO, is
+ * logged (rate limited) and counted (debugfs answers_rejected), and what
+ * the device did for it is undone (FREE, DETACH, UNMAP):
+ * - CREATE: a valid id, the size asked for;
+ * - ATTACH: a valid id, a mapping type the importer listed and the device
+ *   offered at probe;
+ * - MAP: the attachment's negotiated type; the buffer's size; at most
+ *   max_segments page-aligned segments that add up to the size, each
+ *   inside the memory donated to the allocator named (whose kinds must meet
+ *   the buffer's mask); one segment when the buffer must be contiguous (a
+ *   CONTIG type, a contiguous pool, a mask of contiguous kinds only); below
+ *   4 GiB when it must be (a DMA32 pool, a mask of DMA32 kinds only); and
+ *   the backing already known, unchanged, while any mapping of it is
+ *   outstanding or the device does not say it allocated or migrated. So
+ *   buffer->backing, which mmap, vmap and the importers' scatterlists are
+ *   built from, only ever holds checked memory of the right size. A leased
+ *   extent that backs a first map passes the same checks (the LEASE answer
+ *   was checked when it came). The backing counts as a user of the pool
+ *   blocks under it (cenalloc_pools_claim()): they are not given back
+ *   while it lives.
+ *
+ * A deferred ATTACH the device refuses is marked refused: the attachment's
+ * own maps fail with that error, and it is never sent again, so it cannot
+ * fail the batches of the buffer's other attachments.
  */
 #include <linux/mm.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 
 #include "cenalloc_batch.h"
@@ -34,25 +63,75 @@
 #include "cenalloc_pool.h"
 #include "cenalloc_vq.h"
 
+/* The well-known kinds that promise contiguity, and those below 4 GiB. */
+#define CENALLOC_KINDS_CONTIG	(CENALLOC_KIND_CONTIG | \
+				 CENALLOC_KIND_CONTIG_DMA32)
+#define CENALLOC_KINDS_DMA32	(CENALLOC_KIND_DMA32 | \
+				 CENALLOC_KIND_CONTIG_DMA32)
+
 static bool cenalloc_id_valid(u32 id)
 {
 	return id && !(id & CENALLOC_BATCH_REF);
 }
 
-/* Record the device's answer to an ATTACH. */
-static int cenalloc_attach_record(struct cenalloc_attachment *a,
-				  const struct cenalloc_attach_resp *resp,
-				  u32 len)
+/* Count, log (rate limited) and refuse a device answer: -EIO. */
+static __printf(2, 3) int cenalloc_bad_answer(struct cenalloc_buffer *buffer,
+					      const char *fmt, ...)
 {
+	struct va_format vaf;
+	va_list args;
+
+	cenalloc_answer_rejected(buffer->cdev);
+	va_start(args, fmt);
+	vaf.fmt = fmt;
+	vaf.va = &args;
+	pr_warn_ratelimited("cenalloc: buffer %u: device answer rejected: %pV\n",
+			    buffer->buffer_id, &vaf);
+	va_end(args);
+	return -EIO;
+}
+
+static bool cenalloc_type_listed(const u32 *types, u32 num, u32 type)
+{
+	u32 i;
+
+	for (i = 0; i < num; i++)
+		if (types[i] == type)
+			return true;
+	return false;
+}
+
+/* Check the device's answer to an ATTACH of @a (nothing recorded). */
+static int cenalloc_attach_check(struct cenalloc_attachment *a,
+				 const struct cenalloc_attach_resp *resp,
+				 u32 len)
+{
+	struct cenalloc_dev *cdev = a->buffer->cdev;
 	u32 id, type;
 
 	if (len < sizeof(*resp))
-		return -EIO;
+		return cenalloc_bad_answer(a->buffer, "ATTACH answer of %u bytes",
+					   len);
 	id = le32_to_cpu(resp->attach_id);
 	type = le32_to_cpu(resp->map_type);
-	if (!cenalloc_id_valid(id) || !cenalloc_type_valid(type))
-		return -EIO;
-	a->attach_id = id;
+	if (!cenalloc_id_valid(id))
+		return cenalloc_bad_answer(a->buffer, "attachment id %#x", id);
+	if (!cenalloc_type_listed(a->types, a->num_types, type) ||
+	    !cenalloc_type_listed(cdev->exporter_types,
+				  cdev->num_exporter_types, type))
+		return cenalloc_bad_answer(a->buffer,
+					   "map type %#x for %s, which listed none such",
+					   type, a->dev_name);
+	return 0;
+}
+
+/* Record a checked ATTACH answer. */
+static void cenalloc_attach_record(struct cenalloc_attachment *a,
+				   const struct cenalloc_attach_resp *resp)
+{
+	u32 type = le32_to_cpu(resp->map_type);
+
+	a->attach_id = le32_to_cpu(resp->attach_id);
 	if (type != a->map_type) {
 		pr_debug("cenalloc: %s: device chose map type %u, driver %u\n",
 			 a->dev_name, type, a->map_type);
@@ -63,7 +142,6 @@ static int cenalloc_attach_record(struct cenalloc_attachment *a,
 	if (le32_to_cpu(resp->flags) & CENALLOC_ATTACH_F_MIGRATE)
 		pr_debug("cenalloc: buffer %u: next map of %s migrates\n",
 			 a->buffer->buffer_id, a->dev_name);
-	return 0;
 }
 
 static void cenalloc_attach_fill(struct cenalloc_attach_req *ar,
@@ -113,13 +191,19 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 		return PTR_ERR(ar);
 	idx = req->num_cmds - 1;
 	cenalloc_attach_fill(ar, a, buffer->buffer_id);
+	cenalloc_buffer_flush(buffer);
 	ret = cenalloc_req_submit(req);
 	for (i = 0; !ret && i <= idx; i++)
 		ret = cenalloc_req_status(req, i);
 	if (ret)
 		return ret;
 	resp = cenalloc_req_resp(req, idx, &len);
-	return cenalloc_attach_record(a, resp, len);
+	ret = cenalloc_attach_check(a, resp, len);
+	if (ret)
+		cenalloc_req_undo(req);	/* DETACH what the device attached */
+	else
+		cenalloc_attach_record(a, resp);
+	return ret;
 }
 
 /* Put the buffer's pending batch on the ring (buffer->lock held). */
@@ -132,51 +216,85 @@ void cenalloc_buffer_flush(struct cenalloc_buffer *buffer)
 }
 
 /*
- * Add a command nobody waits for to the buffer's pending batch; returns its
- * zeroed payload, or an ERR_PTR (logged: the device keeps the state the
- * command would have changed, e.g. a mapping, until the device resets).
+ * Queue @req, filled with commands nobody waits for, behind the buffer's
+ * other such commands (buffer->lock held); it is the buffer's now. Merged
+ * into the pending batch when it fits, else the pending batch goes on the
+ * ring and @req waits in its place.
+ */
+void cenalloc_buffer_defer(struct cenalloc_buffer *buffer,
+			   struct cenalloc_req *req)
+{
+	lockdep_assert_held(&buffer->lock);
+	if (buffer->pending && cenalloc_req_append(buffer->pending, req)) {
+		cenalloc_req_free(req);
+		return;
+	}
+	cenalloc_buffer_flush(buffer);
+	buffer->pending = req;
+}
+
+/*
+ * Add a command that only informs the device (SYNC END) to the buffer's
+ * pending batch: its zeroed payload, or an ERR_PTR when there is no memory
+ * for it (the caller skips the command).
  */
 void *cenalloc_buffer_post_cmd(struct cenalloc_buffer *buffer, u16 opcode,
 			       u32 len)
 {
-	struct cenalloc_dev *cdev = buffer->cdev;
+	struct cenalloc_req *req;
 	void *payload;
 
 	lockdep_assert_held(&buffer->lock);
-	if (READ_ONCE(cdev->removed))
-		return ERR_PTR(-ENODEV);
 	if (buffer->pending) {
 		payload = cenalloc_req_add(buffer->pending, opcode, len, 0);
 		if (!IS_ERR(payload))
 			return payload;
-		cenalloc_buffer_flush(buffer);	/* full */
 	}
-	buffer->pending = cenalloc_req_alloc(cdev);
-	if (!buffer->pending) {
-		pr_warn_ratelimited("cenalloc: no memory to post a command of buffer %u\n",
-				    buffer->buffer_id);
+	req = cenalloc_req_alloc(buffer->cdev);
+	if (!req)
 		return ERR_PTR(-ENOMEM);
-	}
-	payload = cenalloc_req_add(buffer->pending, opcode, len, 0);
+	payload = cenalloc_req_add(req, opcode, len, 0);
 	if (IS_ERR(payload)) {
-		cenalloc_req_free(buffer->pending);
-		buffer->pending = NULL;
+		cenalloc_req_free(req);
+		return payload;
 	}
+	cenalloc_buffer_flush(buffer);	/* full */
+	buffer->pending = req;
 	return payload;
 }
 
-void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction)
+/*
+ * Fill the UNMAP of one outstanding device map of @a into the request
+ * prepared for it (*@reqp) and hand that request over: posting it is the
+ * caller's. NULL (and *@reqp freed) when the device holds no map of @a.
+ */
+struct cenalloc_req *cenalloc_unmap_take(struct cenalloc_attachment *a,
+					 u32 direction,
+					 struct cenalloc_req **reqp)
 {
-	struct cenalloc_unmap_req *ur;
+	struct cenalloc_req *req = *reqp;
 
-	if (!a->attach_id)
-		return;
-	ur = cenalloc_buffer_post_cmd(a->buffer, CENALLOC_CMD_UNMAP,
-				      sizeof(*ur));
-	if (IS_ERR(ur))
-		return;
-	ur->attach_id = cpu_to_le32(a->attach_id);
-	ur->direction = cpu_to_le32(direction);
+	*reqp = NULL;
+	if (!req)
+		return NULL;
+	if (!a->attach_id ||
+	    WARN_ON_ONCE(cenalloc_req_add_unmap(req, a, direction))) {
+		cenalloc_req_free(req);
+		return NULL;
+	}
+	return req;
+}
+
+/* Post the UNMAP of one outstanding device map of @a (buffer lock held),
+ * behind the buffer's other posted commands.
+ */
+void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction,
+			 struct cenalloc_req **reqp)
+{
+	struct cenalloc_req *req = cenalloc_unmap_take(a, direction, reqp);
+
+	if (req)
+		cenalloc_buffer_defer(a->buffer, req);
 }
 
 static unsigned int cenalloc_pending_commands(struct cenalloc_buffer *buffer)
@@ -185,7 +303,7 @@ static unsigned int cenalloc_pending_commands(struct cenalloc_buffer *buffer)
 	unsigned int n = buffer->buffer_id ? 0 : 1;
 
 	list_for_each_entry(a, &buffer->attachments, node)
-		if (!a->attach_id)
+		if (!a->attach_id && !a->refused)
 			n++;
 	return n;
 }
@@ -216,7 +334,7 @@ static int cenalloc_batch_prepare(struct cenalloc_buffer *buffer,
 		buffer_ref = CENALLOC_BATCH_REF | (req->num_cmds - 1);
 	}
 	list_for_each_entry(a, &buffer->attachments, node) {
-		if (a->attach_id)
+		if (a->attach_id || a->refused)
 			continue;
 		if (req->num_cmds >= room)
 			break;
@@ -230,49 +348,108 @@ static int cenalloc_batch_prepare(struct cenalloc_buffer *buffer,
 	return 0;
 }
 
-/* Record the CREATE/ATTACH answers of the first @num commands. */
+/* An attachment the device refused no longer narrows the buffer's mask. */
+static void cenalloc_attachment_refuse(struct cenalloc_attachment *a, int err)
+{
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_attachment *other;
+	u32 mask = buffer->initial_mask ? buffer->initial_mask :
+					  CENALLOC_MASK_ANY;
+
+	a->refused = err;
+	pr_debug("cenalloc: buffer %u: device refused the attach of %s: %d\n",
+		 buffer->buffer_id, a->dev_name, err);
+	list_for_each_entry(other, &buffer->attachments, node)
+		if (!other->refused)
+			mask &= other->mask;
+	buffer->access_mask = mask;
+}
+
+/*
+ * Check, then record, the CREATE/ATTACH answers of the first @num commands.
+ * Answers are checked before anything is recorded: one rejected answer
+ * undoes the whole batch on the device and records nothing (-EIO). Commands
+ * up to the first one the device refused are recorded; an ATTACH it refused
+ * marks its attachment refused. Returns 0, the first refusal's status, or
+ * -EIO; *@refused is the refused attachment, if any.
+ */
 static int cenalloc_batch_record(struct cenalloc_buffer *buffer,
 				 struct cenalloc_req *req,
 				 struct cenalloc_attachment **sent,
-				 unsigned int num)
+				 unsigned int num,
+				 struct cenalloc_attachment **refused)
 {
 	const struct cenalloc_create_resp *cresp;
-	unsigned int i;
+	unsigned int i, done;
+	int ret = 0, status = 0;
 	void *resp;
 	u32 len, id;
-	int ret;
 
-	for (i = 0; i < num; i++) {
-		ret = cenalloc_req_status(req, i);
-		if (ret)
-			return ret;
-		resp = cenalloc_req_resp(req, i, &len);
-		if (sent[i]) {
-			ret = cenalloc_attach_record(sent[i], resp, len);
+	*refused = NULL;
+	for (done = 0; done < num; done++) {
+		if (!cenalloc_req_answered(req, done)) {
+			ret = cenalloc_bad_answer(buffer, "malformed answer to command %u",
+						  done);
+			goto undo;
+		}
+		status = cenalloc_req_status(req, done);
+		if (status)
+			break;
+		resp = cenalloc_req_resp(req, done, &len);
+		if (sent[done]) {
+			ret = cenalloc_attach_check(sent[done], resp, len);
 			if (ret)
-				return ret;
+				goto undo;
 			continue;
 		}
 		cresp = resp;
-		if (len < sizeof(*cresp))
-			return -EIO;
+		if (len < sizeof(*cresp)) {
+			ret = cenalloc_bad_answer(buffer, "CREATE answer of %u bytes",
+						  len);
+			goto undo;
+		}
 		id = le32_to_cpu(cresp->buffer_id);
 		if (!cenalloc_id_valid(id) ||
-		    le64_to_cpu(cresp->size) != buffer->size)
-			return -EIO;
-		buffer->buffer_id = id;
+		    le64_to_cpu(cresp->size) != buffer->size) {
+			ret = cenalloc_bad_answer(buffer, "CREATE answer: id %#x, size %llu",
+						  id, le64_to_cpu(cresp->size));
+			goto undo;
+		}
 	}
-	return 0;
+
+	for (i = 0; i < done; i++) {
+		resp = cenalloc_req_resp(req, i, &len);
+		if (sent[i]) {
+			cenalloc_attach_record(sent[i], resp);
+		} else {
+			cresp = resp;
+			buffer->buffer_id = le32_to_cpu(cresp->buffer_id);
+		}
+	}
+	if (done < num && status != -ECANCELED && sent[done]) {
+		cenalloc_attachment_refuse(sent[done], status);
+		*refused = sent[done];
+	}
+	return status;
+
+undo:
+	cenalloc_req_undo(req);
+	return ret;
 }
 
 /* Bring the buffer and every pending attachment to the device, leaving
  * room for @keep more commands in the last batch; returns that batch.
+ * Sets *@retry when the device refused an attachment other than @a (the
+ * caller tries again without it).
  */
 static struct cenalloc_req *
 cenalloc_batch_begin(struct cenalloc_buffer *buffer,
-		     struct cenalloc_attachment **sent, unsigned int keep)
+		     struct cenalloc_attachment *a,
+		     struct cenalloc_attachment **sent, unsigned int keep,
+		     bool *retry)
 {
 	u32 max_batch = buffer->cdev->max_batch;
+	struct cenalloc_attachment *refused;
 	struct cenalloc_req *req;
 	int ret;
 
@@ -289,8 +466,10 @@ cenalloc_batch_begin(struct cenalloc_buffer *buffer,
 			ret = cenalloc_req_submit(req);
 		if (!ret)
 			ret = cenalloc_batch_record(buffer, req, sent,
-						    req->num_cmds);
+						    req->num_cmds, &refused);
 		cenalloc_req_free(req);
+		if (ret && refused && refused != a)
+			*retry = true;
 		if (ret)
 			return ERR_PTR(ret);
 	}
@@ -319,92 +498,160 @@ static u32 cenalloc_map_slot(struct cenalloc_buffer *buffer)
 	       segments * sizeof(struct cenalloc_range);
 }
 
-/*
- * Count the buffer's backing on the pool blocks under it (they are never
- * offered back while it lives), once, and again when it moved.
- */
-static int cenalloc_backing_record(struct cenalloc_buffer *buffer,
-				   const struct cenalloc_range *segments,
-				   u32 num)
+/* Does any attachment hold a device mapping of the buffer? */
+static bool cenalloc_buffer_mapped(struct cenalloc_buffer *buffer)
 {
-	struct cenalloc_range *copy;
-	int ret;
+	struct cenalloc_attachment *a;
 
-	if (buffer->claim && buffer->num_claim == num &&
-	    !memcmp(buffer->claim, segments, num * sizeof(*segments)))
-		return 0;
-	copy = kmemdup(segments, num * sizeof(*segments), GFP_KERNEL);
-	if (!copy)
-		return -ENOMEM;
-	ret = cenalloc_pools_claim(buffer->cdev, copy, num, -1);
-	if (ret) {
-		kfree(copy);
-		return ret;
-	}
-	if (buffer->claim)
-		cenalloc_pools_unclaim(buffer->cdev, buffer->claim,
-				       buffer->num_claim);
-	kfree(buffer->claim);
-	buffer->claim = copy;
-	buffer->num_claim = num;
-	return 0;
+	list_for_each_entry(a, &buffer->attachments, node)
+		if (a->num_maps)
+			return true;
+	return false;
 }
 
-static int cenalloc_map_parse(struct cenalloc_attachment *a, const void *resp,
-			      u32 len, struct cenalloc_range **segments,
-			      u32 *num)
+/* Must the buffer be one contiguous range, whatever the device says? */
+static bool cenalloc_buffer_must_be_contig(struct cenalloc_attachment *a,
+					   u32 placement)
 {
-	const struct cenalloc_map_resp *mr = resp;
 	struct cenalloc_buffer *buffer = a->buffer;
-	const struct cenalloc_range *seg;
+	u32 mask = buffer->access_mask;
+	struct cenalloc_attachment *other;
+
+	if (a->map_type == CENALLOC_MAP_CONTIG ||
+	    (placement & CENALLOC_PLACE_CONTIG) ||
+	    (mask && !(mask & ~CENALLOC_KINDS_CONTIG)))
+		return true;
+	list_for_each_entry(other, &buffer->attachments, node)
+		if (!other->refused && other->map_type == CENALLOC_MAP_CONTIG)
+			return true;
+	return false;
+}
+
+/*
+ * Check segments @seg (@n of them, from allocator @alloc, MAP flags @flags)
+ * against everything the driver knows (see the top of this file) and make
+ * them the buffer's backing, counted on the pool blocks under them.
+ * Nothing changes on error.
+ */
+static int cenalloc_backing_accept(struct cenalloc_attachment *a, u32 alloc,
+				   u32 flags, const struct cenalloc_range *seg,
+				   u32 n)
+{
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	u64 total = 0, addr, seg_len, size = buffer->size;
+	const struct cenalloc_pool *pool;
 	struct cenalloc_range *copy;
-	u64 total = 0, addr, seg_len;
-	u32 n, i;
+	u32 i, placement;
+	bool contig, below_4g;
 	int ret;
 
-	if (len < sizeof(*mr))
-		return -EIO;
-	n = le32_to_cpu(mr->num_segments);
-	if (!n || n > (len - sizeof(*mr)) / sizeof(*seg) ||
-	    le64_to_cpu(mr->size) != buffer->size)
-		return -EIO;
-	seg = (const struct cenalloc_range *)(mr + 1);
+	if (alloc >= cdev->num_pools)
+		return cenalloc_bad_answer(buffer, "allocator %u has no pool", alloc);
+	pool = &cdev->pools[alloc];
+	if (!(le32_to_cpu(pool->config.kinds) & buffer->access_mask))
+		return cenalloc_bad_answer(buffer, "allocator %u serves no kind of mask %#x",
+					   alloc, buffer->access_mask);
+	placement = le32_to_cpu(pool->config.placement);
+	contig = cenalloc_buffer_must_be_contig(a, placement);
+	below_4g = (placement & CENALLOC_PLACE_DMA32) ||
+		   (buffer->access_mask &&
+		    !(buffer->access_mask & ~CENALLOC_KINDS_DMA32));
+	if (contig && n != 1)
+		return cenalloc_bad_answer(buffer, "%u segments for a contiguous buffer",
+					   n);
+
 	for (i = 0; i < n; i++) {
 		addr = le64_to_cpu(seg[i].addr);
 		seg_len = le64_to_cpu(seg[i].len);
 		if (!seg_len || !PAGE_ALIGNED(addr) || !PAGE_ALIGNED(seg_len) ||
-		    !cenalloc_pools_contain(buffer->cdev, addr, seg_len))
-			return -EIO;
+		    seg_len > size - total)
+			return cenalloc_bad_answer(buffer,
+						   "segment %u [%#llx +%#llx] of a %llu-byte buffer",
+						   i, addr, seg_len, size);
+		if (below_4g && (addr >= SZ_4G || seg_len > SZ_4G - addr))
+			return cenalloc_bad_answer(buffer, "segment %u [%#llx +%#llx] above 4 GiB",
+						   i, addr, seg_len);
+		if (!cenalloc_pool_contains(cdev, alloc, addr, seg_len))
+			return cenalloc_bad_answer(buffer,
+						   "segment %u [%#llx +%#llx] outside pool %.16s",
+						   i, addr, seg_len,
+						   pool->config.name);
 		total += seg_len;
 	}
-	if (total != buffer->size)
-		return -EIO;
-	if (le32_to_cpu(mr->map_type) == CENALLOC_MAP_CONTIG && n != 1)
-		return -EIO;
-	copy = kmemdup(seg, n * sizeof(*seg), GFP_KERNEL);
-	if (!copy)
-		return -ENOMEM;
-	ret = cenalloc_backing_record(buffer, copy, n);
-	if (ret) {
-		kfree(copy);
-		return ret;
-	}
+	if (total != size)
+		return cenalloc_bad_answer(buffer, "segments of %llu bytes for %llu",
+					   total, size);
 
-	if (le32_to_cpu(mr->flags) & CENALLOC_MAP_F_MIGRATED)
+	/* Backing moves only when nothing maps it and the device says so. */
+	if (buffer->backing &&
+	    (cenalloc_buffer_mapped(buffer) ||
+	     !(flags & (CENALLOC_MAP_F_ALLOCATED | CENALLOC_MAP_F_MIGRATED)))) {
+		if (n != buffer->num_backing ||
+		    memcmp(seg, buffer->backing, n * sizeof(*seg)))
+			return cenalloc_bad_answer(buffer,
+						   "%u segments that differ from the %u already known",
+						   n, buffer->num_backing);
+	} else if (!buffer->backing || n != buffer->num_backing ||
+		   memcmp(seg, buffer->backing, n * sizeof(*seg))) {
+		copy = kvmalloc_array(n, sizeof(*seg), GFP_KERNEL);
+		if (!copy)
+			return -ENOMEM;
+		memcpy(copy, seg, n * sizeof(*seg));
+		/* Its blocks are not given back while it is the backing. */
+		ret = cenalloc_pools_claim(cdev, copy, n, alloc);
+		if (ret) {
+			kvfree(copy);
+			return cenalloc_bad_answer(buffer, "segments pool %u no longer has",
+						   alloc);
+		}
+		if (buffer->backing)
+			cenalloc_pools_unclaim(cdev, buffer->backing,
+					       buffer->num_backing);
+		kvfree(buffer->backing);
+		buffer->backing = copy;
+		buffer->num_backing = n;
+	}
+	if (flags & CENALLOC_MAP_F_MIGRATED)
 		pr_debug("cenalloc: buffer %u migrated to allocator %u\n",
-			 buffer->buffer_id, le32_to_cpu(mr->allocator_id));
+			 buffer->buffer_id, alloc);
 	buffer->backed = true;
-	buffer->allocator_id = le32_to_cpu(mr->allocator_id);
-	buffer->num_backing = n;
-	*segments = copy;
-	*num = n;
+	buffer->allocator_id = alloc;
 	return 0;
+}
+
+/* Check a MAP answer and make it the buffer's backing (see above). */
+static int cenalloc_map_accept(struct cenalloc_attachment *a, const void *resp,
+			       u32 len)
+{
+	const struct cenalloc_map_resp *mr = resp;
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	u32 n, type;
+
+	if (len < sizeof(*mr))
+		return cenalloc_bad_answer(buffer, "MAP answer of %u bytes", len);
+	n = le32_to_cpu(mr->num_segments);
+	type = le32_to_cpu(mr->map_type);
+	if (!n || n > (len - sizeof(*mr)) / sizeof(struct cenalloc_range) ||
+	    n > cdev->max_segments)
+		return cenalloc_bad_answer(buffer, "%u segments in a %u-byte MAP answer",
+					   n, len);
+	if (le64_to_cpu(mr->size) != buffer->size)
+		return cenalloc_bad_answer(buffer, "MAP of size %llu, not %llu",
+					   le64_to_cpu(mr->size), buffer->size);
+	if (type != a->map_type)
+		return cenalloc_bad_answer(buffer, "map type %#x, %s negotiated %#x",
+					   type, a->dev_name, a->map_type);
+	return cenalloc_backing_accept(a, le32_to_cpu(mr->allocator_id),
+				       le32_to_cpu(mr->flags),
+				       (const struct cenalloc_range *)(mr + 1),
+				       n);
 }
 
 /* One MAP of an attachment that is on the device, slot of @slot bytes. */
 static int cenalloc_map_once(struct cenalloc_attachment *a, u32 direction,
-			     u32 slot, u32 *needed, void **resp, u32 *len,
-			     struct cenalloc_req **out)
+			     u32 slot, struct cenalloc_req **out)
 {
 	struct cenalloc_map_req *mr;
 	struct cenalloc_req *req;
@@ -422,38 +669,67 @@ static int cenalloc_map_once(struct cenalloc_attachment *a, u32 direction,
 	mr->attach_id = cpu_to_le32(a->attach_id);
 	mr->direction = cpu_to_le32(direction);
 	ret = cenalloc_req_submit(req);
-	if (!ret)
-		ret = cenalloc_req_status(req, 0);
-	if (ret == -ENOSPC)
-		*needed = cenalloc_req_needed(req, 0);
 	if (ret) {
 		cenalloc_req_free(req);
 		return ret;
 	}
-	*resp = cenalloc_req_resp(req, 0, len);
 	*out = req;
 	return 0;
 }
 
 /*
- * Map @a on the device: the pending CREATE and ATTACHes travel with the MAP
- * in one batch. Returns the backing segments (kfree them) and counts one
- * outstanding device map on @a.
+ * The slot a MAP that answered -ENOSPC asks for: -EIO for a malformed
+ * request, -E2BIG when it needs more segments than the driver accepts.
  */
-static int cenalloc_map_device(struct cenalloc_attachment *a, u32 direction,
-			       struct cenalloc_range **segments, u32 *num)
+static int cenalloc_map_retry_slot(struct cenalloc_buffer *buffer,
+				   struct cenalloc_req *req, unsigned int i,
+				   u32 *slot)
+{
+	struct cenalloc_dev *cdev = buffer->cdev;
+	u32 needed = cenalloc_req_needed(req, i);
+	u64 segments;
+
+	if (needed <= sizeof(struct cenalloc_map_resp) ||
+	    !IS_ALIGNED(needed, 8) || needed > CENALLOC_MAX_SLOT)
+		return cenalloc_bad_answer(buffer, "MAP needs a %u-byte answer",
+					   needed);
+	segments = (needed - sizeof(struct cenalloc_map_resp)) /
+		   sizeof(struct cenalloc_range);
+	if (segments > le32_to_cpu(cdev->config.max_segments))
+		return cenalloc_bad_answer(buffer,
+					   "MAP needs %llu segments, the device's limit is %u",
+					   segments,
+					   le32_to_cpu(cdev->config.max_segments));
+	if (segments > cdev->max_segments) {
+		pr_warn_ratelimited("cenalloc: buffer %u has %llu segments, more than max_segments %u\n",
+				    buffer->buffer_id, segments,
+				    cdev->max_segments);
+		return -E2BIG;
+	}
+	*slot = needed;
+	return 0;
+}
+
+/*
+ * One try of cenalloc_attachment_map() on the device; sets *@retry when an
+ * attachment other than @a was refused (the next try goes without it).
+ */
+static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
+				       u32 direction,
+				       struct cenalloc_req **unmap_req,
+				       bool *retry)
 {
 	struct cenalloc_attachment *sent[CENALLOC_MAX_BATCH];
 	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_attachment *refused;
 	struct cenalloc_map_req *mr;
 	struct cenalloc_req *req;
-	u32 len, needed = 0, max_slot;
 	unsigned int i, map_idx;
+	u32 len, slot;
 	void *resp;
 	int ret;
 
-	lockdep_assert_held(&buffer->lock);
-	req = cenalloc_batch_begin(buffer, sent, 1);
+	req = cenalloc_batch_begin(buffer, a, sent, 1, retry);
 	if (IS_ERR(req))
 		return PTR_ERR(req);
 	mr = cenalloc_req_add(req, CENALLOC_CMD_MAP, sizeof(*mr),
@@ -472,39 +748,45 @@ static int cenalloc_map_device(struct cenalloc_attachment *a, u32 direction,
 	ret = cenalloc_req_submit(req);
 	if (ret)
 		goto out_free;
-	ret = cenalloc_batch_record(buffer, req, sent, map_idx);
-	if (ret)
+	ret = cenalloc_batch_record(buffer, req, sent, map_idx, &refused);
+	if (ret) {
+		if (refused && refused != a)
+			*retry = true;
 		goto out_free;
+	}
+	if (!cenalloc_req_answered(req, map_idx))
+		goto bad_map;
 	ret = cenalloc_req_status(req, map_idx);
 	if (ret == -ENOSPC) {
 		/* More segments than the slot holds: ask again, exactly. */
-		needed = cenalloc_req_needed(req, map_idx);
+		ret = cenalloc_map_retry_slot(buffer, req, map_idx, &slot);
 		cenalloc_req_free(req);
 		req = NULL;
-		max_slot = sizeof(struct cenalloc_map_resp) +
-			   buffer->cdev->max_segments *
-			   sizeof(struct cenalloc_range);
-		if (needed <= sizeof(struct cenalloc_map_resp) ||
-		    needed > max_slot || !IS_ALIGNED(needed, 8))
-			return -EIO;
-		ret = cenalloc_map_once(a, direction, needed, &needed, &resp,
-					&len, &req);
 		if (ret)
 			return ret;
-	} else if (ret) {
+		ret = cenalloc_map_once(a, direction, slot, &req);
+		if (ret)
+			return ret;
+		map_idx = 0;
+		if (!cenalloc_req_answered(req, map_idx))
+			goto bad_map;
+		ret = cenalloc_req_status(req, map_idx);
+	}
+	if (ret)
 		goto out_free;
-	} else {
-		resp = cenalloc_req_resp(req, map_idx, &len);
-	}
 
+	resp = cenalloc_req_resp(req, map_idx, &len);
+	ret = cenalloc_map_accept(a, resp, len);
+	if (ret)
+		goto unmap;
 	a->num_maps++;
-	ret = cenalloc_map_parse(a, resp, len, segments, num);
-	if (ret) {
-		pr_warn_ratelimited("cenalloc: bad MAP answer for buffer %u\n",
-				    buffer->buffer_id);
-		a->num_maps--;
-		cenalloc_post_unmap(a, direction);
-	}
+	goto out_free;
+
+bad_map:
+	ret = cenalloc_bad_answer(buffer, "malformed MAP answer");
+unmap:
+	/* The device may have mapped: take that back, use nothing of it. */
+	cenalloc_post_unmap(a, direction, unmap_req);
 out_free:
 	cenalloc_req_free(req);
 	return ret;
@@ -515,45 +797,57 @@ out_free:
  * extent: one LEASED_MAP, posted, creates the buffer and its attachments
  * with ids chosen here and maps @a. Returns -EAGAIN (nothing changed) when
  * no lease applies: no stock for the allocator the rule picks, too many
- * attachments, or a buffer too large.
+ * attachments, a buffer too large, or an extent that fails the checks of a
+ * MAP answer (logged, dropped from the stock: the device maps instead).
  */
-static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction,
-			       struct cenalloc_range **segments, u32 *num)
+static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 {
 	struct cenalloc_buffer *buffer = a->buffer;
 	struct cenalloc_dev *cdev = buffer->cdev;
 	struct cenalloc_leased_attach *rec;
 	struct cenalloc_leased_map_req *lm;
-	struct cenalloc_range *seg, *claim;
 	struct cenalloc_attachment *each;
+	struct cenalloc_range ext, seg;
 	u32 allocator, index = 0, i;
 	struct cenalloc_req *req;
 	u64 addr, len;
+	int ret;
 
 	if (!cdev->leases || buffer->buffer_id || buffer->backed ||
 	    !buffer->num_attachments ||
 	    buffer->num_attachments > CENALLOC_MAX_LEASED_ATTACH)
 		return -EAGAIN;
+	list_for_each_entry(each, &buffer->attachments, node)
+		if (each->refused || each->attach_id)
+			return -EAGAIN;
 	req = cenalloc_req_alloc(cdev);
 	if (!req)
 		return -EAGAIN;
 	lm = cenalloc_req_add(req, CENALLOC_CMD_LEASED_MAP,
 			      sizeof(*lm) + buffer->num_attachments *
 			      sizeof(*rec), 0);
-	seg = kmalloc(sizeof(*seg), GFP_KERNEL);
-	claim = kmalloc(sizeof(*claim), GFP_KERNEL);
-	if (IS_ERR(lm) || !seg || !claim)
-		goto out_free;
-	if (!cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
-				 &allocator, &addr, &len))
-		goto out_free;
-	seg->addr = cpu_to_le64(addr);
-	seg->len = cpu_to_le64(buffer->size);
-	/* The extent's count on its blocks becomes the buffer's backing's. */
-	*claim = *seg;
-	cenalloc_pools_claim_trim(cdev, addr, len, buffer->size);
-	buffer->claim = claim;
-	buffer->num_claim = 1;
+	if (IS_ERR(lm) ||
+	    !cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
+				 &allocator, &addr, &len)) {
+		cenalloc_req_free(req);
+		return -EAGAIN;
+	}
+	/*
+	 * The checks of a MAP answer; the backing (its first size bytes)
+	 * counts on its blocks from now on, instead of the leased extent.
+	 */
+	ext.addr = cpu_to_le64(addr);
+	ext.len = cpu_to_le64(len);
+	seg.addr = ext.addr;
+	seg.len = cpu_to_le64(buffer->size);
+	ret = cenalloc_backing_accept(a, allocator, CENALLOC_MAP_F_ALLOCATED,
+				      &seg, 1);
+	/* backing_accept counted the backing itself: drop the lease's count. */
+	cenalloc_pools_unclaim(cdev, &ext, 1);
+	if (ret) {
+		cenalloc_req_free(req);
+		return -EAGAIN;
+	}
 
 	lm->buffer_id = cpu_to_le32(cenalloc_lease_id(cdev));
 	lm->initial_mask = cpu_to_le32(buffer->initial_mask);
@@ -575,20 +869,12 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction,
 		index++;
 	}
 	buffer->buffer_id = le32_to_cpu(lm->buffer_id);
-	buffer->backed = true;
-	buffer->allocator_id = allocator;
-	buffer->num_backing = 1;
 	a->num_maps++;
+	/* Nothing of the buffer waits in its pending batch yet. Posted, it
+	 * rides the next kick: GET_INFO, which comes after, sees the buffer.
+	 */
 	cenalloc_req_post(req);
-	*segments = seg;
-	*num = 1;
 	return 0;
-
-out_free:
-	kfree(claim);
-	kfree(seg);
-	cenalloc_req_free(req);
-	return -EAGAIN;
 }
 
 /* Whether a map of @buffer must be one contiguous range. */
@@ -599,31 +885,43 @@ static bool cenalloc_map_contiguous(struct cenalloc_buffer *buffer)
 }
 
 /*
- * Map @a: from a leased extent when the buffer is new and small enough,
- * else on the device, growing a pool once when the device has no room
- * (-ENOMEM), and giving the leased stock back when the room the device
- * found is in it (-EAGAIN). Returns the backing segments (kfree them) and
- * counts one outstanding device map on @a.
+ * Map @a: from a leased extent when the buffer is new and small enough
+ * (cenalloc_map_leased()), else on the device, where the pending CREATE and
+ * ATTACHes travel with the MAP in one batch; growing a pool once when the
+ * device has no room (-ENOMEM), and giving the leased stock back once when
+ * the room it found is in that stock (-EAGAIN). On success the backing is
+ * buffer->backing (valid while the buffer lock is held) and @a counts one
+ * more outstanding device map. *@unmap_req is the request prepared for that
+ * map's UNMAP: used (and set to NULL) when a rejected answer must be taken
+ * back.
  */
 int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
-			    struct cenalloc_range **segments, u32 *num)
+			    struct cenalloc_req **unmap_req)
 {
 	struct cenalloc_buffer *buffer = a->buffer;
 	struct cenalloc_dev *cdev = buffer->cdev;
-	bool grown = false, returned = false;
+	bool grown = false, returned = false, retry;
 	int ret;
 
 	lockdep_assert_held(&buffer->lock);
-	if (!cenalloc_map_leased(a, direction, segments, num))
-		return 0;
+	ret = cenalloc_map_leased(a, direction);
+	if (ret != -EAGAIN)
+		return ret;
 	for (;;) {
-		ret = cenalloc_map_device(a, direction, segments, num);
+		/* Each retry follows one more refused attachment: bounded. */
+		if (a->refused)
+			return a->refused;
+		retry = false;
+		ret = cenalloc_attachment_map_try(a, direction, unmap_req,
+						  &retry);
+		if (retry)
+			continue;
 		if (ret == -EAGAIN && !returned) {
 			returned = true;
 			cenalloc_lease_return_mask(cdev, buffer->access_mask);
 			continue;
 		}
-		if (ret == -ENOMEM && !grown && !READ_ONCE(cdev->removed)) {
+		if (ret == -ENOMEM && !grown && !cenalloc_dev_usable(cdev)) {
 			grown = true;
 			if (!cenalloc_pools_grow_for(cdev, buffer->access_mask,
 						     buffer->size,

@@ -13,6 +13,15 @@
  * begin/end_cpu_access send SYNC (END waits in the buffer's pending batch)
  * and sync every DMA mapping for the CPU or the device. PHYS, FILL and
  * CHECKSUM need backing (-ENODATA otherwise).
+ *
+ * mmap and vmap use buffer->backing only: the segments of the last MAP
+ * answer cenalloc_batch.c accepted (inside the donated pools, exactly the
+ * buffer's size, unchanged while anything maps it); PHYS and CHECKSUM
+ * answers must agree with it. Release never fails and never waits: its
+ * UNMAP, DETACH and FREE were allocated with the objects (struct
+ * cenalloc_buffer) and are posted behind the commands waiting in the
+ * buffer's pending batch (cenalloc_batch.c). CREATE charges the caller's uid
+ * (cenalloc_quota.c) until release.
  */
 #include <linux/dma-mapping.h>
 #include <linux/fcntl.h>
@@ -27,6 +36,7 @@
 #include "cenalloc_batch.h"
 #include "cenalloc_buffer.h"
 #include "cenalloc_pool.h"
+#include "cenalloc_quota.h"
 #include "cenalloc_vq.h"
 
 static unsigned int cenalloc_size_limit_mb;
@@ -49,7 +59,6 @@ static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,
 	void *p;
 	int ret;
 
-	cenalloc_buffer_flush(buffer);
 	req = cenalloc_req_alloc(buffer->cdev);
 	if (!req)
 		return -ENOMEM;
@@ -59,6 +68,7 @@ static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,
 		goto out;
 	}
 	memcpy(p, payload, len);
+	cenalloc_buffer_flush(buffer);	/* what the buffer posted goes first */
 	ret = cenalloc_req_submit(req);
 	if (!ret)
 		ret = cenalloc_req_status(req, 0);
@@ -66,6 +76,7 @@ static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,
 		goto out;
 	p = cenalloc_req_resp(req, 0, &got);
 	if (got < resp_len) {
+		cenalloc_answer_rejected(buffer->cdev);
 		ret = -EIO;
 		goto out;
 	}
@@ -75,13 +86,19 @@ out:
 	return ret;
 }
 
+/*
+ * PHYS: the answer must be the one segment of the backing the driver
+ * checked and knows, so it never reveals any other address.
+ */
 int cenalloc_buffer_phys(struct cenalloc_buffer *buffer, u64 *addr, u64 *len)
 {
 	struct cenalloc_phys_req pr = {};
 	struct cenalloc_phys_resp resp;
 	int ret;
 
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		return ret;
 	if (!buffer->backed) {
 		ret = -ENODATA;
 		goto out;
@@ -93,9 +110,14 @@ int cenalloc_buffer_phys(struct cenalloc_buffer *buffer, u64 *addr, u64 *len)
 		goto out;
 	*addr = le64_to_cpu(resp.addr);
 	*len = le64_to_cpu(resp.len);
-	if (*len != buffer->size ||
-	    !cenalloc_pools_contain(buffer->cdev, *addr, *len))
+	if (buffer->num_backing != 1 ||
+	    *addr != le64_to_cpu(buffer->backing[0].addr) ||
+	    *len != le64_to_cpu(buffer->backing[0].len)) {
+		cenalloc_answer_rejected(buffer->cdev);
+		pr_warn_ratelimited("cenalloc: buffer %u: device answer rejected: PHYS [%#llx +%#llx] is not its backing\n",
+				    buffer->buffer_id, *addr, *len);
 		ret = -EIO;
+	}
 out:
 	mutex_unlock(&buffer->lock);
 	return ret;
@@ -106,7 +128,9 @@ int cenalloc_buffer_fill(struct cenalloc_buffer *buffer, u64 seed)
 	struct cenalloc_fill_req fr = {};
 	int ret;
 
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		return ret;
 	if (!buffer->backed) {
 		ret = -ENODATA;
 		goto out;
@@ -127,7 +151,9 @@ int cenalloc_buffer_checksum(struct cenalloc_buffer *buffer, u64 *sum,
 	struct cenalloc_checksum_resp resp;
 	int ret;
 
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		return ret;
 	if (!buffer->backed) {
 		ret = -ENODATA;
 		goto out;
@@ -135,6 +161,12 @@ int cenalloc_buffer_checksum(struct cenalloc_buffer *buffer, u64 *sum,
 	cr.buffer_id = cpu_to_le32(buffer->buffer_id);
 	ret = cenalloc_buffer_call(buffer, CENALLOC_CMD_CHECKSUM, &cr,
 				   sizeof(cr), &resp, sizeof(resp));
+	if (!ret && le64_to_cpu(resp.len) != buffer->size) {
+		cenalloc_answer_rejected(buffer->cdev);
+		pr_warn_ratelimited("cenalloc: buffer %u: device answer rejected: CHECKSUM of %llu bytes\n",
+				    buffer->buffer_id, le64_to_cpu(resp.len));
+		ret = -EIO;
+	}
 	if (!ret) {
 		*sum = le64_to_cpu(resp.checksum);
 		*len = le64_to_cpu(resp.len);
@@ -160,7 +192,10 @@ static int cenalloc_dmabuf_mmap(struct dma_buf *dmabuf,
 	    left > (buffer->size >> PAGE_SHIFT) - skip)
 		return -EINVAL;
 
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		return ret;
+	/* buffer->backing holds checked pool memory of exactly the size. */
 	ret = cenalloc_buffer_cpu_map(buffer);
 	if (ret)
 		goto out;
@@ -194,7 +229,9 @@ static int cenalloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	unsigned int i;
 	int ret = 0;
 
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		return ret;
 	if (buffer->vmap_count)
 		goto out_mapped;
 	ret = cenalloc_buffer_cpu_map(buffer);
@@ -210,6 +247,11 @@ static int cenalloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 		seg_pages = le64_to_cpu(buffer->backing[i].len) >> PAGE_SHIFT;
 		for (k = 0; k < seg_pages && p < npages; k++)
 			pages[p++] = pfn_to_page(pfn + k);
+	}
+	if (WARN_ON_ONCE(p != npages)) {
+		kvfree(pages);
+		ret = -EIO;
+		goto out_unlock;
 	}
 	buffer->vaddr = vmap(pages, npages, VM_MAP, PAGE_KERNEL);
 	kvfree(pages);
@@ -277,9 +319,11 @@ static int cenalloc_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_sync_req sr = {};
-	int ret = 0;
+	int ret;
 
-	mutex_lock(&buffer->lock);
+	ret = mutex_lock_killable(&buffer->lock);
+	if (ret)
+		return ret;
 	if (!buffer->backed)
 		goto out;	/* nothing was ever written: nothing to sync */
 	cenalloc_sync_mappings(buffer, true);
@@ -292,37 +336,45 @@ out:
 	return ret;
 }
 
+/*
+ * The end of CPU access never fails for the device's sake: SYNC END only
+ * tells the device, so it joins the buffer's pending batch when the device
+ * can take it, and is skipped when it cannot (removed, broken, no memory).
+ */
 static int cenalloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
 					  enum dma_data_direction dir)
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_sync_req *sr;
-	int ret = 0;
 
 	mutex_lock(&buffer->lock);
 	if (!buffer->backed)
 		goto out;
 	cenalloc_sync_mappings(buffer, false);
-	sr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_SYNC, sizeof(*sr));
-	if (IS_ERR(sr)) {
-		ret = PTR_ERR(sr);
+	if (cenalloc_dev_usable(buffer->cdev))
 		goto out;
-	}
+	sr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_SYNC, sizeof(*sr));
+	if (IS_ERR(sr))
+		goto out;
 	sr->buffer_id = cpu_to_le32(buffer->buffer_id);
 	sr->flags = cpu_to_le32(CENALLOC_SYNC_END | cenalloc_sync_flags(dir));
 out:
 	mutex_unlock(&buffer->lock);
-	return ret;
+	return 0;
 }
 
-/* Last reference: UNMAP and DETACH the CPU attachment and FREE join the
- * buffer's pending batch, which goes on the ring; the device state
- * reference goes last.
+/*
+ * Last reference: UNMAP and DETACH the CPU attachment and FREE, with the
+ * requests allocated for them beforehand, posted behind the buffer's
+ * pending batch in as few chains as max_batch allows (never waiting, never
+ * failing); then the backing's pool blocks may be given back; the device
+ * state reference goes last.
  */
 static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_dev *cdev = buffer->cdev;
+	struct cenalloc_req *reqs[4] = {};
 	struct cenalloc_attachment *a;
 	struct cenalloc_free_req *fr;
 
@@ -335,29 +387,38 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	mutex_lock(&buffer->lock);
 	if (WARN_ON(buffer->vmap_count))
 		vunmap(buffer->vaddr);
+	reqs[0] = buffer->pending;
+	buffer->pending = NULL;
 	a = buffer->cpu_attach;
 	if (a) {
 		if (a->num_maps)
-			cenalloc_post_unmap(a, CENALLOC_DIR_BIDIRECTIONAL);
-		cenalloc_attachment_release(a, true);
+			reqs[1] = cenalloc_unmap_take(a, CENALLOC_DIR_BIDIRECTIONAL,
+						      &buffer->cpu_unmap_req);
+		reqs[2] = cenalloc_attachment_release(a);
 		buffer->cpu_attach = NULL;
-		kfree(a);
+		cenalloc_attachment_free(a);
 	}
 	WARN_ON(!list_empty(&buffer->attachments));
 	if (buffer->buffer_id) {
-		fr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_FREE,
-					      sizeof(*fr));
-		if (!IS_ERR(fr))
+		fr = cenalloc_req_add(buffer->free_req, CENALLOC_CMD_FREE,
+				      sizeof(*fr), 0);
+		if (!WARN_ON_ONCE(IS_ERR(fr))) {
 			fr->buffer_id = cpu_to_le32(buffer->buffer_id);
+			reqs[3] = buffer->free_req;
+			buffer->free_req = NULL;
+		}
 	}
-	cenalloc_buffer_flush(buffer);
+	cenalloc_req_post_seq(reqs, ARRAY_SIZE(reqs));
 	mutex_unlock(&buffer->lock);
 
+	cenalloc_req_free(buffer->cpu_unmap_req);
+	cenalloc_req_free(buffer->free_req);
+	cenalloc_quota_uncharge(buffer->user, buffer->size);
 	/* The FREE is on the ring before the blocks may be offered back. */
-	if (buffer->claim)
-		cenalloc_pools_unclaim(cdev, buffer->claim, buffer->num_claim);
-	kfree(buffer->claim);
-	kfree(buffer->backing);
+	if (buffer->backing)
+		cenalloc_pools_unclaim(cdev, buffer->backing,
+				       buffer->num_backing);
+	kvfree(buffer->backing);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	cenalloc_dev_put(cdev);
@@ -386,6 +447,8 @@ struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 				       bool rdwr, u32 initial_mask)
 {
 	DEFINE_DMA_BUF_EXPORT_INFO(exp_info);
+	unsigned int limit_mb = READ_ONCE(cenalloc_size_limit_mb);
+	unsigned int buffer_limit = READ_ONCE(cenalloc_buffer_limit);
 	u64 max_size = le64_to_cpu(cdev->config.max_buffer_size);
 	u64 max_total = le64_to_cpu(cdev->config.max_total_bytes);
 	u32 max_buffers = le32_to_cpu(cdev->config.max_buffers);
@@ -398,14 +461,25 @@ struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 	if (size > SZ_1T * 64)
 		return ERR_PTR(-E2BIG);
 	size = PAGE_ALIGN(size);
-	if ((cenalloc_size_limit_mb &&
-	     size > (u64)cenalloc_size_limit_mb * SZ_1M) ||
+	if ((limit_mb && size > (u64)limit_mb * SZ_1M) ||
 	    (max_size && size > max_size))
 		return ERR_PTR(-E2BIG);
 
 	buffer = kzalloc(sizeof(*buffer), GFP_KERNEL);
 	if (!buffer)
 		return ERR_PTR(-ENOMEM);
+	buffer->free_req = cenalloc_req_alloc(cdev);
+	if (!buffer->free_req) {
+		kfree(buffer);
+		return ERR_PTR(-ENOMEM);
+	}
+	buffer->user = cenalloc_quota_charge(cdev, size);
+	if (IS_ERR(buffer->user)) {
+		ret = PTR_ERR(buffer->user);
+		cenalloc_req_free(buffer->free_req);
+		kfree(buffer);
+		return ERR_PTR(ret);
+	}
 	buffer->cdev = cdev;
 	buffer->size = size;
 	buffer->initial_mask = initial_mask;
@@ -414,13 +488,11 @@ struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 	INIT_LIST_HEAD(&buffer->attachments);
 
 	mutex_lock(&cdev->lock);
-	if (READ_ONCE(cdev->removed)) {
-		ret = -ENODEV;
+	ret = cenalloc_dev_usable(cdev);
+	if (ret)
 		goto err_unlock;
-	}
 	if ((max_buffers && cdev->num_buffers >= max_buffers) ||
-	    (cenalloc_buffer_limit &&
-	     cdev->num_buffers >= cenalloc_buffer_limit) ||
+	    (buffer_limit && cdev->num_buffers >= buffer_limit) ||
 	    (max_total && cdev->total_bytes + size > max_total)) {
 		ret = -ENOSPC;
 		goto err_unlock;
@@ -455,6 +527,8 @@ err_unlist:
 err_unlock:
 	mutex_unlock(&cdev->lock);
 err_free:
+	cenalloc_quota_uncharge(buffer->user, size);
+	cenalloc_req_free(buffer->free_req);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);
 	return ERR_PTR(ret);

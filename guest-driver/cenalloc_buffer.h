@@ -17,7 +17,16 @@
 #include "cenalloc_reach.h"
 
 struct cenalloc_attachment;
+struct cenalloc_req;
+struct cenalloc_user;
 
+/*
+ * Teardown never fails: every request that releasing an object needs (the
+ * UNMAP of a mapping, the DETACH of an attachment, the FREE of a buffer) is
+ * allocated when the object is made, and sent then (behind the buffer's
+ * pending batch), merged into as few chains as max_batch allows, without
+ * waiting for the device.
+ */
 struct cenalloc_buffer {
 	struct cenalloc_dev *cdev;		/* holds a reference */
 	struct dma_buf *dmabuf;
@@ -27,17 +36,22 @@ struct cenalloc_buffer {
 	u32 buffer_id;				/* 0 until CREATE ran */
 	u32 initial_mask;
 	u32 access_mask;
-	bool backed;
+	bool backed;				/* a MAP answer was accepted */
 	u32 allocator_id;
 	bool contiguous_promised;		/* an attachment got MAP_CONTIG */
 	struct list_head attachments;
 	unsigned int num_attachments;
 	struct cenalloc_attachment *cpu_attach;	/* pins the backing for CPU */
-	struct cenalloc_range *backing;		/* segments of the CPU map */
+	struct cenalloc_req *cpu_unmap_req;	/* its UNMAP */
+	struct cenalloc_req *free_req;		/* FREE, allocated at create */
+	struct cenalloc_user *user;		/* charged for the buffer */
+	/* Checked segments of the last accepted MAP (kvmalloc), counted on
+	 * the pool blocks under them.
+	 */
+	struct cenalloc_range *backing;
 	u32 num_backing;
-	struct cenalloc_range *claim;		/* the backing, counted on its blocks */
-	u32 num_claim;
-	struct cenalloc_req *pending;		/* posted commands not queued yet */
+	/* Commands nobody waits for, not on the ring yet (cenalloc_batch.c). */
+	struct cenalloc_req *pending;
 	void *vaddr;
 	unsigned int vmap_count;
 };
@@ -52,6 +66,7 @@ struct cenalloc_mapping {
 	struct sg_table sgt;
 	enum dma_data_direction dir;
 	bool revoked;
+	struct cenalloc_req *unmap_req;	/* its UNMAP, allocated at map */
 };
 
 struct cenalloc_import;
@@ -75,6 +90,8 @@ struct cenalloc_attachment {
 	bool api;				/* attached by cenalloc_mapping_attach() */
 	struct cenalloc_import *import;		/* its arguments, API only */
 	unsigned int revoked;			/* mappings revoked so far */
+	int refused;				/* the device refused the ATTACH */
+	struct cenalloc_req *detach_req;	/* its DETACH, allocated at attach */
 	char dev_name[32];
 };
 

@@ -150,36 +150,34 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 			   le32_to_cpu(al->num_buffers));
 	}
 
-	seq_puts(s, "\n# pools donated by the driver (bytes; in_use: the device's capacity - free)\n");
-	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-12s %-12s %-12s %-12s %-6s\n",
+	seq_puts(s, "\n# pools donated by the driver (bytes; in_use: the device's capacity - free; held: kept for the device until it resets)\n");
+	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-12s %-12s %-12s %-12s %-12s %-6s\n",
 		   "idx", "name", "kinds", "placement", "initial", "donated",
-		   "in_use", "grown", "returned", "max", "status");
+		   "in_use", "grown", "returned", "max", "held", "status");
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
 		in_use[i] = -1;
 		if (num > 0 && i < num)
 			in_use[i] = le64_to_cpu(allocators[i].capacity) -
 				    le64_to_cpu(allocators[i].free);
-		mutex_lock(&pool->lock);
-		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-12lld %-12llu %-12llu %-12llu %-6d\n",
+		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-12lld %-12llu %-12llu %-12llu %-12llu %-6d\n",
 			   i, pool->config.name,
 			   le32_to_cpu(pool->config.kinds),
 			   le32_to_cpu(pool->config.placement),
 			   pool->initial, pool->donated, in_use[i],
 			   pool->grown, pool->returned, pool->max,
-			   pool->status);
-		mutex_unlock(&pool->lock);
+			   pool->held, pool->status);
 	}
-	/* The same figures as "name value" lines, for scripts. */
+	/* The same figures as "name value" lines, for scripts (read without
+	 * pool->lock, which a growth waiting for the device holds).
+	 */
 	seq_puts(s, "\n# pool and lease figures\n");
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
-		mutex_lock(&pool->lock);
-		seq_printf(s, "pool%u_initial %llu\npool%u_donated %llu\npool%u_in_use %lld\npool%u_grown %llu\npool%u_returned %llu\npool%u_quarantined %llu\npool%u_grow_failures %u\n",
+		seq_printf(s, "pool%u_initial %llu\npool%u_donated %llu\npool%u_in_use %lld\npool%u_grown %llu\npool%u_returned %llu\npool%u_held %llu\npool%u_grow_failures %u\n",
 			   i, pool->initial, i, pool->donated, i, in_use[i],
 			   i, pool->grown, i, pool->returned, i,
-			   pool->quarantined, i, pool->grow_failures);
-		mutex_unlock(&pool->lock);
+			   pool->held, i, pool->grow_failures);
 	}
 	seq_printf(s, "shrink_scans %lld\nshrunk_bytes %lld\n",
 		   atomic64_read(&cdev->shrink_scans),
@@ -263,7 +261,9 @@ static void cenalloc_latency_show(struct seq_file *s, const char *name,
 static int cenalloc_transport_show(struct seq_file *s, void *unused)
 {
 	struct cenalloc_dev *cdev = s->private;
-	u64 kicks, interrupts, sent, done, polled;
+	u64 kicks, interrupts, sent, done, polled, abandoned;
+	unsigned int inflight, backlogged;
+	bool broken;
 	u32 *buf;
 
 	buf = kmalloc_array(CENALLOC_LATENCY_SAMPLES, sizeof(*buf), GFP_KERNEL);
@@ -275,6 +275,10 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 	sent = cdev->chains_sent;
 	done = cdev->chains_done;
 	polled = cdev->polled;
+	abandoned = cdev->abandoned_reqs;
+	inflight = cdev->inflight;
+	backlogged = cdev->backlogged;
+	broken = cdev->broken;
 	spin_unlock_irq(&cdev->ctrl_lock);
 	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\npolled %llu\n",
 		   kicks, interrupts, sent, done, polled);
@@ -282,6 +286,10 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 		   atomic64_read(&cdev->round_trips),
 		   atomic64_read(&cdev->posted),
 		   atomic64_read(&cdev->posted_errors));
+	seq_printf(s, "inflight %u\nbacklogged %u\nabandoned %llu\nanswers_rejected %lld\nbroken %d\nmax_segments %u\nmax_batch %u\n",
+		   inflight, backlogged, abandoned,
+		   atomic64_read(&cdev->answers_rejected), broken,
+		   cdev->max_segments, cdev->max_batch);
 	seq_printf(s, "%-16s %6s %10s %10s %10s %10s\n", "latency_us",
 		   "n", "median", "p90", "min", "max");
 	cenalloc_latency_show(s, "device", cdev, &cdev->lat_device, buf);

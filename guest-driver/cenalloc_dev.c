@@ -9,6 +9,8 @@
 #include "cenalloc_dev.h"
 
 static DEFINE_MUTEX(cenalloc_current_lock);
+/* The device being probed or bound (at most one), and the one served. */
+static struct cenalloc_dev *cenalloc_claimed;
 static struct cenalloc_dev *cenalloc_current;
 
 static void cenalloc_dev_release(struct kref *ref)
@@ -54,29 +56,45 @@ struct cenalloc_dev *cenalloc_dev_new(struct virtio_device *vdev)
 	spin_lock_init(&cdev->event_lock);
 	init_waitqueue_head(&cdev->ctrl_wait);
 	INIT_LIST_HEAD(&cdev->buffers);
+	INIT_LIST_HEAD(&cdev->backlog);
+	INIT_LIST_HEAD(&cdev->abandoned);
 	cdev->vdev = vdev;
 	return cdev;
 }
 
-/* Make @cdev the device /dev/cenalloc serves; -EBUSY if one already is. */
-int cenalloc_dev_publish(struct cenalloc_dev *cdev)
+/*
+ * Reserve the one slot for @cdev at the start of probe, before it takes any
+ * memory; -EBUSY if another device holds it.
+ */
+int cenalloc_dev_claim(struct cenalloc_dev *cdev)
 {
 	int ret = 0;
 
 	mutex_lock(&cenalloc_current_lock);
-	if (cenalloc_current)
+	if (cenalloc_claimed)
 		ret = -EBUSY;
 	else
-		cenalloc_current = cdev;
+		cenalloc_claimed = cdev;
 	mutex_unlock(&cenalloc_current_lock);
 	return ret;
 }
 
-/* Withdraw @cdev if it is the device /dev/cenalloc serves. */
+/* Make @cdev (claimed) the device /dev/cenalloc serves. */
+void cenalloc_dev_publish(struct cenalloc_dev *cdev)
+{
+	mutex_lock(&cenalloc_current_lock);
+	WARN_ON(cenalloc_claimed != cdev);
+	cenalloc_current = cdev;
+	mutex_unlock(&cenalloc_current_lock);
+}
+
+/* Withdraw @cdev and give up its claim. */
 void cenalloc_dev_unpublish(struct cenalloc_dev *cdev)
 {
 	mutex_lock(&cenalloc_current_lock);
 	if (cenalloc_current == cdev)
 		cenalloc_current = NULL;
+	if (cenalloc_claimed == cdev)
+		cenalloc_claimed = NULL;
 	mutex_unlock(&cenalloc_current_lock);
 }

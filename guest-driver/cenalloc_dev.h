@@ -25,7 +25,7 @@
  *   cenalloc_negotiate.c, cenalloc_devmask.c, cenalloc_reach.c
  *   cenalloc_shrink.c (memory pressure)
  *   cenalloc_lease.c (leased extents)
- *   cenalloc_pool.c, cenalloc_vq.c (transport)
+ *   cenalloc_pool.c, cenalloc_vq.c (transport), cenalloc_quota.c
  *   cenalloc_dev.c (this state)
  */
 #ifndef CENALLOC_DEV_H
@@ -66,14 +66,25 @@ struct cenalloc_dev {
 	struct virtio_device *vdev;		/* NULL after remove */
 	struct mutex lock;			/* buffers list, info cache */
 
-	/* Control queue. */
-	spinlock_t ctrl_lock;			/* ctrl_vq, removed, inflight */
+	/*
+	 * Control queue. removed and broken are written under ctrl_lock
+	 * (WRITE_ONCE) and only ever go from false to true; readers outside
+	 * the lock use READ_ONCE and take a stale false as "try, and let the
+	 * transport refuse under the lock".
+	 */
+	spinlock_t ctrl_lock;			/* everything down to post_kick */
 	struct virtqueue *ctrl_vq;
-	wait_queue_head_t ctrl_wait;		/* ring space freed */
+	wait_queue_head_t ctrl_wait;		/* answers reaped, ring space */
 	bool removed;				/* new requests fail -ENODEV */
+	bool broken;				/* timed out: new requests -EIO */
 	unsigned int inflight;
 	unsigned int unkicked;			/* posted chains not kicked yet */
 	unsigned int pollers;			/* submitters polling, callbacks off */
+	struct list_head backlog;		/* posted requests waiting for room */
+	unsigned int backlogged;
+	struct list_head abandoned;		/* answered, submitter gone */
+	u64 abandoned_reqs;			/* submitters that stopped waiting */
+	struct work_struct abandoned_work;	/* undoes their effects */
 	struct delayed_work post_kick;		/* kicks posted chains left alone */
 
 	/* Event queue. */
@@ -92,6 +103,7 @@ struct cenalloc_dev {
 	atomic64_t round_trips;			/* submitted and waited for */
 	atomic64_t posted;			/* fire-and-forget */
 	atomic64_t posted_errors;
+	atomic64_t answers_rejected;		/* malformed or inconsistent */
 
 	/* Transport figures (debugfs "transport"), under ctrl_lock. */
 	u64 kicks;				/* virtqueue_notify() calls */
@@ -124,6 +136,7 @@ struct cenalloc_dev {
 	/* Donated memory (cenalloc_pool.c). */
 	struct rb_root blocks;			/* struct cenalloc_block by address */
 	rwlock_t block_lock;
+	atomic64_t pools_bytes;			/* given to the device or held */
 	struct work_struct pool_low_work;
 	unsigned long pool_low_pending;		/* bit per pool */
 	struct shrinker *shrinker;		/* cenalloc_shrink.c */
@@ -141,7 +154,8 @@ struct cenalloc_dev {
 
 struct cenalloc_dev *cenalloc_dev_new(struct virtio_device *vdev);
 void cenalloc_dev_put(struct cenalloc_dev *cdev);
-int cenalloc_dev_publish(struct cenalloc_dev *cdev);
+int cenalloc_dev_claim(struct cenalloc_dev *cdev);
+void cenalloc_dev_publish(struct cenalloc_dev *cdev);
 void cenalloc_dev_unpublish(struct cenalloc_dev *cdev);
 struct cenalloc_dev *cenalloc_dev_get_current(void);
 

@@ -3,8 +3,20 @@
  * /dev/cenalloc: the UAPI of include/uapi/linux/cenalloc.h. Every ioctl
  * looks the device up, so an open file survives a device remove (-ENODEV).
  * Reserved fields must be zero and unknown flags are refused (-EINVAL).
+ *
+ * Permissions (least privilege):
+ * - the node is 0660 root:root; an administrator opens it to a group with
+ *   a udev rule (README). Whoever can open it can CREATE buffers, within
+ *   the per-user limits of cenalloc_quota.c (-EDQUOT), and ask INFO;
+ * - PHYS reveals guest-physical addresses (which /proc/pid/pagemap hides
+ *   from unprivileged users): CAP_SYS_ADMIN, or membership of the group
+ *   named by the phys_gid module parameter (-EPERM otherwise);
+ * - FILL writes into the buffer: the dma-buf fd must be open for writing
+ *   (-EBADF); CHECKSUM reads it: open for reading (-EBADF);
+ * - SET_DEVICE_MASK: CAP_SYS_ADMIN.
  */
 #include <linux/capability.h>
+#include <linux/cred.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
@@ -28,6 +40,24 @@
 #define cenalloc_allocator_info cenalloc_uapi_allocator_info
 #include <uapi/linux/cenalloc.h>
 #undef cenalloc_allocator_info
+
+static int cenalloc_phys_gid = -1;
+module_param_named(phys_gid, cenalloc_phys_gid, int, 0644);
+MODULE_PARM_DESC(phys_gid,
+		 "Group (in the initial user namespace) whose members may use CENALLOC_IOC_PHYS without CAP_SYS_ADMIN (-1: none, the default)");
+
+static bool cenalloc_phys_allowed(void)
+{
+	int gid = READ_ONCE(cenalloc_phys_gid);
+	kgid_t kgid;
+
+	if (capable(CAP_SYS_ADMIN))
+		return true;
+	if (gid < 0)
+		return false;
+	kgid = make_kgid(&init_user_ns, gid);
+	return gid_valid(kgid) && in_group_p(kgid);
+}
 
 static long cenalloc_ioctl_create(struct cenalloc_dev *cdev,
 				  void __user *uarg)
@@ -99,6 +129,8 @@ static long cenalloc_ioctl_phys(void __user *uarg)
 	struct dma_buf *dmabuf;
 	int ret;
 
+	if (!cenalloc_phys_allowed())
+		return -EPERM;
 	dmabuf = cenalloc_fd_arg_get(&arg, uarg, sizeof(arg), &arg.fd,
 				     &arg.flags);
 	if (IS_ERR(dmabuf))
@@ -123,7 +155,11 @@ static long cenalloc_ioctl_checksum(void __user *uarg)
 				     &arg.flags);
 	if (IS_ERR(dmabuf))
 		return PTR_ERR(dmabuf);
-	ret = cenalloc_buffer_checksum(dmabuf->priv, &arg.checksum, &arg.len);
+	if (!(dmabuf->file->f_mode & FMODE_READ))
+		ret = -EBADF;
+	else
+		ret = cenalloc_buffer_checksum(dmabuf->priv, &arg.checksum,
+					       &arg.len);
 	dma_buf_put(dmabuf);
 	if (ret)
 		return ret;
@@ -140,7 +176,10 @@ static long cenalloc_ioctl_fill(void __user *uarg)
 				     &arg.flags);
 	if (IS_ERR(dmabuf))
 		return PTR_ERR(dmabuf);
-	ret = cenalloc_buffer_fill(dmabuf->priv, arg.seed);
+	if (!(dmabuf->file->f_mode & FMODE_WRITE))
+		ret = -EBADF;
+	else
+		ret = cenalloc_buffer_fill(dmabuf->priv, arg.seed);
 	dma_buf_put(dmabuf);
 	return ret;
 }
@@ -273,7 +312,7 @@ static struct miscdevice cenalloc_misc = {
 	.minor = MISC_DYNAMIC_MINOR,
 	.name = "cenalloc",
 	.fops = &cenalloc_fops,
-	.mode = 0666,
+	.mode = 0660,
 };
 
 int cenalloc_misc_register(void)

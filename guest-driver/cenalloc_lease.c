@@ -16,8 +16,11 @@
  * stock is filled the first time a map wants it.
  *
  * Every extent of an answer is checked (page aligned, of the size asked,
- * inside memory donated to that allocator's pool) and counted as a user of
- * its blocks until it backs a buffer or goes back.
+ * inside memory donated to that allocator's pool, below 4 GiB for a DMA32
+ * pool) and counted as a user of its blocks until it backs a buffer or
+ * goes back; a buffer it backs gets the checks of a MAP answer too
+ * (cenalloc_batch.c). A bad answer is counted (lease_bad_answers and
+ * answers_rejected) and logged.
  */
 #include <linux/bitmap.h>
 #include <linux/mm.h>
@@ -33,7 +36,7 @@
 static unsigned int lease_stock = 32;
 module_param(lease_stock, uint, 0644);
 MODULE_PARM_DESC(lease_stock,
-		 "4 KiB extents kept leased per allocator in use, half as many of 64 KiB (0 at load: no leases; refilled below half)");
+		 "4 KiB extents kept leased per allocator in use, half as many of 64 KiB (refilled below half; 0: no leased maps)");
 
 static const u32 cenalloc_lease_sizes[CENALLOC_LEASE_CLASSES] = {
 	SZ_4K, SZ_64K,
@@ -42,9 +45,24 @@ static const u32 cenalloc_lease_sizes[CENALLOC_LEASE_CLASSES] = {
 /* Bytes one LEASE asks for at most. */
 #define CENALLOC_LEASE_BITE		SZ_1M
 
+/*
+ * Bytes one class of one allocator's stock holds at most: both classes
+ * together (512 KiB of 4 KiB extents, 1 MiB of 64 KiB ones) stay within
+ * the stock a device grants per allocator (cenallocd: 2 MiB), so that one
+ * class never starves the other.
+ */
+#define CENALLOC_LEASE_CLASS_BYTES	SZ_1M
+
 u32 cenalloc_lease_class_size(unsigned int class)
 {
 	return class < CENALLOC_LEASE_CLASSES ? cenalloc_lease_sizes[class] : 0;
+}
+
+/* The most extents of @class one stock holds. */
+static unsigned int cenalloc_lease_max(unsigned int class)
+{
+	return min_t(unsigned int, CENALLOC_LEASE_STOCK_MAX,
+		     CENALLOC_LEASE_CLASS_BYTES / cenalloc_lease_sizes[class]);
 }
 
 /* The target of a stock without misses: the module parameter's. */
@@ -53,7 +71,7 @@ static unsigned int cenalloc_lease_base(unsigned int class)
 	unsigned int stock = READ_ONCE(lease_stock);
 	unsigned int target = class ? stock / 2 : stock;
 
-	return min_t(unsigned int, target, CENALLOC_LEASE_STOCK_MAX);
+	return min(target, cenalloc_lease_max(class));
 }
 
 /* The stock's target (l->lock held, or a stale read for a refill). */
@@ -65,7 +83,7 @@ static unsigned int cenalloc_lease_target(const struct cenalloc_stock *st,
 	if (!base)
 		return 0;
 	return clamp_t(unsigned int, READ_ONCE(st->target), base,
-		       CENALLOC_LEASE_STOCK_MAX);
+		       cenalloc_lease_max(class));
 }
 
 static int cenalloc_lease_class(u64 size)
@@ -125,9 +143,8 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 		taken = true;
 	} else {
 		/* Too shallow for the rate of maps: deeper next time. */
-		st->target = min_t(unsigned int,
-				   2 * cenalloc_lease_target(st, class),
-				   CENALLOC_LEASE_STOCK_MAX);
+		st->target = min(2 * cenalloc_lease_target(st, class),
+				 cenalloc_lease_max(class));
 	}
 	want = st->count <= cenalloc_lease_target(st, class) / 2 &&
 	       !test_bit(a, &l->revoking);
@@ -163,9 +180,12 @@ static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 	struct cenalloc_leases *l = cdev->leases;
 	const struct cenalloc_range *r;
 	struct cenalloc_stock *st;
-	unsigned int n, i, taken = 0;
+	unsigned int n = 0, i = 0, taken = 0;
+	bool dma32;
 	u64 addr;
 
+	dma32 = le32_to_cpu(cdev->pools[allocator].config.placement) &
+		CENALLOC_PLACE_DMA32;
 	if (len < sizeof(*lr))
 		goto bad;
 	n = le32_to_cpu(lr->num_extents);
@@ -176,6 +196,7 @@ static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 		addr = le64_to_cpu(r[i].addr);
 		if (!PAGE_ALIGNED(addr) ||
 		    le64_to_cpu(r[i].len) != cenalloc_lease_sizes[class] ||
+		    (dma32 && addr + cenalloc_lease_sizes[class] > SZ_4G) ||
 		    cenalloc_pools_claim(cdev, &r[i], 1, allocator))
 			goto bad;
 		spin_lock(&l->lock);
@@ -193,8 +214,9 @@ static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 	return taken;
 bad:
 	atomic64_inc(&l->bad_answers);
-	pr_warn_ratelimited("cenalloc: bad LEASE answer for allocator %u\n",
-			    allocator);
+	cenalloc_answer_rejected(cdev);
+	pr_warn_ratelimited("cenalloc: device answer rejected: LEASE for allocator %u, extent %u of %u\n",
+			    allocator, i, n);
 	atomic64_add(taken, &l->leased);
 	return taken;
 }
@@ -225,6 +247,11 @@ static unsigned int cenalloc_lease_fill(struct cenalloc_dev *cdev,
 	lr->count = cpu_to_le32(count);
 	lr->size = cpu_to_le64(cenalloc_lease_sizes[class]);
 	ret = cenalloc_req_submit(req);
+	if (!ret && !cenalloc_req_answered(req, 0)) {
+		cenalloc_answer_rejected(cdev);
+		atomic64_inc(&cdev->leases->bad_answers);
+		ret = -EIO;
+	}
 	if (!ret)
 		ret = cenalloc_req_status(req, 0);
 	if (ret) {
@@ -411,7 +438,7 @@ int cenalloc_lease_init(struct cenalloc_dev *cdev)
 	BUILD_BUG_ON(CENALLOC_MAX_ALLOCATORS * CENALLOC_LEASE_CLASSES >
 		     BITS_PER_LONG);
 	num = min_t(unsigned int, cdev->num_allocators, cdev->num_pools);
-	if (!cdev->lease_feature || !lease_stock || !num)
+	if (!cdev->lease_feature || !num)
 		return 0;
 	/* Freed with the device state (cenalloc_dev.c). */
 	l = kzalloc(struct_size(l, stock, num * CENALLOC_LEASE_CLASSES),

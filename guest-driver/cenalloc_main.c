@@ -27,9 +27,25 @@
 #include "cenalloc_devmask.h"
 #include "cenalloc_ioctl.h"
 #include "cenalloc_lease.h"
+#include "cenalloc_negotiate.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_shrink.h"
 #include "cenalloc_vq.h"
+
+/*
+ * The device says how many segments one MAP may return, and the driver
+ * sizes the answer from it (16 bytes a segment): a cap keeps a device from
+ * making it allocate without bound. 262144 segments (a 4 MiB answer) is a
+ * 1 GiB buffer in 4 KiB pieces; the protocol's 16 MiB slot is the ceiling.
+ */
+#define CENALLOC_MAX_SEGMENTS_CEILING \
+	((CENALLOC_MAX_SLOT - sizeof(struct cenalloc_map_resp)) / \
+	 sizeof(struct cenalloc_range))
+
+static unsigned int cenalloc_max_segments = 262144;
+module_param_named(max_segments, cenalloc_max_segments, uint, 0444);
+MODULE_PARM_DESC(max_segments,
+		 "Most segments the driver accepts in one MAP answer, whatever the device announces (default 262144: 1 GiB in 4 KiB pages)");
 
 static int cenalloc_read_config(struct cenalloc_dev *cdev)
 {
@@ -50,7 +66,16 @@ static int cenalloc_read_config(struct cenalloc_dev *cdev)
 				CENALLOC_MAX_POOLS);
 	cdev->max_batch = clamp_t(u32, le32_to_cpu(config->max_batch), 1,
 				  CENALLOC_MAX_BATCH);
-	cdev->max_segments = max_t(u32, le32_to_cpu(config->max_segments), 1);
+	cdev->max_segments = clamp_t(u32, le32_to_cpu(config->max_segments), 1,
+				     clamp_t(u32, cenalloc_max_segments, 1,
+					     CENALLOC_MAX_SEGMENTS_CEILING));
+	if (cdev->max_segments != le32_to_cpu(config->max_segments))
+		dev_info(&vdev->dev, "max_segments %u from the device, using %u\n",
+			 le32_to_cpu(config->max_segments),
+			 cdev->max_segments);
+	if (le32_to_cpu(config->num_pools) > CENALLOC_MAX_POOLS)
+		dev_warn(&vdev->dev, "%u pools in config space, using the first %u\n",
+			 le32_to_cpu(config->num_pools), CENALLOC_MAX_POOLS);
 	for (i = 0; i < cdev->num_pools; i++)
 		cdev->pools[i].config = config->pools[i];
 	return 0;
@@ -78,7 +103,8 @@ static void cenalloc_event_hook(struct cenalloc_dev *cdev,
 static int cenalloc_cache_info(struct cenalloc_dev *cdev)
 {
 	struct cenalloc_info_resp info;
-	unsigned int i;
+	unsigned int i, n;
+	u32 type;
 	int ret;
 
 	ret = cenalloc_get_info(cdev, &info, cdev->allocators,
@@ -86,11 +112,15 @@ static int cenalloc_cache_info(struct cenalloc_dev *cdev)
 	if (ret < 0)
 		return ret;
 	cdev->num_allocators = ret;
-	cdev->num_exporter_types = min_t(u32,
-					 le32_to_cpu(info.num_exporter_types),
-					 CENALLOC_MAX_MAP_TYPES);
-	for (i = 0; i < cdev->num_exporter_types; i++)
-		cdev->exporter_types[i] = le32_to_cpu(info.exporter_types[i]);
+	n = min_t(u32, le32_to_cpu(info.num_exporter_types),
+		  CENALLOC_MAX_MAP_TYPES);
+	/* Types the protocol does not know are the device's mistake: skip. */
+	cdev->num_exporter_types = 0;
+	for (i = 0; i < n; i++) {
+		type = le32_to_cpu(info.exporter_types[i]);
+		if (cenalloc_type_valid(type))
+			cdev->exporter_types[cdev->num_exporter_types++] = type;
+	}
 	if (!cdev->num_exporter_types) {
 		/* Every device maps as a scatter-gather list. */
 		cdev->exporter_types[0] = CENALLOC_MAP_SG;
@@ -114,23 +144,29 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	if (!cdev)
 		return -ENOMEM;
 	vdev->priv = cdev;
+	/* Before the pools take any memory. */
+	ret = cenalloc_dev_claim(cdev);
+	if (ret) {
+		dev_err(&vdev->dev, "only one cenalloc device is served\n");
+		goto err_free;
+	}
 
 	ret = cenalloc_read_config(cdev);
 	if (ret)
-		goto err_free;
+		goto err_unclaim;
 	cdev->elastic = virtio_has_feature(vdev, CENALLOC_F_ELASTIC);
 	cdev->lease_feature = virtio_has_feature(vdev, CENALLOC_F_LEASE);
 	cenalloc_pools_init(cdev);
 	ret = virtio_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info, NULL);
 	if (ret)
-		goto err_free;
+		goto err_unclaim;
 	cdev->ctrl_vq = vqs[CENALLOC_VQ_CONTROL];
 	cdev->event_vq = vqs[CENALLOC_VQ_EVENT];
 	ret = cenalloc_vq_init(cdev);
 	if (ret)
 		goto err_del_vqs;
 	virtio_device_ready(vdev);
-	virtqueue_kick(cdev->event_vq);
+	cenalloc_event_kick(cdev);
 
 	/* First command: the device state is ours alone from now on. */
 	ret = cenalloc_reset(cdev);
@@ -154,11 +190,7 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	if (ret)
 		goto err_stop;
 
-	ret = cenalloc_dev_publish(cdev);
-	if (ret) {
-		dev_err(&vdev->dev, "only one cenalloc device is served\n");
-		goto err_shrinker;
-	}
+	cenalloc_dev_publish(cdev);
 	cenalloc_debugfs_init(cdev);
 
 	dev_info(&vdev->dev, "%u allocators, %u pools, max batch %u%s%s\n",
@@ -167,8 +199,6 @@ static int cenalloc_probe(struct virtio_device *vdev)
 		 cdev->leases ? ", leases" : "");
 	return 0;
 
-err_shrinker:
-	cenalloc_shrinker_unregister(cdev);
 err_stop:
 	WRITE_ONCE(cdev->quiesced, true);
 	cenalloc_lease_stop(cdev);
@@ -178,6 +208,8 @@ err_stop:
 err_del_vqs:
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
+err_unclaim:
+	cenalloc_dev_unpublish(cdev);
 err_free:
 	vdev->priv = NULL;
 	cenalloc_dev_put(cdev);

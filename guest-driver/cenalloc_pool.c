@@ -8,8 +8,10 @@
  * uses. A pool grows (POOL_ADD) when a map finds no room anywhere
  * (cenalloc_pools_grow_for(), called by the map path, which then maps
  * again once) or when the device reports it low (POOL_LOW, from a work
- * item), up to its maximum: the device's max_mb, pool_limit_mb, and half of
- * the guest's RAM, whichever is smallest. Under memory pressure the
+ * item), up to its maximum: the device's max_mb, pool_limit_mb and
+ * pool_ram_percent of the guest's RAM, whichever is smallest, and all pools
+ * together at most pools_ram_percent of it (the guest decides what it can
+ * spare, whatever the device asks). Under memory pressure the
  * shrinker (cenalloc_shrink.c) gives back (POOL_REMOVE) blocks donated
  * after probe that nothing uses.
  *
@@ -21,13 +23,17 @@
  * contiguous pool it fits). DMA32 pools take ZONE_DMA32 pages.
  *
  * The host is not trusted: every address the device names must lie in a
- * block it was given (cenalloc_pools_contain()), and memory is freed only
- * when the driver itself knows nothing uses it. Each block counts its
- * users: the backing of every buffer and every leased extent the driver
- * holds (cenalloc_pools_claim()). A block is offered back only with no
+ * block of the pool it names (cenalloc_pool_contains()), and memory is
+ * freed only when the driver itself knows nothing uses it. Each block
+ * counts its users: the backing of every buffer and every leased extent
+ * the driver holds (cenalloc_pools_claim()). A block is offered back only with no
  * user; while its POOL_REMOVE (or POOL_ADD) is on the way, an answer that
  * names it is still accepted but marks it, and a marked block is never
- * freed (quarantined until the device state goes).
+ * freed (held until the device state goes). A POOL_ADD with no usable
+ * answer (none in time, short, malformed, or a success after a refusal in
+ * the same batch) may have been accepted: its blocks are held too (answers
+ * may name them) and never given back before the device is reset (debugfs
+ * "held").
  *
  * Locks: pool->lock (mutex) serializes growth and shrinking of one pool;
  * cdev->block_lock (rwlock) protects the block tree and each block's
@@ -73,7 +79,17 @@ static atomic_t contig_reserve_owned = ATOMIC_INIT(0);
 static unsigned int pool_limit_mb;
 module_param(pool_limit_mb, uint, 0444);
 MODULE_PARM_DESC(pool_limit_mb,
-		 "Largest size of one pool in MiB (0: half of the RAM)");
+		 "Largest size of one pool in MiB (0: only the RAM fractions limit it)");
+
+static unsigned int pool_ram_percent = 25;
+module_param(pool_ram_percent, uint, 0444);
+MODULE_PARM_DESC(pool_ram_percent,
+		 "Largest size of one pool in percent of the RAM (1..100, default 25)");
+
+static unsigned int pools_ram_percent = 50;
+module_param(pools_ram_percent, uint, 0444);
+MODULE_PARM_DESC(pools_ram_percent,
+		 "Largest size of all pools together in percent of the RAM (1..100, default 50)");
 
 static unsigned int initial_mb;
 module_param(initial_mb, uint, 0444);
@@ -165,25 +181,34 @@ static bool cenalloc_block_named(struct cenalloc_block *b, void *arg)
 	return true;
 }
 
-/* True if [addr, addr + len) lies entirely in donated memory: a device
- * answer can never make the driver map memory it did not give away.
- */
-bool cenalloc_pools_contain(struct cenalloc_dev *cdev, u64 addr, u64 len)
-{
-	bool ok;
-
-	read_lock(&cdev->block_lock);
-	ok = cenalloc_blocks_walk(cdev, addr, len, cenalloc_block_named, NULL);
-	read_unlock(&cdev->block_lock);
-	return ok;
-}
-
 /* Every block in pool *arg (or any pool if it is negative). */
 static bool cenalloc_block_in_pool(struct cenalloc_block *b, void *arg)
 {
 	int pool = *(int *)arg;
 
 	return pool < 0 || b->pool == pool;
+}
+
+static bool cenalloc_block_named_in_pool(struct cenalloc_block *b, void *arg)
+{
+	return cenalloc_block_in_pool(b, arg) &&
+	       cenalloc_block_named(b, NULL);
+}
+
+/* True if [addr, addr + len) lies entirely in memory donated to pool
+ * @index: the check of every segment a MAP or LEASE answer names.
+ */
+bool cenalloc_pool_contains(struct cenalloc_dev *cdev, unsigned int index,
+			    u64 addr, u64 len)
+{
+	int pool = index;
+	bool ok;
+
+	read_lock(&cdev->block_lock);
+	ok = cenalloc_blocks_walk(cdev, addr, len,
+				  cenalloc_block_named_in_pool, &pool);
+	read_unlock(&cdev->block_lock);
+	return ok;
 }
 
 static bool cenalloc_block_count(struct cenalloc_block *b, void *arg)
@@ -228,34 +253,6 @@ int cenalloc_pools_claim(struct cenalloc_dev *cdev,
 	return 0;
 }
 
-static bool cenalloc_block_tail(struct cenalloc_block *b, void *arg)
-{
-	u64 boundary = *(u64 *)arg;
-
-	/* A block that also holds bytes before the boundary keeps its count. */
-	if (b->addr >= boundary && !WARN_ON_ONCE(!b->users))
-		b->users--;
-	return true;
-}
-
-/*
- * A claimed extent [addr, addr + len) now backs only its first @size
- * bytes: blocks that hold nothing of those lose the extent's count (the
- * count of the others carries over, with no second walk).
- */
-void cenalloc_pools_claim_trim(struct cenalloc_dev *cdev, u64 addr, u64 len,
-			       u64 size)
-{
-	u64 boundary = addr + size;
-
-	if (size >= len)
-		return;
-	write_lock(&cdev->block_lock);
-	cenalloc_blocks_walk(cdev, boundary, len - size, cenalloc_block_tail,
-			     &boundary);
-	write_unlock(&cdev->block_lock);
-}
-
 /* The reverse of a successful cenalloc_pools_claim(). */
 void cenalloc_pools_unclaim(struct cenalloc_dev *cdev,
 			    const struct cenalloc_range *segments, u32 num)
@@ -274,9 +271,41 @@ void cenalloc_pools_unclaim(struct cenalloc_dev *cdev,
 /* ---------------------------------------------------------------------- */
 /* Limits and the boot-time reservation.                                   */
 
+static u64 cenalloc_ram_percent(unsigned int percent)
+{
+	return div_u64((u64)totalram_pages() * PAGE_SIZE *
+		       clamp_t(unsigned int, percent, 1, 100), 100);
+}
+
+/*
+ * Take up to @want bytes of the budget of all pools (pools_ram_percent of
+ * the RAM); returns what it got, page aligned.
+ */
+static u64 cenalloc_budget_take(struct cenalloc_dev *cdev, u64 want)
+{
+	u64 limit = cenalloc_ram_percent(pools_ram_percent), got;
+	s64 old = atomic64_read(&cdev->pools_bytes);
+
+	do {
+		got = (u64)old < limit ? min(want, limit - (u64)old) : 0;
+		got = round_down(got, PAGE_SIZE);
+		if (!got)
+			return 0;
+	} while (!atomic64_try_cmpxchg(&cdev->pools_bytes, &old,
+				       old + (s64)got));
+	return got;
+}
+
+/* Settle a take of @taken bytes of which @kept stay with the pools. */
+static void cenalloc_budget_settle(struct cenalloc_dev *cdev, u64 taken,
+				   u64 kept)
+{
+	atomic64_add((s64)kept - (s64)taken, &cdev->pools_bytes);
+}
+
 static u64 cenalloc_pool_max(const struct cenalloc_config_pool *config)
 {
-	u64 limit = (u64)totalram_pages() * PAGE_SIZE / 2;
+	u64 limit = cenalloc_ram_percent(pool_ram_percent);
 	u32 max_mb = le32_to_cpu(config->max_mb);
 
 	if (pool_limit_mb)
@@ -529,65 +558,102 @@ static int cenalloc_block_ptr_cmp(const void *a, const void *b)
 	return x->addr > y->addr;
 }
 
+/* What became of a range sent with POOL_ADD or POOL_REMOVE. */
+enum cenalloc_outcome {
+	CENALLOC_REFUSED,	/* not sent, or a well-formed refusal */
+	CENALLOC_ACCEPTED,
+	CENALLOC_UNKNOWN,	/* no usable answer: the device may have done it */
+};
+
 /*
  * Send @ranges of pool @index with @opcode, CENALLOC_MAX_POOL_RANGES per
- * command and a few commands per batch. *@done gets the number of ranges
- * the device accepted (in order); returns the first error.
+ * command and a few commands per batch, until the device refuses one.
+ * @outcome[i] gets what became of range i. Returns 0, the first refusal,
+ * the transport error, or -EIO when some outcome is unknown.
  */
 static int cenalloc_pool_send(struct cenalloc_dev *cdev, u16 opcode, u32 index,
 			      const struct cenalloc_range *ranges,
-			      unsigned int num, unsigned int *done)
+			      unsigned int num, u8 *outcome)
 {
+	unsigned int first[CENALLOC_POOL_CMD_BATCH];
 	unsigned int counts[CENALLOC_POOL_CMD_BATCH];
-	unsigned int sent, n, cmd, i, batch_cmds;
+	unsigned int sent = 0, n, cmd, i, batch_cmds;
 	struct cenalloc_pool_add_req *add;
+	bool stopped = false, unknown = false;
 	struct cenalloc_req *req;
-	int ret, status;
+	int ret = 0, err, status;
 
 	/* POOL_ADD and POOL_REMOVE requests have the same layout. */
 	BUILD_BUG_ON(sizeof(struct cenalloc_pool_add_req) !=
 		     sizeof(struct cenalloc_pool_remove_req));
+	memset(outcome, CENALLOC_REFUSED, num);
 	batch_cmds = min_t(u32, cdev->max_batch, CENALLOC_POOL_CMD_BATCH);
-	*done = 0;
-	while (*done < num) {
+	while (sent < num && !stopped) {
 		req = cenalloc_req_alloc(cdev);
-		if (!req)
-			return -ENOMEM;
-		sent = *done;
+		if (!req) {
+			ret = -ENOMEM;
+			break;
+		}
 		for (cmd = 0; cmd < batch_cmds && sent < num; cmd++) {
 			n = min_t(unsigned int, num - sent,
 				  CENALLOC_MAX_POOL_RANGES);
 			add = cenalloc_req_add(req, opcode, sizeof(*add) +
 					       n * sizeof(struct cenalloc_range),
 					       0);
-			if (IS_ERR(add)) {
-				ret = PTR_ERR(add);
-				goto out_free;
-			}
+			if (IS_ERR(add))
+				break;
 			add->pool_index = cpu_to_le32(index);
 			add->num_ranges = cpu_to_le32(n);
 			memcpy(add + 1, &ranges[sent],
 			       n * sizeof(struct cenalloc_range));
+			first[cmd] = sent;
 			counts[cmd] = n;
 			sent += n;
 		}
-		ret = cenalloc_req_submit(req);
-		if (ret)
-			goto out_free;
+		if (!cmd) {
+			cenalloc_req_free(req);
+			ret = -ENOMEM;
+			break;
+		}
+		err = cenalloc_req_submit(req);
+		if (err && !req->queued) {
+			/* Never reached the device. */
+			cenalloc_req_free(req);
+			ret = err;
+			break;
+		}
 		for (i = 0; i < cmd; i++) {
+			if (err || !cenalloc_req_answered(req, i)) {
+				memset(&outcome[first[i]], CENALLOC_UNKNOWN,
+				       counts[i]);
+				unknown = true;
+				stopped = true;
+				continue;
+			}
 			status = cenalloc_req_status(req, i);
 			if (status) {
-				ret = status;
-				goto out_free;
+				if (!ret)
+					ret = status;
+				stopped = true;
+			} else if (stopped) {
+				/* A success after a refusal is a lie. */
+				memset(&outcome[first[i]], CENALLOC_UNKNOWN,
+				       counts[i]);
+				unknown = true;
+			} else {
+				memset(&outcome[first[i]], CENALLOC_ACCEPTED,
+				       counts[i]);
 			}
-			*done += counts[i];
 		}
 		cenalloc_req_free(req);
+		if (err)
+			ret = err;
 	}
-	return 0;
-
-out_free:
-	cenalloc_req_free(req);
+	if (unknown) {
+		cenalloc_answer_rejected(cdev);
+		if (!ret)
+			ret = -EIO;
+	}
 	return ret;
 }
 
@@ -608,20 +674,26 @@ static unsigned int cenalloc_range_of(const struct cenalloc_range *ranges,
  * Donate the blocks of @list to pool @index (pool->lock held): they enter
  * the tree first (ADDING), so that an answer naming them right after the
  * device took them is not refused. Those the device took become ACTIVE on
- * the pool's list; the others are freed, unless an answer named them
- * meanwhile (quarantined). Returns the bytes donated, or -errno if none.
+ * the pool's list; those it may have taken (no usable answer), or that an
+ * answer named meanwhile, are held; the others are freed. *@kept gets the
+ * bytes of page allocator memory that stay (given or held). Returns the
+ * bytes donated, or -errno if none.
  */
 static s64 cenalloc_pool_add_blocks(struct cenalloc_dev *cdev,
 				    unsigned int index, struct list_head *list,
-				    bool initial)
+				    bool initial, u64 *kept)
 {
 	struct cenalloc_pool *pool = &cdev->pools[index];
 	struct cenalloc_block **blocks, *b, *tmp;
 	struct cenalloc_range *ranges = NULL;
-	unsigned int n = 0, i, done = 0;
+	unsigned int n = 0, i;
+	u8 *outcome = NULL;
 	LIST_HEAD(refused);
-	int num, ret;
 	u64 bytes = 0;
+	u8 fate;
+	int num, ret;
+
+	*kept = 0;
 
 	list_for_each_entry(b, list, link)
 		n++;
@@ -641,6 +713,11 @@ static s64 cenalloc_pool_add_blocks(struct cenalloc_dev *cdev,
 		ret = num;
 		goto out_free_blocks;
 	}
+	outcome = kvmalloc(num, GFP_KERNEL);
+	if (!outcome) {
+		ret = -ENOMEM;
+		goto out_free_ranges;
+	}
 
 	write_lock(&cdev->block_lock);
 	for (i = 0; i < n; i++) {
@@ -659,27 +736,34 @@ static s64 cenalloc_pool_add_blocks(struct cenalloc_dev *cdev,
 	write_unlock(&cdev->block_lock);
 
 	ret = cenalloc_pool_send(cdev, CENALLOC_CMD_POOL_ADD, index, ranges,
-				 num, &done);
+				 num, outcome);
 	pool->status = ret;
 
 	write_lock(&cdev->block_lock);
 	for (i = 0; i < n; i++) {
 		b = blocks[i];
-		if (cenalloc_range_of(ranges, num, b->addr) < done) {
+		fate = outcome[cenalloc_range_of(ranges, num, b->addr)];
+		if (fate == CENALLOC_ACCEPTED) {
 			b->state = CENALLOC_BLOCK_ACTIVE;
 			bytes += b->len;
 			pool->longest_extent = max(pool->longest_extent, b->len);
-		} else if (b->hit) {
-			/* Named by an answer: keep it from the page allocator. */
+		} else if (fate == CENALLOC_UNKNOWN || b->hit) {
+			/* The device may use it: never the page allocator's. */
 			b->state = CENALLOC_BLOCK_QUARANTINED;
-			pool->quarantined += b->len;
+			pool->held += b->len;
 		} else {
 			rb_erase(&b->node, &cdev->blocks);
 			list_move_tail(&b->link, &refused);
+			continue;
 		}
+		if (b->page)
+			*kept += PAGE_SIZE << b->order;
 	}
 	list_splice_tail_init(list, &pool->blocks);
 	write_unlock(&cdev->block_lock);
+	if (ret == -EIO && pool->held)
+		pr_warn("cenalloc: pool %.16s: no usable answer to POOL_ADD: %llu bytes stay with the device until it is reset\n",
+			pool->config.name, pool->held);
 	list_for_each_entry_safe(b, tmp, &refused, link) {
 		list_del(&b->link);
 		cenalloc_block_free(b);
@@ -689,11 +773,13 @@ static s64 cenalloc_pool_add_blocks(struct cenalloc_dev *cdev,
 		pool->initial += bytes;
 	else
 		pool->grown += bytes;
+	kvfree(outcome);
 	kvfree(ranges);
 	kvfree(blocks);
 	return bytes ? (s64)bytes : (ret ? ret : -ENOMEM);
 
 out_free_ranges:
+	kvfree(outcome);
 	kvfree(ranges);
 out_free_blocks:
 	kvfree(blocks);
@@ -713,17 +799,21 @@ static s64 cenalloc_pool_grow(struct cenalloc_dev *cdev, unsigned int index,
 			      u64 bytes, u64 min_block, bool initial)
 {
 	struct cenalloc_pool *pool = &cdev->pools[index];
-	u64 room, got, reserved;
+	u64 room, got, reserved, taken = 0, kept = 0, size = pool->donated +
+							   pool->held;
 	LIST_HEAD(list);
 	s64 ret;
 
 	lockdep_assert_held(&pool->lock);
-	if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
+	if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced) ||
+	    cenalloc_dev_usable(cdev))
 		return -ENODEV;
-	room = pool->max > pool->donated ? pool->max - pool->donated : 0;
+	room = pool->max > size ? pool->max - size : 0;
 	bytes = min(round_up(bytes, PAGE_SIZE), room);
 	if (initial && pool->reserve_len) {
-		/* The reservation counts toward the donation at probe. */
+		/* The reservation counts toward the donation at probe (it
+		 * is not RAM the page allocator has: no budget).
+		 */
 		reserved = pool->reserve_len;
 		ret = cenalloc_reserve_block(pool, index, &list);
 		if (ret)
@@ -732,11 +822,26 @@ static s64 cenalloc_pool_grow(struct cenalloc_dev *cdev, unsigned int index,
 	} else if (!bytes) {
 		return -ENOSPC;
 	}
+	if (bytes) {
+		taken = cenalloc_budget_take(cdev, bytes);
+		if (taken < min_block) {
+			cenalloc_budget_settle(cdev, taken, 0);
+			return -ENOSPC;
+		}
+		if (taken < bytes)
+			pr_warn_ratelimited("cenalloc: pool %.16s: %llu of %llu bytes within pools_ram_percent=%u\n",
+					    pool->config.name, taken, bytes,
+					    pools_ram_percent);
+		bytes = taken;
+	}
 	got = cenalloc_blocks_alloc(pool, index, bytes, min_block, &list);
 	cenalloc_blocks_align(pool, &list);
-	if (list_empty(&list))
-		return -ENOMEM;
-	ret = cenalloc_pool_add_blocks(cdev, index, &list, initial);
+	if (list_empty(&list)) {
+		cenalloc_budget_settle(cdev, taken, 0);
+		return bytes ? -ENOMEM : -ENOSPC;
+	}
+	ret = cenalloc_pool_add_blocks(cdev, index, &list, initial, &kept);
+	cenalloc_budget_settle(cdev, taken, kept);
 	if (ret < 0)
 		pool->grow_failures++;
 	else if (!initial)
@@ -750,26 +855,38 @@ static s64 cenalloc_pool_grow(struct cenalloc_dev *cdev, unsigned int index,
  */
 int cenalloc_pools_donate(struct cenalloc_dev *cdev)
 {
+	struct cenalloc_block *b;
 	struct cenalloc_pool *pool;
-	unsigned int i;
+	unsigned int i, blocks;
+	u64 initial;
 	s64 ret;
 
 	cenalloc_reserve_assign(cdev);
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
+		initial = cenalloc_pool_initial(pool);
+		ret = 0;
 		mutex_lock(&pool->lock);
-		ret = cenalloc_pool_grow(cdev, i, cenalloc_pool_initial(pool),
-					 0, true);
+		/* Nothing at probe: it grows when a map needs it. */
+		if (initial || pool->reserve_len)
+			ret = cenalloc_pool_grow(cdev, i, initial, 0, true);
+		if (ret < 0 && !pool->status)
+			pool->status = (int)ret;
+		blocks = 0;
+		list_for_each_entry(b, &pool->blocks, link)
+			blocks += b->state == CENALLOC_BLOCK_ACTIVE;
 		mutex_unlock(&pool->lock);
-		if (ret == -ENODEV)
-			return ret;
+		/* A device that cannot answer fails the probe. */
+		if (ret == -ENODEV || ret == -ETIMEDOUT || ret == -EINTR)
+			return (int)ret;
+		/* One line per pool (test_second_device counts them). */
 		if (ret < 0)
 			pr_warn("cenalloc: pool %.16s: donation failed: %lld\n",
 				pool->config.name, ret);
 		else
-			pr_info("cenalloc: pool %.16s: donated %llu KiB at probe, may grow to %llu MiB\n",
-				pool->config.name, pool->donated >> 10,
-				pool->max >> 20);
+			pr_info("cenalloc: pool %.16s: donated %llu MiB in %u blocks at probe (%llu KiB), may grow to %llu MiB\n",
+				pool->config.name, pool->donated >> 20, blocks,
+				pool->donated >> 10, pool->max >> 20);
 	}
 	return 0;
 }
@@ -814,7 +931,7 @@ int cenalloc_pools_grow_for(struct cenalloc_dev *cdev, u32 mask, u64 size,
 		}
 		mutex_lock(&pool->lock);
 		bytes = max_t(u64, size, CENALLOC_GROW_MIN);
-		if (pool->donated + size > pool->max) {
+		if (pool->donated + pool->held + size > pool->max) {
 			mutex_unlock(&pool->lock);
 			continue;
 		}
@@ -901,10 +1018,9 @@ static u64 cenalloc_block_remove(struct cenalloc_dev *cdev, unsigned int index,
 {
 	struct cenalloc_pool *pool = &cdev->pools[index];
 	struct cenalloc_range range;
-	unsigned int done;
+	u8 outcome;
 	bool keep;
 	u64 len;
-	int ret;
 
 	write_lock(&cdev->block_lock);
 	if (b->users || b->state != CENALLOC_BLOCK_ACTIVE) {
@@ -917,18 +1033,20 @@ static u64 cenalloc_block_remove(struct cenalloc_dev *cdev, unsigned int index,
 
 	range.addr = cpu_to_le64(b->addr);
 	range.len = cpu_to_le64(b->len);
-	ret = cenalloc_pool_send(cdev, CENALLOC_CMD_POOL_REMOVE, index, &range,
-				 1, &done);
+	cenalloc_pool_send(cdev, CENALLOC_CMD_POOL_REMOVE, index, &range, 1,
+			   &outcome);
 
 	write_lock(&cdev->block_lock);
-	if (ret) {
+	if (outcome == CENALLOC_REFUSED) {
 		b->state = CENALLOC_BLOCK_ACTIVE;
 		write_unlock(&cdev->block_lock);
 		return 0;
 	}
-	keep = b->hit || b->users;
+	/* Given back, maybe (no usable answer), or while an answer named it:
+	 * held.
+	 */
+	keep = outcome == CENALLOC_UNKNOWN || b->hit || b->users;
 	if (keep) {
-		/* The device let go of memory an answer named meanwhile. */
 		b->state = CENALLOC_BLOCK_QUARANTINED;
 	} else {
 		rb_erase(&b->node, &cdev->blocks);
@@ -938,13 +1056,18 @@ static u64 cenalloc_block_remove(struct cenalloc_dev *cdev, unsigned int index,
 
 	pool->donated -= b->len;
 	if (keep) {
-		pool->quarantined += b->len;
-		pr_warn_ratelimited("cenalloc: pool %.16s: the device gave back %llu KiB at %#llx while it was in use: kept\n",
-				    pool->config.name, b->len >> 10, b->addr);
+		pool->held += b->len;
+		pr_warn_ratelimited("cenalloc: pool %.16s: %llu KiB at %#llx %s: held until the device resets\n",
+				    pool->config.name, b->len >> 10, b->addr,
+				    outcome == CENALLOC_UNKNOWN ?
+				    "may have been given back (no usable answer)" :
+				    "given back while it was in use");
 		return 0;
 	}
 	len = b->len;
 	pool->returned += len;
+	if (b->page)
+		cenalloc_budget_settle(cdev, PAGE_SIZE << b->order, 0);
 	cenalloc_block_free(b);
 	return len;
 }
@@ -1019,7 +1142,7 @@ void cenalloc_pools_stop(struct cenalloc_dev *cdev)
 	cancel_work_sync(&cdev->pool_low_work);
 }
 
-/* At the last put: every block goes back to the kernel, quarantined ones
+/* At the last put: every block goes back to the kernel, held ones
  * too (the device state is gone).
  */
 void cenalloc_pools_free(struct cenalloc_dev *cdev)
@@ -1030,6 +1153,8 @@ void cenalloc_pools_free(struct cenalloc_dev *cdev)
 
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
+		if (!pool->blocks.next)
+			continue;	/* probe stopped before pools_init */
 		list_for_each_entry_safe(b, tmp, &pool->blocks, link) {
 			list_del(&b->link);
 			rb_erase(&b->node, &cdev->blocks);

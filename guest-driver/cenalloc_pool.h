@@ -53,7 +53,11 @@ struct cenalloc_pool {
 	u64 initial;				/* bytes donated at probe */
 	u64 grown;				/* bytes added after probe, in all */
 	u64 returned;				/* bytes given back, in all */
-	u64 quarantined;			/* bytes kept out of both */
+	/* Bytes kept from both the device and the page allocator until the
+	 * device resets: sent with no usable answer, or named by an answer
+	 * while on the way in or out (cenalloc_pool.c).
+	 */
+	u64 held;
 	u64 reserve_addr, reserve_len;		/* boot-time reservation */
 	u64 longest_extent;			/* bytes */
 	unsigned int grow_failures;
@@ -64,19 +68,18 @@ void cenalloc_pools_init(struct cenalloc_dev *cdev);
 int cenalloc_pools_donate(struct cenalloc_dev *cdev);
 void cenalloc_pools_stop(struct cenalloc_dev *cdev);
 void cenalloc_pools_free(struct cenalloc_dev *cdev);
-bool cenalloc_pools_contain(struct cenalloc_dev *cdev, u64 addr, u64 len);
 int cenalloc_pools_claim(struct cenalloc_dev *cdev,
 			 const struct cenalloc_range *segments, u32 num,
 			 int pool);
 void cenalloc_pools_unclaim(struct cenalloc_dev *cdev,
 			    const struct cenalloc_range *segments, u32 num);
-void cenalloc_pools_claim_trim(struct cenalloc_dev *cdev, u64 addr, u64 len,
-			       u64 size);
 int cenalloc_pools_grow_for(struct cenalloc_dev *cdev, u32 mask, u64 size,
 			    bool contiguous);
 void cenalloc_pool_low(struct cenalloc_dev *cdev, u32 index);
 u64 cenalloc_pool_shrink(struct cenalloc_dev *cdev, unsigned int index,
 			 u64 want);
 u64 cenalloc_pool_freeable(struct cenalloc_dev *cdev, unsigned int index);
+bool cenalloc_pool_contains(struct cenalloc_dev *cdev, unsigned int index,
+			    u64 addr, u64 len);
 
 #endif /* CENALLOC_POOL_H */

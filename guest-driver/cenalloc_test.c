@@ -20,6 +20,11 @@
  *
  * Attachments are handles of the open file that made them; closing the file
  * unmaps and detaches whatever is left.
+ *
+ * TEST ONLY: it attaches to any dma-buf and writes into it through the
+ * exporter's kernel mapping, whatever the fd's access mode, so its node is
+ * 0600 (root) and it is loaded only by the selftest images, never by a
+ * production system.
  */
 
 #include <linux/cenalloc.h>
@@ -607,7 +612,7 @@ static struct miscdevice cenalloc_test_misc = {
 	.minor = MISC_DYNAMIC_MINOR,
 	.name = CENALLOC_TEST_NAME,
 	.fops = &cenalloc_test_fops,
-	.mode = 0666,
+	.mode = 0600,	/* test only: root */
 };
 
 static void cenalloc_test_remove_devices(void)

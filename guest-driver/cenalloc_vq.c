@@ -6,9 +6,29 @@
  * A request is built with cenalloc_req_add() (one call per command), then
  * either submitted (the caller waits until the device answers) or posted
  * (fire-and-forget: the completion logs a failure and frees the request).
- * A full ring (-ENOSPC) makes the submitter wait until the callback reaps
- * used buffers. After remove every new request fails with -ENODEV and every
- * request still on the ring is completed with -ENODEV.
+ * After remove every new request fails with -ENODEV and every request still
+ * on the ring is completed with -ENODEV.
+ *
+ * Ownership: a request belongs to whoever built it and, from the moment it
+ * is queued, to the ring too (a reference each); the last one frees it. The
+ * device may write into a request's answer until it returns the chain or
+ * is reset, so a request the device has not returned is never freed: a
+ * submitter that stops waiting leaves it to the ring (see below), and
+ * remove frees what is left after resetting the device.
+ *
+ * Bounded waits: a submitter waits (killable) at most timeout_ms for room on
+ * the ring and for the answer together. When the time is up the device is
+ * declared broken (logged once): every new request fails at once with
+ * -EIO, posted requests are dropped (the device state they would change
+ * goes with the next reset), and the submitter gets -ETIMEDOUT. A fatal
+ * signal ends the wait with -EINTR. Either way the abandoned request stays
+ * on the ring; if the device still answers it and is not broken, what the
+ * answered batch did (CREATE, ATTACH, MAP) is undone with FREE, DETACH and
+ * UNMAP from a work item, because its submitter recorded none of it.
+ *
+ * Teardown never waits: a posted request that finds the ring full goes to a
+ * backlog that is moved onto the ring as answers free room, and a submitted
+ * request queues behind that backlog, so posted chains keep their order.
  *
  * Notifications cost more than the work (each kick wakes the device, each
  * answer interrupts a CPU), so a posted chain goes on the ring without a
@@ -25,14 +45,23 @@
  * interrupt, no wake-up and no reschedule happen at all. A slow answer
  * (a large MAP zeroes the whole buffer) turns the callbacks back on and
  * sleeps until the interrupt.
+ *
+ * Answer buffers are zeroed before the device sees them. One of at most
+ * CENALLOC_REQ_INLINE_RESP bytes lives in the request, one of at most a
+ * page is kmalloc()ed, a larger one (a MAP of a fragmented buffer: 16 bytes
+ * per segment) is built from blocks of up to 2^CENALLOC_RESP_CHUNK_ORDER
+ * pages, never one high-order allocation, and mapped with vmap().
  */
+#include <linux/jiffies.h>
 #include <linux/ktime.h>
+#include <linux/mm.h>
+#include <linux/moduleparam.h>
+#include <linux/sched.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
+#include <linux/vmalloc.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
-
-#include <linux/moduleparam.h>
 
 #include "cenalloc_vq.h"
 
@@ -41,11 +70,40 @@ module_param_named(poll_us, cenalloc_poll_us, uint, 0644);
 MODULE_PARM_DESC(poll_us,
 		 "Microseconds a waiting request polls for its answer before sleeping until the interrupt (0: never poll)");
 
+/*
+ * 10 s: the slowest legitimate chain is the first MAP of a buffer of the
+ * device's largest size (1 GiB by default), which the device zeroes; when
+ * that guest memory was never touched the host allocates it on the way:
+ * zeroing 1 GiB of a fresh memfd took 1.8 s on the 2-core build machine
+ * under load (5x margin). A dead back-end is reported within 10 s, and no
+ * task waits long enough for the hung-task watchdog (120 s).
+ */
+unsigned int cenalloc_timeout_ms = 10000;
+module_param_named(timeout_ms, cenalloc_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(timeout_ms,
+		 "Milliseconds a request waits for the device (room on the ring and the answer) before the device is declared broken (100..600000, default 10000)");
+
+#define CENALLOC_TIMEOUT_MIN_MS		100
+#define CENALLOC_TIMEOUT_MAX_MS		600000
+
 #define CENALLOC_POST_MAX_UNKICKED	16
+
+/* Largest answer buffer allocated with kmalloc(). */
+#define CENALLOC_RESP_KMALLOC_MAX	PAGE_SIZE
+/* Largest block of a paged answer buffer: 64 KiB. */
+#define CENALLOC_RESP_CHUNK_ORDER	4
+
+static unsigned long cenalloc_timeout_jiffies(void)
+{
+	return msecs_to_jiffies(clamp_t(unsigned int,
+					READ_ONCE(cenalloc_timeout_ms),
+					CENALLOC_TIMEOUT_MIN_MS,
+					CENALLOC_TIMEOUT_MAX_MS));
+}
 
 /* Not zeroed as a whole (it is 1.5 KiB): every field a request reads
  * before writing it is set here, each command is zeroed by
- * cenalloc_req_add(), the answer buffer by cenalloc_req_queue().
+ * cenalloc_req_add(), the answer buffer by cenalloc_req_prepare().
  */
 struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev)
 {
@@ -55,8 +113,12 @@ struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev)
 	if (!req)
 		return NULL;
 	req->cdev = cdev;
-	init_completion(&req->done);
+	refcount_set(&req->ref, 1);
+	INIT_LIST_HEAD(&req->node);
 	req->posted = false;
+	req->queued = false;
+	req->answered = false;
+	req->abandoned = false;
 	req->polling = false;
 	req->queued_ns = 0;
 	req->error = 0;
@@ -66,25 +128,56 @@ struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev)
 	req->cmd_cap = sizeof(req->inline_cmd);
 	req->cmd_len = sizeof(struct cenalloc_batch_hdr);
 	req->resp_buf = NULL;
+	req->resp_pages = NULL;
+	req->resp_npages = 0;
 	req->resp_len = sizeof(struct cenalloc_batch_resp);
 	return req;
 }
 
-void cenalloc_req_free(struct cenalloc_req *req)
+static void cenalloc_resp_free_pages(struct page **pages, unsigned int n)
 {
-	if (!req)
-		return;
-	if (req->resp_buf != req->inline_resp)
+	while (n)
+		__free_page(pages[--n]);
+	kvfree(pages);
+}
+
+static void cenalloc_req_destroy(struct cenalloc_req *req)
+{
+	if (req->resp_pages) {
+		vunmap(req->resp_buf);
+		sg_free_table(&req->resp_sgt);
+		cenalloc_resp_free_pages(req->resp_pages, req->resp_npages);
+	} else if (req->resp_buf != req->inline_resp) {
 		kfree(req->resp_buf);
+	}
 	if (req->cmd_buf != req->inline_cmd)
 		kfree(req->cmd_buf);
 	kfree(req);
 }
 
 /*
+ * Drop one owner's reference. The last reference of a request with a paged
+ * answer is never dropped in atomic context: the ring hands abandoned
+ * requests to a work item, and posted requests have small answers.
+ */
+static void cenalloc_req_put(struct cenalloc_req *req)
+{
+	if (refcount_dec_and_test(&req->ref))
+		cenalloc_req_destroy(req);
+}
+
+/* Drop the builder's reference (the ring may still hold one). */
+void cenalloc_req_free(struct cenalloc_req *req)
+{
+	if (req)
+		cenalloc_req_put(req);
+}
+
+/*
  * Append a command with a zeroed payload of @len bytes and a response slot
  * of @resp_len bytes. Returns the payload to fill in (valid until the next
- * call), or an ERR_PTR.
+ * call), or an ERR_PTR: -E2BIG when the batch already holds max_batch
+ * commands.
  */
 void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 		       u32 resp_len)
@@ -96,7 +189,8 @@ void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 	if (req->num_cmds >= CENALLOC_MAX_BATCH ||
 	    req->num_cmds >= req->cdev->max_batch)
 		return ERR_PTR(-E2BIG);
-	if (!IS_ALIGNED(len, 8) || !IS_ALIGNED(resp_len, 8))
+	if (!IS_ALIGNED(len, 8) || !IS_ALIGNED(resp_len, 8) ||
+	    resp_len > CENALLOC_MAX_SLOT)
 		return ERR_PTR(-EINVAL);
 	if (need > req->cmd_cap) {
 		size_t cap = max(need, req->cmd_cap * 2);
@@ -124,6 +218,132 @@ void *cenalloc_req_add(struct cenalloc_req *req, u16 opcode, u32 len,
 	req->resp_len += sizeof(struct cenalloc_resp_hdr) + resp_len;
 	req->num_cmds++;
 	return hdr + 1;
+}
+
+/*
+ * Move the commands of @src (not sent) to the end of @dst (not sent) if
+ * that needs no allocation and stays within max_batch; true if it did (then
+ * free @src). Used to send teardown commands prepared one per object in as
+ * few chains as the device allows.
+ */
+bool cenalloc_req_append(struct cenalloc_req *dst,
+			 const struct cenalloc_req *src)
+{
+	size_t hdr = sizeof(struct cenalloc_batch_hdr);
+	size_t cmds = src->cmd_len - hdr;
+	unsigned int i, n = dst->num_cmds;
+	u32 base = dst->resp_len - sizeof(struct cenalloc_batch_resp);
+
+	if (n + src->num_cmds > min_t(u32, CENALLOC_MAX_BATCH,
+				      dst->cdev->max_batch) ||
+	    dst->cmd_len + cmds > dst->cmd_cap ||
+	    dst->resp_len + src->resp_len - sizeof(struct cenalloc_batch_resp) >
+	    CENALLOC_REQ_INLINE_RESP)
+		return false;
+	memcpy(dst->cmd_buf + dst->cmd_len, src->cmd_buf + hdr, cmds);
+	dst->cmd_len += cmds;
+	for (i = 0; i < src->num_cmds; i++) {
+		dst->resp_off[n + i] = src->resp_off[i] + base;
+		dst->slot_len[n + i] = src->slot_len[i];
+	}
+	dst->num_cmds += src->num_cmds;
+	dst->resp_len += src->resp_len - sizeof(struct cenalloc_batch_resp);
+	return true;
+}
+
+/* A zeroed answer buffer of resp_len bytes built from blocks of pages. */
+static int cenalloc_resp_alloc_pages(struct cenalloc_req *req)
+{
+	unsigned int npages = DIV_ROUND_UP(req->resp_len, PAGE_SIZE);
+	unsigned int order = CENALLOC_RESP_CHUNK_ORDER, i = 0, k;
+	struct page **pages, *page;
+	gfp_t gfp;
+	int ret;
+
+	pages = kvmalloc_array(npages, sizeof(*pages), GFP_KERNEL);
+	if (!pages)
+		return -ENOMEM;
+	while (i < npages) {
+		while (order && (1u << order) > npages - i)
+			order--;
+		gfp = GFP_KERNEL | __GFP_ZERO;
+		if (order)
+			gfp |= __GFP_NORETRY | __GFP_NOWARN;
+		page = alloc_pages(gfp, order);
+		if (!page) {
+			if (!order) {
+				ret = -ENOMEM;
+				goto err_free;
+			}
+			order--;
+			continue;
+		}
+		if (order)
+			split_page(page, order);
+		for (k = 0; k < (1u << order); k++)
+			pages[i++] = page + k;
+	}
+	ret = sg_alloc_table_from_pages(&req->resp_sgt, pages, npages, 0,
+					req->resp_len, GFP_KERNEL);
+	if (ret)
+		goto err_free;
+	req->resp_buf = vmap(pages, npages, VM_MAP, PAGE_KERNEL);
+	if (!req->resp_buf) {
+		ret = -ENOMEM;
+		goto err_sgt;
+	}
+	req->resp_pages = pages;
+	req->resp_npages = npages;
+	return 0;
+
+err_sgt:
+	sg_free_table(&req->resp_sgt);
+err_free:
+	cenalloc_resp_free_pages(pages, i);
+	return ret;
+}
+
+/* Batch header and a zeroed answer buffer, before the request is queued. */
+static int cenalloc_req_prepare(struct cenalloc_req *req)
+{
+	struct cenalloc_batch_hdr *bhdr;
+
+	if (!req->num_cmds || req->resp_buf)
+		return -EINVAL;
+	bhdr = (struct cenalloc_batch_hdr *)req->cmd_buf;
+	bhdr->num_cmds = cpu_to_le32(req->num_cmds);
+	bhdr->reserved = 0;
+
+	if (req->resp_len <= sizeof(req->inline_resp)) {
+		req->resp_buf = req->inline_resp;
+		memset(req->resp_buf, 0, req->resp_len);
+		return 0;
+	}
+	if (req->resp_len <= CENALLOC_RESP_KMALLOC_MAX) {
+		req->resp_buf = kzalloc(req->resp_len, GFP_KERNEL);
+		return req->resp_buf ? 0 : -ENOMEM;
+	}
+	return cenalloc_resp_alloc_pages(req);
+}
+
+/* 0, or why no request can be sent (ctrl_lock held). */
+static int cenalloc_usable_locked(struct cenalloc_dev *cdev)
+{
+	if (cdev->removed)
+		return -ENODEV;
+	if (cdev->broken)
+		return -EIO;
+	return 0;
+}
+
+/* 0 if requests can be sent: -ENODEV after remove, -EIO once broken. */
+int cenalloc_dev_usable(struct cenalloc_dev *cdev)
+{
+	if (READ_ONCE(cdev->removed))
+		return -ENODEV;
+	if (READ_ONCE(cdev->broken))
+		return -EIO;
+	return 0;
 }
 
 /* Kick decision for everything added so far (ctrl_lock held). */
@@ -159,29 +379,32 @@ static void cenalloc_post_kick_work(struct work_struct *work)
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 }
 
-static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
-			       struct cenalloc_req *req)
+/*
+ * Put @req on the ring (ctrl_lock held, device usable). From here on the
+ * ring owns a reference: a posted request's only one, handed over by its
+ * poster. *@kick is set when the device must be notified.
+ */
+static int cenalloc_vq_add_locked(struct cenalloc_dev *cdev,
+				  struct cenalloc_req *req, bool *kick)
 {
 	struct scatterlist out, in, *sgs[2] = { &out, &in };
-	unsigned long flags;
-	bool kick = false;
 	int ret;
 
 	sg_init_one(&out, req->cmd_buf, req->cmd_len);
-	sg_init_one(&in, req->resp_buf, req->resp_len);
-
-	spin_lock_irqsave(&cdev->ctrl_lock, flags);
-	if (cdev->removed) {
-		ret = -ENODEV;
-		goto out_unlock;
-	}
+	if (req->resp_pages)
+		sgs[1] = req->resp_sgt.sgl;
+	else
+		sg_init_one(&in, req->resp_buf, req->resp_len);
 	ret = virtqueue_add_sgs(cdev->ctrl_vq, sgs, 1, 1, req, GFP_ATOMIC);
 	if (ret) {
 		/* A full ring drains only if the device hears of it. */
 		if (ret == -ENOSPC && cdev->unkicked)
-			kick = cenalloc_kick_prepare(cdev);
-		goto out_unlock;
+			*kick |= cenalloc_kick_prepare(cdev);
+		return ret;
 	}
+	if (!req->posted)
+		refcount_inc(&req->ref);
+	req->queued = true;
 	cdev->inflight++;
 	cdev->chains_sent++;
 	req->queued_ns = ktime_get_ns();
@@ -192,8 +415,48 @@ static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
 		if (cdev->unkicked == 1)
 			schedule_delayed_work(&cdev->post_kick, 1);
 	} else {
-		kick = cenalloc_kick_prepare(cdev);
+		*kick |= cenalloc_kick_prepare(cdev);
 	}
+	return 0;
+}
+
+/* Move posted requests from the backlog to the ring while it has room
+ * (ctrl_lock held). True when the backlog is empty.
+ */
+static bool cenalloc_backlog_flush(struct cenalloc_dev *cdev, bool *kick)
+{
+	struct cenalloc_req *req;
+
+	while (!list_empty(&cdev->backlog)) {
+		if (cenalloc_usable_locked(cdev))
+			return false;
+		req = list_first_entry(&cdev->backlog, struct cenalloc_req,
+				       node);
+		if (cenalloc_vq_add_locked(cdev, req, kick))
+			return false;
+		list_del_init(&req->node);
+		cdev->backlogged--;
+	}
+	return true;
+}
+
+static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
+			       struct cenalloc_req *req)
+{
+	unsigned long flags;
+	bool kick = false;
+	int ret;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	ret = cenalloc_usable_locked(cdev);
+	if (ret)
+		goto out_unlock;
+	/* Behind the posted chains that wait for room: ring order holds. */
+	if (!cenalloc_backlog_flush(cdev, &kick)) {
+		ret = -ENOSPC;
+		goto out_unlock;
+	}
+	ret = cenalloc_vq_add_locked(cdev, req, &kick);
 out_unlock:
 	/*
 	 * Notify under the lock: remove sets removed under it before the vq
@@ -213,43 +476,7 @@ void cenalloc_latency_add(struct cenalloc_latency *lat, u64 ns)
 		lat->count++;
 }
 
-static void cenalloc_latency_record(struct cenalloc_dev *cdev,
-				    struct cenalloc_latency *lat, u64 ns)
-{
-	unsigned long flags;
-
-	spin_lock_irqsave(&cdev->ctrl_lock, flags);
-	cenalloc_latency_add(lat, ns);
-	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
-}
-
-static int cenalloc_req_queue(struct cenalloc_req *req)
-{
-	struct cenalloc_dev *cdev = req->cdev;
-	struct cenalloc_batch_hdr *bhdr;
-	int ret;
-
-	if (!req->num_cmds)
-		return -EINVAL;
-	bhdr = (struct cenalloc_batch_hdr *)req->cmd_buf;
-	bhdr->num_cmds = cpu_to_le32(req->num_cmds);
-	bhdr->reserved = 0;
-
-	if (req->resp_len <= sizeof(req->inline_resp)) {
-		req->resp_buf = req->inline_resp;
-		memset(req->resp_buf, 0, req->resp_len);
-	} else {
-		req->resp_buf = kzalloc(req->resp_len, GFP_KERNEL);
-		if (!req->resp_buf)
-			return -ENOMEM;
-	}
-
-	wait_event(cdev->ctrl_wait,
-		   (ret = cenalloc_vq_try_add(cdev, req)) != -ENOSPC);
-	return ret;
-}
-
-static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev);
+static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev, bool *kick);
 
 /*
  * Reap answers for up to cenalloc_poll_us or until @req has its own, then
@@ -263,18 +490,21 @@ static void cenalloc_req_poll(struct cenalloc_req *req)
 	struct cenalloc_dev *cdev = req->cdev;
 	unsigned int reaped = 0;
 	unsigned long flags;
+	bool kick = false;
 
 	for (;;) {
 		spin_lock_irqsave(&cdev->ctrl_lock, flags);
-		if (!cdev->removed)
-			reaped += cenalloc_ctrl_reap(cdev);
-		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
-		if (completion_done(&req->done)) {
-			spin_lock_irqsave(&cdev->ctrl_lock, flags);
-			cdev->polled++;
-			spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
-			break;
+		if (!cdev->removed) {
+			reaped += cenalloc_ctrl_reap(cdev, &kick);
+			if (kick)
+				virtqueue_notify(cdev->ctrl_vq);
+			kick = false;
 		}
+		if (req->answered)
+			cdev->polled++;
+		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+		if (READ_ONCE(req->answered) || READ_ONCE(cdev->broken))
+			break;
 		if (ktime_get_ns() > deadline || need_resched())
 			break;
 		cpu_relax();
@@ -284,65 +514,136 @@ static void cenalloc_req_poll(struct cenalloc_req *req)
 	if (!--cdev->pollers && !cdev->removed) {
 		while (!virtqueue_enable_cb(cdev->ctrl_vq)) {
 			virtqueue_disable_cb(cdev->ctrl_vq);
-			reaped += cenalloc_ctrl_reap(cdev);
+			reaped += cenalloc_ctrl_reap(cdev, &kick);
 		}
+		if (kick)
+			virtqueue_notify(cdev->ctrl_vq);
 	}
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	if (reaped)
 		wake_up_all(&cdev->ctrl_wait);
 }
 
-/* Send the batch and wait until the device answers. Returns a transport
- * error; the status of each command is cenalloc_req_status().
+/*
+ * Declare the device broken: it did not answer in time. New requests fail
+ * with -EIO, the posted requests still waiting for room are dropped, every
+ * waiter wakes up. Logged once.
  */
-int cenalloc_req_submit(struct cenalloc_req *req)
+void cenalloc_dev_break(struct cenalloc_dev *cdev, const char *why)
 {
-	int ret;
+	struct cenalloc_req *req, *tmp;
+	unsigned long flags;
+	LIST_HEAD(drop);
 
-	req->polling = READ_ONCE(cenalloc_poll_us) != 0;
-	ret = cenalloc_req_queue(req);
-	if (ret)
-		return ret;
-	atomic64_inc(&req->cdev->round_trips);
-	if (req->polling)
-		cenalloc_req_poll(req);
-	wait_for_completion(&req->done);
-	cenalloc_latency_record(req->cdev, &req->cdev->lat_wake,
-				ktime_get_ns() - req->queued_ns);
-	return req->error;
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	if (cdev->broken || cdev->removed) {
+		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+		return;
+	}
+	WRITE_ONCE(cdev->broken, true);
+	list_splice_init(&cdev->backlog, &drop);
+	cdev->backlogged = 0;
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+
+	pr_err("cenalloc: %s: device marked broken; new operations fail with -EIO, buffers can still be closed, reload the driver to reset the device\n",
+	       why);
+	list_for_each_entry_safe(req, tmp, &drop, node) {
+		list_del_init(&req->node);
+		cenalloc_req_put(req);
+	}
+	wake_up_all(&cdev->ctrl_wait);
+}
+
+/* Count an answer the driver refused to use (the caller logs why). */
+void cenalloc_answer_rejected(struct cenalloc_dev *cdev)
+{
+	atomic64_inc(&cdev->answers_rejected);
 }
 
 /*
- * Send the batch and wait at most @timeout jiffies (killable) for the
- * answer, without polling. Returns the transport error, or -ETIMEDOUT /
- * -EINTR when the wait ended first: the request then stays on the ring as
- * a posted one (whoever completes it frees it) and the caller must not
- * touch or free @req again.
+ * After the wait: a request the device answered is the caller's again; one
+ * it did not answer is left to the ring (marked abandoned, under the lock
+ * the reaper takes).
  */
-int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
+static int cenalloc_req_settle(struct cenalloc_req *req, long waited,
+			       unsigned long timeout)
 {
 	struct cenalloc_dev *cdev = req->cdev;
 	unsigned long flags;
-	long left;
-	int ret;
+	bool broken;
+	char why[64];
 
-	req->polling = false;
-	ret = cenalloc_req_queue(req);
-	if (ret)
-		return ret;
-	atomic64_inc(&cdev->round_trips);
-	left = wait_for_completion_killable_timeout(&req->done, timeout);
-	if (left > 0)
-		return req->error;
-	/* Completions run under ctrl_lock: decide under it who frees @req. */
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
-	if (completion_done(&req->done)) {
+	if (req->answered) {
+		cenalloc_latency_add(&cdev->lat_wake,
+				     ktime_get_ns() - req->queued_ns);
 		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 		return req->error;
 	}
-	req->posted = true;
+	req->abandoned = true;
+	cdev->abandoned_reqs++;
+	broken = cdev->broken;
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
-	return left < 0 ? -EINTR : -ETIMEDOUT;
+
+	if (waited < 0)
+		return -EINTR;
+	if (broken)
+		return -EIO;
+	snprintf(why, sizeof(why), "no answer within %u ms",
+		 jiffies_to_msecs(timeout));
+	cenalloc_dev_break(cdev, why);
+	return -ETIMEDOUT;
+}
+
+/*
+ * Send the batch and wait until the device answers, at most timeout_ms in
+ * all. Returns a transport error: -ETIMEDOUT (the device is now broken),
+ * -EINTR (fatal signal), -EIO (the device is broken), -ENODEV (removed),
+ * -ENOMEM; the status of each command is cenalloc_req_status(). The caller
+ * frees @req in every case (the ring keeps what it still needs).
+ */
+int cenalloc_req_submit(struct cenalloc_req *req)
+{
+	return cenalloc_req_submit_timeout(req, cenalloc_timeout_jiffies());
+}
+
+/* cenalloc_req_submit() with a bound of its own (RESET waits less). */
+int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
+{
+	struct cenalloc_dev *cdev = req->cdev;
+	unsigned long deadline = jiffies + timeout;
+	long left;
+	int ret;
+
+	ret = cenalloc_dev_usable(cdev);
+	if (ret)
+		return ret;
+	req->polling = READ_ONCE(cenalloc_poll_us) != 0;
+	ret = cenalloc_req_prepare(req);
+	if (ret)
+		return ret;
+
+	left = wait_event_killable_timeout(cdev->ctrl_wait,
+					   (ret = cenalloc_vq_try_add(cdev, req)) != -ENOSPC,
+					   timeout);
+	if (left < 0)
+		return -EINTR;
+	if (!left) {
+		cenalloc_dev_break(cdev, "no room on the control queue");
+		return -ETIMEDOUT;
+	}
+	if (ret)
+		return ret;
+
+	atomic64_inc(&cdev->round_trips);
+	if (req->polling)
+		cenalloc_req_poll(req);
+	left = max_t(long, (long)(deadline - jiffies), 1);
+	left = wait_event_killable_timeout(cdev->ctrl_wait,
+					   READ_ONCE(req->answered) ||
+					   READ_ONCE(cdev->broken),
+					   left);
+	return cenalloc_req_settle(req, left, timeout);
 }
 
 static const char *cenalloc_opcode_name(u16 opcode)
@@ -373,79 +674,63 @@ static const char *cenalloc_opcode_name(u16 opcode)
 	return "?";
 }
 
-/* Completion of a posted request: log what failed, free it. */
-static void cenalloc_req_posted_done(struct cenalloc_req *req)
+/* Command @i of a built request: its payload, opcode and payload length. */
+const void *cenalloc_req_cmd(const struct cenalloc_req *req, unsigned int i,
+			     u16 *opcode, u32 *len)
 {
 	const struct cenalloc_cmd_hdr *hdr;
 	size_t off = sizeof(struct cenalloc_batch_hdr);
-	unsigned int i;
-	int status;
+	unsigned int k;
 
-	/* Never sent before remove: the RESET at remove (or, if that one
-	 * did not get through, at the next probe) drops its state.
-	 */
-	if (req->error == -ENODEV) {
-		cenalloc_req_free(req);
-		return;
-	}
-	for (i = 0; i < req->num_cmds; i++) {
+	for (k = 0;; k++) {
 		hdr = (const struct cenalloc_cmd_hdr *)(req->cmd_buf + off);
+		if (k == i)
+			break;
 		off += sizeof(*hdr) + le32_to_cpu(hdr->len);
-		status = cenalloc_req_status(req, i);
-		if (!status || status == -ECANCELED)
-			continue;
-		atomic64_inc(&req->cdev->posted_errors);
-		pr_warn_ratelimited("cenalloc: posted %s failed: %d\n",
-				    cenalloc_opcode_name(le16_to_cpu(hdr->opcode)),
-				    status);
 	}
-	cenalloc_req_free(req);
+	*opcode = le16_to_cpu(hdr->opcode);
+	*len = le32_to_cpu(hdr->len);
+	return hdr + 1;
 }
 
-/* Send the batch without waiting: the completion logs errors and frees
- * @req. Used for UNMAP, DETACH and FREE.
+/*
+ * The answer as the ring left it. The ring side (posted completions, the
+ * undo of abandoned requests) reads these; a submitter reads them through
+ * cenalloc_req_status() and friends, which see nothing of a request it
+ * abandoned (the ring may be writing it).
  */
-void cenalloc_req_post(struct cenalloc_req *req)
-{
-	int ret;
-
-	req->posted = true;
-	ret = cenalloc_req_queue(req);
-	if (ret) {
-		if (ret != -ENODEV)
-			pr_warn_ratelimited("cenalloc: cannot post request: %d\n",
-					    ret);
-		cenalloc_req_free(req);
-		return;
-	}
-	atomic64_inc(&req->cdev->posted);
-}
-
-/* Status of command @i: 0, the device's -errno, or -EIO when the answer is
- * missing or malformed.
- */
-int cenalloc_req_status(struct cenalloc_req *req, unsigned int i)
+static bool cenalloc_answer_ok(struct cenalloc_req *req, unsigned int i)
 {
 	const struct cenalloc_resp_hdr *hdr;
 	s32 status;
 
-	if (req->error)
-		return req->error;
-	if (i >= req->num_cmds ||
+	if (req->error || i >= req->num_cmds ||
 	    req->used_len < req->resp_off[i] + sizeof(*hdr))
-		return -EIO;
+		return false;
 	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
 						 req->resp_off[i]);
 	status = (s32)le32_to_cpu(hdr->status);
-	if (status > 0 || status < -MAX_ERRNO)
-		return -EIO;
-	if (le32_to_cpu(hdr->len) > req->slot_len[i])
-		return -EIO;
-	return status;
+	return status <= 0 && status >= -MAX_ERRNO &&
+	       le32_to_cpu(hdr->len) <= req->slot_len[i] &&
+	       (status || le32_to_cpu(hdr->len) <= req->used_len -
+			  req->resp_off[i] - sizeof(*hdr));
 }
 
-/* Response payload of command @i (status 0 checked by the caller). */
-void *cenalloc_req_resp(struct cenalloc_req *req, unsigned int i, u32 *len)
+static int cenalloc_answer_status(struct cenalloc_req *req, unsigned int i)
+{
+	const struct cenalloc_resp_hdr *hdr;
+
+	if (req->error)
+		return req->error;
+	if (!cenalloc_answer_ok(req, i))
+		return -EIO;
+	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
+						 req->resp_off[i]);
+	return (s32)le32_to_cpu(hdr->status);
+}
+
+static void *cenalloc_answer_resp(struct cenalloc_req *req, unsigned int i,
+				  u32 *len)
 {
 	const struct cenalloc_resp_hdr *hdr;
 	u32 off = req->resp_off[i] + sizeof(*hdr);
@@ -453,9 +738,126 @@ void *cenalloc_req_resp(struct cenalloc_req *req, unsigned int i, u32 *len)
 	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
 						 req->resp_off[i]);
 	*len = le32_to_cpu(hdr->len);
-	if (*len > req->slot_len[i] || req->used_len < off + *len)
+	if (*len > req->slot_len[i] || req->used_len < off ||
+	    req->used_len - off < *len)
 		*len = 0;
 	return req->resp_buf + off;
+}
+
+/* Completion of a posted request (ctrl_lock held): log what failed. */
+static void cenalloc_req_posted_done(struct cenalloc_req *req)
+{
+	unsigned int i;
+	u16 opcode;
+	int status;
+	u32 len;
+
+	/* Never answered before remove: the device reset drops its state. */
+	if (req->error == -ENODEV)
+		return;
+	for (i = 0; i < req->num_cmds; i++) {
+		status = cenalloc_answer_status(req, i);
+		if (!status || status == -ECANCELED)
+			continue;
+		cenalloc_req_cmd(req, i, &opcode, &len);
+		atomic64_inc(&req->cdev->posted_errors);
+		pr_warn_ratelimited("cenalloc: posted %s failed: %d\n",
+				    cenalloc_opcode_name(opcode), status);
+	}
+}
+
+/*
+ * Send the batch without waiting; the ring owns @req from here on (the
+ * caller must not touch it again) and frees it once answered, logging a
+ * failed command. Used for UNMAP, DETACH, FREE and SYNC END. Never waits:
+ * a full ring puts it in the backlog. A removed or broken device drops it
+ * (the reset that follows drops the device state it would change).
+ */
+void cenalloc_req_post(struct cenalloc_req *req)
+{
+	struct cenalloc_dev *cdev = req->cdev;
+	unsigned long flags;
+	bool kick = false;
+	int ret;
+
+	req->posted = true;
+	ret = cenalloc_req_prepare(req);
+	if (ret) {
+		pr_warn_ratelimited("cenalloc: cannot post request: %d\n", ret);
+		cenalloc_req_put(req);
+		return;
+	}
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	ret = cenalloc_usable_locked(cdev);
+	if (ret) {
+		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+		cenalloc_req_put(req);
+		return;
+	}
+	atomic64_inc(&cdev->posted);
+	ret = -ENOSPC;
+	if (cenalloc_backlog_flush(cdev, &kick))
+		ret = cenalloc_vq_add_locked(cdev, req, &kick);
+	if (ret) {
+		/* No room (or no memory for an indirect table): later. */
+		list_add_tail(&req->node, &cdev->backlog);
+		cdev->backlogged++;
+		if (cdev->unkicked)
+			kick |= cenalloc_kick_prepare(cdev);
+	}
+	if (kick)
+		virtqueue_notify(cdev->ctrl_vq);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+}
+
+/*
+ * Post the requests of @reqs (NULL entries skipped) in order, each merged
+ * into the one before when the device's max_batch allows.
+ */
+void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n)
+{
+	struct cenalloc_req *cur = NULL;
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		if (!reqs[i])
+			continue;
+		if (cur && cenalloc_req_append(cur, reqs[i])) {
+			cenalloc_req_free(reqs[i]);
+			continue;
+		}
+		if (cur)
+			cenalloc_req_post(cur);
+		cur = reqs[i];
+	}
+	if (cur)
+		cenalloc_req_post(cur);
+}
+
+/* True if the device answered command @i, well formed. */
+bool cenalloc_req_answered(struct cenalloc_req *req, unsigned int i)
+{
+	return req->answered && cenalloc_answer_ok(req, i);
+}
+
+/* Status of command @i: 0, the device's -errno, the transport error, or
+ * -EIO when the answer is missing or malformed.
+ */
+int cenalloc_req_status(struct cenalloc_req *req, unsigned int i)
+{
+	if (!req->answered)
+		return -EIO;
+	return cenalloc_answer_status(req, i);
+}
+
+/* Response payload of command @i (status 0 checked by the caller). */
+void *cenalloc_req_resp(struct cenalloc_req *req, unsigned int i, u32 *len)
+{
+	if (!req->answered) {
+		*len = 0;
+		return req->inline_resp;
+	}
+	return cenalloc_answer_resp(req, i, len);
 }
 
 /* With status -ENOSPC: the payload bytes the answer needs. */
@@ -463,24 +865,37 @@ u32 cenalloc_req_needed(struct cenalloc_req *req, unsigned int i)
 {
 	const struct cenalloc_resp_hdr *hdr;
 
-	if (i >= req->num_cmds ||
-	    req->used_len < req->resp_off[i] + sizeof(*hdr))
+	if (!cenalloc_req_answered(req, i))
 		return 0;
 	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
 						 req->resp_off[i]);
 	return le32_to_cpu(hdr->needed);
 }
 
-static void cenalloc_req_complete(struct cenalloc_req *req)
+/* The device returned @req (or remove took it back): ctrl_lock held. */
+static void cenalloc_req_complete(struct cenalloc_dev *cdev,
+				  struct cenalloc_req *req)
 {
-	if (req->posted)
+	if (req->posted) {
 		cenalloc_req_posted_done(req);
-	else
-		complete(&req->done);
+		/* Small answer (no paged buffer): freed here, in any context. */
+		cenalloc_req_put(req);
+	} else if (req->abandoned) {
+		/* Its submitter is gone: undo from process context. */
+		list_add_tail(&req->node, &cdev->abandoned);
+		if (!cdev->removed)
+			schedule_work(&cdev->abandoned_work);
+	} else {
+		/* The submitter holds the other reference and frees it. */
+		req->answered = true;
+		refcount_dec(&req->ref);
+	}
 }
 
-/* Complete every chain the device has used (ctrl_lock held). */
-static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev)
+/* Complete every chain the device has used (ctrl_lock held); the posted
+ * chains waiting in the backlog then take the room.
+ */
+static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev, bool *kick)
 {
 	unsigned int len, reaped = 0;
 	struct cenalloc_req *req;
@@ -494,9 +909,11 @@ static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev)
 		req->used_len = min_t(u32, len, req->resp_len);
 		if (req->used_len < sizeof(struct cenalloc_batch_resp))
 			req->error = -EIO;
-		cenalloc_req_complete(req);
+		cenalloc_req_complete(cdev, req);
 		reaped++;
 	}
+	if (reaped && !cdev->removed)
+		cenalloc_backlog_flush(cdev, kick);
 	return reaped;
 }
 
@@ -505,6 +922,7 @@ void cenalloc_ctrl_done(struct virtqueue *vq)
 {
 	struct cenalloc_dev *cdev = vq->vdev->priv;
 	unsigned long flags;
+	bool kick = false;
 
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
 	cdev->ctrl_interrupts++;
@@ -513,15 +931,137 @@ void cenalloc_ctrl_done(struct virtqueue *vq)
 		 * turns them on again.
 		 */
 		virtqueue_disable_cb(vq);
-		cenalloc_ctrl_reap(cdev);
+		cenalloc_ctrl_reap(cdev, &kick);
 	} else {
 		do {
 			virtqueue_disable_cb(vq);
-			cenalloc_ctrl_reap(cdev);
+			cenalloc_ctrl_reap(cdev, &kick);
 		} while (!virtqueue_enable_cb(vq));
 	}
+	if (kick)
+		virtqueue_notify(vq);
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	wake_up_all(&cdev->ctrl_wait);
+}
+
+/* Queue one undo command, starting a new request when one is full. */
+static void cenalloc_undo_add(struct cenalloc_dev *cdev,
+			      struct cenalloc_req **cur, u16 opcode,
+			      u32 id, u32 arg)
+{
+	__le32 *payload;
+
+	if (!*cur)
+		*cur = cenalloc_req_alloc(cdev);
+	if (!*cur)
+		goto leak;
+	payload = cenalloc_req_add(*cur, opcode, 8, 0);
+	if (PTR_ERR_OR_ZERO(payload) == -E2BIG) {
+		cenalloc_req_post(*cur);
+		*cur = cenalloc_req_alloc(cdev);
+		if (!*cur)
+			goto leak;
+		payload = cenalloc_req_add(*cur, opcode, 8, 0);
+	}
+	if (IS_ERR(payload))
+		goto leak;
+	payload[0] = cpu_to_le32(id);
+	payload[1] = cpu_to_le32(arg);
+	return;
+leak:
+	pr_warn_ratelimited("cenalloc: cannot undo an abandoned %s of %u: it stays on the device until reset\n",
+			    cenalloc_opcode_name(opcode), id);
+}
+
+/*
+ * Undo what an answered batch did on the device, for a batch whose
+ * submitter records none of it (abandoned, or answers rejected): UNMAP its
+ * successful MAPs, then DETACH its ATTACHes, then FREE its CREATEs, posted.
+ * Only the commands of the batch itself are read (batch references
+ * resolved against its own answers), nothing of the driver's buffer state.
+ */
+void cenalloc_req_undo(struct cenalloc_req *req)
+{
+	u32 attach_ids[CENALLOC_MAX_BATCH] = {}, buffer_ids[CENALLOC_MAX_BATCH] = {};
+	struct cenalloc_dev *cdev = req->cdev;
+	struct cenalloc_req *cur = NULL;
+	const struct cenalloc_map_req *map;
+	const __le32 *resp;
+	unsigned int i, undone = 0;
+	u32 len, id;
+	u16 opcode;
+
+	for (i = 0; i < req->num_cmds; i++) {
+		if (cenalloc_answer_status(req, i))
+			continue;
+		resp = cenalloc_answer_resp(req, i, &len);
+		if (len < sizeof(*resp))
+			continue;
+		cenalloc_req_cmd(req, i, &opcode, &id);
+		id = le32_to_cpu(resp[0]);
+		if (!id || (id & CENALLOC_BATCH_REF))
+			continue;
+		if (opcode == CENALLOC_CMD_CREATE)
+			buffer_ids[i] = id;
+		else if (opcode == CENALLOC_CMD_ATTACH)
+			attach_ids[i] = id;
+	}
+	for (i = 0; i < req->num_cmds; i++) {
+		map = cenalloc_req_cmd(req, i, &opcode, &len);
+		if (opcode != CENALLOC_CMD_MAP || cenalloc_answer_status(req, i))
+			continue;
+		id = le32_to_cpu(map->attach_id);
+		if (id & CENALLOC_BATCH_REF) {
+			id &= ~CENALLOC_BATCH_REF;
+			id = id < i ? attach_ids[id] : 0;
+		}
+		if (!id)
+			continue;
+		cenalloc_undo_add(cdev, &cur, CENALLOC_CMD_UNMAP, id,
+				  le32_to_cpu(map->direction));
+		undone++;
+	}
+	for (i = 0; i < req->num_cmds; i++) {
+		if (attach_ids[i]) {
+			cenalloc_undo_add(cdev, &cur, CENALLOC_CMD_DETACH,
+					  attach_ids[i], 0);
+			undone++;
+		}
+	}
+	for (i = 0; i < req->num_cmds; i++) {
+		if (buffer_ids[i]) {
+			cenalloc_undo_add(cdev, &cur, CENALLOC_CMD_FREE,
+					  buffer_ids[i], 0);
+			undone++;
+		}
+	}
+	if (cur && cur->num_cmds)
+		cenalloc_req_post(cur);
+	else
+		cenalloc_req_free(cur);
+	if (undone)
+		pr_info_ratelimited("cenalloc: undid %u commands of an abandoned request\n",
+				    undone);
+}
+
+/* Answered requests whose submitter had stopped waiting. */
+static void cenalloc_abandoned_work(struct work_struct *work)
+{
+	struct cenalloc_dev *cdev = container_of(work, struct cenalloc_dev,
+						 abandoned_work);
+	struct cenalloc_req *req, *tmp;
+	unsigned long flags;
+	LIST_HEAD(list);
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	list_splice_init(&cdev->abandoned, &list);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	list_for_each_entry_safe(req, tmp, &list, node) {
+		list_del_init(&req->node);
+		if (cenalloc_dev_usable(cdev) == 0 && !req->error)
+			cenalloc_req_undo(req);
+		cenalloc_req_put(req);
+	}
 }
 
 static int cenalloc_event_post(struct cenalloc_dev *cdev,
@@ -591,19 +1131,23 @@ void cenalloc_event_done(struct virtqueue *vq)
 /* Post the event buffers; the vqs exist, the device is not ready yet. */
 int cenalloc_vq_init(struct cenalloc_dev *cdev)
 {
+	unsigned long flags;
 	unsigned int i;
-	int ret;
+	int ret = 0;
 
 	INIT_DELAYED_WORK(&cdev->post_kick, cenalloc_post_kick_work);
+	INIT_WORK(&cdev->abandoned_work, cenalloc_abandoned_work);
 	cdev->event_bufs = kcalloc(CENALLOC_EVENT_BUFS,
 				   sizeof(*cdev->event_bufs), GFP_KERNEL);
 	if (!cdev->event_bufs)
 		return -ENOMEM;
+	spin_lock_irqsave(&cdev->event_lock, flags);
 	for (i = 0; i < CENALLOC_EVENT_BUFS; i++) {
 		ret = cenalloc_event_post(cdev, &cdev->event_bufs[i]);
 		if (ret)
 			break;
 	}
+	spin_unlock_irqrestore(&cdev->event_lock, flags);
 	if (!i) {
 		kfree(cdev->event_bufs);
 		cdev->event_bufs = NULL;
@@ -612,34 +1156,54 @@ int cenalloc_vq_init(struct cenalloc_dev *cdev)
 	return 0;
 }
 
+/* Tell the device about the event buffers (once it is ready). */
+void cenalloc_event_kick(struct cenalloc_dev *cdev)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&cdev->event_lock, flags);
+	virtqueue_kick(cdev->event_vq);
+	spin_unlock_irqrestore(&cdev->event_lock, flags);
+}
+
 /*
  * Stop both queues after remove: refuse new requests, reset the device and
- * fail every request it did not answer. The caller then deletes the vqs.
+ * free every request it did not answer (a reset device writes nothing
+ * more). The caller then deletes the vqs.
  */
 void cenalloc_vq_stop(struct cenalloc_dev *cdev)
 {
-	struct cenalloc_req *req;
+	struct cenalloc_req *req, *tmp;
 	unsigned long flags;
+	LIST_HEAD(drop);
 
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
-	cdev->removed = true;
+	WRITE_ONCE(cdev->removed, true);
+	list_splice_init(&cdev->backlog, &drop);
+	cdev->backlogged = 0;
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
-	/* Nothing schedules it once removed is set. */
+	/* Nothing schedules them once removed is set. */
 	cancel_delayed_work_sync(&cdev->post_kick);
+	cancel_work_sync(&cdev->abandoned_work);
 
 	virtio_reset_device(cdev->vdev);
 
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
 	/* Answers that arrived before the reset still count. */
-	cenalloc_ctrl_reap(cdev);
+	cenalloc_ctrl_reap(cdev, NULL);
 	while ((req = virtqueue_detach_unused_buf(cdev->ctrl_vq))) {
 		cdev->inflight--;
 		req->error = -ENODEV;
-		cenalloc_req_complete(req);
+		cenalloc_req_complete(cdev, req);
 	}
+	list_splice_init(&cdev->abandoned, &drop);
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	wake_up_all(&cdev->ctrl_wait);
 
+	list_for_each_entry_safe(req, tmp, &drop, node) {
+		list_del_init(&req->node);
+		cenalloc_req_put(req);
+	}
 	while (virtqueue_detach_unused_buf(cdev->event_vq))
 		;
 }
@@ -655,6 +1219,7 @@ int cenalloc_reset(struct cenalloc_dev *cdev)
 	struct cenalloc_reset_resp dropped;
 	struct cenalloc_reset_req *rst;
 	struct cenalloc_req *req;
+	void *resp;
 	u32 len;
 	int ret;
 
@@ -669,18 +1234,18 @@ int cenalloc_reset(struct cenalloc_dev *cdev)
 	}
 	ret = cenalloc_req_submit_timeout(req,
 					  msecs_to_jiffies(CENALLOC_RESET_TIMEOUT_MS));
-	if (ret == -ETIMEDOUT || ret == -EINTR)
-		return ret;	/* @req now belongs to the ring */
 	if (ret)
 		goto out;
 	ret = cenalloc_req_status(req, 0);
 	if (ret)
 		goto out;
-	memcpy(&dropped, cenalloc_req_resp(req, 0, &len), sizeof(dropped));
+	resp = cenalloc_req_resp(req, 0, &len);
 	if (len < sizeof(dropped)) {
+		cenalloc_answer_rejected(cdev);
 		ret = -EIO;
 		goto out;
 	}
+	memcpy(&dropped, resp, sizeof(dropped));
 	if (dropped.buffers || dropped.donated)
 		dev_info(&cdev->vdev->dev,
 			 "reset dropped %u stale buffers and %llu bytes of stale pool memory\n",
@@ -722,6 +1287,7 @@ int cenalloc_get_info(struct cenalloc_dev *cdev,
 		goto out;
 	resp = cenalloc_req_resp(req, 0, &len);
 	if (len < sizeof(*info)) {
+		cenalloc_answer_rejected(cdev);
 		ret = -EIO;
 		goto out;
 	}

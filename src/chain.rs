@@ -186,6 +186,38 @@ pub fn answer_parsed<M: GuestMemoryBackend>(device: &mut Device, mem: &M, parsed
     }
 }
 
+/// A test hook (the fault injection of test builds) around one chain: it
+/// sees the request before the device runs it and the answer before it is
+/// written, and may change either, or withhold the answer.
+pub trait Filter {
+    /// May change the request bytes before the device runs them.
+    fn request(&mut self, _request: &mut [u8]) {}
+
+    /// The answer to write (changed or not), or `None`: write nothing and
+    /// never return the chain.
+    fn answer(&mut self, request: &[u8], response: Vec<u8>) -> Option<Vec<u8>>;
+}
+
+/// The filter of normal operation: changes nothing.
+pub struct Honest;
+
+impl Filter for Honest {
+    fn answer(&mut self, _request: &[u8], response: Vec<u8>) -> Option<Vec<u8>> {
+        Some(response)
+    }
+}
+
+/// What [`ControlWork::run_filtered`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The answer is written: this many bytes (the used length).
+    Written(u32),
+    /// Stopped between two steps; call again to continue.
+    Yielded,
+    /// The filter withheld the answer: the chain is never to be returned.
+    Withheld,
+}
+
 /// A control chain being answered: where its answer goes, and its batch
 /// (or the answer already known, for a chain refused as a whole). It may
 /// stop between two steps of work and go on later ([`ControlWork::run`]).
@@ -241,18 +273,41 @@ impl ControlWork {
         mem: &M,
         yield_now: &mut dyn FnMut() -> bool,
     ) -> Option<u32> {
+        match self.run_filtered(device, mem, yield_now, &mut Honest) {
+            Outcome::Written(written) => Some(written),
+            Outcome::Yielded => None,
+            Outcome::Withheld => Some(0),
+        }
+    }
+
+    /// [`Self::run`] with the answer passed through `filter` before it is
+    /// written (test builds: fault injection).
+    pub fn run_filtered<M: GuestMemoryBackend>(
+        &mut self,
+        device: &mut Device,
+        mem: &M,
+        yield_now: &mut dyn FnMut() -> bool,
+        filter: &mut dyn Filter,
+    ) -> Outcome {
         let response = match &mut self.state {
             ControlState::Answer(bytes) => std::mem::take(bytes),
             ControlState::Running(batch) => match device.run_batch(mem, batch, yield_now) {
                 Progress::Done(response) => response,
-                Progress::Yielded => return None,
+                Progress::Yielded => return Outcome::Yielded,
             },
         };
+        let request: &[u8] = match &self.state {
+            ControlState::Running(batch) => batch.request(),
+            ControlState::Answer(_) => &[],
+        };
+        let Some(response) = filter.answer(request, response) else {
+            return Outcome::Withheld;
+        };
         match self.writable.scatter(mem, &response) {
-            Ok(written) => Some(written as u32),
+            Ok(written) => Outcome::Written(written as u32),
             Err(error) => {
                 log::debug!("answer of a control chain lost: {error}");
-                Some(0)
+                Outcome::Written(0)
             }
         }
     }

@@ -102,6 +102,18 @@ pub struct Args {
     /// Print the size of the config space (QEMU's `config_size=`) and exit.
     #[arg(long)]
     pub print_config_size: bool,
+
+    /// TEST BUILDS ONLY: answer the guest wrongly on purpose (see
+    /// src/fault.rs for the specs, e.g. `split-segment`, `no-answer:map`).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "SPEC", conflicts_with = "fault_file")]
+    pub fault: Option<crate::fault::Fault>,
+
+    /// TEST BUILDS ONLY: the fault spec is the contents of FILE, re-read
+    /// whenever it changes (missing or empty: an honest device).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "FILE")]
+    pub fault_file: Option<PathBuf>,
 }
 
 /// Where front-ends connect.
@@ -114,11 +126,21 @@ pub enum ListenOn {
     Fd(RawFd),
 }
 
+/// Test hooks of the queue glue; empty in normal builds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Where the fault to inject comes from (`--fault`, `--fault-file`).
+    #[cfg(feature = "fault-injection")]
+    pub fault: Option<crate::fault::Source>,
+}
+
 /// The validated configuration of the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: ListenOn,
     pub device: DeviceConfig,
+    /// Test hooks of the queue glue (none in normal builds).
+    pub hooks: Hooks,
 }
 
 /// Everything wrong a configuration can be.
@@ -606,7 +628,21 @@ impl TryFrom<Args> for Config {
         if device.poll_us > crate::poll::MAX_POLL_US {
             return Err(Error::PollUs(device.poll_us));
         }
-        Ok(Config { listen, device })
+        #[cfg(feature = "fault-injection")]
+        let hooks = Hooks {
+            fault: match (args.fault, args.fault_file) {
+                (Some(fault), _) => Some(crate::fault::Source::Fixed(fault)),
+                (None, Some(path)) => Some(crate::fault::Source::File(path)),
+                (None, None) => None,
+            },
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let hooks = Hooks::default();
+        Ok(Config {
+            listen,
+            device,
+            hooks,
+        })
     }
 }
 

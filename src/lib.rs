@@ -13,12 +13,16 @@
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue;
 //!   [`poll`]: how long it polls the control queue after an answer.
 //! - [`config`]: command line and configuration file → daemon configuration.
+//! - `fault` (cargo feature `fault-injection`, tests only): rewrites the
+//!   device's answers on purpose, to test that the guest driver trusts none.
 
 pub mod model;
 
 pub mod chain;
 pub mod config;
 pub mod device;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod poll;
 pub mod protocol;
 pub mod ring;

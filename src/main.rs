@@ -176,7 +176,7 @@ fn main() -> ExitCode {
         config.device.pool.allocators.len(),
         std::mem::size_of::<protocol::Config>()
     );
-    if let Err(e) = serve_forever(&mut listener, &config.device) {
+    if let Err(e) = serve_forever(&mut listener, &config.device, &config.hooks) {
         error!("{e}");
         if let Some(path) = &bound_path {
             let _ = std::fs::remove_file(path);

@@ -221,6 +221,9 @@ pub enum Served {
     Later,
     /// The chain was cut ([`Walk::cut`]): an invalid ring state.
     Cut,
+    /// Test builds (fault injection): the chain is kept and never
+    /// returned, as by a device that stopped answering.
+    Withheld,
 }
 
 /// Why [`serve`] returned.
@@ -326,6 +329,7 @@ pub fn serve_polled(
                     health.fail(RingError::ChainCut { head });
                     break Some(End::Broken);
                 }
+                Served::Withheld => {}
             }
         };
         if signal(vring) {

@@ -38,7 +38,8 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::chain::{self, ControlWork};
+use crate::chain::{self, ControlWork, Outcome};
+use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
 use crate::poll::Poller;
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
@@ -103,6 +104,7 @@ impl Worker {
     /// Answers the available control chains. Events a chain produced are
     /// sent right after its answer, before the next chain runs. Returns
     /// early, handing the chain at hand back, when `stopping` is set.
+    #[allow(clippy::too_many_arguments)]
     fn serve_control(
         &mut self,
         control: &VringRwLock,
@@ -111,6 +113,7 @@ impl Worker {
         mem: &MemoryGuard,
         event_idx: bool,
         stopping: &AtomicBool,
+        filter: &mut dyn chain::Filter,
     ) {
         self.device.counters.control_wakeups += 1;
         let start = Instant::now();
@@ -124,18 +127,19 @@ impl Worker {
         let round = ring::serve_polled(control, mem, health, event_idx, poller, |taken| {
             let (position, head) = (taken.position, taken.head);
             let mut walk = Walk::new(taken.chain);
-            let parsed = chain::parse(&**mem, &mut walk);
+            let mut parsed = chain::parse(&**mem, &mut walk);
             if walk.cut() {
                 return Served::Cut;
             }
+            filter.request(&mut parsed.request);
             let mut work = work_for(suspended, device, position, head, parsed);
             let mut yield_now = || stopping.load(Ordering::Acquire);
-            match work.run(device, &**mem, &mut yield_now) {
-                Some(written) => {
+            match work.run_filtered(device, &**mem, &mut yield_now, filter) {
+                Outcome::Written(written) => {
                     deliver_events(device, &mut lock(event_ring), events, mem);
                     Served::Used(written)
                 }
-                None => {
+                Outcome::Yielded => {
                     *suspended = Some(Suspended {
                         position,
                         head,
@@ -143,6 +147,7 @@ impl Worker {
                     });
                     Served::Later
                 }
+                Outcome::Withheld => Served::Withheld,
             }
         });
         let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -264,6 +269,9 @@ pub struct CenallocBackend {
     event_ring: Mutex<Health>,
     /// The exit events' consumers, owned here: see [`Self::exit_event`].
     exit_consumers: Mutex<Vec<EventConsumer>>,
+    /// Test builds: the hostile-host mode (answers rewritten on purpose).
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Mutex<crate::fault::Injector>>,
 }
 
 impl CenallocBackend {
@@ -279,7 +287,20 @@ impl CenallocBackend {
             worker: Mutex::new(worker),
             event_ring: Mutex::new(Health::new("event")),
             exit_consumers: Mutex::new(Vec::new()),
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         })
+    }
+
+    /// The backend with the test hooks of `hooks` (nothing in normal builds).
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut, unused_variables))]
+    pub fn with_hooks(mut self, hooks: &Hooks) -> Self {
+        #[cfg(feature = "fault-injection")]
+        if let Some(source) = &hooks.fault {
+            warn!("fault injection on: this device lies to the guest on purpose");
+            self.fault = Some(Mutex::new(crate::fault::Injector::new(source.clone())));
+        }
+        self
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
@@ -378,6 +399,10 @@ impl VhostUserBackend for CenallocBackend {
             .saturating_add(size as usize)
             .min(self.config_space.len());
         out[..end - start].copy_from_slice(&self.config_space[start..end]);
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = &self.fault {
+            lock(fault).rewrite_config(offset, &mut out);
+        }
         out
     }
 
@@ -440,6 +465,16 @@ impl VhostUserBackend for CenallocBackend {
             return Ok(());
         };
         let mut worker = lock(&self.worker);
+        let mut honest = chain::Honest;
+        #[cfg(feature = "fault-injection")]
+        let mut injector = self.fault.as_ref().map(lock);
+        #[cfg(feature = "fault-injection")]
+        let filter: &mut dyn chain::Filter = match injector.as_deref_mut() {
+            Some(injector) => injector,
+            None => &mut honest,
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let filter: &mut dyn chain::Filter = &mut honest;
         match device_event {
             CENALLOC_VQ_CONTROL => worker.serve_control(
                 control,
@@ -448,6 +483,7 @@ impl VhostUserBackend for CenallocBackend {
                 &mem,
                 self.event_idx.load(Ordering::Acquire),
                 &self.stopping,
+                filter,
             ),
             // Buffers posted, or the ring (re)started: send what waits.
             CENALLOC_VQ_EVENT => deliver_events(
@@ -477,8 +513,9 @@ pub enum ServeError {
 pub fn serve_one(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
+    hooks: &Hooks,
 ) -> Result<(), ServeError> {
-    let backend = CenallocBackend::new_shared(config.clone())?;
+    let backend = Arc::new(CenallocBackend::new(config.clone())?.with_hooks(hooks));
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         "cenallocd".to_string(),
         backend,
@@ -506,9 +543,10 @@ pub fn serve_one(
 pub fn serve_forever(
     listener: &mut vhost::vhost_user::Listener,
     config: &DeviceConfig,
+    hooks: &Hooks,
 ) -> Result<(), ServeError> {
     loop {
-        if let Err(e) = serve_one(listener, config) {
+        if let Err(e) = serve_one(listener, config, hooks) {
             match e {
                 ServeError::Backend(_) => return Err(e),
                 ServeError::Daemon(_) => warn!("connection ended with an error: {e}"),

@@ -36,6 +36,25 @@ fn prints_config_size_and_capabilities() {
     assert_eq!(json["virtio-id"], 37);
 }
 
+/// The hostile-host options exist in test builds only (cargo feature
+/// fault-injection); a normal build refuses them as unknown.
+#[test]
+fn fault_options_exist_only_in_fault_injection_builds() {
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let out = run(&["--print-config-size", "--fault", "map-type"]);
+    if cfg!(feature = "fault-injection") {
+        assert!(out.status.success(), "{out:?}");
+        let bad = run(&["--print-config-size", "--fault", "sideways"]);
+        assert_eq!(bad.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown fault"));
+    } else {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--fault"));
+        let out = run(&["--print-config-size", "--fault-file", "/tmp/x"]);
+        assert_eq!(out.status.code(), Some(2));
+    }
+}
+
 #[test]
 fn bad_arguments_exit_with_status_2_and_a_message() {
     for args in [

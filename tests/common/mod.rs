@@ -406,13 +406,18 @@ pub struct Harness {
 /// the socket path. The server thread serves front-ends until the process
 /// ends.
 pub fn spawn_daemon(config: DeviceConfig) -> PathBuf {
+    spawn_daemon_with(config, cenalloc::config::Hooks::default())
+}
+
+/// [`spawn_daemon`] with test hooks (fault injection).
+pub fn spawn_daemon_with(config: DeviceConfig, hooks: cenalloc::config::Hooks) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let socket =
         std::env::temp_dir().join(format!("cenalloc-test-{}-{n}.sock", std::process::id()));
     let mut listener = Listener::new(&socket, true).unwrap();
     std::thread::spawn(move || {
-        let _ = cenalloc::vhu_cenalloc::serve_forever(&mut listener, &config);
+        let _ = cenalloc::vhu_cenalloc::serve_forever(&mut listener, &config, &hooks);
     });
     socket
 }

@@ -4,6 +4,26 @@
  *
  * Every struct is versioned by its size (encoded in the ioctl number);
  * reserved fields and undefined flag bits must be zero (-EINVAL otherwise).
+ *
+ * Access: the node is mode 0660 (root:root unless a udev rule gives it a
+ * group); whoever opens it may CREATE and ask INFO. PHYS needs
+ * CAP_SYS_ADMIN or membership of the group named by cenalloc.ko's phys_gid
+ * parameter (-EPERM). FILL needs a dma-buf fd open for writing and CHECKSUM
+ * one open for reading (-EBADF). SET_DEVICE_MASK needs CAP_SYS_ADMIN.
+ *
+ * Limits: CREATE charges the caller's effective uid for the buffer until
+ * the dma-buf is released: at most user_buffers buffers and user_percent
+ * percent of the memory donated to the pools (module parameters, defaults
+ * 4096 and 50); beyond, -EDQUOT. CAP_SYS_RESOURCE is not limited. -ENOSPC
+ * is the device's own limits (max_buffers, max_total_bytes), -E2BIG its
+ * largest buffer (or size_limit_mb).
+ *
+ * The device is not trusted and may fail: every call that needs it waits at
+ * most timeout_ms (module parameter, default 10000) and can be killed;
+ * -ETIMEDOUT when it did not answer (the device is then broken), -EINTR on
+ * a fatal signal, -EIO when it is broken (until the driver is reloaded) or
+ * answered something the driver refused to use. Closing and unmapping
+ * never wait for the device and never fail.
  */
 #ifndef _UAPI_LINUX_CENALLOC_H
 #define _UAPI_LINUX_CENALLOC_H
@@ -39,7 +59,8 @@ struct cenalloc_create_arg {
 };
 
 /* Contiguous physical range of a buffer's backing (allocating it if needed
- * is NOT done: -ENODATA before the first map, -ENODEV if not contiguous). */
+ * is NOT done: -ENODATA before the first map, -ENODEV if not contiguous).
+ * Needs CAP_SYS_ADMIN or the phys_gid group (-EPERM). */
 struct cenalloc_phys_arg {
 	__s32 fd;		/* in: a /dev/cenalloc dma-buf fd */
 	__u32 flags;		/* must be 0 */
@@ -79,7 +100,8 @@ struct cenalloc_info_arg {
 	__u32 reserved;			/* must be 0 */
 };
 
-/* Diagnostics that prove the host sees the guest's bytes. */
+/* Diagnostics that prove the host sees the guest's bytes. CHECKSUM needs
+ * an fd open for reading, FILL one open for writing (-EBADF). */
 struct cenalloc_checksum_arg {
 	__s32 fd;		/* in */
 	__u32 flags;		/* must be 0 */
