@@ -1,0 +1,1208 @@
+//! The fuzz harness: everything a guest controls, driven through the same
+//! code the daemon runs. Shared, byte for byte, by the fuzz targets
+//! (`fuzz/fuzz_targets/*.rs` include this file) and by the corpus replay
+//! test (`tests/fuzz_corpus.rs`), so a committed input means the same thing
+//! to both.
+//!
+//! Two entry points, each taking raw fuzzer bytes decoded with `arbitrary`:
+//! - [`run_ring`]: a [`CenallocBackend`] with two real
+//!   `vhost_user_backend::VringRwLock`s over a `GuestMemoryAtomic`, set up
+//!   the way the vhost-user handler sets them up (queue size, ring
+//!   addresses, base, ready, enable, EVENT_IDX), then a sequence of guest
+//!   actions (descriptor chains, indirect tables, raw descriptor patches,
+//!   avail index and used_event writes, event buffers, arbitrary memory
+//!   writes) and kicks (`handle_event`, as the epoll thread calls it).
+//! - [`run_batch`]: `Device::execute_batch` directly, with well-framed
+//!   structured batches (every command, batch references, pool donations)
+//!   so the fuzzer spends its time in the commands, not in the framing.
+//!
+//! Guest memory (three regions, 512 KiB in all, so the worst command stays
+//! cheap): `[0, 128 KiB)` holds the rings and the scratch area, `[1 MiB,
+//! 1 MiB + 256 KiB)` and `[4 GiB, 4 GiB + 128 KiB)` are pool memory. The
+//! holes between them are there to be hit.
+//!
+//! Oracles: nothing panics (debug assertions are on: arithmetic overflow
+//! panics too), every call returns (the replay test bounds each input, the
+//! fuzzer's `-timeout` does the same), an answer never exceeds the writable
+//! part, and after every batch the pool stays consistent (backing inside
+//! donated RAM, no two buffers sharing a byte, a batch that did nothing
+//! changed nothing).
+
+#![allow(dead_code)]
+
+use arbitrary::{Arbitrary, Unstructured};
+use cenalloc::device::{Device, DeviceConfig};
+use cenalloc::protocol::*;
+use cenalloc::vhu_cenalloc::{CenallocBackend, MAX_QUEUE_SIZE};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
+};
+use vmm_sys_util::epoll::EventSet;
+
+/// Guest RAM regions: (guest-physical base, length).
+pub const REGIONS: [(u64, u64); 3] = [(0, 128 << 10), (1 << 20, 256 << 10), (1 << 32, 128 << 10)];
+/// Pages of guest RAM, over all regions (a page index picks one of them).
+const RAM_PAGES: u64 = (128 + 256 + 128) >> 2;
+
+/// Default ring placement in region 0 (room for `MAX_QUEUE_SIZE` entries).
+const CONTROL_DESC: u64 = 0x0000;
+const CONTROL_AVAIL: u64 = 0x4000;
+const CONTROL_USED: u64 = 0x5000;
+const EVENT_DESC: u64 = 0x8000;
+const EVENT_AVAIL: u64 = 0xc000;
+const EVENT_USED: u64 = 0xd000;
+/// Request bytes, writable areas and indirect tables are laid out here.
+const SCRATCH_START: u64 = 0x1_0000;
+const SCRATCH_END: u64 = 0x2_0000;
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const DESC_F_INDIRECT: u16 = 4;
+
+/// Most guest actions one input runs (keeps each input's work bounded).
+const MAX_STEPS: usize = 32;
+/// Most batches one `run_batch` input runs.
+const MAX_BATCHES: usize = 16;
+
+type Mem = GuestMemoryMmap<()>;
+type AtomicMem = GuestMemoryAtomic<Mem>;
+
+pub fn guest_memory() -> Mem {
+    let ranges: Vec<(GuestAddress, usize)> = REGIONS
+        .iter()
+        .map(|&(base, len)| (GuestAddress(base), len as usize))
+        .collect();
+    match GuestMemoryMmap::from_ranges(&ranges) {
+        Ok(mem) => mem,
+        Err(e) => panic!("cannot map the fuzz guest memory: {e}"),
+    }
+}
+
+fn page_addr(page: u64) -> u64 {
+    let mut page = page % RAM_PAGES;
+    for &(base, len) in &REGIONS {
+        let pages = len / CENALLOC_PAGE_SIZE;
+        if page < pages {
+            return base + page * CENALLOC_PAGE_SIZE;
+        }
+        page -= pages;
+    }
+    unreachable!("page index reduced modulo RAM_PAGES")
+}
+
+// ---------------------------------------------------------------------------
+// Structured commands (shared by both targets).
+
+/// A guest-physical address: mostly somewhere in (or just past) a RAM
+/// region, sometimes anything.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum AddrSpec {
+    Ram { region: u8, offset: u32 },
+    Raw(u64),
+}
+
+impl AddrSpec {
+    fn resolve(self) -> u64 {
+        match self {
+            AddrSpec::Ram { region, offset } => {
+                let (base, len) = REGIONS[usize::from(region) % REGIONS.len()];
+                base + u64::from(offset) % (len + 64)
+            }
+            AddrSpec::Raw(addr) => addr,
+        }
+    }
+}
+
+/// A buffer or attachment id field.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum IdSpec {
+    /// A small plain id (the model hands out 1, 2, 3, ...).
+    Id(u8),
+    /// A batch reference to command `n` of this batch.
+    Ref(u8),
+    Raw(u32),
+}
+
+impl IdSpec {
+    fn resolve(self) -> u32 {
+        match self {
+            IdSpec::Id(id) => u32::from(id),
+            IdSpec::Ref(index) => CENALLOC_BATCH_REF | u32::from(index % 72),
+            IdSpec::Raw(raw) => raw,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum SizeSpec {
+    Pages(u8),
+    Bytes(u16),
+    Raw(u64),
+}
+
+impl SizeSpec {
+    fn resolve(self) -> u64 {
+        match self {
+            SizeSpec::Pages(pages) => u64::from(pages) * CENALLOC_PAGE_SIZE,
+            SizeSpec::Bytes(bytes) => u64::from(bytes),
+            SizeSpec::Raw(raw) => raw,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum MaskSpec {
+    /// Some of the well-known kinds.
+    Kinds(u8),
+    Any,
+    Raw(u32),
+}
+
+impl MaskSpec {
+    fn resolve(self) -> u32 {
+        match self {
+            MaskSpec::Kinds(bits) => u32::from(bits & 0x0f),
+            MaskSpec::Any => CENALLOC_MASK_ANY,
+            MaskSpec::Raw(raw) => raw,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum TypeSpec {
+    Sg,
+    Contig,
+    Private(u8),
+    Raw(u32),
+}
+
+impl TypeSpec {
+    fn resolve(self) -> u32 {
+        match self {
+            TypeSpec::Sg => CENALLOC_MAP_SG,
+            TypeSpec::Contig => CENALLOC_MAP_CONTIG,
+            TypeSpec::Private(n) => CENALLOC_MAP_PRIVATE_FIRST + u32::from(n),
+            TypeSpec::Raw(raw) => raw,
+        }
+    }
+}
+
+/// A response slot size.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum SlotSpec {
+    /// Large enough for any answer in this memory.
+    Natural,
+    Words(u8),
+    Raw(u32),
+}
+
+impl SlotSpec {
+    fn resolve(self, natural: u32) -> u32 {
+        match self {
+            SlotSpec::Natural => natural,
+            SlotSpec::Words(words) => u32::from(words) * 8,
+            SlotSpec::Raw(raw) => raw,
+        }
+    }
+}
+
+/// A POOL_ADD range.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum RangeSpec {
+    Pages { first: u16, count: u8 },
+    Raw { addr: u64, len: u64 },
+}
+
+impl RangeSpec {
+    fn resolve(self) -> Range {
+        match self {
+            RangeSpec::Pages { first, count } => Range {
+                addr: page_addr(u64::from(first)),
+                len: u64::from(count) * CENALLOC_PAGE_SIZE,
+            },
+            RangeSpec::Raw { addr, len } => Range { addr, len },
+        }
+    }
+}
+
+/// One command. Reserved and flag fields are `Option`: `None` is the valid
+/// zero.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum CmdSpec {
+    GetInfo {
+        slot: SlotSpec,
+    },
+    PoolAdd {
+        pool: u8,
+        ranges: Vec<RangeSpec>,
+    },
+    Create {
+        size: SizeSpec,
+        flags: Option<u32>,
+        mask: Option<MaskSpec>,
+    },
+    Attach {
+        buffer: IdSpec,
+        mask: MaskSpec,
+        types: Vec<TypeSpec>,
+        reserved: Option<u32>,
+    },
+    Detach {
+        attach: IdSpec,
+        reserved: Option<u32>,
+    },
+    Map {
+        attach: IdSpec,
+        direction: u8,
+        slot: SlotSpec,
+    },
+    Unmap {
+        attach: IdSpec,
+        direction: u8,
+    },
+    Free {
+        buffer: IdSpec,
+        reserved: Option<u32>,
+    },
+    Phys {
+        buffer: IdSpec,
+        reserved: Option<u32>,
+        slot: SlotSpec,
+    },
+    Sync {
+        buffer: IdSpec,
+        flags: u8,
+    },
+    Stats {
+        slot: SlotSpec,
+    },
+    Fill {
+        buffer: IdSpec,
+        seed: u64,
+        reserved: Option<u32>,
+    },
+    Checksum {
+        buffer: IdSpec,
+        reserved: Option<u32>,
+        slot: SlotSpec,
+    },
+    /// Anything at all in a well-framed command.
+    Raw {
+        opcode: u16,
+        flags: u16,
+        reserved: u32,
+        payload: Vec<u8>,
+        resp_len: u32,
+    },
+}
+
+/// A command on the wire: header fields, payload, response slot.
+struct Encoded {
+    opcode: u16,
+    flags: u16,
+    reserved: u32,
+    payload: Vec<u8>,
+    resp_len: u32,
+}
+
+fn encoded<T: ByteValued>(opcode: u16, req: &T, resp_len: u32) -> Encoded {
+    Encoded {
+        opcode,
+        flags: 0,
+        reserved: 0,
+        payload: req.as_slice().to_vec(),
+        resp_len,
+    }
+}
+
+/// Slot of a MAP answer that holds every page of guest RAM.
+const MAP_SLOT: u32 = (size_of::<MapResp>() as u64 + RAM_PAGES * 16) as u32;
+/// Slot of a STATS answer of any pool this memory can hold.
+const STATS_SLOT: u32 = 256 << 10;
+
+impl CmdSpec {
+    fn encode(&self) -> Encoded {
+        match self {
+            CmdSpec::GetInfo { slot } => Encoded {
+                opcode: CENALLOC_CMD_GET_INFO,
+                flags: 0,
+                reserved: 0,
+                payload: Vec::new(),
+                resp_len: slot.resolve(72 + 64 * CENALLOC_MAX_POOLS as u32),
+            },
+            CmdSpec::PoolAdd { pool, ranges } => {
+                let ranges = &ranges[..ranges.len().min(CENALLOC_MAX_POOL_RANGES as usize + 1)];
+                let req = PoolAddReq {
+                    pool_index: u32::from(*pool % 8),
+                    num_ranges: ranges.len() as u32,
+                };
+                let mut payload = req.as_slice().to_vec();
+                for range in ranges {
+                    payload.extend_from_slice(range.resolve().as_slice());
+                }
+                Encoded {
+                    opcode: CENALLOC_CMD_POOL_ADD,
+                    flags: 0,
+                    reserved: 0,
+                    payload,
+                    resp_len: 0,
+                }
+            }
+            CmdSpec::Create { size, flags, mask } => {
+                let req = CreateReq {
+                    size: size.resolve(),
+                    flags: flags.unwrap_or(0),
+                    initial_mask: mask.map_or(0, MaskSpec::resolve),
+                };
+                encoded(CENALLOC_CMD_CREATE, &req, 16)
+            }
+            CmdSpec::Attach {
+                buffer,
+                mask,
+                types,
+                reserved,
+            } => {
+                let mut req = AttachReq {
+                    buffer_id: buffer.resolve(),
+                    mask: mask.resolve(),
+                    num_types: types.len().min(CENALLOC_MAX_MAP_TYPES + 1) as u32,
+                    reserved: reserved.unwrap_or(0),
+                    types: [0; CENALLOC_MAX_MAP_TYPES],
+                };
+                for (slot, t) in req.types.iter_mut().zip(types) {
+                    *slot = t.resolve();
+                }
+                encoded(CENALLOC_CMD_ATTACH, &req, 16)
+            }
+            CmdSpec::Detach { attach, reserved } => {
+                let req = DetachReq {
+                    attach_id: attach.resolve(),
+                    reserved: reserved.unwrap_or(0),
+                };
+                encoded(CENALLOC_CMD_DETACH, &req, 0)
+            }
+            CmdSpec::Map {
+                attach,
+                direction,
+                slot,
+            } => {
+                let req = MapReq {
+                    attach_id: attach.resolve(),
+                    direction: u32::from(*direction % 4),
+                };
+                encoded(CENALLOC_CMD_MAP, &req, slot.resolve(MAP_SLOT))
+            }
+            CmdSpec::Unmap { attach, direction } => {
+                let req = UnmapReq {
+                    attach_id: attach.resolve(),
+                    direction: u32::from(*direction % 4),
+                };
+                encoded(CENALLOC_CMD_UNMAP, &req, 0)
+            }
+            CmdSpec::Free { buffer, reserved } => {
+                let req = FreeReq {
+                    buffer_id: buffer.resolve(),
+                    reserved: reserved.unwrap_or(0),
+                };
+                encoded(CENALLOC_CMD_FREE, &req, 0)
+            }
+            CmdSpec::Phys {
+                buffer,
+                reserved,
+                slot,
+            } => {
+                let req = PhysReq {
+                    buffer_id: buffer.resolve(),
+                    reserved: reserved.unwrap_or(0),
+                };
+                encoded(CENALLOC_CMD_PHYS, &req, slot.resolve(16))
+            }
+            CmdSpec::Sync { buffer, flags } => {
+                let req = SyncReq {
+                    buffer_id: buffer.resolve(),
+                    flags: u32::from(*flags),
+                };
+                encoded(CENALLOC_CMD_SYNC, &req, 0)
+            }
+            CmdSpec::Stats { slot } => Encoded {
+                opcode: CENALLOC_CMD_STATS,
+                flags: 0,
+                reserved: 0,
+                payload: Vec::new(),
+                resp_len: slot.resolve(STATS_SLOT),
+            },
+            CmdSpec::Fill {
+                buffer,
+                seed,
+                reserved,
+            } => {
+                let req = FillReq {
+                    buffer_id: buffer.resolve(),
+                    reserved: reserved.unwrap_or(0),
+                    seed: *seed,
+                };
+                encoded(CENALLOC_CMD_FILL, &req, 0)
+            }
+            CmdSpec::Checksum {
+                buffer,
+                reserved,
+                slot,
+            } => {
+                let req = ChecksumReq {
+                    buffer_id: buffer.resolve(),
+                    reserved: reserved.unwrap_or(0),
+                };
+                encoded(CENALLOC_CMD_CHECKSUM, &req, slot.resolve(16))
+            }
+            CmdSpec::Raw {
+                opcode,
+                flags,
+                reserved,
+                payload,
+                resp_len,
+            } => Encoded {
+                opcode: *opcode,
+                flags: *flags,
+                reserved: *reserved,
+                payload: payload.clone(),
+                resp_len: *resp_len,
+            },
+        }
+    }
+}
+
+/// Framing defects to inject into an otherwise well-framed batch.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Framing {
+    WellFramed,
+    NumCmds(u32),
+    Reserved(u32),
+    Trailing(Vec<u8>),
+    Truncate(u16),
+}
+
+/// One batch: the readable part of a control chain.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct BatchSpec {
+    pub cmds: Vec<CmdSpec>,
+    pub framing: Framing,
+}
+
+impl BatchSpec {
+    /// The request bytes and the writable size the answer needs.
+    pub fn encode(&self) -> (Vec<u8>, usize) {
+        let cmds = &self.cmds[..self.cmds.len().min(CENALLOC_MAX_BATCH as usize + 1)];
+        let mut header = BatchHdr {
+            num_cmds: cmds.len() as u32,
+            reserved: 0,
+        };
+        match &self.framing {
+            Framing::NumCmds(n) => header.num_cmds = *n,
+            Framing::Reserved(r) => header.reserved = *r,
+            _ => {}
+        }
+        let mut request = header.as_slice().to_vec();
+        let mut need = size_of::<BatchResp>();
+        for cmd in cmds {
+            let e = cmd.encode();
+            let hdr = CmdHdr {
+                opcode: e.opcode,
+                flags: e.flags,
+                len: e.payload.len() as u32,
+                resp_len: e.resp_len,
+                reserved: e.reserved,
+            };
+            request.extend_from_slice(hdr.as_slice());
+            request.extend_from_slice(&e.payload);
+            need = need
+                .saturating_add(size_of::<RespHdr>())
+                .saturating_add(e.resp_len as usize);
+        }
+        match &self.framing {
+            Framing::Trailing(bytes) => request.extend_from_slice(bytes),
+            Framing::Truncate(cut) => {
+                let keep = request.len().saturating_sub(usize::from(*cut) % 64 + 1);
+                request.truncate(keep);
+            }
+            _ => {}
+        }
+        (request, need)
+    }
+}
+
+/// The writable part given to a batch.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum WritableSpec {
+    /// Exactly what the batch needs.
+    Exact,
+    /// What it needs plus or minus a little.
+    Off(i16),
+    Raw(u32),
+}
+
+impl WritableSpec {
+    fn resolve(self, need: usize) -> usize {
+        match self {
+            WritableSpec::Exact => need,
+            WritableSpec::Off(delta) => need.saturating_add_signed(isize::from(delta)),
+            WritableSpec::Raw(raw) => raw as usize % (64 << 20),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// run_batch: the command executor directly.
+
+#[derive(Arbitrary, Debug)]
+pub struct BatchCase {
+    /// Donate pool memory before the batches (a driver does at probe).
+    pub donate: bool,
+    pub batches: Vec<(BatchSpec, WritableSpec)>,
+}
+
+/// Donates a fixed layout: region 2 (above 4 GiB) to `system`, region 1 to
+/// `dma32`, `contig` and `contig32`.
+fn donate_default(device: &mut Device, mem: &Mem) {
+    let (r1, _) = REGIONS[1];
+    let (r2, r2_len) = REGIONS[2];
+    let cmds = vec![
+        (0u32, r2, r2_len),
+        (1, r1, 64 << 10),
+        (2, r1 + (64 << 10), 64 << 10),
+        (3, r1 + (128 << 10), 128 << 10),
+    ];
+    for (pool, addr, len) in cmds {
+        let mut payload = PoolAddReq {
+            pool_index: pool,
+            num_ranges: 1,
+        }
+        .as_slice()
+        .to_vec();
+        payload.extend_from_slice(Range { addr, len }.as_slice());
+        let mut request = BatchHdr {
+            num_cmds: 1,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        let hdr = CmdHdr {
+            opcode: CENALLOC_CMD_POOL_ADD,
+            flags: 0,
+            len: payload.len() as u32,
+            resp_len: 0,
+            reserved: 0,
+        };
+        request.extend_from_slice(hdr.as_slice());
+        request.extend_from_slice(&payload);
+        let answer = device.execute_batch(mem, &request, 24);
+        assert_eq!(
+            read_u32(&answer, 0),
+            0,
+            "the default donation of pool {pool} failed"
+        );
+    }
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    bytes
+        .get(offset..offset + 4)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Runs a structured batch case against a fresh device. Panics (an
+/// oracle failed) on a bug.
+pub fn run_batch(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(case) = BatchCase::arbitrary(&mut u) else {
+        return;
+    };
+    let mem = guest_memory();
+    let mut device = match Device::new(DeviceConfig::default_layout()) {
+        Ok(device) => device,
+        Err(e) => panic!("the default device config is refused: {e}"),
+    };
+    if case.donate {
+        donate_default(&mut device, &mem);
+    }
+    for (spec, writable) in case.batches.iter().take(MAX_BATCHES) {
+        let (request, need) = spec.encode();
+        let writable_len = writable.resolve(need);
+        let before = device.pool().snapshot();
+        let answer = device.execute_batch(&mem, &request, writable_len);
+        check_answer(&answer, writable_len, spec, &request);
+        let after = device.pool().snapshot();
+        let did_nothing = answer.len() >= 8 && read_u32(&answer, 4) == 0;
+        // A failed MAP may keep its new backing (answer too large for the
+        // slot) or drop the old one (preparing it failed), by design.
+        let has_map = spec
+            .cmds
+            .iter()
+            .any(|c| matches!(c, CmdSpec::Map { .. } | CmdSpec::Raw { .. }));
+        if did_nothing && !has_map {
+            assert_eq!(before, after, "a batch that did nothing changed the pool");
+        }
+        check_pool(&device);
+    }
+}
+
+/// The answer fits the writable part, and its header agrees with itself.
+fn check_answer(answer: &[u8], writable_len: usize, spec: &BatchSpec, request: &[u8]) {
+    assert!(
+        answer.len() <= writable_len,
+        "answer of {} bytes for a writable part of {writable_len}",
+        answer.len()
+    );
+    if answer.len() < size_of::<BatchResp>() {
+        assert!(
+            answer.is_empty(),
+            "a partial batch_resp of {} bytes",
+            answer.len()
+        );
+        return;
+    }
+    let status = read_u32(answer, 0);
+    let done = read_u32(answer, 4);
+    let announced = read_u32(request, 0);
+    assert!(
+        done <= announced,
+        "{done} commands done of {announced} announced"
+    );
+    if status == 0 {
+        assert_eq!(
+            done as usize,
+            spec.cmds.len().min(CENALLOC_MAX_BATCH as usize + 1),
+            "status 0 but not every command done"
+        );
+    } else {
+        assert!(
+            (status as i32) < 0,
+            "batch status {status:#x} is not a negative errno"
+        );
+    }
+}
+
+/// Every byte of a buffer's backing lies inside regions donated to its
+/// allocator, and no byte backs two buffers.
+fn check_pool(device: &Device) {
+    let snapshot = device.pool().snapshot();
+    let mut backing: Vec<(u64, u64, u32)> = Vec::new();
+    for buffer in &snapshot.buffers {
+        let mut total = 0u64;
+        for segment in &buffer.backing {
+            let end = segment.addr.checked_add(segment.len);
+            let Some(end) = end else {
+                panic!("buffer {} has a wrapping segment {segment:?}", buffer.id);
+            };
+            // Adjacent donated regions form one extent: a segment may span
+            // several of them, but no byte outside them.
+            let mut regions: Vec<(u64, u64)> = snapshot
+                .regions
+                .iter()
+                .filter(|r| Some(r.allocator) == buffer.allocator)
+                .map(|r| (r.addr, r.addr + r.len))
+                .collect();
+            regions.sort_unstable();
+            let mut covered = segment.addr;
+            for &(start, stop) in &regions {
+                if start <= covered && covered < stop {
+                    covered = stop;
+                }
+            }
+            assert!(
+                covered >= end,
+                "buffer {} segment {segment:?} is outside its allocator's regions",
+                buffer.id
+            );
+            backing.push((segment.addr, end, buffer.id));
+            total += segment.len;
+        }
+        if !buffer.backing.is_empty() {
+            assert!(
+                total >= buffer.size,
+                "buffer {} of {} bytes has {total} bytes of backing",
+                buffer.id,
+                buffer.size
+            );
+        }
+    }
+    backing.sort_unstable();
+    for pair in backing.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "buffers {} and {} share backing: {:?} {:?}",
+            pair[0].2,
+            pair[1].2,
+            pair[0],
+            pair[1]
+        );
+    }
+    for stat in &snapshot.allocators {
+        assert!(
+            stat.free <= stat.capacity && stat.largest_free <= stat.free,
+            "allocator {} accounts free {} largest {} of capacity {}",
+            stat.name,
+            stat.free,
+            stat.largest_free,
+            stat.capacity
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// run_ring: the backend, kicked through handle_event.
+
+/// The queue size given with SET_VRING_NUM.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum QueueSize {
+    Pow2(u8),
+    Raw(u16),
+}
+
+/// How the front-end sets up one ring (SET_VRING_NUM, SET_VRING_ADDR,
+/// SET_VRING_BASE, SET_VRING_KICK, SET_VRING_ENABLE).
+#[derive(Arbitrary, Debug, Clone)]
+pub struct QueueSetup {
+    pub size: QueueSize,
+    /// `None`: the default, valid placement.
+    pub desc: Option<AddrSpec>,
+    pub avail: Option<AddrSpec>,
+    pub used: Option<AddrSpec>,
+    /// SET_VRING_BASE (`None`: 0).
+    pub base: Option<u16>,
+    /// Whether the kick fd arrived (the handler then marks the ring ready)
+    /// and SET_VRING_ENABLE said 1.
+    pub not_started: bool,
+    pub disabled: bool,
+}
+
+/// How a chain's request is split into readable descriptors.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum RequestSpec {
+    Batch(BatchSpec),
+    Raw(Vec<u8>),
+}
+
+/// A descriptor chain the guest lays out.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct ChainSpec {
+    pub request: RequestSpec,
+    /// Sizes of the readable descriptors (the last one takes the rest).
+    pub splits: Vec<u16>,
+    /// Writable descriptor lengths; `None`: one of the size the batch needs.
+    pub writable: Option<Vec<u16>>,
+    /// Put the chain in an indirect table.
+    pub indirect: bool,
+}
+
+/// One guest or front-end action.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Step {
+    /// Lay out chains on the control queue and publish them (avail ring
+    /// entries, then avail->idx).
+    Chains(Vec<ChainSpec>),
+    /// A kick of the control queue.
+    Kick,
+    /// A kick of the event queue.
+    KickEvents,
+    /// An epoll event that is not a plain kick.
+    OddEvent { queue: u16, bits: u32 },
+    /// Post writable event buffers of these lengths.
+    EventBuffers(Vec<u16>),
+    /// Write avail->idx of the control queue.
+    AvailIdx(u16),
+    /// Write avail->flags of the control queue.
+    AvailFlags(u16),
+    /// Write used_event (after the avail ring) of the control queue.
+    UsedEvent(u16),
+    /// Publish raw head indices on the control queue.
+    Heads(Vec<u16>),
+    /// Overwrite one control descriptor.
+    Desc {
+        index: u16,
+        addr: AddrSpec,
+        len: u32,
+        flags: u16,
+        next: u16,
+    },
+    /// Write arbitrary bytes into guest memory.
+    Write { addr: AddrSpec, bytes: Vec<u8> },
+    /// GET_VRING_BASE: the front-end stops a ring.
+    Stop { queue: bool },
+    /// SET_VRING_BASE + SET_VRING_KICK: the front-end starts it again.
+    Start { queue: bool, base: u16 },
+    /// SET_VRING_ENABLE.
+    Enable { queue: bool, on: bool },
+}
+
+#[derive(Arbitrary, Debug, Clone)]
+pub struct RingCase {
+    /// VIRTIO_RING_F_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    pub control: QueueSetup,
+    pub events: QueueSetup,
+    pub donate: bool,
+    pub steps: Vec<Step>,
+}
+
+/// The guest driver's view of one ring.
+struct GuestRing {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    size: u16,
+    avail_idx: u16,
+    next_desc: u16,
+}
+
+/// The backend as `VhostUserDaemon` holds it (`CenallocBackend::new_shared`),
+/// driven through the `VhostUserBackend` trait the daemon's threads call.
+struct RingWorld<B> {
+    atomic: AtomicMem,
+    backend: B,
+    vrings: Vec<VringRwLock>,
+    rings: [GuestRing; 2],
+    scratch: u64,
+}
+
+impl<B: VhostUserBackend<Bitmap = (), Vring = VringRwLock>> RingWorld<B> {
+    fn mem(&self) -> impl std::ops::Deref<Target = Mem> {
+        self.atomic.memory()
+    }
+
+    /// Guest writes ignore failures: the guest may point anywhere.
+    fn write(&self, addr: u64, bytes: &[u8]) {
+        let _ = self.mem().write_slice(bytes, GuestAddress(addr));
+    }
+
+    fn write_u16(&self, addr: u64, value: u16) {
+        self.write(addr, &value.to_le_bytes());
+    }
+
+    /// Scratch space for `len` bytes (wraps: later chains may overwrite
+    /// earlier ones, as a careless guest would).
+    fn alloc(&mut self, len: u64) -> u64 {
+        let len = (len.max(1) + 15) & !15;
+        if len > SCRATCH_END - SCRATCH_START {
+            // Too big for scratch: anywhere in region 1, possibly past it.
+            return REGIONS[1].0;
+        }
+        if self.scratch + len > SCRATCH_END {
+            self.scratch = SCRATCH_START;
+        }
+        let addr = self.scratch;
+        self.scratch += len;
+        addr
+    }
+
+    fn write_desc(&self, table: u64, index: u64, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut bytes = [0u8; 16];
+        bytes[0..8].copy_from_slice(&addr.to_le_bytes());
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        bytes[12..14].copy_from_slice(&flags.to_le_bytes());
+        bytes[14..16].copy_from_slice(&next.to_le_bytes());
+        self.write(table.wrapping_add(16 * index), &bytes);
+    }
+
+    /// Lays out `spec` on ring `q`; returns its head index.
+    fn lay_out(&mut self, q: usize, spec: &ChainSpec) -> u16 {
+        let (request, need) = match &spec.request {
+            RequestSpec::Batch(batch) => batch.encode(),
+            RequestSpec::Raw(bytes) => (bytes.clone(), 64),
+        };
+        // Descriptors: (addr, len, write).
+        let mut descs: Vec<(u64, u32, bool)> = Vec::new();
+        let mut rest = &request[..];
+        for &split in &spec.splits {
+            if rest.is_empty() {
+                break;
+            }
+            let take = usize::from(split).min(rest.len());
+            let addr = self.alloc(take as u64);
+            self.write(addr, &rest[..take]);
+            descs.push((addr, take as u32, false));
+            rest = &rest[take..];
+        }
+        if !rest.is_empty() {
+            let addr = self.alloc(rest.len() as u64);
+            self.write(addr, rest);
+            descs.push((addr, rest.len() as u32, false));
+        }
+        let writable: Vec<u32> = match &spec.writable {
+            Some(lens) => lens.iter().map(|&l| u32::from(l)).collect(),
+            None => vec![u32::try_from(need).unwrap_or(u32::MAX)],
+        };
+        for len in writable {
+            let addr = self.alloc(u64::from(len));
+            descs.push((addr, len, true));
+        }
+        let ring = &self.rings[q];
+        let size = u64::from(ring.size.max(1));
+        let table = ring.desc;
+        let head = ring.next_desc;
+        if spec.indirect {
+            let itable = self.alloc(16 * descs.len() as u64);
+            for (i, &(addr, len, write)) in descs.iter().enumerate() {
+                let last = i + 1 == descs.len();
+                let flags =
+                    if write { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
+                self.write_desc(itable, i as u64, addr, len, flags, (i + 1) as u16);
+            }
+            let slot = u64::from(head) % size;
+            self.write_desc(
+                table,
+                slot,
+                itable,
+                (16 * descs.len()) as u32,
+                DESC_F_INDIRECT,
+                0,
+            );
+            self.rings[q].next_desc = head.wrapping_add(1);
+            return slot as u16;
+        }
+        let count = descs.len().max(1) as u16;
+        for (i, &(addr, len, write)) in descs.iter().enumerate() {
+            let slot = (u64::from(head) + i as u64) % size;
+            let next = ((u64::from(head) + i as u64 + 1) % size) as u16;
+            let last = i + 1 == descs.len();
+            let flags = if write { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
+            self.write_desc(table, slot, addr, len, flags, next);
+        }
+        self.rings[q].next_desc = head.wrapping_add(count);
+        (u64::from(head) % size) as u16
+    }
+
+    /// Puts heads on ring `q`'s avail ring and publishes them.
+    fn publish(&mut self, q: usize, heads: &[u16]) {
+        let ring = &self.rings[q];
+        let size = u64::from(ring.size.max(1));
+        let mut idx = ring.avail_idx;
+        for &head in heads {
+            let entry = ring.avail.wrapping_add(4 + 2 * (u64::from(idx) % size));
+            self.write_u16(entry, head);
+            idx = idx.wrapping_add(1);
+        }
+        self.rings[q].avail_idx = idx;
+        self.write_u16(self.rings[q].avail.wrapping_add(2), idx);
+    }
+
+    fn kick(&mut self, queue: u16, evset: EventSet) {
+        let Some(vring) = self.vrings.get(usize::from(queue)) else {
+            self.handle(queue, evset);
+            return;
+        };
+        // The daemon only watches the kick fd of a ring that is started
+        // and enabled.
+        let live = {
+            let state = vring.get_ref();
+            state.get_queue().ready() && state.is_enabled()
+        };
+        if !live {
+            return;
+        }
+        self.handle(queue, evset);
+    }
+
+    fn handle(&mut self, queue: u16, evset: EventSet) {
+        let result = self.backend.handle_event(queue, evset, &self.vrings, 0);
+        assert!(result.is_ok(), "handle_event failed: {result:?}");
+    }
+
+    fn ring_index(queue: bool) -> usize {
+        usize::from(queue)
+    }
+
+    fn step(&mut self, step: &Step) {
+        match step {
+            Step::Chains(chains) => {
+                let heads: Vec<u16> = chains.iter().take(64).map(|c| self.lay_out(0, c)).collect();
+                self.publish(0, &heads);
+            }
+            Step::Kick => self.kick(CENALLOC_VQ_CONTROL, EventSet::IN),
+            Step::KickEvents => self.kick(CENALLOC_VQ_EVENT, EventSet::IN),
+            Step::OddEvent { queue, bits } => {
+                let evset = EventSet::from_bits_truncate(*bits);
+                self.kick(*queue % 4, evset);
+            }
+            Step::EventBuffers(lens) => {
+                let mut heads = Vec::new();
+                for &len in lens.iter().take(64) {
+                    let spec = ChainSpec {
+                        request: RequestSpec::Raw(Vec::new()),
+                        splits: Vec::new(),
+                        writable: Some(vec![len]),
+                        indirect: false,
+                    };
+                    heads.push(self.lay_out(1, &spec));
+                }
+                self.publish(1, &heads);
+            }
+            Step::AvailIdx(idx) => {
+                self.rings[0].avail_idx = *idx;
+                self.write_u16(self.rings[0].avail.wrapping_add(2), *idx);
+            }
+            Step::AvailFlags(flags) => self.write_u16(self.rings[0].avail, *flags),
+            Step::UsedEvent(value) => {
+                let ring = &self.rings[0];
+                let at = ring.avail.wrapping_add(4 + 2 * u64::from(ring.size.max(1)));
+                self.write_u16(at, *value);
+            }
+            Step::Heads(heads) => {
+                let heads: Vec<u16> = heads.iter().take(1024).copied().collect();
+                self.publish(0, &heads);
+            }
+            Step::Desc {
+                index,
+                addr,
+                len,
+                flags,
+                next,
+            } => {
+                let ring = &self.rings[0];
+                let slot = u64::from(*index) % u64::from(ring.size.max(1));
+                self.write_desc(ring.desc, slot, addr.resolve(), *len, *flags, *next);
+            }
+            Step::Write { addr, bytes } => {
+                let bytes = &bytes[..bytes.len().min(4096)];
+                self.write(addr.resolve(), bytes);
+            }
+            Step::Stop { queue } => {
+                let index = Self::ring_index(*queue);
+                self.vrings[index].set_queue_ready(false);
+                let result = self.backend.stop_vring(index as u32);
+                assert!(result.is_ok(), "stop_vring failed: {result:?}");
+            }
+            Step::Start { queue, base } => {
+                let index = Self::ring_index(*queue);
+                self.vrings[index].set_queue_next_avail(*base);
+                self.vrings[index].set_queue_ready(true);
+            }
+            Step::Enable { queue, on } => {
+                self.vrings[Self::ring_index(*queue)].set_enabled(*on);
+            }
+        }
+    }
+}
+
+fn set_up(vring: &VringRwLock, setup: &QueueSetup, defaults: (u64, u64, u64), event_idx: bool) {
+    // SET_VRING_NUM: the handler refuses 0 and sizes above the maximum;
+    // the queue itself refuses sizes that are not a power of two.
+    let num = match setup.size {
+        QueueSize::Pow2(shift) => 1u32 << (shift % 11),
+        QueueSize::Raw(raw) => u32::from(raw),
+    };
+    if num != 0 && num as usize <= MAX_QUEUE_SIZE {
+        vring.set_queue_size(num as u16);
+    }
+    // SET_VRING_ADDR: a misaligned address is refused (InvalidParam) and
+    // the ring keeps what it had; then the used index is read back.
+    let desc = setup.desc.map_or(defaults.0, AddrSpec::resolve);
+    let avail = setup.avail.map_or(defaults.1, AddrSpec::resolve);
+    let used = setup.used.map_or(defaults.2, AddrSpec::resolve);
+    if vring.set_queue_info(desc, avail, used).is_ok() {
+        if let Ok(idx) = vring.queue_used_idx() {
+            vring.set_queue_next_used(idx);
+        }
+    }
+    // SET_VRING_BASE.
+    vring.set_queue_next_avail(setup.base.unwrap_or(0));
+    vring.set_queue_event_idx(event_idx);
+    // SET_VRING_KICK marks the ring ready; SET_VRING_ENABLE.
+    vring.set_queue_ready(!setup.not_started);
+    vring.set_enabled(!setup.disabled);
+}
+
+fn guest_ring(vring: &VringRwLock, setup: &QueueSetup, defaults: (u64, u64, u64)) -> GuestRing {
+    let size = vring.get_ref().get_queue().size();
+    GuestRing {
+        desc: setup.desc.map_or(defaults.0, AddrSpec::resolve),
+        avail: setup.avail.map_or(defaults.1, AddrSpec::resolve),
+        used: setup.used.map_or(defaults.2, AddrSpec::resolve),
+        size,
+        avail_idx: setup.base.unwrap_or(0),
+        next_desc: 0,
+    }
+}
+
+/// Runs one ring case against a fresh backend. Panics (an oracle failed)
+/// on a bug; never returns while the backend spins.
+pub fn run_ring(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(case) = RingCase::arbitrary(&mut u) else {
+        return;
+    };
+    let atomic = GuestMemoryAtomic::new(guest_memory());
+    let backend = match CenallocBackend::new_shared(DeviceConfig::default_layout()) {
+        Ok(backend) => backend,
+        Err(e) => panic!("the default device config is refused: {e}"),
+    };
+    backend.set_event_idx(case.event_idx);
+    if let Err(e) = backend.update_memory(atomic.clone()) {
+        panic!("update_memory failed: {e}");
+    }
+    let mut vrings = Vec::with_capacity(CENALLOC_NUM_VQS);
+    for _ in 0..CENALLOC_NUM_VQS {
+        match VringRwLock::new(atomic.clone(), MAX_QUEUE_SIZE as u16) {
+            Ok(vring) => vrings.push(vring),
+            Err(e) => panic!("cannot build a vring: {e}"),
+        }
+    }
+    let control_defaults = (CONTROL_DESC, CONTROL_AVAIL, CONTROL_USED);
+    let event_defaults = (EVENT_DESC, EVENT_AVAIL, EVENT_USED);
+    set_up(&vrings[0], &case.control, control_defaults, case.event_idx);
+    set_up(&vrings[1], &case.events, event_defaults, case.event_idx);
+    let rings = [
+        guest_ring(&vrings[0], &case.control, control_defaults),
+        guest_ring(&vrings[1], &case.events, event_defaults),
+    ];
+    let mut world = RingWorld {
+        atomic,
+        backend,
+        vrings,
+        rings,
+        scratch: SCRATCH_START,
+    };
+    if case.donate {
+        let spec = ChainSpec {
+            request: RequestSpec::Batch(BatchSpec {
+                cmds: vec![
+                    CmdSpec::PoolAdd {
+                        pool: 0,
+                        ranges: vec![RangeSpec::Raw {
+                            addr: REGIONS[2].0,
+                            len: REGIONS[2].1,
+                        }],
+                    },
+                    CmdSpec::PoolAdd {
+                        pool: 3,
+                        ranges: vec![RangeSpec::Raw {
+                            addr: REGIONS[1].0,
+                            len: REGIONS[1].1,
+                        }],
+                    },
+                ],
+                framing: Framing::WellFramed,
+            }),
+            splits: Vec::new(),
+            writable: None,
+            indirect: false,
+        };
+        world.step(&Step::Chains(vec![spec]));
+    }
+    for step in case.steps.iter().take(MAX_STEPS) {
+        world.step(step);
+    }
+    // The guest always kicks after its last action.
+    world.kick(CENALLOC_VQ_CONTROL, EventSet::IN);
+}
+
+/// The decoded form of a `ring` or `batch` input, for triage.
+pub fn describe(target: &str, data: &[u8]) -> String {
+    let mut u = Unstructured::new(data);
+    match target {
+        "ring" => format!("{:#?}", RingCase::arbitrary(&mut u)),
+        "batch" => format!("{:#?}", BatchCase::arbitrary(&mut u)),
+        other => format!("unknown target {other}"),
+    }
+}
