@@ -47,11 +47,13 @@ static const u32 cenalloc_lease_sizes[CENALLOC_LEASE_CLASSES] = {
 
 /*
  * Bytes one class of one allocator's stock holds at most: both classes
- * together (512 KiB of 4 KiB extents, 1 MiB of 64 KiB ones) stay within
- * the stock a device grants per allocator (cenallocd: 2 MiB), so that one
+ * together (512 KiB of 4 KiB extents, 1.5 MiB of 64 KiB ones) stay within
+ * the stock a device lends per allocator (cenallocd: 2 MiB), so that one
  * class never starves the other.
  */
-#define CENALLOC_LEASE_CLASS_BYTES	SZ_1M
+static const u32 cenalloc_lease_class_bytes[CENALLOC_LEASE_CLASSES] = {
+	SZ_512K, SZ_1M + SZ_512K,
+};
 
 u32 cenalloc_lease_class_size(unsigned int class)
 {
@@ -62,7 +64,8 @@ u32 cenalloc_lease_class_size(unsigned int class)
 static unsigned int cenalloc_lease_max(unsigned int class)
 {
 	return min_t(unsigned int, CENALLOC_LEASE_STOCK_MAX,
-		     CENALLOC_LEASE_CLASS_BYTES / cenalloc_lease_sizes[class]);
+		     cenalloc_lease_class_bytes[class] /
+		     cenalloc_lease_sizes[class]);
 }
 
 /* The target of a stock without misses: the module parameter's. */
