@@ -38,6 +38,7 @@
 #include <linux/slab.h>
 
 #include "cenalloc_attach.h"
+#include "cenalloc_compat.h"
 #include "cenalloc_batch.h"
 #include "cenalloc_devmask.h"
 #include "cenalloc_negotiate.h"
@@ -82,7 +83,7 @@ static void cenalloc_import_move_notify(struct dma_buf_attachment *attach)
 		container_of(attach->importer_ops, struct cenalloc_import, ops);
 
 	if (imp->importer_ops)
-		imp->importer_ops->move_notify(attach);
+		imp->importer_ops->CENALLOC_MOVE_NOTIFY(attach);
 }
 
 struct cenalloc_import *cenalloc_import_new(const struct dma_buf_attach_ops *ops,
@@ -92,12 +93,12 @@ struct cenalloc_import *cenalloc_import_new(const struct dma_buf_attach_ops *ops
 	struct cenalloc_import *imp;
 
 	if (!num_types || num_types > CENALLOC_MAX_MAP_TYPES ||
-	    (ops && !ops->move_notify))
+	    (ops && !ops->CENALLOC_MOVE_NOTIFY))
 		return ERR_PTR(-EINVAL);
 	imp = kzalloc(sizeof(*imp), GFP_KERNEL);
 	if (!imp)
 		return ERR_PTR(-ENOMEM);
-	imp->ops.move_notify = cenalloc_import_move_notify;
+	imp->ops.CENALLOC_MOVE_NOTIFY = cenalloc_import_move_notify;
 	imp->ops.allow_peer2peer = ops ? ops->allow_peer2peer : false;
 	imp->importer_ops = ops;
 	kref_init(&imp->ref);
@@ -121,7 +122,7 @@ void cenalloc_import_put(struct cenalloc_import *imp)
 static struct cenalloc_import *cenalloc_import_of(struct dma_buf_attachment *attach)
 {
 	if (!attach->importer_ops ||
-	    attach->importer_ops->move_notify != cenalloc_import_move_notify)
+	    attach->importer_ops->CENALLOC_MOVE_NOTIFY != cenalloc_import_move_notify)
 		return NULL;
 	return container_of(attach->importer_ops, struct cenalloc_import, ops);
 }
@@ -250,7 +251,7 @@ static int cenalloc_make_room(struct cenalloc_buffer *buffer, u32 mask)
 		return 0;
 
 	mutex_unlock(&buffer->lock);
-	dma_buf_move_notify(dmabuf);
+	cenalloc_dma_buf_move_notify(dmabuf);
 	left = dma_resv_wait_timeout(dmabuf->resv, DMA_RESV_USAGE_BOOKKEEP,
 				     true,
 				     msecs_to_jiffies(CENALLOC_FENCE_WAIT_MS));
@@ -433,7 +434,7 @@ int cenalloc_dmabuf_attach(struct dma_buf *dmabuf,
 		return PTR_ERR(a);
 	a->api = imp;
 	a->revocable = imp ? !!imp->importer_ops :
-			     dma_buf_attachment_is_dynamic(attach);
+			     cenalloc_attachment_revocable(attach);
 
 	/*
 	 * Only a late attach (the buffer has backing) may revoke mappings and

@@ -22,6 +22,7 @@
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
+#include "cenalloc_compat.h"
 #include "cenalloc_debugfs.h"
 #include "cenalloc_dev.h"
 #include "cenalloc_devmask.h"
@@ -157,7 +158,7 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	cdev->elastic = virtio_has_feature(vdev, CENALLOC_F_ELASTIC);
 	cdev->lease_feature = virtio_has_feature(vdev, CENALLOC_F_LEASE);
 	cenalloc_pools_init(cdev);
-	ret = virtio_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info, NULL);
+	ret = cenalloc_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info);
 	if (ret)
 		goto err_unclaim;
 	cdev->ctrl_vq = vqs[CENALLOC_VQ_CONTROL];
@@ -304,4 +305,4 @@ module_exit(cenalloc_exit);
 
 MODULE_DESCRIPTION("Constraint-enabled dma-buf allocation over virtio");
 MODULE_LICENSE("GPL");
-MODULE_IMPORT_NS(DMA_BUF);
+MODULE_IMPORT_NS(CENALLOC_NS_DMA_BUF);

@@ -51,6 +51,7 @@
 #include <linux/slab.h>
 #include <linux/sort.h>
 
+#include "cenalloc_compat.h"
 #include "cenalloc_dev.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_vq.h"

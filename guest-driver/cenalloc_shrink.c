@@ -10,9 +10,11 @@
  * trip to the device, at most a few dozen per pass, and it never waits for
  * a pool another task is growing or shrinking.
  */
+#include <linux/atomic.h>
 #include <linux/moduleparam.h>
 #include <linux/shrinker.h>
 
+#include "cenalloc_compat.h"
 #include "cenalloc_dev.h"
 #include "cenalloc_lease.h"
 #include "cenalloc_pool.h"
@@ -47,7 +49,7 @@ unsigned long cenalloc_shrink_now(struct cenalloc_dev *cdev,
 static unsigned long cenalloc_shrink_count(struct shrinker *shrinker,
 					   struct shrink_control *sc)
 {
-	struct cenalloc_dev *cdev = shrinker->private_data;
+	struct cenalloc_dev *cdev = cenalloc_compat_shrinker_private(shrinker);
 	unsigned long pages = 0;
 	unsigned int i;
 
@@ -61,7 +63,7 @@ static unsigned long cenalloc_shrink_count(struct shrinker *shrinker,
 static unsigned long cenalloc_shrink_scan(struct shrinker *shrinker,
 					  struct shrink_control *sc)
 {
-	struct cenalloc_dev *cdev = shrinker->private_data;
+	struct cenalloc_dev *cdev = cenalloc_compat_shrinker_private(shrinker);
 	unsigned long freed;
 
 	if (!READ_ONCE(shrink) || READ_ONCE(cdev->removed))
@@ -78,21 +80,20 @@ int cenalloc_shrinker_register(struct cenalloc_dev *cdev)
 
 	if (!cdev->elastic)
 		return 0;
-	s = shrinker_alloc(0, "cenalloc");
+	s = cenalloc_compat_shrinker_alloc("cenalloc", cdev);
 	if (!s)
 		return -ENOMEM;
 	s->count_objects = cenalloc_shrink_count;
 	s->scan_objects = cenalloc_shrink_scan;
-	s->private_data = cdev;
 	s->seeks = DEFAULT_SEEKS;
 	cdev->shrinker = s;
-	shrinker_register(s);
+	cenalloc_compat_shrinker_register(s, "cenalloc");
 	return 0;
 }
 
 /* Before remove stops the queues: waits for a scan in progress. */
 void cenalloc_shrinker_unregister(struct cenalloc_dev *cdev)
 {
-	shrinker_free(cdev->shrinker);
+	cenalloc_compat_shrinker_free(cdev->shrinker);
 	cdev->shrinker = NULL;
 }

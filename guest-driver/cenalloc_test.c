@@ -47,6 +47,8 @@
 #include <uapi/linux/cenalloc.h>
 #include <uapi/linux/cenalloc_test.h>
 
+#include "cenalloc_compat.h"
+
 #define CENALLOC_TEST_NAME	"cenalloc_test"
 
 /* Kinds that only a device limited to 32-bit DMA addresses would list. */
@@ -110,7 +112,7 @@ static void cenalloc_test_move_notify(struct dma_buf_attachment *attach)
 }
 
 static const struct dma_buf_attach_ops cenalloc_test_importer_ops = {
-	.move_notify = cenalloc_test_move_notify,
+	.CENALLOC_MOVE_NOTIFY = cenalloc_test_move_notify,
 };
 
 static int cenalloc_test_open(struct inode *inode, struct file *file)
@@ -673,4 +675,4 @@ module_exit(cenalloc_test_exit);
 
 MODULE_DESCRIPTION("cenalloc test importer: virtual devices that attach to dma-bufs");
 MODULE_LICENSE("GPL");
-MODULE_IMPORT_NS(DMA_BUF);
+MODULE_IMPORT_NS(CENALLOC_NS_DMA_BUF);

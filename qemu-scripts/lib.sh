@@ -169,6 +169,68 @@ apt_fetch_unpack() {
 	done
 }
 
+# The guest kernels (qemu-scripts/get-kernel --kernel SERIES); the first is
+# the default. test-all covers them all (CENALLOC_KERNELS narrows it).
+KERNEL_SERIES_ALL="6.12 6.1 testing debug"
+
+kernel_series_check() {
+	case " $KERNEL_SERIES_ALL " in
+	*" $1 "*) ;;
+	*) die "unknown kernel series '$1' (one of: $KERNEL_SERIES_ALL)" ;;
+	esac
+}
+
+# kernel_make DIR MAKE-ARGS... : runs make -C DIR for the kernel that
+# get-kernel described (KBUILD_ROOT from its output). With an empty
+# KBUILD_ROOT that is the host's make; otherwise make runs chrooted in that
+# build root (the testing series: its headers need the compiler they were
+# built with), in a private mount namespace where DIR is bind-mounted at the
+# same path and /dev and /proc are mounted. The kernel build tree has the
+# same path inside the root as outside (get-kernel makes it so).
+kernel_make() {
+	local dir="$1" ns=(unshare --mount --propagation private)
+	shift
+	if [ -z "${KBUILD_ROOT:-}" ]; then
+		run make -C "$dir" "$@"
+		return
+	fi
+	dir="$(cd "$dir" && pwd -P)"
+	[ "$(id -u)" -eq 0 ] || ns=(unshare --map-root-user --mount --propagation private)
+	# shellcheck disable=SC2016 # expanded by the inner shell
+	run "${ns[@]}" sh -c '
+		set -e
+		root="$1" dir="$2"
+		shift 2
+		mkdir -p "$root$dir"
+		mount --rbind /dev "$root/dev"
+		mount -t proc proc "$root/proc"
+		mount --bind "$dir" "$root$dir"
+		exec chroot "$root" make -C "$dir" "$@"' sh "$KBUILD_ROOT" "$dir" "$@"
+}
+
+# sync_driver_sources SRC DST: makes DST a copy of the kernel-module sources
+# of the driver directory SRC (its *.c, *.h, Kbuild, Makefile and include/;
+# not the selftests), so that each kernel builds the modules in a directory
+# of its own. Unchanged files keep their time stamps (make rebuilds only what
+# changed); files gone from SRC are removed from DST.
+sync_driver_sources() {
+	local src="$1" dst="$2" file rel
+	mkdir -p "$dst"
+	while IFS= read -r -d '' file; do
+		rel="${file#"$src"/}"
+		if ! cmp -s "$file" "$dst/$rel"; then
+			mkdir -p "$(dirname "$dst/$rel")"
+			cp -p "$file" "$dst/$rel"
+		fi
+	done < <(find "$src" -maxdepth 1 -type f \( -name '*.[ch]' -o -name Kbuild -o -name Makefile \) -print0
+		[ -d "$src/include" ] && find "$src/include" -type f -print0)
+	while IFS= read -r -d '' file; do
+		rel="${file#"$dst"/}"
+		[ -e "$src/$rel" ] || rm -f "$file"
+	done < <(find "$dst" -maxdepth 1 -type f -name '*.[ch]' ! -name '*.mod.c' -print0
+		[ -d "$dst/include" ] && find "$dst/include" -type f -print0)
+}
+
 # Size in bytes of struct cenalloc_config, computed by compiling a tiny C
 # program against the protocol header (the single source of truth).
 config_space_size() {

@@ -60,7 +60,8 @@ struct cenalloc_create_arg {
 
 /* Contiguous physical range of a buffer's backing (allocating it if needed
  * is NOT done: -ENODATA before the first map, -ENODEV if not contiguous).
- * Needs CAP_SYS_ADMIN or the phys_gid group (-EPERM). */
+ * Needs CAP_SYS_ADMIN or the phys_gid group (-EPERM).
+ */
 struct cenalloc_phys_arg {
 	__s32 fd;		/* in: a /dev/cenalloc dma-buf fd */
 	__u32 flags;		/* must be 0 */
@@ -101,7 +102,8 @@ struct cenalloc_info_arg {
 };
 
 /* Diagnostics that prove the host sees the guest's bytes. CHECKSUM needs
- * an fd open for reading, FILL one open for writing (-EBADF). */
+ * an fd open for reading, FILL one open for writing (-EBADF).
+ */
 struct cenalloc_checksum_arg {
 	__s32 fd;		/* in */
 	__u32 flags;		/* must be 0 */
@@ -116,7 +118,8 @@ struct cenalloc_fill_arg {
 };
 
 /* Constraint mask of an in-kernel device that knows nothing of cenalloc,
- * used when it attaches with plain dma_buf_attach(). */
+ * used when it attaches with plain dma_buf_attach().
+ */
 #define CENALLOC_DEVICE_NAME_LEN	64
 
 struct cenalloc_device_mask_arg {

@@ -26,8 +26,8 @@ struct cenalloc_test_device_arg {
 	__u32 num_types;	/* importer mapping types, 1..CENALLOC_TEST_MAX_TYPES */
 	__u32 types[CENALLOC_TEST_MAX_TYPES];	/* entries past num_types must be 0 */
 	__u32 flags;		/* CENALLOC_TEST_DEV_* */
-	__u32 dma_bits;		/* DMA mask width, 24..64; 0: 32 if mask lists only
-				 * DMA32 kinds, else 64 */
+	/* DMA mask width, 24..64; 0: 32 if mask lists only DMA32 kinds, else 64 */
+	__u32 dma_bits;
 	__u32 max_segment;	/* dma_set_max_seg_size(), bytes; 0: no limit */
 	__u64 seg_boundary;	/* dma_set_seg_boundary() mask; 0: none */
 };
@@ -61,8 +61,8 @@ struct cenalloc_test_map_arg {
 	__u32 map_type;		/* out */
 	__u32 flags;		/* out: CENALLOC_TEST_MAP_F_* */
 	__u32 move_notifies;	/* out: move_notify calls seen by the handle */
-	__u32 raw;		/* in: 1 = one segment per sg entry, 0 = merge
-				 * entries contiguous in DMA address space */
+	/* in: 1 = one segment per sg entry, 0 = merge entries contiguous in DMA space */
+	__u32 raw;
 };
 
 #define CENALLOC_TEST_STATUS_MAPPED	(1u << 0)
@@ -98,13 +98,21 @@ struct cenalloc_test_rename_arg {
 };
 
 #define CENALLOC_TEST_IOC_MAGIC		'c'
-#define CENALLOC_TEST_IOC_SET_DEVICE	_IOW(CENALLOC_TEST_IOC_MAGIC, 0, struct cenalloc_test_device_arg)
-#define CENALLOC_TEST_IOC_ATTACH	_IOWR(CENALLOC_TEST_IOC_MAGIC, 1, struct cenalloc_test_attach_arg)
-#define CENALLOC_TEST_IOC_DETACH	_IOW(CENALLOC_TEST_IOC_MAGIC, 2, struct cenalloc_test_handle_arg)
-#define CENALLOC_TEST_IOC_MAP		_IOWR(CENALLOC_TEST_IOC_MAGIC, 3, struct cenalloc_test_map_arg)
-#define CENALLOC_TEST_IOC_UNMAP		_IOW(CENALLOC_TEST_IOC_MAGIC, 4, struct cenalloc_test_handle_arg)
-#define CENALLOC_TEST_IOC_RW		_IOW(CENALLOC_TEST_IOC_MAGIC, 5, struct cenalloc_test_rw_arg)
-#define CENALLOC_TEST_IOC_STATUS	_IOWR(CENALLOC_TEST_IOC_MAGIC, 6, struct cenalloc_test_status_arg)
-#define CENALLOC_TEST_IOC_RENAME	_IOW(CENALLOC_TEST_IOC_MAGIC, 7, struct cenalloc_test_rename_arg)
+#define CENALLOC_TEST_IOC_SET_DEVICE \
+	_IOW(CENALLOC_TEST_IOC_MAGIC, 0, struct cenalloc_test_device_arg)
+#define CENALLOC_TEST_IOC_ATTACH \
+	_IOWR(CENALLOC_TEST_IOC_MAGIC, 1, struct cenalloc_test_attach_arg)
+#define CENALLOC_TEST_IOC_DETACH \
+	_IOW(CENALLOC_TEST_IOC_MAGIC, 2, struct cenalloc_test_handle_arg)
+#define CENALLOC_TEST_IOC_MAP \
+	_IOWR(CENALLOC_TEST_IOC_MAGIC, 3, struct cenalloc_test_map_arg)
+#define CENALLOC_TEST_IOC_UNMAP \
+	_IOW(CENALLOC_TEST_IOC_MAGIC, 4, struct cenalloc_test_handle_arg)
+#define CENALLOC_TEST_IOC_RW \
+	_IOW(CENALLOC_TEST_IOC_MAGIC, 5, struct cenalloc_test_rw_arg)
+#define CENALLOC_TEST_IOC_STATUS \
+	_IOWR(CENALLOC_TEST_IOC_MAGIC, 6, struct cenalloc_test_status_arg)
+#define CENALLOC_TEST_IOC_RENAME \
+	_IOW(CENALLOC_TEST_IOC_MAGIC, 7, struct cenalloc_test_rename_arg)
 
 #endif /* _UAPI_LINUX_CENALLOC_TEST_H */
