@@ -1,10 +1,16 @@
 //! cenallocd benchmark, through the same test VMM as the integration tests
 //! (memfd RAM, vhost-user front-end, split rings, eventfd kick/call).
 //!
-//! - Round-trip latency of one single-command chain (median, p99), against
-//!   a floor measured in the same run: a trivial backend built from the
-//!   same crates that returns every chain without doing any work.
+//! - Round-trip latency of one single-command chain (p10, median, p90,
+//!   p99), against a floor measured in the same run, in alternating blocks
+//!   with the command (a trivial backend built from the same crates that
+//!   returns every chain without doing any work). A distribution with two
+//!   separate groups (the daemon's thread woken from sleep for some round
+//!   trips, not for others) is reported as BIMODAL, with both modes.
 //! - Throughput: many chains per kick, many commands per chain.
+//!
+//! - The same round trip with the daemon's polling after an answer off,
+//!   and what the worker spends per request (answering, polling).
 //!
 //! Targets: single-command median ≤ 1.2 × the floor's median; ≥ 100k
 //! commands/s with batching. `cargo bench --bench daemon`.
@@ -133,18 +139,185 @@ fn spawn_floor() -> std::path::PathBuf {
     socket
 }
 
-struct Latency {
+/// A latency distribution: the quantiles the report prints, and whether
+/// the samples fall into two separate groups (the machine woke the daemon's
+/// thread from sleep for some round trips and not for others).
+struct Dist {
+    n: usize,
+    p10: Duration,
     median: Duration,
+    p90: Duration,
     p99: Duration,
+    modes: Option<Modes>,
 }
 
-impl Latency {
+/// Two modes of a bimodal distribution.
+struct Modes {
+    low: Duration,
+    high: Duration,
+    /// Fraction of the samples in the high mode.
+    high_share: f64,
+}
+
+impl Dist {
     fn of(mut samples: Vec<Duration>) -> Self {
         samples.sort();
-        Latency {
-            median: samples[samples.len() / 2],
-            p99: samples[samples.len() * 99 / 100],
+        let q = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
+        Dist {
+            n: samples.len(),
+            p10: q(10),
+            median: q(50),
+            p90: q(90),
+            p99: q(99),
+            modes: modes(&samples),
         }
+    }
+
+    fn line(&self, name: &str) -> String {
+        let mut text = format!(
+            "{name:<26} n {:6}  p10 {:7.2}  median {:7.2}  p90 {:7.2}  p99 {:7.2} us",
+            self.n,
+            us(self.p10),
+            us(self.median),
+            us(self.p90),
+            us(self.p99)
+        );
+        if let Some(m) = &self.modes {
+            text += &format!(
+                "  BIMODAL: {:.0}% near {:.1} us, {:.0}% near {:.1} us",
+                100.0 * (1.0 - m.high_share),
+                us(m.low),
+                100.0 * m.high_share,
+                us(m.high)
+            );
+        }
+        text
+    }
+}
+
+/// Bimodality test on sorted samples: a histogram with bins a quarter of
+/// an octave wide (between the 1st and the 99th percentile), its highest
+/// bin, and the highest bin at least twice as fast or twice as slow. When
+/// the emptiest bin between those two holds less than half of the smaller
+/// one and each side of it at least 5 % of the samples, the distribution
+/// has two modes; each side's median and the slow side's share are
+/// reported.
+fn modes(sorted: &[Duration]) -> Option<Modes> {
+    const BINS_PER_OCTAVE: f64 = 4.0;
+    let n = sorted.len();
+    if n < 100 {
+        return None;
+    }
+    let lo = sorted[n / 100].as_secs_f64().max(1e-9);
+    let hi = sorted[n * 99 / 100].as_secs_f64().max(lo);
+    let bin_of = |d: Duration| -> usize {
+        let x = d.as_secs_f64().clamp(lo, hi);
+        ((x / lo).log2() * BINS_PER_OCTAVE) as usize
+    };
+    let mut hist = vec![0usize; bin_of(sorted[n * 99 / 100]) + 1];
+    for &d in sorted {
+        hist[bin_of(d)] += 1;
+    }
+    let peak = (0..hist.len()).max_by_key(|&i| hist[i])?;
+    let octave = BINS_PER_OCTAVE as usize;
+    let other = (0..hist.len())
+        .filter(|&i| i + octave <= peak || i >= peak + octave)
+        .max_by_key(|&i| hist[i])?;
+    let (a, b) = (peak.min(other), peak.max(other));
+    let valley = (a + 1..b).min_by_key(|&i| hist[i])?;
+    if hist[valley] * 2 >= hist[a].min(hist[b]) {
+        return None;
+    }
+    let split = sorted.partition_point(|&d| bin_of(d) <= valley);
+    if split < n / 20 || n - split < n / 20 {
+        return None;
+    }
+    let (low, high) = sorted.split_at(split);
+    Some(Modes {
+        low: low[low.len() / 2],
+        high: high[high.len() / 2],
+        high_share: high.len() as f64 / n as f64,
+    })
+}
+
+/// Checks of [`modes`] (the bench has no test harness: `main` runs them in
+/// its quick mode, which `cargo test --benches` uses).
+mod mode_checks {
+    use super::*;
+
+    fn us_samples(values: &[(u64, usize)]) -> Vec<Duration> {
+        let mut out = Vec::new();
+        for &(us, count) in values {
+            for i in 0..count {
+                out.push(Duration::from_nanos(us * 1000 + (i as u64 % 7) * 100));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn run() {
+        two_separate_groups_are_bimodal();
+        one_group_with_a_tail_is_not();
+    }
+
+    fn two_separate_groups_are_bimodal() {
+        let m = modes(&us_samples(&[(15, 600), (100, 400)])).expect("bimodal");
+        assert!((m.high_share - 0.4).abs() < 0.01);
+        assert!(m.low < Duration::from_micros(20) && m.high > Duration::from_micros(90));
+    }
+
+    fn one_group_with_a_tail_is_not() {
+        assert!(modes(&us_samples(&[(10, 900), (12, 80), (40, 20)])).is_none());
+        assert!(modes(&us_samples(&[(10, 500), (14, 500)])).is_none());
+    }
+}
+
+/// The daemon's own accounting of its worker (STATS): time answering,
+/// time polling, polls that found a request and polls that did not.
+#[derive(Clone, Copy, Debug, Default)]
+struct Busy {
+    batches: u64,
+    answer_ns: u64,
+    poll_ns: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl Busy {
+    fn of(harness: &mut Harness) -> Self {
+        let stats = harness.run(Cmd::stats(1 << 20));
+        let json: serde_json::Value = serde_json::from_slice(&stats.ok().payload).unwrap();
+        let get = |name: &str| json["device"][name].as_u64().unwrap_or(0);
+        Busy {
+            batches: get("batches"),
+            answer_ns: get("control_busy_ns"),
+            poll_ns: get("poll_busy_ns"),
+            hits: get("poll_hits"),
+            misses: get("poll_misses"),
+        }
+    }
+
+    fn since(&self, before: &Busy) -> Busy {
+        Busy {
+            batches: self.batches - before.batches,
+            answer_ns: self.answer_ns - before.answer_ns,
+            poll_ns: self.poll_ns - before.poll_ns,
+            hits: self.hits - before.hits,
+            misses: self.misses - before.misses,
+        }
+    }
+
+    fn line(&self) -> String {
+        let n = self.batches.max(1) as f64;
+        format!(
+            "worker busy per request {:.2} us (answering {:.2} + polling {:.2}); polls found a request {} times, none {} times",
+            (self.answer_ns + self.poll_ns) as f64 / n / 1e3,
+            self.answer_ns as f64 / n / 1e3,
+            self.poll_ns as f64 / n / 1e3,
+            self.hits,
+            self.misses
+        )
     }
 }
 
@@ -154,25 +327,33 @@ fn round_trip(harness: &mut Harness, chain: &Chain) -> Duration {
     start.elapsed()
 }
 
-/// Round trips of `chain` on `a` and `b`, alternating sample by sample so
-/// both see the same machine noise.
-fn latency_pair(
-    a: &mut Harness,
-    b: &mut Harness,
+/// Round trips of `chain` on the floor and on the daemon, in alternating
+/// blocks of `block` samples (floor, daemon, floor, daemon, ...) over the
+/// same run, so that both sides see the same phases of machine noise and
+/// the ratio compares the same wake-up conditions. A warm-up of one block
+/// each is discarded.
+fn interleaved(
+    floor: &mut Harness,
+    daemon: &mut Harness,
     chain: &Chain,
     iterations: usize,
-) -> (Latency, Latency) {
-    for _ in 0..iterations / 2 {
-        round_trip(a, chain);
-        round_trip(b, chain);
+    block: usize,
+) -> (Dist, Dist) {
+    for _ in 0..block {
+        round_trip(floor, chain);
+        round_trip(daemon, chain);
     }
-    let mut sa = Vec::with_capacity(iterations);
-    let mut sb = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        sa.push(round_trip(a, chain));
-        sb.push(round_trip(b, chain));
+    let mut sf = Vec::with_capacity(iterations);
+    let mut sd = Vec::with_capacity(iterations);
+    while sd.len() < iterations {
+        for _ in 0..block {
+            sf.push(round_trip(floor, chain));
+        }
+        for _ in 0..block {
+            sd.push(round_trip(daemon, chain));
+        }
     }
-    (Latency::of(sa), Latency::of(sb))
+    (Dist::of(sf), Dist::of(sd))
 }
 
 /// Commands per second: `rounds` kicks of `chains` chains of `cmds`.
@@ -200,6 +381,9 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // useful: run a short version then.
     let quick = !std::env::args().any(|a| a == "--bench");
+    if quick {
+        mode_checks::run();
+    }
     let iterations = if quick { 200 } else { 20_000 };
     let rounds = if quick { 5 } else { 200 };
 
@@ -224,8 +408,31 @@ fn main() {
     ));
     let info_chain = single(Cmd::get_info());
 
-    let (floor_sync, daemon_sync) = latency_pair(&mut floor, &mut daemon, &sync_chain, iterations);
-    let (floor_info, daemon_info) = latency_pair(&mut floor, &mut daemon, &info_chain, iterations);
+    // The same daemon without polling, the same buffer (ids start at 1).
+    let mut quiet = Harness::start_with(DeviceConfig {
+        poll_us: 0,
+        ..DeviceConfig::default_layout()
+    });
+    quiet.donate_all();
+    let quiet_setup = quiet.batch(&[
+        Cmd::create(64 << 10, 0),
+        Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_MASK_ANY, &[CENALLOC_MAP_SG]),
+        Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_BIDIRECTIONAL, 16),
+    ]);
+    assert_eq!(quiet_setup.status, 0);
+    assert_eq!(quiet_setup.answers[0].get::<CreateResp>(), buffer);
+
+    let block = if quick { 50 } else { 500 };
+    let before = Busy::of(&mut daemon);
+    let (floor_sync, daemon_sync) =
+        interleaved(&mut floor, &mut daemon, &sync_chain, iterations, block);
+    let polled = Busy::of(&mut daemon).since(&before);
+    let before = Busy::of(&mut quiet);
+    let (floor_quiet, quiet_sync) =
+        interleaved(&mut floor, &mut quiet, &sync_chain, iterations, block);
+    let unpolled = Busy::of(&mut quiet).since(&before);
+    let (floor_info, daemon_info) =
+        interleaved(&mut floor, &mut daemon, &info_chain, iterations, block);
 
     // Throughput: 128 chains per kick × 1 command; 32 chains × 64 commands.
     let one_per_chain: Vec<Chain> = (0..128).map(|_| sync_chain.clone()).collect();
@@ -265,27 +472,47 @@ fn main() {
 
     let ratio = us(daemon_sync.median) / us(floor_sync.median);
     println!(
-        "cenallocd benchmark ({} iterations per latency, {} kicks per rate)",
-        iterations, rounds
+        "cenallocd benchmark ({iterations} samples per latency, floor and command in alternating blocks of {block}; {rounds} kicks per rate)"
+    );
+    println!("{}", floor_sync.line("floor (no work), with SYNC"));
+    println!(
+        "{}",
+        daemon_sync.line(&format!(
+            "1 x SYNC, polling <= {} us",
+            DeviceConfig::default_layout().poll_us
+        ))
     );
     println!(
-        "round trip, floor (no work)      median {:7.2} us  p99 {:7.2} us",
-        us(floor_sync.median),
-        us(floor_sync.p99)
-    );
-    println!(
-        "round trip, 1 x SYNC             median {:7.2} us  p99 {:7.2} us  ({ratio:.2} x floor, target <= 1.20: {})",
-        us(daemon_sync.median),
-        us(daemon_sync.p99),
+        "  SYNC median / interleaved floor median: {ratio:.2} (target <= 1.20: {})",
         if ratio <= 1.2 { "met" } else { "MISSED" }
     );
+    println!("  {}", polled.line());
+    println!("{}", floor_quiet.line("floor (no work), with SYNC"));
+    println!("{}", quiet_sync.line("1 x SYNC, no polling"));
     println!(
-        "round trip, 1 x GET_INFO         median {:7.2} us  p99 {:7.2} us  ({:.2} x floor {:.2} us)",
-        us(daemon_info.median),
-        us(daemon_info.p99),
-        us(daemon_info.median) / us(floor_info.median),
-        us(floor_info.median)
+        "  SYNC median / interleaved floor median: {:.2}",
+        us(quiet_sync.median) / us(floor_quiet.median)
     );
+    println!("  {}", unpolled.line());
+    println!("{}", floor_info.line("floor (no work), with INFO"));
+    println!("{}", daemon_info.line("1 x GET_INFO"));
+    println!(
+        "  GET_INFO median / interleaved floor median: {:.2}",
+        us(daemon_info.median) / us(floor_info.median)
+    );
+    if [
+        &floor_sync,
+        &daemon_sync,
+        &floor_quiet,
+        &quiet_sync,
+        &floor_info,
+        &daemon_info,
+    ]
+    .iter()
+    .any(|d| d.modes.is_some())
+    {
+        println!("  a BIMODAL distribution: compare modes, not medians, across runs");
+    }
     println!("throughput, floor, 128 chains/kick           {floor_chains:10.0} chains/s");
     println!("throughput, 128 chains/kick x 1 SYNC         {chains_rate:10.0} commands/s");
     println!(

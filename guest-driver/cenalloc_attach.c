@@ -10,7 +10,7 @@
  * locally (mask intersection empty: -EINVAL, or -ERANGE when the device
  * cannot address any kind the buffer may use; no mutual mapping type:
  * -EOPNOTSUPP, cenalloc_negotiate.c); what must reach the device goes
- * through cenalloc_batch.c. UNMAP and DETACH are posted without waiting.
+ * through cenalloc_batch.c. UNMAP and DETACH wait in the buffer's pending batch.
  * The device validates all.
  *
  * The exporter is dynamic (it has pin/unpin). Linux 6.12 then maps a
@@ -510,7 +510,7 @@ void cenalloc_dmabuf_detach(struct dma_buf *dmabuf,
 		  a->dev_name);
 	req = cenalloc_attachment_release(a);
 	if (req)
-		cenalloc_req_post(req);
+		cenalloc_buffer_defer(buffer, req);
 	mutex_unlock(&buffer->lock);
 	cenalloc_import_put(a->import);
 	cenalloc_attachment_free(a);

@@ -9,7 +9,22 @@
  * naming the earlier results by batch reference. An attach after the
  * backing exists goes to the device at once (cenalloc_attach_sync()),
  * because only the device knows whether the backing fits or can migrate
- * (-EBUSY). UNMAP is posted without waiting.
+ * (-EBUSY).
+ *
+ * Commands nobody waits for (UNMAP, DETACH, SYNC END, FREE; their requests
+ * allocated beforehand, so that teardown never fails) gather in the
+ * buffer's pending batch (cenalloc_buffer_defer()): one chain for a
+ * buffer's whole teardown. It goes on the ring (posted) when the buffer is
+ * released, when it is full, and before any other command of that buffer,
+ * so the device sees one buffer's commands in the order they were made;
+ * commands of different buffers do not depend on each other.
+ *
+ * With leases (cenalloc_lease.c) the first map of a small buffer waits for
+ * nothing: a leased extent backs it and one LEASED_MAP, posted, tells the
+ * device everything (CREATE, every ATTACH and the MAP, with ids the driver
+ * chose). A map the device answers -ENOMEM grows a pool and maps again
+ * once; -EAGAIN (its room is in our leased stock) gives the stock back and
+ * maps again once.
  *
  * The device is not trusted. Every answer is checked against what the
  * driver asked and what it already knows before anything of it is used;
@@ -28,7 +43,11 @@
  *   the backing already known, unchanged, while any mapping of it is
  *   outstanding or the device does not say it allocated or migrated. So
  *   buffer->backing, which mmap, vmap and the importers' scatterlists are
- *   built from, only ever holds checked memory of the right size.
+ *   built from, only ever holds checked memory of the right size. A leased
+ *   extent that backs a first map passes the same checks (the LEASE answer
+ *   was checked when it came). The backing counts as a user of the pool
+ *   blocks under it (cenalloc_pools_claim()): they are not given back
+ *   while it lives.
  *
  * A deferred ATTACH the device refuses is marked refused: the attachment's
  * own maps fail with that error, and it is never sent again, so it cannot
@@ -39,6 +58,7 @@
 #include <linux/slab.h>
 
 #include "cenalloc_batch.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_negotiate.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_vq.h"
@@ -171,6 +191,7 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 		return PTR_ERR(ar);
 	idx = req->num_cmds - 1;
 	cenalloc_attach_fill(ar, a, buffer->buffer_id);
+	cenalloc_buffer_flush(buffer);
 	ret = cenalloc_req_submit(req);
 	for (i = 0; !ret && i <= idx; i++)
 		ret = cenalloc_req_status(req, i);
@@ -183,6 +204,63 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 	else
 		cenalloc_attach_record(a, resp);
 	return ret;
+}
+
+/* Put the buffer's pending batch on the ring (buffer->lock held). */
+void cenalloc_buffer_flush(struct cenalloc_buffer *buffer)
+{
+	lockdep_assert_held(&buffer->lock);
+	if (buffer->pending)
+		cenalloc_req_post(buffer->pending);
+	buffer->pending = NULL;
+}
+
+/*
+ * Queue @req, filled with commands nobody waits for, behind the buffer's
+ * other such commands (buffer->lock held); it is the buffer's now. Merged
+ * into the pending batch when it fits, else the pending batch goes on the
+ * ring and @req waits in its place.
+ */
+void cenalloc_buffer_defer(struct cenalloc_buffer *buffer,
+			   struct cenalloc_req *req)
+{
+	lockdep_assert_held(&buffer->lock);
+	if (buffer->pending && cenalloc_req_append(buffer->pending, req)) {
+		cenalloc_req_free(req);
+		return;
+	}
+	cenalloc_buffer_flush(buffer);
+	buffer->pending = req;
+}
+
+/*
+ * Add a command that only informs the device (SYNC END) to the buffer's
+ * pending batch: its zeroed payload, or an ERR_PTR when there is no memory
+ * for it (the caller skips the command).
+ */
+void *cenalloc_buffer_post_cmd(struct cenalloc_buffer *buffer, u16 opcode,
+			       u32 len)
+{
+	struct cenalloc_req *req;
+	void *payload;
+
+	lockdep_assert_held(&buffer->lock);
+	if (buffer->pending) {
+		payload = cenalloc_req_add(buffer->pending, opcode, len, 0);
+		if (!IS_ERR(payload))
+			return payload;
+	}
+	req = cenalloc_req_alloc(buffer->cdev);
+	if (!req)
+		return ERR_PTR(-ENOMEM);
+	payload = cenalloc_req_add(req, opcode, len, 0);
+	if (IS_ERR(payload)) {
+		cenalloc_req_free(req);
+		return payload;
+	}
+	cenalloc_buffer_flush(buffer);	/* full */
+	buffer->pending = req;
+	return payload;
 }
 
 /*
@@ -207,14 +285,16 @@ struct cenalloc_req *cenalloc_unmap_take(struct cenalloc_attachment *a,
 	return req;
 }
 
-/* Post the UNMAP of one outstanding device map of @a (buffer lock held). */
+/* Post the UNMAP of one outstanding device map of @a (buffer lock held),
+ * behind the buffer's other posted commands.
+ */
 void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction,
 			 struct cenalloc_req **reqp)
 {
 	struct cenalloc_req *req = cenalloc_unmap_take(a, direction, reqp);
 
 	if (req)
-		cenalloc_req_post(req);
+		cenalloc_buffer_defer(a->buffer, req);
 }
 
 static unsigned int cenalloc_pending_commands(struct cenalloc_buffer *buffer)
@@ -359,19 +439,21 @@ undo:
 
 /* Bring the buffer and every pending attachment to the device, leaving
  * room for @keep more commands in the last batch; returns that batch.
- * -EAGAIN when the device refused an attachment other than @a (the caller
- * tries again without it).
+ * Sets *@retry when the device refused an attachment other than @a (the
+ * caller tries again without it).
  */
 static struct cenalloc_req *
 cenalloc_batch_begin(struct cenalloc_buffer *buffer,
 		     struct cenalloc_attachment *a,
-		     struct cenalloc_attachment **sent, unsigned int keep)
+		     struct cenalloc_attachment **sent, unsigned int keep,
+		     bool *retry)
 {
 	u32 max_batch = buffer->cdev->max_batch;
 	struct cenalloc_attachment *refused;
 	struct cenalloc_req *req;
 	int ret;
 
+	cenalloc_buffer_flush(buffer);
 	for (;;) {
 		req = cenalloc_req_alloc(buffer->cdev);
 		if (!req)
@@ -387,7 +469,7 @@ cenalloc_batch_begin(struct cenalloc_buffer *buffer,
 						    req->num_cmds, &refused);
 		cenalloc_req_free(req);
 		if (ret && refused && refused != a)
-			ret = -EAGAIN;
+			*retry = true;
 		if (ret)
 			return ERR_PTR(ret);
 	}
@@ -446,38 +528,24 @@ static bool cenalloc_buffer_must_be_contig(struct cenalloc_attachment *a,
 }
 
 /*
- * Check a MAP answer against everything the driver knows (see the top of
- * this file) and make it the buffer's backing. Nothing changes on error.
+ * Check segments @seg (@n of them, from allocator @alloc, MAP flags @flags)
+ * against everything the driver knows (see the top of this file) and make
+ * them the buffer's backing, counted on the pool blocks under them.
+ * Nothing changes on error.
  */
-static int cenalloc_map_accept(struct cenalloc_attachment *a, const void *resp,
-			       u32 len)
+static int cenalloc_backing_accept(struct cenalloc_attachment *a, u32 alloc,
+				   u32 flags, const struct cenalloc_range *seg,
+				   u32 n)
 {
-	const struct cenalloc_map_resp *mr = resp;
 	struct cenalloc_buffer *buffer = a->buffer;
 	struct cenalloc_dev *cdev = buffer->cdev;
 	u64 total = 0, addr, seg_len, size = buffer->size;
-	const struct cenalloc_range *seg;
 	const struct cenalloc_pool *pool;
 	struct cenalloc_range *copy;
-	u32 n, i, type, alloc, placement, flags;
+	u32 i, placement;
 	bool contig, below_4g;
+	int ret;
 
-	if (len < sizeof(*mr))
-		return cenalloc_bad_answer(buffer, "MAP answer of %u bytes", len);
-	n = le32_to_cpu(mr->num_segments);
-	type = le32_to_cpu(mr->map_type);
-	alloc = le32_to_cpu(mr->allocator_id);
-	flags = le32_to_cpu(mr->flags);
-	if (!n || n > (len - sizeof(*mr)) / sizeof(*seg) ||
-	    n > cdev->max_segments)
-		return cenalloc_bad_answer(buffer, "%u segments in a %u-byte MAP answer",
-					   n, len);
-	if (le64_to_cpu(mr->size) != size)
-		return cenalloc_bad_answer(buffer, "MAP of size %llu, not %llu",
-					   le64_to_cpu(mr->size), size);
-	if (type != a->map_type)
-		return cenalloc_bad_answer(buffer, "map type %#x, %s negotiated %#x",
-					   type, a->dev_name, a->map_type);
 	if (alloc >= cdev->num_pools)
 		return cenalloc_bad_answer(buffer, "allocator %u has no pool", alloc);
 	pool = &cdev->pools[alloc];
@@ -493,7 +561,6 @@ static int cenalloc_map_accept(struct cenalloc_attachment *a, const void *resp,
 		return cenalloc_bad_answer(buffer, "%u segments for a contiguous buffer",
 					   n);
 
-	seg = (const struct cenalloc_range *)(mr + 1);
 	for (i = 0; i < n; i++) {
 		addr = le64_to_cpu(seg[i].addr);
 		seg_len = le64_to_cpu(seg[i].len);
@@ -505,7 +572,7 @@ static int cenalloc_map_accept(struct cenalloc_attachment *a, const void *resp,
 		if (below_4g && (addr >= SZ_4G || seg_len > SZ_4G - addr))
 			return cenalloc_bad_answer(buffer, "segment %u [%#llx +%#llx] above 4 GiB",
 						   i, addr, seg_len);
-		if (!cenalloc_pool_contains(pool, addr, seg_len))
+		if (!cenalloc_pool_contains(cdev, alloc, addr, seg_len))
 			return cenalloc_bad_answer(buffer,
 						   "segment %u [%#llx +%#llx] outside pool %.16s",
 						   i, addr, seg_len,
@@ -525,11 +592,22 @@ static int cenalloc_map_accept(struct cenalloc_attachment *a, const void *resp,
 			return cenalloc_bad_answer(buffer,
 						   "%u segments that differ from the %u already known",
 						   n, buffer->num_backing);
-	} else {
+	} else if (!buffer->backing || n != buffer->num_backing ||
+		   memcmp(seg, buffer->backing, n * sizeof(*seg))) {
 		copy = kvmalloc_array(n, sizeof(*seg), GFP_KERNEL);
 		if (!copy)
 			return -ENOMEM;
 		memcpy(copy, seg, n * sizeof(*seg));
+		/* Its blocks are not given back while it is the backing. */
+		ret = cenalloc_pools_claim(cdev, copy, n, alloc);
+		if (ret) {
+			kvfree(copy);
+			return cenalloc_bad_answer(buffer, "segments pool %u no longer has",
+						   alloc);
+		}
+		if (buffer->backing)
+			cenalloc_pools_unclaim(cdev, buffer->backing,
+					       buffer->num_backing);
 		kvfree(buffer->backing);
 		buffer->backing = copy;
 		buffer->num_backing = n;
@@ -542,6 +620,35 @@ static int cenalloc_map_accept(struct cenalloc_attachment *a, const void *resp,
 	return 0;
 }
 
+/* Check a MAP answer and make it the buffer's backing (see above). */
+static int cenalloc_map_accept(struct cenalloc_attachment *a, const void *resp,
+			       u32 len)
+{
+	const struct cenalloc_map_resp *mr = resp;
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	u32 n, type;
+
+	if (len < sizeof(*mr))
+		return cenalloc_bad_answer(buffer, "MAP answer of %u bytes", len);
+	n = le32_to_cpu(mr->num_segments);
+	type = le32_to_cpu(mr->map_type);
+	if (!n || n > (len - sizeof(*mr)) / sizeof(struct cenalloc_range) ||
+	    n > cdev->max_segments)
+		return cenalloc_bad_answer(buffer, "%u segments in a %u-byte MAP answer",
+					   n, len);
+	if (le64_to_cpu(mr->size) != buffer->size)
+		return cenalloc_bad_answer(buffer, "MAP of size %llu, not %llu",
+					   le64_to_cpu(mr->size), buffer->size);
+	if (type != a->map_type)
+		return cenalloc_bad_answer(buffer, "map type %#x, %s negotiated %#x",
+					   type, a->dev_name, a->map_type);
+	return cenalloc_backing_accept(a, le32_to_cpu(mr->allocator_id),
+				       le32_to_cpu(mr->flags),
+				       (const struct cenalloc_range *)(mr + 1),
+				       n);
+}
+
 /* One MAP of an attachment that is on the device, slot of @slot bytes. */
 static int cenalloc_map_once(struct cenalloc_attachment *a, u32 direction,
 			     u32 slot, struct cenalloc_req **out)
@@ -550,6 +657,7 @@ static int cenalloc_map_once(struct cenalloc_attachment *a, u32 direction,
 	struct cenalloc_req *req;
 	int ret;
 
+	cenalloc_buffer_flush(a->buffer);
 	req = cenalloc_req_alloc(a->buffer->cdev);
 	if (!req)
 		return -ENOMEM;
@@ -603,12 +711,13 @@ static int cenalloc_map_retry_slot(struct cenalloc_buffer *buffer,
 }
 
 /*
- * One try of cenalloc_attachment_map(); -EAGAIN when an attachment other
- * than @a was refused (the next try goes without it).
+ * One try of cenalloc_attachment_map() on the device; sets *@retry when an
+ * attachment other than @a was refused (the next try goes without it).
  */
 static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
 				       u32 direction,
-				       struct cenalloc_req **unmap_req)
+				       struct cenalloc_req **unmap_req,
+				       bool *retry)
 {
 	struct cenalloc_attachment *sent[CENALLOC_MAX_BATCH];
 	struct cenalloc_buffer *buffer = a->buffer;
@@ -620,7 +729,7 @@ static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
 	void *resp;
 	int ret;
 
-	req = cenalloc_batch_begin(buffer, a, sent, 1);
+	req = cenalloc_batch_begin(buffer, a, sent, 1, retry);
 	if (IS_ERR(req))
 		return PTR_ERR(req);
 	mr = cenalloc_req_add(req, CENALLOC_CMD_MAP, sizeof(*mr),
@@ -642,7 +751,7 @@ static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
 	ret = cenalloc_batch_record(buffer, req, sent, map_idx, &refused);
 	if (ret) {
 		if (refused && refused != a)
-			ret = -EAGAIN;
+			*retry = true;
 		goto out_free;
 	}
 	if (!cenalloc_req_answered(req, map_idx))
@@ -684,22 +793,141 @@ out_free:
 }
 
 /*
- * Map @a on the device: the pending CREATE and ATTACHes travel with the MAP
- * in one batch. On success the backing is buffer->backing (valid while the
- * buffer lock is held) and @a counts one more outstanding device map.
- * *@unmap_req is the request prepared for that map's UNMAP: used (and set
- * to NULL) when a rejected answer must be taken back.
+ * The first map of a buffer no command has reached yet, from a leased
+ * extent: one LEASED_MAP, posted, creates the buffer and its attachments
+ * with ids chosen here and maps @a. Returns -EAGAIN (nothing changed) when
+ * no lease applies: no stock for the allocator the rule picks, too many
+ * attachments, a buffer too large, or an extent that fails the checks of a
+ * MAP answer (logged, dropped from the stock: the device maps instead).
+ */
+static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
+{
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	struct cenalloc_leased_attach *rec;
+	struct cenalloc_leased_map_req *lm;
+	struct cenalloc_attachment *each;
+	struct cenalloc_range ext, seg;
+	u32 allocator, index = 0, i;
+	struct cenalloc_req *req;
+	u64 addr, len;
+	int ret;
+
+	if (!cdev->leases || buffer->buffer_id || buffer->backed ||
+	    !buffer->num_attachments ||
+	    buffer->num_attachments > CENALLOC_MAX_LEASED_ATTACH)
+		return -EAGAIN;
+	list_for_each_entry(each, &buffer->attachments, node)
+		if (each->refused || each->attach_id)
+			return -EAGAIN;
+	req = cenalloc_req_alloc(cdev);
+	if (!req)
+		return -EAGAIN;
+	lm = cenalloc_req_add(req, CENALLOC_CMD_LEASED_MAP,
+			      sizeof(*lm) + buffer->num_attachments *
+			      sizeof(*rec), 0);
+	if (IS_ERR(lm) ||
+	    !cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
+				 &allocator, &addr, &len)) {
+		cenalloc_req_free(req);
+		return -EAGAIN;
+	}
+	/*
+	 * The checks of a MAP answer; the backing (its first size bytes)
+	 * counts on its blocks from now on, instead of the leased extent.
+	 */
+	ext.addr = cpu_to_le64(addr);
+	ext.len = cpu_to_le64(len);
+	seg.addr = ext.addr;
+	seg.len = cpu_to_le64(buffer->size);
+	ret = cenalloc_backing_accept(a, allocator, CENALLOC_MAP_F_ALLOCATED,
+				      &seg, 1);
+	/* backing_accept counted the backing itself: drop the lease's count. */
+	cenalloc_pools_unclaim(cdev, &ext, 1);
+	if (ret) {
+		cenalloc_req_free(req);
+		return -EAGAIN;
+	}
+
+	lm->buffer_id = cpu_to_le32(cenalloc_lease_id(cdev));
+	lm->initial_mask = cpu_to_le32(buffer->initial_mask);
+	lm->size = cpu_to_le64(buffer->size);
+	lm->extent = cpu_to_le64(addr);
+	lm->direction = cpu_to_le32(direction);
+	lm->num_attachments = cpu_to_le32(buffer->num_attachments);
+	rec = (struct cenalloc_leased_attach *)(lm + 1);
+	list_for_each_entry(each, &buffer->attachments, node) {
+		if (each == a)
+			lm->map_index = cpu_to_le32(index);
+		rec[index].attach_id = cpu_to_le32(cenalloc_lease_id(cdev));
+		rec[index].mask = cpu_to_le32(each->mask);
+		rec[index].map_type = cpu_to_le32(each->map_type);
+		rec[index].num_types = cpu_to_le32(each->num_types);
+		for (i = 0; i < each->num_types; i++)
+			rec[index].types[i] = cpu_to_le32(each->types[i]);
+		each->attach_id = le32_to_cpu(rec[index].attach_id);
+		index++;
+	}
+	buffer->buffer_id = le32_to_cpu(lm->buffer_id);
+	a->num_maps++;
+	/* Nothing of the buffer waits in its pending batch yet. Posted, it
+	 * rides the next kick: GET_INFO, which comes after, sees the buffer.
+	 */
+	cenalloc_req_post(req);
+	return 0;
+}
+
+/* Whether a map of @buffer must be one contiguous range. */
+static bool cenalloc_map_contiguous(struct cenalloc_buffer *buffer)
+{
+	return buffer->contiguous_promised ||
+	       cenalloc_contig_possible(buffer, buffer->access_mask);
+}
+
+/*
+ * Map @a: from a leased extent when the buffer is new and small enough
+ * (cenalloc_map_leased()), else on the device, where the pending CREATE and
+ * ATTACHes travel with the MAP in one batch; growing a pool once when the
+ * device has no room (-ENOMEM), and giving the leased stock back once when
+ * the room it found is in that stock (-EAGAIN). On success the backing is
+ * buffer->backing (valid while the buffer lock is held) and @a counts one
+ * more outstanding device map. *@unmap_req is the request prepared for that
+ * map's UNMAP: used (and set to NULL) when a rejected answer must be taken
+ * back.
  */
 int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 			    struct cenalloc_req **unmap_req)
 {
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_dev *cdev = buffer->cdev;
+	bool grown = false, returned = false, retry;
 	int ret;
 
-	lockdep_assert_held(&a->buffer->lock);
-	do {
+	lockdep_assert_held(&buffer->lock);
+	ret = cenalloc_map_leased(a, direction);
+	if (ret != -EAGAIN)
+		return ret;
+	for (;;) {
+		/* Each retry follows one more refused attachment: bounded. */
 		if (a->refused)
 			return a->refused;
-		ret = cenalloc_attachment_map_try(a, direction, unmap_req);
-	} while (ret == -EAGAIN);
-	return ret;
+		retry = false;
+		ret = cenalloc_attachment_map_try(a, direction, unmap_req,
+						  &retry);
+		if (retry)
+			continue;
+		if (ret == -EAGAIN && !returned) {
+			returned = true;
+			cenalloc_lease_return_mask(cdev, buffer->access_mask);
+			continue;
+		}
+		if (ret == -ENOMEM && !grown && !cenalloc_dev_usable(cdev)) {
+			grown = true;
+			if (!cenalloc_pools_grow_for(cdev, buffer->access_mask,
+						     buffer->size,
+						     cenalloc_map_contiguous(buffer)))
+				continue;
+		}
+		return ret;
+	}
 }

@@ -21,5 +21,10 @@ struct cenalloc_req *cenalloc_unmap_take(struct cenalloc_attachment *a,
 					 struct cenalloc_req **reqp);
 void cenalloc_post_unmap(struct cenalloc_attachment *a, u32 direction,
 			 struct cenalloc_req **reqp);
+void cenalloc_buffer_defer(struct cenalloc_buffer *buffer,
+			   struct cenalloc_req *req);
+void *cenalloc_buffer_post_cmd(struct cenalloc_buffer *buffer, u16 opcode,
+			       u32 len);
+void cenalloc_buffer_flush(struct cenalloc_buffer *buffer);
 
 #endif /* CENALLOC_BATCH_H */

@@ -10,15 +10,17 @@
  * a CPU mapping (a later incompatible attach gets -EBUSY).
  * The exporter is dynamic (pin/unpin): see cenalloc_attach.c for what that
  * means for static and dynamic importers and for migration.
- * begin/end_cpu_access send SYNC and sync every DMA mapping for the CPU or
- * the device. PHYS, FILL and CHECKSUM need backing (-ENODATA otherwise).
+ * begin/end_cpu_access send SYNC (END waits in the buffer's pending batch)
+ * and sync every DMA mapping for the CPU or the device. PHYS, FILL and
+ * CHECKSUM need backing (-ENODATA otherwise).
  *
  * mmap and vmap use buffer->backing only: the segments of the last MAP
  * answer cenalloc_batch.c accepted (inside the donated pools, exactly the
  * buffer's size, unchanged while anything maps it); PHYS and CHECKSUM
  * answers must agree with it. Release never fails and never waits: its
  * UNMAP, DETACH and FREE were allocated with the objects (struct
- * cenalloc_buffer) and are posted. CREATE charges the caller's uid
+ * cenalloc_buffer) and are posted behind the commands waiting in the
+ * buffer's pending batch (cenalloc_batch.c). CREATE charges the caller's uid
  * (cenalloc_quota.c) until release.
  */
 #include <linux/dma-mapping.h>
@@ -66,6 +68,7 @@ static int cenalloc_buffer_call(struct cenalloc_buffer *buffer, u16 opcode,
 		goto out;
 	}
 	memcpy(p, payload, len);
+	cenalloc_buffer_flush(buffer);	/* what the buffer posted goes first */
 	ret = cenalloc_req_submit(req);
 	if (!ret)
 		ret = cenalloc_req_status(req, 0);
@@ -335,15 +338,14 @@ out:
 
 /*
  * The end of CPU access never fails for the device's sake: SYNC END only
- * tells the device, so it is posted when the device can take it, and
- * skipped when it cannot (removed, broken, no memory).
+ * tells the device, so it joins the buffer's pending batch when the device
+ * can take it, and is skipped when it cannot (removed, broken, no memory).
  */
 static int cenalloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
 					  enum dma_data_direction dir)
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_sync_req *sr;
-	struct cenalloc_req *req;
 
 	mutex_lock(&buffer->lock);
 	if (!buffer->backed)
@@ -351,17 +353,11 @@ static int cenalloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
 	cenalloc_sync_mappings(buffer, false);
 	if (cenalloc_dev_usable(buffer->cdev))
 		goto out;
-	req = cenalloc_req_alloc(buffer->cdev);
-	if (!req)
+	sr = cenalloc_buffer_post_cmd(buffer, CENALLOC_CMD_SYNC, sizeof(*sr));
+	if (IS_ERR(sr))
 		goto out;
-	sr = cenalloc_req_add(req, CENALLOC_CMD_SYNC, sizeof(*sr), 0);
-	if (IS_ERR(sr)) {
-		cenalloc_req_free(req);
-		goto out;
-	}
 	sr->buffer_id = cpu_to_le32(buffer->buffer_id);
 	sr->flags = cpu_to_le32(CENALLOC_SYNC_END | cenalloc_sync_flags(dir));
-	cenalloc_req_post(req);
 out:
 	mutex_unlock(&buffer->lock);
 	return 0;
@@ -369,15 +365,16 @@ out:
 
 /*
  * Last reference: UNMAP and DETACH the CPU attachment and FREE, with the
- * requests allocated for them beforehand, posted in as few chains as
- * max_batch allows (never waiting, never failing); the device state
- * reference goes last.
+ * requests allocated for them beforehand, posted behind the buffer's
+ * pending batch in as few chains as max_batch allows (never waiting, never
+ * failing); then the backing's pool blocks may be given back; the device
+ * state reference goes last.
  */
 static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 {
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_dev *cdev = buffer->cdev;
-	struct cenalloc_req *reqs[3] = {};
+	struct cenalloc_req *reqs[4] = {};
 	struct cenalloc_attachment *a;
 	struct cenalloc_free_req *fr;
 
@@ -390,12 +387,14 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	mutex_lock(&buffer->lock);
 	if (WARN_ON(buffer->vmap_count))
 		vunmap(buffer->vaddr);
+	reqs[0] = buffer->pending;
+	buffer->pending = NULL;
 	a = buffer->cpu_attach;
 	if (a) {
 		if (a->num_maps)
-			reqs[0] = cenalloc_unmap_take(a, CENALLOC_DIR_BIDIRECTIONAL,
+			reqs[1] = cenalloc_unmap_take(a, CENALLOC_DIR_BIDIRECTIONAL,
 						      &buffer->cpu_unmap_req);
-		reqs[1] = cenalloc_attachment_release(a);
+		reqs[2] = cenalloc_attachment_release(a);
 		buffer->cpu_attach = NULL;
 		cenalloc_attachment_free(a);
 	}
@@ -405,7 +404,7 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 				      sizeof(*fr), 0);
 		if (!WARN_ON_ONCE(IS_ERR(fr))) {
 			fr->buffer_id = cpu_to_le32(buffer->buffer_id);
-			reqs[2] = buffer->free_req;
+			reqs[3] = buffer->free_req;
 			buffer->free_req = NULL;
 		}
 	}
@@ -415,6 +414,10 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	cenalloc_req_free(buffer->cpu_unmap_req);
 	cenalloc_req_free(buffer->free_req);
 	cenalloc_quota_uncharge(buffer->user, buffer->size);
+	/* The FREE is on the ring before the blocks may be offered back. */
+	if (buffer->backing)
+		cenalloc_pools_unclaim(cdev, buffer->backing,
+				       buffer->num_backing);
 	kvfree(buffer->backing);
 	mutex_destroy(&buffer->lock);
 	kfree(buffer);

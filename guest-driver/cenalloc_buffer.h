@@ -23,8 +23,9 @@ struct cenalloc_user;
 /*
  * Teardown never fails: every request that releasing an object needs (the
  * UNMAP of a mapping, the DETACH of an attachment, the FREE of a buffer) is
- * allocated when the object is made, and sent then, merged into as few
- * chains as max_batch allows, without waiting for the device.
+ * allocated when the object is made, and sent then (behind the buffer's
+ * pending batch), merged into as few chains as max_batch allows, without
+ * waiting for the device.
  */
 struct cenalloc_buffer {
 	struct cenalloc_dev *cdev;		/* holds a reference */
@@ -44,9 +45,13 @@ struct cenalloc_buffer {
 	struct cenalloc_req *cpu_unmap_req;	/* its UNMAP */
 	struct cenalloc_req *free_req;		/* FREE, allocated at create */
 	struct cenalloc_user *user;		/* charged for the buffer */
-	/* Checked segments of the last accepted MAP (kvmalloc). */
+	/* Checked segments of the last accepted MAP (kvmalloc), counted on
+	 * the pool blocks under them.
+	 */
 	struct cenalloc_range *backing;
 	u32 num_backing;
+	/* Commands nobody waits for, not on the ring yet (cenalloc_batch.c). */
+	struct cenalloc_req *pending;
 	void *vaddr;
 	unsigned int vmap_count;
 };

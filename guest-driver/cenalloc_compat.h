@@ -8,10 +8,13 @@
 #ifndef CENALLOC_COMPAT_H
 #define CENALLOC_COMPAT_H
 
+#include <linux/atomic.h>
 #include <linux/dma-buf.h>
 #include <linux/iosys-map.h>
 #include <linux/mmzone.h>
 #include <linux/module.h>
+#include <linux/shrinker.h>
+#include <linux/slab.h>
 #include <linux/version.h>
 #include <linux/virtio_config.h>
 
@@ -147,6 +150,78 @@ static inline void dma_buf_vunmap_unlocked(struct dma_buf *dmabuf,
 					   struct iosys_map *map)
 {
 	dma_buf_vunmap(dmabuf, map);
+}
+#endif
+
+/*
+ * Shrinkers: since 6.7 allocated by the kernel (shrinker_alloc(),
+ * shrinker_register(), shrinker_free()) with a private_data pointer; before,
+ * embedded by their owner and registered with register_shrinker() (a name
+ * since 6.0), unregistered with unregister_shrinker() (a no-op for one never
+ * registered). cenalloc_compat_shrinker_alloc() and friends take the 6.7 form.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
+static inline struct shrinker *
+cenalloc_compat_shrinker_alloc(const char *name, void *private_data)
+{
+	struct shrinker *s = shrinker_alloc(0, "%s", name);
+
+	if (s)
+		s->private_data = private_data;
+	return s;
+}
+
+static inline void *cenalloc_compat_shrinker_private(struct shrinker *s)
+{
+	return s->private_data;
+}
+
+static inline void cenalloc_compat_shrinker_register(struct shrinker *s,
+						     const char *name)
+{
+	shrinker_register(s);
+}
+
+static inline void cenalloc_compat_shrinker_free(struct shrinker *s)
+{
+	shrinker_free(s);
+}
+#else
+struct cenalloc_compat_shrinker {
+	struct shrinker shrinker;
+	void *private_data;
+};
+
+static inline struct shrinker *
+cenalloc_compat_shrinker_alloc(const char *name, void *private_data)
+{
+	struct cenalloc_compat_shrinker *cs = kzalloc(sizeof(*cs), GFP_KERNEL);
+
+	if (!cs)
+		return NULL;
+	cs->private_data = private_data;
+	return &cs->shrinker;
+}
+
+static inline void *cenalloc_compat_shrinker_private(struct shrinker *s)
+{
+	return container_of(s, struct cenalloc_compat_shrinker, shrinker)->private_data;
+}
+
+static inline void cenalloc_compat_shrinker_register(struct shrinker *s,
+						     const char *name)
+{
+	/* Without it memory pressure only gives nothing back. */
+	if (register_shrinker(s, "%s", name))
+		pr_warn("cenalloc: no shrinker: pool memory is not given back under pressure\n");
+}
+
+static inline void cenalloc_compat_shrinker_free(struct shrinker *s)
+{
+	if (!s)
+		return;
+	unregister_shrinker(s);
+	kfree(container_of(s, struct cenalloc_compat_shrinker, shrinker));
 }
 #endif
 

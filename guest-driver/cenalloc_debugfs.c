@@ -17,6 +17,7 @@
 #include "cenalloc_buffer.h"
 #include "cenalloc_debugfs.h"
 #include "cenalloc_dev.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_vq.h"
 
@@ -97,10 +98,31 @@ static int cenalloc_attachments_show(struct seq_file *s, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(cenalloc_attachments);
 
+/* The leased stock per allocator and class, and the lease counters. */
+static void cenalloc_leases_show(struct seq_file *s, struct cenalloc_dev *cdev)
+{
+	struct cenalloc_leases *l = cdev->leases;
+	unsigned int a, c;
+
+	seq_printf(s, "leases %d\n", l ? 1 : 0);
+	if (!l)
+		return;
+	for (a = 0; a < l->num_allocators; a++)
+		for (c = 0; c < CENALLOC_LEASE_CLASSES; c++)
+			seq_printf(s, "stock%u_%uk %u\n", a,
+				   cenalloc_lease_class_size(c) >> 10,
+				   cenalloc_lease_stock(cdev, a, c));
+	seq_printf(s, "lease_taken %lld\nlease_missed %lld\nlease_extents %lld\nlease_returned %lld\nlease_bad_answers %lld\n",
+		   atomic64_read(&l->taken), atomic64_read(&l->missed),
+		   atomic64_read(&l->leased), atomic64_read(&l->returned),
+		   atomic64_read(&l->bad_answers));
+}
+
 static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 {
 	struct cenalloc_dev *cdev = s->private;
 	struct cenalloc_allocator_info *allocators, *al;
+	s64 in_use[CENALLOC_MAX_POOLS];
 	struct cenalloc_info_resp info;
 	struct cenalloc_pool *pool;
 	unsigned int i;
@@ -127,32 +149,52 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 			   le32_to_cpu(al->fragmentation),
 			   le32_to_cpu(al->num_buffers));
 	}
-	kfree(allocators);
 
-	seq_puts(s, "\n# pools donated by the driver\n");
-	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-7s %-14s %-12s %-6s\n",
-		   "idx", "name", "kinds", "placement", "requested", "donated",
-		   "ranges", "longest_extent", "held", "status");
+	seq_puts(s, "\n# pools donated by the driver (bytes; in_use: the device's capacity - free; held: kept for the device until it resets)\n");
+	seq_printf(s, "%-3s %-16s %-10s %-9s %-12s %-12s %-12s %-12s %-12s %-12s %-12s %-6s\n",
+		   "idx", "name", "kinds", "placement", "initial", "donated",
+		   "in_use", "grown", "returned", "max", "held", "status");
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
-		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-7u %-14llu %-12llu %-6d\n",
+		in_use[i] = -1;
+		if (num > 0 && i < num)
+			in_use[i] = le64_to_cpu(allocators[i].capacity) -
+				    le64_to_cpu(allocators[i].free);
+		seq_printf(s, "%-3u %-16.16s 0x%08x 0x%-7x %-12llu %-12llu %-12lld %-12llu %-12llu %-12llu %-12llu %-6d\n",
 			   i, pool->config.name,
 			   le32_to_cpu(pool->config.kinds),
 			   le32_to_cpu(pool->config.placement),
-			   le64_to_cpu(pool->config.size), pool->donated,
-			   pool->num_donated, pool->longest_extent,
+			   pool->initial, pool->donated, in_use[i],
+			   pool->grown, pool->returned, pool->max,
 			   pool->held, pool->status);
 	}
+	/* The same figures as "name value" lines, for scripts (read without
+	 * pool->lock, which a growth waiting for the device holds).
+	 */
+	seq_puts(s, "\n# pool and lease figures\n");
+	for (i = 0; i < cdev->num_pools; i++) {
+		pool = &cdev->pools[i];
+		seq_printf(s, "pool%u_initial %llu\npool%u_donated %llu\npool%u_in_use %lld\npool%u_grown %llu\npool%u_returned %llu\npool%u_held %llu\npool%u_grow_failures %u\n",
+			   i, pool->initial, i, pool->donated, i, in_use[i],
+			   i, pool->grown, i, pool->returned, i,
+			   pool->held, i, pool->grow_failures);
+	}
+	seq_printf(s, "shrink_scans %lld\nshrunk_bytes %lld\n",
+		   atomic64_read(&cdev->shrink_scans),
+		   atomic64_read(&cdev->shrunk_bytes));
+	cenalloc_leases_show(s, cdev);
 
 	seq_puts(s, "\n# counters\n");
 	seq_printf(s, "round_trips %lld\nposted %lld\nposted_errors %lld\n",
 		   atomic64_read(&cdev->round_trips),
 		   atomic64_read(&cdev->posted),
 		   atomic64_read(&cdev->posted_errors));
-	seq_printf(s, "events_migrated %d\nevents_pool_low %d\nevents_unknown %d\n",
+	seq_printf(s, "events_migrated %d\nevents_pool_low %d\nevents_lease_revoke %d\nevents_unknown %d\n",
 		   atomic_read(&cdev->events_migrated),
 		   atomic_read(&cdev->events_pool_low),
+		   atomic_read(&cdev->events_lease_revoke),
 		   atomic_read(&cdev->events_unknown));
+	kfree(allocators);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(cenalloc_allocators);

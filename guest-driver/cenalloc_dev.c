@@ -18,6 +18,8 @@ static void cenalloc_dev_release(struct kref *ref)
 	struct cenalloc_dev *cdev = container_of(ref, struct cenalloc_dev, ref);
 
 	WARN_ON(!list_empty(&cdev->buffers));
+	/* The stock (cenalloc_lease.c): its blocks go with the pools. */
+	kfree(cdev->leases);
 	cenalloc_pools_free(cdev);
 	mutex_destroy(&cdev->lock);
 	kfree(cdev);

@@ -23,6 +23,8 @@
  *   cenalloc_attach.c (dma-buf attachments)
  *   cenalloc_batch.c (attachment commands to the device), cenalloc_sg.c,
  *   cenalloc_negotiate.c, cenalloc_devmask.c, cenalloc_reach.c
+ *   cenalloc_shrink.c (memory pressure)
+ *   cenalloc_lease.c (leased extents)
  *   cenalloc_pool.c, cenalloc_vq.c (transport), cenalloc_quota.c
  *   cenalloc_dev.c (this state)
  */
@@ -33,6 +35,8 @@
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
+#include <linux/rbtree.h>
+#include <linux/rwlock.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
@@ -41,6 +45,8 @@
 #include "cenalloc_pool.h"
 #include "cenalloc_proto.h"
 
+struct cenalloc_leases;
+struct shrinker;
 struct virtio_device;
 struct virtqueue;
 
@@ -87,7 +93,11 @@ struct cenalloc_dev {
 	struct cenalloc_event *event_bufs;	/* CENALLOC_EVENT_BUFS */
 	atomic_t events_migrated;
 	atomic_t events_pool_low;
+	atomic_t events_lease_revoke;
 	atomic_t events_unknown;
+	/* Called for POOL_LOW and LEASE_REVOKE, in interrupt context. */
+	void (*event_hook)(struct cenalloc_dev *cdev,
+			   const struct cenalloc_event *event);
 
 	/* Counters. */
 	atomic64_t round_trips;			/* submitted and waited for */
@@ -117,6 +127,24 @@ struct cenalloc_dev {
 
 	struct cenalloc_pool pools[CENALLOC_MAX_POOLS];
 	unsigned int num_pools;
+
+	/* Negotiated device features. */
+	bool elastic;				/* CENALLOC_F_ELASTIC */
+	bool lease_feature;			/* CENALLOC_F_LEASE */
+	bool quiesced;				/* remove: no growth, shrink, lease */
+
+	/* Donated memory (cenalloc_pool.c). */
+	struct rb_root blocks;			/* struct cenalloc_block by address */
+	rwlock_t block_lock;
+	atomic64_t pools_bytes;			/* given to the device or held */
+	struct work_struct pool_low_work;
+	unsigned long pool_low_pending;		/* bit per pool */
+	struct shrinker *shrinker;		/* cenalloc_shrink.c */
+	atomic64_t shrink_scans;
+	atomic64_t shrunk_bytes;
+
+	/* Leased extents (cenalloc_lease.c), NULL without leases. */
+	struct cenalloc_leases *leases;
 
 	/* Buffers alive (for debugfs and local limits). */
 	struct list_head buffers;

@@ -6,7 +6,10 @@
  * Probe reads config space, sets up the control and event queues, resets
  * the device state (RESET: whatever an earlier driver instance or a guest
  * that rebooted without this driver left there goes), caches the allocator
- * and exporter lists (GET_INFO) and donates the pools. Remove sends RESET
+ * and exporter lists (GET_INFO), donates each pool's initial memory, and
+ * (with CENALLOC_F_ELASTIC) registers the shrinker that gives grown memory
+ * back under pressure; with CENALLOC_F_LEASE the first maps of small
+ * buffers come from leased extents. Remove sends RESET
  * (bounded: a device that does not answer does not hold up the teardown),
  * then resets the virtio device and fails every new operation with
  * -ENODEV; buffers still alive keep the donated memory until their last
@@ -24,8 +27,10 @@
 #include "cenalloc_dev.h"
 #include "cenalloc_devmask.h"
 #include "cenalloc_ioctl.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_negotiate.h"
 #include "cenalloc_pool.h"
+#include "cenalloc_shrink.h"
 #include "cenalloc_vq.h"
 
 /*
@@ -75,6 +80,24 @@ static int cenalloc_read_config(struct cenalloc_dev *cdev)
 	for (i = 0; i < cdev->num_pools; i++)
 		cdev->pools[i].config = config->pools[i];
 	return 0;
+}
+
+/* Events that need more than a counter (interrupt context). */
+static void cenalloc_event_hook(struct cenalloc_dev *cdev,
+				const struct cenalloc_event *event)
+{
+	u64 data = le64_to_cpu(event->data);
+
+	if (data > U32_MAX)
+		return;
+	switch (le32_to_cpu(event->type)) {
+	case CENALLOC_EVENT_POOL_LOW:
+		cenalloc_pool_low(cdev, data);
+		break;
+	case CENALLOC_EVENT_LEASE_REVOKE:
+		cenalloc_lease_revoke(cdev, data);
+		break;
+	}
 }
 
 /* Cache the allocator and exporter lists for local attach decisions. */
@@ -132,6 +155,9 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	ret = cenalloc_read_config(cdev);
 	if (ret)
 		goto err_unclaim;
+	cdev->elastic = virtio_has_feature(vdev, CENALLOC_F_ELASTIC);
+	cdev->lease_feature = virtio_has_feature(vdev, CENALLOC_F_LEASE);
+	cenalloc_pools_init(cdev);
 	ret = cenalloc_find_vqs(vdev, CENALLOC_NUM_VQS, vqs, vqs_info);
 	if (ret)
 		goto err_unclaim;
@@ -157,16 +183,29 @@ static int cenalloc_probe(struct virtio_device *vdev)
 	ret = cenalloc_pools_donate(cdev);
 	if (ret)
 		goto err_stop;
+	ret = cenalloc_lease_init(cdev);
+	if (ret)
+		goto err_stop;
+	cdev->event_hook = cenalloc_event_hook;
+	ret = cenalloc_shrinker_register(cdev);
+	if (ret)
+		goto err_stop;
 
 	cenalloc_dev_publish(cdev);
 	cenalloc_debugfs_init(cdev);
 
-	dev_info(&vdev->dev, "%u allocators, %u pools, max batch %u\n",
-		 cdev->num_allocators, cdev->num_pools, cdev->max_batch);
+	dev_info(&vdev->dev, "%u allocators, %u pools, max batch %u%s%s\n",
+		 cdev->num_allocators, cdev->num_pools, cdev->max_batch,
+		 cdev->elastic ? ", elastic pools" : "",
+		 cdev->leases ? ", leases" : "");
 	return 0;
 
 err_stop:
+	WRITE_ONCE(cdev->quiesced, true);
+	cenalloc_lease_stop(cdev);
+	cenalloc_pools_stop(cdev);
 	cenalloc_vq_stop(cdev);
+	cdev->event_hook = NULL;
 err_del_vqs:
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
@@ -185,6 +224,14 @@ static void cenalloc_remove(struct virtio_device *vdev)
 
 	cenalloc_dev_unpublish(cdev);
 
+	/* No pool grows or shrinks and no lease moves from here on: the
+	 * device is about to forget them.
+	 */
+	WRITE_ONCE(cdev->quiesced, true);
+	cenalloc_shrinker_unregister(cdev);
+	cenalloc_lease_stop(cdev);
+	cenalloc_pools_stop(cdev);
+
 	/*
 	 * The device forgets this driver's buffers and pools; the memory
 	 * stays with the buffers still alive. Remove never fails: a device
@@ -196,6 +243,7 @@ static void cenalloc_remove(struct virtio_device *vdev)
 
 	/* Fail what is in flight first, so that no debugfs reader waits. */
 	cenalloc_vq_stop(cdev);
+	cdev->event_hook = NULL;
 	cenalloc_debugfs_exit();
 	vdev->config->del_vqs(vdev);
 	kfree(cdev->event_bufs);
@@ -214,9 +262,16 @@ static const struct virtio_device_id cenalloc_id_table[] = {
 };
 MODULE_DEVICE_TABLE(virtio, cenalloc_id_table);
 
+static unsigned int cenalloc_features[] = {
+	CENALLOC_F_ELASTIC,
+	CENALLOC_F_LEASE,
+};
+
 static struct virtio_driver cenalloc_virtio_driver = {
 	.driver.name = KBUILD_MODNAME,
 	.id_table = cenalloc_id_table,
+	.feature_table = cenalloc_features,
+	.feature_table_size = ARRAY_SIZE(cenalloc_features),
 	.probe = cenalloc_probe,
 	.remove = cenalloc_remove,
 };

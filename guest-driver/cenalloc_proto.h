@@ -115,6 +115,27 @@ typedef uint64_t __le64;
 #define CENALLOC_BATCH_REF		0x80000000u
 
 /*
+ * Device feature bits (virtio feature bits 0-23 are the device's own).
+ *
+ * CENALLOC_F_ELASTIC: pools grow and shrink while the device runs. The size
+ *   in config space is what the guest donates at probe; more POOL_ADDs grow
+ *   a pool up to its max_mb (and, all pools together, a share of guest RAM
+ *   the device chooses); POOL_REMOVE gives free memory back.
+ * CENALLOC_F_LEASE: the device leases the driver free extents (LEASE,
+ *   LEASE_RETURN), and the driver backs a buffer's first map from them
+ *   without waiting (LEASED_MAP); the device may ask for them back
+ *   (CENALLOC_EVENT_LEASE_REVOKE). MAP may then fail with -EAGAIN.
+ */
+#define CENALLOC_F_ELASTIC		0
+#define CENALLOC_F_LEASE		1
+
+/*
+ * Ids the driver chooses itself (LEASED_MAP): CENALLOC_DRIVER_ID_FIRST ..
+ * CENALLOC_BATCH_REF - 1. The device hands out ids below this range only.
+ */
+#define CENALLOC_DRIVER_ID_FIRST	0x40000000u
+
+/*
  * Memory kinds: the bits of a constraint mask. A device's mask is the set of
  * kinds it can access; an allocator serves one or more kinds; a buffer's
  * access mask is the intersection of its attachments' masks. Bits 0-7 are
@@ -150,9 +171,10 @@ typedef uint64_t __le64;
 struct cenalloc_config_pool {
 	__le32 kinds;		/* CENALLOC_KIND_* served by this pool */
 	__le32 placement;	/* CENALLOC_PLACE_* the donated memory must fit */
-	__le64 size;		/* bytes the device asks the guest to donate */
+	__le64 size;		/* bytes the device asks the guest to donate at probe */
 	__le32 align;		/* required alignment of each range, bytes (power of 2) */
-	__le32 reserved;
+	__le32 max_mb;		/* CENALLOC_F_ELASTIC: largest size in MiB the pool
+				 * may grow to (0: no limit of its own); else 0 */
 	char name[CENALLOC_NAME_LEN];	/* NUL-padded */
 };
 
@@ -211,6 +233,10 @@ enum cenalloc_opcode {
 	CENALLOC_CMD_FILL = 12,
 	CENALLOC_CMD_CHECKSUM = 13,
 	CENALLOC_CMD_RESET = 14,
+	CENALLOC_CMD_POOL_REMOVE = 15,	/* CENALLOC_F_ELASTIC */
+	CENALLOC_CMD_LEASE = 16,	/* CENALLOC_F_LEASE */
+	CENALLOC_CMD_LEASE_RETURN = 17,	/* CENALLOC_F_LEASE */
+	CENALLOC_CMD_LEASED_MAP = 18,	/* CENALLOC_F_LEASE */
 };
 
 /* ---------------------------------------------------------------------- */
@@ -236,8 +262,9 @@ struct cenalloc_allocator_info {
 	__le32 placement;		/* CENALLOC_PLACE_* of its memory */
 	__le32 fragmentation;		/* per mille: 1000 * (1 - largest_free / free) */
 	__le64 capacity;		/* bytes donated */
-	__le64 free;			/* bytes free */
-	__le64 largest_free;		/* largest free extent, bytes */
+	__le64 free;			/* bytes backing no buffer (free extents
+					 * and extents leased to the driver) */
+	__le64 largest_free;		/* largest free extent (not leased), bytes */
 	__le32 num_buffers;		/* buffers backed by it */
 	__le32 reserved;
 	char name[CENALLOC_NAME_LEN];
@@ -250,7 +277,8 @@ struct cenalloc_allocator_info {
  * a range that is empty or not page (or pool align) aligned; -ERANGE for a
  * range above the pool's placement limit; -EFAULT for a range not inside one
  * guest RAM region; -EEXIST for a range overlapping another range or memory
- * donated before.
+ * donated before; -ENOSPC when the pool would grow beyond its max_mb or
+ * all pools together beyond the share of guest RAM the device allows.
  */
 struct cenalloc_range {
 	__le64 addr;
@@ -261,6 +289,109 @@ struct cenalloc_pool_add_req {
 	__le32 pool_index;	/* index into config pools[] */
 	__le32 num_ranges;	/* 1..CENALLOC_MAX_POOL_RANGES ranges follow */
 	/* followed by struct cenalloc_range[num_ranges] */
+};
+
+/*
+ * POOL_REMOVE (CENALLOC_F_ELASTIC): the device gives guest-physical ranges
+ * of pool pool_index back to the guest, all or nothing: every range is
+ * checked before the first is removed. A range must start on the pool's
+ * align, be a page multiple, lie in memory donated to that pool, and be
+ * free: no byte of it backs a buffer or is leased. -ENOENT for an unknown
+ * pool_index or memory the pool does not have; -EBUSY for memory in use;
+ * -EINVAL for a bad num_ranges or payload length, or a range that is empty
+ * or misaligned; -EEXIST for ranges that overlap each other. After success
+ * the device never touches the ranges again.
+ */
+struct cenalloc_pool_remove_req {
+	__le32 pool_index;
+	__le32 num_ranges;	/* 1..CENALLOC_MAX_POOL_RANGES ranges follow */
+	/* followed by struct cenalloc_range[num_ranges] */
+};
+
+/*
+ * LEASE (CENALLOC_F_LEASE): the device leases up to count extents of size
+ * bytes of allocator allocator_id to the driver: each one physically
+ * contiguous, aligned as the allocator aligns allocations, zeroed before the
+ * answer. It may lease fewer (even none: it keeps an eighth of the
+ * allocator free and caps each allocator's leased bytes); the answer holds
+ * num_extents ranges (the slot must hold count of them). A leased extent
+ * is still the allocator's memory; the device carves nothing else from it
+ * until the driver uses it (LEASED_MAP) or gives it back (LEASE_RETURN).
+ * -ENOENT for an unknown allocator; -EINVAL for size not a page multiple
+ * or above CENALLOC_LEASE_MAX_SIZE, count 0 or above CENALLOC_MAX_LEASE.
+ */
+#define CENALLOC_LEASE_MAX_SIZE		(1u << 20)
+#define CENALLOC_MAX_LEASE		64
+
+struct cenalloc_lease_req {
+	__le32 allocator_id;
+	__le32 count;		/* 1..CENALLOC_MAX_LEASE */
+	__le64 size;		/* bytes per extent, page multiple */
+};
+
+struct cenalloc_lease_resp {
+	__le32 num_extents;	/* struct cenalloc_range that follow */
+	__le32 reserved;
+	/* followed by struct cenalloc_range[num_extents] */
+};
+
+/*
+ * LEASE_RETURN (CENALLOC_F_LEASE): the driver gives back leased extents it
+ * did not use, all or nothing. Each range must be exactly an extent leased
+ * from allocator_id and not used or returned since (else -EPERM); -ENOENT
+ * for an unknown allocator; -EINVAL for a bad num_ranges or length.
+ */
+struct cenalloc_lease_return_req {
+	__le32 allocator_id;
+	__le32 num_ranges;	/* 1..CENALLOC_MAX_POOL_RANGES ranges follow */
+	/* followed by struct cenalloc_range[num_ranges] */
+};
+
+/*
+ * LEASED_MAP (CENALLOC_F_LEASE): the first map of a buffer, backed by a
+ * leased extent, in one command the driver need not wait for (it knows the
+ * answer): it creates the buffer with id buffer_id, attaches every record
+ * of the payload with its attach_id (both ids chosen by the driver from
+ * CENALLOC_DRIVER_ID_FIRST up), and maps attachment record map_index in
+ * direction on the extent at address extent. The buffer's backing is
+ * [extent, extent + size); the rest of the extent goes back to its
+ * allocator. All or nothing; the device validates everything as CREATE,
+ * ATTACH and MAP would, and:
+ *  - the extent must be leased and not used or returned since (else
+ *    -EPERM: a report of memory the device did not lease, or leased twice);
+ *  - its allocator must be the one the allocator rule picks for the buffer
+ *    (the first allocator, in priority order, that serves a kind of the
+ *    access mask and has room, room counting leased extents): else
+ *    -ESTALE. A driver that uses the stock of the first allocator serving
+ *    a kind of the mask at all always passes;
+ *  - size (a page multiple) must not exceed the extent (-EINVAL);
+ *  - every record's map_type must be the type the device negotiates for it
+ *    (-EPROTO);
+ *  - the ids must be in the driver's range (-EINVAL) and unused (-EEXIST).
+ * A refused leased map changes nothing and is logged by the device. The
+ * answer slot may be 0 bytes (nothing written) or hold a cenalloc_map_resp
+ * and one range.
+ */
+#define CENALLOC_MAX_LEASED_ATTACH	16
+
+struct cenalloc_leased_attach {
+	__le32 attach_id;	/* driver-chosen */
+	__le32 mask;		/* constraint mask of the importing device */
+	__le32 map_type;	/* CENALLOC_MAP_* the driver negotiated */
+	__le32 num_types;	/* 1..CENALLOC_MAX_MAP_TYPES */
+	__le32 types[CENALLOC_MAX_MAP_TYPES];	/* importer's types, rest 0 */
+};
+
+struct cenalloc_leased_map_req {
+	__le32 buffer_id;	/* driver-chosen */
+	__le32 initial_mask;	/* as CREATE */
+	__le64 size;		/* bytes, a page multiple */
+	__le64 extent;		/* start of the leased extent */
+	__le32 map_index;	/* record that maps */
+	__le32 direction;	/* CENALLOC_DIR_* */
+	__le32 num_attachments;	/* 1..CENALLOC_MAX_LEASED_ATTACH records follow */
+	__le32 reserved;
+	/* followed by struct cenalloc_leased_attach[num_attachments] */
 };
 
 /* CREATE */
@@ -330,6 +461,10 @@ struct cenalloc_map_req {
  * because it is no longer inside guest RAM, the MAP fails with -EFAULT and
  * the new backing is given back: the buffer has no backing and the next
  * MAP allocates (and zeroes) again. A migrated buffer's contents are lost.
+ * With CENALLOC_F_LEASE: when the allocator the rule picks has room only in
+ * extents leased to the driver, the MAP fails with -EAGAIN, changes
+ * nothing, and the device sends CENALLOC_EVENT_LEASE_REVOKE for that
+ * allocator: the driver gives its unused extents back and maps again.
  */
 struct cenalloc_map_resp {
 	__le32 map_type;	/* negotiated type */
@@ -446,12 +581,14 @@ struct cenalloc_reset_resp {
 enum cenalloc_event_type {
 	CENALLOC_EVENT_MIGRATED = 1,	/* buffer_id moved to new backing */
 	CENALLOC_EVENT_POOL_LOW = 2,	/* allocator data has < 1/8 free */
+	CENALLOC_EVENT_LEASE_REVOKE = 3, /* give allocator data's stock back */
 };
 
 struct cenalloc_event {
 	__le32 type;
-	__le32 buffer_id;	/* MIGRATED: the buffer; POOL_LOW: 0 */
-	__le64 data;		/* POOL_LOW: allocator id; MIGRATED: new allocator id */
+	__le32 buffer_id;	/* MIGRATED: the buffer; others: 0 */
+	__le64 data;		/* POOL_LOW, LEASE_REVOKE: allocator id;
+				 * MIGRATED: new allocator id */
 };
 
 #endif /* CENALLOC_PROTO_H */

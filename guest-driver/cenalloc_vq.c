@@ -663,6 +663,10 @@ static const char *cenalloc_opcode_name(u16 opcode)
 		[CENALLOC_CMD_FILL] = "FILL",
 		[CENALLOC_CMD_CHECKSUM] = "CHECKSUM",
 		[CENALLOC_CMD_RESET] = "RESET",
+		[CENALLOC_CMD_POOL_REMOVE] = "POOL_REMOVE",
+		[CENALLOC_CMD_LEASE] = "LEASE",
+		[CENALLOC_CMD_LEASE_RETURN] = "LEASE_RETURN",
+		[CENALLOC_CMD_LEASED_MAP] = "LEASED_MAP",
 	};
 
 	if (opcode < ARRAY_SIZE(names) && names[opcode])
@@ -1086,8 +1090,15 @@ static void cenalloc_event_handle(struct cenalloc_dev *cdev,
 		break;
 	case CENALLOC_EVENT_POOL_LOW:
 		atomic_inc(&cdev->events_pool_low);
-		pr_info_ratelimited("cenalloc: allocator %llu is low on memory\n",
-				    le64_to_cpu(event->data));
+		pr_debug("cenalloc: allocator %llu is low on memory\n",
+			 le64_to_cpu(event->data));
+		if (cdev->event_hook)
+			cdev->event_hook(cdev, event);
+		break;
+	case CENALLOC_EVENT_LEASE_REVOKE:
+		atomic_inc(&cdev->events_lease_revoke);
+		if (cdev->event_hook)
+			cdev->event_hook(cdev, event);
 		break;
 	default:
 		atomic_inc(&cdev->events_unknown);

@@ -27,13 +27,18 @@
 //! limits (see [`crate::registry`]), the control socket and the sandbox.
 //!
 //! `--pool` KIND is one of the well-known allocators (`system`, `dma32`,
-//! `contig`, `contig32`) or a custom kind of the configuration file. OPTS
-//! is a comma-separated list of `below4g`, `align=SIZE`, `name=NAME`,
-//! `kinds=MASK`. SIZE accepts the suffixes K, M, G (powers of 1024).
+//! `contig`, `contig32`) or a custom kind of the configuration file. SIZE
+//! is what the guest donates at probe; the pool grows on demand up to
+//! `max=SIZE` (default: no limit of its own). OPTS is a comma-separated
+//! list of `below4g`, `align=SIZE`, `name=NAME`, `kinds=MASK`, `max=SIZE`.
+//! SIZE accepts the suffixes K, M, G (powers of 1024). All pools together
+//! stay below `max_pool_percent` of guest RAM (default 50).
 //!
 //! Configuration file (TOML):
 //! ```toml
 //! max_batch = 64
+//! max_pool_percent = 50                  # all pools together, of guest RAM
+//! poll_us = 50                           # poll for the next request (0: never)
 //! exporter_types = ["contig", "sg"]     # or numbers (0x8000.. private)
 //! [limits]                               # per VM
 //! max_buffers = 1024
@@ -53,6 +58,7 @@
 //! user = "cenalloc"
 //! seccomp = "kill"                       # kill, trap, log, none
 //! landlock = "on"                        # on, off
+//! max_lease_bytes = "2M"                 # per allocator; 0: no leases
 //! [[kind]]                               # custom memory kinds
 //! bit = 8
 //! name = "carveout"
@@ -62,7 +68,8 @@
 //! [[pool]]
 //! name = "carveout"
 //! kind = "carveout"                      # or strategy + kinds
-//! size = "32M"
+//! size = "32M"                           # donated at probe
+//! max_size = "128M"                      # grows on demand up to this
 //! below_4g = true
 //! align = "2M"
 //! [[vm]]
@@ -234,6 +241,12 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "MODE")]
     pub landlock: Option<LandlockMode>,
 
+    /// After answering, poll the control queue for the next request for
+    /// up to US microseconds (adaptive below it) before sleeping; 0 never
+    /// polls. Overrides the configuration file's poll_us.
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u32>,
+
     /// Print the backend capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -349,6 +362,12 @@ pub enum Error {
     MaxBatch(u32),
     #[error("pool {name:?}: size must be a non-zero multiple of its alignment {align:#x}")]
     PoolSize { name: String, align: u64 },
+    #[error("pool {name:?}: max_size must be at least its size and a multiple of 1 MiB")]
+    PoolMaxSize { name: String },
+    #[error("max_pool_percent {0} must be 1..=90")]
+    PoolPercent(u32),
+    #[error("poll_us {0} must be at most {max}", max = crate::poll::MAX_POLL_US)]
+    PollUs(u32),
     #[error("pool configuration rejected by the model: {0}")]
     Model(#[from] crate::model::Error),
     #[error("VM name {0:?}: use 1-64 of A-Z a-z 0-9 _ . - (not starting with . or -)")]
@@ -440,6 +459,7 @@ struct FileLimits {
     max_attachments_per_buffer: Option<u32>,
     max_buffer_size: Option<SizeValue>,
     max_total_bytes: Option<SizeValue>,
+    max_lease_bytes: Option<SizeValue>,
 }
 
 impl FileLimits {
@@ -458,6 +478,10 @@ impl FileLimits {
                 .max_total_bytes
                 .clone()
                 .or_else(|| self.max_total_bytes.clone()),
+            max_lease_bytes: over
+                .max_lease_bytes
+                .clone()
+                .or_else(|| self.max_lease_bytes.clone()),
         }
     }
 }
@@ -482,6 +506,7 @@ struct FilePool {
     strategy: Option<String>,
     kinds: Option<KindsValue>,
     size: SizeValue,
+    max_size: Option<SizeValue>,
     below_4g: Option<bool>,
     align: Option<SizeValue>,
 }
@@ -519,6 +544,8 @@ struct FileVm {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     max_batch: Option<u32>,
+    max_pool_percent: Option<u32>,
+    poll_us: Option<u32>,
     exporter_types: Option<Vec<MapTypeValue>>,
     #[serde(default)]
     limits: FileLimits,
@@ -636,8 +663,11 @@ fn template(kind: &str, custom: &[KindSpec]) -> Result<(Strategy, u32, bool, u64
     ))
 }
 
+/// A pool's allocator, its size at probe and its largest size (0: none).
+type PoolEntry = (AllocatorSpec, u64, u64);
+
 /// Parses one `--pool KIND:SIZE[:OPTS]`.
-fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<(AllocatorSpec, u64), Error> {
+fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<PoolEntry, Error> {
     let bad = |reason: String| Error::PoolSpec {
         spec: spec.to_string(),
         reason,
@@ -651,6 +681,7 @@ fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<(AllocatorSpec, u6
     let (strategy, mut mask, mut below_4g, mut align) =
         template(kind, custom).map_err(|e| bad(e.to_string()))?;
     let mut name = kind.to_string();
+    let mut max_size = 0;
     if let Some(opts) = parts.next() {
         for opt in opts.split(',').filter(|o| !o.is_empty()) {
             match opt.split_once('=') {
@@ -659,6 +690,9 @@ fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<(AllocatorSpec, u6
                     align = parse_size(value).map_err(|e| bad(e.to_string()))?
                 }
                 Some(("name", value)) => name = value.to_string(),
+                Some(("max", value)) => {
+                    max_size = parse_size(value).map_err(|e| bad(e.to_string()))?
+                }
                 Some(("kinds", value)) => {
                     mask =
                         parse_mask(value).ok_or_else(|| bad(format!("bad kind mask {value:?}")))?
@@ -677,7 +711,7 @@ fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<(AllocatorSpec, u6
             align,
         },
     };
-    Ok((allocator, size))
+    Ok((allocator, size, max_size))
 }
 
 fn parse_map_type(value: &MapTypeValue) -> Result<MappingType, Error> {
@@ -740,7 +774,20 @@ fn build_device(
             Some(size) => size.bytes()?,
             None => defaults.max_total_bytes,
         },
+        max_lease_bytes: match &limits.max_lease_bytes {
+            Some(size) => size.bytes()?,
+            None => defaults.max_lease_bytes,
+        },
     };
+    if let Some(us) = file.poll_us {
+        config.poll_us = us;
+    }
+    if let Some(percent) = file.max_pool_percent {
+        if percent == 0 || percent > 90 {
+            return Err(Error::PoolPercent(percent));
+        }
+        config.max_pool_percent = percent;
+    }
     if let Some(max_batch) = max_batch {
         if max_batch == 0 || max_batch > CENALLOC_MAX_BATCH {
             return Err(Error::MaxBatch(max_batch));
@@ -782,7 +829,7 @@ fn build_device(
         .collect::<Result<_, Error>>()?;
 
     let custom = config.pool.custom_kinds.clone();
-    let mut pools: Vec<(AllocatorSpec, u64)> = Vec::new();
+    let mut pools: Vec<PoolEntry> = Vec::new();
     for pool in file_pools {
         let base = pool.kind.as_deref().unwrap_or("system");
         let (mut strategy, mut mask, mut below_4g, mut align) = template(base, &custom)?;
@@ -819,7 +866,11 @@ fn build_device(
                 align,
             },
         };
-        pools.push((spec, pool.size.bytes()?));
+        let max_size = match &pool.max_size {
+            Some(size) => size.bytes()?,
+            None => 0,
+        };
+        pools.push((spec, pool.size.bytes()?, max_size));
     }
     for flag in pool_flags {
         pools.push(parse_pool_flag(flag, &custom)?);
@@ -828,15 +879,28 @@ fn build_device(
         if pools.len() > CENALLOC_MAX_POOLS {
             return Err(Error::TooManyPools(pools.len()));
         }
-        config.pool.allocators = pools.iter().map(|(spec, _)| spec.clone()).collect();
-        config.pool_sizes = pools.iter().map(|(_, size)| *size).collect();
+        config.pool.allocators = pools.iter().map(|(spec, ..)| spec.clone()).collect();
+        config.pool_sizes = pools.iter().map(|(_, size, _)| *size).collect();
+        config.pool_max_sizes = pools.iter().map(|(.., max)| *max).collect();
     }
-    for (spec, size) in config.pool.allocators.iter().zip(&config.pool_sizes) {
+    for ((spec, size), max) in config
+        .pool
+        .allocators
+        .iter()
+        .zip(&config.pool_sizes)
+        .zip(&config.pool_max_sizes)
+    {
         let align = spec.placement.align.max(CENALLOC_PAGE_SIZE);
         if *size == 0 || size % align != 0 {
             return Err(Error::PoolSize {
                 name: spec.name.clone(),
                 align,
+            });
+        }
+        // Config space carries the maximum in MiB.
+        if *max != 0 && (max < size || max % (1 << 20) != 0 || max >> 20 > u64::from(u32::MAX)) {
+            return Err(Error::PoolMaxSize {
+                name: spec.name.clone(),
             });
         }
     }
@@ -953,6 +1017,14 @@ impl Config {
         }
         if vms.is_empty() {
             return Err(Error::NoSocket);
+        }
+        for vm in &mut vms {
+            if let Some(us) = args.poll_us {
+                vm.device.poll_us = us;
+            }
+            if vm.device.poll_us > crate::poll::MAX_POLL_US {
+                return Err(Error::PollUs(vm.device.poll_us));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         let mut sockets = std::collections::BTreeSet::new();
@@ -1237,15 +1309,74 @@ mod tests {
     }
 
     #[test]
-    fn default_layout_fits_a_1g_guest() {
+    fn default_layout_asks_little_at_probe() {
         let config = Config::try_from(args(&["--socket-path", "/tmp/s"])).unwrap();
         assert_eq!(config.vms[0].device, DeviceConfig::default_layout());
         let total: u64 = config.vms[0].device.pool_sizes.iter().sum();
-        assert!(total <= 256 << 20, "{total}");
+        assert!(total <= 16 << 20, "{total}");
         assert_eq!(
             config.vms[0].device.pool_sizes.len(),
             config.vms[0].device.pool.allocators.len()
         );
+        assert_eq!(
+            config.vms[0].device.pool_max_sizes,
+            vec![0; config.vms[0].device.pool_sizes.len()]
+        );
+        assert_eq!(config.vms[0].device.max_pool_percent, 50);
+    }
+
+    #[test]
+    fn polling_is_configured_by_flag_or_file() {
+        let config = Config::try_from(args(&["-s", "/tmp/s"])).unwrap();
+        assert_eq!(config.vms[0].device.poll_us, crate::poll::DEFAULT_POLL_US);
+        let config = Config::try_from(args(&["-s", "/tmp/s", "--poll-us", "0"])).unwrap();
+        assert_eq!(config.vms[0].device.poll_us, 0);
+        let device = config_from_toml("poll", "poll_us = 200\n").unwrap();
+        assert_eq!(device.poll_us, 200);
+        let result = Config::try_from(args(&["-s", "/tmp/s", "--poll-us", "5000"]));
+        assert!(matches!(result, Err(Error::PollUs(5000))));
+    }
+
+    #[test]
+    fn pool_maxima_and_the_share_of_guest_ram() {
+        let config = Config::try_from(args(&[
+            "-s",
+            "/tmp/s",
+            "--pool",
+            "system:4M:max=64M",
+            "--pool",
+            "contig:2M",
+        ]))
+        .unwrap();
+        assert_eq!(config.vms[0].device.pool_max_sizes, vec![64 << 20, 0]);
+        assert_eq!(config.vms[0].device.config_space().pools[0].max_mb, 64);
+        // 64 MiB of its own, and half of a 1 GiB guest with the others'.
+        let device = &config.vms[0].device;
+        assert_eq!(device.pool_capacity_limit(0, 1 << 30, 0), 64 << 20);
+        assert_eq!(device.pool_capacity_limit(1, 1 << 30, 500 << 20), 12 << 20);
+        for bad in ["system:4M:max=2M", "system:4M:max=5000K"] {
+            let result = Config::try_from(args(&["-s", "/tmp/s", "--pool", bad]));
+            assert!(
+                matches!(result, Err(Error::PoolMaxSize { .. })),
+                "{bad} accepted"
+            );
+        }
+        let device = config_from_toml(
+            "maxima",
+            "max_pool_percent = 25\n[limits]\nmax_lease_bytes = 0\n[[pool]]\nsize = \"1M\"\nmax_size = \"16M\"\n",
+        )
+        .unwrap();
+        assert_eq!(device.max_pool_percent, 25);
+        assert_eq!(device.pool_max_sizes, vec![16 << 20]);
+        assert_eq!(device.pool.limits.max_lease_bytes, 0);
+        assert_eq!(
+            device.features() & (1 << crate::protocol::CENALLOC_F_LEASE),
+            0
+        );
+        for percent in ["0", "91"] {
+            let result = config_from_toml("percent", &format!("max_pool_percent = {percent}\n"));
+            assert!(matches!(result, Err(Error::PoolPercent(_))), "{percent}");
+        }
     }
 
     #[test]

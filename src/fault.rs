@@ -26,6 +26,7 @@
 //! | `allocator-id` | MAP: allocator 99 |
 //! | `needed:N` | MAP: -ENOSPC, needing an N-byte answer (then, asked with N bytes, the real answer) |
 //! | `attach-type` | ATTACH: map type 0x8123, which nobody lists |
+//! | `lease-outside-pool` | LEASE: its first extent moved to guest-physical 0 |
 //! | `max-segments-huge` | config space: max_segments 0xffffffff (read at probe) |
 //! | `max-batch:N` | config space: max_batch N (the device still takes 64) |
 //! | `refuse-attach:MASK` | ATTACH of constraint mask MASK: refused (-EINVAL), as the request reaches the executor with mask 0 |
@@ -71,6 +72,7 @@ pub enum Fault {
     AllocatorId,
     Needed(u32),
     AttachType,
+    LeaseOutsidePool,
     MaxSegmentsHuge,
     MaxBatch(u32),
     RefuseAttach(u32),
@@ -104,7 +106,7 @@ fn number(spec: &str, arg: Option<&str>) -> Result<u32, Error> {
     parsed.map_err(|_| Error::Number(spec.to_string()))
 }
 
-const OPCODES: [(&str, u16); 13] = [
+const OPCODES: [(&str, u16); 17] = [
     ("get-info", CENALLOC_CMD_GET_INFO),
     ("pool-add", CENALLOC_CMD_POOL_ADD),
     ("create", CENALLOC_CMD_CREATE),
@@ -118,6 +120,10 @@ const OPCODES: [(&str, u16); 13] = [
     ("stats", CENALLOC_CMD_STATS),
     ("fill", CENALLOC_CMD_FILL),
     ("checksum", CENALLOC_CMD_CHECKSUM),
+    ("pool-remove", CENALLOC_CMD_POOL_REMOVE),
+    ("lease", CENALLOC_CMD_LEASE),
+    ("lease-return", CENALLOC_CMD_LEASE_RETURN),
+    ("leased-map", CENALLOC_CMD_LEASED_MAP),
 ];
 
 fn opcode(name: &str) -> Result<u16, Error> {
@@ -155,6 +161,7 @@ impl FromStr for Fault {
             "allocator-id" => plain(Fault::AllocatorId),
             "needed" => Ok(Fault::Needed(number(spec, arg)?)),
             "attach-type" => plain(Fault::AttachType),
+            "lease-outside-pool" => plain(Fault::LeaseOutsidePool),
             "max-segments-huge" => plain(Fault::MaxSegmentsHuge),
             "max-batch" => Ok(Fault::MaxBatch(number(spec, arg)?)),
             "refuse-attach" => Ok(Fault::RefuseAttach(number(spec, arg)?)),
@@ -501,6 +508,22 @@ pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
                 }
             }
         }
+        Fault::LeaseOutsidePool => {
+            for cmd in cmds.iter().filter(|c| c.opcode == CENALLOC_CMD_LEASE) {
+                let at = cmd.response + size_of::<RespHdr>();
+                let first = at + size_of::<LeaseResp>();
+                if let (Some(hdr), Some(lease), Some(mut extent)) = (
+                    read::<RespHdr>(&response, cmd.response),
+                    read::<LeaseResp>(&response, at),
+                    read::<Range>(&response, first),
+                ) {
+                    if hdr.status == 0 && lease.num_extents > 0 {
+                        extent.addr = 0;
+                        write(&mut response, first, &extent);
+                    }
+                }
+            }
+        }
         _ => {
             for cmd in cmds.iter().filter(|c| c.opcode == CENALLOC_CMD_MAP) {
                 rewrite_map(fault, request, cmd, &mut response);
@@ -691,6 +714,7 @@ mod tests {
         assert_eq!("none".parse(), Ok(Fault::None));
         assert_eq!("".parse(), Ok(Fault::None));
         assert_eq!(" split-segment\n".parse(), Ok(Fault::SplitSegment));
+        assert_eq!("lease-outside-pool".parse(), Ok(Fault::LeaseOutsidePool));
         assert_eq!(
             "short-answer:pool-add".parse(),
             Ok(Fault::ShortAnswer(Some(CENALLOC_CMD_POOL_ADD)))
@@ -921,6 +945,62 @@ mod tests {
         let (request, response) = map_batch(CENALLOC_MAP_SG, 0, &two, 4);
         let (_, _, segs) = parse_map(&answer(rewrite(Fault::MovedBacking, &request, response)));
         assert_eq!(segs[0].addr, 0x11000);
+    }
+
+    #[test]
+    fn lease_outside_pool_moves_the_first_extent_of_a_lease_answer() {
+        let mut request = BatchHdr {
+            num_cmds: 1,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        let slot = size_of::<LeaseResp>() + 2 * size_of::<Range>();
+        request.extend_from_slice(
+            CmdHdr {
+                opcode: CENALLOC_CMD_LEASE,
+                flags: 0,
+                len: size_of::<LeaseReq>() as u32,
+                resp_len: slot as u32,
+                reserved: 0,
+            }
+            .as_slice(),
+        );
+        request.extend_from_slice(LeaseReq::default().as_slice());
+        let mut response = BatchResp {
+            status: 0,
+            num_done: 1,
+        }
+        .as_slice()
+        .to_vec();
+        response.extend_from_slice(
+            RespHdr {
+                status: 0,
+                len: slot as u32,
+                ..Default::default()
+            }
+            .as_slice(),
+        );
+        response.extend_from_slice(
+            LeaseResp {
+                num_extents: 2,
+                ..Default::default()
+            }
+            .as_slice(),
+        );
+        for addr in [0x10000u64, 0x11000] {
+            response.extend_from_slice(Range { addr, len: 0x1000 }.as_slice());
+        }
+        let first = size_of::<BatchResp>() + size_of::<RespHdr>() + size_of::<LeaseResp>();
+        let lied = answer(rewrite(Fault::LeaseOutsidePool, &request, response.clone()));
+        let extent = |bytes: &[u8], i: usize| read::<Range>(bytes, first + i * 16).unwrap();
+        assert_eq!((extent(&lied, 0).addr, extent(&lied, 1).addr), (0, 0x11000));
+        // Nothing else is touched: a MAP answer stays as it was.
+        let (request, response) = map_batch(CENALLOC_MAP_SG, 1, &[(0x10000, 0x4000)], 4);
+        assert_eq!(
+            answer(rewrite(Fault::LeaseOutsidePool, &request, response.clone())),
+            response
+        );
     }
 
     #[test]

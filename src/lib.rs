@@ -13,7 +13,8 @@
 //! - [`registry`]: the VMs the daemon serves (one device state per
 //!   connected front-end), their exports and the daemon-wide limits.
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue, and
-//!   the serve loop of one VM socket.
+//!   the serve loop of one VM socket; [`poll`]: how long it polls the
+//!   control queue after an answer.
 //! - [`control`]: the control socket (protocol, server, exports, client
 //!   library, snapshots as PNG).
 //! - [`listen`]: binding and inheriting the daemon's sockets.
@@ -35,6 +36,7 @@ pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod listen;
+pub mod poll;
 pub mod protocol;
 pub mod registry;
 pub mod ring;

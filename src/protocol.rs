@@ -30,6 +30,10 @@ pub const CENALLOC_NAME_LEN: usize = 16;
 
 pub const CENALLOC_BATCH_REF: u32 = 0x8000_0000;
 
+pub const CENALLOC_F_ELASTIC: u32 = 0;
+pub const CENALLOC_F_LEASE: u32 = 1;
+pub const CENALLOC_DRIVER_ID_FIRST: u32 = 0x4000_0000;
+
 pub const CENALLOC_KIND_SYSTEM: u32 = 1 << 0;
 pub const CENALLOC_KIND_CONTIG: u32 = 1 << 1;
 pub const CENALLOC_KIND_DMA32: u32 = 1 << 2;
@@ -60,6 +64,14 @@ pub const CENALLOC_CMD_STATS: u16 = 11;
 pub const CENALLOC_CMD_FILL: u16 = 12;
 pub const CENALLOC_CMD_CHECKSUM: u16 = 13;
 pub const CENALLOC_CMD_RESET: u16 = 14;
+pub const CENALLOC_CMD_POOL_REMOVE: u16 = 15;
+pub const CENALLOC_CMD_LEASE: u16 = 16;
+pub const CENALLOC_CMD_LEASE_RETURN: u16 = 17;
+pub const CENALLOC_CMD_LEASED_MAP: u16 = 18;
+
+pub const CENALLOC_LEASE_MAX_SIZE: u64 = 1 << 20;
+pub const CENALLOC_MAX_LEASE: u32 = 64;
+pub const CENALLOC_MAX_LEASED_ATTACH: u32 = 16;
 
 pub const CENALLOC_CREATE_F_ALL: u32 = 0;
 pub const CENALLOC_ATTACH_F_MIGRATE: u32 = 1 << 0;
@@ -82,6 +94,7 @@ pub const CENALLOC_FNV1A64_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 pub const CENALLOC_EVENT_MIGRATED: u32 = 1;
 pub const CENALLOC_EVENT_POOL_LOW: u32 = 2;
+pub const CENALLOC_EVENT_LEASE_REVOKE: u32 = 3;
 
 /// `cenalloc_pattern()`: splitmix64 of `seed + (i + 1) * golden`, the value
 /// of 64-bit word `i` written by FILL.
@@ -147,7 +160,7 @@ wire_struct!(
         placement: u32,
         size: u64,
         align: u32,
-        reserved: u32,
+        max_mb: u32,
         name: [u8; CENALLOC_NAME_LEN],
     }
 );
@@ -248,6 +261,65 @@ wire_struct!(
     PoolAddReq = 8, {
         pool_index: u32,
         num_ranges: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_pool_remove_req` (followed by `Range[num_ranges]`).
+    PoolRemoveReq = 8, {
+        pool_index: u32,
+        num_ranges: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_lease_req`.
+    LeaseReq = 16, {
+        allocator_id: u32,
+        count: u32,
+        size: u64,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_lease_resp` (followed by `Range[num_extents]`).
+    LeaseResp = 8, {
+        num_extents: u32,
+        reserved: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_lease_return_req` (followed by `Range[num_ranges]`).
+    LeaseReturnReq = 8, {
+        allocator_id: u32,
+        num_ranges: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_leased_attach`: one attachment of a LEASED_MAP.
+    LeasedAttach = 48, {
+        attach_id: u32,
+        mask: u32,
+        map_type: u32,
+        num_types: u32,
+        types: [u32; CENALLOC_MAX_MAP_TYPES],
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_leased_map_req` (followed by
+    /// `LeasedAttach[num_attachments]`).
+    LeasedMapReq = 40, {
+        buffer_id: u32,
+        initial_mask: u32,
+        size: u64,
+        extent: u64,
+        map_index: u32,
+        direction: u32,
+        num_attachments: u32,
+        reserved: u32,
     }
 );
 

@@ -15,7 +15,8 @@
 //!   restarts the queue (GET_VRING_BASE, then SET_VRING_*). A guest driver
 //!   reset does exactly that.
 //! - [`serve`]: the loop over the available chains, with the EVENT_IDX
-//!   re-check, that can neither spin nor hold on to a broken ring.
+//!   re-check, that can neither spin nor hold on to a broken ring;
+//!   [`serve_polled`] polls the avail ring before it sleeps.
 
 use std::sync::atomic::Ordering;
 
@@ -24,6 +25,8 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
+
+use crate::poll::Poller;
 
 /// Guest memory as the vring worker sees it for one event.
 pub type MemoryGuard = GuestMemoryLoadGuard<GuestMemoryMmap<()>>;
@@ -252,14 +255,27 @@ pub struct Round {
 ///
 /// It never spins: a broken queue returns at once, and a pass that finds
 /// nothing although the ring announced more breaks the queue.
-///
-/// (Daemon-side polling of the avail ring would go where a pass found the
-/// ring drained, before notifications are turned back on.)
 pub fn serve(
     vring: &VringRwLock,
     mem: &MemoryGuard,
     health: &mut Health,
     event_idx: bool,
+    answer: impl FnMut(Taken<Chain>) -> Served,
+) -> Round {
+    serve_polled(vring, mem, health, event_idx, &mut Poller::new(0), answer)
+}
+
+/// [`serve`], and when a pass finds the ring drained (with EVENT_IDX,
+/// notifications still off) `poller` polls the avail ring for a while
+/// first: a chain that comes within its window is served without a kick.
+/// A poll that saw a chain counts as an announcement: a pass that then
+/// finds nothing stops the queue, as for the EVENT_IDX re-check.
+pub fn serve_polled(
+    vring: &VringRwLock,
+    mem: &MemoryGuard,
+    health: &mut Health,
+    event_idx: bool,
+    poller: &mut Poller,
     mut answer: impl FnMut(Taken<Chain>) -> Served,
 ) -> Round {
     let mut round = Round {
@@ -331,6 +347,10 @@ pub fn serve(
         if !event_idx || !running(vring) {
             return round;
         }
+        if poller.poll(|| avail_pending(vring, mem)) {
+            announced = true;
+            continue;
+        }
         match vring.enable_notification() {
             Ok(true) => announced = true,
             Ok(false) => return round,
@@ -341,6 +361,16 @@ pub fn serve(
             }
         }
     }
+}
+
+/// Whether the driver made a chain available that the device has not
+/// taken (the avail index moved past the device's own).
+fn avail_pending(vring: &VringRwLock, mem: &MemoryGuard) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue
+        .avail_idx(&**mem, Ordering::Acquire)
+        .is_ok_and(|avail| avail.0 != queue.next_avail())
 }
 
 /// Notifies the driver of used buffers unless it suppressed that (event

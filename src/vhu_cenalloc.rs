@@ -48,6 +48,7 @@ use vmm_sys_util::event::{
 use crate::chain::{self, ControlWork, Outcome};
 use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
+use crate::poll::Poller;
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
 use crate::registry::{self, DeviceView, Exports, Registry, Revocation, Vm};
 use crate::ring::{self, Health, MemoryGuard, RingError, Served, Walk};
@@ -94,11 +95,14 @@ struct Worker {
     device: Device,
     control: Health,
     suspended: Option<Suspended>,
+    /// How long the control ring is polled after a pass drained it.
+    poller: Poller,
 }
 
 impl Worker {
     fn new(config: DeviceConfig) -> Result<Self, Error> {
         Ok(Worker {
+            poller: Poller::new(config.poll_us),
             device: Device::new(config)?,
             control: Health::new("control"),
             suspended: None,
@@ -122,12 +126,14 @@ impl Worker {
     ) {
         self.device.counters.control_wakeups += 1;
         let start = Instant::now();
+        let polled_before = self.poller.stats().busy_ns;
         let Worker {
             device,
             control: health,
             suspended,
+            poller,
         } = self;
-        let round = ring::serve(control, mem, health, event_idx, |taken| {
+        let round = ring::serve_polled(control, mem, health, event_idx, poller, |taken| {
             let (position, head) = (taken.position, taken.head);
             let mut walk = Walk::new(taken.chain);
             let mut parsed = chain::parse(&**mem, &mut walk);
@@ -157,9 +163,18 @@ impl Worker {
             }
         });
         let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let polls = self.poller.stats();
         let counters = &mut self.device.counters;
-        counters.control_busy_ns = counters.control_busy_ns.saturating_add(busy);
+        // Answering only: the time spent polling is counted on its own.
+        let polled = polls.busy_ns.saturating_sub(polled_before);
+        counters.control_busy_ns = counters
+            .control_busy_ns
+            .saturating_add(busy.saturating_sub(polled));
         counters.control_signals += u64::from(round.signals);
+        counters.poll_hits = polls.hits;
+        counters.poll_misses = polls.misses;
+        counters.poll_busy_ns = polls.busy_ns;
+        counters.poll_window_ns = polls.window_ns;
     }
 }
 
@@ -349,6 +364,7 @@ impl VhostUserBackend for CenallocBackend {
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | self.config.features()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

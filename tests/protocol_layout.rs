@@ -64,7 +64,7 @@ fn expectations() -> Vec<Expected> {
             placement,
             size,
             align,
-            reserved,
+            max_mb,
             name
         }
     );
@@ -138,6 +138,58 @@ fn expectations() -> Vec<Expected> {
         PoolAddReq = cenalloc_pool_add_req {
             pool_index,
             num_ranges
+        }
+    );
+    layout!(
+        list,
+        PoolRemoveReq = cenalloc_pool_remove_req {
+            pool_index,
+            num_ranges
+        }
+    );
+    layout!(
+        list,
+        LeaseReq = cenalloc_lease_req {
+            allocator_id,
+            count,
+            size
+        }
+    );
+    layout!(
+        list,
+        LeaseResp = cenalloc_lease_resp {
+            num_extents,
+            reserved
+        }
+    );
+    layout!(
+        list,
+        LeaseReturnReq = cenalloc_lease_return_req {
+            allocator_id,
+            num_ranges
+        }
+    );
+    layout!(
+        list,
+        LeasedAttach = cenalloc_leased_attach {
+            attach_id,
+            mask,
+            map_type,
+            num_types,
+            types
+        }
+    );
+    layout!(
+        list,
+        LeasedMapReq = cenalloc_leased_map_req {
+            buffer_id,
+            initial_mask,
+            size,
+            extent,
+            map_index,
+            direction,
+            num_attachments,
+            reserved
         }
     );
     layout!(
@@ -266,6 +318,9 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_MAX_POOL_RANGES,
         CENALLOC_NAME_LEN,
         CENALLOC_BATCH_REF,
+        CENALLOC_F_ELASTIC,
+        CENALLOC_F_LEASE,
+        CENALLOC_DRIVER_ID_FIRST,
         CENALLOC_KIND_SYSTEM,
         CENALLOC_KIND_CONTIG,
         CENALLOC_KIND_DMA32,
@@ -293,6 +348,13 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_CMD_FILL,
         CENALLOC_CMD_CHECKSUM,
         CENALLOC_CMD_RESET,
+        CENALLOC_CMD_POOL_REMOVE,
+        CENALLOC_CMD_LEASE,
+        CENALLOC_CMD_LEASE_RETURN,
+        CENALLOC_CMD_LEASED_MAP,
+        CENALLOC_LEASE_MAX_SIZE,
+        CENALLOC_MAX_LEASE,
+        CENALLOC_MAX_LEASED_ATTACH,
         CENALLOC_CREATE_F_ALL,
         CENALLOC_RESET_F_ALL,
         CENALLOC_ATTACH_F_MIGRATE,
@@ -309,6 +371,7 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_FNV1A64_PRIME,
         CENALLOC_EVENT_MIGRATED,
         CENALLOC_EVENT_POOL_LOW,
+        CENALLOC_EVENT_LEASE_REVOKE,
     );
 
     for (seed, i) in [

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use cenalloc::device::DeviceConfig;
 use cenalloc::protocol::*;
 use common::*;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
@@ -326,7 +327,10 @@ fn a_kick_on_a_queue_without_rings_is_contained() {
 
 #[test]
 fn a_long_chain_does_not_delay_vhost_user_requests() {
-    let mut harness = Harness::start();
+    // A system pool that holds the 16 MiB buffer from the start.
+    let mut config = DeviceConfig::default_layout();
+    config.pool_sizes[0] = 32 << 20;
+    let mut harness = Harness::start_with(config);
     harness.donate_all();
     // 8 CHECKSUMs of 16 MiB in one chain: far more than one step of work.
     let (buffer, _, sum) = mapped_buffer(&mut harness, 16 << 20, CENALLOC_KIND_SYSTEM, 5);
@@ -430,6 +434,8 @@ fn latency_under(harness: &mut Harness, cmds: &[Cmd]) -> (Duration, Duration, u3
 fn measure_vhost_user_latency_under_long_chains() {
     let mut config = cenalloc::device::DeviceConfig::default_layout();
     config.pool_sizes[0] = 300 << 20;
+    // More than the default half of the harness's 576 MiB of RAM.
+    config.max_pool_percent = 90;
     let mut harness = Harness::start_with(config);
     harness.donate_all();
     let big = 256u64 << 20;

@@ -14,6 +14,8 @@
 uint64_t ca_fnv1a64(const void *data, size_t len);
 void ca_pattern_fill(void *data, size_t len, uint64_t seed);
 size_t ca_pattern_check(const void *data, size_t len, uint64_t seed);
+size_t ca_pattern_check_at(const void *data, size_t len, uint64_t seed,
+			   uint64_t offset);
 size_t ca_first_nonzero(const void *data, size_t len);
 
 uint64_t ca_fnv1a64(const void *data, size_t len)
@@ -52,6 +54,22 @@ size_t ca_pattern_check(const void *data, size_t len, uint64_t seed)
 
 		memcpy(&word, p + i, 8);
 		if (word != cenalloc_pattern(seed, i / 8))
+			return i;
+	}
+	return len;
+}
+
+size_t ca_pattern_check_at(const void *data, size_t len, uint64_t seed,
+			   uint64_t offset)
+{
+	const unsigned char *p = data;
+	size_t i;
+
+	for (i = 0; i + 8 <= len; i += 8) {
+		uint64_t word;
+
+		memcpy(&word, p + i, 8);
+		if (word != cenalloc_pattern(seed, (offset + i) / 8))
 			return i;
 	}
 	return len;

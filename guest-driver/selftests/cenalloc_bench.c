@@ -5,9 +5,16 @@
  * device 0, mask ANY; a heap buffer is attached with plain
  * dma_buf_attach()).
  *
+ * 0. The conditions: the guest CPU model and the accelerator (from the
+ *    kernel command line run-vm writes: cenalloc.cpu=, cenalloc.accel=;
+ *    and /proc/cpuinfo), and the guest RAM cenalloc.ko took at probe
+ *    (MemFree before and after its insmod, measured by /init).
  * 1. Latency of create + attach + first map + unmap + detach + close for
- *    4 KiB, 1 MiB and 64 MiB buffers: median and p90 over N runs (N is
- *    printed; it shrinks when a cell would take more than ~60 s).
+ *    4 KiB, 64 KiB, 1 MiB and 64 MiB buffers: median and p90 over N runs
+ *    (N is printed; it shrinks when a cell would take more than ~60 s),
+ *    and the ratio of the medians (cenalloc / heap) of each size. Then a
+ *    burst: 100 buffers of 4 KiB created, attached and mapped, then all
+ *    unmapped, detached and closed; the time of the whole burst.
  * 2. memset bandwidth through mmap of a 64 MiB buffer: the first pass
  *    (page faults included) and the best of 5 later passes.
  * 3. Where a cenalloc cycle's time goes: per latency row, the control
@@ -34,6 +41,8 @@
 #define DEVICE_STATS_PATH	"/sys/kernel/debug/cenalloc/device_stats"
 #define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
 #define CELL_BUDGET_NS	(60ull * 1000000000ull)
+/* Written by /init (qemu-scripts/guest-init) in bench mode. */
+#define PROBE_MEMORY_PATH	"/tmp/cenalloc-probe-kib"
 
 enum provider { CENALLOC, HEAP, NPROVIDERS };
 
@@ -90,6 +99,7 @@ static uint64_t virtio_interrupts(void)
 /* The daemon's own counters (STATS), read through debugfs. */
 struct daemon_counters {
 	double batches, wakeups, signals, busy_ns;
+	double poll_hits, poll_misses, poll_ns;	/* -1: an older daemon */
 };
 
 static double json_number(const char *json, const char *name)
@@ -119,6 +129,9 @@ static bool daemon_counters_read(struct daemon_counters *c)
 	c->wakeups = json_number(json, "control_wakeups");
 	c->signals = json_number(json, "control_signals");
 	c->busy_ns = json_number(json, "control_busy_ns");
+	c->poll_hits = json_number(json, "poll_hits");
+	c->poll_misses = json_number(json, "poll_misses");
+	c->poll_ns = json_number(json, "poll_busy_ns");
 	return c->batches >= 0 && c->wakeups >= 0 && c->signals >= 0 &&
 	       c->busy_ns >= 0;
 }
@@ -153,6 +166,11 @@ static void transport_save(const char *label, unsigned int cycles,
 		b->daemon.wakeups = (after.wakeups - before->wakeups - 1) / cycles;
 		b->daemon.signals = (after.signals - before->signals - 1) / cycles;
 		b->daemon.busy_ns = (after.busy_ns - before->busy_ns) / cycles;
+		b->daemon.poll_hits = (after.poll_hits - before->poll_hits) / cycles;
+		b->daemon.poll_misses = (after.poll_misses - before->poll_misses) / cycles;
+		b->daemon.poll_ns = (after.poll_ns - before->poll_ns) / cycles;
+		if (after.poll_hits < 0 || before->poll_hits < 0)
+			b->daemon.poll_hits = -1;
 	}
 	fd = open(CA_TRANSPORT_PATH, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -184,6 +202,10 @@ static void transport_row(const struct breakdown *b)
 		printf("  %-6s daemon per cycle: batches %.2f, wakeups %.2f, signals %.2f, busy %.1f us\n",
 		       label, b->daemon.batches, b->daemon.wakeups,
 		       b->daemon.signals, b->daemon.busy_ns / 1e3);
+	if (b->have_daemon && b->daemon.poll_hits >= 0)
+		printf("  %-6s daemon polling per cycle: found the next request %.2f, none %.2f, polled %.1f us\n",
+		       label, b->daemon.poll_hits, b->daemon.poll_misses,
+		       b->daemon.poll_ns / 1e3);
 	/* The latency table, from its heading to the end. */
 	for (line = strstr(text, "latency_us"); line && *line;) {
 		const char *end = strchr(line, '\n');
@@ -298,8 +320,9 @@ static void phase_save(enum provider p, const char *label,
 	nphase_rows++;
 }
 
-static void latency_row(enum provider p, uint64_t size, const char *label,
-			unsigned int runs, bool breakdown)
+/* Prints one row; returns the median in microseconds, or -1. */
+static double latency_row(enum provider p, uint64_t size, const char *label,
+			  unsigned int runs, bool breakdown)
 {
 	uint64_t *ns = calloc(runs, sizeof(*ns)), start, irqs;
 	uint64_t *phases = calloc((size_t)runs * NPHASES, sizeof(*phases));
@@ -307,11 +330,12 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 	struct daemon_counters daemon;
 	bool have_daemon = transport && daemon_counters_read(&daemon);
 	unsigned int n = 0;
+	double median;
 
 	if (!ns || !phases) {
 		free(ns);
 		free(phases);
-		return;
+		return -1;
 	}
 	irqs = virtio_interrupts();
 	start = ca_now_ns();
@@ -323,7 +347,7 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 			       strerror((int)-t));
 			free(ns);
 			free(phases);
-			return;
+			return -1;
 		}
 		ns[n++] = t;
 		/* Stop early (at least 10 runs) when the cell is too slow. */
@@ -332,6 +356,7 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 	}
 	irqs = virtio_interrupts() - irqs;
 	qsort(ns, n, sizeof(*ns), cmp_u64);
+	median = ns[n / 2] / 1e3;
 	printf("%-8s %-17s %6u %12.1f %12.1f %12.1f\n", label, provider_names[p], n,
 	       ns[n / 2] / 1e3, ns[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] / 1e3,
 	       ns[0] / 1e3);
@@ -340,7 +365,141 @@ static void latency_row(enum provider p, uint64_t size, const char *label,
 	phase_save(p, label, phases, n, ns);
 	free(ns);
 	free(phases);
+	return median;
 }
+
+#define BURST_BUFFERS	100
+
+/*
+ * One burst: BURST_BUFFERS buffers of @size created, attached and mapped,
+ * then all unmapped, detached and closed. Returns its time in ns or -errno
+ * (everything made so far is released).
+ */
+static int64_t one_burst(enum provider p, uint64_t size)
+{
+	static int fds[BURST_BUFFERS];
+	static uint32_t handles[BURST_BUFFERS];
+	unsigned int made = 0, i;
+	uint64_t t0 = ca_now_ns();
+	int ret = 0;
+
+	for (; made < BURST_BUFFERS; made++) {
+		fds[made] = create_buffer(p, size);
+		if (fds[made] < 0) {
+			ret = fds[made];
+			break;
+		}
+		ret = ct_attach(ct, fds[made], 0, &handles[made], NULL);
+		if (!ret) {
+			ret = ct_map(ct, handles[made], 0, mapping);
+			if (ret)
+				ct_detach(ct, handles[made]);
+		}
+		if (ret) {
+			close(fds[made]);
+			break;
+		}
+	}
+	for (i = 0; i < made; i++) {
+		ct_unmap(ct, handles[i]);
+		ct_detach(ct, handles[i]);
+		close(fds[i]);
+	}
+	return ret ? ret : (int64_t)(ca_now_ns() - t0);
+}
+
+/* The burst row of one provider: median and p90 of the whole burst. */
+static double burst_row(enum provider p, uint64_t size, const char *label,
+			unsigned int runs)
+{
+	uint64_t *ns = calloc(runs, sizeof(*ns));
+	unsigned int n;
+	double median;
+
+	if (!ns)
+		return -1;
+	for (n = 0; n < runs; n++) {
+		int64_t t = one_burst(p, size);
+
+		if (t < 0) {
+			printf("%-8s %-17s failed: %s\n", label, provider_names[p],
+			       strerror((int)-t));
+			free(ns);
+			return -1;
+		}
+		ns[n] = t;
+	}
+	qsort(ns, n, sizeof(*ns), cmp_u64);
+	median = ns[n / 2] / 1e3;
+	printf("%-8s %-17s %6u %12.1f %12.1f %12.1f\n", label, provider_names[p],
+	       n, median, ns[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] / 1e3,
+	       ns[0] / 1e3);
+	free(ns);
+	return median;
+}
+
+static void ratio_line(const char *label, double ca_us, double heap_us)
+{
+	if (ca_us > 0 && heap_us > 0)
+		printf("%-8s %-17s %.2f x the heap's median\n", label, "ratio",
+		       ca_us / heap_us);
+}
+
+/* Word @key=VALUE of the kernel command line into @buf ("?" if absent). */
+static void cmdline_value(const char *key, char *buf, size_t len)
+{
+	char line[4096], *p;
+	FILE *f = fopen("/proc/cmdline", "r");
+	size_t klen = strlen(key);
+
+	snprintf(buf, len, "?");
+	if (!f)
+		return;
+	if (fgets(line, sizeof(line), f)) {
+		for (p = strtok(line, " \n"); p; p = strtok(NULL, " \n"))
+			if (!strncmp(p, key, klen) && p[klen] == '=')
+				snprintf(buf, len, "%s", p + klen + 1);
+	}
+	fclose(f);
+}
+
+/* The CPU model, the accelerator, and what cenalloc.ko took at probe. */
+static void print_conditions(void)
+{
+	char cpu[64], accel[64], model[256] = "?", line[256];
+	FILE *f = fopen("/proc/cpuinfo", "r");
+	long long kib = -1;
+
+	cmdline_value("cenalloc.cpu", cpu, sizeof(cpu));
+	cmdline_value("cenalloc.accel", accel, sizeof(accel));
+	while (f && fgets(line, sizeof(line), f)) {
+		char *colon = strchr(line, ':');
+
+		if (!strncmp(line, "model name", 10) && colon) {
+			snprintf(model, sizeof(model), "%s", colon + 2);
+			model[strcspn(model, "\n")] = 0;
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+	f = fopen(PROBE_MEMORY_PATH, "r");
+	if (f) {
+		if (fscanf(f, "%lld", &kib) != 1)
+			kib = -1;
+		fclose(f);
+	}
+	printf("conditions: accelerator %s, -cpu %s (guest sees \"%s\"), %ld vCPUs\n",
+	       accel, cpu, model, sysconf(_SC_NPROCESSORS_ONLN));
+	if (kib >= 0)
+		printf("guest RAM taken by cenalloc.ko at probe: %lld KiB (MemFree before and after its insmod)\n\n",
+		       kib);
+	else
+		printf("guest RAM taken by cenalloc.ko at probe: not measured (%s missing)\n\n",
+		       PROBE_MEMORY_PATH);
+}
+
+
 
 static void bandwidth_row(enum provider p, uint64_t size)
 {
@@ -395,6 +554,7 @@ int main(int argc, char **argv)
 		unsigned int runs, quick_runs;
 	} sizes[] = {
 		{ 4 * CA_KIB, "4 KiB", 500, 50 },
+		{ 64 * CA_KIB, "64 KiB", 500, 50 },
 		{ 1 * CA_MIB, "1 MiB", 300, 30 },
 		{ 64 * CA_MIB, "64 MiB", 30, 5 },
 	};
@@ -420,14 +580,30 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
+	print_conditions();
 	printf("create + attach + first map + unmap + detach + close (microseconds)\n");
 	printf("%-8s %-17s %6s %12s %12s %12s\n", "size", "provider", "runs", "median", "p90", "min");
-	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		double median[NPROVIDERS] = { -1, -1 };
+
 		for (p = 0; p < NPROVIDERS; p++)
 			if (p == CENALLOC || heap >= 0)
-				latency_row(p, sizes[i].size, sizes[i].label,
-					    quick ? sizes[i].quick_runs : sizes[i].runs,
-					    p == CENALLOC);
+				median[p] = latency_row(p, sizes[i].size, sizes[i].label,
+							quick ? sizes[i].quick_runs : sizes[i].runs,
+							p == CENALLOC);
+		ratio_line(sizes[i].label, median[CENALLOC], median[HEAP]);
+	}
+	{
+		double median[NPROVIDERS] = { -1, -1 };
+
+		printf("\nburst: %d buffers of 4 KiB created, attached and mapped, then unmapped, detached and closed (microseconds per burst)\n",
+		       BURST_BUFFERS);
+		printf("%-8s %-17s %6s %12s %12s %12s\n", "burst", "provider", "runs", "median", "p90", "min");
+		for (p = 0; p < NPROVIDERS; p++)
+			if (p == CENALLOC || heap >= 0)
+				median[p] = burst_row(p, 4 * CA_KIB, "100x4K", quick ? 5 : 30);
+		ratio_line("100x4K", median[CENALLOC], median[HEAP]);
+	}
 	/* The driver's answer polling against sleeping, in the same boot. */
 	if (read_param(POLL_PARAM_PATH, poll_us, sizeof(poll_us)) &&
 	    strcmp(poll_us, "0") && write_param(POLL_PARAM_PATH, "0")) {

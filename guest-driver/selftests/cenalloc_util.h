@@ -186,6 +186,11 @@ uint64_t ca_fnv1a64(const void *data, size_t len);
 void ca_pattern_fill(void *data, size_t len, uint64_t seed);
 /* Byte offset of the first word that differs from the pattern, or len. */
 size_t ca_pattern_check(const void *data, size_t len, uint64_t seed);
+/* The same for @len bytes that start at byte @offset (a multiple of 8) of
+ * the patterned buffer.
+ */
+size_t ca_pattern_check_at(const void *data, size_t len, uint64_t seed,
+			   uint64_t offset);
 /* Offset of the first non-zero byte, or len. */
 size_t ca_first_nonzero(const void *data, size_t len);
 

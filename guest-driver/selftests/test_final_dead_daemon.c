@@ -79,6 +79,11 @@ static enum tap_result test_dead_daemon(void)
 		return tap_skip("no fault injection to hold a map: %s", reply);
 	/* A driver without the parameter waits forever: that is the bug. */
 	CHECK(ca_param_write("timeout_ms", "2000") == 0, "timeout_ms");
+	/* The maps here must wait for the device: no leased first maps
+	 * (cenalloc is unloaded at the end, nothing to restore).
+	 */
+	if (ca_param_write("lease_stock", "0"))
+		tap_diag("no lease_stock parameter: a leased map would not wait");
 	if (!write_file(HUNG_TASK_PATH, HUNG_TASK_S))
 		tap_diag("no hung-task detector (%s): D state not watched", HUNG_TASK_PATH);
 	hung = ca_kmsg_count("blocked for more than");

@@ -3,7 +3,9 @@
 use vm_memory::GuestMemoryError;
 
 use crate::model;
-use crate::protocol::{CENALLOC_MAX_MAP_TYPES, CENALLOC_MAX_POOL_RANGES};
+use crate::protocol::{
+    CENALLOC_MAX_LEASED_ATTACH, CENALLOC_MAX_MAP_TYPES, CENALLOC_MAX_POOL_RANGES,
+};
 
 /// Everything that can make a command (or a whole batch) fail.
 #[derive(thiserror::Error, Debug)]
@@ -58,6 +60,15 @@ pub enum Error {
     Serialize(String),
     #[error("the STATS snapshot has at least {at_least} bytes, more than any answer can hold")]
     SnapshotTooLarge { at_least: usize },
+    #[error("pool {pool}: {capacity:#x} bytes + {added:#x} would exceed its limit {max:#x}")]
+    PoolFull {
+        pool: u32,
+        capacity: u64,
+        added: u64,
+        max: u64,
+    },
+    #[error("{0} leased attachment records, must be 1..={max}", max = CENALLOC_MAX_LEASED_ATTACH)]
+    LeasedAttachCount(u32),
 }
 
 impl Error {
@@ -79,7 +90,9 @@ impl Error {
             | RangeCount(_)
             | RangeNotPageAligned { .. }
             | RangeMisaligned { .. }
+            | LeasedAttachCount(_)
             | Framing(_) => libc::EINVAL,
+            PoolFull { .. } => libc::ENOSPC,
             UnknownPool(_) => libc::ENOENT,
             SlotTooSmall { .. } | ResponseTooSmall { .. } => libc::ENOSPC,
             RangeOutsideRam { .. } | SegmentOutsideRam { .. } | GuestMemory(_) => libc::EFAULT,

@@ -51,6 +51,16 @@ pub struct DeviceCounters {
     pub control_signals: u64,
     /// Time spent answering control chains, nanoseconds.
     pub control_busy_ns: u64,
+    /// LEASED_MAPs refused (each one logged), LEASE_REVOKE events queued.
+    pub leased_maps_refused: u64,
+    pub lease_revokes: u64,
+    /// Polling of the control queue after an answer (the queue glue's):
+    /// polls that found a request, polls that did not, time spent
+    /// polling (ns), the current window (ns).
+    pub poll_hits: u64,
+    pub poll_misses: u64,
+    pub poll_busy_ns: u64,
+    pub poll_window_ns: u64,
     /// RESET commands run (the device state was dropped).
     pub resets: u64,
     /// Times a batch stopped between two steps of work because its ring
@@ -84,6 +94,12 @@ enum Pending {
     },
     Fill(Work),
     Checksum(Work),
+    /// The model already leased `extents`: `work` zeroes them.
+    Lease {
+        allocator: usize,
+        extents: Vec<Segment>,
+        work: Work,
+    },
 }
 
 impl Pending {
@@ -91,6 +107,7 @@ impl Pending {
         match self {
             Pending::Map { work, .. } => work.as_mut(),
             Pending::Fill(work) | Pending::Checksum(work) => Some(work),
+            Pending::Lease { work, .. } => Some(work),
         }
     }
 }
@@ -362,15 +379,30 @@ impl Device {
     /// completed keep their effects; a FILL cut short leaves part of the
     /// pattern written.
     pub fn abandon_batch(&mut self, batch: Batch) {
-        if let Some(Pending::Map {
-            attachment,
-            direction,
-            buffer,
-            ..
-        }) = batch.pending.map(|pending| *pending)
-        {
-            debug!("abandoned batch: MAP of attachment {attachment} undone");
-            self.unprepared_map(attachment, direction, buffer);
+        if let Some(pending) = batch.pending {
+            debug!("abandoned batch: its command's model changes undone");
+            self.undo_pending(*pending);
+        }
+    }
+
+    /// Undoes the model changes of a command whose guest-memory work did
+    /// not finish: a MAP's new backing, a LEASE's extents.
+    fn undo_pending(&mut self, pending: Pending) {
+        match pending {
+            Pending::Map {
+                attachment,
+                direction,
+                buffer,
+                ..
+            } => self.unprepared_map(attachment, direction, buffer),
+            Pending::Lease {
+                allocator, extents, ..
+            } => {
+                if let Err(undo) = self.pool.lease_return(allocator, &extents) {
+                    warn!("LEASE: taking back extents that were not zeroed failed: {undo}");
+                }
+            }
+            Pending::Fill(_) | Pending::Checksum(_) => {}
         }
     }
 
@@ -406,6 +438,10 @@ impl Device {
                 let work = Work::fill(mem, segments, req.seed)?;
                 Ok(Started::Work(Box::new(Pending::Fill(work))))
             }
+            CENALLOC_CMD_LEASE => {
+                let pending = self.start_lease(mem, payload, slot)?;
+                Ok(Started::Work(Box::new(pending)))
+            }
             CENALLOC_CMD_CHECKSUM => {
                 let req: ChecksumReq = exact(payload)?;
                 check_reserved(req.reserved)?;
@@ -439,15 +475,7 @@ impl Device {
                     }
                 }
                 Err(error) => {
-                    if let Pending::Map {
-                        attachment,
-                        direction,
-                        buffer,
-                        ..
-                    } = *pending
-                    {
-                        self.unprepared_map(attachment, direction, buffer);
-                    }
+                    self.undo_pending(*pending);
                     return Step::Finished(Err(error));
                 }
             }
@@ -472,6 +500,9 @@ impl Device {
                 .finish_map(attachment, direction, buffer, &mapped, flags, slot)
                 .map(nothing),
             Pending::Fill(_) => Ok((0, Produced::Nothing)),
+            Pending::Lease {
+                allocator, extents, ..
+            } => self.finish_lease(allocator, &extents, slot).map(nothing),
             Pending::Checksum(work) => {
                 let (checksum, len) = work.checksum_result();
                 let resp = ChecksumResp { checksum, len };
@@ -494,6 +525,23 @@ impl Device {
                 self.get_info(slot).map(nothing)
             }
             CENALLOC_CMD_POOL_ADD => self.pool_add(mem, payload).map(|()| (0, Produced::Nothing)),
+            CENALLOC_CMD_POOL_REMOVE => self.pool_remove(payload).map(|()| (0, Produced::Nothing)),
+            CENALLOC_CMD_LEASE_RETURN => {
+                let req: LeaseReturnReq = read_struct(payload, 0).ok_or(Error::PayloadLength {
+                    need: size_of::<LeaseReturnReq>(),
+                    got: payload.len(),
+                })?;
+                let extents = ranges_after::<LeaseReturnReq>(payload, req.num_ranges)?;
+                self.check_allocator(req.allocator_id)?;
+                self.pool
+                    .lease_return(req.allocator_id as usize, &extents)
+                    .map_err(|e| {
+                        warn!("LEASE_RETURN refused: {e}");
+                        e
+                    })?;
+                Ok((0, Produced::Nothing))
+            }
+            CENALLOC_CMD_LEASED_MAP => self.leased_map(payload, slot).map(nothing),
             CENALLOC_CMD_CREATE => {
                 let req: CreateReq = exact(payload)?;
                 check_slot::<CreateResp>(slot)?;
@@ -624,7 +672,9 @@ impl Device {
                 placement: placement_flags(&stat.placement),
                 fragmentation: stat.fragmentation_permille,
                 capacity: stat.capacity,
-                free: stat.free,
+                // Room, as the allocator rule counts it: leased extents
+                // back no buffer either.
+                free: stat.free + stat.leased,
                 largest_free: stat.largest_free,
                 num_buffers: stat.num_buffers,
                 reserved: 0,
@@ -637,22 +687,15 @@ impl Device {
 
     /// POOL_ADD: every range is checked (page aligned, pool alignment, one
     /// guest RAM region, placement) here, overlaps by the model, before the
-    /// first one is added, so a bad request changes nothing.
+    /// first one is added, so a bad request changes nothing. The pool may
+    /// not grow beyond its maximum, nor all pools together beyond their
+    /// share of guest RAM.
     fn pool_add<M: GuestMemoryBackend>(&mut self, mem: &M, payload: &[u8]) -> Result<(), Error> {
         let req: PoolAddReq = read_struct(payload, 0).ok_or(Error::PayloadLength {
             need: size_of::<PoolAddReq>(),
             got: payload.len(),
         })?;
-        if req.num_ranges == 0 || req.num_ranges > CENALLOC_MAX_POOL_RANGES {
-            return Err(Error::RangeCount(req.num_ranges));
-        }
-        let need = size_of::<PoolAddReq>() + req.num_ranges as usize * size_of::<Range>();
-        if payload.len() != need {
-            return Err(Error::PayloadLength {
-                need,
-                got: payload.len(),
-            });
-        }
+        let ranges = ranges_after::<PoolAddReq>(payload, req.num_ranges)?;
         let allocator = req.pool_index as usize;
         let stats = self.pool.allocator_stats();
         let stat = stats
@@ -665,10 +708,8 @@ impl Device {
             stat.limit
         };
 
-        let mut ranges: Vec<Segment> = Vec::with_capacity(req.num_ranges as usize);
-        for index in 0..req.num_ranges as usize {
-            let offset = size_of::<PoolAddReq>() + index * size_of::<Range>();
-            let range: Range = read_struct(payload, offset).ok_or(Error::Framing("range"))?;
+        let mut added = 0u64;
+        for range in &ranges {
             let (addr, len) = (range.addr, range.len);
             let end = addr
                 .checked_add(len)
@@ -693,12 +734,192 @@ impl Device {
             if end > region_end {
                 return Err(Error::RangeOutsideRam { addr, len });
             }
-            ranges.push(Segment { addr, len });
+            added = added.saturating_add(len);
+        }
+        let guest_ram: u64 = mem.iter().map(|region| region.len()).sum();
+        let others: u64 = stats
+            .iter()
+            .filter(|s| s.id != allocator)
+            .map(|s| s.capacity)
+            .sum();
+        let max = self
+            .config
+            .pool_capacity_limit(allocator, guest_ram, others);
+        if stat.capacity.saturating_add(added) > max {
+            return Err(Error::PoolFull {
+                pool: req.pool_index,
+                capacity: stat.capacity,
+                added,
+                max,
+            });
         }
         // The model checks overlaps (with each other and with every donated
         // region) and adds all ranges or none.
         self.pool.add_regions(allocator, &ranges)?;
         Ok(())
+    }
+
+    /// POOL_REMOVE: the model checks every range (memory of this pool, no
+    /// backing and no lease on it) and removes all or none.
+    fn pool_remove(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let req: PoolRemoveReq = read_struct(payload, 0).ok_or(Error::PayloadLength {
+            need: size_of::<PoolRemoveReq>(),
+            got: payload.len(),
+        })?;
+        let ranges = ranges_after::<PoolRemoveReq>(payload, req.num_ranges)?;
+        if req.pool_index as usize >= self.pool.allocator_stats().len() {
+            return Err(Error::UnknownPool(req.pool_index));
+        }
+        self.pool.remove_regions(req.pool_index as usize, &ranges)?;
+        Ok(())
+    }
+
+    /// LEASE: carves the extents; the work zeroes them before the answer
+    /// ([`Device::finish_lease`]). Extents that cannot be zeroed go back to
+    /// the allocator and the lease fails.
+    fn start_lease<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        payload: &[u8],
+        slot: &[u8],
+    ) -> Result<Pending, Error> {
+        let req: LeaseReq = exact(payload)?;
+        if req.count == 0 || req.count > CENALLOC_MAX_LEASE {
+            return Err(Error::Model(model::Error::InvalidLease {
+                size: req.size,
+                count: req.count,
+            }));
+        }
+        let need = size_of::<LeaseResp>() + req.count as usize * size_of::<Range>();
+        if slot.len() < need {
+            return Err(Error::SlotTooSmall {
+                need,
+                got: slot.len(),
+            });
+        }
+        self.check_allocator(req.allocator_id)?;
+        let allocator = req.allocator_id as usize;
+        let extents = self.pool.lease(allocator, req.size, req.count)?;
+        match Work::zero(mem, &extents) {
+            Ok(work) => Ok(Pending::Lease {
+                allocator,
+                extents,
+                work,
+            }),
+            Err(error) => {
+                self.undo_pending(Pending::Lease {
+                    allocator,
+                    extents: extents.clone(),
+                    work: Work::zero(mem, &[])?,
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// The end of a LEASE whose extents are zeroed: the answer.
+    fn finish_lease(
+        &mut self,
+        allocator: usize,
+        extents: &[Segment],
+        slot: &mut [u8],
+    ) -> Result<usize, Error> {
+        if !extents.is_empty() {
+            self.check_pool_low(allocator);
+        }
+        let resp = LeaseResp {
+            num_extents: extents.len() as u32,
+            reserved: 0,
+        };
+        let mut offset = write_struct(slot, &resp);
+        for extent in extents {
+            let range = Range {
+                addr: extent.addr,
+                len: extent.len,
+            };
+            offset += write_struct(&mut slot[offset..], &range);
+        }
+        Ok(offset)
+    }
+
+    /// LEASED_MAP: decodes the records; the model validates and applies
+    /// all or nothing. A refusal is logged: an honest driver never sees one.
+    fn leased_map(&mut self, payload: &[u8], slot: &mut [u8]) -> Result<usize, Error> {
+        let req: LeasedMapReq = read_struct(payload, 0).ok_or(Error::PayloadLength {
+            need: size_of::<LeasedMapReq>(),
+            got: payload.len(),
+        })?;
+        check_reserved(req.reserved)?;
+        let count = req.num_attachments;
+        if count == 0 || count > CENALLOC_MAX_LEASED_ATTACH {
+            return Err(Error::LeasedAttachCount(count));
+        }
+        let need = size_of::<LeasedMapReq>() + count as usize * size_of::<LeasedAttach>();
+        if payload.len() != need {
+            return Err(Error::PayloadLength {
+                need,
+                got: payload.len(),
+            });
+        }
+        let answer_len = size_of::<MapResp>() + size_of::<Range>();
+        if !slot.is_empty() && slot.len() < answer_len {
+            return Err(Error::SlotTooSmall {
+                need: answer_len,
+                got: slot.len(),
+            });
+        }
+        let mut attachments = Vec::with_capacity(count as usize);
+        for index in 0..count as usize {
+            let offset = size_of::<LeasedMapReq>() + index * size_of::<LeasedAttach>();
+            let record: LeasedAttach =
+                read_struct(payload, offset).ok_or(Error::Framing("leased attach record"))?;
+            let types = mapping_types(record.num_types, &record.types)?;
+            let map_type = MappingType::from_code(record.map_type)
+                .ok_or(Error::UnknownMappingType(record.map_type))?;
+            attachments.push(model::LeasedAttach {
+                id: record.attach_id,
+                mask: record.mask,
+                map_type,
+                importer_types: types,
+            });
+        }
+        let request = model::LeasedMap {
+            buffer_id: req.buffer_id,
+            size: req.size,
+            initial_mask: req.initial_mask,
+            attachments,
+            map_index: req.map_index as usize,
+            direction: direction(req.direction)?,
+            extent: req.extent,
+        };
+        let mapped = self.pool.leased_map(&request).map_err(|e| {
+            warn!(
+                "LEASED_MAP of buffer {:#x} on extent {:#x} refused: {e}",
+                request.buffer_id, request.extent
+            );
+            self.counters.leased_maps_refused += 1;
+            e
+        })?;
+        self.check_pool_low(mapped.allocator);
+        if slot.is_empty() {
+            return Ok(0);
+        }
+        let resp = MapResp {
+            map_type: mapped.map_type.code(),
+            num_segments: mapped.segments.len() as u32,
+            allocator_id: mapped.allocator as u32,
+            flags: CENALLOC_MAP_F_ALLOCATED,
+            size: mapped.size,
+        };
+        let mut offset = write_struct(slot, &resp);
+        for segment in &mapped.segments {
+            let range = Range {
+                addr: segment.addr,
+                len: segment.len,
+            };
+            offset += write_struct(&mut slot[offset..], &range);
+        }
+        Ok(offset)
     }
 
     /// MAP: the model maps (allocating or migrating the backing); the new
@@ -715,7 +936,15 @@ impl Device {
         direction: Direction,
     ) -> Result<Pending, Error> {
         let buffer = self.pool.attachment_buffer(attachment)?;
-        let mapped = self.pool.map(attachment, direction)?;
+        let mapped = match self.pool.map(attachment, direction) {
+            Ok(mapped) => mapped,
+            Err(error) => {
+                if let model::Error::RoomLeased { allocator, .. } = error {
+                    self.revoke(allocator);
+                }
+                return Err(error.into());
+            }
+        };
         let mut flags = 0;
         let work = if let Some(old) = &mapped.migrated_from {
             flags |= CENALLOC_MAP_F_MIGRATED;
@@ -803,6 +1032,23 @@ impl Device {
         if let Err(unmap_error) = self.pool.unmap(attachment, direction) {
             warn!("MAP: undoing map of attachment {attachment} failed: {unmap_error}");
         }
+    }
+
+    fn check_allocator(&self, id: u32) -> Result<(), Error> {
+        if id as usize >= self.pool.config().allocators.len() {
+            return Err(Error::UnknownPool(id));
+        }
+        Ok(())
+    }
+
+    /// Asks the driver to give back the stock of `allocator`.
+    pub fn revoke(&mut self, allocator: usize) {
+        self.counters.lease_revokes += 1;
+        self.push_event(Event {
+            event_type: CENALLOC_EVENT_LEASE_REVOKE,
+            buffer_id: 0,
+            data: allocator as u64,
+        });
     }
 
     /// Queues POOL_LOW when the allocator has less than 1/8 free.
@@ -923,16 +1169,46 @@ fn direction(code: u32) -> Result<Direction, Error> {
 }
 
 fn importer_types(req: &AttachReq) -> Result<Vec<MappingType>, Error> {
-    let count = req.num_types as usize;
-    if count == 0 || count > CENALLOC_MAX_MAP_TYPES {
-        return Err(Error::MappingTypeCount(req.num_types));
+    mapping_types(req.num_types, &req.types)
+}
+
+/// The first `num_types` codes of `types` (the rest must be 0).
+fn mapping_types(num_types: u32, types: &[u32]) -> Result<Vec<MappingType>, Error> {
+    let count = num_types as usize;
+    if count == 0 || count > CENALLOC_MAX_MAP_TYPES || count > types.len() {
+        return Err(Error::MappingTypeCount(num_types));
     }
-    if let Some(unused) = req.types[count..].iter().position(|&code| code != 0) {
+    if let Some(unused) = types[count..].iter().position(|&code| code != 0) {
         return Err(Error::UnusedMappingType(count + unused));
     }
-    req.types[..count]
+    types[..count]
         .iter()
         .map(|&code| MappingType::from_code(code).ok_or(Error::UnknownMappingType(code)))
+        .collect()
+}
+
+/// The `num` ranges that follow a `T` at the start of `payload` (which
+/// must hold exactly those), 1..=`CENALLOC_MAX_POOL_RANGES` of them.
+fn ranges_after<T: ByteValued>(payload: &[u8], num: u32) -> Result<Vec<Segment>, Error> {
+    if num == 0 || num > CENALLOC_MAX_POOL_RANGES {
+        return Err(Error::RangeCount(num));
+    }
+    let need = size_of::<T>() + num as usize * size_of::<Range>();
+    if payload.len() != need {
+        return Err(Error::PayloadLength {
+            need,
+            got: payload.len(),
+        });
+    }
+    (0..num as usize)
+        .map(|index| {
+            let offset = size_of::<T>() + index * size_of::<Range>();
+            let range: Range = read_struct(payload, offset).ok_or(Error::Framing("range"))?;
+            Ok(Segment {
+                addr: range.addr,
+                len: range.len,
+            })
+        })
         .collect()
 }
 

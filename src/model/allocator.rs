@@ -31,8 +31,26 @@ pub trait Allocator: Send {
     /// is no room. `single_segment` asks for exactly one segment.
     fn alloc(&mut self, size: u64, single_segment: bool) -> Option<Vec<Segment>>;
 
+    /// Whether [`Allocator::alloc`] of `size` would succeed now (changes
+    /// nothing).
+    fn fits(&self, size: u64, single_segment: bool) -> bool;
+
     /// Returns segments obtained from [`Allocator::alloc`].
     fn free(&mut self, segments: &[Segment]);
+
+    /// Whether `[addr, addr + len)` lies inside one free extent.
+    fn is_free(&self, addr: u64, len: u64) -> bool;
+
+    /// Takes the free range `[addr, addr + len)` out of the allocator for
+    /// good (the memory goes back to the guest): the capacity shrinks.
+    /// Returns false, changing nothing, if the range is not free.
+    fn remove_free(&mut self, addr: u64, len: u64) -> bool;
+
+    /// A copy of this allocator (trial allocations).
+    fn clone_box(&self) -> Box<dyn Allocator>;
+
+    /// The free extents, in address order.
+    fn free_list(&self) -> Vec<Segment>;
 
     /// Bytes donated.
     fn capacity(&self) -> u64;
@@ -130,8 +148,28 @@ impl Regions {
         }
     }
 
+    fn remove_free(&mut self, addr: u64, len: u64) -> bool {
+        let Some(extent) = self.extents.containing(addr, len) else {
+            return false;
+        };
+        self.extents.take(extent, addr, len);
+        self.capacity -= len;
+        true
+    }
+
     /// Best fit of `size` bytes with the start aligned to `align`.
     fn alloc_aligned(&mut self, size: u64, align: u64) -> Option<Segment> {
+        let (extent, start) = self.find_aligned(size, align)?;
+        self.extents.take(extent, start, size);
+        Some(Segment {
+            addr: start,
+            len: size,
+        })
+    }
+
+    /// Where [`Regions::alloc_aligned`] would place `size` bytes: the free
+    /// extent and the start inside it.
+    fn find_aligned(&self, size: u64, align: u64) -> Option<(Segment, u64)> {
         let mut found = None;
         for extent in self.extents.fits(size).take(ALIGNED_FIT_CANDIDATES) {
             if let Some(start) = align_up(extent.addr, align) {
@@ -148,12 +186,7 @@ impl Regions {
             let extent = self.extents.best_fit(need)?;
             found = Some((extent, align_up(extent.addr, align)?));
         }
-        let (extent, start) = found?;
-        self.extents.take(extent, start, size);
-        Some(Segment {
-            addr: start,
-            len: size,
-        })
+        found
     }
 }
 
@@ -170,6 +203,22 @@ macro_rules! delegate_to_regions {
 
         fn free(&mut self, segments: &[Segment]) {
             self.regions.free(segments)
+        }
+
+        fn is_free(&self, addr: u64, len: u64) -> bool {
+            self.regions.extents.containing(addr, len).is_some()
+        }
+
+        fn remove_free(&mut self, addr: u64, len: u64) -> bool {
+            self.regions.remove_free(addr, len)
+        }
+
+        fn clone_box(&self) -> Box<dyn Allocator> {
+            Box::new(self.clone())
+        }
+
+        fn free_list(&self) -> Vec<Segment> {
+            self.regions.extents.iter().collect()
         }
 
         fn capacity(&self) -> u64 {
@@ -208,11 +257,6 @@ impl ContiguousAllocator {
             align: align.max(PAGE_SIZE),
         }
     }
-
-    /// The free extents, in address order.
-    pub fn free_list(&self) -> Vec<Segment> {
-        self.regions.extents.iter().collect()
-    }
 }
 
 impl Allocator for ContiguousAllocator {
@@ -229,6 +273,12 @@ impl Allocator for ContiguousAllocator {
         self.regions
             .alloc_aligned(size, self.align)
             .map(|s| vec![s])
+    }
+
+    fn fits(&self, size: u64, _single_segment: bool) -> bool {
+        size != 0
+            && size <= self.regions.extents.free_bytes()
+            && self.regions.find_aligned(size, self.align).is_some()
     }
 }
 
@@ -248,11 +298,6 @@ impl ScatterAllocator {
             regions: Regions::new(limit, region_align),
         }
     }
-
-    /// The free extents, in address order.
-    pub fn free_list(&self) -> Vec<Segment> {
-        self.regions.extents.iter().collect()
-    }
 }
 
 impl Allocator for ScatterAllocator {
@@ -261,6 +306,14 @@ impl Allocator for ScatterAllocator {
     }
 
     delegate_to_regions!();
+
+    fn fits(&self, size: u64, single_segment: bool) -> bool {
+        let extents = &self.regions.extents;
+        if size == 0 || size > extents.free_bytes() {
+            return false;
+        }
+        !single_segment || extents.best_fit(size).is_some()
+    }
 
     fn alloc(&mut self, size: u64, single_segment: bool) -> Option<Vec<Segment>> {
         let extents = &mut self.regions.extents;

@@ -70,6 +70,14 @@ pub struct Limits {
     /// Sum of the sizes of all live buffers, allocated or not (checked at
     /// create).
     pub max_total_bytes: u64,
+    /// Bytes of one allocator the driver may hold leased at once (0: no
+    /// leases).
+    #[serde(default = "default_max_lease_bytes")]
+    pub max_lease_bytes: u64,
+}
+
+fn default_max_lease_bytes() -> u64 {
+    Limits::default().max_lease_bytes
 }
 
 impl Default for Limits {
@@ -79,6 +87,7 @@ impl Default for Limits {
             max_attachments_per_buffer: 16,
             max_buffer_size: 1 << 30,
             max_total_bytes: 4 << 30,
+            max_lease_bytes: 2 << 20,
         }
     }
 }

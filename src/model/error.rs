@@ -26,6 +26,46 @@ pub enum Error {
     },
     #[error("region {addr:#x}+{len:#x} ends above the allocator's limit {limit:#x}")]
     RegionOutOfPlacement { addr: u64, len: u64, limit: u64 },
+    #[error("range {addr:#x}+{len:#x} is not memory of allocator {allocator}")]
+    RegionNotDonated {
+        addr: u64,
+        len: u64,
+        allocator: usize,
+    },
+    #[error("range {addr:#x}+{len:#x} is in use (backing or leased)")]
+    RegionInUse { addr: u64, len: u64 },
+
+    // ---- leases ----
+    #[error("lease of {count} extents of {size:#x} bytes: out of range")]
+    InvalidLease { size: u64, count: u32 },
+    #[error("extent at {addr:#x} is not leased (allocator {allocator}, or none)")]
+    NotLeased { addr: u64, allocator: usize },
+    #[error("leased extent {addr:#x}+{len:#x} is smaller than the buffer ({size:#x})")]
+    LeaseTooSmall { addr: u64, len: u64, size: u64 },
+    #[error(
+        "leased extent {addr:#x} is of allocator {allocator}, the rule picks {chosen:?} for this buffer"
+    )]
+    LeaseElsewhere {
+        addr: u64,
+        allocator: usize,
+        chosen: Option<usize>,
+    },
+    #[error("attachment {attachment}: driver negotiated type {driver:#x}, the device {device:#x}")]
+    LeasedMappingType {
+        attachment: AttachmentId,
+        driver: u32,
+        device: u32,
+    },
+    #[error("leased map names attachment record {0}, which does not exist")]
+    LeasedMapIndex(usize),
+    #[error("id {0:#x} is outside the driver's id range")]
+    DriverIdOutOfRange(u32),
+    #[error("id {0:#x} is already in use")]
+    IdInUse(u32),
+    #[error(
+        "allocator {allocator} has room for {size:#x} bytes only in its leased stock: the driver must give it back first"
+    )]
+    RoomLeased { allocator: usize, size: u64 },
 
     // ---- create ----
     #[error("buffer size 0")]
@@ -107,8 +147,18 @@ impl Error {
             | EmptyAccessMask { .. }
             | NoImporterTypes
             | InvalidMappingType(_)
-            | NotMapped { .. } => libc::EINVAL,
-            RegionOverlap { .. } => libc::EEXIST,
+            | NotMapped { .. }
+            | InvalidLease { .. }
+            | LeaseTooSmall { .. }
+            | LeasedMapIndex(_)
+            | DriverIdOutOfRange(_) => libc::EINVAL,
+            RegionOverlap { .. } | IdInUse(_) => libc::EEXIST,
+            RegionNotDonated { .. } => libc::ENOENT,
+            RegionInUse { .. } => libc::EBUSY,
+            NotLeased { .. } => libc::EPERM,
+            LeaseElsewhere { .. } => libc::ESTALE,
+            LeasedMappingType { .. } => libc::EPROTO,
+            RoomLeased { .. } => libc::EAGAIN,
             RegionOutOfPlacement { .. } => libc::ERANGE,
             BufferTooLarge { .. } => libc::E2BIG,
             TooManyBuffers { .. }

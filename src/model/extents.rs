@@ -109,6 +109,13 @@ impl FreeExtents {
         }
     }
 
+    /// The free extent that contains all of `[addr, addr + len)`, if any.
+    pub fn containing(&self, addr: u64, len: u64) -> Option<Segment> {
+        let end = addr.checked_add(len)?;
+        let (&a, &l) = self.by_addr.range(..=addr).next_back()?;
+        (a + l >= end).then_some(Segment { addr: a, len: l })
+    }
+
     /// Whether `[addr, addr + len)` overlaps a free extent.
     pub fn overlaps(&self, addr: u64, len: u64) -> bool {
         let end = addr + len;

@@ -54,6 +54,36 @@
 //! buffer (first map, migration) asks for one single segment, so the
 //! promise holds even if a detach widens the access mask.
 //!
+//! # Elastic pools
+//! Memory comes and goes while buffers live: [`Pool::add_regions`] adds
+//! regions at any time, [`Pool::remove_regions`] gives free ones back (all
+//! or nothing; a range with any backing or lease on it is refused with
+//! `EBUSY`).
+//!
+//! # Leases
+//! [`Pool::lease`] hands the driver a stock of free extents of one
+//! allocator (the caller zeroes them before the driver sees them). The
+//! driver backs the first map of a small buffer from that stock without
+//! asking ([`Pool::leased_map`], which creates the buffer, its attachments
+//! with the ids the driver chose, and maps it) and gives back what it does
+//! not use ([`Pool::lease_return`]). The stock is still the allocator's
+//! memory: **room** of an allocator means its free extents *and* its
+//! stock. The allocator rule is unchanged, "the first allocator, in
+//! priority order, that serves a kind of the access mask and has room",
+//! and both paths use it:
+//! - a leased map is accepted only if the allocator of the extent is the
+//!   one the rule picks for the buffer at that moment (it always is for an
+//!   honest driver: it uses the stock of the first allocator that serves a
+//!   kind of the mask at all, and the extent itself is room there);
+//! - an ordinary map picks by the same rule; when the room it found is in
+//!   the stock rather than in free extents, the map fails with `EAGAIN`
+//!   ([`Error::RoomLeased`]) and changes nothing: the driver returns its
+//!   stock and asks again, and the map lands where the rule said.
+//!
+//! So leasing never sends a buffer to an allocator the rule would not
+//! pick; it only changes who carves the extent. `src/model/proptests.rs`
+//! checks it over random sequences.
+//!
 //! # Errors and limits
 //! Every failed operation leaves the whole pool exactly as before. Errno
 //! choices (see [`Error::errno`]): unknown ids `ENOENT`; malformed arguments
@@ -77,6 +107,8 @@ mod pool;
 pub mod snapshot;
 
 #[cfg(test)]
+mod elastic_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -85,7 +117,7 @@ pub use allocator::{Allocator, ContiguousAllocator, ScatterAllocator};
 pub use config::{AllocatorSpec, KindSpec, Limits, Placement, PoolConfig, Strategy};
 pub use error::Error;
 pub use mapping::MappingType;
-pub use pool::{Attached, Created, Mapped, Pool};
+pub use pool::{Attached, Created, LeasedAttach, LeasedMap, Mapped, Pool};
 pub use snapshot::{AllocatorStats, AttachmentInfo, BufferInfo, Counters, RegionInfo, Snapshot};
 
 use serde::{Deserialize, Serialize};
@@ -97,8 +129,18 @@ pub type AttachmentId = u32;
 
 /// The bit the protocol reserves for batch references; never set in an id.
 pub const ID_BATCH_REF_BIT: u32 = 0x8000_0000;
-/// Largest id the model hands out.
-pub const MAX_ID: u32 = ID_BATCH_REF_BIT - 1;
+/// First id of the range the driver chooses ids from itself (a leased
+/// map, [`Pool::leased_map`]); the model never hands these out.
+pub const DRIVER_ID_FIRST: u32 = 0x4000_0000;
+/// Last id of the driver's range.
+pub const DRIVER_ID_LAST: u32 = ID_BATCH_REF_BIT - 1;
+/// Largest id the model hands out (1..=MAX_ID).
+pub const MAX_ID: u32 = DRIVER_ID_FIRST - 1;
+
+/// Largest extent one lease hands out ([`Pool::lease`]).
+pub const LEASE_MAX_EXTENT: u64 = 1 << 20;
+/// Most extents one lease hands out.
+pub const LEASE_MAX_COUNT: u32 = 64;
 
 /// Page size: buffer sizes, regions and segments are multiples of it.
 pub const PAGE_SIZE: u64 = 4096;

@@ -8,7 +8,8 @@ use super::ids::{IdAllocator, IdMap};
 use super::mapping::{self, MappingType};
 use super::snapshot::{AllocatorStats, AttachmentInfo, BufferInfo, Counters, RegionInfo, Snapshot};
 use super::{
-    kinds, AttachmentId, BufferId, Direction, Error, PoolConfig, Segment, Strategy, PAGE_SIZE,
+    kinds, AttachmentId, BufferId, Direction, Error, PoolConfig, Segment, Strategy,
+    DRIVER_ID_FIRST, DRIVER_ID_LAST, LEASE_MAX_COUNT, LEASE_MAX_EXTENT, PAGE_SIZE,
 };
 
 /// Flags `create` accepts (`CENALLOC_CREATE_F_ALL`).
@@ -54,6 +55,32 @@ pub struct Mapped {
     pub migrated_from: Option<Vec<Segment>>,
 }
 
+/// One attachment of a [`LeasedMap`], with the id the driver chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeasedAttach {
+    pub id: AttachmentId,
+    pub mask: u32,
+    /// The type the driver negotiated; the model negotiates again and
+    /// refuses the whole leased map if it differs.
+    pub map_type: MappingType,
+    pub importer_types: Vec<MappingType>,
+}
+
+/// What [`Pool::leased_map`] does in one step: create a buffer with the id
+/// the driver chose, attach its attachments (ids chosen by the driver too),
+/// and map attachment `map_index` on the leased extent at `extent`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeasedMap {
+    pub buffer_id: BufferId,
+    pub size: u64,
+    pub initial_mask: u32,
+    pub attachments: Vec<LeasedAttach>,
+    pub map_index: usize,
+    pub direction: Direction,
+    /// Start address of the leased extent that backs the buffer.
+    pub extent: u64,
+}
+
 #[derive(Clone, Debug)]
 struct Backing {
     allocator: usize,
@@ -92,9 +119,50 @@ struct AllocatorSlot {
     strategy: Strategy,
     props: AllocatorProps,
     num_buffers: u32,
+    /// Leased extents the driver has not used or given back: start -> len.
+    /// Not free (nothing else is carved from them) and not backing.
+    stock: BTreeMap<u64, u64>,
+    stock_bytes: u64,
+}
+
+impl AllocatorSlot {
+    /// Room for `size` bytes: the allocator could carve them from its free
+    /// extents, or could if its leased stock were free again.
+    fn has_room(&self, size: u64, single_segment: bool) -> bool {
+        if self.allocator.fits(size, single_segment) {
+            return true;
+        }
+        if self.stock.is_empty() {
+            return false;
+        }
+        if self.strategy == Strategy::Scatter && !single_segment {
+            // Pages from anywhere: only the byte count matters.
+            return size <= self.allocator.free_bytes() + self.stock_bytes;
+        }
+        let mut trial = self.allocator.clone_box();
+        for (&addr, &len) in &self.stock {
+            trial.free(&[Segment { addr, len }]);
+        }
+        trial.fits(size, single_segment)
+    }
+}
+
+impl Clone for AllocatorSlot {
+    fn clone(&self) -> Self {
+        AllocatorSlot {
+            allocator: self.allocator.clone_box(),
+            kinds: self.kinds,
+            strategy: self.strategy,
+            props: self.props.clone(),
+            num_buffers: self.num_buffers,
+            stock: self.stock.clone(),
+            stock_bytes: self.stock_bytes,
+        }
+    }
 }
 
 /// The buffer model: see the [module documentation](super).
+#[derive(Clone)]
 pub struct Pool {
     config: PoolConfig,
     kinds: KindTable,
@@ -152,6 +220,8 @@ impl Pool {
                     strategy: spec.strategy,
                     props,
                     num_buffers: 0,
+                    stock: BTreeMap::new(),
+                    stock_bytes: 0,
                 }
             })
             .collect();
@@ -247,6 +317,18 @@ impl Pool {
     /// nothing. `initial_mask` (0 = none) counts in the access mask like an
     /// attachment's mask. `flags` must be 0.
     pub fn create(&mut self, size: u64, flags: u32, initial_mask: u32) -> Result<Created, Error> {
+        let rounded = self.check_create(size, flags)?;
+        let id = self
+            .buffer_ids
+            .peek(&self.buffers)
+            .ok_or(Error::IdsExhausted)?;
+        self.buffer_ids.commit(id);
+        self.insert_buffer(id, rounded, flags, initial_mask);
+        Ok(Created { id, size: rounded })
+    }
+
+    /// The checks of a create; returns the rounded size.
+    fn check_create(&self, size: u64, flags: u32) -> Result<u64, Error> {
         if flags & !CREATE_FLAGS_ALL != 0 {
             return Err(Error::InvalidFlags(flags));
         }
@@ -274,15 +356,14 @@ impl Pool {
                 max: limits.max_total_bytes,
             });
         }
-        let id = self
-            .buffer_ids
-            .peek(&self.buffers)
-            .ok_or(Error::IdsExhausted)?;
-        self.buffer_ids.commit(id);
+        Ok(rounded)
+    }
+
+    fn insert_buffer(&mut self, id: BufferId, size: u64, flags: u32, initial_mask: u32) {
         self.buffers.insert(
             id,
             Buffer {
-                size: rounded,
+                size,
                 flags,
                 initial_mask,
                 access_mask: base_mask(initial_mask),
@@ -294,8 +375,7 @@ impl Pool {
         );
         self.counters.creates += 1;
         self.counters.live_buffers += 1;
-        self.counters.total_bytes += rounded;
-        Ok(Created { id, size: rounded })
+        self.counters.total_bytes += size;
     }
 
     /// Whether every allocator that could back `mask` is contiguous (and
@@ -322,6 +402,22 @@ impl Pool {
     /// supports. See the module documentation for the rules.
     pub fn attach(
         &mut self,
+        buffer_id: BufferId,
+        mask: u32,
+        importer_types: &[MappingType],
+    ) -> Result<Attached, Error> {
+        let checked = self.check_attach(buffer_id, mask, importer_types)?;
+        let id = self
+            .attachment_ids
+            .peek(&self.attachments)
+            .ok_or(Error::IdsExhausted)?;
+        self.attachment_ids.commit(id);
+        self.insert_attachment(id, buffer_id, mask, checked)
+    }
+
+    /// The checks and the negotiation of an attach; changes nothing.
+    fn check_attach(
+        &self,
         buffer_id: BufferId,
         mask: u32,
         importer_types: &[MappingType],
@@ -391,36 +487,40 @@ impl Pool {
                 }
                 _ => Ok(()),
             })?;
+        Ok(Attached {
+            id: 0,
+            map_type,
+            migrate_pending: migrate,
+            access_mask: new_mask,
+        })
+    }
 
-        let id = self
-            .attachment_ids
-            .peek(&self.attachments)
-            .ok_or(Error::IdsExhausted)?;
-        self.attachment_ids.commit(id);
-        self.attachments.insert(
-            id,
-            Attachment {
-                buffer: buffer_id,
-                mask,
-                map_type,
-                maps: [0; 3],
-            },
-        );
+    fn insert_attachment(
+        &mut self,
+        id: AttachmentId,
+        buffer_id: BufferId,
+        mask: u32,
+        checked: Attached,
+    ) -> Result<Attached, Error> {
         let buffer = self
             .buffers
             .get_mut(&buffer_id)
             .ok_or(Error::UnknownBuffer(buffer_id))?;
         buffer.attachments.push(id);
-        buffer.access_mask = new_mask;
-        buffer.migrate_pending = migrate;
+        buffer.access_mask = checked.access_mask;
+        buffer.migrate_pending = checked.migrate_pending;
+        self.attachments.insert(
+            id,
+            Attachment {
+                buffer: buffer_id,
+                mask,
+                map_type: checked.map_type,
+                maps: [0; 3],
+            },
+        );
         self.counters.attaches += 1;
         self.counters.live_attachments += 1;
-        Ok(Attached {
-            id,
-            map_type,
-            migrate_pending: migrate,
-            access_mask: new_mask,
-        })
+        Ok(Attached { id, ..checked })
     }
 
     /// Detaches; fails with `EBUSY` while maps are outstanding. The access
@@ -473,26 +573,63 @@ impl Pool {
         Ok(())
     }
 
-    /// Allocates backing for `size` bytes from the first allocator serving
-    /// `mask` that has room.
+    /// The allocator rule: the first allocator, in priority order, that
+    /// serves a kind of `mask` and has room for `size` bytes (free extents
+    /// or leased stock, see the module documentation).
+    fn choose(
+        allocators: &[AllocatorSlot],
+        size: u64,
+        mask: u32,
+        single_segment: bool,
+    ) -> Option<usize> {
+        allocators
+            .iter()
+            .position(|slot| slot.kinds & mask != 0 && slot.has_room(size, single_segment))
+    }
+
+    /// Allocates backing for `size` bytes from the allocator the rule picks.
+    /// `EAGAIN` ([`Error::RoomLeased`]) when its room is leased stock.
     fn allocate(
         allocators: &mut [AllocatorSlot],
         size: u64,
         mask: u32,
         single_segment: bool,
-    ) -> Option<Backing> {
-        allocators
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, slot)| slot.kinds & mask != 0)
-            .find_map(|(index, slot)| {
-                slot.allocator
-                    .alloc(size, single_segment)
-                    .map(|segments| Backing {
-                        allocator: index,
-                        segments,
-                    })
-            })
+    ) -> Result<Backing, Error> {
+        let index = Self::choose(allocators, size, mask, single_segment)
+            .ok_or(Error::OutOfMemory { size, mask })?;
+        let segments = allocators[index]
+            .allocator
+            .alloc(size, single_segment)
+            .ok_or(Error::RoomLeased {
+                allocator: index,
+                size,
+            })?;
+        Ok(Backing {
+            allocator: index,
+            segments,
+        })
+    }
+
+    /// The allocator a map of `buffer_id` would allocate from now, by the
+    /// rule (`None`: no allocator has room). For tests and diagnostics.
+    pub fn chosen_allocator(&self, buffer_id: BufferId) -> Result<Option<usize>, Error> {
+        let buffer = self.buffer(buffer_id)?;
+        Ok(Self::choose(
+            &self.allocators,
+            buffer.size,
+            buffer.access_mask,
+            self.contiguous_promised(buffer),
+        ))
+    }
+
+    /// Whether an attachment of the buffer negotiated `Contiguous`: its
+    /// allocations must then be one segment.
+    fn contiguous_promised(&self, buffer: &Buffer) -> bool {
+        buffer.attachments.iter().any(|a| {
+            self.attachments
+                .get(a)
+                .is_some_and(|att| att.map_type == MappingType::Contiguous)
+        })
     }
 
     /// Maps the buffer of `attachment_id` in `dir`. The first map allocates
@@ -541,11 +678,7 @@ impl Pool {
                 buffer.size,
                 buffer.access_mask,
                 single_segment,
-            )
-            .ok_or(Error::OutOfMemory {
-                size: buffer.size,
-                mask: buffer.access_mask,
-            })?;
+            )?;
             self.allocators[new.allocator].num_buffers += 1;
             self.counters.allocations += 1;
             match buffer.backing.replace(new) {
@@ -663,6 +796,341 @@ impl Pool {
         }
     }
 
+    /// Gives memory back to the guest: every range must lie in regions of
+    /// `allocator` and be free (no backing, no lease on any byte), else
+    /// nothing changes (`ENOENT` for memory the allocator does not have,
+    /// `EBUSY` for memory in use, `EINVAL` for a malformed range, `EEXIST`
+    /// for ranges that overlap each other). Ranges start on the allocator's
+    /// region alignment.
+    pub fn remove_regions(&mut self, allocator: usize, ranges: &[Segment]) -> Result<(), Error> {
+        let slot = self
+            .allocators
+            .get(allocator)
+            .ok_or(Error::UnknownAllocator(allocator))?;
+        let align = slot.props.region_align.max(PAGE_SIZE);
+        let mut sorted = ranges.to_vec();
+        sorted.sort_unstable();
+        for range in &sorted {
+            let (addr, len) = (range.addr, range.len);
+            if len == 0 {
+                return Err(Error::EmptyRegion { addr });
+            }
+            if addr % align != 0 || len % PAGE_SIZE != 0 {
+                return Err(Error::MisalignedRegion { addr, len, align });
+            }
+            let end = addr
+                .checked_add(len)
+                .ok_or(Error::RegionOverflow { addr, len })?;
+            if !self.regions_cover(allocator, addr, end) {
+                return Err(Error::RegionNotDonated {
+                    addr,
+                    len,
+                    allocator,
+                });
+            }
+            if !slot.allocator.is_free(addr, len) {
+                return Err(Error::RegionInUse { addr, len });
+            }
+        }
+        for pair in sorted.windows(2) {
+            if pair[0].end() > pair[1].addr {
+                return Err(Error::RegionOverlap {
+                    addr: pair[1].addr,
+                    len: pair[1].len,
+                    allocator,
+                });
+            }
+        }
+        for range in &sorted {
+            // Checked above: the range is free, so this cannot fail.
+            if !self.allocators[allocator]
+                .allocator
+                .remove_free(range.addr, range.len)
+            {
+                return Err(Error::RegionInUse {
+                    addr: range.addr,
+                    len: range.len,
+                });
+            }
+            self.cut_regions(range.addr, range.end());
+            self.counters.regions_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether `[addr, end)` lies in regions of `allocator` (several
+    /// adjacent ones may cover it).
+    fn regions_cover(&self, allocator: usize, addr: u64, end: u64) -> bool {
+        let mut at = addr;
+        let mut regions = self.regions.range(..end).rev();
+        // Walk backwards from the last region starting before `end` to the
+        // one that contains `addr`, checking that they are contiguous.
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        for (&start, &(region_end, owner)) in regions.by_ref() {
+            if region_end <= addr {
+                break;
+            }
+            if owner != allocator {
+                return false;
+            }
+            pieces.push((start, region_end));
+            if start <= addr {
+                break;
+            }
+        }
+        pieces.reverse();
+        for (start, region_end) in pieces {
+            if start > at {
+                return false;
+            }
+            at = at.max(region_end);
+        }
+        at >= end
+    }
+
+    /// Removes `[addr, end)` from the region map, splitting regions.
+    fn cut_regions(&mut self, addr: u64, end: u64) {
+        let overlapping: Vec<(u64, u64, usize)> = self
+            .regions
+            .range(..end)
+            .rev()
+            .take_while(|(_, &(region_end, _))| region_end > addr)
+            .map(|(&start, &(region_end, owner))| (start, region_end, owner))
+            .collect();
+        for (start, region_end, owner) in overlapping {
+            self.regions.remove(&start);
+            if start < addr {
+                self.regions.insert(start, (addr, owner));
+            }
+            if region_end > end {
+                self.regions.insert(end, (region_end, owner));
+            }
+        }
+    }
+
+    /// Leases up to `count` extents of `size` bytes of `allocator` to the
+    /// driver, carved like any allocation (one segment each, the
+    /// allocator's alignment). Stops early, without error, when the
+    /// allocator would keep less than an eighth of its capacity free or
+    /// the stock would exceed [`Limits::max_lease_bytes`](super::Limits).
+    /// The caller must zero the extents before the driver sees them (and
+    /// give them back with [`Pool::lease_return`] if it cannot).
+    pub fn lease(
+        &mut self,
+        allocator: usize,
+        size: u64,
+        count: u32,
+    ) -> Result<Vec<Segment>, Error> {
+        if size == 0 || size % PAGE_SIZE != 0 || size > LEASE_MAX_EXTENT {
+            return Err(Error::InvalidLease { size, count });
+        }
+        if count == 0 || count > LEASE_MAX_COUNT {
+            return Err(Error::InvalidLease { size, count });
+        }
+        let max_stock = self.config.limits.max_lease_bytes;
+        let slot = self
+            .allocators
+            .get_mut(allocator)
+            .ok_or(Error::UnknownAllocator(allocator))?;
+        let mut extents = Vec::new();
+        for _ in 0..count {
+            let reserve = slot.allocator.capacity() / 8;
+            let free = slot.allocator.free_bytes();
+            if slot.stock_bytes + size > max_stock || free < reserve + size {
+                break;
+            }
+            let Some(mut segments) = slot.allocator.alloc(size, true) else {
+                break;
+            };
+            let Some(extent) = segments.pop() else {
+                break;
+            };
+            slot.stock.insert(extent.addr, extent.len);
+            slot.stock_bytes += extent.len;
+            extents.push(extent);
+        }
+        self.counters.leased_extents += extents.len() as u64;
+        Ok(extents)
+    }
+
+    /// Takes back leased extents the driver did not use: each must be an
+    /// extent of `allocator`'s stock, exactly, named once; else nothing
+    /// changes (`EPERM`).
+    pub fn lease_return(&mut self, allocator: usize, extents: &[Segment]) -> Result<(), Error> {
+        let slot = self
+            .allocators
+            .get_mut(allocator)
+            .ok_or(Error::UnknownAllocator(allocator))?;
+        let mut sorted = extents.to_vec();
+        sorted.sort_unstable();
+        for (i, extent) in sorted.iter().enumerate() {
+            let leased = slot.stock.get(&extent.addr) == Some(&extent.len);
+            if !leased || (i > 0 && sorted[i - 1].addr == extent.addr) {
+                return Err(Error::NotLeased {
+                    addr: extent.addr,
+                    allocator,
+                });
+            }
+        }
+        for extent in &sorted {
+            slot.stock.remove(&extent.addr);
+            slot.stock_bytes -= extent.len;
+            slot.allocator.free(std::slice::from_ref(extent));
+        }
+        self.counters.lease_returns += sorted.len() as u64;
+        Ok(())
+    }
+
+    /// The stock of `allocator` (leased, neither used nor given back), in
+    /// address order.
+    pub fn stock(&self, allocator: usize) -> Vec<Segment> {
+        self.allocators
+            .get(allocator)
+            .map_or_else(Vec::new, |slot| {
+                slot.stock
+                    .iter()
+                    .map(|(&addr, &len)| Segment { addr, len })
+                    .collect()
+            })
+    }
+
+    /// Whether `id` is in the driver's id range and unused as a `what`.
+    fn check_driver_id<V>(id: u32, in_use: &super::ids::IdMap<V>) -> Result<(), Error> {
+        if !(DRIVER_ID_FIRST..=DRIVER_ID_LAST).contains(&id) {
+            return Err(Error::DriverIdOutOfRange(id));
+        }
+        if in_use.contains_key(&id) {
+            return Err(Error::IdInUse(id));
+        }
+        Ok(())
+    }
+
+    /// A leased map: creates the buffer and its attachments with the ids
+    /// the driver chose and maps attachment `map_index` on the leased
+    /// extent. All or nothing. The extent must be in the stock of the
+    /// allocator the rule picks for the buffer (else `EPERM` for an extent
+    /// that is not leased, `ESTALE` for one of another allocator), at least
+    /// the buffer's size; every negotiated type must equal the driver's.
+    /// The extent was zeroed when it was leased; its tail beyond the
+    /// buffer's size goes back to the allocator.
+    pub fn leased_map(&mut self, req: &LeasedMap) -> Result<Mapped, Error> {
+        Self::check_driver_id(req.buffer_id, &self.buffers)?;
+        for (i, a) in req.attachments.iter().enumerate() {
+            Self::check_driver_id(a.id, &self.attachments)?;
+            if req.attachments[..i].iter().any(|b| b.id == a.id) {
+                return Err(Error::IdInUse(a.id));
+            }
+        }
+        if req.map_index >= req.attachments.len() {
+            return Err(Error::LeasedMapIndex(req.map_index));
+        }
+        let size = self.check_create(req.size, 0)?;
+        let allocator = self
+            .allocators
+            .iter()
+            .position(|slot| slot.stock.contains_key(&req.extent))
+            .ok_or(Error::NotLeased {
+                addr: req.extent,
+                allocator: usize::MAX,
+            })?;
+        let extent_len = self.allocators[allocator].stock[&req.extent];
+        if size > extent_len {
+            return Err(Error::LeaseTooSmall {
+                addr: req.extent,
+                len: extent_len,
+                size,
+            });
+        }
+
+        // From here on every step can be undone by dropping the buffer.
+        let saved_counters = self.counters.clone();
+        self.insert_buffer(req.buffer_id, size, 0, req.initial_mask);
+        let result = self.leased_map_steps(req, allocator, extent_len);
+        if result.is_err() {
+            for a in &req.attachments {
+                self.attachments.remove(&a.id);
+            }
+            self.buffers.remove(&req.buffer_id);
+            self.counters = saved_counters;
+        }
+        result
+    }
+
+    fn leased_map_steps(
+        &mut self,
+        req: &LeasedMap,
+        allocator: usize,
+        extent_len: u64,
+    ) -> Result<Mapped, Error> {
+        for a in &req.attachments {
+            let checked = self.check_attach(req.buffer_id, a.mask, &a.importer_types)?;
+            if checked.map_type != a.map_type {
+                return Err(Error::LeasedMappingType {
+                    attachment: a.id,
+                    driver: a.map_type.code(),
+                    device: checked.map_type.code(),
+                });
+            }
+            self.insert_attachment(a.id, req.buffer_id, a.mask, checked)?;
+        }
+        let buffer = self.buffer(req.buffer_id)?;
+        let (size, mask) = (buffer.size, buffer.access_mask);
+        let single = self.contiguous_promised(buffer);
+        let chosen = Self::choose(&self.allocators, size, mask, single);
+        if chosen != Some(allocator) {
+            return Err(Error::LeaseElsewhere {
+                addr: req.extent,
+                allocator,
+                chosen,
+            });
+        }
+
+        let slot = &mut self.allocators[allocator];
+        slot.stock.remove(&req.extent);
+        slot.stock_bytes -= extent_len;
+        if extent_len > size {
+            slot.allocator.free(&[Segment {
+                addr: req.extent + size,
+                len: extent_len - size,
+            }]);
+        }
+        slot.num_buffers += 1;
+        let segments = vec![Segment {
+            addr: req.extent,
+            len: size,
+        }];
+        let attachment = req.attachments[req.map_index].id;
+        let map_type = req.attachments[req.map_index].map_type;
+        if let Some(buffer) = self.buffers.get_mut(&req.buffer_id) {
+            buffer.backing = Some(Backing {
+                allocator,
+                segments: segments.clone(),
+            });
+        }
+        if let Some(att) = self.attachments.get_mut(&attachment) {
+            att.maps[req.direction.index()] += 1;
+        }
+        self.counters.allocations += 1;
+        self.counters.backing_bytes += size;
+        self.counters.maps += 1;
+        self.counters.leased_maps += 1;
+        Ok(Mapped {
+            map_type,
+            segments,
+            allocator,
+            size,
+            newly_allocated: false,
+            migrated_from: None,
+        })
+    }
+
+    /// The free extents of `allocator`, in address order (introspection).
+    pub fn free_extents(&self, allocator: usize) -> Vec<Segment> {
+        self.allocators
+            .get(allocator)
+            .map_or_else(Vec::new, |slot| slot.allocator.free_list())
+    }
+
     fn buffer(&self, buffer_id: BufferId) -> Result<&Buffer, Error> {
         self.buffers
             .get(&buffer_id)
@@ -729,6 +1197,8 @@ impl Pool {
                 free_extents: slot.allocator.free_extents(),
                 fragmentation_permille: slot.allocator.fragmentation_permille(),
                 num_buffers: slot.num_buffers,
+                leased: slot.stock_bytes,
+                leased_extents: slot.stock.len(),
             })
             .collect()
     }

@@ -417,6 +417,7 @@ fn small_pool() -> Pool {
         max_attachments_per_buffer: 3,
         max_buffer_size: 8 * PAGE,
         max_total_bytes: 48 * PAGE,
+        ..Limits::default()
     };
     config.exporter_types = vec![
         MappingType::Contiguous,

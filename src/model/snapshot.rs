@@ -20,6 +20,12 @@ pub struct Counters {
     pub allocations: u64,
     pub migrations: u64,
     pub regions_added: u64,
+    /// Ranges given back to the guest (POOL_REMOVE).
+    pub regions_removed: u64,
+    /// Extents leased, extents given back unused, leased maps accepted.
+    pub leased_extents: u64,
+    pub lease_returns: u64,
+    pub leased_maps: u64,
     /// Live buffers and attachments.
     pub live_buffers: u64,
     pub live_attachments: u64,
@@ -49,6 +55,9 @@ pub struct AllocatorStats {
     pub fragmentation_permille: u32,
     /// Buffers backed by it.
     pub num_buffers: u32,
+    /// Bytes and extents leased to the driver, not yet used or returned.
+    pub leased: u64,
+    pub leased_extents: usize,
 }
 
 /// One donated region.

@@ -473,6 +473,7 @@ fn limits_on_buffers_and_total_bytes() {
         max_attachments_per_buffer: 2,
         max_buffer_size: 4 * PAGE_SIZE,
         max_total_bytes: 6 * PAGE_SIZE,
+        ..Limits::default()
     };
     let mut pool = Pool::new(config).unwrap();
     let a = pool.create(4 * PAGE_SIZE, 0, 0).unwrap().id;

@@ -394,6 +394,8 @@ pub struct Harness {
     pub frontend: Frontend,
     pub config: Config,
     pub features: u64,
+    /// Every virtio feature the device offered.
+    pub offered: u64,
     control: Queue,
     events: Queue,
     scratch: u64,
@@ -471,6 +473,7 @@ impl Harness {
             frontend,
             config,
             features,
+            offered,
             control: Queue::new(0x1000),
             events: Queue::new(0x4000),
             scratch: SCRATCH_START,

@@ -69,6 +69,16 @@ const MAX_BATCHES: usize = 16;
 type Mem = GuestMemoryMmap<()>;
 type AtomicMem = GuestMemoryAtomic<Mem>;
 
+/// The default layout, allowed to take all of the fuzzer's small guest
+/// memory (512 KiB): the default share of guest RAM (half) would refuse
+/// the donations the cases start from.
+pub fn fuzz_config() -> DeviceConfig {
+    DeviceConfig {
+        max_pool_percent: 100,
+        ..DeviceConfig::default_layout()
+    }
+}
+
 pub fn guest_memory() -> Mem {
     let ranges: Vec<(GuestAddress, usize)> = REGIONS
         .iter()
@@ -619,7 +629,7 @@ pub fn run_batch(data: &[u8]) {
         return;
     };
     let mem = guest_memory();
-    let mut device = match Device::new(DeviceConfig::default_layout()) {
+    let mut device = match Device::new(fuzz_config()) {
         Ok(device) => device,
         Err(e) => panic!("the default device config is refused: {e}"),
     };
@@ -1133,7 +1143,7 @@ pub fn run_ring(data: &[u8]) {
         return;
     };
     let atomic = GuestMemoryAtomic::new(guest_memory());
-    let backend = match CenallocBackend::new_shared(DeviceConfig::default_layout()) {
+    let backend = match CenallocBackend::new_shared(fuzz_config()) {
         Ok(backend) => backend,
         Err(e) => panic!("the default device config is refused: {e}"),
     };

@@ -1,0 +1,469 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cenalloc leases (CENALLOC_F_LEASE): the device lends the driver a stock
+ * of zeroed extents per allocator, in two sizes (4 KiB and 64 KiB), and
+ * the first map of a small buffer takes one without asking (LEASED_MAP,
+ * posted: cenalloc_batch.c). The stock is filled by a work item when it
+ * falls below a quarter of its target (LEASE), and given back (LEASE_RETURN)
+ * when the device asks (CENALLOC_EVENT_LEASE_REVOKE), when a map finds its
+ * room leased (-EAGAIN), and under memory pressure.
+ *
+ * Constraint semantics do not change: the first map of a buffer takes an
+ * extent of the first allocator, in priority order, that serves a kind of
+ * its access mask, and of no other. That is the allocator the device's
+ * rule picks (its room counts leased extents, and this one has one), and
+ * the device checks it again. Nothing is leased at probe: an allocator's
+ * stock is filled the first time a map wants it.
+ *
+ * Every extent of an answer is checked (page aligned, of the size asked,
+ * inside memory donated to that allocator's pool, below 4 GiB for a DMA32
+ * pool) and counted as a user of its blocks until it backs a buffer or
+ * goes back; a buffer it backs gets the checks of a MAP answer too
+ * (cenalloc_batch.c). A bad answer is counted (lease_bad_answers and
+ * answers_rejected) and logged.
+ */
+#include <linux/bitmap.h>
+#include <linux/mm.h>
+#include <linux/moduleparam.h>
+#include <linux/sizes.h>
+#include <linux/slab.h>
+
+#include "cenalloc_dev.h"
+#include "cenalloc_lease.h"
+#include "cenalloc_pool.h"
+#include "cenalloc_vq.h"
+
+static unsigned int lease_stock = 32;
+module_param(lease_stock, uint, 0644);
+MODULE_PARM_DESC(lease_stock,
+		 "4 KiB extents kept leased per allocator in use, half as many of 64 KiB (refilled below half; 0: no leased maps)");
+
+static const u32 cenalloc_lease_sizes[CENALLOC_LEASE_CLASSES] = {
+	SZ_4K, SZ_64K,
+};
+
+/* Bytes one LEASE asks for at most. */
+#define CENALLOC_LEASE_BITE		SZ_1M
+
+/*
+ * Bytes one class of one allocator's stock holds at most: both classes
+ * together (512 KiB of 4 KiB extents, 1.5 MiB of 64 KiB ones) stay within
+ * the stock a device lends per allocator (cenallocd: 2 MiB), so that one
+ * class never starves the other.
+ */
+static const u32 cenalloc_lease_class_bytes[CENALLOC_LEASE_CLASSES] = {
+	SZ_512K, SZ_1M + SZ_512K,
+};
+
+u32 cenalloc_lease_class_size(unsigned int class)
+{
+	return class < CENALLOC_LEASE_CLASSES ? cenalloc_lease_sizes[class] : 0;
+}
+
+/* The most extents of @class one stock holds. */
+static unsigned int cenalloc_lease_max(unsigned int class)
+{
+	return min_t(unsigned int, CENALLOC_LEASE_STOCK_MAX,
+		     cenalloc_lease_class_bytes[class] /
+		     cenalloc_lease_sizes[class]);
+}
+
+/* The target of a stock without misses: the module parameter's. */
+static unsigned int cenalloc_lease_base(unsigned int class)
+{
+	unsigned int stock = READ_ONCE(lease_stock);
+	unsigned int target = class ? stock / 2 : stock;
+
+	return min(target, cenalloc_lease_max(class));
+}
+
+/* The stock's target (l->lock held, or a stale read for a refill). */
+static unsigned int cenalloc_lease_target(const struct cenalloc_stock *st,
+					  unsigned int class)
+{
+	unsigned int base = cenalloc_lease_base(class);
+
+	if (!base)
+		return 0;
+	return clamp_t(unsigned int, READ_ONCE(st->target), base,
+		       cenalloc_lease_max(class));
+}
+
+static int cenalloc_lease_class(u64 size)
+{
+	unsigned int class;
+
+	for (class = 0; class < CENALLOC_LEASE_CLASSES; class++)
+		if (size <= cenalloc_lease_sizes[class] &&
+		    cenalloc_lease_base(class))
+			return class;
+	return -1;
+}
+
+static struct cenalloc_stock *cenalloc_stock_of(struct cenalloc_leases *l,
+						u32 allocator,
+						unsigned int class)
+{
+	return &l->stock[allocator * CENALLOC_LEASE_CLASSES + class];
+}
+
+/* The first allocator, in priority order, serving a kind of @mask. */
+static int cenalloc_lease_allocator(struct cenalloc_dev *cdev, u32 mask)
+{
+	unsigned int i;
+
+	for (i = 0; i < cdev->num_allocators; i++)
+		if (le32_to_cpu(cdev->allocators[i].kinds) & mask)
+			return i;
+	return -1;
+}
+
+/*
+ * The first map of a buffer of @size bytes with access mask @mask: take an
+ * extent of the allocator the rule picks, if its stock has one. Refills
+ * the stock in the background when it runs low.
+ */
+bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
+			 u32 *allocator, u64 *extent, u64 *len)
+{
+	struct cenalloc_leases *l = cdev->leases;
+	struct cenalloc_stock *st;
+	bool taken = false, want;
+	int a, class;
+
+	if (!l || READ_ONCE(cdev->quiesced))
+		return false;
+	class = cenalloc_lease_class(size);
+	a = cenalloc_lease_allocator(cdev, mask);
+	if (class < 0 || a < 0 || a >= l->num_allocators)
+		return false;
+	spin_lock(&l->lock);
+	st = cenalloc_stock_of(l, a, class);
+	if (st->count) {
+		*extent = st->addr[--st->count];
+		*len = cenalloc_lease_sizes[class];
+		*allocator = a;
+		taken = true;
+	} else {
+		/* Too shallow for the rate of maps: deeper next time. */
+		st->target = min(2 * cenalloc_lease_target(st, class),
+				 cenalloc_lease_max(class));
+	}
+	want = st->count <= cenalloc_lease_target(st, class) / 2 &&
+	       !test_bit(a, &l->revoking);
+	if (want)
+		__set_bit(a * CENALLOC_LEASE_CLASSES + class, &l->wanted);
+	spin_unlock(&l->lock);
+	if (want && !READ_ONCE(cdev->removed))
+		queue_work(system_unbound_wq, &l->refill_work);
+	atomic64_inc(taken ? &l->taken : &l->missed);
+	return taken;
+}
+
+/* A fresh id from the driver's range for a leased map. */
+u32 cenalloc_lease_id(struct cenalloc_dev *cdev)
+{
+	u32 n = (u32)atomic_inc_return(&cdev->leases->next_id);
+
+	return CENALLOC_DRIVER_ID_FIRST +
+	       n % (CENALLOC_BATCH_REF - CENALLOC_DRIVER_ID_FIRST);
+}
+
+/*
+ * Check and take the extents of a LEASE answer into the stock. Returns the
+ * number taken; a bad extent stops the rest (they stay leased on the
+ * device, unused).
+ */
+static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
+					  u32 allocator, unsigned int class,
+					  const void *resp, u32 len,
+					  unsigned int asked)
+{
+	const struct cenalloc_lease_resp *lr = resp;
+	struct cenalloc_leases *l = cdev->leases;
+	const struct cenalloc_range *r;
+	struct cenalloc_stock *st;
+	unsigned int n = 0, i = 0, taken = 0;
+	bool dma32;
+	u64 addr;
+
+	dma32 = le32_to_cpu(cdev->pools[allocator].config.placement) &
+		CENALLOC_PLACE_DMA32;
+	if (len < sizeof(*lr))
+		goto bad;
+	n = le32_to_cpu(lr->num_extents);
+	if (n > asked || n > (len - sizeof(*lr)) / sizeof(*r))
+		goto bad;
+	r = (const struct cenalloc_range *)(lr + 1);
+	for (i = 0; i < n; i++) {
+		addr = le64_to_cpu(r[i].addr);
+		if (!PAGE_ALIGNED(addr) ||
+		    le64_to_cpu(r[i].len) != cenalloc_lease_sizes[class] ||
+		    (dma32 && addr + cenalloc_lease_sizes[class] > SZ_4G) ||
+		    cenalloc_pools_claim(cdev, &r[i], 1, allocator))
+			goto bad;
+		spin_lock(&l->lock);
+		st = cenalloc_stock_of(l, allocator, class);
+		if (st->count < CENALLOC_LEASE_STOCK_MAX) {
+			st->addr[st->count++] = addr;
+			taken++;
+			addr = 0;
+		}
+		spin_unlock(&l->lock);
+		if (addr)	/* no room: it stays leased, unused */
+			cenalloc_pools_unclaim(cdev, &r[i], 1);
+	}
+	atomic64_add(taken, &l->leased);
+	return taken;
+bad:
+	atomic64_inc(&l->bad_answers);
+	cenalloc_answer_rejected(cdev);
+	pr_warn_ratelimited("cenalloc: device answer rejected: LEASE for allocator %u, extent %u of %u\n",
+			    allocator, i, n);
+	atomic64_add(taken, &l->leased);
+	return taken;
+}
+
+/* LEASE up to @count extents of @class for @allocator; returns how many
+ * came.
+ */
+static unsigned int cenalloc_lease_fill(struct cenalloc_dev *cdev,
+					u32 allocator, unsigned int class,
+					unsigned int count)
+{
+	struct cenalloc_lease_req *lr;
+	unsigned int taken = 0;
+	struct cenalloc_req *req;
+	void *resp;
+	u32 len;
+	int ret;
+
+	req = cenalloc_req_alloc(cdev);
+	if (!req)
+		return 0;
+	lr = cenalloc_req_add(req, CENALLOC_CMD_LEASE, sizeof(*lr),
+			      sizeof(struct cenalloc_lease_resp) +
+			      count * sizeof(struct cenalloc_range));
+	if (IS_ERR(lr))
+		goto out;
+	lr->allocator_id = cpu_to_le32(allocator);
+	lr->count = cpu_to_le32(count);
+	lr->size = cpu_to_le64(cenalloc_lease_sizes[class]);
+	ret = cenalloc_req_submit(req);
+	if (!ret && !cenalloc_req_answered(req, 0)) {
+		cenalloc_answer_rejected(cdev);
+		atomic64_inc(&cdev->leases->bad_answers);
+		ret = -EIO;
+	}
+	if (!ret)
+		ret = cenalloc_req_status(req, 0);
+	if (ret) {
+		pr_debug("cenalloc: LEASE for allocator %u failed: %d\n",
+			 allocator, ret);
+		goto out;
+	}
+	resp = cenalloc_req_resp(req, 0, &len);
+	taken = cenalloc_lease_accept(cdev, allocator, class, resp, len, count);
+out:
+	cenalloc_req_free(req);
+	return taken;
+}
+
+static void cenalloc_lease_refill_work(struct work_struct *work)
+{
+	struct cenalloc_leases *l = container_of(work, struct cenalloc_leases,
+						 refill_work);
+	struct cenalloc_dev *cdev = l->cdev;
+	unsigned int bit, a, class, have, target, bite;
+	bool revoking;
+
+	for (;;) {
+		spin_lock(&l->lock);
+		bit = find_first_bit(&l->wanted, BITS_PER_LONG);
+		if (bit >= BITS_PER_LONG) {
+			spin_unlock(&l->lock);
+			return;
+		}
+		__clear_bit(bit, &l->wanted);
+		a = bit / CENALLOC_LEASE_CLASSES;
+		class = bit % CENALLOC_LEASE_CLASSES;
+		have = cenalloc_stock_of(l, a, class)->count;
+		target = cenalloc_lease_target(cenalloc_stock_of(l, a, class),
+					       class);
+		revoking = test_bit(a, &l->revoking);
+		spin_unlock(&l->lock);
+		if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
+			return;
+		/* In bites the device zeroes quickly: a LEASE holds up
+		 * every command queued behind it.
+		 */
+		if (revoking || have >= target)
+			continue;
+		bite = min3(target - have, (unsigned int)CENALLOC_MAX_LEASE,
+			    CENALLOC_LEASE_BITE / cenalloc_lease_sizes[class]);
+		/* A full bite and still short: another round, after what
+		 * else is waiting.
+		 */
+		if (cenalloc_lease_fill(cdev, a, class, bite) == bite &&
+		    have + bite < target) {
+			spin_lock(&l->lock);
+			__set_bit(bit, &l->wanted);
+			spin_unlock(&l->lock);
+		}
+	}
+}
+
+/*
+ * Give every unused extent of @allocator back (LEASE_RETURN) and wait for
+ * the answer. An extent the device will not take back is dropped from the
+ * stock and stays counted on its blocks.
+ */
+int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
+{
+	struct cenalloc_leases *l = cdev->leases;
+	struct cenalloc_range *ranges;
+	struct cenalloc_lease_return_req *rr;
+	struct cenalloc_stock *st;
+	unsigned int n = 0, class, i;
+	struct cenalloc_req *req;
+	int ret;
+
+	if (!l || allocator >= l->num_allocators)
+		return 0;
+	ranges = kmalloc_array(CENALLOC_LEASE_CLASSES * CENALLOC_LEASE_STOCK_MAX,
+			       sizeof(*ranges), GFP_KERNEL);
+	if (!ranges)
+		return -ENOMEM;
+	spin_lock(&l->lock);
+	set_bit(allocator, &l->revoking);
+	for (class = 0; class < CENALLOC_LEASE_CLASSES; class++) {
+		st = cenalloc_stock_of(l, allocator, class);
+		for (i = 0; i < st->count; i++, n++) {
+			ranges[n].addr = cpu_to_le64(st->addr[i]);
+			ranges[n].len = cpu_to_le64(cenalloc_lease_sizes[class]);
+		}
+		st->count = 0;
+		st->target = 0;		/* back to the parameter's */
+	}
+	spin_unlock(&l->lock);
+
+	ret = 0;
+	if (!n)
+		goto out;
+	req = cenalloc_req_alloc(cdev);
+	if (!req) {
+		ret = -ENOMEM;
+		goto out_drop;
+	}
+	rr = cenalloc_req_add(req, CENALLOC_CMD_LEASE_RETURN,
+			      sizeof(*rr) + n * sizeof(ranges[0]), 0);
+	if (IS_ERR(rr)) {
+		ret = PTR_ERR(rr);
+		cenalloc_req_free(req);
+		goto out_drop;
+	}
+	rr->allocator_id = cpu_to_le32(allocator);
+	rr->num_ranges = cpu_to_le32(n);
+	memcpy(rr + 1, ranges, n * sizeof(ranges[0]));
+	ret = cenalloc_req_submit(req);
+	if (!ret)
+		ret = cenalloc_req_status(req, 0);
+	cenalloc_req_free(req);
+	if (ret)
+		goto out_drop;
+	cenalloc_pools_unclaim(cdev, ranges, n);
+	atomic64_add(n, &l->returned);
+	goto out;
+out_drop:
+	if (ret != -ENODEV)
+		pr_warn_ratelimited("cenalloc: giving back %u leased extents of allocator %u failed: %d\n",
+				    n, allocator, ret);
+out:
+	clear_bit(allocator, &l->revoking);
+	kfree(ranges);
+	return ret;
+}
+
+/* Give back the stock of every allocator that serves a kind of @mask. */
+void cenalloc_lease_return_mask(struct cenalloc_dev *cdev, u32 mask)
+{
+	unsigned int i;
+
+	for (i = 0; i < cdev->num_allocators; i++)
+		if (le32_to_cpu(cdev->allocators[i].kinds) & mask)
+			cenalloc_lease_return_all(cdev, i);
+}
+
+/* The device asks for the stock of @allocator (event, any context). */
+void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator)
+{
+	struct cenalloc_leases *l = cdev->leases;
+
+	if (!l || allocator >= l->num_allocators || READ_ONCE(cdev->quiesced))
+		return;
+	set_bit(allocator, &l->revoke_pending);
+	queue_work(system_unbound_wq, &l->revoke_work);
+}
+
+static void cenalloc_lease_revoke_work(struct work_struct *work)
+{
+	struct cenalloc_leases *l = container_of(work, struct cenalloc_leases,
+						 revoke_work);
+	unsigned int a;
+
+	for (a = 0; a < l->num_allocators; a++)
+		if (test_and_clear_bit(a, &l->revoke_pending) &&
+		    !READ_ONCE(l->cdev->removed) && !READ_ONCE(l->cdev->quiesced))
+			cenalloc_lease_return_all(l->cdev, a);
+}
+
+unsigned int cenalloc_lease_stock(struct cenalloc_dev *cdev, u32 allocator,
+				  unsigned int class)
+{
+	struct cenalloc_leases *l = cdev->leases;
+	unsigned int n;
+
+	if (!l || allocator >= l->num_allocators ||
+	    class >= CENALLOC_LEASE_CLASSES)
+		return 0;
+	spin_lock(&l->lock);
+	n = cenalloc_stock_of(l, allocator, class)->count;
+	spin_unlock(&l->lock);
+	return n;
+}
+
+/* Set up the (empty) stock after GET_INFO, when the device leases. */
+int cenalloc_lease_init(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_leases *l;
+	unsigned int num;
+
+	BUILD_BUG_ON(CENALLOC_MAX_ALLOCATORS * CENALLOC_LEASE_CLASSES >
+		     BITS_PER_LONG);
+	num = min_t(unsigned int, cdev->num_allocators, cdev->num_pools);
+	if (!cdev->lease_feature || !num)
+		return 0;
+	/* Freed with the device state (cenalloc_dev.c). */
+	l = kzalloc(struct_size(l, stock, num * CENALLOC_LEASE_CLASSES),
+		    GFP_KERNEL);
+	if (!l)
+		return -ENOMEM;
+	l->cdev = cdev;
+	l->num_allocators = num;
+	spin_lock_init(&l->lock);
+	INIT_WORK(&l->refill_work, cenalloc_lease_refill_work);
+	INIT_WORK(&l->revoke_work, cenalloc_lease_revoke_work);
+	cdev->leases = l;
+	return 0;
+}
+
+/* At remove: no more refills or returns (the device is gone). */
+void cenalloc_lease_stop(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_leases *l = cdev->leases;
+
+	if (!l)
+		return;
+	cancel_work_sync(&l->refill_work);
+	cancel_work_sync(&l->revoke_work);
+}

@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * cenalloc leases (cenalloc_lease.c): a stock of zeroed extents per
+ * allocator, leased from the device, that backs the first map of a small
+ * buffer without a round trip.
+ */
+#ifndef CENALLOC_LEASE_H
+#define CENALLOC_LEASE_H
+
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/workqueue.h>
+
+struct cenalloc_dev;
+
+/* Extent sizes leased: a buffer takes the smallest class it fits. */
+#define CENALLOC_LEASE_CLASSES		2
+#define CENALLOC_LEASE_STOCK_MAX	128
+
+struct cenalloc_stock {
+	u64 addr[CENALLOC_LEASE_STOCK_MAX];
+	unsigned int count;
+	unsigned int target;		/* 0: the module parameter's */
+};
+
+struct cenalloc_leases {
+	struct cenalloc_dev *cdev;
+	spinlock_t lock;			/* stock, wanted, revoking */
+	unsigned int num_allocators;
+	unsigned long wanted;			/* bit per allocator and class */
+	unsigned long revoking;			/* bit per allocator: giving back */
+	unsigned long revoke_pending;		/* bit per allocator: device asked */
+	struct work_struct refill_work;
+	struct work_struct revoke_work;
+	atomic_t next_id;			/* driver-chosen ids */
+	/* Counters (debugfs). */
+	atomic64_t taken;			/* first maps from the stock */
+	atomic64_t missed;			/* small first maps with no stock */
+	atomic64_t leased;			/* extents received */
+	atomic64_t returned;			/* extents given back */
+	atomic64_t bad_answers;			/* LEASE answers refused */
+	struct cenalloc_stock stock[];		/* [allocator][class] */
+};
+
+int cenalloc_lease_init(struct cenalloc_dev *cdev);
+void cenalloc_lease_stop(struct cenalloc_dev *cdev);
+u32 cenalloc_lease_class_size(unsigned int class);
+bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
+			 u32 *allocator, u64 *extent, u64 *len);
+u32 cenalloc_lease_id(struct cenalloc_dev *cdev);
+void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator);
+int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator);
+void cenalloc_lease_return_mask(struct cenalloc_dev *cdev, u32 mask);
+unsigned int cenalloc_lease_stock(struct cenalloc_dev *cdev, u32 allocator,
+				  unsigned int class);
+
+#endif /* CENALLOC_LEASE_H */

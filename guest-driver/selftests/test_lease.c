@@ -1,0 +1,463 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Leases (CENALLOC_F_LEASE): the first map of a small buffer comes from a
+ * stock of zeroed extents the device leased, without a round trip, in the
+ * allocator the pool rules pick; the stock runs out and refills; the
+ * device takes it back when a map needs the room it holds.
+ *
+ * The figures come from debugfs cenalloc/allocators ("stock<A>_<K>k N",
+ * "lease_taken N", ...). Skips when the driver has no leases. A report of
+ * memory the device never leased is refused: tests/elastic.rs sends such
+ * reports (the driver cannot be made to). A LEASE answer naming memory
+ * outside the pool (the fault lease-outside-pool of a fault-injection
+ * cenallocd, switched through run-vm's host channel) is refused by the
+ * driver.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "cenalloc_util.h"
+#include "host_channel.h"
+#include "tap.h"
+
+#define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
+#define DEV			0
+#define NBUF			40
+#define EXTRA			8
+
+static long long lease_value(const char *name)
+{
+	static char text[32768];
+	ssize_t n, got = 0;
+	int fd;
+
+	fd = open(ALLOCATORS_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
+		got += n;
+	close(fd);
+	text[got] = 0;
+	return ca_text_value(text, name);
+}
+
+static long long stock(int allocator, int kib)
+{
+	char name[32];
+
+	snprintf(name, sizeof(name), "stock%d_%dk", allocator, kib);
+	return lease_value(name);
+}
+
+/* Waits up to 5 s for the @kib KiB stock of @allocator to hold @want. */
+static bool stock_reaches_kib(int allocator, int kib, long long want)
+{
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		if (stock(allocator, kib) >= want)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+static bool stock_reaches(int allocator, long long want)
+{
+	return stock_reaches_kib(allocator, 4, want);
+}
+
+/* Opens the devices with device DEV of @mask; TAP_SKIP without leases. */
+static enum tap_result setup(int *ca, int *ct, uint32_t mask)
+{
+	if (!ca_env_open_device(ca, ct, DEV, mask))
+		return TAP_FAIL;
+	if (lease_value("leases") != 1) {
+		ca_env_close(ca, ct, NULL);
+		return tap_skip("the driver has no leases (debugfs %s)",
+				ALLOCATORS_PATH);
+	}
+	return TAP_PASS;
+}
+
+/* One 4 KiB buffer mapped and released, to make the stock fill. */
+static bool warm(int ca, int ct, int allocator)
+{
+	struct ca_buf b;
+	int ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b);
+
+	if (!CHECK(ret == 0, "4 KiB: %s", strerror(-ret)))
+		return false;
+	ca_buf_free(ct, &b);
+	return CHECK(stock_reaches(allocator, 4),
+		     "allocator %d: stock %lld after 5 s", allocator,
+		     stock(allocator, 4));
+}
+
+static enum tap_result test_leased_maps_are_zeroed_and_counted(void)
+{
+	struct ca_pool before, after;
+	long long taken0, taken1;
+	struct ca_buf b = { .fd = -1 };
+	uint8_t *mem;
+	int ca, ct, ret, index;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&before, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index))
+		goto out;
+	taken0 = lease_value("lease_taken");
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b);
+	if (!CHECK(ret == 0, "4 KiB: %s", strerror(-ret)))
+		goto out;
+	taken1 = lease_value("lease_taken");
+	CHECK(taken1 == taken0 + 1, "lease_taken %lld -> %lld", taken0, taken1);
+	if (CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+		CHECK(ca_pool_allocator_used(&before, &after) == index,
+		      "the buffer is not in allocator %d", index);
+	mem = ca_mmap(b.fd, 4 * CA_KIB);
+	if (CHECK(mem, "mmap: %s", strerror(errno))) {
+		CHECK(ca_first_nonzero(mem, 4 * CA_KIB) == 4 * CA_KIB,
+		      "a leased buffer is not zeroed");
+		munmap(mem, 4 * CA_KIB);
+	}
+out:
+	ca_env_close(&ca, &ct, &b);
+	return TAP_PASS;
+}
+
+static enum tap_result test_stock_runs_out_and_refills(void)
+{
+	static struct ca_buf bufs[NBUF];
+	long long taken0, missed0, leased0, have0, taken, missed;
+	struct ca_pool before, full;
+	unsigned int made = 0, i;
+	int ca, ct, ret, index;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&before, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index) ||
+	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	taken0 = lease_value("lease_taken");
+	missed0 = lease_value("lease_missed");
+	leased0 = lease_value("lease_extents");
+	have0 = stock(index, 4);
+	/* More buffers than the stock holds, all alive at once. */
+	for (made = 0; made < NBUF; made++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &bufs[made]);
+		if (!CHECK(ret == 0, "buffer %u: %s", made, strerror(-ret)))
+			break;
+	}
+	taken = lease_value("lease_taken") - taken0;
+	missed = lease_value("lease_missed") - missed0;
+	tap_diag("%u buffers: %lld from the stock, %lld mapped by a round trip",
+		 made, taken, missed);
+	CHECK(taken > 0 && taken + missed == made,
+	      "%lld leased + %lld not = %u", taken, missed, made);
+	/* Every one is in the system allocator, leased or not. */
+	if (CHECK(ca_pool_read(ca, &full) == 0, "INFO"))
+		CHECK(ca_pool_free(&before) - ca_pool_free(&full) ==
+		      made * 4 * CA_KIB,
+		      "free dropped by %llu for %u buffers of 4 KiB",
+		      (unsigned long long)(ca_pool_free(&before) -
+					   ca_pool_free(&full)), made);
+	/* Every extent taken was in the stock or came with a refill. */
+	CHECK(stock_reaches(index, 1), "stock %lld 5 s after the burst",
+	      stock(index, 4));
+	CHECK(taken <= have0 + lease_value("lease_extents") - leased0,
+	      "%lld taken from a stock of %lld and %lld leased since",
+	      taken, have0, lease_value("lease_extents") - leased0);
+out:
+	for (i = 0; i < made; i++)
+		ca_buf_free(ct, &bufs[i]);
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
+/*
+ * With an allocator too full for the device to lease more (it keeps an
+ * eighth free), a burst of buffers runs the stock out: each map after that
+ * waits for the device instead, and succeeds. Once there is room again,
+ * the stock fills again.
+ */
+static enum tap_result test_exhausted_stock(void)
+{
+	static struct ca_buf bufs[EXTRA + 2 * 128];
+	struct ca_buf fill = { .fd = -1 };
+	long long taken0, missed0, taken, missed, have, leased;
+	unsigned int made = 0, want, i;
+	int ca, ct, ret, index;
+	struct ca_pool pool;
+	uint64_t size;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_DMA32);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&pool, CENALLOC_KIND_DMA32);
+	if (!warm(ca, ct, index))
+		goto out;
+	usleep(200000);		/* no refill on the way */
+	have = stock(index, 4);
+	if (!CHECK(have > 0 && have <= 2 * 128, "stock %lld", have) ||
+	    !CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	/* Fill the allocator to 6 % free: no lease beyond the stock. */
+	leased = have * 4 * CA_KIB + stock(index, 64) * 64 * CA_KIB;
+	size = pool.alloc[index].free - leased -
+	       pool.alloc[index].capacity / 16;
+	ret = ca_buf_alloc(ca, ct, size, DEV, &fill);
+	if (!CHECK(ret == 0, "filler of %llu: %s", (unsigned long long)size,
+		   strerror(-ret)))
+		goto out;
+	taken0 = lease_value("lease_taken");
+	missed0 = lease_value("lease_missed");
+	want = have + EXTRA;
+	for (made = 0; made < want; made++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &bufs[made]);
+		if (!CHECK(ret == 0, "buffer %u: %s", made, strerror(-ret)))
+			break;
+	}
+	taken = lease_value("lease_taken") - taken0;
+	missed = lease_value("lease_missed") - missed0;
+	tap_diag("%u buffers, a stock of %lld and no room to lease more: %lld leased, %lld not",
+		 made, have, taken, missed);
+	CHECK(taken == have && missed == EXTRA,
+	      "%lld leased, %lld not, of %u", taken, missed, made);
+	/* Room again: the next small map refills the stock. */
+	ca_buf_free(ct, &fill);
+	ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &fill);
+	if (CHECK(ret == 0, "4 KiB: %s", strerror(-ret)))
+		CHECK(stock_reaches(index, 1), "stock %lld 5 s after the burst",
+		      stock(index, 4));
+out:
+	for (i = 0; i < made; i++)
+		ca_buf_free(ct, &bufs[i]);
+	ca_env_close(&ca, &ct, &fill);
+	return TAP_PASS;
+}
+
+static enum tap_result test_the_device_takes_the_stock_back(void)
+{
+	struct ca_buf fill = { .fd = -1 }, b = { .fd = -1 };
+	long long returned0, revokes0, leased_bytes;
+	struct ca_pool before, after;
+	int ca, ct, ret, index;
+	uint64_t free_bytes, size;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&before, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index) ||
+	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	/* Both sizes in stock, and settled (no refill on the way). */
+	ret = ca_buf_alloc(ca, ct, 64 * CA_KIB, DEV, &b);
+	if (!CHECK(ret == 0, "64 KiB: %s", strerror(-ret)))
+		goto out;
+	ca_buf_free(ct, &b);
+	if (!CHECK(stock_reaches_kib(index, 64, 4) && stock_reaches(index, 4),
+		   "stock %lld + %lld after 5 s", stock(index, 4),
+		   stock(index, 64)))
+		goto out;
+	usleep(200000);
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	leased_bytes = stock(index, 4) * 4 * CA_KIB +
+		       stock(index, 64) * 64 * CA_KIB;
+	free_bytes = before.alloc[index].free;	/* free extents + stock */
+	/* Fill the system allocator but 8 KiB of free extents: the rest of
+	 * its room is our stock. A 128 KiB buffer (too big for a lease) then
+	 * fits only if the stock comes back.
+	 */
+	if (!CHECK(leased_bytes >= (long long)(256 * CA_KIB),
+		   "only %lld bytes leased", leased_bytes))
+		goto out;
+	size = free_bytes - leased_bytes - 8 * CA_KIB;
+	ret = ca_buf_alloc(ca, ct, size, DEV, &fill);
+	if (!CHECK(ret == 0, "filler of %llu: %s", (unsigned long long)size,
+		   strerror(-ret)))
+		goto out;
+	returned0 = lease_value("lease_returned");
+	revokes0 = lease_value("events_lease_revoke");
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	ret = ca_buf_alloc(ca, ct, 128 * CA_KIB, DEV, &b);
+	if (!CHECK(ret == 0, "128 KiB: %s", strerror(-ret)))
+		goto out;
+	if (CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+		CHECK(ca_pool_allocator_used(&before, &after) == index,
+		      "the buffer left allocator %d", index);
+	CHECK(lease_value("lease_returned") > returned0,
+	      "no leased extent came back");
+	tap_diag("returned %lld extents, %lld revoke events",
+		 lease_value("lease_returned") - returned0,
+		 lease_value("events_lease_revoke") - revokes0);
+out:
+	ca_buf_free(ct, &b);
+	ca_env_close(&ca, &ct, &fill);
+	return TAP_PASS;
+}
+
+static enum tap_result test_leases_follow_the_allocator_rule(void)
+{
+	static const uint32_t masks[] = {
+		CENALLOC_KIND_SYSTEM, CENALLOC_KIND_DMA32, CENALLOC_KIND_CONTIG,
+		CENALLOC_KIND_CONTIG_DMA32,
+		CENALLOC_KIND_DMA32 | CENALLOC_KIND_CONTIG_DMA32,
+	};
+	struct ca_pool before, after;
+	struct ca_buf b = { .fd = -1 };
+	long long taken0;
+	char text[64];
+	unsigned int i;
+	int ca, ct, ret, expected;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	for (i = 0; i < TAP_ARRAY_SIZE(masks); i++) {
+		if (!CHECK(ct_set_device1(ct, DEV, masks[i], 0) == 0, "SET_DEVICE") ||
+		    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+			break;
+		/* The first allocator serving a kind of the mask, room aside. */
+		for (expected = 0; expected < (int)before.count; expected++)
+			if (before.alloc[expected].kinds & masks[i])
+				break;
+		if (!warm(ca, ct, expected) ||
+		    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+			break;
+		taken0 = lease_value("lease_taken");
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b);
+		if (!CHECK(ret == 0, "%s: %s", ca_mask_str(masks[i], text, sizeof(text)),
+			   strerror(-ret)))
+			break;
+		CHECK(lease_value("lease_taken") == taken0 + 1,
+		      "%s: not from the stock", text);
+		if (CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+			CHECK(ca_pool_allocator_used(&before, &after) == expected,
+			      "%s: allocator %d, the rules pick %d", text,
+			      ca_pool_allocator_used(&before, &after), expected);
+		ca_buf_free(ct, &b);
+	}
+	ca_env_close(&ca, &ct, &b);
+	return TAP_PASS;
+}
+
+static bool set_fault(const char *spec)
+{
+	char reply[256] = "";
+	int ret = ca_host_request(reply, sizeof(reply), 20, "fault %s", spec);
+
+	return CHECK(ret == 0, "fault %s: %d (%s)", spec, ret, reply);
+}
+
+/*
+ * A hostile LEASE answer (its first extent at guest-physical 0, outside
+ * every pool) is refused: counted (lease_bad_answers, answers_rejected),
+ * nothing of it enters the stock, and every buffer keeps mapping its own
+ * memory (maps take the round trip meanwhile).
+ */
+static enum tap_result test_a_lease_outside_the_pool_is_refused(void)
+{
+	static struct ca_buf bufs[NBUF];
+	long long bad0, rejected0;
+	struct ca_pool before;
+	char reply[256] = "";
+	unsigned int made = 0, i;
+	int ca, ct, ret, index;
+	enum tap_result r;
+	uint8_t *mem;
+
+	if (!ca_host_available())
+		return tap_skip("no host request channel (not started by run-vm)");
+	if (ca_host_request(reply, sizeof(reply), 20, "fault none"))
+		return tap_skip("no fault injection: %s", reply);
+	r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&before, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index))
+		goto out;
+	bad0 = lease_value("lease_bad_answers");
+	rejected0 = ca_transport_value("answers_rejected");
+	if (!set_fault("lease-outside-pool"))
+		goto out;
+	/* More buffers than the stock holds: its refills get the lie. */
+	for (made = 0; made < NBUF; made++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &bufs[made]);
+		if (!CHECK(ret == 0, "buffer %u: %s", made, strerror(-ret)))
+			break;
+		mem = ca_mmap(bufs[made].fd, 4 * CA_KIB);
+		if (!CHECK(mem, "mmap %u: %s", made, strerror(errno)))
+			break;
+		ca_pattern_fill(mem, 4 * CA_KIB, made + 1);
+		munmap(mem, 4 * CA_KIB);
+	}
+	for (i = 0; i < 500 && lease_value("lease_bad_answers") == bad0; i++)
+		usleep(10000);
+	CHECK(lease_value("lease_bad_answers") > bad0,
+	      "no LEASE answer refused (lease_bad_answers %lld)",
+	      lease_value("lease_bad_answers"));
+	CHECK(ca_transport_value("answers_rejected") > rejected0,
+	      "answers_rejected %lld, was %lld",
+	      ca_transport_value("answers_rejected"), rejected0);
+	/* Each buffer still holds what was written into it. */
+	for (i = 0; i < made; i++) {
+		mem = ca_mmap(bufs[i].fd, 4 * CA_KIB);
+		if (!CHECK(mem, "mmap %u again: %s", i, strerror(errno)))
+			break;
+		CHECK(ca_pattern_check(mem, 4 * CA_KIB, i + 1) == 4 * CA_KIB,
+		      "buffer %u lost its data", i);
+		munmap(mem, 4 * CA_KIB);
+	}
+	set_fault("none");
+	/* Honest again: the stock fills. */
+	CHECK(stock_reaches(index, 1) || warm(ca, ct, index),
+	      "no stock after the lie");
+out:
+	ca_host_request(reply, sizeof(reply), 20, "fault none");
+	for (i = 0; i < made; i++)
+		ca_buf_free(ct, &bufs[i]);
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
+static const struct tap_test tests[] = {
+	TAP_TEST("a leased first map is zeroed and counted",
+		 test_leased_maps_are_zeroed_and_counted),
+	TAP_TEST("a burst through the stock: every map succeeds, where the rules say",
+		 test_stock_runs_out_and_refills),
+	TAP_TEST("an exhausted stock: maps wait for the device, the stock refills",
+		 test_exhausted_stock),
+	TAP_TEST("a map that needs the leased room gets it back",
+		 test_the_device_takes_the_stock_back),
+	TAP_TEST("leased maps land where the allocator rule says",
+		 test_leases_follow_the_allocator_rule),
+	TAP_TEST("a LEASE answer outside the pool is refused",
+		 test_a_lease_outside_the_pool_is_refused),
+};
+
+TAP_MAIN(tests)
