@@ -904,22 +904,7 @@ impl Device {
         if slot.is_empty() {
             return Ok(0);
         }
-        let resp = MapResp {
-            map_type: mapped.map_type.code(),
-            num_segments: mapped.segments.len() as u32,
-            allocator_id: mapped.allocator as u32,
-            flags: CENALLOC_MAP_F_ALLOCATED,
-            size: mapped.size,
-        };
-        let mut offset = write_struct(slot, &resp);
-        for segment in &mapped.segments {
-            let range = Range {
-                addr: segment.addr,
-                len: segment.len,
-            };
-            offset += write_struct(&mut slot[offset..], &range);
-        }
-        Ok(offset)
+        Ok(write_map_answer(slot, &mapped, CENALLOC_MAP_F_ALLOCATED))
     }
 
     /// MAP: the model maps (allocating or migrating the backing); the new
@@ -1009,22 +994,7 @@ impl Device {
                 got: slot.len(),
             });
         }
-        let resp = MapResp {
-            map_type: mapped.map_type.code(),
-            num_segments: mapped.segments.len() as u32,
-            allocator_id: mapped.allocator as u32,
-            flags,
-            size: mapped.size,
-        };
-        let mut offset = write_struct(slot, &resp);
-        for segment in &mapped.segments {
-            let range = Range {
-                addr: segment.addr,
-                len: segment.len,
-            };
-            offset += write_struct(&mut slot[offset..], &range);
-        }
-        Ok(offset)
+        Ok(write_map_answer(slot, mapped, flags))
     }
 
     /// Takes back the mapping a failed MAP counted.
@@ -1149,6 +1119,28 @@ impl std::io::Write for SlotWriter<'_> {
 
 fn nothing(len: usize) -> (usize, Produced) {
     (len, Produced::Nothing)
+}
+
+/// Writes a MAP (or LEASED_MAP) answer, the header then one range per
+/// segment, into a slot the caller checked is large enough; returns its
+/// length.
+fn write_map_answer(slot: &mut [u8], mapped: &Mapped, flags: u32) -> usize {
+    let resp = MapResp {
+        map_type: mapped.map_type.code(),
+        num_segments: mapped.segments.len() as u32,
+        allocator_id: mapped.allocator as u32,
+        flags,
+        size: mapped.size,
+    };
+    let mut offset = write_struct(slot, &resp);
+    for segment in &mapped.segments {
+        let range = Range {
+            addr: segment.addr,
+            len: segment.len,
+        };
+        offset += write_struct(&mut slot[offset..], &range);
+    }
+    offset
 }
 
 fn check_sync_flags(flags: u32) -> Result<(), Error> {
