@@ -30,10 +30,10 @@
 //! `/proc/self/fd` would belong to root.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io;
 use std::path::PathBuf;
 
+use nix::unistd;
 use serde::Deserialize;
 
 /// What seccomp does with a syscall outside the allowlist.
@@ -107,52 +107,19 @@ pub enum Error {
     Seccomp(String),
 }
 
-/// Buffer size for getpwnam_r/getgrnam_r.
-const LOOKUP_BUFFER: usize = 16 << 10;
-
 /// Looks up a user by name or number.
 pub fn lookup_user(name: &str) -> Result<User, Error> {
-    let cname = CString::new(name).map_err(|_| Error::UnknownUser(name.to_string()))?;
-    let mut buffer = vec![0u8; LOOKUP_BUFFER];
-    // SAFETY: passwd is plain data; getpwnam_r/getpwuid_r fill it.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = match name.parse::<u32>() {
-        // SAFETY: every pointer is valid for the sizes given; the strings
-        // the result points into live in `buffer`, unused after this call.
-        Ok(uid) => unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                &mut result,
-            )
-        },
-        // SAFETY: as above; `cname` is NUL-terminated.
-        Err(_) => unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                &mut result,
-            )
-        },
+    let lookup = match name.parse::<u32>() {
+        Ok(uid) => unistd::User::from_uid(unistd::Uid::from_raw(uid)),
+        Err(_) => unistd::User::from_name(name),
     };
-    if rc != 0 {
-        return Err(Error::Lookup(
-            name.to_string(),
-            io::Error::from_raw_os_error(rc),
-        ));
-    }
-    if result.is_null() {
-        return Err(Error::UnknownUser(name.to_string()));
-    }
+    let found = lookup
+        .map_err(|errno| Error::Lookup(name.to_string(), errno.into()))?
+        .ok_or_else(|| Error::UnknownUser(name.to_string()))?;
     Ok(User {
         name: name.to_string(),
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
+        uid: found.uid.as_raw(),
+        gid: found.gid.as_raw(),
     })
 }
 
@@ -161,32 +128,10 @@ pub fn lookup_group(name: &str) -> Result<u32, Error> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
-    let cname = CString::new(name).map_err(|_| Error::UnknownGroup(name.to_string()))?;
-    let mut buffer = vec![0u8; LOOKUP_BUFFER];
-    // SAFETY: group is plain data; getgrnam_r fills it.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the sizes given; `cname` is
-    // NUL-terminated; the result's strings are not used.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::Lookup(
-            name.to_string(),
-            io::Error::from_raw_os_error(rc),
-        ));
-    }
-    if result.is_null() {
-        return Err(Error::UnknownGroup(name.to_string()));
-    }
-    Ok(grp.gr_gid)
+    let found = unistd::Group::from_name(name)
+        .map_err(|errno| Error::Lookup(name.to_string(), errno.into()))?
+        .ok_or_else(|| Error::UnknownGroup(name.to_string()))?;
+    Ok(found.gid.as_raw())
 }
 
 /// What [`enter`] put in place, for the log.
@@ -218,8 +163,7 @@ impl std::fmt::Display for Applied {
 }
 
 fn drop_privileges(user: &User) -> Result<(), Error> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = unistd::geteuid().as_raw();
     if euid == user.uid {
         return Ok(());
     }
@@ -229,31 +173,25 @@ fn drop_privileges(user: &User) -> Result<(), Error> {
             uid: euid,
         });
     }
-    let fail = |what: &'static str| Error::Drop {
-        user: user.name.clone(),
-        what,
-        source: io::Error::last_os_error(),
+    let fail = |what: &'static str| {
+        move |errno: nix::errno::Errno| Error::Drop {
+            user: user.name.clone(),
+            what,
+            source: errno.into(),
+        }
     };
-    // SAFETY: setgroups with an empty list; no pointer is read.
-    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-        return Err(fail("setgroups"));
-    }
-    // SAFETY: plain id changes; glibc applies them to every thread.
-    if unsafe { libc::setresgid(user.gid, user.gid, user.gid) } != 0 {
-        return Err(fail("setresgid"));
-    }
-    // SAFETY: as above.
-    if unsafe { libc::setresuid(user.uid, user.uid, user.uid) } != 0 {
-        return Err(fail("setresuid"));
-    }
+    let (uid, gid) = (
+        unistd::Uid::from_raw(user.uid),
+        unistd::Gid::from_raw(user.gid),
+    );
+    unistd::setgroups(&[]).map_err(fail("setgroups"))?;
+    // glibc applies id changes to every thread.
+    unistd::setresgid(gid, gid, gid).map_err(fail("setresgid"))?;
+    unistd::setresuid(uid, uid, uid).map_err(fail("setresuid"))?;
     // Changing credentials made the process non-dumpable, which makes
     // /proc/self/fd root's: exports re-open guest memory through it.
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
-        return Err(fail("prctl(PR_SET_DUMPABLE)"));
-    }
-    // SAFETY: an id change that must fail now.
-    if unsafe { libc::setuid(0) } == 0 {
+    nix::sys::prctl::set_dumpable(true).map_err(fail("prctl(PR_SET_DUMPABLE)"))?;
+    if unistd::setuid(unistd::Uid::from_raw(0)).is_ok() {
         return Err(Error::Drop {
             user: user.name.clone(),
             what: "regaining root still works",
