@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int xioctl(int fd, unsigned long request, void *arg)
+int ca_ioctl(int fd, unsigned long request, void *arg)
 {
 	int ret;
 
@@ -40,7 +40,7 @@ int ca_create(int ca, uint64_t size, uint32_t initial_mask)
 		.flags = CENALLOC_CREATE_CLOEXEC | CENALLOC_CREATE_RDWR,
 		.initial_mask = initial_mask,
 	};
-	int ret = xioctl(ca, CENALLOC_IOC_CREATE, &arg);
+	int ret = ca_ioctl(ca, CENALLOC_IOC_CREATE, &arg);
 
 	return ret < 0 ? ret : arg.fd;
 }
@@ -48,7 +48,7 @@ int ca_create(int ca, uint64_t size, uint32_t initial_mask)
 int ca_phys(int ca, int buf, uint64_t *addr, uint64_t *len)
 {
 	struct cenalloc_phys_arg arg = { .fd = buf };
-	int ret = xioctl(ca, CENALLOC_IOC_PHYS, &arg);
+	int ret = ca_ioctl(ca, CENALLOC_IOC_PHYS, &arg);
 
 	if (ret)
 		return ret;
@@ -60,7 +60,7 @@ int ca_phys(int ca, int buf, uint64_t *addr, uint64_t *len)
 int ca_checksum(int ca, int buf, uint64_t *checksum, uint64_t *len)
 {
 	struct cenalloc_checksum_arg arg = { .fd = buf };
-	int ret = xioctl(ca, CENALLOC_IOC_CHECKSUM, &arg);
+	int ret = ca_ioctl(ca, CENALLOC_IOC_CHECKSUM, &arg);
 
 	if (ret)
 		return ret;
@@ -73,7 +73,7 @@ int ca_fill(int ca, int buf, uint64_t seed)
 {
 	struct cenalloc_fill_arg arg = { .fd = buf, .seed = seed };
 
-	return xioctl(ca, CENALLOC_IOC_FILL, &arg);
+	return ca_ioctl(ca, CENALLOC_IOC_FILL, &arg);
 }
 
 int ca_set_device_mask(int ca, const char *dev_name, uint32_t mask)
@@ -83,7 +83,7 @@ int ca_set_device_mask(int ca, const char *dev_name, uint32_t mask)
 	if (strlen(dev_name) >= sizeof(arg.name))
 		return -ENAMETOOLONG;
 	strcpy(arg.name, dev_name);
-	return xioctl(ca, CENALLOC_IOC_SET_DEVICE_MASK, &arg);
+	return ca_ioctl(ca, CENALLOC_IOC_SET_DEVICE_MASK, &arg);
 }
 
 int64_t ca_buf_size(int buf)
@@ -107,7 +107,7 @@ int ca_pool_read(int ca, struct ca_pool *pool)
 	memset(pool, 0, sizeof(*pool));
 	pool->info.max_allocators = CA_MAX_ALLOCATORS;
 	pool->info.allocators_ptr = (uintptr_t)pool->alloc;
-	ret = xioctl(ca, CENALLOC_IOC_INFO, &pool->info);
+	ret = ca_ioctl(ca, CENALLOC_IOC_INFO, &pool->info);
 	if (ret)
 		return ret;
 	pool->count = pool->info.num_allocators < CA_MAX_ALLOCATORS ?
@@ -276,7 +276,7 @@ int ct_set_device_ex(int ct, uint32_t device, uint32_t mask,
 		arg.max_segment = opts->max_segment;
 		arg.seg_boundary = opts->seg_boundary;
 	}
-	return xioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &arg);
+	return ca_ioctl(ct, CENALLOC_TEST_IOC_SET_DEVICE, &arg);
 }
 
 int ct_set_device(int ct, uint32_t device, uint32_t mask,
@@ -299,7 +299,7 @@ int ct_attach(int ct, int buf, uint32_t device, uint32_t *handle,
 		.dmabuf_fd = buf,
 		.device = device,
 	};
-	int ret = xioctl(ct, CENALLOC_TEST_IOC_ATTACH, &arg);
+	int ret = ca_ioctl(ct, CENALLOC_TEST_IOC_ATTACH, &arg);
 
 	if (ret)
 		return ret;
@@ -313,7 +313,7 @@ int ct_detach(int ct, uint32_t handle)
 {
 	struct cenalloc_test_handle_arg arg = { .handle = handle };
 
-	return xioctl(ct, CENALLOC_TEST_IOC_DETACH, &arg);
+	return ca_ioctl(ct, CENALLOC_TEST_IOC_DETACH, &arg);
 }
 
 int ct_map_raw(int ct, uint32_t handle, uint32_t direction, bool raw,
@@ -326,7 +326,7 @@ int ct_map_raw(int ct, uint32_t handle, uint32_t direction, bool raw,
 		.segments_ptr = (uintptr_t)m->seg,
 		.raw = raw,
 	};
-	int ret = xioctl(ct, CENALLOC_TEST_IOC_MAP, &arg);
+	int ret = ca_ioctl(ct, CENALLOC_TEST_IOC_MAP, &arg);
 
 	if (ret)
 		return ret;
@@ -349,14 +349,14 @@ int ct_rename(int ct, uint32_t device, const char *name)
 	if (strlen(name) >= sizeof(arg.name))
 		return -EINVAL;
 	strcpy(arg.name, name);
-	return xioctl(ct, CENALLOC_TEST_IOC_RENAME, &arg);
+	return ca_ioctl(ct, CENALLOC_TEST_IOC_RENAME, &arg);
 }
 
 int ct_status(int ct, uint32_t handle, uint32_t *flags,
 	      uint32_t *move_notifies)
 {
 	struct cenalloc_test_status_arg arg = { .handle = handle };
-	int ret = xioctl(ct, CENALLOC_TEST_IOC_STATUS, &arg);
+	int ret = ca_ioctl(ct, CENALLOC_TEST_IOC_STATUS, &arg);
 
 	if (ret)
 		return ret;
@@ -369,7 +369,7 @@ int ct_unmap(int ct, uint32_t handle)
 {
 	struct cenalloc_test_handle_arg arg = { .handle = handle };
 
-	return xioctl(ct, CENALLOC_TEST_IOC_UNMAP, &arg);
+	return ca_ioctl(ct, CENALLOC_TEST_IOC_UNMAP, &arg);
 }
 
 int ct_rw(int ct, int buf, bool write, uint64_t offset, void *data,
@@ -383,7 +383,7 @@ int ct_rw(int ct, int buf, bool write, uint64_t offset, void *data,
 		.data_ptr = (uintptr_t)data,
 	};
 
-	return xioctl(ct, CENALLOC_TEST_IOC_RW, &arg);
+	return ca_ioctl(ct, CENALLOC_TEST_IOC_RW, &arg);
 }
 
 const char *ct_device_name(uint32_t device)
@@ -504,7 +504,7 @@ int ca_cpu_access(int buf, bool start)
 			 DMA_BUF_SYNC_RW,
 	};
 
-	return xioctl(buf, DMA_BUF_IOCTL_SYNC, &sync);
+	return ca_ioctl(buf, DMA_BUF_IOCTL_SYNC, &sync);
 }
 
 int ca_buf_alloc(int ca, int ct, uint64_t size, uint32_t device,

@@ -25,6 +25,9 @@
 
 /* ---- /dev/cenalloc ---- */
 
+/* ioctl() retried on EINTR; its result, or -errno. */
+int ca_ioctl(int fd, unsigned long request, void *arg);
+
 int ca_open(void);
 /* Returns the dma-buf fd (O_RDWR | O_CLOEXEC) or -errno. */
 int ca_create(int ca, uint64_t size, uint32_t initial_mask);

@@ -45,16 +45,6 @@ int ca_buffer_id_by_size(uint64_t size, uint32_t *id)
 	return found == 1 ? 0 : -EEXIST;
 }
 
-static int xioctl(int fd, unsigned long req, void *arg)
-{
-	int ret;
-
-	do {
-		ret = ioctl(fd, req, arg);
-	} while (ret < 0 && errno == EINTR);
-	return ret < 0 ? -errno : 0;
-}
-
 static void say(char *why, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -67,8 +57,7 @@ static void say(char *why, size_t len, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* The first vivid capture node; its device name in @name. */
-static int open_vivid(char *name, size_t len)
+int ca_open_vivid(char *name, size_t len)
 {
 	int i;
 
@@ -81,7 +70,7 @@ static int open_vivid(char *name, size_t len)
 		fd = open(path, O_RDWR | O_CLOEXEC);
 		if (fd < 0)
 			continue;
-		if (!xioctl(fd, VIDIOC_QUERYCAP, &cap) &&
+		if (!ca_ioctl(fd, VIDIOC_QUERYCAP, &cap) &&
 		    !strcmp((char *)cap.driver, "vivid") &&
 		    (cap.device_caps & V4L2_CAP_VIDEO_CAPTURE) &&
 		    (cap.device_caps & V4L2_CAP_STREAMING)) {
@@ -141,7 +130,7 @@ int ca_vivid_capture(int ca, uint32_t width, uint32_t height,
 
 	memset(frame, 0, sizeof(*frame));
 	frame->fd = -1;
-	vid = open_vivid(frame->device, sizeof(frame->device));
+	vid = ca_open_vivid(frame->device, sizeof(frame->device));
 	if (vid < 0) {
 		say(why, why_len, "no vivid capture device");
 		return 1;
@@ -150,7 +139,7 @@ int ca_vivid_capture(int ca, uint32_t width, uint32_t height,
 	fmt.fmt.pix.height = height;
 	fmt.fmt.pix.pixelformat = V4L2_PIX_FMT_RGB24;
 	fmt.fmt.pix.field = V4L2_FIELD_NONE;
-	ret = xioctl(vid, VIDIOC_S_FMT, &fmt);
+	ret = ca_ioctl(vid, VIDIOC_S_FMT, &fmt);
 	if (ret || fmt.fmt.pix.pixelformat != V4L2_PIX_FMT_RGB24) {
 		say(why, why_len, "S_FMT RGB24 %ux%u: %s", width, height,
 		    ret ? strerror(-ret) : "another format");
@@ -170,7 +159,7 @@ int ca_vivid_capture(int ca, uint32_t width, uint32_t height,
 		goto out;
 	}
 	masked = true;
-	ret = xioctl(vid, VIDIOC_REQBUFS, &req);
+	ret = ca_ioctl(vid, VIDIOC_REQBUFS, &req);
 	if (ret || req.count < FRAME_BUFS) {
 		say(why, why_len, "REQBUFS DMABUF: %s, count %u",
 		    ret ? strerror(-ret) : "too few", req.count);
@@ -190,13 +179,13 @@ int ca_vivid_capture(int ca, uint32_t width, uint32_t height,
 		vb.index = i;
 		vb.m.fd = fds[i];
 		vb.length = sizes[i];
-		ret = xioctl(vid, VIDIOC_QBUF, &vb);
+		ret = ca_ioctl(vid, VIDIOC_QBUF, &vb);
 		if (ret) {
 			say(why, why_len, "QBUF %d: %s", i, strerror(-ret));
 			goto out;
 		}
 	}
-	ret = xioctl(vid, VIDIOC_STREAMON, &type);
+	ret = ca_ioctl(vid, VIDIOC_STREAMON, &type);
 	if (ret) {
 		say(why, why_len, "STREAMON: %s", strerror(-ret));
 		goto out;
@@ -212,7 +201,7 @@ int ca_vivid_capture(int ca, uint32_t width, uint32_t height,
 	memset(&vb, 0, sizeof(vb));
 	vb.type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
 	vb.memory = V4L2_MEMORY_DMABUF;
-	ret = xioctl(vid, VIDIOC_DQBUF, &vb);
+	ret = ca_ioctl(vid, VIDIOC_DQBUF, &vb);
 	if (ret || vb.index >= FRAME_BUFS) {
 		say(why, why_len, "DQBUF: %s", ret ? strerror(-ret) : "bad index");
 		ret = ret ? ret : -EINVAL;
@@ -223,9 +212,9 @@ int ca_vivid_capture(int ca, uint32_t width, uint32_t height,
 	fds[vb.index] = -1;
 out:
 	if (streaming)
-		xioctl(vid, VIDIOC_STREAMOFF, &type);
+		ca_ioctl(vid, VIDIOC_STREAMOFF, &type);
 	req.count = 0;
-	xioctl(vid, VIDIOC_REQBUFS, &req);	/* vivid lets go of the buffers */
+	ca_ioctl(vid, VIDIOC_REQBUFS, &req);	/* vivid lets go of the buffers */
 	if (masked)
 		ca_set_device_mask(ca, frame->device, 0);
 	for (i = 0; i < FRAME_BUFS; i++)

@@ -16,6 +16,12 @@
  */
 int ca_buffer_id_by_size(uint64_t size, uint32_t *id);
 
+/*
+ * The first vivid capture node with streaming, opened read-write; its
+ * device name (as importers see it) in @name. Returns the fd or -ENODEV.
+ */
+int ca_open_vivid(char *name, size_t len);
+
 struct ca_frame {
 	int fd;			/* dma-buf holding the frame, or -1 */
 	uint32_t buffer_id;	/* the device's id of that buffer */

@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -36,48 +35,12 @@
 #include <unistd.h>
 
 #include "cenalloc_util.h"
-#include "sysfs_util.h"
+#include "host_view.h"
 #include "tap.h"
 
 #define FOUR_GIB	(4ull << 30)
 #define NBUF		2	/* vivid starts streaming with 2 queued */
 #define FRAME_WAIT_MS	30000
-
-static int xioctl(int fd, unsigned long req, void *arg)
-{
-	int ret;
-
-	do {
-		ret = ioctl(fd, req, arg);
-	} while (ret < 0 && errno == EINTR);
-	return ret < 0 ? -errno : 0;
-}
-
-static int open_vivid(char *dev_name, size_t len)
-{
-	int i;
-
-	for (i = 0; i < 64; i++) {
-		struct v4l2_capability cap = { 0 };
-		char path[64], node[16];
-		int fd;
-
-		snprintf(path, sizeof(path), "/dev/video%d", i);
-		fd = open(path, O_RDWR | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		if (!xioctl(fd, VIDIOC_QUERYCAP, &cap) &&
-		    !strcmp((char *)cap.driver, "vivid") &&
-		    (cap.device_caps & V4L2_CAP_VIDEO_CAPTURE) &&
-		    (cap.device_caps & V4L2_CAP_STREAMING)) {
-			snprintf(node, sizeof(node), "video%d", i);
-			if (sysfs_device_name("video4linux", node, dev_name, len) == 0)
-				return fd;
-		}
-		close(fd);
-	}
-	return -1;
-}
 
 static enum tap_result capture_into_dmabuf(uint32_t mask);
 
@@ -133,7 +96,7 @@ static int vivid_use_allocator(int allocator)
 	/* udev-less guest: devtmpfs creates the node; give it a moment. */
 	for (tries = 0; !ret && tries < 100; tries++) {
 		char name[64];
-		int vid = open_vivid(name, sizeof(name));
+		int vid = ca_open_vivid(name, sizeof(name));
 
 		if (vid >= 0) {
 			close(vid);
@@ -232,12 +195,12 @@ static enum tap_result capture_into_dmabuf(uint32_t mask)
 	uint64_t size, buf_size;
 	unsigned int i;
 
-	vid = open_vivid(dev_name, sizeof(dev_name));
+	vid = ca_open_vivid(dev_name, sizeof(dev_name));
 	if (vid < 0)
 		return tap_skip("no vivid capture device (modprobe vivid node_types=0x1)");
 	if (!ca_env_open(&ca, NULL))
 		goto out;
-	ret = xioctl(vid, VIDIOC_G_FMT, &fmt);
+	ret = ca_ioctl(vid, VIDIOC_G_FMT, &fmt);
 	if (!CHECK(ret == 0, "G_FMT: %s", strerror(-ret)))
 		goto out;
 	size = fmt.fmt.pix.sizeimage;
@@ -257,7 +220,7 @@ static enum tap_result capture_into_dmabuf(uint32_t mask)
 	req.count = NBUF;
 	req.type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
 	req.memory = V4L2_MEMORY_DMABUF;
-	ret = xioctl(vid, VIDIOC_REQBUFS, &req);
+	ret = ca_ioctl(vid, VIDIOC_REQBUFS, &req);
 	if (!CHECK(ret == 0 && req.count >= NBUF, "REQBUFS DMABUF: %s, count %u",
 		   strerror(-ret), req.count))
 		goto out;
@@ -274,11 +237,11 @@ static enum tap_result capture_into_dmabuf(uint32_t mask)
 		if (!CHECK(fds[i] >= 0, "create: %s", strerror(-fds[i])))
 			goto out;
 		vb.m.fd = fds[i];
-		ret = xioctl(vid, VIDIOC_QBUF, &vb);
+		ret = ca_ioctl(vid, VIDIOC_QBUF, &vb);
 		if (!CHECK(ret == 0, "QBUF %u: %s", i, strerror(-ret)))
 			goto out;
 	}
-	ret = xioctl(vid, VIDIOC_STREAMON, &type);
+	ret = ca_ioctl(vid, VIDIOC_STREAMON, &type);
 	if (!CHECK(ret == 0, "STREAMON: %s", strerror(-ret)))
 		goto out;
 	streaming_on = true;
@@ -313,7 +276,7 @@ static enum tap_result capture_into_dmabuf(uint32_t mask)
 	ret = poll(&pfd, 1, FRAME_WAIT_MS);
 	if (!CHECK(ret == 1, "no frame within %d ms", FRAME_WAIT_MS))
 		goto out;
-	ret = xioctl(vid, VIDIOC_DQBUF, &vb);
+	ret = ca_ioctl(vid, VIDIOC_DQBUF, &vb);
 	if (!CHECK(ret == 0, "DQBUF: %s", strerror(-ret)))
 		goto out;
 	if (!CHECK(vb.index < NBUF, "DQBUF index %u", vb.index))
@@ -341,10 +304,10 @@ static enum tap_result capture_into_dmabuf(uint32_t mask)
 	}
 out:
 	if (streaming_on)
-		xioctl(vid, VIDIOC_STREAMOFF, &type);
+		ca_ioctl(vid, VIDIOC_STREAMOFF, &type);
 	if (bufs_requested) {
 		req.count = 0;
-		xioctl(vid, VIDIOC_REQBUFS, &req);
+		ca_ioctl(vid, VIDIOC_REQBUFS, &req);
 	}
 	close(vid);
 	for (i = 0; i < NBUF; i++)
