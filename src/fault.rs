@@ -20,6 +20,7 @@
 //! | `fewer-segments` | MAP: its last segment dropped (or the only one halved) |
 //! | `outside-pool` | MAP: first segment moved to guest-physical 0 |
 //! | `moved-backing` | MAP of existing backing (no ALLOCATED flag): first segment one page further |
+//! | `shared-backing` | MAP that allocated: the segments of the previous one that did, if they hold as many bytes (another buffer's live memory) |
 //! | `contig-split` | MAP of type CONTIG: its one segment cut in two |
 //! | `dma32-high` | MAP: every segment 4 GiB higher |
 //! | `map-type` | MAP: SG and CONTIG swapped (a private type becomes SG) |
@@ -66,6 +67,7 @@ pub enum Fault {
     FewerSegments,
     OutsidePool,
     MovedBacking,
+    SharedBacking,
     ContigSplit,
     Dma32High,
     MapType,
@@ -155,6 +157,7 @@ impl FromStr for Fault {
             "fewer-segments" => plain(Fault::FewerSegments),
             "outside-pool" => plain(Fault::OutsidePool),
             "moved-backing" => plain(Fault::MovedBacking),
+            "shared-backing" => plain(Fault::SharedBacking),
             "contig-split" => plain(Fault::ContigSplit),
             "dma32-high" => plain(Fault::Dma32High),
             "map-type" => plain(Fault::MapType),
@@ -212,6 +215,8 @@ pub struct Injector {
     room: Option<u32>,
     /// The fault of the chain being answered (read once per chain).
     chain_fault: Fault,
+    /// `shared-backing`: the segments of the last MAP that allocated.
+    shared: Option<Vec<Range>>,
 }
 
 impl Injector {
@@ -228,6 +233,7 @@ impl Injector {
             hidden: Vec::new(),
             room: None,
             chain_fault: Fault::None,
+            shared: None,
         };
         injector.refresh();
         injector
@@ -382,11 +388,64 @@ impl crate::chain::Filter for Injector {
             (std::mem::take(&mut self.original), restored)
         };
         self.hidden.clear();
+        if fault != Fault::SharedBacking {
+            self.shared = None;
+        }
         match rewrite(fault, &request, response) {
-            Verdict::Answer(bytes) => Some(bytes),
+            Verdict::Answer(mut bytes) => {
+                if fault == Fault::SharedBacking {
+                    for cmd in commands(&request, &bytes) {
+                        if cmd.opcode == CENALLOC_CMD_MAP {
+                            share_backing(&mut self.shared, &cmd, &mut bytes);
+                        }
+                    }
+                }
+                Some(bytes)
+            }
             Verdict::Withhold => None,
         }
     }
+}
+
+/// `shared-backing`: a MAP answer that allocated is remembered, or, when
+/// one is remembered that holds as many bytes, rewritten to name its
+/// segments (memory that backs another live buffer).
+fn share_backing(shared: &mut Option<Vec<Range>>, cmd: &Command, response: &mut [u8]) {
+    let at = cmd.response + size_of::<RespHdr>();
+    let (Some(mut hdr), Some(mut map)) = (
+        read::<RespHdr>(response, cmd.response),
+        read::<MapResp>(response, at),
+    ) else {
+        return;
+    };
+    if hdr.status != 0 || map.flags & CENALLOC_MAP_F_ALLOCATED == 0 {
+        return;
+    }
+    let first = at + size_of::<MapResp>();
+    let segments: Vec<Range> = (0..map.num_segments as usize)
+        .map_while(|i| read::<Range>(response, first + i * size_of::<Range>()))
+        .collect();
+    if segments.len() != map.num_segments as usize {
+        return;
+    }
+    let bytes = |segs: &[Range]| segs.iter().map(|s| s.len).sum::<u64>();
+    let Some(other) = shared.take() else {
+        *shared = Some(segments);
+        return;
+    };
+    let need = size_of::<MapResp>() + other.len() * size_of::<Range>();
+    if bytes(&other) != bytes(&segments) || other == segments || need > cmd.slot {
+        *shared = Some(segments);
+        return;
+    }
+    map.num_segments = other.len() as u32;
+    write(response, at, &map);
+    for (i, segment) in other.iter().enumerate() {
+        write(response, first + i * size_of::<Range>(), segment);
+    }
+    hdr.len = need as u32;
+    write(response, cmd.response, &hdr);
+    *shared = Some(other);
 }
 
 /// Makes every ATTACH of constraint mask `mask` in `request` one of mask 0,
@@ -712,6 +771,7 @@ mod tests {
     #[test]
     fn specs_parse_and_bad_ones_are_refused() {
         assert_eq!("none".parse(), Ok(Fault::None));
+        assert_eq!("shared-backing".parse(), Ok(Fault::SharedBacking));
         assert_eq!("".parse(), Ok(Fault::None));
         assert_eq!(" split-segment\n".parse(), Ok(Fault::SplitSegment));
         assert_eq!("lease-outside-pool".parse(), Ok(Fault::LeaseOutsidePool));
@@ -890,6 +950,32 @@ mod tests {
         let cmd: CmdHdr = read(&request, 8).unwrap();
         assert_eq!(cmd.resp_len, 24 + 16 * 1000, "not hidden");
         assert_eq!(huge.answer(&request, response.clone()).unwrap(), response);
+    }
+
+    #[test]
+    fn shared_backing_names_the_previous_allocation() {
+        use crate::chain::Filter;
+
+        let alloc = CENALLOC_MAP_F_ALLOCATED;
+        let mut injector = Injector::new(Source::Fixed(Fault::SharedBacking));
+        let mut run = |flags, segments: &[(u64, u64)]| {
+            let (mut request, response) = map_batch(CENALLOC_MAP_SG, flags, segments, 4);
+            injector.request(&mut request);
+            let segments = parse_map(&injector.answer(&request, response).unwrap()).2;
+            segments.iter().map(|r| (r.addr, r.len)).collect::<Vec<_>>()
+        };
+        let first = [(0x10000, 0x4000)];
+        assert_eq!(run(alloc, &first), vec![(0x10000, 0x4000)], "remembered");
+        // Not allocated: left alone.
+        assert_eq!(run(0, &[(0x30000, 0x4000)]), vec![(0x30000, 0x4000)]);
+        // Allocated, as many bytes in two segments: the first buffer's.
+        assert_eq!(
+            run(alloc, &[(0x20000, 0x2000), (0x28000, 0x2000)]),
+            vec![(0x10000, 0x4000)]
+        );
+        // Another size: answered as it is, and remembered instead.
+        assert_eq!(run(alloc, &[(0x40000, 0x8000)]), vec![(0x40000, 0x8000)]);
+        assert_eq!(run(alloc, &[(0x50000, 0x8000)]), vec![(0x40000, 0x8000)]);
     }
 
     #[test]

@@ -250,6 +250,74 @@ out:
 	return TAP_PASS;
 }
 
+/*
+ * A first MAP answer that names memory already backing another live buffer
+ * (the fault remembers buffer A's segments and answers buffer B's first
+ * map with them) is refused: two users would otherwise share pages. Honest
+ * again, B gets memory of its own and A keeps its data.
+ */
+static enum tap_result test_shared_backing_refused(void)
+{
+	static struct ct_mapping ma, mb;
+	struct ca_pool before;
+	enum tap_result skip = need_faults();
+	uint32_t ha, hb, i, k;
+	int ca, ct, a, b, ret;
+	long long rejected;
+	uint8_t *p;
+
+	if (skip != TAP_PASS)
+		return skip;
+	if (!env_open(&ca, &ct, &before))
+		return TAP_FAIL;
+	a = buf_attach(ca, ct, DEV_ANY, &ha);
+	if (a < 0)
+		goto out;
+	b = buf_attach(ca, ct, DEV_ANY, &hb);
+	if (b < 0)
+		goto out_a;
+	fault("shared-backing");
+	ret = ct_map(ct, ha, 0, &ma);
+	CHECK(ret == 0 && ct_mapping_bytes(&ma) == SIZE, "map A: %d", ret);
+	p = ca_mmap(a, SIZE);
+	if (CHECK(p, "mmap A: %s", strerror(errno))) {
+		ca_pattern_fill(p, SIZE, SEED);
+		munmap(p, SIZE);
+	}
+	rejected = ca_transport_value("answers_rejected");
+	ret = ct_map(ct, hb, 0, &mb);
+	CHECK(ret == -EIO, "B answered with A's memory: map %d, want -EIO", ret);
+	rejected_since(rejected);
+	fault("none");
+	ret = ct_map(ct, hb, 0, &mb);
+	CHECK(ret == 0 && ct_mapping_bytes(&mb) == SIZE,
+	      "honest: map B %d, %llu bytes", ret,
+	      (unsigned long long)ct_mapping_bytes(&mb));
+	for (i = 0; ret == 0 && i < ma.num_segments && i < CT_MAX_SEGMENTS; i++)
+		for (k = 0; k < mb.num_segments && k < CT_MAX_SEGMENTS; k++)
+			CHECK(ma.seg[i].addr + ma.seg[i].len <= mb.seg[k].addr ||
+			      mb.seg[k].addr + mb.seg[k].len <= ma.seg[i].addr,
+			      "A's segment %u and B's segment %u overlap", i, k);
+	p = ca_mmap(a, SIZE);
+	if (CHECK(p, "mmap A again: %s", strerror(errno))) {
+		CHECK(ca_pattern_check(p, SIZE, SEED) == SIZE,
+		      "A keeps its data");
+		munmap(p, SIZE);
+	}
+	ct_unmap(ct, hb);
+	ct_detach(ct, hb);
+	close(b);
+out_a:
+	ct_unmap(ct, ha);
+	ct_detach(ct, ha);
+	close(a);
+	settled(ca, &before);
+out:
+	fault("none");
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
 /* An ATTACH answered with a map type the importer never listed. */
 static enum tap_result test_attach_type_lie(void)
 {
@@ -707,6 +775,8 @@ static const struct tap_test tests[] = {
 	TAP_TEST("lies in a first MAP answer are refused with -EIO", test_first_map_lies),
 	TAP_TEST("a later MAP must match the backing already mapped",
 		 test_later_map_must_match_backing),
+	TAP_TEST("a MAP answer naming another buffer's memory is refused",
+		 test_shared_backing_refused),
 	TAP_TEST("an ATTACH answered with an unlisted map type is refused",
 		 test_attach_type_lie),
 	TAP_TEST("a refused deferred ATTACH does not fail the other attachments",
