@@ -598,16 +598,18 @@ static int cenalloc_backing_accept(struct cenalloc_attachment *a, u32 alloc,
 		if (!copy)
 			return -ENOMEM;
 		memcpy(copy, seg, n * sizeof(*seg));
-		/* Its blocks are not given back while it is the backing. */
-		ret = cenalloc_pools_claim(cdev, copy, n, alloc);
+		/*
+		 * Its blocks are not given back while it is the backing, and
+		 * no other buffer's backing may share a page with it.
+		 */
+		ret = cenalloc_pools_own(cdev, copy, n, alloc, buffer->backing,
+					 buffer->num_backing);
 		if (ret) {
 			kvfree(copy);
-			return cenalloc_bad_answer(buffer, "segments pool %u no longer has",
+			return cenalloc_bad_answer(buffer,
+						   "segments pool %u no longer has, or that back another buffer",
 						   alloc);
 		}
-		if (buffer->backing)
-			cenalloc_pools_unclaim(cdev, buffer->backing,
-					       buffer->num_backing);
 		kvfree(buffer->backing);
 		buffer->backing = copy;
 		buffer->num_backing = n;
@@ -710,14 +712,11 @@ static int cenalloc_map_retry_slot(struct cenalloc_buffer *buffer,
 	return 0;
 }
 
-/*
- * One try of cenalloc_attachment_map() on the device; sets *@retry when an
- * attachment other than @a was refused (the next try goes without it).
- */
-static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
-				       u32 direction,
-				       struct cenalloc_req **unmap_req,
-				       bool *retry)
+/* The batch of cenalloc_attachment_map_try(), sent and checked. */
+static int cenalloc_attachment_map_send(struct cenalloc_attachment *a,
+					u32 direction,
+					struct cenalloc_req **unmap_req,
+					bool *retry)
 {
 	struct cenalloc_attachment *sent[CENALLOC_MAX_BATCH];
 	struct cenalloc_buffer *buffer = a->buffer;
@@ -789,6 +788,39 @@ unmap:
 	cenalloc_post_unmap(a, direction, unmap_req);
 out_free:
 	cenalloc_req_free(req);
+	return ret;
+}
+
+/*
+ * One try of cenalloc_attachment_map() on the device; sets *@retry when an
+ * attachment other than @a was refused (the next try goes without it).
+ *
+ * A MAP of a backing nothing maps may migrate it, and the device may give
+ * the old pages to another buffer before this answer is read: they are
+ * disowned while the MAP is on the way, and owned again if they stay the
+ * backing (a device that handed them out meanwhile fails this map).
+ */
+static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
+				       u32 direction,
+				       struct cenalloc_req **unmap_req,
+				       bool *retry)
+{
+	struct cenalloc_buffer *buffer = a->buffer;
+	struct cenalloc_range *loose = NULL;
+	u32 num = buffer->num_backing;
+	int ret;
+
+	if (buffer->backing && !cenalloc_buffer_mapped(buffer)) {
+		loose = buffer->backing;
+		cenalloc_pools_disown(buffer->cdev, loose, num);
+	}
+	ret = cenalloc_attachment_map_send(a, direction, unmap_req, retry);
+	if (!loose || buffer->backing != loose ||
+	    !cenalloc_pools_reown(buffer->cdev, loose, num) || ret)
+		return ret;
+	ret = cenalloc_bad_answer(buffer, "its backing now backs another buffer too");
+	a->num_maps--;
+	cenalloc_post_unmap(a, direction, unmap_req);
 	return ret;
 }
 

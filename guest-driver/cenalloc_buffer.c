@@ -408,6 +408,10 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 			buffer->free_req = NULL;
 		}
 	}
+	/* Once FREE is on the ring, the device may give the pages to others. */
+	if (buffer->backing)
+		cenalloc_pools_disown(cdev, buffer->backing,
+				      buffer->num_backing);
 	cenalloc_req_post_seq(reqs, ARRAY_SIZE(reqs));
 	mutex_unlock(&buffer->lock);
 

@@ -35,6 +35,13 @@
  * may name them) and never given back before the device is reset (debugfs
  * "held").
  *
+ * No page backs two buffers: each block has a bit per page set while the
+ * page is part of a buffer's backing (cenalloc_pools_own()); an answer that
+ * names an owned page for another buffer is refused. A backing is disowned
+ * before the device may reuse it: before its FREE is posted, and while a
+ * MAP that may migrate it is on the way (cenalloc_pools_reown() takes it
+ * back if it stayed). Leased extents count as users but are not owned.
+ *
  * Locks: pool->lock (mutex) serializes growth and shrinking of one pool;
  * cdev->block_lock (rwlock) protects the block tree and each block's
  * state, users and mark. Map paths take only the latter, for reading or
@@ -270,6 +277,153 @@ void cenalloc_pools_unclaim(struct cenalloc_dev *cdev,
 }
 
 /* ---------------------------------------------------------------------- */
+/* Pages owned by buffer backings.                                         */
+
+enum cenalloc_own_op { CENALLOC_OWN_TEST, CENALLOC_OWN_SET, CENALLOC_OWN_CLEAR };
+
+struct cenalloc_own_walk {
+	u64 addr, end;
+	enum cenalloc_own_op op;
+};
+
+static bool cenalloc_block_own(struct cenalloc_block *b, void *arg)
+{
+	struct cenalloc_own_walk *w = arg;
+	u64 start = max(w->addr, b->addr);
+	u64 stop = min(w->end, b->addr + b->len);
+	unsigned long first = (start - b->addr) >> PAGE_SHIFT;
+	unsigned long n = (stop - start) >> PAGE_SHIFT;
+
+	switch (w->op) {
+	case CENALLOC_OWN_TEST:
+		return find_next_bit(b->owned, first + n, first) >= first + n;
+	case CENALLOC_OWN_SET:
+		bitmap_set(b->owned, first, n);
+		return true;
+	default:
+		bitmap_clear(b->owned, first, n);
+		return true;
+	}
+}
+
+/*
+ * @op on the owner bits of @num page-aligned @segments (block_lock held
+ * for writing; the blocks under them exist). TEST is true if no page of
+ * them is owned.
+ */
+static bool cenalloc_segments_own(struct cenalloc_dev *cdev,
+				  const struct cenalloc_range *segments,
+				  u32 num, enum cenalloc_own_op op)
+{
+	struct cenalloc_own_walk w = { .op = op };
+	u64 len;
+	u32 i;
+
+	for (i = 0; i < num; i++) {
+		w.addr = le64_to_cpu(segments[i].addr);
+		len = le64_to_cpu(segments[i].len);
+		if (check_add_overflow(w.addr, len, &w.end) ||
+		    !cenalloc_blocks_walk(cdev, w.addr, len,
+					  cenalloc_block_own, &w))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Set the owner bits of @segments, one at a time: false, with none of
+ * them set, if a page is owned already (by another buffer, or twice in
+ * @segments).
+ */
+static bool cenalloc_segments_take(struct cenalloc_dev *cdev,
+				   const struct cenalloc_range *segments,
+				   u32 num)
+{
+	u32 i;
+
+	for (i = 0; i < num; i++) {
+		if (!cenalloc_segments_own(cdev, &segments[i], 1,
+					   CENALLOC_OWN_TEST)) {
+			cenalloc_segments_own(cdev, segments, i,
+					      CENALLOC_OWN_CLEAR);
+			return false;
+		}
+		cenalloc_segments_own(cdev, &segments[i], 1, CENALLOC_OWN_SET);
+	}
+	return true;
+}
+
+/*
+ * Make @segments a buffer's backing, in place of @old (NULL for none):
+ * counted as users of their blocks and owned, @old neither any more.
+ * -EIO, changing nothing, if some byte is not memory donated to pool
+ * @pool or some page already backs a buffer (other than through @old).
+ */
+int cenalloc_pools_own(struct cenalloc_dev *cdev,
+		       const struct cenalloc_range *segments, u32 num, int pool,
+		       const struct cenalloc_range *old, u32 old_num)
+{
+	int up = 1, down = -1;
+	u32 i;
+
+	write_lock(&cdev->block_lock);
+	for (i = 0; i < num; i++) {
+		if (!cenalloc_blocks_walk(cdev, le64_to_cpu(segments[i].addr),
+					  le64_to_cpu(segments[i].len),
+					  cenalloc_block_in_pool, &pool))
+			goto refused;
+	}
+	if (old)
+		cenalloc_segments_own(cdev, old, old_num, CENALLOC_OWN_CLEAR);
+	if (!cenalloc_segments_take(cdev, segments, num)) {
+		if (old)
+			cenalloc_segments_own(cdev, old, old_num,
+					      CENALLOC_OWN_SET);
+		goto refused;
+	}
+	for (i = 0; i < num; i++)
+		cenalloc_blocks_walk(cdev, le64_to_cpu(segments[i].addr),
+				     le64_to_cpu(segments[i].len),
+				     cenalloc_block_count, &up);
+	for (i = 0; old && i < old_num; i++)
+		cenalloc_blocks_walk(cdev, le64_to_cpu(old[i].addr),
+				     le64_to_cpu(old[i].len),
+				     cenalloc_block_count, &down);
+	write_unlock(&cdev->block_lock);
+	return 0;
+refused:
+	write_unlock(&cdev->block_lock);
+	return -EIO;
+}
+
+/*
+ * A backing cenalloc_pools_disown() let go of stays the buffer's: owned
+ * again, or -EIO (nothing changed) if some page of it now backs another.
+ */
+int cenalloc_pools_reown(struct cenalloc_dev *cdev,
+			 const struct cenalloc_range *segments, u32 num)
+{
+	bool ok;
+
+	write_lock(&cdev->block_lock);
+	ok = cenalloc_segments_take(cdev, segments, num);
+	write_unlock(&cdev->block_lock);
+	return ok ? 0 : -EIO;
+}
+
+/*
+ * The device may give the pages of this backing (still counted as users
+ * of their blocks) to another buffer from now on.
+ */
+void cenalloc_pools_disown(struct cenalloc_dev *cdev,
+			   const struct cenalloc_range *segments, u32 num)
+{
+	write_lock(&cdev->block_lock);
+	cenalloc_segments_own(cdev, segments, num, CENALLOC_OWN_CLEAR);
+	write_unlock(&cdev->block_lock);
+}
+
+/* ---------------------------------------------------------------------- */
 /* Limits and the boot-time reservation.                                   */
 
 static u64 cenalloc_ram_percent(unsigned int percent)
@@ -405,7 +559,15 @@ static void cenalloc_block_free(struct cenalloc_block *b)
 		__free_pages(b->page, b->order);
 	else
 		atomic_set(&contig_reserve_owned, 0);
+	kvfree(b->owned);
 	kfree(b);
+}
+
+/* A zeroed owner bitmap for a block of @len bytes. */
+static unsigned long *cenalloc_owned_alloc(u64 len)
+{
+	return kvcalloc(BITS_TO_LONGS(len >> PAGE_SHIFT), sizeof(long),
+			GFP_KERNEL);
 }
 
 static unsigned int cenalloc_pool_min_order(struct cenalloc_pool *pool)
@@ -450,8 +612,14 @@ static u64 cenalloc_blocks_alloc(struct cenalloc_pool *pool, unsigned int index,
 		b = kzalloc(sizeof(*b), GFP_KERNEL);
 		if (!b)
 			break;
+		b->owned = cenalloc_owned_alloc(PAGE_SIZE << order);
+		if (!b->owned) {
+			kfree(b);
+			break;
+		}
 		page = alloc_pages(gfp, order);
 		if (!page) {
+			kvfree(b->owned);
 			kfree(b);
 			if (order == min_order)
 				break;
@@ -461,6 +629,7 @@ static u64 cenalloc_blocks_alloc(struct cenalloc_pool *pool, unsigned int index,
 		if ((placement & CENALLOC_PLACE_DMA32) &&
 		    page_to_phys(page) + (PAGE_SIZE << order) > SZ_4G) {
 			__free_pages(page, order);
+			kvfree(b->owned);
 			kfree(b);
 			break;
 		}
@@ -486,6 +655,11 @@ static int cenalloc_reserve_block(struct cenalloc_pool *pool,
 	b = kzalloc(sizeof(*b), GFP_KERNEL);
 	if (!b)
 		return -ENOMEM;
+	b->owned = cenalloc_owned_alloc(pool->reserve_len);
+	if (!b->owned) {
+		kfree(b);
+		return -ENOMEM;
+	}
 	b->addr = pool->reserve_addr;
 	b->len = pool->reserve_len;
 	b->pool = index;

@@ -41,6 +41,7 @@ struct cenalloc_block {
 	bool initial;			/* donated at probe: never shrunk */
 	bool hit;			/* named by an answer while not ACTIVE */
 	unsigned int users;		/* buffer backings and leased extents on it */
+	unsigned long *owned;		/* a bit per page backing some buffer */
 };
 
 /* Guest memory donated to one pool of config space. */
@@ -73,6 +74,13 @@ int cenalloc_pools_claim(struct cenalloc_dev *cdev,
 			 int pool);
 void cenalloc_pools_unclaim(struct cenalloc_dev *cdev,
 			    const struct cenalloc_range *segments, u32 num);
+int cenalloc_pools_own(struct cenalloc_dev *cdev,
+		       const struct cenalloc_range *segments, u32 num, int pool,
+		       const struct cenalloc_range *old, u32 old_num);
+int cenalloc_pools_reown(struct cenalloc_dev *cdev,
+			 const struct cenalloc_range *segments, u32 num);
+void cenalloc_pools_disown(struct cenalloc_dev *cdev,
+			   const struct cenalloc_range *segments, u32 num);
 int cenalloc_pools_grow_for(struct cenalloc_dev *cdev, u32 mask, u64 size,
 			    bool contiguous);
 void cenalloc_pool_low(struct cenalloc_dev *cdev, u32 index);
