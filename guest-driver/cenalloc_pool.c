@@ -232,10 +232,10 @@ static bool cenalloc_block_count(struct cenalloc_block *b, void *arg)
 }
 
 /*
- * Count @segments (a buffer's backing, or a leased extent) as users of the
- * blocks under them: those are then never offered back. -EIO, counting
- * nothing, if some byte is not memory donated to pool @pool (any pool if
- * @pool is negative).
+ * Count @segments (leased extents; a backing goes through
+ * cenalloc_pools_own()) as users of the blocks under them: those are then
+ * never offered back. -EIO, counting nothing, if some byte is not memory
+ * donated to pool @pool (any pool if @pool is negative).
  */
 int cenalloc_pools_claim(struct cenalloc_dev *cdev,
 			 const struct cenalloc_range *segments, u32 num,
