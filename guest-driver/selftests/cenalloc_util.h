@@ -49,8 +49,10 @@ struct ca_pool {
 int ca_pool_read(int ca, struct ca_pool *pool);
 uint64_t ca_pool_free(const struct ca_pool *pool);
 /*
- * True when every allocator has the same free bytes and buffer count in
- * both snapshots; otherwise prints the differences as TAP diagnostics.
+ * True when every allocator has the same bytes in use (capacity - free:
+ * an elastic pool grows on demand and shrinks only under memory pressure)
+ * and buffer count in both snapshots; otherwise prints the differences as
+ * TAP diagnostics.
  */
 bool ca_pool_same(const struct ca_pool *before, const struct ca_pool *after);
 /*
