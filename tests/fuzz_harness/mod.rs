@@ -298,6 +298,40 @@ pub enum CmdSpec {
         reserved: Option<u32>,
         slot: SlotSpec,
     },
+    Reset {
+        flags: Option<u32>,
+        reserved: Option<u32>,
+        slot: SlotSpec,
+    },
+    PoolRemove {
+        pool: u8,
+        ranges: Vec<RangeSpec>,
+    },
+    Lease {
+        allocator: u8,
+        count: u8,
+        size: SizeSpec,
+        slot: SlotSpec,
+    },
+    LeaseReturn {
+        allocator: u8,
+        ranges: Vec<RangeSpec>,
+    },
+    /// A buffer created, attached and mapped on an extent the driver says
+    /// the device leased it (a page of RAM, or anything).
+    LeasedMap {
+        buffer: DriverIdSpec,
+        initial_mask: Option<MaskSpec>,
+        size: SizeSpec,
+        extent: ExtentSpec,
+        map_index: u8,
+        direction: u8,
+        attachments: Vec<LeasedAttachSpec>,
+        /// A count other than the records that follow.
+        num_attachments: Option<u8>,
+        reserved: Option<u32>,
+        slot: SlotSpec,
+    },
     /// Anything at all in a well-framed command.
     Raw {
         opcode: u16,
@@ -306,6 +340,107 @@ pub enum CmdSpec {
         payload: Vec<u8>,
         resp_len: u32,
     },
+}
+
+/// An id a LEASED_MAP gives a new buffer or attachment: mostly one of the
+/// driver's range, as a driver chooses them.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum DriverIdSpec {
+    Driver(u8),
+    Other(IdSpec),
+}
+
+impl DriverIdSpec {
+    fn resolve(self) -> u32 {
+        match self {
+            DriverIdSpec::Driver(n) => CENALLOC_DRIVER_ID_FIRST + u32::from(n),
+            DriverIdSpec::Other(id) => id.resolve(),
+        }
+    }
+}
+
+/// The extent of a LEASED_MAP: mostly one the device leased earlier in
+/// this case (as a driver would name it), else any page or address.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum ExtentSpec {
+    Leased(u8),
+    Other(RangeSpec),
+}
+
+thread_local! {
+    /// Extents the device's LEASE answers gave in the current case.
+    static LEASED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ExtentSpec {
+    fn resolve(self) -> u64 {
+        match self {
+            ExtentSpec::Leased(n) => LEASED.with(|l| {
+                let l = l.borrow();
+                l.get(usize::from(n) % l.len().max(1)).copied().unwrap_or(0)
+            }),
+            ExtentSpec::Other(range) => range.resolve().addr,
+        }
+    }
+}
+
+/// Notes the extents of every successful LEASE of `request` in `answer`
+/// (the framing read defensively: a defect just ends the walk).
+fn note_leases(request: &[u8], answer: &[u8]) {
+    let mut offset = size_of::<BatchHdr>();
+    let mut resp = size_of::<BatchResp>();
+    let count = read_u32(request, 0).min(CENALLOC_MAX_BATCH + 1);
+    for _ in 0..count {
+        let Some(hdr) = request
+            .get(offset..offset + size_of::<CmdHdr>())
+            .and_then(CmdHdr::from_slice)
+            .copied()
+        else {
+            return;
+        };
+        let status = read_u32(answer, resp);
+        let body = resp + size_of::<RespHdr>();
+        if hdr.opcode == CENALLOC_CMD_LEASE && status == 0 && answer.len() > body {
+            let n = read_u32(answer, body) as usize;
+            let first = body + size_of::<LeaseResp>();
+            LEASED.with(|l| {
+                let mut l = l.borrow_mut();
+                for i in 0..n.min(CENALLOC_MAX_LEASE as usize) {
+                    let at = first + i * size_of::<Range>();
+                    if let Some(bytes) = answer.get(at..at + 8) {
+                        let mut addr = [0u8; 8];
+                        addr.copy_from_slice(bytes);
+                        l.push(u64::from_le_bytes(addr));
+                    }
+                }
+            });
+        }
+        offset += size_of::<CmdHdr>() + hdr.len as usize;
+        resp = body + hdr.resp_len as usize;
+    }
+}
+
+/// One attachment record of a LEASED_MAP.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct LeasedAttachSpec {
+    attach: DriverIdSpec,
+    mask: MaskSpec,
+    map_type: TypeSpec,
+    types: Vec<TypeSpec>,
+}
+
+/// `PoolAddReq`-shaped payload: a header then up to one more range than
+/// the device takes.
+fn with_ranges<T: ByteValued>(req: T, ranges: &[RangeSpec]) -> Vec<u8> {
+    let mut payload = req.as_slice().to_vec();
+    for range in ranges {
+        payload.extend_from_slice(range.resolve().as_slice());
+    }
+    payload
+}
+
+fn ranges_cut(ranges: &[RangeSpec]) -> &[RangeSpec] {
+    &ranges[..ranges.len().min(CENALLOC_MAX_POOL_RANGES as usize + 1)]
 }
 
 /// A command on the wire: header fields, payload, response slot.
@@ -343,15 +478,12 @@ impl CmdSpec {
                 resp_len: slot.resolve(72 + 64 * CENALLOC_MAX_POOLS as u32),
             },
             CmdSpec::PoolAdd { pool, ranges } => {
-                let ranges = &ranges[..ranges.len().min(CENALLOC_MAX_POOL_RANGES as usize + 1)];
+                let ranges = ranges_cut(ranges);
                 let req = PoolAddReq {
                     pool_index: u32::from(*pool % 8),
                     num_ranges: ranges.len() as u32,
                 };
-                let mut payload = req.as_slice().to_vec();
-                for range in ranges {
-                    payload.extend_from_slice(range.resolve().as_slice());
-                }
+                let payload = with_ranges(req, ranges);
                 Encoded {
                     opcode: CENALLOC_CMD_POOL_ADD,
                     flags: 0,
@@ -465,6 +597,110 @@ impl CmdSpec {
                     reserved: reserved.unwrap_or(0),
                 };
                 encoded(CENALLOC_CMD_CHECKSUM, &req, slot.resolve(16))
+            }
+            CmdSpec::Reset {
+                flags,
+                reserved,
+                slot,
+            } => {
+                let req = ResetReq {
+                    flags: flags.unwrap_or(0),
+                    reserved: reserved.unwrap_or(0),
+                };
+                encoded(
+                    CENALLOC_CMD_RESET,
+                    &req,
+                    slot.resolve(size_of::<ResetResp>() as u32),
+                )
+            }
+            CmdSpec::PoolRemove { pool, ranges } => {
+                let ranges = ranges_cut(ranges);
+                let req = PoolRemoveReq {
+                    pool_index: u32::from(*pool % 8),
+                    num_ranges: ranges.len() as u32,
+                };
+                Encoded {
+                    opcode: CENALLOC_CMD_POOL_REMOVE,
+                    flags: 0,
+                    reserved: 0,
+                    payload: with_ranges(req, ranges),
+                    resp_len: 0,
+                }
+            }
+            CmdSpec::Lease {
+                allocator,
+                count,
+                size,
+                slot,
+            } => {
+                let req = LeaseReq {
+                    allocator_id: u32::from(*allocator % 8),
+                    count: u32::from(*count),
+                    size: size.resolve(),
+                };
+                let natural = size_of::<LeaseResp>() + usize::from(*count) * size_of::<Range>();
+                encoded(CENALLOC_CMD_LEASE, &req, slot.resolve(natural as u32))
+            }
+            CmdSpec::LeaseReturn { allocator, ranges } => {
+                let ranges = ranges_cut(ranges);
+                let req = LeaseReturnReq {
+                    allocator_id: u32::from(*allocator % 8),
+                    num_ranges: ranges.len() as u32,
+                };
+                Encoded {
+                    opcode: CENALLOC_CMD_LEASE_RETURN,
+                    flags: 0,
+                    reserved: 0,
+                    payload: with_ranges(req, ranges),
+                    resp_len: 0,
+                }
+            }
+            CmdSpec::LeasedMap {
+                buffer,
+                initial_mask,
+                size,
+                extent,
+                map_index,
+                direction,
+                attachments,
+                num_attachments,
+                reserved,
+                slot,
+            } => {
+                let attachments = &attachments[..attachments
+                    .len()
+                    .min(CENALLOC_MAX_LEASED_ATTACH as usize + 1)];
+                let req = LeasedMapReq {
+                    buffer_id: buffer.resolve(),
+                    initial_mask: initial_mask.map_or(0, MaskSpec::resolve),
+                    size: size.resolve(),
+                    extent: extent.resolve(),
+                    map_index: u32::from(*map_index),
+                    direction: u32::from(*direction % 4),
+                    num_attachments: num_attachments.map_or(attachments.len() as u32, u32::from),
+                    reserved: reserved.unwrap_or(0),
+                };
+                let mut payload = req.as_slice().to_vec();
+                for a in attachments {
+                    let mut record = LeasedAttach {
+                        attach_id: a.attach.resolve(),
+                        mask: a.mask.resolve(),
+                        map_type: a.map_type.resolve(),
+                        num_types: a.types.len().min(CENALLOC_MAX_MAP_TYPES + 1) as u32,
+                        types: [0; CENALLOC_MAX_MAP_TYPES],
+                    };
+                    for (slot, t) in record.types.iter_mut().zip(&a.types) {
+                        *slot = t.resolve();
+                    }
+                    payload.extend_from_slice(record.as_slice());
+                }
+                Encoded {
+                    opcode: CENALLOC_CMD_LEASED_MAP,
+                    flags: 0,
+                    reserved: 0,
+                    payload,
+                    resp_len: slot.resolve((size_of::<MapResp>() + size_of::<Range>()) as u32),
+                }
             }
             CmdSpec::Raw {
                 opcode,
@@ -636,11 +872,13 @@ pub fn run_batch(data: &[u8]) {
     if case.donate {
         donate_default(&mut device, &mem);
     }
+    LEASED.with(|l| l.borrow_mut().clear());
     for (spec, writable) in case.batches.iter().take(MAX_BATCHES) {
         let (request, need) = spec.encode();
         let writable_len = writable.resolve(need);
         let before = device.pool().snapshot();
         let answer = device.execute_batch(&mem, &request, writable_len);
+        note_leases(&request, &answer);
         check_answer(&answer, writable_len, spec, &request);
         let after = device.pool().snapshot();
         let did_nothing = answer.len() >= 8 && read_u32(&answer, 4) == 0;
@@ -1138,6 +1376,8 @@ fn guest_ring(vring: &VringRwLock, setup: &QueueSetup, defaults: (u64, u64, u64)
 /// Runs one ring case against a fresh backend. Panics (an oracle failed)
 /// on a bug; never returns while the backend spins.
 pub fn run_ring(data: &[u8]) {
+    // Its batches name no leased extent (their answers are not read).
+    LEASED.with(|l| l.borrow_mut().clear());
     let mut u = Unstructured::new(data);
     let Ok(case) = RingCase::arbitrary(&mut u) else {
         return;
