@@ -125,6 +125,16 @@ uint64_t ca_pool_free(const struct ca_pool *pool)
 	return sum;
 }
 
+uint64_t ca_pool_used(const struct ca_pool *pool)
+{
+	uint64_t sum = 0;
+	uint32_t i;
+
+	for (i = 0; i < pool->count; i++)
+		sum += pool->alloc[i].capacity - pool->alloc[i].free;
+	return sum;
+}
+
 bool ca_pool_same(const struct ca_pool *before, const struct ca_pool *after)
 {
 	bool same = before->count == after->count;

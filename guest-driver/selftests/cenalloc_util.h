@@ -48,6 +48,8 @@ struct ca_pool {
 
 int ca_pool_read(int ca, struct ca_pool *pool);
 uint64_t ca_pool_free(const struct ca_pool *pool);
+/* Bytes of all allocators in use (capacity - free): pools may grow. */
+uint64_t ca_pool_used(const struct ca_pool *pool);
 /*
  * True when every allocator has the same bytes in use (capacity - free:
  * an elastic pool grows on demand and shrinks only under memory pressure)
