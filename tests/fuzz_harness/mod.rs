@@ -453,11 +453,16 @@ struct Encoded {
 }
 
 fn encoded<T: ByteValued>(opcode: u16, req: &T, resp_len: u32) -> Encoded {
+    with_payload(opcode, req.as_slice().to_vec(), resp_len)
+}
+
+/// A well-framed command (flags and reserved zero) with this payload.
+fn with_payload(opcode: u16, payload: Vec<u8>, resp_len: u32) -> Encoded {
     Encoded {
         opcode,
         flags: 0,
         reserved: 0,
-        payload: req.as_slice().to_vec(),
+        payload,
         resp_len,
     }
 }
@@ -470,13 +475,11 @@ const STATS_SLOT: u32 = 256 << 10;
 impl CmdSpec {
     fn encode(&self) -> Encoded {
         match self {
-            CmdSpec::GetInfo { slot } => Encoded {
-                opcode: CENALLOC_CMD_GET_INFO,
-                flags: 0,
-                reserved: 0,
-                payload: Vec::new(),
-                resp_len: slot.resolve(72 + 64 * CENALLOC_MAX_POOLS as u32),
-            },
+            CmdSpec::GetInfo { slot } => with_payload(
+                CENALLOC_CMD_GET_INFO,
+                Vec::new(),
+                slot.resolve(72 + 64 * CENALLOC_MAX_POOLS as u32),
+            ),
             CmdSpec::PoolAdd { pool, ranges } => {
                 let ranges = ranges_cut(ranges);
                 let req = PoolAddReq {
@@ -484,13 +487,7 @@ impl CmdSpec {
                     num_ranges: ranges.len() as u32,
                 };
                 let payload = with_ranges(req, ranges);
-                Encoded {
-                    opcode: CENALLOC_CMD_POOL_ADD,
-                    flags: 0,
-                    reserved: 0,
-                    payload,
-                    resp_len: 0,
-                }
+                with_payload(CENALLOC_CMD_POOL_ADD, payload, 0)
             }
             CmdSpec::Create { size, flags, mask } => {
                 let req = CreateReq {
@@ -568,13 +565,9 @@ impl CmdSpec {
                 };
                 encoded(CENALLOC_CMD_SYNC, &req, 0)
             }
-            CmdSpec::Stats { slot } => Encoded {
-                opcode: CENALLOC_CMD_STATS,
-                flags: 0,
-                reserved: 0,
-                payload: Vec::new(),
-                resp_len: slot.resolve(STATS_SLOT),
-            },
+            CmdSpec::Stats { slot } => {
+                with_payload(CENALLOC_CMD_STATS, Vec::new(), slot.resolve(STATS_SLOT))
+            }
             CmdSpec::Fill {
                 buffer,
                 seed,
@@ -619,13 +612,7 @@ impl CmdSpec {
                     pool_index: u32::from(*pool % 8),
                     num_ranges: ranges.len() as u32,
                 };
-                Encoded {
-                    opcode: CENALLOC_CMD_POOL_REMOVE,
-                    flags: 0,
-                    reserved: 0,
-                    payload: with_ranges(req, ranges),
-                    resp_len: 0,
-                }
+                with_payload(CENALLOC_CMD_POOL_REMOVE, with_ranges(req, ranges), 0)
             }
             CmdSpec::Lease {
                 allocator,
@@ -647,13 +634,7 @@ impl CmdSpec {
                     allocator_id: u32::from(*allocator % 8),
                     num_ranges: ranges.len() as u32,
                 };
-                Encoded {
-                    opcode: CENALLOC_CMD_LEASE_RETURN,
-                    flags: 0,
-                    reserved: 0,
-                    payload: with_ranges(req, ranges),
-                    resp_len: 0,
-                }
+                with_payload(CENALLOC_CMD_LEASE_RETURN, with_ranges(req, ranges), 0)
             }
             CmdSpec::LeasedMap {
                 buffer,
@@ -694,13 +675,11 @@ impl CmdSpec {
                     }
                     payload.extend_from_slice(record.as_slice());
                 }
-                Encoded {
-                    opcode: CENALLOC_CMD_LEASED_MAP,
-                    flags: 0,
-                    reserved: 0,
+                with_payload(
+                    CENALLOC_CMD_LEASED_MAP,
                     payload,
-                    resp_len: slot.resolve((size_of::<MapResp>() + size_of::<Range>()) as u32),
-                }
+                    slot.resolve((size_of::<MapResp>() + size_of::<Range>()) as u32),
+                )
             }
             CmdSpec::Raw {
                 opcode,
