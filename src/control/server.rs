@@ -28,6 +28,9 @@ use crate::registry::{self, Exports, Registry, StatusPage, Vm};
 /// How long an answer may wait for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Every control request is answered within this, whatever the guests do.
+pub const ANSWER_BOUND: Duration = Duration::from_secs(1);
+
 /// What control clients may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlPolicy {

@@ -64,7 +64,8 @@ pub struct DeviceCounters {
     /// RESET commands run (the device state was dropped).
     pub resets: u64,
     /// Times a batch stopped between two steps of work because its ring
-    /// was being stopped (it resumes when the ring runs again).
+    /// was being stopped or a control socket request was waiting for the
+    /// device (it resumes when the ring runs again, or at once).
     pub batches_interrupted: u64,
 }
 
