@@ -6,6 +6,9 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -13,7 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cenalloc::config::device_config;
-use cenalloc::control::client::Client;
+use cenalloc::control::client::{Client, Status};
+use cenalloc::control::protocol::*;
 use cenalloc::control::server::{ControlPolicy, ANSWER_BOUND};
 use cenalloc::device::DeviceConfig;
 use cenalloc::protocol::*;
@@ -167,4 +171,153 @@ fn control_requests_are_answered_within_the_bound_while_a_guest_keeps_its_ring_f
     assert!(answers >= 8, "only {answers} control answers in 3 s");
     // The guest was served all along, too.
     assert!(answered >= 64, "only {answered} guest chains answered");
+}
+
+fn policy(idle: Duration, request: Duration) -> ControlPolicy {
+    ControlPolicy {
+        idle_timeout: idle,
+        request_timeout: request,
+        ..ControlPolicy::default()
+    }
+}
+
+/// Waits until `stream` reads end of file; returns how long that took.
+fn closed_after(stream: &mut UnixStream, limit: Duration) -> Duration {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let start = Instant::now();
+    let mut byte = [0u8; 64];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the connection was not closed within {limit:?} ({e}, after {:?})",
+                start.elapsed()
+            ),
+        }
+    }
+}
+
+#[test]
+fn the_maximum_number_of_silent_connections_locks_out_nobody() {
+    let policy = ControlPolicy::default();
+    let daemon = spawn_vms(
+        &[("vm", pools(&["system:1M"]))],
+        DaemonLimits::default(),
+        policy.clone(),
+    );
+    let silent: Vec<UnixStream> = (0..policy.max_clients)
+        .map(|_| UnixStream::connect(&daemon.control).unwrap())
+        .collect();
+    // Every one of them is a client of the daemon by now.
+    let start = Instant::now();
+    let mut client = Client::connect(&daemon.control).unwrap();
+    let hello = client.hello();
+    let took = start.elapsed();
+    let hello = hello.expect("a real client was refused while silent connections held the slots");
+    assert_eq!(hello.protocol, PROTOCOL_VERSION);
+    assert!(took <= ANSWER_BOUND, "answered after {took:?}");
+    // It keeps working, and the daemon still serves at most max_clients.
+    assert_eq!(client.vms().unwrap().len(), 1);
+    let stats = client.stats(None).unwrap();
+    assert!(
+        stats.daemon.control_clients <= u64::from(policy.max_clients),
+        "{} clients",
+        stats.daemon.control_clients
+    );
+    drop(silent);
+}
+
+#[test]
+fn an_idle_connection_is_closed_but_one_holding_exports_is_kept() {
+    let idle = Duration::from_secs(1);
+    let daemon = spawn_vms(
+        &[("vm", pools(&["system:1M"]))],
+        DaemonLimits::default(),
+        policy(idle, Duration::from_secs(10)),
+    );
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    let (buffer, _, _) = harness.mapped_buffer(8192, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]);
+
+    let mut holder = Client::connect(&daemon.control).unwrap();
+    let export = holder.export("vm", buffer, false).unwrap();
+    let mut silent = UnixStream::connect(&daemon.control).unwrap();
+    let mut asked_once = UnixStream::connect(&daemon.control).unwrap();
+    asked_once
+        .write_all(b"{\"v\":1,\"cmd\":\"hello\"}\n")
+        .unwrap();
+    let took = closed_after(&mut silent, 5 * idle);
+    assert!(
+        took >= idle / 2,
+        "closed after {took:?}, idle timeout {idle:?}"
+    );
+    // An answer, then the idle timeout again.
+    let mut answer = Vec::new();
+    asked_once.set_read_timeout(Some(5 * idle)).unwrap();
+    let read = asked_once.read_to_end(&mut answer);
+    assert!(read.is_ok(), "{read:?}");
+    assert!(answer.starts_with(b"{\"v\":1,\"ok\""), "{answer:?}");
+    // The holder stayed: its export is valid and it is still served.
+    std::thread::sleep(idle);
+    assert!(export.is_valid(), "{:?}", export.status());
+    assert_eq!(holder.vms().unwrap()[0].exports, 1);
+}
+
+#[test]
+fn a_client_that_stalls_mid_request_is_dropped_and_its_exports_released() {
+    let request = Duration::from_secs(1);
+    let daemon = spawn_vms(
+        &[("vm", pools(&["system:1M"]))],
+        DaemonLimits::default(),
+        policy(Duration::from_secs(60), request),
+    );
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    let (buffer, _, _) = harness.mapped_buffer(8192, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]);
+
+    let mut staller = Client::connect(&daemon.control).unwrap();
+    let export = staller.export("vm", buffer, false).unwrap();
+    let mut raw = UnixStream::from(staller.as_fd().try_clone_to_owned().unwrap());
+    // Half a request on the connection that holds the export, then nothing.
+    raw.write_all(b"{\"v\":1,\"cmd\":\"exp").unwrap();
+    let took = closed_after(&mut raw, 5 * request);
+    assert!(took >= request / 2, "closed after {took:?}");
+    assert_eq!(export.status(), Status::Revoked(Revocation::Released));
+    let mut watcher = Client::connect(&daemon.control).unwrap();
+    assert_eq!(watcher.vms().unwrap()[0].exports, 0);
+    // The guest never noticed.
+    harness.run(Cmd::fill(buffer, 3)).ok();
+}
+
+#[test]
+fn a_client_that_does_not_take_its_answers_is_dropped() {
+    let request = Duration::from_secs(1);
+    let daemon = spawn_vms(
+        &[("vm", pools(&["system:1M"]))],
+        DaemonLimits::default(),
+        policy(Duration::from_secs(60), request),
+    );
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    // Far more answer bytes than a socket buffer holds, asked at once.
+    let asked = 2000;
+    let mut reader = UnixStream::connect(&daemon.control).unwrap();
+    let line = b"{\"v\":1,\"cmd\":\"stats\"}\n";
+    reader.write_all(&line.repeat(asked)).unwrap();
+    // It reads nothing for a while: the daemon gives up on it.
+    std::thread::sleep(3 * request);
+    let mut watcher = Client::connect(&daemon.control).unwrap();
+    assert_eq!(watcher.stats(None).unwrap().daemon.control_clients, 1);
+    let mut answers = Vec::new();
+    reader.set_read_timeout(Some(5 * request)).unwrap();
+    let read = reader.read_to_end(&mut answers);
+    // Closed with requests it never read: a reset, or an end of file.
+    let closed = match &read {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the connection was not closed: {read:?}");
+    let answered = answers.iter().filter(|&&b| b == b'\n').count();
+    assert!(answered < asked, "all {answered} answers were taken");
 }

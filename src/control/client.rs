@@ -26,6 +26,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,13 @@ pub struct Client {
     pending: Vec<u8>,
     /// Descriptors received with bytes of `pending`.
     pending_files: Vec<File>,
+}
+
+/// The connection's socket (to poll it, or to see it closed).
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
 }
 
 impl Client {
