@@ -108,11 +108,16 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(config: DeviceConfig) -> Result<Self, Error> {
+    /// The worker of VM `vm` (named in the lines its guest causes).
+    fn new(config: DeviceConfig, vm: &str) -> Result<Self, Error> {
+        let mut device = Device::new(config.clone())?;
+        device.set_vm_name(vm);
+        let mut control = Health::new("control");
+        control.set_vm_name(vm);
         Ok(Worker {
             poller: Poller::new(config.poll_us),
-            device: Device::new(config)?,
-            control: Health::new("control"),
+            device,
+            control,
             suspended: None,
         })
     }
@@ -297,6 +302,8 @@ fn deliver_events(
 
 /// The cenalloc vhost-user backend of one front-end connection.
 pub struct CenallocBackend {
+    /// The VM's name, for the log.
+    name: String,
     config: DeviceConfig,
     config_space: Vec<u8>,
     mem: Mutex<Option<AtomicMemory>>,
@@ -325,9 +332,12 @@ impl CenallocBackend {
 
     /// A backend whose exports table is shared with the VM registry.
     pub fn with_exports(config: DeviceConfig, exports: Arc<Exports>) -> Result<Self, Error> {
-        let worker = Worker::new(config.clone())?;
+        let worker = Worker::new(config.clone(), SINGLE_VM_NAME)?;
         let config_space = config.config_space().as_slice().to_vec();
+        let mut event_ring = Health::new("event");
+        event_ring.set_vm_name(SINGLE_VM_NAME);
         Ok(CenallocBackend {
+            name: SINGLE_VM_NAME.to_string(),
             config,
             config_space,
             mem: Mutex::new(None),
@@ -335,7 +345,7 @@ impl CenallocBackend {
             stopping: AtomicBool::new(false),
             readers: AtomicUsize::new(0),
             worker: parking_lot::Mutex::new(worker),
-            event_ring: Mutex::new(Health::new("event")),
+            event_ring: Mutex::new(event_ring),
             exit_consumers: Mutex::new(Vec::new()),
             #[cfg(feature = "fault-injection")]
             fault: None,
@@ -351,6 +361,20 @@ impl CenallocBackend {
             warn!("fault injection on: this device lies to the guest on purpose");
             self.fault = Some(Mutex::new(crate::fault::Injector::new(source.clone())));
         }
+        self
+    }
+
+    /// The backend of VM `name` (named in the log; default
+    /// [`SINGLE_VM_NAME`]).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        let worker = self.worker.get_mut();
+        worker.device.set_vm_name(name);
+        worker.control.set_vm_name(name);
+        self.event_ring
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set_vm_name(name);
         self
     }
 
@@ -407,7 +431,7 @@ impl VhostUserBackend for CenallocBackend {
     fn reset_device(&self) {
         debug!("device reset: dropping all buffers");
         let mut worker = self.stop_worker();
-        match Worker::new(self.config.clone()) {
+        match Worker::new(self.config.clone(), &self.name) {
             Ok(fresh) => *worker = fresh,
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
@@ -603,8 +627,11 @@ pub fn serve_one(
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
     let exports = Arc::new(Exports::new());
-    let backend =
-        Arc::new(CenallocBackend::with_exports(config.clone(), exports.clone())?.with_hooks(hooks));
+    let backend = Arc::new(
+        CenallocBackend::with_exports(config.clone(), exports.clone())?
+            .with_hooks(hooks)
+            .named(name),
+    );
     let memory = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         thread_name(name),
