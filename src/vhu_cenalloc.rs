@@ -141,7 +141,6 @@ impl Worker {
         filter: &mut dyn chain::Filter,
         exports: &Exports,
     ) -> bool {
-        self.device.counters.control_wakeups += 1;
         let start = Instant::now();
         let polled_before = self.poller.stats().busy_ns;
         let Worker {
@@ -555,6 +554,7 @@ impl VhostUserBackend for CenallocBackend {
         let filter: &mut dyn chain::Filter = &mut honest;
         match device_event {
             CENALLOC_VQ_CONTROL => {
+                worker.device.counters.control_wakeups += 1;
                 while worker.serve_control(
                     control,
                     events,
