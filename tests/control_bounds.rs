@@ -24,6 +24,15 @@ use cenalloc::protocol::*;
 use cenalloc::registry::DaemonLimits;
 use common::*;
 
+/// The tests of this file measure time: they run one at a time, so that
+/// none of them slows another down on a small host.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn pools(flags: &[&str]) -> DeviceConfig {
     let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
     device_config(None, &flags).unwrap()
@@ -98,6 +107,7 @@ impl Drop for Flood {
 
 #[test]
 fn control_requests_are_answered_within_the_bound_while_a_guest_keeps_its_ring_full() {
+    let _serial = one_at_a_time();
     let daemon = spawn_vms(
         &[
             ("flood", pools(&["system:8M"])),
@@ -200,6 +210,7 @@ fn closed_after(stream: &mut UnixStream, limit: Duration) -> Duration {
 
 #[test]
 fn the_maximum_number_of_silent_connections_locks_out_nobody() {
+    let _serial = one_at_a_time();
     let policy = ControlPolicy::default();
     let daemon = spawn_vms(
         &[("vm", pools(&["system:1M"]))],
@@ -230,6 +241,7 @@ fn the_maximum_number_of_silent_connections_locks_out_nobody() {
 
 #[test]
 fn an_idle_connection_is_closed_but_one_holding_exports_is_kept() {
+    let _serial = one_at_a_time();
     let idle = Duration::from_secs(1);
     let daemon = spawn_vms(
         &[("vm", pools(&["system:1M"]))],
@@ -266,6 +278,7 @@ fn an_idle_connection_is_closed_but_one_holding_exports_is_kept() {
 
 #[test]
 fn a_client_that_stalls_mid_request_is_dropped_and_its_exports_released() {
+    let _serial = one_at_a_time();
     let request = Duration::from_secs(1);
     let daemon = spawn_vms(
         &[("vm", pools(&["system:1M"]))],
@@ -292,6 +305,7 @@ fn a_client_that_stalls_mid_request_is_dropped_and_its_exports_released() {
 
 #[test]
 fn a_client_that_does_not_take_its_answers_is_dropped() {
+    let _serial = one_at_a_time();
     let request = Duration::from_secs(1);
     let daemon = spawn_vms(
         &[("vm", pools(&["system:1M"]))],
