@@ -335,3 +335,38 @@ fn a_client_that_does_not_take_its_answers_is_dropped() {
     let answered = answers.iter().filter(|&&b| b == b'\n').count();
     assert!(answered < asked, "all {answered} answers were taken");
 }
+
+#[test]
+fn connections_that_hold_exports_are_never_displaced() {
+    let _serial = one_at_a_time();
+    let daemon = spawn_vms(
+        &[("vm", pools(&["system:1M"]))],
+        DaemonLimits::default(),
+        ControlPolicy {
+            max_clients: 2,
+            ..ControlPolicy::default()
+        },
+    );
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    let (buffer, _, _) = harness.mapped_buffer(8192, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]);
+    let mut first = Client::connect(&daemon.control).unwrap();
+    let first_export = first.export("vm", buffer, false).unwrap();
+    let mut second = Client::connect(&daemon.control).unwrap();
+    let second_export = second.export("vm", buffer, false).unwrap();
+
+    // Both hold exports: a third client is refused, and both stay.
+    let refused = Client::connect(&daemon.control).unwrap().hello();
+    let error = refused.expect_err("a third client displaced one that holds exports");
+    assert!(error.to_string().contains("holding exports"), "{error}");
+    assert!(first_export.is_valid() && second_export.is_valid());
+    assert_eq!(first.vms().unwrap()[0].exports, 2);
+
+    // Once the first holds none, it is the one that makes room.
+    first.release(first_export.info.export).unwrap();
+    let mut third = Client::connect(&daemon.control).unwrap();
+    assert_eq!(third.hello().unwrap().protocol, PROTOCOL_VERSION);
+    assert!(first.vms().is_err(), "the quiet connection was not closed");
+    assert!(second_export.is_valid());
+    assert_eq!(second.vms().unwrap()[0].exports, 1);
+}
