@@ -49,7 +49,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ControlPolicy {
     pub allow_writable_export: bool,
     pub max_exports_per_client: u32,
-    /// Clients connected at once; more are refused.
+    /// Clients connected at once; a new one takes the place of a quiet
+    /// connection that holds no export, or is refused (see the module
+    /// doc).
     pub max_clients: u32,
     /// A connection without a request in progress and without exports is
     /// closed after this long.
