@@ -151,3 +151,72 @@ fn refused_lease_reports_are_logged_at_a_bounded_rate_per_vm_and_all_counted() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Lines of `log` about a stopped control queue.
+fn broken_lines(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("control queue stopped"))
+        .count()
+}
+
+#[test]
+fn a_guest_that_breaks_its_ring_after_every_restart_is_logged_at_a_bounded_rate() {
+    let daemon = DaemonProcess::spawn(&[]);
+    let vm = daemon
+        .socket
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let start = Instant::now();
+    let mut harness = Harness::connect(&daemon.socket, WANTED_FEATURES);
+    harness.donate_all();
+    // Break the ring (an avail index past the queue size), let the device
+    // see it, have the front-end restart the ring (as after a device
+    // reset), again and again.
+    let cycles = 40;
+    for _ in 0..cycles {
+        let used = harness.control_used_idx();
+        harness.write_avail_idx(0, used.wrapping_add(QUEUE_SIZE + 7));
+        std::thread::sleep(Duration::from_millis(50));
+        let bases = harness.stop_queues();
+        harness.resync_control(bases[0]);
+        harness.start_queues(&bases);
+    }
+    let elapsed = start.elapsed();
+    // Still served after all that.
+    harness.run(Cmd::create(4096, 0)).ok();
+    let log = daemon.log_text();
+    let lines = broken_lines(&log);
+    let bound = GUEST_LOG_BURST as u64 + GUEST_LOG_PER_SEC as u64 * (elapsed.as_secs() + 1);
+    assert!(
+        lines as u64 <= bound,
+        "{lines} 'queue stopped' lines in {elapsed:?} for {cycles} breaks, at most {bound} allowed"
+    );
+    assert!(lines > 0, "no break was logged:\n{log}");
+    for line in log.lines().filter(|l| l.contains("control queue stopped")) {
+        assert!(line.contains(&format!("VM {vm}:")), "no VM name: {line}");
+    }
+    // The rest is counted once the VM goes: the limit was reached.
+    drop(harness);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = daemon.log_text();
+        let counts: Vec<usize> = log
+            .lines()
+            .filter(|l| l.contains(&format!("VM {vm}:")))
+            .filter_map(|l| l.split_once("[suppressed: "))
+            .map(|(_, rest)| rest.split_once(']').unwrap().0.parse().unwrap())
+            .collect();
+        if log.contains(&format!(
+            "VM {vm}: lines about guest requests [suppressed: "
+        )) {
+            let suppressed: usize = counts.iter().sum();
+            eprintln!("{lines} 'queue stopped' lines, {suppressed} suppressed, in {elapsed:?}");
+            assert!(lines + suppressed > GUEST_LOG_BURST as usize);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no suppressed count:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
