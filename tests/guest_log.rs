@@ -197,23 +197,20 @@ fn a_guest_that_breaks_its_ring_after_every_restart_is_logged_at_a_bounded_rate(
     for line in log.lines().filter(|l| l.contains("control queue stopped")) {
         assert!(line.contains(&format!("VM {vm}:")), "no VM name: {line}");
     }
-    // The rest is counted once the VM goes: the limit was reached.
+    // Lines were left out and counted: with the next line let through
+    // after a refill, or when the VM goes.
     drop(harness);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = daemon.log_text();
-        let counts: Vec<usize> = log
+        let suppressed: usize = log
             .lines()
             .filter(|l| l.contains(&format!("VM {vm}:")))
             .filter_map(|l| l.split_once("[suppressed: "))
-            .map(|(_, rest)| rest.split_once(']').unwrap().0.parse().unwrap())
-            .collect();
-        if log.contains(&format!(
-            "VM {vm}: lines about guest requests [suppressed: "
-        )) {
-            let suppressed: usize = counts.iter().sum();
+            .map(|(_, rest)| rest.split_once(']').unwrap().0.parse::<usize>().unwrap())
+            .sum();
+        if suppressed > 0 {
             eprintln!("{lines} 'queue stopped' lines, {suppressed} suppressed, in {elapsed:?}");
-            assert!(lines + suppressed > GUEST_LOG_BURST as usize);
             break;
         }
         assert!(Instant::now() < deadline, "no suppressed count:\n{log}");
