@@ -98,8 +98,13 @@ impl Client {
     /// Sends one request and waits for its answer; returns the result and
     /// the descriptors that came with it.
     pub fn call(&mut self, request: &Request) -> Result<(serde_json::Value, Vec<File>), Error> {
-        self.stream.write_all(&encode_request(request))?;
-        let (line, files) = self.read_line()?;
+        let (line, files) = match self.stream.write_all(&encode_request(request)) {
+            Ok(()) => self.read_line()?,
+            // A daemon that refuses a connection (its maximum of clients
+            // reached) writes why and closes it, maybe before the request
+            // came: that answer is still there to read.
+            Err(e) => self.read_line().map_err(|_| Error::from(e))?,
+        };
         let answer: Answer = serde_json::from_slice(&line)
             .map_err(|e| Error::Protocol(format!("bad answer: {e}")))?;
         if answer.v != PROTOCOL_VERSION {

@@ -14,9 +14,10 @@
 //!   export held is closed after [`ControlPolicy::idle_timeout`];
 //! - when [`ControlPolicy::max_clients`] are connected, a new client takes
 //!   the place of the one whose last byte came longest ago among those
-//!   that hold no export and are not being answered (silent or stalled
-//!   connections never lock anyone out); only when every connection holds
-//!   exports or is being answered is the new one refused;
+//!   that hold no export and whose request is not being handled (silent,
+//!   stalled or slow-reading connections never lock anyone out); only when
+//!   every connection holds exports or is being handled is the new one
+//!   refused (with an error line, then closed);
 //! - a client that goes away, even mid-request, or is closed for one of
 //!   the reasons above, releases every export it held.
 
@@ -78,7 +79,7 @@ struct Presence {
     stream: UnixStream,
     /// When its last byte came or its last answer went.
     last_active: Instant,
-    /// A complete request is being answered.
+    /// A complete request is being handled (its answer not built yet).
     answering: bool,
     /// Exports it held after its last answer.
     exports: usize,
@@ -291,7 +292,8 @@ impl Client {
                 if !self.start_answer() || self.answer(&line[..line.len() - 1]).is_err() {
                     return;
                 }
-                last_active = self.end_answer();
+                last_active = Instant::now();
+                lock(&self.presence).last_active = last_active;
                 request_since = (!pending.is_empty()).then_some(last_active);
             }
             if pending.len() >= MAX_REQUEST_BYTES {
@@ -394,14 +396,15 @@ impl Client {
         presence.answering
     }
 
-    /// The answer went: the connection may be closed again. Returns when.
-    fn end_answer(&mut self) -> Instant {
+    /// The request is handled: from here the connection may be closed to
+    /// make room again (a client slow to take its answer is no reason to
+    /// refuse a new one), with the exports it holds now.
+    fn end_answer(&mut self) {
         let exports = self.valid_exports();
         let mut presence = lock(&self.presence);
         presence.answering = false;
         presence.exports = exports;
         presence.last_active = Instant::now();
-        presence.last_active
     }
 
     /// Closes the connection gracefully after a fatal error: no more
@@ -426,6 +429,7 @@ impl Client {
     fn answer(&mut self, line: &[u8]) -> io::Result<()> {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let result = decode_request(line).and_then(|request| self.handle(request));
+        self.end_answer();
         self.send(result)
     }
 
