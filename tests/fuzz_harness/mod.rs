@@ -1436,12 +1436,12 @@ impl<B: VhostUserBackend<Bitmap = (), Vring = VringRwLock>> RingWorld<B> {
             .collect())
     }
 
-    /// Donated regions and leased stock, as (start, length).
+    /// The donated regions (backing, free space and leased stock all lie
+    /// in them), as (start, length).
     fn pool_memory(&self) -> Vec<(u64, u64)> {
         let mut areas = Vec::new();
         self.view.with_device(&mut |device| {
-            let pool = device.pool();
-            let snapshot = pool.snapshot();
+            let snapshot = device.pool().snapshot();
             areas.extend(snapshot.regions.iter().map(|r| (r.addr, r.len)));
         });
         areas
