@@ -68,6 +68,16 @@ pub struct DeviceCounters {
     pub batches_interrupted: u64,
 }
 
+/// Told whenever a command may have changed which memory backs which
+/// buffer (the registry's exports revoke what changed): after the command's
+/// changes to the model and before any of its guest-memory work (zeroing
+/// or copying into pages another buffer had a moment ago), and after a
+/// command's changes are undone. Called with the device borrowed, so under
+/// whatever lock protects the device.
+pub trait BackingWatch: Send + Sync {
+    fn backing_changed(&self, pool: &Pool);
+}
+
 /// Events kept for an event ring that is stopped; further ones are dropped.
 pub const MAX_PENDING_EVENTS: usize = 1024;
 
@@ -163,6 +173,7 @@ pub struct Device {
     pool: Pool,
     events: VecDeque<Event>,
     pub counters: DeviceCounters,
+    watch: Option<std::sync::Arc<dyn BackingWatch>>,
 }
 
 impl Device {
@@ -173,7 +184,20 @@ impl Device {
             pool,
             events: VecDeque::new(),
             counters: DeviceCounters::default(),
+            watch: None,
         })
+    }
+
+    /// The device with `watch` told of every change of a backing.
+    pub fn with_watch(mut self, watch: std::sync::Arc<dyn BackingWatch>) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
+    fn backing_changed(&self) {
+        if let Some(watch) = &self.watch {
+            watch.backing_changed(&self.pool);
+        }
     }
 
     pub fn config(&self) -> &DeviceConfig {
@@ -317,7 +341,13 @@ impl Device {
                         Step::Finished(Err(Error::Cancelled))
                     } else {
                         let payload = &request[frame.payload..payload_end];
-                        match self.start_command(mem, &frame.header, payload, slot, produced) {
+                        let started =
+                            self.start_command(mem, &frame.header, payload, slot, produced);
+                        // Before the command's guest-memory work: the pages
+                        // it zeroes or copies into may have been another
+                        // buffer's a moment ago (FREE X; MAP Y).
+                        self.backing_changed();
+                        match started {
                             Ok(Started::Done(done)) => Step::Finished(Ok(done)),
                             Ok(Started::Work(work)) => self.advance(mem, work, slot, yield_now),
                             Err(error) => Step::Finished(Err(error)),
@@ -382,6 +412,7 @@ impl Device {
         if let Some(pending) = batch.pending {
             debug!("abandoned batch: its command's model changes undone");
             self.undo_pending(*pending);
+            self.backing_changed();
         }
     }
 
@@ -476,6 +507,7 @@ impl Device {
                 }
                 Err(error) => {
                     self.undo_pending(*pending);
+                    self.backing_changed();
                     return Step::Finished(Err(error));
                 }
             }
@@ -1387,6 +1419,133 @@ mod tests {
             request.extend_from_slice(payload);
         }
         request
+    }
+
+    /// Encodes a batch of (opcode, payload, response slot length).
+    fn encode(cmds: &[(u16, &[u8], u32)]) -> Vec<u8> {
+        let mut request = BatchHdr {
+            num_cmds: cmds.len() as u32,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        for &(opcode, payload, resp_len) in cmds {
+            let hdr = CmdHdr {
+                opcode,
+                flags: 0,
+                len: payload.len() as u32,
+                resp_len,
+                reserved: 0,
+            };
+            request.extend_from_slice(hdr.as_slice());
+            request.extend_from_slice(payload);
+        }
+        request
+    }
+
+    /// A watch that looks at one buffer's pages each time it is told of a
+    /// change: whether the buffer still exists, and whether its old pages
+    /// still hold its bytes.
+    struct PageProbe {
+        mem: GuestMemoryMmap,
+        buffer: u32,
+        pages: Segment,
+        seen: std::sync::Mutex<Vec<(bool, bool)>>,
+    }
+
+    impl BackingWatch for PageProbe {
+        fn backing_changed(&self, pool: &Pool) {
+            let mut bytes = vec![0u8; self.pages.len as usize];
+            self.mem
+                .read_slice(&mut bytes, GuestAddress(self.pages.addr))
+                .unwrap();
+            let exists = pool.buffer_size(self.buffer).is_ok();
+            let intact = bytes.iter().all(|&b| b == 0x5c);
+            self.seen.lock().unwrap().push((exists, intact));
+        }
+    }
+
+    /// Issue 20, item 1, from inside the device: in `FREE X; CREATE Y;
+    /// ATTACH; MAP Y` the watch hears of X's end while X's old pages still
+    /// hold X's bytes; MAP Y zeroes them only after.
+    #[test]
+    fn the_watch_hears_of_a_free_before_the_pages_are_reused() {
+        let mem = memory();
+        let mut device = donated_device();
+        let x = device.pool.create(0x4000, 0, 0).unwrap().id;
+        let pages = {
+            let attached = device
+                .pool
+                .attach(x, model::kinds::SYSTEM, &[MappingType::ScatterGather])
+                .unwrap();
+            device
+                .pool
+                .map(attached.id, Direction::Bidirectional)
+                .unwrap();
+            device
+                .pool
+                .unmap(attached.id, Direction::Bidirectional)
+                .unwrap();
+            device.pool.detach(attached.id).unwrap();
+            device.pool.backing(x).unwrap()[0]
+        };
+        mem.write_slice(&[0x5c; 0x4000], GuestAddress(pages.addr))
+            .unwrap();
+        let probe = std::sync::Arc::new(PageProbe {
+            mem: mem.clone(),
+            buffer: x,
+            pages,
+            seen: std::sync::Mutex::new(Vec::new()),
+        });
+        let mut device = device.with_watch(probe.clone());
+        let free = FreeReq {
+            buffer_id: x,
+            reserved: 0,
+        };
+        let create = CreateReq {
+            size: 0x4000,
+            flags: 0,
+            initial_mask: 0,
+        };
+        let mut attach = AttachReq {
+            buffer_id: CENALLOC_BATCH_REF | 1,
+            mask: CENALLOC_KIND_SYSTEM,
+            num_types: 1,
+            ..Default::default()
+        };
+        attach.types[0] = CENALLOC_MAP_SG;
+        let map = MapReq {
+            attach_id: CENALLOC_BATCH_REF | 2,
+            direction: CENALLOC_DIR_BIDIRECTIONAL,
+        };
+        let request = encode(&[
+            (CENALLOC_CMD_FREE, free.as_slice(), 0),
+            (CENALLOC_CMD_CREATE, create.as_slice(), 16),
+            (CENALLOC_CMD_ATTACH, attach.as_slice(), 16),
+            (CENALLOC_CMD_MAP, map.as_slice(), 24 + 16),
+        ]);
+        let answer = device.execute_batch(&mem, &request, 1 << 12);
+        assert_eq!(&answer[0..8], &[0, 0, 0, 0, 4, 0, 0, 0]);
+        let y = device.pool.snapshot().buffers[0].id;
+        assert_eq!(
+            device.pool.backing(y).unwrap(),
+            &[pages],
+            "Y got other pages"
+        );
+        let seen = probe.seen.lock().unwrap().clone();
+        let first_gone = seen.iter().position(|&(exists, _)| !exists);
+        assert_eq!(first_gone, Some(0), "told after the FREE: {seen:?}");
+        assert!(
+            seen[0].1,
+            "X's pages were touched before the watch heard of it"
+        );
+        let mut bytes = vec![1u8; 0x4000];
+        mem.read_slice(&mut bytes, GuestAddress(pages.addr))
+            .unwrap();
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "MAP Y did not zero the pages"
+        );
     }
 
     fn donated_device() -> Device {

@@ -85,6 +85,9 @@ pub struct LeasedMap {
 struct Backing {
     allocator: usize,
     segments: Vec<Segment>,
+    /// Unique in the pool's life (never reused, even by [`Pool::clear`]):
+    /// names this backing of this buffer, whatever id the buffer has.
+    serial: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +100,9 @@ struct Buffer {
     attachments: Vec<AttachmentId>,
     backing: Option<Backing>,
     migrate_pending: bool,
+    /// Unique in the pool's life, like a backing's serial: tells this
+    /// buffer from a later one with the same id.
+    serial: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +179,8 @@ pub struct Pool {
     attachments: IdMap<Attachment>,
     buffer_ids: IdAllocator,
     attachment_ids: IdAllocator,
+    /// The serial of the next backing (see [`Pool::backing_serial`]).
+    next_serial: u64,
     counters: Counters,
 }
 
@@ -234,6 +242,7 @@ impl Pool {
             attachments: IdMap::default(),
             buffer_ids: IdAllocator::new(),
             attachment_ids: IdAllocator::new(),
+            next_serial: 1,
             counters: Counters::default(),
         })
     }
@@ -251,6 +260,7 @@ impl Pool {
         let mut fresh = Pool::new(self.config.clone())?;
         fresh.buffer_ids = self.buffer_ids.clone();
         fresh.attachment_ids = self.attachment_ids.clone();
+        fresh.next_serial = self.next_serial;
         *self = fresh;
         Ok(())
     }
@@ -360,6 +370,7 @@ impl Pool {
     }
 
     fn insert_buffer(&mut self, id: BufferId, size: u64, flags: u32, initial_mask: u32) {
+        let serial = self.take_serial();
         self.buffers.insert(
             id,
             Buffer {
@@ -371,6 +382,7 @@ impl Pool {
                 attachments: Vec::new(),
                 backing: None,
                 migrate_pending: false,
+                serial,
             },
         );
         self.counters.creates += 1;
@@ -607,7 +619,15 @@ impl Pool {
         Ok(Backing {
             allocator: index,
             segments,
+            serial: 0, // set by the caller
         })
+    }
+
+    /// A serial no backing had before.
+    fn take_serial(&mut self) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        serial
     }
 
     /// The allocator a map of `buffer_id` would allocate from now, by the
@@ -673,12 +693,14 @@ impl Pool {
                     .get(a)
                     .is_some_and(|att| att.map_type == MappingType::Contiguous)
             });
-            let new = Self::allocate(
+            let mut new = Self::allocate(
                 &mut self.allocators,
                 buffer.size,
                 buffer.access_mask,
                 single_segment,
             )?;
+            new.serial = self.next_serial;
+            self.next_serial += 1;
             self.allocators[new.allocator].num_buffers += 1;
             self.counters.allocations += 1;
             match buffer.backing.replace(new) {
@@ -1101,10 +1123,12 @@ impl Pool {
         }];
         let attachment = req.attachments[req.map_index].id;
         let map_type = req.attachments[req.map_index].map_type;
+        let serial = self.take_serial();
         if let Some(buffer) = self.buffers.get_mut(&req.buffer_id) {
             buffer.backing = Some(Backing {
                 allocator,
                 segments: segments.clone(),
+                serial,
             });
         }
         if let Some(att) = self.attachments.get_mut(&attachment) {
@@ -1152,6 +1176,25 @@ impl Pool {
             .backing
             .as_ref()
             .map(|b| b.segments.as_slice())
+            .ok_or(Error::NoBacking(buffer_id))
+    }
+
+    /// The serial of a live buffer: unique among every buffer the pool
+    /// ever had, so a later buffer with the same id (a driver-chosen id
+    /// used again) has another one.
+    pub fn buffer_serial(&self, buffer_id: BufferId) -> Result<u64, Error> {
+        Ok(self.buffer(buffer_id)?.serial)
+    }
+
+    /// The serial of the buffer's backing: unique among every backing the
+    /// pool ever had, so a backing that was replaced, dropped or given to
+    /// another buffer with the same id never has the serial of the old
+    /// one. `ENODATA` without backing.
+    pub fn backing_serial(&self, buffer_id: BufferId) -> Result<u64, Error> {
+        self.buffer(buffer_id)?
+            .backing
+            .as_ref()
+            .map(|b| b.serial)
             .ok_or(Error::NoBacking(buffer_id))
     }
 
