@@ -145,11 +145,8 @@ impl AllocatorSlot {
             // Pages from anywhere: only the byte count matters.
             return size <= self.allocator.free_bytes() + self.stock_bytes;
         }
-        let mut trial = self.allocator.clone_box();
-        for (&addr, &len) in &self.stock {
-            trial.free(&[Segment { addr, len }]);
-        }
-        trial.fits(size, single_segment)
+        self.allocator
+            .fits_if_freed(size, single_segment, &self.stock)
     }
 }
 
