@@ -191,6 +191,26 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Removes `[addr, end)` from a region map (start -> (end, allocator)),
+/// splitting the regions it cuts.
+fn cut(regions: &mut BTreeMap<u64, (u64, usize)>, addr: u64, end: u64) {
+    let overlapping: Vec<(u64, u64, usize)> = regions
+        .range(..end)
+        .rev()
+        .take_while(|(_, &(region_end, _))| region_end > addr)
+        .map(|(&start, &(region_end, owner))| (start, region_end, owner))
+        .collect();
+    for (start, region_end, owner) in overlapping {
+        regions.remove(&start);
+        if start < addr {
+            regions.insert(start, (addr, owner));
+        }
+        if region_end > end {
+            regions.insert(end, (region_end, owner));
+        }
+    }
+}
+
 /// Access mask of a buffer without attachments.
 fn base_mask(initial_mask: u32) -> u32 {
     if initial_mask == 0 {
@@ -310,6 +330,7 @@ impl Pool {
                 });
             }
         }
+        self.check_region_count(self.regions.len().saturating_add(regions.len()))?;
         for region in regions {
             self.allocators[allocator]
                 .allocator
@@ -860,6 +881,7 @@ impl Pool {
                 });
             }
         }
+        self.check_region_count(self.regions_after_cut(&sorted))?;
         for range in &sorted {
             // Checked above: the range is free, so this cannot fail.
             if !self.allocators[allocator]
@@ -909,22 +931,40 @@ impl Pool {
 
     /// Removes `[addr, end)` from the region map, splitting regions.
     fn cut_regions(&mut self, addr: u64, end: u64) {
-        let overlapping: Vec<(u64, u64, usize)> = self
-            .regions
-            .range(..end)
-            .rev()
-            .take_while(|(_, &(region_end, _))| region_end > addr)
-            .map(|(&start, &(region_end, owner))| (start, region_end, owner))
-            .collect();
-        for (start, region_end, owner) in overlapping {
-            self.regions.remove(&start);
-            if start < addr {
-                self.regions.insert(start, (addr, owner));
-            }
-            if region_end > end {
-                self.regions.insert(end, (region_end, owner));
+        cut(&mut self.regions, addr, end);
+    }
+
+    /// `ENOSPC` if the pool would hold more than `max_regions` regions
+    /// (the limit bounds the daemon's heap a guest's donations cost).
+    fn check_region_count(&self, regions: usize) -> Result<(), Error> {
+        let max = self.config.limits.max_regions;
+        if regions > self.regions.len() && regions > max as usize {
+            return Err(Error::TooManyRegions { regions, max });
+        }
+        Ok(())
+    }
+
+    /// How many regions the pool would hold after cutting the (sorted,
+    /// disjoint) `ranges` out: the cut done on a copy of the regions they
+    /// touch only.
+    fn regions_after_cut(&self, ranges: &[Segment]) -> usize {
+        let mut touched = BTreeMap::new();
+        for range in ranges {
+            let end = range.end();
+            for (&start, &value) in self
+                .regions
+                .range(..end)
+                .rev()
+                .take_while(|(_, &(region_end, _))| region_end > range.addr)
+            {
+                touched.insert(start, value);
             }
         }
+        let before = touched.len();
+        for range in ranges {
+            cut(&mut touched, range.addr, range.end());
+        }
+        self.regions.len() - before + touched.len()
     }
 
     /// Leases up to `count` extents of `size` bytes of `allocator` to the
@@ -1314,5 +1354,54 @@ impl Pool {
             next_buffer_id: self.buffer_ids.next_value(),
             next_attachment_id: self.attachment_ids.next_value(),
         }
+    }
+}
+
+#[cfg(test)]
+mod region_bound_tests {
+    use super::*;
+
+    fn pool(max_regions: u32) -> Pool {
+        let mut config = PoolConfig::default_layout();
+        config.limits.max_regions = max_regions;
+        Pool::new(config).unwrap()
+    }
+
+    fn page(i: u64) -> Segment {
+        Segment {
+            addr: 0x100_0000 + i * 0x1000,
+            len: 0x1000,
+        }
+    }
+
+    #[test]
+    fn regions_past_the_bound_are_refused_and_cuts_are_counted_exactly() {
+        let mut pool = pool(4);
+        // One region of 16 pages, two single pages apart from it.
+        pool.add_regions(
+            0,
+            &[Segment {
+                addr: page(0).addr,
+                len: 16 * 0x1000,
+            }],
+        )
+        .unwrap();
+        pool.add_regions(0, &[page(20), page(22)]).unwrap();
+        let before = pool.snapshot();
+        // Two more would be 5.
+        let error = pool.add_regions(0, &[page(24), page(26)]).unwrap_err();
+        assert_eq!(error, Error::TooManyRegions { regions: 5, max: 4 });
+        assert_eq!(error.errno(), libc::ENOSPC);
+        // Two pages out of the middle of the big one: 3 pieces, 5 regions.
+        let error = pool.remove_regions(0, &[page(4), page(8)]).unwrap_err();
+        assert_eq!(error, Error::TooManyRegions { regions: 5, max: 4 });
+        assert_eq!(pool.snapshot(), before, "refusals changed the pool");
+        // Adjacent pages out of the middle: 2 pieces, 4 regions.
+        pool.remove_regions(0, &[page(4), page(5)]).unwrap();
+        assert_eq!(pool.snapshot().regions.len(), 4);
+        // From an edge, and a whole region: never more regions.
+        pool.remove_regions(0, &[page(0), page(20)]).unwrap();
+        assert_eq!(pool.snapshot().regions.len(), 3);
+        pool.add_regions(0, &[page(24)]).unwrap();
     }
 }
