@@ -95,6 +95,17 @@ pub fn export(
                 format!("VM {:?} has no buffer {buffer}", vm.name),
             )
         })?;
+        if device.preparing() == Some(buffer) {
+            // Its pages still hold what they held before the MAP.
+            return Err(fail(
+                ErrorCode::NotExportable,
+                format!(
+                    "buffer {buffer} of VM {:?}: a MAP interrupted by a ring stop is still \
+                     preparing its backing; try again once the VM runs",
+                    vm.name
+                ),
+            ));
+        }
         let segments: Vec<Segment> = pool
             .backing(buffer)
             .map_err(|_| {

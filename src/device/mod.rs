@@ -174,6 +174,9 @@ pub struct Device {
     events: VecDeque<Event>,
     pub counters: DeviceCounters,
     watch: Option<std::sync::Arc<dyn BackingWatch>>,
+    /// The buffer whose new backing a suspended MAP is still zeroing or
+    /// copying into ([`Device::preparing`]).
+    preparing: Option<u32>,
 }
 
 impl Device {
@@ -185,7 +188,16 @@ impl Device {
             events: VecDeque::new(),
             counters: DeviceCounters::default(),
             watch: None,
+            preparing: None,
         })
+    }
+
+    /// The buffer whose new backing a suspended batch's MAP has not
+    /// finished zeroing or copying into: until it has, those pages hold
+    /// what they held before (another buffer's bytes), so the buffer must
+    /// not be exported.
+    pub fn preparing(&self) -> Option<u32> {
+        self.preparing
     }
 
     /// The device with `watch` told of every change of a backing.
@@ -328,6 +340,7 @@ impl Device {
             next,
             pending,
         } = batch;
+        self.preparing = None;
         while let Some(frame) = frames.get(*next) {
             let slot_start = frame.response + size_of::<RespHdr>();
             let slot_end = slot_start + frame.header.resp_len as usize;
@@ -357,6 +370,14 @@ impl Device {
             };
             let result = match step {
                 Step::Yielded(work) => {
+                    if let Pending::Map {
+                        buffer,
+                        work: Some(_),
+                        ..
+                    } = &*work
+                    {
+                        self.preparing = Some(*buffer);
+                    }
                     *pending = Some(work);
                     self.counters.batches_interrupted += 1;
                     return Progress::Yielded;
@@ -409,6 +430,7 @@ impl Device {
     /// completed keep their effects; a FILL cut short leaves part of the
     /// pattern written.
     pub fn abandon_batch(&mut self, batch: Batch) {
+        self.preparing = None;
         if let Some(pending) = batch.pending {
             debug!("abandoned batch: its command's model changes undone");
             self.undo_pending(*pending);
@@ -1546,6 +1568,40 @@ mod tests {
             bytes.iter().all(|&b| b == 0),
             "MAP Y did not zero the pages"
         );
+    }
+
+    /// A MAP suspended while it zeroes its new backing names its buffer
+    /// as being prepared (the control socket refuses to export it); done
+    /// or abandoned, it no longer does.
+    #[test]
+    fn a_suspended_map_names_the_buffer_it_prepares() {
+        let mem = memory();
+        for abandon in [false, true] {
+            let mut device = donated_device();
+            let mut batch = device.begin_batch(long_batch(), 1 << 16).unwrap();
+            // Yield at the first chance: CREATE and ATTACH are done, the
+            // MAP has zeroed one step of its 1 MiB.
+            let mut steps = 0;
+            loop {
+                let progress = device.run_batch(&mem, &mut batch, &mut || {
+                    steps += 1;
+                    true
+                });
+                assert!(matches!(progress, Progress::Yielded));
+                if device.preparing().is_some() {
+                    break;
+                }
+                assert!(steps < 10, "the MAP never yielded");
+            }
+            let buffer = device.pool.snapshot().buffers[0].id;
+            assert_eq!(device.preparing(), Some(buffer));
+            if abandon {
+                device.abandon_batch(batch);
+            } else {
+                while let Progress::Yielded = device.run_batch(&mem, &mut batch, &mut || false) {}
+            }
+            assert_eq!(device.preparing(), None);
+        }
     }
 
     fn donated_device() -> Device {
