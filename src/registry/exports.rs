@@ -31,9 +31,13 @@
 //! changes to the model and before that command's guest-memory work, and
 //! again after a command is undone; one atomic load when the VM has no
 //! exports. A batch suspended by a ring stop is therefore suspended with
-//! its exports already revoked. The check runs under the device lock, the
-//! same lock an export is created under, so an export never misses a
-//! change.
+//! its exports already revoked, and a buffer whose MAP such a stop
+//! interrupted before its new backing was zeroed or copied cannot be
+//! exported until the batch goes on ([`Device::preparing`]). The check
+//! runs under the device lock, the same lock an export is created under,
+//! so an export never misses a change.
+//!
+//! [`Device::preparing`]: crate::device::Device::preparing
 //!
 //! # Identity
 //! An export names its buffer by the buffer's id *and* the serials of the
@@ -176,6 +180,9 @@ impl StatusPage {
         let _ = self
             .word()
             .compare_exchange(0, reason as u64, Ordering::AcqRel, Ordering::Acquire);
+        // The word is visible before any later write of the daemon to the
+        // pages (a reader who sees those writes sees the word).
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     pub fn get(&self) -> u64 {
