@@ -24,9 +24,10 @@
 //! The control socket reads the device state through [`DeviceView`]: it
 //! takes `worker` only to copy a snapshot (never `stopping`, which would
 //! hand the guest's chain back), so a kick or a ring stop waits for at most
-//! one such copy. After every answered chain the VM's [`Exports`] are
-//! checked (one atomic load when there are none), under `worker`, before
-//! the guest sees the answer.
+//! one such copy. The device tells the VM's [`Exports`] of every command
+//! that changed a backing, before that command touches guest memory and
+//! under `worker` (one atomic load when there are no exports; see
+//! [`crate::registry::exports`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -100,10 +101,10 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(config: DeviceConfig) -> Result<Self, Error> {
+    fn new(config: DeviceConfig, exports: &Arc<Exports>) -> Result<Self, Error> {
         Ok(Worker {
             poller: Poller::new(config.poll_us),
-            device: Device::new(config)?,
+            device: Device::new(config)?.with_watch(exports.clone()),
             control: Health::new("control"),
             suspended: None,
         })
@@ -122,7 +123,6 @@ impl Worker {
         event_idx: bool,
         stopping: &AtomicBool,
         filter: &mut dyn chain::Filter,
-        exports: &Exports,
     ) {
         self.device.counters.control_wakeups += 1;
         let start = Instant::now();
@@ -145,9 +145,6 @@ impl Worker {
             let mut yield_now = || stopping.load(Ordering::Acquire);
             match work.run_filtered(device, &**mem, &mut yield_now, filter) {
                 Outcome::Written(written) => {
-                    // A host view of a buffer this chain freed or moved is
-                    // revoked before the guest sees the answer.
-                    exports.check(device.pool());
                     deliver_events(device, &mut lock(event_ring), events, mem);
                     Served::Used(written)
                 }
@@ -295,7 +292,7 @@ impl CenallocBackend {
 
     /// A backend whose exports table is shared with the VM registry.
     pub fn with_exports(config: DeviceConfig, exports: Arc<Exports>) -> Result<Self, Error> {
-        let worker = Worker::new(config.clone())?;
+        let worker = Worker::new(config.clone(), &exports)?;
         let config_space = config.config_space().as_slice().to_vec();
         Ok(CenallocBackend {
             config,
@@ -376,7 +373,7 @@ impl VhostUserBackend for CenallocBackend {
     fn reset_device(&self) {
         debug!("device reset: dropping all buffers");
         let mut worker = self.stop_worker();
-        match Worker::new(self.config.clone()) {
+        match Worker::new(self.config.clone(), &self.exports) {
             Ok(fresh) => *worker = fresh,
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
@@ -507,7 +504,6 @@ impl VhostUserBackend for CenallocBackend {
                 self.event_idx.load(Ordering::Acquire),
                 &self.stopping,
                 filter,
-                &self.exports,
             ),
             // Buffers posted, or the ring (re)started: send what waits.
             CENALLOC_VQ_EVENT => deliver_events(

@@ -68,6 +68,16 @@ pub struct DeviceCounters {
     pub batches_interrupted: u64,
 }
 
+/// Told whenever a command may have changed which memory backs which
+/// buffer (the registry's exports revoke what changed): after the command's
+/// changes to the model and before any of its guest-memory work (zeroing
+/// or copying into pages another buffer had a moment ago), and after a
+/// command's changes are undone. Called with the device borrowed, so under
+/// whatever lock protects the device.
+pub trait BackingWatch: Send + Sync {
+    fn backing_changed(&self, pool: &Pool);
+}
+
 /// Events kept for an event ring that is stopped; further ones are dropped.
 pub const MAX_PENDING_EVENTS: usize = 1024;
 
@@ -163,6 +173,10 @@ pub struct Device {
     pool: Pool,
     events: VecDeque<Event>,
     pub counters: DeviceCounters,
+    watch: Option<std::sync::Arc<dyn BackingWatch>>,
+    /// The buffer whose new backing a suspended MAP is still zeroing or
+    /// copying into ([`Device::preparing`]).
+    preparing: Option<u32>,
 }
 
 impl Device {
@@ -173,7 +187,29 @@ impl Device {
             pool,
             events: VecDeque::new(),
             counters: DeviceCounters::default(),
+            watch: None,
+            preparing: None,
         })
+    }
+
+    /// The buffer whose new backing a suspended batch's MAP has not
+    /// finished zeroing or copying into: until it has, those pages hold
+    /// what they held before (another buffer's bytes), so the buffer must
+    /// not be exported.
+    pub fn preparing(&self) -> Option<u32> {
+        self.preparing
+    }
+
+    /// The device with `watch` told of every change of a backing.
+    pub fn with_watch(mut self, watch: std::sync::Arc<dyn BackingWatch>) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
+    fn backing_changed(&self) {
+        if let Some(watch) = &self.watch {
+            watch.backing_changed(&self.pool);
+        }
     }
 
     pub fn config(&self) -> &DeviceConfig {
@@ -304,6 +340,7 @@ impl Device {
             next,
             pending,
         } = batch;
+        self.preparing = None;
         while let Some(frame) = frames.get(*next) {
             let slot_start = frame.response + size_of::<RespHdr>();
             let slot_end = slot_start + frame.header.resp_len as usize;
@@ -317,7 +354,13 @@ impl Device {
                         Step::Finished(Err(Error::Cancelled))
                     } else {
                         let payload = &request[frame.payload..payload_end];
-                        match self.start_command(mem, &frame.header, payload, slot, produced) {
+                        let started =
+                            self.start_command(mem, &frame.header, payload, slot, produced);
+                        // Before the command's guest-memory work: the pages
+                        // it zeroes or copies into may have been another
+                        // buffer's a moment ago (FREE X; MAP Y).
+                        self.backing_changed();
+                        match started {
                             Ok(Started::Done(done)) => Step::Finished(Ok(done)),
                             Ok(Started::Work(work)) => self.advance(mem, work, slot, yield_now),
                             Err(error) => Step::Finished(Err(error)),
@@ -327,6 +370,14 @@ impl Device {
             };
             let result = match step {
                 Step::Yielded(work) => {
+                    if let Pending::Map {
+                        buffer,
+                        work: Some(_),
+                        ..
+                    } = &*work
+                    {
+                        self.preparing = Some(*buffer);
+                    }
                     *pending = Some(work);
                     self.counters.batches_interrupted += 1;
                     return Progress::Yielded;
@@ -379,9 +430,11 @@ impl Device {
     /// completed keep their effects; a FILL cut short leaves part of the
     /// pattern written.
     pub fn abandon_batch(&mut self, batch: Batch) {
+        self.preparing = None;
         if let Some(pending) = batch.pending {
             debug!("abandoned batch: its command's model changes undone");
             self.undo_pending(*pending);
+            self.backing_changed();
         }
     }
 
@@ -476,6 +529,7 @@ impl Device {
                 }
                 Err(error) => {
                     self.undo_pending(*pending);
+                    self.backing_changed();
                     return Step::Finished(Err(error));
                 }
             }
@@ -1387,6 +1441,167 @@ mod tests {
             request.extend_from_slice(payload);
         }
         request
+    }
+
+    /// Encodes a batch of (opcode, payload, response slot length).
+    fn encode(cmds: &[(u16, &[u8], u32)]) -> Vec<u8> {
+        let mut request = BatchHdr {
+            num_cmds: cmds.len() as u32,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        for &(opcode, payload, resp_len) in cmds {
+            let hdr = CmdHdr {
+                opcode,
+                flags: 0,
+                len: payload.len() as u32,
+                resp_len,
+                reserved: 0,
+            };
+            request.extend_from_slice(hdr.as_slice());
+            request.extend_from_slice(payload);
+        }
+        request
+    }
+
+    /// A watch that looks at one buffer's pages each time it is told of a
+    /// change: whether the buffer still exists, and whether its old pages
+    /// still hold its bytes.
+    struct PageProbe {
+        mem: GuestMemoryMmap,
+        buffer: u32,
+        pages: Segment,
+        seen: std::sync::Mutex<Vec<(bool, bool)>>,
+    }
+
+    impl BackingWatch for PageProbe {
+        fn backing_changed(&self, pool: &Pool) {
+            let mut bytes = vec![0u8; self.pages.len as usize];
+            self.mem
+                .read_slice(&mut bytes, GuestAddress(self.pages.addr))
+                .unwrap();
+            let exists = pool.buffer_size(self.buffer).is_ok();
+            let intact = bytes.iter().all(|&b| b == 0x5c);
+            self.seen.lock().unwrap().push((exists, intact));
+        }
+    }
+
+    /// Issue 20, item 1, from inside the device: in `FREE X; CREATE Y;
+    /// ATTACH; MAP Y` the watch hears of X's end while X's old pages still
+    /// hold X's bytes; MAP Y zeroes them only after.
+    #[test]
+    fn the_watch_hears_of_a_free_before_the_pages_are_reused() {
+        let mem = memory();
+        let mut device = donated_device();
+        let x = device.pool.create(0x4000, 0, 0).unwrap().id;
+        let pages = {
+            let attached = device
+                .pool
+                .attach(x, model::kinds::SYSTEM, &[MappingType::ScatterGather])
+                .unwrap();
+            device
+                .pool
+                .map(attached.id, Direction::Bidirectional)
+                .unwrap();
+            device
+                .pool
+                .unmap(attached.id, Direction::Bidirectional)
+                .unwrap();
+            device.pool.detach(attached.id).unwrap();
+            device.pool.backing(x).unwrap()[0]
+        };
+        mem.write_slice(&[0x5c; 0x4000], GuestAddress(pages.addr))
+            .unwrap();
+        let probe = std::sync::Arc::new(PageProbe {
+            mem: mem.clone(),
+            buffer: x,
+            pages,
+            seen: std::sync::Mutex::new(Vec::new()),
+        });
+        let mut device = device.with_watch(probe.clone());
+        let free = FreeReq {
+            buffer_id: x,
+            reserved: 0,
+        };
+        let create = CreateReq {
+            size: 0x4000,
+            flags: 0,
+            initial_mask: 0,
+        };
+        let mut attach = AttachReq {
+            buffer_id: CENALLOC_BATCH_REF | 1,
+            mask: CENALLOC_KIND_SYSTEM,
+            num_types: 1,
+            ..Default::default()
+        };
+        attach.types[0] = CENALLOC_MAP_SG;
+        let map = MapReq {
+            attach_id: CENALLOC_BATCH_REF | 2,
+            direction: CENALLOC_DIR_BIDIRECTIONAL,
+        };
+        let request = encode(&[
+            (CENALLOC_CMD_FREE, free.as_slice(), 0),
+            (CENALLOC_CMD_CREATE, create.as_slice(), 16),
+            (CENALLOC_CMD_ATTACH, attach.as_slice(), 16),
+            (CENALLOC_CMD_MAP, map.as_slice(), 24 + 16),
+        ]);
+        let answer = device.execute_batch(&mem, &request, 1 << 12);
+        assert_eq!(&answer[0..8], &[0, 0, 0, 0, 4, 0, 0, 0]);
+        let y = device.pool.snapshot().buffers[0].id;
+        assert_eq!(
+            device.pool.backing(y).unwrap(),
+            &[pages],
+            "Y got other pages"
+        );
+        let seen = probe.seen.lock().unwrap().clone();
+        let first_gone = seen.iter().position(|&(exists, _)| !exists);
+        assert_eq!(first_gone, Some(0), "told after the FREE: {seen:?}");
+        assert!(
+            seen[0].1,
+            "X's pages were touched before the watch heard of it"
+        );
+        let mut bytes = vec![1u8; 0x4000];
+        mem.read_slice(&mut bytes, GuestAddress(pages.addr))
+            .unwrap();
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "MAP Y did not zero the pages"
+        );
+    }
+
+    /// A MAP suspended while it zeroes its new backing names its buffer
+    /// as being prepared (the control socket refuses to export it); done
+    /// or abandoned, it no longer does.
+    #[test]
+    fn a_suspended_map_names_the_buffer_it_prepares() {
+        let mem = memory();
+        for abandon in [false, true] {
+            let mut device = donated_device();
+            let mut batch = device.begin_batch(long_batch(), 1 << 16).unwrap();
+            // Yield at the first chance: CREATE and ATTACH are done, the
+            // MAP has zeroed one step of its 1 MiB.
+            let mut steps = 0;
+            loop {
+                let progress = device.run_batch(&mem, &mut batch, &mut || {
+                    steps += 1;
+                    true
+                });
+                assert!(matches!(progress, Progress::Yielded));
+                if device.preparing().is_some() {
+                    break;
+                }
+                assert!(steps < 10, "the MAP never yielded");
+            }
+            let buffer = device.pool.snapshot().buffers[0].id;
+            assert_eq!(device.preparing(), Some(buffer));
+            if abandon {
+                device.abandon_batch(batch);
+            } else {
+                while let Progress::Yielded = device.run_batch(&mem, &mut batch, &mut || false) {}
+            }
+            assert_eq!(device.preparing(), None);
+        }
     }
 
     fn donated_device() -> Device {
