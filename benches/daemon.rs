@@ -12,11 +12,20 @@
 //! - The same round trip with the daemon's polling after an answer off,
 //!   and what the worker spends per request (answering, polling).
 //!
-//! Targets: single-command median ≤ 1.2 × the floor's median; ≥ 100k
-//! commands/s with batching. `cargo bench --bench daemon`.
+//! Goals, each printed with `met` or `MISSED`: single-command median ≤ 1.2 ×
+//! the floor's median; ≥ 100k commands/s with batching, for batched SYNC
+//! (close to no work: it measures the queue and batch machinery) and for
+//! batched life cycles (create, attach, map with 4 KiB zeroed, unmap,
+//! detach, free: real work). The goals are reported, not enforced: the
+//! bench exits 0 whatever it measures (timings on a shared machine are no
+//! pass/fail signal); read the `met`/`MISSED` lines. `cargo bench --bench
+//! daemon`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+/// The bimodality test (its checks run in `cargo test`: tests/bench_modes.rs).
+#[path = "support/modes.rs"]
+mod modes;
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -24,6 +33,7 @@ use std::time::{Duration, Instant};
 use cenalloc::device::DeviceConfig;
 use cenalloc::protocol::*;
 use common::*;
+use modes::{modes, Modes};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
@@ -151,14 +161,6 @@ struct Dist {
     modes: Option<Modes>,
 }
 
-/// Two modes of a bimodal distribution.
-struct Modes {
-    low: Duration,
-    high: Duration,
-    /// Fraction of the samples in the high mode.
-    high_share: f64,
-}
-
 impl Dist {
     fn of(mut samples: Vec<Duration>) -> Self {
         samples.sort();
@@ -192,84 +194,6 @@ impl Dist {
             );
         }
         text
-    }
-}
-
-/// Bimodality test on sorted samples: a histogram with bins a quarter of
-/// an octave wide (between the 1st and the 99th percentile), its highest
-/// bin, and the highest bin at least twice as fast or twice as slow. When
-/// the emptiest bin between those two holds less than half of the smaller
-/// one and each side of it at least 5 % of the samples, the distribution
-/// has two modes; each side's median and the slow side's share are
-/// reported.
-fn modes(sorted: &[Duration]) -> Option<Modes> {
-    const BINS_PER_OCTAVE: f64 = 4.0;
-    let n = sorted.len();
-    if n < 100 {
-        return None;
-    }
-    let lo = sorted[n / 100].as_secs_f64().max(1e-9);
-    let hi = sorted[n * 99 / 100].as_secs_f64().max(lo);
-    let bin_of = |d: Duration| -> usize {
-        let x = d.as_secs_f64().clamp(lo, hi);
-        ((x / lo).log2() * BINS_PER_OCTAVE) as usize
-    };
-    let mut hist = vec![0usize; bin_of(sorted[n * 99 / 100]) + 1];
-    for &d in sorted {
-        hist[bin_of(d)] += 1;
-    }
-    let peak = (0..hist.len()).max_by_key(|&i| hist[i])?;
-    let octave = BINS_PER_OCTAVE as usize;
-    let other = (0..hist.len())
-        .filter(|&i| i + octave <= peak || i >= peak + octave)
-        .max_by_key(|&i| hist[i])?;
-    let (a, b) = (peak.min(other), peak.max(other));
-    let valley = (a + 1..b).min_by_key(|&i| hist[i])?;
-    if hist[valley] * 2 >= hist[a].min(hist[b]) {
-        return None;
-    }
-    let split = sorted.partition_point(|&d| bin_of(d) <= valley);
-    if split < n / 20 || n - split < n / 20 {
-        return None;
-    }
-    let (low, high) = sorted.split_at(split);
-    Some(Modes {
-        low: low[low.len() / 2],
-        high: high[high.len() / 2],
-        high_share: high.len() as f64 / n as f64,
-    })
-}
-
-/// Checks of [`modes`] (the bench has no test harness: `main` runs them in
-/// its quick mode, which `cargo test --benches` uses).
-mod mode_checks {
-    use super::*;
-
-    fn us_samples(values: &[(u64, usize)]) -> Vec<Duration> {
-        let mut out = Vec::new();
-        for &(us, count) in values {
-            for i in 0..count {
-                out.push(Duration::from_nanos(us * 1000 + (i as u64 % 7) * 100));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    pub fn run() {
-        two_separate_groups_are_bimodal();
-        one_group_with_a_tail_is_not();
-    }
-
-    fn two_separate_groups_are_bimodal() {
-        let m = modes(&us_samples(&[(15, 600), (100, 400)])).expect("bimodal");
-        assert!((m.high_share - 0.4).abs() < 0.01);
-        assert!(m.low < Duration::from_micros(20) && m.high > Duration::from_micros(90));
-    }
-
-    fn one_group_with_a_tail_is_not() {
-        assert!(modes(&us_samples(&[(10, 900), (12, 80), (40, 20)])).is_none());
-        assert!(modes(&us_samples(&[(10, 500), (14, 500)])).is_none());
     }
 }
 
@@ -381,9 +305,6 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // useful: run a short version then.
     let quick = !std::env::args().any(|a| a == "--bench");
-    if quick {
-        mode_checks::run();
-    }
     let iterations = if quick { 200 } else { 20_000 };
     let rounds = if quick { 5 } else { 200 };
 
@@ -472,7 +393,7 @@ fn main() {
 
     let ratio = us(daemon_sync.median) / us(floor_sync.median);
     println!(
-        "cenallocd benchmark ({iterations} samples per latency, floor and command in alternating blocks of {block}; {rounds} kicks per rate)"
+        "cenallocd benchmark ({iterations} samples per latency, floor and command in alternating blocks of {block}; {rounds} kicks per rate; goals are reported, not enforced)"
     );
     println!("{}", floor_sync.line("floor (no work), with SYNC"));
     println!(
@@ -483,8 +404,8 @@ fn main() {
         ))
     );
     println!(
-        "  SYNC median / interleaved floor median: {ratio:.2} (target <= 1.20: {})",
-        if ratio <= 1.2 { "met" } else { "MISSED" }
+        "  SYNC median / interleaved floor median: {ratio:.2} (goal <= 1.20: {})",
+        met(ratio <= 1.2)
     );
     println!("  {}", polled.line());
     println!("{}", floor_quiet.line("floor (no work), with SYNC"));
@@ -516,8 +437,20 @@ fn main() {
     println!("throughput, floor, 128 chains/kick           {floor_chains:10.0} chains/s");
     println!("throughput, 128 chains/kick x 1 SYNC         {chains_rate:10.0} commands/s");
     println!(
-        "throughput, 32 chains/kick x 64 SYNC         {batched_rate:10.0} commands/s (target >= 100000: {})",
-        if batched_rate >= 100_000.0 { "met" } else { "MISSED" }
+        "throughput, 32 chains/kick x 64 SYNC         {batched_rate:10.0} commands/s (goal >= 100000, close to no work per command: {})",
+        met(batched_rate >= 100_000.0)
     );
-    println!("throughput, 16 chains/kick x 60 life-cycle   {lifecycle_rate:10.0} commands/s (create/attach/map+zero 4K/unmap/detach/free)");
+    println!(
+        "throughput, 16 chains/kick x 60 life-cycle   {lifecycle_rate:10.0} commands/s (create/attach/map+zero 4K/unmap/detach/free; goal >= 100000: {})",
+        met(lifecycle_rate >= 100_000.0)
+    );
+}
+
+/// How a goal line ends.
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
 }

@@ -278,7 +278,8 @@ struct cenalloc_allocator_info {
  * range above the pool's placement limit; -EFAULT for a range not inside one
  * guest RAM region; -EEXIST for a range overlapping another range or memory
  * donated before; -ENOSPC when the pool would grow beyond its max_mb or
- * all pools together beyond the share of guest RAM the device allows.
+ * all pools together beyond the share of guest RAM the device allows, or
+ * the pools would hold more ranges than the device keeps track of.
  */
 struct cenalloc_range {
 	__le64 addr;
@@ -299,8 +300,9 @@ struct cenalloc_pool_add_req {
  * free: no byte of it backs a buffer or is leased. -ENOENT for an unknown
  * pool_index or memory the pool does not have; -EBUSY for memory in use;
  * -EINVAL for a bad num_ranges or payload length, or a range that is empty
- * or misaligned; -EEXIST for ranges that overlap each other. After success
- * the device never touches the ranges again.
+ * or misaligned; -EEXIST for ranges that overlap each other; -ENOSPC when
+ * the cut would leave the pools more ranges than the device keeps track of.
+ * After success the device never touches the ranges again.
  */
 struct cenalloc_pool_remove_req {
 	__le32 pool_index;

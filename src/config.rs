@@ -61,6 +61,7 @@
 //! seccomp = "kill"                       # kill, trap, log, none
 //! landlock = "on"                        # on, off
 //! max_lease_bytes = "2M"                 # per allocator; 0: no leases
+//! max_regions = 16384                    # donated ranges held (heap bound)
 //! [[kind]]                               # custom memory kinds
 //! bit = 8
 //! name = "carveout"
@@ -481,6 +482,7 @@ struct FileLimits {
     max_buffer_size: Option<SizeValue>,
     max_total_bytes: Option<SizeValue>,
     max_lease_bytes: Option<SizeValue>,
+    max_regions: Option<u32>,
 }
 
 impl FileLimits {
@@ -503,6 +505,7 @@ impl FileLimits {
                 .max_lease_bytes
                 .clone()
                 .or_else(|| self.max_lease_bytes.clone()),
+            max_regions: over.max_regions.or(self.max_regions),
         }
     }
 }
@@ -801,6 +804,7 @@ fn build_device(
             Some(size) => size.bytes()?,
             None => defaults.max_lease_bytes,
         },
+        max_regions: limits.max_regions.unwrap_or(defaults.max_regions),
     };
     if let Some(us) = file.poll_us {
         config.poll_us = us;
@@ -1398,12 +1402,13 @@ mod tests {
         }
         let device = config_from_toml(
             "maxima",
-            "max_pool_percent = 25\n[limits]\nmax_lease_bytes = 0\n[[pool]]\nsize = \"1M\"\nmax_size = \"16M\"\n",
+            "max_pool_percent = 25\n[limits]\nmax_lease_bytes = 0\nmax_regions = 64\n[[pool]]\nsize = \"1M\"\nmax_size = \"16M\"\n",
         )
         .unwrap();
         assert_eq!(device.max_pool_percent, 25);
         assert_eq!(device.pool_max_sizes, vec![16 << 20]);
         assert_eq!(device.pool.limits.max_lease_bytes, 0);
+        assert_eq!(device.pool.limits.max_regions, 64);
         assert_eq!(
             device.features() & (1 << crate::protocol::CENALLOC_F_LEASE),
             0

@@ -31,9 +31,11 @@
 //! as for a ring stop, gives the lock to the waiting readers (a fair
 //! unlock: they get it before the worker takes it again) and goes on where
 //! it stopped. So a control request waits for at most one step of each
-//! VM's work. After every answered chain the VM's [`Exports`] are checked
-//! (one atomic load when there are none), under `worker`, before the guest
-//! sees the answer.
+//! VM's work (and may come between two commands of a batch, as during a
+//! ring stop: see [`Device::preparing`]). The device tells the VM's
+//! [`Exports`] of every command that changed a backing, before that
+//! command touches guest memory and under `worker` (one atomic load when
+//! there are no exports; see [`crate::registry::exports`]).
 
 use std::cell::Cell;
 use std::io;
@@ -108,9 +110,10 @@ struct Worker {
 }
 
 impl Worker {
-    /// The worker of VM `vm` (named in the lines its guest causes).
-    fn new(config: DeviceConfig, vm: &str) -> Result<Self, Error> {
-        let mut device = Device::new(config.clone())?;
+    /// The worker of VM `vm` (named in the lines its guest causes), whose
+    /// device tells `exports` of every change of a backing.
+    fn new(config: DeviceConfig, exports: &Arc<Exports>, vm: &str) -> Result<Self, Error> {
+        let mut device = Device::new(config.clone())?.with_watch(exports.clone());
         device.set_vm_name(vm);
         let mut control = Health::new("control");
         control.set_vm_name(vm);
@@ -139,7 +142,6 @@ impl Worker {
         stopping: &AtomicBool,
         readers: &AtomicUsize,
         filter: &mut dyn chain::Filter,
-        exports: &Exports,
     ) -> bool {
         let start = Instant::now();
         let polled_before = self.poller.stats().busy_ns;
@@ -176,9 +178,6 @@ impl Worker {
             let mut yield_now = || stopping.load(Ordering::Acquire) || readers_wait();
             match work.run_filtered(device, &**mem, &mut yield_now, filter) {
                 Outcome::Written(written) => {
-                    // A host view of a buffer this chain freed or moved is
-                    // revoked before the guest sees the answer.
-                    exports.check(device.pool());
                     deliver_events(device, &mut lock(event_ring), events, mem);
                     Served::Used(written)
                 }
@@ -331,7 +330,7 @@ impl CenallocBackend {
 
     /// A backend whose exports table is shared with the VM registry.
     pub fn with_exports(config: DeviceConfig, exports: Arc<Exports>) -> Result<Self, Error> {
-        let worker = Worker::new(config.clone(), SINGLE_VM_NAME)?;
+        let worker = Worker::new(config.clone(), &exports, SINGLE_VM_NAME)?;
         let config_space = config.config_space().as_slice().to_vec();
         let mut event_ring = Health::new("event");
         event_ring.set_vm_name(SINGLE_VM_NAME);
@@ -430,7 +429,7 @@ impl VhostUserBackend for CenallocBackend {
     fn reset_device(&self) {
         debug!("device reset: dropping all buffers");
         let mut worker = self.stop_worker();
-        match Worker::new(self.config.clone(), &self.name) {
+        match Worker::new(self.config.clone(), &self.exports, &self.name) {
             Ok(fresh) => *worker = fresh,
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
@@ -564,7 +563,6 @@ impl VhostUserBackend for CenallocBackend {
                     &self.stopping,
                     &self.readers,
                     &mut *filter,
-                    &self.exports,
                 ) {
                     // A fair unlock: the readers waiting get the lock
                     // before this thread takes it again.

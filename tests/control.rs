@@ -491,6 +491,206 @@ fn exports_are_revoked_when_the_buffer_migrates() {
     );
 }
 
+/// Issue 20, item 1. One batch frees X and maps a new buffer Y on X's old
+/// pages (zeroing them), then keeps working. A host reader that follows
+/// the documented protocol (read, then check the status word) and sees
+/// X's bytes change must see the export revoked: the daemon revokes
+/// before it touches the pages, not when the chain is answered. A VM
+/// pause in the middle of the batch keeps it revoked.
+#[test]
+fn an_export_is_revoked_before_the_daemon_touches_its_pages() {
+    let daemon = daemon(&[("vm", pools(&["system:40M"]))]);
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    // CHECKSUMs of this one keep the batch running after the MAP.
+    let (big, _, _) = harness.mapped_buffer(32 << 20, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]);
+    let (x, x_attach, x_segments) =
+        harness.mapped_buffer(64 << 10, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]);
+    harness.run(Cmd::fill(x, 7)).ok();
+    let mut client = Client::connect(&daemon.control).unwrap();
+    let export = client.export("vm", x, false).unwrap();
+    let view = export.map().unwrap();
+    let before = export.read().unwrap();
+    assert!(before.iter().any(|&b| b != 0), "FILL wrote zeros");
+
+    let mut cmds = vec![
+        Cmd::unmap(x_attach, CENALLOC_DIR_BIDIRECTIONAL),
+        Cmd::detach(x_attach),
+        Cmd::free(x),
+        Cmd::create(64 << 10, 0),
+        Cmd::attach(
+            CENALLOC_BATCH_REF | 3,
+            CENALLOC_KIND_SYSTEM,
+            &[CENALLOC_MAP_SG],
+        ),
+        Cmd::map(CENALLOC_BATCH_REF | 4, CENALLOC_DIR_BIDIRECTIONAL, 16),
+    ];
+    cmds.extend((0..6).map(|_| Cmd::checksum(big)));
+    let used_before = harness.control_used_idx();
+    let posted = harness.post(&[Chain::simple(encode_batch(&cmds), response_len(&cmds))]);
+    // The host reader: read X's pages, then the status word.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut now = vec![0u8; before.len()];
+    let seen = loop {
+        view.read_at(0, &mut now);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let status = export.status();
+        if now != before {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "X's old pages were never touched"
+        );
+        std::hint::spin_loop();
+    };
+    // A VM pause while the batch goes on.
+    let bases = harness.stop_queues();
+    let answered_before_pause = harness.control_used_idx() != used_before;
+    assert_eq!(
+        seen,
+        Status::Revoked(Revocation::Freed),
+        "a reader saw X's pages change while X's export read {seen:?} \
+         (the chain was answered by the pause: {answered_before_pause})"
+    );
+    assert!(
+        !answered_before_pause,
+        "the batch ended before the pause: its CHECKSUMs are too short to test the pause"
+    );
+    assert_eq!(export.status(), Status::Revoked(Revocation::Freed));
+    harness.start_queues(&bases);
+    let used = harness.wait_posted(posted).remove(0);
+    let answer = decode_batch(&cmds, &used);
+    assert_eq!(answer.status, 0, "{answer:?}");
+    let (resp, y_segments) = map_segments(&answer.answers[5]);
+    assert_ne!(resp.flags & CENALLOC_MAP_F_ALLOCATED, 0);
+    assert_eq!(y_segments, x_segments, "Y did not get X's old pages");
+    assert!(export.read().unwrap().iter().all(|&b| b == 0));
+}
+
+/// Issue 20, item 2: the control server looked the VM up (connected),
+/// then the front-end left (every export revoked), then the export was
+/// recorded. That late export must be refused, not left valid forever.
+/// The interleaving, made deterministic: the test holds the `Vm` the
+/// server would hold, waits until the disconnect has revoked the exports,
+/// then exports.
+#[test]
+fn an_export_granted_while_the_vm_disconnects_is_refused() {
+    let daemon = daemon(&[("vm", pools(&["system:1M"]))]);
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    let (buffer, _, _) = harness.mapped_buffer(8192, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]);
+    let mut client = Client::connect(&daemon.control).unwrap();
+    let witness = client.export("vm", buffer, false).unwrap();
+    // What the server holds once its `connected()` check passed.
+    let vm = daemon.registry.connected("vm").unwrap();
+    drop(harness);
+    eventually("the disconnect did not revoke the exports", || {
+        witness.status() == Status::Revoked(Revocation::Disconnected)
+    });
+    let late = cenalloc::control::export::export(&vm, 1, daemon.registry.next_id(), buffer, false);
+    match late {
+        Ok(prepared) => panic!(
+            "an export was granted after the disconnect; its status word reads {} and \
+             nothing will ever revoke it ({} exports recorded)",
+            prepared.status.get(),
+            vm.exports.count()
+        ),
+        Err(error) => assert_eq!(error.code, ErrorCode::NotConnected, "{}", error.message),
+    }
+    assert_eq!(vm.exports.count(), 0);
+}
+
+fn lease(allocator_id: u32, size: u64, count: u32) -> Cmd {
+    let req = LeaseReq {
+        allocator_id,
+        count,
+        size,
+    };
+    Cmd::new(
+        CENALLOC_CMD_LEASE,
+        vm_memory::ByteValued::as_slice(&req),
+        8 + 16 * count,
+    )
+}
+
+/// A LEASED_MAP of one scatter-gather attachment of `mask`.
+fn leased_map(buffer_id: u32, attach_id: u32, size: u64, mask: u32, extent: u64) -> Cmd {
+    use vm_memory::ByteValued;
+    let req = LeasedMapReq {
+        buffer_id,
+        initial_mask: 0,
+        size,
+        extent,
+        map_index: 0,
+        direction: CENALLOC_DIR_BIDIRECTIONAL,
+        num_attachments: 1,
+        reserved: 0,
+    };
+    let mut record = LeasedAttach {
+        attach_id,
+        mask,
+        map_type: CENALLOC_MAP_SG,
+        num_types: 1,
+        ..Default::default()
+    };
+    record.types[0] = CENALLOC_MAP_SG;
+    let mut payload = req.as_slice().to_vec();
+    payload.extend_from_slice(record.as_slice());
+    Cmd::new(CENALLOC_CMD_LEASED_MAP, &payload, 0)
+}
+
+/// Issue 20, item 12(a): the driver chooses a leased buffer's id. In one
+/// batch it frees buffer D and maps a new buffer with the same id D on the
+/// same (re-leased, zeroed) extent: same id, same segments, another
+/// buffer. The old export must read revoked.
+#[test]
+fn an_export_is_revoked_when_a_leased_map_reuses_its_id_and_extent() {
+    let daemon = daemon(&[("vm", pools(&["system:4M"]))]);
+    let mut harness = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    harness.donate_all();
+    let answer = harness.run(lease(0, 64 << 10, 1));
+    let resp: LeaseResp = answer.ok().get();
+    assert_eq!(resp.num_extents, 1);
+    let extent: Range = answer.get_at(8);
+    let (id, attach) = (CENALLOC_DRIVER_ID_FIRST + 1, CENALLOC_DRIVER_ID_FIRST + 2);
+    let answer = harness.batch(&[
+        leased_map(id, attach, 64 << 10, CENALLOC_KIND_SYSTEM, extent.addr),
+        Cmd::fill(id, 7),
+    ]);
+    assert_eq!(answer.status, 0, "{answer:?}");
+    let mut client = Client::connect(&daemon.control).unwrap();
+    let export = client.export("vm", id, false).unwrap();
+    let before = export.read().unwrap();
+
+    let cmds = [
+        Cmd::unmap(attach, CENALLOC_DIR_BIDIRECTIONAL),
+        Cmd::detach(attach),
+        Cmd::free(id),
+        lease(0, 64 << 10, 1),
+        leased_map(id, attach, 64 << 10, CENALLOC_KIND_SYSTEM, extent.addr),
+        Cmd::fill(id, 8),
+    ];
+    let answer = harness.batch(&cmds);
+    assert_eq!(answer.status, 0, "{answer:?}");
+    let again: Range = answer.answers[3].get_at(8);
+    assert_eq!(
+        (again.addr, again.len),
+        (extent.addr, extent.len),
+        "the extent was not leased again"
+    );
+    let after = export.read().unwrap();
+    assert_ne!(
+        after, before,
+        "the new buffer's FILL is not in the old view"
+    );
+    assert_eq!(
+        export.status(),
+        Status::Revoked(Revocation::Freed),
+        "the export of the freed buffer {id:#x} reads as the new buffer {id:#x}"
+    );
+}
+
 #[test]
 fn exports_are_revoked_on_a_new_memory_table_and_on_disconnect() {
     let daemon = daemon(&[("vm", pools(&["system:1M"]))]);

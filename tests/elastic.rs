@@ -351,3 +351,63 @@ fn lease_requests_are_checked() {
     short.resp_len = 8 + 16 * 3;
     assert_eq!(harness.run(short).status, -libc::ENOSPC);
 }
+
+/// The daemon's default bound on the regions one VM's pools hold
+/// (`Limits::max_regions`).
+const MAX_REGIONS: u64 = 16384;
+
+/// Issue 20, item 12(b): every donated range costs the daemon heap outside
+/// the VM's memory. A guest that donates single, separate pages reaches a
+/// bound: the range past it is refused with -ENOSPC and changes nothing,
+/// and so is a POOL_REMOVE that would cut a region in two past it; giving
+/// regions back makes room again.
+#[test]
+fn donated_regions_are_bounded() {
+    assert_eq!(
+        u64::from(cenalloc::model::Limits::default().max_regions),
+        MAX_REGIONS
+    );
+    let mut harness = Harness::start();
+    let donated = harness.donate_all();
+    let mut held: u64 = donated.iter().map(|ranges| ranges.len() as u64).sum();
+    // Single pages, one page apart, from 64 MiB up.
+    let page = |i: u64| (64 * MIB + 2 * 4096 * i, 4096);
+    let mut next = 0;
+    while held < MAX_REGIONS {
+        let cmds: Vec<Cmd> = (0..64)
+            .map_while(|_| {
+                let n = (MAX_REGIONS - held).min(256);
+                if n == 0 {
+                    return None;
+                }
+                let ranges: Vec<(u64, u64)> = (next..next + n).map(page).collect();
+                next += n;
+                held += n;
+                Some(Cmd::pool_add(0, &ranges))
+            })
+            .collect();
+        let answer = harness.batch(&cmds);
+        assert_eq!(answer.status, 0, "POOL_ADD below the bound: {answer:?}");
+    }
+    let before = stats_json(&mut harness);
+    let answer = harness.run(Cmd::pool_add(0, &[page(next)]));
+    assert_eq!(
+        answer.status,
+        -libc::ENOSPC,
+        "range {} accepted past the bound",
+        held + 1
+    );
+    // Cutting the probe donation in two would also hold one more.
+    let (base, len) = donated[0][0];
+    let answer = harness.run(pool_remove(0, &[(base + len / 2, 4096)]));
+    assert_eq!(answer.status, -libc::ENOSPC, "{answer:?}");
+    assert_eq!(
+        stats_json(&mut harness)["pool"],
+        before["pool"],
+        "refused commands changed the pool"
+    );
+    // Two pages back, then one more range and the cut fit.
+    harness.run(pool_remove(0, &[page(0), page(1)])).ok();
+    harness.run(Cmd::pool_add(0, &[page(next)])).ok();
+    harness.run(pool_remove(0, &[(base + len / 2, 4096)])).ok();
+}

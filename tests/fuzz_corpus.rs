@@ -37,9 +37,14 @@ fn inputs(dirs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Runs `run` on every input, each on a thread with [`DEADLINE`]; returns
-/// the failures (panics and overruns) as text.
-fn replay(files: &[PathBuf], run: fn(&[u8])) -> Vec<String> {
+/// the failures (panics and overruns) as text, and what each input that
+/// finished reached, with its file name.
+fn replay<R: Send + 'static>(
+    files: &[PathBuf],
+    run: fn(&[u8]) -> R,
+) -> (Vec<String>, Vec<(String, R)>) {
     let mut failures = Vec::new();
+    let mut reached = Vec::new();
     let mut slowest = (Duration::ZERO, None);
     for path in files {
         let data = std::fs::read(path).expect("read a corpus input");
@@ -48,13 +53,16 @@ fn replay(files: &[PathBuf], run: fn(&[u8])) -> Vec<String> {
         let worker = thread::Builder::new()
             .name(format!("fuzz-replay {}", path.display()))
             .spawn(move || {
-                run(&data);
-                let _ = done.send(());
+                let _ = done.send(run(&data));
             })
             .expect("spawn a replay thread");
         match finished.recv_timeout(DEADLINE) {
-            Ok(()) => {
+            Ok(reach) => {
                 let _ = worker.join();
+                let name = path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                reached.push((name, reach));
                 if start.elapsed() > slowest.0 {
                     slowest = (start.elapsed(), Some(path));
                 }
@@ -87,10 +95,10 @@ fn replay(files: &[PathBuf], run: fn(&[u8])) -> Vec<String> {
             path.display()
         );
     }
-    failures
+    (failures, reached)
 }
 
-fn replay_target(target: &str, run: fn(&[u8])) {
+fn replay_target<R: Send + 'static>(target: &str, run: fn(&[u8]) -> R) -> Vec<(String, R)> {
     let dirs = [
         fuzz_dir().join("corpus").join(target),
         fuzz_dir().join("regressions").join(target),
@@ -101,7 +109,7 @@ fn replay_target(target: &str, run: fn(&[u8])) {
         "no corpus for fuzz target {target} under {}",
         fuzz_dir().display()
     );
-    let failures = replay(&files, run);
+    let (failures, reached) = replay(&files, run);
     assert!(
         failures.is_empty(),
         "{} of {} inputs of {target} failed:\n{}",
@@ -109,22 +117,91 @@ fn replay_target(target: &str, run: fn(&[u8])) {
         files.len(),
         failures.join("\n")
     );
+    reached
 }
 
-fn run_ring(data: &[u8]) {
-    fuzz_harness::run_ring(data);
-}
-
-fn run_batch(data: &[u8]) {
-    fuzz_harness::run_batch(data);
+/// The inputs whose reach passes `test`, by name.
+fn reaching<R>(reached: &[(String, R)], test: impl Fn(&R) -> bool) -> Vec<&str> {
+    reached
+        .iter()
+        .filter(|(_, r)| test(r))
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 #[test]
 fn ring_corpus_replays_without_panic_or_hang() {
-    replay_target("ring", run_ring);
+    let reached = replay_target("ring", fuzz_harness::run_ring);
+    let total = reached
+        .iter()
+        .fold(fuzz_harness::RingReach::default(), |a, (_, r)| {
+            fuzz_harness::RingReach {
+                allocations: a.allocations + r.allocations,
+                maps: a.maps + r.maps,
+                migrations: a.migrations + r.migrations,
+                pool_bytes_written: a.pool_bytes_written + r.pool_bytes_written,
+                used_entries: a.used_entries + r.used_entries,
+            }
+        });
+    eprintln!("ring corpus reach: {total:?}");
+    // The oracles must have something to judge: chains answered through
+    // the rings, buffers mapped, filled and migrated there.
+    assert!(total.used_entries > 0, "{total:?}");
+    let mapped_and_filled = reaching(&reached, |r| r.maps > 0 && r.pool_bytes_written > 0);
+    let migrated = reaching(&reached, |r| r.migrations > 0);
+    eprintln!("mapped and filled: {mapped_and_filled:?}; migrated: {migrated:?}");
+    assert!(
+        !mapped_and_filled.is_empty() && !migrated.is_empty(),
+        "no ring input maps, fills and migrates a buffer: {total:?}"
+    );
 }
 
 #[test]
 fn batch_corpus_replays_without_panic_or_hang() {
-    replay_target("batch", run_batch);
+    let reached = replay_target("batch", fuzz_harness::run_batch);
+    let total = reached
+        .iter()
+        .fold(fuzz_harness::BatchReach::default(), |a, (_, r)| {
+            fuzz_harness::BatchReach {
+                allocations: a.allocations + r.allocations,
+                migrations: a.migrations + r.migrations,
+                leased_maps: a.leased_maps + r.leased_maps,
+                unchanged_checked: a.unchanged_checked + r.unchanged_checked,
+            }
+        });
+    eprintln!("batch corpus reach: {total:?}");
+    let migrated = reaching(&reached, |r| r.migrations > 0);
+    eprintln!("migrated: {migrated:?}");
+    assert!(
+        !migrated.is_empty(),
+        "no batch input migrates a buffer: {total:?}"
+    );
+    assert!(total.allocations > 0 && total.leased_maps > 0, "{total:?}");
+    assert!(total.unchanged_checked > 0, "{total:?}");
+}
+
+/// The committed seed inputs are what the harness builds (so they mean
+/// what their names say), and the encoder that writes them is exact: each
+/// decodes to the case it was built from. `CENALLOC_WRITE_SEEDS=1` writes
+/// them (after a change of the harness's input types).
+#[test]
+fn the_seed_inputs_are_committed_and_decode_as_built() {
+    let seeds = fuzz_harness::seeds();
+    assert!(seeds.len() >= 3);
+    let write = std::env::var_os("CENALLOC_WRITE_SEEDS").is_some();
+    for (target, name, bytes) in seeds {
+        let path = fuzz_dir().join("corpus").join(target).join(name);
+        if write {
+            std::fs::write(&path, &bytes).expect("write a seed input");
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (CENALLOC_WRITE_SEEDS=1 writes it)", path.display())
+        });
+        assert!(
+            committed == bytes,
+            "{} differs from the seed the harness builds (CENALLOC_WRITE_SEEDS=1 rewrites it)",
+            path.display()
+        );
+    }
+    assert!(fuzz_harness::encoder_round_trips() > 500);
 }

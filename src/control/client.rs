@@ -326,6 +326,10 @@ impl Export {
 
     /// The status word, read now.
     pub fn status(&self) -> Status {
+        // Orders the reads of the buffer made before this call before the
+        // load of the word (read, then check: the daemon sets the word
+        // before it writes the pages for anything else).
+        std::sync::atomic::fence(Ordering::SeqCst);
         // SAFETY: the status mapping is at least one page, page aligned,
         // and the daemon only ever stores whole words into it atomically.
         let word =

@@ -37,7 +37,7 @@ use vm_memory::{Address, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegio
 
 use super::protocol::{ErrorBody, ErrorCode, ExportInfo, ExportSegment};
 use crate::model::Segment;
-use crate::registry::{Revocation, StatusPage, Vm};
+use crate::registry::{Identity, Revocation, StatusPage, Vm};
 
 fn fail(code: ErrorCode, message: String) -> ErrorBody {
     ErrorBody { code, message }
@@ -95,6 +95,18 @@ pub fn export(
                 format!("VM {:?} has no buffer {buffer}", vm.name),
             )
         })?;
+        if device.preparing() == Some(buffer) {
+            // Its pages still hold what they held before the MAP.
+            return Err(fail(
+                ErrorCode::NotExportable,
+                format!(
+                    "buffer {buffer} of VM {:?}: a MAP interrupted (by a ring stop, or to \
+                     let a control request in) is still preparing its backing; try again \
+                     once the VM runs",
+                    vm.name
+                ),
+            ));
+        }
         let segments: Vec<Segment> = pool
             .backing(buffer)
             .map_err(|_| {
@@ -113,9 +125,18 @@ pub fn export(
                 format!("buffer {buffer} of VM {:?}: {message}", vm.name),
             )
         })?;
-        // Under the worker's lock: the next chain that changes this
-        // backing revokes the export before its answer reaches the guest.
-        vm.exports.add(id, holder, buffer, segments, status.clone());
+        let identity = Identity::of(pool, buffer).ok_or_else(|| {
+            fail(
+                ErrorCode::Internal,
+                format!("buffer {buffer} has segments but no backing serial"),
+            )
+        })?;
+        // Under the worker's lock: the next command that changes this
+        // backing revokes the export before it touches the pages. Refused
+        // if the front-end left since the server looked the VM up.
+        vm.exports
+            .add(id, holder, buffer, identity, status.clone())
+            .map_err(|e| fail(ErrorCode::NotConnected, format!("VM {:?}: {e}", vm.name)))?;
         Ok((size, pieces))
     });
     let (size, pieces) = located.unwrap_or_else(|| {

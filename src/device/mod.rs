@@ -73,6 +73,16 @@ pub struct DeviceCounters {
     pub batches_interrupted: u64,
 }
 
+/// Told whenever a command may have changed which memory backs which
+/// buffer (the registry's exports revoke what changed): after the command's
+/// changes to the model and before any of its guest-memory work (zeroing
+/// or copying into pages another buffer had a moment ago), and after a
+/// command's changes are undone. Called with the device borrowed, so under
+/// whatever lock protects the device.
+pub trait BackingWatch: Send + Sync {
+    fn backing_changed(&self, pool: &Pool);
+}
+
 /// Events kept for an event ring that is stopped; further ones are dropped.
 pub const MAX_PENDING_EVENTS: usize = 1024;
 
@@ -168,6 +178,10 @@ pub struct Device {
     pool: Pool,
     events: VecDeque<Event>,
     pub counters: DeviceCounters,
+    watch: Option<std::sync::Arc<dyn BackingWatch>>,
+    /// The buffer whose new backing a suspended MAP is still zeroing or
+    /// copying into ([`Device::preparing`]).
+    preparing: Option<u32>,
     /// Lines the guest's requests cause, rate-limited.
     log: GuestLog,
 }
@@ -180,6 +194,8 @@ impl Device {
             pool,
             events: VecDeque::new(),
             counters: DeviceCounters::default(),
+            watch: None,
+            preparing: None,
             log: GuestLog::default(),
         })
     }
@@ -187,6 +203,26 @@ impl Device {
     /// Names the VM in the lines this device logs.
     pub fn set_vm_name(&mut self, name: &str) {
         self.log.set_vm(name);
+    }
+
+    /// The buffer whose new backing a suspended batch's MAP has not
+    /// finished zeroing or copying into: until it has, those pages hold
+    /// what they held before (another buffer's bytes), so the buffer must
+    /// not be exported.
+    pub fn preparing(&self) -> Option<u32> {
+        self.preparing
+    }
+
+    /// The device with `watch` told of every change of a backing.
+    pub fn with_watch(mut self, watch: std::sync::Arc<dyn BackingWatch>) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
+    fn backing_changed(&self) {
+        if let Some(watch) = &self.watch {
+            watch.backing_changed(&self.pool);
+        }
     }
 
     pub fn config(&self) -> &DeviceConfig {
@@ -317,6 +353,7 @@ impl Device {
             next,
             pending,
         } = batch;
+        self.preparing = None;
         while let Some(frame) = frames.get(*next) {
             let slot_start = frame.response + size_of::<RespHdr>();
             let slot_end = slot_start + frame.header.resp_len as usize;
@@ -330,7 +367,13 @@ impl Device {
                         Step::Finished(Err(Error::Cancelled))
                     } else {
                         let payload = &request[frame.payload..payload_end];
-                        match self.start_command(mem, &frame.header, payload, slot, produced) {
+                        let started =
+                            self.start_command(mem, &frame.header, payload, slot, produced);
+                        // Before the command's guest-memory work: the pages
+                        // it zeroes or copies into may have been another
+                        // buffer's a moment ago (FREE X; MAP Y).
+                        self.backing_changed();
+                        match started {
                             Ok(Started::Done(done)) => Step::Finished(Ok(done)),
                             Ok(Started::Work(work)) => self.advance(mem, work, slot, yield_now),
                             Err(error) => Step::Finished(Err(error)),
@@ -340,6 +383,14 @@ impl Device {
             };
             let result = match step {
                 Step::Yielded(work) => {
+                    if let Pending::Map {
+                        buffer,
+                        work: Some(_),
+                        ..
+                    } = &*work
+                    {
+                        self.preparing = Some(*buffer);
+                    }
                     *pending = Some(work);
                     self.counters.batches_interrupted += 1;
                     return Progress::Yielded;
@@ -392,9 +443,11 @@ impl Device {
     /// completed keep their effects; a FILL cut short leaves part of the
     /// pattern written.
     pub fn abandon_batch(&mut self, batch: Batch) {
+        self.preparing = None;
         if let Some(pending) = batch.pending {
             debug!("abandoned batch: its command's model changes undone");
             self.undo_pending(*pending);
+            self.backing_changed();
         }
     }
 
@@ -489,6 +542,7 @@ impl Device {
                 }
                 Err(error) => {
                     self.undo_pending(*pending);
+                    self.backing_changed();
                     return Step::Finished(Err(error));
                 }
             }
@@ -1404,6 +1458,167 @@ mod tests {
         request
     }
 
+    /// Encodes a batch of (opcode, payload, response slot length).
+    fn encode(cmds: &[(u16, &[u8], u32)]) -> Vec<u8> {
+        let mut request = BatchHdr {
+            num_cmds: cmds.len() as u32,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        for &(opcode, payload, resp_len) in cmds {
+            let hdr = CmdHdr {
+                opcode,
+                flags: 0,
+                len: payload.len() as u32,
+                resp_len,
+                reserved: 0,
+            };
+            request.extend_from_slice(hdr.as_slice());
+            request.extend_from_slice(payload);
+        }
+        request
+    }
+
+    /// A watch that looks at one buffer's pages each time it is told of a
+    /// change: whether the buffer still exists, and whether its old pages
+    /// still hold its bytes.
+    struct PageProbe {
+        mem: GuestMemoryMmap,
+        buffer: u32,
+        pages: Segment,
+        seen: std::sync::Mutex<Vec<(bool, bool)>>,
+    }
+
+    impl BackingWatch for PageProbe {
+        fn backing_changed(&self, pool: &Pool) {
+            let mut bytes = vec![0u8; self.pages.len as usize];
+            self.mem
+                .read_slice(&mut bytes, GuestAddress(self.pages.addr))
+                .unwrap();
+            let exists = pool.buffer_size(self.buffer).is_ok();
+            let intact = bytes.iter().all(|&b| b == 0x5c);
+            self.seen.lock().unwrap().push((exists, intact));
+        }
+    }
+
+    /// Issue 20, item 1, from inside the device: in `FREE X; CREATE Y;
+    /// ATTACH; MAP Y` the watch hears of X's end while X's old pages still
+    /// hold X's bytes; MAP Y zeroes them only after.
+    #[test]
+    fn the_watch_hears_of_a_free_before_the_pages_are_reused() {
+        let mem = memory();
+        let mut device = donated_device();
+        let x = device.pool.create(0x4000, 0, 0).unwrap().id;
+        let pages = {
+            let attached = device
+                .pool
+                .attach(x, model::kinds::SYSTEM, &[MappingType::ScatterGather])
+                .unwrap();
+            device
+                .pool
+                .map(attached.id, Direction::Bidirectional)
+                .unwrap();
+            device
+                .pool
+                .unmap(attached.id, Direction::Bidirectional)
+                .unwrap();
+            device.pool.detach(attached.id).unwrap();
+            device.pool.backing(x).unwrap()[0]
+        };
+        mem.write_slice(&[0x5c; 0x4000], GuestAddress(pages.addr))
+            .unwrap();
+        let probe = std::sync::Arc::new(PageProbe {
+            mem: mem.clone(),
+            buffer: x,
+            pages,
+            seen: std::sync::Mutex::new(Vec::new()),
+        });
+        let mut device = device.with_watch(probe.clone());
+        let free = FreeReq {
+            buffer_id: x,
+            reserved: 0,
+        };
+        let create = CreateReq {
+            size: 0x4000,
+            flags: 0,
+            initial_mask: 0,
+        };
+        let mut attach = AttachReq {
+            buffer_id: CENALLOC_BATCH_REF | 1,
+            mask: CENALLOC_KIND_SYSTEM,
+            num_types: 1,
+            ..Default::default()
+        };
+        attach.types[0] = CENALLOC_MAP_SG;
+        let map = MapReq {
+            attach_id: CENALLOC_BATCH_REF | 2,
+            direction: CENALLOC_DIR_BIDIRECTIONAL,
+        };
+        let request = encode(&[
+            (CENALLOC_CMD_FREE, free.as_slice(), 0),
+            (CENALLOC_CMD_CREATE, create.as_slice(), 16),
+            (CENALLOC_CMD_ATTACH, attach.as_slice(), 16),
+            (CENALLOC_CMD_MAP, map.as_slice(), 24 + 16),
+        ]);
+        let answer = device.execute_batch(&mem, &request, 1 << 12);
+        assert_eq!(&answer[0..8], &[0, 0, 0, 0, 4, 0, 0, 0]);
+        let y = device.pool.snapshot().buffers[0].id;
+        assert_eq!(
+            device.pool.backing(y).unwrap(),
+            &[pages],
+            "Y got other pages"
+        );
+        let seen = probe.seen.lock().unwrap().clone();
+        let first_gone = seen.iter().position(|&(exists, _)| !exists);
+        assert_eq!(first_gone, Some(0), "told after the FREE: {seen:?}");
+        assert!(
+            seen[0].1,
+            "X's pages were touched before the watch heard of it"
+        );
+        let mut bytes = vec![1u8; 0x4000];
+        mem.read_slice(&mut bytes, GuestAddress(pages.addr))
+            .unwrap();
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "MAP Y did not zero the pages"
+        );
+    }
+
+    /// A MAP suspended while it zeroes its new backing names its buffer
+    /// as being prepared (the control socket refuses to export it); done
+    /// or abandoned, it no longer does.
+    #[test]
+    fn a_suspended_map_names_the_buffer_it_prepares() {
+        let mem = memory();
+        for abandon in [false, true] {
+            let mut device = donated_device();
+            let mut batch = device.begin_batch(long_batch(), 1 << 16).unwrap();
+            // Yield at the first chance: CREATE and ATTACH are done, the
+            // MAP has zeroed one step of its 1 MiB.
+            let mut steps = 0;
+            loop {
+                let progress = device.run_batch(&mem, &mut batch, &mut || {
+                    steps += 1;
+                    true
+                });
+                assert!(matches!(progress, Progress::Yielded));
+                if device.preparing().is_some() {
+                    break;
+                }
+                assert!(steps < 10, "the MAP never yielded");
+            }
+            let buffer = device.pool.snapshot().buffers[0].id;
+            assert_eq!(device.preparing(), Some(buffer));
+            if abandon {
+                device.abandon_batch(batch);
+            } else {
+                while let Progress::Yielded = device.run_batch(&mem, &mut batch, &mut || false) {}
+            }
+            assert_eq!(device.preparing(), None);
+        }
+    }
+
     fn donated_device() -> Device {
         let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
         device.pool.add_region(0, 0x40_0000, 0x40_0000).unwrap();
@@ -1487,10 +1702,35 @@ mod tests {
         }
         let (status, _) = run_one(&mut device, &mem, CENALLOC_CMD_STATS, &[], 8);
         assert_eq!(status, -libc::E2BIG);
-        // Over the floor: refused from the counts, before anything is built.
+        // Refused once the serialization passed the cap: it wrote into the
+        // slot, and reports how far it got.
+        let mut slot = vec![0xa5u8; 64];
+        match device.stats(&mut slot) {
+            Err(Error::SnapshotTooLarge { at_least }) => {
+                assert!(at_least > STATS_MAX_BYTES && at_least < STATS_MAX_BYTES + 4096)
+            }
+            other => panic!("expected the late refusal, got {other:?}"),
+        }
+        assert!(
+            slot.iter().any(|&b| b != 0xa5),
+            "the snapshot was not built"
+        );
+        // Over the floor: refused from the counts, before anything is built
+        // (the slot stays untouched, the size reported is the floor).
         for _ in 0..1_000 {
             device.pool.create(4096, 0, 0).unwrap();
         }
+        let floor = device.pool.num_buffers() * STATS_MIN_BUFFER_BYTES;
+        assert!(floor > STATS_MAX_BYTES);
+        let mut slot = vec![0xa5u8; 64];
+        match device.stats(&mut slot) {
+            Err(Error::SnapshotTooLarge { at_least }) => assert_eq!(
+                at_least, floor,
+                "refused after building the snapshot, not from the counts"
+            ),
+            other => panic!("expected the early refusal, got {other:?}"),
+        }
+        assert!(slot.iter().all(|&b| b == 0xa5), "the snapshot was built");
         let counters = device.counters.clone();
         let (status, _) = run_one(&mut device, &mem, CENALLOC_CMD_STATS, &[], 8);
         assert_eq!(status, -libc::E2BIG);
@@ -1546,8 +1786,262 @@ mod proptests {
         out
     }
 
-    /// A device with donated memory, one mapped and filled buffer and a
-    /// pending event.
+    /// The extents `stateful_device` holds leased (allocator 0), and
+    /// their length.
+    const LEASED: [u64; 2] = [0x40_4000, 0x41_4000];
+    const LEASED_LEN: u64 = 0x1_0000;
+
+    /// Fields that get LEASE, LEASE_RETURN and LEASED_MAP past their
+    /// first checks often enough: the leased extents, their length,
+    /// driver ids, the allocator that leased.
+    fn extent_addr() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            12 => proptest::sample::select(LEASED.to_vec()),
+            1 => Just(LEASED[0] + 0x1000),
+            1 => Just(0x40_0000u64),
+            1 => any::<u64>(),
+        ]
+    }
+
+    fn byte_size() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            6 => Just(LEASED_LEN),
+            6 => Just(0x1000u64),
+            1 => Just(2 * LEASED_LEN),
+            1 => Just(0u64),
+            1 => any::<u64>(),
+        ]
+    }
+
+    fn allocator_id() -> impl Strategy<Value = u32> {
+        prop_oneof![12 => Just(0u32), 1 => 1u32..6, 1 => any::<u32>()]
+    }
+
+    fn driver_id() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            12 => CENALLOC_DRIVER_ID_FIRST..CENALLOC_DRIVER_ID_FIRST + 3,
+            1 => 0u32..3,
+            1 => Just(CENALLOC_BATCH_REF),
+            1 => any::<u32>(),
+        ]
+    }
+
+    fn kind_mask() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            12 => Just(CENALLOC_KIND_SYSTEM),
+            1 => Just(CENALLOC_KIND_DMA32),
+            1 => Just(0u32),
+            1 => any::<u32>(),
+        ]
+    }
+
+    fn map_type() -> impl Strategy<Value = u32> {
+        prop_oneof![12 => Just(CENALLOC_MAP_SG), 1 => Just(CENALLOC_MAP_CONTIG), 1 => any::<u32>()]
+    }
+
+    /// A count that mostly matches the records that follow.
+    fn count_of(len: usize) -> impl Strategy<Value = u32> {
+        prop_oneof![12 => Just(len as u32), 1 => 0u32..4, 1 => any::<u32>()]
+    }
+
+    /// Mostly zero (reserved fields, directions).
+    fn mostly_zero() -> impl Strategy<Value = u32> {
+        prop_oneof![12 => Just(0u32), 1 => 1u32..4, 1 => any::<u32>()]
+    }
+
+    fn lease_payload() -> BoxedStrategy<Vec<u8>> {
+        (
+            allocator_id(),
+            prop_oneof![4 => 1u32..4, 1 => any::<u32>()],
+            byte_size(),
+        )
+            .prop_map(|(allocator_id, count, size)| {
+                LeaseReq {
+                    allocator_id,
+                    count,
+                    size,
+                }
+                .as_slice()
+                .to_vec()
+            })
+            .boxed()
+    }
+
+    fn lease_return_payload() -> BoxedStrategy<Vec<u8>> {
+        proptest::collection::vec((extent_addr(), byte_size()), 0..4)
+            .prop_flat_map(|ranges| {
+                (allocator_id(), count_of(ranges.len()), Just(ranges)).prop_map(
+                    |(allocator_id, num_ranges, ranges)| {
+                        let mut out = LeaseReturnReq {
+                            allocator_id,
+                            num_ranges,
+                        }
+                        .as_slice()
+                        .to_vec();
+                        for (addr, len) in ranges {
+                            out.extend_from_slice(Range { addr, len }.as_slice());
+                        }
+                        out
+                    },
+                )
+            })
+            .boxed()
+    }
+
+    fn leased_attach() -> BoxedStrategy<LeasedAttach> {
+        (
+            driver_id(),
+            kind_mask(),
+            map_type(),
+            proptest::collection::vec(map_type(), 1..3),
+            mostly_zero(),
+        )
+            .prop_map(|(attach_id, mask, map_type, listed, extra)| {
+                let mut types = [0; CENALLOC_MAX_MAP_TYPES];
+                types[..listed.len()].copy_from_slice(&listed);
+                LeasedAttach {
+                    attach_id,
+                    mask,
+                    map_type,
+                    num_types: listed.len() as u32 + extra,
+                    types,
+                }
+            })
+            .boxed()
+    }
+
+    fn leased_map_payload() -> BoxedStrategy<Vec<u8>> {
+        proptest::collection::vec(leased_attach(), 0..3)
+            .prop_flat_map(|records| {
+                let last = records.len().saturating_sub(1) as u32;
+                (
+                    (driver_id(), mostly_zero(), byte_size(), extent_addr()),
+                    (
+                        prop_oneof![6 => 0..=last, 1 => 0u32..4],
+                        mostly_zero(),
+                        count_of(records.len()),
+                        mostly_zero(),
+                    ),
+                    Just(records),
+                )
+                    .prop_map(
+                        |(
+                            (buffer_id, initial_mask, size, extent),
+                            (map_index, direction, num_attachments, reserved),
+                            records,
+                        )| {
+                            let mut out = LeasedMapReq {
+                                buffer_id,
+                                initial_mask,
+                                size,
+                                extent,
+                                map_index,
+                                direction,
+                                num_attachments,
+                                reserved,
+                            }
+                            .as_slice()
+                            .to_vec();
+                            for record in records {
+                                out.extend_from_slice(record.as_slice());
+                            }
+                            out
+                        },
+                    )
+            })
+            .boxed()
+    }
+
+    /// One command of any opcode, 0 to 18: small words for the older
+    /// commands, structured payloads (sometimes cut short) for the lease
+    /// commands, whose requests are too long for random words to frame.
+    fn command() -> BoxedStrategy<(u16, Vec<u8>)> {
+        let lease = prop_oneof![
+            lease_payload().prop_map(|p| (CENALLOC_CMD_LEASE, p)),
+            lease_return_payload().prop_map(|p| (CENALLOC_CMD_LEASE_RETURN, p)),
+            leased_map_payload().prop_map(|p| (CENALLOC_CMD_LEASED_MAP, p)),
+        ];
+        prop_oneof![
+            3 => (
+                0u16..=CENALLOC_CMD_LEASED_MAP,
+                proptest::collection::vec(
+                    prop_oneof![3 => Just(0u32), 2 => Just(1u32), 1 => 2u32..16, 1 => any::<u32>()],
+                    0..12,
+                ),
+            )
+                .prop_map(|(opcode, words)| {
+                    (opcode, words.iter().flat_map(|w| w.to_le_bytes()).collect())
+                }),
+            3 => (lease, prop_oneof![12 => Just(0usize), 1 => 1usize..16]).prop_map(
+                |((opcode, mut payload), cut)| {
+                    payload.truncate(payload.len().saturating_sub(cut));
+                    (opcode, payload)
+                },
+            ),
+        ]
+        .boxed()
+    }
+
+    /// What one command did to the state `stateful_device` builds.
+    #[derive(Debug, Default)]
+    struct Reach {
+        /// Lease commands that changed the pool.
+        leases: u64,
+        lease_returns: u64,
+        leased_maps: u64,
+        /// LEASED_MAPs the model refused (they got past the framing).
+        leased_maps_refused: u64,
+    }
+
+    /// Runs one command on `stateful_device`; a failed command must leave
+    /// the pool and the event queue as they were (the documented
+    /// exceptions aside).
+    fn failed_command_changes_nothing(
+        opcode: u16,
+        payload: Vec<u8>,
+        resp_len: u32,
+    ) -> Result<Reach, TestCaseError> {
+        let mem: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+        let mut device = stateful_device(&mem);
+        let before = (device.pool.snapshot(), device.events.clone());
+        let refused = device.counters.leased_maps_refused;
+        let out = device.execute_batch(&mem, &framed(&[(opcode, payload, resp_len)]), 1 << 20);
+        let status = u32::from_le_bytes(out[0..4].try_into().unwrap()) as i32;
+        let after = (device.pool.snapshot(), device.events.clone());
+        if status == 0 {
+            // (A RESET sets the counters back.)
+            let (old, new) = (&before.0.counters, &after.0.counters);
+            return Ok(Reach {
+                leases: new.leased_extents.saturating_sub(old.leased_extents),
+                lease_returns: new.lease_returns.saturating_sub(old.lease_returns),
+                leased_maps: new.leased_maps.saturating_sub(old.leased_maps),
+                leased_maps_refused: 0,
+            });
+        }
+        if opcode == CENALLOC_CMD_MAP && status == -libc::ENOSPC {
+            // The header's one exception: a MAP whose answer does not fit
+            // keeps the backing it allocated (and counts a map and unmap).
+        } else if opcode == CENALLOC_CMD_MAP && status == -libc::EAGAIN {
+            // Room only in the leased stock: nothing changes but a
+            // LEASE_REVOKE for the allocator.
+            prop_assert_eq!(&after.0, &before.0);
+            prop_assert_eq!(after.1.len(), before.1.len() + 1);
+            prop_assert!(after.1.iter().zip(&before.1).all(|(a, b)| a == b));
+            let revoke = after.1.back().unwrap();
+            prop_assert_eq!(revoke.event_type, CENALLOC_EVENT_LEASE_REVOKE);
+            prop_assert_eq!(revoke.buffer_id, 0);
+        } else {
+            prop_assert_eq!(&after, &before);
+        }
+        Ok(Reach {
+            leased_maps_refused: device.counters.leased_maps_refused - refused,
+            ..Reach::default()
+        })
+    }
+
+    /// A device with donated memory, one mapped and filled buffer, two
+    /// leased extents and a pending event.
     fn stateful_device(mem: &GuestMemoryMmap) -> Device {
         let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
         device.pool.add_region(0, 0x40_0000, 0x40_0000).unwrap();
@@ -1572,6 +2066,11 @@ mod proptests {
             reserved: 0,
             seed: 3,
         };
+        let lease = LeaseReq {
+            allocator_id: 0,
+            count: LEASED.len() as u32,
+            size: LEASED_LEN,
+        };
         let out = device.execute_batch(
             mem,
             &framed(&[
@@ -1579,10 +2078,13 @@ mod proptests {
                 (CENALLOC_CMD_ATTACH, attach.as_slice().to_vec(), 2),
                 (CENALLOC_CMD_MAP, map.as_slice().to_vec(), 8),
                 (CENALLOC_CMD_FILL, fill.as_slice().to_vec(), 0),
+                (CENALLOC_CMD_LEASE, lease.as_slice().to_vec(), 8),
             ]),
             1 << 20,
         );
-        assert_eq!(&out[0..8], &[0, 0, 0, 0, 4, 0, 0, 0]);
+        assert_eq!(&out[0..8], &[0, 0, 0, 0, 5, 0, 0, 0]);
+        let stock: Vec<u64> = device.pool.stock(0).iter().map(|e| e.addr).collect();
+        assert_eq!(stock, LEASED, "the leased extents moved: update LEASED");
         device.push_event(Event {
             event_type: CENALLOC_EVENT_POOL_LOW,
             buffer_id: 0,
@@ -1607,27 +2109,10 @@ mod proptests {
 
         #[test]
         fn a_failed_command_changes_nothing(
-            opcode in 1u16..16,
-            words in proptest::collection::vec(
-                prop_oneof![3 => Just(0u32), 2 => Just(1u32), 1 => 2u32..16, 1 => any::<u32>()],
-                0..12,
-            ),
+            (opcode, payload) in command(),
             resp_len in 0u32..8,
         ) {
-            let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
-            let mut device = stateful_device(&mem);
-            // Small words: ids and flags that commands accept often enough
-            // to get past their first checks.
-            let payload: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let before = (device.pool.snapshot(), device.events.clone());
-            let out = device.execute_batch(&mem, &framed(&[(opcode, payload, resp_len)]), 1 << 20);
-            let status = u32::from_le_bytes(out[0..4].try_into().unwrap()) as i32;
-            // The header's one exception: a MAP whose answer does not fit
-            // keeps the backing it allocated (and counts a map and unmap).
-            let documented = opcode == CENALLOC_CMD_MAP && status == -libc::ENOSPC;
-            if status != 0 && !documented {
-                prop_assert_eq!((device.pool.snapshot(), device.events.clone()), before);
-            }
+            failed_command_changes_nothing(opcode, payload, resp_len)?;
         }
 
         #[test]
@@ -1670,14 +2155,18 @@ mod proptests {
         #[test]
         fn arbitrary_commands_never_panic(
             cmds in proptest::collection::vec(
-                (0u16..16, proptest::collection::vec(any::<u8>(), 0..64), 0u32..64),
+                prop_oneof![
+                    1 => (0u16..=CENALLOC_CMD_LEASED_MAP, proptest::collection::vec(any::<u8>(), 0..64)),
+                    1 => command(),
+                ]
+                .prop_flat_map(|(opcode, payload)| (Just(opcode), Just(payload), 0u32..64)),
                 1..8,
             ),
         ) {
             let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
-            let mut device = Device::new(DeviceConfig::default_layout()).unwrap();
-            // Give the pools memory so MAP/FILL/CHECKSUM can reach guest RAM.
-            device.pool.add_region(0, 0x40_0000, 0x40_0000).unwrap();
+            // Memory, a mapped buffer and leased extents, so MAP, FILL,
+            // CHECKSUM and the lease commands can reach guest RAM.
+            let mut device = stateful_device(&mem);
             let request = framed(&cmds);
             let out = device.execute_batch(&mem, &request, 1 << 20);
             prop_assert!(out.len() >= 8);
@@ -1687,5 +2176,29 @@ mod proptests {
             prop_assert!(done as usize <= cmds.len());
             prop_assert_eq!(status == 0, done as usize == cmds.len());
         }
+    }
+
+    /// Guards the generator: the commands `a_failed_command_changes_nothing`
+    /// draws reach the lease commands' real work, not just their framing
+    /// checks (the same draws, from a fixed seed).
+    #[test]
+    fn the_failed_command_property_reaches_the_lease_commands() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = (command(), 0u32..8);
+        let mut total = Reach::default();
+        for _ in 0..512 {
+            let ((opcode, payload), resp_len) =
+                proptest::strategy::ValueTree::current(&strategy.new_tree(&mut runner).unwrap());
+            let reach = failed_command_changes_nothing(opcode, payload, resp_len).unwrap();
+            total.leases += reach.leases;
+            total.lease_returns += reach.lease_returns;
+            total.leased_maps += reach.leased_maps;
+            total.leased_maps_refused += reach.leased_maps_refused;
+        }
+        eprintln!("{total:?}");
+        assert!(total.leases > 0, "{total:?}");
+        assert!(total.lease_returns > 0, "{total:?}");
+        assert!(total.leased_maps > 0, "{total:?}");
+        assert!(total.leased_maps_refused > 0, "{total:?}");
     }
 }

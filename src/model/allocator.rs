@@ -6,6 +6,8 @@
 //! (alignment, placement) happens here; overlap across allocators is checked
 //! by the pool.
 
+use std::collections::BTreeMap;
+
 use super::extents::FreeExtents;
 use super::{Error, Segment, Strategy, PAGE_SIZE};
 
@@ -46,7 +48,12 @@ pub trait Allocator: Send {
     /// Returns false, changing nothing, if the range is not free.
     fn remove_free(&mut self, addr: u64, len: u64) -> bool;
 
-    /// A copy of this allocator (trial allocations).
+    /// Whether [`Allocator::fits`] would hold if the ranges of `freed`
+    /// (start -> length, disjoint from the free extents: leased extents)
+    /// were free again. Copies nothing: O(k log n) for k ranges.
+    fn fits_if_freed(&self, size: u64, single_segment: bool, freed: &BTreeMap<u64, u64>) -> bool;
+
+    /// A copy of this allocator.
     fn clone_box(&self) -> Box<dyn Allocator>;
 
     /// The free extents, in address order.
@@ -170,24 +177,36 @@ impl Regions {
     /// Where [`Regions::alloc_aligned`] would place `size` bytes: the free
     /// extent and the start inside it.
     fn find_aligned(&self, size: u64, align: u64) -> Option<(Segment, u64)> {
-        let mut found = None;
-        for extent in self.extents.fits(size).take(ALIGNED_FIT_CANDIDATES) {
-            if let Some(start) = align_up(extent.addr, align) {
-                if start.checked_add(size).is_some_and(|e| e <= extent.end()) {
-                    found = Some((extent, start));
-                    break;
-                }
+        find_aligned(|len| self.extents.fits(len), size, align)
+    }
+}
+
+/// Where an aligned best fit of `size` bytes goes among the extents
+/// `fits(len)` lists (those of at least `len` bytes, smallest first): the
+/// extent and the start inside it. One rule for the free extents and for
+/// a view of them with leased extents freed again.
+fn find_aligned<I: Iterator<Item = Segment>>(
+    fits: impl Fn(u64) -> I,
+    size: u64,
+    align: u64,
+) -> Option<(Segment, u64)> {
+    let mut found = None;
+    for extent in fits(size).take(ALIGNED_FIT_CANDIDATES) {
+        if let Some(start) = align_up(extent.addr, align) {
+            if start.checked_add(size).is_some_and(|e| e <= extent.end()) {
+                found = Some((extent, start));
+                break;
             }
         }
-        if found.is_none() && align > PAGE_SIZE {
-            // Extents start on a page, so one of at least
-            // size + align - PAGE_SIZE bytes always holds an aligned fit.
-            let need = size.checked_add(align - PAGE_SIZE)?;
-            let extent = self.extents.best_fit(need)?;
-            found = Some((extent, align_up(extent.addr, align)?));
-        }
-        found
     }
+    if found.is_none() && align > PAGE_SIZE {
+        // Extents start on a page, so one of at least
+        // size + align - PAGE_SIZE bytes always holds an aligned fit.
+        let need = size.checked_add(align - PAGE_SIZE)?;
+        let extent = fits(need).next()?;
+        found = Some((extent, align_up(extent.addr, align)?));
+    }
+    found
 }
 
 /// The [`Allocator`] methods both allocators answer from their [`Regions`].
@@ -280,6 +299,13 @@ impl Allocator for ContiguousAllocator {
             && size <= self.regions.extents.free_bytes()
             && self.regions.find_aligned(size, self.align).is_some()
     }
+
+    fn fits_if_freed(&self, size: u64, _single: bool, freed: &BTreeMap<u64, u64>) -> bool {
+        let view = self.regions.extents.with_extra(freed);
+        size != 0
+            && size <= view.free_bytes()
+            && find_aligned(|len| view.fits(len), size, self.align).is_some()
+    }
 }
 
 /// Pages from anywhere, fewest segments first: when one free extent can
@@ -313,6 +339,14 @@ impl Allocator for ScatterAllocator {
             return false;
         }
         !single_segment || extents.best_fit(size).is_some()
+    }
+
+    fn fits_if_freed(&self, size: u64, single_segment: bool, freed: &BTreeMap<u64, u64>) -> bool {
+        let view = self.regions.extents.with_extra(freed);
+        if size == 0 || size > view.free_bytes() {
+            return false;
+        }
+        !single_segment || view.fits(size).next().is_some()
     }
 
     fn alloc(&mut self, size: u64, single_segment: bool) -> Option<Vec<Segment>> {
@@ -353,5 +387,84 @@ impl Allocator for ScatterAllocator {
         }
         super::coalesce(&mut segments);
         Some(segments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BASE: u64 = 0x4000_0000;
+
+    /// An allocator carved by `allocs` and `frees`, and the segments still
+    /// allocated.
+    fn carved(
+        contiguous: Option<u64>,
+        pages: u64,
+        allocs: &[(u64, bool)],
+        frees: &[usize],
+    ) -> (Box<dyn Allocator>, Vec<Segment>) {
+        let mut allocator: Box<dyn Allocator> = match contiguous {
+            Some(align) => Box::new(ContiguousAllocator::new(u64::MAX, PAGE_SIZE, align)),
+            None => Box::new(ScatterAllocator::new(u64::MAX, PAGE_SIZE)),
+        };
+        allocator.add_region(BASE, pages * PAGE_SIZE).unwrap();
+        let mut held = Vec::new();
+        for &(pages, single) in allocs {
+            if let Some(segments) = allocator.alloc(pages * PAGE_SIZE, single) {
+                held.extend(segments);
+            }
+        }
+        for &pick in frees {
+            if !held.is_empty() {
+                let segment = held.swap_remove(pick % held.len());
+                allocator.free(&[segment]);
+            }
+        }
+        (allocator, held)
+    }
+
+    proptest! {
+        /// `fits_if_freed` answers as a copy of the allocator with the
+        /// ranges freed would (the copy it replaces).
+        #[test]
+        fn fits_if_freed_answers_as_a_freed_copy(
+            contiguous in prop_oneof![
+                Just(None),
+                Just(Some(PAGE_SIZE)),
+                Just(Some(16 * PAGE_SIZE)),
+                Just(Some(512 * PAGE_SIZE)),
+            ],
+            pages in 16u64..1200,
+            allocs in prop::collection::vec((1u64..64, any::<bool>()), 0..40),
+            frees in prop::collection::vec(any::<usize>(), 0..20),
+            stock_picks in prop::collection::vec(any::<bool>(), 40..80),
+            sizes in prop::collection::vec((1u64..600, any::<bool>()), 1..12),
+        ) {
+            let (allocator, held) = carved(contiguous, pages, &allocs, &frees);
+            let stock: BTreeMap<u64, u64> = held
+                .iter()
+                .zip(stock_picks.iter().cycle())
+                .filter(|(_, &pick)| pick)
+                .map(|(s, _)| (s.addr, s.len))
+                .collect();
+            let mut copy = allocator.clone_box();
+            for (&addr, &len) in &stock {
+                copy.free(&[Segment { addr, len }]);
+            }
+            for (pages, single) in sizes {
+                let size = pages * PAGE_SIZE;
+                prop_assert_eq!(
+                    allocator.fits_if_freed(size, single, &stock),
+                    copy.fits(size, single),
+                    "size {:#x} single {} stock {:x?} free {:x?}",
+                    size,
+                    single,
+                    stock,
+                    allocator.free_list()
+                );
+            }
+        }
     }
 }

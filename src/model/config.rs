@@ -74,10 +74,20 @@ pub struct Limits {
     /// leases).
     #[serde(default = "default_max_lease_bytes")]
     pub max_lease_bytes: u64,
+    /// Donated regions held at once, all allocators together (each range
+    /// of a POOL_ADD is one; a POOL_REMOVE that cuts a region in two adds
+    /// one). Each costs the daemon some 100-200 bytes of heap, outside the
+    /// VM's memory and the daemon's admission budget: this bounds it.
+    #[serde(default = "default_max_regions")]
+    pub max_regions: u32,
 }
 
 fn default_max_lease_bytes() -> u64 {
     Limits::default().max_lease_bytes
+}
+
+fn default_max_regions() -> u32 {
+    Limits::default().max_regions
 }
 
 impl Default for Limits {
@@ -88,6 +98,7 @@ impl Default for Limits {
             max_buffer_size: 1 << 30,
             max_total_bytes: 4 << 30,
             max_lease_bytes: 2 << 20,
+            max_regions: 16384,
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error("range {addr:#x}+{len:#x} is in use (backing or leased)")]
     RegionInUse { addr: u64, len: u64 },
+    #[error("the pool would hold {regions} donated regions, at most {max}")]
+    TooManyRegions { regions: usize, max: u32 },
 
     // ---- leases ----
     #[error("lease of {count} extents of {size:#x} bytes: out of range")]
@@ -162,6 +164,7 @@ impl Error {
             RegionOutOfPlacement { .. } => libc::ERANGE,
             BufferTooLarge { .. } => libc::E2BIG,
             TooManyBuffers { .. }
+            | TooManyRegions { .. }
             | TotalBytesExceeded { .. }
             | IdsExhausted
             | TooManyAttachments { .. } => libc::ENOSPC,

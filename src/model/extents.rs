@@ -125,6 +125,59 @@ impl FreeExtents {
         false
     }
 
+    /// The free extent that ends exactly at `addr`, if any.
+    fn ending_at(&self, addr: u64) -> Option<Segment> {
+        let (&a, &l) = self.by_addr.range(..addr).next_back()?;
+        (a + l == addr).then_some(Segment { addr: a, len: l })
+    }
+
+    /// What this set would be with the disjoint ranges `extra` (address
+    /// order, none overlapping a free extent) inserted, without copying
+    /// the set: O(k log n) for k ranges.
+    pub fn with_extra(&self, extra: &BTreeMap<u64, u64>) -> WithExtra<'_> {
+        let mut absorbed = Vec::new();
+        let mut runs = Vec::new();
+        let mut extra_bytes = 0u64;
+        let mut ranges = extra.iter().peekable();
+        while let Some((&addr, &len)) = ranges.next() {
+            extra_bytes += len;
+            let mut start = addr;
+            let mut end = addr + len;
+            if let Some(before) = self.ending_at(start) {
+                absorbed.push(before.addr);
+                start = before.addr;
+            }
+            loop {
+                if let Some((&next, &next_len)) = ranges.peek() {
+                    if next == end {
+                        extra_bytes += next_len;
+                        end += next_len;
+                        ranges.next();
+                        continue;
+                    }
+                }
+                if let Some(&after) = self.by_addr.get(&end) {
+                    absorbed.push(end);
+                    end += after;
+                    continue;
+                }
+                break;
+            }
+            runs.push(Segment {
+                addr: start,
+                len: end - start,
+            });
+        }
+        absorbed.sort_unstable();
+        runs.sort_unstable_by_key(|run| (run.len, run.addr));
+        WithExtra {
+            base: self,
+            absorbed,
+            runs,
+            free: self.free + extra_bytes,
+        }
+    }
+
     fn insert_raw(&mut self, addr: u64, len: u64) {
         self.by_addr.insert(addr, len);
         self.by_len.insert((len, addr));
@@ -135,5 +188,42 @@ impl FreeExtents {
         self.by_addr.remove(&addr);
         self.by_len.remove(&(len, addr));
         self.free -= len;
+    }
+}
+
+/// A [`FreeExtents`] seen with more ranges inserted
+/// ([`FreeExtents::with_extra`]): the extents of the set that no inserted
+/// range touches, and the merged runs of those that do.
+pub struct WithExtra<'a> {
+    base: &'a FreeExtents,
+    /// Start of every extent of `base` merged into a run.
+    absorbed: Vec<u64>,
+    /// The merged runs, by (length, address).
+    runs: Vec<Segment>,
+    free: u64,
+}
+
+impl WithExtra<'_> {
+    /// Bytes free.
+    pub fn free_bytes(&self) -> u64 {
+        self.free
+    }
+
+    /// Extents of at least `len` bytes, smallest first (lowest address
+    /// among equals), as [`FreeExtents::fits`] on the merged set.
+    pub fn fits(&self, len: u64) -> impl Iterator<Item = Segment> + '_ {
+        let mut base = self
+            .base
+            .fits(len)
+            .filter(|s| self.absorbed.binary_search(&s.addr).is_err())
+            .peekable();
+        let first_run = self.runs.partition_point(|run| run.len < len);
+        let mut runs = self.runs[first_run..].iter().copied().peekable();
+        std::iter::from_fn(move || match (base.peek(), runs.peek()) {
+            (Some(b), Some(r)) if (b.len, b.addr) <= (r.len, r.addr) => base.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => runs.next(),
+            (Some(_), None) => base.next(),
+            (None, None) => None,
+        })
     }
 }

@@ -85,6 +85,9 @@ pub struct LeasedMap {
 struct Backing {
     allocator: usize,
     segments: Vec<Segment>,
+    /// Unique in the pool's life (never reused, even by [`Pool::clear`]):
+    /// names this backing of this buffer, whatever id the buffer has.
+    serial: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +100,9 @@ struct Buffer {
     attachments: Vec<AttachmentId>,
     backing: Option<Backing>,
     migrate_pending: bool,
+    /// Unique in the pool's life, like a backing's serial: tells this
+    /// buffer from a later one with the same id.
+    serial: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -139,11 +145,8 @@ impl AllocatorSlot {
             // Pages from anywhere: only the byte count matters.
             return size <= self.allocator.free_bytes() + self.stock_bytes;
         }
-        let mut trial = self.allocator.clone_box();
-        for (&addr, &len) in &self.stock {
-            trial.free(&[Segment { addr, len }]);
-        }
-        trial.fits(size, single_segment)
+        self.allocator
+            .fits_if_freed(size, single_segment, &self.stock)
     }
 }
 
@@ -173,6 +176,8 @@ pub struct Pool {
     attachments: IdMap<Attachment>,
     buffer_ids: IdAllocator,
     attachment_ids: IdAllocator,
+    /// The serial of the next backing (see [`Pool::backing_serial`]).
+    next_serial: u64,
     counters: Counters,
 }
 
@@ -183,6 +188,26 @@ impl std::fmt::Debug for Pool {
             .field("attachments", &self.attachments.len())
             .field("counters", &self.counters)
             .finish()
+    }
+}
+
+/// Removes `[addr, end)` from a region map (start -> (end, allocator)),
+/// splitting the regions it cuts.
+fn cut(regions: &mut BTreeMap<u64, (u64, usize)>, addr: u64, end: u64) {
+    let overlapping: Vec<(u64, u64, usize)> = regions
+        .range(..end)
+        .rev()
+        .take_while(|(_, &(region_end, _))| region_end > addr)
+        .map(|(&start, &(region_end, owner))| (start, region_end, owner))
+        .collect();
+    for (start, region_end, owner) in overlapping {
+        regions.remove(&start);
+        if start < addr {
+            regions.insert(start, (addr, owner));
+        }
+        if region_end > end {
+            regions.insert(end, (region_end, owner));
+        }
     }
 }
 
@@ -234,6 +259,7 @@ impl Pool {
             attachments: IdMap::default(),
             buffer_ids: IdAllocator::new(),
             attachment_ids: IdAllocator::new(),
+            next_serial: 1,
             counters: Counters::default(),
         })
     }
@@ -251,6 +277,7 @@ impl Pool {
         let mut fresh = Pool::new(self.config.clone())?;
         fresh.buffer_ids = self.buffer_ids.clone();
         fresh.attachment_ids = self.attachment_ids.clone();
+        fresh.next_serial = self.next_serial;
         *self = fresh;
         Ok(())
     }
@@ -303,6 +330,7 @@ impl Pool {
                 });
             }
         }
+        self.check_region_count(self.regions.len().saturating_add(regions.len()))?;
         for region in regions {
             self.allocators[allocator]
                 .allocator
@@ -360,6 +388,7 @@ impl Pool {
     }
 
     fn insert_buffer(&mut self, id: BufferId, size: u64, flags: u32, initial_mask: u32) {
+        let serial = self.take_serial();
         self.buffers.insert(
             id,
             Buffer {
@@ -371,6 +400,7 @@ impl Pool {
                 attachments: Vec::new(),
                 backing: None,
                 migrate_pending: false,
+                serial,
             },
         );
         self.counters.creates += 1;
@@ -607,7 +637,15 @@ impl Pool {
         Ok(Backing {
             allocator: index,
             segments,
+            serial: 0, // set by the caller
         })
+    }
+
+    /// A serial no backing had before.
+    fn take_serial(&mut self) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        serial
     }
 
     /// The allocator a map of `buffer_id` would allocate from now, by the
@@ -673,12 +711,14 @@ impl Pool {
                     .get(a)
                     .is_some_and(|att| att.map_type == MappingType::Contiguous)
             });
-            let new = Self::allocate(
+            let mut new = Self::allocate(
                 &mut self.allocators,
                 buffer.size,
                 buffer.access_mask,
                 single_segment,
             )?;
+            new.serial = self.next_serial;
+            self.next_serial += 1;
             self.allocators[new.allocator].num_buffers += 1;
             self.counters.allocations += 1;
             match buffer.backing.replace(new) {
@@ -841,6 +881,7 @@ impl Pool {
                 });
             }
         }
+        self.check_region_count(self.regions_after_cut(&sorted))?;
         for range in &sorted {
             // Checked above: the range is free, so this cannot fail.
             if !self.allocators[allocator]
@@ -890,22 +931,40 @@ impl Pool {
 
     /// Removes `[addr, end)` from the region map, splitting regions.
     fn cut_regions(&mut self, addr: u64, end: u64) {
-        let overlapping: Vec<(u64, u64, usize)> = self
-            .regions
-            .range(..end)
-            .rev()
-            .take_while(|(_, &(region_end, _))| region_end > addr)
-            .map(|(&start, &(region_end, owner))| (start, region_end, owner))
-            .collect();
-        for (start, region_end, owner) in overlapping {
-            self.regions.remove(&start);
-            if start < addr {
-                self.regions.insert(start, (addr, owner));
-            }
-            if region_end > end {
-                self.regions.insert(end, (region_end, owner));
+        cut(&mut self.regions, addr, end);
+    }
+
+    /// `ENOSPC` if the pool would hold more than `max_regions` regions
+    /// (the limit bounds the daemon's heap a guest's donations cost).
+    fn check_region_count(&self, regions: usize) -> Result<(), Error> {
+        let max = self.config.limits.max_regions;
+        if regions > self.regions.len() && regions > max as usize {
+            return Err(Error::TooManyRegions { regions, max });
+        }
+        Ok(())
+    }
+
+    /// How many regions the pool would hold after cutting the (sorted,
+    /// disjoint) `ranges` out: the cut done on a copy of the regions they
+    /// touch only.
+    fn regions_after_cut(&self, ranges: &[Segment]) -> usize {
+        let mut touched = BTreeMap::new();
+        for range in ranges {
+            let end = range.end();
+            for (&start, &value) in self
+                .regions
+                .range(..end)
+                .rev()
+                .take_while(|(_, &(region_end, _))| region_end > range.addr)
+            {
+                touched.insert(start, value);
             }
         }
+        let before = touched.len();
+        for range in ranges {
+            cut(&mut touched, range.addr, range.end());
+        }
+        self.regions.len() - before + touched.len()
     }
 
     /// Leases up to `count` extents of `size` bytes of `allocator` to the
@@ -1101,10 +1160,12 @@ impl Pool {
         }];
         let attachment = req.attachments[req.map_index].id;
         let map_type = req.attachments[req.map_index].map_type;
+        let serial = self.take_serial();
         if let Some(buffer) = self.buffers.get_mut(&req.buffer_id) {
             buffer.backing = Some(Backing {
                 allocator,
                 segments: segments.clone(),
+                serial,
             });
         }
         if let Some(att) = self.attachments.get_mut(&attachment) {
@@ -1152,6 +1213,25 @@ impl Pool {
             .backing
             .as_ref()
             .map(|b| b.segments.as_slice())
+            .ok_or(Error::NoBacking(buffer_id))
+    }
+
+    /// The serial of a live buffer: unique among every buffer the pool
+    /// ever had, so a later buffer with the same id (a driver-chosen id
+    /// used again) has another one.
+    pub fn buffer_serial(&self, buffer_id: BufferId) -> Result<u64, Error> {
+        Ok(self.buffer(buffer_id)?.serial)
+    }
+
+    /// The serial of the buffer's backing: unique among every backing the
+    /// pool ever had, so a backing that was replaced, dropped or given to
+    /// another buffer with the same id never has the serial of the old
+    /// one. `ENODATA` without backing.
+    pub fn backing_serial(&self, buffer_id: BufferId) -> Result<u64, Error> {
+        self.buffer(buffer_id)?
+            .backing
+            .as_ref()
+            .map(|b| b.serial)
             .ok_or(Error::NoBacking(buffer_id))
     }
 
@@ -1274,5 +1354,54 @@ impl Pool {
             next_buffer_id: self.buffer_ids.next_value(),
             next_attachment_id: self.attachment_ids.next_value(),
         }
+    }
+}
+
+#[cfg(test)]
+mod region_bound_tests {
+    use super::*;
+
+    fn pool(max_regions: u32) -> Pool {
+        let mut config = PoolConfig::default_layout();
+        config.limits.max_regions = max_regions;
+        Pool::new(config).unwrap()
+    }
+
+    fn page(i: u64) -> Segment {
+        Segment {
+            addr: 0x100_0000 + i * 0x1000,
+            len: 0x1000,
+        }
+    }
+
+    #[test]
+    fn regions_past_the_bound_are_refused_and_cuts_are_counted_exactly() {
+        let mut pool = pool(4);
+        // One region of 16 pages, two single pages apart from it.
+        pool.add_regions(
+            0,
+            &[Segment {
+                addr: page(0).addr,
+                len: 16 * 0x1000,
+            }],
+        )
+        .unwrap();
+        pool.add_regions(0, &[page(20), page(22)]).unwrap();
+        let before = pool.snapshot();
+        // Two more would be 5.
+        let error = pool.add_regions(0, &[page(24), page(26)]).unwrap_err();
+        assert_eq!(error, Error::TooManyRegions { regions: 5, max: 4 });
+        assert_eq!(error.errno(), libc::ENOSPC);
+        // Two pages out of the middle of the big one: 3 pieces, 5 regions.
+        let error = pool.remove_regions(0, &[page(4), page(8)]).unwrap_err();
+        assert_eq!(error, Error::TooManyRegions { regions: 5, max: 4 });
+        assert_eq!(pool.snapshot(), before, "refusals changed the pool");
+        // Adjacent pages out of the middle: 2 pieces, 4 regions.
+        pool.remove_regions(0, &[page(4), page(5)]).unwrap();
+        assert_eq!(pool.snapshot().regions.len(), 4);
+        // From an edge, and a whole region: never more regions.
+        pool.remove_regions(0, &[page(0), page(20)]).unwrap();
+        assert_eq!(pool.snapshot().regions.len(), 3);
+        pool.add_regions(0, &[page(24)]).unwrap();
     }
 }

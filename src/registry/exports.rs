@@ -9,9 +9,12 @@
 //! front-end gone, the export is *revoked*. The guest is never told and
 //! never waits; the pages go back to its pool at once, exactly as without
 //! an export. A revoked export's status word (a page the host program maps
-//! read-only, [`StatusPage`]) becomes non-zero ([`Revocation`]) right after
-//! the command that changed the backing, before the guest sees its answer.
-//! From then on the segments may hold anything the guest puts there.
+//! read-only, [`StatusPage`]) becomes non-zero ([`Revocation`]) as soon as
+//! the command that freed, moved or dropped the backing has changed the
+//! buffer model, before the daemon touches those pages for anything else
+//! (zeroing or copying into them for another buffer, zeroing a leased
+//! extent) and before the guest sees any answer. From then on the segments
+//! may hold anything the guest puts there.
 //!
 //! Why not pin (keep the old backing out of the free pool until the export
 //! is released): a host reader could then shrink a guest's pool for as long
@@ -22,9 +25,31 @@
 //! after the read means the segments were this buffer's backing during the
 //! whole read (revocation is final).
 //!
-//! The check runs after every control chain while the VM has exports (one
-//! atomic load when it has none) under the device lock, the same lock an
-//! export is created under, so an export never misses a change.
+//! # When the check runs
+//! The device calls [`Exports::check`] (through
+//! [`BackingWatch`](crate::device::BackingWatch)) after every command's
+//! changes to the model and before that command's guest-memory work, and
+//! again after a command is undone; one atomic load when the VM has no
+//! exports. A batch suspended by a ring stop is therefore suspended with
+//! its exports already revoked, and a buffer whose MAP such a stop
+//! interrupted before its new backing was zeroed or copied cannot be
+//! exported until the batch goes on ([`Device::preparing`]). The check
+//! runs under the device lock, the same lock an export is created under,
+//! so an export never misses a change.
+//!
+//! [`Device::preparing`]: crate::device::Device::preparing
+//!
+//! # Identity
+//! An export names its buffer by the buffer's id *and* the serials of the
+//! buffer and of the backing it saw ([`Identity`]): the daemon never hands
+//! out a serial twice, so a driver that frees a leased buffer and maps
+//! another one with the same id on the same extent does not inherit the
+//! export, even if no check ran in between.
+//!
+//! # The end of a connection
+//! [`Exports::close`] (the front-end left) revokes every export and
+//! refuses later ones: an export prepared while the VM disconnected is
+//! refused when it is recorded ([`Exports::add`]), under the same lock.
 
 use std::fs::File;
 use std::io;
@@ -35,7 +60,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BufferId, Pool, Segment};
+use crate::model::{BufferId, Pool};
 
 /// Bytes of a status page (one page; only the first word is used).
 pub const STATUS_PAGE_BYTES: usize = 4096;
@@ -155,6 +180,9 @@ impl StatusPage {
         let _ = self
             .word()
             .compare_exchange(0, reason as u64, Ordering::AcqRel, Ordering::Acquire);
+        // The word is visible before any later write of the daemon to the
+        // pages (a reader who sees those writes sees the word).
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     pub fn get(&self) -> u64 {
@@ -179,16 +207,49 @@ struct Record {
     /// The control connection that holds it.
     holder: u64,
     buffer: BufferId,
-    segments: Vec<Segment>,
+    identity: Identity,
     status: std::sync::Arc<StatusPage>,
+}
+
+/// What an export names beyond the buffer id: the serials of the buffer
+/// and of the backing exported ([`Pool::buffer_serial`],
+/// [`Pool::backing_serial`]), never handed out twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub buffer: u64,
+    pub backing: u64,
+}
+
+impl Identity {
+    /// The identity of `buffer`'s backing now; `None` without backing.
+    pub fn of(pool: &Pool, buffer: BufferId) -> Option<Identity> {
+        Some(Identity {
+            buffer: pool.buffer_serial(buffer).ok()?,
+            backing: pool.backing_serial(buffer).ok()?,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    records: Vec<Record>,
+    /// The front-end left: no export may be added any more.
+    closed: bool,
+}
+
+/// Why [`Exports::add`] refused.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddError {
+    #[error("the VM's front-end disconnected")]
+    Closed,
 }
 
 /// The live exports of one VM.
 #[derive(Default)]
 pub struct Exports {
-    /// Number of records; read without the lock on every control chain.
+    /// Number of records; read without the lock after every command.
     active: AtomicUsize,
-    records: Mutex<Vec<Record>>,
+    table: Mutex<Table>,
 }
 
 impl Exports {
@@ -196,9 +257,9 @@ impl Exports {
         Exports::default()
     }
 
-    fn records(&self) -> std::sync::MutexGuard<'_, Vec<Record>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         // Records stay consistent even if a holder panicked mid-update.
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Number of live exports.
@@ -206,40 +267,54 @@ impl Exports {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Records a new export of `buffer`, whose backing is `segments` now.
-    /// Call with the device lock held (the lock [`Exports::check`] runs
-    /// under), so no change of the backing can slip between the two.
+    /// Records a new export of `buffer`, whose [`Identity`] is `identity`
+    /// now. Call with the device lock held (the lock [`Exports::check`]
+    /// runs under), so no change of the backing can slip between the two.
+    /// Refused once the front-end has left ([`Exports::close`]).
     pub fn add(
         &self,
         id: u64,
         holder: u64,
         buffer: BufferId,
-        segments: Vec<Segment>,
+        identity: Identity,
         status: std::sync::Arc<StatusPage>,
-    ) {
-        let mut records = self.records();
-        records.push(Record {
+    ) -> Result<(), AddError> {
+        let mut table = self.table();
+        if table.closed {
+            return Err(AddError::Closed);
+        }
+        table.records.push(Record {
             id,
             holder,
             buffer,
-            segments,
+            identity,
             status,
         });
-        self.active.store(records.len(), Ordering::Release);
+        self.active.store(table.records.len(), Ordering::Release);
+        Ok(())
     }
 
     /// Revokes every export whose buffer is gone or whose backing changed.
-    /// Runs after every control chain, with the device lock held.
+    /// Runs with the device lock held, after every command's model changes
+    /// and before its guest-memory work.
     pub fn check(&self, pool: &Pool) {
         if self.active.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut records = self.records();
-        records.retain(|record| {
-            let reason = match pool.backing(record.buffer) {
-                Ok(segments) if segments == record.segments.as_slice() => return true,
-                Ok(_) => Revocation::Migrated,
-                Err(_) => Revocation::Freed,
+        let mut table = self.table();
+        table.records.retain(|record| {
+            let reason = match (
+                pool.buffer_serial(record.buffer),
+                pool.backing_serial(record.buffer),
+            ) {
+                (Ok(buffer), Ok(backing)) if record.identity == Identity { buffer, backing } => {
+                    return true
+                }
+                // The same buffer with another backing, or none left (its
+                // MAP was undone): these pages are not it any more.
+                (Ok(buffer), _) if buffer == record.identity.buffer => Revocation::Migrated,
+                // Gone, or another buffer with the same id.
+                _ => Revocation::Freed,
             };
             log::debug!(
                 "export {} of buffer {} revoked: {reason}",
@@ -249,55 +324,74 @@ impl Exports {
             record.status.set(reason);
             false
         });
-        self.active.store(records.len(), Ordering::Release);
+        self.active.store(table.records.len(), Ordering::Release);
     }
 
-    /// Revokes every export (the VM disconnected, its memory changed).
+    /// Revokes every export (the VM's memory table changed).
     pub fn revoke_all(&self, reason: Revocation) {
-        let mut records = self.records();
-        for record in records.drain(..) {
+        let mut table = self.table();
+        for record in table.records.drain(..) {
             record.status.set(reason);
+        }
+        self.active.store(0, Ordering::Release);
+    }
+
+    /// The front-end left: revokes every export (`Disconnected`) and
+    /// refuses every later [`Exports::add`].
+    pub fn close(&self) {
+        let mut table = self.table();
+        table.closed = true;
+        for record in table.records.drain(..) {
+            record.status.set(Revocation::Disconnected);
         }
         self.active.store(0, Ordering::Release);
     }
 
     /// Releases export `id` if `holder` holds it; returns whether it did.
     pub fn release(&self, id: u64, holder: u64) -> bool {
-        let mut records = self.records();
-        let Some(index) = records
+        let mut table = self.table();
+        let Some(index) = table
+            .records
             .iter()
             .position(|r| r.id == id && r.holder == holder)
         else {
             return false;
         };
-        let record = records.remove(index);
+        let record = table.records.remove(index);
         record.status.set(Revocation::Released);
-        self.active.store(records.len(), Ordering::Release);
+        self.active.store(table.records.len(), Ordering::Release);
         true
     }
 
     /// Releases everything `holder` holds (its connection closed).
     pub fn release_holder(&self, holder: u64) -> usize {
-        let mut records = self.records();
-        let before = records.len();
-        records.retain(|record| {
+        let mut table = self.table();
+        let before = table.records.len();
+        table.records.retain(|record| {
             if record.holder != holder {
                 return true;
             }
             record.status.set(Revocation::Released);
             false
         });
-        self.active.store(records.len(), Ordering::Release);
-        before - records.len()
+        self.active.store(table.records.len(), Ordering::Release);
+        before - table.records.len()
     }
 
     /// Number of live exports of each exported buffer.
     pub fn per_buffer(&self) -> std::collections::BTreeMap<BufferId, usize> {
         let mut out = std::collections::BTreeMap::new();
-        for record in self.records().iter() {
+        for record in self.table().records.iter() {
             *out.entry(record.buffer).or_insert(0) += 1;
         }
         out
+    }
+}
+
+/// The device tells the exports of every change of a backing.
+impl crate::device::BackingWatch for Exports {
+    fn backing_changed(&self, pool: &Pool) {
+        self.check(pool);
     }
 }
 
@@ -313,16 +407,14 @@ mod tests {
         pool
     }
 
-    fn mapped(pool: &mut Pool, size: u64) -> (BufferId, Vec<Segment>) {
+    /// A mapped buffer: its id and its identity.
+    fn mapped(pool: &mut Pool, size: u64) -> (BufferId, Identity) {
         let id = pool.create(size, 0, 0).unwrap().id;
         let attached = pool
             .attach(id, kinds::SYSTEM, &[MappingType::ScatterGather])
             .unwrap();
-        let segments = pool
-            .map(attached.id, Direction::Bidirectional)
-            .unwrap()
-            .segments;
-        (id, segments)
+        pool.map(attached.id, Direction::Bidirectional).unwrap();
+        (id, Identity::of(pool, id).unwrap())
     }
 
     #[test]
@@ -364,13 +456,17 @@ mod tests {
     fn check_revokes_freed_and_migrated_buffers_only() {
         let mut pool = pool();
         let exports = Exports::new();
-        let (kept, kept_segments) = mapped(&mut pool, 0x2000);
-        let (freed, freed_segments) = mapped(&mut pool, 0x2000);
+        let (kept, kept_serial) = mapped(&mut pool, 0x2000);
+        let (freed, freed_serial) = mapped(&mut pool, 0x2000);
         let pages: Vec<Arc<StatusPage>> = (0..2)
             .map(|_| Arc::new(StatusPage::new().unwrap()))
             .collect();
-        exports.add(1, 7, kept, kept_segments, pages[0].clone());
-        exports.add(2, 7, freed, freed_segments, pages[1].clone());
+        exports
+            .add(1, 7, kept, kept_serial, pages[0].clone())
+            .unwrap();
+        exports
+            .add(2, 7, freed, freed_serial, pages[1].clone())
+            .unwrap();
         exports.check(&pool);
         assert_eq!(exports.count(), 2);
         assert_eq!(pages[0].get(), 0);
@@ -387,6 +483,49 @@ mod tests {
         assert!(!exports.release(1, 8), "another holder's export");
         assert!(exports.release(1, 7));
         assert_eq!(pages[0].get(), Revocation::Released as u64);
+        assert_eq!(exports.count(), 0);
+    }
+
+    /// Issue 20, item 12(a), in the model alone: the driver frees leased
+    /// buffer D and maps a new buffer with the same id D on the same
+    /// extent, with no check in between. Same id, same segments: only the
+    /// identity tells them apart.
+    #[test]
+    fn a_driver_id_used_again_on_the_same_extent_is_another_buffer() {
+        use crate::model::{LeasedAttach, LeasedMap, DRIVER_ID_FIRST};
+        let mut pool = pool();
+        let extent = pool.lease(0, 0x1_0000, 1).unwrap()[0];
+        let request = LeasedMap {
+            buffer_id: DRIVER_ID_FIRST,
+            size: 0x1_0000,
+            initial_mask: 0,
+            attachments: vec![LeasedAttach {
+                id: DRIVER_ID_FIRST + 1,
+                mask: kinds::SYSTEM,
+                map_type: MappingType::ScatterGather,
+                importer_types: vec![MappingType::ScatterGather],
+            }],
+            map_index: 0,
+            direction: Direction::Bidirectional,
+            extent: extent.addr,
+        };
+        let old = pool.leased_map(&request).unwrap().segments;
+        let exports = Exports::new();
+        let page = Arc::new(StatusPage::new().unwrap());
+        let identity = Identity::of(&pool, DRIVER_ID_FIRST).unwrap();
+        exports
+            .add(1, 7, DRIVER_ID_FIRST, identity, page.clone())
+            .unwrap();
+
+        let attachment = DRIVER_ID_FIRST + 1;
+        pool.unmap(attachment, Direction::Bidirectional).unwrap();
+        pool.detach(attachment).unwrap();
+        pool.free(DRIVER_ID_FIRST).unwrap();
+        assert_eq!(pool.lease(0, 0x1_0000, 1).unwrap(), vec![extent]);
+        let new = pool.leased_map(&request).unwrap().segments;
+        assert_eq!(new, old, "the same extent again");
+        exports.check(&pool);
+        assert_eq!(page.get(), Revocation::Freed as u64);
         assert_eq!(exports.count(), 0);
     }
 }

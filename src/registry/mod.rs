@@ -40,7 +40,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::device::Device;
 use crate::model::Limits;
-pub use exports::{Exports, Revocation, StatusPage};
+pub use exports::{AddError, Exports, Identity, Revocation, StatusPage};
 
 /// The guest memory of a VM, as the vhost glue keeps it up to date.
 pub type VmMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -322,7 +322,8 @@ impl Drop for Admitted {
             }
         }
         drop(slots);
-        self.vm.exports.revoke_all(Revocation::Disconnected);
+        // Also refuses an export prepared while the VM was leaving.
+        self.vm.exports.close();
     }
 }
 
@@ -407,8 +408,20 @@ mod tests {
         registry.add_socket("a", "a").unwrap();
         let admitted = registry.admit(vm("a", Limits::default())).unwrap();
         let page = Arc::new(StatusPage::new().unwrap());
-        admitted.vm().exports.add(1, 1, 1, Vec::new(), page.clone());
+        let exports = admitted.vm().exports.clone();
+        let identity = Identity {
+            buffer: 1,
+            backing: 2,
+        };
+        exports.add(1, 1, 1, identity, page.clone()).unwrap();
         drop(admitted);
         assert_eq!(page.get(), Revocation::Disconnected as u64);
+        // An export prepared while the VM was leaving is refused.
+        let late = Arc::new(StatusPage::new().unwrap());
+        assert_eq!(
+            exports.add(2, 1, 1, identity, late.clone()),
+            Err(exports::AddError::Closed)
+        );
+        assert_eq!(exports.count(), 0);
     }
 }
