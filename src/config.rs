@@ -53,6 +53,8 @@
 //! control_socket_group = "video"         # mode 0660 instead of 0600
 //! allow_writable_export = false
 //! max_exports_per_client = 64
+//! control_idle_timeout_secs = 60         # a connection with nothing to do
+//! control_request_timeout_secs = 10      # a request to arrive, an answer to go
 //! socket_mode = "0660"
 //! socket_group = "kvm"
 //! user = "cenalloc"
@@ -83,10 +85,12 @@
 use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::control::server::{DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use crate::device::DeviceConfig;
 use crate::listen::{ActivatedSocket, SocketPermissions, DEFAULT_GROUP_MODE, DEFAULT_MODE};
 use crate::model::{
@@ -102,6 +106,20 @@ use crate::sandbox::{self, LandlockMode, SandboxConfig, SeccompMode};
 pub const CONTROL_FD_NAME: &str = "control";
 /// Default number of exports one control connection may hold.
 pub const DEFAULT_MAX_EXPORTS_PER_CLIENT: u32 = 64;
+
+/// Longest control socket timeout the configuration accepts, seconds.
+const MAX_CONTROL_TIMEOUT_SECS: u32 = 86_400;
+
+/// A control socket timeout of `[daemon]`: 1 s to a day, or `default`.
+fn control_timeout(key: &str, secs: Option<u32>, default: Duration) -> Result<Duration, Error> {
+    match secs {
+        None => Ok(default),
+        Some(secs @ 1..=MAX_CONTROL_TIMEOUT_SECS) => Ok(Duration::from_secs(u64::from(secs))),
+        Some(secs) => Err(Error::Daemon(format!(
+            "{key} = {secs}: must be 1..={MAX_CONTROL_TIMEOUT_SECS}"
+        ))),
+    }
+}
 
 /// `[NAME=]PATH` of `--socket-path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -311,6 +329,9 @@ pub struct ControlConfig {
     pub permissions: SocketPermissions,
     pub allow_writable_export: bool,
     pub max_exports_per_client: u32,
+    /// See [`crate::control::server::ControlPolicy`].
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 /// The validated configuration of the daemon.
@@ -524,6 +545,8 @@ struct FileDaemon {
     control_socket_group: Option<String>,
     allow_writable_export: Option<bool>,
     max_exports_per_client: Option<u32>,
+    control_idle_timeout_secs: Option<u32>,
+    control_request_timeout_secs: Option<u32>,
     socket_mode: Option<ModeValue>,
     socket_group: Option<String>,
     user: Option<String>,
@@ -1113,6 +1136,16 @@ impl Config {
                 return Err(Error::DuplicateSocket(listen.to_string()));
             }
         }
+        let idle_timeout = control_timeout(
+            "control_idle_timeout_secs",
+            daemon_file.control_idle_timeout_secs,
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
+        let request_timeout = control_timeout(
+            "control_request_timeout_secs",
+            daemon_file.control_request_timeout_secs,
+            DEFAULT_REQUEST_TIMEOUT,
+        )?;
         let control = control_listen.map(|listen| ControlConfig {
             listen,
             permissions: SocketPermissions {
@@ -1128,6 +1161,8 @@ impl Config {
             max_exports_per_client: daemon_file
                 .max_exports_per_client
                 .unwrap_or(DEFAULT_MAX_EXPORTS_PER_CLIENT),
+            idle_timeout,
+            request_timeout,
         });
 
         let user = args
@@ -1499,6 +1534,20 @@ mod tests {
         let control = config.control.unwrap();
         assert_eq!(control.permissions.mode, 0o600);
         assert!(!control.allow_writable_export);
+        assert_eq!(control.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(control.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn control_timeouts_are_a_second_to_a_day() {
+        assert_eq!(
+            control_timeout("k", Some(1), DEFAULT_IDLE_TIMEOUT).unwrap(),
+            Duration::from_secs(1)
+        );
+        for secs in [0, MAX_CONTROL_TIMEOUT_SECS + 1] {
+            let error = control_timeout("k", Some(secs), DEFAULT_IDLE_TIMEOUT).unwrap_err();
+            assert!(error.to_string().contains("must be 1..="), "{error}");
+        }
     }
 
     #[test]
@@ -1516,6 +1565,7 @@ max_total_bytes = "8G"
 control_socket = "/run/c.sock"
 socket_mode = 0o640
 allow_writable_export = true
+control_idle_timeout_secs = 300
 seccomp = "log"
 landlock = "off"
 [limits]
@@ -1562,6 +1612,8 @@ size = "4M"
         let control = config.control.as_ref().unwrap();
         assert_eq!(control.listen, ListenOn::Path("/run/c.sock".into()));
         assert!(control.allow_writable_export);
+        assert_eq!(control.idle_timeout, Duration::from_secs(300));
+        assert_eq!(control.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(config.sandbox.seccomp, SeccompMode::Log);
         assert_eq!(config.sandbox.landlock, LandlockMode::Off);
         assert_eq!(config.sandbox.removable_dirs, vec![PathBuf::from("/run")]);

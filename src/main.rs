@@ -197,6 +197,8 @@ fn main() -> ExitCode {
         let policy = ControlPolicy {
             allow_writable_export: control.allow_writable_export,
             max_exports_per_client: control.max_exports_per_client,
+            idle_timeout: control.idle_timeout,
+            request_timeout: control.request_timeout,
             ..ControlPolicy::default()
         };
         if let Err(e) = server::spawn(listener, registry.clone(), policy) {

@@ -26,6 +26,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 
+use crate::device::GuestLog;
 use crate::poll::Poller;
 
 /// Guest memory as the vring worker sees it for one event.
@@ -58,11 +59,23 @@ pub enum RingError {
 pub struct Health {
     name: &'static str,
     broken: Option<RingError>,
+    /// A guest can break a ring, have it restarted (a device reset) and
+    /// break it again: the lines are rate-limited.
+    log: GuestLog,
 }
 
 impl Health {
     pub fn new(name: &'static str) -> Self {
-        Health { name, broken: None }
+        Health {
+            name,
+            broken: None,
+            log: GuestLog::default(),
+        }
+    }
+
+    /// Names the VM in the lines logged.
+    pub fn set_vm_name(&mut self, name: &str) {
+        self.log.set_vm(name);
     }
 
     pub fn is_broken(&self) -> bool {
@@ -76,10 +89,10 @@ impl Health {
     /// Stops the queue for `error`; logs the first reason only.
     pub fn fail(&mut self, error: RingError) {
         if self.broken.is_none() {
-            warn!(
+            self.log.warn(format_args!(
                 "{} queue stopped: {error}; it stays stopped until the front-end restarts it",
                 self.name
-            );
+            ));
             self.broken = Some(error);
         }
     }

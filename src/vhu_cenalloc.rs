@@ -24,14 +24,23 @@
 //! The control socket reads the device state through [`DeviceView`]: it
 //! takes `worker` only to copy a snapshot (never `stopping`, which would
 //! hand the guest's chain back), so a kick or a ring stop waits for at most
-//! one such copy. The device tells the VM's [`Exports`] of every command
-//! that changed a backing, before that command touches guest memory and
-//! under `worker` (one atomic load when there are no exports; see
-//! [`crate::registry::exports`]).
+//! one such copy. The other way round, a guest that never lets its ring
+//! drain must not keep the control socket waiting: a reader counts itself
+//! in `readers` before it asks for `worker`, and the worker, between two
+//! steps of work and between two chains, hands its chain back to the ring
+//! as for a ring stop, gives the lock to the waiting readers (a fair
+//! unlock: they get it before the worker takes it again) and goes on where
+//! it stopped. So a control request waits for at most one step of each
+//! VM's work (and may come between two commands of a batch, as during a
+//! ring stop: see [`Device::preparing`]). The device tells the VM's
+//! [`Exports`] of every command that changed a backing, before that
+//! command touches guest memory and under `worker` (one atomic load when
+//! there are no exports; see [`crate::registry::exports`]).
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -101,18 +110,27 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(config: DeviceConfig, exports: &Arc<Exports>) -> Result<Self, Error> {
+    /// The worker of VM `vm` (named in the lines its guest causes), whose
+    /// device tells `exports` of every change of a backing.
+    fn new(config: DeviceConfig, exports: &Arc<Exports>, vm: &str) -> Result<Self, Error> {
+        let mut device = Device::new(config.clone())?.with_watch(exports.clone());
+        device.set_vm_name(vm);
+        let mut control = Health::new("control");
+        control.set_vm_name(vm);
         Ok(Worker {
             poller: Poller::new(config.poll_us),
-            device: Device::new(config)?.with_watch(exports.clone()),
-            control: Health::new("control"),
+            device,
+            control,
             suspended: None,
         })
     }
 
     /// Answers the available control chains. Events a chain produced are
     /// sent right after its answer, before the next chain runs. Returns
-    /// early, handing the chain at hand back, when `stopping` is set.
+    /// early, handing the chain at hand back, when `stopping` is set, or
+    /// when a control request waits in `readers` (after at least one step
+    /// of work): then it returns true, and the caller lets the readers in
+    /// and calls again.
     #[allow(clippy::too_many_arguments)]
     fn serve_control(
         &mut self,
@@ -122,9 +140,9 @@ impl Worker {
         mem: &MemoryGuard,
         event_idx: bool,
         stopping: &AtomicBool,
+        readers: &AtomicUsize,
         filter: &mut dyn chain::Filter,
-    ) {
-        self.device.counters.control_wakeups += 1;
+    ) -> bool {
         let start = Instant::now();
         let polled_before = self.poller.stats().busy_ns;
         let Worker {
@@ -133,7 +151,20 @@ impl Worker {
             suspended,
             poller,
         } = self;
+        // Whether this round did some work yet, and whether it stopped for
+        // the readers.
+        let progressed = Cell::new(false);
+        let for_readers = Cell::new(false);
+        let readers_wait = || {
+            let waiting = progressed.get() && readers.load(Ordering::Acquire) > 0;
+            for_readers.set(for_readers.get() || waiting);
+            waiting
+        };
         let round = ring::serve_polled(control, mem, health, event_idx, poller, |taken| {
+            if readers_wait() {
+                // Untouched: the next round takes it again.
+                return Served::Later;
+            }
             let (position, head) = (taken.position, taken.head);
             let mut walk = Walk::new(taken.chain);
             let mut parsed = chain::parse(&**mem, &mut walk);
@@ -142,7 +173,9 @@ impl Worker {
             }
             filter.request(&mut parsed.request);
             let mut work = work_for(suspended, device, position, head, parsed);
-            let mut yield_now = || stopping.load(Ordering::Acquire);
+            // Asked after a step of work: progress is made either way.
+            progressed.set(true);
+            let mut yield_now = || stopping.load(Ordering::Acquire) || readers_wait();
             match work.run_filtered(device, &**mem, &mut yield_now, filter) {
                 Outcome::Written(written) => {
                     deliver_events(device, &mut lock(event_ring), events, mem);
@@ -172,6 +205,7 @@ impl Worker {
         counters.poll_misses = polls.misses;
         counters.poll_busy_ns = polls.busy_ns;
         counters.poll_window_ns = polls.window_ns;
+        round.end == ring::End::HandedBack && for_readers.get() && !stopping.load(Ordering::Acquire)
     }
 }
 
@@ -266,6 +300,8 @@ fn deliver_events(
 
 /// The cenalloc vhost-user backend of one front-end connection.
 pub struct CenallocBackend {
+    /// The VM's name, for the log.
+    name: String,
     config: DeviceConfig,
     config_space: Vec<u8>,
     mem: Mutex<Option<AtomicMemory>>,
@@ -273,7 +309,9 @@ pub struct CenallocBackend {
     /// A ring stop (or device reset) waits for the worker: it hands its
     /// chain back at its next step.
     stopping: AtomicBool,
-    worker: Mutex<Worker>,
+    /// Control socket requests waiting for `worker` (see the module doc).
+    readers: AtomicUsize,
+    worker: parking_lot::Mutex<Worker>,
     /// The event queue's health, held while the event ring is used.
     event_ring: Mutex<Health>,
     /// The exit events' consumers, owned here: see [`Self::exit_event`].
@@ -292,16 +330,20 @@ impl CenallocBackend {
 
     /// A backend whose exports table is shared with the VM registry.
     pub fn with_exports(config: DeviceConfig, exports: Arc<Exports>) -> Result<Self, Error> {
-        let worker = Worker::new(config.clone(), &exports)?;
+        let worker = Worker::new(config.clone(), &exports, SINGLE_VM_NAME)?;
         let config_space = config.config_space().as_slice().to_vec();
+        let mut event_ring = Health::new("event");
+        event_ring.set_vm_name(SINGLE_VM_NAME);
         Ok(CenallocBackend {
+            name: SINGLE_VM_NAME.to_string(),
             config,
             config_space,
             mem: Mutex::new(None),
             event_idx: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            worker: Mutex::new(worker),
-            event_ring: Mutex::new(Health::new("event")),
+            readers: AtomicUsize::new(0),
+            worker: parking_lot::Mutex::new(worker),
+            event_ring: Mutex::new(event_ring),
             exit_consumers: Mutex::new(Vec::new()),
             #[cfg(feature = "fault-injection")]
             fault: None,
@@ -320,6 +362,20 @@ impl CenallocBackend {
         self
     }
 
+    /// The backend of VM `name` (named in the log; default
+    /// [`SINGLE_VM_NAME`]).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        let worker = self.worker.get_mut();
+        worker.device.set_vm_name(name);
+        worker.control.set_vm_name(name);
+        self.event_ring
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set_vm_name(name);
+        self
+    }
+
     /// Shared handle, as `VhostUserDaemon` wants it.
     pub fn new_shared(config: DeviceConfig) -> Result<Arc<Self>, Error> {
         Ok(Arc::new(Self::new(config)?))
@@ -327,9 +383,9 @@ impl CenallocBackend {
 
     /// The worker's state, once the worker has handed back what it was
     /// doing (for the front-end's requests, which must not wait a batch).
-    fn stop_worker(&self) -> MutexGuard<'_, Worker> {
+    fn stop_worker(&self) -> parking_lot::MutexGuard<'_, Worker> {
         self.stopping.store(true, Ordering::Release);
-        let worker = lock(&self.worker);
+        let worker = self.worker.lock();
         self.stopping.store(false, Ordering::Release);
         worker
     }
@@ -337,7 +393,7 @@ impl CenallocBackend {
     /// A kick that cannot be served: the queue stops (logged once).
     fn bad_kick(&self, queue: u16, reason: String) {
         match queue {
-            CENALLOC_VQ_CONTROL => lock(&self.worker).control.fail(RingError::BadKick(reason)),
+            CENALLOC_VQ_CONTROL => self.worker.lock().control.fail(RingError::BadKick(reason)),
             CENALLOC_VQ_EVENT => lock(&self.event_ring).fail(RingError::BadKick(reason)),
             other => warn!("event on unknown queue {other}"),
         }
@@ -373,7 +429,7 @@ impl VhostUserBackend for CenallocBackend {
     fn reset_device(&self) {
         debug!("device reset: dropping all buffers");
         let mut worker = self.stop_worker();
-        match Worker::new(self.config.clone(), &self.exports) {
+        match Worker::new(self.config.clone(), &self.exports, &self.name) {
             Ok(fresh) => *worker = fresh,
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
@@ -484,7 +540,7 @@ impl VhostUserBackend for CenallocBackend {
         ) else {
             return Ok(());
         };
-        let mut worker = lock(&self.worker);
+        let mut worker = self.worker.lock();
         let mut honest = chain::Honest;
         #[cfg(feature = "fault-injection")]
         let mut injector = self.fault.as_ref().map(lock);
@@ -496,15 +552,23 @@ impl VhostUserBackend for CenallocBackend {
         #[cfg(not(feature = "fault-injection"))]
         let filter: &mut dyn chain::Filter = &mut honest;
         match device_event {
-            CENALLOC_VQ_CONTROL => worker.serve_control(
-                control,
-                events,
-                &self.event_ring,
-                &mem,
-                self.event_idx.load(Ordering::Acquire),
-                &self.stopping,
-                filter,
-            ),
+            CENALLOC_VQ_CONTROL => {
+                worker.device.counters.control_wakeups += 1;
+                while worker.serve_control(
+                    control,
+                    events,
+                    &self.event_ring,
+                    &mem,
+                    self.event_idx.load(Ordering::Acquire),
+                    &self.stopping,
+                    &self.readers,
+                    &mut *filter,
+                ) {
+                    // A fair unlock: the readers waiting get the lock
+                    // before this thread takes it again.
+                    parking_lot::MutexGuard::bump(&mut worker);
+                }
+            }
             // Buffers posted, or the ring (re)started: send what waits.
             CENALLOC_VQ_EVENT => deliver_events(
                 &mut worker.device,
@@ -520,9 +584,13 @@ impl VhostUserBackend for CenallocBackend {
 
 impl DeviceView for CenallocBackend {
     /// Holds `worker` for the copy only; never sets `stopping` (that would
-    /// hand the guest's chain back to its ring).
+    /// hand the guest's chain back to its ring). Counted in `readers` while
+    /// it waits, so that the worker lets it in within one step of work.
     fn with_device(&self, f: &mut dyn FnMut(&Device)) {
-        f(&lock(&self.worker).device)
+        self.readers.fetch_add(1, Ordering::AcqRel);
+        let worker = self.worker.lock();
+        self.readers.fetch_sub(1, Ordering::AcqRel);
+        f(&worker.device)
     }
 }
 
@@ -557,8 +625,11 @@ pub fn serve_one(
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
     let exports = Arc::new(Exports::new());
-    let backend =
-        Arc::new(CenallocBackend::with_exports(config.clone(), exports.clone())?.with_hooks(hooks));
+    let backend = Arc::new(
+        CenallocBackend::with_exports(config.clone(), exports.clone())?
+            .with_hooks(hooks)
+            .named(name),
+    );
     let memory = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         thread_name(name),

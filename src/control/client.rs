@@ -26,6 +26,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,13 @@ pub struct Client {
     pending_files: Vec<File>,
 }
 
+/// The connection's socket (to poll it, or to see it closed).
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
 impl Client {
     pub fn connect<P: AsRef<Path>>(path: P) -> Result<Self, Error> {
         let stream = UnixStream::connect(path.as_ref()).map_err(|source| Error::Connect {
@@ -90,8 +98,13 @@ impl Client {
     /// Sends one request and waits for its answer; returns the result and
     /// the descriptors that came with it.
     pub fn call(&mut self, request: &Request) -> Result<(serde_json::Value, Vec<File>), Error> {
-        self.stream.write_all(&encode_request(request))?;
-        let (line, files) = self.read_line()?;
+        let (line, files) = match self.stream.write_all(&encode_request(request)) {
+            Ok(()) => self.read_line()?,
+            // A daemon that refuses a connection (its maximum of clients
+            // reached) writes why and closes it, maybe before the request
+            // came: that answer is still there to read.
+            Err(e) => self.read_line().map_err(|_| Error::from(e))?,
+        };
         let answer: Answer = serde_json::from_slice(&line)
             .map_err(|e| Error::Protocol(format!("bad answer: {e}")))?;
         if answer.v != PROTOCOL_VERSION {

@@ -100,8 +100,9 @@ pub fn export(
             return Err(fail(
                 ErrorCode::NotExportable,
                 format!(
-                    "buffer {buffer} of VM {:?}: a MAP interrupted by a ring stop is still \
-                     preparing its backing; try again once the VM runs",
+                    "buffer {buffer} of VM {:?}: a MAP interrupted (by a ring stop, or to \
+                     let a control request in) is still preparing its backing; try again \
+                     once the VM runs",
                     vm.name
                 ),
             ));

@@ -24,6 +24,14 @@
 //! [`MAX_REQUEST_BYTES`] is answered `too_large` and the connection
 //! closed. Unknown fields are refused (`bad_request`), so a typo is never
 //! silently ignored; a new optional field means a new version.
+//!
+//! Connections are bounded in time (see [`super::server`]): a request must
+//! arrive whole, and its answer be read, within the daemon's request
+//! timeout (default 10 s); a connection that holds no export and has no
+//! request in progress is closed after the idle timeout (default 60 s), or
+//! earlier to make room when the daemon has its maximum of clients. A
+//! client that asks now and then without holding exports connects for
+//! each round of requests.
 
 use std::collections::BTreeMap;
 

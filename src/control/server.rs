@@ -2,11 +2,24 @@
 //! (at most [`ControlPolicy::max_clients`]) reads request lines and
 //! answers them (see [`super::protocol`]).
 //!
-//! A client affects nobody else: requests only copy snapshots of device
-//! state (the device lock is held for the copy, never across I/O), a client
-//! that stops reading its answers blocks only its own thread (and is
-//! dropped after a write timeout), and a client that goes away, even
-//! mid-request, releases every export it held.
+//! A client affects nobody else:
+//! - requests only copy snapshots of device state (the device lock is held
+//!   for the copy, never across I/O), and a VM's queue worker hands its
+//!   lock to a waiting control request within one step of its work, so
+//!   every request is answered within [`ANSWER_BOUND`] whatever the guests
+//!   do;
+//! - a request must arrive whole within [`ControlPolicy::request_timeout`]
+//!   of its first byte, and its answer be taken within as long, or the
+//!   connection is closed; a connection with no request in progress and no
+//!   export held is closed after [`ControlPolicy::idle_timeout`];
+//! - when [`ControlPolicy::max_clients`] are connected, a new client takes
+//!   the place of the one whose last byte came longest ago among those
+//!   that hold no export and whose request is not being handled (silent,
+//!   stalled or slow-reading connections never lock anyone out); only when
+//!   every connection holds exports or is being handled is the new one
+//!   refused (with an error line, then closed);
+//! - a client that goes away, even mid-request, or is closed for one of
+//!   the reasons above, releases every export it held.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,8 +27,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -25,16 +38,27 @@ use super::protocol::*;
 use crate::model::Strategy;
 use crate::registry::{self, Exports, Registry, StatusPage, Vm};
 
-/// How long an answer may wait for a client that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every control request is answered within this, whatever the guests do.
+pub const ANSWER_BOUND: Duration = Duration::from_secs(1);
+/// Default of [`ControlPolicy::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`ControlPolicy::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What control clients may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlPolicy {
     pub allow_writable_export: bool,
     pub max_exports_per_client: u32,
-    /// Clients connected at once; more are refused.
+    /// Clients connected at once; a new one takes the place of a quiet
+    /// connection that holds no export, or is refused (see the module
+    /// doc).
     pub max_clients: u32,
+    /// A connection without a request in progress and without exports is
+    /// closed after this long.
+    pub idle_timeout: Duration,
+    /// A request must arrive whole, and its answer be taken, within this.
+    pub request_timeout: Duration,
 }
 
 impl Default for ControlPolicy {
@@ -43,16 +67,98 @@ impl Default for ControlPolicy {
             allow_writable_export: false,
             max_exports_per_client: 64,
             max_clients: 32,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
+}
+
+/// A connection as the accept loop sees it, to make room for a new one.
+struct Presence {
+    /// The connection's socket (a second handle), to close it.
+    stream: UnixStream,
+    /// When its last byte came or its last answer went.
+    last_active: Instant,
+    /// A complete request is being handled (its answer not built yet).
+    answering: bool,
+    /// Exports it held after its last answer.
+    exports: usize,
+    /// Closed to make room: its thread ends without answering.
+    evicted: bool,
+}
+
+type Slot = Arc<Mutex<Presence>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// State shared by the client threads.
 struct Shared {
     registry: Arc<Registry>,
     policy: ControlPolicy,
-    clients: AtomicU64,
+    /// Every client thread's connection, by client id.
+    clients: Mutex<BTreeMap<u64, Slot>>,
     requests: AtomicU64,
+}
+
+impl Shared {
+    /// Connections not closed to make room.
+    fn live_clients(&self) -> u64 {
+        lock(&self.clients)
+            .values()
+            .filter(|slot| !lock(slot).evicted)
+            .count() as u64
+    }
+
+    /// Admits a new connection as client `id`: at once while fewer than
+    /// `max_clients` are connected, else in the place of the connection
+    /// whose last byte came longest ago among those that hold no export
+    /// and are not being answered (it is closed). `None` when every one
+    /// holds exports or is being answered (or the connection cannot be
+    /// watched).
+    fn admit(&self, id: u64, stream: &UnixStream) -> Option<Slot> {
+        let handle = match stream.try_clone() {
+            Ok(handle) => handle,
+            Err(e) => {
+                warn!("control socket: cannot keep a connection handle: {e}");
+                return None;
+            }
+        };
+        let mut clients = lock(&self.clients);
+        let live: Vec<Slot> = clients
+            .values()
+            .filter(|slot| !lock(slot).evicted)
+            .cloned()
+            .collect();
+        if live.len() as u64 >= u64::from(self.policy.max_clients) {
+            let quietest = live
+                .iter()
+                .filter_map(|slot| {
+                    let presence = lock(slot);
+                    (!presence.answering && presence.exports == 0)
+                        .then_some((presence.last_active, slot))
+                })
+                .min_by_key(|(last_active, _)| *last_active)
+                .map(|(_, slot)| slot)?;
+            let mut presence = lock(quietest);
+            presence.evicted = true;
+            let _ = presence.stream.shutdown(std::net::Shutdown::Both);
+            info!(
+                "control socket: a connection quiet for {:?} closed to make room for a new one",
+                presence.last_active.elapsed()
+            );
+        }
+        let slot = Arc::new(Mutex::new(Presence {
+            stream: handle,
+            last_active: Instant::now(),
+            answering: false,
+            exports: 0,
+            evicted: false,
+        }));
+        clients.insert(id, slot.clone());
+        Some(slot)
+    }
 }
 
 /// Starts serving control clients on `listener` in a thread of its own.
@@ -64,7 +170,7 @@ pub fn spawn(
     let shared = Arc::new(Shared {
         registry,
         policy,
-        clients: AtomicU64::new(0),
+        clients: Mutex::new(BTreeMap::new()),
         requests: AtomicU64::new(0),
     });
     std::thread::Builder::new()
@@ -82,20 +188,21 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let live = shared.clients.fetch_add(1, Ordering::AcqRel);
-        if live >= u64::from(shared.policy.max_clients) {
-            shared.clients.fetch_sub(1, Ordering::AcqRel);
+        let id = shared.registry.next_id();
+        let Some(presence) = shared.admit(id, &stream) else {
             let mut stream = stream;
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
             let _ = stream.write_all(&encode_answer(Outcome::Error(ErrorBody {
                 code: ErrorCode::Internal,
                 message: format!(
-                    "{live} control clients connected, the daemon serves at most {}",
+                    "{} control clients connected, each holding exports or being answered; \
+                     the daemon serves at most {}",
+                    shared.live_clients(),
                     shared.policy.max_clients
                 ),
             })));
             continue;
-        }
-        let id = shared.registry.next_id();
+        };
         let client_shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("control-{id}"))
@@ -105,13 +212,17 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                     stream,
                     shared: client_shared,
                     exports: Vec::new(),
+                    presence,
                 };
                 client.serve();
-                client.shared.clients.fetch_sub(1, Ordering::AcqRel);
+                let shared = client.shared.clone();
+                // Its exports are released before it stops counting.
+                drop(client);
+                lock(&shared.clients).remove(&id);
             });
         if let Err(e) = spawned {
             warn!("control socket: cannot start a client thread: {e}");
-            shared.clients.fetch_sub(1, Ordering::AcqRel);
+            lock(&shared.clients).remove(&id);
         }
     }
 }
@@ -128,6 +239,7 @@ struct Client {
     stream: UnixStream,
     shared: Arc<Shared>,
     exports: Vec<Held>,
+    presence: Slot,
 }
 
 impl Drop for Client {
@@ -169,17 +281,20 @@ fn value<T: serde::Serialize>(result: T) -> Handled {
 
 impl Client {
     fn serve(&mut self) {
-        if let Err(e) = self.stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
-            warn!("control client {}: {e}", self.id);
-        }
         let mut pending: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 16 << 10];
+        // When the first byte of the request in `pending` came.
+        let mut request_since: Option<Instant> = None;
+        let mut last_active = Instant::now();
         loop {
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                if self.answer(&line[..line.len() - 1]).is_err() {
+                if !self.start_answer() || self.answer(&line[..line.len() - 1]).is_err() {
                     return;
                 }
+                last_active = Instant::now();
+                lock(&self.presence).last_active = last_active;
+                request_since = (!pending.is_empty()).then_some(last_active);
             }
             if pending.len() >= MAX_REQUEST_BYTES {
                 let _ = self.send(Err(error(
@@ -187,6 +302,36 @@ impl Client {
                     format!("a request line is at most {MAX_REQUEST_BYTES} bytes"),
                 )));
                 self.linger();
+                return;
+            }
+            let policy = self.shared.policy.clone();
+            let timeout = match request_since {
+                Some(since) => since + policy.request_timeout,
+                None => last_active + policy.idle_timeout,
+            }
+            .saturating_duration_since(Instant::now());
+            // A connection that holds exports is not idle: it is woken
+            // now and then to see whether they were all revoked.
+            let timeout = if request_since.is_none() && self.holds_exports() {
+                policy.idle_timeout
+            } else if timeout.is_zero() {
+                match request_since {
+                    Some(_) => info!(
+                        "control client {}: no whole request within {:?} ({} bytes): closed",
+                        self.id,
+                        policy.request_timeout,
+                        pending.len()
+                    ),
+                    None => debug!("control client {}: idle: closed", self.id),
+                }
+                return;
+            } else {
+                timeout
+            };
+            // Never 0, which would mean no timeout.
+            let timeout = Some(timeout.max(Duration::from_millis(1)));
+            if let Err(e) = self.stream.set_read_timeout(timeout) {
+                warn!("control client {}: {e}", self.id);
                 return;
             }
             match self.stream.read(&mut chunk) {
@@ -200,14 +345,66 @@ impl Client {
                     }
                     return;
                 }
-                Ok(n) => pending.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(n) => {
+                    last_active = Instant::now();
+                    if pending.is_empty() {
+                        request_since = Some(last_active);
+                    }
+                    pending.extend_from_slice(&chunk[..n]);
+                    let mut presence = lock(&self.presence);
+                    if presence.evicted {
+                        return;
+                    }
+                    presence.last_active = last_active;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => {
                     debug!("control client {}: {e}", self.id);
                     return;
                 }
             }
         }
+    }
+
+    /// Whether the connection still holds an export that is valid (and
+    /// tells the accept loop).
+    fn holds_exports(&mut self) -> bool {
+        let valid = self.valid_exports();
+        lock(&self.presence).exports = valid;
+        valid > 0
+    }
+
+    /// Exports held and not revoked (a revoked one may still be released).
+    fn valid_exports(&self) -> usize {
+        self.exports
+            .iter()
+            .filter(|held| held.status.get() == 0)
+            .count()
+    }
+
+    /// Marks the connection as being answered; false if it was closed to
+    /// make room meanwhile.
+    fn start_answer(&mut self) -> bool {
+        let mut presence = lock(&self.presence);
+        presence.answering = !presence.evicted;
+        presence.answering
+    }
+
+    /// The request is handled: from here the connection may be closed to
+    /// make room again (a client slow to take its answer is no reason to
+    /// refuse a new one), with the exports it holds now.
+    fn end_answer(&mut self) {
+        let exports = self.valid_exports();
+        let mut presence = lock(&self.presence);
+        presence.answering = false;
+        presence.exports = exports;
+        presence.last_active = Instant::now();
     }
 
     /// Closes the connection gracefully after a fatal error: no more
@@ -232,18 +429,24 @@ impl Client {
     fn answer(&mut self, line: &[u8]) -> io::Result<()> {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let result = decode_request(line).and_then(|request| self.handle(request));
+        self.end_answer();
         self.send(result)
     }
 
+    /// Sends an answer; the client must take it within the request
+    /// timeout.
     fn send(&mut self, result: Handled) -> io::Result<()> {
+        let deadline = Instant::now() + self.shared.policy.request_timeout;
         let (line, files) = match result {
             Ok((value, files)) => (encode_answer(Outcome::Ok(value)), files),
             Err(body) => (encode_answer(Outcome::Error(body)), Vec::new()),
         };
         if files.is_empty() {
-            return self.stream.write_all(&line);
+            return self.write_by(&line, deadline);
         }
         let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        self.stream
+            .set_write_timeout(Some(self.shared.policy.request_timeout))?;
         let sent = loop {
             match self.stream.send_with_fds(&[&line[..]], &fds) {
                 Ok(sent) => break sent,
@@ -252,7 +455,33 @@ impl Client {
             }
         };
         // The descriptors rode with the first byte; the rest is plain.
-        self.stream.write_all(&line[sent..])
+        self.write_by(&line[sent..], deadline)
+    }
+
+    /// Writes all of `bytes` before `deadline`, or fails.
+    fn write_by(&mut self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                debug!("control client {}: answer not taken in time", self.id);
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream
+                .set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+            match self.stream.write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn handle(&mut self, request: Request) -> Handled {
@@ -378,7 +607,7 @@ impl Client {
                 .filter_map(|l| l.vm.as_ref())
                 .map(|vm| vm.exports.count() as u64)
                 .sum(),
-            control_clients: self.shared.clients.load(Ordering::Relaxed),
+            control_clients: self.shared.live_clients(),
             control_requests: self.shared.requests.load(Ordering::Relaxed),
             max_vms: u64::from(limits.max_vms),
             max_buffers: limits.max_buffers,

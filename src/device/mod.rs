@@ -20,11 +20,13 @@ use crate::protocol::*;
 mod config;
 mod error;
 mod frame;
+mod guest_log;
 mod guest_mem;
 
 pub use config::DeviceConfig;
 pub use error::Error;
 pub use frame::{MAX_RESPONSE_BYTES, MAX_SLOT_BYTES};
+pub use guest_log::{GuestLog, GUEST_LOG_BURST, GUEST_LOG_PER_SEC};
 pub use guest_mem::{checksum, copy_segments, fill_pattern, zero_segments, Work, CHUNK};
 
 use config::placement_flags;
@@ -51,8 +53,10 @@ pub struct DeviceCounters {
     pub control_signals: u64,
     /// Time spent answering control chains, nanoseconds.
     pub control_busy_ns: u64,
-    /// LEASED_MAPs refused (each one logged), LEASE_REVOKE events queued.
+    /// LEASED_MAPs and LEASE_RETURNs refused (each one counted, logged
+    /// at a limited rate: [`GuestLog`]), LEASE_REVOKE events queued.
     pub leased_maps_refused: u64,
+    pub lease_returns_refused: u64,
     pub lease_revokes: u64,
     /// Polling of the control queue after an answer (the queue glue's):
     /// polls that found a request, polls that did not, time spent
@@ -64,7 +68,8 @@ pub struct DeviceCounters {
     /// RESET commands run (the device state was dropped).
     pub resets: u64,
     /// Times a batch stopped between two steps of work because its ring
-    /// was being stopped (it resumes when the ring runs again).
+    /// was being stopped or a control socket request was waiting for the
+    /// device (it resumes when the ring runs again, or at once).
     pub batches_interrupted: u64,
 }
 
@@ -177,6 +182,8 @@ pub struct Device {
     /// The buffer whose new backing a suspended MAP is still zeroing or
     /// copying into ([`Device::preparing`]).
     preparing: Option<u32>,
+    /// Lines the guest's requests cause, rate-limited.
+    log: GuestLog,
 }
 
 impl Device {
@@ -189,7 +196,13 @@ impl Device {
             counters: DeviceCounters::default(),
             watch: None,
             preparing: None,
+            log: GuestLog::default(),
         })
+    }
+
+    /// Names the VM in the lines this device logs.
+    pub fn set_vm_name(&mut self, name: &str) {
+        self.log.set_vm(name);
     }
 
     /// The buffer whose new backing a suspended batch's MAP has not
@@ -590,7 +603,8 @@ impl Device {
                 self.pool
                     .lease_return(req.allocator_id as usize, &extents)
                     .map_err(|e| {
-                        warn!("LEASE_RETURN refused: {e}");
+                        self.log.warn(format_args!("LEASE_RETURN refused: {e}"));
+                        self.counters.lease_returns_refused += 1;
                         e
                     })?;
                 Ok((0, Produced::Nothing))
@@ -897,7 +911,8 @@ impl Device {
     }
 
     /// LEASED_MAP: decodes the records; the model validates and applies
-    /// all or nothing. A refusal is logged: an honest driver never sees one.
+    /// all or nothing. A refusal is counted and logged (at a limited rate):
+    /// an honest driver never sees one.
     fn leased_map(&mut self, payload: &[u8], slot: &mut [u8]) -> Result<usize, Error> {
         let req: LeasedMapReq = read_struct(payload, 0).ok_or(Error::PayloadLength {
             need: size_of::<LeasedMapReq>(),
@@ -947,10 +962,10 @@ impl Device {
             extent: req.extent,
         };
         let mapped = self.pool.leased_map(&request).map_err(|e| {
-            warn!(
+            self.log.warn(format_args!(
                 "LEASED_MAP of buffer {:#x} on extent {:#x} refused: {e}",
                 request.buffer_id, request.extent
-            );
+            ));
             self.counters.leased_maps_refused += 1;
             e
         })?;

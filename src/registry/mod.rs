@@ -14,9 +14,11 @@
 //! reads it through [`DeviceView::with_device`], which holds the worker's
 //! lock only for the closure: a snapshot copy, or one buffer's backing
 //! looked up and an export recorded. So a kick or a vhost-user request of
-//! QEMU waits for at most one such copy, while the control side may wait
-//! for the worker's current round. The registry's own mutex guards only
-//! the table of names.
+//! QEMU waits for at most one such copy, and the control side for at most
+//! one step of the worker's work: the worker lets a waiting reader in
+//! between two steps, whatever the guest keeps on its ring (see
+//! [`crate::vhu_cenalloc`]). The registry's own mutex guards only the
+//! table of names.
 //!
 //! # Limits
 //! Per VM: the model's [`Limits`] of its device configuration. Daemon
