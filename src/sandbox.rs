@@ -13,10 +13,10 @@
 //! 2. **Privileges**: started as root with `--user USER`, the daemon drops
 //!    to that user's uid and gid with no supplementary groups (every
 //!    capability goes with uid 0).
-//! 3. **seccomp** ([`seccompiler`]): an allowlist ([`allowed_syscalls`],
-//!    45 syscalls, on every thread) derived by tracing the daemon through the integration
-//!    tests (several VMs, every control request, exports, reconnects,
-//!    SIGTERM). A syscall outside it kills the daemon (`--seccomp kill`,
+//! 3. **seccomp** ([`seccompiler`]), on every thread: an allowlist
+//!    ([`allowed_syscalls`], 45 syscalls) derived by tracing the daemon
+//!    through the integration tests (several VMs, every control request,
+//!    exports, reconnects, SIGTERM). A syscall outside it kills the daemon (`--seccomp kill`,
 //!    the default), raises SIGSYS (`trap`), is only logged by the kernel
 //!    (`log`), or nothing is filtered (`none`). Arguments are checked where
 //!    it matters: `clone` only for threads (`CLONE_THREAD`; `clone3`, whose
