@@ -1229,12 +1229,36 @@ impl DaemonProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Open file descriptors of the daemon process.
-    pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|dir| dir.count())
-            .unwrap_or(0)
+    /// What the daemon process holds now. Fails the test if the daemon
+    /// exited (a zombie lists no descriptors, threads or mappings).
+    pub fn held(&mut self) -> Held {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("cenallocd exited ({status}):\n{}", self.log_text());
+        }
+        let proc_dir = PathBuf::from(format!("/proc/{}", self.child.id()));
+        let entries = |name: &str| std::fs::read_dir(proc_dir.join(name)).unwrap().count();
+        let held = Held {
+            fds: entries("fd"),
+            threads: entries("task"),
+            maps: std::fs::read_to_string(proc_dir.join("maps"))
+                .unwrap()
+                .lines()
+                .count(),
+        };
+        assert!(
+            held.fds > 0 && held.threads > 0 && held.maps > 0,
+            "cenallocd holds nothing: {held:?}"
+        );
+        held
     }
+}
+
+/// What a process holds: open descriptors, threads, memory mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub fds: usize,
+    pub threads: usize,
+    pub maps: usize,
 }
 
 impl Drop for DaemonProcess {
