@@ -6,8 +6,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use cenalloc::control::client::Client;
 use cenalloc::device::DeviceConfig;
 use cenalloc::protocol::*;
 use common::*;
@@ -151,13 +153,32 @@ fn events_produced_while_the_event_ring_is_stopped_come_after_restart() {
     assert_eq!(json["device"]["events_dropped"], 0, "{json}");
 }
 
+/// Control-queue kicks the daemon's only VM has handled (its
+/// `control_wakeups` counter, through the control socket: the control
+/// queue itself may be stopped).
+fn wakeups(control: &Path) -> u64 {
+    let stats = Client::connect(control).unwrap().stats(None).unwrap();
+    stats.vms[0].device["control_wakeups"]
+}
+
+/// Kicks the control queue and waits until the worker handled the kick.
+fn kick_handled(control: &Path, harness: &Harness) {
+    let before = wakeups(control);
+    harness.kick(0);
+    let deadline = Instant::now() + ANSWER_BOUND * 10;
+    while wakeups(control) == before {
+        assert!(Instant::now() < deadline, "the kick was never handled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The daemon answers GET_CONFIG and GET_VRING_BASE within the bound, has
-/// logged `BROKEN` exactly once (after `kicks` more kicks), and serves the
-/// queue again once it is restarted at a sane base.
-fn check_contained(daemon: &DaemonProcess, harness: &mut Harness, kicks: usize) {
+/// logged `BROKEN` exactly once (after `kicks` more kicks, each handled by
+/// the worker), and serves the queue again once it is restarted at a sane
+/// base.
+fn check_contained(daemon: &DaemonProcess, control: &Path, harness: &mut Harness, kicks: usize) {
     for _ in 0..kicks {
-        harness.kick(0);
-        std::thread::sleep(Duration::from_millis(20));
+        kick_handled(control, harness);
     }
     let size = size_of::<Config>() as u32;
     let answer = timed_request(&harness.frontend, ANSWER_BOUND, move |frontend| {
@@ -193,7 +214,7 @@ fn check_contained(daemon: &DaemonProcess, harness: &mut Harness, kicks: usize) 
 }
 
 fn broken_avail_index(event_idx: bool) {
-    let daemon = DaemonProcess::spawn(&[]);
+    let (daemon, control) = DaemonProcess::spawn_with_control(&[]);
     let wanted = if event_idx {
         WANTED_FEATURES
     } else {
@@ -205,7 +226,7 @@ fn broken_avail_index(event_idx: bool) {
     harness.run(Cmd::create(4096, 0)).ok();
     let used = harness.control_used_idx();
     harness.write_avail_idx(0, used.wrapping_add(QUEUE_SIZE + 7));
-    check_contained(&daemon, &mut harness, 3);
+    check_contained(&daemon, &control, &mut harness, 3);
 }
 
 #[test]
@@ -220,20 +241,20 @@ fn an_avail_index_out_of_range_stops_the_queue_without_event_idx() {
 
 #[test]
 fn set_vring_base_far_from_the_avail_index_stops_the_queue() {
-    let daemon = DaemonProcess::spawn(&[]);
+    let (daemon, control) = DaemonProcess::spawn_with_control(&[]);
     let mut harness = Harness::connect(&daemon.socket, WANTED_FEATURES);
     harness.donate_all();
     harness.run(Cmd::create(4096, 0)).ok();
     let bases = harness.stop_queues();
     harness.start_queues(&[bases[0].wrapping_add(1000), bases[1]]);
     harness.kick(0);
-    check_contained(&daemon, &mut harness, 2);
+    check_contained(&daemon, &control, &mut harness, 2);
 }
 
 /// Publishes one chain made of `descs` (table index, addr, len, flags,
 /// next), head at index 0, and checks the queue stops.
 fn cut_chain(descs: &[(u16, u64, u32, u16, u16)]) {
-    let daemon = DaemonProcess::spawn(&[]);
+    let (daemon, control) = DaemonProcess::spawn_with_control(&[]);
     let mut harness = Harness::connect(&daemon.socket, WANTED_FEATURES);
     harness.donate_all();
     harness.run(Cmd::create(4096, 0)).ok();
@@ -241,7 +262,7 @@ fn cut_chain(descs: &[(u16, u64, u32, u16, u16)]) {
         harness.write_control_desc(index, addr, len, flags, next);
     }
     harness.publish_control_head(0);
-    check_contained(&daemon, &mut harness, 2);
+    check_contained(&daemon, &control, &mut harness, 2);
 }
 
 #[test]
@@ -269,20 +290,20 @@ fn a_next_index_outside_the_table_stops_the_queue() {
 
 #[test]
 fn an_avail_index_behind_the_device_stops_the_queue() {
-    let daemon = DaemonProcess::spawn(&[]);
+    let (daemon, control) = DaemonProcess::spawn_with_control(&[]);
     let mut harness = Harness::connect(&daemon.socket, WANTED_FEATURES);
     harness.donate_all();
     harness.run(Cmd::create(4096, 0)).ok();
     let used = harness.control_used_idx();
     harness.write_avail_idx(0, used.wrapping_sub(2));
-    check_contained(&daemon, &mut harness, 2);
+    check_contained(&daemon, &control, &mut harness, 2);
 }
 
 /// A front-end that sets a kick but never the ring addresses: the queue is
 /// started with no rings. Kicking it touches no guest memory.
 #[test]
 fn a_kick_on_a_queue_without_rings_is_contained() {
-    let daemon = DaemonProcess::spawn(&[]);
+    let (daemon, control) = DaemonProcess::spawn_with_control(&[]);
     let ram = GuestRam::new();
     ram.fill(0, 0x1_0000, 0x5c);
     let mut frontend = Frontend::connect(&daemon.socket, CENALLOC_NUM_VQS as u64).unwrap();
@@ -300,8 +321,13 @@ fn a_kick_on_a_queue_without_rings_is_contained() {
     frontend.set_vring_kick(0, &kick).unwrap();
     frontend.set_vring_enable(0, true).unwrap();
     for _ in 0..3 {
+        let before = wakeups(&control);
         kick.write(1).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        let deadline = Instant::now() + ANSWER_BOUND * 10;
+        while wakeups(&control) == before {
+            assert!(Instant::now() < deadline, "the kick was never handled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     let size = size_of::<Config>() as u32;
     let (result, took) = timed_request(&frontend, ANSWER_BOUND, move |frontend| {

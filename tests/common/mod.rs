@@ -1238,6 +1238,29 @@ impl DaemonProcess {
         DaemonProcess { child, socket, log }
     }
 
+    /// [`DaemonProcess::spawn`] with a control socket too; returns its
+    /// path once it accepts.
+    pub fn spawn_with_control(args: &[&str]) -> (Self, PathBuf) {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let control = std::env::temp_dir().join(format!(
+            "cenallocd-proc-{}-{n}-control.sock",
+            std::process::id()
+        ));
+        let mut all = vec!["--control-socket", control.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let daemon = Self::spawn(&all);
+        let deadline = Instant::now() + TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&control).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the control socket never accepted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (daemon, control)
+    }
+
     /// What the daemon logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
