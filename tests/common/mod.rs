@@ -685,6 +685,24 @@ impl Harness {
         queue.kick.write(1).unwrap();
     }
 
+    /// Whether the last kick of queue `index` is still unread: the
+    /// device's worker reads the kick eventfd right before it serves the
+    /// ring, so once this is false it has taken what was posted before.
+    pub fn kick_pending(&self, index: usize) -> bool {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        let mut pfd = libc::pollfd {
+            fd: queue.kick.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    }
+
     /// Writes `idx` as the avail index of queue `index`, as a broken or
     /// malicious driver would, and kicks. The harness's own count is not
     /// changed.
