@@ -685,6 +685,23 @@ impl Harness {
         queue.kick.write(1).unwrap();
     }
 
+    /// The avail index after which the device asks to be kicked
+    /// (`avail_event`, EVENT_IDX): it writes it when it re-enables
+    /// notifications at the end of a pass, i.e. once it took every chain
+    /// up to there.
+    pub fn avail_event(&self, index: usize) -> u16 {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        let addr = queue.used + 4 + 8 * u64::from(QUEUE_SIZE);
+        self.ram
+            .mem
+            .load(GuestAddress(addr), Ordering::Acquire)
+            .unwrap()
+    }
+
     /// Whether the last kick of queue `index` is still unread: the
     /// device's worker reads the kick eventfd right before it serves the
     /// ring, so once this is false it has taken what was posted before.
