@@ -1,6 +1,7 @@
-//! Process hygiene of `cenallocd` across front-end connections: nothing
-//! the daemon holds (descriptors, threads, memory mappings) grows with the
-//! number of connections it served.
+//! Front-end connections: one front-end per socket at a time, the next
+//! one served when it leaves (README); and process hygiene across them:
+//! nothing the daemon holds (descriptors, threads, memory mappings) grows
+//! with the number of connections it served.
 
 mod common;
 
@@ -48,4 +49,44 @@ fn a_hundred_connections_leak_nothing() {
     );
     // It outlived the last one's teardown: it serves the next front-end.
     session(&mut daemon);
+}
+
+#[test]
+fn a_second_front_end_is_served_when_the_first_leaves() {
+    let socket = spawn_daemon(cenalloc::device::DeviceConfig::default_layout());
+    let mut first = Harness::connect(&socket, WANTED_FEATURES);
+    first.run(Cmd::create(4096, 0)).ok();
+
+    // The second connects (the socket accepts it) and waits for answers.
+    let (connected, answered) = std::sync::mpsc::channel();
+    let waiting = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let harness = Harness::connect(&socket, WANTED_FEATURES);
+            let _ = connected.send((harness, std::time::Instant::now()));
+        })
+    };
+    // Meanwhile the first is served as before, its device intact.
+    for _ in 0..50 {
+        let info: InfoResp = first.run(Cmd::get_info()).ok().get();
+        assert_eq!(info.num_buffers, 1);
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the second front-end was served beside the first"
+    );
+    let left = std::time::Instant::now();
+    drop(first);
+
+    let (mut second, served) = answered
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the second front-end was never served");
+    assert!(
+        served > left,
+        "the second front-end was served beside the first"
+    );
+    // With a device of its own.
+    let info: InfoResp = second.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.num_buffers, 0);
+    waiting.join().unwrap();
 }

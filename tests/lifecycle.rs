@@ -251,7 +251,8 @@ fn map_reply_that_does_not_fit_reports_needed_and_holds_no_mapping() {
     let small = harness.run(Cmd::map(attach.attach_id, CENALLOC_DIR_BIDIRECTIONAL, 0));
     assert_eq!(small.status, -libc::ENOSPC);
     assert!(small.needed >= 24 + 16, "{small:?}");
-    // The attachment holds no mapping: detach works without unmap.
+    // The failed MAP left no mapping: after the retry's one UNMAP the
+    // DETACH below works (a leaked map count would make it EBUSY).
     let retry_segments = (small.needed - 24) / 16;
     let mapped = harness.run(Cmd::map(
         attach.attach_id,
