@@ -459,6 +459,16 @@ fn works_without_event_idx() {
     }
     let info: InfoResp = harness.run(Cmd::get_info()).get();
     assert_eq!(info.num_buffers, 3);
+    // Every request was its own round, and each round notified the driver
+    // (the harness also fails on a used chain without notification).
+    let requests = u64::from(harness.config.num_pools) + 4;
+    let stats = harness.run(Cmd::stats(1 << 20));
+    let json: serde_json::Value = serde_json::from_slice(&stats.ok().payload).unwrap();
+    let signals = json["device"]["control_signals"].as_u64().unwrap();
+    assert!(
+        signals >= requests,
+        "{signals} notifications for {requests} requests"
+    );
 }
 
 #[test]
