@@ -160,7 +160,11 @@ fn events_produced_while_the_event_ring_is_stopped_come_after_restart() {
 /// queue itself may be stopped).
 fn wakeups(control: &Path) -> u64 {
     let stats = Client::connect(control).unwrap().stats(None).unwrap();
-    stats.vms[0].device["control_wakeups"]
+    // A front-end just connected may not be listed yet: no kick counted.
+    stats
+        .vms
+        .first()
+        .map_or(0, |vm| vm.device["control_wakeups"])
 }
 
 /// Kicks the control queue and waits until the worker handled the kick.
@@ -446,11 +450,14 @@ fn a_long_chain_does_not_delay_vhost_user_requests() {
     }
 }
 
-/// How long a ring stop may wait for the worker: the longest piece of work
-/// it does without looking at the stop is one STATS snapshot (at most
-/// `STATS_MAX_BYTES`, "about 15 ms" in a release build); generous for a
-/// debug build on a loaded CI machine.
-const STOP_BOUND: Duration = Duration::from_millis(250);
+/// How long a ring stop may wait for the worker while it builds STATS
+/// snapshots: the longest piece of work it does without looking at the
+/// stop is one snapshot (at most `STATS_MAX_BYTES`, "about 15 ms" in a
+/// release build; 500 buffers take about 3 ms in a debug build). The bound
+/// is the one of the other vhost-user requests here: 250 ms was exceeded
+/// (377 ms) on the 2-core build machine at a load of 16, with snapshots of
+/// 3 ms, by scheduling alone.
+const STOP_BOUND: Duration = ANSWER_BOUND;
 
 /// Creates `count` buffers of 4 KiB (no backing: only STATS sees them).
 fn many_buffers(harness: &mut Harness, count: usize) {
