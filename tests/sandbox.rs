@@ -75,27 +75,41 @@ fn main() -> ExitCode {
     run_tests(tests)
 }
 
-/// libtest's essentials: name filters (`--exact` for whole names),
-/// `--list`, one line per test, a failing status if any test failed.
+/// libtest's essentials: name filters (`--exact` for whole names,
+/// `--skip NAME`), `--list`, `--ignored` (there are no ignored tests), one
+/// line per test, a failing status if any test failed. Other options are
+/// accepted and ignored.
 fn run_tests(tests: &[(&str, fn())]) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let exact = args.iter().any(|a| a == "--exact");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let mut filters: Vec<&String> = Vec::new();
+    let mut skips: Vec<&String> = Vec::new();
+    let mut words = args.iter();
+    while let Some(arg) = words.next() {
+        if arg == "--skip" {
+            skips.extend(words.next());
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
     if args.iter().any(|a| a == "--list") {
         for (name, _) in tests {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
     }
+    let only_ignored = args.iter().any(|a| a == "--ignored");
+    let matches = |name: &str, f: &String| {
+        if exact {
+            name == f.as_str()
+        } else {
+            name.contains(f.as_str())
+        }
+    };
     let selected = |name: &str| {
-        filters.is_empty()
-            || filters.iter().any(|f| {
-                if exact {
-                    name == *f
-                } else {
-                    name.contains(f.as_str())
-                }
-            })
+        !only_ignored
+            && (filters.is_empty() || filters.iter().any(|f| matches(name, f)))
+            && !skips.iter().any(|f| matches(name, f))
     };
     let (mut passed, mut failed) = (0, Vec::new());
     for &(name, test) in tests.iter().filter(|(name, _)| selected(name)) {
