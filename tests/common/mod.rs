@@ -43,10 +43,11 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long the used-buffer notification may lag behind the last chain the
 /// device used on a queue with nothing else posted. The device notifies at
-/// the end of the pass that used the chain (virtio 1.2, 2.7.10): a driver
-/// such as cenalloc.ko sleeps on that interrupt, so without it every request
-/// would time out. Generous for a loaded CI machine.
-const NOTIFY_GRACE: Duration = Duration::from_secs(2);
+/// the end of the pass that used the chain: a driver such as cenalloc.ko
+/// sleeps on that interrupt, so without it every request would time out.
+/// Generous for a loaded CI machine (2 s passed the whole suite at a load
+/// of 16 on 2 cores).
+const NOTIFY_GRACE: Duration = Duration::from_secs(5);
 
 /// Guest memory shared with the daemon through a memfd.
 pub struct GuestRam {
@@ -222,9 +223,9 @@ impl Queue {
     }
 
     /// With EVENT_IDX, asks for a notification as soon as the device uses
-    /// anything past `notified` (`used_event`, virtio 1.2, 2.7.10), then
-    /// reads the used index again, as a driver re-enabling its callback
-    /// does: an entry added before the device could see the new
+    /// anything past `notified` (`used_event`, the driver's side of used
+    /// buffer notification suppression), then reads the used index again,
+    /// as a driver re-enabling its callback does: an entry added before the device could see the new
     /// `used_event` gets no notification, so it counts as notified and
     /// `used_event` moves on. Without EVENT_IDX every pass notifies.
     fn arm(&mut self, ram: &GuestRam, event_idx: bool) {
