@@ -170,21 +170,16 @@ fn main() -> ExitCode {
         None => None,
     };
     let owned = Arc::new(owned);
-    // Before the sandbox: glibc installs its internal signal handlers at
-    // the first thread it starts (rt_sigaction is not in the allowlist).
-    // The privilege drop then signals this thread too (SIGSETXID), whose
-    // handler's rt_sigreturn is allowed.
-    if let Err(e) = wait_for_termination(signals, owned.clone()) {
-        error!("cannot set up signal handling: {e}");
-        remove_sockets(&owned);
-        return ExitCode::FAILURE;
-    }
 
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 && config.sandbox.user.is_none() {
         warn!("running as root: give --user to drop privileges");
     }
-    match sandbox::enter(&config.sandbox) {
+    // The signal thread starts inside the sandbox, after Landlock and
+    // before the privilege drop and seccomp (see `sandbox::enter`): it is
+    // the daemon's first thread.
+    let signal_thread = || wait_for_termination(signals, owned.clone());
+    match sandbox::enter(&config.sandbox, signal_thread) {
         Ok(applied) => info!("sandbox: {applied}"),
         Err(e) => {
             error!("cannot enter the sandbox: {e}");

@@ -1,18 +1,22 @@
 //! The daemon's sandbox, entered once every socket is bound and before the
-//! first front-end is served (as virtiofsd and the rust-vmm VMMs do):
+//! first front-end is served (as virtiofsd and the rust-vmm VMMs do), in
+//! this order ([`enter`]):
 //!
-//! 1. **Privileges**: started as root with `--user USER`, the daemon drops
-//!    to that user's uid and gid with no supplementary groups (every
-//!    capability goes with uid 0).
-//! 2. **Landlock** (where the kernel has it; best effort): no file system
+//! 1. **Landlock** (where the kernel has it; best effort): no file system
 //!    access at all, except removing its own socket files at exit (the
 //!    directories in [`SandboxConfig::removable_dirs`]); no TCP; no
 //!    connection to abstract unix sockets and no signals to processes
-//!    outside the sandbox (ABI 6).
-//! 3. **seccomp** ([`seccompiler`]): an allowlist ([`allowed_syscalls`],
-//!    45 syscalls) derived by tracing the daemon through the integration
-//!    tests (several VMs, every control request, exports, reconnects,
-//!    SIGTERM). A syscall outside it kills the daemon (`--seccomp kill`,
+//!    outside the sandbox (ABI 6). It binds the calling thread and the
+//!    threads it starts later only, so it comes while the daemon has no
+//!    other thread, and the daemon's first thread (its signal thread)
+//!    starts right after.
+//! 2. **Privileges**: started as root with `--user USER`, the daemon drops
+//!    to that user's uid and gid with no supplementary groups (every
+//!    capability goes with uid 0).
+//! 3. **seccomp** ([`seccompiler`]), on every thread: an allowlist
+//!    ([`allowed_syscalls`], 45 syscalls) derived by tracing the daemon
+//!    through the integration tests (several VMs, every control request,
+//!    exports, reconnects, SIGTERM). A syscall outside it kills the daemon (`--seccomp kill`,
 //!    the default), raises SIGSYS (`trap`), is only logged by the kernel
 //!    (`log`), or nothing is filtered (`none`). Arguments are checked where
 //!    it matters: `clone` only for threads (`CLONE_THREAD`; `clone3`, whose
@@ -103,6 +107,13 @@ pub enum Error {
     },
     #[error("landlock: {0}")]
     Landlock(String),
+    #[error(
+        "landlock: {0} threads are running; Landlock restricts only the thread that enters \
+         it and the threads it starts later, so the sandbox must be entered before any other"
+    )]
+    ThreadsRunning(usize),
+    #[error("starting the daemon's first threads: {0}")]
+    StartThreads(io::Error),
     #[error("seccomp: {0}")]
     Seccomp(String),
 }
@@ -417,23 +428,46 @@ fn seccomp_filters(mode: SeccompMode) -> Result<Vec<seccompiler::BpfProgram>, Er
     ])
 }
 
-/// Enters the sandbox: privileges, then Landlock, then seccomp (applied to
-/// every thread of the process). Call once every socket is bound.
-pub fn enter(config: &SandboxConfig) -> Result<Applied, Error> {
+/// Threads of this process (from `/proc/self/task`).
+fn threads() -> Result<usize, Error> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| dir.count())
+        .map_err(|e| Error::Landlock(format!("/proc/self/task: {e}")))
+}
+
+/// Enters the sandbox. Call once every socket is bound, while the calling
+/// thread is the process's only one:
+///
+/// 1. Landlock, first: `landlock_restrict_self` restricts the calling
+///    thread and the threads it starts later, never a thread already
+///    running; with Landlock on, other threads make it fail
+///    ([`Error::ThreadsRunning`]).
+/// 2. `start_threads`: the daemon's first threads (its signal thread), so
+///    they inherit Landlock. glibc installs its own signal handlers when
+///    the first thread starts (`rt_sigaction` is not in the allowlist) and
+///    needs them for the privilege drop (SIGSETXID).
+/// 3. Privileges, on every thread (glibc's setxid).
+/// 4. seccomp, on every thread (TSYNC).
+pub fn enter(
+    config: &SandboxConfig,
+    start_threads: impl FnOnce() -> io::Result<()>,
+) -> Result<Applied, Error> {
     let mut applied = Applied::default();
-    let ruleset = match config.landlock {
-        LandlockMode::On => Some(landlock_ruleset(config)?),
-        LandlockMode::Off => None,
-    };
+    if let LandlockMode::On = config.landlock {
+        let ruleset = landlock_ruleset(config)?;
+        let running = threads()?;
+        if running != 1 {
+            return Err(Error::ThreadsRunning(running));
+        }
+        applied.landlock = restrict(ruleset)?;
+    }
+    start_threads().map_err(Error::StartThreads)?;
     if let Some(user) = &config.user {
         drop_privileges(user)?;
         applied.user = Some(format!(
             "{} (uid {}, gid {})",
             user.name, user.uid, user.gid
         ));
-    }
-    if let Some(ruleset) = ruleset {
-        applied.landlock = restrict(ruleset)?;
     }
     let filters = seccomp_filters(config.seccomp)?;
     if !filters.is_empty() {

@@ -63,8 +63,6 @@ fn bad_arguments_exit_with_status_2_and_a_message() {
         &["--bogus"][..],
         &["-s", "/tmp/x.sock", "--pool", "nosuchkind:1M"][..],
         &["-s", "/tmp/x.sock", "--pool", "contig:12Q"][..],
-        // Two VMs of one name (checked before any socket is touched).
-        &["-s", "dup=/tmp/x.sock", "--fd", "dup=987"][..],
         &["-s", "/tmp/x.sock", "--socket-mode", "888"][..],
         &["-s", "/tmp/x.sock", "--seccomp", "sometimes"][..],
         &["--fd", "-1"][..],
@@ -79,6 +77,16 @@ fn bad_arguments_exit_with_status_2_and_a_message() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}: no message");
     }
+    // Two VMs of one name, a path and an inherited socket: refused by the
+    // name check, before any socket is touched (fd 987 is not even open, so
+    // only the message tells the two refusals apart).
+    let out = Command::new(BIN)
+        .args(["-s", "dup=/tmp/x.sock", "--fd", "dup=987"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("VM name \"dup\" is used twice"), "{stderr}");
 }
 
 fn wait_for(path: &std::path::Path) {
@@ -265,6 +273,26 @@ fn mode_of(path: &std::path::Path) -> u32 {
         & 0o7777
 }
 
+fn gid_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).unwrap().gid()
+}
+
+/// A group other than our effective one that we may give files to:
+/// nogroup as root (the CI runs as root), else a supplementary group.
+fn other_group() -> Option<u32> {
+    // SAFETY: getegid and geteuid have no preconditions.
+    let (egid, euid) = unsafe { (libc::getegid(), libc::geteuid()) };
+    if euid == 0 {
+        return Some(65534);
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // SAFETY: `groups` has room for 256 entries.
+    let n = unsafe { libc::getgroups(256, groups.as_mut_ptr()) };
+    groups.truncate(n.max(0) as usize);
+    groups.into_iter().find(|&gid| gid != egid)
+}
+
 /// cenallocd on `socket` with extra arguments, under umask `umask`.
 fn start_on(socket: &std::path::Path, extra: &[&str], umask: libc::mode_t) -> Daemon {
     let mut command = Command::new(BIN);
@@ -300,11 +328,37 @@ fn sockets_are_owner_only_even_under_umask_000_unless_told_otherwise() {
     assert_eq!(mode_of(&socket), 0o600);
     assert!(daemon.stop(libc::SIGTERM).success());
 
+    // The control socket of a running daemon: owner-only by default too.
+    let control = dir.join("control.sock");
+    let control_arg = control.to_str().unwrap();
+    let daemon = start_on(&socket, &["--control-socket", control_arg], 0);
+    assert_eq!(mode_of(&control), 0o600);
     // SAFETY: getegid has no preconditions.
-    let gid = unsafe { libc::getegid() };
-    let daemon = start_on(&socket, &["--socket-group", &gid.to_string()], 0);
-    assert_eq!(mode_of(&socket), 0o660);
+    assert_eq!(gid_of(&control), unsafe { libc::getegid() });
     assert!(daemon.stop(libc::SIGTERM).success());
+
+    // With a group: 0660 and that group, for the VM and the control
+    // socket each. The group is one the files would not get anyway.
+    if let Some(gid) = other_group() {
+        let group = gid.to_string();
+        let daemon = start_on(
+            &socket,
+            &[
+                "--socket-group",
+                &group,
+                "--control-socket",
+                control_arg,
+                "--control-socket-group",
+                &group,
+            ],
+            0,
+        );
+        assert_eq!((mode_of(&socket), gid_of(&socket)), (0o660, gid));
+        assert_eq!((mode_of(&control), gid_of(&control)), (0o660, gid));
+        assert!(daemon.stop(libc::SIGTERM).success());
+    } else {
+        eprintln!("not root and in no second group: --socket-group cannot be shown");
+    }
 
     let daemon = start_on(&socket, &["--socket-mode", "0640"], 0o077);
     assert_eq!(mode_of(&socket), 0o640);

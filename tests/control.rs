@@ -237,10 +237,8 @@ fn a_client_that_leaves_mid_request_releases_its_exports() {
     let export = leaver.export("vm", buffer, false).unwrap();
     let mut watcher = Client::connect(&daemon.control).unwrap();
     assert_eq!(watcher.vms().unwrap()[0].exports, 1);
-    // Half a request, then gone.
-    let mut raw = UnixStream::connect(&daemon.control).unwrap();
-    raw.write_all(b"{\"v\":1,\"cmd\":\"exp").unwrap();
-    drop(raw);
+    // The client holding the export sends half a request, then is gone.
+    leaver.write_raw(b"{\"v\":1,\"cmd\":\"exp").unwrap();
     drop(leaver);
     eventually("the leaver's export was not released", || {
         export.status() == Status::Revoked(Revocation::Released)

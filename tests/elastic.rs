@@ -230,7 +230,7 @@ fn leased_extents_are_zeroed_and_a_leased_map_needs_no_answer() {
 }
 
 #[test]
-fn hostile_reports_are_refused_logged_and_change_nothing() {
+fn hostile_reports_are_refused_counted_and_change_nothing() {
     let mut harness = Harness::start_with(small());
     let donated = harness.donate_all();
     let extents = leased_extents(harness.run(lease(0, 4096, 2)).ok());

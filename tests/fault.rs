@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cenalloc::config::Hooks;
 use cenalloc::device::DeviceConfig;
@@ -114,7 +114,14 @@ fn a_withheld_chain_never_comes_back_and_later_ones_do() {
         response_len(&[Cmd::create(4096, 0)]),
     );
     harness.submit_on(0, &[chain], false);
-    std::thread::sleep(Duration::from_millis(300));
+    // The device took the chain and ended its pass: it asked for the next
+    // kick past it (avail_event, EVENT_IDX). Had it answered, the answer
+    // would be in the used ring by then.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while harness.avail_event(0) != before.wrapping_add(1) {
+        assert!(Instant::now() < deadline, "the chain was never taken");
+        std::thread::yield_now();
+    }
     assert_eq!(
         harness.control_used_idx(),
         before,

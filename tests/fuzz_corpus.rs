@@ -19,18 +19,21 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
 }
 
+/// The inputs of `dirs`; each directory must exist and hold some (a
+/// corpus or regression set that went missing is a failure, not a skip).
 fn inputs(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("fuzz inputs {}: {e}", dir.display()));
+        let before = files.len();
         for entry in entries {
             let path = entry.expect("corpus directory entry").path();
             if path.is_file() && !path.file_name().is_some_and(|n| n == "README.md") {
                 files.push(path);
             }
         }
+        assert!(files.len() > before, "no inputs in {}", dir.display());
     }
     files.sort();
     files

@@ -251,7 +251,8 @@ fn map_reply_that_does_not_fit_reports_needed_and_holds_no_mapping() {
     let small = harness.run(Cmd::map(attach.attach_id, CENALLOC_DIR_BIDIRECTIONAL, 0));
     assert_eq!(small.status, -libc::ENOSPC);
     assert!(small.needed >= 24 + 16, "{small:?}");
-    // The attachment holds no mapping: detach works without unmap.
+    // The failed MAP left no mapping: after the retry's one UNMAP the
+    // DETACH below works (a leaked map count would make it EBUSY).
     let retry_segments = (small.needed - 24) / 16;
     let mapped = harness.run(Cmd::map(
         attach.attach_id,
@@ -458,6 +459,16 @@ fn works_without_event_idx() {
     }
     let info: InfoResp = harness.run(Cmd::get_info()).get();
     assert_eq!(info.num_buffers, 3);
+    // Every request was its own round, and each round notified the driver
+    // (the harness also fails on a used chain without notification).
+    let requests = u64::from(harness.config.num_pools) + 4;
+    let stats = harness.run(Cmd::stats(1 << 20));
+    let json: serde_json::Value = serde_json::from_slice(&stats.ok().payload).unwrap();
+    let signals = json["device"]["control_signals"].as_u64().unwrap();
+    assert!(
+        signals >= requests,
+        "{signals} notifications for {requests} requests"
+    );
 }
 
 #[test]

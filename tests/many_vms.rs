@@ -141,7 +141,14 @@ fn measure(harness: &mut Harness, buffer: u32, expected: u64, rounds: usize) -> 
 /// What a hostile guest does until `stop`: heavy legal work (hashing 512
 /// MiB per chain), malformed chains, garbage batches, kick storms; at the
 /// end it breaks its ring and vanishes. Returns the slowest heavy chain.
-fn hostile(socket: std::path::PathBuf, stop: Arc<AtomicBool>, chains: Arc<AtomicU64>) -> Duration {
+/// The hostile VM: heavy chains back to back (`busy` while one is in
+/// flight, `chains` counts those done), malformed chains, needless kicks.
+fn hostile(
+    socket: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    chains: Arc<AtomicU64>,
+    busy: Arc<AtomicBool>,
+) -> Duration {
     let mut harness = Harness::connect(&socket, WANTED_FEATURES);
     harness.donate_all();
     let (big, _, _) = harness.mapped_buffer(32 << 20, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]);
@@ -149,7 +156,9 @@ fn hostile(socket: std::path::PathBuf, stop: Arc<AtomicBool>, chains: Arc<Atomic
     let mut slowest = Duration::ZERO;
     while !stop.load(Ordering::Acquire) {
         let start = Instant::now();
+        busy.store(true, Ordering::Release);
         let answer = harness.batch(&heavy);
+        busy.store(false, Ordering::Release);
         slowest = slowest.max(start.elapsed());
         assert_eq!(answer.status, 0);
         chains.fetch_add(1, Ordering::Relaxed);
@@ -199,25 +208,36 @@ fn a_hostile_front_end_leaves_a_well_behaved_one_alone() {
     let stop = Arc::new(AtomicBool::new(false));
     let chains = Arc::new(AtomicU64::new(0));
     let bad_socket = daemon.sockets[1].clone();
+    let busy = Arc::new(AtomicBool::new(false));
     let neighbour = {
-        let (stop, chains) = (stop.clone(), chains.clone());
-        std::thread::spawn(move || hostile(bad_socket, stop, chains))
+        let (stop, chains, busy) = (stop.clone(), chains.clone(), busy.clone());
+        std::thread::spawn(move || hostile(bad_socket, stop, chains, busy))
     };
-    // Measure while the neighbour is busy with its first heavy chain.
+    // Measure once the neighbour has finished its first heavy chain and
+    // has its second in flight: the rounds start inside a heavy chain (and
+    // overlap the later ones).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while chains.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    while chains.load(Ordering::Acquire) == 0 || !busy.load(Ordering::Acquire) {
+        assert!(
+            Instant::now() < deadline,
+            "the hostile VM never ran a chain"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
+    let chains_before = chains.load(Ordering::Acquire);
     let mut beside = measure(&mut good, buffer, expected, rounds);
+    let chains_during = chains.load(Ordering::Acquire) - chains_before;
     stop.store(true, Ordering::Release);
     let slowest_hostile_chain = neighbour.join().unwrap();
 
     let (alone, beside) = (median(&mut alone), median(&mut beside));
     eprintln!(
         "well-behaved VM: CHECKSUM round trip median {alone:?} alone, {beside:?} beside a hostile VM \
-         (its heavy chains took up to {slowest_hostile_chain:?}, {} ran)",
+         (its heavy chains took up to {slowest_hostile_chain:?}, {} ran, {chains_during} of them \
+         during the measurement)",
         chains.load(Ordering::Relaxed)
     );
+
     // Had the two VMs shared a lock or a thread, the good VM's round trips
     // would wait for the neighbour's chains, each far longer than this.
     assert!(

@@ -1,11 +1,29 @@
-//! The sandbox: a forbidden syscall kills a sandboxed process, Landlock
-//! denies files, and the real daemon, sandboxed (seccomp kill, Landlock,
-//! and `--user nobody` when the test runs as root), serves several VMs,
-//! the control socket and exports, and exits cleanly on SIGTERM.
+//! The sandbox, checked where the kernel enforces it:
+//!
+//! - In child processes of this test binary (a sandbox cannot be left):
+//!   a forbidden syscall kills the process from any thread (the main one,
+//!   one started before the sandbox, one started by it like the daemon's
+//!   signal thread, one started after: seccomp TSYNC); the argument rules
+//!   end in SIGSYS (`fork`, `mmap`/`mprotect` with `PROT_EXEC`, a
+//!   read-write open of `/proc/self/fd/N`) and `clone3` in ENOSYS; a file
+//!   outside the allowed set cannot be opened from any thread (Landlock);
+//!   Landlock is refused while another thread runs. Each probe also runs
+//!   without seccomp, to show the call itself works.
+//! - The real daemon, sandboxed (seccomp kill, Landlock, and `--user
+//!   nobody` as root), serves several VMs, the control socket and exports,
+//!   and exits cleanly on SIGTERM; `/proc/PID/task/*/status` of every one
+//!   of its threads shows seccomp filtering, no new privileges and, as
+//!   root, uid and gid nobody, no groups, no capabilities.
+//!
+//! The children must start single-threaded (Landlock restricts only the
+//! thread entering it): this file has its own `main` instead of libtest's,
+//! which runs each test on a thread of its own. Name filters (substrings)
+//! work as with libtest.
 //!
 //! `CENALLOC_TEST_DAEMON_WRAPPER="strace -f -o /tmp/trace"` runs the daemon
 //! under a wrapper (with `CENALLOC_TEST_SECCOMP=none`: how the allowlist
-//! in src/sandbox.rs was derived).
+//! in src/sandbox.rs was derived; the daemon test then fails, as it
+//! should, on its seccomp checks).
 
 mod common;
 
@@ -13,7 +31,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use cenalloc::control::client::Client;
@@ -23,82 +41,437 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cenallocd");
 const CTL: &str = env!("CARGO_BIN_EXE_cenallocctl");
+/// `SECCOMP:THREAD:PROBE` for a child (see [`child`]).
 const CHILD: &str = "CENALLOC_SANDBOX_CHILD";
+/// A file the child must not be able to open once sandboxed.
+const FORBIDDEN: &str = "CENALLOC_SANDBOX_FORBIDDEN";
 
-/// Runs this test binary again, only test `name`, with `CHILD=mode`.
-fn run_child(name: &str, mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, mode)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+fn main() -> ExitCode {
+    if let Ok(spec) = std::env::var(CHILD) {
+        child(&spec);
+    }
+    let tests: &[(&str, fn())] = &[
+        (
+            "a_forbidden_syscall_kills_a_sandboxed_process_from_any_thread",
+            a_forbidden_syscall_kills_a_sandboxed_process_from_any_thread,
+        ),
+        (
+            "the_argument_rules_end_in_sigsys_and_clone3_in_enosys",
+            the_argument_rules_end_in_sigsys_and_clone3_in_enosys,
+        ),
+        (
+            "no_thread_can_open_a_file_outside_the_allowed_set",
+            no_thread_can_open_a_file_outside_the_allowed_set,
+        ),
+        (
+            "landlock_is_refused_while_another_thread_runs",
+            landlock_is_refused_while_another_thread_runs,
+        ),
+        (
+            "the_sandboxed_daemon_serves_several_vms_exports_and_stops_cleanly",
+            the_sandboxed_daemon_serves_several_vms_exports_and_stops_cleanly,
+        ),
+    ];
+    run_tests(tests)
 }
 
-/// The child's part: enter the sandbox, show that ordinary work goes on,
-/// then make a syscall the daemon never needs.
-fn sandboxed_child(mode: &str) -> ! {
+/// libtest's essentials: name filters (`--exact` for whole names,
+/// `--skip NAME`), `--list`, `--ignored` (there are no ignored tests), one
+/// line per test, a failing status if any test failed. Other options are
+/// accepted and ignored.
+fn run_tests(tests: &[(&str, fn())]) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let exact = args.iter().any(|a| a == "--exact");
+    let mut filters: Vec<&String> = Vec::new();
+    let mut skips: Vec<&String> = Vec::new();
+    let mut words = args.iter();
+    while let Some(arg) = words.next() {
+        if arg == "--skip" {
+            skips.extend(words.next());
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let only_ignored = args.iter().any(|a| a == "--ignored");
+    let matches = |name: &str, f: &String| {
+        if exact {
+            name == f.as_str()
+        } else {
+            name.contains(f.as_str())
+        }
+    };
+    let selected = |name: &str| {
+        !only_ignored
+            && (filters.is_empty() || filters.iter().any(|f| matches(name, f)))
+            && !skips.iter().any(|f| matches(name, f))
+    };
+    let (mut passed, mut failed) = (0, Vec::new());
+    for &(name, test) in tests.iter().filter(|(name, _)| selected(name)) {
+        let ok = std::panic::catch_unwind(test).is_ok();
+        println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+        if ok {
+            passed += 1;
+        } else {
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        println!("\nfailures:\n    {}", failed.join("\n    "));
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        failed.len()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The Landlock ABI the running kernel supports (`None`: none, or disabled).
+fn kernel_landlock_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query takes no ruleset (null, size 0).
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (abi > 0).then_some(abi)
+}
+
+/// Prints a line of the child's report at once (a killed child flushes
+/// nothing later).
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        println!($($arg)*);
+        std::io::stdout().flush().unwrap();
+    }};
+}
+
+/// One probe, in the thread it was asked in. Fatal probes print their
+/// name first and `survived PROBE` after the call.
+fn probe(name: &str) {
+    match name {
+        // Not in the allowlist at all.
+        "socket" => {
+            report!("probe socket");
+            // SAFETY: a plain socket(2) call.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            report!("survived socket: {fd}");
+        }
+        // clone without CLONE_THREAD.
+        "fork" => {
+            report!("probe fork");
+            // SAFETY: the child only calls _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: leaving the forked child at once.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child, status into a local.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            report!("survived fork: {pid}");
+        }
+        "mmap-exec" => {
+            report!("probe mmap-exec");
+            // SAFETY: an anonymous private mapping, never used.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            report!("survived mmap-exec: {}", addr != libc::MAP_FAILED);
+        }
+        "mprotect-exec" => {
+            // SAFETY: an anonymous private mapping of one page.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(addr, libc::MAP_FAILED);
+            report!("probe mprotect-exec");
+            // SAFETY: `addr` is the page mapped above.
+            let rc = unsafe { libc::mprotect(addr, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+            report!("survived mprotect-exec: {rc}");
+        }
+        // What an export does, but writable.
+        "open-rdwr" => {
+            // SAFETY: memfd_create with a NUL-terminated name; the
+            // descriptor is leaked (the child exits).
+            let memfd = unsafe { libc::memfd_create(c"probe".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(memfd >= 0);
+            let path = format!("/proc/self/fd/{memfd}");
+            let path = std::ffi::CString::new(path).unwrap();
+            report!("probe open-rdwr");
+            // SAFETY: a NUL-terminated path; the descriptor is leaked.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+            report!("survived open-rdwr: {fd}");
+        }
+        "clone3" => {
+            // SAFETY: clone3 with no arguments creates nothing: ENOSYS
+            // under the sandbox, EINVAL outside.
+            let rc = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            report!("clone3: {rc} errno {errno}");
+        }
+        "files" => {
+            let path = std::env::var(FORBIDDEN).unwrap();
+            match std::fs::read(&path) {
+                Ok(_) => report!("files: readable"),
+                Err(e) => report!("files: denied ({e})"),
+            }
+        }
+        other => panic!("unknown probe {other}"),
+    }
+}
+
+/// A child's part: `SECCOMP:THREAD:PROBE`. SECCOMP is kill, trap or
+/// none. THREAD is where the probe runs: `main`; `early`, a thread the
+/// sandbox starts (the daemon's signal thread); `before`, a thread
+/// started before the sandbox (Landlock off, which refuses it); `after`,
+/// a thread started after. Ordinary work is shown to go on first.
+fn child(spec: &str) -> ! {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [seccomp, thread, probe_name] = parts[..] else {
+        panic!("bad child spec {spec}");
+    };
     let config = SandboxConfig {
-        seccomp: match mode {
+        seccomp: match seccomp {
             "kill" => SeccompMode::Kill,
             "trap" => SeccompMode::Trap,
-            _ => SeccompMode::None,
+            "none" => SeccompMode::None,
+            other => panic!("bad seccomp mode {other}"),
         },
-        landlock: LandlockMode::On,
+        landlock: if thread == "before" {
+            LandlockMode::Off
+        } else {
+            LandlockMode::On
+        },
         user: None,
         removable_dirs: Vec::new(),
         readable_dirs: Vec::new(),
     };
-    let applied = sandbox::enter(&config).unwrap();
-    println!("sandboxed: {applied}");
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let probe_name = probe_name.to_string();
+    let probing = {
+        let probe_name = probe_name.clone();
+        move || {
+            wait.recv().unwrap();
+            probe(&probe_name);
+        }
+    };
+    let mut prober = None;
+    let mut probing = Some(probing);
+    if thread == "before" || thread == "landlock-with-a-thread-running" {
+        prober = Some(std::thread::spawn(probing.take().unwrap()));
+    }
+    if thread == "landlock-with-a-thread-running" {
+        let config = SandboxConfig {
+            landlock: LandlockMode::On,
+            ..config.clone()
+        };
+        match sandbox::enter(&config, || Ok(())) {
+            Ok(applied) => report!("sandboxed: {applied}"),
+            Err(e) => report!("refused: {e}"),
+        }
+        std::process::exit(0);
+    }
+    let mut early_thread = None;
+    let applied = {
+        let started = &mut early_thread;
+        let probing = probing.take();
+        // Where the daemon starts its signal thread: the process's first
+        // thread must start there (glibc's set-up at the first thread
+        // calls rt_sigaction, which seccomp forbids).
+        sandbox::enter(&config, move || {
+            *started = Some(match (thread, probing) {
+                ("early", Some(probing)) => std::thread::spawn(probing),
+                _ => std::thread::spawn(|| ()),
+            });
+            Ok(())
+        })
+        .unwrap()
+    };
+    report!("sandboxed: {applied}");
+    if thread == "early" {
+        prober = early_thread;
+    }
     // What the daemon does all day still works.
-    std::thread::spawn(|| println!("thread: alive"))
+    std::thread::spawn(|| report!("thread: alive"))
         .join()
         .unwrap();
     let page = cenalloc::registry::StatusPage::new().unwrap();
     page.set(cenalloc::registry::Revocation::Freed);
-    println!("memfd status page: {}", page.get());
-    match std::fs::read("/etc/hostname") {
-        Ok(_) => println!("landlock: /etc/hostname readable"),
-        Err(e) => println!("landlock: /etc/hostname denied ({e})"),
+    report!("memfd status page: {}", page.get());
+    match thread {
+        "main" => probe(&probe_name),
+        "after" => {
+            let name = probe_name.clone();
+            std::thread::spawn(move || probe(&name)).join().unwrap();
+        }
+        "early" | "before" => {
+            go.send(()).unwrap();
+            prober.take().unwrap().join().unwrap();
+        }
+        other => panic!("bad thread {other}"),
     }
-    std::io::stdout().flush().unwrap();
-    // SAFETY: a plain socket(2) call; the descriptor is closed if it exists.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    println!("socket(AF_INET): {fd}");
-    std::io::stdout().flush().unwrap();
     std::process::exit(0);
 }
 
-#[test]
-fn a_forbidden_syscall_kills_a_sandboxed_process() {
-    if let Ok(mode) = std::env::var(CHILD) {
-        sandboxed_child(&mode);
-    }
-    let name = "a_forbidden_syscall_kills_a_sandboxed_process";
-    let killed = run_child(name, "kill");
-    let stdout = String::from_utf8_lossy(&killed.stdout);
-    assert!(stdout.contains("thread: alive"), "{stdout}");
-    assert!(stdout.contains("memfd status page: 1"), "{stdout}");
-    assert!(!stdout.contains("socket(AF_INET)"), "{stdout}");
-    assert_eq!(
-        killed.status.signal(),
-        Some(libc::SIGSYS),
-        "{:?}",
-        killed.status
+/// Runs this test binary as a child with `CHILD=spec`; returns its status
+/// and stdout.
+fn run_child(spec: &str, forbidden: &Path) -> (std::process::ExitStatus, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, spec)
+        .env(FORBIDDEN, forbidden)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status, format!("{stdout}{stderr}"))
+}
+
+/// A readable file of the test's, outside anything the sandbox allows.
+fn forbidden_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("cenalloc-forbidden-{}", std::process::id()));
+    std::fs::write(&path, b"not for the sandbox").unwrap();
+    path
+}
+
+/// The child was killed by seccomp during the probe (it printed the probe
+/// line and nothing after the call).
+fn assert_killed(spec: &str, status: std::process::ExitStatus, out: &str) {
+    let probe_name = spec.rsplit(':').next().unwrap();
+    assert!(out.contains("memfd status page: 1"), "{spec}: {out}");
+    assert!(
+        out.contains(&format!("probe {probe_name}")),
+        "{spec}: {out}"
     );
-    if stdout.contains("landlock fully enforced") {
-        assert!(stdout.contains("/etc/hostname denied"), "{stdout}");
+    assert!(!out.contains("survived"), "{spec}: {out}");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "{spec}: {status:?}\n{out}"
+    );
+}
+
+fn a_forbidden_syscall_kills_a_sandboxed_process_from_any_thread() {
+    let forbidden = forbidden_file();
+    for thread in ["main", "early", "before", "after"] {
+        let spec = format!("kill:{thread}:socket");
+        let (status, out) = run_child(&spec, &forbidden);
+        assert_killed(&spec, status, &out);
+        assert!(out.contains("thread: alive"), "{spec}: {out}");
     }
-
-    let trapped = run_child(name, "trap");
-    assert_eq!(trapped.status.signal(), Some(libc::SIGSYS));
-
+    let (status, out) = run_child("trap:main:socket", &forbidden);
+    assert_killed("trap:main:socket", status, &out);
     // Without the seccomp filter the same call goes through.
-    let free = run_child(name, "none");
-    let stdout = String::from_utf8_lossy(&free.stdout);
-    assert!(free.status.success(), "{stdout}");
-    assert!(stdout.contains("socket(AF_INET)"), "{stdout}");
+    let (status, out) = run_child("none:main:socket", &forbidden);
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(out.contains("survived socket"), "{out}");
+    let _ = std::fs::remove_file(forbidden);
+}
+
+fn the_argument_rules_end_in_sigsys_and_clone3_in_enosys() {
+    let forbidden = forbidden_file();
+    for probe_name in ["fork", "mmap-exec", "mprotect-exec", "open-rdwr"] {
+        let spec = format!("kill:main:{probe_name}");
+        let (status, out) = run_child(&spec, &forbidden);
+        assert_killed(&spec, status, &out);
+        // The call itself works outside the filter.
+        let spec = format!("none:main:{probe_name}");
+        let (status, out) = run_child(&spec, &forbidden);
+        assert!(status.success(), "{spec}: {status:?}\n{out}");
+        assert!(
+            out.contains(&format!("survived {probe_name}")),
+            "{spec}: {out}"
+        );
+        assert!(
+            !out.contains(&format!("survived {probe_name}: -1")),
+            "{spec}: {out}"
+        );
+        assert!(
+            !out.contains(&format!("survived {probe_name}: false")),
+            "{spec}: {out}"
+        );
+    }
+    let (status, out) = run_child("kill:main:clone3", &forbidden);
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(
+        out.contains(&format!("clone3: -1 errno {}", libc::ENOSYS)),
+        "{out}"
+    );
+    let (status, out) = run_child("none:main:clone3", &forbidden);
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(
+        out.contains(&format!("clone3: -1 errno {}", libc::EINVAL)),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(forbidden);
+}
+
+fn no_thread_can_open_a_file_outside_the_allowed_set() {
+    let forbidden = forbidden_file();
+    let Some(abi) = kernel_landlock_abi() else {
+        // Nothing to enforce with: the sandbox must say so, not claim it.
+        let (status, out) = run_child("kill:main:files", &forbidden);
+        assert!(status.success(), "{status:?}\n{out}");
+        assert!(out.contains("no landlock"), "{out}");
+        eprintln!("this kernel has no Landlock: file access checked for honesty only");
+        let _ = std::fs::remove_file(forbidden);
+        return;
+    };
+    for thread in ["main", "early", "after"] {
+        let spec = format!("kill:{thread}:files");
+        let (status, out) = run_child(&spec, &forbidden);
+        assert!(status.success(), "{spec}: {status:?}\n{out}");
+        assert!(
+            !out.contains("no landlock"),
+            "{spec}: the kernel has Landlock ABI {abi}: {out}"
+        );
+        assert!(out.contains("files: denied"), "{spec}: {out}");
+    }
+    // The file itself is readable: the denial is the sandbox's.
+    let (status, out) = run_child("none:before:files", &forbidden);
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(out.contains("files: readable"), "{out}");
+    let _ = std::fs::remove_file(forbidden);
+}
+
+fn landlock_is_refused_while_another_thread_runs() {
+    let forbidden = forbidden_file();
+    let (status, out) = run_child("kill:landlock-with-a-thread-running:files", &forbidden);
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(
+        out.contains("refused: landlock: 2 threads are running"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(forbidden);
 }
 
 /// cenallocd with the test's wrapper and seccomp mode, if any.
@@ -178,11 +551,52 @@ fn guest_work(socket: &Path, seed: u64) -> (Harness, u32, Vec<(u64, u64)>) {
     (harness, frame, segments)
 }
 
-#[test]
-fn the_sandboxed_daemon_serves_several_vms_exports_and_stops_cleanly() {
-    if std::env::var(CHILD).is_ok() {
-        return;
+/// One `Key:\tvalue` line of a /proc status file.
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in\n{status}"))
+        .trim()
+}
+
+/// What the kernel enforces on every thread of the daemon `pid`: seccomp
+/// filtering with both filters (the allowlist and clone3's), no new
+/// privileges, and after `--user`: that uid and gid, no supplementary
+/// groups, no capabilities. Returns the threads' names.
+fn check_every_thread(pid: u32, user: Option<&sandbox::User>) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue; // a thread that ended meanwhile
+        };
+        let name = status_field(&status, "Name").to_string();
+        let what = format!("daemon thread {} ({name})", task.display());
+        assert_eq!(status_field(&status, "Seccomp"), "2", "{what}\n{status}");
+        let filters: u32 = status_field(&status, "Seccomp_filters").parse().unwrap();
+        assert!(filters >= 2, "{what}\n{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{what}\n{status}");
+        if let Some(user) = user {
+            let uid = format!("{0}\t{0}\t{0}\t{0}", user.uid);
+            let gid = format!("{0}\t{0}\t{0}\t{0}", user.gid);
+            assert_eq!(status_field(&status, "Uid"), uid, "{what}\n{status}");
+            assert_eq!(status_field(&status, "Gid"), gid, "{what}\n{status}");
+            assert_eq!(status_field(&status, "Groups"), "", "{what}\n{status}");
+            for caps in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+                assert_eq!(
+                    status_field(&status, caps),
+                    "0000000000000000",
+                    "{what}: {caps}\n{status}"
+                );
+            }
+        }
+        names.push(name);
     }
+    names
+}
+
+fn the_sandboxed_daemon_serves_several_vms_exports_and_stops_cleanly() {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("cenalloc-sandbox-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -206,6 +620,10 @@ fn the_sandboxed_daemon_serves_several_vms_exports_and_stops_cleanly() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let nobody = sandbox::lookup_user("nobody").ok();
+    assert!(
+        !root || nobody.is_some(),
+        "running as root without a user nobody"
+    );
     if let (true, Some(user)) = (root, &nobody) {
         // The daemon removes its sockets as that user at exit.
         std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
@@ -298,10 +716,20 @@ fn the_sandboxed_daemon_serves_several_vms_exports_and_stops_cleanly() {
     // A guest leaves and comes back; the daemon is still there.
     drop(guests);
     let (harness, _, _) = guest_work(&dir.join("vm1.sock"), 7);
-    drop(harness);
 
-    // The daemon's own pid (not a wrapper's).
+    // Every thread of the daemon's own pid (not a wrapper's), while a VM
+    // is served (its vring worker runs) and a control client is
+    // connected.
     let pid = client.hello().unwrap().pid;
+    let user = if root { nobody.as_ref() } else { None };
+    let threads = check_every_thread(pid, user);
+    eprintln!("daemon threads checked: {threads:?}");
+    assert!(
+        threads.iter().any(|name| name == "signals"),
+        "the signal thread was not among {threads:?}"
+    );
+    assert!(threads.len() >= 5, "{threads:?}");
+    drop(harness);
     drop(client);
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -315,9 +743,19 @@ fn the_sandboxed_daemon_serves_several_vms_exports_and_stops_cleanly() {
     };
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{status:?}\n{log_text}");
-    assert!(log_text.contains("sandbox: "), "{log_text}");
-    if root && nobody.is_some() {
-        assert!(log_text.contains("user nobody"), "{log_text}");
+    let sandbox_line = log_text
+        .lines()
+        .find(|line| line.contains("sandbox: "))
+        .unwrap_or_else(|| panic!("no sandbox line in\n{log_text}"));
+    if root {
+        assert!(sandbox_line.contains("user nobody"), "{log_text}");
+    }
+    if let Some(abi) = kernel_landlock_abi() {
+        assert!(
+            sandbox_line.contains("landlock fully enforced")
+                || sandbox_line.contains("landlock partially enforced"),
+            "the kernel has Landlock ABI {abi}, the daemon: {sandbox_line}"
+        );
     }
     for name in ["vm1.sock", "vm2.sock", "vm3.sock", "control.sock"] {
         assert!(!dir.join(name).exists(), "{name} left behind\n{log_text}");

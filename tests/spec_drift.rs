@@ -252,8 +252,23 @@ fn every_struct_is_specified_with_its_fields_in_order() {
 
 #[test]
 fn every_function_of_the_header_is_mentioned() {
-    let header = parse_header(&read("guest-driver/cenalloc_proto.h"));
+    let text = read("guest-driver/cenalloc_proto.h");
+    let header = parse_header(&text);
     let spec = read("docs/virtio-dmabuf.md");
+    // Every function the header defines was parsed (a `static
+    // __always_inline` or a name on the next line would otherwise leave
+    // the loop below with nothing to check).
+    let declared = text
+        .lines()
+        .filter(|line| line.starts_with("static ") && line.contains('('))
+        .count();
+    assert!(!header.functions.is_empty(), "no function parsed");
+    assert_eq!(
+        header.functions.len(),
+        declared,
+        "parsed {:?} of {declared} static functions",
+        header.functions
+    );
     for f in &header.functions {
         assert!(
             mentions(&spec, f),

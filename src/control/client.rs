@@ -119,6 +119,13 @@ impl Client {
         }
     }
 
+    /// Writes `bytes` to the daemon as they are, outside the protocol
+    /// (tests: a client that leaves in the middle of a request).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
     /// [`Client::call`] for an answer of type `T` without descriptors.
     pub fn request<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, Error> {
         let (value, _) = self.call(request)?;

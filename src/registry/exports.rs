@@ -452,8 +452,10 @@ mod tests {
         );
     }
 
+    /// Migrated buffers: `tests/control.rs`
+    /// (`exports_are_revoked_when_the_buffer_migrates`).
     #[test]
-    fn check_revokes_freed_and_migrated_buffers_only() {
+    fn check_revokes_freed_buffers_and_keeps_the_others() {
         let mut pool = pool();
         let exports = Exports::new();
         let (kept, kept_serial) = mapped(&mut pool, 0x2000);

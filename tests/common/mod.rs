@@ -41,6 +41,14 @@ const DESC_F_INDIRECT: u16 = 4;
 /// How long any wait for the daemon may take before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long the used-buffer notification may lag behind the last chain the
+/// device used on a queue with nothing else posted. The device notifies at
+/// the end of the pass that used the chain: a driver such as cenalloc.ko
+/// sleeps on that interrupt, so without it every request would time out.
+/// Generous for a loaded CI machine (2 s passed the whole suite at a load
+/// of 16 on 2 cores).
+const NOTIFY_GRACE: Duration = Duration::from_secs(5);
+
 /// Guest memory shared with the daemon through a memfd.
 pub struct GuestRam {
     pub mem: GuestMemoryMmap,
@@ -164,7 +172,15 @@ struct Queue {
     avail: u64,
     used: u64,
     avail_idx: u16,
+    /// Used entries the test has taken.
     used_idx: u16,
+    /// Used entries the test may look at: those the device has sent a
+    /// used-buffer notification for (and, with EVENT_IDX, those it added
+    /// before it could see the latest `used_event`). The test waits on the
+    /// call eventfd only; the used index alone never lets it go on.
+    notified: u16,
+    /// The `used_event` the test last wrote (EVENT_IDX).
+    used_event: u16,
     kick: EventFd,
     call: EventFd,
 }
@@ -177,8 +193,104 @@ impl Queue {
             used: base + 0x2000,
             avail_idx: 0,
             used_idx: 0,
+            notified: 0,
+            used_event: 0,
             kick: EventFd::new(EFD_NONBLOCK).unwrap(),
             call: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }
+    }
+
+    /// The used index as the device wrote it.
+    fn device_used_idx(&self, ram: &GuestRam) -> u16 {
+        ram.mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .unwrap()
+    }
+
+    /// Reads the call eventfd without blocking. A notification covers
+    /// every entry the device added before it: `notified` moves to the
+    /// used index read after it.
+    fn take_notification(&mut self, ram: &GuestRam) -> bool {
+        let mut count = 0u64;
+        // SAFETY: reading 8 bytes from a non-blocking eventfd into a u64.
+        let read = unsafe { libc::read(self.call.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+        if read == 8 && count > 0 {
+            self.notified = self.device_used_idx(ram);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// With EVENT_IDX, asks for a notification as soon as the device uses
+    /// anything past `notified` (`used_event`, the driver's side of used
+    /// buffer notification suppression), then reads the used index again,
+    /// as a driver re-enabling its callback does: an entry added before the device could see the new
+    /// `used_event` gets no notification, so it counts as notified and
+    /// `used_event` moves on. Without EVENT_IDX every pass notifies.
+    fn arm(&mut self, ram: &GuestRam, event_idx: bool) {
+        // Only a new `used_event` can have been missed: the device has seen
+        // the old one since before it used anything the test waits for.
+        if !event_idx || self.used_event == self.notified {
+            return;
+        }
+        loop {
+            let used_event = self.avail + 4 + 2 * u64::from(QUEUE_SIZE);
+            ram.write(used_event, &self.notified.to_le_bytes());
+            self.used_event = self.notified;
+            fence(Ordering::SeqCst);
+            let used = self.device_used_idx(ram);
+            if used == self.notified {
+                return;
+            }
+            self.notified = used;
+        }
+    }
+
+    /// Waits on the call eventfd until the device notified the used index
+    /// `target` (or past it). The device owes that notification once the
+    /// used index reached `owed_at` (its pass is over: nothing else posted
+    /// for it to serve); if it does not come within [`NOTIFY_GRACE`] after
+    /// that, or `target` is not reached within [`TIMEOUT`], the test fails.
+    fn wait_notified(&mut self, ram: &GuestRam, event_idx: bool, target: u16, owed_at: u16) {
+        let start = self.used_idx;
+        let reached = |idx: u16, goal: u16| idx.wrapping_sub(start) >= goal.wrapping_sub(start);
+        let deadline = Instant::now() + TIMEOUT;
+        let mut unnotified_since: Option<Instant> = None;
+        loop {
+            self.take_notification(ram);
+            self.arm(ram, event_idx);
+            if reached(self.notified, target) {
+                return;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.call.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, bounded timeout.
+            let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
+            if ready > 0 {
+                continue;
+            }
+            let used = self.device_used_idx(ram);
+            if used != self.notified && reached(used, owed_at) {
+                let since = *unnotified_since.get_or_insert_with(Instant::now);
+                assert!(
+                    since.elapsed() < NOTIFY_GRACE,
+                    "the device used the chains (used index {used}, want {target}) but sent no \
+                     used-buffer notification within {NOTIFY_GRACE:?} (notified up to {}, \
+                     EVENT_IDX {event_idx}): a driver sleeping on the interrupt waits for ever",
+                    self.notified
+                );
+            } else {
+                unnotified_since = None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "device did not answer in {TIMEOUT:?} (used {used}, notified {}, want {target})",
+                self.notified
+            );
         }
     }
 }
@@ -363,12 +475,26 @@ pub struct BatchAnswer {
     pub answers: Vec<Answer>,
 }
 
+/// Decodes a batch's answer. The device writes either the whole answer
+/// (every command's slot) or, for a batch it refused as a whole (framing,
+/// a writable part too small), only the `batch_resp` with an error (virtio
+/// spec 5.N.6.1.1): anything else fails the test, so a short answer can
+/// never make a caller's checks over `answers` vanish.
 pub fn decode_batch(cmds: &[Cmd], used: &Used) -> BatchAnswer {
     let bytes = &used.written;
     let word = |off: usize| u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap());
+    let whole = used.len == response_len(cmds);
+    assert!(
+        whole || (used.len == 8 && word(0) != 0),
+        "batch answered with {} bytes (status {}): neither the whole answer of {} bytes nor a \
+         refusal",
+        used.len,
+        word(0) as i32,
+        response_len(cmds)
+    );
     let mut answers = Vec::new();
     let mut off = 8;
-    if used.len as usize >= response_len(cmds) as usize {
+    if whole {
         for cmd in cmds {
             let len = word(off + 4);
             answers.push(Answer {
@@ -560,6 +686,41 @@ impl Harness {
         queue.kick.write(1).unwrap();
     }
 
+    /// The avail index after which the device asks to be kicked
+    /// (`avail_event`, EVENT_IDX): it writes it when it re-enables
+    /// notifications at the end of a pass, i.e. once it took every chain
+    /// up to there.
+    pub fn avail_event(&self, index: usize) -> u16 {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        let addr = queue.used + 4 + 8 * u64::from(QUEUE_SIZE);
+        self.ram
+            .mem
+            .load(GuestAddress(addr), Ordering::Acquire)
+            .unwrap()
+    }
+
+    /// Whether the last kick of queue `index` is still unread: the
+    /// device's worker reads the kick eventfd right before it serves the
+    /// ring, so once this is false it has taken what was posted before.
+    pub fn kick_pending(&self, index: usize) -> bool {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        let mut pfd = libc::pollfd {
+            fd: queue.kick.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    }
+
     /// Writes `idx` as the avail index of queue `index`, as a broken or
     /// malicious driver would, and kicks. The harness's own count is not
     /// changed.
@@ -609,6 +770,7 @@ impl Harness {
     /// device's used index as it is, without kicking.
     pub fn resync_control(&mut self, avail: u16) {
         self.control.used_idx = self.control_used_idx();
+        self.control.notified = self.control.used_idx;
         self.control.avail_idx = avail;
         fence(Ordering::SeqCst);
         self.ram
@@ -756,11 +918,11 @@ impl Harness {
             self.ram.write(slot, &head.to_le_bytes());
             queue.avail_idx = queue.avail_idx.wrapping_add(1);
         }
-        if event_idx {
-            // used_event: interrupt as soon as the device uses anything new.
-            let used_event = queue.avail + 4 + 2 * u64::from(QUEUE_SIZE);
-            self.ram.write(used_event, &queue.used_idx.to_le_bytes());
-        }
+        // A notification left from earlier rounds covers only what is used
+        // now, not the chains about to be published; then ask for an
+        // interrupt as soon as the device uses anything new.
+        queue.take_notification(&self.ram);
+        queue.arm(&self.ram, event_idx);
         fence(Ordering::SeqCst);
         self.ram
             .mem
@@ -793,9 +955,11 @@ impl Harness {
             &mut self.events
         };
         let target = queue.used_idx.wrapping_add(heads.len() as u16);
-        let (used_addr, call_fd) = (queue.used, queue.call.as_raw_fd());
+        let used_addr = queue.used;
         let start = queue.used_idx;
-        wait_used(&self.ram, used_addr, call_fd, target);
+        let owed_at = queue.avail_idx;
+        let event_idx = self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        queue.wait_notified(&self.ram, event_idx, target, owed_at);
         let mut by_head = std::collections::HashMap::new();
         for i in 0..heads.len() as u16 {
             let entry = used_addr + 4 + 8 * u64::from(start.wrapping_add(i) % QUEUE_SIZE);
@@ -853,30 +1017,38 @@ impl Harness {
         self.submit_on(1, chains, false);
     }
 
-    /// Events the device returned so far (reads the used ring).
+    /// Events the device returned so far (reads the used ring). The
+    /// device delivers events inside the pass that produced them and
+    /// notifies at its end, so every event buffer it used must come with a
+    /// notification; each must hold exactly one event (the harness posts
+    /// only buffers of one event's size, so anything shorter is a device
+    /// that consumed a buffer without delivering).
     pub fn take_events(&mut self) -> Vec<Event> {
+        let event_idx = self.event_idx();
         let queue = &mut self.events;
-        let used_idx: u16 = self
-            .ram
-            .mem
-            .load(GuestAddress(queue.used + 2), Ordering::Acquire)
-            .unwrap();
+        let used_idx = queue.device_used_idx(&self.ram);
+        if used_idx != queue.used_idx {
+            queue.wait_notified(&self.ram, event_idx, used_idx, used_idx);
+        }
         let mut out = Vec::new();
         while queue.used_idx != used_idx {
             let entry = queue.used + 4 + 8 * u64::from(queue.used_idx % QUEUE_SIZE);
             let bytes = self.ram.read(entry, 8);
             let id = u16::from_le_bytes(bytes[0..2].try_into().unwrap());
             let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
-            if len as usize >= size_of::<Event>() {
-                // The descriptor's address tells where the event is.
-                let desc = self.ram.read(queue.desc + 16 * u64::from(id), 16);
-                let addr = u64::from_le_bytes(desc[0..8].try_into().unwrap());
-                let mut event = Event::default();
-                event
-                    .as_mut_slice()
-                    .copy_from_slice(&self.ram.read(addr, size_of::<Event>()));
-                out.push(event);
-            }
+            assert_eq!(
+                len as usize,
+                size_of::<Event>(),
+                "event buffer {id} returned with {len} bytes written"
+            );
+            // The descriptor's address tells where the event is.
+            let desc = self.ram.read(queue.desc + 16 * u64::from(id), 16);
+            let addr = u64::from_le_bytes(desc[0..8].try_into().unwrap());
+            let mut event = Event::default();
+            event
+                .as_mut_slice()
+                .copy_from_slice(&self.ram.read(addr, size_of::<Event>()));
+            out.push(event);
             queue.used_idx = queue.used_idx.wrapping_add(1);
         }
         out
@@ -916,35 +1088,6 @@ impl Harness {
             donated.push(ranges);
         }
         donated
-    }
-}
-
-/// Waits until the used index at `used_addr + 2` reaches `target`.
-fn wait_used(ram: &GuestRam, used_addr: u64, call_fd: i32, target: u16) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let used: u16 = ram
-            .mem
-            .load(GuestAddress(used_addr + 2), Ordering::Acquire)
-            .unwrap();
-        if used == target {
-            return;
-        }
-        let now = Instant::now();
-        assert!(
-            now < deadline,
-            "device did not answer (used {used}, want {target})"
-        );
-        let mut pfd = libc::pollfd {
-            fd: call_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, bounded timeout.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
-        let mut counter = 0u64;
-        // SAFETY: reading 8 bytes from a non-blocking eventfd into a u64.
-        unsafe { libc::read(call_fd, (&mut counter as *mut u64).cast(), 8) };
     }
 }
 
@@ -1131,17 +1274,64 @@ impl DaemonProcess {
         DaemonProcess { child, socket, log }
     }
 
+    /// [`DaemonProcess::spawn`] with a control socket too; returns its
+    /// path once it accepts.
+    pub fn spawn_with_control(args: &[&str]) -> (Self, PathBuf) {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let control = std::env::temp_dir().join(format!(
+            "cenallocd-proc-{}-{n}-control.sock",
+            std::process::id()
+        ));
+        let mut all = vec!["--control-socket", control.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let daemon = Self::spawn(&all);
+        let deadline = Instant::now() + TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&control).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the control socket never accepted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (daemon, control)
+    }
+
     /// What the daemon logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Open file descriptors of the daemon process.
-    pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|dir| dir.count())
-            .unwrap_or(0)
+    /// What the daemon process holds now. Fails the test if the daemon
+    /// exited (a zombie lists no descriptors, threads or mappings).
+    pub fn held(&mut self) -> Held {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("cenallocd exited ({status}):\n{}", self.log_text());
+        }
+        let proc_dir = PathBuf::from(format!("/proc/{}", self.child.id()));
+        let entries = |name: &str| std::fs::read_dir(proc_dir.join(name)).unwrap().count();
+        let held = Held {
+            fds: entries("fd"),
+            threads: entries("task"),
+            maps: std::fs::read_to_string(proc_dir.join("maps"))
+                .unwrap()
+                .lines()
+                .count(),
+        };
+        assert!(
+            held.fds > 0 && held.threads > 0 && held.maps > 0,
+            "cenallocd holds nothing: {held:?}"
+        );
+        held
     }
+}
+
+/// What a process holds: open descriptors, threads, memory mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub fds: usize,
+    pub threads: usize,
+    pub maps: usize,
 }
 
 impl Drop for DaemonProcess {
