@@ -14,7 +14,8 @@
 //!   connected front-end), their exports and the daemon-wide limits.
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue, and
 //!   the serve loop of one VM socket; [`poll`]: how long it polls the
-//!   control queue after an answer.
+//!   control queue after an answer; [`memory_table`]: which guest memory
+//!   files it accepts (sized and sealed: never a SIGBUS).
 //! - [`control`]: the control socket (protocol, server, exports, client
 //!   library, snapshots as PNG).
 //! - [`listen`]: binding and inheriting the daemon's sockets.
@@ -24,7 +25,7 @@
 //!   device's answers on purpose, to test that the guest driver trusts none.
 //!
 //! Arrows point one way: main → config, control, vhu_cenalloc, listen,
-//! sandbox; vhu_cenalloc → ring, chain, registry; control → registry →
+//! sandbox; vhu_cenalloc → ring, chain, registry, memory_table; control → registry →
 //! device → model, protocol.
 
 pub mod model;
@@ -36,6 +37,7 @@ pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod listen;
+pub mod memory_table;
 pub mod poll;
 pub mod protocol;
 pub mod registry;

@@ -19,7 +19,12 @@
 //!   waits for at most one step of work, not a whole batch.
 //! - `event_ring`: held while the event ring is used; `stop_vring` of the
 //!   event queue waits for at most one delivery.
-//! - `mem`: swapped by SET_MEM_TABLE, cloned by the worker per kick.
+//! - `memory`: the guest memory this backend checked
+//!   ([`crate::memory_table`]: files sized and sealed), swapped by
+//!   SET_MEM_TABLE, loaded by the worker per kick. The library replaces its
+//!   own copy (the vrings') before the backend sees the table, so every
+//!   access to guest memory, the rings included, goes through this one: a
+//!   table that is refused is never touched, and its connection ends.
 //!
 //! The control socket reads the device state through [`DeviceView`]: it
 //! takes `worker` only to copy a snapshot (never `stopping`, which would
@@ -36,7 +41,7 @@ use std::time::Instant;
 
 use log::{debug, error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -48,6 +53,7 @@ use vmm_sys_util::event::{
 use crate::chain::{self, ControlWork, Outcome};
 use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
+use crate::memory_table;
 use crate::poll::Poller;
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
 use crate::registry::{self, DeviceView, Exports, Registry, Revocation, Vm};
@@ -250,7 +256,7 @@ fn deliver_events(
                 }
             };
             used = true;
-            if let Err(e) = vring.add_used(head, written) {
+            if let Err(e) = ring::add_used(vring, mem, head, written) {
                 health.fail(RingError::Memory(e.to_string()));
                 break 'events;
             }
@@ -263,7 +269,7 @@ fn deliver_events(
         }
     }
     if used {
-        ring::signal(vring);
+        ring::signal(vring, mem);
     }
 }
 
@@ -271,7 +277,9 @@ fn deliver_events(
 pub struct CenallocBackend {
     config: DeviceConfig,
     config_space: Vec<u8>,
-    mem: Mutex<Option<AtomicMemory>>,
+    /// Guest memory once a memory table passed [`memory_table::check`].
+    memory: AtomicMemory,
+    has_memory: AtomicBool,
     event_idx: AtomicBool,
     /// A ring stop (or device reset) waits for the worker: it hands its
     /// chain back at its next step.
@@ -300,7 +308,8 @@ impl CenallocBackend {
         Ok(CenallocBackend {
             config,
             config_space,
-            mem: Mutex::new(None),
+            memory: GuestMemoryAtomic::new(GuestMemory::new()),
+            has_memory: AtomicBool::new(false),
             event_idx: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             worker: Mutex::new(worker),
@@ -321,6 +330,12 @@ impl CenallocBackend {
             self.fault = Some(Mutex::new(crate::fault::Injector::new(source.clone())));
         }
         self
+    }
+
+    /// The guest memory this backend accepted (empty before the first
+    /// memory table): what the registry reads for exports and snapshots.
+    pub fn memory(&self) -> AtomicMemory {
+        self.memory.clone()
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
@@ -427,10 +442,30 @@ impl VhostUserBackend for CenallocBackend {
         out
     }
 
+    /// SET_MEM_TABLE: the library has mapped the regions. A table whose
+    /// files are short or could shrink is refused (the front-end's
+    /// connection ends) before anything reads it; the memory of an
+    /// accepted one is left out of core dumps.
     fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
+        let table = mem.memory();
+        if let Err(refused) = memory_table::check(&table) {
+            error!("memory table refused: {refused}");
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("memory table refused: {refused}"),
+            ));
+        }
+        if let Err(errno) = memory_table::exclude_from_core_dumps(&table) {
+            warn!("guest memory stays in core dumps: madvise(MADV_DONTDUMP): {errno}");
+        }
         // Exported segments name offsets in the old regions' files.
         self.exports.revoke_all(Revocation::MemoryChanged);
-        *lock(&self.mem) = Some(mem);
+        let accepted = GuestMemory::clone(&table);
+        match self.memory.lock() {
+            Ok(guard) => guard.replace(accepted),
+            Err(poisoned) => poisoned.into_inner().replace(accepted),
+        }
+        self.has_memory.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -477,10 +512,11 @@ impl VhostUserBackend for CenallocBackend {
             );
             return Ok(());
         }
-        let Some(mem) = lock(&self.mem).as_ref().map(|atomic| atomic.memory()) else {
+        if !self.has_memory.load(Ordering::Acquire) {
             self.bad_kick(device_event, "kicked before the memory table".to_string());
             return Ok(());
-        };
+        }
+        let mem = self.memory.memory();
         let (Some(control), Some(events)) = (
             vrings.get(CENALLOC_VQ_CONTROL as usize),
             vrings.get(CENALLOC_VQ_EVENT as usize),
@@ -563,16 +599,16 @@ pub fn serve_one(
     let exports = Arc::new(Exports::new());
     let backend =
         Arc::new(CenallocBackend::with_exports(config.clone(), exports.clone())?.with_hooks(hooks));
-    let memory = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         thread_name(name),
         backend.clone(),
-        memory.clone(),
+        GuestMemoryAtomic::new(GuestMemory::new()),
     )
     .map_err(|e| ServeError::Daemon(e.to_string()))?;
     daemon
         .start(listener)
         .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    let memory = backend.memory();
     let vm = Vm::new(name, backend, memory, exports, config.pool.limits.clone());
     let admitted = match registry.admit(vm) {
         Ok(admitted) => admitted,
