@@ -81,7 +81,7 @@ pub fn check(memory: &GuestMemoryMmap) -> Result<(), Refused> {
         }
         let offset = file.start();
         let size = stat.len();
-        let end = offset.checked_add(region.len()).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(region.len());
         if end > size {
             return Err(Refused::Short {
                 index,

@@ -54,7 +54,7 @@ fn guest_works(harness: &mut Harness) {
 /// device zero and fill a buffer there. Run on a thread of its own: the
 /// harness panics if the device stops answering.
 fn touch_high_ram(mut harness: Harness) {
-    let size = u64::from(harness.config.pools[0].size).min(HIGH_RAM);
+    let size = harness.config.pools[0].size.min(HIGH_RAM);
     let answer = harness.run(Cmd::pool_add(0, &[(HIGH_BASE, size)]));
     assert_eq!(answer.status, 0, "POOL_ADD: {answer:?}");
     let answer = harness.batch(&[
