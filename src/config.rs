@@ -52,7 +52,7 @@
 //! control_socket = "/run/cenalloc/control.sock"
 //! control_socket_group = "video"         # mode 0660 instead of 0600
 //! allow_writable_export = false
-//! max_exports_per_client = 64
+//! max_exports_per_client = 64            # lowered if the descriptor limit is short (fd_budget)
 //! socket_mode = "0660"
 //! socket_group = "kvm"
 //! user = "cenalloc"

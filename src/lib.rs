@@ -19,7 +19,8 @@
 //! - [`control`]: the control socket (protocol, server, exports, client
 //!   library, snapshots as PNG).
 //! - [`listen`]: binding and inheriting the daemon's sockets.
-//! - [`sandbox`]: privileges, Landlock and seccomp.
+//! - [`sandbox`]: privileges, Landlock and seccomp; [`fd_budget`]: the
+//!   descriptor limit, and the control policy sized so that VMs keep theirs.
 //! - [`config`]: command line and configuration file → daemon configuration.
 //! - `fault` (cargo feature `fault-injection`, tests only): rewrites the
 //!   device's answers on purpose, to test that the guest driver trusts none.
@@ -36,6 +37,7 @@ pub mod control;
 pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod fd_budget;
 pub mod listen;
 pub mod memory_table;
 pub mod poll;

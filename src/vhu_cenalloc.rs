@@ -573,6 +573,10 @@ pub enum ServeError {
     Backend(#[from] Error),
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
+    /// No front-end could be taken on (e.g. out of descriptors): the
+    /// connection, if any, waits in the listen backlog.
+    #[error("cannot take a front-end on: {0}")]
+    Accept(String),
 }
 
 /// Thread names are 15 bytes at most on Linux.
@@ -604,10 +608,10 @@ pub fn serve_one(
         backend.clone(),
         GuestMemoryAtomic::new(GuestMemory::new()),
     )
-    .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    .map_err(|e| ServeError::Accept(e.to_string()))?;
     daemon
         .start(listener)
-        .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        .map_err(|e| ServeError::Accept(e.to_string()))?;
     let memory = backend.memory();
     let vm = Vm::new(name, backend, memory, exports, config.pool.limits.clone());
     let admitted = match registry.admit(vm) {
@@ -642,15 +646,30 @@ pub fn serve_vm(
     hooks: &Hooks,
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        if let Err(e) = serve_one(listener, name, config, hooks, registry) {
-            match e {
-                ServeError::Backend(_) => return Err(e),
-                ServeError::Daemon(_) => warn!("{name}: connection ended with an error: {e}"),
+        match serve_one(listener, name, config, hooks, registry) {
+            Ok(()) => backoff = ACCEPT_BACKOFF_MIN,
+            Err(e @ ServeError::Backend(_)) => return Err(e),
+            Err(e @ ServeError::Daemon(_)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                warn!("{name}: connection ended with an error: {e}");
+            }
+            // Nothing was served: trying again at once would spin (and
+            // log) as fast as the error comes back.
+            Err(e @ ServeError::Accept(_)) => {
+                warn!("{name}: {e}; trying again in {} ms", backoff.as_millis());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
 }
+
+/// Waits after a front-end could not be taken on: doubling from the first
+/// to the second.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Name of the only VM of [`serve_forever`].
 pub const SINGLE_VM_NAME: &str = "vm";
