@@ -254,3 +254,27 @@ EOF
 	rm -rf "$tmp"
 	printf '%s\n' "$size"
 }
+
+# Builds cenallocd and cenallocctl (cargo build --release) and prints the
+# directory that holds them: target/release. "build_cenallocd
+# fault-injection" builds them with the test-only feature (a daemon whose
+# --fault and --fault-file lie to the guest on purpose) into a target
+# directory of their own, target/fault-injection/release: target/release,
+# where a user's `cargo build --release` puts cenallocd, never holds that
+# build (tests/scripts.rs).
+build_cenallocd() {
+	local features=() target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+	case "${1:-}" in
+	release) ;;
+	fault-injection)
+		features=(--features fault-injection)
+		target="$target/fault-injection"
+		;;
+	*) die "build_cenallocd: release or fault-injection, not '${1:-}'" ;;
+	esac
+	log "building cenallocd and cenallocctl ${features[*]} into $target"
+	(cd "$REPO_ROOT" && run env CARGO_TARGET_DIR="$target" \
+		cargo build --release --bin cenallocd --bin cenallocctl "${features[@]}" >&2) ||
+		return 1
+	printf '%s\n' "$target/release"
+}

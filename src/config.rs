@@ -52,7 +52,7 @@
 //! control_socket = "/run/cenalloc/control.sock"
 //! control_socket_group = "video"         # mode 0660 instead of 0600
 //! allow_writable_export = false
-//! max_exports_per_client = 64
+//! max_exports_per_client = 64            # lowered if the descriptor limit is short (fd_budget)
 //! control_idle_timeout_secs = 60         # a connection with nothing to do
 //! control_request_timeout_secs = 10      # a request to arrive, an answer to go
 //! socket_mode = "0660"

@@ -14,17 +14,19 @@
 //!   connected front-end), their exports and the daemon-wide limits.
 //! - [`vhu_cenalloc`]: the vhost-user backend, only virtqueue glue, and
 //!   the serve loop of one VM socket; [`poll`]: how long it polls the
-//!   control queue after an answer.
+//!   control queue after an answer; [`memory_table`]: which guest memory
+//!   files it accepts (sized and sealed: never a SIGBUS).
 //! - [`control`]: the control socket (protocol, server, exports, client
 //!   library, snapshots as PNG).
 //! - [`listen`]: binding and inheriting the daemon's sockets.
-//! - [`sandbox`]: privileges, Landlock and seccomp.
+//! - [`sandbox`]: privileges, Landlock and seccomp; [`fd_budget`]: the
+//!   descriptor limit, and the control policy sized so that VMs keep theirs.
 //! - [`config`]: command line and configuration file → daemon configuration.
 //! - `fault` (cargo feature `fault-injection`, tests only): rewrites the
 //!   device's answers on purpose, to test that the guest driver trusts none.
 //!
 //! Arrows point one way: main → config, control, vhu_cenalloc, listen,
-//! sandbox; vhu_cenalloc → ring, chain, registry; control → registry →
+//! sandbox; vhu_cenalloc → ring, chain, registry, memory_table; control → registry →
 //! device → model, protocol.
 
 pub mod model;
@@ -35,7 +37,9 @@ pub mod control;
 pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod fd_budget;
 pub mod listen;
+pub mod memory_table;
 pub mod poll;
 pub mod protocol;
 pub mod registry;

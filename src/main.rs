@@ -26,6 +26,7 @@ use vhost::vhost_user::Listener;
 
 use cenalloc::config::{Args, Config, ListenOn};
 use cenalloc::control::server::{self, ControlPolicy};
+use cenalloc::fd_budget;
 use cenalloc::listen::{self, OwnedPath};
 use cenalloc::protocol;
 use cenalloc::registry::Registry;
@@ -131,6 +132,10 @@ fn main() -> ExitCode {
         }
     };
 
+    // Before the sandbox (no setrlimit there): the control policy below is
+    // sized from this limit.
+    let descriptors = fd_budget::raise_limit();
+
     let signals = match block_termination_signals() {
         Ok(set) => set,
         Err(e) => {
@@ -189,13 +194,31 @@ fn main() -> ExitCode {
     }
 
     if let (Some(listener), Some(control)) = (control_listener, &config.control) {
-        let policy = ControlPolicy {
+        let wanted = ControlPolicy {
             allow_writable_export: control.allow_writable_export,
             max_exports_per_client: control.max_exports_per_client,
             idle_timeout: control.idle_timeout,
             request_timeout: control.request_timeout,
             ..ControlPolicy::default()
         };
+        let Some(policy) = fd_budget::size_policy(descriptors, config.vms.len(), wanted.clone())
+        else {
+            error!(
+                "{descriptors} descriptors leave none for control clients beside {} VMs: raise the limit (LimitNOFILE=)",
+                config.vms.len()
+            );
+            remove_sockets(&owned);
+            return ExitCode::FAILURE;
+        };
+        if policy != wanted {
+            warn!(
+                "{descriptors} descriptors: control clients limited to {} with {} exports each (configured: {} with {}); raise the limit (LimitNOFILE=) for more",
+                policy.max_clients,
+                policy.max_exports_per_client,
+                wanted.max_clients,
+                wanted.max_exports_per_client
+            );
+        }
         if let Err(e) = server::spawn(listener, registry.clone(), policy) {
             error!("cannot start the control socket: {e}");
             remove_sockets(&owned);

@@ -308,7 +308,7 @@ pub fn serve_polled(
     let mut announced = false;
     loop {
         if event_idx {
-            if let Err(e) = vring.disable_notification() {
+            if let Err(e) = vring.get_mut().get_queue_mut().disable_notification(&**mem) {
                 health.fail(RingError::Memory(e.to_string()));
                 round.end = End::Broken;
                 return round;
@@ -328,7 +328,7 @@ pub fn serve_polled(
             let (position, head) = (taken.position, taken.head);
             match answer(taken) {
                 Served::Used(len) => {
-                    if let Err(e) = vring.add_used(head, len) {
+                    if let Err(e) = add_used(vring, mem, head, len) {
                         health.fail(RingError::Memory(e.to_string()));
                         break Some(End::Broken);
                     }
@@ -345,7 +345,7 @@ pub fn serve_polled(
                 Served::Withheld => {}
             }
         };
-        if signal(vring) {
+        if signal(vring, mem) {
             round.signals += 1;
         }
         if let Some(end) = end {
@@ -364,7 +364,7 @@ pub fn serve_polled(
             announced = true;
             continue;
         }
-        match vring.enable_notification() {
+        match vring.get_mut().get_queue_mut().enable_notification(&**mem) {
             Ok(true) => announced = true,
             Ok(false) => return round,
             Err(e) => {
@@ -386,10 +386,25 @@ fn avail_pending(vring: &VringRwLock, mem: &MemoryGuard) -> bool {
         .is_ok_and(|avail| avail.0 != queue.next_avail())
 }
 
+/// Puts a chain on the used ring, in `mem`.
+///
+/// Every access to the rings goes through the memory the caller checked
+/// ([`crate::memory_table`]), never through the vring's own copy, which
+/// the library replaces before the backend has seen the new table.
+pub fn add_used(
+    vring: &VringRwLock,
+    mem: &MemoryGuard,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    vring.get_mut().get_queue_mut().add_used(&**mem, head, len)
+}
+
 /// Notifies the driver of used buffers unless it suppressed that (event
 /// index); returns whether it was notified.
-pub fn signal(vring: &VringRwLock) -> bool {
-    match vring.needs_notification() {
+pub fn signal(vring: &VringRwLock, mem: &MemoryGuard) -> bool {
+    let needed = vring.get_mut().get_queue_mut().needs_notification(&**mem);
+    match needed {
         Ok(true) => match vring.signal_used_queue() {
             Ok(()) => true,
             Err(e) => {

@@ -30,8 +30,11 @@
 //! daemon maps them, and re-opens them read-only through `/proc/self/fd`
 //! for an export; Landlock does not restrict memfds, which live on an
 //! internal mount (the integration tests export under the sandbox). After a
-//! privilege drop the process is made dumpable again, or its own
-//! `/proc/self/fd` would belong to root.
+//! privilege drop the process is non-dumpable (whatever fs.suid_dumpable):
+//! its `/proc/PID` entries belong to root, so no other process of its new
+//! uid can ptrace it or open guest memory through `/proc/PID/fd`, while the
+//! daemon itself still may (the kernel lets a process into its own fd
+//! directory whatever its dumpability; `tests/dumps.rs`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -199,9 +202,10 @@ fn drop_privileges(user: &User) -> Result<(), Error> {
     // glibc applies id changes to every thread.
     unistd::setresgid(gid, gid, gid).map_err(fail("setresgid"))?;
     unistd::setresuid(uid, uid, uid).map_err(fail("setresuid"))?;
-    // Changing credentials made the process non-dumpable, which makes
-    // /proc/self/fd root's: exports re-open guest memory through it.
-    nix::sys::prctl::set_dumpable(true).map_err(fail("prctl(PR_SET_DUMPABLE)"))?;
+    // The id change left the process dumpable only if fs.suid_dumpable
+    // says so (1): non-dumpable whatever it says, so that no other process
+    // of this uid reaches guest memory through /proc/PID/fd or ptrace.
+    nix::sys::prctl::set_dumpable(false).map_err(fail("prctl(PR_SET_DUMPABLE)"))?;
     if unistd::setuid(unistd::Uid::from_raw(0)).is_ok() {
         return Err(Error::Drop {
             user: user.name.clone(),

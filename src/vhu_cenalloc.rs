@@ -19,7 +19,12 @@
 //!   waits for at most one step of work, not a whole batch.
 //! - `event_ring`: held while the event ring is used; `stop_vring` of the
 //!   event queue waits for at most one delivery.
-//! - `mem`: swapped by SET_MEM_TABLE, cloned by the worker per kick.
+//! - `memory`: the guest memory this backend checked
+//!   ([`crate::memory_table`]: files sized and sealed), swapped by
+//!   SET_MEM_TABLE, loaded by the worker per kick. The library replaces its
+//!   own copy (the vrings') before the backend sees the table, so every
+//!   access to guest memory, the rings included, goes through this one: a
+//!   table that is refused is never touched, and its connection ends.
 //!
 //! The control socket reads the device state through [`DeviceView`]: it
 //! takes `worker` only to copy a snapshot (never `stopping`, which would
@@ -46,7 +51,7 @@ use std::time::Instant;
 
 use log::{debug, error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -58,6 +63,7 @@ use vmm_sys_util::event::{
 use crate::chain::{self, ControlWork, Outcome};
 use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
+use crate::memory_table;
 use crate::poll::Poller;
 use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
 use crate::registry::{self, DeviceView, Exports, Registry, Revocation, Vm};
@@ -281,7 +287,7 @@ fn deliver_events(
                 }
             };
             used = true;
-            if let Err(e) = vring.add_used(head, written) {
+            if let Err(e) = ring::add_used(vring, mem, head, written) {
                 health.fail(RingError::Memory(e.to_string()));
                 break 'events;
             }
@@ -294,7 +300,7 @@ fn deliver_events(
         }
     }
     if used {
-        ring::signal(vring);
+        ring::signal(vring, mem);
     }
 }
 
@@ -304,7 +310,9 @@ pub struct CenallocBackend {
     name: String,
     config: DeviceConfig,
     config_space: Vec<u8>,
-    mem: Mutex<Option<AtomicMemory>>,
+    /// Guest memory once a memory table passed [`memory_table::check`].
+    memory: AtomicMemory,
+    has_memory: AtomicBool,
     event_idx: AtomicBool,
     /// A ring stop (or device reset) waits for the worker: it hands its
     /// chain back at its next step.
@@ -338,7 +346,8 @@ impl CenallocBackend {
             name: SINGLE_VM_NAME.to_string(),
             config,
             config_space,
-            mem: Mutex::new(None),
+            memory: GuestMemoryAtomic::new(GuestMemory::new()),
+            has_memory: AtomicBool::new(false),
             event_idx: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             readers: AtomicUsize::new(0),
@@ -374,6 +383,12 @@ impl CenallocBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .set_vm_name(name);
         self
+    }
+
+    /// The guest memory this backend accepted (empty before the first
+    /// memory table): what the registry reads for exports and snapshots.
+    pub fn memory(&self) -> AtomicMemory {
+        self.memory.clone()
     }
 
     /// Shared handle, as `VhostUserDaemon` wants it.
@@ -480,10 +495,30 @@ impl VhostUserBackend for CenallocBackend {
         out
     }
 
+    /// SET_MEM_TABLE: the library has mapped the regions. A table whose
+    /// files are short or could shrink is refused (the front-end's
+    /// connection ends) before anything reads it; the memory of an
+    /// accepted one is left out of core dumps.
     fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
+        let table = mem.memory();
+        if let Err(refused) = memory_table::check(&table) {
+            error!("memory table refused: {refused}");
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("memory table refused: {refused}"),
+            ));
+        }
+        if let Err(errno) = memory_table::exclude_from_core_dumps(&table) {
+            warn!("guest memory stays in core dumps: madvise(MADV_DONTDUMP): {errno}");
+        }
         // Exported segments name offsets in the old regions' files.
         self.exports.revoke_all(Revocation::MemoryChanged);
-        *lock(&self.mem) = Some(mem);
+        let accepted = GuestMemory::clone(&table);
+        match self.memory.lock() {
+            Ok(guard) => guard.replace(accepted),
+            Err(poisoned) => poisoned.into_inner().replace(accepted),
+        }
+        self.has_memory.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -530,10 +565,11 @@ impl VhostUserBackend for CenallocBackend {
             );
             return Ok(());
         }
-        let Some(mem) = lock(&self.mem).as_ref().map(|atomic| atomic.memory()) else {
+        if !self.has_memory.load(Ordering::Acquire) {
             self.bad_kick(device_event, "kicked before the memory table".to_string());
             return Ok(());
-        };
+        }
+        let mem = self.memory.memory();
         let (Some(control), Some(events)) = (
             vrings.get(CENALLOC_VQ_CONTROL as usize),
             vrings.get(CENALLOC_VQ_EVENT as usize),
@@ -601,6 +637,10 @@ pub enum ServeError {
     Backend(#[from] Error),
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
+    /// No front-end could be taken on (e.g. out of descriptors): the
+    /// connection, if any, waits in the listen backlog.
+    #[error("cannot take a front-end on: {0}")]
+    Accept(String),
 }
 
 /// Thread names are 15 bytes at most on Linux.
@@ -630,16 +670,16 @@ pub fn serve_one(
             .with_hooks(hooks)
             .named(name),
     );
-    let memory = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         thread_name(name),
         backend.clone(),
-        memory.clone(),
+        GuestMemoryAtomic::new(GuestMemory::new()),
     )
-    .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    .map_err(|e| ServeError::Accept(e.to_string()))?;
     daemon
         .start(listener)
-        .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        .map_err(|e| ServeError::Accept(e.to_string()))?;
+    let memory = backend.memory();
     let vm = Vm::new(name, backend, memory, exports, config.pool.limits.clone());
     let admitted = match registry.admit(vm) {
         Ok(admitted) => admitted,
@@ -673,15 +713,30 @@ pub fn serve_vm(
     hooks: &Hooks,
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        if let Err(e) = serve_one(listener, name, config, hooks, registry) {
-            match e {
-                ServeError::Backend(_) => return Err(e),
-                ServeError::Daemon(_) => warn!("{name}: connection ended with an error: {e}"),
+        match serve_one(listener, name, config, hooks, registry) {
+            Ok(()) => backoff = ACCEPT_BACKOFF_MIN,
+            Err(e @ ServeError::Backend(_)) => return Err(e),
+            Err(e @ ServeError::Daemon(_)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                warn!("{name}: connection ended with an error: {e}");
+            }
+            // Nothing was served: trying again at once would spin (and
+            // log) as fast as the error comes back.
+            Err(e @ ServeError::Accept(_)) => {
+                warn!("{name}: {e}; trying again in {} ms", backoff.as_millis());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
 }
+
+/// Waits after a front-end could not be taken on: doubling from the first
+/// to the second.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Name of the only VM of [`serve_forever`].
 pub const SINGLE_VM_NAME: &str = "vm";

@@ -179,12 +179,22 @@ pub fn spawn(
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    // Out of descriptors (EMFILE) the connection stays in the backlog and
+    // accept fails again at once: wait longer each time (up to 5 s).
+    let mut backoff = Duration::from_millis(100);
     loop {
         let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(100);
+                stream
+            }
             Err(e) => {
-                warn!("control socket: accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                warn!(
+                    "control socket: accept: {e}; trying again in {} ms",
+                    backoff.as_millis()
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };

@@ -56,14 +56,36 @@ pub struct GuestRam {
 }
 
 impl GuestRam {
+    /// Guest RAM as QEMU's `memory-backend-memfd` gives it: a memfd of the
+    /// full size, sealed against shrinking and growing.
     pub fn new() -> Self {
+        Self::with_file(LOW_RAM + HIGH_RAM, true)
+    }
+
+    /// Guest RAM whose memfd is `file_len` bytes long (the regions still
+    /// span `LOW_RAM + HIGH_RAM`: a shorter file leaves their end without
+    /// backing), sealed as QEMU seals it (F_SEAL_SHRINK | F_SEAL_GROW |
+    /// F_SEAL_SEAL) if `seal`.
+    pub fn with_file(file_len: u64, seal: bool) -> Self {
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
         // SAFETY: memfd_create with a NUL-terminated name; the result is
         // checked before use and then owned by a File.
-        let fd = unsafe { libc::memfd_create(c"cenalloc-guest".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(c"cenalloc-guest".as_ptr(), flags) };
         assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
         let memfd = unsafe { File::from_raw_fd(fd) };
-        memfd.set_len(LOW_RAM + HIGH_RAM).unwrap();
+        memfd.set_len(file_len).unwrap();
+        if seal {
+            // SAFETY: fcntl on a descriptor this function owns.
+            let rc = unsafe {
+                libc::fcntl(
+                    memfd.as_raw_fd(),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+                )
+            };
+            assert_eq!(rc, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+        }
         let mem = GuestMemoryMmap::from_ranges_with_files([
             (
                 GuestAddress(0),
@@ -565,36 +587,46 @@ impl Harness {
     /// Connects a new front-end to `socket` with fresh guest memory and
     /// rings, negotiating `wanted` virtio features.
     pub fn connect(socket: &Path, wanted: u64) -> Self {
-        let ram = GuestRam::new();
-        let mut frontend = Frontend::connect(socket, CENALLOC_NUM_VQS as u64).unwrap();
-        frontend.set_owner().unwrap();
-        let offered = frontend.get_features().unwrap();
+        Self::try_connect_with_ram(socket, wanted, GuestRam::new()).unwrap()
+    }
+
+    /// [`Harness::connect`] with the given guest RAM; an error when the
+    /// daemon refuses the memory table (it closes the connection: the
+    /// request after SET_MEM_TABLE that waits for an answer fails) or the
+    /// queue set-up.
+    pub fn try_connect_with_ram(
+        socket: &Path,
+        wanted: u64,
+        ram: GuestRam,
+    ) -> Result<Self, vhost::Error> {
+        let mut frontend = Frontend::connect(socket, CENALLOC_NUM_VQS as u64)?;
+        frontend.set_owner()?;
+        let offered = frontend.get_features()?;
         assert_eq!(
             offered & WANTED_FEATURES,
             WANTED_FEATURES,
             "features {offered:#x}"
         );
         let features = (offered & wanted) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        frontend.set_features(features).unwrap();
-        let protocol = frontend.get_protocol_features().unwrap();
+        frontend.set_features(features)?;
+        let protocol = frontend.get_protocol_features()?;
         assert!(protocol.contains(VhostUserProtocolFeatures::CONFIG));
         assert!(!protocol.contains(VhostUserProtocolFeatures::SHMEM));
-        frontend
-            .set_protocol_features(VhostUserProtocolFeatures::CONFIG)
-            .unwrap();
+        frontend.set_protocol_features(VhostUserProtocolFeatures::CONFIG)?;
         let size = size_of::<Config>() as u32;
-        let (_, bytes) = frontend
-            .get_config(
-                0,
-                size,
-                VhostUserConfigFlags::WRITABLE,
-                &vec![0u8; size as usize],
-            )
-            .unwrap();
+        let (_, bytes) = frontend.get_config(
+            0,
+            size,
+            VhostUserConfigFlags::WRITABLE,
+            &vec![0u8; size as usize],
+        )?;
         let mut config = Config::default();
         config.as_mut_slice().copy_from_slice(&bytes);
 
-        frontend.set_mem_table(&ram.regions()).unwrap();
+        frontend.set_mem_table(&ram.regions())?;
+        // A request that waits for its answer: the daemon has handled the
+        // memory table by then (and closed the connection if it refused it).
+        frontend.get_features()?;
         let mut harness = Harness {
             frontend,
             config,
@@ -607,14 +639,18 @@ impl Harness {
             ram,
         };
         for index in 0..CENALLOC_NUM_VQS {
-            harness.setup_queue(index, 0);
+            harness.try_setup_queue(index, 0)?;
         }
-        harness
+        Ok(harness)
     }
 
     /// SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE of queue `index` with the
     /// harness's ring memory, starting at avail index `base`.
     fn setup_queue(&mut self, index: usize, base: u16) {
+        self.try_setup_queue(index, base).unwrap()
+    }
+
+    fn try_setup_queue(&mut self, index: usize, base: u16) -> Result<(), vhost::Error> {
         let queue = if index == 0 {
             &self.control
         } else {
@@ -629,12 +665,12 @@ impl Harness {
             avail_ring_addr: self.ram.host_address(queue.avail),
             log_addr: None,
         };
-        self.frontend.set_vring_num(index, QUEUE_SIZE).unwrap();
-        self.frontend.set_vring_addr(index, &data).unwrap();
-        self.frontend.set_vring_base(index, base).unwrap();
-        self.frontend.set_vring_call(index, &queue.call).unwrap();
-        self.frontend.set_vring_kick(index, &queue.kick).unwrap();
-        self.frontend.set_vring_enable(index, true).unwrap();
+        self.frontend.set_vring_num(index, QUEUE_SIZE)?;
+        self.frontend.set_vring_addr(index, &data)?;
+        self.frontend.set_vring_base(index, base)?;
+        self.frontend.set_vring_call(index, &queue.call)?;
+        self.frontend.set_vring_kick(index, &queue.kick)?;
+        self.frontend.set_vring_enable(index, true)
     }
 
     /// What QEMU does at a guest driver reset and restart: stop both rings
@@ -1249,20 +1285,27 @@ impl DaemonProcess {
     /// Starts `cenallocd --socket-path SOCK ARGS` with `RUST_LOG=info` and
     /// waits for its socket.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(args, |_| {})
+    }
+
+    /// [`DaemonProcess::spawn`], with `configure` applied to the command
+    /// first (limits in a `pre_exec`, more VM sockets...).
+    pub fn spawn_with(args: &[&str], configure: impl FnOnce(&mut std::process::Command)) -> Self {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let base = std::env::temp_dir().join(format!("cenallocd-proc-{}-{n}", std::process::id()));
         let socket = base.with_extension("sock");
         let log = base.with_extension("log");
         let _ = std::fs::remove_file(&socket);
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cenallocd"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cenallocd"));
+        command
             .arg("--socket-path")
             .arg(&socket)
             .args(args)
             .env("RUST_LOG", "info")
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(File::create(&log).unwrap());
+        configure(&mut command);
+        let child = command.spawn().unwrap();
         let deadline = Instant::now() + TIMEOUT;
         while !socket.exists() {
             assert!(

@@ -101,6 +101,56 @@ pub fn guest_memory() -> Mem {
     }
 }
 
+/// [`guest_memory`] backed by one sealed memfd, as a front-end hands it
+/// to the backend (SET_MEM_TABLE refuses anonymous or unsealed memory).
+pub fn guest_memory_file() -> Mem {
+    // SAFETY: memfd_create with a NUL-terminated name; checked below.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"cenalloc-fuzz".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        panic!("memfd_create: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let total: u64 = REGIONS.iter().map(|&(_, len)| len).sum();
+    if let Err(e) = file.set_len(total) {
+        panic!("cannot size the fuzz guest memory: {e}");
+    }
+    // SAFETY: fcntl on the descriptor `file` owns.
+    if unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    } != 0
+    {
+        panic!("F_ADD_SEALS: {}", std::io::Error::last_os_error());
+    }
+    let mut offset = 0;
+    let mut ranges = Vec::new();
+    for &(base, len) in &REGIONS {
+        let clone = match file.try_clone() {
+            Ok(clone) => clone,
+            Err(e) => panic!("dup of the fuzz guest memory: {e}"),
+        };
+        ranges.push((
+            GuestAddress(base),
+            len as usize,
+            Some(vm_memory::FileOffset::new(clone, offset)),
+        ));
+        offset += len;
+    }
+    match GuestMemoryMmap::from_ranges_with_files(ranges) {
+        Ok(mem) => mem,
+        Err(e) => panic!("cannot map the fuzz guest memory: {e}"),
+    }
+}
+
 fn page_addr(page: u64) -> u64 {
     let mut page = page % RAM_PAGES;
     for &(base, len) in &REGIONS {
@@ -1673,7 +1723,7 @@ pub fn run_ring(data: &[u8]) -> RingReach {
 pub fn run_ring_case(case: &RingCase) -> RingReach {
     // Its batches name no leased extent (their answers are not read).
     LEASED.with(|l| l.borrow_mut().clear());
-    let atomic = GuestMemoryAtomic::new(guest_memory());
+    let atomic = GuestMemoryAtomic::new(guest_memory_file());
     let backend = match CenallocBackend::new_shared(fuzz_config()) {
         Ok(backend) => backend,
         Err(e) => panic!("the default device config is refused: {e}"),
