@@ -54,6 +54,7 @@
 #include <linux/mm.h>
 #include <linux/moduleparam.h>
 #include <linux/rbtree.h>
+#include <linux/sched/signal.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/sort.h>
@@ -790,7 +791,10 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev, u16 opcode, u32 index,
 			ret = -ENOMEM;
 			break;
 		}
-		err = cenalloc_req_submit(req);
+		/* The answer says who owns the memory: a fatal signal of the
+		 * task (a dying shrinker) must not make it unknown.
+		 */
+		err = cenalloc_req_submit_unkillable(req);
 		if (err && !req->queued) {
 			/* Never reached the device. */
 			cenalloc_req_free(req);
@@ -1264,7 +1268,8 @@ u64 cenalloc_pool_shrink(struct cenalloc_dev *cdev, unsigned int index,
 		return 0;
 	list_for_each_entry_safe_reverse(b, prev, &pool->blocks, link) {
 		if (freed >= want || tried >= CENALLOC_SHRINK_MAX_BLOCKS ||
-		    READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
+		    READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced) ||
+		    fatal_signal_pending(current))
 			break;
 		if (b->initial || b->state != CENALLOC_BLOCK_ACTIVE ||
 		    READ_ONCE(b->users))
