@@ -356,9 +356,11 @@ static bool cenalloc_segments_take(struct cenalloc_dev *cdev,
 
 /*
  * Make @segments a buffer's backing, in place of @old (NULL for none):
- * counted as users of their blocks and owned, @old neither any more.
- * -EIO, changing nothing, if some byte is not memory donated to pool
- * @pool or some page already backs a buffer (other than through @old).
+ * counted as users of their blocks and owned; @old, disowned already
+ * (cenalloc_pools_disown(): its pages may back another buffer by now, so
+ * its owner bits are not touched), no longer counts as a user. -EIO,
+ * changing nothing, if some byte is not memory donated to pool @pool or
+ * some page already backs a buffer.
  */
 int cenalloc_pools_own(struct cenalloc_dev *cdev,
 		       const struct cenalloc_range *segments, u32 num, int pool,
@@ -374,14 +376,8 @@ int cenalloc_pools_own(struct cenalloc_dev *cdev,
 					  cenalloc_block_in_pool, &pool))
 			goto refused;
 	}
-	if (old)
-		cenalloc_segments_own(cdev, old, old_num, CENALLOC_OWN_CLEAR);
-	if (!cenalloc_segments_take(cdev, segments, num)) {
-		if (old)
-			cenalloc_segments_own(cdev, old, old_num,
-					      CENALLOC_OWN_SET);
+	if (!cenalloc_segments_take(cdev, segments, num))
 		goto refused;
-	}
 	for (i = 0; i < num; i++)
 		cenalloc_blocks_walk(cdev, le64_to_cpu(segments[i].addr),
 				     le64_to_cpu(segments[i].len),
