@@ -22,9 +22,10 @@
  * With leases (cenalloc_lease.c) the first map of a small buffer waits for
  * nothing: a leased extent backs it and one LEASED_MAP, posted, tells the
  * device everything (CREATE, every ATTACH and the MAP, with ids the driver
- * chose). A map the device answers -ENOMEM grows a pool and maps again
- * once; -EAGAIN (its room is in our leased stock) gives the stock back and
- * maps again once.
+ * chose), as long as the device will negotiate the map types the driver
+ * did (cenalloc_leased_types_hold()). A map the device answers -ENOMEM
+ * grows a pool and maps again once; -EAGAIN (its room is in our leased
+ * stock) gives the stock back and maps again once.
  *
  * The device is not trusted. Every answer is checked against what the
  * driver asked and what it already knows before anything of it is used;
@@ -856,6 +857,31 @@ static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
 }
 
 /*
+ * Does the device agree with every map type the driver negotiated? It
+ * negotiates each record of a LEASED_MAP against the kinds of the records
+ * before it and its own, and refuses a record whose type differs; the
+ * driver negotiated at attach time, against attachments that may have gone
+ * since (a CONTIG-only importer that detached). When it does not agree,
+ * the map goes to the device, which negotiates in the ATTACH answers.
+ */
+static bool cenalloc_leased_types_hold(struct cenalloc_buffer *buffer)
+{
+	u32 mask = buffer->initial_mask ? buffer->initial_mask :
+					  CENALLOC_MASK_ANY;
+	struct cenalloc_attachment *each;
+	u32 type;
+
+	list_for_each_entry(each, &buffer->attachments, node) {
+		mask &= each->mask;
+		if (cenalloc_negotiate(buffer, mask, each->types,
+				       each->num_types, &type) ||
+		    type != each->map_type)
+			return false;
+	}
+	return true;
+}
+
+/*
  * The first map of a buffer no command has reached yet, from a leased
  * extent: one LEASED_MAP, posted, creates the buffer and its attachments
  * with ids chosen here and maps @a. Returns -EAGAIN (nothing changed) when
@@ -883,6 +909,8 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	list_for_each_entry(each, &buffer->attachments, node)
 		if (each->refused || each->attach_id)
 			return -EAGAIN;
+	if (!cenalloc_leased_types_hold(buffer))
+		return -EAGAIN;
 	req = cenalloc_req_alloc(cdev);
 	if (!req)
 		return -EAGAIN;
