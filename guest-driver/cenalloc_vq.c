@@ -624,9 +624,9 @@ static int cenalloc_req_settle(struct cenalloc_req *req, long waited,
 
 /*
  * Reap what the device put on the used ring without notifying (a device
- * may signal once per run of chains); returns how many answers came.
+ * may signal once per run of chains): cdev->progress moves if any came.
  */
-static unsigned int cenalloc_ctrl_look(struct cenalloc_dev *cdev)
+static void cenalloc_ctrl_look(struct cenalloc_dev *cdev)
 {
 	unsigned int reaped = 0;
 	unsigned long flags;
@@ -641,7 +641,6 @@ static unsigned int cenalloc_ctrl_look(struct cenalloc_dev *cdev)
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	if (reaped)
 		wake_up_all(&cdev->ctrl_wait);
-	return reaped;
 }
 
 /* What a submitter waits for. */
@@ -682,8 +681,13 @@ static long cenalloc_wait_device(struct cenalloc_req *req,
 		now = jiffies;
 		quiet = READ_ONCE(cdev->progress) + timeout;
 		if (!time_before(now, quiet)) {
-			/* Progress is what the used ring shows, notified or not. */
-			if (cenalloc_ctrl_look(cdev))
+			/*
+			 * Progress is what the used ring shows, notified or
+			 * not; another waiter may just have reaped it.
+			 */
+			cenalloc_ctrl_look(cdev);
+			if (time_before(jiffies,
+					READ_ONCE(cdev->progress) + timeout))
 				continue;
 			return cenalloc_wait_done(req, what, ret) ? 1 : 0;
 		}
