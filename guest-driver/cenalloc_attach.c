@@ -30,7 +30,10 @@
  * dynamic importers revoked, and sends their UNMAPs in the batch of the
  * ATTACH, so the device sees no mapping and accepts the migration. The
  * next MAP moves the content to the new backing (the device copies it);
- * the importers map again and get the new segments.
+ * the importers map again and get the new segments. A revoked mapping may
+ * stay DMA-mapped until its importer unmaps it: the old backing stays the
+ * buffer's until then (struct cenalloc_zombie), and that unmap does no CPU
+ * sync.
  */
 #include <linux/dma-mapping.h>
 #include <linux/dma-resv.h>
@@ -602,7 +605,13 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 	u32 direction = CENALLOC_DIR_BIDIRECTIONAL;
 
 	cenalloc_direction(m->dir, &direction);
-	dma_unmap_sgtable(attach->dev, sgt, m->dir, 0);
+	/*
+	 * A revoked mapping's content is stale: no CPU sync (a swiotlb bounce
+	 * copy) into the pages it was made of. Revocation and unmap both run
+	 * under the reservation lock, so m->revoked holds still here.
+	 */
+	dma_unmap_sgtable(attach->dev, sgt, m->dir,
+			  m->revoked ? DMA_ATTR_SKIP_CPU_SYNC : 0);
 	mutex_lock(&buffer->lock);
 	list_del(&m->node);
 	a->num_sgts--;
@@ -610,6 +619,9 @@ void cenalloc_unmap_dma_buf(struct dma_buf_attachment *attach,
 		a->num_maps--;
 		/* Posted under the lock: it reaches the device before a DETACH. */
 		cenalloc_post_unmap(a, direction, &m->unmap_req);
+	} else if (m->zombie) {
+		/* The backing it was made of moved: let it go with the last. */
+		cenalloc_zombie_put(buffer, m->zombie);
 	}
 	mutex_unlock(&buffer->lock);
 	cenalloc_req_free(m->unmap_req);

@@ -22,9 +22,10 @@
  * With leases (cenalloc_lease.c) the first map of a small buffer waits for
  * nothing: a leased extent backs it and one LEASED_MAP, posted, tells the
  * device everything (CREATE, every ATTACH and the MAP, with ids the driver
- * chose). A map the device answers -ENOMEM grows a pool and maps again
- * once; -EAGAIN (its room is in our leased stock) gives the stock back and
- * maps again once.
+ * chose), as long as the device will negotiate the map types the driver
+ * did (cenalloc_leased_types_hold()). A map the device answers -ENOMEM
+ * grows a pool and maps again once; -EAGAIN (its room is in our leased
+ * stock) gives the stock back and maps again once.
  *
  * The device is not trusted. Every answer is checked against what the
  * driver asked and what it already knows before anything of it is used;
@@ -41,7 +42,9 @@
  *   CONTIG type, a contiguous pool, a mask of contiguous kinds only); below
  *   4 GiB when it must be (a DMA32 pool, a mask of DMA32 kinds only); and
  *   the backing already known, unchanged, while any mapping of it is
- *   outstanding or the device does not say it allocated or migrated. So
+ *   outstanding (a backing nothing maps may have moved: a MAP that may
+ *   migrate it disowns it while on the way, whatever became of its
+ *   answer, and the next accepted answer says where it is). So
  *   buffer->backing, which mmap, vmap and the importers' scatterlists are
  *   built from, only ever holds checked memory of the right size. A leased
  *   extent that backs a first map passes the same checks (the LEASE answer
@@ -540,6 +543,7 @@ static int cenalloc_backing_accept(struct cenalloc_attachment *a, u32 alloc,
 	struct cenalloc_buffer *buffer = a->buffer;
 	struct cenalloc_dev *cdev = buffer->cdev;
 	u64 total = 0, addr, seg_len, size = buffer->size;
+	struct cenalloc_zombie *zombie = NULL;
 	const struct cenalloc_pool *pool;
 	struct cenalloc_range *copy;
 	u32 i, placement;
@@ -583,10 +587,14 @@ static int cenalloc_backing_accept(struct cenalloc_attachment *a, u32 alloc,
 		return cenalloc_bad_answer(buffer, "segments of %llu bytes for %llu",
 					   total, size);
 
-	/* Backing moves only when nothing maps it and the device says so. */
-	if (buffer->backing &&
-	    (cenalloc_buffer_mapped(buffer) ||
-	     !(flags & (CENALLOC_MAP_F_ALLOCATED | CENALLOC_MAP_F_MIGRATED)))) {
+	/*
+	 * A backing moves only when nothing maps it. The MIGRATED flag is
+	 * not required: the answer that carried it may never have been taken
+	 * (more segments than its slot held, a submitter killed on the way,
+	 * a rejected batch), and the device answers the next MAP of the moved
+	 * backing without it.
+	 */
+	if (buffer->backing && cenalloc_buffer_mapped(buffer)) {
 		if (n != buffer->num_backing ||
 		    memcmp(seg, buffer->backing, n * sizeof(*seg)))
 			return cenalloc_bad_answer(buffer,
@@ -598,21 +606,34 @@ static int cenalloc_backing_accept(struct cenalloc_attachment *a, u32 alloc,
 		if (!copy)
 			return -ENOMEM;
 		memcpy(copy, seg, n * sizeof(*seg));
+		/* Revoked mappings of the old backing live: it stays ours. */
+		if (buffer->backing && cenalloc_buffer_revoked_live(buffer)) {
+			zombie = kzalloc(sizeof(*zombie), GFP_KERNEL);
+			if (!zombie) {
+				kvfree(copy);
+				return -ENOMEM;
+			}
+		}
 		/*
 		 * Its blocks are not given back while it is the backing, and
 		 * no other buffer's backing may share a page with it.
 		 */
-		ret = cenalloc_pools_own(cdev, copy, n, alloc, buffer->backing,
-					 buffer->num_backing);
+		ret = cenalloc_pools_own(cdev, copy, n, alloc,
+					 zombie ? NULL : buffer->backing,
+					 zombie ? 0 : buffer->num_backing);
 		if (ret) {
+			kfree(zombie);
 			kvfree(copy);
 			return cenalloc_bad_answer(buffer,
 						   "segments pool %u no longer has, or that back another buffer",
 						   alloc);
 		}
+		if (zombie)
+			cenalloc_zombie_add(buffer, zombie);
 		kvfree(buffer->backing);
 		buffer->backing = copy;
 		buffer->num_backing = n;
+		buffer->backing_loose = false;
 	}
 	if (flags & CENALLOC_MAP_F_MIGRATED)
 		pr_debug("cenalloc: buffer %u migrated to allocator %u\n",
@@ -797,8 +818,12 @@ out_free:
  *
  * A MAP of a backing nothing maps may migrate it, and the device may give
  * the old pages to another buffer before this answer is read: they are
- * disowned while the MAP is on the way, and owned again if they stay the
- * backing (a device that handed them out meanwhile fails this map).
+ * disowned while the MAP is on the way (buffer->backing_loose), and owned
+ * again when an answer names them as the backing (a device that handed
+ * them out meanwhile fails this map). Without an accepted answer they stay
+ * loose: the device may have moved the backing and freed them. While
+ * revoked mappings of the backing live they stay owned instead (struct
+ * cenalloc_zombie): no other buffer may get them.
  */
 static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
 				       u32 direction,
@@ -810,18 +835,50 @@ static int cenalloc_attachment_map_try(struct cenalloc_attachment *a,
 	u32 num = buffer->num_backing;
 	int ret;
 
-	if (buffer->backing && !cenalloc_buffer_mapped(buffer)) {
+	if (buffer->backing && !cenalloc_buffer_mapped(buffer) &&
+	    (buffer->backing_loose || !cenalloc_buffer_revoked_live(buffer))) {
 		loose = buffer->backing;
-		cenalloc_pools_disown(buffer->cdev, loose, num);
+		if (!buffer->backing_loose)
+			cenalloc_pools_disown(buffer->cdev, loose, num);
+		buffer->backing_loose = true;
 	}
 	ret = cenalloc_attachment_map_send(a, direction, unmap_req, retry);
-	if (!loose || buffer->backing != loose ||
-	    !cenalloc_pools_reown(buffer->cdev, loose, num) || ret)
+	/* No loose backing, or an accepted answer moved it. */
+	if (!loose || buffer->backing != loose || ret)
 		return ret;
+	if (!cenalloc_pools_reown(buffer->cdev, loose, num)) {
+		buffer->backing_loose = false;
+		return 0;
+	}
 	ret = cenalloc_bad_answer(buffer, "its backing now backs another buffer too");
 	a->num_maps--;
 	cenalloc_post_unmap(a, direction, unmap_req);
 	return ret;
+}
+
+/*
+ * Does the device agree with every map type the driver negotiated? It
+ * negotiates each record of a LEASED_MAP against the kinds of the records
+ * before it and its own, and refuses a record whose type differs; the
+ * driver negotiated at attach time, against attachments that may have gone
+ * since (a CONTIG-only importer that detached). When it does not agree,
+ * the map goes to the device, which negotiates in the ATTACH answers.
+ */
+static bool cenalloc_leased_types_hold(struct cenalloc_buffer *buffer)
+{
+	u32 mask = buffer->initial_mask ? buffer->initial_mask :
+					  CENALLOC_MASK_ANY;
+	struct cenalloc_attachment *each;
+	u32 type;
+
+	list_for_each_entry(each, &buffer->attachments, node) {
+		mask &= each->mask;
+		if (cenalloc_negotiate(buffer, mask, each->types,
+				       each->num_types, &type) ||
+		    type != each->map_type)
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -852,6 +909,8 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	list_for_each_entry(each, &buffer->attachments, node)
 		if (each->refused || each->attach_id)
 			return -EAGAIN;
+	if (!cenalloc_leased_types_hold(buffer))
+		return -EAGAIN;
 	req = cenalloc_req_alloc(cdev);
 	if (!req)
 		return -EAGAIN;

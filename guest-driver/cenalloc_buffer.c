@@ -364,6 +364,73 @@ out:
 }
 
 /*
+ * Revoked mappings still listed that were made of the current backing
+ * (buffer->lock held): while there are some, a migration keeps the old
+ * backing (struct cenalloc_zombie).
+ */
+unsigned int cenalloc_buffer_revoked_live(struct cenalloc_buffer *buffer)
+{
+	struct cenalloc_attachment *a;
+	struct cenalloc_mapping *m;
+	unsigned int n = 0;
+
+	lockdep_assert_held(&buffer->lock);
+	list_for_each_entry(a, &buffer->attachments, node)
+		list_for_each_entry(m, &a->mappings, node)
+			if (m->revoked && !m->zombie)
+				n++;
+	return n;
+}
+
+/*
+ * The backing is moving (buffer->lock held): @z keeps the old one, still
+ * owned (unless loose) and counted, for the revoked mappings made of it.
+ */
+void cenalloc_zombie_add(struct cenalloc_buffer *buffer,
+			 struct cenalloc_zombie *z)
+{
+	struct cenalloc_attachment *a;
+	struct cenalloc_mapping *m;
+
+	lockdep_assert_held(&buffer->lock);
+	z->ranges = buffer->backing;
+	z->num = buffer->num_backing;
+	z->owned = !buffer->backing_loose;
+	z->mappings = 0;
+	list_for_each_entry(a, &buffer->attachments, node)
+		list_for_each_entry(m, &a->mappings, node)
+			if (m->revoked && !m->zombie) {
+				m->zombie = z;
+				z->mappings++;
+			}
+	list_add_tail(&z->node, &buffer->zombies);
+	buffer->backing = NULL;
+	buffer->num_backing = 0;
+}
+
+/* Free @z and give its pages back to the pools (buffer->lock held). */
+static void cenalloc_zombie_free(struct cenalloc_dev *cdev,
+				 struct cenalloc_zombie *z)
+{
+	list_del(&z->node);
+	if (z->owned)
+		cenalloc_pools_disown(cdev, z->ranges, z->num);
+	cenalloc_pools_unclaim(cdev, z->ranges, z->num);
+	kvfree(z->ranges);
+	kfree(z);
+}
+
+/* A revoked mapping made of @z is gone (buffer->lock held). */
+void cenalloc_zombie_put(struct cenalloc_buffer *buffer,
+			 struct cenalloc_zombie *z)
+{
+	lockdep_assert_held(&buffer->lock);
+	if (!WARN_ON_ONCE(!z->mappings) && --z->mappings)
+		return;
+	cenalloc_zombie_free(buffer->cdev, z);
+}
+
+/*
  * Last reference: UNMAP and DETACH the CPU attachment and FREE, with the
  * requests allocated for them beforehand, posted behind the buffer's
  * pending batch in as few chains as max_batch allows (never waiting, never
@@ -375,6 +442,7 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	struct cenalloc_buffer *buffer = dmabuf->priv;
 	struct cenalloc_dev *cdev = buffer->cdev;
 	struct cenalloc_req *reqs[4] = {};
+	struct cenalloc_zombie *z, *ztmp;
 	struct cenalloc_attachment *a;
 	struct cenalloc_free_req *fr;
 
@@ -409,9 +477,13 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 		}
 	}
 	/* Once FREE is on the ring, the device may give the pages to others. */
-	if (buffer->backing)
+	if (buffer->backing && !buffer->backing_loose)
 		cenalloc_pools_disown(cdev, buffer->backing,
 				      buffer->num_backing);
+	/* Every mapping is gone with the attachments: none is left. */
+	list_for_each_entry_safe(z, ztmp, &buffer->zombies, node)
+		if (!WARN_ON_ONCE(z->mappings))
+			cenalloc_zombie_free(cdev, z);
 	cenalloc_req_post_seq(reqs, ARRAY_SIZE(reqs));
 	mutex_unlock(&buffer->lock);
 
@@ -490,6 +562,7 @@ struct dma_buf *cenalloc_buffer_create(struct cenalloc_dev *cdev, u64 size,
 	buffer->access_mask = initial_mask ? initial_mask : CENALLOC_MASK_ANY;
 	mutex_init(&buffer->lock);
 	INIT_LIST_HEAD(&buffer->attachments);
+	INIT_LIST_HEAD(&buffer->zombies);
 
 	mutex_lock(&cdev->lock);
 	ret = cenalloc_dev_usable(cdev);

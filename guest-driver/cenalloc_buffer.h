@@ -50,6 +50,11 @@ struct cenalloc_buffer {
 	 */
 	struct cenalloc_range *backing;
 	u32 num_backing;
+	/* Backing disowned: a MAP that may have moved it got no accepted
+	 * answer; the next accepted MAP answer says where it is.
+	 */
+	bool backing_loose;
+	struct list_head zombies;		/* struct cenalloc_zombie */
 	/* Commands nobody waits for, not on the ring yet (cenalloc_batch.c). */
 	struct cenalloc_req *pending;
 	void *vaddr;
@@ -57,15 +62,33 @@ struct cenalloc_buffer {
 };
 
 /*
+ * A backing a migration left while revoked mappings made of it were still
+ * DMA-mapped: their late unmap may still write into it (a swiotlb bounce
+ * copy, a cache invalidation of a non-coherent device), and their
+ * importer's DMA may still reach it. It stays owned and counted on its
+ * blocks (no other buffer gets it, the shrinker keeps it) until the last
+ * of those mappings is unmapped.
+ */
+struct cenalloc_zombie {
+	struct list_head node;		/* in buffer->zombies */
+	struct cenalloc_range *ranges;	/* the old backing (kvmalloc) */
+	u32 num;
+	unsigned int mappings;		/* revoked mappings made of it */
+	bool owned;			/* its owner bits are the buffer's */
+};
+
+/*
  * One map_dma_buf() of an attachment, for begin/end_cpu_access syncs. A
  * revoked mapping (move_notify) is no longer mapped on the device; it stays
- * listed until its importer unmaps it.
+ * listed until its importer unmaps it, and keeps the backing it was made
+ * of (@zombie once that backing moved).
  */
 struct cenalloc_mapping {
 	struct list_head node;		/* in attachment->mappings */
 	struct sg_table sgt;
 	enum dma_data_direction dir;
 	bool revoked;
+	struct cenalloc_zombie *zombie;
 	struct cenalloc_req *unmap_req;	/* its UNMAP, allocated at map */
 };
 
@@ -102,5 +125,10 @@ int cenalloc_buffer_phys(struct cenalloc_buffer *buffer, u64 *addr, u64 *len);
 int cenalloc_buffer_fill(struct cenalloc_buffer *buffer, u64 seed);
 int cenalloc_buffer_checksum(struct cenalloc_buffer *buffer, u64 *sum,
 			     u64 *len);
+unsigned int cenalloc_buffer_revoked_live(struct cenalloc_buffer *buffer);
+void cenalloc_zombie_add(struct cenalloc_buffer *buffer,
+			 struct cenalloc_zombie *z);
+void cenalloc_zombie_put(struct cenalloc_buffer *buffer,
+			 struct cenalloc_zombie *z);
 
 #endif /* CENALLOC_BUFFER_H */

@@ -78,6 +78,7 @@ struct cenalloc_dev {
 	bool removed;				/* new requests fail -ENODEV */
 	bool broken;				/* timed out: new requests -EIO */
 	unsigned int inflight;
+	unsigned long progress;			/* jiffies: last answer, or work */
 	unsigned int unkicked;			/* posted chains not kicked yet */
 	unsigned int pollers;			/* submitters polling, callbacks off */
 	struct list_head backlog;		/* posted requests waiting for room */

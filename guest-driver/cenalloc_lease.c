@@ -365,7 +365,8 @@ int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
 	rr->allocator_id = cpu_to_le32(allocator);
 	rr->num_ranges = cpu_to_le32(n);
 	memcpy(rr + 1, ranges, n * sizeof(ranges[0]));
-	ret = cenalloc_req_submit(req);
+	/* The answer says whether the extents stay leased. */
+	ret = cenalloc_req_submit_unkillable(req);
 	if (!ret)
 		ret = cenalloc_req_status(req, 0);
 	cenalloc_req_free(req);

@@ -54,6 +54,7 @@
 #include <linux/mm.h>
 #include <linux/moduleparam.h>
 #include <linux/rbtree.h>
+#include <linux/sched/signal.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/sort.h>
@@ -355,9 +356,11 @@ static bool cenalloc_segments_take(struct cenalloc_dev *cdev,
 
 /*
  * Make @segments a buffer's backing, in place of @old (NULL for none):
- * counted as users of their blocks and owned, @old neither any more.
- * -EIO, changing nothing, if some byte is not memory donated to pool
- * @pool or some page already backs a buffer (other than through @old).
+ * counted as users of their blocks and owned; @old, disowned already
+ * (cenalloc_pools_disown(): its pages may back another buffer by now, so
+ * its owner bits are not touched), no longer counts as a user. -EIO,
+ * changing nothing, if some byte is not memory donated to pool @pool or
+ * some page already backs a buffer.
  */
 int cenalloc_pools_own(struct cenalloc_dev *cdev,
 		       const struct cenalloc_range *segments, u32 num, int pool,
@@ -373,14 +376,8 @@ int cenalloc_pools_own(struct cenalloc_dev *cdev,
 					  cenalloc_block_in_pool, &pool))
 			goto refused;
 	}
-	if (old)
-		cenalloc_segments_own(cdev, old, old_num, CENALLOC_OWN_CLEAR);
-	if (!cenalloc_segments_take(cdev, segments, num)) {
-		if (old)
-			cenalloc_segments_own(cdev, old, old_num,
-					      CENALLOC_OWN_SET);
+	if (!cenalloc_segments_take(cdev, segments, num))
 		goto refused;
-	}
 	for (i = 0; i < num; i++)
 		cenalloc_blocks_walk(cdev, le64_to_cpu(segments[i].addr),
 				     le64_to_cpu(segments[i].len),
@@ -790,7 +787,10 @@ static int cenalloc_pool_send(struct cenalloc_dev *cdev, u16 opcode, u32 index,
 			ret = -ENOMEM;
 			break;
 		}
-		err = cenalloc_req_submit(req);
+		/* The answer says who owns the memory: a fatal signal of the
+		 * task (a dying shrinker) must not make it unknown.
+		 */
+		err = cenalloc_req_submit_unkillable(req);
 		if (err && !req->queued) {
 			/* Never reached the device. */
 			cenalloc_req_free(req);
@@ -1264,7 +1264,8 @@ u64 cenalloc_pool_shrink(struct cenalloc_dev *cdev, unsigned int index,
 		return 0;
 	list_for_each_entry_safe_reverse(b, prev, &pool->blocks, link) {
 		if (freed >= want || tried >= CENALLOC_SHRINK_MAX_BLOCKS ||
-		    READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
+		    READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced) ||
+		    fatal_signal_pending(current))
 			break;
 		if (b->initial || b->state != CENALLOC_BLOCK_ACTIVE ||
 		    READ_ONCE(b->users))

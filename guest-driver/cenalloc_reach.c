@@ -21,7 +21,8 @@
  *   interchangeable, so one of them in its mask admits all four. An
  *   importer of physical ranges (CONTIG) bypasses the IOMMU and keeps its
  *   mask as is. Custom kinds (carve-outs) are never widened.
- * - Segments: dma_get_max_seg_size() and dma_get_seg_boundary() bound the
+ * - Segments: dma_get_max_seg_size(), dma_max_mapping_size() (swiotlb
+ *   bounces at most 256 KiB at once) and dma_get_seg_boundary() bound the
  *   entries of the sg_table built for the device (cenalloc_sg.c).
  *
  * There is no DMA offset on x86: bus address and guest-physical address
@@ -72,7 +73,9 @@ void cenalloc_reach_of(struct cenalloc_dev *cdev, struct device *dev,
 		return;
 
 	r->dma_limit = min_not_zero(dma_get_mask(dev), dev->bus_dma_limit);
-	r->max_seg = dma_get_max_seg_size(dev);
+	/* swiotlb (bounce buffers) maps at most a few hundred KiB at once. */
+	r->max_seg = min_t(size_t, dma_get_max_seg_size(dev),
+			   dma_max_mapping_size(dev));
 	r->seg_boundary = dma_get_seg_boundary(dev);
 	r->iommu = cenalloc_dev_translated(dev);
 	r->full = r->iommu || r->dma_limit >= dma_get_required_mask(dev);

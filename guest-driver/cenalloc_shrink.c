@@ -8,10 +8,15 @@
  *
  * The shrinker works synchronously: each block offered back is one round
  * trip to the device, at most a few dozen per pass, and it never waits for
- * a pool another task is growing or shrinking.
+ * a pool another task is growing or shrinking. It runs in whatever task
+ * reclaims, which may have a fatal signal pending (an OOM victim, a killed
+ * writer of drop_caches): the round trip in progress is finished
+ * (cenalloc_req_submit_unkillable(): an abandoned POOL_REMOVE would leave
+ * the block held for good), and no new one is started.
  */
 #include <linux/atomic.h>
 #include <linux/moduleparam.h>
+#include <linux/sched/signal.h>
 #include <linux/shrinker.h>
 
 #include "cenalloc_compat.h"
@@ -34,7 +39,8 @@ unsigned long cenalloc_shrink_now(struct cenalloc_dev *cdev,
 
 	for (i = 0; i < cdev->num_pools && freed < want; i++) {
 		pool = &cdev->pools[i];
-		if (READ_ONCE(cdev->removed))
+		/* A dying task (an OOM victim) starts no more round trips. */
+		if (READ_ONCE(cdev->removed) || fatal_signal_pending(current))
 			break;
 		if (READ_ONCE(pool->donated) <= READ_ONCE(pool->initial))
 			continue;

@@ -16,15 +16,26 @@
  * submitter that stops waiting leaves it to the ring (see below), and
  * remove frees what is left after resetting the device.
  *
- * Bounded waits: a submitter waits (killable) at most timeout_ms for room on
- * the ring and for the answer together. When the time is up the device is
+ * Bounded waits: the device runs chains in ring order, so a request may
+ * queue behind others for longer than any one of them takes (several
+ * large first maps, each zeroing its buffer). What is bounded is the
+ * device's silence: a submitter (killable) waits for room on the ring and
+ * for its answer as long as the device answers some chain at least every
+ * timeout_ms (cdev->progress: the last answer reaped, or the moment an
+ * idle device got work; before judging, the waiter reaps the used ring
+ * itself, since a device may notify only after a run of chains). When the
+ * device has been silent for timeout_ms it is
  * declared broken (logged once): every new request fails at once with
  * -EIO, posted requests are dropped (the device state they would change
- * goes with the next reset), and the submitter gets -ETIMEDOUT. A fatal
- * signal ends the wait with -EINTR. Either way the abandoned request stays
- * on the ring; if the device still answers it and is not broken, what the
- * answered batch did (CREATE, ATTACH, MAP) is undone with FREE, DETACH and
- * UNMAP from a work item, because its submitter recorded none of it.
+ * goes with the next reset), and the submitter gets -ETIMEDOUT. A request
+ * that waits CENALLOC_QUEUE_FACTOR times timeout_ms while the device
+ * answers others gives up with -ETIMEDOUT without breaking the device. A
+ * fatal signal ends the wait with -EINTR, except for the requests whose
+ * outcome the pools must know (cenalloc_req_submit_unkillable()). Either
+ * way the abandoned request stays on the ring; if the device still answers
+ * it and is not broken, what the answered batch did (CREATE, ATTACH, MAP)
+ * is undone with FREE, DETACH and UNMAP from a work item, because its
+ * submitter recorded none of it.
  *
  * Teardown never waits: a posted request that finds the ring full goes to a
  * backlog that is moved onto the ring as answers free room, and a submitted
@@ -81,10 +92,17 @@ MODULE_PARM_DESC(poll_us,
 unsigned int cenalloc_timeout_ms = 10000;
 module_param_named(timeout_ms, cenalloc_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(timeout_ms,
-		 "Milliseconds a request waits for the device (room on the ring and the answer) before the device is declared broken (100..600000, default 10000)");
+		 "Milliseconds the device may stay silent (requests on the ring, none answered) before it is declared broken (100..600000, default 10000)");
 
 #define CENALLOC_TIMEOUT_MIN_MS		100
 #define CENALLOC_TIMEOUT_MAX_MS		600000
+
+/*
+ * A request waits at most this many times timeout_ms behind a device that
+ * keeps answering other chains (80 s by default: below the hung-task
+ * watchdog's 120 s). Only a device silent for timeout_ms is broken.
+ */
+#define CENALLOC_QUEUE_FACTOR		8
 
 #define CENALLOC_POST_MAX_UNKICKED	16
 
@@ -405,7 +423,9 @@ static int cenalloc_vq_add_locked(struct cenalloc_dev *cdev,
 	if (!req->posted)
 		refcount_inc(&req->ref);
 	req->queued = true;
-	cdev->inflight++;
+	/* An idle device starts work now: its silence counts from here. */
+	if (!cdev->inflight++)
+		WRITE_ONCE(cdev->progress, jiffies);
 	cdev->chains_sent++;
 	req->queued_ns = ktime_get_ns();
 	/* Before the kick, so that the answer raises no interrupt. */
@@ -561,9 +581,9 @@ void cenalloc_answer_rejected(struct cenalloc_dev *cdev)
 }
 
 /*
- * After the wait: a request the device answered is the caller's again; one
- * it did not answer is left to the ring (marked abandoned, under the lock
- * the reaper takes).
+ * After the wait (@waited: cenalloc_wait_device()'s result): a request the
+ * device answered is the caller's again; one it did not answer is left to
+ * the ring (marked abandoned, under the lock the reaper takes).
  */
 static int cenalloc_req_settle(struct cenalloc_req *req, long waited,
 			       unsigned long timeout)
@@ -585,6 +605,13 @@ static int cenalloc_req_settle(struct cenalloc_req *req, long waited,
 	broken = cdev->broken;
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 
+	if (waited == -ETIMEDOUT) {
+		/* The device answers others: late, not dead. */
+		pr_warn_ratelimited("cenalloc: no answer after %u ms of queueing while the device answers other requests\n",
+				    jiffies_to_msecs(CENALLOC_QUEUE_FACTOR *
+						     timeout));
+		return -ETIMEDOUT;
+	}
 	if (waited < 0)
 		return -EINTR;
 	if (broken)
@@ -596,23 +623,99 @@ static int cenalloc_req_settle(struct cenalloc_req *req, long waited,
 }
 
 /*
- * Send the batch and wait until the device answers, at most timeout_ms in
- * all. Returns a transport error: -ETIMEDOUT (the device is now broken),
- * -EINTR (fatal signal), -EIO (the device is broken), -ENODEV (removed),
- * -ENOMEM; the status of each command is cenalloc_req_status(). The caller
- * frees @req in every case (the ring keeps what it still needs).
+ * Reap what the device put on the used ring without notifying (a device
+ * may signal once per run of chains): cdev->progress moves if any came.
  */
-int cenalloc_req_submit(struct cenalloc_req *req)
+static void cenalloc_ctrl_look(struct cenalloc_dev *cdev)
 {
-	return cenalloc_req_submit_timeout(req, cenalloc_timeout_jiffies());
+	unsigned int reaped = 0;
+	unsigned long flags;
+	bool kick = false;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	if (!cdev->removed) {
+		reaped = cenalloc_ctrl_reap(cdev, &kick);
+		if (kick)
+			virtqueue_notify(cdev->ctrl_vq);
+	}
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	if (reaped)
+		wake_up_all(&cdev->ctrl_wait);
 }
 
-/* cenalloc_req_submit() with a bound of its own (RESET waits less). */
-int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
+/* What a submitter waits for. */
+enum cenalloc_wait_for {
+	CENALLOC_WAIT_ROOM,	/* room on the ring: @req is then queued */
+	CENALLOC_WAIT_ANSWER,	/* the answer to @req, or a broken device */
+};
+
+static bool cenalloc_wait_done(struct cenalloc_req *req,
+			       enum cenalloc_wait_for what, int *ret)
+{
+	if (what == CENALLOC_WAIT_ROOM) {
+		*ret = cenalloc_vq_try_add(req->cdev, req);
+		return *ret != -ENOSPC;
+	}
+	return READ_ONCE(req->answered) || READ_ONCE(req->cdev->broken);
+}
+
+/*
+ * Wait for @what as long as the device makes progress: until it has been
+ * silent (chains on the ring, none answered) for @timeout, or, while it
+ * keeps answering other chains, until CENALLOC_QUEUE_FACTOR * @timeout
+ * after @start. Killable unless @unkillable. Returns 1 when done, 0 when
+ * the device fell silent, -ETIMEDOUT when the request waited too long
+ * behind a device that answers others, -ERESTARTSYS on a fatal signal.
+ */
+static long cenalloc_wait_device(struct cenalloc_req *req,
+				 enum cenalloc_wait_for what, int *ret,
+				 unsigned long start, unsigned long timeout,
+				 bool unkillable)
 {
 	struct cenalloc_dev *cdev = req->cdev;
-	unsigned long deadline = jiffies + timeout;
-	long left;
+	unsigned long end = start + CENALLOC_QUEUE_FACTOR * timeout;
+	unsigned long now, quiet;
+	long left, slice;
+
+	for (;;) {
+		now = jiffies;
+		quiet = READ_ONCE(cdev->progress) + timeout;
+		if (!time_before(now, quiet)) {
+			/*
+			 * Progress is what the used ring shows, notified or
+			 * not; another waiter may just have reaped it.
+			 */
+			cenalloc_ctrl_look(cdev);
+			if (time_before(jiffies,
+					READ_ONCE(cdev->progress) + timeout))
+				continue;
+			return cenalloc_wait_done(req, what, ret) ? 1 : 0;
+		}
+		if (!time_before(now, end))
+			return cenalloc_wait_done(req, what, ret) ? 1 :
+								     -ETIMEDOUT;
+		slice = time_before(quiet, end) ? quiet - now : end - now;
+		if (unkillable)
+			left = wait_event_timeout(cdev->ctrl_wait,
+						  cenalloc_wait_done(req, what,
+								     ret),
+						  slice);
+		else
+			left = wait_event_killable_timeout(cdev->ctrl_wait,
+							   cenalloc_wait_done(req, what,
+									      ret),
+							   slice);
+		if (left)
+			return left < 0 ? left : 1;
+	}
+}
+
+static int cenalloc_req_submit_wait(struct cenalloc_req *req,
+				    unsigned long timeout, bool unkillable)
+{
+	struct cenalloc_dev *cdev = req->cdev;
+	unsigned long start = jiffies;
+	long waited;
 	int ret;
 
 	ret = cenalloc_dev_usable(cdev);
@@ -623,12 +726,13 @@ int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
 	if (ret)
 		return ret;
 
-	left = wait_event_killable_timeout(cdev->ctrl_wait,
-					   (ret = cenalloc_vq_try_add(cdev, req)) != -ENOSPC,
-					   timeout);
-	if (left < 0)
+	waited = cenalloc_wait_device(req, CENALLOC_WAIT_ROOM, &ret, start,
+				      timeout, unkillable);
+	if (waited == -ETIMEDOUT)
+		return -ETIMEDOUT;	/* never queued: nothing to abandon */
+	if (waited < 0)
 		return -EINTR;
-	if (!left) {
+	if (!waited) {
 		cenalloc_dev_break(cdev, "no room on the control queue");
 		return -ETIMEDOUT;
 	}
@@ -638,12 +742,41 @@ int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
 	atomic64_inc(&cdev->round_trips);
 	if (req->polling)
 		cenalloc_req_poll(req);
-	left = max_t(long, (long)(deadline - jiffies), 1);
-	left = wait_event_killable_timeout(cdev->ctrl_wait,
-					   READ_ONCE(req->answered) ||
-					   READ_ONCE(cdev->broken),
-					   left);
-	return cenalloc_req_settle(req, left, timeout);
+	waited = cenalloc_wait_device(req, CENALLOC_WAIT_ANSWER, &ret, start,
+				      timeout, unkillable);
+	return cenalloc_req_settle(req, waited, timeout);
+}
+
+/*
+ * Send the batch and wait until the device answers: killable, and bounded
+ * by the device's silence (see the top of this file). Returns a transport
+ * error: -ETIMEDOUT (the device fell silent and is now broken, or answered
+ * others for too long), -EINTR (fatal signal), -EIO (the device is broken),
+ * -ENODEV (removed), -ENOMEM; the status of each command is
+ * cenalloc_req_status(). The caller frees @req in every case (the ring
+ * keeps what it still needs).
+ */
+int cenalloc_req_submit(struct cenalloc_req *req)
+{
+	return cenalloc_req_submit_wait(req, cenalloc_timeout_jiffies(), false);
+}
+
+/* cenalloc_req_submit() with a bound of its own (RESET waits less). */
+int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
+{
+	return cenalloc_req_submit_wait(req, timeout, false);
+}
+
+/*
+ * cenalloc_req_submit() that a fatal signal does not cut short, for
+ * requests whose outcome the pools must know (POOL_ADD, POOL_REMOVE,
+ * LEASE_RETURN: the device's answer is the only proof of who owns the
+ * memory). As bounded as the killable wait; the shrinker of a dying task
+ * (an OOM victim in direct reclaim) finishes the round trip it is in.
+ */
+int cenalloc_req_submit_unkillable(struct cenalloc_req *req)
+{
+	return cenalloc_req_submit_wait(req, cenalloc_timeout_jiffies(), true);
 }
 
 static const char *cenalloc_opcode_name(u16 opcode)
@@ -912,6 +1045,8 @@ static unsigned int cenalloc_ctrl_reap(struct cenalloc_dev *cdev, bool *kick)
 		cenalloc_req_complete(cdev, req);
 		reaped++;
 	}
+	if (reaped)
+		WRITE_ONCE(cdev->progress, jiffies);
 	if (reaped && !cdev->removed)
 		cenalloc_backlog_flush(cdev, kick);
 	return reaped;
@@ -1135,6 +1270,7 @@ int cenalloc_vq_init(struct cenalloc_dev *cdev)
 	unsigned int i;
 	int ret = 0;
 
+	cdev->progress = jiffies;
 	INIT_DELAYED_WORK(&cdev->post_kick, cenalloc_post_kick_work);
 	INIT_WORK(&cdev->abandoned_work, cenalloc_abandoned_work);
 	cdev->event_bufs = kcalloc(CENALLOC_EVENT_BUFS,

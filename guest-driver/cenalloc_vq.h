@@ -65,6 +65,7 @@ bool cenalloc_req_append(struct cenalloc_req *dst,
 			 const struct cenalloc_req *src);
 int cenalloc_req_submit(struct cenalloc_req *req);
 int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout);
+int cenalloc_req_submit_unkillable(struct cenalloc_req *req);
 void cenalloc_req_post(struct cenalloc_req *req);
 void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n);
 void cenalloc_req_undo(struct cenalloc_req *req);

@@ -18,9 +18,11 @@
  * is the device's own limits (max_buffers, max_total_bytes), -E2BIG its
  * largest buffer (or size_limit_mb).
  *
- * The device is not trusted and may fail: every call that needs it waits at
- * most timeout_ms (module parameter, default 10000) and can be killed;
- * -ETIMEDOUT when it did not answer (the device is then broken), -EINTR on
+ * The device is not trusted and may fail: every call that needs it waits
+ * while the device keeps answering, until it has answered nothing for
+ * timeout_ms (module parameter, default 10000), and can be killed;
+ * -ETIMEDOUT when it did not answer (the device is then broken, unless it
+ * kept answering others for 8 * timeout_ms), -EINTR on
  * a fatal signal, -EIO when it is broken (until the driver is reloaded) or
  * answered something the driver refused to use. Closing and unmapping
  * never wait for the device and never fail.
