@@ -90,7 +90,7 @@ static bool settled(int ca, const struct ca_pool *before)
 
 	for (waited = 0; waited < SETTLE_MS; waited += 100) {
 		if (ca_pool_read(ca, &now) == 0 &&
-		    ca_pool_free(&now) == ca_pool_free(before) &&
+		    ca_pool_used(&now) == ca_pool_used(before) &&
 		    now.info.num_buffers == before->info.num_buffers)
 			break;
 		usleep(100000);

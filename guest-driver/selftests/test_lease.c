@@ -172,11 +172,11 @@ static enum tap_result test_stock_runs_out_and_refills(void)
 	      "%lld leased + %lld not = %u", taken, missed, made);
 	/* Every one is in the system allocator, leased or not. */
 	if (CHECK(ca_pool_read(ca, &full) == 0, "INFO"))
-		CHECK(ca_pool_free(&before) - ca_pool_free(&full) ==
+		CHECK(ca_pool_used(&full) - ca_pool_used(&before) ==
 		      made * 4 * CA_KIB,
-		      "free dropped by %llu for %u buffers of 4 KiB",
-		      (unsigned long long)(ca_pool_free(&before) -
-					   ca_pool_free(&full)), made);
+		      "use grew by %llu for %u buffers of 4 KiB",
+		      (unsigned long long)(ca_pool_used(&full) -
+					   ca_pool_used(&before)), made);
 	/* Every extent taken was in the stock or came with a refill. */
 	CHECK(stock_reaches(index, 1), "stock %lld 5 s after the burst",
 	      stock(index, 4));
