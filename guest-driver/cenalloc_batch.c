@@ -840,7 +840,8 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	struct cenalloc_leased_map_req *lm;
 	struct cenalloc_attachment *each;
 	struct cenalloc_range ext, seg;
-	u32 allocator, index = 0, i;
+	u32 allocator, index = 0, i, *ids;
+	unsigned int num_ids = 0;
 	struct cenalloc_req *req;
 	u64 addr, len;
 	int ret;
@@ -852,18 +853,24 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	list_for_each_entry(each, &buffer->attachments, node)
 		if (each->refused || each->attach_id)
 			return -EAGAIN;
-	req = cenalloc_req_alloc(cdev);
-	if (!req)
+	/* The buffer's id, then one per attachment: none in use (F4). */
+	ids = kmalloc_array(buffer->num_attachments + 1, sizeof(*ids),
+			    GFP_KERNEL);
+	if (!ids)
 		return -EAGAIN;
+	while (num_ids <= buffer->num_attachments &&
+	       !cenalloc_lease_id_get(cdev, &ids[num_ids]))
+		num_ids++;
+	req = num_ids > buffer->num_attachments ? cenalloc_req_alloc(cdev) : NULL;
+	if (!req)
+		goto err_ids;
 	lm = cenalloc_req_add(req, CENALLOC_CMD_LEASED_MAP,
 			      sizeof(*lm) + buffer->num_attachments *
 			      sizeof(*rec), 0);
 	if (IS_ERR(lm) ||
 	    !cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
-				 &allocator, &addr, &len)) {
-		cenalloc_req_free(req);
-		return -EAGAIN;
-	}
+				 &allocator, &addr, &len))
+		goto err_req;
 	/*
 	 * The checks of a MAP answer; the backing (its first size bytes)
 	 * counts on its blocks from now on, instead of the leased extent.
@@ -876,12 +883,10 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 				      &seg, 1);
 	/* backing_accept counted the backing itself: drop the lease's count. */
 	cenalloc_pools_unclaim(cdev, &ext, 1);
-	if (ret) {
-		cenalloc_req_free(req);
-		return -EAGAIN;
-	}
+	if (ret)
+		goto err_req;
 
-	lm->buffer_id = cpu_to_le32(cenalloc_lease_id(cdev));
+	lm->buffer_id = cpu_to_le32(ids[0]);
 	lm->initial_mask = cpu_to_le32(buffer->initial_mask);
 	lm->size = cpu_to_le64(buffer->size);
 	lm->extent = cpu_to_le64(addr);
@@ -891,7 +896,7 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	list_for_each_entry(each, &buffer->attachments, node) {
 		if (each == a)
 			lm->map_index = cpu_to_le32(index);
-		rec[index].attach_id = cpu_to_le32(cenalloc_lease_id(cdev));
+		rec[index].attach_id = cpu_to_le32(ids[index + 1]);
 		rec[index].mask = cpu_to_le32(each->mask);
 		rec[index].map_type = cpu_to_le32(each->map_type);
 		rec[index].num_types = cpu_to_le32(each->num_types);
@@ -901,12 +906,21 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 		index++;
 	}
 	buffer->buffer_id = le32_to_cpu(lm->buffer_id);
+	buffer->lease_ids = ids;
+	buffer->num_lease_ids = num_ids;
 	a->num_maps++;
 	/* Nothing of the buffer waits in its pending batch yet. Posted, it
 	 * rides the next kick: GET_INFO, which comes after, sees the buffer.
 	 */
 	cenalloc_req_post(req);
 	return 0;
+
+err_req:
+	cenalloc_req_free(req);
+err_ids:
+	cenalloc_lease_ids_put(cdev, ids, num_ids);
+	kfree(ids);
+	return -EAGAIN;
 }
 
 /* Whether a map of @buffer must be one contiguous range. */

@@ -35,6 +35,7 @@
 #include "cenalloc_attach.h"
 #include "cenalloc_batch.h"
 #include "cenalloc_buffer.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_quota.h"
 #include "cenalloc_vq.h"
@@ -417,6 +418,11 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 
 	cenalloc_req_free(buffer->cpu_unmap_req);
 	cenalloc_req_free(buffer->free_req);
+	/* Its FREE and every DETACH are on the ring: the ids may be reused. */
+	if (buffer->num_lease_ids)
+		cenalloc_lease_ids_put(cdev, buffer->lease_ids,
+				       buffer->num_lease_ids);
+	kfree(buffer->lease_ids);
 	cenalloc_quota_uncharge(buffer->user, buffer->size);
 	/* The FREE is on the ring before the blocks may be offered back. */
 	if (buffer->backing)

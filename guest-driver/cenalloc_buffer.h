@@ -50,6 +50,11 @@ struct cenalloc_buffer {
 	 */
 	struct cenalloc_range *backing;
 	u32 num_backing;
+	/* Ids this driver chose for a LEASED_MAP (the buffer's, then its
+	 * attachments'), kept from reuse until the FREE is on the ring.
+	 */
+	u32 *lease_ids;
+	unsigned int num_lease_ids;
 	/* Commands nobody waits for, not on the ring yet (cenalloc_batch.c). */
 	struct cenalloc_req *pending;
 	void *vaddr;

@@ -336,6 +336,25 @@ static const struct file_operations cenalloc_transport_fops = {
 	.write = cenalloc_transport_write,
 };
 
+/*
+ * TEST HOOK: lease_next_id (root only) reads and sets the driver-chosen id
+ * the next leased map tries first (cenalloc_lease_set_next_id()).
+ */
+static int cenalloc_lease_next_id_get(void *data, u64 *val)
+{
+	*val = cenalloc_lease_next_id(data);
+	return 0;
+}
+
+static int cenalloc_lease_next_id_put(void *data, u64 val)
+{
+	return cenalloc_lease_set_next_id(data, val);
+}
+
+DEFINE_DEBUGFS_ATTRIBUTE(cenalloc_lease_next_id_fops,
+			 cenalloc_lease_next_id_get,
+			 cenalloc_lease_next_id_put, "%llu\n");
+
 void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 {
 	cenalloc_debugfs_dir = debugfs_create_dir("cenalloc", NULL);
@@ -349,6 +368,10 @@ void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 			    &cenalloc_stats_fops);
 	debugfs_create_file("transport", 0644, cenalloc_debugfs_dir, cdev,
 			    &cenalloc_transport_fops);
+	if (cdev->leases)
+		debugfs_create_file_unsafe("lease_next_id", 0600,
+					   cenalloc_debugfs_dir, cdev,
+					   &cenalloc_lease_next_id_fops);
 }
 
 void cenalloc_debugfs_exit(void)

@@ -7,6 +7,7 @@
 #include <linux/slab.h>
 
 #include "cenalloc_dev.h"
+#include "cenalloc_lease.h"
 
 static DEFINE_MUTEX(cenalloc_current_lock);
 /* The device being probed or bound (at most one), and the one served. */
@@ -19,7 +20,7 @@ static void cenalloc_dev_release(struct kref *ref)
 
 	WARN_ON(!list_empty(&cdev->buffers));
 	/* The stock (cenalloc_lease.c): its blocks go with the pools. */
-	kfree(cdev->leases);
+	cenalloc_lease_free(cdev);
 	cenalloc_pools_free(cdev);
 	mutex_destroy(&cdev->lock);
 	kfree(cdev);

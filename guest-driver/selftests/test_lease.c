@@ -445,6 +445,127 @@ out:
 	return TAP_PASS;
 }
 
+#define BUFFERS_PATH		"/sys/kernel/debug/cenalloc/buffers"
+#define NEXT_ID_PATH		"/sys/kernel/debug/cenalloc/lease_next_id"
+#define ID_LAST			0x7fffffffu	/* driver-chosen ids end here */
+
+/* Live buffers with @id in debugfs buffers, -1 if unreadable. */
+static int buffers_with_id(uint32_t id)
+{
+	FILE *f = fopen(BUFFERS_PATH, "re");
+	char line[256];
+	unsigned long long first;
+	int n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%llu", &first) == 1 && first == id)
+			n++;
+	fclose(f);
+	return n;
+}
+
+static bool set_next_id(uint32_t id)
+{
+	char text[32];
+	int fd = open(NEXT_ID_PATH, O_WRONLY | O_CLOEXEC);
+	bool ok;
+
+	if (!CHECK(fd >= 0, "%s: %s", NEXT_ID_PATH, strerror(errno)))
+		return false;
+	snprintf(text, sizeof(text), "%u\n", id);
+	ok = CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text),
+		   "write %u to %s: %s", id, NEXT_ID_PATH, strerror(errno));
+	close(fd);
+	return ok;
+}
+
+/* A 4 KiB buffer mapped from the stock (checked: lease_taken grows). */
+static bool leased_buffer(int ca, int ct, int index, struct ca_buf *b)
+{
+	long long taken = lease_value("lease_taken");
+	int ret;
+
+	if (!CHECK(stock_reaches(index, 1), "no stock after 5 s"))
+		return false;
+	ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, b);
+	if (!CHECK(ret == 0, "4 KiB: %s", strerror(-ret)))
+		return false;
+	return CHECK(lease_value("lease_taken") == taken + 1,
+		     "the map did not come from the stock");
+}
+
+/*
+ * The driver chooses the ids of a leased map itself, from a range that
+ * ends at 2^31 - 1 and starts again at 2^30. An id still live (a buffer,
+ * or an attachment) must never be chosen again: the device would refuse
+ * that LEASED_MAP, and FILL, CHECKSUM and FREE of the new buffer would
+ * reach the old one. The test hook lease_next_id (debugfs, root) makes
+ * the next leased map try buffer V's id first, and then the end of the
+ * range.
+ */
+static enum tap_result test_leased_ids_never_collide(void)
+{
+	const uint32_t v_id = ID_LAST - 1;
+	struct ca_buf v = { .fd = -1 }, w = { .fd = -1 }, more[4];
+	long long errors0;
+	uint64_t v0, sum, len, w_sum;
+	uint8_t pattern[4096];
+	unsigned int i, made = 0;
+	int ca, ct, index;
+	struct ca_pool pool;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	for (i = 0; i < TAP_ARRAY_SIZE(more); i++)
+		more[i].fd = -1;
+	errors0 = ca_transport_value("posted_errors");
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index))
+		goto out;
+	/* V: the buffer id 2^31 - 2, its attachment 2^31 - 1. */
+	if (!set_next_id(v_id) || !leased_buffer(ca, ct, index, &v))
+		goto out;
+	if (!CHECK(buffers_with_id(v_id) == 1, "no buffer with id %#x", v_id) ||
+	    !CHECK(ca_fill(ca, v.fd, 1) == 0, "FILL V") ||
+	    !CHECK(ca_checksum(ca, v.fd, &v0, &len) == 0, "CHECKSUM V"))
+		goto out;
+	/* W: the next leased map tries V's id first. */
+	if (!set_next_id(v_id) || !leased_buffer(ca, ct, index, &w))
+		goto out;
+	CHECK(buffers_with_id(v_id) == 1, "%d live buffers with id %#x",
+	      buffers_with_id(v_id), v_id);
+	CHECK(ca_fill(ca, w.fd, 2) == 0, "FILL W");
+	CHECK(ca_checksum(ca, v.fd, &sum, &len) == 0 && sum == v0,
+	      "V's content changed by FILL of W (%#llx, was %#llx)",
+	      (unsigned long long)sum, (unsigned long long)v0);
+	ca_pattern_fill(pattern, sizeof(pattern), 2);
+	w_sum = ca_fnv1a64(pattern, sizeof(pattern));
+	CHECK(ca_checksum(ca, w.fd, &sum, &len) == 0 && sum == w_sum,
+	      "W's checksum %#llx, its pattern's %#llx",
+	      (unsigned long long)sum, (unsigned long long)w_sum);
+	/* More leased maps across the end of the range: all distinct. */
+	for (made = 0; made < TAP_ARRAY_SIZE(more); made++)
+		if (!leased_buffer(ca, ct, index, &more[made]))
+			break;
+	CHECK(ca_pool_read(ca, &pool) == 0, "INFO");	/* behind the posts */
+	CHECK(ca_transport_value("posted_errors") == errors0,
+	      "the device refused %lld posted commands",
+	      ca_transport_value("posted_errors") - errors0);
+	CHECK(ca_checksum(ca, v.fd, &sum, &len) == 0 && sum == v0,
+	      "V's content changed after the wrap");
+out:
+	for (i = 0; i < made; i++)
+		ca_buf_free(ct, &more[i]);
+	ca_buf_free(ct, &w);
+	ca_env_close(&ca, &ct, &v);
+	return TAP_PASS;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST("a leased first map is zeroed and counted",
 		 test_leased_maps_are_zeroed_and_counted),
@@ -458,6 +579,8 @@ static const struct tap_test tests[] = {
 		 test_leases_follow_the_allocator_rule),
 	TAP_TEST("a LEASE answer outside the pool is refused",
 		 test_a_lease_outside_the_pool_is_refused),
+	TAP_TEST("leased-map ids never collide with live ones, also past the wrap",
+		 test_leased_ids_never_collide),
 };
 
 TAP_MAIN(tests)
