@@ -179,6 +179,7 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 			   i, pool->grown, i, pool->returned, i,
 			   pool->held, i, pool->grow_failures);
 	}
+	seq_printf(s, "pools_limit %llu\n", cenalloc_pools_limit(cdev));
 	seq_printf(s, "shrink_scans %lld\nshrunk_bytes %lld\n",
 		   atomic64_read(&cdev->shrink_scans),
 		   atomic64_read(&cdev->shrunk_bytes));

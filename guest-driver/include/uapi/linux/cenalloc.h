@@ -13,7 +13,7 @@
  *
  * Limits: CREATE charges the caller's effective uid for the buffer until
  * the dma-buf is released: at most user_buffers buffers and user_percent
- * percent of the memory donated to the pools (module parameters, defaults
+ * percent of the memory the pools may hold, grown (module parameters, defaults
  * 4096 and 50); beyond, -EDQUOT. CAP_SYS_RESOURCE is not limited. -ENOSPC
  * is the device's own limits (max_buffers, max_total_bytes), -E2BIG its
  * largest buffer (or size_limit_mb).
