@@ -157,9 +157,9 @@ static enum tap_result test_first_map_lies(void)
 {
 	static const char * const specs[] = {
 		"extra-segment", "fewer-segments", "outside-pool", "map-type",
-		"allocator-id", "status-garbage:map", "short-answer:map",
+		"allocator-id", "status-garbage:map",
 	};
-	struct ca_pool before;
+	struct ca_pool before, now;
 	enum tap_result skip = need_faults();
 	unsigned int i;
 	int ca, ct;
@@ -173,6 +173,26 @@ static enum tap_result test_first_map_lies(void)
 	first_map_refused(ca, ct, DEV_CONTIG, "contig-split", -EIO);
 	first_map_refused(ca, ct, DEV_DMA32, "dma32-high", -EIO);
 	settled(ca, &before);
+	/*
+	 * A short answer (only the batch header written) to CREATE + ATTACH +
+	 * MAP: refused like the others. The device did create the buffer,
+	 * but its id was in the answer the driver could not read, so no FREE
+	 * can name it: the device keeps that buffer (its memory stays
+	 * donated, the device's own loss) until it resets. The driver keeps
+	 * nothing: its live buffers are as before, and the device holds at
+	 * most the one buffer more.
+	 */
+	if (CHECK(ca_pool_read(ca, &before) == 0, "INFO")) {
+		first_map_refused(ca, ct, DEV_ANY, "short-answer:map", -EIO);
+		if (CHECK(ca_pool_read(ca, &now) == 0, "INFO")) {
+			CHECK(now.info.num_buffers == before.info.num_buffers,
+			      "the driver's live buffers %u -> %u", before.info.num_buffers,
+			      now.info.num_buffers);
+			CHECK(ca_pool_used(&now) - ca_pool_used(&before) <= SIZE,
+			      "the device holds %llu bytes more after one unreadable answer",
+			      (unsigned long long)(ca_pool_used(&now) - ca_pool_used(&before)));
+		}
+	}
 	fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
