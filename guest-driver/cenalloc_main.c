@@ -17,6 +17,7 @@
  * that memory again). One device is served at a time. The ioctls are in
  * cenalloc_ioctl.c.
  */
+#include <linux/log2.h>
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -77,8 +78,20 @@ static int cenalloc_read_config(struct cenalloc_dev *cdev)
 	if (le32_to_cpu(config->num_pools) > CENALLOC_MAX_POOLS)
 		dev_warn(&vdev->dev, "%u pools in config space, using the first %u\n",
 			 le32_to_cpu(config->num_pools), CENALLOC_MAX_POOLS);
-	for (i = 0; i < cdev->num_pools; i++)
+	for (i = 0; i < cdev->num_pools; i++) {
+		u32 align = le32_to_cpu(config->pools[i].align);
+
+		/*
+		 * A power of two (the spec's rule): ALIGN() of anything else
+		 * gives a start below the block, or one off the page.
+		 */
+		if (align && !is_power_of_2(align)) {
+			dev_err(&vdev->dev, "pool %u: align %#x is not a power of two\n",
+				i, align);
+			return -ENODEV;
+		}
 		cdev->pools[i].config = config->pools[i];
+	}
 	return 0;
 }
 

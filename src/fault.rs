@@ -30,9 +30,11 @@
 //! | `lease-outside-pool` | LEASE: its first extent moved to guest-physical 0 |
 //! | `max-segments-huge` | config space: max_segments 0xffffffff (read at probe) |
 //! | `max-batch:N` | config space: max_batch N (the device still takes 64) |
+//! | `pool-align:N` | config space: the first pool's align N (read at probe) |
 //! | `refuse-attach:MASK` | ATTACH of constraint mask MASK: refused (-EINVAL), as the request reaches the executor with mask 0 |
 //! | `short-answer[:OP]` | chains (with an OP command): only the batch response written |
 //! | `status-garbage[:OP]` | commands (OP only): status 0x1234, neither 0 nor an errno |
+//! | `errno:OP:N` | OP commands: status -N, no answer body (an errno the protocol never answers, e.g. 512, -ERESTARTSYS) |
 //! | `no-answer[:OP]` | chains (with an OP command): never returned to the guest |
 //! | `slow:MS` | every chain answered MS milliseconds late |
 //!
@@ -77,9 +79,12 @@ pub enum Fault {
     LeaseOutsidePool,
     MaxSegmentsHuge,
     MaxBatch(u32),
+    PoolAlign(u32),
     RefuseAttach(u32),
     ShortAnswer(Option<u16>),
     StatusGarbage(Option<u16>),
+    /// OP's answers get status -N (1..=4095).
+    Errno(u16, u32),
     NoAnswer(Option<u16>),
     Slow(u64),
 }
@@ -167,6 +172,17 @@ impl FromStr for Fault {
             "lease-outside-pool" => plain(Fault::LeaseOutsidePool),
             "max-segments-huge" => plain(Fault::MaxSegmentsHuge),
             "max-batch" => Ok(Fault::MaxBatch(number(spec, arg)?)),
+            "pool-align" => Ok(Fault::PoolAlign(number(spec, arg)?)),
+            "errno" => {
+                let (op, errno) = arg
+                    .and_then(|arg| arg.split_once(':'))
+                    .ok_or_else(|| Error::Number(spec.to_string()))?;
+                let errno = number(spec, Some(errno))?;
+                if !(1..=4095).contains(&errno) {
+                    return Err(Error::Number(spec.to_string()));
+                }
+                Ok(Fault::Errno(opcode(op)?, errno))
+            }
             "refuse-attach" => Ok(Fault::RefuseAttach(number(spec, arg)?)),
             "short-answer" => Ok(Fault::ShortAnswer(op()?)),
             "status-garbage" => Ok(Fault::StatusGarbage(op()?)),
@@ -280,6 +296,10 @@ impl Injector {
         let (field, value) = match self.current() {
             Fault::MaxSegmentsHuge => (std::mem::offset_of!(Config, max_segments), u32::MAX),
             Fault::MaxBatch(n) => (std::mem::offset_of!(Config, max_batch), n),
+            Fault::PoolAlign(n) => (
+                std::mem::offset_of!(Config, pools) + std::mem::offset_of!(ConfigPool, align),
+                n,
+            ),
             _ => return,
         };
         for (i, byte) in value.to_le_bytes().iter().enumerate() {
@@ -531,7 +551,11 @@ fn matches(filter: Option<u16>, commands: &[Command]) -> bool {
 pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
     let cmds = commands(request, &response);
     match fault {
-        Fault::None | Fault::MaxSegmentsHuge | Fault::MaxBatch(_) | Fault::RefuseAttach(_) => {}
+        Fault::None
+        | Fault::MaxSegmentsHuge
+        | Fault::MaxBatch(_)
+        | Fault::PoolAlign(_)
+        | Fault::RefuseAttach(_) => {}
         Fault::Slow(ms) => std::thread::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))),
         Fault::NoAnswer(filter) => {
             if matches(filter, &cmds) {
@@ -550,6 +574,15 @@ pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
                         hdr.status = 0x1234;
                         write(&mut response, cmd.response, &hdr);
                     }
+                }
+            }
+        }
+        Fault::Errno(op, errno) => {
+            for cmd in cmds.iter().filter(|c| c.opcode == op) {
+                if let Some(mut hdr) = read::<RespHdr>(&response, cmd.response) {
+                    hdr.status = (errno as i32).wrapping_neg() as u32;
+                    hdr.len = 0;
+                    write(&mut response, cmd.response, &hdr);
                 }
             }
         }
@@ -809,6 +842,28 @@ mod tests {
             "max-batch:x".parse::<Fault>(),
             Err(Error::Number(_))
         ));
+        assert_eq!("pool-align:0x3000".parse(), Ok(Fault::PoolAlign(0x3000)));
+        assert_eq!(
+            "errno:checksum:512".parse(),
+            Ok(Fault::Errno(CENALLOC_CMD_CHECKSUM, 512))
+        );
+        for bad in ["errno", "errno:checksum", "errno:checksum:0", "errno:checksum:4096"] {
+            assert!(matches!(bad.parse::<Fault>(), Err(Error::Number(_))), "{bad}");
+        }
+        assert!(matches!(
+            "errno:nope:5".parse::<Fault>(),
+            Err(Error::Opcode(_))
+        ));
+    }
+
+    #[test]
+    fn config_rewrite_sets_the_first_pools_align() {
+        let mut injector = Injector::new(Source::Fixed(Fault::PoolAlign(0x3000)));
+        let mut bytes = Config::default().as_slice().to_vec();
+        injector.rewrite_config(0, &mut bytes);
+        let read_back: Config = read(&bytes, 0).unwrap();
+        assert_eq!(read_back.pools[0].align, 0x3000);
+        assert_eq!(read_back.pools[1].align, 0);
     }
 
     #[test]
@@ -1131,6 +1186,21 @@ mod tests {
             response.clone(),
         ));
         assert_eq!(read::<RespHdr>(&garbled, 8).unwrap().status, 0x1234);
+        let errno = answer(rewrite(
+            Fault::Errno(CENALLOC_CMD_MAP, 512),
+            &request,
+            response.clone(),
+        ));
+        let hdr = read::<RespHdr>(&errno, 8).unwrap();
+        assert_eq!((hdr.status as i32, hdr.len), (-512, 0));
+        assert_eq!(
+            answer(rewrite(
+                Fault::Errno(CENALLOC_CMD_CHECKSUM, 512),
+                &request,
+                response.clone()
+            )),
+            response
+        );
         // A MAP the device did run is not turned into -ENOSPC.
         assert_eq!(
             answer(rewrite(Fault::Needed(1 << 20), &request, response.clone())),

@@ -447,6 +447,24 @@ static enum tap_result test_garbled_answers(void)
 	fault("short-answer:checksum");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == -EIO, "CHECKSUM with a short answer: %d", ret);
+	/*
+	 * Errnos the protocol never answers reach nobody as they are: not
+	 * -ERESTARTSYS (512) or -EIOCBQUEUED (529), kernel-internal, nor
+	 * -EDEADLK (35), which importers take for a ww-mutex back-off.
+	 * A documented one (-ENOENT) passes.
+	 */
+	fault("errno:checksum:512");
+	ret = ca_checksum(ca, buf, &sum, &len);
+	CHECK(ret == -EIO, "CHECKSUM answered -ERESTARTSYS: %d, want -EIO", ret);
+	fault("errno:checksum:529");
+	ret = ca_checksum(ca, buf, &sum, &len);
+	CHECK(ret == -EIO, "CHECKSUM answered -EIOCBQUEUED: %d, want -EIO", ret);
+	fault("errno:checksum:35");
+	ret = ca_checksum(ca, buf, &sum, &len);
+	CHECK(ret == -EIO, "CHECKSUM answered -EDEADLK: %d, want -EIO", ret);
+	fault("errno:checksum:2");
+	ret = ca_checksum(ca, buf, &sum, &len);
+	CHECK(ret == -ENOENT, "CHECKSUM answered -ENOENT: %d, want -ENOENT", ret);
 	fault("none");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == 0 && len == SIZE, "honest CHECKSUM: %d", ret);
@@ -698,6 +716,30 @@ static enum tap_result test_ambiguous_pool_add(void)
 	return TAP_PASS;
 }
 
+/*
+ * A pool align in config space that is not a power of two (the spec wants
+ * one): ALIGN() of it gives block starts below the block or off the page.
+ * The driver refuses the device at probe, with a log line.
+ */
+static enum tap_result test_pool_align_not_power_of_two(void)
+{
+	enum tap_result skip = need_reload();
+	int logged, ret;
+
+	if (skip != TAP_PASS)
+		return skip;
+	logged = ca_kmsg_count("align 0x3000 is not a power of two");
+	if (fault("pool-align:0x3000")) {
+		ret = ca_module_reload(NULL);
+		CHECK(ret == -ETIMEDOUT, "reload with align 0x3000: %s, want no /dev/cenalloc",
+		      ret ? strerror(-ret) : "the device was taken");
+		CHECK(ca_kmsg_count("align 0x3000 is not a power of two") == logged + 1,
+		      "no log line for the refused align");
+	}
+	reload_with("none", NULL);
+	return TAP_PASS;
+}
+
 /* A huge max_segments in config space is capped by the driver. */
 static enum tap_result test_max_segments_capped(void)
 {
@@ -815,6 +857,8 @@ static const struct tap_test tests[] = {
 	TAP_TEST("an ambiguous POOL_ADD keeps its memory for the device",
 		 test_ambiguous_pool_add),
 	TAP_TEST("a huge max_segments in config space is capped", test_max_segments_capped),
+	TAP_TEST("a pool align that is not a power of two: the device is refused",
+		 test_pool_align_not_power_of_two),
 	TAP_TEST("a device that stops answering: -ETIMEDOUT, then -EIO, reload recovers",
 		 test_no_answer_breaks_the_device),
 };
