@@ -236,17 +236,25 @@ void cenalloc_buffer_defer(struct cenalloc_buffer *buffer,
 /*
  * Add a command that only informs the device (SYNC END) to the buffer's
  * pending batch: its zeroed payload, or an ERR_PTR when there is no memory
- * for it (the caller skips the command).
+ * for it (the caller skips the command). The pending batch may carry
+ * teardown (UNMAP, DETACH) that must never fail: it grows only within its
+ * preallocated command buffer and inline answer, so that posting it needs
+ * no allocation (beyond them a fresh request takes the command).
  */
 void *cenalloc_buffer_post_cmd(struct cenalloc_buffer *buffer, u16 opcode,
 			       u32 len)
 {
+	struct cenalloc_req *pending = buffer->pending;
 	struct cenalloc_req *req;
 	void *payload;
 
 	lockdep_assert_held(&buffer->lock);
-	if (buffer->pending) {
-		payload = cenalloc_req_add(buffer->pending, opcode, len, 0);
+	if (pending &&
+	    pending->cmd_len + sizeof(struct cenalloc_cmd_hdr) + len <=
+	    pending->cmd_cap &&
+	    pending->resp_len + sizeof(struct cenalloc_resp_hdr) <=
+	    CENALLOC_REQ_INLINE_RESP) {
+		payload = cenalloc_req_add(pending, opcode, len, 0);
 		if (!IS_ERR(payload))
 			return payload;
 	}
