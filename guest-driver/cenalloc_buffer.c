@@ -17,8 +17,9 @@
  * mmap and vmap use buffer->backing only: the segments of the last MAP
  * answer cenalloc_batch.c accepted (inside the donated pools, exactly the
  * buffer's size, unchanged while anything maps it); PHYS and CHECKSUM
- * answers must agree with it. Release never fails and never waits: its
- * UNMAP, DETACH and FREE were allocated with the objects (struct
+ * answers must agree with it. Release never fails and never waits for the
+ * device (only, for buffer->lock, for a call on the buffer that may, within
+ * timeout_ms): its UNMAP, DETACH and FREE were allocated with the objects (struct
  * cenalloc_buffer) and are posted behind the commands waiting in the
  * buffer's pending batch (cenalloc_batch.c). CREATE charges the caller's uid
  * (cenalloc_quota.c) until release.

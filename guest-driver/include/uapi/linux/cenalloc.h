@@ -23,7 +23,9 @@
  * -ETIMEDOUT when it did not answer (the device is then broken), -EINTR on
  * a fatal signal, -EIO when it is broken (until the driver is reloaded) or
  * answered something the driver refused to use. Closing and unmapping
- * never wait for the device and never fail.
+ * never fail and send nothing they wait for, but they may wait (not
+ * killable) for a call on the same buffer (a map, FILL, CHECKSUM, PHYS,
+ * DMA_BUF_IOCTL_SYNC start) to end, itself within timeout_ms.
  */
 #ifndef _UAPI_LINUX_CENALLOC_H
 #define _UAPI_LINUX_CENALLOC_H
