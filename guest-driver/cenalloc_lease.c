@@ -523,7 +523,7 @@ void cenalloc_lease_free(struct cenalloc_dev *cdev)
 	cdev->leases = NULL;
 }
 
-/* At remove: no more refills or returns (the device is gone). */
+/* At remove, and again at the last put: no more refills or returns. */
 void cenalloc_lease_stop(struct cenalloc_dev *cdev)
 {
 	struct cenalloc_leases *l = cdev->leases;

@@ -1331,9 +1331,11 @@ u64 cenalloc_pools_limit(struct cenalloc_dev *cdev)
 	return max(most, now);
 }
 
-/* At remove: no more growing (the device is gone). */
+/* At remove, and again at the last put: no more growing. */
 void cenalloc_pools_stop(struct cenalloc_dev *cdev)
 {
+	if (!cdev->pool_low_work.func)
+		return;		/* probe stopped before pools_init */
 	cancel_work_sync(&cdev->pool_low_work);
 }
 
