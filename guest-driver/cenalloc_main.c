@@ -126,6 +126,25 @@ static int cenalloc_cache_info(struct cenalloc_dev *cdev)
 	if (ret < 0)
 		return ret;
 	cdev->num_allocators = ret;
+	/*
+	 * Allocator i is pool i. Attach decisions (reach rules, CONTIG
+	 * negotiation) read the kinds and placement of GET_INFO, answer
+	 * checks those of config space: a device whose two disagree would
+	 * have high memory accepted for a 32-bit importer, or CONTIG
+	 * negotiated that later fails.
+	 */
+	for (i = 0; i < min_t(u32, cdev->num_allocators, cdev->num_pools); i++) {
+		const struct cenalloc_allocator_info *al = &cdev->allocators[i];
+		const struct cenalloc_config_pool *pc = &cdev->pools[i].config;
+
+		if (al->kinds != pc->kinds || al->placement != pc->placement) {
+			dev_err(&cdev->vdev->dev,
+				"allocator %u: kinds %#x placement %#x, config space says %#x %#x\n",
+				i, le32_to_cpu(al->kinds), le32_to_cpu(al->placement),
+				le32_to_cpu(pc->kinds), le32_to_cpu(pc->placement));
+			return -ENODEV;
+		}
+	}
 	n = min_t(u32, le32_to_cpu(info.num_exporter_types),
 		  CENALLOC_MAX_MAP_TYPES);
 	/* Types the protocol does not know are the device's mistake: skip. */

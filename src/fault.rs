@@ -28,6 +28,7 @@
 //! | `needed:N` | MAP: -ENOSPC, needing an N-byte answer (then, asked with N bytes, the real answer) |
 //! | `attach-type` | ATTACH: map type 0x8123, which nobody lists |
 //! | `lease-outside-pool` | LEASE: its first extent moved to guest-physical 0 |
+//! | `info-placement` | GET_INFO: the first allocator's placement with `CENALLOC_PLACE_DMA32` flipped (config space keeps the truth) |
 //! | `max-segments-huge` | config space: max_segments 0xffffffff (read at probe) |
 //! | `max-batch:N` | config space: max_batch N (the device still takes 64) |
 //! | `pool-align:N` | config space: the first pool's align N (read at probe) |
@@ -77,6 +78,7 @@ pub enum Fault {
     Needed(u32),
     AttachType,
     LeaseOutsidePool,
+    InfoPlacement,
     MaxSegmentsHuge,
     MaxBatch(u32),
     PoolAlign(u32),
@@ -170,6 +172,7 @@ impl FromStr for Fault {
             "needed" => Ok(Fault::Needed(number(spec, arg)?)),
             "attach-type" => plain(Fault::AttachType),
             "lease-outside-pool" => plain(Fault::LeaseOutsidePool),
+            "info-placement" => plain(Fault::InfoPlacement),
             "max-segments-huge" => plain(Fault::MaxSegmentsHuge),
             "max-batch" => Ok(Fault::MaxBatch(number(spec, arg)?)),
             "pool-align" => Ok(Fault::PoolAlign(number(spec, arg)?)),
@@ -577,6 +580,22 @@ pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
                 }
             }
         }
+        Fault::InfoPlacement => {
+            for cmd in cmds.iter().filter(|c| c.opcode == CENALLOC_CMD_GET_INFO) {
+                let at = cmd.response + size_of::<RespHdr>();
+                let first = at + size_of::<InfoResp>();
+                if let (Some(hdr), Some(info), Some(mut allocator)) = (
+                    read::<RespHdr>(&response, cmd.response),
+                    read::<InfoResp>(&response, at),
+                    read::<AllocatorInfo>(&response, first),
+                ) {
+                    if hdr.status == 0 && info.num_allocators > 0 {
+                        allocator.placement ^= CENALLOC_PLACE_DMA32;
+                        write(&mut response, first, &allocator);
+                    }
+                }
+            }
+        }
         Fault::Errno(op, errno) => {
             for cmd in cmds.iter().filter(|c| c.opcode == op) {
                 if let Some(mut hdr) = read::<RespHdr>(&response, cmd.response) {
@@ -843,6 +862,7 @@ mod tests {
             Err(Error::Number(_))
         ));
         assert_eq!("pool-align:0x3000".parse(), Ok(Fault::PoolAlign(0x3000)));
+        assert_eq!("info-placement".parse(), Ok(Fault::InfoPlacement));
         assert_eq!(
             "errno:checksum:512".parse(),
             Ok(Fault::Errno(CENALLOC_CMD_CHECKSUM, 512))
@@ -1140,6 +1160,73 @@ mod tests {
         let (request, response) = map_batch(CENALLOC_MAP_SG, 1, &[(0x10000, 0x4000)], 4);
         assert_eq!(
             answer(rewrite(Fault::LeaseOutsidePool, &request, response.clone())),
+            response
+        );
+    }
+
+    #[test]
+    fn info_placement_flips_dma32_of_the_first_allocator_only() {
+        let mut request = BatchHdr {
+            num_cmds: 1,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        let slot = size_of::<InfoResp>() + 2 * size_of::<AllocatorInfo>();
+        request.extend_from_slice(
+            CmdHdr {
+                opcode: CENALLOC_CMD_GET_INFO,
+                flags: 0,
+                len: 0,
+                resp_len: slot as u32,
+                reserved: 0,
+            }
+            .as_slice(),
+        );
+        let mut response = BatchResp {
+            status: 0,
+            num_done: 1,
+        }
+        .as_slice()
+        .to_vec();
+        response.extend_from_slice(
+            RespHdr {
+                status: 0,
+                len: slot as u32,
+                ..Default::default()
+            }
+            .as_slice(),
+        );
+        response.extend_from_slice(
+            InfoResp {
+                num_allocators: 2,
+                ..Default::default()
+            }
+            .as_slice(),
+        );
+        for placement in [0, CENALLOC_PLACE_DMA32] {
+            response.extend_from_slice(
+                AllocatorInfo {
+                    placement,
+                    ..Default::default()
+                }
+                .as_slice(),
+            );
+        }
+        let first = size_of::<BatchResp>() + size_of::<RespHdr>() + size_of::<InfoResp>();
+        let lied = answer(rewrite(Fault::InfoPlacement, &request, response.clone()));
+        let placement = |bytes: &[u8], i: usize| {
+            read::<AllocatorInfo>(bytes, first + i * size_of::<AllocatorInfo>())
+                .unwrap()
+                .placement
+        };
+        assert_eq!(
+            (placement(&lied, 0), placement(&lied, 1)),
+            (CENALLOC_PLACE_DMA32, CENALLOC_PLACE_DMA32)
+        );
+        let (request, response) = map_batch(CENALLOC_MAP_SG, 1, &[(0x10000, 0x4000)], 4);
+        assert_eq!(
+            answer(rewrite(Fault::InfoPlacement, &request, response.clone())),
             response
         );
     }

@@ -717,6 +717,34 @@ static enum tap_result test_ambiguous_pool_add(void)
 }
 
 /*
+ * Reload with @spec in force at probe: the device must be refused (the
+ * module loads and /dev/cenalloc exists, but it serves no device: INFO
+ * fails with -ENODEV) and the kernel log must say why (@logline; the
+ * spare device of run-vm --devices 2, whose daemon lies the same way,
+ * may say it too once the first is refused).
+ */
+static void refused_at_probe(const char *spec, const char *logline)
+{
+	struct ca_pool pool;
+	int logged, ret, ca;
+
+	logged = ca_kmsg_count(logline);
+	if (!fault(spec))
+		return;
+	ret = ca_module_reload(NULL);
+	if (CHECK(ret == 0, "reload with %s: %s", spec, strerror(-ret))) {
+		ca = ca_open();
+		if (CHECK(ca >= 0, "open: %s", strerror(-ca))) {
+			ret = ca_pool_read(ca, &pool);
+			CHECK(ret == -ENODEV, "%s: INFO %s, want ENODEV (no device served)",
+			      spec, ret ? strerror(-ret) : "succeeded");
+			close(ca);
+		}
+	}
+	CHECK(ca_kmsg_count(logline) > logged, "%s: no log line \"%s\"", spec, logline);
+}
+
+/*
  * A pool align in config space that is not a power of two (the spec wants
  * one): ALIGN() of it gives block starts below the block or off the page.
  * The driver refuses the device at probe, with a log line.
@@ -724,18 +752,26 @@ static enum tap_result test_ambiguous_pool_add(void)
 static enum tap_result test_pool_align_not_power_of_two(void)
 {
 	enum tap_result skip = need_reload();
-	int logged, ret;
 
 	if (skip != TAP_PASS)
 		return skip;
-	logged = ca_kmsg_count("align 0x3000 is not a power of two");
-	if (fault("pool-align:0x3000")) {
-		ret = ca_module_reload(NULL);
-		CHECK(ret == -ETIMEDOUT, "reload with align 0x3000: %s, want no /dev/cenalloc",
-		      ret ? strerror(-ret) : "the device was taken");
-		CHECK(ca_kmsg_count("align 0x3000 is not a power of two") == logged + 1,
-		      "no log line for the refused align");
-	}
+	refused_at_probe("pool-align:0x3000", "align 0x3000 is not a power of two");
+	reload_with("none", NULL);
+	return TAP_PASS;
+}
+
+/*
+ * GET_INFO and config space disagree on an allocator's placement: attach
+ * decisions read one and answer checks the other, so the driver refuses
+ * the device at probe, with a log line.
+ */
+static enum tap_result test_info_disagrees_with_config(void)
+{
+	enum tap_result skip = need_reload();
+
+	if (skip != TAP_PASS)
+		return skip;
+	refused_at_probe("info-placement", "config space says");
 	reload_with("none", NULL);
 	return TAP_PASS;
 }
@@ -859,6 +895,8 @@ static const struct tap_test tests[] = {
 	TAP_TEST("a huge max_segments in config space is capped", test_max_segments_capped),
 	TAP_TEST("a pool align that is not a power of two: the device is refused",
 		 test_pool_align_not_power_of_two),
+	TAP_TEST("GET_INFO placement that contradicts config space: the device is refused",
+		 test_info_disagrees_with_config),
 	TAP_TEST("a device that stops answering: -ETIMEDOUT, then -EIO, reload recovers",
 		 test_no_answer_breaks_the_device),
 };
