@@ -867,8 +867,16 @@ mod tests {
             "errno:checksum:512".parse(),
             Ok(Fault::Errno(CENALLOC_CMD_CHECKSUM, 512))
         );
-        for bad in ["errno", "errno:checksum", "errno:checksum:0", "errno:checksum:4096"] {
-            assert!(matches!(bad.parse::<Fault>(), Err(Error::Number(_))), "{bad}");
+        for bad in [
+            "errno",
+            "errno:checksum",
+            "errno:checksum:0",
+            "errno:checksum:4096",
+        ] {
+            assert!(
+                matches!(bad.parse::<Fault>(), Err(Error::Number(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             "errno:nope:5".parse::<Fault>(),
