@@ -174,10 +174,10 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 	seq_puts(s, "\n# pool and lease figures\n");
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
-		seq_printf(s, "pool%u_initial %llu\npool%u_donated %llu\npool%u_in_use %lld\npool%u_grown %llu\npool%u_returned %llu\npool%u_held %llu\npool%u_grow_failures %u\n",
+		seq_printf(s, "pool%u_initial %llu\npool%u_donated %llu\npool%u_in_use %lld\npool%u_grown %llu\npool%u_returned %llu\npool%u_held %llu\npool%u_grow_failures %u\npool%u_max %llu\n",
 			   i, pool->initial, i, pool->donated, i, in_use[i],
 			   i, pool->grown, i, pool->returned, i,
-			   pool->held, i, pool->grow_failures);
+			   pool->held, i, pool->grow_failures, i, pool->max);
 	}
 	seq_printf(s, "pools_limit %llu\n", cenalloc_pools_limit(cdev));
 	seq_printf(s, "shrink_scans %lld\nshrunk_bytes %lld\n",
