@@ -72,6 +72,21 @@ static bool stock_reaches(int allocator, long long want)
 	return stock_reaches_kib(allocator, 4, want);
 }
 
+/*
+ * Whether pool @index may grow (elastic, below its maximum): filling it
+ * then makes no shortage, since it grows in the background (POOL_LOW).
+ */
+static bool pool_may_grow(int index, long long *donated, long long *max)
+{
+	char name[32];
+
+	snprintf(name, sizeof(name), "pool%d_donated", index);
+	*donated = lease_value(name);
+	snprintf(name, sizeof(name), "pool%d_max", index);
+	*max = lease_value(name);
+	return *max > *donated;
+}
+
 /* Opens the devices with device DEV of @mask; TAP_SKIP without leases. */
 static enum tap_result setup(int *ca, int *ct, uint32_t mask)
 {
@@ -200,7 +215,7 @@ static enum tap_result test_exhausted_stock(void)
 {
 	static struct ca_buf bufs[EXTRA + 2 * 128];
 	struct ca_buf fill = { .fd = -1 };
-	long long taken0, missed0, taken, missed, have, leased;
+	long long taken0, missed0, taken, missed, have, leased, donated, max;
 	unsigned int made = 0, want, i;
 	int ca, ct, ret, index;
 	struct ca_pool pool;
@@ -212,6 +227,11 @@ static enum tap_result test_exhausted_stock(void)
 	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
 		goto out;
 	index = ca_pool_find_kind(&pool, CENALLOC_KIND_DMA32);
+	if (pool_may_grow(index, &donated, &max)) {
+		r = tap_skip("pool %d may grow (%lld of at most %lld bytes): no shortage to exhaust the stock",
+			     index, donated, max);
+		goto out;
+	}
 	if (!warm(ca, ct, index))
 		goto out;
 	usleep(200000);		/* no refill on the way */
@@ -251,13 +271,13 @@ out:
 	for (i = 0; i < made; i++)
 		ca_buf_free(ct, &bufs[i]);
 	ca_env_close(&ca, &ct, &fill);
-	return TAP_PASS;
+	return r;
 }
 
 static enum tap_result test_the_device_takes_the_stock_back(void)
 {
 	struct ca_buf fill = { .fd = -1 }, b = { .fd = -1 };
-	long long returned0, revokes0, leased_bytes;
+	long long returned0, revokes0, leased_bytes, donated, max;
 	struct ca_pool before, after;
 	int ca, ct, ret, index;
 	uint64_t free_bytes, size;
@@ -268,6 +288,11 @@ static enum tap_result test_the_device_takes_the_stock_back(void)
 	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
 		goto out;
 	index = ca_pool_find_kind(&before, CENALLOC_KIND_SYSTEM);
+	if (pool_may_grow(index, &donated, &max)) {
+		r = tap_skip("pool %d may grow (%lld of at most %lld bytes): filling it makes no shortage",
+			     index, donated, max);
+		goto out;
+	}
 	if (!warm(ca, ct, index) ||
 	    !CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
 		goto out;
@@ -316,7 +341,7 @@ static enum tap_result test_the_device_takes_the_stock_back(void)
 out:
 	ca_buf_free(ct, &b);
 	ca_env_close(&ca, &ct, &fill);
-	return TAP_PASS;
+	return r;
 }
 
 static enum tap_result test_leases_follow_the_allocator_rule(void)
