@@ -25,8 +25,9 @@
  *
  * A late attach whose mask the backing does not satisfy (the device would
  * migrate it): refused with -EBUSY while the backing is pinned; otherwise,
- * holding the reservation lock, the exporter calls dma_buf_move_notify(),
- * waits (bounded) for the fences of the buffer, marks every mapping of the
+ * holding the reservation lock, the exporter calls dma_buf_move_notify()
+ * (if a dynamic importer maps it), waits (bounded) for the fences of the
+ * buffer (even with nothing to revoke), marks every mapping of the
  * dynamic importers revoked, and sends their UNMAPs in the batch of the
  * ATTACH, so the device sees no mapping and accepts the migration. The
  * next MAP moves the content to the new backing (the device copies it);
@@ -242,6 +243,7 @@ static unsigned int cenalloc_revocable_count(struct cenalloc_buffer *buffer)
 static int cenalloc_make_room(struct cenalloc_buffer *buffer, u32 mask)
 {
 	struct dma_buf *dmabuf = buffer->dmabuf;
+	bool revoke;
 	long left;
 
 	dma_resv_assert_held(dmabuf->resv);
@@ -250,11 +252,16 @@ static int cenalloc_make_room(struct cenalloc_buffer *buffer, u32 mask)
 	if (cenalloc_buffer_pinned(buffer) ||
 	    cenalloc_revocable_count(buffer) >= buffer->cdev->max_batch)
 		return -EBUSY;	/* pinned, or more UNMAPs than one batch */
-	if (!cenalloc_revocable_count(buffer))
-		return 0;
+	revoke = cenalloc_revocable_count(buffer);
 
+	/*
+	 * The fences are waited for even with nothing to revoke: an importer
+	 * may have unmapped while its job still runs, and the migration
+	 * copies and then frees the old pages.
+	 */
 	mutex_unlock(&buffer->lock);
-	cenalloc_dma_buf_move_notify(dmabuf);
+	if (revoke)
+		cenalloc_dma_buf_move_notify(dmabuf);
 	left = dma_resv_wait_timeout(dmabuf->resv, DMA_RESV_USAGE_BOOKKEEP,
 				     true,
 				     msecs_to_jiffies(CENALLOC_FENCE_WAIT_MS));

@@ -239,17 +239,25 @@ void cenalloc_buffer_defer(struct cenalloc_buffer *buffer,
 /*
  * Add a command that only informs the device (SYNC END) to the buffer's
  * pending batch: its zeroed payload, or an ERR_PTR when there is no memory
- * for it (the caller skips the command).
+ * for it (the caller skips the command). The pending batch may carry
+ * teardown (UNMAP, DETACH) that must never fail: it grows only within its
+ * preallocated command buffer and inline answer, so that posting it needs
+ * no allocation (beyond them a fresh request takes the command).
  */
 void *cenalloc_buffer_post_cmd(struct cenalloc_buffer *buffer, u16 opcode,
 			       u32 len)
 {
+	struct cenalloc_req *pending = buffer->pending;
 	struct cenalloc_req *req;
 	void *payload;
 
 	lockdep_assert_held(&buffer->lock);
-	if (buffer->pending) {
-		payload = cenalloc_req_add(buffer->pending, opcode, len, 0);
+	if (pending &&
+	    pending->cmd_len + sizeof(struct cenalloc_cmd_hdr) + len <=
+	    pending->cmd_cap &&
+	    pending->resp_len + sizeof(struct cenalloc_resp_hdr) <=
+	    CENALLOC_REQ_INLINE_RESP) {
+		payload = cenalloc_req_add(pending, opcode, len, 0);
 		if (!IS_ERR(payload))
 			return payload;
 	}
@@ -897,7 +905,8 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	struct cenalloc_leased_map_req *lm;
 	struct cenalloc_attachment *each;
 	struct cenalloc_range ext, seg;
-	u32 allocator, index = 0, i;
+	u32 allocator, index = 0, i, *ids;
+	unsigned int num_ids = 0;
 	struct cenalloc_req *req;
 	u64 addr, len;
 	int ret;
@@ -911,18 +920,24 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 			return -EAGAIN;
 	if (!cenalloc_leased_types_hold(buffer))
 		return -EAGAIN;
-	req = cenalloc_req_alloc(cdev);
-	if (!req)
+	/* The buffer's id, then one per attachment: none in use (F4). */
+	ids = kmalloc_array(buffer->num_attachments + 1, sizeof(*ids),
+			    GFP_KERNEL);
+	if (!ids)
 		return -EAGAIN;
+	while (num_ids <= buffer->num_attachments &&
+	       !cenalloc_lease_id_get(cdev, &ids[num_ids]))
+		num_ids++;
+	req = num_ids > buffer->num_attachments ? cenalloc_req_alloc(cdev) : NULL;
+	if (!req)
+		goto err_ids;
 	lm = cenalloc_req_add(req, CENALLOC_CMD_LEASED_MAP,
 			      sizeof(*lm) + buffer->num_attachments *
 			      sizeof(*rec), 0);
 	if (IS_ERR(lm) ||
 	    !cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
-				 &allocator, &addr, &len)) {
-		cenalloc_req_free(req);
-		return -EAGAIN;
-	}
+				 &allocator, &addr, &len))
+		goto err_req;
 	/*
 	 * The checks of a MAP answer; the backing (its first size bytes)
 	 * counts on its blocks from now on, instead of the leased extent.
@@ -935,12 +950,10 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 				      &seg, 1);
 	/* backing_accept counted the backing itself: drop the lease's count. */
 	cenalloc_pools_unclaim(cdev, &ext, 1);
-	if (ret) {
-		cenalloc_req_free(req);
-		return -EAGAIN;
-	}
+	if (ret)
+		goto err_req;
 
-	lm->buffer_id = cpu_to_le32(cenalloc_lease_id(cdev));
+	lm->buffer_id = cpu_to_le32(ids[0]);
 	lm->initial_mask = cpu_to_le32(buffer->initial_mask);
 	lm->size = cpu_to_le64(buffer->size);
 	lm->extent = cpu_to_le64(addr);
@@ -950,7 +963,7 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	list_for_each_entry(each, &buffer->attachments, node) {
 		if (each == a)
 			lm->map_index = cpu_to_le32(index);
-		rec[index].attach_id = cpu_to_le32(cenalloc_lease_id(cdev));
+		rec[index].attach_id = cpu_to_le32(ids[index + 1]);
 		rec[index].mask = cpu_to_le32(each->mask);
 		rec[index].map_type = cpu_to_le32(each->map_type);
 		rec[index].num_types = cpu_to_le32(each->num_types);
@@ -960,12 +973,21 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 		index++;
 	}
 	buffer->buffer_id = le32_to_cpu(lm->buffer_id);
+	buffer->lease_ids = ids;
+	buffer->num_lease_ids = num_ids;
 	a->num_maps++;
 	/* Nothing of the buffer waits in its pending batch yet. Posted, it
 	 * rides the next kick: GET_INFO, which comes after, sees the buffer.
 	 */
 	cenalloc_req_post(req);
 	return 0;
+
+err_req:
+	cenalloc_req_free(req);
+err_ids:
+	cenalloc_lease_ids_put(cdev, ids, num_ids);
+	kfree(ids);
+	return -EAGAIN;
 }
 
 /* Whether a map of @buffer must be one contiguous range. */

@@ -17,8 +17,9 @@
  * mmap and vmap use buffer->backing only: the segments of the last MAP
  * answer cenalloc_batch.c accepted (inside the donated pools, exactly the
  * buffer's size, unchanged while anything maps it); PHYS and CHECKSUM
- * answers must agree with it. Release never fails and never waits: its
- * UNMAP, DETACH and FREE were allocated with the objects (struct
+ * answers must agree with it. Release never fails and never waits for the
+ * device (only, for buffer->lock, for a call on the buffer that may, within
+ * timeout_ms): its UNMAP, DETACH and FREE were allocated with the objects (struct
  * cenalloc_buffer) and are posted behind the commands waiting in the
  * buffer's pending batch (cenalloc_batch.c). CREATE charges the caller's uid
  * (cenalloc_quota.c) until release.
@@ -35,6 +36,7 @@
 #include "cenalloc_attach.h"
 #include "cenalloc_batch.h"
 #include "cenalloc_buffer.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_pool.h"
 #include "cenalloc_quota.h"
 #include "cenalloc_vq.h"
@@ -489,6 +491,11 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 
 	cenalloc_req_free(buffer->cpu_unmap_req);
 	cenalloc_req_free(buffer->free_req);
+	/* Its FREE and every DETACH are on the ring: the ids may be reused. */
+	if (buffer->num_lease_ids)
+		cenalloc_lease_ids_put(cdev, buffer->lease_ids,
+				       buffer->num_lease_ids);
+	kfree(buffer->lease_ids);
 	cenalloc_quota_uncharge(buffer->user, buffer->size);
 	/* The FREE is on the ring before the blocks may be offered back. */
 	if (buffer->backing)

@@ -55,6 +55,11 @@ struct cenalloc_buffer {
 	 */
 	bool backing_loose;
 	struct list_head zombies;		/* struct cenalloc_zombie */
+	/* Ids this driver chose for a LEASED_MAP (the buffer's, then its
+	 * attachments'), kept from reuse until the FREE is on the ring.
+	 */
+	u32 *lease_ids;
+	unsigned int num_lease_ids;
 	/* Commands nobody waits for, not on the ring yet (cenalloc_batch.c). */
 	struct cenalloc_req *pending;
 	void *vaddr;

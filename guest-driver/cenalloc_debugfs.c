@@ -174,11 +174,12 @@ static int cenalloc_allocators_show(struct seq_file *s, void *unused)
 	seq_puts(s, "\n# pool and lease figures\n");
 	for (i = 0; i < cdev->num_pools; i++) {
 		pool = &cdev->pools[i];
-		seq_printf(s, "pool%u_initial %llu\npool%u_donated %llu\npool%u_in_use %lld\npool%u_grown %llu\npool%u_returned %llu\npool%u_held %llu\npool%u_grow_failures %u\n",
+		seq_printf(s, "pool%u_initial %llu\npool%u_donated %llu\npool%u_in_use %lld\npool%u_grown %llu\npool%u_returned %llu\npool%u_held %llu\npool%u_grow_failures %u\npool%u_max %llu\n",
 			   i, pool->initial, i, pool->donated, i, in_use[i],
 			   i, pool->grown, i, pool->returned, i,
-			   pool->held, i, pool->grow_failures);
+			   pool->held, i, pool->grow_failures, i, pool->max);
 	}
+	seq_printf(s, "pools_limit %llu\n", cenalloc_pools_limit(cdev));
 	seq_printf(s, "shrink_scans %lld\nshrunk_bytes %lld\n",
 		   atomic64_read(&cdev->shrink_scans),
 		   atomic64_read(&cdev->shrunk_bytes));
@@ -336,6 +337,25 @@ static const struct file_operations cenalloc_transport_fops = {
 	.write = cenalloc_transport_write,
 };
 
+/*
+ * TEST HOOK: lease_next_id (root only) reads and sets the driver-chosen id
+ * the next leased map tries first (cenalloc_lease_set_next_id()).
+ */
+static int cenalloc_lease_next_id_get(void *data, u64 *val)
+{
+	*val = cenalloc_lease_next_id(data);
+	return 0;
+}
+
+static int cenalloc_lease_next_id_put(void *data, u64 val)
+{
+	return cenalloc_lease_set_next_id(data, val);
+}
+
+DEFINE_DEBUGFS_ATTRIBUTE(cenalloc_lease_next_id_fops,
+			 cenalloc_lease_next_id_get,
+			 cenalloc_lease_next_id_put, "%llu\n");
+
 void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 {
 	cenalloc_debugfs_dir = debugfs_create_dir("cenalloc", NULL);
@@ -349,6 +369,10 @@ void cenalloc_debugfs_init(struct cenalloc_dev *cdev)
 			    &cenalloc_stats_fops);
 	debugfs_create_file("transport", 0644, cenalloc_debugfs_dir, cdev,
 			    &cenalloc_transport_fops);
+	if (cdev->leases)
+		debugfs_create_file_unsafe("lease_next_id", 0600,
+					   cenalloc_debugfs_dir, cdev,
+					   &cenalloc_lease_next_id_fops);
 }
 
 void cenalloc_debugfs_exit(void)

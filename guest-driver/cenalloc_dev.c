@@ -7,6 +7,7 @@
 #include <linux/slab.h>
 
 #include "cenalloc_dev.h"
+#include "cenalloc_lease.h"
 
 static DEFINE_MUTEX(cenalloc_current_lock);
 /* The device being probed or bound (at most one), and the one served. */
@@ -18,8 +19,16 @@ static void cenalloc_dev_release(struct kref *ref)
 	struct cenalloc_dev *cdev = container_of(ref, struct cenalloc_dev, ref);
 
 	WARN_ON(!list_empty(&cdev->buffers));
+	/*
+	 * remove cancelled these, but the event interrupt or a map could
+	 * queue one between its check of quiesced/removed and that cancel:
+	 * none may run once the state below is freed (no buffer and no
+	 * virtqueue is left to queue another).
+	 */
+	cenalloc_lease_stop(cdev);
+	cenalloc_pools_stop(cdev);
 	/* The stock (cenalloc_lease.c): its blocks go with the pools. */
-	kfree(cdev->leases);
+	cenalloc_lease_free(cdev);
 	cenalloc_pools_free(cdev);
 	mutex_destroy(&cdev->lock);
 	kfree(cdev);

@@ -13,6 +13,11 @@
  * binding whose device is no longer registered (unplugged, driver module
  * unloaded with it) is dropped and the name binds the next device that
  * carries it. Class devices are matched by name only.
+ * The bound device's name is copied at each of its attaches: the table
+ * never reads dev_name() of a device other than the one attaching, since
+ * nothing serializes that read against device_rename() freeing the old
+ * name (SET_DEVICE_MASK by a new name finds the entry once the renamed
+ * device attached again).
  * The table narrows what the exporter derives from the device
  * (cenalloc_reach.c), it never widens it.
  */
@@ -29,6 +34,7 @@ struct cenalloc_mask_entry {
 	char name[CENALLOC_MASK_NAME_LEN];
 	u32 mask;
 	struct device *dev;	/* bound at first attach, holds a reference */
+	char dev_name[CENALLOC_MASK_NAME_LEN];	/* dev's, at its last attach */
 };
 
 static DEFINE_SPINLOCK(cenalloc_mask_lock);
@@ -50,7 +56,7 @@ int cenalloc_mask_set(const char *name, u32 mask)
 			continue;
 		}
 		if (!strcmp(e->name, name) ||
-		    (e->dev && !strcmp(dev_name(e->dev), name)))
+		    (e->dev && !strcmp(e->dev_name, name)))
 			break;
 	}
 	if (e == cenalloc_masks + CENALLOC_MASK_TABLE_SIZE)
@@ -77,13 +83,18 @@ int cenalloc_mask_set(const char *name, u32 mask)
 u32 cenalloc_device_mask(struct device *dev)
 {
 	struct cenalloc_mask_entry *e, *by_name = NULL;
+	char name[CENALLOC_MASK_NAME_LEN] = "";
 	u32 mask = CENALLOC_DEFAULT_MASK;
 	struct device *drop = NULL;
-	const char *name;
 
 	if (!dev)
 		return mask;
-	name = dev_name(dev);
+	/*
+	 * The attaching device's own name, as its driver's messages read it
+	 * (one longer than a table name matches no entry).
+	 */
+	if (dev_name(dev) && strscpy(name, dev_name(dev), sizeof(name)) < 0)
+		name[0] = '\0';
 	spin_lock(&cenalloc_mask_lock);
 	for (e = cenalloc_masks; e < cenalloc_masks + CENALLOC_MASK_TABLE_SIZE; e++) {
 		if (!e->name[0])
@@ -91,15 +102,17 @@ u32 cenalloc_device_mask(struct device *dev)
 		if (e->dev == dev) {
 			by_name = NULL;
 			mask = e->mask;
+			strscpy(e->dev_name, name, sizeof(e->dev_name));
 			break;
 		}
-		if (!by_name && name && !strcmp(e->name, name) &&
+		if (!by_name && name[0] && !strcmp(e->name, name) &&
 		    (!e->dev || !device_is_registered(e->dev)))
 			by_name = e;
 	}
 	if (by_name && dev->bus) {
 		drop = by_name->dev;
 		by_name->dev = get_device(dev);
+		strscpy(by_name->dev_name, name, sizeof(by_name->dev_name));
 	}
 	if (by_name)
 		mask = by_name->mask;

@@ -160,13 +160,68 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 	return taken;
 }
 
-/* A fresh id from the driver's range for a leased map. */
-u32 cenalloc_lease_id(struct cenalloc_dev *cdev)
+/*
+ * A fresh id from the driver's range for a leased map: the next one after
+ * the cursor that no live buffer or attachment has (the range wraps every
+ * 2^30 ids, and a buffer may live through many wraps). The device refuses
+ * an id in use, and such a refusal is only seen after the buffer is in
+ * use: the FILL, CHECKSUM and FREE of the new buffer would then reach the
+ * old one. Returns 0 or -ENOMEM / -ENOSPC.
+ */
+int cenalloc_lease_id_get(struct cenalloc_dev *cdev, u32 *id)
 {
-	u32 n = (u32)atomic_inc_return(&cdev->leases->next_id);
+	struct cenalloc_leases *l = cdev->leases;
+	u32 n = (u32)atomic_inc_return(&l->next_id);
+	u32 start = CENALLOC_DRIVER_ID_FIRST +
+		    n % (CENALLOC_BATCH_REF - CENALLOC_DRIVER_ID_FIRST);
+	int ret;
+
+	BUILD_BUG_ON(CENALLOC_BATCH_REF - 1 > INT_MAX);
+	ret = ida_alloc_range(&l->ids, start, CENALLOC_BATCH_REF - 1,
+			      GFP_KERNEL);
+	if (ret == -ENOSPC && start > CENALLOC_DRIVER_ID_FIRST)
+		ret = ida_alloc_range(&l->ids, CENALLOC_DRIVER_ID_FIRST,
+				      start - 1, GFP_KERNEL);
+	if (ret < 0)
+		return ret;
+	*id = ret;
+	return 0;
+}
+
+/*
+ * Give back ids of cenalloc_lease_id_get(), once the commands that end
+ * them on the device (FREE, DETACH) are on the ring: a later LEASED_MAP
+ * that reuses one comes after them.
+ */
+void cenalloc_lease_ids_put(struct cenalloc_dev *cdev, const u32 *ids,
+			    unsigned int num)
+{
+	unsigned int i;
+
+	for (i = 0; i < num; i++)
+		ida_free(&cdev->leases->ids, ids[i]);
+}
+
+/*
+ * TEST HOOK (debugfs lease_next_id, root only): the id the next leased map
+ * tries first, so that a selftest can reach the end of the range and the
+ * reuse of live ids without 2^30 maps.
+ */
+u32 cenalloc_lease_next_id(struct cenalloc_dev *cdev)
+{
+	u32 n = (u32)atomic_read(&cdev->leases->next_id) + 1;
 
 	return CENALLOC_DRIVER_ID_FIRST +
 	       n % (CENALLOC_BATCH_REF - CENALLOC_DRIVER_ID_FIRST);
+}
+
+int cenalloc_lease_set_next_id(struct cenalloc_dev *cdev, u64 id)
+{
+	if (id < CENALLOC_DRIVER_ID_FIRST || id >= CENALLOC_BATCH_REF)
+		return -EINVAL;
+	atomic_set(&cdev->leases->next_id,
+		   (int)(id - CENALLOC_DRIVER_ID_FIRST - 1));
+	return 0;
 }
 
 /*
@@ -452,13 +507,24 @@ int cenalloc_lease_init(struct cenalloc_dev *cdev)
 	l->cdev = cdev;
 	l->num_allocators = num;
 	spin_lock_init(&l->lock);
+	ida_init(&l->ids);
 	INIT_WORK(&l->refill_work, cenalloc_lease_refill_work);
 	INIT_WORK(&l->revoke_work, cenalloc_lease_revoke_work);
 	cdev->leases = l;
 	return 0;
 }
 
-/* At remove: no more refills or returns (the device is gone). */
+/* With the device state, after the last buffer. */
+void cenalloc_lease_free(struct cenalloc_dev *cdev)
+{
+	if (!cdev->leases)
+		return;
+	ida_destroy(&cdev->leases->ids);
+	kfree(cdev->leases);
+	cdev->leases = NULL;
+}
+
+/* At remove, and again at the last put: no more refills or returns. */
 void cenalloc_lease_stop(struct cenalloc_dev *cdev)
 {
 	struct cenalloc_leases *l = cdev->leases;

@@ -7,6 +7,7 @@
 #ifndef CENALLOC_LEASE_H
 #define CENALLOC_LEASE_H
 
+#include <linux/idr.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/workqueue.h>
@@ -32,7 +33,8 @@ struct cenalloc_leases {
 	unsigned long revoke_pending;		/* bit per allocator: device asked */
 	struct work_struct refill_work;
 	struct work_struct revoke_work;
-	atomic_t next_id;			/* driver-chosen ids */
+	atomic_t next_id;			/* driver-chosen ids: cursor */
+	struct ida ids;				/* driver-chosen ids alive */
 	/* Counters (debugfs). */
 	atomic64_t taken;			/* first maps from the stock */
 	atomic64_t missed;			/* small first maps with no stock */
@@ -47,7 +49,12 @@ void cenalloc_lease_stop(struct cenalloc_dev *cdev);
 u32 cenalloc_lease_class_size(unsigned int class);
 bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 			 u32 *allocator, u64 *extent, u64 *len);
-u32 cenalloc_lease_id(struct cenalloc_dev *cdev);
+void cenalloc_lease_free(struct cenalloc_dev *cdev);
+int cenalloc_lease_id_get(struct cenalloc_dev *cdev, u32 *id);
+void cenalloc_lease_ids_put(struct cenalloc_dev *cdev, const u32 *ids,
+			    unsigned int num);
+u32 cenalloc_lease_next_id(struct cenalloc_dev *cdev);
+int cenalloc_lease_set_next_id(struct cenalloc_dev *cdev, u64 id);
 void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator);
 int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator);
 void cenalloc_lease_return_mask(struct cenalloc_dev *cdev, u32 mask);

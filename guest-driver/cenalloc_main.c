@@ -17,6 +17,7 @@
  * that memory again). One device is served at a time. The ioctls are in
  * cenalloc_ioctl.c.
  */
+#include <linux/log2.h>
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -77,8 +78,20 @@ static int cenalloc_read_config(struct cenalloc_dev *cdev)
 	if (le32_to_cpu(config->num_pools) > CENALLOC_MAX_POOLS)
 		dev_warn(&vdev->dev, "%u pools in config space, using the first %u\n",
 			 le32_to_cpu(config->num_pools), CENALLOC_MAX_POOLS);
-	for (i = 0; i < cdev->num_pools; i++)
+	for (i = 0; i < cdev->num_pools; i++) {
+		u32 align = le32_to_cpu(config->pools[i].align);
+
+		/*
+		 * A power of two (the spec's rule): ALIGN() of anything else
+		 * gives a start below the block, or one off the page.
+		 */
+		if (align && !is_power_of_2(align)) {
+			dev_err(&vdev->dev, "pool %u: align %#x is not a power of two\n",
+				i, align);
+			return -ENODEV;
+		}
 		cdev->pools[i].config = config->pools[i];
+	}
 	return 0;
 }
 
@@ -113,6 +126,25 @@ static int cenalloc_cache_info(struct cenalloc_dev *cdev)
 	if (ret < 0)
 		return ret;
 	cdev->num_allocators = ret;
+	/*
+	 * Allocator i is pool i. Attach decisions (reach rules, CONTIG
+	 * negotiation) read the kinds and placement of GET_INFO, answer
+	 * checks those of config space: a device whose two disagree would
+	 * have high memory accepted for a 32-bit importer, or CONTIG
+	 * negotiated that later fails.
+	 */
+	for (i = 0; i < min_t(u32, cdev->num_allocators, cdev->num_pools); i++) {
+		const struct cenalloc_allocator_info *al = &cdev->allocators[i];
+		const struct cenalloc_config_pool *pc = &cdev->pools[i].config;
+
+		if (al->kinds != pc->kinds || al->placement != pc->placement) {
+			dev_err(&cdev->vdev->dev,
+				"allocator %u: kinds %#x placement %#x, config space says %#x %#x\n",
+				i, le32_to_cpu(al->kinds), le32_to_cpu(al->placement),
+				le32_to_cpu(pc->kinds), le32_to_cpu(pc->placement));
+			return -ENODEV;
+		}
+	}
 	n = min_t(u32, le32_to_cpu(info.num_exporter_types),
 		  CENALLOC_MAX_MAP_TYPES);
 	/* Types the protocol does not know are the device's mistake: skip. */

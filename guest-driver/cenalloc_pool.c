@@ -1312,9 +1312,31 @@ void cenalloc_pools_init(struct cenalloc_dev *cdev)
 	}
 }
 
-/* At remove: no more growing (the device is gone). */
+/*
+ * The most the pools may hold: what each may grow to, within the budget of
+ * all pools (pools_ram_percent of the RAM), and never less than what they
+ * hold now. The per-user byte limit is a share of this (cenalloc_quota.c):
+ * a share of what is donated now would follow every growth and shrink.
+ */
+u64 cenalloc_pools_limit(struct cenalloc_dev *cdev)
+{
+	u64 most = 0, now = 0, donated;
+	unsigned int i;
+
+	for (i = 0; i < cdev->num_pools; i++) {
+		donated = READ_ONCE(cdev->pools[i].donated);
+		now += donated;
+		most += max(cdev->pools[i].max, donated);
+	}
+	most = min(most, cenalloc_ram_percent(pools_ram_percent));
+	return max(most, now);
+}
+
+/* At remove, and again at the last put: no more growing. */
 void cenalloc_pools_stop(struct cenalloc_dev *cdev)
 {
+	if (!cdev->pool_low_work.func)
+		return;		/* probe stopped before pools_init */
 	cancel_work_sync(&cdev->pool_low_work);
 }
 

@@ -68,6 +68,7 @@ struct cenalloc_pool {
 void cenalloc_pools_init(struct cenalloc_dev *cdev);
 int cenalloc_pools_donate(struct cenalloc_dev *cdev);
 void cenalloc_pools_stop(struct cenalloc_dev *cdev);
+u64 cenalloc_pools_limit(struct cenalloc_dev *cdev);
 void cenalloc_pools_free(struct cenalloc_dev *cdev);
 int cenalloc_pools_claim(struct cenalloc_dev *cdev,
 			 const struct cenalloc_range *segments, u32 num,

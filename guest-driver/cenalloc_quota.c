@@ -1,8 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * cenalloc per-user limits: the pools are a fixed amount of memory the guest
- * gave the device at probe, shared by everyone who may open /dev/cenalloc,
- * so one user must not be able to take all of it.
+ * cenalloc per-user limits: the pools are memory the guest gives the device
+ * (at probe, and as they grow), shared by everyone who may open
+ * /dev/cenalloc, so one user must not be able to take all of it.
+ *
+ * The byte limit is a share of what the pools may hold
+ * (cenalloc_pools_limit(): what each may grow to, within pools_ram_percent
+ * of the RAM), not of what they hold now: elastic pools start small (8 MiB
+ * in the default layout), and a share of that would cap every user near
+ * 4 MiB until something privileged made the pools grow, and again after
+ * every shrink.
  *
  * A buffer is charged at CREATE to the effective uid of its creator (bytes,
  * rounded to pages, and one buffer) and uncharged when its dma-buf is
@@ -26,7 +33,7 @@
 static unsigned int cenalloc_user_percent = 50;
 module_param_named(user_percent, cenalloc_user_percent, uint, 0644);
 MODULE_PARM_DESC(user_percent,
-		 "Most bytes one user's buffers may take, in percent of the memory donated to the pools (0: no limit; default 50)");
+		 "Most bytes one user's buffers may take, in percent of the memory the pools may hold, grown (0: no limit; default 50)");
 
 static unsigned int cenalloc_user_buffers = 4096;
 module_param_named(user_buffers, cenalloc_user_buffers, uint, 0644);
@@ -43,16 +50,6 @@ struct cenalloc_user {
 
 static DEFINE_HASHTABLE(cenalloc_users, 6);
 static DEFINE_SPINLOCK(cenalloc_users_lock);
-
-static u64 cenalloc_donated(struct cenalloc_dev *cdev)
-{
-	u64 total = 0;
-	unsigned int i;
-
-	for (i = 0; i < cdev->num_pools; i++)
-		total += cdev->pools[i].donated;
-	return total;
-}
 
 static struct cenalloc_user *cenalloc_user_find(kuid_t uid)
 {
@@ -81,7 +78,7 @@ struct cenalloc_user *cenalloc_quota_charge(struct cenalloc_dev *cdev,
 	if (capable(CAP_SYS_RESOURCE))
 		return NULL;
 	if (percent)
-		max_bytes = div_u64(cenalloc_donated(cdev) *
+		max_bytes = div_u64(cenalloc_pools_limit(cdev) *
 				    min(percent, 100u), 100);
 	fresh = kzalloc(sizeof(*fresh), GFP_KERNEL);
 	if (!fresh)

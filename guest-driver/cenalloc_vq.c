@@ -849,6 +849,42 @@ static bool cenalloc_answer_ok(struct cenalloc_req *req, unsigned int i)
 			  req->resp_off[i] - sizeof(*hdr));
 }
 
+/*
+ * A device status as the driver passes it on: one of the statuses the
+ * protocol documents (docs/virtio-dmabuf.md), any other -EIO. Callers hand
+ * statuses to userspace and to importers, which must never see a
+ * kernel-internal code (-ERESTARTSYS, -EIOCBQUEUED) or one they act on
+ * (-EDEADLK is the ww-mutex back-off), because a device said so.
+ */
+static int cenalloc_device_errno(s32 status)
+{
+	switch (status) {
+	case 0:
+	case -EINVAL:
+	case -ENOSPC:
+	case -ENOENT:
+	case -EBUSY:
+	case -EFAULT:
+	case -EEXIST:
+	case -EAGAIN:
+	case -EPERM:
+	case -EOPNOTSUPP:
+	case -ENODATA:
+	case -E2BIG:
+	case -ESTALE:
+	case -ERANGE:
+	case -EPROTO:
+	case -EOVERFLOW:
+	case -ENOMEM:
+	case -ENODEV:
+	case -EIO:
+	case -ECANCELED:
+		return status;
+	default:
+		return -EIO;
+	}
+}
+
 static int cenalloc_answer_status(struct cenalloc_req *req, unsigned int i)
 {
 	const struct cenalloc_resp_hdr *hdr;
@@ -859,7 +895,7 @@ static int cenalloc_answer_status(struct cenalloc_req *req, unsigned int i)
 		return -EIO;
 	hdr = (const struct cenalloc_resp_hdr *)(req->resp_buf +
 						 req->resp_off[i]);
-	return (s32)le32_to_cpu(hdr->status);
+	return cenalloc_device_errno((s32)le32_to_cpu(hdr->status));
 }
 
 static void *cenalloc_answer_resp(struct cenalloc_req *req, unsigned int i,

@@ -28,11 +28,14 @@
 //! | `needed:N` | MAP: -ENOSPC, needing an N-byte answer (then, asked with N bytes, the real answer) |
 //! | `attach-type` | ATTACH: map type 0x8123, which nobody lists |
 //! | `lease-outside-pool` | LEASE: its first extent moved to guest-physical 0 |
+//! | `info-placement` | GET_INFO: the first allocator's placement with `CENALLOC_PLACE_DMA32` flipped (config space keeps the truth) |
 //! | `max-segments-huge` | config space: max_segments 0xffffffff (read at probe) |
 //! | `max-batch:N` | config space: max_batch N (the device still takes 64) |
+//! | `pool-align:N` | config space: the first pool's align N (read at probe) |
 //! | `refuse-attach:MASK` | ATTACH of constraint mask MASK: refused (-EINVAL), as the request reaches the executor with mask 0 |
 //! | `short-answer[:OP]` | chains (with an OP command): only the batch response written |
 //! | `status-garbage[:OP]` | commands (OP only): status 0x1234, neither 0 nor an errno |
+//! | `errno:OP:N` | OP commands: status -N, no answer body (an errno the protocol never answers, e.g. 512, -ERESTARTSYS) |
 //! | `no-answer[:OP]` | chains (with an OP command): never returned to the guest |
 //! | `slow:MS` | every chain answered MS milliseconds late |
 //!
@@ -75,11 +78,15 @@ pub enum Fault {
     Needed(u32),
     AttachType,
     LeaseOutsidePool,
+    InfoPlacement,
     MaxSegmentsHuge,
     MaxBatch(u32),
+    PoolAlign(u32),
     RefuseAttach(u32),
     ShortAnswer(Option<u16>),
     StatusGarbage(Option<u16>),
+    /// OP's answers get status -N (1..=4095).
+    Errno(u16, u32),
     NoAnswer(Option<u16>),
     Slow(u64),
 }
@@ -165,8 +172,20 @@ impl FromStr for Fault {
             "needed" => Ok(Fault::Needed(number(spec, arg)?)),
             "attach-type" => plain(Fault::AttachType),
             "lease-outside-pool" => plain(Fault::LeaseOutsidePool),
+            "info-placement" => plain(Fault::InfoPlacement),
             "max-segments-huge" => plain(Fault::MaxSegmentsHuge),
             "max-batch" => Ok(Fault::MaxBatch(number(spec, arg)?)),
+            "pool-align" => Ok(Fault::PoolAlign(number(spec, arg)?)),
+            "errno" => {
+                let (op, errno) = arg
+                    .and_then(|arg| arg.split_once(':'))
+                    .ok_or_else(|| Error::Number(spec.to_string()))?;
+                let errno = number(spec, Some(errno))?;
+                if !(1..=4095).contains(&errno) {
+                    return Err(Error::Number(spec.to_string()));
+                }
+                Ok(Fault::Errno(opcode(op)?, errno))
+            }
             "refuse-attach" => Ok(Fault::RefuseAttach(number(spec, arg)?)),
             "short-answer" => Ok(Fault::ShortAnswer(op()?)),
             "status-garbage" => Ok(Fault::StatusGarbage(op()?)),
@@ -280,6 +299,10 @@ impl Injector {
         let (field, value) = match self.current() {
             Fault::MaxSegmentsHuge => (std::mem::offset_of!(Config, max_segments), u32::MAX),
             Fault::MaxBatch(n) => (std::mem::offset_of!(Config, max_batch), n),
+            Fault::PoolAlign(n) => (
+                std::mem::offset_of!(Config, pools) + std::mem::offset_of!(ConfigPool, align),
+                n,
+            ),
             _ => return,
         };
         for (i, byte) in value.to_le_bytes().iter().enumerate() {
@@ -531,7 +554,11 @@ fn matches(filter: Option<u16>, commands: &[Command]) -> bool {
 pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
     let cmds = commands(request, &response);
     match fault {
-        Fault::None | Fault::MaxSegmentsHuge | Fault::MaxBatch(_) | Fault::RefuseAttach(_) => {}
+        Fault::None
+        | Fault::MaxSegmentsHuge
+        | Fault::MaxBatch(_)
+        | Fault::PoolAlign(_)
+        | Fault::RefuseAttach(_) => {}
         Fault::Slow(ms) => std::thread::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))),
         Fault::NoAnswer(filter) => {
             if matches(filter, &cmds) {
@@ -550,6 +577,31 @@ pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
                         hdr.status = 0x1234;
                         write(&mut response, cmd.response, &hdr);
                     }
+                }
+            }
+        }
+        Fault::InfoPlacement => {
+            for cmd in cmds.iter().filter(|c| c.opcode == CENALLOC_CMD_GET_INFO) {
+                let at = cmd.response + size_of::<RespHdr>();
+                let first = at + size_of::<InfoResp>();
+                if let (Some(hdr), Some(info), Some(mut allocator)) = (
+                    read::<RespHdr>(&response, cmd.response),
+                    read::<InfoResp>(&response, at),
+                    read::<AllocatorInfo>(&response, first),
+                ) {
+                    if hdr.status == 0 && info.num_allocators > 0 {
+                        allocator.placement ^= CENALLOC_PLACE_DMA32;
+                        write(&mut response, first, &allocator);
+                    }
+                }
+            }
+        }
+        Fault::Errno(op, errno) => {
+            for cmd in cmds.iter().filter(|c| c.opcode == op) {
+                if let Some(mut hdr) = read::<RespHdr>(&response, cmd.response) {
+                    hdr.status = (errno as i32).wrapping_neg() as u32;
+                    hdr.len = 0;
+                    write(&mut response, cmd.response, &hdr);
                 }
             }
         }
@@ -809,6 +861,37 @@ mod tests {
             "max-batch:x".parse::<Fault>(),
             Err(Error::Number(_))
         ));
+        assert_eq!("pool-align:0x3000".parse(), Ok(Fault::PoolAlign(0x3000)));
+        assert_eq!("info-placement".parse(), Ok(Fault::InfoPlacement));
+        assert_eq!(
+            "errno:checksum:512".parse(),
+            Ok(Fault::Errno(CENALLOC_CMD_CHECKSUM, 512))
+        );
+        for bad in [
+            "errno",
+            "errno:checksum",
+            "errno:checksum:0",
+            "errno:checksum:4096",
+        ] {
+            assert!(
+                matches!(bad.parse::<Fault>(), Err(Error::Number(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            "errno:nope:5".parse::<Fault>(),
+            Err(Error::Opcode(_))
+        ));
+    }
+
+    #[test]
+    fn config_rewrite_sets_the_first_pools_align() {
+        let mut injector = Injector::new(Source::Fixed(Fault::PoolAlign(0x3000)));
+        let mut bytes = Config::default().as_slice().to_vec();
+        injector.rewrite_config(0, &mut bytes);
+        let read_back: Config = read(&bytes, 0).unwrap();
+        assert_eq!(read_back.pools[0].align, 0x3000);
+        assert_eq!(read_back.pools[1].align, 0);
     }
 
     #[test]
@@ -1090,6 +1173,73 @@ mod tests {
     }
 
     #[test]
+    fn info_placement_flips_dma32_of_the_first_allocator_only() {
+        let mut request = BatchHdr {
+            num_cmds: 1,
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        let slot = size_of::<InfoResp>() + 2 * size_of::<AllocatorInfo>();
+        request.extend_from_slice(
+            CmdHdr {
+                opcode: CENALLOC_CMD_GET_INFO,
+                flags: 0,
+                len: 0,
+                resp_len: slot as u32,
+                reserved: 0,
+            }
+            .as_slice(),
+        );
+        let mut response = BatchResp {
+            status: 0,
+            num_done: 1,
+        }
+        .as_slice()
+        .to_vec();
+        response.extend_from_slice(
+            RespHdr {
+                status: 0,
+                len: slot as u32,
+                ..Default::default()
+            }
+            .as_slice(),
+        );
+        response.extend_from_slice(
+            InfoResp {
+                num_allocators: 2,
+                ..Default::default()
+            }
+            .as_slice(),
+        );
+        for placement in [0, CENALLOC_PLACE_DMA32] {
+            response.extend_from_slice(
+                AllocatorInfo {
+                    placement,
+                    ..Default::default()
+                }
+                .as_slice(),
+            );
+        }
+        let first = size_of::<BatchResp>() + size_of::<RespHdr>() + size_of::<InfoResp>();
+        let lied = answer(rewrite(Fault::InfoPlacement, &request, response.clone()));
+        let placement = |bytes: &[u8], i: usize| {
+            read::<AllocatorInfo>(bytes, first + i * size_of::<AllocatorInfo>())
+                .unwrap()
+                .placement
+        };
+        assert_eq!(
+            (placement(&lied, 0), placement(&lied, 1)),
+            (CENALLOC_PLACE_DMA32, CENALLOC_PLACE_DMA32)
+        );
+        let (request, response) = map_batch(CENALLOC_MAP_SG, 1, &[(0x10000, 0x4000)], 4);
+        assert_eq!(
+            answer(rewrite(Fault::InfoPlacement, &request, response.clone())),
+            response
+        );
+    }
+
+    #[test]
     fn contig_split_only_touches_contiguous_maps() {
         let (request, response) = map_batch(CENALLOC_MAP_SG, 1, &[(0x10000, 0x4000)], 4);
         assert_eq!(
@@ -1131,6 +1281,21 @@ mod tests {
             response.clone(),
         ));
         assert_eq!(read::<RespHdr>(&garbled, 8).unwrap().status, 0x1234);
+        let errno = answer(rewrite(
+            Fault::Errno(CENALLOC_CMD_MAP, 512),
+            &request,
+            response.clone(),
+        ));
+        let hdr = read::<RespHdr>(&errno, 8).unwrap();
+        assert_eq!((hdr.status as i32, hdr.len), (-512, 0));
+        assert_eq!(
+            answer(rewrite(
+                Fault::Errno(CENALLOC_CMD_CHECKSUM, 512),
+                &request,
+                response.clone()
+            )),
+            response
+        );
         // A MAP the device did run is not turned into -ENOSPC.
         assert_eq!(
             answer(rewrite(Fault::Needed(1 << 20), &request, response.clone())),

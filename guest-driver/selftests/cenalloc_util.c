@@ -177,10 +177,12 @@ static int pool_changed(const struct ca_pool *before,
 	int found = -1;
 	uint32_t i;
 
+	/* Bytes in use, not free bytes: an elastic pool may have grown. */
 	for (i = 0; i < before->count && i < after->count; i++) {
-		uint64_t b = before->alloc[i].free, a = after->alloc[i].free;
+		uint64_t b = before->alloc[i].capacity - before->alloc[i].free;
+		uint64_t a = after->alloc[i].capacity - after->alloc[i].free;
 
-		if (dropped ? a < b : a > b) {
+		if (dropped ? a > b : a < b) {
 			if (found >= 0)
 				return -2;
 			found = i;

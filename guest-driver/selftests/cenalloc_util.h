@@ -58,12 +58,13 @@ uint64_t ca_pool_used(const struct ca_pool *pool);
  */
 bool ca_pool_same(const struct ca_pool *before, const struct ca_pool *after);
 /*
- * The allocator whose free bytes dropped between the snapshots: its index
- * in pool->alloc[], -1 if none changed, -2 if several did.
+ * The allocator whose bytes in use (capacity - free) grew between the
+ * snapshots: its index in pool->alloc[], -1 if none changed, -2 if several
+ * did.
  */
 int ca_pool_allocator_used(const struct ca_pool *before,
 			   const struct ca_pool *after);
-/* Index of the allocator whose free bytes grew back, as above. */
+/* Index of the allocator whose bytes in use went down, as above. */
 int ca_pool_allocator_released(const struct ca_pool *before,
 			       const struct ca_pool *after);
 /*

@@ -76,7 +76,8 @@ static int run_child(const struct tap_test *test)
 	test_failed = false;
 	result = test->run();
 	fflush(stdout);
-	if (result == TAP_PASS && test_failed)
+	/* A failed CHECK fails the test, whatever it returns (even a skip). */
+	if (test_failed || (result != TAP_PASS && result != TAP_SKIP))
 		result = TAP_FAIL;
 	_exit(result);
 }

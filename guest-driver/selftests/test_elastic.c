@@ -3,7 +3,7 @@
  * Elastic pools: a pool grows when a map needs more than it has, refuses
  * to grow beyond its maximum (the map fails with ENOMEM and a log line),
  * and under memory pressure gives back what it grew, without touching a
- * live buffer.
+ * live buffer that sits in grown memory.
  *
  * Needs the "elastic" pool of qemu-scripts/cenallocd-selftests.toml: a
  * custom kind (bit 8) served by one scatter pool of 1 MiB at probe that
@@ -234,9 +234,10 @@ static void memory_hog(void)
 
 static enum tap_result test_shrinks_under_pressure(void)
 {
-	struct ca_buf big = { .fd = -1 }, live = { .fd = -1 };
-	long long grown0, grown1, returned0, returned1, returned2;
+	struct ca_buf big = { .fd = -1 }, live = { .fd = -1 }, pad = { .fd = -1 };
+	long long grown0, grown1, returned0, returned1, returned2, grown_pad;
 	uint64_t sum_before, sum_after, len;
+	struct ca_pool pool;
 	int ca, ct, index, ret;
 
 	if (!ca_env_open_device(&ca, &ct, DEV_ELASTIC, KIND_ELASTIC))
@@ -246,18 +247,42 @@ static enum tap_result test_shrinks_under_pressure(void)
 		ca_env_close(&ca, &ct, NULL);
 		return tap_skip("no pool of the elastic kind (bit 8)");
 	}
-	/* A live buffer with known contents, then a big one. */
+	/* Start from the size at probe: an earlier test may have grown it. */
+	CHECK(write_file("/proc/sys/vm/drop_caches", "2"), "drop_caches");
+	/*
+	 * The memory donated at probe is never given back: fill it with a
+	 * pad, so that the live buffer can only sit in a grown block, one the
+	 * shrinker could take back if it ignored the buffer.
+	 */
+	grown_pad = pool_value(index, "grown");
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	if (pool.alloc[index].free) {
+		ret = ca_buf_alloc(ca, ct, pool.alloc[index].free, DEV_ELASTIC, &pad);
+		if (!CHECK(ret == 0, "pad of %llu: %s",
+			   (unsigned long long)pool.alloc[index].free, strerror(-ret)))
+			goto out;
+	}
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO") ||
+	    !CHECK(pool.alloc[index].free == 0, "%llu bytes free after the pad",
+		   (unsigned long long)pool.alloc[index].free))
+		goto out;
+	/*
+	 * A live buffer with known contents, then a big one. Nothing was free
+	 * after the pad: the live buffer is in memory the pool grew since
+	 * (for it, or in the background after the pad made it run low).
+	 */
 	ret = ca_buf_alloc(ca, ct, CA_MIB, DEV_ELASTIC, &live);
 	if (!CHECK(ret == 0, "1 MiB: %s", strerror(-ret)))
 		goto out;
+	CHECK(pool_value(index, "grown") > grown_pad,
+	      "the pool did not grow after the pad: the live buffer is not in grown memory");
 	ret = ca_fill(ca, live.fd, 7);
 	if (!CHECK(ret == 0, "FILL: %s", strerror(-ret)))
 		goto out;
 	ret = ca_checksum(ca, live.fd, &sum_before, &len);
 	if (!CHECK(ret == 0, "CHECKSUM: %s", strerror(-ret)))
 		goto out;
-	/* Start from the size at probe: an earlier test may have grown it. */
-	CHECK(write_file("/proc/sys/vm/drop_caches", "2"), "drop_caches");
 	grown0 = pool_value(index, "grown");
 	returned0 = pool_value(index, "returned");
 	tap_diag("pool %d: %lld bytes before the big buffer", index,
@@ -299,6 +324,7 @@ static enum tap_result test_shrinks_under_pressure(void)
 	}
 out:
 	ca_buf_free(ct, &big);
+	ca_buf_free(ct, &pad);
 	ca_env_close(&ca, &ct, &live);
 	return TAP_PASS;
 }

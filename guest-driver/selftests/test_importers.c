@@ -409,6 +409,100 @@ static void expect_busy_without_notify(struct migration *t, const char *why)
 		      why, notifies);
 }
 
+/*
+ * The same, but the importer keeps its revoked mapping while the late
+ * device's map migrates the backing, and unmaps it only afterwards (the
+ * dma-buf contract allows that delay). The migration must not wait for
+ * it, and its late unmap must leave alone the memory the old backing
+ * became. Buffer B, allocated after the migration, either gets memory
+ * (likely A's old pages) and keeps its content across that unmap, or is
+ * refused (-EIO) because the driver still holds A's old pages for the
+ * revoked mapping, and then gets memory once the mapping is gone. A keeps
+ * its content, and the importer then re-maps to the new backing.
+ */
+static enum tap_result test_revoked_mapping_outlives_migration(void)
+{
+	struct ct_mapping *old = calloc(1, sizeof(*old));
+	uint64_t sum_a, sum_a2, sum_b, sum_b2, len;
+	struct ca_buf b = { .fd = -1 };
+	uint32_t flags, notifies, i, k;
+	struct migration t = { .ca = -1, .ct = -1, .fd = -1 };
+	struct dbg_attach d;
+	bool reused = false;
+	int ret;
+
+	if (!CHECK(old, "out of memory") || !migration_setup(&t, CENALLOC_MASK_ANY) ||
+	    !CHECK(ct_set_device1(t.ct, DEV_64BIT, CENALLOC_KIND_SYSTEM, 0) == 0,
+		   "SET_DEVICE"))
+		goto out;
+	*old = *t.m;
+	if (!CHECK(ca_fill(t.ca, t.fd, 0x5eed) == 0, "FILL") ||
+	    !CHECK(ca_checksum(t.ca, t.fd, &sum_a, &len) == 0, "CHECKSUM"))
+		goto out;
+	ret = ct_attach(t.ct, t.fd, DEV_LATE, &t.hl, NULL);
+	if (!CHECK(ret == 0, "late CONTIG_DMA32 attach: %s", strerror(-ret)))
+		goto out;
+	/* The late device maps first: the migration, the revoked one held. */
+	ret = ct_map(t.ct, t.hl, 0, t.m);
+	if (!CHECK(ret == 0, "migrating map of the late device: %s", strerror(-ret)))
+		goto out;
+	CHECK(t.m->num_segments == 1 && t.m->seg[0].addr != old->seg[0].addr,
+	      "the backing did not move (%u segments at %#llx)", t.m->num_segments,
+	      (unsigned long long)t.m->seg[0].addr);
+	if (CHECK(ct_status(t.ct, t.hd, &flags, &notifies) == 0, "STATUS"))
+		CHECK(notifies == 1 && (flags & CENALLOC_TEST_STATUS_INVALIDATED),
+		      "dynamic importer: %u move_notify, flags %#x", notifies, flags);
+	if (CHECK(dbg_attachment(ct_device_name(DEV_DYNAMIC), &d), "no debugfs line"))
+		CHECK(d.revoked == 1, "debugfs: %u mappings revoked, want the one still held",
+		      d.revoked);
+	/* B, likely in A's old pages, written by the device. */
+	ret = ca_buf_alloc(t.ca, t.ct, 256 * CA_KIB, DEV_64BIT, &b);
+	if (ret == -EIO) {
+		tap_diag("B refused while A's old pages are held for the revoked mapping");
+		ret = ct_unmap(t.ct, t.hd);
+		CHECK(ret == 0, "unmap of the revoked mapping: %s", strerror(-ret));
+		ret = ca_buf_alloc(t.ca, t.ct, 256 * CA_KIB, DEV_64BIT, &b);
+		CHECK(ret == 0, "alloc B once the revoked mapping is gone: %s",
+		      strerror(-ret));
+		CHECK(ca_checksum(t.ca, t.fd, &sum_a2, &len) == 0 && sum_a2 == sum_a,
+		      "A's content changed (%#llx -> %#llx)", (unsigned long long)sum_a,
+		      (unsigned long long)sum_a2);
+		goto remap;
+	}
+	if (!CHECK(ret == 0, "alloc B: %s", strerror(-ret)))
+		goto out;
+	for (i = 0; i < b.map.num_segments && i < CT_MAX_SEGMENTS; i++)
+		for (k = 0; k < old->num_segments && k < CT_MAX_SEGMENTS; k++)
+			if (b.map.seg[i].addr < old->seg[k].addr + old->seg[k].len &&
+			    old->seg[k].addr < b.map.seg[i].addr + b.map.seg[i].len)
+				reused = true;
+	tap_diag("B %s A's old pages", reused ? "reuses" : "does not reuse");
+	if (!CHECK(ca_fill(t.ca, b.fd, 0xb0b) == 0, "FILL B") ||
+	    !CHECK(ca_checksum(t.ca, b.fd, &sum_b, &len) == 0, "CHECKSUM B"))
+		goto out;
+	/* Now the importer lets its revoked mapping go. */
+	ret = ct_unmap(t.ct, t.hd);
+	CHECK(ret == 0, "unmap of the revoked mapping: %s", strerror(-ret));
+	CHECK(ca_checksum(t.ca, b.fd, &sum_b2, &len) == 0 && sum_b2 == sum_b,
+	      "B changed by the late unmap of A's revoked mapping (%#llx -> %#llx)",
+	      (unsigned long long)sum_b, (unsigned long long)sum_b2);
+	CHECK(ca_checksum(t.ca, t.fd, &sum_a2, &len) == 0 && sum_a2 == sum_a,
+	      "A's content changed (%#llx -> %#llx)", (unsigned long long)sum_a,
+	      (unsigned long long)sum_a2);
+remap:
+	/* Re-mapped, the importer sees the new backing. */
+	ret = ct_map(t.ct, t.hd, 0, old);
+	if (CHECK(ret == 0, "re-map: %s", strerror(-ret)))
+		CHECK(old->num_segments == 1 && old->seg[0].addr == t.m->seg[0].addr,
+		      "the importer re-maps %u segments at %#llx, not the new backing",
+		      old->num_segments, (unsigned long long)old->seg[0].addr);
+out:
+	ca_buf_free(t.ct, &b);
+	migration_teardown(&t);
+	free(old);
+	return TAP_PASS;
+}
+
 static enum tap_result test_pinned_importers_block_migration(void)
 {
 	struct ct_mapping *m2 = calloc(1, sizeof(*m2));
@@ -449,10 +543,25 @@ static enum tap_result test_pinned_importers_block_migration(void)
 		if (CHECK(ret == 0, "attach plain: %s", strerror(-ret))) {
 			if (CHECK(dbg_attachment(ct_device_name(DEV_PLAIN), &d),
 				  "no debugfs line for the plain importer") &&
-			    !d.maps && !d.pins)
-				tap_diag("plain static importer not mapped at attach: no pin to test");
-			else
+			    !d.maps && !d.pins) {
+				/*
+				 * Not mapped at attach (7.2): its first map
+				 * pins (the core pins a static importer's
+				 * mapping of a dynamic exporter), and that
+				 * mapping must block the migration.
+				 */
+				tap_diag("plain static importer not mapped at attach: mapping it");
+				ret = ct_map(t.ct, t.hs, 0, m2);
+				if (CHECK(ret == 0, "map plain: %s", strerror(-ret)) &&
+				    CHECK(dbg_attachment(ct_device_name(DEV_PLAIN), &d),
+					  "no debugfs line for the plain importer") &&
+				    CHECK(d.maps && d.pins,
+					  "plain static importer mapped: %u maps, %u pins",
+					  d.maps, d.pins))
+					expect_busy_without_notify(&t, "plain static importer, mapped");
+			} else {
 				expect_busy_without_notify(&t, "plain static importer");
+			}
 		}
 	}
 	migration_teardown(&t);
@@ -533,6 +642,8 @@ static const struct tap_test tests[] = {
 		 test_segments_respect_device_limits),
 	TAP_TEST("dynamic importer: late CONTIG_DMA32 attach, move_notify, re-map, bytes kept",
 		 test_dynamic_importer_follows_migration),
+	TAP_TEST("dynamic importer: its revoked mapping outlives the migration, unmapped late",
+		 test_revoked_mapping_outlives_migration),
 	TAP_TEST("static mapping, mmap, plain static importer: EBUSY, no move_notify",
 		 test_pinned_importers_block_migration),
 	TAP_TEST("SET_DEVICE_MASK follows its device through a rename",

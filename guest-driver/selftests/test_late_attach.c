@@ -5,6 +5,8 @@
  * not and no mapping is outstanding; refused with -EBUSY while mapped.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -15,6 +17,7 @@
 
 #define DEV_FIRST	0	/* mask ANY */
 #define DEV_LATE	1	/* configured per test */
+#define DEV_FRAG	2	/* fragments the allocator to migrate into */
 #define SIZE		(256 * CA_KIB)
 #define SEED		0x5eed1234abcdull
 
@@ -283,11 +286,150 @@ static enum tap_result test_late_attach_migrates_under_mmap(void)
 	return late_attach_migrates(true);
 }
 
+/* Value of "pool<index>_<name> N" in debugfs allocators, -1 if missing. */
+static long long pool_value(int index, const char *name)
+{
+	static char text[32768];
+	char key[64];
+	ssize_t n, got = 0;
+	int fd;
+
+	fd = open("/sys/kernel/debug/cenalloc/allocators", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
+		got += n;
+	close(fd);
+	text[got] = 0;
+	snprintf(key, sizeof(key), "pool%d_%s", index, name);
+	return ca_text_value(text, key);
+}
+
+/*
+ * A migration into several segments: the other tests' stricter masks pick
+ * a contiguous allocator first, so their new backing is always one
+ * segment. Here buffer A (two holes' worth) lives in one segment of the
+ * SYSTEM allocator; the DMA32 allocator is fragmented so that it has only
+ * two separated holes; a late DMA32 attach must then migrate A into both
+ * holes at its next map, content kept, and every device maps the two.
+ */
+static enum tap_result test_late_attach_migrates_into_segments(void)
+{
+	const uint64_t size = 2 * CA_FRAG_HOLE;
+	struct ca_frag *frag = calloc(1, sizeof(*frag));
+	struct ct_mapping *m = calloc(1, sizeof(*m));
+	unsigned char *data = malloc(size);
+	enum tap_result result = TAP_PASS;
+	uint64_t sum_before = 0, sum_after = 0, len;
+	struct ca_buf b = { .fd = -1 };
+	struct ca_pool pool, attached, after;
+	int ca, ct, ret, sys, dma32, to, from;
+	uint32_t handle = 0, i;
+
+	if (!CHECK(frag && m && data, "out of memory") || !ca_env_open(&ca, &ct)) {
+		free(frag);
+		free(m);
+		free(data);
+		return TAP_FAIL;
+	}
+	/* DEV_FIRST takes any kind: a DMA32 device must be able to join. */
+	if (!CHECK(ct_set_device1(ct, DEV_FIRST, CENALLOC_MASK_ANY, 0) == 0 &&
+		   ct_set_device1(ct, DEV_FRAG, CENALLOC_KIND_DMA32, 0) == 0 &&
+		   ct_set_device1(ct, DEV_LATE, CENALLOC_KIND_DMA32, 0) == 0,
+		   "SET_DEVICE") ||
+	    !CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	sys = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
+	dma32 = ca_pool_find_kind(&pool, CENALLOC_KIND_DMA32);
+	if (sys < 0 || dma32 < 0 || sys == dma32 ||
+	    ca_allocator_contiguous(&pool.alloc[dma32]) ||
+	    (pool.alloc[sys].kinds & CENALLOC_KIND_DMA32) ||
+	    ca_pool_expected_allocator(&pool, CENALLOC_MASK_ANY, size) != sys) {
+		result = tap_skip("no scatter DMA32 allocator after the SYSTEM one");
+		goto out;
+	}
+	/* A pool that may grow does so in the background (POOL_LOW): no holes. */
+	if (!CHECK(pool_value(dma32, "max") > 0, "no pool%d_max in debugfs", dma32))
+		goto out;
+	if (pool_value(dma32, "max") > pool_value(dma32, "donated")) {
+		result = tap_skip("the DMA32 pool may grow (%lld of at most %lld bytes): it cannot be fragmented",
+				  pool_value(dma32, "donated"), pool_value(dma32, "max"));
+		goto out;
+	}
+	/* A: one fresh SYSTEM extent, written by the device. */
+	ret = ca_buf_alloc(ca, ct, size, DEV_FIRST, &b);
+	if (!CHECK(ret == 0, "alloc: %s", strerror(-ret)) ||
+	    !CHECK(b.map.num_segments == 1, "A has %u segments", b.map.num_segments) ||
+	    !CHECK(ca_fill(ca, b.fd, SEED) == 0, "FILL") ||
+	    !CHECK(ca_checksum(ca, b.fd, &sum_before, &len) == 0, "CHECKSUM") ||
+	    !CHECK(ct_unmap(ct, b.handle) == 0, "unmap"))
+		goto out;
+	ret = ca_fragment(ca, ct, DEV_FRAG, dma32, frag);
+	if (ret == 1 || ret == -ENOSPC || ret == -E2BIG) {
+		result = tap_skip("allocator %d too large to fragment within the pool limits (%s)",
+				  dma32, ret == 1 ? "buffer count" : strerror(-ret));
+		goto out;
+	}
+	if (!CHECK(ret == 0, "fragmenting allocator %d: %s", dma32, strerror(-ret)))
+		goto out;
+	ret = ct_attach(ct, b.fd, DEV_LATE, &handle, NULL);
+	if (!CHECK(ret == 0, "stricter attach with nothing mapped: %s", strerror(-ret)) ||
+	    !CHECK(ca_pool_read(ca, &attached) == 0, "INFO"))
+		goto out;
+	ret = ct_map(ct, handle, 0, m);
+	if (!CHECK(ret == 0, "migrating map into the holes: %s", strerror(-ret)) ||
+	    !CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+		goto out;
+	to = ca_pool_allocator_used(&attached, &after);
+	from = ca_pool_allocator_released(&attached, &after);
+	tap_diag("migrated from allocator %d to %d, %u segments", from, to,
+		 m->num_segments);
+	CHECK(from == sys && to == dma32, "moved from %d to %d, expected %d to %d",
+	      from, to, sys, dma32);
+	CHECK(m->num_segments == 2, "%u segments, expected the two holes",
+	      m->num_segments);
+	CHECK(ct_mapping_bytes(m) == size, "the mapping covers %llu bytes",
+	      (unsigned long long)ct_mapping_bytes(m));
+	CHECK(ca_checksum(ca, b.fd, &sum_after, &len) == 0 && sum_after == sum_before,
+	      "content changed by the migration: checksum %#llx -> %#llx",
+	      (unsigned long long)sum_before, (unsigned long long)sum_after);
+	CHECK(ct_rw(ct, b.fd, false, 0, data, size) == 0 &&
+	      ca_pattern_check(data, size, SEED) == size,
+	      "pattern lost through the kernel mapping after the migration");
+	/* The first device now maps the same two segments. */
+	ret = ct_map(ct, b.handle, 0, &b.map);
+	if (CHECK(ret == 0, "remap of the first device: %s", strerror(-ret))) {
+		CHECK(b.map.num_segments == m->num_segments,
+		      "first device: %u segments, the migrating map %u",
+		      b.map.num_segments, m->num_segments);
+		for (i = 0; i < m->num_segments && i < b.map.num_segments &&
+		     i < CT_MAX_SEGMENTS; i++)
+			CHECK(b.map.seg[i].addr == m->seg[i].addr &&
+			      b.map.seg[i].len == m->seg[i].len,
+			      "segment %u differs between the devices", i);
+	}
+out:
+	if (handle) {
+		ct_unmap(ct, handle);
+		ct_detach(ct, handle);
+	}
+	ca_buf_free(ct, &b);
+	ca_fragment_release(ct, frag);
+	ca_close(&ct);
+	ca_close(&ca);
+	free(frag);
+	free(m);
+	free(data);
+	return result;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST("late attach that the backing suits is accepted as is", test_late_attach_compatible),
 	TAP_TEST("late stricter attach while mapped fails with EBUSY", test_late_attach_busy_while_mapped),
 	TAP_TEST("late stricter attach migrates at the next map, content kept", test_late_attach_migrates),
 	TAP_TEST("migration with a live mmap: EBUSY, or the mmap follows", test_late_attach_migrates_under_mmap),
+	TAP_TEST_TIMEOUT("late stricter attach migrates into several segments, content kept",
+			 test_late_attach_migrates_into_segments, 200),
 };
 
 TAP_MAIN(tests)

@@ -191,10 +191,137 @@ static int create_until_refused(int ca, long arg)
 	}
 }
 
+#define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
+
+/* Value of the line "@name N" of debugfs allocators, -1 if missing. */
+static long long allocators_value(const char *name)
+{
+	static char text[32768];
+	ssize_t n, got = 0;
+	int fd;
+
+	fd = open(ALLOCATORS_PATH, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
+		got += n;
+	close(fd);
+	text[got] = 0;
+	return ca_text_value(text, name);
+}
+
+/* Sum of "pool<i>_donated" over the pools: the memory donated now. */
+static long long pools_donated(void)
+{
+	long long sum = 0, v;
+	char name[32];
+	int i;
+
+	for (i = 0; i < CA_MAX_ALLOCATORS; i++) {
+		snprintf(name, sizeof(name), "pool%d_donated", i);
+		v = allocators_value(name);
+		if (v < 0)
+			break;
+		sum += v;
+	}
+	return i ? sum : -1;
+}
+
+static uint64_t page_round(uint64_t bytes)
+{
+	return bytes & ~(CA_PAGE_SIZE - 1);
+}
+
+/*
+ * Creates buffers of at most 64 MiB until they hold @arg bytes in all:
+ * exit status 0, or 100 + the buffers made when one got -EDQUOT, or 200 +
+ * the buffers made on another error. All go when the process exits.
+ */
+static int create_total(int ca, long arg)
+{
+	uint64_t left = (uint64_t)arg, size;
+	int count = 0, fd;
+
+	while (left) {
+		size = left < 64 * CA_MIB ? left : 64 * CA_MIB;
+		fd = ca_create(ca, size, 0);
+		if (fd < 0)
+			return (fd == -EDQUOT ? 100 : 200) + (count > 50 ? 50 : count);
+		count++;
+		left -= size;
+	}
+	return 0;
+}
+
+static bool drop_caches(void)
+{
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = write(fd, "2", 1) == 1;
+	close(fd);
+	return ok;
+}
+
+/*
+ * The byte limit follows what the pools may grow to, not what they hold
+ * now: elastic pools donate little at probe (the default layout 8 MiB),
+ * and a limit of 50 % of that capped every unprivileged user near 4 MiB
+ * until someone privileged made the pools grow, and again after every
+ * shrink. With the default user_percent (50) an unprivileged user may now
+ * create more than half of what is donated, as long as it stays within
+ * half of what the pools may hold; after a shrink as well; and once its
+ * buffers are gone, again.
+ */
+static enum tap_result test_byte_limit_follows_pool_growth(void)
+{
+	long long donated, limit;
+	uint64_t want;
+	int ca, ret;
+
+	if (!ca_env_open(&ca, NULL))
+		return TAP_FAIL;
+	if (!param("user_percent", "50") || !param("user_buffers", "4096"))
+		goto out;
+	/* Start from the probe-time donation: an earlier test may have grown it. */
+	CHECK(drop_caches(), "drop_caches");
+	donated = pools_donated();
+	limit = allocators_value("pools_limit");
+	if (!CHECK(donated > 0 && limit > 0, "debugfs: donated %lld, pools_limit %lld",
+		   donated, limit))
+		goto out;
+	tap_diag("pools: %lld bytes donated now, %lld at most", donated, limit);
+	if (limit < donated + donated / 4) {
+		ca_close(&ca);
+		return tap_skip("the pools cannot grow (%lld bytes donated, %lld at most)",
+				donated, limit);
+	}
+	/* Between half of the donation (the old limit) and half of the most. */
+	want = page_round((uint64_t)(donated / 2 + limit / 2) / 2);
+	ret = as_user(USER, ca, create_total, (long)want);
+	CHECK(ret == 0, "uid %d: %llu bytes (%lld donated, at most %lld): status %d, want 0",
+	      USER, (unsigned long long)want, donated, limit, ret);
+	/* Again: the first child's buffers went with it. */
+	ret = as_user(USER, ca, create_total, (long)want);
+	CHECK(ret == 0, "uid %d again: status %d", USER, ret);
+	/* Beyond half of the most: -EDQUOT, and it recovers. */
+	ret = as_user(USER, ca, create_total, (long)page_round(limit / 2 + 64 * CA_MIB));
+	CHECK(ret >= 100 && ret < 200, "uid %d: more than half of the pools' most: status %d, want -EDQUOT",
+	      USER, ret);
+	CHECK(drop_caches(), "drop_caches");
+	ret = as_user(USER, ca, create_total, (long)want);
+	CHECK(ret == 0, "uid %d after the -EDQUOT and a shrink: status %d", USER, ret);
+out:
+	ca_close(&ca);
+	return TAP_PASS;
+}
+
 static enum tap_result test_per_user_limits(void)
 {
 	int ca, ret, i, fds[5];
-	struct ca_pool pool;
+	long long limit;
 
 	if (!ca_env_open(&ca, NULL))
 		return TAP_FAIL;
@@ -218,14 +345,16 @@ static enum tap_result test_per_user_limits(void)
 			close(fds[i]);
 	param("user_buffers", "4096");
 
-	/* Bytes: 1 % of the donated memory. */
-	if (CHECK(ca_pool_read(ca, &pool) == 0, "INFO") && param("user_percent", "1")) {
+	/* Bytes: 1 % of what the pools may hold (debugfs pools_limit). */
+	limit = allocators_value("pools_limit");
+	if (CHECK(limit > 0, "no pools_limit in %s", ALLOCATORS_PATH) &&
+	    param("user_percent", "1")) {
 		ret = as_user(USER, ca, create_until_refused,
-			      (long)(ca_pool_free(&pool) / 50));
+			      (long)page_round(limit / 50));
 		CHECK(ret == 100, "uid %d: a buffer of 2 %% of the pools: status %d, want -EDQUOT",
 		      USER, ret);
 		ret = as_user(USER, ca, create_until_refused,
-			      (long)(ca_pool_free(&pool) / 400));
+			      (long)page_round(limit / 400));
 		CHECK(ret == 104 || ret == 103,
 		      "uid %d: buffers of 0.25 %%: about 4, then -EDQUOT (status %d)",
 		      USER, ret);
@@ -243,6 +372,8 @@ static const struct tap_test tests[] = {
 		 test_fill_needs_a_writable_fd),
 	TAP_TEST("per-user buffer and byte limits: -EDQUOT, root exempt",
 		 test_per_user_limits),
+	TAP_TEST("the per-user byte limit follows what the pools may grow to",
+		 test_byte_limit_follows_pool_growth),
 };
 
 TAP_MAIN(tests)

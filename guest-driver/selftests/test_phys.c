@@ -40,7 +40,7 @@ static enum tap_result test_phys_before_first_map(void)
 	CHECK(ret == -ENODATA, "PHYS attached, not mapped: %s, expected ENODATA",
 	      ret ? strerror(-ret) : "success");
 	if (CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
-		CHECK(ca_pool_free(&before) == ca_pool_free(&after),
+		CHECK(ca_pool_used(&before) == ca_pool_used(&after),
 		      "PHYS allocated backing");
 out:
 	if (handle)

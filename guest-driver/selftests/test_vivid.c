@@ -250,7 +250,7 @@ static enum tap_result capture_into_dmabuf(uint32_t mask)
 		used = ca_pool_allocator_used(&before, &streaming);
 		tap_diag("vivid buffers allocated from allocator %d (%.16s), %llu bytes",
 			 used, used >= 0 ? streaming.alloc[used].name : "none",
-			 (unsigned long long)(ca_pool_free(&before) - ca_pool_free(&streaming)));
+			 (unsigned long long)(ca_pool_used(&streaming) - ca_pool_used(&before)));
 		CHECK(used == expected, "allocator %d, expected %d", used, expected);
 	}
 	if (dma_contig) {
@@ -314,7 +314,7 @@ out:
 		ca_close(&fds[i]);
 	if (ca >= 0) {
 		if (have_before && CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
-			CHECK(ca_pool_free(&after) == ca_pool_free(&before),
+			CHECK(ca_pool_used(&after) == ca_pool_used(&before),
 			      "pool not back after closing vivid and the buffers");
 		ca_set_device_mask(ca, dev_name, 0);
 	}

@@ -13,7 +13,7 @@
  *
  * Limits: CREATE charges the caller's effective uid for the buffer until
  * the dma-buf is released: at most user_buffers buffers and user_percent
- * percent of the memory donated to the pools (module parameters, defaults
+ * percent of the memory the pools may hold, grown (module parameters, defaults
  * 4096 and 50); beyond, -EDQUOT. CAP_SYS_RESOURCE is not limited. -ENOSPC
  * is the device's own limits (max_buffers, max_total_bytes), -E2BIG its
  * largest buffer (or size_limit_mb).
@@ -25,7 +25,9 @@
  * kept answering others for 8 * timeout_ms), -EINTR on
  * a fatal signal, -EIO when it is broken (until the driver is reloaded) or
  * answered something the driver refused to use. Closing and unmapping
- * never wait for the device and never fail.
+ * never fail and send nothing they wait for, but they may wait (not
+ * killable) for a call on the same buffer (a map, FILL, CHECKSUM, PHYS,
+ * DMA_BUF_IOCTL_SYNC start) to end, itself within timeout_ms.
  */
 #ifndef _UAPI_LINUX_CENALLOC_H
 #define _UAPI_LINUX_CENALLOC_H
