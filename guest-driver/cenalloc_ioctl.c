@@ -6,8 +6,9 @@
  *
  * Permissions (least privilege):
  * - the node is 0660 root:root; an administrator opens it to a group with
- *   a udev rule (README). Whoever can open it can CREATE buffers, within
- *   the per-user limits of cenalloc_quota.c (-EDQUOT), and ask INFO;
+ *   a udev rule (docs/guest-driver.md). Whoever can open it can CREATE
+ *   buffers, within the per-user limits of cenalloc_quota.c (-EDQUOT),
+ *   and ask INFO;
  * - PHYS reveals guest-physical addresses (which /proc/pid/pagemap hides
  *   from unprivileged users): CAP_SYS_ADMIN, or membership of the group
  *   named by the phys_gid module parameter (-EPERM otherwise);

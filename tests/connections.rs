@@ -1,7 +1,7 @@
 //! Front-end connections: one front-end per socket at a time, the next
-//! one served when it leaves (README); and process hygiene across them:
-//! nothing the daemon holds (descriptors, threads, memory mappings) grows
-//! with the number of connections it served.
+//! one served when it leaves (docs/running-cenallocd.md); and process
+//! hygiene across them: nothing the daemon holds (descriptors, threads,
+//! memory mappings) grows with the number of connections it served.
 
 mod common;
 
