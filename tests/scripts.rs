@@ -148,5 +148,5 @@ fn the_scripts_build_cenallocd_only_through_build_cenallocd() {
     }
     builders.sort();
     builders.dedup();
-    assert_eq!(builders, ["run-two-vms", "run-vm"]);
+    assert_eq!(builders, ["run-libvirt", "run-two-vms", "run-vm"]);
 }

@@ -6,6 +6,7 @@
 //!   sides);
 //! - [`server`]: the daemon's side (threads, request handling);
 //! - [`export`]: from a buffer to guest memory files and offsets;
+//! - [`cli`]: `cenallocctl`'s command line;
 //! - [`client`]: the client library (`cenallocctl` uses it);
 //! - [`snapshot`]: pixel formats → PNG for `cenallocctl snapshot`.
 //!
@@ -13,6 +14,7 @@
 //! [`crate::registry`]); the client side depends on nothing but the
 //! protocol.
 
+pub mod cli;
 pub mod client;
 pub mod export;
 pub mod protocol;
