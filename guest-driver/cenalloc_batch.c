@@ -1041,6 +1041,13 @@ int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 						     cenalloc_map_contiguous(buffer)))
 				continue;
 		}
+		/*
+		 * remove() resets the device before it stops the queue: a MAP
+		 * answered after that RESET finds no pool (-ENOMEM) or no
+		 * buffer. The device is going away: say so.
+		 */
+		if (ret < 0 && READ_ONCE(cdev->quiesced))
+			return -ENODEV;
 		return ret;
 	}
 }
