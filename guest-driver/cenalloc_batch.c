@@ -195,7 +195,13 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 	idx = req->num_cmds - 1;
 	cenalloc_attach_fill(ar, a, buffer->buffer_id);
 	cenalloc_buffer_flush(buffer);
-	ret = cenalloc_req_submit(req);
+	/*
+	 * UNMAPs in front: a request given up on still runs on the device,
+	 * and undo knows only the ATTACH, so a fatal signal must not leave
+	 * the driver blind to revocations the device made.
+	 */
+	ret = idx ? cenalloc_req_submit_unkillable(req) :
+		    cenalloc_req_submit(req);
 	for (i = 0; !ret && i <= idx; i++)
 		ret = cenalloc_req_status(req, i);
 	if (ret)
