@@ -956,8 +956,11 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 				      &seg, 1);
 	/* backing_accept counted the backing itself: drop the lease's count. */
 	cenalloc_pools_unclaim(cdev, &ext, 1);
-	if (ret)
+	if (ret) {
+		/* Not usable, not in the stock: the device's again. */
+		cenalloc_lease_give_back(cdev, allocator, &ext, 1);
 		goto err_req;
+	}
 
 	lm->buffer_id = cpu_to_le32(ids[0]);
 	lm->initial_mask = cpu_to_le32(buffer->initial_mask);
