@@ -814,6 +814,8 @@ static int cenalloc_attachment_map_send(struct cenalloc_attachment *a,
 	if (ret)
 		goto unmap;
 	a->num_maps++;
+	if (a->revocable)
+		buffer->revocable_maps++;	/* cenalloc_make_room() */
 	goto out_free;
 
 bad_map:
