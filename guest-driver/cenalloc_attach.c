@@ -31,7 +31,9 @@
  * dynamic importers revoked, and sends their UNMAPs in the batch of the
  * ATTACH, so the device sees no mapping and accepts the migration. The
  * next MAP moves the content to the new backing (the device copies it);
- * the importers map again and get the new segments. A revoked mapping may
+ * the importers map again and get the new segments. An importer that maps
+ * again from its move_notify would get the old backing, and no second
+ * notification: that attach fails with -EBUSY instead. A revoked mapping may
  * stay DMA-mapped until its importer unmaps it: the old backing stays the
  * buffer's until then (struct cenalloc_zombie), and that unmap does no CPU
  * sync.
@@ -243,6 +245,7 @@ static unsigned int cenalloc_revocable_count(struct cenalloc_buffer *buffer)
 static int cenalloc_make_room(struct cenalloc_buffer *buffer, u32 mask)
 {
 	struct dma_buf *dmabuf = buffer->dmabuf;
+	unsigned int maps;
 	bool revoke;
 	long left;
 
@@ -259,6 +262,7 @@ static int cenalloc_make_room(struct cenalloc_buffer *buffer, u32 mask)
 	 * may have unmapped while its job still runs, and the migration
 	 * copies and then frees the old pages.
 	 */
+	maps = buffer->revocable_maps;
 	mutex_unlock(&buffer->lock);
 	if (revoke)
 		cenalloc_dma_buf_move_notify(dmabuf);
@@ -270,6 +274,15 @@ static int cenalloc_make_room(struct cenalloc_buffer *buffer, u32 mask)
 		return left;
 	if (!left)
 		return -ETIMEDOUT;
+	/*
+	 * A dynamic importer mapped while we held the reservation lock: from
+	 * its move_notify (allowed, the lock is held), so after it was told.
+	 * That mapping is of the backing about to go, and no notification
+	 * would follow its revocation: the importer would keep using pages
+	 * the migration frees. Migrate nothing; its mapping stays good.
+	 */
+	if (buffer->revocable_maps != maps)
+		return -EBUSY;
 	/* mmap and vmap do not take the reservation lock: look again. */
 	if (cenalloc_buffer_pinned(buffer))
 		return -EBUSY;

@@ -195,7 +195,13 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 	idx = req->num_cmds - 1;
 	cenalloc_attach_fill(ar, a, buffer->buffer_id);
 	cenalloc_buffer_flush(buffer);
-	ret = cenalloc_req_submit(req);
+	/*
+	 * UNMAPs in front: a request given up on still runs on the device,
+	 * and undo knows only the ATTACH, so a fatal signal must not leave
+	 * the driver blind to revocations the device made.
+	 */
+	ret = idx ? cenalloc_req_submit_unkillable(req) :
+		    cenalloc_req_submit(req);
 	for (i = 0; !ret && i <= idx; i++)
 		ret = cenalloc_req_status(req, i);
 	if (ret)
@@ -808,6 +814,8 @@ static int cenalloc_attachment_map_send(struct cenalloc_attachment *a,
 	if (ret)
 		goto unmap;
 	a->num_maps++;
+	if (a->revocable)
+		buffer->revocable_maps++;	/* cenalloc_make_room() */
 	goto out_free;
 
 bad_map:
@@ -950,8 +958,11 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 				      &seg, 1);
 	/* backing_accept counted the backing itself: drop the lease's count. */
 	cenalloc_pools_unclaim(cdev, &ext, 1);
-	if (ret)
+	if (ret) {
+		/* Not usable, not in the stock: the device's again. */
+		cenalloc_lease_give_back(cdev, allocator, &ext, 1);
 		goto err_req;
+	}
 
 	lm->buffer_id = cpu_to_le32(ids[0]);
 	lm->initial_mask = cpu_to_le32(buffer->initial_mask);

@@ -41,6 +41,7 @@ struct cenalloc_buffer {
 	bool contiguous_promised;		/* an attachment got MAP_CONTIG */
 	struct list_head attachments;
 	unsigned int num_attachments;
+	unsigned int revocable_maps;		/* MAPs of dynamic importers, ever */
 	struct cenalloc_attachment *cpu_attach;	/* pins the backing for CPU */
 	struct cenalloc_req *cpu_unmap_req;	/* its UNMAP */
 	struct cenalloc_req *free_req;		/* FREE, allocated at create */

@@ -224,10 +224,57 @@ int cenalloc_lease_set_next_id(struct cenalloc_dev *cdev, u64 id)
 	return 0;
 }
 
+/* A LEASE extent's own checks: page-aligned, of its class, and below 4 GiB
+ * for a DMA32 allocator (where it lies is cenalloc_pools_claim()'s).
+ */
+static bool cenalloc_lease_extent_ok(const struct cenalloc_range *r,
+				     unsigned int class, bool dma32)
+{
+	u64 addr = le64_to_cpu(r->addr);
+
+	return PAGE_ALIGNED(addr) &&
+	       le64_to_cpu(r->len) == cenalloc_lease_sizes[class] &&
+	       (!dma32 || addr + cenalloc_lease_sizes[class] <= SZ_4G);
+}
+
+/*
+ * Give @n extents of @allocator the driver will not use back to the device
+ * without waiting (a posted LEASE_RETURN): the rest of a LEASE answer, an
+ * extent a leased map could not use. They are counted on no block any
+ * more; left leased they would stay the device's lost room.
+ */
+void cenalloc_lease_give_back(struct cenalloc_dev *cdev, u32 allocator,
+			      const struct cenalloc_range *ranges,
+			      unsigned int n)
+{
+	struct cenalloc_lease_return_req *rr;
+	struct cenalloc_req *req;
+
+	if (!n)
+		return;
+	req = cenalloc_req_alloc(cdev);
+	if (!req)
+		goto lost;
+	rr = cenalloc_req_add(req, CENALLOC_CMD_LEASE_RETURN,
+			      sizeof(*rr) + n * sizeof(ranges[0]), 0);
+	if (IS_ERR(rr)) {
+		cenalloc_req_free(req);
+		goto lost;
+	}
+	rr->allocator_id = cpu_to_le32(allocator);
+	rr->num_ranges = cpu_to_le32(n);
+	memcpy(rr + 1, ranges, n * sizeof(ranges[0]));
+	cenalloc_req_post(req);
+	return;
+lost:
+	pr_warn_ratelimited("cenalloc: cannot give %u unused leased extents of allocator %u back\n",
+			    n, allocator);
+}
+
 /*
  * Check and take the extents of a LEASE answer into the stock. Returns the
- * number taken; a bad extent stops the rest (they stay leased on the
- * device, unused).
+ * number taken; a bad extent stops the rest. What the stock has no room
+ * for, and the well-formed extents after a bad one, go back to the device.
  */
 static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 					  u32 allocator, unsigned int class,
@@ -236,9 +283,10 @@ static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 {
 	const struct cenalloc_lease_resp *lr = resp;
 	struct cenalloc_leases *l = cdev->leases;
-	const struct cenalloc_range *r;
+	const struct cenalloc_range *r = NULL;
+	struct cenalloc_range *back = NULL;
+	unsigned int n = 0, i = 0, taken = 0, k, num_back = 0, lost = 0;
 	struct cenalloc_stock *st;
-	unsigned int n = 0, i = 0, taken = 0;
 	bool dma32;
 	u64 addr;
 
@@ -250,11 +298,10 @@ static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 	if (n > asked || n > (len - sizeof(*lr)) / sizeof(*r))
 		goto bad;
 	r = (const struct cenalloc_range *)(lr + 1);
+	back = kmalloc_array(n, sizeof(*back), GFP_KERNEL);
 	for (i = 0; i < n; i++) {
 		addr = le64_to_cpu(r[i].addr);
-		if (!PAGE_ALIGNED(addr) ||
-		    le64_to_cpu(r[i].len) != cenalloc_lease_sizes[class] ||
-		    (dma32 && addr + cenalloc_lease_sizes[class] > SZ_4G) ||
+		if (!cenalloc_lease_extent_ok(&r[i], class, dma32) ||
 		    cenalloc_pools_claim(cdev, &r[i], 1, allocator))
 			goto bad;
 		spin_lock(&l->lock);
@@ -265,16 +312,36 @@ static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 			addr = 0;
 		}
 		spin_unlock(&l->lock);
-		if (addr)	/* no room: it stays leased, unused */
-			cenalloc_pools_unclaim(cdev, &r[i], 1);
+		if (!addr)
+			continue;
+		/* No room in the stock: back to the device. */
+		cenalloc_pools_unclaim(cdev, &r[i], 1);
+		if (back)
+			back[num_back++] = r[i];
+		else
+			lost++;
 	}
-	atomic64_add(taken, &l->leased);
-	return taken;
+	goto out;
 bad:
 	atomic64_inc(&l->bad_answers);
 	cenalloc_answer_rejected(cdev);
 	pr_warn_ratelimited("cenalloc: device answer rejected: LEASE for allocator %u, extent %u of %u\n",
 			    allocator, i, n);
+	/* The device may have leased the rest: what looks sane goes back. */
+	for (k = i + 1; r && k < n; k++) {
+		if (!cenalloc_lease_extent_ok(&r[k], class, dma32))
+			continue;
+		if (back)
+			back[num_back++] = r[k];
+		else
+			lost++;
+	}
+out:
+	if (lost)
+		pr_warn_ratelimited("cenalloc: no memory to give %u unused leased extents of allocator %u back\n",
+				    lost, allocator);
+	cenalloc_lease_give_back(cdev, allocator, back, num_back);
+	kfree(back);
 	atomic64_add(taken, &l->leased);
 	return taken;
 }
@@ -369,9 +436,40 @@ static void cenalloc_lease_refill_work(struct work_struct *work)
 }
 
 /*
+ * Put back into the stock the extents of a LEASE_RETURN that never reached
+ * the device: they are still the driver's, counted on their blocks.
+ * Returns how many found no room (a refill that raced with the return).
+ */
+static unsigned int cenalloc_lease_restock(struct cenalloc_leases *l,
+					   u32 allocator,
+					   const struct cenalloc_range *ranges,
+					   unsigned int n)
+{
+	struct cenalloc_stock *st;
+	unsigned int i, class, left = 0;
+
+	spin_lock(&l->lock);
+	for (i = 0; i < n; i++) {
+		for (class = 0; class < CENALLOC_LEASE_CLASSES; class++)
+			if (le64_to_cpu(ranges[i].len) ==
+			    cenalloc_lease_sizes[class])
+				break;
+		st = class < CENALLOC_LEASE_CLASSES ?
+		     cenalloc_stock_of(l, allocator, class) : NULL;
+		if (st && st->count < CENALLOC_LEASE_STOCK_MAX)
+			st->addr[st->count++] = le64_to_cpu(ranges[i].addr);
+		else
+			left++;
+	}
+	spin_unlock(&l->lock);
+	return left;
+}
+
+/*
  * Give every unused extent of @allocator back (LEASE_RETURN) and wait for
- * the answer. An extent the device will not take back is dropped from the
- * stock and stays counted on its blocks.
+ * the answer. When the request never reached the device, the extents go
+ * back into the stock; an extent the device will not take back is dropped
+ * from the stock and stays counted on its blocks.
  */
 int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
 {
@@ -381,6 +479,7 @@ int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
 	struct cenalloc_stock *st;
 	unsigned int n = 0, class, i;
 	struct cenalloc_req *req;
+	bool sent;
 	int ret;
 
 	if (!l || allocator >= l->num_allocators)
@@ -408,28 +507,36 @@ int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
 	req = cenalloc_req_alloc(cdev);
 	if (!req) {
 		ret = -ENOMEM;
-		goto out_drop;
+		goto out_keep;
 	}
 	rr = cenalloc_req_add(req, CENALLOC_CMD_LEASE_RETURN,
 			      sizeof(*rr) + n * sizeof(ranges[0]), 0);
 	if (IS_ERR(rr)) {
 		ret = PTR_ERR(rr);
 		cenalloc_req_free(req);
-		goto out_drop;
+		goto out_keep;
 	}
 	rr->allocator_id = cpu_to_le32(allocator);
 	rr->num_ranges = cpu_to_le32(n);
 	memcpy(rr + 1, ranges, n * sizeof(ranges[0]));
 	/* The answer says whether the extents stay leased. */
 	ret = cenalloc_req_submit_unkillable(req);
+	sent = READ_ONCE(req->queued);
 	if (!ret)
 		ret = cenalloc_req_status(req, 0);
 	cenalloc_req_free(req);
+	if (ret && !sent)
+		goto out_keep;
 	if (ret)
 		goto out_drop;
 	cenalloc_pools_unclaim(cdev, ranges, n);
 	atomic64_add(n, &l->returned);
 	goto out;
+out_keep:
+	/* Never on the ring: still ours, in use by no buffer. */
+	n = cenalloc_lease_restock(l, allocator, ranges, n);
+	if (!n)
+		goto out;
 out_drop:
 	if (ret != -ENODEV)
 		pr_warn_ratelimited("cenalloc: giving back %u leased extents of allocator %u failed: %d\n",

@@ -13,6 +13,7 @@
 #include <linux/workqueue.h>
 
 struct cenalloc_dev;
+struct cenalloc_range;
 
 /* Extent sizes leased: a buffer takes the smallest class it fits. */
 #define CENALLOC_LEASE_CLASSES		2
@@ -57,6 +58,9 @@ u32 cenalloc_lease_next_id(struct cenalloc_dev *cdev);
 int cenalloc_lease_set_next_id(struct cenalloc_dev *cdev, u64 id);
 void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator);
 int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator);
+void cenalloc_lease_give_back(struct cenalloc_dev *cdev, u32 allocator,
+			      const struct cenalloc_range *ranges,
+			      unsigned int n);
 void cenalloc_lease_return_mask(struct cenalloc_dev *cdev, u32 mask);
 unsigned int cenalloc_lease_stock(struct cenalloc_dev *cdev, u32 allocator,
 				  unsigned int class);

@@ -73,6 +73,8 @@ struct cenalloc_test_handle {
 	enum dma_data_direction dir;
 	u32 map_type;
 	bool dynamic;
+	bool remap_in_notify;		/* CENALLOC_TEST_DEV_REMAP_IN_NOTIFY */
+	struct sg_table *notify_sgt;	/* its mapping (resv held) */
 	atomic_t move_notifies;
 	bool invalidated;		/* set by move_notify (resv held) */
 };
@@ -107,8 +109,19 @@ static void cenalloc_test_move_notify(struct dma_buf_attachment *attach)
 {
 	struct cenalloc_test_handle *h = attach->importer_priv;
 
+	struct sg_table *sgt;
+
 	atomic_inc(&h->move_notifies);
 	WRITE_ONCE(h->invalidated, true);
+	/*
+	 * An importer that maps again at once (allowed: the reservation
+	 * lock is held): the exporter must not revoke that mapping silently.
+	 */
+	if (h->remap_in_notify && !READ_ONCE(h->notify_sgt)) {
+		sgt = dma_buf_map_attachment(attach, DMA_BIDIRECTIONAL);
+		if (!IS_ERR(sgt))
+			WRITE_ONCE(h->notify_sgt, sgt);
+	}
 }
 
 static const struct dma_buf_attach_ops cenalloc_test_importer_ops = {
@@ -132,6 +145,9 @@ static void cenalloc_test_handle_destroy(struct cenalloc_test_handle *h)
 {
 	if (h->sgt)
 		dma_buf_unmap_attachment_unlocked(h->attach, h->sgt, h->dir);
+	if (h->notify_sgt)
+		dma_buf_unmap_attachment_unlocked(h->attach, h->notify_sgt,
+						  DMA_BIDIRECTIONAL);
 	dma_buf_detach(h->dmabuf, h->attach);
 	dma_buf_put(h->dmabuf);
 	kfree(h);
@@ -244,6 +260,8 @@ static long cenalloc_test_attach(struct cenalloc_test_file *tf,
 	if (!h)
 		return -ENOMEM;
 	h->dynamic = flags & CENALLOC_TEST_DEV_DYNAMIC;
+	h->remap_in_notify = h->dynamic &&
+			     (flags & CENALLOC_TEST_DEV_REMAP_IN_NOTIFY);
 	atomic_set(&h->move_notifies, 0);
 
 	h->dmabuf = dma_buf_get(arg.dmabuf_fd);
@@ -461,7 +479,9 @@ static long cenalloc_test_status(struct cenalloc_test_file *tf,
 		arg.flags = (h->sgt ? CENALLOC_TEST_STATUS_MAPPED : 0) |
 			    (h->sgt && READ_ONCE(h->invalidated) ?
 			     CENALLOC_TEST_STATUS_INVALIDATED : 0) |
-			    (h->dynamic ? CENALLOC_TEST_STATUS_DYNAMIC : 0);
+			    (h->dynamic ? CENALLOC_TEST_STATUS_DYNAMIC : 0) |
+			    (READ_ONCE(h->notify_sgt) ?
+			     CENALLOC_TEST_STATUS_NOTIFY_MAPPED : 0);
 		arg.move_notifies = atomic_read(&h->move_notifies);
 	}
 	mutex_unlock(&tf->lock);

@@ -771,8 +771,9 @@ int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
  * cenalloc_req_submit() that a fatal signal does not cut short, for
  * requests whose outcome the pools must know (POOL_ADD, POOL_REMOVE,
  * LEASE_RETURN: the device's answer is the only proof of who owns the
- * memory). As bounded as the killable wait; the shrinker of a dying task
- * (an OOM victim in direct reclaim) finishes the round trip it is in.
+ * memory), or the revocations of a late ATTACH (its UNMAPs). As bounded
+ * as the killable wait; the shrinker of a dying task (an OOM victim in
+ * direct reclaim) finishes the round trip it is in.
  */
 int cenalloc_req_submit_unkillable(struct cenalloc_req *req)
 {

@@ -3,7 +3,7 @@
  * Driver and device must keep one view of the pools, the backing and the
  * negotiated types when a wait is cut short, a migration's answer is not
  * taken, a mapping outlives the backing it was made of, or answers queue
- * up (the guest driver's third review, F1, F2, F3, F6, F7):
+ * up (the guest driver's third review, F1, F2, F3, F6, F7, F10, F11):
  *
  * - a shrinker running in a task that gets SIGKILLed hands no block over
  *   to "held": each block it offered back is either the device's or the
@@ -19,10 +19,16 @@
  *   before, do not break the device however long the queue (F6);
  * - a first map from a leased extent after an attachment went away carries
  *   the map types the device will negotiate: the buffer exists on the
- *   device afterwards (F7).
+ *   device afterwards (F7);
+ * - a late attach whose batch revokes the dynamic importers' mappings,
+ *   killed while the device works, leaves the driver knowing what the
+ *   device revoked (F10);
+ * - a dynamic importer that maps again from its move_notify does not have
+ *   that mapping revoked without being told again: the attach is refused
+ *   (F11).
  *
  * Needs the host request channel and a fault-injection cenallocd (F1, F2's
- * killed variant, F6), the elastic pool of cenallocd-selftests.toml (F1),
+ * killed variant, F6, F10), the elastic pool of cenallocd-selftests.toml (F1),
  * leases (F7) and debugfs; skips what it lacks.
  */
 #include <errno.h>
@@ -51,6 +57,7 @@
 #define DEV_CONTIG_ONLY		4
 #define DEV_CONTIG_OR_SG	5
 #define DEV_ELASTIC		6
+#define DEV_REMAP		7
 
 static bool fault(const char *spec)
 {
@@ -784,6 +791,138 @@ out:
 	return TAP_PASS;
 }
 
+/* ---------------------------------------------------------------------- */
+/* F10: a late attach that revokes, SIGKILLed while the device works.      */
+
+#define F10_SIZE	(128 * CA_KIB)
+
+/*
+ * The dynamic importer maps A; a child attaches a DMA32 device late, so
+ * the batch UNMAPs the importer's mapping before its ATTACH, and is
+ * SIGKILLed while the (slow) device works. The device runs the UNMAP
+ * whatever the child does: the driver must know it, so the importer's
+ * unmap posts nothing the device refuses, and a new DMA32 attach (whose
+ * batch would carry that UNMAP again) succeeds and maps (the old driver
+ * gave up the answer: posted_errors +1 and -ECANCELED for good).
+ */
+static enum tap_result test_killed_revoking_attach(void)
+{
+	static struct ct_mapping m;
+	struct ca_buf a = { .fd = -1 };
+	enum tap_result skip = need_faults();
+	long long errors0, errors1;
+	int ca, ct, ret, status;
+	bool attached = false;
+	uint32_t h, hc;
+	pid_t pid;
+
+	if (skip != TAP_PASS)
+		return skip;
+	if (!env_devices(&ca, &ct))
+		return TAP_FAIL;
+	ret = ca_buf_alloc(ca, ct, F10_SIZE, DEV_DYNAMIC, &a);
+	if (!CHECK(ret == 0, "A mapped by the dynamic importer: %s",
+		   strerror(-ret)))
+		goto out;
+	if (!ring_idle(5000) || !fault("slow:2000"))
+		goto out;
+	errors0 = ca_transport_value("posted_errors");
+	pid = fork();
+	if (pid == 0) {
+		ct_attach(ct, a.fd, DEV_DMA32, &hc, NULL);
+		_exit(0);
+	}
+	if (!CHECK(pid > 0, "fork"))
+		goto out;
+	usleep(500000);		/* the child waits in the ATTACH */
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+	      "the child died of SIGKILL (status %#x)", status);
+	fault("none");
+	CHECK(ring_idle(20000), "the device answered everything");
+
+	ret = ct_attach(ct, a.fd, DEV_DMA32, &h, NULL);
+	attached = ret == 0;
+	CHECK(ret == 0, "a DMA32 attach after the killed one: %s",
+	      strerror(-ret));
+	if (attached) {
+		ret = ct_map(ct, h, 0, &m);
+		CHECK(ret == 0, "the DMA32 device maps A: %s", strerror(-ret));
+		if (ret == 0)
+			ct_unmap(ct, h);
+	}
+	ret = ct_unmap(ct, a.handle);
+	CHECK(ret == 0, "the dynamic importer unmaps: %s", strerror(-ret));
+	/* Its UNMAP is posted, behind a DETACH that goes with it. */
+	if (attached)
+		ct_detach(ct, h);
+	attached = false;
+	ca_buf_free(ct, &a);
+	CHECK(ring_idle(20000), "the device answered everything");
+	errors1 = ca_transport_value("posted_errors");
+	CHECK(errors1 == errors0, "posted_errors %lld, was %lld", errors1,
+	      errors0);
+out:
+	fault("none");
+	if (attached)
+		ct_detach(ct, h);
+	ca_buf_free(ct, &a);
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
+/* ---------------------------------------------------------------------- */
+/* F11: a dynamic importer that maps again from its move_notify.          */
+
+#define F11_SIZE	(128 * CA_KIB)
+
+/*
+ * Its new mapping is of the backing about to go, made after it was told:
+ * revoking it as well, with no second notification, would leave it using
+ * pages the migration frees. The late attach must be refused (-EBUSY), or
+ * the importer told again.
+ */
+static enum tap_result test_remap_in_move_notify(void)
+{
+	static const uint32_t sg[] = { CENALLOC_MAP_SG };
+	struct ct_device_opts remap = {
+		.flags = CENALLOC_TEST_DEV_DYNAMIC |
+			 CENALLOC_TEST_DEV_REMAP_IN_NOTIFY,
+	};
+	struct ca_buf a = { .fd = -1 };
+	uint32_t h, flags = 0, notes = 0;
+	bool attached = false;
+	int ca, ct, ret, st;
+
+	if (!env_devices(&ca, &ct))
+		return TAP_FAIL;
+	if (!CHECK(ct_set_device_ex(ct, DEV_REMAP, CENALLOC_MASK_ANY, sg, 1,
+				    &remap) == 0, "SET_DEVICE remap"))
+		goto out;
+	ret = ca_buf_alloc(ca, ct, F11_SIZE, DEV_REMAP, &a);
+	if (!CHECK(ret == 0, "A mapped by the re-mapping importer: %s",
+		   strerror(-ret)))
+		goto out;
+	ret = ct_attach(ct, a.fd, DEV_CONTIG_DMA32, &h, NULL);
+	attached = ret == 0;
+	st = ct_status(ct, a.handle, &flags, &notes);
+	CHECK(st == 0 && notes >= 1, "the importer was told to move: %s, %u",
+	      strerror(-st), notes);
+	CHECK(flags & CENALLOC_TEST_STATUS_NOTIFY_MAPPED,
+	      "the importer mapped again in move_notify (flags %#x)", flags);
+	tap_diag("late attach: %s, %u notifications", strerror(-ret), notes);
+	CHECK(ret == -EBUSY || notes >= 2,
+	      "the attach (%s) revoked the mapping made in move_notify after %u notification(s)",
+	      strerror(-ret), notes);
+out:
+	if (attached)
+		ct_detach(ct, h);
+	ca_buf_free(ct, &a);
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST("F7: a leased first map after a detach exists on the device",
 		 test_leased_map_after_detach),
@@ -795,6 +934,10 @@ static const struct tap_test tests[] = {
 		 test_revoked_mapping_keeps_old_pages),
 	TAP_TEST("F1: a killed shrinker leaves no block held",
 		 test_killed_shrinker_holds_nothing),
+	TAP_TEST("F10: a killed revoking attach leaves driver and device agreed",
+		 test_killed_revoking_attach),
+	TAP_TEST("F11: a mapping made in move_notify is not revoked silently",
+		 test_remap_in_move_notify),
 	TAP_TEST("F6: queued slow answers do not break the device",
 		 test_queued_answers_do_not_break_the_device),
 };

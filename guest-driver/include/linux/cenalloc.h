@@ -136,8 +136,9 @@ int cenalloc_match_mapping(struct cenalloc_match_args *args,
  * Returns the attachment or an ERR_PTR: -EINVAL for bad arguments or when
  * the masks leave no kind in common, -ERANGE when the device cannot address
  * any kind the buffer may use, -EOPNOTSUPP when no mapping type matches,
- * -EBUSY when the backing does not fit and cannot migrate (it is pinned),
- * -ENODEV after remove.
+ * -EBUSY when the backing does not fit and cannot migrate (it is pinned,
+ * or a dynamic importer mapped it again from its move_notify), -ENODEV
+ * after remove.
  */
 struct dma_buf_attachment *
 cenalloc_mapping_attach(struct dma_buf *dmabuf, struct device *dev,

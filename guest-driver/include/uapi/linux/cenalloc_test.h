@@ -18,7 +18,10 @@
 
 /* Configure virtual device `device` (0..CENALLOC_TEST_MAX_DEVICES-1). */
 #define CENALLOC_TEST_DEV_DYNAMIC	(1u << 0)	/* importer ops with move_notify */
-#define CENALLOC_TEST_DEV_FLAGS		CENALLOC_TEST_DEV_DYNAMIC
+/* With DYNAMIC: move_notify maps the attachment once more (kept to detach). */
+#define CENALLOC_TEST_DEV_REMAP_IN_NOTIFY (1u << 1)
+#define CENALLOC_TEST_DEV_FLAGS		(CENALLOC_TEST_DEV_DYNAMIC | \
+					 CENALLOC_TEST_DEV_REMAP_IN_NOTIFY)
 
 struct cenalloc_test_device_arg {
 	__u32 device;
@@ -68,6 +71,7 @@ struct cenalloc_test_map_arg {
 #define CENALLOC_TEST_STATUS_MAPPED	(1u << 0)
 #define CENALLOC_TEST_STATUS_INVALIDATED (1u << 1)	/* move_notify since the map */
 #define CENALLOC_TEST_STATUS_DYNAMIC	(1u << 2)
+#define CENALLOC_TEST_STATUS_NOTIFY_MAPPED (1u << 3)	/* REMAP_IN_NOTIFY's map */
 
 struct cenalloc_test_status_arg {
 	__u32 handle;		/* in */
