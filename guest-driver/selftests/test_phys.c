@@ -55,14 +55,26 @@ static enum tap_result test_phys_contiguous(void)
 {
 	static const uint64_t sizes[] = { 4 * CA_KIB, 1 * CA_MIB, 3 * CA_MIB + 8 * CA_KIB };
 	struct ca_buf b = { .fd = -1 };
-	unsigned int i;
+	unsigned int i, tries;
 	uint64_t addr, len;
 	int ca, ct, ret;
 
 	if (!ca_env_open_device(&ca, &ct, DEV_CONTIG, CENALLOC_KIND_CONTIG))
 		return TAP_FAIL;
 	for (i = 0; i < TAP_ARRAY_SIZE(sizes); i++) {
-		ret = ca_buf_alloc(ca, ct, sizes[i], DEV_CONTIG, &b);
+		/*
+		 * A map whose room is only in the leased stock answers
+		 * -EAGAIN (the driver gives the stock back and tries once
+		 * more; a stock refilled in between, e.g. from a pool that
+		 * grew for this map, fails it again): map again, bounded.
+		 */
+		for (tries = 0; tries < 3; tries++) {
+			ret = ca_buf_alloc(ca, ct, sizes[i], DEV_CONTIG, &b);
+			if (ret != -EAGAIN)
+				break;
+			tap_diag("alloc %llu: EAGAIN (room only in the leased stock), again",
+				 (unsigned long long)sizes[i]);
+		}
 		if (!CHECK(ret == 0, "alloc %llu: %s",
 			   (unsigned long long)sizes[i], strerror(-ret)))
 			goto out;
@@ -137,6 +149,19 @@ static enum tap_result test_phys_scatter_enodev(void)
 		goto out;
 	used = ca_pool_allocator_used(&pool, &after);
 	CHECK(used == index, "went to allocator %d, not %d", used, index);
+	/*
+	 * An elastic pool grows in the background once filled (POOL_LOW):
+	 * the new room may hold the buffer in one piece, not in the holes.
+	 */
+	if (b.map.num_segments == 1 &&
+	    (after.alloc[index].capacity > pool.alloc[index].capacity ||
+	     pool.alloc[index].largest_free >= 2 * CA_FRAG_HOLE)) {
+		result = tap_skip("allocator %d grew (%llu -> %llu bytes): no holes to scatter into",
+				  index,
+				  (unsigned long long)pool.alloc[index].capacity,
+				  (unsigned long long)after.alloc[index].capacity);
+		goto out;
+	}
 	CHECK(b.map.num_segments == 2, "%u segments, expected the two holes",
 	      b.map.num_segments);
 	ret = ca_phys(ca, b.fd, &addr, &len);
