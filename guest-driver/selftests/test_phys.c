@@ -55,26 +55,14 @@ static enum tap_result test_phys_contiguous(void)
 {
 	static const uint64_t sizes[] = { 4 * CA_KIB, 1 * CA_MIB, 3 * CA_MIB + 8 * CA_KIB };
 	struct ca_buf b = { .fd = -1 };
-	unsigned int i, tries;
+	unsigned int i;
 	uint64_t addr, len;
 	int ca, ct, ret;
 
 	if (!ca_env_open_device(&ca, &ct, DEV_CONTIG, CENALLOC_KIND_CONTIG))
 		return TAP_FAIL;
 	for (i = 0; i < TAP_ARRAY_SIZE(sizes); i++) {
-		/*
-		 * A map whose room is only in the leased stock answers
-		 * -EAGAIN (the driver gives the stock back and tries once
-		 * more; a stock refilled in between, e.g. from a pool that
-		 * grew for this map, fails it again): map again, bounded.
-		 */
-		for (tries = 0; tries < 3; tries++) {
-			ret = ca_buf_alloc(ca, ct, sizes[i], DEV_CONTIG, &b);
-			if (ret != -EAGAIN)
-				break;
-			tap_diag("alloc %llu: EAGAIN (room only in the leased stock), again",
-				 (unsigned long long)sizes[i]);
-		}
+		ret = ca_buf_alloc(ca, ct, sizes[i], DEV_CONTIG, &b);
 		if (!CHECK(ret == 0, "alloc %llu: %s",
 			   (unsigned long long)sizes[i], strerror(-ret)))
 			goto out;
