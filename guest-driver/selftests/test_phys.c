@@ -144,10 +144,11 @@ static enum tap_result test_phys_scatter_enodev(void)
 	if (b.map.num_segments == 1 &&
 	    (after.alloc[index].capacity > pool.alloc[index].capacity ||
 	     pool.alloc[index].largest_free >= 2 * CA_FRAG_HOLE)) {
-		result = tap_skip("allocator %d grew (%llu -> %llu bytes): no holes to scatter into",
+		result = tap_skip("allocator %d grew (%llu -> %llu bytes, largest free %llu): no holes to scatter into",
 				  index,
 				  (unsigned long long)pool.alloc[index].capacity,
-				  (unsigned long long)after.alloc[index].capacity);
+				  (unsigned long long)after.alloc[index].capacity,
+				  (unsigned long long)pool.alloc[index].largest_free);
 		goto out;
 	}
 	CHECK(b.map.num_segments == 2, "%u segments, expected the two holes",
