@@ -25,7 +25,7 @@
  * chose), as long as the device will negotiate the map types the driver
  * did (cenalloc_leased_types_hold()). A map the device answers -ENOMEM
  * grows a pool and maps again once; -EAGAIN (its room is in our leased
- * stock) gives the stock back and maps again once.
+ * stock) gives the stock back and maps again, a few times at most.
  *
  * The device is not trusted. Every answer is checked against what the
  * driver asked and what it already knows before anything of it is used;
@@ -1001,6 +1001,12 @@ err_ids:
 	return -EAGAIN;
 }
 
+/*
+ * How often one map gives the leased stock back and maps again: a refill
+ * whose LEASE was on the ring before the stock went back refills it.
+ */
+#define CENALLOC_MAP_STOCK_RETURNS	3
+
 /* Whether a map of @buffer must be one contiguous range. */
 static bool cenalloc_map_contiguous(struct cenalloc_buffer *buffer)
 {
@@ -1012,10 +1018,11 @@ static bool cenalloc_map_contiguous(struct cenalloc_buffer *buffer)
  * Map @a: from a leased extent when the buffer is new and small enough
  * (cenalloc_map_leased()), else on the device, where the pending CREATE and
  * ATTACHes travel with the MAP in one batch; growing a pool once when the
- * device has no room (-ENOMEM), and giving the leased stock back once when
- * the room it found is in that stock (-EAGAIN). On success the backing is
- * buffer->backing (valid while the buffer lock is held) and @a counts one
- * more outstanding device map. *@unmap_req is the request prepared for that
+ * device has no room (-ENOMEM), and giving the leased stock back when the
+ * room it found is in that stock (-EAGAIN; up to CENALLOC_MAP_STOCK_RETURNS
+ * times: a refill in flight may fill the stock again). On success the
+ * backing is buffer->backing (valid while the buffer lock is held) and @a
+ * counts one more outstanding device map. *@unmap_req is the request prepared for that
  * map's UNMAP: used (and set to NULL) when a rejected answer must be taken
  * back.
  */
@@ -1024,7 +1031,8 @@ int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 {
 	struct cenalloc_buffer *buffer = a->buffer;
 	struct cenalloc_dev *cdev = buffer->cdev;
-	bool grown = false, returned = false, retry;
+	unsigned int returned = 0;
+	bool grown = false, retry;
 	int ret;
 
 	lockdep_assert_held(&buffer->lock);
@@ -1040,8 +1048,13 @@ int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 						  &retry);
 		if (retry)
 			continue;
-		if (ret == -EAGAIN && !returned) {
-			returned = true;
+		/*
+		 * A LEASE refill already on its way (or one a pool's growth
+		 * asked for) may refill the stock before the next MAP: give
+		 * it back again, a bounded number of times.
+		 */
+		if (ret == -EAGAIN && returned < CENALLOC_MAP_STOCK_RETURNS) {
+			returned++;
 			cenalloc_lease_return_mask(cdev, buffer->access_mask);
 			continue;
 		}
