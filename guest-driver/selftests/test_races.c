@@ -548,15 +548,20 @@ static enum tap_result test_shrinker_racing_maps(void)
 	}
 	/*
 	 * The shrinker gives back only what a pool grew: the "grow" threads
-	 * use the elastic-only pool when there is one (selftests config);
-	 * otherwise every pool is elastic (the default) and grows anyway.
+	 * use the elastic-only pool (selftests config), whose 1 MiB start
+	 * every 2 MiB buffer outgrows. The default layout has no such pool:
+	 * its pools start larger and may not grow in the test's time, so the
+	 * shrinker may find nothing to scan (seen: "10 drop_caches writes, 0
+	 * shrinker scans").
 	 */
-	if (ca_pool_find_kind(&before, KIND_ELASTIC) >= 0) {
-		ret = ct_set_device1(ct, DEV_ELASTIC, KIND_ELASTIC, 0);
-		if (!CHECK(ret == 0, "SET_DEVICE elastic: %s", strerror(-ret)))
-			goto out;
-		grow_device = DEV_ELASTIC;
+	if (ca_pool_find_kind(&before, KIND_ELASTIC) < 0) {
+		ca_env_close(&ca, &ct, NULL);
+		return tap_skip("no pool of the elastic kind (bit 8) to grow and shrink");
 	}
+	ret = ct_set_device1(ct, DEV_ELASTIC, KIND_ELASTIC, 0);
+	if (!CHECK(ret == 0, "SET_DEVICE elastic: %s", strerror(-ret)))
+		goto out;
+	grow_device = DEV_ELASTIC;
 	if (!CHECK(read_allocators(), "read %s", ALLOCATORS_PATH))
 		goto out;
 	held0 = pools_held();
