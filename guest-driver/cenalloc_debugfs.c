@@ -262,7 +262,8 @@ static void cenalloc_latency_show(struct seq_file *s, const char *name,
 static int cenalloc_transport_show(struct seq_file *s, void *unused)
 {
 	struct cenalloc_dev *cdev = s->private;
-	u64 kicks, interrupts, sent, done, polled, abandoned;
+	u64 kicks, interrupts, sent, done, polls, polled, expired, yielded;
+	u64 abandoned;
 	unsigned int inflight, backlogged;
 	bool broken;
 	u32 *buf;
@@ -275,14 +276,19 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 	interrupts = cdev->ctrl_interrupts;
 	sent = cdev->chains_sent;
 	done = cdev->chains_done;
+	polls = cdev->polls;
 	polled = cdev->polled;
+	expired = cdev->poll_expired;
+	yielded = cdev->poll_yielded;
 	abandoned = cdev->abandoned_reqs;
 	inflight = cdev->inflight;
 	backlogged = cdev->backlogged;
 	broken = cdev->broken;
 	spin_unlock_irq(&cdev->ctrl_lock);
-	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\npolled %llu\n",
-		   kicks, interrupts, sent, done, polled);
+	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\n",
+		   kicks, interrupts, sent, done);
+	seq_printf(s, "polls %llu\npolled %llu\npoll_expired %llu\npoll_yielded %llu\n",
+		   polls, polled, expired, yielded);
 	seq_printf(s, "round_trips %lld\nposted %lld\nposted_errors %lld\n",
 		   atomic64_read(&cdev->round_trips),
 		   atomic64_read(&cdev->posted),
@@ -317,7 +323,10 @@ static ssize_t cenalloc_transport_write(struct file *file,
 	cdev->ctrl_interrupts = 0;
 	cdev->chains_sent = 0;
 	cdev->chains_done = 0;
+	cdev->polls = 0;
 	cdev->polled = 0;
+	cdev->poll_expired = 0;
+	cdev->poll_yielded = 0;
 	cdev->lat_device.count = 0;
 	cdev->lat_device.next = 0;
 	cdev->lat_posted.count = 0;

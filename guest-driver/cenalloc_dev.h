@@ -109,7 +109,10 @@ struct cenalloc_dev {
 	/* Transport figures (debugfs "transport"), under ctrl_lock. */
 	u64 kicks;				/* virtqueue_notify() calls */
 	u64 ctrl_interrupts;			/* control queue callbacks */
-	u64 polled;				/* waited chains reaped by polling */
+	u64 polls;				/* waited chains that polled */
+	u64 polled;				/* ... and were reaped by polling */
+	u64 poll_expired;			/* ... gave up: poll_us passed */
+	u64 poll_yielded;			/* ... gave up: need_resched() */
 	u64 chains_sent;
 	u64 chains_done;
 	struct cenalloc_latency lat_device;	/* queued -> answer reaped */

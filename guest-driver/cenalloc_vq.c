@@ -509,8 +509,8 @@ static void cenalloc_req_poll(struct cenalloc_req *req)
 		       (u64)READ_ONCE(cenalloc_poll_us) * NSEC_PER_USEC;
 	struct cenalloc_dev *cdev = req->cdev;
 	unsigned int reaped = 0;
+	bool kick = false, expired = false;
 	unsigned long flags;
-	bool kick = false;
 
 	for (;;) {
 		spin_lock_irqsave(&cdev->ctrl_lock, flags);
@@ -520,17 +520,24 @@ static void cenalloc_req_poll(struct cenalloc_req *req)
 				virtqueue_notify(cdev->ctrl_vq);
 			kick = false;
 		}
-		if (req->answered)
-			cdev->polled++;
 		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 		if (READ_ONCE(req->answered) || READ_ONCE(cdev->broken))
 			break;
-		if (ktime_get_ns() > deadline || need_resched())
+		expired = ktime_get_ns() > deadline;
+		if (expired || need_resched())
 			break;
 		cpu_relax();
 	}
 
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	/* Callbacks are still off: an answer here came without an interrupt. */
+	cdev->polls++;
+	if (req->answered)
+		cdev->polled++;
+	else if (expired)
+		cdev->poll_expired++;
+	else if (!cdev->broken)
+		cdev->poll_yielded++;
 	if (!--cdev->pollers && !cdev->removed) {
 		while (!virtqueue_enable_cb(cdev->ctrl_vq)) {
 			virtqueue_disable_cb(cdev->ctrl_vq);
