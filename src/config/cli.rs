@@ -1,0 +1,176 @@
+//! The command line of `cenallocd` (clap derive) and the small parsers
+//! its arguments share with the configuration file.
+
+use std::os::unix::io::RawFd;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+
+use crate::sandbox::{LandlockMode, SeccompMode};
+
+/// `[NAME=]PATH` of `--socket-path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPath {
+    pub name: Option<String>,
+    pub path: PathBuf,
+}
+
+impl FromStr for NamedPath {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some((name, path)) = text.split_once('=') {
+            if valid_name(name) {
+                if path.is_empty() {
+                    return Err(format!("{text:?}: empty path"));
+                }
+                return Ok(NamedPath {
+                    name: Some(name.to_string()),
+                    path: path.into(),
+                });
+            }
+        }
+        if text.is_empty() {
+            return Err("empty path".into());
+        }
+        Ok(NamedPath {
+            name: None,
+            path: text.into(),
+        })
+    }
+}
+
+/// `[NAME=]FD` of `--fd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedFd {
+    pub name: Option<String>,
+    pub fd: RawFd,
+}
+
+impl FromStr for NamedFd {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, number) = match text.split_once('=') {
+            Some((name, number)) if valid_name(name) => (Some(name.to_string()), number),
+            Some(_) => return Err(format!("{text:?}: bad VM name")),
+            None => (None, text),
+        };
+        let fd = number
+            .parse::<RawFd>()
+            .ok()
+            .filter(|fd| *fd >= 0)
+            .ok_or_else(|| format!("{number:?} is not a file descriptor number"))?;
+        Ok(NamedFd { name, fd })
+    }
+}
+
+/// A VM name: 1-64 of `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Parses an octal permission mode (`600`, `0660`, `0o660`).
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777 && !digits.is_empty())
+        .ok_or_else(|| format!("{text:?} is not an octal mode 0..=0777"))
+}
+
+/// Command line of `cenallocd`.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(
+    name = "cenallocd",
+    version,
+    about = "vhost-user backend of the cenalloc device (virtio device ID 37), for any number of VMs"
+)]
+pub struct Args {
+    /// Unix socket a front-end (QEMU) connects to, one per VM: NAME=PATH,
+    /// or PATH (the VM is named after the file). Repeatable.
+    #[arg(short, long = "socket-path", value_name = "[NAME=]PATH")]
+    pub socket_paths: Vec<NamedPath>,
+
+    /// A listening unix socket inherited from the caller, one per VM:
+    /// NAME=FD, or FD (VM name fdN). Repeatable.
+    #[arg(long = "fd", value_name = "[NAME=]FD")]
+    pub fds: Vec<NamedFd>,
+
+    /// A pool the guest is asked to donate: KIND:SIZE[:OPTS], repeatable
+    /// (e.g. `contig:64M:below4g,align=2M`).
+    #[arg(long = "pool", value_name = "KIND:SIZE[:OPTS]")]
+    pub pools: Vec<String>,
+
+    /// TOML configuration file: VMs, limits, pools, custom kinds, exporter
+    /// types, the control socket, the sandbox.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Control socket for cenallocctl (mode 0600; read-only requests and
+    /// exports).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Group allowed to use the control socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub control_socket_group: Option<String>,
+
+    /// Permission bits of the VM sockets (octal; default 0600, 0660 with
+    /// --socket-group).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// Group of the VM sockets (name or number).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Let control clients ask for writable exports.
+    #[arg(long)]
+    pub allow_writable_export: bool,
+
+    /// Run as this user once the sockets are bound (started as root).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// What a syscall outside the daemon's allowlist does (default kill).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub seccomp: Option<SeccompMode>,
+
+    /// Restrict file system and network access with Landlock where the
+    /// kernel has it (default on).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub landlock: Option<LandlockMode>,
+
+    /// After answering, poll the control queue for the next request for
+    /// up to US microseconds (adaptive below it) before sleeping; 0 never
+    /// polls. Overrides the configuration file's poll_us.
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u32>,
+
+    /// Print the backend capabilities as JSON and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Print the size of the config space (QEMU's `config_size=`) and exit.
+    #[arg(long)]
+    pub print_config_size: bool,
+
+    /// TEST BUILDS ONLY: answer the guest wrongly on purpose (see
+    /// src/fault.rs for the specs, e.g. `split-segment`, `no-answer:map`).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "SPEC", conflicts_with = "fault_file")]
+    pub fault: Option<crate::fault::Fault>,
+
+    /// TEST BUILDS ONLY: the fault spec is the contents of FILE, re-read
+    /// whenever it changes (missing or empty: an honest device).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "FILE")]
+    pub fault_file: Option<PathBuf>,
+}
