@@ -699,6 +699,62 @@ long long ca_transport_value(const char *name)
 	return ca_text_value(text, name);
 }
 
+char *ca_read_text(const char *path)
+{
+	size_t size = 16384, got = 0;
+	char *text = malloc(size), *bigger;
+	ssize_t n = 0;
+	int fd;
+
+	if (!text)
+		return NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		free(text);
+		return NULL;
+	}
+	for (;;) {
+		if (got + 1 == size) {
+			bigger = realloc(text, size * 2);
+			if (!bigger)
+				break;
+			text = bigger;
+			size *= 2;
+		}
+		n = read(fd, text + got, size - 1 - got);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	if (n < 0 || got + 1 == size) {
+		free(text);
+		return NULL;
+	}
+	text[got] = 0;
+	return text;
+}
+
+long long ca_file_value(const char *path, const char *name)
+{
+	char *text = ca_read_text(path);
+	long long value;
+
+	if (!text)
+		return -1;
+	value = ca_text_value(text, name);
+	free(text);
+	return value;
+}
+
+long long ca_pool_value(int index, const char *name)
+{
+	char key[64];
+
+	snprintf(key, sizeof(key), "pool%d_%s", index, name);
+	return ca_file_value(CA_ALLOCATORS_PATH, key);
+}
+
 int ca_kmsg_count(const char *needle)
 {
 	int size = klogctl(10, NULL, 0);	/* SYSLOG_ACTION_SIZE_BUFFER */

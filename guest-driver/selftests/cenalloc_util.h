@@ -209,11 +209,21 @@ const char *ca_mask_str(uint32_t mask, char *buf, size_t len);
 const char *ca_map_type_str(uint32_t type);
 /* The driver's transport counters (debugfs); writing resets them. */
 #define CA_TRANSPORT_PATH "/sys/kernel/debug/cenalloc/transport"
+#define CA_ALLOCATORS_PATH "/sys/kernel/debug/cenalloc/allocators"
 bool ca_transport_reset(void);
 /* Value N of a line "name N" in a debugfs text, -1 if missing. */
 long long ca_text_value(const char *text, const char *name);
 /* Value of a line "name N" of CA_TRANSPORT_PATH, -1 if missing. */
 long long ca_transport_value(const char *name);
+/*
+ * The whole text of @path (a debugfs or sysfs file, however long),
+ * NUL-terminated, to free(); NULL (errno set) if it cannot be read.
+ */
+char *ca_read_text(const char *path);
+/* Value of a line "name N" of @path, -1 if unreadable or missing. */
+long long ca_file_value(const char *path, const char *name);
+/* Value of "pool<index>_<name> N" in CA_ALLOCATORS_PATH, -1 if missing. */
+long long ca_pool_value(int index, const char *name);
 /* Lines of the kernel log (dmesg) that contain @needle, or -errno. */
 int ca_kmsg_count(const char *needle);
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "host_channel.h"
+#include "sysfs_util.h"
 
 #define HOST_CHANNEL_TTY	"/dev/ttyS2"
 #define HOST_LINE_MAX		512
@@ -146,4 +147,25 @@ bool ca_host_available(void)
 	if (known < 0)
 		known = ca_host_request(NULL, 0, 20, "hello") == 0;
 	return known;
+}
+
+bool ca_host_fault(const char *spec)
+{
+	char reply[256] = "";
+	int ret = ca_host_request(reply, sizeof(reply), 20, "fault %s", spec);
+
+	return CHECK(ret == 0, "fault %s: %d (%s)", spec, ret, reply);
+}
+
+enum tap_result ca_host_need_faults(void)
+{
+	char reply[256] = "";
+
+	if (!ca_host_available())
+		return tap_skip("no host request channel (not started by run-vm)");
+	if (ca_host_request(reply, sizeof(reply), 20, "fault none"))
+		return tap_skip("no fault injection: %s", reply);
+	if (!debugfs_ready())
+		return tap_skip("no debugfs");
+	return TAP_PASS;
 }

@@ -14,6 +14,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "tap.h"
+
 /*
  * Send "<verb> [args]" (printf format) and wait up to @timeout_s seconds for
  * the reply; its text goes to @reply (may be NULL). Returns 0 when the host
@@ -26,5 +28,14 @@ int ca_host_request(char *reply, size_t reply_len, int timeout_s,
 
 /* True if the launcher answers "hello" (cached after the first call). */
 bool ca_host_available(void);
+
+/*
+ * Make the device's answers lie as @spec says (the launcher's "fault"
+ * verb, src/fault.rs; "none" ends it). A failed CHECK when it cannot.
+ */
+bool ca_host_fault(const char *spec);
+
+/* TAP_PASS when the launcher can make the device lie, else a skip. */
+enum tap_result ca_host_need_faults(void);
 
 #endif /* HOST_CHANNEL_H */

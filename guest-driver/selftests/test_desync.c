@@ -47,7 +47,7 @@
 #include "sysfs_util.h"
 #include "tap.h"
 
-#define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
+#define ALLOCATORS_PATH		CA_ALLOCATORS_PATH
 #define KIND_ELASTIC		(1u << 8)
 
 #define DEV_ANY			0
@@ -59,43 +59,10 @@
 #define DEV_ELASTIC		6
 #define DEV_REMAP		7
 
-static bool fault(const char *spec)
-{
-	char reply[256] = "";
-	int ret = ca_host_request(reply, sizeof(reply), 20, "fault %s", spec);
-
-	return CHECK(ret == 0, "fault %s: %d (%s)", spec, ret, reply);
-}
-
-/* TAP_PASS when the launcher can make the device lie, else a skip. */
-static enum tap_result need_faults(void)
-{
-	char reply[256] = "";
-
-	if (!ca_host_available())
-		return tap_skip("no host request channel (not started by run-vm)");
-	if (ca_host_request(reply, sizeof(reply), 20, "fault none"))
-		return tap_skip("no fault injection: %s", reply);
-	if (!debugfs_ready())
-		return tap_skip("no debugfs");
-	return TAP_PASS;
-}
-
 /* Value of a line "name N" of debugfs allocators, -1 if missing. */
 static long long alloc_value(const char *name)
 {
-	static char text[32768];
-	ssize_t n, got = 0;
-	int fd;
-
-	fd = open(ALLOCATORS_PATH, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
-		got += n;
-	close(fd);
-	text[got] = 0;
-	return ca_text_value(text, name);
+	return ca_file_value(ALLOCATORS_PATH, name);
 }
 
 static long long pool_value(int index, const char *name)
@@ -186,7 +153,7 @@ static enum tap_result test_queued_answers_do_not_break_the_device(void)
 	struct f6_map t[F6_THREADS];
 	pthread_t tid[F6_THREADS];
 	pthread_barrier_t start;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	int ca, ct, fd[F6_THREADS], i, ret, ok = 0, started = 0;
 	char saved[32] = "";
 	struct ca_buf b = { .fd = -1 };
@@ -224,7 +191,7 @@ static enum tap_result test_queued_answers_do_not_break_the_device(void)
 			goto out;
 		t[i].start = &start;
 	}
-	if (!ring_idle(5000) || !fault(F6_SLOW))
+	if (!ring_idle(5000) || !ca_host_fault(F6_SLOW))
 		goto out;
 	pthread_barrier_init(&start, NULL, F6_THREADS);
 	for (i = 0; i < F6_THREADS; i++) {
@@ -239,7 +206,7 @@ static enum tap_result test_queued_answers_do_not_break_the_device(void)
 	for (i = 0; i < started; i++)
 		pthread_join(tid[i], NULL);
 	pthread_barrier_destroy(&start);
-	fault("none");
+	ca_host_fault("none");
 	for (i = 0; i < started; i++) {
 		if (t[i].ret == 0)
 			ok++;
@@ -260,7 +227,7 @@ static enum tap_result test_queued_answers_do_not_break_the_device(void)
 	CHECK(ret == 0, "a new buffer maps: %s", strerror(-ret));
 	ca_buf_free(ct, &b);
 out:
-	fault("none");
+	ca_host_fault("none");
 	for (i = 0; i < F6_THREADS; i++) {
 		if (t[i].ct >= 0) {
 			if (t[i].m && t[i].ret == 0)
@@ -293,7 +260,7 @@ out_param:
  */
 static enum tap_result test_killed_shrinker_holds_nothing(void)
 {
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	long long held0, held1, donated, scans0, returned0, returned1;
 	struct ca_buf b = { .fd = -1 };
 	int ca, ct, index, ret, status, waited;
@@ -324,7 +291,7 @@ static enum tap_result test_killed_shrinker_holds_nothing(void)
 	if (!CHECK(ca_param_read("poll_us", saved_poll, sizeof(saved_poll)) == 0 &&
 		   ca_param_write("poll_us", "0") == 0, "poll_us"))
 		goto out;
-	if (!ring_idle(5000) || !fault("slow:1000"))
+	if (!ring_idle(5000) || !ca_host_fault("slow:1000"))
 		goto out_param;
 	scans0 = alloc_value("shrink_scans");
 	pid = fork();
@@ -353,7 +320,7 @@ static enum tap_result test_killed_shrinker_holds_nothing(void)
 	/* Bounded: at most the round trip it was in (1 s) and a little. */
 	CHECK(took < 5000, "the killed child took %llu ms", (unsigned long long)took);
 out_fault:
-	fault("none");
+	ca_host_fault("none");
 	CHECK(ring_idle(20000), "the device answered everything");
 	held1 = pool_value(index, "held");
 	returned1 = pool_value(index, "returned");
@@ -370,7 +337,7 @@ out_fault:
 out_param:
 	ca_param_write("poll_us", saved_poll);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	reload_if_broken();
 	return TAP_PASS;
@@ -527,7 +494,7 @@ static enum tap_result test_killed_migrating_map(void)
 {
 	static struct ct_mapping m;
 	struct ca_buf a = { .fd = -1 }, b = { .fd = -1 };
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	int ca, ct, ret, status;
 	uint64_t sum0, sum1, len;
 	bool attached = false;
@@ -551,7 +518,7 @@ static enum tap_result test_killed_migrating_map(void)
 	if (!CHECK(ret == 0, "late attach of a DMA32 device: %s", strerror(-ret)))
 		goto out;
 	attached = true;
-	if (!ring_idle(5000) || !fault("slow:2000"))
+	if (!ring_idle(5000) || !ca_host_fault("slow:2000"))
 		goto out;
 	pid = fork();
 	if (pid == 0) {
@@ -565,7 +532,7 @@ static enum tap_result test_killed_migrating_map(void)
 	waitpid(pid, &status, 0);
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
 	      "the child died of SIGKILL (status %#x)", status);
-	fault("none");
+	ca_host_fault("none");
 	CHECK(ring_idle(20000), "the device answered everything");
 
 	ret = ct_map(ct, h, 0, &m);
@@ -581,7 +548,7 @@ static enum tap_result test_killed_migrating_map(void)
 	ret = ca_buf_alloc(ca, ct, F2_SIZE, DEV_ANY, &b);
 	CHECK(ret == 0, "B after A's migration: %s", strerror(-ret));
 out:
-	fault("none");
+	ca_host_fault("none");
 	if (attached)
 		ct_detach(ct, h);
 	ca_buf_free(ct, &b);
@@ -822,7 +789,7 @@ static enum tap_result test_killed_revoking_attach(void)
 {
 	static struct ct_mapping m;
 	struct ca_buf a = { .fd = -1 };
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	long long errors0, errors1;
 	int ca, ct, ret, status;
 	bool attached = false;
@@ -837,7 +804,7 @@ static enum tap_result test_killed_revoking_attach(void)
 	if (!CHECK(ret == 0, "A mapped by the dynamic importer: %s",
 		   strerror(-ret)))
 		goto out;
-	if (!ring_idle(5000) || !fault("slow:2000"))
+	if (!ring_idle(5000) || !ca_host_fault("slow:2000"))
 		goto out;
 	errors0 = ca_transport_value("posted_errors");
 	pid = fork();
@@ -852,7 +819,7 @@ static enum tap_result test_killed_revoking_attach(void)
 	waitpid(pid, &status, 0);
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
 	      "the child died of SIGKILL (status %#x)", status);
-	fault("none");
+	ca_host_fault("none");
 	CHECK(ring_idle(20000), "the device answered everything");
 
 	ret = ct_attach(ct, a.fd, DEV_DMA32, &h, NULL);
@@ -877,7 +844,7 @@ static enum tap_result test_killed_revoking_attach(void)
 	CHECK(errors1 == errors0, "posted_errors %lld, was %lld", errors1,
 	      errors0);
 out:
-	fault("none");
+	ca_host_fault("none");
 	if (attached)
 		ct_detach(ct, h);
 	ca_buf_free(ct, &a);

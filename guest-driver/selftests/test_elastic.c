@@ -27,26 +27,8 @@
 #define DEV_CONTIG		1
 #define BIG			(200 * CA_MIB)
 #define TOO_BIG			(400 * CA_MIB)
-#define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
+#define ALLOCATORS_PATH		CA_ALLOCATORS_PATH
 
-/* Value of "pool<index>_<name> N" in debugfs allocators, -1 if missing. */
-static long long pool_value(int index, const char *name)
-{
-	static char text[32768];
-	char key[64];
-	ssize_t n, got = 0;
-	int fd;
-
-	fd = open(ALLOCATORS_PATH, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
-		got += n;
-	close(fd);
-	text[got] = 0;
-	snprintf(key, sizeof(key), "pool%d_%s", index, name);
-	return ca_text_value(text, key);
-}
 
 /* Index of the elastic pool, or -1 (the caller skips). */
 static int elastic_index(int ca)
@@ -91,8 +73,8 @@ static enum tap_result test_grows_on_demand(void)
 		ca_env_close(&ca, &ct, NULL);
 		return tap_skip("no pool of the elastic kind (bit 8)");
 	}
-	donated = pool_value(index, "donated");
-	grown_before = pool_value(index, "grown");
+	donated = ca_pool_value(index, "donated");
+	grown_before = ca_pool_value(index, "grown");
 	if (!CHECK(donated > 0 && donated < (long long)BIG,
 		   "pool %d has %lld bytes before", index, donated))
 		goto out;
@@ -100,7 +82,7 @@ static enum tap_result test_grows_on_demand(void)
 	if (!CHECK(ret == 0, "200 MiB in a pool of %lld bytes: %s", donated,
 		   strerror(-ret)))
 		goto out;
-	grown_after = pool_value(index, "grown");
+	grown_after = ca_pool_value(index, "grown");
 	tap_diag("pool %d: %lld bytes at first, grew by %lld", index, donated,
 		 grown_after - grown_before);
 	CHECK(grown_after - grown_before >= (long long)BIG,
@@ -152,12 +134,12 @@ static enum tap_result test_growth_failure(void)
 		ca_env_close(&ca, &ct, NULL);
 		return tap_skip("no pool of the elastic kind (bit 8)");
 	}
-	donated_before = pool_value(index, "donated");
+	donated_before = ca_pool_value(index, "donated");
 	/* Above the pool's 320 MiB maximum: no growth, ENOMEM, a log line. */
 	ret = ca_buf_alloc(ca, ct, TOO_BIG, DEV_ELASTIC, &b);
 	CHECK(ret == -ENOMEM, "400 MiB in a pool of at most 320: %s",
 	      ret ? strerror(-ret) : "success");
-	donated_after = pool_value(index, "donated");
+	donated_after = ca_pool_value(index, "donated");
 	CHECK(donated_after == donated_before,
 	      "a failed growth changed the pool: %lld -> %lld bytes",
 	      donated_before, donated_after);
@@ -260,7 +242,7 @@ static enum tap_result test_shrinks_under_pressure(void)
 	 * pad, so that the live buffer can only sit in a grown block, one the
 	 * shrinker could take back if it ignored the buffer.
 	 */
-	grown_pad = pool_value(index, "grown");
+	grown_pad = ca_pool_value(index, "grown");
 	/*
 	 * The pool may grow in the background (POOL_LOW once the pad leaves
 	 * it low) at any time, also while a pad is allocated, which then may
@@ -300,7 +282,7 @@ static enum tap_result test_shrinks_under_pressure(void)
 	ret = ca_buf_alloc(ca, ct, CA_MIB, DEV_ELASTIC, &live);
 	if (!CHECK(ret == 0, "1 MiB: %s", strerror(-ret)))
 		goto out;
-	CHECK(pool_value(index, "grown") > grown_pad,
+	CHECK(ca_pool_value(index, "grown") > grown_pad,
 	      "the pool did not grow after the pad: the live buffer is not in grown memory");
 	ret = ca_fill(ca, live.fd, 7);
 	if (!CHECK(ret == 0, "FILL: %s", strerror(-ret)))
@@ -308,26 +290,26 @@ static enum tap_result test_shrinks_under_pressure(void)
 	ret = ca_checksum(ca, live.fd, &sum_before, &len);
 	if (!CHECK(ret == 0, "CHECKSUM: %s", strerror(-ret)))
 		goto out;
-	grown0 = pool_value(index, "grown");
-	returned0 = pool_value(index, "returned");
+	grown0 = ca_pool_value(index, "grown");
+	returned0 = ca_pool_value(index, "returned");
 	tap_diag("pool %d: %lld bytes before the big buffer", index,
-		 pool_value(index, "donated"));
+		 ca_pool_value(index, "donated"));
 	ret = ca_buf_alloc(ca, ct, BIG, DEV_ELASTIC, &big);
 	if (!CHECK(ret == 0, "200 MiB: %s", strerror(-ret)))
 		goto out;
 	ca_buf_free(ct, &big);
 	/* The pool may still grow in the background after a POOL_LOW. */
 	usleep(500000);
-	grown1 = pool_value(index, "grown");
+	grown1 = ca_pool_value(index, "grown");
 	if (!CHECK(grown1 - grown0 >= (long long)BIG - 8 * (long long)CA_MIB,
 		   "grew by %lld for 200 MiB", grown1 - grown0))
 		goto out;
 
 	/* Memory pressure: the slab shrinkers first, then a hog. */
 	CHECK(write_file("/proc/sys/vm/drop_caches", "3"), "drop_caches");
-	returned1 = pool_value(index, "returned");
+	returned1 = ca_pool_value(index, "returned");
 	memory_hog();
-	returned2 = pool_value(index, "returned");
+	returned2 = ca_pool_value(index, "returned");
 	tap_diag("pool %d grew by %lld bytes; gave back %lld after drop_caches, %lld after the hog",
 		 index, grown1 - grown0, returned1 - returned0,
 		 returned2 - returned0);

@@ -39,28 +39,6 @@
 #define HUGE_ANSWER	(24u + 262144u * 16u)
 #define SETTLE_MS	10000
 
-static bool fault(const char *spec)
-{
-	char reply[256] = "";
-	int ret = ca_host_request(reply, sizeof(reply), 20, "fault %s", spec);
-
-	return CHECK(ret == 0, "fault %s: %d (%s)", spec, ret, reply);
-}
-
-/* TAP_PASS when the launcher can make the device lie, else a skip. */
-static enum tap_result need_faults(void)
-{
-	char reply[256] = "";
-
-	if (!ca_host_available())
-		return tap_skip("no host request channel (not started by run-vm)");
-	if (ca_host_request(reply, sizeof(reply), 20, "fault none"))
-		return tap_skip("no fault injection: %s", reply);
-	if (!debugfs_ready())
-		return tap_skip("no debugfs");
-	return TAP_PASS;
-}
-
 /* /dev/cenalloc, /dev/cenalloc_test and its devices, the pools now. */
 static bool env_open(int *ca, int *ct, struct ca_pool *before)
 {
@@ -137,12 +115,12 @@ static bool first_map_refused(int ca, int ct, uint32_t device,
 	buf = buf_attach(ca, ct, device, &h);
 	if (buf < 0)
 		return false;
-	ok = fault(spec);
+	ok = ca_host_fault(spec);
 	ret = ct_map(ct, h, 0, &m);
 	ok &= CHECK(ret == want, "%s: map %d, want %d", spec, ret, want);
 	if (want == -EIO)
 		ok &= rejected_since(rejected);
-	ok &= fault("none");
+	ok &= ca_host_fault("none");
 	ret = ct_map(ct, h, 0, &m);
 	ok &= CHECK(ret == 0 && ct_mapping_bytes(&m) == SIZE,
 		    "%s, then honest: map %d, %llu bytes", spec, ret,
@@ -160,7 +138,7 @@ static enum tap_result test_first_map_lies(void)
 		"allocator-id", "status-garbage:map",
 	};
 	struct ca_pool before, now;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	unsigned int i;
 	int ca, ct;
 
@@ -193,7 +171,7 @@ static enum tap_result test_first_map_lies(void)
 			      (unsigned long long)(ca_pool_used(&now) - ca_pool_used(&before)));
 		}
 	}
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -208,7 +186,7 @@ static enum tap_result test_later_map_must_match_backing(void)
 {
 	static struct ct_mapping m, m2;
 	struct ca_pool before;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	uint64_t sum, len;
 	long long rejected;
 	uint32_t h, h2;
@@ -230,22 +208,22 @@ static enum tap_result test_later_map_must_match_backing(void)
 	ca_pattern_fill(p, SIZE, SEED);
 
 	rejected = ca_transport_value("answers_rejected");
-	fault("split-segment");
+	ca_host_fault("split-segment");
 	ret = ct_map(ct, h, 0, &m);
 	CHECK(ret == -EIO, "split answer: map %d, want -EIO", ret);
 	rejected_since(rejected);
-	fault("none");
+	ca_host_fault("none");
 	CHECK(ca_pattern_check(p, SIZE, SEED) == SIZE,
 	      "the CPU mapping still shows the buffer's data");
 
 	ret = ct_map(ct, h, 0, &m);
 	CHECK(ret == 0, "honest map: %d", ret);
 	rejected = ca_transport_value("answers_rejected");
-	fault("moved-backing");
+	ca_host_fault("moved-backing");
 	ret = ct_map(ct, h2, 0, &m2);
 	CHECK(ret == -EIO, "moved backing: map %d, want -EIO", ret);
 	rejected_since(rejected);
-	fault("none");
+	ca_host_fault("none");
 	ret = ct_map(ct, h2, 0, &m2);
 	CHECK(ret == 0 && m2.num_segments == m.num_segments &&
 	      !memcmp(m2.seg, m.seg, m.num_segments * sizeof(m.seg[0])),
@@ -262,7 +240,7 @@ out_buf:
 	close(buf);
 	settled(ca, &before);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -277,7 +255,7 @@ static enum tap_result test_shared_backing_refused(void)
 {
 	static struct ct_mapping ma, mb;
 	struct ca_pool before;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	uint32_t ha, hb, i, k;
 	int ca, ct, a, b, ret;
 	long long rejected;
@@ -293,7 +271,7 @@ static enum tap_result test_shared_backing_refused(void)
 	b = buf_attach(ca, ct, DEV_ANY, &hb);
 	if (b < 0)
 		goto out_a;
-	fault("shared-backing");
+	ca_host_fault("shared-backing");
 	ret = ct_map(ct, ha, 0, &ma);
 	CHECK(ret == 0 && ct_mapping_bytes(&ma) == SIZE, "map A: %d", ret);
 	p = ca_mmap(a, SIZE);
@@ -305,7 +283,7 @@ static enum tap_result test_shared_backing_refused(void)
 	ret = ct_map(ct, hb, 0, &mb);
 	CHECK(ret == -EIO, "B answered with A's memory: map %d, want -EIO", ret);
 	rejected_since(rejected);
-	fault("none");
+	ca_host_fault("none");
 	ret = ct_map(ct, hb, 0, &mb);
 	CHECK(ret == 0 && ct_mapping_bytes(&mb) == SIZE,
 	      "honest: map B %d, %llu bytes", ret,
@@ -330,7 +308,7 @@ out_a:
 	close(a);
 	settled(ca, &before);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -340,7 +318,7 @@ static enum tap_result test_attach_type_lie(void)
 {
 	static struct ct_mapping m;
 	struct ca_pool before;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	uint32_t h, h2;
 	int ca, ct, buf, ret;
 
@@ -353,12 +331,12 @@ static enum tap_result test_attach_type_lie(void)
 	if (buf < 0)
 		goto out;
 	CHECK(ct_map(ct, h, 0, &m) == 0, "first map");
-	fault("attach-type");
+	ca_host_fault("attach-type");
 	ret = ct_attach(ct, buf, DEV_ANY2, &h2, NULL);
 	CHECK(ret == -EIO, "late attach: %d, want -EIO", ret);
 	if (!ret)
 		ct_detach(ct, h2);
-	fault("none");
+	ca_host_fault("none");
 	ct_unmap(ct, h);
 	ct_detach(ct, h);
 	close(buf);
@@ -367,10 +345,10 @@ static enum tap_result test_attach_type_lie(void)
 	buf = buf_attach(ca, ct, DEV_ANY, &h);
 	if (buf < 0)
 		goto out;
-	fault("attach-type");
+	ca_host_fault("attach-type");
 	ret = ct_map(ct, h, 0, &m);
 	CHECK(ret == -EIO, "map with a deferred attach: %d, want -EIO", ret);
-	fault("none");
+	ca_host_fault("none");
 	ret = ct_map(ct, h, 0, &m);
 	CHECK(ret == 0, "honest map: %d", ret);
 	ct_unmap(ct, h);
@@ -378,7 +356,7 @@ static enum tap_result test_attach_type_lie(void)
 	close(buf);
 	settled(ca, &before);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -391,7 +369,7 @@ static enum tap_result test_refused_attach_is_not_resent(void)
 {
 	static struct ct_mapping m;
 	struct ca_pool before;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	uint32_t refused, good;
 	int ca, ct, buf, ret;
 
@@ -399,7 +377,7 @@ static enum tap_result test_refused_attach_is_not_resent(void)
 		return skip;
 	if (!env_open(&ca, &ct, &before))
 		return TAP_FAIL;
-	fault("refuse-attach:0x100");
+	ca_host_fault("refuse-attach:0x100");
 	buf = buf_attach(ca, ct, DEV_REFUSED, &refused);
 	if (buf < 0)
 		goto out;
@@ -418,7 +396,7 @@ static enum tap_result test_refused_attach_is_not_resent(void)
 	close(buf);
 	settled(ca, &before);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -428,7 +406,7 @@ static enum tap_result test_garbled_answers(void)
 {
 	static struct ct_mapping m;
 	struct ca_pool before;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	uint64_t sum, len;
 	uint32_t h;
 	int ca, ct, buf, ret;
@@ -441,10 +419,10 @@ static enum tap_result test_garbled_answers(void)
 	if (buf < 0)
 		goto out;
 	CHECK(ct_map(ct, h, 0, &m) == 0, "map");
-	fault("status-garbage:checksum");
+	ca_host_fault("status-garbage:checksum");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == -EIO, "CHECKSUM with a garbage status: %d", ret);
-	fault("short-answer:checksum");
+	ca_host_fault("short-answer:checksum");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == -EIO, "CHECKSUM with a short answer: %d", ret);
 	/*
@@ -453,19 +431,19 @@ static enum tap_result test_garbled_answers(void)
 	 * -EDEADLK (35), which importers take for a ww-mutex back-off.
 	 * A documented one (-ENOENT) passes.
 	 */
-	fault("errno:checksum:512");
+	ca_host_fault("errno:checksum:512");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == -EIO, "CHECKSUM answered -ERESTARTSYS: %d, want -EIO", ret);
-	fault("errno:checksum:529");
+	ca_host_fault("errno:checksum:529");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == -EIO, "CHECKSUM answered -EIOCBQUEUED: %d, want -EIO", ret);
-	fault("errno:checksum:35");
+	ca_host_fault("errno:checksum:35");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == -EIO, "CHECKSUM answered -EDEADLK: %d, want -EIO", ret);
-	fault("errno:checksum:2");
+	ca_host_fault("errno:checksum:2");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == -ENOENT, "CHECKSUM answered -ENOENT: %d, want -ENOENT", ret);
-	fault("none");
+	ca_host_fault("none");
 	ret = ca_checksum(ca, buf, &sum, &len);
 	CHECK(ret == 0 && len == SIZE, "honest CHECKSUM: %d", ret);
 	ct_unmap(ct, h);
@@ -473,7 +451,7 @@ static enum tap_result test_garbled_answers(void)
 	close(buf);
 	settled(ca, &before);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -487,7 +465,7 @@ static enum tap_result test_large_answers(void)
 {
 	static struct ct_mapping m;
 	struct ca_pool before;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	char spec[64];
 	uint32_t h;
 	int ca, ct, buf, ret;
@@ -500,11 +478,11 @@ static enum tap_result test_large_answers(void)
 	if (buf < 0)
 		goto out;
 	snprintf(spec, sizeof(spec), "needed:%u", HUGE_ANSWER);
-	fault(spec);
+	ca_host_fault(spec);
 	ret = ct_map(ct, h, 0, &m);
 	CHECK(ret == 0 && ct_mapping_bytes(&m) == SIZE,
 	      "map with a %u-byte answer: %d", HUGE_ANSWER, ret);
-	fault("none");
+	ca_host_fault("none");
 	if (!ret)
 		ct_unmap(ct, h);
 	ct_detach(ct, h);
@@ -512,7 +490,7 @@ static enum tap_result test_large_answers(void)
 	first_map_refused(ca, ct, DEV_ANY, "needed:0xfffffff8", -EIO);
 	settled(ca, &before);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -525,7 +503,7 @@ out:
 static enum tap_result test_kill_during_slow_map(void)
 {
 	struct ca_pool before;
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	int ca, ct, pipefd[2], status;
 	long long abandoned0;
 	uint64_t start, took;
@@ -542,7 +520,7 @@ static enum tap_result test_kill_during_slow_map(void)
 	abandoned0 = ca_transport_value("abandoned");
 	if (!CHECK(abandoned0 >= 0, "no abandoned counter in debugfs"))
 		goto out;
-	fault("slow:3000");
+	ca_host_fault("slow:3000");
 	pid = fork();
 	if (pid == 0) {
 		/* Its own files: they close, and release everything, as it dies. */
@@ -570,13 +548,13 @@ static enum tap_result test_kill_during_slow_map(void)
 	      "the child died of SIGKILL (status %#x)", status);
 	CHECK(took < 1500, "the killed child took %llu ms to go (the answer comes after 3000)",
 	      (unsigned long long)took);
-	fault("none");
+	ca_host_fault("none");
 	settled(ca, &before);
 	CHECK(ca_transport_value("abandoned") > abandoned0,
 	      "the request was abandoned (abandoned %lld, was %lld)",
 	      ca_transport_value("abandoned"), abandoned0);
 out:
-	fault("none");
+	ca_host_fault("none");
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;
 }
@@ -586,7 +564,7 @@ static bool reload_with(const char *spec, const char *params)
 {
 	int ret;
 
-	if (!fault(spec))
+	if (!ca_host_fault(spec))
 		return false;
 	ret = ca_module_reload(params);
 	return CHECK(ret == 0, "reload with %s: %s", spec, strerror(-ret));
@@ -594,7 +572,7 @@ static bool reload_with(const char *spec, const char *params)
 
 static enum tap_result need_reload(void)
 {
-	enum tap_result skip = need_faults();
+	enum tap_result skip = ca_host_need_faults();
 	char why[128];
 
 	if (skip != TAP_PASS)
@@ -729,7 +707,7 @@ static void refused_at_probe(const char *spec, const char *logline)
 	int logged, ret, ca;
 
 	logged = ca_kmsg_count(logline);
-	if (!fault(spec))
+	if (!ca_host_fault(spec))
 		return;
 	ret = ca_module_reload(NULL);
 	if (CHECK(ret == 0, "reload with %s: %s", spec, strerror(-ret))) {
@@ -827,7 +805,7 @@ static enum tap_result test_no_answer_breaks_the_device(void)
 		goto out_reload;
 	buf = buf_attach(ca, ct, DEV_ANY, &h);
 	buf2 = buf_attach(ca, ct, DEV_ANY, &h2);
-	fault("no-answer:map");
+	ca_host_fault("no-answer:map");
 	start = ca_now_ns();
 	ret = ct_map(ct, h, 0, &m);
 	took = (ca_now_ns() - start) / 1000000;
@@ -835,7 +813,7 @@ static enum tap_result test_no_answer_breaks_the_device(void)
 	CHECK(took >= 900 && took < 3000, "the map gave up after %llu ms (timeout 1000)",
 	      (unsigned long long)took);
 	CHECK(ca_transport_value("broken") == 1, "the device is marked broken");
-	fault("none");
+	ca_host_fault("none");
 
 	start = ca_now_ns();
 	ret = ct_map(ct, h2, 0, &m);

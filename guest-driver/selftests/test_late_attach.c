@@ -286,24 +286,6 @@ static enum tap_result test_late_attach_migrates_under_mmap(void)
 	return late_attach_migrates(true);
 }
 
-/* Value of "pool<index>_<name> N" in debugfs allocators, -1 if missing. */
-static long long pool_value(int index, const char *name)
-{
-	static char text[32768];
-	char key[64];
-	ssize_t n, got = 0;
-	int fd;
-
-	fd = open("/sys/kernel/debug/cenalloc/allocators", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
-		got += n;
-	close(fd);
-	text[got] = 0;
-	snprintf(key, sizeof(key), "pool%d_%s", index, name);
-	return ca_text_value(text, key);
-}
 
 /*
  * A migration into several segments: the other tests' stricter masks pick
@@ -349,11 +331,11 @@ static enum tap_result test_late_attach_migrates_into_segments(void)
 		goto out;
 	}
 	/* A pool that may grow does so in the background (POOL_LOW): no holes. */
-	if (!CHECK(pool_value(dma32, "max") > 0, "no pool%d_max in debugfs", dma32))
+	if (!CHECK(ca_pool_value(dma32, "max") > 0, "no pool%d_max in debugfs", dma32))
 		goto out;
-	if (pool_value(dma32, "max") > pool_value(dma32, "donated")) {
+	if (ca_pool_value(dma32, "max") > ca_pool_value(dma32, "donated")) {
 		result = tap_skip("the DMA32 pool may grow (%lld of at most %lld bytes): it cannot be fragmented",
-				  pool_value(dma32, "donated"), pool_value(dma32, "max"));
+				  ca_pool_value(dma32, "donated"), ca_pool_value(dma32, "max"));
 		goto out;
 	}
 	/* A: one fresh SYSTEM extent, written by the device. */

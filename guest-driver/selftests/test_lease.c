@@ -27,7 +27,7 @@
 #include "host_channel.h"
 #include "tap.h"
 
-#define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
+#define ALLOCATORS_PATH		CA_ALLOCATORS_PATH
 #define STATS_PATH		"/sys/kernel/debug/cenalloc/device_stats"
 #define DEV			0
 #define NBUF			40
@@ -35,18 +35,7 @@
 
 static long long lease_value(const char *name)
 {
-	static char text[32768];
-	ssize_t n, got = 0;
-	int fd;
-
-	fd = open(ALLOCATORS_PATH, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
-		got += n;
-	close(fd);
-	text[got] = 0;
-	return ca_text_value(text, name);
+	return ca_file_value(ALLOCATORS_PATH, name);
 }
 
 static long long stock(int allocator, int kib)
@@ -60,19 +49,11 @@ static long long stock(int allocator, int kib)
 /* The sum of every "@key N" line of cenalloc/allocators starting with @key. */
 static long long lease_sum(const char *key)
 {
-	static char text[32768];
+	char *text = ca_read_text(ALLOCATORS_PATH), *line;
 	long long sum = 0;
-	ssize_t n, got = 0;
-	char *line;
-	int fd;
 
-	fd = open(ALLOCATORS_PATH, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (!text)
 		return -1;
-	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
-		got += n;
-	close(fd);
-	text[got] = 0;
 	for (line = text; line; line = strchr(line, '\n')) {
 		if (*line == '\n')
 			line++;
@@ -80,6 +61,7 @@ static long long lease_sum(const char *key)
 			sum += strtoll(strchr(line, ' ') ? strchr(line, ' ') : "0",
 				       NULL, 10);
 	}
+	free(text);
 	return sum;
 }
 
@@ -90,21 +72,13 @@ static long long lease_sum(const char *key)
  */
 static long long device_leased_extents(void)
 {
-	static char text[1 << 20];
 	static const char key[] = "\"leased\":";
 	static const char next[] = ",\"leased_extents\":";
+	char *text = ca_read_text(STATS_PATH), *at;
 	long long sum = -1;
-	ssize_t n, got = 0;
-	char *at;
-	int fd;
 
-	fd = open(STATS_PATH, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (!text)
 		return -1;
-	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
-		got += n;
-	close(fd);
-	text[got] = 0;
 	/* An allocator's "leased":BYTES,"leased_extents":N (not the counter). */
 	for (at = strstr(text, key); at; at = strstr(at, key)) {
 		strtoll(at + strlen(key), &at, 10);
@@ -113,6 +87,7 @@ static long long device_leased_extents(void)
 		at += strlen(next);
 		sum = (sum < 0 ? 0 : sum) + strtoll(at, NULL, 10);
 	}
+	free(text);
 	return sum;
 }
 

@@ -191,23 +191,12 @@ static int create_until_refused(int ca, long arg)
 	}
 }
 
-#define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
+#define ALLOCATORS_PATH		CA_ALLOCATORS_PATH
 
 /* Value of the line "@name N" of debugfs allocators, -1 if missing. */
 static long long allocators_value(const char *name)
 {
-	static char text[32768];
-	ssize_t n, got = 0;
-	int fd;
-
-	fd = open(ALLOCATORS_PATH, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	while ((n = read(fd, text + got, sizeof(text) - 1 - got)) > 0)
-		got += n;
-	close(fd);
-	text[got] = 0;
-	return ca_text_value(text, name);
+	return ca_file_value(ALLOCATORS_PATH, name);
 }
 
 /* Sum of "pool<i>_donated" over the pools: the memory donated now. */

@@ -34,7 +34,7 @@
 #define DEV_DMA32	1
 
 #define VIRTIO_DRIVER_DIR	"/sys/bus/virtio/drivers/cenalloc"
-#define ALLOCATORS_PATH		"/sys/kernel/debug/cenalloc/allocators"
+#define ALLOCATORS_PATH		CA_ALLOCATORS_PATH
 
 static int write_text(const char *path, const char *text)
 {
