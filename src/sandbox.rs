@@ -301,6 +301,9 @@ pub fn allowed_syscalls() -> &'static [(&'static str, i64, Arguments)] {
         ("read", libc::SYS_read, Any),
         ("write", libc::SYS_write, Any),
         ("accept4", libc::SYS_accept4, Any),
+        // A VM's listener: a front-end waits in the backlog until the
+        // daemon limits admit it (vhu_cenalloc::serve_one).
+        ("poll", libc::SYS_poll, Any),
         ("shutdown", libc::SYS_shutdown, Any),
         // Control clients' write timeouts.
         (

@@ -676,20 +676,26 @@ pub fn serve_one(
         GuestMemoryAtomic::new(GuestMemory::new()),
     )
     .map_err(|e| ServeError::Accept(e.to_string()))?;
-    daemon
-        .start(listener)
-        .map_err(|e| ServeError::Accept(e.to_string()))?;
+    // The daemon limits decide before the connection is accepted: once
+    // `start` accepts it, its requests are served at once, and a refusal
+    // after that would come when a quick front-end already had answers.
+    wait_for_front_end(listener).map_err(|e| ServeError::Accept(e.to_string()))?;
     let memory = backend.memory();
     let vm = Vm::new(name, backend, memory, exports, config.pool.limits.clone());
     let admitted = match registry.admit(vm) {
         Ok(admitted) => admitted,
         Err(e) => {
             log::error!("{e}; closing the connection");
-            daemon.request_shutdown();
-            let _ = daemon.wait();
-            return Ok(());
+            // Taken off the backlog and closed unread.
+            return match listener.accept() {
+                Ok(_) => Ok(()),
+                Err(e) => Err(ServeError::Accept(e.to_string())),
+            };
         }
     };
+    daemon
+        .start(listener)
+        .map_err(|e| ServeError::Accept(e.to_string()))?;
     log::info!("{name}: front-end connected");
     let result = daemon.wait();
     drop(admitted);
@@ -701,6 +707,28 @@ pub fn serve_one(
             vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
         )) => Ok(()),
         Err(e) => Err(ServeError::Daemon(e.to_string())),
+    }
+}
+
+/// Waits, without a bound, until a front-end connects to `listener` (a
+/// connection waits in its backlog), without accepting it.
+fn wait_for_front_end(listener: &vhost::vhost_user::Listener) -> io::Result<()> {
+    let mut pollfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pollfd` is one valid, initialised pollfd that lives
+        // across the call; the kernel only writes its `revents`.
+        let ret = unsafe { libc::poll(&mut pollfd, 1, -1) };
+        if ret > 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if ret < 0 && error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     }
 }
 

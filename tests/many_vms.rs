@@ -296,3 +296,38 @@ fn daemon_limits_refuse_a_vm_that_does_not_fit() {
     let mut c = Harness::connect(&daemon.sockets[2], WANTED_FEATURES);
     c.run(Cmd::create(4096, 0)).ok();
 }
+
+/// A front-end the daemon limits refuse is closed before any of its
+/// requests is served: were the connection served first and refused after,
+/// a front-end that is quick enough would get answers (and could change
+/// device state) from a VM that was never admitted.
+#[test]
+fn a_refused_front_end_is_never_answered() {
+    let mut small = pools(&["system:1M"]);
+    small.pool.limits.max_buffers = 10;
+    let daemon = spawn_vms(
+        &[("a", small.clone()), ("b", small)],
+        DaemonLimits {
+            max_vms: 1,
+            max_buffers: 1000,
+            max_total_bytes: u64::MAX,
+        },
+        ControlPolicy::default(),
+    );
+    let _a = Harness::connect(&daemon.sockets[0], WANTED_FEATURES);
+    let mut answered = 0;
+    const TRIES: u32 = 1000;
+    for _ in 0..TRIES {
+        let b = Frontend::connect(&daemon.sockets[1], CENALLOC_NUM_VQS as u64).unwrap();
+        if b.set_owner().and_then(|()| b.get_features()).is_ok() {
+            answered += 1;
+        }
+    }
+    let mut client = Client::connect(&daemon.control).unwrap();
+    let vms = client.vms().unwrap();
+    assert_eq!(vms[1].refused, u64::from(TRIES));
+    assert_eq!(
+        answered, 0,
+        "{answered} of {TRIES} refused front-ends got GET_FEATURES answered"
+    );
+}
