@@ -1,7 +1,7 @@
 //! The hostile-host mode (cargo feature `fault-injection`) through the real
 //! queue glue: the test plays the VMM against an in-process cenallocd whose
 //! fault comes from a file it rewrites between steps, as run-vm's `fault`
-//! verb does. The rewrites themselves are unit-tested in src/fault.rs.
+//! verb does. The rewrites themselves are unit-tested in src/fault/tests.rs.
 #![cfg(feature = "fault-injection")]
 
 mod common;

@@ -2,7 +2,7 @@
 /*
  * The driver against a hostile host: cenallocd built with the test-only
  * feature fault-injection, whose fault the launcher switches on request
- * (host verb "fault SPEC", see src/fault.rs for the specs). For each lie
+ * (host verb "fault SPEC", see src/fault/mod.rs for the specs). For each lie
  * the guest must fail the operation cleanly (-EIO; -ETIMEDOUT for a device
  * that stops answering), count and log the rejected answer, never map
  * memory it was not given (a CPU mapping keeps showing the buffer's own

@@ -163,7 +163,7 @@ pub struct Args {
     pub print_config_size: bool,
 
     /// TEST BUILDS ONLY: answer the guest wrongly on purpose (see
-    /// src/fault.rs for the specs, e.g. `split-segment`, `no-answer:map`).
+    /// src/fault/mod.rs for the specs, e.g. `split-segment`, `no-answer:map`).
     #[cfg(feature = "fault-injection")]
     #[arg(long, value_name = "SPEC", conflicts_with = "fault_file")]
     pub fault: Option<crate::fault::Fault>,
