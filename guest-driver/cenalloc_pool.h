@@ -90,5 +90,8 @@ u64 cenalloc_pool_shrink(struct cenalloc_dev *cdev, unsigned int index,
 u64 cenalloc_pool_freeable(struct cenalloc_dev *cdev, unsigned int index);
 bool cenalloc_pool_contains(struct cenalloc_dev *cdev, unsigned int index,
 			    u64 addr, u64 len);
+/* cenalloc_blocks.c, for cenalloc_pool.c: add a new block to the tree. */
+int cenalloc_block_insert(struct cenalloc_dev *cdev,
+			  struct cenalloc_block *nb);
 
 #endif /* CENALLOC_POOL_H */
