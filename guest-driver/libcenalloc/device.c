@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -59,6 +60,7 @@ int cenalloc_info(int dev, struct cenalloc_info_arg *info,
 		  struct cenalloc_allocator_info *allocators,
 		  uint32_t max_allocators)
 {
+	unsigned int n;
 	int ret;
 
 	if (!info)
@@ -69,8 +71,9 @@ int cenalloc_info(int dev, struct cenalloc_info_arg *info,
 	ret = cenalloc_ioctl_retry(dev, CENALLOC_IOC_INFO, info);
 	if (ret < 0)
 		return ret;
-	return info->num_allocators < max_allocators ?
-	       (int)info->num_allocators : (int)max_allocators;
+	n = info->num_allocators < max_allocators ? info->num_allocators :
+						     max_allocators;
+	return n > INT_MAX ? INT_MAX : (int)n;
 }
 
 int cenalloc_phys(int dev, int buf, uint64_t *addr, uint64_t *len)
