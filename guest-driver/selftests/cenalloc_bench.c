@@ -24,20 +24,23 @@
  *    chains; queued -> the waiting task runs again).
  *
  *   cenalloc_bench [-q]     -q: fewer runs (quick check)
+ *
+ * Both providers are reached through libcenalloc: cenalloc_create() and
+ * cenalloc_heap_open()/cenalloc_heap_alloc() (one ioctl each, as before).
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/dma-heap.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cenalloc.h>
+
 #include "cenalloc_util.h"
 
-#define HEAP_PATH	"/dev/dma_heap/system"
+#define HEAP_NAME	"system"
 #define DEVICE_STATS_PATH	"/sys/kernel/debug/cenalloc/device_stats"
 #define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
 #define CELL_BUDGET_NS	(60ull * 1000000000ull)
@@ -56,16 +59,9 @@ static struct ct_mapping *mapping;
 static int create_buffer(enum provider p, uint64_t size)
 {
 	if (p == CENALLOC)
-		return ca_create(ca, size, 0);
-
-	struct dma_heap_allocation_data alloc = {
-		.len = size,
-		.fd_flags = O_RDWR | O_CLOEXEC,
-	};
-
-	if (ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &alloc))
-		return -errno;
-	return alloc.fd;
+		return cenalloc_create(ca, size, 0,
+				       CENALLOC_CREATE_RDWR | CENALLOC_CREATE_CLOEXEC);
+	return cenalloc_heap_alloc(heap, size, O_RDWR | O_CLOEXEC, 0);
 }
 
 /* Interrupts of every virtio vector in /proc/interrupts, all CPUs. */
@@ -565,16 +561,17 @@ int main(int argc, char **argv)
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	mapping = calloc(1, sizeof(*mapping));
-	ca = ca_open();
+	ca = cenalloc_open();
 	ct_load_module();
 	ct = ct_open();
-	heap = open(HEAP_PATH, O_RDONLY | O_CLOEXEC);
+	heap = cenalloc_heap_open(HEAP_NAME);
 	if (ca < 0 || ct < 0 || !mapping) {
 		fprintf(stderr, "cenalloc_bench: needs %s and %s\n", CA_DEVICE_PATH, CT_DEVICE_PATH);
 		return 1;
 	}
 	if (heap < 0)
-		fprintf(stderr, "cenalloc_bench: no %s, cenalloc only\n", HEAP_PATH);
+		fprintf(stderr, "cenalloc_bench: no %s/%s (%s), cenalloc only\n",
+			CENALLOC_HEAP_DIR, HEAP_NAME, strerror(-heap));
 	if (ct_set_device1(ct, 0, CENALLOC_MASK_ANY, 0)) {
 		fprintf(stderr, "cenalloc_bench: SET_DEVICE failed\n");
 		return 1;

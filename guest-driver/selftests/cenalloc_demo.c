@@ -11,6 +11,9 @@
  * buffer and, when run by run-vm, the host writes that frame as a PNG
  * straight from the buffer (cenallocd's export, cenallocctl snapshot).
  * Exit status 0 when every step behaved as described.
+ *
+ * /dev/cenalloc is used through libcenalloc (open, CREATE, INFO, PHYS,
+ * CHECKSUM, FILL), as a program would; the importers are the test module's.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -19,6 +22,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <cenalloc.h>
 
 #include "cenalloc_util.h"
 #include "host_channel.h"
@@ -76,6 +81,19 @@ static void print_pool(const struct ca_pool *pool, const char *title)
 	printf("\n");
 }
 
+/* The allocator pool, from libcenalloc's cenalloc_info(). */
+static int pool_read(int ca, struct ca_pool *pool)
+{
+	int n;
+
+	memset(pool, 0, sizeof(*pool));
+	n = cenalloc_info(ca, &pool->info, pool->alloc, CA_MAX_ALLOCATORS);
+	if (n < 0)
+		return n;
+	pool->count = n;
+	return 0;
+}
+
 /* A vivid frame into a cenalloc buffer, and out of it on the host as PNG. */
 static void host_view_step(int ca)
 {
@@ -130,7 +148,7 @@ int main(void)
 	uint8_t *p = NULL;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	ca = ca_open();
+	ca = cenalloc_open();
 	ret = ct_load_module();
 	if (ret)
 		fprintf(stderr, "cenalloc_demo: loading cenalloc_test.ko: %s\n", strerror(-ret));
@@ -142,7 +160,7 @@ int main(void)
 	}
 	printf("cenalloc demo: constraint-aware allocation of a shared dma-buf\n");
 	printf("==============================================================\n");
-	if (ca_pool_read(ca, &before)) {
+	if (pool_read(ca, &before)) {
 		fprintf(stderr, "INFO failed\n");
 		return 1;
 	}
@@ -155,7 +173,7 @@ int main(void)
 	printf("%-4s %-46s %s\n", "----", "----------------------------------------------",
 	       "------------------------------------------------");
 
-	fd = ca_create(ca, SIZE, 0);
+	fd = cenalloc_create(ca, SIZE, 0, CENALLOC_CREATE_RDWR | CENALLOC_CREATE_CLOEXEC);
 	if (fd < 0) {
 		row("1", "create a 4 MiB buffer", "failed: %s", strerror(-fd));
 		return 1;
@@ -173,14 +191,14 @@ int main(void)
 	    ca_map_type_str(t_cam));
 	verdict(h_gpu && h_cam);
 
-	ca_pool_read(ca, &attached);
+	pool_read(ca, &attached);
 	row("4", "pool free bytes before the first map", "%llu (unchanged: %s)",
 	    (unsigned long long)ca_pool_free(&attached),
 	    ca_pool_free(&attached) == ca_pool_free(&before) ? "yes, nothing allocated" : "NO");
 	verdict(ca_pool_free(&attached) == ca_pool_free(&before));
 
 	ret = ct_map(ct, h_cam, 0, m);
-	ca_pool_read(ca, &mapped);
+	pool_read(ca, &mapped);
 	used = ca_pool_allocator_used(&attached, &mapped);
 	row("5", "first map (camera): backing allocated", "%s: allocator %d \"%.16s\", free %llu -> %llu",
 	    ret ? strerror(-ret) : "mapped", used, used >= 0 ? mapped.alloc[used].name : "?",
@@ -193,7 +211,7 @@ int main(void)
 	    ca_map_type_str(m->map_type), m->num_segments,
 	    (unsigned long long)m->seg[0].addr, (unsigned long long)m->seg[0].len);
 
-	ret = ca_phys(ca, fd, &addr, &len);
+	ret = cenalloc_phys(ca, fd, &addr, &len);
 	if (ret)
 		row("7", "CENALLOC_IOC_PHYS", "%s", strerror(-ret));
 	else
@@ -212,13 +230,13 @@ int main(void)
 		ca_pattern_fill(p, SIZE, SEED);
 		ca_cpu_access(fd, false);
 		guest_sum = ca_fnv1a64(p, SIZE);
-		ret = ca_checksum(ca, fd, &sum, &hashed);
+		ret = cenalloc_checksum(ca, fd, &sum, &hashed);
 		row("9", "guest writes 4 MiB through mmap", "guest FNV-1a %016llx", (unsigned long long)guest_sum);
 		row("", "daemon CHECKSUM of the backing", "%s %016llx over %llu bytes: %s",
 		    ret ? strerror(-ret) : "device", (unsigned long long)sum,
 		    (unsigned long long)hashed, !ret && sum == guest_sum ? "MATCH" : "MISMATCH");
 		verdict(!ret && sum == guest_sum);
-		ret = ca_fill(ca, fd, SEED + 1);
+		ret = cenalloc_fill(ca, fd, SEED + 1);
 		row("10", "daemon FILLs the buffer (host side)", "guest sees the pattern through mmap: %s",
 		    !ret && ca_pattern_check(p, SIZE, SEED + 1) == SIZE ? "yes" : "NO");
 		verdict(!ret && ca_pattern_check(p, SIZE, SEED + 1) == SIZE);
@@ -230,8 +248,8 @@ int main(void)
 
 	ct_detach(ct, h_gpu);
 	ct_detach(ct, h_cam);
-	close(fd);
-	ca_pool_read(ca, &after);
+	cenalloc_close(fd);
+	pool_read(ca, &after);
 	/* Pools may have grown meanwhile (elastic): compare what is in use. */
 	row("11", "detach both, close the fd", "pool bytes in use %llu: %s",
 	    (unsigned long long)ca_pool_used(&after),
@@ -241,7 +259,7 @@ int main(void)
 	printf("\n%s\n", failures ? "demo: something did not behave as described" :
 				    "demo: every step behaved as described");
 	close(ct);
-	close(ca);
+	cenalloc_close(ca);
 	free(m);
 	return failures ? 1 : 0;
 }
