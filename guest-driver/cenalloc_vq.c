@@ -1067,8 +1067,13 @@ int cenalloc_get_info(struct cenalloc_dev *cdev,
 	}
 	memcpy(info, resp, sizeof(*info));
 	num = le32_to_cpu(info->num_allocators);
-	num = min_t(unsigned int, num,
-		    (len - sizeof(*info)) / sizeof(*allocators));
+	/* Every allocator it counts, the answer describes. */
+	if (num > CENALLOC_MAX_ALLOCATORS ||
+	    num > (len - sizeof(*info)) / sizeof(*allocators)) {
+		cenalloc_answer_rejected(cdev);
+		ret = -EIO;
+		goto out;
+	}
 	num = min(num, max_allocators);
 	memcpy(allocators, resp + sizeof(*info), num * sizeof(*allocators));
 	ret = num;

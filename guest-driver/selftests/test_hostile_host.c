@@ -754,6 +754,22 @@ static enum tap_result test_info_disagrees_with_config(void)
 	return TAP_PASS;
 }
 
+/*
+ * GET_INFO claims one allocator more than its answer holds: the driver
+ * would report allocators nobody described (INFO's num_allocators above
+ * the entries it wrote). The answer is malformed: refused at probe.
+ */
+static enum tap_result test_info_count_beyond_answer(void)
+{
+	enum tap_result skip = need_reload();
+
+	if (skip != TAP_PASS)
+		return skip;
+	refused_at_probe("info-count", "GET_INFO failed: -5");
+	reload_with("none", NULL);
+	return TAP_PASS;
+}
+
 /* A huge max_segments in config space is capped by the driver. */
 static enum tap_result test_max_segments_capped(void)
 {
@@ -875,6 +891,8 @@ static const struct tap_test tests[] = {
 		 test_pool_align_not_power_of_two),
 	TAP_TEST("GET_INFO placement that contradicts config space: the device is refused",
 		 test_info_disagrees_with_config),
+	TAP_TEST("GET_INFO counting more allocators than it holds is refused at probe",
+		 test_info_count_beyond_answer),
 	TAP_TEST("a device that stops answering: -ETIMEDOUT, then -EIO, reload recovers",
 		 test_no_answer_breaks_the_device),
 };

@@ -29,6 +29,7 @@
 //! | `attach-type` | ATTACH: map type 0x8123, which nobody lists |
 //! | `lease-outside-pool` | LEASE: its first extent moved to guest-physical 0 |
 //! | `info-placement` | GET_INFO: the first allocator's placement with `CENALLOC_PLACE_DMA32` flipped (config space keeps the truth) |
+//! | `info-count` | GET_INFO: `num_allocators` one more than the entries the answer holds |
 //! | `max-segments-huge` | config space: max_segments 0xffffffff (read at probe) |
 //! | `max-batch:N` | config space: max_batch N (the device still takes 64) |
 //! | `pool-align:N` | config space: the first pool's align N (read at probe) |
@@ -82,6 +83,7 @@ pub enum Fault {
     AttachType,
     LeaseOutsidePool,
     InfoPlacement,
+    InfoCount,
     MaxSegmentsHuge,
     MaxBatch(u32),
     PoolAlign(u32),
@@ -176,6 +178,7 @@ impl FromStr for Fault {
             "attach-type" => plain(Fault::AttachType),
             "lease-outside-pool" => plain(Fault::LeaseOutsidePool),
             "info-placement" => plain(Fault::InfoPlacement),
+            "info-count" => plain(Fault::InfoCount),
             "max-segments-huge" => plain(Fault::MaxSegmentsHuge),
             "max-batch" => Ok(Fault::MaxBatch(number(spec, arg)?)),
             "pool-align" => Ok(Fault::PoolAlign(number(spec, arg)?)),

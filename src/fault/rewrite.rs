@@ -183,6 +183,20 @@ pub fn rewrite(fault: Fault, request: &[u8], mut response: Vec<u8>) -> Verdict {
                 }
             }
         }
+        Fault::InfoCount => {
+            for cmd in cmds.iter().filter(|c| c.opcode == CENALLOC_CMD_GET_INFO) {
+                let at = cmd.response + size_of::<RespHdr>();
+                if let (Some(hdr), Some(mut info)) = (
+                    read::<RespHdr>(&response, cmd.response),
+                    read::<InfoResp>(&response, at),
+                ) {
+                    if hdr.status == 0 {
+                        info.num_allocators = info.num_allocators.saturating_add(1);
+                        write(&mut response, at, &info);
+                    }
+                }
+            }
+        }
         Fault::Errno(op, errno) => {
             for cmd in cmds.iter().filter(|c| c.opcode == op) {
                 if let Some(mut hdr) = read::<RespHdr>(&response, cmd.response) {

@@ -131,6 +131,7 @@ fn specs_parse_and_bad_ones_are_refused() {
     ));
     assert_eq!("pool-align:0x3000".parse(), Ok(Fault::PoolAlign(0x3000)));
     assert_eq!("info-placement".parse(), Ok(Fault::InfoPlacement));
+    assert_eq!("info-count".parse(), Ok(Fault::InfoCount));
     assert_eq!(
         "errno:checksum:512".parse(),
         Ok(Fault::Errno(CENALLOC_CMD_CHECKSUM, 512))
@@ -499,6 +500,15 @@ fn info_placement_flips_dma32_of_the_first_allocator_only() {
         (placement(&lied, 0), placement(&lied, 1)),
         (CENALLOC_PLACE_DMA32, CENALLOC_PLACE_DMA32)
     );
+    // info-count: one allocator more than the answer holds, nothing else.
+    let info_at = size_of::<BatchResp>() + size_of::<RespHdr>();
+    let counted = answer(rewrite(Fault::InfoCount, &request, response.clone()));
+    let mut info = read::<InfoResp>(&counted, info_at).unwrap();
+    assert_eq!(info.num_allocators, 3);
+    info.num_allocators = 2;
+    let mut restored = counted.clone();
+    restored[info_at..info_at + size_of::<InfoResp>()].copy_from_slice(info.as_slice());
+    assert_eq!(restored, response);
     let (request, response) = map_batch(CENALLOC_MAP_SG, 1, &[(0x10000, 0x4000)], 4);
     assert_eq!(
         answer(rewrite(Fault::InfoPlacement, &request, response.clone())),
