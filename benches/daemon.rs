@@ -12,8 +12,15 @@
 //! - The same round trip with the daemon's polling after an answer off,
 //!   and what the worker spends per request (answering, polling).
 //!
-//! Goals, each printed with `met` or `MISSED`: single-command median ≤ 1.2 ×
-//! the floor's median; ≥ 100k commands/s with batching, for batched SYNC
+//! Goals, each printed with `met` or `MISSED`: single-command round trip ≤
+//! 1.2 × the floor's in the same wake-up mode: p10 against p10, and the
+//! fast mode's centre against the floor's (the median of the fast group of
+//! a BIMODAL distribution, else the median). Host wake-ups are bimodal
+//! (the floor itself measured 4 µs in one run and 14 µs in the next), so
+//! a ratio of medians says which mode each side was in more than what the
+//! daemon costs; it is printed, not judged. Beside it, what each worker
+//! spends per request: the daemon's accounting (STATS) and the floor's
+//! own (the same clock around its queue handling). ≥ 100k commands/s with batching, for batched SYNC
 //! (close to no work: it measures the queue and batch machinery) and for
 //! batched life cycles (create, attach, map with 4 KiB zeroed, unmap,
 //! detach, free: real work). The goals are reported, not enforced: the
@@ -28,6 +35,8 @@ mod common;
 mod modes;
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cenalloc::device::DeviceConfig;
@@ -50,6 +59,30 @@ use vmm_sys_util::event::{
 struct FloorBackend {
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     event_idx: bool,
+    busy: Arc<FloorBusy>,
+}
+
+/// What the floor's worker spends on the control queue: the time from its
+/// wake-up to the call, and the chains it returned.
+#[derive(Default)]
+struct FloorBusy {
+    ns: AtomicU64,
+    chains: AtomicU64,
+}
+
+impl FloorBusy {
+    fn snapshot(&self) -> (u64, u64) {
+        (
+            self.ns.load(Ordering::Relaxed),
+            self.chains.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Microseconds per chain since `before`.
+    fn per_chain_since(&self, before: (u64, u64)) -> f64 {
+        let (ns, chains) = self.snapshot();
+        (ns - before.0) as f64 / (chains - before.1).max(1) as f64 / 1e3
+    }
 }
 
 impl FloorBackend {
@@ -60,6 +93,9 @@ impl FloorBackend {
             Ok(iter) => iter.map(|chain| chain.head_index()).collect(),
             Err(_) => return,
         };
+        self.busy
+            .chains
+            .fetch_add(heads.len() as u64, Ordering::Relaxed);
         for head in heads {
             let _ = vring.add_used(head, 0);
         }
@@ -111,6 +147,7 @@ impl VhostUserBackendMut for FloorBackend {
         if device_event != CENALLOC_VQ_CONTROL {
             return Ok(());
         }
+        let start = Instant::now();
         let vring = &vrings[0];
         if self.event_idx {
             loop {
@@ -123,17 +160,21 @@ impl VhostUserBackendMut for FloorBackend {
         } else {
             self.drain(vring);
         }
+        self.busy
+            .ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
 
-fn spawn_floor() -> std::path::PathBuf {
+fn spawn_floor(busy: Arc<FloorBusy>) -> std::path::PathBuf {
     let socket = std::env::temp_dir().join(format!("cenalloc-floor-{}.sock", std::process::id()));
     let mut listener = Listener::new(&socket, true).unwrap();
     std::thread::spawn(move || loop {
-        let backend = std::sync::Arc::new(std::sync::RwLock::new(FloorBackend {
+        let backend = Arc::new(std::sync::RwLock::new(FloorBackend {
             mem: None,
             event_idx: false,
+            busy: busy.clone(),
         }));
         let mut daemon = VhostUserDaemon::new(
             "floor".to_string(),
@@ -173,6 +214,12 @@ impl Dist {
             p99: q(99),
             modes: modes(&samples),
         }
+    }
+
+    /// The centre of the fast mode: the fast group's median when the
+    /// samples are BIMODAL, else the median.
+    fn fast(&self) -> Duration {
+        self.modes.as_ref().map_or(self.median, |m| m.low)
     }
 
     fn line(&self, name: &str) -> String {
@@ -308,7 +355,8 @@ fn main() {
     let iterations = if quick { 200 } else { 20_000 };
     let rounds = if quick { 5 } else { 200 };
 
-    let mut floor = Harness::connect(&spawn_floor(), WANTED_FEATURES);
+    let floor_busy = Arc::new(FloorBusy::default());
+    let mut floor = Harness::connect(&spawn_floor(floor_busy.clone()), WANTED_FEATURES);
     let mut daemon = Harness::start_with(DeviceConfig::default_layout());
     daemon.donate_all();
     let setup = daemon.batch(&[
@@ -345,13 +393,17 @@ fn main() {
 
     let block = if quick { 50 } else { 500 };
     let before = Busy::of(&mut daemon);
+    let floor_before = floor_busy.snapshot();
     let (floor_sync, daemon_sync) =
         interleaved(&mut floor, &mut daemon, &sync_chain, iterations, block);
     let polled = Busy::of(&mut daemon).since(&before);
+    let floor_polled = floor_busy.per_chain_since(floor_before);
     let before = Busy::of(&mut quiet);
+    let floor_before = floor_busy.snapshot();
     let (floor_quiet, quiet_sync) =
         interleaved(&mut floor, &mut quiet, &sync_chain, iterations, block);
     let unpolled = Busy::of(&mut quiet).since(&before);
+    let floor_unpolled = floor_busy.per_chain_since(floor_before);
     let (floor_info, daemon_info) =
         interleaved(&mut floor, &mut daemon, &info_chain, iterations, block);
 
@@ -391,7 +443,8 @@ fn main() {
     let batched_rate = throughput(&mut daemon, &batched, 64, rounds);
     let lifecycle_rate = throughput(&mut daemon, &lifecycle_chains, 60, rounds);
 
-    let ratio = us(daemon_sync.median) / us(floor_sync.median);
+    let p10_ratio = us(daemon_sync.p10) / us(floor_sync.p10);
+    let fast_ratio = us(daemon_sync.fast()) / us(floor_sync.fast());
     println!(
         "cenallocd benchmark ({iterations} samples per latency, floor and command in alternating blocks of {block}; {rounds} kicks per rate; goals are reported, not enforced)"
     );
@@ -404,17 +457,22 @@ fn main() {
         ))
     );
     println!(
-        "  SYNC median / interleaved floor median: {ratio:.2} (goal <= 1.20: {})",
-        met(ratio <= 1.2)
+        "  SYNC / interleaved floor, same wake-up mode: p10 {p10_ratio:.2}, fast mode {fast_ratio:.2} (goal <= 1.20 for both: {}); medians {:.2}",
+        met(p10_ratio <= 1.2 && fast_ratio <= 1.2),
+        us(daemon_sync.median) / us(floor_sync.median)
     );
     println!("  {}", polled.line());
+    println!("  floor worker busy per request {floor_polled:.2} us");
     println!("{}", floor_quiet.line("floor (no work), with SYNC"));
     println!("{}", quiet_sync.line("1 x SYNC, no polling"));
     println!(
-        "  SYNC median / interleaved floor median: {:.2}",
+        "  SYNC / interleaved floor: p10 {:.2}, fast mode {:.2}, medians {:.2}",
+        us(quiet_sync.p10) / us(floor_quiet.p10),
+        us(quiet_sync.fast()) / us(floor_quiet.fast()),
         us(quiet_sync.median) / us(floor_quiet.median)
     );
     println!("  {}", unpolled.line());
+    println!("  floor worker busy per request {floor_unpolled:.2} us");
     println!("{}", floor_info.line("floor (no work), with INFO"));
     println!("{}", daemon_info.line("1 x GET_INFO"));
     println!(
