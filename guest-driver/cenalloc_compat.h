@@ -26,9 +26,19 @@
  */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 13, 0)
 #define CENALLOC_NS_DMA_BUF "DMA_BUF"
+#define CENALLOC_NS_DMA_BUF_HEAP "DMA_BUF_HEAP"
 #else
 #define CENALLOC_NS_DMA_BUF DMA_BUF
+#define CENALLOC_NS_DMA_BUF_HEAP DMA_BUF_HEAP
 #endif
+
+/*
+ * dma-heaps from a module: dma_heap_add(), dma_heap_get_drvdata() and
+ * dma_heap_get_name() exported (namespace DMA_BUF_HEAP) by some kernels
+ * only (Debian testing's 7.2; not 6.1 or 6.12). No release number tells:
+ * Kbuild looks for dma_heap_add in the kernel's Module.symvers and defines
+ * CENALLOC_HAVE_DMA_HEAPS when it is there (cenalloc_heaps.h).
+ */
 
 /*
  * The largest order the page allocator hands out, inclusive: MAX_PAGE_ORDER

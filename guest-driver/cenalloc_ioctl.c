@@ -30,6 +30,7 @@
 #include "cenalloc_buffer.h"
 #include "cenalloc_dev.h"
 #include "cenalloc_devmask.h"
+#include "cenalloc_heaps.h"
 #include "cenalloc_ioctl.h"
 #include "cenalloc_vq.h"
 
@@ -93,6 +94,44 @@ static long cenalloc_ioctl_create(struct cenalloc_dev *cdev,
 	fd_install(fd, dmabuf->file);
 	return 0;
 }
+
+#ifdef CENALLOC_HAVE_DMA_HEAPS
+/*
+ * DMA_HEAP_IOCTL_ALLOC of the heaps of cenalloc_heaps.ko: CREATE's path,
+ * in the caller's context (its quota). The access mode is O_RDONLY or
+ * O_RDWR, as CREATE's; O_WRONLY is refused (-EINVAL): a dma-buf's mmap
+ * needs a readable file, and CREATE has no write-only buffer either.
+ */
+static struct dma_buf *cenalloc_heap_allocate(u64 len, u32 fd_flags,
+					      u32 initial_mask)
+{
+	struct cenalloc_dev *cdev;
+	struct dma_buf *dmabuf;
+	bool rdwr;
+
+	switch (fd_flags & O_ACCMODE) {
+	case O_RDONLY:
+		rdwr = false;
+		break;
+	case O_RDWR:
+		rdwr = true;
+		break;
+	default:
+		return ERR_PTR(-EINVAL);
+	}
+	cdev = cenalloc_dev_get_current();
+	if (!cdev)
+		return ERR_PTR(-ENODEV);
+	dmabuf = cenalloc_buffer_create(cdev, len, rdwr, initial_mask);
+	cenalloc_dev_put(cdev);
+	return dmabuf;
+}
+
+static const struct cenalloc_heaps_backend cenalloc_heaps_backend = {
+	.owner = THIS_MODULE,
+	.allocate = cenalloc_heap_allocate,
+};
+#endif
 
 /* The cenalloc buffer behind a dma-buf fd (dma_buf_put() when done). */
 static struct dma_buf *cenalloc_fd_to_dmabuf(int fd)
@@ -325,3 +364,43 @@ void cenalloc_misc_deregister(void)
 {
 	misc_deregister(&cenalloc_misc);
 }
+
+/*
+ * The dma-heaps: cenalloc_heaps.ko allocates through this module while it
+ * is loaded. Without dma_heap_add exported there are none; probe says so
+ * (cenalloc_heaps_note()), once per load of the module.
+ */
+#ifdef CENALLOC_HAVE_DMA_HEAPS
+int cenalloc_heaps_register(void)
+{
+	return cenalloc_heaps_bind(&cenalloc_heaps_backend);
+}
+
+void cenalloc_heaps_deregister(void)
+{
+	cenalloc_heaps_unbind(&cenalloc_heaps_backend);
+}
+
+void cenalloc_heaps_note(struct device *dev)
+{
+}
+#else
+int cenalloc_heaps_register(void)
+{
+	return 0;
+}
+
+void cenalloc_heaps_deregister(void)
+{
+}
+
+void cenalloc_heaps_note(struct device *dev)
+{
+	static bool said;
+
+	if (!said) {
+		said = true;
+		dev_info(dev, "no dma-heaps: they need a kernel that exports dma_heap_add to modules\n");
+	}
+}
+#endif

@@ -225,6 +225,7 @@ static int cenalloc_probe(struct virtio_device *vdev)
 
 	cenalloc_dev_publish(cdev);
 	cenalloc_debugfs_init(cdev);
+	cenalloc_heaps_note(&vdev->dev);
 
 	dev_info(&vdev->dev, "%u allocators, %u pools, max batch %u%s%s\n",
 		 cdev->num_allocators, cdev->num_pools, cdev->max_batch,
@@ -318,8 +319,14 @@ static int __init cenalloc_init(void)
 	ret = register_virtio_driver(&cenalloc_virtio_driver);
 	if (ret)
 		goto err_misc;
+	/* The heaps allocate from the device: after its driver is there. */
+	ret = cenalloc_heaps_register();
+	if (ret)
+		goto err_virtio;
 	return 0;
 
+err_virtio:
+	unregister_virtio_driver(&cenalloc_virtio_driver);
 err_misc:
 	cenalloc_misc_deregister();
 	return ret;
@@ -327,6 +334,7 @@ err_misc:
 
 static void __exit cenalloc_exit(void)
 {
+	cenalloc_heaps_deregister();
 	unregister_virtio_driver(&cenalloc_virtio_driver);
 	cenalloc_misc_deregister();
 	cenalloc_mask_table_clear();
