@@ -29,11 +29,12 @@
  *                           provider, nothing else: the loop
  *                           qemu-scripts/run-vm --mode profile profiles
  *   cenalloc_bench -m [-n N]
- *                           only the memset study: N rounds (default 4) of a
+ *                           only the memset study: N rounds (default 8) of a
  *                           fresh 64 MiB buffer of each provider, the order
  *                           alternating (cenalloc first in even rounds),
- *                           each pass's memset and SYNC ioctls timed apart
- *                           and the guest's page faults counted
+ *                           the second half with a 2 s rest before the first
+ *                           pass, each pass's memset and SYNC ioctls timed
+ *                           apart and the guest's page faults counted
  *
  * Both providers are reached through libcenalloc: cenalloc_create() and
  * cenalloc_heap_open()/cenalloc_heap_alloc() (one ioctl each, as before).
@@ -576,7 +577,7 @@ static int profile_loop(enum provider p, unsigned int runs)
 		ns[n] = t;
 	}
 	qsort(ns, runs, sizeof(*ns), cmp_u64);
-	printf("profile-loop provider=%s size=4096 runs=%u median_us=%.1f\n",
+	printf("profile-loop device=%s size=4096 runs=%u median_us=%.1f\n",
 	       provider_names[p], runs, ns[runs / 2] / 1e3);
 	free(ns);
 	return 0;
@@ -596,9 +597,10 @@ static long minor_faults(void)
  * first map + mmap, per pass the memset's GB/s and the ioctls' µs, and the
  * guest's minor faults over the whole first pass.
  */
-static int memset_study_one(unsigned int round, enum provider p, uint64_t size)
+static int memset_study_one(unsigned int round, enum provider p, uint64_t size,
+			    unsigned int settle_s)
 {
-	double gbs[3], sync_us[3];
+	double gbs[3], start_us[3], end_us[3];
 	uint64_t setup = ca_now_ns();
 	uint32_t handle = 0;
 	long faults = -1;
@@ -621,6 +623,8 @@ static int memset_study_one(unsigned int round, enum provider p, uint64_t size)
 		goto out;
 	}
 	setup = ca_now_ns() - setup;
+	if (settle_s)
+		sleep(settle_s);
 	for (pass = 0; pass < 3; pass++) {
 		uint64_t t0, t1, t2, t3;
 		long f0 = minor_faults();
@@ -635,11 +639,14 @@ static int memset_study_one(unsigned int round, enum provider p, uint64_t size)
 		if (pass == 0)
 			faults = minor_faults() - f0;
 		gbs[pass] = (double)size / (t2 - t1);
-		sync_us[pass] = ((t1 - t0) + (t3 - t2)) / 1e3;
+		start_us[pass] = (t1 - t0) / 1e3;
+		end_us[pass] = (t3 - t2) / 1e3;
 	}
-	printf("memset-study round=%u provider=%s setup_us=%.0f pass1_gbs=%.2f pass2_gbs=%.2f pass3_gbs=%.2f sync1_us=%.1f sync2_us=%.1f sync3_us=%.1f pass1_faults=%ld\n",
-	       round, provider_names[p], setup / 1e3, gbs[0], gbs[1], gbs[2], sync_us[0],
-	       sync_us[1], sync_us[2], faults);
+	printf("memset-study round=%u provider=%s settle_s=%u setup_us=%.0f pass1_gbs=%.2f pass2_gbs=%.2f pass3_gbs=%.2f start1_us=%.1f end1_us=%.1f start2_us=%.1f end2_us=%.1f start3_us=%.1f end3_us=%.1f pass1_faults=%ld pass1_with_sync_gbs=%.2f\n",
+	       round, provider_names[p], settle_s, setup / 1e3, gbs[0], gbs[1],
+	       gbs[2], start_us[0], end_us[0], start_us[1], end_us[1],
+	       start_us[2], end_us[2], faults,
+	       (double)size / (start_us[0] * 1e3 + size / gbs[0] + end_us[0] * 1e3));
 	munmap(mem, size);
 	ret = 0;
 out:
@@ -651,6 +658,12 @@ out:
 	return ret;
 }
 
+/*
+ * Rounds of one fresh 64 MiB buffer of each provider, the order
+ * alternating; in the second half of the rounds each buffer rests 2 s
+ * between its setup and the first pass (what the device still does in the
+ * background then has finished).
+ */
 static int memset_study(unsigned int rounds)
 {
 	unsigned int r;
@@ -658,10 +671,11 @@ static int memset_study(unsigned int rounds)
 
 	for (r = 0; r < rounds; r++) {
 		enum provider first = r % 2 ? HEAP : CENALLOC;
+		unsigned int settle = r >= rounds / 2 ? 2 : 0;
 
-		status |= memset_study_one(r, first, 64 * CA_MIB);
+		status |= memset_study_one(r, first, 64 * CA_MIB, settle);
 		status |= memset_study_one(r, first == HEAP ? CENALLOC : HEAP,
-					   64 * CA_MIB);
+					   64 * CA_MIB, settle);
 	}
 	return status;
 }
@@ -739,7 +753,7 @@ usage:
 	if (only >= 0)
 		return profile_loop(only, runs ? runs : 2000);
 	if (study)
-		return memset_study(runs ? runs : 4);
+		return memset_study(runs ? runs : 8);
 
 	print_conditions();
 	printf("create + attach + first map + unmap + detach + close (microseconds)\n");
