@@ -623,6 +623,9 @@ static int memset_study_one(unsigned int round, enum provider p, uint64_t size,
 		goto out;
 	}
 	setup = ca_now_ns() - setup;
+	/* Marks for a host-side observer (the console is timestamped there). */
+	printf("memset-study-mark round=%u provider=%s setup-done\n", round,
+	       provider_names[p]);
 	if (settle_s)
 		sleep(settle_s);
 	for (pass = 0; pass < 3; pass++) {
@@ -642,6 +645,8 @@ static int memset_study_one(unsigned int round, enum provider p, uint64_t size,
 		start_us[pass] = (t1 - t0) / 1e3;
 		end_us[pass] = (t3 - t2) / 1e3;
 	}
+	printf("memset-study-mark round=%u provider=%s passes-done\n", round,
+	       provider_names[p]);
 	printf("memset-study round=%u provider=%s settle_s=%u setup_us=%.0f pass1_gbs=%.2f pass2_gbs=%.2f pass3_gbs=%.2f start1_us=%.1f end1_us=%.1f start2_us=%.1f end2_us=%.1f start3_us=%.1f end3_us=%.1f pass1_faults=%ld pass1_with_sync_gbs=%.2f\n",
 	       round, provider_names[p], settle_s, setup / 1e3, gbs[0], gbs[1],
 	       gbs[2], start_us[0], end_us[0], start_us[1], end_us[1],
