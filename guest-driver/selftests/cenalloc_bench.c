@@ -24,6 +24,17 @@
  *    chains; queued -> the waiting task runs again).
  *
  *   cenalloc_bench [-q]     -q: fewer runs (quick check)
+ *   cenalloc_bench -p cenalloc|heap [-n N]
+ *                           only N (default 2000) 4 KiB cycles of one
+ *                           provider, nothing else: the loop
+ *                           qemu-scripts/run-vm --mode profile profiles
+ *   cenalloc_bench -m [-n N]
+ *                           only the memset study: N rounds (default 8) of a
+ *                           fresh 64 MiB buffer of each provider, the order
+ *                           alternating (cenalloc first in even rounds),
+ *                           the second half with a 2 s rest before the first
+ *                           pass, each pass's memset and SYNC ioctls timed
+ *                           apart and the guest's page faults counted
  *
  * Both providers are reached through libcenalloc: cenalloc_create() and
  * cenalloc_heap_open()/cenalloc_heap_alloc() (one ioctl each, as before).
@@ -34,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cenalloc.h>
@@ -542,6 +554,137 @@ out:
 	close(fd);
 }
 
+/*
+ * -p: @runs 4 KiB cycles of @p and nothing else (a loop to profile).
+ * Prints the runs and the median; returns the exit status.
+ */
+static int profile_loop(enum provider p, unsigned int runs)
+{
+	uint64_t *ns = calloc(runs, sizeof(*ns)), phase[NPHASES];
+	unsigned int n;
+
+	if (!ns)
+		return 1;
+	for (n = 0; n < runs; n++) {
+		int64_t t = one_cycle(p, 4 * CA_KIB, phase);
+
+		if (t < 0) {
+			printf("profile-loop %s failed: %s\n", provider_names[p],
+			       strerror((int)-t));
+			free(ns);
+			return 1;
+		}
+		ns[n] = t;
+	}
+	qsort(ns, runs, sizeof(*ns), cmp_u64);
+	printf("profile-loop device=%s size=4096 runs=%u median_us=%.1f\n",
+	       provider_names[p], runs, ns[runs / 2] / 1e3);
+	free(ns);
+	return 0;
+}
+
+static long minor_faults(void)
+{
+	struct rusage ru;
+
+	return getrusage(RUSAGE_SELF, &ru) ? -1 : ru.ru_minflt;
+}
+
+/*
+ * -m: one fresh buffer of @size of @p, mapped as bandwidth_row() does; three
+ * passes, each the SYNC START ioctl, the memset and the SYNC END ioctl
+ * timed apart. One line: round, provider, the time of create + attach +
+ * first map + mmap, per pass the memset's GB/s and the ioctls' µs, and the
+ * guest's minor faults over the whole first pass.
+ */
+static int memset_study_one(unsigned int round, enum provider p, uint64_t size,
+			    unsigned int settle_s)
+{
+	double gbs[3], start_us[3], end_us[3];
+	uint64_t setup = ca_now_ns();
+	uint32_t handle = 0;
+	long faults = -1;
+	unsigned int pass;
+	uint8_t *mem;
+	int fd, ret = 1;
+
+	fd = create_buffer(p, size);
+	if (fd < 0) {
+		printf("memset-study round=%u provider=%s failed: %s\n", round,
+		       provider_names[p], strerror(-fd));
+		return 1;
+	}
+	if (ct_attach(ct, fd, 0, &handle, NULL) == 0)
+		ct_map(ct, handle, 0, mapping);
+	mem = ca_mmap(fd, size);
+	if (!mem) {
+		printf("memset-study round=%u provider=%s mmap failed: %s\n", round,
+		       provider_names[p], strerror(errno));
+		goto out;
+	}
+	setup = ca_now_ns() - setup;
+	/* Marks for a host-side observer (the console is timestamped there). */
+	printf("memset-study-mark round=%u provider=%s setup-done\n", round,
+	       provider_names[p]);
+	if (settle_s)
+		sleep(settle_s);
+	for (pass = 0; pass < 3; pass++) {
+		uint64_t t0, t1, t2, t3;
+		long f0 = minor_faults();
+
+		t0 = ca_now_ns();
+		ca_cpu_access(fd, true);
+		t1 = ca_now_ns();
+		memset(mem, pass + 1, size);
+		t2 = ca_now_ns();
+		ca_cpu_access(fd, false);
+		t3 = ca_now_ns();
+		if (pass == 0)
+			faults = minor_faults() - f0;
+		gbs[pass] = (double)size / (t2 - t1);
+		start_us[pass] = (t1 - t0) / 1e3;
+		end_us[pass] = (t3 - t2) / 1e3;
+	}
+	printf("memset-study-mark round=%u provider=%s passes-done\n", round,
+	       provider_names[p]);
+	printf("memset-study round=%u provider=%s settle_s=%u setup_us=%.0f pass1_gbs=%.2f pass2_gbs=%.2f pass3_gbs=%.2f start1_us=%.1f end1_us=%.1f start2_us=%.1f end2_us=%.1f start3_us=%.1f end3_us=%.1f pass1_faults=%ld pass1_with_sync_gbs=%.2f\n",
+	       round, provider_names[p], settle_s, setup / 1e3, gbs[0], gbs[1],
+	       gbs[2], start_us[0], end_us[0], start_us[1], end_us[1],
+	       start_us[2], end_us[2], faults,
+	       (double)size / (start_us[0] * 1e3 + size / gbs[0] + end_us[0] * 1e3));
+	munmap(mem, size);
+	ret = 0;
+out:
+	if (handle) {
+		ct_unmap(ct, handle);
+		ct_detach(ct, handle);
+	}
+	close(fd);
+	return ret;
+}
+
+/*
+ * Rounds of one fresh 64 MiB buffer of each provider, the order
+ * alternating; in the second half of the rounds each buffer rests 2 s
+ * between its setup and the first pass (what the device still does in the
+ * background then has finished).
+ */
+static int memset_study(unsigned int rounds)
+{
+	unsigned int r;
+	int status = 0;
+
+	for (r = 0; r < rounds; r++) {
+		enum provider first = r % 2 ? HEAP : CENALLOC;
+		unsigned int settle = r >= rounds / 2 ? 2 : 0;
+
+		status |= memset_study_one(r, first, 64 * CA_MIB, settle);
+		status |= memset_study_one(r, first == HEAP ? CENALLOC : HEAP,
+					   64 * CA_MIB, settle);
+	}
+	return status;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -554,10 +697,43 @@ int main(int argc, char **argv)
 		{ 1 * CA_MIB, "1 MiB", 300, 30 },
 		{ 64 * CA_MIB, "64 MiB", 30, 5 },
 	};
-	bool quick = argc > 1 && !strcmp(argv[1], "-q");
+	bool quick = false, study = false;
+	int only = -1;
+	unsigned int runs = 0;
 	char poll_us[32];
 	unsigned int i;
-	int p;
+	int p, opt;
+
+	while ((opt = getopt(argc, argv, "qmp:n:")) != -1) {
+		switch (opt) {
+		case 'q':
+			quick = true;
+			break;
+		case 'm':
+			study = true;
+			break;
+		case 'p':
+			if (!strcmp(optarg, "cenalloc"))
+				only = CENALLOC;
+			else if (!strcmp(optarg, "heap"))
+				only = HEAP;
+			else
+				goto usage;
+			break;
+		case 'n':
+			runs = strtoul(optarg, NULL, 0);
+			if (!runs || runs > 1000000)
+				goto usage;
+			break;
+		default:
+			goto usage;
+		}
+	}
+	if (optind != argc || (study && only >= 0)) {
+usage:
+		fprintf(stderr, "usage: cenalloc_bench [-q] | -p cenalloc|heap [-n N] | -m [-n N]\n");
+		return 2;
+	}
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	mapping = calloc(1, sizeof(*mapping));
@@ -576,6 +752,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cenalloc_bench: SET_DEVICE failed\n");
 		return 1;
 	}
+
+	if ((only == HEAP || study) && heap < 0)
+		return 1;
+	if (only >= 0)
+		return profile_loop(only, runs ? runs : 2000);
+	if (study)
+		return memset_study(runs ? runs : 8);
 
 	print_conditions();
 	printf("create + attach + first map + unmap + detach + close (microseconds)\n");
