@@ -235,4 +235,14 @@ static inline void cenalloc_compat_shrinker_free(struct shrinker *s)
 }
 #endif
 
+/*
+ * The unbound system workqueue: system_dfl_wq where the kernel has it
+ * (Kbuild looks), else its old name, which 7.x warns about.
+ */
+#ifdef CENALLOC_HAVE_SYSTEM_DFL_WQ
+#define cenalloc_unbound_wq system_dfl_wq
+#else
+#define cenalloc_unbound_wq system_unbound_wq
+#endif
+
 #endif /* CENALLOC_COMPAT_H */

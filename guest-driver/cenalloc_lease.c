@@ -28,6 +28,7 @@
 #include <linux/sizes.h>
 #include <linux/slab.h>
 
+#include "cenalloc_compat.h"
 #include "cenalloc_dev.h"
 #include "cenalloc_lease.h"
 #include "cenalloc_pool.h"
@@ -155,7 +156,7 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 		__set_bit(a * CENALLOC_LEASE_CLASSES + class, &l->wanted);
 	spin_unlock(&l->lock);
 	if (want && !READ_ONCE(cdev->removed))
-		queue_work(system_unbound_wq, &l->refill_work);
+		queue_work(cenalloc_unbound_wq, &l->refill_work);
 	atomic64_inc(taken ? &l->taken : &l->missed);
 	return taken;
 }
@@ -565,7 +566,7 @@ void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator)
 	if (!l || allocator >= l->num_allocators || READ_ONCE(cdev->quiesced))
 		return;
 	set_bit(allocator, &l->revoke_pending);
-	queue_work(system_unbound_wq, &l->revoke_work);
+	queue_work(cenalloc_unbound_wq, &l->revoke_work);
 }
 
 static void cenalloc_lease_revoke_work(struct work_struct *work)

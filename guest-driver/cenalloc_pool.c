@@ -827,7 +827,7 @@ void cenalloc_pool_low(struct cenalloc_dev *cdev, u32 index)
 	    READ_ONCE(cdev->quiesced))
 		return;
 	set_bit(index, &cdev->pool_low_pending);
-	queue_work(system_unbound_wq, &cdev->pool_low_work);
+	queue_work(cenalloc_unbound_wq, &cdev->pool_low_work);
 }
 
 /* Whether the device still has less than an eighth of pool @index free. */
