@@ -17,6 +17,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -402,6 +404,174 @@ out:
 	return r;
 }
 
+/*
+ * A contiguous allocator whose room is almost all needed by one buffer,
+ * with refills on their way all the time: a second thread maps and frees
+ * 4 KiB buffers, so the stock keeps running low and LEASEs keep taking
+ * extents at the start of the free room while the big buffer is not
+ * there, racing with the big maps that need all of it. A big map must
+ * get the room back, never fail -EAGAIN; neither may a small one. (The
+ * driver gave the stock back a fixed number of times; a LEASE answered
+ * but not yet taken into the stock, or the next refill, used them all
+ * up: test_phys once failed so, "alloc 3153920: Resource temporarily
+ * unavailable".) A small map may find no room (-ENOMEM) while the big
+ * buffer holds it: the pool cannot grow.
+ */
+#define REFILL_ROUNDS	100
+
+struct taker {
+	int ca, ct;
+	atomic_bool stop;
+	unsigned int maps, again, nomem, other;
+	int first_error;
+};
+
+static void *taker_thread(void *arg)
+{
+	struct taker *t = arg;
+	struct ca_buf small;
+	int ret;
+
+	while (!atomic_load(&t->stop)) {
+		ret = ca_buf_alloc(t->ca, t->ct, 4 * CA_KIB, DEV, &small);
+		t->maps++;
+		if (!ret) {
+			ca_buf_free(t->ct, &small);
+			continue;
+		}
+		if (ret == -EAGAIN)
+			t->again++;
+		else if (ret == -ENOMEM)
+			t->nomem++;
+		else
+			t->other++;
+		if (ret != -ENOMEM && !t->first_error)
+			t->first_error = ret;
+	}
+	return NULL;
+}
+
+#define MAX_FILLERS	64
+
+/*
+ * Fills every free extent of allocator @index with a buffer (the largest
+ * first: fillers[0] takes the largest extent), so that freeing fillers[0]
+ * leaves one extent of free room. Returns the fillers made, 0 on failure.
+ */
+static unsigned int fill_extents(int ca, int ct, int index,
+				 struct ca_buf *fillers)
+{
+	unsigned int n = 0, tries = 0;
+	struct ca_pool pool;
+	uint64_t largest;
+	int ret;
+
+	while (n < MAX_FILLERS && tries < 2 * MAX_FILLERS) {
+		tries++;
+		if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+			break;
+		largest = pool.alloc[index].largest_free;
+		if (largest < CA_PAGE_SIZE)
+			return n;
+		ret = ca_buf_alloc(ca, ct, largest, DEV, &fillers[n]);
+		if (!ret)
+			n++;
+	}
+	CHECK(false, "allocator %d not full after %u buffers", index, n);
+	while (n)
+		ca_buf_free(ct, &fillers[--n]);
+	return 0;
+}
+
+static enum tap_result test_the_room_comes_back_past_refills(void)
+{
+	static struct ca_buf fillers[MAX_FILLERS];
+	struct ca_buf b = { .fd = -1 };
+	struct taker t = { .first_error = 0 };
+	long long donated, max, returned0;
+	unsigned int round, again = 0, other = 0, nfill = 0, i;
+	int ca, ct, ret, index, first = 0;
+	bool started = false;
+	struct ca_pool pool;
+	pthread_t thread;
+	uint64_t size;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_CONTIG);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&pool, CENALLOC_KIND_CONTIG);
+	if (!CHECK(index >= 0, "no CONTIG allocator"))
+		goto out;
+	if (!CHECK(ca_allocator_contiguous(&pool.alloc[index]),
+		   "allocator %d is not contiguous", index))
+		goto out;
+	if (pool_may_grow(index, &donated, &max)) {
+		r = tap_skip("pool %d may grow (%lld of at most %lld bytes): no shortage to make",
+			     index, donated, max);
+		goto out;
+	}
+	/* One free extent: what the stock and the big buffers share. */
+	nfill = fill_extents(ca, ct, index, fillers);
+	if (!nfill)
+		goto out;
+	size = fillers[0].size;
+	ca_buf_free(ct, &fillers[0]);
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	tap_diag("allocator %d: %u fillers, %llu bytes free (largest %llu); big buffers of %llu",
+		 index, nfill, (unsigned long long)pool.alloc[index].free,
+		 (unsigned long long)pool.alloc[index].largest_free,
+		 (unsigned long long)(size - 64 * CA_KIB));
+	/* All of that extent but 64 KiB. */
+	size -= 64 * CA_KIB;
+	returned0 = lease_value("lease_returned");
+	t.ca = ca;
+	t.ct = ct;
+	atomic_init(&t.stop, false);
+	ret = pthread_create(&thread, NULL, taker_thread, &t);
+	if (!CHECK(ret == 0, "pthread_create: %s", strerror(ret)))
+		goto out;
+	started = true;
+	for (round = 0; round < REFILL_ROUNDS; round++) {
+		ret = ca_buf_alloc(ca, ct, size, DEV, &b);
+		if (!ret) {
+			ca_buf_free(ct, &b);
+			continue;
+		}
+		if (ret == -EAGAIN)
+			again++;
+		else
+			other++;
+		if (!first)
+			first = ret;
+	}
+	atomic_store(&t.stop, true);
+	pthread_join(thread, NULL);
+	started = false;
+	tap_diag("%u big maps: %u refused EAGAIN, %u another error (first: %s); %u small maps: %u EAGAIN, %u ENOMEM, %u other; %lld extents returned",
+		 round, again, other, first ? strerror(-first) : "none",
+		 t.maps, t.again, t.nomem, t.other,
+		 lease_value("lease_returned") - returned0);
+	CHECK(again == 0 && other == 0,
+	      "%u of %u maps needing the leased room failed: %s",
+	      again + other, round, strerror(-first));
+	CHECK(t.again == 0 && t.other == 0,
+	      "%u of %u small maps failed: %s", t.again + t.other, t.maps,
+	      strerror(-t.first_error));
+out:
+	if (started) {
+		atomic_store(&t.stop, true);
+		pthread_join(thread, NULL);
+	}
+	for (i = 1; i < nfill; i++)
+		ca_buf_free(ct, &fillers[i]);
+	ca_buf_free(ct, &b);
+	ca_env_close(&ca, &ct, NULL);
+	return r;
+}
+
 static enum tap_result test_leases_follow_the_allocator_rule(void)
 {
 	static const uint32_t masks[] = {
@@ -663,6 +833,8 @@ static const struct tap_test tests[] = {
 		 test_exhausted_stock),
 	TAP_TEST("a map that needs the leased room gets it back",
 		 test_the_device_takes_the_stock_back),
+	TAP_TEST("a refill racing a map that needs the leased room: the map gets it",
+		 test_the_room_comes_back_past_refills),
 	TAP_TEST("leased maps land where the allocator rule says",
 		 test_leases_follow_the_allocator_rule),
 	TAP_TEST("a LEASE answer outside the pool is refused",
