@@ -942,10 +942,13 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	lm = cenalloc_req_add(req, CENALLOC_CMD_LEASED_MAP,
 			      sizeof(*lm) + buffer->num_attachments *
 			      sizeof(*rec), 0);
-	if (IS_ERR(lm) ||
-	    !cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
-				 &allocator, &addr, &len))
+	if (IS_ERR(lm))
 		goto err_req;
+	/* From the take until the post: a map giving the stock back waits. */
+	cenalloc_lease_taking(cdev);
+	if (!cenalloc_lease_take(cdev, buffer->access_mask, buffer->size,
+				 &allocator, &addr, &len))
+		goto err_taking;
 	/*
 	 * The checks of a MAP answer; the backing (its first size bytes)
 	 * counts on its blocks from now on, instead of the leased extent.
@@ -961,7 +964,7 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	if (ret) {
 		/* Not usable, not in the stock: the device's again. */
 		cenalloc_lease_give_back(cdev, allocator, &ext, 1);
-		goto err_req;
+		goto err_taking;
 	}
 
 	lm->buffer_id = cpu_to_le32(ids[0]);
@@ -991,8 +994,11 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	 * rides the next kick: GET_INFO, which comes after, sees the buffer.
 	 */
 	cenalloc_req_post(req);
+	cenalloc_lease_taken(cdev);
 	return 0;
 
+err_taking:
+	cenalloc_lease_taken(cdev);
 err_req:
 	cenalloc_req_free(req);
 err_ids:
@@ -1002,8 +1008,11 @@ err_ids:
 }
 
 /*
- * How often one map gives the leased stock back and maps again: a refill
- * whose LEASE was on the ring before the stock went back refills it.
+ * How often one map gives the leased stock back and maps again. Refills
+ * are held off from the first return to the end of the map, and a LEASE on
+ * its way is waited for before the stock goes back (cenalloc_lease_hold()),
+ * so one return normally suffices; another finds what a refused
+ * LEASE_RETURN put back in the stock, or a revoke that raced.
  */
 #define CENALLOC_MAP_STOCK_RETURNS	3
 
@@ -1019,8 +1028,8 @@ static bool cenalloc_map_contiguous(struct cenalloc_buffer *buffer)
  * (cenalloc_map_leased()), else on the device, where the pending CREATE and
  * ATTACHes travel with the MAP in one batch; growing a pool once when the
  * device has no room (-ENOMEM), and giving the leased stock back when the
- * room it found is in that stock (-EAGAIN; up to CENALLOC_MAP_STOCK_RETURNS
- * times: a refill in flight may fill the stock again). On success the
+ * room it found is in that stock (-EAGAIN; refills held off until the map
+ * is done, up to CENALLOC_MAP_STOCK_RETURNS times). On success the
  * backing is buffer->backing (valid while the buffer lock is held) and @a
  * counts one more outstanding device map. *@unmap_req is the request prepared for that
  * map's UNMAP: used (and set to NULL) when a rejected answer must be taken
@@ -1031,8 +1040,8 @@ int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 {
 	struct cenalloc_buffer *buffer = a->buffer;
 	struct cenalloc_dev *cdev = buffer->cdev;
+	bool grown = false, held = false, retry;
 	unsigned int returned = 0;
-	bool grown = false, retry;
 	int ret;
 
 	lockdep_assert_held(&buffer->lock);
@@ -1041,19 +1050,27 @@ int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 		return ret;
 	for (;;) {
 		/* Each retry follows one more refused attachment: bounded. */
-		if (a->refused)
-			return a->refused;
+		if (a->refused) {
+			ret = a->refused;
+			break;
+		}
 		retry = false;
 		ret = cenalloc_attachment_map_try(a, direction, unmap_req,
 						  &retry);
 		if (retry)
 			continue;
 		/*
-		 * A LEASE refill already on its way (or one a pool's growth
-		 * asked for) may refill the stock before the next MAP: give
-		 * it back again, a bounded number of times.
+		 * The room is in our stock: no refill may take it again
+		 * before this map is done, and a LEASE already on its way
+		 * goes back with the stock.
 		 */
 		if (ret == -EAGAIN && returned < CENALLOC_MAP_STOCK_RETURNS) {
+			if (!held) {
+				ret = cenalloc_lease_hold(cdev);
+				if (ret)
+					break;
+				held = true;
+			}
 			returned++;
 			cenalloc_lease_return_mask(cdev, buffer->access_mask);
 			continue;
@@ -1071,7 +1088,10 @@ int cenalloc_attachment_map(struct cenalloc_attachment *a, u32 direction,
 		 * buffer. The device is going away: say so.
 		 */
 		if (ret < 0 && READ_ONCE(cdev->quiesced))
-			return -ENODEV;
-		return ret;
+			ret = -ENODEV;
+		break;
 	}
+	if (held)
+		cenalloc_lease_unhold(cdev);
+	return ret;
 }

@@ -6,7 +6,9 @@
  * posted: cenalloc_batch.c). The stock is filled by a work item when it
  * falls below a quarter of its target (LEASE), and given back (LEASE_RETURN)
  * when the device asks (CENALLOC_EVENT_LEASE_REVOKE), when a map finds its
- * room leased (-EAGAIN), and under memory pressure.
+ * room leased (-EAGAIN: that map first holds refills off until it is done
+ * and waits for a LEASE on its way, cenalloc_lease_hold()), and under
+ * memory pressure.
  *
  * Constraint semantics do not change: the first map of a buffer takes an
  * extent of the first allocator, in priority order, that serves a kind of
@@ -392,48 +394,119 @@ out:
 	return taken;
 }
 
-static void cenalloc_lease_refill_work(struct work_struct *work)
+/*
+ * One LEASE for the first stock that wants one (l->move_lock held). Returns
+ * false when none is left to fill, or while a map holds refills off (its
+ * wanted bits stay: the last cenalloc_lease_unhold() queues the work).
+ */
+static bool cenalloc_lease_refill_one(struct cenalloc_leases *l)
 {
-	struct cenalloc_leases *l = container_of(work, struct cenalloc_leases,
-						 refill_work);
 	struct cenalloc_dev *cdev = l->cdev;
 	unsigned int bit, a, class, have, target, bite;
 	bool revoking;
 
-	for (;;) {
-		spin_lock(&l->lock);
-		bit = find_first_bit(&l->wanted, BITS_PER_LONG);
-		if (bit >= BITS_PER_LONG) {
-			spin_unlock(&l->lock);
-			return;
-		}
-		__clear_bit(bit, &l->wanted);
-		a = bit / CENALLOC_LEASE_CLASSES;
-		class = bit % CENALLOC_LEASE_CLASSES;
-		have = cenalloc_stock_of(l, a, class)->count;
-		target = cenalloc_lease_target(cenalloc_stock_of(l, a, class),
-					       class);
-		revoking = test_bit(a, &l->revoking);
+	if (atomic_read(&l->holds))
+		return false;
+	spin_lock(&l->lock);
+	bit = find_first_bit(&l->wanted, BITS_PER_LONG);
+	if (bit >= BITS_PER_LONG) {
 		spin_unlock(&l->lock);
-		if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
-			return;
-		/* In bites the device zeroes quickly: a LEASE holds up
-		 * every command queued behind it.
-		 */
-		if (revoking || have >= target)
-			continue;
-		bite = min3(target - have, (unsigned int)CENALLOC_MAX_LEASE,
-			    CENALLOC_LEASE_BITE / cenalloc_lease_sizes[class]);
-		/* A full bite and still short: another round, after what
-		 * else is waiting.
-		 */
-		if (cenalloc_lease_fill(cdev, a, class, bite) == bite &&
-		    have + bite < target) {
-			spin_lock(&l->lock);
-			__set_bit(bit, &l->wanted);
-			spin_unlock(&l->lock);
-		}
+		return false;
 	}
+	__clear_bit(bit, &l->wanted);
+	a = bit / CENALLOC_LEASE_CLASSES;
+	class = bit % CENALLOC_LEASE_CLASSES;
+	have = cenalloc_stock_of(l, a, class)->count;
+	target = cenalloc_lease_target(cenalloc_stock_of(l, a, class), class);
+	revoking = test_bit(a, &l->revoking);
+	spin_unlock(&l->lock);
+	if (READ_ONCE(cdev->removed) || READ_ONCE(cdev->quiesced))
+		return false;
+	/* In bites the device zeroes quickly: a LEASE holds up every command
+	 * queued behind it.
+	 */
+	if (revoking || have >= target)
+		return true;
+	bite = min3(target - have, (unsigned int)CENALLOC_MAX_LEASE,
+		    CENALLOC_LEASE_BITE / cenalloc_lease_sizes[class]);
+	/* A full bite and still short: another round, after what else is
+	 * waiting.
+	 */
+	if (cenalloc_lease_fill(cdev, a, class, bite) == bite &&
+	    have + bite < target) {
+		spin_lock(&l->lock);
+		__set_bit(bit, &l->wanted);
+		spin_unlock(&l->lock);
+	}
+	return true;
+}
+
+static void cenalloc_lease_refill_work(struct work_struct *work)
+{
+	struct cenalloc_leases *l = container_of(work, struct cenalloc_leases,
+						 refill_work);
+	bool more;
+
+	do {
+		mutex_lock(&l->move_lock);
+		more = cenalloc_lease_refill_one(l);
+		mutex_unlock(&l->move_lock);
+	} while (more);
+}
+
+/*
+ * A map found its room in the stock (-EAGAIN) and is about to give the
+ * stock back: no LEASE may take the room again until it is done
+ * (cenalloc_lease_unhold()). Waits for a LEASE already on its way, whose
+ * extents must be in the stock to go back with it, for a LEASE_RETURN on
+ * its way (a revoke's: it emptied the stock, and the device has not seen
+ * it yet), and for leased maps between the take of their extent and their
+ * LEASED_MAP on the ring.
+ * Returns 0, or -EINTR when a fatal signal cut a wait short (nothing held
+ * then). The waits are bounded by the one request the refill work has on
+ * the ring and by a leased map's local steps.
+ */
+int cenalloc_lease_hold(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_leases *l = cdev->leases;
+
+	if (!l)
+		return 0;
+	atomic_inc(&l->holds);
+	if (mutex_lock_killable(&l->move_lock))
+		goto killed;
+	mutex_unlock(&l->move_lock);
+	if (down_write_killable(&l->taking))
+		goto killed;
+	up_write(&l->taking);
+	return 0;
+killed:
+	cenalloc_lease_unhold(cdev);
+	return -EINTR;
+}
+
+/* A leased map takes an extent: see struct cenalloc_leases, taking. */
+void cenalloc_lease_taking(struct cenalloc_dev *cdev)
+{
+	down_read(&cdev->leases->taking);
+}
+
+/* ... and its LEASED_MAP is on the ring, or the extent went back. */
+void cenalloc_lease_taken(struct cenalloc_dev *cdev)
+{
+	up_read(&cdev->leases->taking);
+}
+
+/* The map that held refills off is done: the stocks that want one refill. */
+void cenalloc_lease_unhold(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_leases *l = cdev->leases;
+
+	if (!l || !atomic_dec_and_test(&l->holds))
+		return;
+	if (READ_ONCE(l->wanted) && !READ_ONCE(cdev->removed) &&
+	    !READ_ONCE(cdev->quiesced))
+		queue_work(cenalloc_unbound_wq, &l->refill_work);
 }
 
 /*
@@ -468,14 +541,16 @@ static unsigned int cenalloc_lease_restock(struct cenalloc_leases *l,
 
 /*
  * Give every unused extent of @allocator back (LEASE_RETURN) and wait for
- * the answer. When the request never reached the device, the extents go
- * back into the stock; an extent the device will not take back is dropped
- * from the stock and stays counted on its blocks.
+ * the answer (l->move_lock held; @ranges has room for a whole stock). When
+ * the request never reached the device, the extents go back into the
+ * stock; an extent the device will not take back is dropped from the stock
+ * and stays counted on its blocks.
  */
-int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
+static int cenalloc_lease_return_locked(struct cenalloc_dev *cdev,
+					u32 allocator,
+					struct cenalloc_range *ranges)
 {
 	struct cenalloc_leases *l = cdev->leases;
-	struct cenalloc_range *ranges;
 	struct cenalloc_lease_return_req *rr;
 	struct cenalloc_stock *st;
 	unsigned int n = 0, class, i;
@@ -483,12 +558,7 @@ int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
 	bool sent;
 	int ret;
 
-	if (!l || allocator >= l->num_allocators)
-		return 0;
-	ranges = kmalloc_array(CENALLOC_LEASE_CLASSES * CENALLOC_LEASE_STOCK_MAX,
-			       sizeof(*ranges), GFP_KERNEL);
-	if (!ranges)
-		return -ENOMEM;
+	lockdep_assert_held(&l->move_lock);
 	spin_lock(&l->lock);
 	set_bit(allocator, &l->revoking);
 	for (class = 0; class < CENALLOC_LEASE_CLASSES; class++) {
@@ -544,8 +614,53 @@ out_drop:
 				    n, allocator, ret);
 out:
 	clear_bit(allocator, &l->revoking);
+	return ret;
+}
+
+static int cenalloc_lease_return(struct cenalloc_dev *cdev, u32 allocator,
+				 bool try)
+{
+	struct cenalloc_leases *l = cdev->leases;
+	struct cenalloc_range *ranges;
+	int ret;
+
+	if (!l || allocator >= l->num_allocators)
+		return 0;
+	ranges = kmalloc_array(CENALLOC_LEASE_CLASSES * CENALLOC_LEASE_STOCK_MAX,
+			       sizeof(*ranges), GFP_KERNEL);
+	if (!ranges)
+		return -ENOMEM;
+	if (!try)
+		mutex_lock(&l->move_lock);
+	else if (!mutex_trylock(&l->move_lock)) {
+		kfree(ranges);
+		return -EBUSY;
+	}
+	ret = cenalloc_lease_return_locked(cdev, allocator, ranges);
+	mutex_unlock(&l->move_lock);
 	kfree(ranges);
 	return ret;
+}
+
+/*
+ * Give every unused extent of @allocator back (LEASE_RETURN) and wait for
+ * the answer, after a LEASE or LEASE_RETURN on its way: when this returns,
+ * the device holds leased to us only what our stock holds and what leased
+ * maps took. An extent the device will not take back is dropped from the
+ * stock and stays counted on its blocks.
+ */
+int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator)
+{
+	return cenalloc_lease_return(cdev, allocator, false);
+}
+
+/*
+ * The same from the shrinker, which may run inside an allocation of a
+ * LEASE or LEASE_RETURN under way: -EBUSY then (that one moves the stock).
+ */
+int cenalloc_lease_try_return_all(struct cenalloc_dev *cdev, u32 allocator)
+{
+	return cenalloc_lease_return(cdev, allocator, true);
 }
 
 /* Give back the stock of every allocator that serves a kind of @mask. */
@@ -615,6 +730,9 @@ int cenalloc_lease_init(struct cenalloc_dev *cdev)
 	l->cdev = cdev;
 	l->num_allocators = num;
 	spin_lock_init(&l->lock);
+	mutex_init(&l->move_lock);
+	atomic_set(&l->holds, 0);
+	init_rwsem(&l->taking);
 	ida_init(&l->ids);
 	INIT_WORK(&l->refill_work, cenalloc_lease_refill_work);
 	INIT_WORK(&l->revoke_work, cenalloc_lease_revoke_work);
@@ -627,6 +745,7 @@ void cenalloc_lease_free(struct cenalloc_dev *cdev)
 {
 	if (!cdev->leases)
 		return;
+	mutex_destroy(&cdev->leases->move_lock);
 	ida_destroy(&cdev->leases->ids);
 	kfree(cdev->leases);
 	cdev->leases = NULL;

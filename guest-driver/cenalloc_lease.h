@@ -7,7 +7,10 @@
 #ifndef CENALLOC_LEASE_H
 #define CENALLOC_LEASE_H
 
+#include <linux/atomic.h>
 #include <linux/idr.h>
+#include <linux/mutex.h>
+#include <linux/rwsem.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/workqueue.h>
@@ -34,6 +37,21 @@ struct cenalloc_leases {
 	unsigned long revoke_pending;		/* bit per allocator: device asked */
 	struct work_struct refill_work;
 	struct work_struct revoke_work;
+	/*
+	 * Held around each LEASE (from the stock's check until its answer is
+	 * in the stock) and each LEASE_RETURN (from emptying the stock until
+	 * the answer): a map that gives the stock back waits for both. Only
+	 * tried from the shrinker: the holder may allocate.
+	 */
+	struct mutex move_lock;
+	atomic_t holds;				/* maps giving the stock back */
+	/*
+	 * Read by a leased map from the take of its extent until its
+	 * LEASED_MAP is on the ring (before, the device counts the extent
+	 * as stock, and no LEASE_RETURN can name it); written once by a map
+	 * that gives the stock back, to wait for those.
+	 */
+	struct rw_semaphore taking;
 	atomic_t next_id;			/* driver-chosen ids: cursor */
 	struct ida ids;				/* driver-chosen ids alive */
 	/* Counters (debugfs). */
@@ -58,10 +76,15 @@ u32 cenalloc_lease_next_id(struct cenalloc_dev *cdev);
 int cenalloc_lease_set_next_id(struct cenalloc_dev *cdev, u64 id);
 void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator);
 int cenalloc_lease_return_all(struct cenalloc_dev *cdev, u32 allocator);
+int cenalloc_lease_try_return_all(struct cenalloc_dev *cdev, u32 allocator);
 void cenalloc_lease_give_back(struct cenalloc_dev *cdev, u32 allocator,
 			      const struct cenalloc_range *ranges,
 			      unsigned int n);
 void cenalloc_lease_return_mask(struct cenalloc_dev *cdev, u32 mask);
+int cenalloc_lease_hold(struct cenalloc_dev *cdev);
+void cenalloc_lease_taking(struct cenalloc_dev *cdev);
+void cenalloc_lease_taken(struct cenalloc_dev *cdev);
+void cenalloc_lease_unhold(struct cenalloc_dev *cdev);
 unsigned int cenalloc_lease_stock(struct cenalloc_dev *cdev, u32 allocator,
 				  unsigned int class);
 

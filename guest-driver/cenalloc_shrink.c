@@ -44,7 +44,7 @@ unsigned long cenalloc_shrink_now(struct cenalloc_dev *cdev,
 			break;
 		if (READ_ONCE(pool->donated) <= READ_ONCE(pool->initial))
 			continue;
-		cenalloc_lease_return_all(cdev, i);
+		cenalloc_lease_try_return_all(cdev, i);
 		freed += cenalloc_pool_shrink(cdev, i, want - freed);
 	}
 	atomic64_add(freed, &cdev->shrunk_bytes);
