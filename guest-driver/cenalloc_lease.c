@@ -630,9 +630,9 @@ static int cenalloc_lease_return(struct cenalloc_dev *cdev, u32 allocator,
 			       sizeof(*ranges), GFP_KERNEL);
 	if (!ranges)
 		return -ENOMEM;
-	if (!try)
+	if (!try) {
 		mutex_lock(&l->move_lock);
-	else if (!mutex_trylock(&l->move_lock)) {
+	} else if (!mutex_trylock(&l->move_lock)) {
 		kfree(ranges);
 		return -EBUSY;
 	}
