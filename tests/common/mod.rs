@@ -1242,9 +1242,14 @@ impl Harness {
         assert_eq!(answer.status, 0, "{answer:?}");
     }
 
-    /// Sends the memory table again (what QEMU does after memory hotplug).
+    /// Sends the memory table again (what QEMU does after memory hotplug)
+    /// and returns once the daemon has handled it: SET_MEM_TABLE has no
+    /// reply here, and a command on the ring does not wait for it (the
+    /// worker keeps serving from the table it has), so a GET_FEATURES
+    /// behind it on the same connection is the fence.
     pub fn resend_memory_table(&mut self) {
         self.frontend.set_mem_table(&self.ram.regions()).unwrap();
+        self.frontend.get_features().unwrap();
     }
 
     /// The device's FNV-1a 64 checksum of a buffer.
