@@ -89,6 +89,7 @@ struct cenalloc_dev {
 	u64 abandoned_reqs;			/* submitters that stopped waiting */
 	struct work_struct abandoned_work;	/* undoes their effects */
 	struct delayed_work post_kick;		/* kicks posted chains left alone */
+	struct delayed_work held_work;		/* sends held chains left alone */
 
 	/* Event queue. */
 	spinlock_t event_lock;

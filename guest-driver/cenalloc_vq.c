@@ -59,8 +59,9 @@
  * lock: so whatever the device answers or reports after that (GET_INFO,
  * STATS, PHYS, a MAP, LEASE_RETURN, RESET) comes after every held command,
  * and no observer sees the device without a map the driver already made.
- * Held requests nobody follows go on the ring from the delayed work, a
- * jiffy later, as posted chains are kicked. Moving them needs no memory
+ * Held requests nobody follows go on the ring from a delayed work, hold_ms
+ * after the first of them was held, and are kicked at once. Moving them
+ * needs no memory
  * (their answers fit in the request); a broken or removed device drops
  * them with the backlog.
  *
@@ -90,6 +91,29 @@ static unsigned int cenalloc_poll_us = 200;
 module_param_named(poll_us, cenalloc_poll_us, uint, 0644);
 MODULE_PARM_DESC(poll_us,
 		 "Microseconds a waiting request polls for its answer before sleeping until the interrupt (0: never poll)");
+
+/*
+ * How long a held request (a leased first map's LEASED_MAP) waits for
+ * the next chain before it goes on the ring alone: a cycle of a small
+ * buffer takes some tens of microseconds, so it leaves with the buffer's
+ * teardown; a buffer that lives longer shows on the device (for the
+ * host's views of it) at most this much later. Every chain the driver
+ * sends carries the held ones first, so nothing the guest asks the device
+ * sees them missing.
+ */
+#define CENALLOC_HOLD_MS_MAX	1000
+static unsigned int cenalloc_hold_ms = 4;
+module_param_named(hold_ms, cenalloc_hold_ms, uint, 0644);
+MODULE_PARM_DESC(hold_ms,
+		 "Milliseconds a leased first map's LEASED_MAP waits at most for the next chain to ride with (1..1000)");
+
+static unsigned long cenalloc_hold_jiffies(void)
+{
+	return max(1UL,
+		   msecs_to_jiffies(clamp_t(unsigned int,
+					    READ_ONCE(cenalloc_hold_ms), 1,
+					    CENALLOC_HOLD_MS_MAX)));
+}
 
 /*
  * 10 s: the slowest legitimate chain is the first MAP of a buffer of the
@@ -151,9 +175,7 @@ static bool cenalloc_kick_prepare(struct cenalloc_dev *cdev)
 
 	if (cdev->unkicked) {
 		cdev->unkicked = 0;
-		/* Held requests still count on it. */
-		if (list_empty(&cdev->held))
-			cancel_delayed_work(&cdev->post_kick);
+		cancel_delayed_work(&cdev->post_kick);
 	}
 	kick = virtqueue_kick_prepare(cdev->ctrl_vq);
 	if (kick)
@@ -201,7 +223,7 @@ static void cenalloc_held_drop_locked(struct cenalloc_dev *cdev,
 	cdev->num_held = 0;
 }
 
-/* Posted chains that no submitted chain followed, and held requests. */
+/* Posted chains that no submitted chain followed. */
 static void cenalloc_post_kick_work(struct work_struct *work)
 {
 	struct cenalloc_dev *cdev = container_of(to_delayed_work(work),
@@ -211,12 +233,8 @@ static void cenalloc_post_kick_work(struct work_struct *work)
 	bool kick = false;
 
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
-	if (!cenalloc_usable_locked(cdev) && !list_empty(&cdev->held)) {
-		cenalloc_held_release_locked(cdev);
-		cenalloc_backlog_flush(cdev, &kick);
-	}
 	if (!cdev->removed && cdev->unkicked)
-		kick |= cenalloc_kick_prepare(cdev);
+		kick = cenalloc_kick_prepare(cdev);
 	/* Under the lock: remove sets removed before it deletes the vq. */
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
@@ -735,9 +753,10 @@ void cenalloc_req_hold(struct cenalloc_req *req, struct cenalloc_req **owner)
 	req->held_by = owner;
 	WRITE_ONCE(*owner, req);
 	list_add_tail(&req->node, &cdev->held);
-	cdev->num_held++;
 	/* Usable: remove has not cancelled the work yet. */
-	schedule_delayed_work(&cdev->post_kick, 1);
+	if (!cdev->num_held++)
+		mod_delayed_work(system_wq, &cdev->held_work,
+				 cenalloc_hold_jiffies());
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 }
 
@@ -765,8 +784,11 @@ bool cenalloc_req_held_append(struct cenalloc_dev *cdev,
 	return done;
 }
 
-/* Put every held request on the ring (or behind its backlog) now. */
-void cenalloc_held_flush(struct cenalloc_dev *cdev)
+/*
+ * Put every held request on the ring (or behind its backlog) now; with
+ * @kick, notify the device at once (the delayed work: nobody else will).
+ */
+static void cenalloc_held_send(struct cenalloc_dev *cdev, bool kick_now)
 {
 	unsigned long flags;
 	bool kick = false;
@@ -774,12 +796,26 @@ void cenalloc_held_flush(struct cenalloc_dev *cdev)
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
 	if (!list_empty(&cdev->held) && !cenalloc_usable_locked(cdev)) {
 		cenalloc_held_release_locked(cdev);
-		if (!cenalloc_backlog_flush(cdev, &kick) && cdev->unkicked)
+		if ((!cenalloc_backlog_flush(cdev, &kick) || kick_now) &&
+		    cdev->unkicked)
 			kick |= cenalloc_kick_prepare(cdev);
 	}
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+}
+
+void cenalloc_held_flush(struct cenalloc_dev *cdev)
+{
+	cenalloc_held_send(cdev, false);
+}
+
+/* Held requests that no other chain followed within hold_ms. */
+static void cenalloc_held_work(struct work_struct *work)
+{
+	cenalloc_held_send(container_of(to_delayed_work(work),
+					struct cenalloc_dev, held_work),
+			   true);
 }
 
 /* The device returned @req (or remove took it back): ctrl_lock held. */
@@ -1049,6 +1085,7 @@ int cenalloc_vq_init(struct cenalloc_dev *cdev)
 
 	cdev->progress = jiffies;
 	INIT_DELAYED_WORK(&cdev->post_kick, cenalloc_post_kick_work);
+	INIT_DELAYED_WORK(&cdev->held_work, cenalloc_held_work);
 	INIT_WORK(&cdev->abandoned_work, cenalloc_abandoned_work);
 	cdev->event_bufs = kcalloc(CENALLOC_EVENT_BUFS,
 				   sizeof(*cdev->event_bufs), GFP_KERNEL);
@@ -1098,6 +1135,7 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev)
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	/* Nothing schedules them once removed is set. */
 	cancel_delayed_work_sync(&cdev->post_kick);
+	cancel_delayed_work_sync(&cdev->held_work);
 	cancel_work_sync(&cdev->abandoned_work);
 
 	virtio_reset_device(cdev->vdev);
