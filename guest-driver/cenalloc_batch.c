@@ -17,13 +17,19 @@
  * buffer's whole teardown. It goes on the ring (posted) when the buffer is
  * released, when it is full, and before any other command of that buffer,
  * so the device sees one buffer's commands in the order they were made;
- * commands of different buffers do not depend on each other.
+ * commands of different buffers do not depend on each other. While the
+ * buffer's LEASED_MAP is held (below), they are added to it instead.
  *
  * With leases (cenalloc_lease.c) the first map of a small buffer waits for
- * nothing: a leased extent backs it and one LEASED_MAP, posted, tells the
- * device everything (CREATE, every ATTACH and the MAP, with ids the driver
- * chose), as long as the device will negotiate the map types the driver
- * did (cenalloc_leased_types_hold()). A map the device answers -ENOMEM
+ * nothing: a leased extent backs it and one LEASED_MAP tells the device
+ * everything (CREATE, every ATTACH and the MAP, with ids the driver chose),
+ * as long as the device will negotiate the map types the driver did
+ * (cenalloc_leased_types_hold()). The LEASED_MAP is held by the transport
+ * (cenalloc_req_hold()): it goes on the ring with the buffer's UNMAP,
+ * DETACH and FREE in one chain, or first of all when any other chain goes
+ * on the ring before (a GET_INFO, STATS, PHYS, another buffer's MAP...),
+ * so that nothing the device reports misses the map. Its answer is
+ * checked as any posted one's. A map the device answers -ENOMEM
  * grows a pool and maps again once; -EAGAIN (its room is in our leased
  * stock) gives the stock back and maps again, a few times at most.
  *
@@ -215,13 +221,31 @@ int cenalloc_attach_sync(struct cenalloc_buffer *buffer,
 	return ret;
 }
 
-/* Put the buffer's pending batch on the ring (buffer->lock held). */
+/*
+ * Put the buffer's pending batch on the ring (buffer->lock held), behind
+ * its held LEASED_MAP (in it, when it fits).
+ */
 void cenalloc_buffer_flush(struct cenalloc_buffer *buffer)
 {
+	struct cenalloc_dev *cdev = buffer->cdev;
+	struct cenalloc_req *pending = buffer->pending;
+
 	lockdep_assert_held(&buffer->lock);
-	if (buffer->pending)
-		cenalloc_req_post(buffer->pending);
 	buffer->pending = NULL;
+	if (READ_ONCE(buffer->held)) {
+		if (pending &&
+		    cenalloc_req_held_append(cdev, &buffer->held, pending)) {
+			cenalloc_req_free(pending);
+			pending = NULL;
+		}
+		if (!pending) {
+			cenalloc_held_flush(cdev);
+			return;
+		}
+	}
+	/* Held requests go on the ring first. */
+	if (pending)
+		cenalloc_req_post(pending);
 }
 
 /*
@@ -234,6 +258,12 @@ void cenalloc_buffer_defer(struct cenalloc_buffer *buffer,
 			   struct cenalloc_req *req)
 {
 	lockdep_assert_held(&buffer->lock);
+	/* Nothing pending while the LEASED_MAP is held: into it. */
+	if (!buffer->pending && READ_ONCE(buffer->held) &&
+	    cenalloc_req_held_append(buffer->cdev, &buffer->held, req)) {
+		cenalloc_req_free(req);
+		return;
+	}
 	if (buffer->pending && cenalloc_req_append(buffer->pending, req)) {
 		cenalloc_req_free(req);
 		return;
@@ -990,10 +1020,13 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	buffer->lease_ids = ids;
 	buffer->num_lease_ids = num_ids;
 	a->num_maps++;
-	/* Nothing of the buffer waits in its pending batch yet. Posted, it
-	 * rides the next kick: GET_INFO, which comes after, sees the buffer.
+	/*
+	 * Nothing of the buffer waits in its pending batch yet. Held, it
+	 * goes on the ring with the buffer's teardown, or before any other
+	 * chain: GET_INFO, which comes after, sees the buffer.
 	 */
-	cenalloc_req_post(req);
+	WARN_ON_ONCE(buffer->pending);
+	cenalloc_req_hold(req, &buffer->held);
 	cenalloc_lease_taken(cdev);
 	return 0;
 

@@ -447,6 +447,7 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	struct cenalloc_zombie *z, *ztmp;
 	struct cenalloc_attachment *a;
 	struct cenalloc_free_req *fr;
+	unsigned int i;
 
 	mutex_lock(&cdev->lock);
 	list_del(&buffer->node);
@@ -486,7 +487,20 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	list_for_each_entry_safe(z, ztmp, &buffer->zombies, node)
 		if (!WARN_ON_ONCE(z->mappings))
 			cenalloc_zombie_free(cdev, z);
+	/* Into the held LEASED_MAP, in order, while they fit. */
+	for (i = 0; i < ARRAY_SIZE(reqs) && READ_ONCE(buffer->held); i++) {
+		if (!reqs[i])
+			continue;
+		if (!cenalloc_req_held_append(cdev, &buffer->held, reqs[i]))
+			break;
+		cenalloc_req_free(reqs[i]);
+		reqs[i] = NULL;
+	}
 	cenalloc_req_post_seq(reqs, ARRAY_SIZE(reqs));
+	/* Nothing refers to the buffer once it is freed. */
+	if (READ_ONCE(buffer->held))
+		cenalloc_held_flush(cdev);
+	WARN_ON_ONCE(READ_ONCE(buffer->held));
 	mutex_unlock(&buffer->lock);
 
 	cenalloc_req_free(buffer->cpu_unmap_req);

@@ -63,6 +63,13 @@ struct cenalloc_buffer {
 	unsigned int num_lease_ids;
 	/* Commands nobody waits for, not on the ring yet (cenalloc_batch.c). */
 	struct cenalloc_req *pending;
+	/*
+	 * The LEASED_MAP of the first map while the transport holds it
+	 * (cenalloc_req_hold()): written under ctrl_lock, NULL once it left
+	 * for the ring. While it is set, pending is NULL: later commands go
+	 * into it.
+	 */
+	struct cenalloc_req *held;
 	void *vaddr;
 	unsigned int vmap_count;
 };

@@ -264,7 +264,7 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 	struct cenalloc_dev *cdev = s->private;
 	u64 kicks, interrupts, sent, done, polls, polled, expired, yielded;
 	u64 abandoned;
-	unsigned int inflight, backlogged;
+	unsigned int inflight, backlogged, held;
 	bool broken;
 	u32 *buf;
 
@@ -283,6 +283,7 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 	abandoned = cdev->abandoned_reqs;
 	inflight = cdev->inflight;
 	backlogged = cdev->backlogged;
+	held = cdev->num_held;
 	broken = cdev->broken;
 	spin_unlock_irq(&cdev->ctrl_lock);
 	seq_printf(s, "kicks %llu\ninterrupts %llu\nchains_sent %llu\nchains_done %llu\n",
@@ -293,6 +294,7 @@ static int cenalloc_transport_show(struct seq_file *s, void *unused)
 		   atomic64_read(&cdev->round_trips),
 		   atomic64_read(&cdev->posted),
 		   atomic64_read(&cdev->posted_errors));
+	seq_printf(s, "held %u\n", held);
 	seq_printf(s, "inflight %u\nbacklogged %u\nabandoned %llu\nanswers_rejected %lld\nbroken %d\nmax_segments %u\nmax_batch %u\n",
 		   inflight, backlogged, abandoned,
 		   atomic64_read(&cdev->answers_rejected), broken,

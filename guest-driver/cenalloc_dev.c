@@ -66,6 +66,7 @@ struct cenalloc_dev *cenalloc_dev_new(struct virtio_device *vdev)
 	init_waitqueue_head(&cdev->ctrl_wait);
 	INIT_LIST_HEAD(&cdev->buffers);
 	INIT_LIST_HEAD(&cdev->backlog);
+	INIT_LIST_HEAD(&cdev->held);
 	INIT_LIST_HEAD(&cdev->abandoned);
 	cdev->vdev = vdev;
 	return cdev;

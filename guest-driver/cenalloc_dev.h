@@ -83,10 +83,13 @@ struct cenalloc_dev {
 	unsigned int pollers;			/* submitters polling, callbacks off */
 	struct list_head backlog;		/* posted requests waiting for room */
 	unsigned int backlogged;
+	struct list_head held;			/* posted, kept for the next chain */
+	unsigned int num_held;
 	struct list_head abandoned;		/* answered, submitter gone */
 	u64 abandoned_reqs;			/* submitters that stopped waiting */
 	struct work_struct abandoned_work;	/* undoes their effects */
 	struct delayed_work post_kick;		/* kicks posted chains left alone */
+	struct delayed_work held_work;		/* sends held chains left alone */
 
 	/* Event queue. */
 	spinlock_t event_lock;

@@ -42,6 +42,7 @@ struct cenalloc_req *cenalloc_req_alloc(struct cenalloc_dev *cdev)
 	req->cdev = cdev;
 	refcount_set(&req->ref, 1);
 	INIT_LIST_HEAD(&req->node);
+	req->held_by = NULL;
 	req->posted = false;
 	req->queued = false;
 	req->answered = false;

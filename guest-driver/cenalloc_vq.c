@@ -50,6 +50,21 @@
  * follows are kicked from a delayed work a jiffy later, or at once when
  * CENALLOC_POST_MAX_UNKICKED wait or the ring is full.
  *
+ * A posted request may also be held (cenalloc_req_hold(): the LEASED_MAP
+ * of a leased first map): it stays in the driver, where its owner may add
+ * more commands to it (cenalloc_req_held_append(): the buffer's UNMAP,
+ * DETACH and FREE), until any other chain goes on the ring. Every path
+ * that puts a chain on the ring (submitted or posted) first moves all held
+ * requests behind the backlog, in the order they were held, under the same
+ * lock: so whatever the device answers or reports after that (GET_INFO,
+ * STATS, PHYS, a MAP, LEASE_RETURN, RESET) comes after every held command,
+ * and no observer sees the device without a map the driver already made.
+ * Held requests nobody follows go on the ring from a delayed work, hold_ms
+ * after the first of them was held, and are kicked at once. Moving them
+ * needs no memory
+ * (their answers fit in the request); a broken or removed device drops
+ * them with the backlog.
+ *
  * A submitter polls the used ring for its answer, with the queue's
  * callbacks off, for up to poll_us microseconds (as virtio-net does for its
  * control queue): an ordinary answer comes in well under that, and then no
@@ -76,6 +91,29 @@ static unsigned int cenalloc_poll_us = 200;
 module_param_named(poll_us, cenalloc_poll_us, uint, 0644);
 MODULE_PARM_DESC(poll_us,
 		 "Microseconds a waiting request polls for its answer before sleeping until the interrupt (0: never poll)");
+
+/*
+ * How long a held request (a leased first map's LEASED_MAP) waits for
+ * the next chain before it goes on the ring alone: a cycle of a small
+ * buffer takes some tens of microseconds, so it leaves with the buffer's
+ * teardown; a buffer that lives longer shows on the device (for the
+ * host's views of it) at most this much later. Every chain the driver
+ * sends carries the held ones first, so nothing the guest asks the device
+ * sees them missing.
+ */
+#define CENALLOC_HOLD_MS_MAX	1000
+static unsigned int cenalloc_hold_ms = 4;
+module_param_named(hold_ms, cenalloc_hold_ms, uint, 0644);
+MODULE_PARM_DESC(hold_ms,
+		 "Milliseconds a leased first map's LEASED_MAP waits at most for the next chain to ride with (1..1000)");
+
+static unsigned long cenalloc_hold_jiffies(void)
+{
+	return max(1UL,
+		   msecs_to_jiffies(clamp_t(unsigned int,
+					    READ_ONCE(cenalloc_hold_ms), 1,
+					    CENALLOC_HOLD_MS_MAX)));
+}
 
 /*
  * 10 s: the slowest legitimate chain is the first MAP of a buffer of the
@@ -143,6 +181,46 @@ static bool cenalloc_kick_prepare(struct cenalloc_dev *cdev)
 	if (kick)
 		cdev->kicks++;
 	return kick;
+}
+
+static bool cenalloc_backlog_flush(struct cenalloc_dev *cdev, bool *kick);
+
+/*
+ * Move every held request behind the backlog, in order (ctrl_lock held,
+ * device usable); the caller then flushes the backlog. No allocation: a
+ * held request's answer fits in the request (cenalloc_req_hold()).
+ */
+static void cenalloc_held_release_locked(struct cenalloc_dev *cdev)
+{
+	struct cenalloc_req *req, *tmp;
+
+	list_for_each_entry_safe(req, tmp, &cdev->held, node) {
+		list_del_init(&req->node);
+		cdev->num_held--;
+		WRITE_ONCE(*req->held_by, NULL);
+		req->held_by = NULL;
+		if (WARN_ON_ONCE(cenalloc_req_prepare(req))) {
+			cenalloc_req_put(req);
+			continue;
+		}
+		atomic64_inc(&cdev->posted);
+		list_add_tail(&req->node, &cdev->backlog);
+		cdev->backlogged++;
+	}
+}
+
+/* Take every held request off the held list into @drop (ctrl_lock held). */
+static void cenalloc_held_drop_locked(struct cenalloc_dev *cdev,
+				      struct list_head *drop)
+{
+	struct cenalloc_req *req, *tmp;
+
+	list_for_each_entry_safe(req, tmp, &cdev->held, node) {
+		WRITE_ONCE(*req->held_by, NULL);
+		req->held_by = NULL;
+		list_move_tail(&req->node, drop);
+	}
+	cdev->num_held = 0;
 }
 
 /* Posted chains that no submitted chain followed. */
@@ -237,7 +315,8 @@ static int cenalloc_vq_try_add(struct cenalloc_dev *cdev,
 	ret = cenalloc_usable_locked(cdev);
 	if (ret)
 		goto out_unlock;
-	/* Behind the posted chains that wait for room: ring order holds. */
+	/* Behind the held and posted chains: ring order holds. */
+	cenalloc_held_release_locked(cdev);
 	if (!cenalloc_backlog_flush(cdev, &kick)) {
 		ret = -ENOSPC;
 		goto out_unlock;
@@ -336,6 +415,7 @@ void cenalloc_dev_break(struct cenalloc_dev *cdev, const char *why)
 	WRITE_ONCE(cdev->broken, true);
 	list_splice_init(&cdev->backlog, &drop);
 	cdev->backlogged = 0;
+	cenalloc_held_drop_locked(cdev, &drop);
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 
 	pr_err("cenalloc: %s: device marked broken; new operations fail with -EIO, buffers can still be closed, reload the driver to reset the device\n",
@@ -604,6 +684,7 @@ void cenalloc_req_post(struct cenalloc_req *req)
 		return;
 	}
 	atomic64_inc(&cdev->posted);
+	cenalloc_held_release_locked(cdev);
 	ret = -ENOSPC;
 	if (cenalloc_backlog_flush(cdev, &kick))
 		ret = cenalloc_vq_add_locked(cdev, req, &kick);
@@ -641,6 +722,100 @@ void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n)
 	}
 	if (cur)
 		cenalloc_req_post(cur);
+}
+
+/*
+ * Post @req later: it waits in the driver, where cenalloc_req_held_append()
+ * may add commands to it, until the next chain goes on the ring (or the
+ * delayed work, a jiffy from now), and goes first. *@owner points to it
+ * while it is held and is cleared (under ctrl_lock) when it leaves; the
+ * owner must call cenalloc_held_flush() before *@owner goes away. The ring
+ * owns @req from here on, as with cenalloc_req_post(). A request whose
+ * answer would need memory of its own is posted at once.
+ */
+void cenalloc_req_hold(struct cenalloc_req *req, struct cenalloc_req **owner)
+{
+	struct cenalloc_dev *cdev = req->cdev;
+	unsigned long flags;
+
+	if (req->resp_len > sizeof(req->inline_resp) || req->resp_buf) {
+		cenalloc_req_post(req);
+		return;
+	}
+	req->posted = true;
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	if (cenalloc_usable_locked(cdev)) {
+		/* Dropped as a posted request would be. */
+		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+		cenalloc_req_put(req);
+		return;
+	}
+	req->held_by = owner;
+	WRITE_ONCE(*owner, req);
+	list_add_tail(&req->node, &cdev->held);
+	/* Usable: remove has not cancelled the work yet. */
+	if (!cdev->num_held++)
+		mod_delayed_work(system_wq, &cdev->held_work,
+				 cenalloc_hold_jiffies());
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+}
+
+/*
+ * Move the commands of @req (built, not sent) to the end of the request
+ * *@owner if that is still held and they fit without any allocation (see
+ * cenalloc_req_append(); the answers stay within the request). True if
+ * they did: the caller frees @req. False when the held request went on the
+ * ring already (then @req comes after it whatever the caller does with it)
+ * or has no room.
+ */
+bool cenalloc_req_held_append(struct cenalloc_dev *cdev,
+			      struct cenalloc_req **owner,
+			      const struct cenalloc_req *req)
+{
+	struct cenalloc_req *held;
+	unsigned long flags;
+	bool done = false;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	held = *owner;
+	if (held)
+		done = cenalloc_req_append(held, req);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	return done;
+}
+
+/*
+ * Put every held request on the ring (or behind its backlog) now; with
+ * @kick, notify the device at once (the delayed work: nobody else will).
+ */
+static void cenalloc_held_send(struct cenalloc_dev *cdev, bool kick_now)
+{
+	unsigned long flags;
+	bool kick = false;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	if (!list_empty(&cdev->held) && !cenalloc_usable_locked(cdev)) {
+		cenalloc_held_release_locked(cdev);
+		if ((!cenalloc_backlog_flush(cdev, &kick) || kick_now) &&
+		    cdev->unkicked)
+			kick |= cenalloc_kick_prepare(cdev);
+	}
+	if (kick)
+		virtqueue_notify(cdev->ctrl_vq);
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+}
+
+void cenalloc_held_flush(struct cenalloc_dev *cdev)
+{
+	cenalloc_held_send(cdev, false);
+}
+
+/* Held requests that no other chain followed within hold_ms. */
+static void cenalloc_held_work(struct work_struct *work)
+{
+	cenalloc_held_send(container_of(to_delayed_work(work),
+					struct cenalloc_dev, held_work),
+			   true);
 }
 
 /* The device returned @req (or remove took it back): ctrl_lock held. */
@@ -910,6 +1085,7 @@ int cenalloc_vq_init(struct cenalloc_dev *cdev)
 
 	cdev->progress = jiffies;
 	INIT_DELAYED_WORK(&cdev->post_kick, cenalloc_post_kick_work);
+	INIT_DELAYED_WORK(&cdev->held_work, cenalloc_held_work);
 	INIT_WORK(&cdev->abandoned_work, cenalloc_abandoned_work);
 	cdev->event_bufs = kcalloc(CENALLOC_EVENT_BUFS,
 				   sizeof(*cdev->event_bufs), GFP_KERNEL);
@@ -955,9 +1131,11 @@ void cenalloc_vq_stop(struct cenalloc_dev *cdev)
 	WRITE_ONCE(cdev->removed, true);
 	list_splice_init(&cdev->backlog, &drop);
 	cdev->backlogged = 0;
+	cenalloc_held_drop_locked(cdev, &drop);
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 	/* Nothing schedules them once removed is set. */
 	cancel_delayed_work_sync(&cdev->post_kick);
+	cancel_delayed_work_sync(&cdev->held_work);
 	cancel_work_sync(&cdev->abandoned_work);
 
 	virtio_reset_device(cdev->vdev);

@@ -31,7 +31,11 @@
 struct cenalloc_req {
 	struct cenalloc_dev *cdev;
 	refcount_t ref;
-	struct list_head node;		/* backlog or abandoned list */
+	struct list_head node;		/* backlog, held or abandoned list */
+	/* While held (cenalloc_req_hold()): the pointer to it that its
+	 * owner keeps, cleared when it leaves the held list (ctrl_lock).
+	 */
+	struct cenalloc_req **held_by;
 	bool posted;			/* fire-and-forget: the ring owns it */
 	bool queued;			/* on the ring (or its backlog) */
 	bool answered;			/* returned by the device, or failed */
@@ -68,6 +72,11 @@ int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
 int cenalloc_req_submit_unkillable(struct cenalloc_req *req);
 void cenalloc_req_post(struct cenalloc_req *req);
 void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n);
+void cenalloc_req_hold(struct cenalloc_req *req, struct cenalloc_req **owner);
+bool cenalloc_req_held_append(struct cenalloc_dev *cdev,
+			      struct cenalloc_req **owner,
+			      const struct cenalloc_req *req);
+void cenalloc_held_flush(struct cenalloc_dev *cdev);
 void cenalloc_req_undo(struct cenalloc_req *req);
 int cenalloc_req_status(struct cenalloc_req *req, unsigned int i);
 bool cenalloc_req_answered(struct cenalloc_req *req, unsigned int i);

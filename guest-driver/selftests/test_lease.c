@@ -824,7 +824,196 @@ out:
 	return TAP_PASS;
 }
 
+#define CYCLES			12
+#define HOLD_PATH		"/sys/module/cenalloc/parameters/hold_ms"
+
+static bool hold_read(char *buf, size_t size)
+{
+	FILE *f = fopen(HOLD_PATH, "r");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fgets(buf, (int)size, f) != NULL;
+	fclose(f);
+	if (ok)
+		buf[strcspn(buf, "\n")] = 0;
+	return ok;
+}
+
+static bool hold_write(const char *value)
+{
+	FILE *f = fopen(HOLD_PATH, "w");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fputs(value, f) >= 0;
+	return fclose(f) == 0 && ok;
+}
+
+/*
+ * @cycles leased cycles of @kib KiB buffers (create, attach, first map,
+ * unmap, detach, close): one chain each, the LEASED_MAP waiting in the
+ * driver and leaving with the UNMAP, DETACH and FREE at close. The stock
+ * is filled beforehand so that no map misses it; the chains of a refill
+ * still under way (LEASE, waited for: debugfs round_trips) are not the
+ * cycles', though one that goes on the ring mid-cycle takes that cycle's
+ * LEASED_MAP with it (a chain or two more). hold_ms is at its largest
+ * (1 s) meanwhile, so that a slow kernel's cycle (debug) keeps it too.
+ */
+static void leased_cycles(int ca, int ct, int index, int kib,
+			  unsigned int cycles)
+{
+	long long taken0, taken, chains, waited0, waited;
+	unsigned int i;
+	struct ca_buf b;
+	int ret;
+
+	/* A stock fills the first time a map wants it. */
+	ret = ca_buf_alloc(ca, ct, kib * CA_KIB, DEV, &b);
+	if (!CHECK(ret == 0, "%d KiB: %s", kib, strerror(-ret)))
+		return;
+	ca_buf_free(ct, &b);
+	if (!CHECK(stock_reaches_kib(index, kib, 2 * cycles),
+		   "allocator %d: stock of %d KiB %lld", index, kib,
+		   stock(index, kib)))
+		return;
+	taken0 = lease_value("lease_taken");
+	if (!CHECK(ca_transport_reset(), "reset %s", CA_TRANSPORT_PATH))
+		return;
+	waited0 = ca_transport_value("round_trips");
+	for (i = 0; i < cycles; i++) {
+		ret = ca_buf_alloc(ca, ct, kib * CA_KIB, DEV, &b);
+		if (!CHECK(ret == 0, "cycle %u: %s", i, strerror(-ret)))
+			return;
+		ca_buf_free(ct, &b);
+	}
+	/* Read before anything else sends a chain. */
+	chains = ca_transport_value("chains_sent");
+	waited = ca_transport_value("round_trips") - waited0;
+	taken = lease_value("lease_taken") - taken0;
+	tap_diag("%u leased %d KiB cycles: %lld chains (%lld of them waited for), %lld maps from the stock",
+		 cycles, kib, chains, waited, taken);
+	CHECK(taken == cycles, "%lld of %u first maps from the stock", taken,
+	      cycles);
+	chains -= waited;
+	CHECK(chains >= cycles && chains <= cycles + cycles / 4,
+	      "%lld chains nobody waited for in %u leased %d KiB cycles (one each expected)",
+	      chains, cycles, kib);
+}
+
+static enum tap_result test_a_leased_cycle_is_one_chain(void)
+{
+	char saved[32] = "";
+	struct ca_pool pool;
+	int ca, ct, index;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index) ||
+	    !CHECK(hold_read(saved, sizeof(saved)), "read %s", HOLD_PATH) ||
+	    !CHECK(hold_write("1000"), "write %s", HOLD_PATH))
+		goto out;
+	leased_cycles(ca, ct, index, 4, CYCLES);
+	leased_cycles(ca, ct, index, 64, 2 * CYCLES / 3);
+	CHECK(hold_write(saved), "restore hold_ms=%s", saved);
+out:
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
+/*
+ * Whatever reports on the device right after a leased first map sees that
+ * map: the INFO ioctl (GET_INFO), debugfs allocators (GET_INFO), PHYS and
+ * CHECKSUM of the buffer. Each observer runs first after its own map.
+ */
+static enum tap_result test_observers_see_a_leased_map(void)
+{
+	struct ca_buf b[4] = { { .fd = -1 }, { .fd = -1 }, { .fd = -1 },
+			       { .fd = -1 } };
+	long long taken0, in_use0, in_use1;
+	struct ca_pool before, after;
+	uint64_t addr, len, sum;
+	unsigned int i;
+	int ca, ct, ret, index;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&before, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index) ||
+	    !CHECK(stock_reaches(index, 8), "allocator %d: stock %lld", index,
+		   stock(index, 4)))
+		goto out;
+	taken0 = lease_value("lease_taken");
+
+	/* The INFO ioctl. */
+	if (!CHECK(ca_pool_read(ca, &before) == 0, "INFO"))
+		goto out;
+	ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b[0]);
+	if (!CHECK(ret == 0, "4 KiB: %s", strerror(-ret)) ||
+	    !CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
+		goto out;
+	CHECK(ca_pool_allocator_used(&before, &after) == index,
+	      "INFO right after the map: the buffer is not in allocator %d",
+	      index);
+	CHECK(after.alloc[index].num_buffers ==
+	      before.alloc[index].num_buffers + 1,
+	      "INFO right after the map: %u buffers, %u before",
+	      after.alloc[index].num_buffers,
+	      before.alloc[index].num_buffers);
+
+	/* debugfs allocators. */
+	in_use0 = ca_pool_value(index, "in_use");
+	ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b[1]);
+	if (!CHECK(ret == 0, "4 KiB: %s", strerror(-ret)))
+		goto out;
+	in_use1 = ca_pool_value(index, "in_use");
+	CHECK(in_use0 >= 0 && in_use1 - in_use0 == 4 * CA_KIB,
+	      "debugfs right after the map: pool%d_in_use %lld -> %lld",
+	      index, in_use0, in_use1);
+
+	/* PHYS of the buffer. */
+	ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b[2]);
+	if (!CHECK(ret == 0, "4 KiB: %s", strerror(-ret)))
+		goto out;
+	ret = ca_phys(ca, b[2].fd, &addr, &len);
+	if (CHECK(ret == 0, "PHYS right after the map: %s", strerror(-ret)))
+		CHECK(len == 4 * CA_KIB && addr % CA_PAGE_SIZE == 0,
+		      "PHYS %#llx+%#llx", (unsigned long long)addr,
+		      (unsigned long long)len);
+
+	/* CHECKSUM of the buffer: a leased extent is zeroed. */
+	ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b[3]);
+	if (!CHECK(ret == 0, "4 KiB: %s", strerror(-ret)))
+		goto out;
+	ret = ca_checksum(ca, b[3].fd, &sum, &len);
+	CHECK(ret == 0 && len == 4 * CA_KIB,
+	      "CHECKSUM right after the map: %s, %llu bytes", strerror(-ret),
+	      (unsigned long long)len);
+
+	CHECK(lease_value("lease_taken") - taken0 == 4,
+	      "%lld of 4 first maps from the stock",
+	      lease_value("lease_taken") - taken0);
+out:
+	for (i = 0; i < 4; i++)
+		ca_buf_free(ct, &b[i]);
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
 static const struct tap_test tests[] = {
+	TAP_TEST("a leased 4 KiB cycle costs one chain",
+		 test_a_leased_cycle_is_one_chain),
+	TAP_TEST("observers right after a leased first map see it",
+		 test_observers_see_a_leased_map),
 	TAP_TEST("a leased first map is zeroed and counted",
 		 test_leased_maps_are_zeroed_and_counted),
 	TAP_TEST("a burst through the stock: every map succeeds, where the rules say",
