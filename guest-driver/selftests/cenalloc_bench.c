@@ -50,11 +50,11 @@
 
 #include <cenalloc.h>
 
+#include "ca_module.h"
 #include "cenalloc_util.h"
 
 #define HEAP_NAME	"system"
 #define DEVICE_STATS_PATH	"/sys/kernel/debug/cenalloc/device_stats"
-#define POLL_PARAM_PATH	"/sys/module/cenalloc/parameters/poll_us"
 #define CELL_BUDGET_NS	(60ull * 1000000000ull)
 /* Written by /init (qemu-scripts/guest-init) in bench mode. */
 #define PROBE_MEMORY_PATH	"/tmp/cenalloc-probe-kib"
@@ -223,32 +223,6 @@ static void transport_row(const struct breakdown *b)
 		printf("    %.*s\n", (int)(end - line), line);
 		line = end + 1;
 	}
-}
-
-/* A sysfs value without its newline; false if unreadable. */
-static bool read_param(const char *path, char *buf, size_t size)
-{
-	FILE *f = fopen(path, "r");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fgets(buf, (int)size, f) != NULL;
-	fclose(f);
-	if (ok)
-		buf[strcspn(buf, "\n")] = 0;
-	return ok;
-}
-
-static bool write_param(const char *path, const char *value)
-{
-	FILE *f = fopen(path, "w");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fputs(value, f) >= 0;
-	return fclose(f) == 0 && ok;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -796,11 +770,11 @@ usage:
 		ratio_line("100x4K", median[CENALLOC], median[HEAP]);
 	}
 	/* The driver's answer polling against sleeping, in the same boot. */
-	if (read_param(POLL_PARAM_PATH, poll_us, sizeof(poll_us)) &&
-	    strcmp(poll_us, "0") && write_param(POLL_PARAM_PATH, "0")) {
+	if (!ca_param_read("poll_us", poll_us, sizeof(poll_us)) &&
+	    strcmp(poll_us, "0") && !ca_param_write("poll_us", "0")) {
 		latency_row(CENALLOC, sizes[0].size, "4K poll0",
 			    quick ? sizes[0].quick_runs : sizes[0].runs, true);
-		write_param(POLL_PARAM_PATH, poll_us);
+		ca_param_write("poll_us", poll_us);
 		printf("(4K poll0: the 4 KiB row with the driver's poll_us=0 instead of %s)\n",
 		       poll_us);
 	}

@@ -25,6 +25,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "ca_module.h"
 #include "cenalloc_util.h"
 #include "host_channel.h"
 #include "tap.h"
@@ -825,32 +826,6 @@ out:
 }
 
 #define CYCLES			12
-#define HOLD_PATH		"/sys/module/cenalloc/parameters/hold_ms"
-
-static bool hold_read(char *buf, size_t size)
-{
-	FILE *f = fopen(HOLD_PATH, "r");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fgets(buf, (int)size, f) != NULL;
-	fclose(f);
-	if (ok)
-		buf[strcspn(buf, "\n")] = 0;
-	return ok;
-}
-
-static bool hold_write(const char *value)
-{
-	FILE *f = fopen(HOLD_PATH, "w");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fputs(value, f) >= 0;
-	return fclose(f) == 0 && ok;
-}
 
 /*
  * @cycles leased cycles of @kib KiB buffers (create, attach, first map,
@@ -916,12 +891,13 @@ static enum tap_result test_a_leased_cycle_is_one_chain(void)
 		goto out;
 	index = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
 	if (!warm(ca, ct, index) ||
-	    !CHECK(hold_read(saved, sizeof(saved)), "read %s", HOLD_PATH) ||
-	    !CHECK(hold_write("1000"), "write %s", HOLD_PATH))
+	    !CHECK(ca_param_read("hold_ms", saved, sizeof(saved)) == 0,
+		   "read hold_ms") ||
+	    !CHECK(ca_param_write("hold_ms", "1000") == 0, "write hold_ms"))
 		goto out;
 	leased_cycles(ca, ct, index, 4, CYCLES);
 	leased_cycles(ca, ct, index, 64, 2 * CYCLES / 3);
-	CHECK(hold_write(saved), "restore hold_ms=%s", saved);
+	CHECK(ca_param_write("hold_ms", saved) == 0, "restore hold_ms=%s", saved);
 out:
 	ca_env_close(&ca, &ct, NULL);
 	return TAP_PASS;

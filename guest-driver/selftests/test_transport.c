@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ca_module.h"
 #include "cenalloc_util.h"
 #include "tap.h"
 
@@ -52,31 +53,6 @@ static bool transport_read(struct transport *t)
 	return t->kicks >= 0 && t->interrupts >= 0 && t->chains_sent >= 0 &&
 	       t->chains_done >= 0 && t->polls >= 0 && t->polled >= 0 &&
 	       t->poll_expired >= 0 && t->poll_yielded >= 0;
-}
-
-static bool param_read(char *buf, size_t size)
-{
-	FILE *f = fopen(POLL_PARAM_PATH, "r");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fgets(buf, (int)size, f) != NULL;
-	fclose(f);
-	if (ok)
-		buf[strcspn(buf, "\n")] = 0;
-	return ok;
-}
-
-static bool param_write(const char *value)
-{
-	FILE *f = fopen(POLL_PARAM_PATH, "w");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fputs(value, f) >= 0;
-	return fclose(f) == 0 && ok;
 }
 
 /* Opens the devices, device 0 with mask ANY; TAP_SKIP without debugfs. */
@@ -190,19 +166,22 @@ static enum tap_result cycles_with_poll(const char *value, struct transport *t)
 {
 	enum tap_result result;
 	char saved[32] = "";
-	int ca, ct;
+	int ca, ct, ret;
 
 	result = setup(&ca, &ct);
 	if (result != TAP_PASS)
 		goto out;
 	result = TAP_FAIL;
-	if (!CHECK(param_read(saved, sizeof(saved)), "read %s", POLL_PARAM_PATH) ||
-	    !CHECK(param_write(value), "write %s: %s", POLL_PARAM_PATH, strerror(errno)))
+	ret = ca_param_read("poll_us", saved, sizeof(saved));
+	if (!CHECK(ret == 0, "read %s: %s", POLL_PARAM_PATH, strerror(-ret)))
+		goto out;
+	ret = ca_param_write("poll_us", value);
+	if (!CHECK(ret == 0, "write %s: %s", POLL_PARAM_PATH, strerror(-ret)))
 		goto out;
 	if (CHECK(ca_transport_reset(), "reset") && cycles_run(ca, ct, CYCLES) &&
 	    CHECK(transport_read(t), "read %s", CA_TRANSPORT_PATH))
 		result = TAP_PASS;
-	CHECK(param_write(saved), "restore poll_us=%s", saved);
+	CHECK(ca_param_write("poll_us", saved) == 0, "restore poll_us=%s", saved);
 	tap_diag("poll_us=%s, %u cycles: %lld chains, %lld kicks, %lld interrupts",
 		 value, CYCLES, t->chains_sent, t->kicks, t->interrupts);
 	tap_diag("polls %lld: answered %lld, poll_us passed %lld, yielded %lld",
