@@ -8,6 +8,8 @@ pub enum Error {
     // ---- configuration (Pool::new) ----
     #[error("invalid pool configuration: {0}")]
     InvalidConfig(String),
+    #[error("an origin no pool can have (an id of 0 or too large, or serial 0)")]
+    BadOrigin,
 
     // ---- regions (Pool::add_region) ----
     #[error("no allocator with index {0}")]
@@ -139,6 +141,7 @@ impl Error {
         use Error::*;
         match self {
             InvalidConfig(_)
+            | BadOrigin
             | UnknownAllocator(_)
             | EmptyRegion { .. }
             | MisalignedRegion { .. }

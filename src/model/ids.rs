@@ -56,6 +56,11 @@ impl IdAllocator {
         None
     }
 
+    /// An allocator whose next id is `next` (1..=MAX_ID).
+    pub fn starting_at(next: u32) -> Self {
+        IdAllocator { next }
+    }
+
     pub fn commit(&mut self, id: u32) {
         self.next = Self::after(id);
     }

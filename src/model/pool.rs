@@ -81,6 +81,14 @@ pub struct LeasedMap {
     pub extent: u64,
 }
 
+/// Where an empty pool's ids and serials go on ([`Pool::origin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub next_buffer_id: u32,
+    pub next_attachment_id: u32,
+    pub next_serial: u64,
+}
+
 #[derive(Clone, Debug)]
 struct Backing {
     allocator: usize,
@@ -280,6 +288,43 @@ impl Pool {
         fresh.next_serial = self.next_serial;
         *self = fresh;
         Ok(())
+    }
+
+    /// What a pool just built or cleared carries from its past: where its
+    /// ids and serials go on. [`Pool::from_origin`] builds that pool again.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            next_buffer_id: self.buffer_ids.next_value(),
+            next_attachment_id: self.attachment_ids.next_value(),
+            next_serial: self.next_serial,
+        }
+    }
+
+    /// Whether the pool holds nothing: no buffer, attachment, region or
+    /// leased extent (as after [`Pool::clear`]).
+    pub fn is_pristine(&self) -> bool {
+        self.buffers.is_empty()
+            && self.attachments.is_empty()
+            && self.regions.is_empty()
+            && self.allocators.iter().all(|slot| slot.stock.is_empty())
+    }
+
+    /// The empty pool [`Pool::clear`] would leave when its ids and serials
+    /// stood at `origin` (a journal's starting point). An origin no pool
+    /// can have (an id of 0 or above the largest, serial 0) is refused.
+    pub fn from_origin(config: PoolConfig, origin: Origin) -> Result<Pool, Error> {
+        let valid_id = |id: u32| (1..=super::MAX_ID).contains(&id);
+        if !valid_id(origin.next_buffer_id)
+            || !valid_id(origin.next_attachment_id)
+            || origin.next_serial == 0
+        {
+            return Err(Error::BadOrigin);
+        }
+        let mut pool = Pool::new(config)?;
+        pool.buffer_ids = IdAllocator::starting_at(origin.next_buffer_id);
+        pool.attachment_ids = IdAllocator::starting_at(origin.next_attachment_id);
+        pool.next_serial = origin.next_serial;
+        Ok(pool)
     }
 
     /// Donates `[addr, addr + len)` to allocator `allocator`. The region must
