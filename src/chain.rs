@@ -303,12 +303,24 @@ impl ControlWork {
         let Some(response) = filter.answer(request, response) else {
             return Outcome::Withheld;
         };
-        match self.writable.scatter(mem, &response) {
-            Ok(written) => Outcome::Written(written as u32),
+        let written = match self.writable.scatter(mem, &response) {
+            Ok(written) => written as u32,
             Err(error) => {
                 log::debug!("answer of a control chain lost: {error}");
-                Outcome::Written(0)
+                0
             }
+        };
+        // Written, not yet on the used ring: the journal's moment.
+        if let ControlState::Running(batch) = &self.state {
+            device.commit_batch(batch, written);
+        }
+        Outcome::Written(written)
+    }
+
+    /// Names the chain (its avail index and head) in the journal.
+    pub fn set_chain(&mut self, position: u16, head: u16) {
+        if let ControlState::Running(batch) = &mut self.state {
+            batch.set_chain(position, head);
         }
     }
 

@@ -31,6 +31,7 @@
 
 pub mod model;
 
+pub mod adoption;
 pub mod chain;
 pub mod config;
 pub mod control;

@@ -133,6 +133,48 @@ pub fn check_usable(vring: &VringRwLock, mem: &MemoryGuard) -> Result<(), RingEr
     }
 }
 
+/// After the serving process was replaced: the ring goes on from the used
+/// index in guest memory (what the dead process published), not from the
+/// base the session set up long ago. `committed` is the last answer the
+/// dead process committed (avail position, head, used length): if the used
+/// ring does not show it yet, it is published now, once, instead of its
+/// chain running again. Returns where the ring goes on and whether that
+/// answer was published now; `None` if the ring was never set up (nothing
+/// ran on it).
+pub fn resume_at_used(
+    vring: &VringRwLock,
+    mem: &MemoryGuard,
+    committed: Option<(u16, u16, u32)>,
+) -> Result<Option<(u16, bool)>, RingError> {
+    let mut state = vring.get_mut();
+    let queue = state.get_queue_mut();
+    if queue.avail_ring() == 0 || queue.used_ring() == 0 || queue.size() == 0 {
+        return Ok(None);
+    }
+    let used = queue
+        .used_idx(&**mem, Ordering::Acquire)
+        .map_err(|e| RingError::Memory(e.to_string()))?
+        .0;
+    queue.set_next_avail(used);
+    queue.set_next_used(used);
+    let Some((position, head, len)) = committed.filter(|&(position, ..)| position == used) else {
+        return Ok(Some((used, false)));
+    };
+    if head >= queue.size() {
+        return Err(RingError::Head {
+            head,
+            position,
+            size: queue.size(),
+        });
+    }
+    queue
+        .add_used(&**mem, head, len)
+        .map_err(|e| RingError::Memory(e.to_string()))?;
+    let next = used.wrapping_add(1);
+    queue.set_next_avail(next);
+    Ok(Some((next, true)))
+}
+
 /// The next available chain; `None` when the ring is drained or no longer
 /// ready (the front-end is stopping it).
 pub fn take(vring: &VringRwLock, mem: &MemoryGuard) -> Result<Option<Taken<Chain>>, RingError> {

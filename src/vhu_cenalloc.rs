@@ -59,7 +59,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
+use crate::adoption::{self, Adopted, JournalSlot};
 use crate::chain::{self, ControlWork, Outcome};
 use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
@@ -82,7 +84,15 @@ pub enum Error {
     Device(#[from] device::Error),
     #[error("cannot create the exit event: {0}")]
     ExitEvent(io::Error),
+    #[error("device journal: {0}")]
+    Journal(#[from] crate::journal::Error),
+    #[error("cannot create the take-over event: {0}")]
+    AdoptEvent(io::Error),
 }
+
+/// The event (past the queues and the exit event) that hands the vrings to
+/// a backend taking a VM over before any kick ([`CenallocBackend::adopt_event`]).
+pub const ADOPT_EVENT: u16 = CENALLOC_NUM_VQS as u16 + 1;
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
@@ -237,7 +247,9 @@ fn work_for(
         );
         waiting.work.abandon(device);
     }
-    ControlWork::start(device, parsed)
+    let mut work = ControlWork::start(device, parsed);
+    work.set_chain(position, head);
+    work
 }
 
 /// Sends the pending events, oldest first. While the event ring is stopped
@@ -329,6 +341,17 @@ pub struct CenallocBackend {
     fault: Option<Mutex<crate::fault::Injector>>,
     /// Host views of this VM's buffers (the control socket's exports).
     exports: Arc<Exports>,
+    /// Supervised restart: the journal to rebuild the device from, once the
+    /// guest memory is known ([`crate::adoption`]).
+    adoption: Mutex<Option<adoption::Pending>>,
+    /// What the take-over found, once done.
+    adopted: Mutex<Option<Adopted>>,
+    /// Signalled once at start-up when taking over, so that the vrings
+    /// reach this backend ([`ADOPT_EVENT`]) before any kick: a ring stop
+    /// (GET_VRING_BASE) that comes first needs them.
+    adopt_event: Option<EventFd>,
+    /// The vrings, from the first event.
+    vrings: std::sync::OnceLock<Vec<VringRwLock>>,
 }
 
 impl CenallocBackend {
@@ -357,7 +380,79 @@ impl CenallocBackend {
             #[cfg(feature = "fault-injection")]
             fault: None,
             exports,
+            adoption: Mutex::new(None),
+            adopted: Mutex::new(None),
+            adopt_event: None,
+            vrings: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The backend with its device journaled in `slot`'s file: a fresh
+    /// journal, or one to take the VM over from (the device is rebuilt
+    /// from it before the first chain).
+    pub fn with_journal(mut self, slot: JournalSlot) -> Result<Self, Error> {
+        match slot {
+            JournalSlot::Fresh(fd) => {
+                let worker = self.worker.get_mut();
+                let origin = worker.device.origin();
+                let journal = crate::journal::Journal::create_in(
+                    fd,
+                    origin,
+                    crate::journal::DEFAULT_LIMIT,
+                )?;
+                let device = std::mem::replace(&mut worker.device, Device::new(self.config.clone())?);
+                worker.device = device.with_journal(journal);
+            }
+            JournalSlot::Adopt(fd) => {
+                let pending = adoption::Pending::open(fd, &self.config)?;
+                *lock(&self.adoption) = Some(pending);
+                let event = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(Error::AdoptEvent)?;
+                event.write(1).map_err(Error::AdoptEvent)?;
+                self.adopt_event = Some(event);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The descriptor to register as [`ADOPT_EVENT`] with the vring
+    /// handler, when taking a VM over (already signalled).
+    pub fn adopt_event(&self) -> Option<std::os::fd::RawFd> {
+        self.adopt_event.as_ref().map(|event| event.as_raw_fd())
+    }
+
+    /// What the take-over found, once it happened.
+    pub fn adopted(&self) -> Option<Adopted> {
+        lock(&self.adopted).clone()
+    }
+
+    /// Takes the VM over if a journal waits and the guest memory is known:
+    /// the device rebuilt, the rings where the dead process left them.
+    fn take_over(&self, vrings: &[VringRwLock]) {
+        if !self.has_memory.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(pending) = lock(&self.adoption).take() else {
+            return;
+        };
+        let (Some(control), Some(events)) = (
+            vrings.get(CENALLOC_VQ_CONTROL as usize),
+            vrings.get(CENALLOC_VQ_EVENT as usize),
+        ) else {
+            return;
+        };
+        let mem = self.memory.memory();
+        let mut worker = self.worker.lock();
+        match adoption::adopt(pending, &self.config, &mem, control, events) {
+            Ok((device, adopted)) => {
+                let mut device = device.with_watch(self.exports.clone());
+                device.set_vm_name(&self.name);
+                worker.device = device;
+                worker.suspended = None;
+                self.exports.check(worker.device.pool());
+                *lock(&self.adopted) = Some(adopted);
+            }
+            Err(e) => error!("{}: cannot take the device over: {e}", self.name),
+        }
     }
 
     /// The backend with the test hooks of `hooks` (nothing in normal builds).
@@ -445,7 +540,19 @@ impl VhostUserBackend for CenallocBackend {
         debug!("device reset: dropping all buffers");
         let mut worker = self.stop_worker();
         match Worker::new(self.config.clone(), &self.exports, &self.name) {
-            Ok(fresh) => *worker = fresh,
+            Ok(mut fresh) => {
+                // The journal goes on, from the new device's origin.
+                if let Some(mut journal) = worker.device.take_journal() {
+                    match journal.restart(fresh.device.origin()) {
+                        Ok(()) => fresh.device.set_journal(journal),
+                        Err(e) => {
+                            error!("reset: the device journal cannot start over: {e}");
+                            journal.mark_broken();
+                        }
+                    }
+                }
+                *worker = fresh
+            }
             Err(e) => error!("reset: cannot rebuild the device state: {e}"),
         }
         self.exports.check(worker.device.pool());
@@ -459,6 +566,11 @@ impl VhostUserBackend for CenallocBackend {
     /// to go on when the ring runs again. A queue stopped for an invalid
     /// ring state may be used again once restarted.
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // A ring stop right after a take-over: the base QEMU gets back must
+        // be where the dead process left the ring.
+        if let Some(vrings) = self.vrings.get() {
+            self.take_over(vrings);
+        }
         match u16::try_from(queue_index) {
             Ok(CENALLOC_VQ_CONTROL) => {
                 let mut worker = self.stop_worker();
@@ -558,6 +670,18 @@ impl VhostUserBackend for CenallocBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        if self.vrings.get().is_none() {
+            let _ = self.vrings.set(vrings.to_vec());
+        }
+        if device_event == ADOPT_EVENT {
+            if let Some(event) = &self.adopt_event {
+                // Drained: the vrings are here now.
+                let _ = event.read();
+            }
+            self.take_over(vrings);
+            return Ok(());
+        }
+        self.take_over(vrings);
         if evset != EventSet::IN {
             self.bad_kick(
                 device_event,

@@ -231,6 +231,17 @@ impl Device {
         self
     }
 
+    /// Takes the journal away (the device journals no more).
+    pub fn take_journal(&mut self) -> Option<Journal> {
+        self.journal.take()
+    }
+
+    /// Journals from now on to `journal`, which must start at this
+    /// device's [`Device::origin`] with no records.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
     /// The journal, if this device keeps one and it has not failed.
     pub fn journal(&self) -> Option<&Journal> {
         self.journal.as_ref()
@@ -263,6 +274,7 @@ impl Device {
         request: &[u8],
         writable_len: usize,
         chain: Option<(u16, u16)>,
+        used_len: u32,
         end: journal::End,
     ) {
         if self.journal.is_none() {
@@ -273,14 +285,20 @@ impl Device {
             writable_len: u32::try_from(writable_len).unwrap_or(u32::MAX),
             end,
             chain,
+            used_len,
         });
         self.write_journal(&record);
-        self.compact_journal();
+        let answer = match (end, chain) {
+            (journal::End::Answered { .. }, Some(chain)) => Some((chain, used_len)),
+            _ => None,
+        };
+        self.compact_journal(answer);
     }
 
     /// After a batch that left the device as empty as a new one (a RESET),
-    /// the journal starts over from here.
-    fn compact_journal(&mut self) {
+    /// the journal starts over from here, remembering that batch's
+    /// `answer` (its chain and used length) until the next one.
+    fn compact_journal(&mut self, answer: Option<((u16, u16), u32)>) {
         if !self.pool.is_pristine() || !self.events.is_empty() {
             return;
         }
@@ -292,7 +310,13 @@ impl Device {
             return;
         }
         if let Some(journal) = &mut self.journal {
-            if let Err(e) = journal.restart(origin) {
+            let restarted = journal.restart(origin).and_then(|()| match answer {
+                Some((chain, used_len)) => {
+                    journal.append(&journal::Record::Answer { chain, used_len })
+                }
+                None => Ok(()),
+            });
+            if let Err(e) = restarted {
                 self.log.warn(format_args!(
                     "journal: cannot start it over: {e}; a restart will not restore this device"
                 ));
@@ -398,6 +422,7 @@ impl Device {
         };
         loop {
             if let Progress::Done(answer) = self.run_batch(mem, &mut batch, &mut || false) {
+                self.commit_batch(&batch, answer.len() as u32);
                 return answer;
             }
         }
@@ -453,8 +478,8 @@ impl Device {
     ) -> Progress {
         let Batch {
             request,
-            writable_len,
-            chain,
+            writable_len: _,
+            chain: _,
             frames,
             response,
             produced,
@@ -546,17 +571,23 @@ impl Device {
             }
         }
         response[..size_of::<BatchResp>()].copy_from_slice(status.as_slice());
-        // Committed before the caller publishes the answer.
+        Progress::Done(std::mem::take(response))
+    }
+
+    /// Commits a batch [`Device::run_batch`] finished, once its answer
+    /// (`used_len` bytes) is written into its chain and before it is put on
+    /// the used ring: the journal then has every answer the guest can see.
+    pub fn commit_batch(&mut self, batch: &Batch, used_len: u32) {
         self.journal_batch(
-            request,
-            *writable_len,
-            *chain,
+            &batch.request,
+            batch.writable_len,
+            batch.chain,
+            used_len,
             journal::End::Answered {
-                status: status.status as i32,
-                num_done: status.num_done,
+                status: batch.status.status as i32,
+                num_done: batch.status.num_done,
             },
         );
-        Progress::Done(std::mem::take(response))
     }
 
     /// Gives up an unfinished batch (its chain is not coming back): a MAP
@@ -571,6 +602,7 @@ impl Device {
                 &batch.request,
                 batch.writable_len,
                 batch.chain,
+                0,
                 journal::End::Abandoned {
                     completed: batch.next as u32,
                     pending: batch.pending.is_some(),
@@ -2461,9 +2493,13 @@ mod proptests {
                     let request = framed(cmds);
                     if let Ok(mut batch) = device.begin_batch(request, 1 << 16) {
                         batch.set_chain(position as u16, 0);
-                        while let Progress::Yielded =
-                            device.run_batch(mem, &mut batch, &mut || false)
-                        {
+                        loop {
+                            if let Progress::Done(answer) =
+                                device.run_batch(mem, &mut batch, &mut || false)
+                            {
+                                device.commit_batch(&batch, answer.len() as u32);
+                                break;
+                            }
                         }
                     }
                 }
@@ -2477,9 +2513,12 @@ mod proptests {
                             left -= 1;
                             false
                         };
-                        if let Progress::Yielded = device.run_batch(mem, &mut batch, &mut yield_now)
-                        {
-                            device.abandon_batch(batch);
+                        match device.run_batch(mem, &mut batch, &mut yield_now) {
+                            Progress::Yielded => device.abandon_batch(batch),
+                            // It finished before it could be given up.
+                            Progress::Done(answer) => {
+                                device.commit_batch(&batch, answer.len() as u32)
+                            }
                         }
                     }
                 }
@@ -2626,7 +2665,16 @@ mod proptests {
             Life::Batch(vec![reset.clone()]),
         ];
         let device = live(&mem, &life);
-        assert!(device.journal().unwrap().is_empty());
+        {
+            use std::os::fd::AsFd;
+            let fd = device.journal().unwrap().as_fd().try_clone_to_owned().unwrap();
+            let (_, _, records) = Journal::adopt(fd, journal::DEFAULT_LIMIT).unwrap();
+            // Only the RESET batch's answer, at its chain (position 1).
+            assert!(
+                matches!(records.as_slice(), [journal::Record::Answer { chain: (1, 0), .. }]),
+                "{records:?}"
+            );
+        }
         let successor = replayed(&device, &mem).unwrap();
         assert_eq!(successor.pool.snapshot(), device.pool.snapshot());
         assert_eq!(successor.origin(), device.origin());

@@ -6,9 +6,11 @@
 //!
 //! The device is deterministic given its configuration, where its ids
 //! started ([`Origin`]) and the batches it ran, so the journal holds those
-//! and not the state: an [`Origin`] (in the header), then one [`Record::Batch`] per batch
-//! whose answer is about to be published (written before the used ring
-//! entry, so an answer the guest saw is always in the journal), and one
+//! and not the state: an [`Origin`] (in the header), then one
+//! [`Record::Batch`] per batch whose answer is about to be published
+//! (written into the chain, then journaled, then put on the used ring: an
+//! answer the guest saw is always in the journal, and one journaled but
+//! not on the used ring yet is published by the successor), and one
 //! [`Record::EventPopped`] per event the event ring took. A batch given up
 //! half-way (its chain never came back) is journaled with how far it got.
 //! [`Device::replay`](crate::device::Device::replay) runs the records
@@ -51,8 +53,9 @@ const RECORD_HEADER: usize = 8;
 
 const KIND_BATCH: u8 = 2;
 /// Bytes of a batch record's fields before its request.
-const BATCH_FIELDS: usize = 24;
+const BATCH_FIELDS: usize = 28;
 const KIND_EVENT_POPPED: u8 = 3;
+const KIND_ANSWER: u8 = 4;
 
 /// The largest journal when nothing else is asked for.
 pub const DEFAULT_LIMIT: u64 = 256 << 20;
@@ -97,6 +100,8 @@ pub struct BatchRecord {
     /// head (a successor publishes a committed answer the used ring does
     /// not show yet, rather than running the chain again).
     pub chain: Option<(u16, u16)>,
+    /// Bytes of the answer written into the chain (its used length).
+    pub used_len: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +109,29 @@ pub enum Record {
     Batch(BatchRecord),
     /// The oldest pending event was taken off the device's queue.
     EventPopped,
+    /// The answer of a batch whose effects the origin already holds (the
+    /// journal started over after it): not replayed, only published if the
+    /// used ring does not show it yet.
+    Answer {
+        chain: (u16, u16),
+        used_len: u32,
+    },
+}
+
+/// The last answer `records` committed: its chain's avail position and
+/// head and its used length (later events do not hide it; a batch given up
+/// or without a chain ends the search: its chain was never answered).
+pub fn last_answer(records: &[Record]) -> Option<(u16, u16, u32)> {
+    records.iter().rev().find_map(|record| match record {
+        Record::EventPopped => None,
+        Record::Answer { chain, used_len } => Some(Some((chain.0, chain.1, *used_len))),
+        Record::Batch(batch) => Some(match (batch.end, batch.chain) {
+            (End::Answered { .. }, Some((position, head))) => {
+                Some((position, head, batch.used_len))
+            }
+            _ => None,
+        }),
+    })?
 }
 
 /// Appends `record`'s encoding to `out`.
@@ -127,10 +155,17 @@ fn encode(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&known.to_le_bytes());
             out.extend_from_slice(&position.to_le_bytes());
             out.extend_from_slice(&head.to_le_bytes());
+            out.extend_from_slice(&batch.used_len.to_le_bytes());
             out.extend_from_slice(&batch.request);
             KIND_BATCH
         }
         Record::EventPopped => KIND_EVENT_POPPED,
+        Record::Answer { chain, used_len } => {
+            out.extend_from_slice(&chain.0.to_le_bytes());
+            out.extend_from_slice(&chain.1.to_le_bytes());
+            out.extend_from_slice(&used_len.to_le_bytes());
+            KIND_ANSWER
+        }
     };
     let body = (out.len() - start - RECORD_HEADER) as u32;
     out[start..start + 4].copy_from_slice(&body.to_le_bytes());
@@ -213,6 +248,7 @@ fn decode(bytes: &[u8], base: u64) -> Result<Vec<Record>, Error> {
                     writable_len: u32_at(body, 0),
                     end,
                     chain,
+                    used_len: u32_at(body, 24),
                     request: body[BATCH_FIELDS..].to_vec(),
                 })
             }
@@ -221,6 +257,18 @@ fn decode(bytes: &[u8], base: u64) -> Result<Vec<Record>, Error> {
                     return Err(bad("event record with a body"));
                 }
                 Record::EventPopped
+            }
+            KIND_ANSWER => {
+                if len != 8 {
+                    return Err(bad("answer record of the wrong size"));
+                }
+                Record::Answer {
+                    chain: (
+                        u16::from_le_bytes([body[0], body[1]]),
+                        u16::from_le_bytes([body[2], body[3]]),
+                    ),
+                    used_len: u32_at(body, 4),
+                }
             }
             _ => return Err(bad("unknown kind")),
         };
@@ -252,7 +300,14 @@ impl Journal {
             return Err(io::Error::last_os_error().into());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Self::create_in(unsafe { OwnedFd::from_raw_fd(fd) }, origin, limit)
+    }
+
+    /// A new journal in the file `fd` (a memfd the holder keeps), whatever
+    /// it held before.
+    pub fn create_in(fd: OwnedFd, origin: Origin, limit: u64) -> Result<Journal, Error> {
+        let file = File::from(fd);
+        file.set_len(0)?;
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(&MAGIC);
         header[VERSION_AT as usize..VERSION_AT as usize + 4]

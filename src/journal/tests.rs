@@ -16,6 +16,7 @@ fn batch(request: &[u8], end: End) -> Record {
         writable_len: 4096,
         end,
         chain: Some((3, 17)),
+        used_len: 24,
     })
 }
 
@@ -40,6 +41,10 @@ fn records_come_back_in_order_with_the_origin() {
             },
         ),
         Record::EventPopped,
+        Record::Answer {
+            chain: (65535, 3),
+            used_len: 40,
+        },
         batch(
             b"",
             End::Abandoned {
@@ -55,6 +60,7 @@ fn records_come_back_in_order_with_the_origin() {
                 num_done: 0,
             },
             chain: None,
+            used_len: 0,
         }),
     ];
     for record in &records {
@@ -227,15 +233,38 @@ proptest! {
         a in any::<u32>(),
         b in any::<u32>(),
         chain in proptest::option::of(any::<(u16, u16)>()),
+        used_len in any::<u32>(),
     ) {
         let end = if answered {
             End::Answered { status: a as i32, num_done: b }
         } else {
             End::Abandoned { completed: a, pending: b % 2 == 1 }
         };
-        let record = Record::Batch(BatchRecord { request, writable_len, end, chain });
+        let record = Record::Batch(BatchRecord { request, writable_len, end, chain, used_len });
         let mut bytes = Vec::new();
         encode(&record, &mut bytes);
         prop_assert_eq!(decode(&bytes, HEADER_LEN).unwrap(), vec![record]);
     }
+}
+
+#[test]
+fn the_last_answer_is_the_last_answered_batch_with_a_chain() {
+    let answered = |position: u16, used_len: u32| {
+        Record::Batch(BatchRecord {
+            request: vec![],
+            writable_len: 64,
+            end: End::Answered { status: 0, num_done: 1 },
+            chain: Some((position, 7)),
+            used_len,
+        })
+    };
+    assert_eq!(last_answer(&[]), None);
+    assert_eq!(
+        last_answer(&[answered(1, 8), answered(2, 16), Record::EventPopped]),
+        Some((2, 7, 16))
+    );
+    let abandoned = batch(b"", End::Abandoned { completed: 0, pending: true });
+    assert_eq!(last_answer(&[answered(1, 8), abandoned]), None);
+    let marker = Record::Answer { chain: (9, 1), used_len: 24 };
+    assert_eq!(last_answer(&[marker, Record::EventPopped]), Some((9, 1, 24)));
 }
