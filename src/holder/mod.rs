@@ -4,3 +4,5 @@
 //! be replaced. It contains no device logic.
 
 pub mod frame;
+pub mod record;
+pub mod request;
