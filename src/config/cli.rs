@@ -163,12 +163,13 @@ pub struct Args {
 
     /// With --supervise: give up (close the front-end connections and
     /// exit) when more than N serving processes died within
-    /// --restart-window.
-    #[arg(long, value_name = "N", default_value_t = 5, requires = "supervise")]
+    /// --restart-window. Ignored without --supervise.
+    #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_restarts: u32,
 
     /// With --supervise: the window of --max-restarts, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "supervise",
+    /// Ignored without --supervise.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub restart_window: u64,
 
@@ -176,12 +177,23 @@ pub struct Args {
     /// listening socket handed down by the holder, NAME=FD, the control
     /// socket named `control`. Replaces every socket of the command line,
     /// the configuration file and socket activation.
-    #[arg(long = "holder-fd", value_name = "NAME=FD", hide = true, conflicts_with = "supervise")]
+    #[arg(
+        long = "holder-fd",
+        value_name = "NAME=FD",
+        hide = true,
+        conflicts_with = "supervise"
+    )]
     pub holder_fds: Vec<NamedFd>,
 
     /// Internal (set by the holder of --supervise for its child): how many
     /// serving processes died before this one (0 at the first start).
-    #[arg(long, value_name = "N", default_value_t = 0, hide = true, requires = "holder_fds")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        hide = true,
+        requires = "holder_fds"
+    )]
     pub restarted: u32,
 
     /// Print the backend capabilities as JSON and exit.

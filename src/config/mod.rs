@@ -298,7 +298,10 @@ impl Config {
                 .iter()
                 .map(|named| ActivatedSocket {
                     fd: named.fd,
-                    name: named.name.clone().unwrap_or_else(|| format!("fd{}", named.fd)),
+                    name: named
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("fd{}", named.fd)),
                 })
                 .collect();
             (&handed_down[..], &no_paths, &no_fds)

@@ -145,11 +145,21 @@ fn effect(frame: &Frame) -> Effect {
                     }
             )
         })),
-        GET_PROTOCOL_FEATURES | GET_QUEUE_NUM | GET_CONFIG | GET_INFLIGHT_FD | GET_MAX_MEM_SLOTS
-        | GET_STATUS | GET_SHARED_OBJECT | CHECK_DEVICE_STATE | GET_SHMEM_CONFIG | SEND_RARP
-        | IOTLB_MSG | SET_DEVICE_STATE_FD | POSTCOPY_ADVISE | POSTCOPY_LISTEN | POSTCOPY_END => {
-            Effect::Ignore
-        }
+        GET_PROTOCOL_FEATURES
+        | GET_QUEUE_NUM
+        | GET_CONFIG
+        | GET_INFLIGHT_FD
+        | GET_MAX_MEM_SLOTS
+        | GET_STATUS
+        | GET_SHARED_OBJECT
+        | CHECK_DEVICE_STATE
+        | GET_SHMEM_CONFIG
+        | SEND_RARP
+        | IOTLB_MSG
+        | SET_DEVICE_STATE_FD
+        | POSTCOPY_ADVISE
+        | POSTCOPY_LISTEN
+        | POSTCOPY_END => Effect::Ignore,
         other => Effect::Keep(Key::Other(other)),
     }
 }
@@ -292,11 +302,15 @@ mod tests {
 
     /// A ring started as QEMU starts it.
     fn start_ring(record: &mut Record, index: u32, base: u32) {
-        record.keep(msg(SET_VRING_NUM, state(index, 256), 0)).unwrap();
+        record
+            .keep(msg(SET_VRING_NUM, state(index, 256), 0))
+            .unwrap();
         let mut addr = state(index, 0);
         addr.extend(u64s(&[0x1000, 0x2000, 0x3000, 0]));
         record.keep(msg(SET_VRING_ADDR, addr, 0)).unwrap();
-        record.keep(msg(SET_VRING_BASE, state(index, base), 0)).unwrap();
+        record
+            .keep(msg(SET_VRING_BASE, state(index, base), 0))
+            .unwrap();
         record
             .keep(msg(SET_VRING_CALL, u64s(&[index as u64]), 1))
             .unwrap();
@@ -430,9 +444,7 @@ mod tests {
         record.keep(first).unwrap();
         assert_eq!(open_links(&files), 2);
         let mut region = u64s(&[0, 0x1000, 0x2000, 0, 0]);
-        record
-            .keep(msg(ADD_MEM_REG, region.clone(), 1))
-            .unwrap();
+        record.keep(msg(ADD_MEM_REG, region.clone(), 1)).unwrap();
         record.keep(msg(SET_MEM_TABLE, vec![0; 72], 2)).unwrap();
         assert_eq!(open_links(&files), 0, "the old table's fds are open");
         assert_eq!(record.fd_count(), 2);
