@@ -108,7 +108,7 @@ fn open_listener(
 fn private_parent() -> PathBuf {
     ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
         .iter()
-        .filter_map(|var| std::env::var_os(var))
+        .filter_map(std::env::var_os)
         .map(PathBuf::from)
         .find(|dir| dir.is_dir())
         .unwrap_or_else(std::env::temp_dir)
