@@ -39,6 +39,7 @@ pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fd_budget;
+pub mod holder;
 pub mod journal;
 pub mod listen;
 pub mod memory_table;

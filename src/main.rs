@@ -6,7 +6,11 @@
 //!           [--control-socket /run/cenalloc/control.sock] [--pool KIND:SIZE[:OPTS]]... [--config FILE]
 //! cenallocd --fd [NAME=]FD ...   # a listening unix socket inherited from the caller
 //! LISTEN_FDS=... cenallocd ...   # systemd socket activation
+//! cenallocd --supervise ...       # a holder keeps the connections, restarts the server
 //! ```
+//! With `--supervise` this process is the holder (src/holder/mod.rs): it
+//! binds the sockets and keeps every front-end connection, and serves them
+//! from a child process it restarts when it dies.
 //! Each socket is one VM; each front-end gets its own device state and
 //! threads. Never daemonizes; logs to stderr (level from `RUST_LOG`,
 //! default info). Start-up: bind every socket, drop privileges (`--user`),
@@ -27,6 +31,7 @@ use vhost::vhost_user::Listener;
 use cenalloc::config::{Args, Config, ListenOn};
 use cenalloc::control::server::{self, ControlPolicy};
 use cenalloc::fd_budget;
+use cenalloc::holder;
 use cenalloc::listen::{self, OwnedPath};
 use cenalloc::protocol;
 use cenalloc::registry::Registry;
@@ -124,6 +129,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let supervise = args.supervise.then(|| holder::RestartLimit {
+        max_restarts: args.max_restarts,
+        window: std::time::Duration::from_secs(args.restart_window),
+    });
+    let restarted = args.restarted;
     let config = match Config::build(args, &activated) {
         Ok(config) => config,
         Err(e) => {
@@ -131,6 +141,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+
+    if let Some(limit) = supervise {
+        let args = holder::child_args(std::env::args_os().skip(1));
+        return holder::run(&config, args, limit);
+    }
+    if restarted > 0 {
+        info!(
+            "started again by the holder ({restarted} serving processes died before this one): \
+             the vhost-user sessions are replayed, the device state starts empty"
+        );
+    }
 
     // Before the sandbox (no setrlimit there): the control policy below is
     // sized from this limit.

@@ -154,6 +154,48 @@ pub struct Args {
     #[arg(long, value_name = "US")]
     pub poll_us: Option<u32>,
 
+    /// Run as a holder (see src/holder/mod.rs): keep the sockets and every
+    /// front-end connection in this process, serve them from a child
+    /// process started from the same binary, and start a new child, with
+    /// the vhost-user session replayed, when it dies.
+    #[arg(long)]
+    pub supervise: bool,
+
+    /// With --supervise: give up (close the front-end connections and
+    /// exit) when more than N serving processes died within
+    /// --restart-window. Ignored without --supervise.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_restarts: u32,
+
+    /// With --supervise: the window of --max-restarts, in seconds.
+    /// Ignored without --supervise.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub restart_window: u64,
+
+    /// Internal (set by the holder of --supervise for its child): a
+    /// listening socket handed down by the holder, NAME=FD, the control
+    /// socket named `control`. Replaces every socket of the command line,
+    /// the configuration file and socket activation.
+    #[arg(
+        long = "holder-fd",
+        value_name = "NAME=FD",
+        hide = true,
+        conflicts_with = "supervise"
+    )]
+    pub holder_fds: Vec<NamedFd>,
+
+    /// Internal (set by the holder of --supervise for its child): how many
+    /// serving processes died before this one (0 at the first start).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        hide = true,
+        requires = "holder_fds"
+    )]
+    pub restarted: u32,
+
     /// Print the backend capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,

@@ -254,6 +254,8 @@ pub enum Error {
     },
     #[error("[daemon] {0}")]
     Daemon(String),
+    #[error("VM {0:?}: the holder (--supervise) handed down no socket for it")]
+    NotHandedDown(String),
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
 }
@@ -280,7 +282,32 @@ impl Config {
     /// Builds and validates the configuration from the command line, the
     /// configuration file it names and the sockets passed by socket
     /// activation.
+    ///
+    /// The child of a holder (`--holder-fd`, see `crate::holder`) takes
+    /// every socket from the holder: the `--holder-fd` sockets stand for
+    /// socket activation, and the command line's and the file's socket
+    /// paths and `--fd`s (the holder's) are not used.
     pub fn build(args: Args, activated: &[ActivatedSocket]) -> Result<Config, Error> {
+        let handed_down: Vec<ActivatedSocket>;
+        let no_paths: Vec<NamedPath> = Vec::new();
+        let no_fds: Vec<NamedFd> = Vec::new();
+        let from_holder = !args.holder_fds.is_empty();
+        let (activated, socket_paths, fds) = if from_holder {
+            handed_down = args
+                .holder_fds
+                .iter()
+                .map(|named| ActivatedSocket {
+                    fd: named.fd,
+                    name: named
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("fd{}", named.fd)),
+                })
+                .collect();
+            (&handed_down[..], &no_paths, &no_fds)
+        } else {
+            (activated, &args.socket_paths, &args.fds)
+        };
         let file = match &args.config {
             Some(path) => read_config_file(path)?,
             None => ConfigFile::default(),
@@ -312,7 +339,7 @@ impl Config {
                 device: base.clone(),
             });
         }
-        for named in &args.socket_paths {
+        for named in socket_paths {
             let name = match &named.name {
                 Some(name) => checked_name(name)?,
                 None => name_of_path(&named.path)?,
@@ -323,7 +350,7 @@ impl Config {
                 device: base.clone(),
             });
         }
-        for named in &args.fds {
+        for named in fds {
             let name = match &named.name {
                 Some(name) => checked_name(name)?,
                 None => format!("fd{}", named.fd),
@@ -356,6 +383,7 @@ impl Config {
             // the daemon then binds nothing for it.
             let listen = match activated.iter().find(|s| s.name == vm.name) {
                 Some(socket) => ListenOn::Fd(socket.fd),
+                None if from_holder => return Err(Error::NotHandedDown(vm.name.clone())),
                 None => ListenOn::Path(vm.socket.clone()),
             };
             vms.push(VmConfig {
@@ -443,10 +471,13 @@ impl Config {
                 .as_ref()
                 .or(daemon_file.control_socket_group.as_ref()),
         )?;
-        let control_path = args
-            .control_socket
-            .clone()
-            .or_else(|| daemon_file.control_socket.clone());
+        let control_path = if from_holder {
+            None
+        } else {
+            args.control_socket
+                .clone()
+                .or_else(|| daemon_file.control_socket.clone())
+        };
         let control_listen = match (control_path, control_fd) {
             (Some(_), Some(_)) => return Err(Error::TwoControlSockets),
             (Some(path), None) => Some(ListenOn::Path(path)),

@@ -522,3 +522,90 @@ size = "16M"
     assert_eq!(device.pool.allocators[0].strategy, Strategy::Contiguous);
     assert_eq!(device.pool_sizes, vec![32 << 20, 16 << 20]);
 }
+
+#[test]
+fn the_child_of_a_holder_takes_every_socket_from_it() {
+    let dir = std::env::temp_dir().join(format!("cenalloc-handoff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cenallocd.toml");
+    std::fs::write(
+        &file,
+        "[daemon]\ncontrol_socket = \"/run/c.sock\"\n[[vm]]\nname = \"vm3\"\nsocket = \"/run/vm3.sock\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let holder = [
+        "--socket-path",
+        "vm1=/run/vm1.sock",
+        "--fd",
+        "vm2=9",
+        "--config",
+        file,
+        "--control-socket",
+        "/run/other.sock",
+    ];
+    // What the holder itself sees: paths, an inherited fd, the file's VM.
+    assert!(matches!(
+        Config::build(args(&holder[..6]), &[]),
+        Ok(config) if config.vms.len() == 3
+    ));
+    let mut child = holder.to_vec();
+    child.extend([
+        "--holder-fd",
+        "vm1=5",
+        "--holder-fd",
+        "vm2=6",
+        "--holder-fd",
+        "vm3=7",
+        "--holder-fd",
+        "control=8",
+        "--restarted",
+        "2",
+    ]);
+    let config = Config::build(args(&child), &[]).unwrap();
+    let mut vms: Vec<_> = config
+        .vms
+        .iter()
+        .map(|vm| (vm.name.as_str(), vm.listen.clone()))
+        .collect();
+    vms.sort_by_key(|(name, _)| *name);
+    assert_eq!(
+        vms,
+        vec![
+            ("vm1", ListenOn::Fd(5)),
+            ("vm2", ListenOn::Fd(6)),
+            ("vm3", ListenOn::Fd(7)),
+        ]
+    );
+    assert_eq!(config.control.unwrap().listen, ListenOn::Fd(8));
+    // Nothing to remove at exit: the holder owns the files.
+    assert!(config.sandbox.removable_dirs.is_empty());
+    // A VM of the file the holder did not hand down is an error, not a
+    // socket bound behind the holder's back.
+    let missing = [&child[..child.len() - 6], &["--restarted", "1"]].concat();
+    assert!(matches!(
+        Config::build(args(&missing), &[]),
+        Err(Error::NotHandedDown(name)) if name == "vm3"
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn supervise_and_holder_fds_exclude_each_other() {
+    let both = [
+        "--supervise",
+        "--holder-fd",
+        "vm1=5",
+        "--socket-path",
+        "/run/vm1.sock",
+    ];
+    assert!(
+        Args::try_parse_from(std::iter::once("cenallocd").chain(both.iter().copied())).is_err()
+    );
+    let supervised = args(&["--supervise", "--max-restarts", "3", "-s", "/run/vm1.sock"]);
+    assert!(supervised.supervise);
+    assert_eq!(
+        (supervised.max_restarts, supervised.restart_window),
+        (3, 60)
+    );
+}

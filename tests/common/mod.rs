@@ -599,7 +599,18 @@ impl Harness {
         wanted: u64,
         ram: GuestRam,
     ) -> Result<Self, vhost::Error> {
-        let mut frontend = Frontend::connect(socket, CENALLOC_NUM_VQS as u64)?;
+        let frontend = Frontend::connect(socket, CENALLOC_NUM_VQS as u64)?;
+        Self::try_set_up(frontend, socket, wanted, ram)
+    }
+
+    /// [`Harness::try_connect_with_ram`] over a front-end already connected
+    /// (e.g. `Frontend::from_stream`, keeping a clone of the stream).
+    pub fn try_set_up(
+        mut frontend: Frontend,
+        socket: &Path,
+        wanted: u64,
+        ram: GuestRam,
+    ) -> Result<Self, vhost::Error> {
         frontend.set_owner()?;
         let offered = frontend.get_features()?;
         assert_eq!(

@@ -1,0 +1,257 @@
+//! The holder of `cenallocd --supervise` (issue 16; the design is
+//! docs/design/surviving-daemon.md): QEMU cannot reconnect a vhost-user
+//! device, so QEMU's end of a VM's socket must never see a hang-up when
+//! the process that serves the device dies. The holder is the process
+//! QEMU talks to; it serves nothing itself.
+//!
+//! - It binds (or takes: `--fd`, socket activation) every VM socket and
+//!   the control socket as `cenallocd` does ([`crate::listen`]), and
+//!   accepts the front-ends itself ([`relay`]).
+//! - It starts the serving process, the same binary with the same
+//!   arguments, which takes every socket from the holder
+//!   (`--holder-fd NAME=FD`): per VM a private listening socket that the
+//!   holder connects to as the relay end, which the child serves with the
+//!   unmodified `serve_vm` / vhost-user-backend path; the control
+//!   socket's listener as it is ([`serving`]).
+//! - It relays whole vhost-user frames, fds included, between each
+//!   front-end and its relay end ([`frame`]), keeps the session record of
+//!   each connection ([`record`]) and the request not answered yet, and
+//!   when the serving process dies (SIGKILL included) starts another
+//!   (`--restarted N` tells it that it is one), replays the record into
+//!   it and re-sends the unanswered request. More than `--max-restarts`
+//!   deaths within `--restart-window` seconds and it gives up: it closes
+//!   every front-end connection (it exits, status 1), logging why.
+//! - SIGTERM or SIGINT: the serving process gets SIGTERM, the holder
+//!   removes the sockets it created and its private directory, and exits
+//!   with status 0.
+//!
+//! What survives a restart is the vhost-user session only. The device
+//! state (buffers, pools, exports) starts empty in the new serving
+//! process, and its rings restart from the base the record holds, not
+//! from where the dead process was: the device-state journal and the ring
+//! positions are the next steps of the design. Control connections die
+//! with the serving process (the listener survives).
+//!
+//! The holder contains no device logic and never maps guest memory. It
+//! does not enter the daemon's sandbox: the seccomp allowlist forbids
+//! `execve`, `socket`, `bind` and `connect`, which the holder needs to
+//! start serving processes and make their private sockets, and Landlock
+//! would have to allow executing the binary and creating sockets in the
+//! private directory. What it does with peer data is framing within fixed
+//! bounds; the serving process, which parses requests and touches guest
+//! memory, enters the sandbox exactly as an unsupervised cenallocd does.
+//! `--user` applies to the serving process; the holder keeps the user it
+//! was started as (run it as the unprivileged user).
+
+pub mod frame;
+pub mod record;
+pub mod relay;
+pub mod request;
+pub mod serving;
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use log::{error, info, warn};
+
+use crate::config::{Config, ListenOn};
+use crate::listen::{self, OwnedPath};
+
+use relay::VmRelay;
+use serving::{Plan, Supervisor};
+
+/// Restart bounds of `--max-restarts` and `--restart-window`.
+#[derive(Clone, Copy, Debug)]
+pub struct RestartLimit {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+/// The arguments the serving process gets: the holder's, without
+/// `--supervise`.
+pub fn child_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .filter(|arg| arg != "--supervise")
+        .collect()
+}
+
+fn remove_sockets(owned: &[OwnedPath]) {
+    for path in owned {
+        match path.remove() {
+            Ok(_) => {}
+            Err(e) => warn!("{}: cannot remove: {e}", path.path.display()),
+        }
+    }
+}
+
+fn open_listener(
+    listen: &ListenOn,
+    permissions: listen::SocketPermissions,
+    owned: &mut Vec<OwnedPath>,
+) -> Result<UnixListener, (listen::Error, u8)> {
+    match listen {
+        ListenOn::Path(path) => {
+            let (listener, path) = listen::bind(path, permissions).map_err(|e| (e, 1))?;
+            owned.push(path);
+            Ok(listener)
+        }
+        ListenOn::Fd(fd) => listen::listener_from_fd(*fd).map_err(|e| (e, 2)),
+    }
+}
+
+/// Where the private directory goes: systemd's `RUNTIME_DIRECTORY`, the
+/// user's `XDG_RUNTIME_DIR`, or the temporary directory.
+fn private_parent() -> PathBuf {
+    ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and the threads it starts.
+fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: `set` is initialised; the old mask is not needed (null).
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
+/// Runs the holder for `config` until SIGTERM (exits 0) or until it gives
+/// up (returns failure). `args` are the serving process's arguments
+/// ([`child_args`]).
+pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCode {
+    // A holder holds a record's fds per VM besides its connections.
+    let _ = crate::fd_budget::raise_limit();
+    let signals = match block_termination_signals() {
+        Ok(set) => set,
+        Err(e) => {
+            error!("cannot set up signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut owned = Vec::new();
+    let mut listeners = Vec::new();
+    for vm in &config.vms {
+        match open_listener(&vm.listen, config.socket_permissions, &mut owned) {
+            Ok(listener) => listeners.push(listener),
+            Err((e, status)) => {
+                eprintln!("cenallocd: VM {}: {e}", vm.name);
+                remove_sockets(&owned);
+                return ExitCode::from(status);
+            }
+        }
+    }
+    let control = match &config.control {
+        Some(control) => match open_listener(&control.listen, control.permissions, &mut owned) {
+            Ok(listener) => Some(listener),
+            Err((e, status)) => {
+                eprintln!("cenallocd: control socket: {e}");
+                remove_sockets(&owned);
+                return ExitCode::from(status);
+            }
+        },
+        None => None,
+    };
+    let dir = match serving::private_dir(&private_parent()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            error!("cannot create the holder's private directory: {e}");
+            remove_sockets(&owned);
+            return ExitCode::FAILURE;
+        }
+    };
+    let cleanup = {
+        let (owned, dir) = (owned.clone(), dir.clone());
+        move || {
+            remove_sockets(&owned);
+            serving::remove_private_dir(&dir);
+        }
+    };
+    let plan = Plan {
+        args,
+        vms: config.vms.iter().map(|vm| vm.name.clone()).collect(),
+        control: control.as_ref().map(|c| c.as_raw_fd()),
+        dir: dir.clone(),
+        max_restarts: limit.max_restarts,
+        window: limit.window,
+    };
+    let (supervisor, child) = match Supervisor::start(plan) {
+        Ok(started) => started,
+        Err(e) => {
+            error!("{e}");
+            cleanup();
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(
+        "holder: {} VMs, private sockets in {}",
+        config.vms.len(),
+        dir.display()
+    );
+
+    let stopping = {
+        let (supervisor, cleanup) = (supervisor.clone(), cleanup.clone());
+        std::thread::Builder::new()
+            .name("signals".to_string())
+            .spawn(move || {
+                let mut signal: libc::c_int = 0;
+                // SAFETY: `signals` is initialised; `signal` is a valid out
+                // pointer.
+                if unsafe { libc::sigwait(&signals, &mut signal) } == 0 {
+                    info!("signal {signal}: stopping the serving process and exiting");
+                }
+                supervisor.stop();
+                cleanup();
+                std::process::exit(0);
+            })
+    };
+    if let Err(e) = stopping {
+        error!("cannot start the signal thread: {e}");
+        supervisor.stop();
+        cleanup();
+        return ExitCode::FAILURE;
+    }
+    for ((index, vm), listener) in config.vms.iter().enumerate().zip(listeners) {
+        let relay = VmRelay {
+            name: vm.name.clone(),
+            index,
+            listener,
+            supervisor: supervisor.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("relay-{}", vm.name).chars().take(15).collect())
+            .spawn(move || relay.serve());
+        if let Err(e) = spawned {
+            error!("VM {}: cannot start its relay thread: {e}", vm.name);
+            supervisor.stop();
+            cleanup();
+            return ExitCode::FAILURE;
+        }
+    }
+    if !supervisor.run(child) {
+        // Stopped: the signal thread exits (status 0) once it cleaned up.
+        loop {
+            std::thread::park();
+        }
+    }
+    // Keep the control listener until here: every generation gets it.
+    drop(control);
+    cleanup();
+    ExitCode::FAILURE
+}

@@ -1,0 +1,497 @@
+//! The session record of one front-end connection: the vhost-user
+//! messages that set up the back-end's state, kept (with their fds) so
+//! that a new serving process can be brought to the same session state by
+//! replaying them in order.
+//!
+//! Compaction: each message has a key (what state it sets: the features,
+//! the memory table, one ring's kick fd...), and a message replaces the
+//! earlier one of its key (whose fds are closed) and goes to the end.
+//! Replaying the record then sends the last message of every key in the
+//! order the front-end sent them, which reaches the state the front-end
+//! reached, because the state vhost-user-backend 0.24 keeps is a function
+//! of the last message of each key, except where a message clears state,
+//! which the record mirrors by dropping entries:
+//! - GET_VRING_BASE (answered) stops its ring and forgets its kick and
+//!   call fds: their entries go, so the replayed ring stays stopped until
+//!   the front-end starts it again;
+//! - SET_MEM_TABLE replaces every ADD_MEM_REG and REM_MEM_REG before it;
+//!   a REM_MEM_REG takes out the ADD_MEM_REG of the same region;
+//! - RESET_OWNER forgets the owner and both feature sets; RESET_DEVICE
+//!   the virtio features and every ring's enable (a fresh back-end is in
+//!   the state these leave, so they are not kept themselves).
+//!
+//! Not kept: queries (GET_*, except GET_FEATURES: vhost's handler decides
+//! REPLY_ACK from what it last reported), replies, one-shot messages
+//! (SEND_RARP, IOTLB_MSG, migration's SET_DEVICE_STATE_FD and POSTCOPY_*),
+//! and messages too short to carry what their key is made of (the
+//! back-end refuses those). Any other request is kept by its code, the
+//! last one of each.
+//!
+//! Bounds: [`MAX_ENTRIES`] messages and [`MAX_RECORD_FDS`] fds. A
+//! front-end that goes past them (no honest one does: a few dozen
+//! messages make a session) leaves a record that can no longer restore
+//! its session; the relay then ends the session at the next restart
+//! instead of replaying a wrong state.
+//!
+//! Device state (buffers, pools, ring positions) is not vhost-user state
+//! and is not here: the device-state journal of the design is.
+
+use super::frame::{Frame, FLAG_REPLY};
+use super::request::*;
+
+/// Most messages one record keeps.
+pub const MAX_ENTRIES: usize = 640;
+/// Most fds one record keeps.
+pub const MAX_RECORD_FDS: usize = 640;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("the session record is over its bounds ({0} messages, {1} fds): it can no longer restore the session")]
+    Full(usize, usize),
+}
+
+/// What state a kept message sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    GetFeatures,
+    Owner,
+    Features,
+    ProtocolFeatures,
+    MemTable,
+    AddMem { gpa: u64, size: u64 },
+    RemMem { gpa: u64, size: u64 },
+    LogBase,
+    LogFd,
+    BackendReq,
+    Inflight,
+    Config { offset: u32, size: u32 },
+    Status,
+    Vring { index: u32, request: u32 },
+    Other(u32),
+}
+
+/// What a message does to the record.
+enum Effect {
+    Keep(Key),
+    /// Clears what the predicate matches; the message is not kept.
+    Clear(Box<dyn Fn(&Key) -> bool>),
+    Ignore,
+}
+
+/// The ring a vring message is about: a u32 index first
+/// (VhostUserVringState, VhostUserVringAddr), or the low byte of a u64
+/// (KICK, CALL, ERR).
+fn vring_index(frame: &Frame) -> Option<u32> {
+    match frame.request {
+        SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR => {
+            payload_u64(&frame.payload, 0).map(|v| (v & 0xff) as u32)
+        }
+        _ => payload_u32(&frame.payload, 0),
+    }
+}
+
+/// guest address and size of ADD_MEM_REG / REM_MEM_REG (after 8 bytes of
+/// padding).
+fn region(frame: &Frame) -> Option<(u64, u64)> {
+    Some((
+        payload_u64(&frame.payload, 8)?,
+        payload_u64(&frame.payload, 16)?,
+    ))
+}
+
+fn effect(frame: &Frame) -> Effect {
+    let keep = |key: Option<Key>| key.map_or(Effect::Ignore, Effect::Keep);
+    match frame.request {
+        GET_FEATURES => Effect::Keep(Key::GetFeatures),
+        SET_OWNER => Effect::Keep(Key::Owner),
+        SET_FEATURES => Effect::Keep(Key::Features),
+        SET_PROTOCOL_FEATURES => Effect::Keep(Key::ProtocolFeatures),
+        SET_MEM_TABLE => Effect::Keep(Key::MemTable),
+        ADD_MEM_REG => keep(region(frame).map(|(gpa, size)| Key::AddMem { gpa, size })),
+        REM_MEM_REG => keep(region(frame).map(|(gpa, size)| Key::RemMem { gpa, size })),
+        SET_LOG_BASE => Effect::Keep(Key::LogBase),
+        SET_LOG_FD => Effect::Keep(Key::LogFd),
+        SET_BACKEND_REQ_FD => Effect::Keep(Key::BackendReq),
+        SET_INFLIGHT_FD => Effect::Keep(Key::Inflight),
+        SET_STATUS => Effect::Keep(Key::Status),
+        SET_CONFIG => keep((|| {
+            Some(Key::Config {
+                offset: payload_u32(&frame.payload, 0)?,
+                size: payload_u32(&frame.payload, 4)?,
+            })
+        })()),
+        SET_VRING_NUM | SET_VRING_ADDR | SET_VRING_BASE | SET_VRING_KICK | SET_VRING_CALL
+        | SET_VRING_ERR | SET_VRING_ENABLE => keep(vring_index(frame).map(|index| Key::Vring {
+            index,
+            request: frame.request,
+        })),
+        GET_VRING_BASE => match vring_index(frame) {
+            Some(stopped) => Effect::Clear(Box::new(move |key| {
+                matches!(key, Key::Vring { index, request }
+                    if *index == stopped && matches!(*request, SET_VRING_KICK | SET_VRING_CALL))
+            })),
+            None => Effect::Ignore,
+        },
+        RESET_OWNER => Effect::Clear(Box::new(|key| {
+            matches!(key, Key::Owner | Key::Features | Key::ProtocolFeatures)
+        })),
+        RESET_DEVICE => Effect::Clear(Box::new(|key| {
+            matches!(
+                key,
+                Key::Features
+                    | Key::Vring {
+                        request: SET_VRING_ENABLE,
+                        ..
+                    }
+            )
+        })),
+        GET_PROTOCOL_FEATURES
+        | GET_QUEUE_NUM
+        | GET_CONFIG
+        | GET_INFLIGHT_FD
+        | GET_MAX_MEM_SLOTS
+        | GET_STATUS
+        | GET_SHARED_OBJECT
+        | CHECK_DEVICE_STATE
+        | GET_SHMEM_CONFIG
+        | SEND_RARP
+        | IOTLB_MSG
+        | SET_DEVICE_STATE_FD
+        | POSTCOPY_ADVISE
+        | POSTCOPY_LISTEN
+        | POSTCOPY_END => Effect::Ignore,
+        other => Effect::Keep(Key::Other(other)),
+    }
+}
+
+struct Entry {
+    key: Key,
+    frame: Frame,
+}
+
+/// The session record of one front-end connection.
+#[derive(Default)]
+pub struct Record {
+    entries: Vec<Entry>,
+    fds: usize,
+    overflowed: bool,
+}
+
+impl Record {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes note of a message the back-end took: one without a reply once
+    /// it is sent, one with a reply once its (successful) reply passed.
+    /// The record owns the frame's fds from now on (the back-end has its
+    /// own copies).
+    pub fn keep(&mut self, frame: Frame) -> Result<(), RecordError> {
+        if frame.flags & FLAG_REPLY != 0 {
+            return Ok(());
+        }
+        match effect(&frame) {
+            Effect::Ignore => {}
+            Effect::Clear(matching) => self.remove(|key| matching(key)),
+            Effect::Keep(key) => {
+                match key {
+                    Key::MemTable => self.remove(|k| {
+                        matches!(k, Key::MemTable | Key::AddMem { .. } | Key::RemMem { .. })
+                    }),
+                    Key::RemMem { gpa, size } => {
+                        let added = Key::AddMem { gpa, size };
+                        if self.entries.iter().any(|e| e.key == added) {
+                            // The region goes; so does the record of it.
+                            self.remove(|k| *k == added);
+                            return Ok(());
+                        }
+                        self.remove(|k| *k == key);
+                    }
+                    Key::AddMem { gpa, size } => {
+                        self.remove(|k| *k == key || *k == Key::RemMem { gpa, size })
+                    }
+                    _ => self.remove(|k| *k == key),
+                }
+                if self.overflowed {
+                    return Err(RecordError::Full(self.entries.len(), self.fds));
+                }
+                if self.entries.len() + 1 > MAX_ENTRIES
+                    || self.fds + frame.fds.len() > MAX_RECORD_FDS
+                {
+                    self.overflowed = true;
+                    return Err(RecordError::Full(
+                        self.entries.len() + 1,
+                        self.fds + frame.fds.len(),
+                    ));
+                }
+                self.fds += frame.fds.len();
+                self.entries.push(Entry { key, frame });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops (and closes the fds of) every entry whose key matches.
+    fn remove(&mut self, matching: impl Fn(&Key) -> bool) {
+        let fds = &mut self.fds;
+        self.entries.retain(|entry| {
+            let gone = matching(&entry.key);
+            if gone {
+                *fds -= entry.frame.fds.len();
+            }
+            !gone
+        });
+    }
+
+    /// Whether replaying the record restores the session (it never went
+    /// past its bounds).
+    pub fn restorable(&self) -> bool {
+        !self.overflowed
+    }
+
+    /// The messages to replay, in order.
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+        self.entries.iter().map(|entry| &entry.frame)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Fds the record holds.
+    pub fn fd_count(&self) -> usize {
+        self.fds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// A memfd: an inode of its own (eventfds share one).
+    fn memfd() -> OwnedFd {
+        // SAFETY: the name is a valid C string; a valid result is a new fd
+        // that nothing else owns.
+        let fd = unsafe { libc::memfd_create(c"record-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just created and is owned here only.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn msg(request: u32, payload: Vec<u8>, fds: usize) -> Frame {
+        Frame {
+            request,
+            flags: 1,
+            payload,
+            fds: (0..fds).map(|_| memfd()).collect(),
+        }
+    }
+
+    fn u64s(values: &[u64]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    fn state(index: u32, num: u32) -> Vec<u8> {
+        [index.to_le_bytes(), num.to_le_bytes()].concat()
+    }
+
+    /// A ring started as QEMU starts it.
+    fn start_ring(record: &mut Record, index: u32, base: u32) {
+        record
+            .keep(msg(SET_VRING_NUM, state(index, 256), 0))
+            .unwrap();
+        let mut addr = state(index, 0);
+        addr.extend(u64s(&[0x1000, 0x2000, 0x3000, 0]));
+        record.keep(msg(SET_VRING_ADDR, addr, 0)).unwrap();
+        record
+            .keep(msg(SET_VRING_BASE, state(index, base), 0))
+            .unwrap();
+        record
+            .keep(msg(SET_VRING_CALL, u64s(&[index as u64]), 1))
+            .unwrap();
+        record
+            .keep(msg(SET_VRING_KICK, u64s(&[index as u64]), 1))
+            .unwrap();
+        record
+            .keep(msg(SET_VRING_ENABLE, state(index, 1), 0))
+            .unwrap();
+    }
+
+    fn session() -> Record {
+        let mut record = Record::new();
+        record.keep(msg(SET_OWNER, Vec::new(), 0)).unwrap();
+        record.keep(msg(GET_FEATURES, Vec::new(), 0)).unwrap();
+        record.keep(msg(SET_FEATURES, u64s(&[1 << 32]), 0)).unwrap();
+        record
+            .keep(msg(SET_PROTOCOL_FEATURES, u64s(&[1 << 9]), 0))
+            .unwrap();
+        record.keep(msg(GET_CONFIG, vec![0; 12], 0)).unwrap();
+        record.keep(msg(SET_MEM_TABLE, vec![0; 72], 2)).unwrap();
+        for index in 0..2 {
+            start_ring(&mut record, index, 0);
+        }
+        record
+    }
+
+    /// (request, vring index if any) of the replay, in order.
+    fn replay(record: &Record) -> Vec<(u32, Option<u32>)> {
+        record
+            .frames()
+            .map(|frame| {
+                let ring = match frame.request {
+                    SET_VRING_NUM..=SET_VRING_ERR | SET_VRING_ENABLE => vring_index(frame),
+                    _ => None,
+                };
+                (frame.request, ring)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queries_are_not_kept_and_replay_keeps_the_order() {
+        let record = session();
+        let requests: Vec<u32> = record.frames().map(|f| f.request).collect();
+        assert_eq!(
+            &requests[..5],
+            &[
+                SET_OWNER,
+                GET_FEATURES,
+                SET_FEATURES,
+                SET_PROTOCOL_FEATURES,
+                SET_MEM_TABLE
+            ]
+        );
+        assert_eq!(record.len(), 5 + 12);
+        assert_eq!(record.fd_count(), 2 + 4);
+    }
+
+    #[test]
+    fn pause_resume_cycles_do_not_grow_it() {
+        let mut record = session();
+        let (len, fds) = (record.len(), record.fd_count());
+        for cycle in 0..100 {
+            for index in 0..2 {
+                record
+                    .keep(msg(GET_VRING_BASE, state(index, 0), 0))
+                    .unwrap();
+            }
+            // Stopped: neither ring has a kick or call fd left.
+            assert_eq!(record.fd_count(), 2);
+            record.keep(msg(GET_FEATURES, Vec::new(), 0)).unwrap();
+            record.keep(msg(SET_FEATURES, u64s(&[1 << 32]), 0)).unwrap();
+            for index in 0..2 {
+                start_ring(&mut record, index, cycle);
+            }
+        }
+        assert_eq!((record.len(), record.fd_count()), (len, fds));
+        // The last base of each ring is the one replayed.
+        let bases: Vec<u32> = record
+            .frames()
+            .filter(|f| f.request == SET_VRING_BASE)
+            .map(|f| payload_u32(&f.payload, 4).unwrap())
+            .collect();
+        assert_eq!(bases, vec![99, 99]);
+    }
+
+    #[test]
+    fn a_stopped_ring_stays_stopped() {
+        let mut record = session();
+        record.keep(msg(GET_VRING_BASE, state(1, 0), 0)).unwrap();
+        let replayed = replay(&record);
+        assert!(replayed.contains(&(SET_VRING_KICK, Some(0))));
+        assert!(!replayed.contains(&(SET_VRING_KICK, Some(1))));
+        assert!(!replayed.contains(&(SET_VRING_CALL, Some(1))));
+        // Its other settings stay (vhost-user-backend keeps them).
+        assert!(replayed.contains(&(SET_VRING_ADDR, Some(1))));
+        // Started again: the new kick comes after everything before it.
+        record.keep(msg(SET_VRING_KICK, u64s(&[1]), 1)).unwrap();
+        assert_eq!(replay(&record).last(), Some(&(SET_VRING_KICK, Some(1))));
+    }
+
+    /// Open fds of this process that are one of `files` (by inode).
+    fn open_links(files: &[(u64, u64)]) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| std::fs::metadata(entry.ok()?.path()).ok())
+            .filter(|meta| files.contains(&(meta.dev(), meta.ino())))
+            .count()
+    }
+
+    fn inodes(frame: &Frame) -> Vec<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        frame
+            .fds
+            .iter()
+            .map(|fd| {
+                let file = std::fs::File::from(fd.try_clone().unwrap());
+                let meta = file.metadata().unwrap();
+                (meta.dev(), meta.ino())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_superseded_message_closes_its_fds() {
+        let mut record = Record::new();
+        let first = msg(SET_MEM_TABLE, vec![0; 72], 2);
+        let files = inodes(&first);
+        record.keep(first).unwrap();
+        assert_eq!(open_links(&files), 2);
+        let mut region = u64s(&[0, 0x1000, 0x2000, 0, 0]);
+        record.keep(msg(ADD_MEM_REG, region.clone(), 1)).unwrap();
+        record.keep(msg(SET_MEM_TABLE, vec![0; 72], 2)).unwrap();
+        assert_eq!(open_links(&files), 0, "the old table's fds are open");
+        assert_eq!(record.fd_count(), 2);
+        assert_eq!(record.len(), 1);
+        // ADD then REM of the same region leaves nothing.
+        record.keep(msg(ADD_MEM_REG, region.clone(), 1)).unwrap();
+        region[24] = 7; // another user address: the same region
+        record.keep(msg(REM_MEM_REG, region, 1)).unwrap();
+        assert_eq!((record.len(), record.fd_count()), (1, 2));
+    }
+
+    #[test]
+    fn resets_clear_what_they_reset() {
+        let mut record = session();
+        record.keep(msg(RESET_DEVICE, Vec::new(), 0)).unwrap();
+        let replayed = replay(&record);
+        assert!(!replayed.iter().any(|(r, _)| *r == SET_FEATURES));
+        assert!(!replayed.iter().any(|(r, _)| *r == SET_VRING_ENABLE));
+        assert!(replayed.iter().any(|(r, _)| *r == SET_PROTOCOL_FEATURES));
+        record.keep(msg(RESET_OWNER, Vec::new(), 0)).unwrap();
+        let replayed = replay(&record);
+        assert!(!replayed
+            .iter()
+            .any(|(r, _)| matches!(*r, SET_OWNER | SET_PROTOCOL_FEATURES)));
+        assert!(replayed.iter().any(|(r, _)| *r == SET_MEM_TABLE));
+    }
+
+    #[test]
+    fn a_hostile_front_end_cannot_grow_it_without_bound() {
+        let mut record = Record::new();
+        let mut full = None;
+        for gpa in 0..(MAX_ENTRIES as u64 + 10) {
+            let region = u64s(&[0, gpa << 20, 1 << 20, 0, 0]);
+            if let Err(e) = record.keep(msg(ADD_MEM_REG, region, 1)) {
+                full = Some(e);
+                break;
+            }
+        }
+        assert!(matches!(full, Some(RecordError::Full(..))), "{full:?}");
+        assert!(!record.restorable());
+        assert!(record.len() <= MAX_ENTRIES && record.fd_count() <= MAX_RECORD_FDS);
+        // Short messages are not kept; replies neither.
+        let mut record = Record::new();
+        record.keep(msg(SET_VRING_KICK, vec![1], 1)).unwrap();
+        let mut reply = msg(SET_FEATURES, u64s(&[1]), 0);
+        reply.flags |= FLAG_REPLY;
+        record.keep(reply).unwrap();
+        assert!(record.is_empty());
+    }
+}

@@ -1,0 +1,407 @@
+//! The serving processes of the holder, one at a time: started from
+//! `/proc/self/exe` with the holder's arguments (without `--supervise`),
+//! plus `--holder-fd NAME=FD` for every socket it serves and
+//! `--restarted N`. Each one is a *generation*: for every VM it gets a
+//! fresh private listening socket, bound in the holder's mode-0700
+//! directory (nobody but the holder's user can connect), which the holder
+//! connects to as that VM's relay end; the holder closes its copy of the
+//! listener once the child has it, so the listener dies with the child.
+//! The control socket's listener is handed down as it is, to every
+//! generation.
+//!
+//! When the serving process dies, the next generation is started, after
+//! a back-off that grows with the deaths within the restart window
+//! (100 ms per death, at most 1 s); more deaths than `--max-restarts`
+//! within the window and the holder gives up.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use crate::listen::{self, SocketPermissions};
+
+/// Back-off per death within the window, and its ceiling.
+const BACKOFF_STEP: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a serving process has to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("private socket: {0}")]
+    Listen(#[from] listen::Error),
+    #[error("starting the serving process: {0}")]
+    Spawn(std::io::Error),
+    #[error("pidfd_open: {0}")]
+    Pidfd(std::io::Error),
+}
+
+/// The serving processes are gone for good (the holder gave up or
+/// stops): no relay end will come.
+#[derive(Debug, thiserror::Error)]
+#[error("no serving process any more ({0})")]
+pub struct Gone(pub &'static str);
+
+/// What the holder starts its serving processes with.
+pub struct Plan {
+    /// The holder's arguments, `--supervise` left out.
+    pub args: Vec<OsString>,
+    /// The VM names, in the order of the relay threads.
+    pub vms: Vec<String>,
+    /// The control socket's listener, handed down to every generation.
+    pub control: Option<RawFd>,
+    /// The holder's private directory (mode 0700).
+    pub dir: PathBuf,
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+/// One serving process.
+pub struct Generation {
+    /// Serving processes that died before this one.
+    pub number: u32,
+    pub pid: i32,
+    pidfd: OwnedFd,
+    /// Its private socket, per VM.
+    sockets: Vec<PathBuf>,
+}
+
+impl Generation {
+    /// Whether the process exits within `grace` (true at once if it has).
+    pub fn died_within(&self, grace: Duration) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let deadline = Instant::now() + grace;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // SAFETY: one valid pollfd that lives across the call.
+            let ret = unsafe { libc::poll(&mut pollfd, 1, left.as_millis() as libc::c_int) };
+            if ret > 0 {
+                return true;
+            }
+            if ret == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                return false;
+            }
+        }
+    }
+
+    fn remove_sockets(&self) {
+        for path in &self.sockets {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+enum State {
+    Running(Arc<Generation>),
+    Restarting,
+    GaveUp,
+    Stopped,
+}
+
+/// Starts, watches and restarts the serving processes.
+pub struct Supervisor {
+    plan: Plan,
+    state: Mutex<(State, bool)>,
+    changed: Condvar,
+}
+
+/// `pidfd_open(2)`.
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers; a valid result is a new fd
+    // owned by nobody else.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned here only.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+impl Supervisor {
+    /// Starts the first serving process.
+    pub fn start(plan: Plan) -> Result<(Arc<Self>, std::process::Child), ServingError> {
+        let supervisor = Arc::new(Supervisor {
+            plan,
+            state: Mutex::new((State::Restarting, false)),
+            changed: Condvar::new(),
+        });
+        let (generation, child) = supervisor.spawn(0)?;
+        supervisor.set(State::Running(generation));
+        Ok((supervisor, child))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (State, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, state: State) {
+        self.lock().0 = state;
+        self.changed.notify_all();
+    }
+
+    /// Starts generation `number`.
+    fn spawn(&self, number: u32) -> Result<(Arc<Generation>, std::process::Child), ServingError> {
+        let mut listeners = Vec::new();
+        let mut sockets = Vec::new();
+        let mut command = std::process::Command::new("/proc/self/exe");
+        command.args(&self.plan.args);
+        let mut handed = Vec::new();
+        for (index, name) in self.plan.vms.iter().enumerate() {
+            let path = self.plan.dir.join(format!("g{number}-{index}.sock"));
+            let (listener, _) =
+                listen::bind(&path, SocketPermissions::default()).inspect_err(|_| {
+                    for path in &sockets {
+                        let _ = std::fs::remove_file(path);
+                    }
+                })?;
+            command
+                .arg("--holder-fd")
+                .arg(format!("{name}={}", listener.as_raw_fd()));
+            handed.push(listener.as_raw_fd());
+            listeners.push(listener);
+            sockets.push(path);
+        }
+        if let Some(fd) = self.plan.control {
+            command
+                .arg("--holder-fd")
+                .arg(format!("{}={fd}", crate::config::CONTROL_FD_NAME));
+            handed.push(fd);
+        }
+        command.arg("--restarted").arg(number.to_string());
+        // SAFETY: holder pid read before the fork; the closure below runs
+        // in the child between fork and exec and only makes
+        // async-signal-safe system calls on integers.
+        let holder = unsafe { libc::getpid() };
+        let pre_exec = move || -> std::io::Result<()> {
+            // SAFETY: plain system calls on integers, async-signal-safe:
+            // every descriptor from 3 up is closed at exec (the holder's
+            // front-end connections and record fds are nothing of the
+            // child's business) except the handed-down listeners; the
+            // child dies with the holder's supervising thread.
+            unsafe {
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for &fd in &handed {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::getppid() != holder
+                {
+                    return Err(std::io::Error::other("the holder is gone"));
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: `pre_exec` only makes async-signal-safe calls and
+        // allocates nothing (it captures a Vec built before the fork).
+        unsafe { command.pre_exec(pre_exec) };
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                for path in &sockets {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(ServingError::Spawn(e));
+            }
+        };
+        // The child has the listeners now: they die with it.
+        drop(listeners);
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid).map_err(ServingError::Pidfd)?;
+        info!("serving process {pid} started ({number} died before it)");
+        Ok((
+            Arc::new(Generation {
+                number,
+                pid,
+                pidfd,
+                sockets,
+            }),
+            child,
+        ))
+    }
+
+    /// A new relay end for VM `vm`, to the first serving process after
+    /// generation `after` (any, if `None`); waits while one is started.
+    pub fn connect(
+        &self,
+        vm: usize,
+        mut after: Option<u32>,
+    ) -> Result<(UnixStream, Arc<Generation>), Gone> {
+        loop {
+            let generation = {
+                let mut state = self.lock();
+                loop {
+                    match &state.0 {
+                        State::Running(g) if after.map_or(true, |n| g.number > n) => {
+                            break g.clone()
+                        }
+                        State::GaveUp => return Err(Gone("the holder gave up")),
+                        State::Stopped => return Err(Gone("the holder stops")),
+                        _ => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+                    }
+                }
+            };
+            let Some(path) = generation.sockets.get(vm) else {
+                return Err(Gone("no such VM"));
+            };
+            match UnixStream::connect(path) {
+                Ok(stream) => return Ok((stream, generation)),
+                // It died meanwhile: its listener is gone.
+                Err(e) => {
+                    warn!(
+                        "serving process {}: cannot connect to it: {e}",
+                        generation.pid
+                    );
+                    after = Some(generation.number);
+                    generation.died_within(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Watches the serving process, restarting it when it dies, until the
+    /// holder gives up (returns true) or stops (returns false).
+    pub fn run(&self, mut child: std::process::Child) -> bool {
+        let mut deaths: VecDeque<Instant> = VecDeque::new();
+        let mut number = 0u32;
+        loop {
+            let status = child.wait();
+            let pid = child.id();
+            let generation = match std::mem::replace(&mut self.lock().0, State::Restarting) {
+                State::Running(g) => Some(g),
+                _ => None,
+            };
+            self.changed.notify_all();
+            if let Some(g) = &generation {
+                g.remove_sockets();
+            }
+            if self.lock().1 {
+                info!("serving process {pid} stopped: {status:?}");
+                self.set(State::Stopped);
+                return false;
+            }
+            // Dead, or never started.
+            loop {
+                let now = Instant::now();
+                deaths.push_back(now);
+                while deaths
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.plan.window)
+                {
+                    deaths.pop_front();
+                }
+                if deaths.len() > self.plan.max_restarts as usize {
+                    error!(
+                        "serving process {pid} died ({status:?}): {} deaths within {} s, more than --max-restarts {}; giving up: every front-end connection is closed",
+                        deaths.len(),
+                        self.plan.window.as_secs(),
+                        self.plan.max_restarts
+                    );
+                    self.set(State::GaveUp);
+                    return true;
+                }
+                let backoff = (BACKOFF_STEP * (deaths.len() as u32 - 1)).min(BACKOFF_MAX);
+                warn!(
+                    "serving process {pid} died ({status:?}); starting another in {} ms",
+                    backoff.as_millis()
+                );
+                std::thread::sleep(backoff);
+                if self.lock().1 {
+                    self.set(State::Stopped);
+                    return false;
+                }
+                number += 1;
+                match self.spawn(number) {
+                    Ok((generation, next)) => {
+                        child = next;
+                        let pid = generation.pid;
+                        self.set(State::Running(generation));
+                        if self.lock().1 {
+                            // `stop` came while it started: it goes too.
+                            // SAFETY: kill(2) on our own child, not reaped.
+                            unsafe { libc::kill(pid, libc::SIGTERM) };
+                        }
+                        break;
+                    }
+                    Err(e) => error!("{e}"),
+                }
+            }
+        }
+    }
+
+    /// Stops for good: the serving process gets SIGTERM (SIGKILL after a
+    /// grace period) and no other is started. Returns once it is gone.
+    pub fn stop(&self) {
+        let running = {
+            let mut state = self.lock();
+            state.1 = true;
+            match &state.0 {
+                State::Running(g) => Some(g.clone()),
+                _ => None,
+            }
+        };
+        if let Some(g) = running {
+            // SAFETY: kill(2) on the pid of our own child, not yet reaped
+            // (reaping needs `stop` to be seen first, or it is a restart).
+            unsafe { libc::kill(g.pid, libc::SIGTERM) };
+            if !g.died_within(STOP_GRACE) {
+                warn!("serving process {}: no exit after SIGTERM: SIGKILL", g.pid);
+                // SAFETY: as above.
+                unsafe { libc::kill(g.pid, libc::SIGKILL) };
+            }
+        }
+        let state = self.lock();
+        let _ = self.changed.wait_timeout_while(state, STOP_GRACE, |s| {
+            !matches!(s.0, State::Stopped | State::GaveUp)
+        });
+    }
+}
+
+/// Creates the holder's private directory (mode 0700) under `parent`.
+pub fn private_dir(parent: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let template = parent.join(format!("cenallocd-holder-{}-XXXXXX", std::process::id()));
+    let mut bytes = template.as_os_str().as_bytes().to_vec();
+    bytes.push(0);
+    // SAFETY: `bytes` is a NUL-terminated, writable template that mkdtemp
+    // fills in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    bytes.pop();
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
+}
+
+/// Removes the private directory and what is left in it.
+pub fn remove_private_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        warn!("{}: cannot remove: {e}", dir.display());
+    }
+}
