@@ -76,7 +76,11 @@ impl Pending {
             Err(e) => {
                 error!("device journal unusable ({e}): the device starts empty");
                 Ok(Pending {
-                    journal: Journal::create_in(copy, fresh_origin(config), journal::DEFAULT_LIMIT)?,
+                    journal: Journal::create_in(
+                        copy,
+                        fresh_origin(config),
+                        journal::DEFAULT_LIMIT,
+                    )?,
                     origin: fresh_origin(config),
                     records: Vec::new(),
                 })

@@ -36,7 +36,7 @@ use cenalloc::listen::{self, OwnedPath};
 use cenalloc::protocol;
 use cenalloc::registry::Registry;
 use cenalloc::sandbox;
-use cenalloc::vhu_cenalloc::serve_vm;
+use cenalloc::vhu_cenalloc::{serve_vm_journaled, VmJournal};
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread spawned
 /// after, so that they stay pending until [`wait_for_termination`] takes
@@ -56,6 +56,50 @@ fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
     Ok(set)
+}
+
+/// The device journals the holder handed down (`--journal-fd NAME=FD`,
+/// `--adopt NAME`), by VM name. Each descriptor must be a regular file (a
+/// memfd), named once.
+fn vm_journals(
+    fds: &[cenalloc::config::NamedFd],
+    adopt: &[String],
+) -> Result<std::collections::HashMap<String, VmJournal>, String> {
+    use std::os::fd::FromRawFd;
+    let mut journals = std::collections::HashMap::new();
+    for named in fds {
+        let Some(name) = &named.name else {
+            return Err(format!("--journal-fd {}: no VM name", named.fd));
+        };
+        if journals.contains_key(name)
+            || fds.iter().filter(|other| other.fd == named.fd).count() > 1
+        {
+            return Err(format!("--journal-fd {name}={}: given twice", named.fd));
+        }
+        // SAFETY: stat is plain data; zeroes are a valid value.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on an integer; `stat` is a valid out pointer.
+        if unsafe { libc::fstat(named.fd, &mut stat) } != 0
+            || stat.st_mode & libc::S_IFMT != libc::S_IFREG
+        {
+            return Err(format!(
+                "--journal-fd {name}={}: not an open regular file",
+                named.fd
+            ));
+        }
+        // SAFETY: the holder handed this descriptor down for this use
+        // only; it is checked open above and named once, so nothing else
+        // in this process owns it.
+        let file = unsafe { std::os::fd::OwnedFd::from_raw_fd(named.fd) };
+        journals.insert(
+            name.clone(),
+            VmJournal {
+                file,
+                adopt: adopt.contains(name),
+            },
+        );
+    }
+    Ok(journals)
 }
 
 /// Removes the socket files this daemon created (and only those).
@@ -134,6 +178,13 @@ fn main() -> ExitCode {
         window: std::time::Duration::from_secs(args.restart_window),
     });
     let restarted = args.restarted;
+    let mut journals = match vm_journals(&args.journal_fds, &args.adopt) {
+        Ok(journals) => journals,
+        Err(e) => {
+            eprintln!("cenallocd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::build(args, &activated) {
         Ok(config) => config,
         Err(e) => {
@@ -149,7 +200,7 @@ fn main() -> ExitCode {
     if restarted > 0 {
         info!(
             "started again by the holder ({restarted} serving processes died before this one): \
-             the vhost-user sessions are replayed, the device state starts empty"
+             the vhost-user sessions are replayed, the devices taken over from their journals"
         );
     }
 
@@ -261,13 +312,14 @@ fn main() -> ExitCode {
         );
         let mut listener = Listener::from(listener);
         let (name, device, registry) = (vm.name.clone(), vm.device.clone(), registry.clone());
+        let journal = journals.remove(&vm.name);
         let hooks = config.hooks.clone();
         let done = done_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("serve-{}", vm.name).chars().take(15).collect())
             .spawn(move || {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve_vm(&mut listener, &name, &device, &hooks, &registry)
+                    serve_vm_journaled(&mut listener, &name, &device, &hooks, &registry, journal)
                 }));
                 let why = match outcome {
                     Ok(Ok(())) => "stopped".to_string(),

@@ -100,6 +100,12 @@ impl From<Error> for io::Error {
     }
 }
 
+/// Whether the file `fd` holds nothing (a journal never written).
+fn file_is_empty(fd: &std::os::fd::OwnedFd) -> Result<bool, Error> {
+    let file = std::fs::File::from(fd.try_clone().map_err(crate::journal::Error::Io)?);
+    Ok(file.metadata().map_err(crate::journal::Error::Io)?.len() == 0)
+}
+
 /// Locks `mutex`; a poisoned lock only means an earlier panic, and the
 /// state is still consistent (the model changes nothing on failure).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -389,29 +395,39 @@ impl CenallocBackend {
 
     /// The backend with its device journaled in `slot`'s file: a fresh
     /// journal, or one to take the VM over from (the device is rebuilt
-    /// from it before the first chain).
-    pub fn with_journal(mut self, slot: JournalSlot) -> Result<Self, Error> {
-        match slot {
-            JournalSlot::Fresh(fd) => {
-                let worker = self.worker.get_mut();
-                let origin = worker.device.origin();
-                let journal = crate::journal::Journal::create_in(
-                    fd,
-                    origin,
-                    crate::journal::DEFAULT_LIMIT,
-                )?;
-                let device = std::mem::replace(&mut worker.device, Device::new(self.config.clone())?);
-                worker.device = device.with_journal(journal);
-            }
-            JournalSlot::Adopt(fd) => {
+    /// from it before the first chain; an empty file starts afresh). A
+    /// journal that cannot be set up is logged and the device runs
+    /// without one: the VM is served all the same.
+    pub fn with_journal(mut self, slot: JournalSlot) -> Self {
+        if let Err(e) = self.set_journal(slot) {
+            error!(
+                "{}: {e}: the device keeps no journal (a restart will not restore it)",
+                self.name
+            );
+        }
+        self
+    }
+
+    fn set_journal(&mut self, slot: JournalSlot) -> Result<(), Error> {
+        let fd = match slot {
+            JournalSlot::Adopt(fd) if !file_is_empty(&fd)? => {
                 let pending = adoption::Pending::open(fd, &self.config)?;
-                *lock(&self.adoption) = Some(pending);
                 let event = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(Error::AdoptEvent)?;
                 event.write(1).map_err(Error::AdoptEvent)?;
+                *lock(&self.adoption) = Some(pending);
                 self.adopt_event = Some(event);
+                return Ok(());
             }
-        }
-        Ok(self)
+            JournalSlot::Adopt(fd) | JournalSlot::Fresh(fd) => fd,
+        };
+        let worker = self.worker.get_mut();
+        let journal = crate::journal::Journal::create_in(
+            fd,
+            worker.device.origin(),
+            crate::journal::DEFAULT_LIMIT,
+        )?;
+        worker.device.set_journal(journal);
+        Ok(())
     }
 
     /// The descriptor to register as [`ADOPT_EVENT`] with the vring
@@ -788,18 +804,45 @@ pub fn serve_one(
     hooks: &Hooks,
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
+    serve_one_with(listener, name, config, hooks, registry, None)
+}
+
+/// [`serve_one`] with the device journaled in `journal` (supervised
+/// mode): kept fresh, or taken over from ([`crate::adoption`]).
+pub fn serve_one_with(
+    listener: &mut vhost::vhost_user::Listener,
+    name: &str,
+    config: &DeviceConfig,
+    hooks: &Hooks,
+    registry: &Arc<Registry>,
+    journal: Option<JournalSlot>,
+) -> Result<(), ServeError> {
     let exports = Arc::new(Exports::new());
-    let backend = Arc::new(
-        CenallocBackend::with_exports(config.clone(), exports.clone())?
-            .with_hooks(hooks)
-            .named(name),
-    );
+    let mut backend = CenallocBackend::with_exports(config.clone(), exports.clone())?
+        .with_hooks(hooks)
+        .named(name);
+    if let Some(slot) = journal {
+        backend = backend.with_journal(slot);
+    }
+    let backend = Arc::new(backend);
     let mut daemon = vhost_user_backend::VhostUserDaemon::new(
         thread_name(name),
         backend.clone(),
         GuestMemoryAtomic::new(GuestMemory::new()),
     )
     .map_err(|e| ServeError::Accept(e.to_string()))?;
+    if let Some(fd) = backend.adopt_event() {
+        // The vrings reach the backend through this event before any kick.
+        match daemon.get_epoll_handlers().first() {
+            Some(handler) => {
+                if let Err(e) = handler.register_listener(fd, EventSet::IN, u64::from(ADOPT_EVENT))
+                {
+                    error!("{name}: cannot register the take-over event: {e}");
+                }
+            }
+            None => error!("{name}: no vring handler for the take-over event"),
+        }
+    }
     // The daemon limits decide before the connection is accepted: once
     // `start` accepts it, its requests are served at once, and a refusal
     // after that would come when a quick front-end already had answers.
@@ -865,9 +908,47 @@ pub fn serve_vm(
     hooks: &Hooks,
     registry: &Arc<Registry>,
 ) -> Result<(), ServeError> {
+    serve_vm_journaled(listener, name, config, hooks, registry, None)
+}
+
+/// A VM's device journal in supervised mode: its file (kept by the
+/// holder), and whether the first front-end served is one whose session
+/// outlived the previous serving process (its device is taken over).
+pub struct VmJournal {
+    pub file: std::os::fd::OwnedFd,
+    pub adopt: bool,
+}
+
+/// [`serve_vm`] with every front-end's device journaled in `journal`: the
+/// first one taken over from it if `adopt`, each later one afresh.
+pub fn serve_vm_journaled(
+    listener: &mut vhost::vhost_user::Listener,
+    name: &str,
+    config: &DeviceConfig,
+    hooks: &Hooks,
+    registry: &Arc<Registry>,
+    mut journal: Option<VmJournal>,
+) -> Result<(), ServeError> {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        match serve_one(listener, name, config, hooks, registry) {
+        let slot = match &journal {
+            Some(journal) => match journal.file.try_clone() {
+                Ok(file) if journal.adopt => Some(JournalSlot::Adopt(file)),
+                Ok(file) => Some(JournalSlot::Fresh(file)),
+                Err(e) => {
+                    error!("{name}: cannot use the device journal: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let served = serve_one_with(listener, name, config, hooks, registry, slot);
+        if let (Some(journal), false) = (&mut journal, matches!(served, Err(ServeError::Accept(_))))
+        {
+            // Taken over (or tried): later front-ends start afresh.
+            journal.adopt = false;
+        }
+        match served {
             Ok(()) => backoff = ACCEPT_BACKOFF_MIN,
             Err(e @ ServeError::Backend(_)) => return Err(e),
             Err(e @ ServeError::Daemon(_)) => {

@@ -185,6 +185,27 @@ pub struct Args {
     )]
     pub holder_fds: Vec<NamedFd>,
 
+    /// Internal (set by the holder of --supervise for its child): the
+    /// device journal of VM NAME, a memfd the holder keeps: NAME=FD.
+    #[arg(
+        long = "journal-fd",
+        value_name = "NAME=FD",
+        hide = true,
+        requires = "holder_fds"
+    )]
+    pub journal_fds: Vec<NamedFd>,
+
+    /// Internal (set by the holder of --supervise for its child): VM NAME's
+    /// front-end session outlived the serving process before this one:
+    /// its device is taken over from its journal.
+    #[arg(
+        long = "adopt",
+        value_name = "NAME",
+        hide = true,
+        requires = "journal_fds"
+    )]
+    pub adopt: Vec<String>,
+
     /// Internal (set by the holder of --supervise for its child): how many
     /// serving processes died before this one (0 at the first start).
     #[arg(

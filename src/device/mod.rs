@@ -2667,11 +2667,19 @@ mod proptests {
         let device = live(&mem, &life);
         {
             use std::os::fd::AsFd;
-            let fd = device.journal().unwrap().as_fd().try_clone_to_owned().unwrap();
+            let fd = device
+                .journal()
+                .unwrap()
+                .as_fd()
+                .try_clone_to_owned()
+                .unwrap();
             let (_, _, records) = Journal::adopt(fd, journal::DEFAULT_LIMIT).unwrap();
             // Only the RESET batch's answer, at its chain (position 1).
             assert!(
-                matches!(records.as_slice(), [journal::Record::Answer { chain: (1, 0), .. }]),
+                matches!(
+                    records.as_slice(),
+                    [journal::Record::Answer { chain: (1, 0), .. }]
+                ),
                 "{records:?}"
             );
         }

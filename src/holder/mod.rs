@@ -183,6 +183,19 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
             serving::remove_private_dir(&dir);
         }
     };
+    let journals = match config
+        .vms
+        .iter()
+        .map(|_| serving::journal_file())
+        .collect::<std::io::Result<Vec<_>>>()
+    {
+        Ok(journals) => journals,
+        Err(e) => {
+            error!("cannot create the device journals: {e}");
+            cleanup();
+            return ExitCode::FAILURE;
+        }
+    };
     let plan = Plan {
         args,
         vms: config.vms.iter().map(|vm| vm.name.clone()).collect(),
@@ -190,6 +203,11 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
         dir: dir.clone(),
         max_restarts: limit.max_restarts,
         window: limit.window,
+        live: journals
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
+        journals,
     };
     let (supervisor, child) = match Supervisor::start(plan) {
         Ok(started) => started,

@@ -88,7 +88,12 @@ impl VmRelay {
                 }
             };
             backoff = ACCEPT_BACKOFF_MIN;
-            match self.session(&front_end) {
+            // A serving process started while the session lasts takes the
+            // device over from its journal.
+            self.supervisor.set_live(self.index, true);
+            let ended = self.session(&front_end);
+            self.supervisor.set_live(self.index, false);
+            match ended {
                 Ok(()) => info!("{}: front-end disconnected", self.name),
                 Err(e @ RelayError::Gone(_)) => {
                     error!("{}: {e}; closing the front-end's connection", self.name);

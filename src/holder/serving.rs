@@ -61,6 +61,13 @@ pub struct Plan {
     pub dir: PathBuf,
     pub max_restarts: u32,
     pub window: Duration,
+    /// Per VM, its device journal: a memfd that every generation gets
+    /// (`--journal-fd`), so that it outlives each of them.
+    pub journals: Vec<OwnedFd>,
+    /// Per VM, whether a front-end's session is relayed now: a generation
+    /// started while it is takes that VM's device over from its journal
+    /// (`--adopt`) instead of starting it empty.
+    pub live: Vec<std::sync::atomic::AtomicBool>,
 }
 
 /// One serving process.
@@ -110,6 +117,17 @@ enum State {
     Stopped,
 }
 
+/// A new memfd for a VM's device journal (the holder never reads it).
+pub fn journal_file() -> std::io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a NUL-terminated name; checked below.
+    let fd = unsafe { libc::memfd_create(c"cenalloc-journal".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Starts, watches and restarts the serving processes.
 pub struct Supervisor {
     plan: Plan,
@@ -142,6 +160,13 @@ impl Supervisor {
         Ok((supervisor, child))
     }
 
+    /// Says whether VM `vm` has a front-end's session relayed now.
+    pub fn set_live(&self, vm: usize, live: bool) {
+        if let Some(flag) = self.plan.live.get(vm) {
+            flag.store(live, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, (State, bool)> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -172,6 +197,20 @@ impl Supervisor {
             handed.push(listener.as_raw_fd());
             listeners.push(listener);
             sockets.push(path);
+        }
+        for (name, (journal, live)) in self
+            .plan
+            .vms
+            .iter()
+            .zip(self.plan.journals.iter().zip(&self.plan.live))
+        {
+            command
+                .arg("--journal-fd")
+                .arg(format!("{name}={}", journal.as_raw_fd()));
+            handed.push(journal.as_raw_fd());
+            if live.load(std::sync::atomic::Ordering::Acquire) {
+                command.arg("--adopt").arg(name);
+            }
         }
         if let Some(fd) = self.plan.control {
             command

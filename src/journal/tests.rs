@@ -253,7 +253,10 @@ fn the_last_answer_is_the_last_answered_batch_with_a_chain() {
         Record::Batch(BatchRecord {
             request: vec![],
             writable_len: 64,
-            end: End::Answered { status: 0, num_done: 1 },
+            end: End::Answered {
+                status: 0,
+                num_done: 1,
+            },
             chain: Some((position, 7)),
             used_len,
         })
@@ -263,8 +266,20 @@ fn the_last_answer_is_the_last_answered_batch_with_a_chain() {
         last_answer(&[answered(1, 8), answered(2, 16), Record::EventPopped]),
         Some((2, 7, 16))
     );
-    let abandoned = batch(b"", End::Abandoned { completed: 0, pending: true });
+    let abandoned = batch(
+        b"",
+        End::Abandoned {
+            completed: 0,
+            pending: true,
+        },
+    );
     assert_eq!(last_answer(&[answered(1, 8), abandoned]), None);
-    let marker = Record::Answer { chain: (9, 1), used_len: 24 };
-    assert_eq!(last_answer(&[marker, Record::EventPopped]), Some((9, 1, 24)));
+    let marker = Record::Answer {
+        chain: (9, 1),
+        used_len: 24,
+    };
+    assert_eq!(
+        last_answer(&[marker, Record::EventPopped]),
+        Some((9, 1, 24))
+    );
 }

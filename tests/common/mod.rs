@@ -570,6 +570,39 @@ pub fn spawn_daemon_with(config: DeviceConfig, hooks: cenalloc::config::Hooks) -
     socket
 }
 
+/// Starts an in-process daemon that serves one front-end of VM `vm` with
+/// its device journaled in `journal` (a fresh journal, or one to take the
+/// device over from), then stops; returns the socket path.
+pub fn spawn_journaled(
+    config: DeviceConfig,
+    journal: cenalloc::adoption::JournalSlot,
+) -> (PathBuf, std::thread::JoinHandle<()>) {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let socket = std::env::temp_dir().join(format!(
+        "cenalloc-journaled-{}-{n}.sock",
+        std::process::id()
+    ));
+    let mut listener = Listener::new(&socket, true).unwrap();
+    let served = std::thread::spawn(move || {
+        let registry = cenalloc::registry::Registry::new(cenalloc::registry::DaemonLimits {
+            max_vms: u32::MAX,
+            max_buffers: u64::MAX,
+            max_total_bytes: u64::MAX,
+        });
+        registry.add_socket("vm", "listener").unwrap();
+        let _ = cenalloc::vhu_cenalloc::serve_one_with(
+            &mut listener,
+            "vm",
+            &config,
+            &cenalloc::config::Hooks::default(),
+            &registry,
+            Some(journal),
+        );
+    });
+    (socket, served)
+}
+
 pub const WANTED_FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
@@ -653,6 +686,71 @@ impl Harness {
             harness.try_setup_queue(index, 0)?;
         }
         Ok(harness)
+    }
+
+    /// What the holder of `cenallocd --supervise` does for a new serving
+    /// process on `socket`: the same session again (features, memory
+    /// table, both rings from the bases they were first set up with),
+    /// with the same guest RAM, rings, kick and call eventfds. The
+    /// harness's own ring state goes on where it was.
+    /// The old connection is closed first, and `next` called once it is
+    /// (it waits for the old daemon to end and starts the next one).
+    pub fn replay_session(&mut self, next: impl FnOnce() -> PathBuf) {
+        let (placeholder, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(std::mem::replace(
+            &mut self.frontend,
+            Frontend::from_stream(placeholder, CENALLOC_NUM_VQS as u64),
+        ));
+        let socket = &next();
+        let mut frontend = Frontend::connect(socket, CENALLOC_NUM_VQS as u64).unwrap();
+        frontend.set_owner().unwrap();
+        frontend.get_features().unwrap();
+        frontend.set_features(self.features).unwrap();
+        frontend.get_protocol_features().unwrap();
+        frontend
+            .set_protocol_features(VhostUserProtocolFeatures::CONFIG)
+            .unwrap();
+        frontend.set_mem_table(&self.ram.regions()).unwrap();
+        frontend.get_features().unwrap();
+        self.frontend = frontend;
+        self.socket = socket.to_path_buf();
+        for index in 0..CENALLOC_NUM_VQS {
+            self.setup_queue(index, 0);
+        }
+    }
+
+    /// The last entry of the control queue's used ring (head, length), and
+    /// the used index taken back over it, in guest memory and in the
+    /// harness: as if the device had written the answer but died before
+    /// it put it on the used ring.
+    pub fn unpublish_last_answer(&mut self) -> (u16, u32) {
+        let used = self.control_used_idx().wrapping_sub(1);
+        let entry = self.control.used + 4 + 8 * u64::from(used % QUEUE_SIZE);
+        let bytes = self.ram.read(entry, 8);
+        let head = u16::from_le_bytes(bytes[0..2].try_into().unwrap());
+        let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+        self.ram
+            .mem
+            .store(used, GuestAddress(self.control.used + 2), Ordering::Release)
+            .unwrap();
+        self.control.used_idx = used;
+        self.control.notified = used;
+        (head, len)
+    }
+
+    /// The control queue's used entry at `index` (head, length).
+    pub fn control_used_entry(&self, index: u16) -> (u16, u32) {
+        let entry = self.control.used + 4 + 8 * u64::from(index % QUEUE_SIZE);
+        let bytes = self.ram.read(entry, 8);
+        (
+            u16::from_le_bytes(bytes[0..2].try_into().unwrap()),
+            u32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+        )
+    }
+
+    /// The control queue's avail index as the harness wrote it.
+    pub fn control_avail_idx(&self) -> u16 {
+        self.control.avail_idx
     }
 
     /// SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE of queue `index` with the
