@@ -327,6 +327,10 @@ pub fn allowed_syscalls() -> &'static [(&'static str, i64, Arguments)] {
         ("mremap", libc::SYS_mremap, Any), // rare: realloc of large blocks
         ("memfd_create", libc::SYS_memfd_create, Any),
         ("ftruncate", libc::SYS_ftruncate, Any),
+        // The device journal (supervised mode): records written at an
+        // offset, read back when a VM is taken over.
+        ("pwrite64", libc::SYS_pwrite64, Any),
+        ("pread64", libc::SYS_pread64, Any),
         // Exports: re-open guest memory read-only through /proc/self/fd.
         ("openat", libc::SYS_openat, ReadOnlyOpen),
         // Removing the daemon's own sockets at exit (after a stat).
