@@ -102,14 +102,16 @@ fn fresh_origin(config: &DeviceConfig) -> Origin {
 }
 
 /// Rebuilds the device of `pending` against `mem` and sets the rings where
-/// the dead process left them. The device comes back journaling. An error
+/// the dead process left them: `control` must be set up (its base set) by
+/// now; `events` if it is (else the caller sets it later,
+/// [`ring::resume_at_used`]). The device comes back journaling. An error
 /// only if not even an empty device can be built.
 pub fn adopt(
     pending: Pending,
     config: &DeviceConfig,
     mem: &MemoryGuard,
     control: &VringRwLock,
-    events: &VringRwLock,
+    events: Option<&VringRwLock>,
 ) -> Result<(Device, Adopted), crate::device::Error> {
     let Pending {
         mut journal,
@@ -144,9 +146,11 @@ pub fn adopt(
         Ok(None) => {}
         Err(e) => warn!("control ring after the restart: {e}"),
     }
-    match ring::resume_at_used(events, mem, None) {
-        Ok(at) => adopted.events_at = at.map(|(at, _)| at),
-        Err(e) => warn!("event ring after the restart: {e}"),
+    if let Some(events) = events {
+        match ring::resume_at_used(events, mem, None) {
+            Ok(at) => adopted.events_at = at.map(|(at, _)| at),
+            Err(e) => warn!("event ring after the restart: {e}"),
+        }
     }
     info!(
         "device taken over: {} journal records replayed, control ring at {:?}{}, event ring at {:?}",

@@ -121,6 +121,13 @@ pub fn running(vring: &VringRwLock) -> bool {
     state.get_queue().ready() && state.is_enabled()
 }
 
+/// Its rings' addresses and size were set (address 0 means unset).
+pub fn configured(vring: &VringRwLock) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue.avail_ring() != 0 && queue.used_ring() != 0 && queue.size() != 0
+}
+
 /// Ready, with rings that were set (address 0 means unset, as for
 /// virtio-queue), lie in guest RAM and are aligned.
 pub fn check_usable(vring: &VringRwLock, mem: &MemoryGuard) -> Result<(), RingError> {

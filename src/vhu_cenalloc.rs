@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -98,12 +98,6 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         io::Error::other(e)
     }
-}
-
-/// Whether the file `fd` holds nothing (a journal never written).
-fn file_is_empty(fd: &std::os::fd::OwnedFd) -> Result<bool, Error> {
-    let file = std::fs::File::from(fd.try_clone().map_err(crate::journal::Error::Io)?);
-    Ok(file.metadata().map_err(crate::journal::Error::Io)?.len() == 0)
 }
 
 /// Locks `mutex`; a poisoned lock only means an earlier panic, and the
@@ -358,6 +352,9 @@ pub struct CenallocBackend {
     adopt_event: Option<EventFd>,
     /// The vrings, from the first event.
     vrings: std::sync::OnceLock<Vec<VringRwLock>>,
+    /// Taken over before the event ring ran: it goes on from its used
+    /// index once it does.
+    events_resync: AtomicBool,
 }
 
 impl CenallocBackend {
@@ -390,6 +387,7 @@ impl CenallocBackend {
             adopted: Mutex::new(None),
             adopt_event: None,
             vrings: std::sync::OnceLock::new(),
+            events_resync: AtomicBool::new(false),
         })
     }
 
@@ -410,7 +408,9 @@ impl CenallocBackend {
 
     fn set_journal(&mut self, slot: JournalSlot) -> Result<(), Error> {
         let fd = match slot {
-            JournalSlot::Adopt(fd) if !file_is_empty(&fd)? => {
+            // Even with a journal never written, the rings must go on
+            // where the session left them.
+            JournalSlot::Adopt(fd) => {
                 let pending = adoption::Pending::open(fd, &self.config)?;
                 let event = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(Error::AdoptEvent)?;
                 event.write(1).map_err(Error::AdoptEvent)?;
@@ -418,7 +418,7 @@ impl CenallocBackend {
                 self.adopt_event = Some(event);
                 return Ok(());
             }
-            JournalSlot::Adopt(fd) | JournalSlot::Fresh(fd) => fd,
+            JournalSlot::Fresh(fd) => fd,
         };
         let worker = self.worker.get_mut();
         let journal = crate::journal::Journal::create_in(
@@ -441,20 +441,35 @@ impl CenallocBackend {
         lock(&self.adopted).clone()
     }
 
-    /// Takes the VM over if a journal waits and the guest memory is known:
-    /// the device rebuilt, the rings where the dead process left them.
-    fn take_over(&self, vrings: &[VringRwLock]) {
+    /// Takes the VM over if a journal waits, the guest memory is known and
+    /// the control ring runs (the replayed session set its base, which the
+    /// take-over overrides), or, with `stopping`, is set up (a ring stop
+    /// marks it not ready before it reaches the backend): the device
+    /// rebuilt, the rings where the dead process left them. An event ring
+    /// not running yet is set later ([`Self::resync_events`]).
+    fn take_over(&self, vrings: &[VringRwLock], stopping: bool) {
         if !self.has_memory.load(Ordering::Acquire) {
             return;
         }
-        let Some(pending) = lock(&self.adoption).take() else {
-            return;
-        };
         let (Some(control), Some(events)) = (
             vrings.get(CENALLOC_VQ_CONTROL as usize),
             vrings.get(CENALLOC_VQ_EVENT as usize),
         ) else {
             return;
+        };
+        let ready =
+            |vring: &VringRwLock| ring::running(vring) || (stopping && ring::configured(vring));
+        if !ready(control) {
+            return;
+        }
+        let Some(pending) = lock(&self.adoption).take() else {
+            return;
+        };
+        let events = if ready(events) {
+            Some(events)
+        } else {
+            self.events_resync.store(true, Ordering::Release);
+            None
         };
         let mem = self.memory.memory();
         let mut worker = self.worker.lock();
@@ -468,6 +483,30 @@ impl CenallocBackend {
                 *lock(&self.adopted) = Some(adopted);
             }
             Err(e) => error!("{}: cannot take the device over: {e}", self.name),
+        }
+    }
+
+    /// The event ring of a device taken over before it ran goes on from
+    /// its used index, once it runs.
+    fn resync_events(&self, vrings: &[VringRwLock], stopping: bool) {
+        if !self.events_resync.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(events) = vrings.get(CENALLOC_VQ_EVENT as usize) else {
+            return;
+        };
+        if !(ring::running(events) || (stopping && ring::configured(events))) {
+            return;
+        }
+        let _ring = lock(&self.event_ring);
+        if self.events_resync.swap(false, Ordering::AcqRel) {
+            match ring::resume_at_used(events, &self.memory.memory(), None) {
+                Ok(at) => info!(
+                    "{}: event ring goes on at {at:?} after the take-over",
+                    self.name
+                ),
+                Err(e) => warn!("{}: event ring after the take-over: {e}", self.name),
+            }
         }
     }
 
@@ -585,7 +624,8 @@ impl VhostUserBackend for CenallocBackend {
         // A ring stop right after a take-over: the base QEMU gets back must
         // be where the dead process left the ring.
         if let Some(vrings) = self.vrings.get() {
-            self.take_over(vrings);
+            self.take_over(vrings, true);
+            self.resync_events(vrings, true);
         }
         match u16::try_from(queue_index) {
             Ok(CENALLOC_VQ_CONTROL) => {
@@ -694,10 +734,16 @@ impl VhostUserBackend for CenallocBackend {
                 // Drained: the vrings are here now.
                 let _ = event.read();
             }
-            self.take_over(vrings);
+            self.take_over(vrings, false);
             return Ok(());
         }
-        self.take_over(vrings);
+        self.take_over(vrings, false);
+        self.resync_events(vrings, false);
+        if lock(&self.adoption).is_some() {
+            // Nothing is served before the take-over: the rings are not
+            // where the dead process left them yet.
+            return Ok(());
+        }
         if evset != EventSet::IN {
             self.bad_kick(
                 device_event,

@@ -430,3 +430,190 @@ fn a_connection_the_server_closes_is_closed_for_the_front_end() {
     answers(&mut harness);
     assert_eq!(holder.serving_pid(), Some(pid));
 }
+
+/// A small deterministic generator (xorshift64*), so that a failing run
+/// can be repeated from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The device the front-end talks to, and the same device run in this
+/// process without any crash: every answer must be the same.
+struct Twin {
+    reference: cenalloc::device::Device,
+    mem: vm_memory::GuestMemoryMmap,
+    /// Live buffers: (id, attachment id).
+    buffers: Vec<(u32, u32)>,
+    batches: u64,
+    slowest: Duration,
+}
+
+impl Twin {
+    fn new(args: &[&str]) -> Twin {
+        use clap::Parser;
+        let mut argv = vec!["cenallocd", "--socket-path", "vm1=/nonexistent/vm1.sock"];
+        argv.extend_from_slice(args);
+        let config = cenalloc::config::Config::build(
+            cenalloc::config::Args::try_parse_from(argv).unwrap(),
+            &[],
+        )
+        .unwrap();
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[
+            (vm_memory::GuestAddress(0), LOW_RAM as usize),
+            (vm_memory::GuestAddress(HIGH_BASE), HIGH_RAM as usize),
+        ])
+        .unwrap();
+        Twin {
+            reference: cenalloc::device::Device::new(config.vms[0].device.clone()).unwrap(),
+            mem,
+            buffers: Vec::new(),
+            batches: 0,
+            slowest: Duration::ZERO,
+        }
+    }
+
+    /// Runs `cmds` on both; their answers must be byte for byte the same,
+    /// and every chain posted must have exactly one used entry.
+    fn batch(&mut self, harness: &mut Harness, cmds: &[Cmd]) -> BatchAnswer {
+        let request = encode_batch(cmds);
+        let writable = response_len(cmds);
+        let expected = self
+            .reference
+            .execute_batch(&self.mem, &request, writable as usize);
+        let start = Instant::now();
+        let used = harness
+            .submit(&[Chain::simple(request, writable)])
+            .remove(0);
+        self.slowest = self.slowest.max(start.elapsed());
+        assert_eq!(
+            &used.written[..used.len as usize],
+            &expected[..],
+            "batch {}: {cmds:?}",
+            self.batches
+        );
+        assert_eq!(harness.control_used_idx(), harness.control_avail_idx());
+        self.batches += 1;
+        decode_batch(cmds, &used)
+    }
+
+    /// One random step of a VM's life.
+    fn step(&mut self, harness: &mut Harness, rng: &mut Rng) {
+        match rng.below(10) {
+            0..=3 => {
+                let size = 4096 * (1 + rng.below(16));
+                let answer = self.batch(
+                    harness,
+                    &[
+                        Cmd::create(size, 0),
+                        Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]),
+                        Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_TO_DEVICE, 16),
+                        Cmd::fill(CENALLOC_BATCH_REF, rng.next()),
+                    ],
+                );
+                if answer.status == 0 {
+                    let created: CreateResp = answer.answers[0].get();
+                    let attached: AttachResp = answer.answers[1].get();
+                    self.buffers.push((created.buffer_id, attached.attach_id));
+                }
+            }
+            4..=6 if !self.buffers.is_empty() => {
+                let (buffer, _) = self.buffers[rng.below(self.buffers.len() as u64) as usize];
+                self.batch(harness, &[Cmd::checksum(buffer)]);
+            }
+            7..=8 if !self.buffers.is_empty() => {
+                let (buffer, attach) = self
+                    .buffers
+                    .swap_remove(rng.below(self.buffers.len() as u64) as usize);
+                self.batch(
+                    harness,
+                    &[
+                        Cmd::unmap(attach, CENALLOC_DIR_TO_DEVICE),
+                        Cmd::detach(attach),
+                        Cmd::free(buffer),
+                    ],
+                );
+            }
+            _ => {
+                self.batch(harness, &[Cmd::get_info()]);
+            }
+        }
+    }
+}
+
+/// The test: SIGKILLs of the serving process at random instants
+/// under a random command load. After each restart the device answers
+/// exactly as the same device run without crashes (same ids, backings,
+/// contents, pool state: nothing lost, nothing run twice), every chain
+/// gets one used entry, and no batch waits longer than the bound.
+/// `CENALLOC_KILLS` sets the number of kills (100 by default).
+#[test]
+fn the_device_survives_sigkills_at_random_instants_under_load() {
+    let kills: u32 = std::env::var("CENALLOC_KILLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let seed = 0x5eed_0000 + u64::from(kills);
+    let holder = Holder::start(&["--max-restarts", "1000000", "--restart-window", "1"]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    let mut twin = Twin::new(&["--pool", "system:4M"]);
+    for (pool, ranges) in harness.donate_all().iter().enumerate() {
+        let cmd = Cmd::pool_add(pool as u32, ranges);
+        let request = encode_batch(std::slice::from_ref(&cmd));
+        twin.reference
+            .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut rng = Rng(seed);
+    let mut killer_rng = Rng(seed ^ 0xdead);
+    std::thread::scope(|scope| {
+        let killer = scope.spawn(|| {
+            let mut pid = holder.serving_pid_after(None);
+            for _ in 0..kills {
+                std::thread::sleep(Duration::from_micros(killer_rng.below(30_000)));
+                signal(pid, libc::SIGKILL);
+                pid = holder.serving_pid_after(Some(pid));
+            }
+            done.store(true, Ordering::Release);
+        });
+        while !done.load(Ordering::Acquire) {
+            twin.step(&mut harness, &mut rng);
+        }
+        killer.join().unwrap();
+    });
+    // After the last restart: every live buffer as the reference has it.
+    for (buffer, _) in twin.buffers.clone() {
+        twin.batch(&mut harness, &[Cmd::checksum(buffer)]);
+    }
+    twin.batch(&mut harness, &[Cmd::get_info()]);
+    assert_open_and_drained(&raw);
+    eprintln!(
+        "{kills} kills, {} batches, {} live buffers, slowest batch {:?}",
+        twin.batches,
+        twin.buffers.len(),
+        twin.slowest
+    );
+    assert!(
+        twin.batches > u64::from(kills),
+        "too little load between the kills"
+    );
+    let log = holder.log_text();
+    let take_overs = log.matches("device taken over").count();
+    eprintln!("{take_overs} take-overs (a process killed before it took over has none)");
+    assert!(
+        log.contains(&format!("({kills} serving processes died before this one)")),
+        "the last serving process is not the {kills}th restart"
+    );
+    assert!(take_overs > kills as usize / 2, "{take_overs} take-overs");
+    assert!(twin.slowest < Duration::from_secs(10), "{:?}", twin.slowest);
+}
