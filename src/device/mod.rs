@@ -30,7 +30,7 @@ pub use error::Error;
 pub use frame::{MAX_RESPONSE_BYTES, MAX_SLOT_BYTES};
 pub use guest_log::{GuestLog, GUEST_LOG_BURST, GUEST_LOG_PER_SEC};
 pub use guest_mem::{checksum, copy_segments, fill_pattern, zero_segments, Work, CHUNK};
-pub use replay::ReplayError;
+pub use replay::{DeviceImage, ReplayError};
 
 use config::placement_flags;
 use frame::{
@@ -52,6 +52,8 @@ pub struct DeviceCounters {
     pub events_dropped: u64,
     /// Journal writes that failed (the journal was then dropped).
     pub journal_failures: u64,
+    /// Journal compactions: the records replaced by the device's image.
+    pub journal_images: u64,
     /// Control queue notifications (kicks) the queue glue handled.
     pub control_wakeups: u64,
     /// Used-buffer notifications (interrupts) sent on the control queue.
@@ -90,6 +92,10 @@ pub trait BackingWatch: Send + Sync {
 
 /// Events kept for an event ring that is stopped; further ones are dropped.
 pub const MAX_PENDING_EVENTS: usize = 1024;
+
+/// Bytes of journal records after which they are replaced by the device's
+/// image (bounds both the journal and the replay at a restart).
+pub const JOURNAL_COMPACT_AFTER: u64 = 256 << 10;
 
 /// What a command produced, for batch references.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +211,8 @@ pub struct Device {
     /// While replaying a batch given up inside a command: the index of
     /// that command, which stops before its work.
     hold_work_at: Option<usize>,
+    /// Journal bytes after which the records become an image.
+    compact_after: u64,
 }
 
 impl Device {
@@ -221,6 +229,7 @@ impl Device {
             journal: None,
             dry: false,
             hold_work_at: None,
+            compact_after: JOURNAL_COMPACT_AFTER,
         })
     }
 
@@ -240,6 +249,12 @@ impl Device {
     /// device's [`Device::origin`] with no records.
     pub fn set_journal(&mut self, journal: Journal) {
         self.journal = Some(journal);
+    }
+
+    /// Replaces the journal's records with the device's image once they
+    /// pass `bytes` ([`JOURNAL_COMPACT_AFTER`] by default).
+    pub fn set_journal_compaction(&mut self, bytes: u64) {
+        self.compact_after = bytes;
     }
 
     /// The journal, if this device keeps one and it has not failed.
@@ -293,6 +308,43 @@ impl Device {
             _ => None,
         };
         self.compact_journal(answer);
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.records_len() > self.compact_after)
+        {
+            self.snapshot_journal(answer);
+        }
+    }
+
+    /// Replaces the journal's records with the device's image (and the
+    /// last answer, which they held).
+    fn snapshot_journal(&mut self, answer: Option<((u16, u16), u32)>) {
+        let state = match serde_json::to_vec(&self.image()) {
+            Ok(state) => state,
+            Err(e) => {
+                self.log
+                    .warn(format_args!("journal: cannot write the device image: {e}"));
+                return;
+            }
+        };
+        let image = journal::Record::Image {
+            answer: answer.map(|((position, head), used_len)| (position, head, used_len)),
+            state,
+        };
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        if let Err(e) = journal.compact(image) {
+            self.log.warn(format_args!(
+                "journal: cannot compact it: {e}; a restart will not restore this device"
+            ));
+            journal.mark_broken();
+            self.journal = None;
+            self.counters.journal_failures += 1;
+        } else {
+            self.counters.journal_images += 1;
+        }
     }
 
     /// After a batch that left the device as empty as a new one (a RESET),
@@ -597,22 +649,33 @@ impl Device {
     /// pattern written.
     pub fn abandon_batch(&mut self, batch: Batch) {
         self.preparing = None;
-        if batch.next > 0 || batch.pending.is_some() {
-            self.journal_batch(
-                &batch.request,
-                batch.writable_len,
-                batch.chain,
-                0,
-                journal::End::Abandoned {
-                    completed: batch.next as u32,
-                    pending: batch.pending.is_some(),
-                },
-            );
-        }
-        if let Some(pending) = batch.pending {
+        let Batch {
+            request,
+            writable_len,
+            chain,
+            next,
+            pending,
+            ..
+        } = batch;
+        let started = pending.is_some();
+        if let Some(pending) = pending {
             debug!("abandoned batch: its command's model changes undone");
             self.undo_pending(*pending);
             self.backing_changed();
+        }
+        // Journaled once the device is as the batch leaves it (an image
+        // the journal may take now must not hold the undone command).
+        if next > 0 || started {
+            self.journal_batch(
+                &request,
+                writable_len,
+                chain,
+                0,
+                journal::End::Abandoned {
+                    completed: next as u32,
+                    pending: started,
+                },
+            );
         }
     }
 
@@ -2469,10 +2532,17 @@ mod proptests {
     /// Runs `life` on a device that keeps a journal (after donating 2 MiB
     /// of `mem`); returns the device.
     fn live(mem: &GuestMemoryMmap, life: &[Life]) -> Device {
+        live_compacting(mem, life, u64::MAX)
+    }
+
+    /// [`live`] with the journal's records replaced by the device's image
+    /// whenever they pass `compact_after` bytes.
+    fn live_compacting(mem: &GuestMemoryMmap, life: &[Life], compact_after: u64) -> Device {
         let config = DeviceConfig::default_layout();
         let origin = Pool::new(config.pool.clone()).unwrap().origin();
         let journal = Journal::create(origin, journal::DEFAULT_LIMIT).unwrap();
         let mut device = Device::new(config).unwrap().with_journal(journal);
+        device.set_journal_compaction(compact_after);
         let mut donate = PoolAddReq {
             pool_index: 0,
             num_ranges: 1,
@@ -2548,9 +2618,12 @@ mod proptests {
         /// regions, counters) and the same pending events; and the replay
         /// writes nothing to guest memory.
         #[test]
-        fn replaying_the_journal_rebuilds_the_device(life in life()) {
+        fn replaying_the_journal_rebuilds_the_device(
+            life in life(),
+            compact_after in prop_oneof![Just(u64::MAX), 0u64..2048],
+        ) {
             let mem = memory();
-            let device = live(&mem, &life);
+            let device = live_compacting(&mem, &life, compact_after);
             // What the guest wrote since: the replay must leave it.
             let before = vec![0x5a; 0x100_0000];
             mem.write_slice(&before, GuestAddress(0)).unwrap();
@@ -2706,6 +2779,7 @@ mod proptests {
         let strategy = life();
         let (mut buffers, mut mapped, mut leased, mut events, mut pops, mut held, mut resets) =
             (0, 0, 0, 0, 0, 0, 0);
+        let mut images = 0;
         let mem = memory();
         for _ in 0..256 {
             let life =
@@ -2724,6 +2798,7 @@ mod proptests {
             pops += device.counters.events_sent;
             held += device.counters.batches_interrupted;
             assert!(device.journal().is_some());
+            images += live_compacting(&mem, &life, 512).counters.journal_images;
         }
         let reach = (buffers, mapped, leased, events, pops, held, resets);
         eprintln!("{reach:?}");
@@ -2732,6 +2807,8 @@ mod proptests {
             events > 0 && pops > 64 && held > 16 && resets > 8,
             "{reach:?}"
         );
+        eprintln!("{images} journal images at 512 bytes");
+        assert!(images > 64, "{images} journal images");
     }
 
     /// Guards the generator: the commands `a_failed_command_changes_nothing`

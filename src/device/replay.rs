@@ -12,6 +12,7 @@ use vm_memory::GuestMemoryBackend;
 use super::{Device, DeviceConfig, Progress};
 use crate::journal::{BatchRecord, End, Record};
 use crate::model::{Origin, Pool};
+use crate::protocol::Event;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ReplayError {
@@ -25,6 +26,31 @@ pub enum ReplayError {
     },
     #[error("record {index}: an event was taken off an empty queue")]
     NoEvent { index: usize },
+    #[error("record {index}: unusable device image: {why}")]
+    Image { index: usize, why: String },
+}
+
+/// The device's state as data: the pool and the pending events (a journal
+/// compaction, [`Device::image`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DeviceImage {
+    pub pool: crate::model::PoolImage,
+    /// type, buffer, data.
+    pub events: Vec<(u32, u32, u64)>,
+}
+
+impl Device {
+    /// The device's state as data.
+    pub fn image(&self) -> DeviceImage {
+        DeviceImage {
+            pool: self.pool.image(),
+            events: self
+                .events
+                .iter()
+                .map(|e| (e.event_type, e.buffer_id, e.data))
+                .collect(),
+        }
+    }
 }
 
 impl Device {
@@ -46,6 +72,27 @@ impl Device {
                 Record::Batch(batch) => device.replay_batch(index, batch, mem)?,
                 // Its effects are in the origin.
                 Record::Answer { .. } => {}
+                Record::Image { state, .. } => {
+                    let image: DeviceImage =
+                        serde_json::from_slice(state).map_err(|e| ReplayError::Image {
+                            index,
+                            why: e.to_string(),
+                        })?;
+                    device.pool = Pool::from_image(device.config.pool.clone(), &image.pool)
+                        .map_err(|e| ReplayError::Image {
+                            index,
+                            why: e.to_string(),
+                        })?;
+                    device.events = image
+                        .events
+                        .iter()
+                        .map(|&(event_type, buffer_id, data)| Event {
+                            event_type,
+                            buffer_id,
+                            data,
+                        })
+                        .collect();
+                }
                 Record::EventPopped => {
                     if device.events.pop_front().is_none() {
                         return Err(ReplayError::NoEvent { index });

@@ -39,15 +39,19 @@ mod tests;
 
 /// Bytes of the header.
 pub const HEADER_LEN: u64 = 48;
+const _: () = assert!(ORIGIN_AT + 16 == HEADER_LEN);
 const MAGIC: [u8; 8] = *b"CNJRNL\0\x01";
 const VERSION: u32 = 1;
 /// Offsets of the header's fields.
 const VERSION_AT: u64 = 8;
 const BROKEN_AT: u64 = 12;
 const COMMITTED_AT: u64 = 16;
+/// Where the records start (a compaction moves it past the old ones).
+const START_AT: u64 = 24;
 /// The origin: next serial (u64), next buffer and attachment ids (u32),
-/// right after the committed end, so that both change in one write.
-const ORIGIN_AT: u64 = 24;
+/// right after the committed end and the start, so that all three change
+/// in one write.
+const ORIGIN_AT: u64 = 32;
 /// Bytes before a record's body: length, kind, padding.
 const RECORD_HEADER: usize = 8;
 
@@ -56,6 +60,7 @@ const KIND_BATCH: u8 = 2;
 const BATCH_FIELDS: usize = 28;
 const KIND_EVENT_POPPED: u8 = 3;
 const KIND_ANSWER: u8 = 4;
+const KIND_IMAGE: u8 = 5;
 
 /// The largest journal when nothing else is asked for.
 pub const DEFAULT_LIMIT: u64 = 256 << 20;
@@ -116,6 +121,14 @@ pub enum Record {
         chain: (u16, u16),
         used_len: u32,
     },
+    /// The whole device state, as the device wrote it (a compaction): the
+    /// replay starts from it, and records before it are dropped. With the
+    /// last answer committed before it (chain position, head, used
+    /// length), which the records it replaces held.
+    Image {
+        answer: Option<(u16, u16, u32)>,
+        state: Vec<u8>,
+    },
 }
 
 /// The last answer `records` committed: its chain's avail position and
@@ -124,6 +137,7 @@ pub enum Record {
 pub fn last_answer(records: &[Record]) -> Option<(u16, u16, u32)> {
     records.iter().rev().find_map(|record| match record {
         Record::EventPopped => None,
+        Record::Image { answer, .. } => Some(*answer),
         Record::Answer { chain, used_len } => Some(Some((chain.0, chain.1, *used_len))),
         Record::Batch(batch) => Some(match (batch.end, batch.chain) {
             (End::Answered { .. }, Some((position, head))) => {
@@ -160,6 +174,19 @@ fn encode(record: &Record, out: &mut Vec<u8>) {
             KIND_BATCH
         }
         Record::EventPopped => KIND_EVENT_POPPED,
+        Record::Image { answer, state } => {
+            let (known, (position, head, used_len)) = match answer {
+                Some(answer) => (1u32, *answer),
+                None => (0, (0, 0, 0)),
+            };
+            out.extend_from_slice(&known.to_le_bytes());
+            out.extend_from_slice(&position.to_le_bytes());
+            out.extend_from_slice(&head.to_le_bytes());
+            out.extend_from_slice(&used_len.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(state);
+            KIND_IMAGE
+        }
         Record::Answer { chain, used_len } => {
             out.extend_from_slice(&chain.0.to_le_bytes());
             out.extend_from_slice(&chain.1.to_le_bytes());
@@ -177,6 +204,7 @@ fn encode(record: &Record, out: &mut Vec<u8>) {
 fn start(origin: Origin) -> [u8; (HEADER_LEN - COMMITTED_AT) as usize] {
     let mut tail = [0u8; (HEADER_LEN - COMMITTED_AT) as usize];
     tail[..8].copy_from_slice(&HEADER_LEN.to_le_bytes());
+    tail[8..16].copy_from_slice(&HEADER_LEN.to_le_bytes());
     let at = (ORIGIN_AT - COMMITTED_AT) as usize;
     tail[at..at + 8].copy_from_slice(&origin.next_serial.to_le_bytes());
     tail[at + 8..at + 12].copy_from_slice(&origin.next_buffer_id.to_le_bytes());
@@ -258,6 +286,24 @@ fn decode(bytes: &[u8], base: u64) -> Result<Vec<Record>, Error> {
                 }
                 Record::EventPopped
             }
+            KIND_IMAGE => {
+                if len < 16 {
+                    return Err(bad("image shorter than its fields"));
+                }
+                let answer = match u32_at(body, 0) {
+                    0 => None,
+                    1 => Some((
+                        u16::from_le_bytes([body[4], body[5]]),
+                        u16::from_le_bytes([body[6], body[7]]),
+                        u32_at(body, 8),
+                    )),
+                    _ => return Err(bad("unknown answer flag")),
+                };
+                Record::Image {
+                    answer,
+                    state: body[16..].to_vec(),
+                }
+            }
             KIND_ANSWER => {
                 if len != 8 {
                     return Err(bad("answer record of the wrong size"));
@@ -282,7 +328,8 @@ fn decode(bytes: &[u8], base: u64) -> Result<Vec<Record>, Error> {
 #[derive(Debug)]
 pub struct Journal {
     file: File,
-    /// Where the committed records end.
+    /// Where the records start and the committed ones end (file offsets).
+    start: u64,
     committed: u64,
     /// The most bytes the file may hold.
     limit: u64,
@@ -316,8 +363,9 @@ impl Journal {
         file.write_all_at(&header, 0)?;
         Ok(Journal {
             file,
+            start: HEADER_LEN,
             committed: HEADER_LEN,
-            limit: limit.max(HEADER_LEN + 4096),
+            limit: limit.max(4096),
             scratch: Vec::new(),
         })
     }
@@ -343,12 +391,13 @@ impl Journal {
             return Err(Error::Broken);
         }
         let committed = u64_at(&header, COMMITTED_AT as usize);
-        if committed < HEADER_LEN || committed > len || committed > limit {
+        let start = u64_at(&header, START_AT as usize);
+        if start < HEADER_LEN || committed < start || committed > len || committed - start > limit {
             return Err(Error::BadCommitted { committed, len });
         }
-        let mut bytes = vec![0u8; (committed - HEADER_LEN) as usize];
-        file.read_exact_at(&mut bytes, HEADER_LEN)?;
-        let records = decode(&bytes, HEADER_LEN)?;
+        let mut bytes = vec![0u8; (committed - start) as usize];
+        file.read_exact_at(&mut bytes, start)?;
+        let records = decode(&bytes, start)?;
         let origin = Origin {
             next_serial: u64_at(&header, ORIGIN_AT as usize),
             next_buffer_id: u32_at(&header, ORIGIN_AT as usize + 8),
@@ -357,6 +406,7 @@ impl Journal {
         Ok((
             Journal {
                 file,
+                start,
                 committed,
                 limit,
                 scratch: Vec::new(),
@@ -371,11 +421,55 @@ impl Journal {
         self.scratch.clear();
         encode(record, &mut self.scratch);
         let end = self.committed + self.scratch.len() as u64;
-        if end > self.limit {
+        if end - self.start > self.limit {
             return Err(Error::Full(self.limit));
         }
         self.file.write_all_at(&self.scratch, self.committed)?;
         self.commit(end)
+    }
+
+    /// Replaces every record with `image` (a [`Record::Image`]): it is
+    /// written after them, then made the only record by one write of the
+    /// start and the end; the old records' memory goes back (a hole).
+    pub fn compact(&mut self, image: Record) -> Result<(), Error> {
+        self.scratch.clear();
+        encode(&image, &mut self.scratch);
+        let len = self.scratch.len() as u64;
+        if len > self.limit {
+            return Err(Error::Full(self.limit));
+        }
+        let at = self.committed;
+        let end = at + len;
+        self.file.write_all_at(&self.scratch, at)?;
+        let mut both = [0u8; 16];
+        both[..8].copy_from_slice(&end.to_le_bytes());
+        both[8..].copy_from_slice(&at.to_le_bytes());
+        self.file.write_all_at(&both, COMMITTED_AT)?;
+        let (old_start, hole) = (self.start, at - self.start);
+        self.start = at;
+        self.committed = end;
+        // SAFETY: fallocate on an open descriptor with integer arguments;
+        // punching a hole never changes the file's size.
+        let punched = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                old_start as libc::off_t,
+                hole as libc::off_t,
+            )
+        };
+        if punched != 0 {
+            log::debug!(
+                "journal: cannot free the old records: {}",
+                io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// Bytes of records since the start (the last compaction or restart).
+    pub fn records_len(&self) -> u64 {
+        self.committed - self.start
     }
 
     /// Starts over from `origin`: every record is dropped (the device was
@@ -383,6 +477,7 @@ impl Journal {
     /// gives its memory back.
     pub fn restart(&mut self, origin: Origin) -> Result<(), Error> {
         self.file.write_all_at(&start(origin), COMMITTED_AT)?;
+        self.start = HEADER_LEN;
         self.committed = HEADER_LEN;
         self.file.set_len(HEADER_LEN)?;
         Ok(())
@@ -408,7 +503,7 @@ impl Journal {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.committed == HEADER_LEN
+        self.committed == self.start
     }
 }
 

@@ -283,3 +283,86 @@ fn the_last_answer_is_the_last_answered_batch_with_a_chain() {
         Some((9, 1, 24))
     );
 }
+
+fn image(answer: Option<(u16, u16, u32)>, state: &[u8]) -> Record {
+    Record::Image {
+        answer,
+        state: state.to_vec(),
+    }
+}
+
+#[test]
+fn a_compaction_leaves_the_image_then_what_follows() {
+    let mut journal = Journal::create(ORIGIN, DEFAULT_LIMIT).unwrap();
+    for _ in 0..50 {
+        journal
+            .append(&batch(
+                &[7; 100],
+                End::Answered {
+                    status: 0,
+                    num_done: 1,
+                },
+            ))
+            .unwrap();
+    }
+    let snapshot = image(Some((9, 2, 48)), b"{\"state\":1}");
+    journal.compact(snapshot.clone()).unwrap();
+    journal.append(&Record::EventPopped).unwrap();
+    let (_, origin, read) = Journal::adopt(reopen(&journal), DEFAULT_LIMIT).unwrap();
+    assert_eq!(origin, ORIGIN);
+    assert_eq!(read, vec![snapshot, Record::EventPopped]);
+    assert_eq!(last_answer(&read), Some((9, 2, 48)));
+    // The old records' memory went back: the file holds about the image.
+    let fd = reopen(&journal);
+    // SAFETY: fstat into a zeroed stat.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an open descriptor, valid out pointer.
+    assert_eq!(
+        unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut stat) },
+        0
+    );
+    assert!(
+        stat.st_blocks * 512 <= 3 * 4096,
+        "{} blocks",
+        stat.st_blocks
+    );
+}
+
+#[test]
+fn a_compaction_cut_short_leaves_the_old_records() {
+    let mut journal = Journal::create(ORIGIN, DEFAULT_LIMIT).unwrap();
+    let record = batch(
+        b"kept",
+        End::Answered {
+            status: 0,
+            num_done: 1,
+        },
+    );
+    journal.append(&record).unwrap();
+    // The image written past the end, the header not switched yet.
+    let mut bytes = Vec::new();
+    encode(&image(None, b"{}"), &mut bytes);
+    journal.file.write_all_at(&bytes, journal.len()).unwrap();
+    let (_, _, read) = Journal::adopt(reopen(&journal), DEFAULT_LIMIT).unwrap();
+    assert_eq!(read, vec![record]);
+}
+
+#[test]
+fn the_limit_counts_the_records_since_the_last_compaction() {
+    let limit = 4096;
+    let mut journal = Journal::create(ORIGIN, limit).unwrap();
+    let record = batch(
+        &[0; 1000],
+        End::Answered {
+            status: 0,
+            num_done: 1,
+        },
+    );
+    for _ in 0..10 {
+        while journal.append(&record).is_ok() {}
+        journal.compact(image(None, b"{}")).unwrap();
+        assert!(journal.records_len() < 100);
+    }
+    let (_, _, read) = Journal::adopt(reopen(&journal), limit).unwrap();
+    assert_eq!(read, vec![image(None, b"{}")]);
+}

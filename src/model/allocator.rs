@@ -56,6 +56,15 @@ pub trait Allocator: Send {
     /// A copy of this allocator.
     fn clone_box(&self) -> Box<dyn Allocator>;
 
+    /// Adds `[addr, addr + len)` free, without the region checks (a pool
+    /// being rebuilt from its image: the region was checked when donated).
+    fn restore_region(&mut self, addr: u64, len: u64);
+
+    /// Takes the free range `[addr, addr + len)` as allocated (a pool being
+    /// rebuilt: a backing or leased extent); false, changing nothing, if
+    /// it is not free.
+    fn claim(&mut self, addr: u64, len: u64) -> bool;
+
     /// The free extents, in address order.
     fn free_list(&self) -> Vec<Segment>;
 
@@ -234,6 +243,21 @@ macro_rules! delegate_to_regions {
 
         fn clone_box(&self) -> Box<dyn Allocator> {
             Box::new(self.clone())
+        }
+
+        fn restore_region(&mut self, addr: u64, len: u64) {
+            self.regions.extents.insert(addr, len);
+            self.regions.capacity += len;
+        }
+
+        fn claim(&mut self, addr: u64, len: u64) -> bool {
+            match self.regions.extents.containing(addr, len) {
+                Some(extent) => {
+                    self.regions.extents.take(extent, addr, len);
+                    true
+                }
+                None => false,
+            }
         }
 
         fn free_list(&self) -> Vec<Segment> {

@@ -117,7 +117,10 @@ pub use allocator::{Allocator, ContiguousAllocator, ScatterAllocator};
 pub use config::{AllocatorSpec, KindSpec, Limits, Placement, PoolConfig, Strategy};
 pub use error::Error;
 pub use mapping::MappingType;
-pub use pool::{Attached, Created, LeasedAttach, LeasedMap, Mapped, Origin, Pool};
+pub use pool::{
+    Attached, AttachmentImage, BufferImage, Created, LeasedAttach, LeasedMap, Mapped, Origin, Pool,
+    PoolImage,
+};
 pub use snapshot::{AllocatorStats, AttachmentInfo, BufferInfo, Counters, RegionInfo, Snapshot};
 
 use serde::{Deserialize, Serialize};

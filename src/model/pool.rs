@@ -12,6 +12,9 @@ use super::{
     DRIVER_ID_FIRST, DRIVER_ID_LAST, LEASE_MAX_COUNT, LEASE_MAX_EXTENT, PAGE_SIZE,
 };
 
+mod image;
+pub use image::{AttachmentImage, BufferImage, PoolImage};
+
 /// Flags `create` accepts (`CENALLOC_CREATE_F_ALL`).
 pub const CREATE_FLAGS_ALL: u32 = 0;
 

@@ -1,12 +1,12 @@
 //! Introspection: a serializable picture of the whole pool.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AttachmentId, BufferId, Limits, MappingType, Placement, Segment, Strategy};
 
 /// Counts of successful operations and current totals. Failed operations
 /// count nowhere, so a failed operation leaves the snapshot unchanged.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub creates: u64,
     pub frees: u64,
