@@ -331,6 +331,8 @@ pub fn allowed_syscalls() -> &'static [(&'static str, i64, Arguments)] {
         // offset, read back when a VM is taken over.
         ("pwrite64", libc::SYS_pwrite64, Any),
         ("pread64", libc::SYS_pread64, Any),
+        // ... and its old records' memory given back at a compaction.
+        ("fallocate", libc::SYS_fallocate, Any),
         // Exports: re-open guest memory read-only through /proc/self/fd.
         ("openat", libc::SYS_openat, ReadOnlyOpen),
         // Removing the daemon's own sockets at exit (after a stat).

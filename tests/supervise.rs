@@ -574,20 +574,35 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
             .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
     }
     let done = std::sync::atomic::AtomicBool::new(false);
+    let answered = std::sync::atomic::AtomicU64::new(0);
     let mut rng = Rng(seed);
     let mut killer_rng = Rng(seed ^ 0xdead);
     std::thread::scope(|scope| {
         let killer = scope.spawn(|| {
             let mut pid = holder.serving_pid_after(None);
             for _ in 0..kills {
+                // Mostly once the new process serves (a batch answered
+                // since the last kill), else while it starts or takes
+                // over: kills faster than any recovery would leave
+                // nothing to test.
+                if killer_rng.below(4) != 0 {
+                    let before = answered.load(Ordering::Acquire);
+                    holder.wait_for(
+                        || answered.load(Ordering::Acquire) > before,
+                        "no batch answered since the last restart",
+                    );
+                }
                 std::thread::sleep(Duration::from_micros(killer_rng.below(30_000)));
-                signal(pid, libc::SIGKILL);
+                // SAFETY: kill(2) with integers, on the holder's child. It
+                // may have died by itself (the log check below tells).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
                 pid = holder.serving_pid_after(Some(pid));
             }
             done.store(true, Ordering::Release);
         });
         while !done.load(Ordering::Acquire) {
             twin.step(&mut harness, &mut rng);
+            answered.fetch_add(1, Ordering::AcqRel);
         }
         killer.join().unwrap();
     });
@@ -608,6 +623,11 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
         "too little load between the kills"
     );
     let log = holder.log_text();
+    // Every serving process died of the test's SIGKILL, none of its own
+    // (a seccomp SIGSYS, a panic).
+    for line in log.lines().filter(|l| l.contains("died (Ok(ExitStatus")) {
+        assert!(line.contains("unix_wait_status(9)"), "{line}");
+    }
     let take_overs = log.matches("device taken over").count();
     eprintln!("{take_overs} take-overs (a process killed before it took over has none)");
     assert!(
