@@ -178,6 +178,7 @@ fn main() -> ExitCode {
         window: std::time::Duration::from_secs(args.restart_window),
     });
     let restarted = args.restarted;
+    let from_holder = !args.holder_fds.is_empty();
     let mut journals = match vm_journals(&args.journal_fds, &args.adopt) {
         Ok(journals) => journals,
         Err(e) => {
@@ -271,6 +272,7 @@ fn main() -> ExitCode {
             max_exports_per_client: control.max_exports_per_client,
             idle_timeout: control.idle_timeout,
             request_timeout: control.request_timeout,
+            refuse_exports: from_holder,
             ..ControlPolicy::default()
         };
         let Some(policy) = fd_budget::size_policy(descriptors, config.vms.len(), wanted.clone())

@@ -637,3 +637,35 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
     assert!(take_overs > kills as usize / 2, "{take_overs} take-overs");
     assert!(twin.slowest < Duration::from_secs(10), "{:?}", twin.slowest);
 }
+
+/// A buffer export's status word is written by the serving process that
+/// made it; one that died can no longer revoke it, and a host program
+/// would go on trusting segments the guest reuses. Under --supervise the
+/// control socket refuses exports (until the holder can revoke them).
+#[test]
+fn exports_are_refused_under_the_holder() {
+    let holder = Holder::start(&[]);
+    let (mut harness, _raw) = front_end(&holder.socket);
+    harness.donate_all();
+    let answer = harness.batch(&[
+        Cmd::create(4096, 0),
+        Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]),
+        Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_TO_DEVICE, 4),
+    ]);
+    assert_eq!(answer.status, 0, "{answer:?}");
+    let created: CreateResp = answer.answers[0].get();
+    let mut client = cenalloc::control::client::Client::connect(&holder.control).unwrap();
+    match client.export("vm1", created.buffer_id, false) {
+        Err(cenalloc::control::client::Error::Daemon(body)) => {
+            assert_eq!(
+                body.code,
+                cenalloc::control::protocol::ErrorCode::Forbidden,
+                "{body:?}"
+            )
+        }
+        Err(other) => panic!("export under the holder: {other}"),
+        Ok(_) => panic!("an export under the holder was granted"),
+    }
+    // The rest of the control socket works.
+    assert_eq!(client.vms().unwrap().len(), 1);
+}

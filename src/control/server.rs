@@ -59,6 +59,11 @@ pub struct ControlPolicy {
     pub idle_timeout: Duration,
     /// A request must arrive whole, and its answer be taken, within this.
     pub request_timeout: Duration,
+    /// Exports are refused: this daemon is the serving process of a
+    /// holder (`--supervise`), and if it dies nothing can revoke them (an
+    /// export's status word is written through this process's mapping
+    /// only), so a host program would trust segments the guest reuses.
+    pub refuse_exports: bool,
 }
 
 impl Default for ControlPolicy {
@@ -69,6 +74,7 @@ impl Default for ControlPolicy {
             max_clients: 32,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            refuse_exports: false,
         }
     }
 }
@@ -626,6 +632,13 @@ impl Client {
     }
 
     fn export(&mut self, name: &str, buffer: u32, writable: bool) -> Handled {
+        if self.shared.policy.refuse_exports {
+            return Err(error(
+                ErrorCode::Forbidden,
+                "exports are refused under cenallocd --supervise: a serving process that dies \
+                 could not revoke them",
+            ));
+        }
         if writable && !self.shared.policy.allow_writable_export {
             return Err(error(
                 ErrorCode::Forbidden,
