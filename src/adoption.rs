@@ -22,7 +22,7 @@
 use std::os::fd::OwnedFd;
 
 use log::{error, info, warn};
-use vhost_user_backend::VringRwLock;
+use vhost_user_backend::{VringRwLock, VringT};
 
 use crate::device::{Device, DeviceConfig};
 use crate::journal::{self, Journal, Record};
@@ -150,6 +150,14 @@ pub fn adopt(
         match ring::resume_at_used(events, mem, None) {
             Ok(at) => adopted.events_at = at.map(|(at, _)| at),
             Err(e) => warn!("event ring after the restart: {e}"),
+        }
+    }
+    // The dead process may have put answers on a used ring and died before
+    // it notified the driver, which would then sleep for ever: notify once
+    // (a notification with nothing new is harmless to a virtio driver).
+    for vring in std::iter::once(control).chain(events) {
+        if let Err(e) = vring.signal_used_queue() {
+            warn!("notifying the driver after the restart: {e}");
         }
     }
     info!(

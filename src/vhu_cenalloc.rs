@@ -51,7 +51,7 @@ use std::time::Instant;
 
 use log::{debug, error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -506,6 +506,14 @@ impl CenallocBackend {
                     self.name
                 ),
                 Err(e) => warn!("{}: event ring after the take-over: {e}", self.name),
+            }
+            // As for the control ring (crate::adoption): an event put on
+            // the ring by the dead process may not have been notified.
+            if let Err(e) = events.signal_used_queue() {
+                warn!(
+                    "{}: notifying the driver after the take-over: {e}",
+                    self.name
+                );
             }
         }
     }

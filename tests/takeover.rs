@@ -194,3 +194,23 @@ fn an_unreadable_journal_gives_an_empty_device_not_a_dead_one() {
     let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
     assert_eq!(info.version, CENALLOC_PROTOCOL_VERSION);
 }
+
+#[test]
+fn a_take_over_notifies_the_driver_of_what_the_dead_process_used() {
+    let mut vm = journaled();
+    filled_buffer(&mut vm.harness, 4096, 1);
+    // As if the dead process put its last answer on the used ring but
+    // died before the used-buffer notification.
+    vm.harness.drain_call(0);
+    vm.harness.drain_call(1);
+
+    take_over(&mut vm);
+
+    // A driver sleeping on the interrupt is woken.
+    assert!(vm
+        .harness
+        .notified_within(0, std::time::Duration::from_secs(5)));
+    assert!(vm
+        .harness
+        .notified_within(1, std::time::Duration::from_secs(5)));
+}

@@ -114,7 +114,8 @@ fn private_parent() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and the threads it starts.
+/// Blocks SIGINT, SIGTERM and SIGHUP (an upgrade) in this thread and the
+/// threads it starts.
 fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -123,6 +124,7 @@ fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     // SAFETY: `set` is initialised; the old mask is not needed (null).
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -203,6 +205,7 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
         dir: dir.clone(),
         max_restarts: limit.max_restarts,
         window: limit.window,
+        exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
         live: journals
             .iter()
             .map(|_| std::sync::atomic::AtomicBool::new(false))
@@ -228,11 +231,19 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
         std::thread::Builder::new()
             .name("signals".to_string())
             .spawn(move || {
-                let mut signal: libc::c_int = 0;
-                // SAFETY: `signals` is initialised; `signal` is a valid out
-                // pointer.
-                if unsafe { libc::sigwait(&signals, &mut signal) } == 0 {
+                loop {
+                    let mut signal: libc::c_int = 0;
+                    // SAFETY: `signals` is initialised; `signal` is a valid
+                    // out pointer.
+                    if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+                        break;
+                    }
+                    if signal == libc::SIGHUP {
+                        supervisor.upgrade();
+                        continue;
+                    }
                     info!("signal {signal}: stopping the serving process and exiting");
+                    break;
                 }
                 supervisor.stop();
                 cleanup();

@@ -61,6 +61,8 @@ pub struct Plan {
     pub dir: PathBuf,
     pub max_restarts: u32,
     pub window: Duration,
+    /// The holder's binary path: what an upgrade starts.
+    pub exe: PathBuf,
     /// Per VM, its device journal: a memfd that every generation gets
     /// (`--journal-fd`), so that it outlives each of them.
     pub journals: Vec<OwnedFd>,
@@ -133,6 +135,13 @@ pub struct Supervisor {
     plan: Plan,
     state: Mutex<(State, bool)>,
     changed: Condvar,
+    /// The binary serving processes are started from: the holder's own
+    /// (`/proc/self/exe`, even once its file was replaced), until an
+    /// upgrade switches to the file at the holder's path as it is then.
+    binary: Mutex<PathBuf>,
+    /// An upgrade asked the serving process to exit: the next start is
+    /// not a death (no back-off, not counted) and uses the new binary.
+    upgrading: std::sync::atomic::AtomicBool,
 }
 
 /// `pidfd_open(2)`.
@@ -154,6 +163,8 @@ impl Supervisor {
             plan,
             state: Mutex::new((State::Restarting, false)),
             changed: Condvar::new(),
+            binary: Mutex::new(PathBuf::from("/proc/self/exe")),
+            upgrading: std::sync::atomic::AtomicBool::new(false),
         });
         let (generation, child) = supervisor.spawn(0)?;
         supervisor.set(State::Running(generation));
@@ -180,7 +191,12 @@ impl Supervisor {
     fn spawn(&self, number: u32) -> Result<(Arc<Generation>, std::process::Child), ServingError> {
         let mut listeners = Vec::new();
         let mut sockets = Vec::new();
-        let mut command = std::process::Command::new("/proc/self/exe");
+        let binary = self
+            .binary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut command = std::process::Command::new(binary);
         command.args(&self.plan.args);
         let mut handed = Vec::new();
         for (index, name) in self.plan.vms.iter().enumerate() {
@@ -340,6 +356,22 @@ impl Supervisor {
                 self.set(State::Stopped);
                 return false;
             }
+            if self
+                .upgrading
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                info!("upgrade: serving process {pid} exited ({status:?})");
+                number += 1;
+                match self.spawn(number) {
+                    Ok((generation, next)) => {
+                        child = next;
+                        self.set(State::Running(generation));
+                        continue;
+                    }
+                    // Started as after a death, below.
+                    Err(e) => error!("upgrade: {e}"),
+                }
+            }
             // Dead, or never started.
             loop {
                 let now = Instant::now();
@@ -387,6 +419,33 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Live upgrade (SIGHUP): the serving process is asked to exit
+    /// (SIGTERM: whatever it was doing, its journal has every answer the
+    /// guest saw) and the next one is started at once from `plan.exe`,
+    /// the holder's binary path as the file is now, and takes every VM
+    /// over.
+    pub fn upgrade(&self) {
+        let running = match &self.lock().0 {
+            State::Running(g) => Some(g.clone()),
+            _ => None,
+        };
+        let Some(g) = running else {
+            warn!("upgrade asked while no serving process runs: the next one starts from the new binary");
+            *self.binary.lock().unwrap_or_else(|e| e.into_inner()) = self.plan.exe.clone();
+            return;
+        };
+        info!(
+            "upgrade: serving process {} replaced by one from {}",
+            g.pid,
+            self.plan.exe.display()
+        );
+        *self.binary.lock().unwrap_or_else(|e| e.into_inner()) = self.plan.exe.clone();
+        self.upgrading
+            .store(true, std::sync::atomic::Ordering::Release);
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe { libc::kill(g.pid, libc::SIGTERM) };
     }
 
     /// Stops for good: the serving process gets SIGTERM (SIGKILL after a

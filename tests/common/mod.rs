@@ -748,6 +748,33 @@ impl Harness {
         )
     }
 
+    /// Takes what the call eventfd of queue `index` (0 control, 1 event)
+    /// holds; then whether a used-buffer notification comes within
+    /// `within` (without taking it).
+    pub fn drain_call(&self, index: usize) {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        let _ = queue.call.read();
+    }
+
+    pub fn notified_within(&self, index: usize, within: Duration) -> bool {
+        let queue = if index == 0 {
+            &self.control
+        } else {
+            &self.events
+        };
+        let mut pfd = libc::pollfd {
+            fd: queue.call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, bounded timeout.
+        unsafe { libc::poll(&mut pfd, 1, within.as_millis() as libc::c_int) > 0 }
+    }
+
     /// The control queue's avail index as the harness wrote it.
     pub fn control_avail_idx(&self) -> u16 {
         self.control.avail_idx
