@@ -154,10 +154,13 @@ pub struct Args {
     #[arg(long, value_name = "US")]
     pub poll_us: Option<u32>,
 
-    /// Run as a holder (see src/holder/mod.rs): keep the sockets and every
-    /// front-end connection in this process, serve them from a child
-    /// process started from the same binary, and start a new child, with
-    /// the vhost-user session replayed, when it dies.
+    /// Run as a holder (see src/holder/mod.rs): keep the sockets, every
+    /// front-end connection and each VM's device journal in this process,
+    /// serve them from a child process started from the same binary, and
+    /// when it dies start a new child, which gets the vhost-user sessions
+    /// replayed and takes every device over from its journal. SIGHUP
+    /// replaces the child with one started from the binary now at this
+    /// path (a live upgrade). Exports are refused in this mode.
     #[arg(long)]
     pub supervise: bool,
 
