@@ -58,6 +58,20 @@ fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
     Ok(set)
 }
 
+/// The holder's upgrade eventfd (`--upgrade-fd`), checked to be an open
+/// eventfd; it stays open for the process's life.
+fn upgrade_eventfd(fd: i32) -> Result<i32, String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| format!("--upgrade-fd {fd}: {e}"))?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(format!(
+            "--upgrade-fd {fd} is not an eventfd ({})",
+            link.display()
+        ));
+    }
+    Ok(fd)
+}
+
 /// The device journals the holder handed down (`--journal-fd NAME=FD`,
 /// `--adopt NAME`), by VM name. Each descriptor must be a regular file (a
 /// memfd), named once.
@@ -179,6 +193,13 @@ fn main() -> ExitCode {
     });
     let restarted = args.restarted;
     let from_holder = !args.holder_fds.is_empty();
+    let upgrade_fd = match args.upgrade_fd.map(upgrade_eventfd).transpose() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("cenallocd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut journals = match vm_journals(&args.journal_fds, &args.adopt) {
         Ok(journals) => journals,
         Err(e) => {
@@ -273,6 +294,7 @@ fn main() -> ExitCode {
             idle_timeout: control.idle_timeout,
             request_timeout: control.request_timeout,
             refuse_exports: from_holder,
+            upgrade_fd,
             ..ControlPolicy::default()
         };
         let Some(policy) = fd_budget::size_policy(descriptors, config.vms.len(), wanted.clone())

@@ -773,3 +773,63 @@ fn sighup_upgrades_the_serving_process_under_load() {
     assert!(smax < Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `cenallocctl upgrade` (the control socket's `upgrade`) does what SIGHUP
+/// does: the serving process is replaced by one from the binary at the
+/// holder's path, and the device is the same. A daemon without a holder
+/// refuses it.
+#[test]
+fn cenallocctl_upgrade_replaces_the_serving_process() {
+    let holder = Holder::start(&[]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    harness.donate_all();
+    let created: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    let before = holder.serving_pid_after(None);
+    let out = Command::new(env!("CARGO_BIN_EXE_cenallocctl"))
+        .arg("--socket")
+        .arg(&holder.control)
+        .arg("upgrade")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = holder.serving_pid_after(Some(before));
+    assert_ne!(after, before);
+    // The same device, through the new process.
+    let next: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, created.buffer_id + 1);
+    assert_open_and_drained(&raw);
+    let log = holder.log_text();
+    assert!(log.contains("upgrade: serving process"), "{log}");
+    assert!(!log.contains("starting another in"), "{log}");
+
+    // Without a holder there is nothing to upgrade.
+    let socket = std::env::temp_dir().join(format!("cenallocd-plain-{}.sock", std::process::id()));
+    let control = socket.with_extension("control");
+    let mut plain = Command::new(env!("CARGO_BIN_EXE_cenallocd"))
+        .arg("--socket-path")
+        .arg(format!("vm1={}", socket.display()))
+        .arg("--control-socket")
+        .arg(&control)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    holder.wait_for(
+        || control.exists(),
+        "the plain daemon never made its control socket",
+    );
+    let mut client = cenalloc::control::client::Client::connect(&control).unwrap();
+    match client.upgrade() {
+        Err(cenalloc::control::client::Error::Daemon(body)) => assert_eq!(
+            body.code,
+            cenalloc::control::protocol::ErrorCode::Forbidden,
+            "{body:?}"
+        ),
+        other => panic!("upgrade without a holder: {:?}", other.map(|_| ())),
+    }
+    signal(plain.id() as i32, libc::SIGTERM);
+    plain.wait().unwrap();
+}

@@ -267,6 +267,17 @@ fn read_valid(export: &Export) -> Result<Vec<u8>, Failure> {
 fn run(args: Args) -> Result<(), Failure> {
     let mut client = Client::connect(&args.socket)?;
     match args.command {
+        Command::Upgrade => {
+            let upgrading = client.upgrade()?;
+            if args.json {
+                print_json(&upgrading)?;
+            } else {
+                println!(
+                    "upgrade asked: serving process {} is being replaced",
+                    upgrading.pid
+                );
+            }
+        }
         Command::Vms => {
             let vms = client.vms()?;
             if args.json {

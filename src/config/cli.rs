@@ -209,6 +209,17 @@ pub struct Args {
     )]
     pub adopt: Vec<String>,
 
+    /// Internal (set by the holder of --supervise for its child): an
+    /// eventfd the control socket's `upgrade` writes to ask the holder for
+    /// a live upgrade.
+    #[arg(
+        long = "upgrade-fd",
+        value_name = "FD",
+        hide = true,
+        requires = "holder_fds"
+    )]
+    pub upgrade_fd: Option<i32>,
+
     /// Internal (set by the holder of --supervise for its child): how many
     /// serving processes died before this one (0 at the first start).
     #[arg(

@@ -73,4 +73,8 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE.png")]
         output: PathBuf,
     },
+    /// Live upgrade of a `cenallocd --supervise`: its serving process is
+    /// replaced by one started from the binary now at the daemon's path,
+    /// which takes every VM over.
+    Upgrade,
 }

@@ -221,6 +221,11 @@ impl Client {
         self.request::<Released>(&Request::Release { export: id })?;
         Ok(())
     }
+
+    /// Asks the holder of `cenallocd --supervise` for a live upgrade.
+    pub fn upgrade(&mut self) -> Result<Upgrading, Error> {
+        self.request(&Request::Upgrade {})
+    }
 }
 
 fn page_size() -> u64 {

@@ -81,6 +81,11 @@ pub enum Request {
     },
     /// Gives an export back: [`Released`].
     Release { export: u64 },
+    /// Live upgrade under `cenallocd --supervise`: the holder replaces
+    /// this serving process with one started from the binary now at its
+    /// path, which takes every VM over: [`Upgrading`]. Forbidden without
+    /// a holder.
+    Upgrade {},
 }
 
 /// Why a request failed.
@@ -355,6 +360,13 @@ pub struct ExportInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {
     pub export: u64,
+}
+
+/// Answer to `upgrade`: the holder was asked; this serving process (`pid`)
+/// is about to be replaced (this connection ends with it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgrading {
+    pub pid: u32,
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub struct ControlPolicy {
     /// export's status word is written through this process's mapping
     /// only), so a host program would trust segments the guest reuses.
     pub refuse_exports: bool,
+    /// Under a holder: the eventfd that asks it for a live upgrade (open
+    /// for the process's whole life).
+    pub upgrade_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Default for ControlPolicy {
@@ -75,6 +78,7 @@ impl Default for ControlPolicy {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             refuse_exports: false,
+            upgrade_fd: None,
         }
     }
 }
@@ -444,9 +448,37 @@ impl Client {
 
     fn answer(&mut self, line: &[u8]) -> io::Result<()> {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
-        let result = decode_request(line).and_then(|request| self.handle(request));
+        let mut upgrade = false;
+        let result = decode_request(line).and_then(|request| {
+            upgrade = matches!(request, Request::Upgrade {});
+            self.handle(request)
+        });
         self.end_answer();
-        self.send(result)
+        let asked = upgrade && result.is_ok();
+        let sent = self.send(result);
+        if asked {
+            // After the answer: the holder replaces this process at once.
+            self.ask_for_upgrade();
+        }
+        sent
+    }
+
+    /// Writes the holder's upgrade eventfd.
+    fn ask_for_upgrade(&self) {
+        let Some(fd) = self.shared.policy.upgrade_fd else {
+            return;
+        };
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) of 8 initialised bytes to a descriptor that
+        // stays open for the process's life (an eventfd).
+        let written = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+        if written != one.len() as isize {
+            log::error!(
+                "control client {}: asking the holder for the upgrade: {}",
+                self.id,
+                io::Error::last_os_error()
+            );
+        }
     }
 
     /// Sends an answer; the client must take it within the request
@@ -549,6 +581,19 @@ impl Client {
                 let held = self.exports.remove(index);
                 held.exports.release(held.id, self.id);
                 value(Released { export })
+            }
+            Request::Upgrade {} => {
+                if self.shared.policy.upgrade_fd.is_none() {
+                    return Err(error(
+                        ErrorCode::Forbidden,
+                        "no holder to upgrade this daemon (run cenallocd --supervise)",
+                    ));
+                }
+                // The holder is asked once this answer is sent.
+                info!("control client {}: live upgrade asked", self.id);
+                value(Upgrading {
+                    pid: std::process::id(),
+                })
             }
         }
     }

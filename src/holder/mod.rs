@@ -198,6 +198,20 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    let upgrade = match vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC) {
+        // SAFETY: the EventFd's descriptor, taken over by the OwnedFd
+        // (into_raw_fd gives up the EventFd's ownership).
+        Ok(event) => unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
+                std::os::fd::IntoRawFd::into_raw_fd(event),
+            )
+        },
+        Err(e) => {
+            error!("cannot create the upgrade event: {e}");
+            cleanup();
+            return ExitCode::FAILURE;
+        }
+    };
     let plan = Plan {
         args,
         vms: config.vms.iter().map(|vm| vm.name.clone()).collect(),
@@ -206,6 +220,7 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
         max_restarts: limit.max_restarts,
         window: limit.window,
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        upgrade,
         live: journals
             .iter()
             .map(|_| std::sync::atomic::AtomicBool::new(false))
@@ -250,6 +265,15 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
                 std::process::exit(0);
             })
     };
+    let upgrades = {
+        let supervisor = supervisor.clone();
+        std::thread::Builder::new()
+            .name("upgrades".to_string())
+            .spawn(move || supervisor.serve_upgrade_requests())
+    };
+    if let Err(e) = upgrades {
+        error!("cannot start the upgrade thread: {e}");
+    }
     if let Err(e) = stopping {
         error!("cannot start the signal thread: {e}");
         supervisor.stop();

@@ -63,6 +63,9 @@ pub struct Plan {
     pub window: Duration,
     /// The holder's binary path: what an upgrade starts.
     pub exe: PathBuf,
+    /// An eventfd every generation gets (`--upgrade-fd`): its control
+    /// socket's `upgrade` writes it, the holder then upgrades.
+    pub upgrade: OwnedFd,
     /// Per VM, its device journal: a memfd that every generation gets
     /// (`--journal-fd`), so that it outlives each of them.
     pub journals: Vec<OwnedFd>,
@@ -234,6 +237,10 @@ impl Supervisor {
                 .arg(format!("{}={fd}", crate::config::CONTROL_FD_NAME));
             handed.push(fd);
         }
+        command
+            .arg("--upgrade-fd")
+            .arg(self.plan.upgrade.as_raw_fd().to_string());
+        handed.push(self.plan.upgrade.as_raw_fd());
         command.arg("--restarted").arg(number.to_string());
         // SAFETY: holder pid read before the fork; the closure below runs
         // in the child between fork and exec and only makes
@@ -417,6 +424,30 @@ impl Supervisor {
                     }
                     Err(e) => error!("{e}"),
                 }
+            }
+        }
+    }
+
+    /// Waits for upgrade requests on the eventfd every serving process
+    /// has (its control socket's `upgrade`) and upgrades; returns when it
+    /// cannot read it any more.
+    pub fn serve_upgrade_requests(&self) {
+        loop {
+            let mut count = [0u8; 8];
+            // SAFETY: read(2) of 8 bytes into a local buffer from the
+            // eventfd the plan owns (blocking).
+            let read = unsafe {
+                libc::read(
+                    self.plan.upgrade.as_raw_fd(),
+                    count.as_mut_ptr().cast(),
+                    count.len(),
+                )
+            };
+            if read == 8 {
+                self.upgrade();
+            } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                error!("upgrade requests: {}", std::io::Error::last_os_error());
+                return;
             }
         }
     }
