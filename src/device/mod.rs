@@ -2337,6 +2337,9 @@ mod proptests {
         Abandoned(Vec<(u16, Vec<u8>, u32)>, usize),
         /// The event ring took the oldest event.
         PopEvent,
+        /// A LEASE of one 64 KiB extent, then a LEASED_MAP of a buffer
+        /// with the driver's ids (offset by this) on the extent it gave.
+        LeaseAndMap(u32),
     }
 
     fn small_id() -> impl Strategy<Value = u32> {
@@ -2524,6 +2527,7 @@ mod proptests {
                 2 => (batch, 0usize..6).prop_map(|(cmds, yields)| Life::Abandoned(cmds, yields)),
                 4 => Just(Life::PopEvent),
                 1 => Just(Life::Batch(reset)),
+                3 => (0u32..64).prop_map(Life::LeaseAndMap),
             ],
             1..40,
         )
@@ -2595,6 +2599,54 @@ mod proptests {
                 Life::PopEvent => {
                     device.counters.events_sent += u64::from(device.has_events());
                     device.pop_event();
+                }
+                Life::LeaseAndMap(offset) => {
+                    let lease = LeaseReq {
+                        allocator_id: 0,
+                        count: 1,
+                        size: 0x1_0000,
+                    };
+                    let answer = device.execute_batch(
+                        mem,
+                        &framed(&[(CENALLOC_CMD_LEASE, lease.as_slice().to_vec(), 8)]),
+                        1 << 12,
+                    );
+                    // batch_resp, resp_hdr, lease_resp, then the range.
+                    let Some(range) = read_struct::<Range>(&answer, 8 + 16 + 8) else {
+                        continue;
+                    };
+                    if answer[0..4] != [0; 4] {
+                        continue;
+                    }
+                    let mut types = [0; CENALLOC_MAX_MAP_TYPES];
+                    types[0] = CENALLOC_MAP_SG;
+                    let mut map = LeasedMapReq {
+                        buffer_id: CENALLOC_DRIVER_ID_FIRST + offset,
+                        initial_mask: 0,
+                        size: range.len,
+                        extent: range.addr,
+                        map_index: 0,
+                        direction: 0,
+                        num_attachments: 1,
+                        reserved: 0,
+                    }
+                    .as_slice()
+                    .to_vec();
+                    map.extend_from_slice(
+                        LeasedAttach {
+                            attach_id: CENALLOC_DRIVER_ID_FIRST + offset,
+                            mask: CENALLOC_KIND_SYSTEM,
+                            map_type: CENALLOC_MAP_SG,
+                            num_types: 1,
+                            types,
+                        }
+                        .as_slice(),
+                    );
+                    device.execute_batch(
+                        mem,
+                        &framed(&[(CENALLOC_CMD_LEASED_MAP, map, 8)]),
+                        1 << 12,
+                    );
                 }
             }
         }
@@ -2779,7 +2831,7 @@ mod proptests {
         let strategy = life();
         let (mut buffers, mut mapped, mut leased, mut events, mut pops, mut held, mut resets) =
             (0, 0, 0, 0, 0, 0, 0);
-        let mut images = 0;
+        let (mut images, mut leased_images) = (0, 0);
         let mem = memory();
         for _ in 0..256 {
             let life =
@@ -2798,7 +2850,19 @@ mod proptests {
             pops += device.counters.events_sent;
             held += device.counters.batches_interrupted;
             assert!(device.journal().is_some());
-            images += live_compacting(&mem, &life, 512).counters.journal_images;
+            let compacting = live_compacting(&mem, &life, 512);
+            images += compacting.counters.journal_images;
+            // Images that hold leased maps (the driver's ids).
+            if compacting.counters.journal_images > 0
+                && compacting
+                    .pool
+                    .snapshot()
+                    .buffers
+                    .iter()
+                    .any(|b| b.id >= CENALLOC_DRIVER_ID_FIRST)
+            {
+                leased_images += 1;
+            }
         }
         let reach = (buffers, mapped, leased, events, pops, held, resets);
         eprintln!("{reach:?}");
@@ -2807,8 +2871,9 @@ mod proptests {
             events > 0 && pops > 64 && held > 16 && resets > 8,
             "{reach:?}"
         );
-        eprintln!("{images} journal images at 512 bytes");
+        eprintln!("{images} journal images at 512 bytes, {leased_images} lives with leased maps");
         assert!(images > 64, "{images} journal images");
+        assert!(leased_images > 8, "{leased_images} lives with leased maps");
     }
 
     /// Guards the generator: the commands `a_failed_command_changes_nothing`

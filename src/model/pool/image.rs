@@ -17,7 +17,7 @@ use super::{Attachment, Backing, Buffer, Pool};
 use crate::model::ids::IdAllocator;
 use crate::model::mapping::MappingType;
 use crate::model::snapshot::Counters;
-use crate::model::{Error, PoolConfig, Segment, MAX_ID};
+use crate::model::{Error, PoolConfig, Segment, DRIVER_ID_FIRST, DRIVER_ID_LAST, MAX_ID};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BufferImage {
@@ -134,6 +134,9 @@ impl Pool {
             return Err(bad("allocator count"));
         }
         let valid_id = |id: u32| (1..=MAX_ID).contains(&id);
+        // Buffers and attachments of leased maps carry the driver's ids.
+        let valid_object_id =
+            |id: u32| valid_id(id) || (DRIVER_ID_FIRST..=DRIVER_ID_LAST).contains(&id);
         if !valid_id(image.next_buffer_id)
             || !valid_id(image.next_attachment_id)
             || image.next_serial == 0
@@ -175,7 +178,7 @@ impl Pool {
             slot.num_buffers = count;
         }
         for b in &image.buffers {
-            if !valid_id(b.id) || pool.buffers.contains_key(&b.id) {
+            if !valid_object_id(b.id) || pool.buffers.contains_key(&b.id) {
                 return Err(bad("buffer id"));
             }
             let backing = match &b.backing {
@@ -211,7 +214,7 @@ impl Pool {
                 .buffers
                 .get(&a.buffer)
                 .is_some_and(|b| b.attachments.contains(&a.id));
-            if !valid_id(a.id) || pool.attachments.contains_key(&a.id) || !owner_lists_it {
+            if !valid_object_id(a.id) || pool.attachments.contains_key(&a.id) || !owner_lists_it {
                 return Err(bad("attachment"));
             }
             pool.attachments.insert(
@@ -273,6 +276,32 @@ mod tests {
         assert_eq!(rebuilt.image(), pool.image());
         assert_eq!(rebuilt.free_extents(0), pool.free_extents(0));
         assert_eq!(rebuilt.stock(0), pool.stock(0));
+    }
+
+    /// Leased maps name their buffer and attachments with the driver's
+    /// ids (DRIVER_ID_FIRST and above), which images must carry too.
+    #[test]
+    fn a_leased_map_with_driver_ids_survives_its_image() {
+        let mut pool = pool();
+        let extent = pool.stock(0)[0];
+        let req = crate::model::LeasedMap {
+            buffer_id: crate::model::DRIVER_ID_FIRST + 7,
+            size: extent.len,
+            initial_mask: 0,
+            attachments: vec![crate::model::LeasedAttach {
+                id: crate::model::DRIVER_ID_FIRST + 9,
+                mask: crate::model::kinds::SYSTEM,
+                map_type: MappingType::ScatterGather,
+                importer_types: vec![MappingType::ScatterGather],
+            }],
+            map_index: 0,
+            direction: crate::model::Direction::ToDevice,
+            extent: extent.addr,
+        };
+        pool.leased_map(&req).unwrap();
+        let rebuilt = Pool::from_image(PoolConfig::default_layout(), &pool.image()).unwrap();
+        assert_eq!(rebuilt.image(), pool.image());
+        assert_eq!(rebuilt.snapshot(), pool.snapshot());
     }
 
     #[test]
