@@ -26,6 +26,7 @@ use common::*;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
+use vm_memory::ByteValued;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -462,6 +463,9 @@ struct Twin {
     buffers: Vec<(u32, u32)>,
     batches: u64,
     slowest: Duration,
+    /// Driver ids of leased maps handed out so far, and those mapped.
+    driver_ids: u32,
+    leased_maps: u32,
 }
 
 impl Twin {
@@ -485,6 +489,8 @@ impl Twin {
             buffers: Vec::new(),
             batches: 0,
             slowest: Duration::ZERO,
+            driver_ids: 0,
+            leased_maps: 0,
         }
     }
 
@@ -514,7 +520,56 @@ impl Twin {
 
     /// One random step of a VM's life.
     fn step(&mut self, harness: &mut Harness, rng: &mut Rng) {
-        match rng.below(10) {
+        match rng.below(12) {
+            // A leased map, as the guest driver makes them: LEASE one
+            // extent, then LEASED_MAP a buffer with the driver's ids on it.
+            10 | 11 => {
+                let lease = LeaseReq {
+                    allocator_id: 0,
+                    count: 1,
+                    size: 0x4000,
+                };
+                let answer = self.batch(
+                    harness,
+                    &[Cmd::new(CENALLOC_CMD_LEASE, lease.as_slice(), 32)],
+                );
+                let resp: LeaseResp = answer.answers[0].get();
+                if answer.status != 0 || resp.num_extents == 0 {
+                    return;
+                }
+                let range: Range = answer.answers[0].get_at(8);
+                self.driver_ids += 1;
+                let id = CENALLOC_DRIVER_ID_FIRST + self.driver_ids;
+                let mut types = [0; CENALLOC_MAX_MAP_TYPES];
+                types[0] = CENALLOC_MAP_SG;
+                let mut map = LeasedMapReq {
+                    buffer_id: id,
+                    initial_mask: 0,
+                    size: range.len,
+                    extent: range.addr,
+                    map_index: 0,
+                    direction: 0,
+                    num_attachments: 1,
+                    reserved: 0,
+                }
+                .as_slice()
+                .to_vec();
+                map.extend_from_slice(
+                    LeasedAttach {
+                        attach_id: id,
+                        mask: CENALLOC_KIND_SYSTEM,
+                        map_type: CENALLOC_MAP_SG,
+                        num_types: 1,
+                        types,
+                    }
+                    .as_slice(),
+                );
+                let answer = self.batch(harness, &[Cmd::new(CENALLOC_CMD_LEASED_MAP, &map, 64)]);
+                if answer.status == 0 {
+                    self.buffers.push((id, id));
+                    self.leased_maps += 1;
+                }
+            }
             0..=3 => {
                 let size = 4096 * (1 + rng.below(16));
                 let answer = self.batch(
@@ -627,6 +682,8 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
         twin.batches > u64::from(kills),
         "too little load between the kills"
     );
+    eprintln!("{} leased maps", twin.leased_maps);
+    assert!(twin.leased_maps > 10, "{} leased maps", twin.leased_maps);
     let log = holder.log_text();
     // Every serving process died of the test's SIGKILL, none of its own
     // (a seccomp SIGSYS, a panic).
