@@ -58,6 +58,20 @@ fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
     Ok(set)
 }
 
+/// The holder's channel for export status pages (`--status-fd`): an open
+/// unix socket, handed down for this use only.
+fn status_keeper(fd: i32) -> Result<(), String> {
+    use std::os::fd::FromRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|e| e.to_string())?;
+    if !link.to_string_lossy().starts_with("socket:") {
+        return Err(format!("not a socket ({})", link.display()));
+    }
+    // SAFETY: the holder handed this descriptor down for this use only,
+    // checked open above; nothing else in this process owns it.
+    let channel = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    cenalloc::registry::exports::keeper::set(channel).map_err(|e| e.to_string())
+}
+
 /// The holder's upgrade eventfd (`--upgrade-fd`), checked to be an open
 /// eventfd; it stays open for the process's life.
 fn upgrade_eventfd(fd: i32) -> Result<i32, String> {
@@ -192,7 +206,12 @@ fn main() -> ExitCode {
         window: std::time::Duration::from_secs(args.restart_window),
     });
     let restarted = args.restarted;
-    let from_holder = !args.holder_fds.is_empty();
+    if let Some(fd) = args.status_fd {
+        if let Err(e) = status_keeper(fd) {
+            eprintln!("cenallocd: --status-fd {fd}: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let upgrade_fd = match args.upgrade_fd.map(upgrade_eventfd).transpose() {
         Ok(fd) => fd,
         Err(e) => {
@@ -293,7 +312,6 @@ fn main() -> ExitCode {
             max_exports_per_client: control.max_exports_per_client,
             idle_timeout: control.idle_timeout,
             request_timeout: control.request_timeout,
-            refuse_exports: from_holder,
             upgrade_fd,
             ..ControlPolicy::default()
         };

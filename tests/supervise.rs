@@ -701,35 +701,56 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
 }
 
 /// A buffer export's status word is written by the serving process that
-/// made it; one that died can no longer revoke it, and a host program
-/// would go on trusting segments the guest reuses. Under --supervise the
-/// control socket refuses exports (until the holder can revoke them).
+/// made it (the page is sealed against every other writer); under the
+/// holder it also keeps the page, and when that process dies (or is
+/// upgraded) the export is revoked with `daemon_restarted`, before the
+/// next process serves the guest.
 #[test]
-fn exports_are_refused_under_the_holder() {
-    let holder = Holder::start(&[]);
+fn an_export_is_revoked_when_its_serving_process_dies() {
+    use cenalloc::control::client::{Client, Status};
+    use cenalloc::registry::Revocation;
+    let holder = Holder::start(&["--max-restarts", "100", "--restart-window", "1"]);
     let (mut harness, _raw) = front_end(&holder.socket);
     harness.donate_all();
-    let answer = harness.batch(&[
-        Cmd::create(4096, 0),
-        Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]),
-        Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_TO_DEVICE, 4),
-    ]);
-    assert_eq!(answer.status, 0, "{answer:?}");
-    let created: CreateResp = answer.answers[0].get();
-    let mut client = cenalloc::control::client::Client::connect(&holder.control).unwrap();
-    match client.export("vm1", created.buffer_id, false) {
-        Err(cenalloc::control::client::Error::Daemon(body)) => {
-            assert_eq!(
-                body.code,
-                cenalloc::control::protocol::ErrorCode::Forbidden,
-                "{body:?}"
-            )
-        }
-        Err(other) => panic!("export under the holder: {other}"),
-        Ok(_) => panic!("an export under the holder was granted"),
-    }
-    // The rest of the control socket works.
-    assert_eq!(client.vms().unwrap().len(), 1);
+    let exported = |harness: &mut Harness| {
+        let answer = harness.batch(&[
+            Cmd::create(4096, 0),
+            Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]),
+            Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_TO_DEVICE, 4),
+        ]);
+        assert_eq!(answer.status, 0, "{answer:?}");
+        let created: CreateResp = answer.answers[0].get();
+        let mut client = Client::connect(&holder.control).unwrap();
+        let export = client.export("vm1", created.buffer_id, false).unwrap();
+        assert_eq!(export.status(), Status::Valid);
+        // The connection stays open (closing it releases the export).
+        (client, export)
+    };
+    // A death.
+    let (_client, export) = exported(&mut harness);
+    kill_serving(&holder);
+    holder.wait_for(
+        || export.status() != Status::Valid,
+        "the export stayed valid after its serving process died",
+    );
+    assert_eq!(
+        export.status(),
+        Status::Revoked(Revocation::DaemonRestarted)
+    );
+    // An upgrade.
+    let (_client, export) = exported(&mut harness);
+    signal(holder.pid(), libc::SIGHUP);
+    holder.wait_for(
+        || export.status() != Status::Valid,
+        "the export stayed valid after an upgrade",
+    );
+    assert_eq!(
+        export.status(),
+        Status::Revoked(Revocation::DaemonRestarted)
+    );
+    // The device is the same: the next CREATE gets the next id.
+    let next: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, 3);
 }
 
 /// Percentiles of `samples` (sorted here): p50, p99, max.

@@ -160,7 +160,8 @@ pub struct Args {
     /// when it dies start a new child, which gets the vhost-user sessions
     /// replayed and takes every device over from its journal. SIGHUP
     /// replaces the child with one started from the binary now at this
-    /// path (a live upgrade). Exports are refused in this mode.
+    /// path (a live upgrade). Exports the child made are revoked
+    /// (daemon_restarted) when it is gone.
     #[arg(long)]
     pub supervise: bool,
 
@@ -219,6 +220,17 @@ pub struct Args {
         requires = "holder_fds"
     )]
     pub upgrade_fd: Option<i32>,
+
+    /// Internal (set by the holder of --supervise for its child): the
+    /// channel on which every export's status page goes to the holder,
+    /// which revokes them when this process is gone.
+    #[arg(
+        long = "status-fd",
+        value_name = "FD",
+        hide = true,
+        requires = "holder_fds"
+    )]
+    pub status_fd: Option<i32>,
 
     /// Internal (set by the holder of --supervise for its child): how many
     /// serving processes died before this one (0 at the first start).

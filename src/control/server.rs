@@ -59,11 +59,6 @@ pub struct ControlPolicy {
     pub idle_timeout: Duration,
     /// A request must arrive whole, and its answer be taken, within this.
     pub request_timeout: Duration,
-    /// Exports are refused: this daemon is the serving process of a
-    /// holder (`--supervise`), and if it dies nothing can revoke them (an
-    /// export's status word is written through this process's mapping
-    /// only), so a host program would trust segments the guest reuses.
-    pub refuse_exports: bool,
     /// Under a holder: the eventfd that asks it for a live upgrade (open
     /// for the process's whole life).
     pub upgrade_fd: Option<std::os::fd::RawFd>,
@@ -77,7 +72,6 @@ impl Default for ControlPolicy {
             max_clients: 32,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            refuse_exports: false,
             upgrade_fd: None,
         }
     }
@@ -677,13 +671,6 @@ impl Client {
     }
 
     fn export(&mut self, name: &str, buffer: u32, writable: bool) -> Handled {
-        if self.shared.policy.refuse_exports {
-            return Err(error(
-                ErrorCode::Forbidden,
-                "exports are refused under cenallocd --supervise: a serving process that dies \
-                 could not revoke them",
-            ));
-        }
         if writable && !self.shared.policy.allow_writable_export {
             return Err(error(
                 ErrorCode::Forbidden,

@@ -48,6 +48,7 @@ pub mod record;
 pub mod relay;
 pub mod request;
 pub mod serving;
+pub mod status;
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;

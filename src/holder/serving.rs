@@ -241,6 +241,13 @@ impl Supervisor {
             .arg("--upgrade-fd")
             .arg(self.plan.upgrade.as_raw_fd().to_string());
         handed.push(self.plan.upgrade.as_raw_fd());
+        // Its export status pages come to this holder, which revokes them
+        // when it is gone (super::status).
+        let (keeper, theirs) = super::status::channel().map_err(ServingError::Spawn)?;
+        command
+            .arg("--status-fd")
+            .arg(theirs.as_raw_fd().to_string());
+        handed.push(theirs.as_raw_fd());
         command.arg("--restarted").arg(number.to_string());
         // SAFETY: holder pid read before the fork; the closure below runs
         // in the child between fork and exec and only makes
@@ -289,7 +296,14 @@ impl Supervisor {
         };
         // The child has the listeners now: they die with it.
         drop(listeners);
+        drop(theirs);
         let pid = child.id() as i32;
+        let kept = std::thread::Builder::new()
+            .name(format!("status-{number}").chars().take(15).collect())
+            .spawn(move || super::status::keep_pages(keeper, pid));
+        if let Err(e) = kept {
+            error!("serving process {pid}: no thread to keep its export status pages: {e}");
+        }
         let pidfd = pidfd_open(pid).map_err(ServingError::Pidfd)?;
         info!("serving process {pid} started ({number} died before it)");
         Ok((

@@ -81,6 +81,10 @@ pub enum Revocation {
     MemoryChanged = 4,
     /// The holder released it (or closed its control connection).
     Released = 5,
+    /// The serving process that made it died or was upgraded
+    /// (`cenallocd --supervise`: written by the holder, which keeps every
+    /// status page it was given).
+    DaemonRestarted = 6,
 }
 
 impl Revocation {
@@ -92,6 +96,7 @@ impl Revocation {
             3 => Revocation::Disconnected,
             4 => Revocation::MemoryChanged,
             5 => Revocation::Released,
+            6 => Revocation::DaemonRestarted,
             _ => return None,
         })
     }
@@ -105,7 +110,66 @@ impl std::fmt::Display for Revocation {
             Revocation::Disconnected => "the VM disconnected",
             Revocation::MemoryChanged => "the VM's memory table changed",
             Revocation::Released => "released",
+            Revocation::DaemonRestarted => "the serving process that made it is gone",
         })
+    }
+}
+
+/// The holder of `cenallocd --supervise` as the keeper of this serving
+/// process's status pages: each page is sent to it (before the seal) and
+/// the export waits for its acknowledgement; it writes
+/// [`Revocation::DaemonRestarted`] into every page it holds once this
+/// process is gone (crate::holder::status).
+pub mod keeper {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
+
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    /// How long a page waits for the holder's acknowledgement.
+    const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+    static CHANNEL: OnceLock<Mutex<UnixDatagram>> = OnceLock::new();
+
+    /// This process's status pages go to the holder through `channel` (a
+    /// SOCK_SEQPACKET socket the holder handed down).
+    pub fn set(channel: OwnedFd) -> io::Result<()> {
+        let socket = UnixDatagram::from(channel);
+        socket.set_read_timeout(Some(ACK_TIMEOUT))?;
+        socket.set_write_timeout(Some(ACK_TIMEOUT))?;
+        CHANNEL
+            .set(Mutex::new(socket))
+            .map_err(|_| io::Error::other("the status keeper is set already"))
+    }
+
+    /// Whether a holder keeps the status pages.
+    pub fn is_set() -> bool {
+        CHANNEL.get().is_some()
+    }
+
+    /// Hands `page` to the holder and waits for it to be mapped there; an
+    /// error (no answer in time) fails the export. Nothing to do without a
+    /// holder.
+    pub(super) fn register(page: &File) -> io::Result<()> {
+        let Some(channel) = CHANNEL.get() else {
+            return Ok(());
+        };
+        let socket = channel.lock().unwrap_or_else(|e| e.into_inner());
+        socket
+            .send_with_fd(&[1u8][..], page.as_raw_fd())
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        let mut ack = [0u8; 1];
+        match socket.recv(&mut ack) {
+            Ok(1) if ack[0] == 1 => Ok(()),
+            Ok(_) => Err(io::Error::other("the holder refused the status page")),
+            Err(e) => Err(io::Error::other(format!(
+                "the holder did not take the status page: {e}"
+            ))),
+        }
     }
 }
 
@@ -160,6 +224,9 @@ impl StatusPage {
             return Err(io::Error::other("mmap returned a null mapping"));
         };
         let page = StatusPage { file, word };
+        // Under a holder, the holder maps it too (before the seal), so that
+        // it can revoke it once this process is gone.
+        keeper::register(&page.file)?;
         let seals =
             libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
         // SAFETY: fcntl on the memfd we own; no pointers.
