@@ -69,9 +69,11 @@ impl Holder {
             control,
             log,
         };
+        // The socket file exists from its bind, before its listen (and its
+        // mode): the holder logs its start once every socket listens.
         holder.wait_for(
-            || holder.socket.exists(),
-            "the holder never created its socket",
+            || holder.socket.exists() && holder.log_text().contains("holder: 1 VMs"),
+            "the holder never started listening",
         );
         holder
     }
@@ -895,11 +897,16 @@ fn cenallocctl_upgrade_replaces_the_serving_process() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Its control socket file exists from its bind, before its listen.
+    let mut client = None;
     holder.wait_for(
-        || control.exists(),
-        "the plain daemon never made its control socket",
+        || {
+            client = cenalloc::control::client::Client::connect(&control).ok();
+            client.is_some()
+        },
+        "the plain daemon never listened on its control socket",
     );
-    let mut client = cenalloc::control::client::Client::connect(&control).unwrap();
+    let mut client = client.unwrap();
     match client.upgrade() {
         Err(cenalloc::control::client::Error::Daemon(body)) => assert_eq!(
             body.code,
