@@ -92,6 +92,21 @@ pub struct OwnedPath {
     identity: (u64, u64, i64, i64),
 }
 
+/// Removes the socket files of `owned` (each only if it still is the
+/// socket this process created), logging what stays.
+pub fn remove_owned(owned: &[OwnedPath]) {
+    for path in owned {
+        match path.remove() {
+            Ok(true) => {}
+            Ok(false) => log::warn!(
+                "{}: not removed, it is no longer the socket this daemon created",
+                path.path.display()
+            ),
+            Err(e) => log::warn!("{}: cannot remove: {e}", path.path.display()),
+        }
+    }
+}
+
 fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
     (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }

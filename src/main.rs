@@ -20,7 +20,6 @@
 //! exit with status 2; a socket that cannot be bound (in use, not a
 //! socket) or a sandbox that cannot be set up, with status 1.
 
-use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -28,7 +27,7 @@ use clap::Parser;
 use log::{error, info, warn};
 use vhost::vhost_user::Listener;
 
-use cenalloc::config::{Args, Config, ListenOn};
+use cenalloc::config::{Args, Config};
 use cenalloc::control::server::{self, ControlPolicy};
 use cenalloc::fd_budget;
 use cenalloc::holder;
@@ -130,20 +129,6 @@ fn vm_journals(
     Ok(journals)
 }
 
-/// Removes the socket files this daemon created (and only those).
-fn remove_sockets(owned: &[OwnedPath]) {
-    for path in owned {
-        match path.remove() {
-            Ok(true) => {}
-            Ok(false) => warn!(
-                "{}: not removed, it is no longer the socket this daemon created",
-                path.path.display()
-            ),
-            Err(e) => warn!("{}: cannot remove: {e}", path.path.display()),
-        }
-    }
-}
-
 /// Waits for SIGINT/SIGTERM on a thread of its own, then removes the
 /// sockets and exits.
 fn wait_for_termination(set: libc::sigset_t, owned: Arc<Vec<OwnedPath>>) -> std::io::Result<()> {
@@ -156,26 +141,10 @@ fn wait_for_termination(set: libc::sigset_t, owned: Arc<Vec<OwnedPath>>) -> std:
             if rc == 0 {
                 info!("signal {signal}: exiting");
             }
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             std::process::exit(0);
         })?;
     Ok(())
-}
-
-/// A listener of the configuration: bound now, or inherited.
-fn open_listener(
-    listen: &ListenOn,
-    permissions: listen::SocketPermissions,
-    owned: &mut Vec<OwnedPath>,
-) -> Result<UnixListener, (listen::Error, u8)> {
-    match listen {
-        ListenOn::Path(path) => {
-            let (listener, path) = listen::bind(path, permissions).map_err(|e| (e, 1))?;
-            owned.push(path);
-            Ok(listener)
-        }
-        ListenOn::Fd(fd) => listen::listener_from_fd(*fd).map_err(|e| (e, 2)),
-    }
 }
 
 fn main() -> ExitCode {
@@ -262,26 +231,26 @@ fn main() -> ExitCode {
     let mut owned = Vec::new();
     let mut vm_listeners = Vec::new();
     for vm in &config.vms {
-        match open_listener(&vm.listen, config.socket_permissions, &mut owned) {
+        match vm.listen.open(config.socket_permissions, &mut owned) {
             Ok(listener) => vm_listeners.push(listener),
             Err((e, status)) => {
                 eprintln!("cenallocd: VM {}: {e}", vm.name);
-                remove_sockets(&owned);
+                listen::remove_owned(&owned);
                 return ExitCode::from(status);
             }
         }
         if let Err(e) = registry.add_socket(&vm.name, &vm.listen.to_string()) {
             eprintln!("cenallocd: {e}");
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             return ExitCode::from(2);
         }
     }
     let control_listener = match &config.control {
-        Some(control) => match open_listener(&control.listen, control.permissions, &mut owned) {
+        Some(control) => match control.listen.open(control.permissions, &mut owned) {
             Ok(listener) => Some(listener),
             Err((e, status)) => {
                 eprintln!("cenallocd: control socket: {e}");
-                remove_sockets(&owned);
+                listen::remove_owned(&owned);
                 return ExitCode::from(status);
             }
         },
@@ -301,7 +270,7 @@ fn main() -> ExitCode {
         Ok(applied) => info!("sandbox: {applied}"),
         Err(e) => {
             error!("cannot enter the sandbox: {e}");
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             return ExitCode::FAILURE;
         }
     }
@@ -321,7 +290,7 @@ fn main() -> ExitCode {
                 "{descriptors} descriptors leave none for control clients beside {} VMs: raise the limit (LimitNOFILE=)",
                 config.vms.len()
             );
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             return ExitCode::FAILURE;
         };
         if policy != wanted {
@@ -335,7 +304,7 @@ fn main() -> ExitCode {
         }
         if let Err(e) = server::spawn(listener, registry.clone(), policy) {
             error!("cannot start the control socket: {e}");
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             return ExitCode::FAILURE;
         }
         info!("control socket on {}", control.listen);
@@ -372,7 +341,7 @@ fn main() -> ExitCode {
             });
         if let Err(e) = spawned {
             error!("VM {}: cannot start its thread: {e}", vm.name);
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             return ExitCode::FAILURE;
         }
     }
@@ -380,6 +349,6 @@ fn main() -> ExitCode {
     if let Ok((name, why)) = done_rx.recv() {
         error!("VM {name}: {why}");
     }
-    remove_sockets(&owned);
+    listen::remove_owned(&owned);
     ExitCode::FAILURE
 }

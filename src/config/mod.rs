@@ -140,6 +140,27 @@ pub enum ListenOn {
     Fd(RawFd),
 }
 
+impl ListenOn {
+    /// The listener: bound now (its path joins `owned`, to be removed at
+    /// exit), or inherited. On error, the exit status it calls for: 1 for
+    /// a socket that cannot be bound, 2 for an unusable `--fd`.
+    pub fn open(
+        &self,
+        permissions: crate::listen::SocketPermissions,
+        owned: &mut Vec<crate::listen::OwnedPath>,
+    ) -> Result<std::os::unix::net::UnixListener, (crate::listen::Error, u8)> {
+        match self {
+            ListenOn::Path(path) => {
+                let (listener, path) =
+                    crate::listen::bind(path, permissions).map_err(|e| (e, 1))?;
+                owned.push(path);
+                Ok(listener)
+            }
+            ListenOn::Fd(fd) => crate::listen::listener_from_fd(*fd).map_err(|e| (e, 2)),
+        }
+    }
+}
+
 impl std::fmt::Display for ListenOn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -52,15 +52,14 @@ pub mod status;
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{error, info};
 
-use crate::config::{Config, ListenOn};
-use crate::listen::{self, OwnedPath};
+use crate::config::Config;
+use crate::listen;
 
 use relay::VmRelay;
 use serving::{Plan, Supervisor};
@@ -78,30 +77,6 @@ pub fn child_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     args.into_iter()
         .filter(|arg| arg != "--supervise")
         .collect()
-}
-
-fn remove_sockets(owned: &[OwnedPath]) {
-    for path in owned {
-        match path.remove() {
-            Ok(_) => {}
-            Err(e) => warn!("{}: cannot remove: {e}", path.path.display()),
-        }
-    }
-}
-
-fn open_listener(
-    listen: &ListenOn,
-    permissions: listen::SocketPermissions,
-    owned: &mut Vec<OwnedPath>,
-) -> Result<UnixListener, (listen::Error, u8)> {
-    match listen {
-        ListenOn::Path(path) => {
-            let (listener, path) = listen::bind(path, permissions).map_err(|e| (e, 1))?;
-            owned.push(path);
-            Ok(listener)
-        }
-        ListenOn::Fd(fd) => listen::listener_from_fd(*fd).map_err(|e| (e, 2)),
-    }
 }
 
 /// Where the private directory goes: systemd's `RUNTIME_DIRECTORY`, the
@@ -151,21 +126,21 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
     let mut owned = Vec::new();
     let mut listeners = Vec::new();
     for vm in &config.vms {
-        match open_listener(&vm.listen, config.socket_permissions, &mut owned) {
+        match vm.listen.open(config.socket_permissions, &mut owned) {
             Ok(listener) => listeners.push(listener),
             Err((e, status)) => {
                 eprintln!("cenallocd: VM {}: {e}", vm.name);
-                remove_sockets(&owned);
+                listen::remove_owned(&owned);
                 return ExitCode::from(status);
             }
         }
     }
     let control = match &config.control {
-        Some(control) => match open_listener(&control.listen, control.permissions, &mut owned) {
+        Some(control) => match control.listen.open(control.permissions, &mut owned) {
             Ok(listener) => Some(listener),
             Err((e, status)) => {
                 eprintln!("cenallocd: control socket: {e}");
-                remove_sockets(&owned);
+                listen::remove_owned(&owned);
                 return ExitCode::from(status);
             }
         },
@@ -175,14 +150,14 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
         Ok(dir) => dir,
         Err(e) => {
             error!("cannot create the holder's private directory: {e}");
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             return ExitCode::FAILURE;
         }
     };
     let cleanup = {
         let (owned, dir) = (owned.clone(), dir.clone());
         move || {
-            remove_sockets(&owned);
+            listen::remove_owned(&owned);
             serving::remove_private_dir(&dir);
         }
     };
