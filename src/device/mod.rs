@@ -275,13 +275,20 @@ impl Device {
             return;
         };
         if let Err(e) = journal.append(record) {
-            self.log.warn(format_args!(
-                "journal: {e}; a restart will not restore this device"
-            ));
-            journal.mark_broken();
-            self.journal = None;
-            self.counters.journal_failures += 1;
+            self.journal_failed("", &e);
         }
+    }
+
+    /// A journal write failed: the journal is marked broken and dropped,
+    /// so that no successor rebuilds a device that misses what failed.
+    fn journal_failed(&mut self, doing: &str, e: &journal::Error) {
+        self.log.warn(format_args!(
+            "journal: {doing}{e}; a restart will not restore this device"
+        ));
+        if let Some(mut journal) = self.journal.take() {
+            journal.mark_broken();
+        }
+        self.counters.journal_failures += 1;
     }
 
     fn journal_batch(
@@ -336,12 +343,7 @@ impl Device {
             return;
         };
         if let Err(e) = journal.compact(image) {
-            self.log.warn(format_args!(
-                "journal: cannot compact it: {e}; a restart will not restore this device"
-            ));
-            journal.mark_broken();
-            self.journal = None;
-            self.counters.journal_failures += 1;
+            self.journal_failed("cannot compact it: ", &e);
         } else {
             self.counters.journal_images += 1;
         }
@@ -369,12 +371,7 @@ impl Device {
                 None => Ok(()),
             });
             if let Err(e) = restarted {
-                self.log.warn(format_args!(
-                    "journal: cannot start it over: {e}; a restart will not restore this device"
-                ));
-                journal.mark_broken();
-                self.journal = None;
-                self.counters.journal_failures += 1;
+                self.journal_failed("cannot start it over: ", &e);
             }
         }
     }
