@@ -13,62 +13,13 @@
 //! released: final) are dropped as new ones come, so the holder keeps at
 //! most one page per live export.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{info, warn};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use crate::registry::exports::STATUS_PAGE_BYTES;
-use crate::registry::Revocation;
-
-/// One status page mapped read-write in the holder.
-struct Kept {
-    word: NonNull<AtomicU64>,
-    _file: std::fs::File,
-}
-
-impl Kept {
-    fn word(&self) -> &AtomicU64 {
-        // SAFETY: `word` is the start of a live, page-aligned shared
-        // mapping of STATUS_PAGE_BYTES, unmapped only in Drop.
-        unsafe { self.word.as_ref() }
-    }
-}
-
-impl Drop for Kept {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `keep`, of that length, unused after.
-        unsafe { libc::munmap(self.word.as_ptr().cast(), STATUS_PAGE_BYTES) };
-    }
-}
-
-/// Maps a status page the serving process sent.
-fn keep(file: std::fs::File) -> std::io::Result<Kept> {
-    if file.metadata()?.len() != STATUS_PAGE_BYTES as u64 {
-        return Err(std::io::Error::other("not a status page"));
-    }
-    // SAFETY: a shared mapping of the whole page-sized file; checked
-    // below, unmapped in Drop.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            STATUS_PAGE_BYTES,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let word = NonNull::new(ptr.cast::<AtomicU64>())
-        .ok_or_else(|| std::io::Error::other("mmap returned a null mapping"))?;
-    Ok(Kept { word, _file: file })
-}
+use crate::registry::{Revocation, StatusPage};
 
 /// A channel pair: the holder's end, and the serving process's end (to
 /// hand down).
@@ -95,7 +46,7 @@ pub fn channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// its own per serving process.
 pub fn keep_pages(channel: OwnedFd, pid: i32) {
     let socket = UnixDatagram::from(channel);
-    let mut kept: Vec<Kept> = Vec::new();
+    let mut kept: Vec<StatusPage> = Vec::new();
     loop {
         let mut byte = [0u8; 1];
         let (read, file) = match socket.recv_with_fd(&mut byte) {
@@ -106,10 +57,10 @@ pub fn keep_pages(channel: OwnedFd, pid: i32) {
         if read == 0 {
             break;
         }
-        let answer = match file.map(keep) {
+        let answer = match file.map(StatusPage::adopt) {
             Some(Ok(page)) => {
                 // Revoked or released words are final: those pages go.
-                kept.retain(|page| page.word().load(Ordering::Acquire) == 0);
+                kept.retain(|page| page.get() == 0);
                 kept.push(page);
                 1u8
             }
@@ -123,19 +74,12 @@ pub fn keep_pages(channel: OwnedFd, pid: i32) {
             break;
         }
     }
-    let revoked = kept
-        .iter()
-        .filter(|page| {
-            page.word()
-                .compare_exchange(
-                    0,
-                    Revocation::DaemonRestarted as u64,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-        })
-        .count();
+    // The serving process is gone: nothing else writes these words.
+    let mut revoked = 0;
+    for page in kept.iter().filter(|page| page.get() == 0) {
+        page.set(Revocation::DaemonRestarted);
+        revoked += 1;
+    }
     if revoked > 0 {
         info!("serving process {pid} is gone: {revoked} exports revoked (daemon_restarted)");
     }

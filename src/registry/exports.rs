@@ -205,8 +205,33 @@ impl StatusPage {
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(STATUS_PAGE_BYTES as u64)?;
-        // SAFETY: a fresh shared mapping of the whole (page-sized) file;
-        // checked below, unmapped in Drop.
+        let page = Self::map(file)?;
+        // Under a holder, the holder maps it too (before the seal), so that
+        // it can revoke it once this process is gone.
+        keeper::register(&page.file)?;
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on the memfd we own; no pointers.
+        if unsafe { libc::fcntl(page.file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(page)
+    }
+
+    /// An existing status page, mapped read-write (the holder of
+    /// `--supervise`, given the page before its seal: it revokes it when
+    /// the serving process is gone). Neither sealed nor sent on here.
+    pub fn adopt(file: File) -> io::Result<Self> {
+        if file.metadata()?.len() != STATUS_PAGE_BYTES as u64 {
+            return Err(io::Error::other("not a status page"));
+        }
+        Self::map(file)
+    }
+
+    /// `file` (one page long) mapped shared, read-write.
+    fn map(file: File) -> io::Result<Self> {
+        // SAFETY: a shared mapping of the whole (page-sized) file; checked
+        // below, unmapped in Drop.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -223,17 +248,7 @@ impl StatusPage {
         let Some(word) = NonNull::new(ptr.cast::<AtomicU64>()) else {
             return Err(io::Error::other("mmap returned a null mapping"));
         };
-        let page = StatusPage { file, word };
-        // Under a holder, the holder maps it too (before the seal), so that
-        // it can revoke it once this process is gone.
-        keeper::register(&page.file)?;
-        let seals =
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on the memfd we own; no pointers.
-        if unsafe { libc::fcntl(page.file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(page)
+        Ok(StatusPage { file, word })
     }
 
     fn word(&self) -> &AtomicU64 {
