@@ -875,6 +875,14 @@ pub fn serve_one_with(
     let mut backend = CenallocBackend::with_exports(config.clone(), exports.clone())?
         .with_hooks(hooks)
         .named(name);
+    // The daemon limits decide before the connection is accepted: once
+    // `start` accepts it, its requests are served at once, and a refusal
+    // after that would come when a quick front-end already had answers.
+    wait_for_front_end(listener).map_err(|e| ServeError::Accept(e.to_string()))?;
+    // The journal is set up (a fresh one written) only now that a
+    // front-end is there: under a holder, the relay end closing can be the
+    // holder's death, and the journal is then the next holder's to take
+    // over, not this process's to start afresh before it dies too.
     if let Some(slot) = journal {
         backend = backend.with_journal(slot);
     }
@@ -897,10 +905,6 @@ pub fn serve_one_with(
             None => error!("{name}: no vring handler for the take-over event"),
         }
     }
-    // The daemon limits decide before the connection is accepted: once
-    // `start` accepts it, its requests are served at once, and a refusal
-    // after that would come when a quick front-end already had answers.
-    wait_for_front_end(listener).map_err(|e| ServeError::Accept(e.to_string()))?;
     let memory = backend.memory();
     let vm = Vm::new(name, backend, memory, exports, config.pool.limits.clone());
     let admitted = match registry.admit(vm) {
