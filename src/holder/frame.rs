@@ -4,7 +4,7 @@
 //! does not interpret payloads; it only needs whole frames, their fds,
 //! and bounds that a hostile peer cannot push it past.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
@@ -58,17 +58,35 @@ impl Frame {
     /// Reads one whole frame. A frame over the bounds is an error, and the
     /// connection is then out of step: the caller drops it.
     pub fn read(sock: &UnixStream) -> Result<Frame, FrameError> {
+        Self::receive(sock, 0)
+    }
+
+    /// Reads the next whole frame without taking it off the socket (its
+    /// fds are duplicates). The socket's peek offset must be on
+    /// ([`enable_peek_offset`]): each peek goes on from where the last one
+    /// ended, and a [`Frame::read`] of the frame takes it back to where
+    /// it was. A peek waits for the whole frame, as a read does.
+    pub fn peek(sock: &UnixStream) -> Result<Frame, FrameError> {
+        Self::receive(sock, libc::MSG_PEEK)
+    }
+
+    fn receive(sock: &UnixStream, flags: libc::c_int) -> Result<Frame, FrameError> {
         let mut header = [0u8; HEADER_LEN];
         let mut raw_fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
         let mut iov = [libc::iovec {
             iov_base: header.as_mut_ptr().cast(),
             iov_len: HEADER_LEN,
         }];
-        // SAFETY: the iovec points into `header`, which outlives the call
-        // and is HEADER_LEN bytes long; `raw_fds` has room for MAX_FDS.
-        let (got, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut raw_fds) }
-            .map_err(|e| FrameError::Io(std::io::Error::from_raw_os_error(e.errno())))?;
-        // SAFETY: recv_with_fds gave us the first `nfds` descriptors, open
+        let (got, nfds) = if flags == 0 {
+            // SAFETY: the iovec points into `header`, which outlives the
+            // call and is HEADER_LEN bytes long; `raw_fds` has room for
+            // MAX_FDS.
+            unsafe { sock.recv_with_fds(&mut iov, &mut raw_fds) }
+                .map_err(|e| FrameError::Io(std::io::Error::from_raw_os_error(e.errno())))?
+        } else {
+            recv_peek_with_fds(sock, &mut header, &mut raw_fds)?
+        };
+        // SAFETY: the receive gave us the first `nfds` descriptors, open
         // and owned by nobody else; each is wrapped once.
         let fds: Vec<OwnedFd> = raw_fds[..nfds]
             .iter()
@@ -77,20 +95,34 @@ impl Frame {
         if got == 0 {
             return Err(FrameError::Closed);
         }
-        read_rest(sock, &mut header, got)?;
+        read_rest(sock, &mut header, got, flags)?;
         let word =
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let (request, flags, size) = (word(0), word(4), word(8));
+        let (request, flags_word, size) = (word(0), word(4), word(8));
         if size as usize > MAX_PAYLOAD {
             return Err(FrameError::TooLarge(size));
         }
         let mut payload = vec![0u8; size as usize];
-        read_rest(sock, &mut payload, 0)?;
+        read_rest(sock, &mut payload, 0, flags)?;
         Ok(Frame {
             request,
-            flags,
+            flags: flags_word,
             payload,
             fds,
+        })
+    }
+
+    /// The same frame, with duplicates of its fds.
+    pub fn try_clone(&self) -> std::io::Result<Frame> {
+        Ok(Frame {
+            request: self.request,
+            flags: self.flags,
+            payload: self.payload.clone(),
+            fds: self
+                .fds
+                .iter()
+                .map(|fd| fd.try_clone())
+                .collect::<std::io::Result<_>>()?,
         })
     }
 
@@ -118,16 +150,124 @@ impl Frame {
     }
 }
 
-/// Fills `buf[done..]` from the stream.
-fn read_rest(sock: &UnixStream, buf: &mut [u8], mut done: usize) -> Result<(), FrameError> {
-    let mut stream = sock;
+/// Fills `buf[done..]` from the stream (`flags`: 0 or MSG_PEEK).
+fn read_rest(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    mut done: usize,
+    flags: libc::c_int,
+) -> Result<(), FrameError> {
     while done < buf.len() {
-        match stream.read(&mut buf[done..]) {
-            Ok(0) => return Err(FrameError::Truncated(done, buf.len())),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FrameError::Io(e)),
+        // SAFETY: the pointer and length are the live tail of `buf`.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+                flags,
+            )
+        };
+        match n {
+            0 => return Err(FrameError::Truncated(done, buf.len())),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(FrameError::Io(e));
+                }
+            }
         }
+    }
+    Ok(())
+}
+
+/// `recvmsg(MSG_PEEK)` of up to `buf.len()` bytes and their fds (the
+/// kernel installs duplicates of a peeked message's fds).
+fn recv_peek_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut [RawFd; MAX_FDS],
+) -> Result<(usize, usize), FrameError> {
+    const SPACE: usize = MAX_FDS * std::mem::size_of::<RawFd>();
+    // CMSG_SPACE of MAX_FDS ints, with room for alignment.
+    let mut control = [0u64; (SPACE + 64) / 8];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; the fields used are set below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is arithmetic.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(SPACE as u32) } as usize;
+        // SAFETY: `msg` points at `iov`, `buf` and `control`, all live
+        // across the call and as long as their lengths say.
+        let n = unsafe {
+            libc::recvmsg(
+                sock.as_raw_fd(),
+                &mut msg,
+                libc::MSG_PEEK | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(FrameError::Io(e));
+        }
+        let mut count = 0;
+        // SAFETY: the CMSG macros walk the control buffer the kernel
+        // filled, within msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..len / std::mem::size_of::<RawFd>() {
+                        let fd = data.add(i).read_unaligned();
+                        if count < MAX_FDS {
+                            fds[count] = fd;
+                            count += 1;
+                        } else {
+                            libc::close(fd);
+                        }
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            for &fd in &fds[..count] {
+                // SAFETY: descriptors the kernel just installed for us.
+                unsafe { libc::close(fd) };
+            }
+            return Err(FrameError::TooManyFds(MAX_FDS + 1));
+        }
+        return Ok((n as usize, count));
+    }
+}
+
+/// Turns the socket's peek offset on, at the head of the socket: peeks
+/// then go on from where the last one ended ([`Frame::peek`]).
+pub fn enable_peek_offset(sock: &UnixStream) -> std::io::Result<()> {
+    let zero: libc::c_int = 0;
+    // SAFETY: setsockopt reads one int through the pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -288,5 +428,95 @@ mod tests {
         };
         assert!(get.awaits_reply(|r| r == 1));
         assert!(!get.awaits_reply(|_| false));
+    }
+
+    /// Peeked frames, one split on the wire between its header (with its
+    /// fds) and its body: each peek returns the whole next frame with
+    /// duplicates of its fds, and the read that follows takes the same
+    /// frame off the socket.
+    #[test]
+    fn a_peek_sees_the_whole_frame_a_read_then_takes() {
+        let (a, b) = UnixStream::pair().unwrap();
+        enable_peek_offset(&b).unwrap();
+        let first = Frame {
+            request: 5,
+            flags: 1,
+            payload: (0..100u8).collect(),
+            fds: vec![eventfd(), eventfd()],
+        };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&5u32.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&100u32.to_le_bytes());
+        let raw: Vec<RawFd> = first.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        a.send_with_fds(&[bytes.as_slice()], &raw).unwrap();
+        let writer = {
+            let a = a.try_clone().unwrap();
+            let payload = first.payload.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                (&a).write_all(&payload).unwrap();
+                Frame {
+                    request: 7,
+                    flags: 1,
+                    payload: vec![7; 3],
+                    fds: Vec::new(),
+                }
+                .write(&a)
+                .unwrap();
+            })
+        };
+        let peeked = Frame::peek(&b).unwrap();
+        assert_eq!((peeked.request, peeked.payload.len()), (5, 100));
+        assert_eq!(peeked.payload, first.payload);
+        assert_eq!(peeked.fds.len(), 2);
+        let read = Frame::read(&b).unwrap();
+        assert_eq!(read.payload, first.payload);
+        assert!(crate::holder::persist::same_frame(&peeked, &read));
+        assert!(crate::holder::persist::same_frame(&first, &read));
+        writer.join().unwrap();
+        let next = Frame::peek(&b).unwrap();
+        assert_eq!((next.request, next.payload.clone()), (7, vec![7; 3]));
+        assert_eq!(next.fds.len(), 0);
+        // A second peek without a read sees what follows, not the same
+        // frame: the peek offset moved on.
+        drop(a);
+        assert!(matches!(Frame::peek(&b), Err(FrameError::Closed)));
+        enable_peek_offset(&b).unwrap();
+        let again = Frame::peek(&b).unwrap();
+        assert_eq!(again.request, 7);
+        let read = Frame::read(&b).unwrap();
+        assert_eq!(read.request, 7);
+    }
+
+    /// What Linux does (request::takes_fds): a peek that ends inside an
+    /// fd-less message may return the fds of the message after it.
+    #[test]
+    fn a_peek_of_an_fd_less_frame_may_see_the_next_frames_fds() {
+        let (a, b) = UnixStream::pair().unwrap();
+        enable_peek_offset(&b).unwrap();
+        for (request, fds) in [(8, Vec::new()), (12, vec![eventfd()])] {
+            Frame {
+                request,
+                flags: 1,
+                payload: vec![0; 8],
+                fds,
+            }
+            .write(&a)
+            .unwrap();
+        }
+        let peeked = Frame::peek(&b).unwrap();
+        let read = Frame::read(&b).unwrap();
+        assert_eq!((peeked.request, read.request), (8, 8));
+        assert_eq!(read.fds.len(), 0);
+        // Not asserted either way: kernels differ. Whatever it is, the
+        // frame after it still comes whole with its own fd.
+        eprintln!("peeked fds of an fd-less frame: {}", peeked.fds.len());
+        let next = Frame::peek(&b).unwrap();
+        assert_eq!((next.request, next.fds.len()), (12, 1));
+        assert!(crate::holder::persist::same_frame(
+            &next,
+            &Frame::read(&b).unwrap()
+        ));
     }
 }

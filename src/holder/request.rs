@@ -71,6 +71,27 @@ pub fn has_reply(request: u32) -> bool {
 }
 
 /// The first little-endian u64 of a payload, if it has one.
+/// Whether a front-end request can carry fds (they come with its first
+/// byte). A peek of a frame that carries none can still return fds: Linux
+/// (6.1 at least) peeks the fds of the next message when a peek that ends
+/// inside an fd-less message walks on to it, so the holder keeps a peeked
+/// frame's fds only for these requests.
+pub fn takes_fds(request: u32) -> bool {
+    matches!(
+        request,
+        SET_MEM_TABLE
+            | SET_LOG_BASE
+            | SET_LOG_FD
+            | SET_VRING_KICK
+            | SET_VRING_CALL
+            | SET_VRING_ERR
+            | SET_BACKEND_REQ_FD
+            | SET_INFLIGHT_FD
+            | ADD_MEM_REG
+            | SET_DEVICE_STATE_FD
+    )
+}
+
 pub fn payload_u64(payload: &[u8], at: usize) -> Option<u64> {
     let bytes = payload.get(at..at + 8)?;
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
