@@ -170,6 +170,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // What systemd's fd store passed back is the holder's (src/holder/store.rs).
+    let (stored, activated) = holder::store::Stored::split(activated);
     let supervise = args.supervise.then(|| holder::RestartLimit {
         max_restarts: args.max_restarts,
         window: std::time::Duration::from_secs(args.restart_window),
@@ -205,7 +207,7 @@ fn main() -> ExitCode {
 
     if let Some(limit) = supervise {
         let args = holder::child_args(std::env::args_os().skip(1));
-        return holder::run(&config, args, limit);
+        return holder::run(&config, args, limit, stored);
     }
     if restarted > 0 {
         info!(

@@ -44,11 +44,13 @@
 //! was started as (run it as the unprivileged user).
 
 pub mod frame;
+pub mod persist;
 pub mod record;
 pub mod relay;
 pub mod request;
 pub mod serving;
 pub mod status;
+pub mod store;
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -56,7 +58,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use log::{error, info};
+use log::{error, info, warn};
 
 use crate::config::Config;
 use crate::listen;
@@ -113,9 +115,31 @@ fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
 /// Runs the holder for `config` until SIGTERM (exits 0) or until it gives
 /// up (returns failure). `args` are the serving process's arguments
 /// ([`child_args`]).
-pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCode {
+pub fn run(
+    config: &Config,
+    args: Vec<OsString>,
+    limit: RestartLimit,
+    mut passed: store::Stored,
+) -> ExitCode {
     // A holder holds a record's fds per VM besides its connections.
     let _ = crate::fd_budget::raise_limit();
+    // Under systemd: the fd store keeps what the holder's death must not
+    // take (store.rs). Serving processes do not talk to systemd.
+    let fd_store = match store::FdStore::from_env() {
+        Ok(fd_store) => fd_store.map(std::sync::Arc::new),
+        Err(e) => {
+            warn!("{e}: no fd store, the VMs will not outlive the holder");
+            None
+        }
+    };
+    std::env::remove_var("NOTIFY_SOCKET");
+    if fd_store.is_none() && !passed.is_empty() {
+        warn!(
+            "fds from an fd store ({}) but no NOTIFY_SOCKET: closed",
+            passed.names().join(", ")
+        );
+        passed = store::Stored::default();
+    }
     let signals = match block_termination_signals() {
         Ok(set) => set,
         Err(e) => {
@@ -164,7 +188,7 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
     let journals = match config
         .vms
         .iter()
-        .map(|_| serving::journal_file())
+        .map(|vm| kept_journal(fd_store.as_deref(), &mut passed, &vm.name))
         .collect::<std::io::Result<Vec<_>>>()
     {
         Ok(journals) => journals,
@@ -188,6 +212,22 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    let mut sessions = Vec::new();
+    for vm in &config.vms {
+        sessions.push(match &fd_store {
+            Some(fd_store) => kept_session(fd_store, &mut passed, &vm.name),
+            None => (None, None),
+        });
+    }
+    if let Some(fd_store) = &fd_store {
+        for name in passed.names() {
+            info!("fd store: {name} belongs to no VM of this configuration: removed");
+            if let Err(e) = fd_store.remove(&name) {
+                warn!("fd store: {e}");
+            }
+        }
+        drop(passed);
+    }
     let plan = Plan {
         args,
         vms: config.vms.iter().map(|vm| vm.name.clone()).collect(),
@@ -197,9 +237,9 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
         window: limit.window,
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
         upgrade,
-        live: journals
+        live: sessions
             .iter()
-            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .map(|(_, adopted)| std::sync::atomic::AtomicBool::new(adopted.is_some()))
             .collect(),
         journals,
     };
@@ -256,12 +296,16 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
         cleanup();
         return ExitCode::FAILURE;
     }
-    for ((index, vm), listener) in config.vms.iter().enumerate().zip(listeners) {
+    for (((index, vm), listener), (persist, adopted)) in
+        config.vms.iter().enumerate().zip(listeners).zip(sessions)
+    {
         let relay = VmRelay {
             name: vm.name.clone(),
             index,
             listener,
             supervisor: supervisor.clone(),
+            persist: std::cell::RefCell::new(persist),
+            adopted,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("relay-{}", vm.name).chars().take(15).collect())
@@ -271,6 +315,11 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
             supervisor.stop();
             cleanup();
             return ExitCode::FAILURE;
+        }
+    }
+    if let Some(fd_store) = &fd_store {
+        if let Err(e) = fd_store.ready("holding the VMs' devices") {
+            warn!("{e}");
         }
     }
     if !supervisor.run(child) {
@@ -283,4 +332,70 @@ pub fn run(config: &Config, args: Vec<OsString>, limit: RestartLimit) -> ExitCod
     drop(control);
     cleanup();
     ExitCode::FAILURE
+}
+
+/// VM `vm`'s device journal: the one the fd store kept, or a new one
+/// (stored, under a store).
+fn kept_journal(
+    fd_store: Option<&store::FdStore>,
+    passed: &mut store::Stored,
+    vm: &str,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    let name = store::vm_name(vm, "journal");
+    if let Some(journal) = passed.take(&name) {
+        info!("VM {vm}: device journal from the fd store");
+        return Ok(journal);
+    }
+    let journal = serving::journal_file()?;
+    if let Some(fd_store) = fd_store {
+        use std::os::fd::AsFd;
+        if let Err(e) = fd_store.put(&name, journal.as_fd()) {
+            warn!("VM {vm}: {e}");
+        }
+    }
+    Ok(journal)
+}
+
+/// VM `vm`'s persister, and the session a dead holder left in the store
+/// if there is one to go on with (its front-end's connection and state).
+fn kept_session(
+    fd_store: &std::sync::Arc<store::FdStore>,
+    passed: &mut store::Stored,
+    vm: &str,
+) -> (
+    Option<persist::Persister>,
+    Option<(std::os::unix::net::UnixStream, persist::Restored)>,
+) {
+    let conn = passed.take(&store::vm_name(vm, "conn"));
+    let (persister, restored) = match persist::Persister::open(fd_store.clone(), vm, passed) {
+        Ok(opened) => opened,
+        Err(e) => {
+            warn!("VM {vm}: fd store: {e}; this VM will not outlive the holder");
+            return (None, None);
+        }
+    };
+    match (conn, restored) {
+        (Some(conn), Ok(Some(restored))) => {
+            info!(
+                "VM {vm}: a session from the fd store ({} messages): going on with it",
+                restored.record.len()
+            );
+            (
+                Some(persister),
+                Some((std::os::unix::net::UnixStream::from(conn), restored)),
+            )
+        }
+        (Some(_), restored) => {
+            let why = match restored {
+                Err(e) => e.to_string(),
+                _ => "no session image".to_string(),
+            };
+            warn!("VM {vm}: a front-end connection in the fd store, but its session cannot go on ({why}): closed");
+            if let Err(e) = persister.remove_connection() {
+                warn!("VM {vm}: fd store: {e}");
+            }
+            (Some(persister), None)
+        }
+        (None, _) => (Some(persister), None),
+    }
 }

@@ -249,6 +249,11 @@ impl Record {
         !self.overflowed
     }
 
+    /// Marks the record as past its bounds (a restored record that was).
+    pub fn mark_overflowed(&mut self) {
+        self.overflowed = true;
+    }
+
     /// The messages to replay, in order.
     pub fn frames(&self) -> impl Iterator<Item = &Frame> {
         self.entries.iter().map(|entry| &entry.frame)

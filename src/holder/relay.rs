@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::frame::{Frame, FrameError, FLAG_NEED_REPLY, FLAG_REPLY};
+use super::frame::{self, Frame, FrameError, FLAG_NEED_REPLY, FLAG_REPLY};
+use super::persist::{self, Persister, Restored};
 use super::record::Record;
 use super::request::{self, Acks};
 use super::serving::{Generation, Supervisor};
@@ -56,6 +57,8 @@ pub enum RelayError {
     Replay(FrameError),
     #[error("replay: request {0} answered with request {1}")]
     ReplayOutOfStep(u32, u32),
+    #[error("the front-end's frame changed between its peek and its read")]
+    PeekMismatch,
 }
 
 /// A VM's relay.
@@ -66,12 +69,34 @@ pub struct VmRelay {
     /// The socket front-ends connect to.
     pub listener: UnixListener,
     pub supervisor: Arc<Supervisor>,
+    /// Under systemd's fd store: where the relay state is kept for the
+    /// holder's own death (super::persist).
+    pub persist: std::cell::RefCell<Option<Persister>>,
+    /// A session the store kept from a holder that died: its front-end's
+    /// connection and its state.
+    pub adopted: Option<(UnixStream, Restored)>,
 }
 
 impl VmRelay {
     /// Serves the VM's front-ends one after the other, until the holder
     /// has no serving process any more.
-    pub fn serve(self) {
+    pub fn serve(mut self) {
+        if let Some((front_end, restored)) = self.adopted.take() {
+            self.supervisor.set_live(self.index, true);
+            let ended = self.adopted_session(&front_end, restored);
+            self.supervisor.set_live(self.index, false);
+            if !matches!(ended, Err(RelayError::Gone(_))) {
+                self.forget_session();
+            }
+            match ended {
+                Ok(()) => info!("{}: front-end disconnected", self.name),
+                Err(e @ RelayError::Gone(_)) => {
+                    error!("{}: {e}; closing the front-end's connection", self.name);
+                    return;
+                }
+                Err(e) => error!("{}: {e}; closing the front-end's connection", self.name),
+            }
+        }
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let front_end = match self.listener.accept() {
@@ -93,6 +118,11 @@ impl VmRelay {
             self.supervisor.set_live(self.index, true);
             let ended = self.session(&front_end);
             self.supervisor.set_live(self.index, false);
+            // A holder that stops (or gives up) leaves the session in the
+            // store: the next holder goes on with it.
+            if !matches!(ended, Err(RelayError::Gone(_))) {
+                self.forget_session();
+            }
             match ended {
                 Ok(()) => info!("{}: front-end disconnected", self.name),
                 Err(e @ RelayError::Gone(_)) => {
@@ -104,8 +134,34 @@ impl VmRelay {
         }
     }
 
+    /// Under the fd store: the session ended, its state and connection
+    /// leave the store.
+    fn forget_session(&self) {
+        if let Some(persister) = self.persist.borrow_mut().as_mut() {
+            if let Err(e) = persister
+                .clear()
+                .and_then(|()| persister.remove_connection())
+            {
+                warn!("{}: fd store: {e}", self.name);
+            }
+        }
+    }
+
     /// Relays one front-end connection until it ends.
     fn session(&self, front_end: &UnixStream) -> Result<(), RelayError> {
+        if let Some(persister) = self.persist.borrow_mut().as_mut() {
+            let stored = frame::enable_peek_offset(front_end)
+                .map_err(persist::PersistError::Io)
+                .and_then(|()| persister.clear())
+                .and_then(|()| persister.put_connection(front_end));
+            if let Err(e) = stored {
+                warn!(
+                    "{}: fd store: {e}; this session will not outlive the holder",
+                    self.name
+                );
+                *self.persist.borrow_mut() = None;
+            }
+        }
         let (relay, generation) = self.supervisor.connect(self.index, None)?;
         info!(
             "{}: front-end connected, relayed to serving process {}",
@@ -121,6 +177,93 @@ impl VmRelay {
         };
         session.run(front_end)
     }
+
+    /// Goes on with a session a dead holder kept in the fd store: settles
+    /// what it was doing with the front-end (a frame peeked but perhaps
+    /// not read, a reply perhaps not written), then replays the session
+    /// into the serving process, which takes the device over from its
+    /// journal, and relays as before.
+    fn adopted_session(
+        &self,
+        front_end: &UnixStream,
+        restored: Restored,
+    ) -> Result<(), RelayError> {
+        let Restored {
+            record,
+            pending,
+            replying,
+            at_head,
+        } = restored;
+        frame::enable_peek_offset(front_end).map_err(|e| RelayError::FrontEnd(e.into()))?;
+        if let Some(head) = at_head {
+            if readable_now(front_end) {
+                let peeked = peek_front_end(front_end).map_err(RelayError::FrontEnd)?;
+                frame::enable_peek_offset(front_end).map_err(|e| RelayError::FrontEnd(e.into()))?;
+                if persist::same_frame(&peeked, &head) {
+                    Frame::read(front_end).map_err(RelayError::FrontEnd)?;
+                    info!(
+                        "{}: request {} was taken but not read off the socket: read now",
+                        self.name, head.request
+                    );
+                }
+            }
+        }
+        if let Some(reply) = replying {
+            let sent =
+                persist::reply_was_sent(front_end).map_err(|e| RelayError::FrontEnd(e.into()))?;
+            if !sent {
+                info!("{}: reply {} written again", self.name, reply.request);
+                reply.write(front_end).map_err(RelayError::FrontEnd)?;
+            }
+        }
+        if !record.restorable() {
+            return Err(RelayError::NotRestorable);
+        }
+        let (relay, generation) = self.supervisor.connect(self.index, None)?;
+        let mut session = Session {
+            vm: self,
+            record,
+            acks: Acks::default(),
+            pending,
+            relay,
+            generation,
+        };
+        session.save(None, None);
+        match session.replay() {
+            Ok(acks) => session.acks = acks,
+            Err(e) => {
+                warn!("{}: {e}", self.name);
+                session.recover(&FrameError::Closed)?;
+            }
+        }
+        info!(
+            "{}: session adopted from the fd store and replayed into serving process {} ({} messages{})",
+            self.name,
+            session.generation.pid,
+            session.record.len(),
+            match &session.pending {
+                Some(p) => format!(", then request {} again", p.request),
+                None => String::new(),
+            }
+        );
+        session.run(front_end)
+    }
+}
+
+/// The front-end's next frame, peeked, with fds only if its request takes
+/// any ([`request::takes_fds`]).
+fn peek_front_end(sock: &UnixStream) -> Result<Frame, FrameError> {
+    let mut frame = Frame::peek(sock)?;
+    if !request::takes_fds(frame.request) {
+        frame.fds.clear();
+    }
+    Ok(frame)
+}
+
+/// Whether `sock` has bytes to read (or its peer closed) now. A poll,
+/// not a peek: a peek would move the socket's peek offset.
+fn readable_now(sock: &UnixStream) -> bool {
+    persist::readable_now(sock)
 }
 
 /// One front-end connection's state in the holder.
@@ -180,7 +323,13 @@ impl Session<'_> {
                 }
             }
             if from_front_end {
-                let frame = match Frame::read(front_end) {
+                let persisting = self.vm.persist.borrow().is_some();
+                let taken = if persisting {
+                    peek_front_end(front_end)
+                } else {
+                    Frame::read(front_end)
+                };
+                let frame = match taken {
                     Ok(frame) => frame,
                     Err(FrameError::Closed) => return Ok(()),
                     Err(e) => return Err(RelayError::FrontEnd(e)),
@@ -192,16 +341,51 @@ impl Session<'_> {
                     }
                 }
                 let sent = frame.write(&self.relay);
+                let head = if persisting {
+                    Some(
+                        frame
+                            .try_clone()
+                            .map_err(|e| RelayError::FrontEnd(e.into()))?,
+                    )
+                } else {
+                    None
+                };
                 if awaits {
                     self.pending = Some(frame);
                 } else {
                     self.keep(frame);
+                }
+                if let Some(head) = head {
+                    // Saved with the frame at the head of the socket, read
+                    // off it, saved without: see super::persist.
+                    self.save(None, Some(&head));
+                    let read = Frame::read(front_end).map_err(RelayError::FrontEnd)?;
+                    if !persist::same_frame(&read, &head) {
+                        return Err(RelayError::PeekMismatch);
+                    }
+                    self.save(None, None);
                 }
                 if let Err(e) = sent {
                     // Kept or pending: the replay sends it whole.
                     self.recover(&e)?;
                 }
             }
+        }
+    }
+
+    /// Under the fd store: saves the relay state (a failure is logged and
+    /// ends the keeping: the session then does not outlive the holder).
+    fn save(&mut self, replying: Option<&Frame>, at_head: Option<&Frame>) {
+        let mut persist = self.vm.persist.borrow_mut();
+        let Some(persister) = persist.as_mut() else {
+            return;
+        };
+        if let Err(e) = persister.save(&self.record, self.pending.as_ref(), replying, at_head) {
+            warn!(
+                "{}: fd store: {e}; this session will not outlive the holder",
+                self.vm.name
+            );
+            *persist = None;
         }
     }
 
@@ -238,7 +422,10 @@ impl Session<'_> {
         if !refused {
             self.keep(request);
         }
-        reply.write(front_end).map_err(RelayError::FrontEnd)
+        self.save(Some(&reply), None);
+        reply.write(front_end).map_err(RelayError::FrontEnd)?;
+        self.save(None, None);
+        Ok(())
     }
 
     /// The relay end failed (`why`): if the serving process died, carries
@@ -262,7 +449,7 @@ impl Session<'_> {
             self.relay = relay;
             self.generation = generation;
             match self.replay() {
-                Ok(()) => {
+                Ok(_) => {
                     info!(
                         "{}: session replayed into serving process {} ({} messages{})",
                         self.vm.name,
@@ -281,8 +468,9 @@ impl Session<'_> {
     }
 
     /// Sends the record to the new relay end, swallowing its replies, then
-    /// the pending request (whose reply the main loop passes on).
-    fn replay(&mut self) -> Result<(), RelayError> {
+    /// the pending request (whose reply the main loop passes on); returns
+    /// what the replies said about REPLY_ACK.
+    fn replay(&mut self) -> Result<Acks, RelayError> {
         self.relay
             .set_read_timeout(Some(REPLAY_TIMEOUT))
             .map_err(|e| RelayError::Replay(e.into()))?;
@@ -303,6 +491,6 @@ impl Session<'_> {
         if let Some(pending) = &self.pending {
             pending.write(&self.relay).map_err(RelayError::Replay)?;
         }
-        Ok(())
+        Ok(acks)
     }
 }
