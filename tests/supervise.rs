@@ -10,6 +10,8 @@
 //! after the last restart, or not at all.
 
 mod common;
+#[path = "common/twin.rs"]
+mod twin;
 
 use std::fs::File;
 use std::io::Read;
@@ -23,10 +25,10 @@ use cenalloc::holder::frame::{Frame, FLAG_REPLY};
 use cenalloc::holder::request::GET_CONFIG;
 use cenalloc::protocol::*;
 use common::*;
+use twin::{Rng, Twin};
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
-use vm_memory::ByteValued;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -437,180 +439,6 @@ fn a_connection_the_server_closes_is_closed_for_the_front_end() {
     let (mut harness, _raw) = front_end(&holder.socket);
     answers(&mut harness);
     assert_eq!(holder.serving_pid(), Some(pid));
-}
-
-/// A small deterministic generator (xorshift64*), so that a failing run
-/// can be repeated from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// The device the front-end talks to, and the same device run in this
-/// process without any crash: every answer must be the same.
-struct Twin {
-    reference: cenalloc::device::Device,
-    mem: vm_memory::GuestMemoryMmap,
-    /// Live buffers: (id, attachment id).
-    buffers: Vec<(u32, u32)>,
-    batches: u64,
-    slowest: Duration,
-    /// Driver ids of leased maps handed out so far, and those mapped.
-    driver_ids: u32,
-    leased_maps: u32,
-}
-
-impl Twin {
-    fn new(args: &[&str]) -> Twin {
-        use clap::Parser;
-        let mut argv = vec!["cenallocd", "--socket-path", "vm1=/nonexistent/vm1.sock"];
-        argv.extend_from_slice(args);
-        let config = cenalloc::config::Config::build(
-            cenalloc::config::Args::try_parse_from(argv).unwrap(),
-            &[],
-        )
-        .unwrap();
-        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[
-            (vm_memory::GuestAddress(0), LOW_RAM as usize),
-            (vm_memory::GuestAddress(HIGH_BASE), HIGH_RAM as usize),
-        ])
-        .unwrap();
-        Twin {
-            reference: cenalloc::device::Device::new(config.vms[0].device.clone()).unwrap(),
-            mem,
-            buffers: Vec::new(),
-            batches: 0,
-            slowest: Duration::ZERO,
-            driver_ids: 0,
-            leased_maps: 0,
-        }
-    }
-
-    /// Runs `cmds` on both; their answers must be byte for byte the same,
-    /// and every chain posted must have exactly one used entry.
-    fn batch(&mut self, harness: &mut Harness, cmds: &[Cmd]) -> BatchAnswer {
-        let request = encode_batch(cmds);
-        let writable = response_len(cmds);
-        let expected = self
-            .reference
-            .execute_batch(&self.mem, &request, writable as usize);
-        let start = Instant::now();
-        let used = harness
-            .submit(&[Chain::simple(request, writable)])
-            .remove(0);
-        self.slowest = self.slowest.max(start.elapsed());
-        assert_eq!(
-            &used.written[..used.len as usize],
-            &expected[..],
-            "batch {}: {cmds:?}",
-            self.batches
-        );
-        assert_eq!(harness.control_used_idx(), harness.control_avail_idx());
-        self.batches += 1;
-        decode_batch(cmds, &used)
-    }
-
-    /// One random step of a VM's life.
-    fn step(&mut self, harness: &mut Harness, rng: &mut Rng) {
-        match rng.below(12) {
-            // A leased map, as the guest driver makes them: LEASE one
-            // extent, then LEASED_MAP a buffer with the driver's ids on it.
-            10 | 11 => {
-                let lease = LeaseReq {
-                    allocator_id: 0,
-                    count: 1,
-                    size: 0x4000,
-                };
-                let answer = self.batch(
-                    harness,
-                    &[Cmd::new(CENALLOC_CMD_LEASE, lease.as_slice(), 32)],
-                );
-                let resp: LeaseResp = answer.answers[0].get();
-                if answer.status != 0 || resp.num_extents == 0 {
-                    return;
-                }
-                let range: Range = answer.answers[0].get_at(8);
-                self.driver_ids += 1;
-                let id = CENALLOC_DRIVER_ID_FIRST + self.driver_ids;
-                let mut types = [0; CENALLOC_MAX_MAP_TYPES];
-                types[0] = CENALLOC_MAP_SG;
-                let mut map = LeasedMapReq {
-                    buffer_id: id,
-                    initial_mask: 0,
-                    size: range.len,
-                    extent: range.addr,
-                    map_index: 0,
-                    direction: 0,
-                    num_attachments: 1,
-                    reserved: 0,
-                }
-                .as_slice()
-                .to_vec();
-                map.extend_from_slice(
-                    LeasedAttach {
-                        attach_id: id,
-                        mask: CENALLOC_KIND_SYSTEM,
-                        map_type: CENALLOC_MAP_SG,
-                        num_types: 1,
-                        types,
-                    }
-                    .as_slice(),
-                );
-                let answer = self.batch(harness, &[Cmd::new(CENALLOC_CMD_LEASED_MAP, &map, 64)]);
-                if answer.status == 0 {
-                    self.buffers.push((id, id));
-                    self.leased_maps += 1;
-                }
-            }
-            0..=3 => {
-                let size = 4096 * (1 + rng.below(16));
-                let answer = self.batch(
-                    harness,
-                    &[
-                        Cmd::create(size, 0),
-                        Cmd::attach(CENALLOC_BATCH_REF, CENALLOC_KIND_SYSTEM, &[CENALLOC_MAP_SG]),
-                        Cmd::map(CENALLOC_BATCH_REF | 1, CENALLOC_DIR_TO_DEVICE, 16),
-                        Cmd::fill(CENALLOC_BATCH_REF, rng.next()),
-                    ],
-                );
-                if answer.status == 0 {
-                    let created: CreateResp = answer.answers[0].get();
-                    let attached: AttachResp = answer.answers[1].get();
-                    self.buffers.push((created.buffer_id, attached.attach_id));
-                }
-            }
-            4..=6 if !self.buffers.is_empty() => {
-                let (buffer, _) = self.buffers[rng.below(self.buffers.len() as u64) as usize];
-                self.batch(harness, &[Cmd::checksum(buffer)]);
-            }
-            7..=8 if !self.buffers.is_empty() => {
-                let (buffer, attach) = self
-                    .buffers
-                    .swap_remove(rng.below(self.buffers.len() as u64) as usize);
-                self.batch(
-                    harness,
-                    &[
-                        Cmd::unmap(attach, CENALLOC_DIR_TO_DEVICE),
-                        Cmd::detach(attach),
-                        Cmd::free(buffer),
-                    ],
-                );
-            }
-            _ => {
-                self.batch(harness, &[Cmd::get_info()]);
-            }
-        }
-    }
 }
 
 /// The test: SIGKILLs of the serving process at random instants
