@@ -12,15 +12,17 @@
 mod common;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cenalloc::holder::frame::HEADER_LEN;
 use cenalloc::holder::frame::{Frame, FLAG_REPLY};
-use cenalloc::holder::request::GET_CONFIG;
+use cenalloc::holder::request::{GET_CONFIG, SET_MEM_TABLE};
 use cenalloc::protocol::*;
 use common::*;
 use vhost::vhost_user::message::VhostUserConfigFlags;
@@ -72,7 +74,7 @@ impl Holder {
         // The socket file exists from its bind, before its listen (and its
         // mode): the holder logs its start once every socket listens.
         holder.wait_for(
-            || holder.socket.exists() && holder.log_text().contains("holder: 1 VMs"),
+            || holder.socket.exists() && holder.log_text().contains(" VMs, private sockets in "),
             "the holder never started listening",
         );
         holder
@@ -437,6 +439,136 @@ fn a_connection_the_server_closes_is_closed_for_the_front_end() {
     let (mut harness, _raw) = front_end(&holder.socket);
     answers(&mut harness);
     assert_eq!(holder.serving_pid(), Some(pid));
+}
+
+/// How long the holder waits for the rest of a front-end's frame once its
+/// first bytes came.
+const FRAME_BOUND: Duration = Duration::from_secs(5);
+
+/// A vhost-user header: `request`, flags 1 (version 1), `size` bytes of
+/// payload.
+fn header(request: u32, size: usize) -> [u8; HEADER_LEN] {
+    let mut bytes = [0u8; HEADER_LEN];
+    bytes[0..4].copy_from_slice(&request.to_le_bytes());
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&(size as u32).to_le_bytes());
+    bytes
+}
+
+/// Sends the header of a message for `size` bytes of payload and `fds` in
+/// one sendmsg, as QEMU sends a message's fds with its first bytes; the
+/// payload is left for later.
+fn send_header(raw: &UnixStream, request: u32, size: usize, fds: &[RawFd]) {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let bytes = header(request, size);
+    let sent = raw.send_with_fds(&[&bytes[..]], fds).unwrap();
+    assert_eq!(sent, HEADER_LEN);
+}
+
+/// SET_MEM_TABLE's payload for the harness's guest RAM, and its fds (one
+/// per region, owned by the harness's memory).
+fn mem_table(harness: &Harness) -> (Vec<u8>, Vec<RawFd>) {
+    let regions = harness.ram.regions();
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&(regions.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&0u32.to_le_bytes());
+    for region in &regions {
+        for word in [
+            region.guest_phys_addr,
+            region.memory_size,
+            region.userspace_addr,
+            region.mmap_offset,
+        ] {
+            payload.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+    (payload, regions.iter().map(|r| r.mmap_handle).collect())
+}
+
+/// A front-end that sends a message's header with its fds and then
+/// nothing (QEMU sends a message whole: this one is stuck or hostile): the
+/// holder does not wait for the body for ever. It closes that connection
+/// [`FRAME_BOUND`] after the header, logging why; meanwhile it serves
+/// the other VM, through a restart too; it keeps none of the fds (its
+/// descriptors are back to what they were before that front-end came);
+/// and it serves the VM's next front-end. One that closes after a header
+/// leaves nothing either.
+#[test]
+fn a_front_end_that_stops_inside_a_message_is_closed_in_bounded_time() {
+    let vm2 = std::env::temp_dir().join(format!("cenallocd-sup-{}-vm2.sock", std::process::id()));
+    let holder = Holder::start(&[
+        "--socket-path",
+        &format!("vm2={}", vm2.display()),
+        "--max-restarts",
+        "100",
+    ]);
+    let (mut other, _other_raw) = front_end(&vm2);
+    other.donate_all();
+    let first: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    // vm1 has no front-end: its relay thread waits in accept.
+    let baseline = holder.fds();
+
+    let (mut stuck, raw) = front_end(&holder.socket);
+    answers(&mut stuck);
+    holder.wait_relay_idle();
+    let connected = holder.fds();
+    let (payload, fds) = mem_table(&stuck);
+    send_header(&raw, SET_MEM_TABLE, payload.len(), &fds);
+    let sent = Instant::now();
+    holder.wait_for(
+        || holder.fds() == connected + fds.len(),
+        "the holder never took the header's fds",
+    );
+    // The other VM is served meanwhile, before and after a restart.
+    let next: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, first.buffer_id + 1);
+    kill_serving(&holder);
+    let next: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, first.buffer_id + 2);
+    assert!(
+        sent.elapsed() < FRAME_BOUND,
+        "too slow to test the bound: {:?}",
+        sent.elapsed()
+    );
+    // The stuck front-end's connection is closed at the bound.
+    raw.set_read_timeout(Some(FRAME_BOUND + Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let got = (&raw).read(&mut byte);
+    let waited = sent.elapsed();
+    assert!(
+        matches!(got, Ok(0)),
+        "the holder still waits for the body after {waited:?} ({got:?}):\n{}",
+        holder.log_text()
+    );
+    assert!(waited >= FRAME_BOUND, "closed after {waited:?}");
+    let log = holder.log_text();
+    assert!(
+        log.contains("vm1: front-end: the peer sent 12 of 12 bytes"),
+        "{log}"
+    );
+    holder.wait_for(
+        || holder.fds() == baseline,
+        "the holder kept descriptors of the closed connection",
+    );
+    drop((stuck, raw));
+
+    // The next front-end is served; one that closes after a header (with
+    // fds) leaves nothing behind.
+    let (mut again, raw) = front_end(&holder.socket);
+    answers(&mut again);
+    let (payload, fds) = mem_table(&again);
+    send_header(&raw, SET_MEM_TABLE, payload.len(), &fds);
+    drop((again, raw));
+    holder.wait_for(
+        || holder.fds() == baseline,
+        "the holder kept descriptors of a front-end that closed inside a message",
+    );
+    let (mut last, raw) = front_end(&holder.socket);
+    answers(&mut last);
+    let next: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, first.buffer_id + 3);
+    assert_open_and_drained(&raw);
 }
 
 /// A small deterministic generator (xorshift64*), so that a failing run
