@@ -16,9 +16,13 @@
 //! Bounds: one frame at a time (4 KiB and 32 fds at most, see
 //! [`super::frame`]), one request awaiting its reply (a front-end that
 //! sends another before it has the reply is out of protocol and is
-//! disconnected), and the record's own bounds. Blocking reads and writes
-//! only ever block this VM's thread; nothing is read from a side that did
-//! not poll readable, so no loop spins.
+//! disconnected), and the record's own bounds. A front-end's frame must
+//! be whole [`FRAME_TIMEOUT`] (5 s) after its first bytes came: one that
+//! stops inside a frame (a header, then nothing) is disconnected then,
+//! logged, and the frame's fds closed, so it holds neither the relay
+//! thread nor descriptors. Blocking reads and writes only ever block this
+//! VM's thread; nothing is read from a side that did not poll readable,
+//! so no loop spins.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::frame::{Frame, FrameError, FLAG_NEED_REPLY, FLAG_REPLY};
+use super::frame::{Frame, FrameError, FLAG_NEED_REPLY, FLAG_REPLY, FRAME_TIMEOUT};
 use super::record::Record;
 use super::request::{self, Acks};
 use super::serving::{Generation, Supervisor};
@@ -180,7 +184,7 @@ impl Session<'_> {
                 }
             }
             if from_front_end {
-                let frame = match Frame::read(front_end) {
+                let frame = match Frame::read_within(front_end, FRAME_TIMEOUT) {
                     Ok(frame) => frame,
                     Err(FrameError::Closed) => return Ok(()),
                     Err(e) => return Err(RelayError::FrontEnd(e)),
