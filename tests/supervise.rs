@@ -290,6 +290,25 @@ fn a_kill_between_messages_is_not_seen_by_the_front_end() {
     assert!(log.contains("(1 died before it)"), "{log}");
 }
 
+/// QEMU sends the memory table again while the rings run (a memory
+/// hot-plug: cenallocd does not offer CONFIGURE_MEM_SLOTS). A restart
+/// after it must replay the table before the rings' SET_VRING_ADDR, which
+/// the back-end translates through the table it has then.
+#[test]
+fn a_memory_table_sent_again_while_the_rings_run_survives_a_restart() {
+    let holder = Holder::start(&[]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    let before = answers(&mut harness);
+    harness.donate_all();
+    let created: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    harness.resend_memory_table();
+    kill_serving(&holder);
+    assert_eq!(answers(&mut harness), before);
+    let next: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, created.buffer_id + 1);
+    assert_open_and_drained(&raw);
+}
+
 #[test]
 fn a_request_in_flight_is_answered_once_by_the_next_process() {
     let holder = Holder::start(&[]);
