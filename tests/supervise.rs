@@ -12,8 +12,8 @@
 mod common;
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::RawFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cenalloc::holder::frame::{Frame, FLAG_REPLY};
 use cenalloc::holder::frame::{FRAME_TIMEOUT, HEADER_LEN};
-use cenalloc::holder::request::{GET_CONFIG, SET_MEM_TABLE};
+use cenalloc::holder::request::{GET_CONFIG, GET_VRING_BASE, SET_MEM_TABLE, SET_VRING_KICK};
 use cenalloc::protocol::*;
 use common::*;
 use vhost::vhost_user::message::VhostUserConfigFlags;
@@ -587,6 +587,207 @@ fn a_front_end_that_stops_inside_a_message_is_closed_in_bounded_time() {
     assert_open_and_drained(&raw);
 }
 
+/// How long a reply to a request cut by a SIGKILL may take: the restart
+/// back-off (100 ms per death in the window, at most 1 s), the start of
+/// the next serving process, the replay and the take-over, with room for
+/// a loaded machine.
+const REPLY_BOUND: Duration = Duration::from_secs(10);
+
+/// When the front-end sends the body of a message cut after its header,
+/// relative to the SIGKILL of the serving process.
+#[derive(Clone, Copy, Debug)]
+enum Body {
+    /// At once: the relay end may not even have closed yet.
+    AtOnce,
+    /// Once the next serving process has started, and 300 ms more: the
+    /// holder waited on the partial frame through the death and the
+    /// restart.
+    AfterTheRestart,
+}
+
+/// Sends a message cut after its header, as QEMU could have it cut (its
+/// fds with the header), with a SIGKILL of the serving process in the
+/// cut: the header and `fds` in one sendmsg; once the holder has them
+/// (it took the fds, its relay thread sleeps waiting for the body) the
+/// SIGKILL; then `payload`, at once or after the restart (`body`).
+fn split_with_kill(
+    holder: &Holder,
+    raw: &UnixStream,
+    request: u32,
+    payload: &[u8],
+    fds: &[RawFd],
+    body: Body,
+) {
+    let pid = holder.serving_pid_after(None);
+    let before = holder.fds();
+    send_header(raw, request, payload.len(), fds);
+    holder.wait_for(
+        || holder.fds() >= before + fds.len(),
+        "the holder never took the header's fds",
+    );
+    holder.wait_relay_idle();
+    signal(pid, libc::SIGKILL);
+    if let Body::AfterTheRestart = body {
+        let next = holder.serving_pid_after(Some(pid));
+        holder.wait_for(
+            || {
+                holder
+                    .log_text()
+                    .contains(&format!("serving process {next} started"))
+            },
+            "the next serving process never started",
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        // Still waiting for the body: nothing came back, nothing closed.
+        assert_open_and_drained(raw);
+    }
+    (&*raw).write_all(payload).unwrap();
+    holder.serving_pid_after(Some(pid));
+}
+
+/// The next frame from the holder: the reply to `request`, within
+/// [`REPLY_BOUND`] of `since`.
+fn reply_to(holder: &Holder, raw: &UnixStream, request: u32, since: Instant) -> Frame {
+    raw.set_read_timeout(Some(REPLY_BOUND)).unwrap();
+    let reply = Frame::read(raw).unwrap_or_else(|e| {
+        panic!(
+            "no reply to request {request} within {REPLY_BOUND:?}: {e}\n{}",
+            holder.log_text()
+        )
+    });
+    raw.set_read_timeout(None).unwrap();
+    let took = since.elapsed();
+    assert!(took < REPLY_BOUND, "request {request} answered in {took:?}");
+    assert_eq!(reply.request, request, "the reply to another request");
+    assert_ne!(reply.flags & FLAG_REPLY, 0, "not a reply");
+    reply
+}
+
+/// A `vhost_vring_state` payload.
+fn vring_state(index: u32, num: u32) -> Vec<u8> {
+    [index.to_le_bytes(), num.to_le_bytes()].concat()
+}
+
+/// The issue's kill "between the header and the body of a vhost-user
+/// message": the front-end sends a message's 12-byte header (its fds
+/// with it, as QEMU sends them), the serving process is SIGKILLed, and
+/// the body follows at once, or once the next process runs (the holder
+/// waited on the partial frame through the restart). For messages that
+/// matter: GET_VRING_BASE at a pause, GET_CONFIG (replies), SET_MEM_TABLE
+/// and SET_VRING_KICK at a resume (fds and a body, no reply). Each reply
+/// comes once, is the right one (the ring's real base, the config) and
+/// comes within [`REPLY_BOUND`]; the fds reach the next process (the
+/// control ring serves on the kick fd sent so and the memory table);
+/// after each, commands on the control ring are answered as the same
+/// device run without crashes answers them (buffers, ids, contents); the
+/// holder's descriptors come back to their count before.
+#[test]
+fn a_kill_between_the_header_and_the_body_of_a_message_is_not_seen() {
+    let holder = Holder::start(&["--max-restarts", "100", "--restart-window", "1"]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    let (_, _, config) = answers(&mut harness);
+    let mut twin = Twin::donated(&mut harness);
+    let mut rng = Rng(0x5717_0000);
+    for _ in 0..20 {
+        twin.step(&mut harness, &mut rng);
+    }
+    // The holder's descriptors in a steady session, after a restart and
+    // a pause/resume as in the loop.
+    kill_serving(&holder);
+    harness.pause_resume();
+    harness.frontend.get_features().unwrap();
+    holder.wait_relay_idle();
+    let baseline = holder.fds();
+    let resent = |request: u32| {
+        holder
+            .log_text()
+            .matches(&format!("then request {request} again"))
+            .count()
+    };
+    for body in [Body::AtOnce, Body::AfterTheRestart] {
+        for request in [GET_VRING_BASE, GET_CONFIG, SET_MEM_TABLE, SET_VRING_KICK] {
+            let (resent_before, start) = (resent(request), Instant::now());
+            match request {
+                GET_VRING_BASE => {
+                    // A pause: the control ring stops where the device
+                    // took it (every chain the harness posted).
+                    let payload = vring_state(0, 0);
+                    split_with_kill(&holder, &raw, request, &payload, &[], body);
+                    let reply = reply_to(&holder, &raw, request, start);
+                    let base = harness.control_avail_idx();
+                    assert_eq!(reply.payload, vring_state(0, base.into()), "{body:?}");
+                    let event = harness.frontend.get_vring_base(1).unwrap();
+                    harness.start_queues(&[base, u16::try_from(event).unwrap()]);
+                }
+                GET_CONFIG => {
+                    let size = config.len();
+                    let mut payload = [0u32.to_le_bytes(), (size as u32).to_le_bytes()]
+                        .concat()
+                        .to_vec();
+                    payload.extend_from_slice(&0u32.to_le_bytes());
+                    payload.extend_from_slice(&vec![0u8; size]);
+                    split_with_kill(&holder, &raw, request, &payload, &[], body);
+                    let reply = reply_to(&holder, &raw, request, start);
+                    assert_eq!(&reply.payload[12..], &config[..], "{body:?}");
+                }
+                SET_MEM_TABLE => {
+                    // What QEMU sends after a memory hot-plug; no reply
+                    // (no REPLY_ACK): the next request's is the next frame.
+                    let (payload, fds) = mem_table(&harness);
+                    split_with_kill(&holder, &raw, request, &payload, &fds, body);
+                    harness.frontend.get_features().unwrap();
+                }
+                SET_VRING_KICK => {
+                    // A resume, the control ring's kick fd cut from its
+                    // body: the ring serves on it afterwards only if it
+                    // reached the next process.
+                    let bases = harness.stop_queues();
+                    harness.start_queue_with_kick(0, bases[0], |kick| {
+                        let payload = 0u64.to_le_bytes();
+                        split_with_kill(&holder, &raw, request, &payload, &[kick.as_raw_fd()], body)
+                    });
+                    harness.start_queue(1, bases[1]);
+                    harness.frontend.get_features().unwrap();
+                }
+                _ => unreachable!(),
+            }
+            if cenalloc::holder::request::has_reply(request) {
+                assert_eq!(resent(request), resent_before + 1, "{request} {body:?}");
+            }
+            // Exactly one reply: nothing else waits.
+            assert_open_and_drained(&raw);
+            for _ in 0..5 {
+                twin.step(&mut harness, &mut rng);
+            }
+        }
+    }
+    for (buffer, _) in twin.buffers.clone() {
+        twin.batch(&mut harness, &[Cmd::checksum(buffer)]);
+    }
+    twin.batch(&mut harness, &[Cmd::get_info()]);
+    assert_open_and_drained(&raw);
+    holder.wait_relay_idle();
+    holder.wait_for(
+        || holder.fds() <= baseline,
+        &format!(
+            "more descriptors than the {baseline} before: {:?}",
+            fd_targets(&holder)
+        ),
+    );
+    let log = holder.log_text();
+    for line in log.lines().filter(|l| l.contains("died (Ok(ExitStatus")) {
+        assert!(line.contains("unix_wait_status(9)"), "{line}");
+    }
+    assert!(log.contains("(9 died before it)"), "not 9 restarts:\n{log}");
+    eprintln!(
+        "{} batches, {} live buffers, slowest batch {:?}, holder fds {baseline} -> {}",
+        twin.batches,
+        twin.buffers.len(),
+        twin.slowest,
+        holder.fds()
+    );
+}
+
 /// A small deterministic generator (xorshift64*), so that a failing run
 /// can be repeated from its seed.
 struct Rng(u64);
@@ -642,6 +843,19 @@ impl Twin {
             driver_ids: 0,
             leased_maps: 0,
         }
+    }
+
+    /// The twin of the holder's device of `harness`, both given the
+    /// harness's pool donations.
+    fn donated(harness: &mut Harness) -> Twin {
+        let mut twin = Twin::new(&["--pool", "system:4M"]);
+        for (pool, ranges) in harness.donate_all().iter().enumerate() {
+            let cmd = Cmd::pool_add(pool as u32, ranges);
+            let request = encode_batch(std::slice::from_ref(&cmd));
+            twin.reference
+                .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
+        }
+        twin
     }
 
     /// Runs `cmds` on both; their answers must be byte for byte the same,
@@ -776,13 +990,7 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
     let seed = 0x5eed_0000 + u64::from(kills);
     let holder = Holder::start(&["--max-restarts", "1000000", "--restart-window", "1"]);
     let (mut harness, raw) = front_end(&holder.socket);
-    let mut twin = Twin::new(&["--pool", "system:4M"]);
-    for (pool, ranges) in harness.donate_all().iter().enumerate() {
-        let cmd = Cmd::pool_add(pool as u32, ranges);
-        let request = encode_batch(std::slice::from_ref(&cmd));
-        twin.reference
-            .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
-    }
+    let mut twin = Twin::donated(&mut harness);
     let done = std::sync::atomic::AtomicBool::new(false);
     let answered = std::sync::atomic::AtomicU64::new(0);
     let mut rng = Rng(seed);
@@ -924,13 +1132,7 @@ fn sighup_upgrades_the_serving_process_under_load() {
     std::fs::copy(env!("CARGO_BIN_EXE_cenallocd"), &binary).unwrap();
     let holder = Holder::start_from(&binary, &[]);
     let (mut harness, raw) = front_end(&holder.socket);
-    let mut twin = Twin::new(&["--pool", "system:4M"]);
-    for (pool, ranges) in harness.donate_all().iter().enumerate() {
-        let cmd = Cmd::pool_add(pool as u32, ranges);
-        let request = encode_batch(std::slice::from_ref(&cmd));
-        twin.reference
-            .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
-    }
+    let mut twin = Twin::donated(&mut harness);
     let upgrades = 20u64;
     let done = std::sync::atomic::AtomicBool::new(false);
     let generation = std::sync::atomic::AtomicU64::new(0);

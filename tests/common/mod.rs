@@ -792,7 +792,12 @@ impl Harness {
         })
     }
 
-    /// [`Harness::start_queues`] for ring `index` alone, its SET_VRING_KICK
+    /// [`Harness::start_queues`] for ring `index` alone.
+    pub fn start_queue(&mut self, index: usize, base: u16) {
+        self.setup_queue(index, base)
+    }
+
+    /// [`Harness::start_queue`], its SET_VRING_KICK
     /// sent by `send_kick` with the ring's kick eventfd (e.g. as raw
     /// frames on a clone of the front-end's stream) instead of the
     /// front-end: the other messages before and after it as usual.
