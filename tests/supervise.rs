@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cenalloc::holder::frame::{Frame, FLAG_REPLY};
@@ -975,12 +975,148 @@ impl Twin {
     }
 }
 
+/// What the random test's front-end and killer share about messages cut
+/// between their header and their body.
+#[derive(Default)]
+struct Cuts {
+    /// The front-end has sent a header and not its body.
+    open: AtomicBool,
+    /// The killer waits for a cut to kill in: the front-end holds the
+    /// cut open until that kill is done (or its bound).
+    aiming: AtomicBool,
+    /// Kills begun (counted before the kill(2)) and done (after it), and
+    /// serving processes started since (the killer saw the next one).
+    kills_begun: AtomicU64,
+    kills_done: AtomicU64,
+    restarted: AtomicU64,
+}
+
+/// The front-end's count of its vhost-user messages in the random load.
+#[derive(Default, Debug)]
+struct CutStats {
+    messages: u64,
+    cut: u64,
+    /// Kills whose kill(2) surely fell between a header and its body:
+    /// begun after the header was sent, done before the body was.
+    kills_inside: u64,
+    /// Cuts held open until the next serving process had started.
+    held_through_a_restart: u64,
+}
+
+/// The longest a cut stays open: well inside [`FRAME_TIMEOUT`], after
+/// which the holder would close the connection.
+const CUT_BOUND: Duration = Duration::from_secs(3);
+
+/// Sends a message whole (its fds with it, one sendmsg), or half the time
+/// cut after its header: the header and the fds, a pause, the body. The
+/// pause is short (up to 5 ms) unless the killer aims at a cut (then until
+/// its kill is done); a kill inside is, half the time, followed by a wait
+/// until the next serving process has started (the holder polls on the
+/// partial frame through the restart). Never longer than [`CUT_BOUND`].
+fn send_maybe_cut(
+    raw: &UnixStream,
+    request: u32,
+    payload: &[u8],
+    fds: &[RawFd],
+    rng: &mut Rng,
+    cuts: &Cuts,
+    stats: &mut CutStats,
+) {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    stats.messages += 1;
+    if rng.below(2) == 0 {
+        let head = header(request, payload.len());
+        let sent = raw.send_with_fds(&[&head[..], payload], fds).unwrap();
+        assert_eq!(sent, HEADER_LEN + payload.len());
+        return;
+    }
+    send_header(raw, request, payload.len(), fds);
+    let (cut_at, begun) = (Instant::now(), cuts.kills_begun.load(Ordering::SeqCst));
+    cuts.open.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_micros(rng.below(5_000)));
+    while cuts.aiming.load(Ordering::SeqCst) && cut_at.elapsed() < CUT_BOUND {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    let done = cuts.kills_done.load(Ordering::SeqCst);
+    if done > begun && rng.below(2) == 0 {
+        stats.held_through_a_restart += 1;
+        while cuts.restarted.load(Ordering::SeqCst) < done && cut_at.elapsed() < CUT_BOUND {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(
+            Duration::from_micros(rng.below(50_000))
+                .min(CUT_BOUND.saturating_sub(cut_at.elapsed())),
+        );
+    }
+    let done = cuts.kills_done.load(Ordering::SeqCst);
+    cuts.open.store(false, Ordering::SeqCst);
+    stats.cut += 1;
+    stats.kills_inside += done.saturating_sub(begun);
+    (&*raw).write_all(payload).unwrap();
+}
+
+/// One vhost-user message step of the random load, each message sent
+/// whole or cut ([`send_maybe_cut`]): GET_CONFIG (the config comes back),
+/// a pause and resume (the control ring's GET_VRING_BASE returns how far
+/// the device took it, its SET_VRING_KICK at the resume, the event ring's
+/// as usual), or the memory table again. The device state is left as it
+/// was: the twin does not see these.
+fn message_step(
+    holder: &Holder,
+    harness: &mut Harness,
+    raw: &UnixStream,
+    config: &[u8],
+    rng: &mut Rng,
+    cuts: &Cuts,
+    stats: &mut CutStats,
+) {
+    match rng.below(3) {
+        0 => {
+            let mut payload = Vec::new();
+            payload.extend_from_slice(&0u32.to_le_bytes());
+            payload.extend_from_slice(&(config.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&0u32.to_le_bytes());
+            payload.extend_from_slice(&vec![0u8; config.len()]);
+            let start = Instant::now();
+            send_maybe_cut(raw, GET_CONFIG, &payload, &[], rng, cuts, stats);
+            let reply = reply_to(holder, raw, GET_CONFIG, start);
+            assert_eq!(&reply.payload[12..], config);
+        }
+        1 => {
+            let start = Instant::now();
+            let payload = vring_state(0, 0);
+            send_maybe_cut(raw, GET_VRING_BASE, &payload, &[], rng, cuts, stats);
+            let reply = reply_to(holder, raw, GET_VRING_BASE, start);
+            let base = harness.control_avail_idx();
+            assert_eq!(reply.payload, vring_state(0, base.into()));
+            let event = harness.frontend.get_vring_base(1).unwrap();
+            harness.start_queue_with_kick(0, base, |kick| {
+                let payload = 0u64.to_le_bytes();
+                let fds = [kick.as_raw_fd()];
+                send_maybe_cut(raw, SET_VRING_KICK, &payload, &fds, rng, cuts, stats)
+            });
+            harness.start_queue(1, u16::try_from(event).unwrap());
+        }
+        _ => {
+            let (payload, fds) = mem_table(harness);
+            send_maybe_cut(raw, SET_MEM_TABLE, &payload, &fds, rng, cuts, stats);
+            // No reply: the next request's is the fence.
+            harness.frontend.get_features().unwrap();
+        }
+    }
+}
+
 /// The issue's test: SIGKILLs of the serving process at random instants
 /// under a random command load. After each restart the device answers
 /// exactly as the same device run without crashes (same ids, backings,
 /// contents, pool state: nothing lost, nothing run twice), every chain
 /// gets one used entry, and no batch waits longer than the bound.
 /// `CENALLOC_KILLS` sets the number of kills (100 by default).
+///
+/// One step in eight is a vhost-user message ([`message_step`]), half of
+/// them cut between header and body; one kill in eight waits for a cut
+/// and lands in it, others land in one by chance. Every reply is the
+/// right one, once; the kills that fell inside a cut are counted.
 #[test]
 fn the_device_survives_sigkills_at_random_instants_under_load() {
     let kills: u32 = std::env::var("CENALLOC_KILLS")
@@ -991,39 +1127,73 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
     let holder = Holder::start(&["--max-restarts", "1000000", "--restart-window", "1"]);
     let (mut harness, raw) = front_end(&holder.socket);
     let mut twin = Twin::donated(&mut harness);
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let answered = std::sync::atomic::AtomicU64::new(0);
+    let (_, _, config) = answers(&mut harness);
+    let done = AtomicBool::new(false);
+    let answered = AtomicU64::new(0);
+    let cuts = Cuts::default();
+    let mut stats = CutStats::default();
+    let mut aimed = 0u64;
     let mut rng = Rng(seed);
     let mut killer_rng = Rng(seed ^ 0xdead);
+    let started = Instant::now();
     std::thread::scope(|scope| {
         let killer = scope.spawn(|| {
             let mut pid = holder.serving_pid_after(None);
             for _ in 0..kills {
-                // Mostly once the new process serves (a batch answered
+                // Mostly once the new process serves (a step answered
                 // since the last kill), else while it starts or takes
                 // over: kills faster than any recovery would leave
-                // nothing to test.
-                if killer_rng.below(4) != 0 {
-                    let before = answered.load(Ordering::Acquire);
-                    holder.wait_for(
-                        || answered.load(Ordering::Acquire) > before,
-                        "no batch answered since the last restart",
-                    );
+                // nothing to test. One in eight inside a message cut
+                // between its header and its body.
+                match killer_rng.below(8) {
+                    0 => {
+                        aimed += 1;
+                        cuts.aiming.store(true, Ordering::SeqCst);
+                        holder.wait_for(
+                            || cuts.open.load(Ordering::SeqCst),
+                            "no message cut to kill in",
+                        );
+                    }
+                    1 | 2 => {}
+                    _ => {
+                        let before = answered.load(Ordering::Acquire);
+                        holder.wait_for(
+                            || answered.load(Ordering::Acquire) > before,
+                            "no step answered since the last restart",
+                        );
+                        std::thread::sleep(Duration::from_micros(killer_rng.below(30_000)));
+                    }
                 }
-                std::thread::sleep(Duration::from_micros(killer_rng.below(30_000)));
+                cuts.kills_begun.fetch_add(1, Ordering::SeqCst);
                 // SAFETY: kill(2) with integers, on the holder's child. It
                 // may have died by itself (the log check below tells).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                cuts.kills_done.fetch_add(1, Ordering::SeqCst);
+                cuts.aiming.store(false, Ordering::SeqCst);
                 pid = holder.serving_pid_after(Some(pid));
+                cuts.restarted.fetch_add(1, Ordering::SeqCst);
             }
             done.store(true, Ordering::Release);
         });
         while !done.load(Ordering::Acquire) {
-            twin.step(&mut harness, &mut rng);
+            if rng.below(8) == 0 {
+                message_step(
+                    &holder,
+                    &mut harness,
+                    &raw,
+                    &config,
+                    &mut rng,
+                    &cuts,
+                    &mut stats,
+                );
+            } else {
+                twin.step(&mut harness, &mut rng);
+            }
             answered.fetch_add(1, Ordering::AcqRel);
         }
         killer.join().unwrap();
     });
+    let took = started.elapsed();
     // After the last restart: every live buffer as the reference has it.
     for (buffer, _) in twin.buffers.clone() {
         twin.batch(&mut harness, &[Cmd::checksum(buffer)]);
@@ -1031,11 +1201,23 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
     twin.batch(&mut harness, &[Cmd::get_info()]);
     assert_open_and_drained(&raw);
     eprintln!(
-        "{kills} kills, {} batches, {} live buffers, slowest batch {:?}",
+        "{kills} kills, {} batches, {} live buffers, slowest batch {:?}, {took:?}",
         twin.batches,
         twin.buffers.len(),
         twin.slowest
     );
+    eprintln!(
+        "{} vhost-user messages, {} cut between header and body, {} kills inside a cut \
+         ({aimed} aimed at one), {} cuts held through a restart",
+        stats.messages, stats.cut, stats.kills_inside, stats.held_through_a_restart
+    );
+    // The kills aimed at a cut land in it, but for the one that comes
+    // as the front-end closes the cut.
+    assert!(
+        stats.kills_inside * 2 >= aimed && stats.kills_inside > 0,
+        "{stats:?}, {aimed} aimed"
+    );
+    assert!(stats.held_through_a_restart > 0, "{stats:?}");
     assert!(
         twin.batches > u64::from(kills),
         "too little load between the kills"
