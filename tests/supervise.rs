@@ -53,7 +53,8 @@ impl Holder {
         let socket = base.with_extension("sock");
         let control = base.with_extension("control.sock");
         let log = base.with_extension("log");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--supervise")
             .arg("--socket-path")
             .arg(format!("vm1={}", socket.display()))
@@ -62,9 +63,20 @@ impl Holder {
             .args(["--pool", "system:4M"])
             .args(args)
             .env("RUST_LOG", "info")
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(File::create(&log).unwrap());
+        // A binary this test just copied (the upgrade test) is busy while
+        // a child forked meanwhile by another test still has the copy's
+        // descriptor, until its exec: ETXTBSY, for a moment.
+        let mut tries = 0;
+        let child = loop {
+            match command.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         let holder = Holder {
             child,
             socket,
