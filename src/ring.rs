@@ -13,7 +13,8 @@
 //!   touches that ring no more (the chain it gave up on is not returned),
 //!   logs why once, and uses the ring again only after the front-end
 //!   restarts the queue (GET_VRING_BASE, then SET_VRING_*). A guest driver
-//!   reset does exactly that.
+//!   reset does exactly that. A queue the front-end stopped (not ready) is
+//!   not an invalid state: [`serve`] leaves it alone.
 //! - [`serve`]: the loop over the available chains, with the EVENT_IDX
 //!   re-check, that can neither spin nor hold on to a broken ring;
 //!   [`serve_polled`] polls the avail ring before it sleeps.
@@ -347,6 +348,13 @@ pub fn serve_polled(
     };
     if health.is_broken() {
         round.end = End::Broken;
+        return round;
+    }
+    // Stopped (GET_VRING_BASE marks the queue not ready before the
+    // backend hears of the stop) or not started: nothing to serve, and
+    // nothing wrong. A kick taken before the stop lands here after it;
+    // judged unusable, the queue would stay broken after the restart.
+    if !vring.get_ref().get_queue().ready() {
         return round;
     }
     if let Err(error) = check_usable(vring, mem) {
@@ -776,6 +784,30 @@ mod tests {
         assert_eq!(round.end, End::Drained);
         assert_eq!(heads, [1, 2]);
         assert_eq!(f.used_idx(), 3);
+    }
+
+    /// GET_VRING_BASE marks the queue not ready before the backend hears
+    /// of the stop, and a kick the worker took before can still be served
+    /// after the stop cleared the queue's health: a stopped queue is left
+    /// alone, not broken (only a stop clears a broken queue, and this one
+    /// would come after it: the ring would stay dead after the restart).
+    #[test]
+    fn a_stopped_queue_is_left_alone_and_serves_again_once_restarted() {
+        for event_idx in [false, true] {
+            let f = Fixture::new(event_idx);
+            three_chains(&f);
+            f.vring.set_queue_ready(false);
+            let mut health = Health::new("test");
+            let round = serve(&f.vring, &f.mem(), &mut health, event_idx, walk_all);
+            assert_eq!((round.end, round.used), (End::Drained, 0));
+            assert!(!health.is_broken(), "{:?}", health.broken());
+            assert_eq!(f.used_idx(), 0);
+            // The restart: the same ring, ready again.
+            f.vring.set_queue_ready(true);
+            let round = serve(&f.vring, &f.mem(), &mut health, event_idx, walk_all);
+            assert_eq!((round.end, round.used), (End::Drained, 3));
+            assert_eq!(f.used_idx(), 3);
+        }
     }
 
     #[test]

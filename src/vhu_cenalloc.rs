@@ -90,6 +90,10 @@ pub enum Error {
     AdoptEvent(io::Error),
 }
 
+/// How long a backend taking a VM over waits for the vring worker to hand
+/// it the vrings before it serves the front-end's requests.
+const VRINGS_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The event (past the queues and the exit event) that hands the vrings to
 /// a backend taking a VM over before any kick ([`CenallocBackend::adopt_event`]).
 pub const ADOPT_EVENT: u16 = CENALLOC_NUM_VQS as u16 + 1;
@@ -348,7 +352,9 @@ pub struct CenallocBackend {
     adopted: Mutex<Option<Adopted>>,
     /// Signalled once at start-up when taking over, so that the vrings
     /// reach this backend ([`ADOPT_EVENT`]) before any kick: a ring stop
-    /// (GET_VRING_BASE) that comes first needs them.
+    /// (GET_VRING_BASE) that comes first needs them, so the front-end's
+    /// requests are served only once they are here
+    /// ([`CenallocBackend::wait_for_vrings`]).
     adopt_event: Option<EventFd>,
     /// The vrings, from the first event.
     vrings: std::sync::OnceLock<Vec<VringRwLock>>,
@@ -436,6 +442,22 @@ impl CenallocBackend {
         self.adopt_event.as_ref().map(|event| event.as_raw_fd())
     }
 
+    /// Waits until the vring worker has handed this backend its vrings
+    /// (it handles [`ADOPT_EVENT`] at start-up), at most `bound`; whether
+    /// they came. A ring stop served before could not take the device
+    /// over, and would return the base the session replayed (long stale)
+    /// instead of where the ring is.
+    pub fn wait_for_vrings(&self, bound: std::time::Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while self.vrings.get().is_none() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
+
     /// What the take-over found, once it happened.
     pub fn adopted(&self) -> Option<Adopted> {
         lock(&self.adopted).clone()
@@ -459,9 +481,14 @@ impl CenallocBackend {
         };
         let ready =
             |vring: &VringRwLock| ring::running(vring) || (stopping && ring::configured(vring));
-        if !ready(control) {
+        if !ready(control) || lock(&self.adoption).is_none() {
             return;
         }
+        // The worker first, the journal then: a ring stop, which waits for
+        // the worker (stop_worker) before it reads the base it returns,
+        // then finds the device taken over or still pending (and takes it
+        // over itself), never taken but not rebuilt yet.
+        let mut worker = self.worker.lock();
         let Some(pending) = lock(&self.adoption).take() else {
             return;
         };
@@ -472,7 +499,6 @@ impl CenallocBackend {
             None
         };
         let mem = self.memory.memory();
-        let mut worker = self.worker.lock();
         match adoption::adopt(pending, &self.config, &mem, control, events) {
             Ok((device, adopted)) => {
                 let mut device = device.with_watch(self.exports.clone());
@@ -900,6 +926,14 @@ pub fn serve_one_with(
                 if let Err(e) = handler.register_listener(fd, EventSet::IN, u64::from(ADOPT_EVENT))
                 {
                     error!("{name}: cannot register the take-over event: {e}");
+                } else if !backend.wait_for_vrings(VRINGS_BOUND) {
+                    // Served anyway: the device is still taken over at
+                    // the first kick, only a ring stop before it is wrong.
+                    error!(
+                        "{name}: the vring worker did not take the take-over event within {} s; \
+                         a ring stop before the first kick returns the replayed base",
+                        VRINGS_BOUND.as_secs()
+                    );
                 }
             }
             None => error!("{name}: no vring handler for the take-over event"),

@@ -14,15 +14,17 @@ mod common;
 mod twin;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cenalloc::holder::frame::{Frame, FLAG_REPLY};
-use cenalloc::holder::request::GET_CONFIG;
+use cenalloc::holder::frame::{FRAME_TIMEOUT, HEADER_LEN};
+use cenalloc::holder::request::{GET_CONFIG, GET_VRING_BASE, SET_MEM_TABLE, SET_VRING_KICK};
 use cenalloc::protocol::*;
 use common::*;
 use twin::{Rng, Twin};
@@ -53,7 +55,8 @@ impl Holder {
         let socket = base.with_extension("sock");
         let control = base.with_extension("control.sock");
         let log = base.with_extension("log");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--supervise")
             .arg("--socket-path")
             .arg(format!("vm1={}", socket.display()))
@@ -62,9 +65,20 @@ impl Holder {
             .args(["--pool", "system:4M"])
             .args(args)
             .env("RUST_LOG", "info")
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(File::create(&log).unwrap());
+        // A binary this test just copied (the upgrade test) is busy while
+        // a child forked meanwhile by another test still has the copy's
+        // descriptor, until its exec: ETXTBSY, for a moment.
+        let mut tries = 0;
+        let child = loop {
+            match command.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         let holder = Holder {
             child,
             socket,
@@ -74,7 +88,7 @@ impl Holder {
         // The socket file exists from its bind, before its listen (and its
         // mode): the holder logs its start once every socket listens.
         holder.wait_for(
-            || holder.socket.exists() && holder.log_text().contains("holder: 1 VMs"),
+            || holder.socket.exists() && holder.log_text().contains(" VMs, private sockets in "),
             "the holder never started listening",
         );
         holder
@@ -290,6 +304,25 @@ fn a_kill_between_messages_is_not_seen_by_the_front_end() {
     assert!(log.contains("(1 died before it)"), "{log}");
 }
 
+/// QEMU sends the memory table again while the rings run (a memory
+/// hot-plug: cenallocd does not offer CONFIGURE_MEM_SLOTS). A restart
+/// after it must replay the table before the rings' SET_VRING_ADDR, which
+/// the back-end translates through the table it has then.
+#[test]
+fn a_memory_table_sent_again_while_the_rings_run_survives_a_restart() {
+    let holder = Holder::start(&[]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    let before = answers(&mut harness);
+    harness.donate_all();
+    let created: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    harness.resend_memory_table();
+    kill_serving(&holder);
+    assert_eq!(answers(&mut harness), before);
+    let next: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, created.buffer_id + 1);
+    assert_open_and_drained(&raw);
+}
+
 #[test]
 fn a_request_in_flight_is_answered_once_by_the_next_process() {
     let holder = Holder::start(&[]);
@@ -441,12 +474,476 @@ fn a_connection_the_server_closes_is_closed_for_the_front_end() {
     assert_eq!(holder.serving_pid(), Some(pid));
 }
 
+/// A vhost-user header: `request`, flags 1 (version 1), `size` bytes of
+/// payload.
+fn header(request: u32, size: usize) -> [u8; HEADER_LEN] {
+    let mut bytes = [0u8; HEADER_LEN];
+    bytes[0..4].copy_from_slice(&request.to_le_bytes());
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&(size as u32).to_le_bytes());
+    bytes
+}
+
+/// Sends the header of a message for `size` bytes of payload and `fds` in
+/// one sendmsg, as QEMU sends a message's fds with its first bytes; the
+/// payload is left for later.
+fn send_header(raw: &UnixStream, request: u32, size: usize, fds: &[RawFd]) {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let bytes = header(request, size);
+    let sent = raw.send_with_fds(&[&bytes[..]], fds).unwrap();
+    assert_eq!(sent, HEADER_LEN);
+}
+
+/// SET_MEM_TABLE's payload for the harness's guest RAM, and its fds (one
+/// per region, owned by the harness's memory).
+fn mem_table(harness: &Harness) -> (Vec<u8>, Vec<RawFd>) {
+    let regions = harness.ram.regions();
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&(regions.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&0u32.to_le_bytes());
+    for region in &regions {
+        for word in [
+            region.guest_phys_addr,
+            region.memory_size,
+            region.userspace_addr,
+            region.mmap_offset,
+        ] {
+            payload.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+    (payload, regions.iter().map(|r| r.mmap_handle).collect())
+}
+
+/// A front-end that sends a message's header with its fds and then
+/// nothing (QEMU sends a message whole: this one is stuck or hostile): the
+/// holder does not wait for the body for ever. It closes that connection
+/// [`FRAME_TIMEOUT`] after the header, logging why; meanwhile it serves
+/// the other VM, through a restart too; it keeps none of the fds (its
+/// descriptors are back to what they were before that front-end came);
+/// and it serves the VM's next front-end. One that closes after a header
+/// leaves nothing either.
+#[test]
+fn a_front_end_that_stops_inside_a_message_is_closed_in_bounded_time() {
+    let vm2 = std::env::temp_dir().join(format!("cenallocd-sup-{}-vm2.sock", std::process::id()));
+    let holder = Holder::start(&[
+        "--socket-path",
+        &format!("vm2={}", vm2.display()),
+        "--max-restarts",
+        "100",
+    ]);
+    let (mut other, _other_raw) = front_end(&vm2);
+    other.donate_all();
+    let first: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    // vm1 has no front-end: its relay thread waits in accept.
+    let baseline = holder.fds();
+
+    let (mut stuck, raw) = front_end(&holder.socket);
+    answers(&mut stuck);
+    holder.wait_relay_idle();
+    let connected = holder.fds();
+    let (payload, fds) = mem_table(&stuck);
+    send_header(&raw, SET_MEM_TABLE, payload.len(), &fds);
+    let sent = Instant::now();
+    holder.wait_for(
+        || holder.fds() == connected + fds.len(),
+        "the holder never took the header's fds",
+    );
+    // The other VM is served meanwhile, before and after a restart.
+    let next: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, first.buffer_id + 1);
+    kill_serving(&holder);
+    let next: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, first.buffer_id + 2);
+    assert!(
+        sent.elapsed() < FRAME_TIMEOUT,
+        "too slow to test the bound: {:?}",
+        sent.elapsed()
+    );
+    // The stuck front-end's connection is closed at the bound.
+    raw.set_read_timeout(Some(FRAME_TIMEOUT + Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let got = (&raw).read(&mut byte);
+    let waited = sent.elapsed();
+    assert!(
+        matches!(got, Ok(0)),
+        "the holder still waits for the body after {waited:?} ({got:?}):\n{}",
+        holder.log_text()
+    );
+    assert!(waited >= FRAME_TIMEOUT, "closed after {waited:?}");
+    let log = holder.log_text();
+    let expected = format!(
+        "vm1: front-end: the peer stopped inside a frame (12 of {} bytes",
+        HEADER_LEN + payload.len()
+    );
+    assert!(log.contains(&expected), "{log}");
+    holder.wait_for(
+        || holder.fds() == baseline,
+        "the holder kept descriptors of the closed connection",
+    );
+    drop((stuck, raw));
+
+    // The next front-end is served; one that closes after a header (with
+    // fds) leaves nothing behind.
+    let (mut again, raw) = front_end(&holder.socket);
+    answers(&mut again);
+    let (payload, fds) = mem_table(&again);
+    send_header(&raw, SET_MEM_TABLE, payload.len(), &fds);
+    drop((again, raw));
+    holder.wait_for(
+        || holder.fds() == baseline,
+        "the holder kept descriptors of a front-end that closed inside a message",
+    );
+    let (mut last, raw) = front_end(&holder.socket);
+    answers(&mut last);
+    let next: CreateResp = other.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, first.buffer_id + 3);
+    assert_open_and_drained(&raw);
+}
+
+/// How long a reply to a request cut by a SIGKILL may take: the restart
+/// back-off (100 ms per death in the window, at most 1 s), the start of
+/// the next serving process, the replay and the take-over, with room for
+/// a loaded machine.
+const REPLY_BOUND: Duration = Duration::from_secs(10);
+
+/// When the front-end sends the body of a message cut after its header,
+/// relative to the SIGKILL of the serving process.
+#[derive(Clone, Copy, Debug)]
+enum Body {
+    /// At once: the relay end may not even have closed yet.
+    AtOnce,
+    /// Once the next serving process has started, and 300 ms more: the
+    /// holder waited on the partial frame through the death and the
+    /// restart.
+    AfterTheRestart,
+}
+
+/// Sends a message cut after its header, as QEMU could have it cut (its
+/// fds with the header), with a SIGKILL of the serving process in the
+/// cut: the header and `fds` in one sendmsg; once the holder has them
+/// (it took the fds, its relay thread sleeps waiting for the body) the
+/// SIGKILL; then `payload`, at once or after the restart (`body`).
+fn split_with_kill(
+    holder: &Holder,
+    raw: &UnixStream,
+    request: u32,
+    payload: &[u8],
+    fds: &[RawFd],
+    body: Body,
+) {
+    let pid = holder.serving_pid_after(None);
+    let before = holder.fds();
+    send_header(raw, request, payload.len(), fds);
+    holder.wait_for(
+        || holder.fds() >= before + fds.len(),
+        "the holder never took the header's fds",
+    );
+    holder.wait_relay_idle();
+    signal(pid, libc::SIGKILL);
+    if let Body::AfterTheRestart = body {
+        let next = holder.serving_pid_after(Some(pid));
+        holder.wait_for(
+            || {
+                holder
+                    .log_text()
+                    .contains(&format!("serving process {next} started"))
+            },
+            "the next serving process never started",
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        // Still waiting for the body: nothing came back, nothing closed.
+        assert_open_and_drained(raw);
+    }
+    (&*raw).write_all(payload).unwrap();
+    holder.serving_pid_after(Some(pid));
+}
+
+/// The next frame from the holder: the reply to `request`, within
+/// [`REPLY_BOUND`] of `since`.
+fn reply_to(holder: &Holder, raw: &UnixStream, request: u32, since: Instant) -> Frame {
+    raw.set_read_timeout(Some(REPLY_BOUND)).unwrap();
+    let reply = Frame::read(raw).unwrap_or_else(|e| {
+        panic!(
+            "no reply to request {request} within {REPLY_BOUND:?}: {e}\n{}",
+            holder.log_text()
+        )
+    });
+    raw.set_read_timeout(None).unwrap();
+    let took = since.elapsed();
+    assert!(took < REPLY_BOUND, "request {request} answered in {took:?}");
+    assert_eq!(reply.request, request, "the reply to another request");
+    assert_ne!(reply.flags & FLAG_REPLY, 0, "not a reply");
+    reply
+}
+
+/// A `vhost_vring_state` payload.
+fn vring_state(index: u32, num: u32) -> Vec<u8> {
+    [index.to_le_bytes(), num.to_le_bytes()].concat()
+}
+
+/// The issue's kill "between the header and the body of a vhost-user
+/// message": the front-end sends a message's 12-byte header (its fds
+/// with it, as QEMU sends them), the serving process is SIGKILLed, and
+/// the body follows at once, or once the next process runs (the holder
+/// waited on the partial frame through the restart). For messages that
+/// matter: GET_VRING_BASE at a pause, GET_CONFIG (replies), SET_MEM_TABLE
+/// and SET_VRING_KICK at a resume (fds and a body, no reply). Each reply
+/// comes once, is the right one (the ring's real base, the config) and
+/// comes within [`REPLY_BOUND`]; the fds reach the next process (the
+/// control ring serves on the kick fd sent so and the memory table);
+/// after each, commands on the control ring are answered as the same
+/// device run without crashes answers them (buffers, ids, contents); the
+/// holder's descriptors come back to their count before.
+#[test]
+fn a_kill_between_the_header_and_the_body_of_a_message_is_not_seen() {
+    let holder = Holder::start(&["--max-restarts", "100", "--restart-window", "1"]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    let (_, _, config) = answers(&mut harness);
+    let mut twin = Twin::donated(&mut harness);
+    let mut rng = Rng(0x5717_0000);
+    for _ in 0..20 {
+        twin.step(&mut harness, &mut rng);
+    }
+    // The holder's descriptors in a steady session, after a restart and
+    // a pause/resume as in the loop.
+    kill_serving(&holder);
+    harness.pause_resume();
+    harness.frontend.get_features().unwrap();
+    holder.wait_relay_idle();
+    let baseline = holder.fds();
+    let resent = |request: u32| {
+        holder
+            .log_text()
+            .matches(&format!("then request {request} again"))
+            .count()
+    };
+    for body in [Body::AtOnce, Body::AfterTheRestart] {
+        for request in [GET_VRING_BASE, GET_CONFIG, SET_MEM_TABLE, SET_VRING_KICK] {
+            let (resent_before, start) = (resent(request), Instant::now());
+            match request {
+                GET_VRING_BASE => {
+                    // A pause: the control ring stops where the device
+                    // took it (every chain the harness posted).
+                    let payload = vring_state(0, 0);
+                    split_with_kill(&holder, &raw, request, &payload, &[], body);
+                    let reply = reply_to(&holder, &raw, request, start);
+                    let base = harness.control_avail_idx();
+                    assert_eq!(reply.payload, vring_state(0, base.into()), "{body:?}");
+                    let event = harness.frontend.get_vring_base(1).unwrap();
+                    harness.start_queues(&[base, u16::try_from(event).unwrap()]);
+                }
+                GET_CONFIG => {
+                    let size = config.len();
+                    let mut payload = [0u32.to_le_bytes(), (size as u32).to_le_bytes()]
+                        .concat()
+                        .to_vec();
+                    payload.extend_from_slice(&0u32.to_le_bytes());
+                    payload.extend_from_slice(&vec![0u8; size]);
+                    split_with_kill(&holder, &raw, request, &payload, &[], body);
+                    let reply = reply_to(&holder, &raw, request, start);
+                    assert_eq!(&reply.payload[12..], &config[..], "{body:?}");
+                }
+                SET_MEM_TABLE => {
+                    // What QEMU sends after a memory hot-plug; no reply
+                    // (no REPLY_ACK): the next request's is the next frame.
+                    let (payload, fds) = mem_table(&harness);
+                    split_with_kill(&holder, &raw, request, &payload, &fds, body);
+                    harness.frontend.get_features().unwrap();
+                }
+                SET_VRING_KICK => {
+                    // A resume, the control ring's kick fd cut from its
+                    // body: the ring serves on it afterwards only if it
+                    // reached the next process.
+                    let bases = harness.stop_queues();
+                    harness.start_queue_with_kick(0, bases[0], |kick| {
+                        let payload = 0u64.to_le_bytes();
+                        split_with_kill(&holder, &raw, request, &payload, &[kick.as_raw_fd()], body)
+                    });
+                    harness.start_queue(1, bases[1]);
+                    harness.frontend.get_features().unwrap();
+                }
+                _ => unreachable!(),
+            }
+            if cenalloc::holder::request::has_reply(request) {
+                assert_eq!(resent(request), resent_before + 1, "{request} {body:?}");
+            }
+            // Exactly one reply: nothing else waits.
+            assert_open_and_drained(&raw);
+            for _ in 0..5 {
+                twin.step(&mut harness, &mut rng);
+            }
+        }
+    }
+    for (buffer, _) in twin.buffers.clone() {
+        twin.batch(&mut harness, &[Cmd::checksum(buffer)]);
+    }
+    twin.batch(&mut harness, &[Cmd::get_info()]);
+    assert_open_and_drained(&raw);
+    holder.wait_relay_idle();
+    holder.wait_for(
+        || holder.fds() <= baseline,
+        &format!(
+            "more descriptors than the {baseline} before: {:?}",
+            fd_targets(&holder)
+        ),
+    );
+    let log = holder.log_text();
+    for line in log.lines().filter(|l| l.contains("died (Ok(ExitStatus")) {
+        assert!(line.contains("unix_wait_status(9)"), "{line}");
+    }
+    assert!(log.contains("(9 died before it)"), "not 9 restarts:\n{log}");
+    eprintln!(
+        "{} batches, {} live buffers, slowest batch {:?}, holder fds {baseline} -> {}",
+        twin.batches,
+        twin.buffers.len(),
+        twin.slowest,
+        holder.fds()
+    );
+}
+
+/// What the random test's front-end and killer share about messages cut
+/// between their header and their body.
+#[derive(Default)]
+struct Cuts {
+    /// The front-end has sent a header and not its body.
+    open: AtomicBool,
+    /// The killer waits for a cut to kill in: the front-end holds the
+    /// cut open until that kill is done (or its bound).
+    aiming: AtomicBool,
+    /// Kills begun (counted before the kill(2)) and done (after it), and
+    /// serving processes started since (the killer saw the next one).
+    kills_begun: AtomicU64,
+    kills_done: AtomicU64,
+    restarted: AtomicU64,
+}
+
+/// The front-end's count of its vhost-user messages in the random load.
+#[derive(Default, Debug)]
+struct CutStats {
+    messages: u64,
+    cut: u64,
+    /// Kills whose kill(2) surely fell between a header and its body:
+    /// begun after the header was sent, done before the body was.
+    kills_inside: u64,
+    /// Cuts held open until the next serving process had started.
+    held_through_a_restart: u64,
+}
+
+/// The longest a cut stays open: well inside [`FRAME_TIMEOUT`], after
+/// which the holder would close the connection.
+const CUT_BOUND: Duration = Duration::from_secs(3);
+
+/// Sends a message whole (its fds with it, one sendmsg), or half the time
+/// cut after its header: the header and the fds, a pause, the body. The
+/// pause is short (up to 5 ms) unless the killer aims at a cut (then until
+/// its kill is done); a kill inside is, half the time, followed by a wait
+/// until the next serving process has started (the holder polls on the
+/// partial frame through the restart). Never longer than [`CUT_BOUND`].
+fn send_maybe_cut(
+    raw: &UnixStream,
+    request: u32,
+    payload: &[u8],
+    fds: &[RawFd],
+    rng: &mut Rng,
+    cuts: &Cuts,
+    stats: &mut CutStats,
+) {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    stats.messages += 1;
+    if rng.below(2) == 0 {
+        let head = header(request, payload.len());
+        let sent = raw.send_with_fds(&[&head[..], payload], fds).unwrap();
+        assert_eq!(sent, HEADER_LEN + payload.len());
+        return;
+    }
+    send_header(raw, request, payload.len(), fds);
+    let (cut_at, begun) = (Instant::now(), cuts.kills_begun.load(Ordering::SeqCst));
+    cuts.open.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_micros(rng.below(5_000)));
+    while cuts.aiming.load(Ordering::SeqCst) && cut_at.elapsed() < CUT_BOUND {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    let done = cuts.kills_done.load(Ordering::SeqCst);
+    if done > begun && rng.below(2) == 0 {
+        stats.held_through_a_restart += 1;
+        while cuts.restarted.load(Ordering::SeqCst) < done && cut_at.elapsed() < CUT_BOUND {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(
+            Duration::from_micros(rng.below(50_000))
+                .min(CUT_BOUND.saturating_sub(cut_at.elapsed())),
+        );
+    }
+    let done = cuts.kills_done.load(Ordering::SeqCst);
+    cuts.open.store(false, Ordering::SeqCst);
+    stats.cut += 1;
+    stats.kills_inside += done.saturating_sub(begun);
+    (&*raw).write_all(payload).unwrap();
+}
+
+/// One vhost-user message step of the random load, each message sent
+/// whole or cut ([`send_maybe_cut`]): GET_CONFIG (the config comes back),
+/// a pause and resume (the control ring's GET_VRING_BASE returns how far
+/// the device took it, its SET_VRING_KICK at the resume, the event ring's
+/// as usual), or the memory table again. The device state is left as it
+/// was: the twin does not see these.
+fn message_step(
+    holder: &Holder,
+    harness: &mut Harness,
+    raw: &UnixStream,
+    config: &[u8],
+    rng: &mut Rng,
+    cuts: &Cuts,
+    stats: &mut CutStats,
+) {
+    match rng.below(3) {
+        0 => {
+            let mut payload = Vec::new();
+            payload.extend_from_slice(&0u32.to_le_bytes());
+            payload.extend_from_slice(&(config.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&0u32.to_le_bytes());
+            payload.extend_from_slice(&vec![0u8; config.len()]);
+            let start = Instant::now();
+            send_maybe_cut(raw, GET_CONFIG, &payload, &[], rng, cuts, stats);
+            let reply = reply_to(holder, raw, GET_CONFIG, start);
+            assert_eq!(&reply.payload[12..], config);
+        }
+        1 => {
+            let start = Instant::now();
+            let payload = vring_state(0, 0);
+            send_maybe_cut(raw, GET_VRING_BASE, &payload, &[], rng, cuts, stats);
+            let reply = reply_to(holder, raw, GET_VRING_BASE, start);
+            let base = harness.control_avail_idx();
+            assert_eq!(reply.payload, vring_state(0, base.into()));
+            let event = harness.frontend.get_vring_base(1).unwrap();
+            harness.start_queue_with_kick(0, base, |kick| {
+                let payload = 0u64.to_le_bytes();
+                let fds = [kick.as_raw_fd()];
+                send_maybe_cut(raw, SET_VRING_KICK, &payload, &fds, rng, cuts, stats)
+            });
+            harness.start_queue(1, u16::try_from(event).unwrap());
+        }
+        _ => {
+            let (payload, fds) = mem_table(harness);
+            send_maybe_cut(raw, SET_MEM_TABLE, &payload, &fds, rng, cuts, stats);
+            // No reply: the next request's is the fence.
+            harness.frontend.get_features().unwrap();
+        }
+    }
+}
+
 /// The issue's test: SIGKILLs of the serving process at random instants
 /// under a random command load. After each restart the device answers
 /// exactly as the same device run without crashes (same ids, backings,
 /// contents, pool state: nothing lost, nothing run twice), every chain
 /// gets one used entry, and no batch waits longer than the bound.
 /// `CENALLOC_KILLS` sets the number of kills (100 by default).
+///
+/// One step in eight is a vhost-user message ([`message_step`]), half of
+/// them cut between header and body; one kill in eight waits for a cut
+/// and lands in it, others land in one by chance. Every reply is the
+/// right one, once; the kills that fell inside a cut are counted.
 #[test]
 fn the_device_survives_sigkills_at_random_instants_under_load() {
     let kills: u32 = std::env::var("CENALLOC_KILLS")
@@ -456,46 +953,74 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
     let seed = 0x5eed_0000 + u64::from(kills);
     let holder = Holder::start(&["--max-restarts", "1000000", "--restart-window", "1"]);
     let (mut harness, raw) = front_end(&holder.socket);
-    let mut twin = Twin::new(&["--pool", "system:4M"]);
-    for (pool, ranges) in harness.donate_all().iter().enumerate() {
-        let cmd = Cmd::pool_add(pool as u32, ranges);
-        let request = encode_batch(std::slice::from_ref(&cmd));
-        twin.reference
-            .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
-    }
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let answered = std::sync::atomic::AtomicU64::new(0);
+    let mut twin = Twin::donated(&mut harness);
+    let (_, _, config) = answers(&mut harness);
+    let done = AtomicBool::new(false);
+    let answered = AtomicU64::new(0);
+    let cuts = Cuts::default();
+    let mut stats = CutStats::default();
+    let mut aimed = 0u64;
     let mut rng = Rng(seed);
     let mut killer_rng = Rng(seed ^ 0xdead);
+    let started = Instant::now();
     std::thread::scope(|scope| {
         let killer = scope.spawn(|| {
             let mut pid = holder.serving_pid_after(None);
             for _ in 0..kills {
-                // Mostly once the new process serves (a batch answered
+                // Mostly once the new process serves (a step answered
                 // since the last kill), else while it starts or takes
                 // over: kills faster than any recovery would leave
-                // nothing to test.
-                if killer_rng.below(4) != 0 {
-                    let before = answered.load(Ordering::Acquire);
-                    holder.wait_for(
-                        || answered.load(Ordering::Acquire) > before,
-                        "no batch answered since the last restart",
-                    );
+                // nothing to test. One in eight inside a message cut
+                // between its header and its body.
+                match killer_rng.below(8) {
+                    0 => {
+                        aimed += 1;
+                        cuts.aiming.store(true, Ordering::SeqCst);
+                        holder.wait_for(
+                            || cuts.open.load(Ordering::SeqCst),
+                            "no message cut to kill in",
+                        );
+                    }
+                    1 | 2 => {}
+                    _ => {
+                        let before = answered.load(Ordering::Acquire);
+                        holder.wait_for(
+                            || answered.load(Ordering::Acquire) > before,
+                            "no step answered since the last restart",
+                        );
+                        std::thread::sleep(Duration::from_micros(killer_rng.below(30_000)));
+                    }
                 }
-                std::thread::sleep(Duration::from_micros(killer_rng.below(30_000)));
+                cuts.kills_begun.fetch_add(1, Ordering::SeqCst);
                 // SAFETY: kill(2) with integers, on the holder's child. It
                 // may have died by itself (the log check below tells).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                cuts.kills_done.fetch_add(1, Ordering::SeqCst);
+                cuts.aiming.store(false, Ordering::SeqCst);
                 pid = holder.serving_pid_after(Some(pid));
+                cuts.restarted.fetch_add(1, Ordering::SeqCst);
             }
             done.store(true, Ordering::Release);
         });
         while !done.load(Ordering::Acquire) {
-            twin.step(&mut harness, &mut rng);
+            if rng.below(8) == 0 {
+                message_step(
+                    &holder,
+                    &mut harness,
+                    &raw,
+                    &config,
+                    &mut rng,
+                    &cuts,
+                    &mut stats,
+                );
+            } else {
+                twin.step(&mut harness, &mut rng);
+            }
             answered.fetch_add(1, Ordering::AcqRel);
         }
         killer.join().unwrap();
     });
+    let took = started.elapsed();
     // After the last restart: every live buffer as the reference has it.
     for (buffer, _) in twin.buffers.clone() {
         twin.batch(&mut harness, &[Cmd::checksum(buffer)]);
@@ -503,11 +1028,23 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
     twin.batch(&mut harness, &[Cmd::get_info()]);
     assert_open_and_drained(&raw);
     eprintln!(
-        "{kills} kills, {} batches, {} live buffers, slowest batch {:?}",
+        "{kills} kills, {} batches, {} live buffers, slowest batch {:?}, {took:?}",
         twin.batches,
         twin.buffers.len(),
         twin.slowest
     );
+    eprintln!(
+        "{} vhost-user messages, {} cut between header and body, {} kills inside a cut \
+         ({aimed} aimed at one), {} cuts held through a restart",
+        stats.messages, stats.cut, stats.kills_inside, stats.held_through_a_restart
+    );
+    // The kills aimed at a cut land in it, but for the one that comes
+    // as the front-end closes the cut.
+    assert!(
+        stats.kills_inside * 2 >= aimed && stats.kills_inside > 0,
+        "{stats:?}, {aimed} aimed"
+    );
+    assert!(stats.held_through_a_restart > 0, "{stats:?}");
     assert!(
         twin.batches > u64::from(kills),
         "too little load between the kills"
@@ -604,13 +1141,7 @@ fn sighup_upgrades_the_serving_process_under_load() {
     std::fs::copy(env!("CARGO_BIN_EXE_cenallocd"), &binary).unwrap();
     let holder = Holder::start_from(&binary, &[]);
     let (mut harness, raw) = front_end(&holder.socket);
-    let mut twin = Twin::new(&["--pool", "system:4M"]);
-    for (pool, ranges) in harness.donate_all().iter().enumerate() {
-        let cmd = Cmd::pool_add(pool as u32, ranges);
-        let request = encode_batch(std::slice::from_ref(&cmd));
-        twin.reference
-            .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
-    }
+    let mut twin = Twin::donated(&mut harness);
     let upgrades = 20u64;
     let done = std::sync::atomic::AtomicBool::new(false);
     let generation = std::sync::atomic::AtomicU64::new(0);

@@ -3,10 +3,20 @@
 //! file descriptors that came with the header (SCM_RIGHTS). The holder
 //! does not interpret payloads; it only needs whole frames, their fds,
 //! and bounds that a hostile peer cannot push it past.
+//!
+//! A front-end's frame is read with a time bound once its first bytes
+//! have come ([`Frame::read_within`], [`FRAME_TIMEOUT`]): QEMU writes a
+//! message whole (its fds with the first bytes), so the rest of a frame
+//! follows at once, and a front-end that stops inside one (it sends a
+//! header and keeps the connection open, hostile or stuck) is an error
+//! after the bound, not a relay thread and a frame's fds held for as long
+//! as it likes. Waiting for a frame to *start* is not bounded: a session
+//! is idle most of the time.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -16,6 +26,13 @@ pub const HEADER_LEN: usize = 12;
 pub const MAX_PAYLOAD: usize = 0x1000;
 /// The most fds one frame carries: vhost's `MAX_ATTACHED_FD_ENTRIES`.
 pub const MAX_FDS: usize = 32;
+
+/// How long the rest of a front-end's frame (the rest of its header, its
+/// payload) may take once its first bytes have come. Generous: the rest
+/// of a frame is already on its way when the first bytes are (the holder
+/// reads a frame through without stopping, so the sender's write never
+/// waits for the holder more than a moment).
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Header flag: the sender asks for a reply (REPLY_ACK).
 pub const FLAG_NEED_REPLY: u32 = 0x8;
@@ -28,6 +45,14 @@ pub enum FrameError {
     Closed,
     #[error("the peer closed the connection inside a frame ({0} of {1} bytes)")]
     Truncated(usize, usize),
+    #[error(
+        "the peer stopped inside a frame ({got} of {expected} bytes, nothing more for {bound:?})"
+    )]
+    Stalled {
+        got: usize,
+        expected: usize,
+        bound: Duration,
+    },
     #[error("a payload of {0} bytes (at most {MAX_PAYLOAD})")]
     TooLarge(u32),
     #[error("{0} file descriptors in one frame (at most {MAX_FDS})")]
@@ -55,22 +80,41 @@ impl Frame {
             && (self.flags & FLAG_NEED_REPLY != 0 || replying(self.request))
     }
 
-    /// Reads one whole frame. A frame over the bounds is an error, and the
-    /// connection is then out of step: the caller drops it.
+    /// Reads one whole frame, waiting as long as it takes. A frame over
+    /// the bounds is an error, and the connection is then out of step: the
+    /// caller drops it.
     pub fn read(sock: &UnixStream) -> Result<Frame, FrameError> {
-        Self::receive(sock, 0)
+        Self::receive(sock, 0, None)
+    }
+
+    /// [`Frame::read`], but once the frame's first bytes have come the rest
+    /// must come within `bound`, or the read fails with
+    /// [`FrameError::Stalled`] (the frame's fds are closed; the connection
+    /// is out of step).
+    pub fn read_within(sock: &UnixStream, bound: Duration) -> Result<Frame, FrameError> {
+        Self::receive(sock, 0, Some(bound))
+    }
+
+    /// [`Frame::peek_within`] without a bound.
+    pub fn peek(sock: &UnixStream) -> Result<Frame, FrameError> {
+        Self::receive(sock, libc::MSG_PEEK, None)
     }
 
     /// Reads the next whole frame without taking it off the socket (its
     /// fds are duplicates). The socket's peek offset must be on
     /// ([`enable_peek_offset`]): each peek goes on from where the last one
     /// ended, and a [`Frame::read`] of the frame takes it back to where
-    /// it was. A peek waits for the whole frame, as a read does.
-    pub fn peek(sock: &UnixStream) -> Result<Frame, FrameError> {
-        Self::receive(sock, libc::MSG_PEEK)
+    /// it was. Once the frame's first bytes have come, the rest must come
+    /// within `bound`, as for [`Frame::read_within`].
+    pub fn peek_within(sock: &UnixStream, bound: Duration) -> Result<Frame, FrameError> {
+        Self::receive(sock, libc::MSG_PEEK, Some(bound))
     }
 
-    fn receive(sock: &UnixStream, flags: libc::c_int) -> Result<Frame, FrameError> {
+    fn receive(
+        sock: &UnixStream,
+        flags: libc::c_int,
+        bound: Option<Duration>,
+    ) -> Result<Frame, FrameError> {
         let mut header = [0u8; HEADER_LEN];
         let mut raw_fds: [RawFd; MAX_FDS] = [-1; MAX_FDS];
         let mut iov = [libc::iovec {
@@ -95,7 +139,11 @@ impl Frame {
         if got == 0 {
             return Err(FrameError::Closed);
         }
-        read_rest(sock, &mut header, got, flags)?;
+        let rest = bound.map(|bound| Rest {
+            deadline: Instant::now() + bound,
+            bound,
+        });
+        read_rest(sock, &mut header, got, flags, rest, 0)?;
         let word =
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let (request, flags_word, size) = (word(0), word(4), word(8));
@@ -103,7 +151,7 @@ impl Frame {
             return Err(FrameError::TooLarge(size));
         }
         let mut payload = vec![0u8; size as usize];
-        read_rest(sock, &mut payload, 0, flags)?;
+        read_rest(sock, &mut payload, 0, flags, rest, HEADER_LEN)?;
         Ok(Frame {
             request,
             flags: flags_word,
@@ -150,26 +198,74 @@ impl Frame {
     }
 }
 
-/// Fills `buf[done..]` from the stream (`flags`: 0 or MSG_PEEK).
+/// When the rest of a frame must have come.
+#[derive(Clone, Copy)]
+struct Rest {
+    deadline: Instant,
+    bound: Duration,
+}
+
+/// Fills `buf[done..]` from the stream (`buf` comes after `before` bytes
+/// of its frame), by `rest.deadline` if given.
 fn read_rest(
     sock: &UnixStream,
     buf: &mut [u8],
     mut done: usize,
     flags: libc::c_int,
+    rest: Option<Rest>,
+    before: usize,
 ) -> Result<(), FrameError> {
-    while done < buf.len() {
+    let result = fill(sock, buf, &mut done, flags, rest);
+    if rest.is_some() {
+        // The bound is this frame's only.
+        let _ = sock.set_read_timeout(None);
+    }
+    result.map_err(|e| match (e, rest) {
+        (FrameError::Io(e), Some(rest))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            FrameError::Stalled {
+                got: before + done,
+                expected: before + buf.len(),
+                bound: rest.bound,
+            }
+        }
+        (e, _) => e,
+    })
+}
+
+/// The loop of [`read_rest`]: each receive waits until `rest.deadline` at
+/// most (`SO_RCVTIMEO`: a poll cannot wait for bytes past a peek offset).
+fn fill(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    done: &mut usize,
+    flags: libc::c_int,
+    rest: Option<Rest>,
+) -> Result<(), FrameError> {
+    while *done < buf.len() {
+        if let Some(rest) = rest {
+            let left = rest.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FrameError::Io(std::io::ErrorKind::TimedOut.into()));
+            }
+            sock.set_read_timeout(Some(left))?;
+        }
         // SAFETY: the pointer and length are the live tail of `buf`.
         let n = unsafe {
             libc::recv(
                 sock.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
+                buf[*done..].as_mut_ptr().cast(),
+                buf.len() - *done,
                 flags,
             )
         };
         match n {
-            0 => return Err(FrameError::Truncated(done, buf.len())),
-            n if n > 0 => done += n as usize,
+            0 => return Err(FrameError::Truncated(*done, buf.len())),
+            n if n > 0 => *done += n as usize,
             _ => {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -409,6 +505,89 @@ mod tests {
             matches!(Frame::read(&b), Err(FrameError::Io(e)) if e.raw_os_error() == Some(libc::ENOBUFS))
         );
         assert_eq!(open_links(&files), 0, "received fds left open");
+    }
+
+    #[test]
+    fn a_frame_that_stops_is_an_error_at_the_bound_and_its_fds_are_closed() {
+        let bound = Duration::from_millis(200);
+        // Half a header, then nothing (the connection stays open).
+        let (a, b) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        (&a).write_all(&[1, 0, 0, 0, 1]).unwrap();
+        assert!(matches!(
+            Frame::read_within(&b, bound),
+            Err(FrameError::Stalled {
+                got: 5,
+                expected: HEADER_LEN,
+                ..
+            })
+        ));
+        assert!(start.elapsed() >= bound, "{:?}", start.elapsed());
+        // A header with fds and part of its payload, then nothing.
+        let (a, b) = UnixStream::pair().unwrap();
+        let fds = vec![memfd(), memfd()];
+        let files: Vec<_> = fds.iter().map(inode).collect();
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&5u32.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&72u32.to_le_bytes());
+        bytes.extend_from_slice(&[7; 10]);
+        a.send_with_fds(&[bytes.as_slice()], &raw).unwrap();
+        drop(fds);
+        let start = Instant::now();
+        assert!(matches!(
+            Frame::read_within(&b, bound),
+            Err(FrameError::Stalled {
+                got: 22,
+                expected: 84,
+                ..
+            })
+        ));
+        let took = start.elapsed();
+        assert!(took >= bound && took < bound * 10, "{took:?}");
+        assert_eq!(open_links(&files), 0, "the stalled frame's fds left open");
+        // Not bounded before its first bytes: an idle connection waits.
+        let (a, b) = UnixStream::pair().unwrap();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(bound * 2);
+            Frame {
+                request: 3,
+                flags: 1,
+                payload: vec![1, 2, 3],
+                fds: Vec::new(),
+            }
+            .write(&a)
+            .unwrap();
+        });
+        let got = Frame::read_within(&b, bound).unwrap();
+        assert_eq!((got.request, got.payload), (3, vec![1, 2, 3]));
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_frame_cut_in_pieces_within_the_bound_is_read_whole() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = eventfd();
+        let id = inode(&fd);
+        let sender = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&12u32.to_le_bytes());
+            bytes.extend_from_slice(&1u32.to_le_bytes());
+            bytes.extend_from_slice(&8u32.to_le_bytes());
+            // The header in two pieces (the fd with the first), the
+            // payload in two more.
+            a.send_with_fds(&[&bytes[..7]], &[fd.as_raw_fd()]).unwrap();
+            for piece in [&bytes[7..], &[1, 2, 3][..], &[4, 5, 6, 7, 8][..]] {
+                std::thread::sleep(Duration::from_millis(30));
+                (&a).write_all(piece).unwrap();
+            }
+        });
+        let got = Frame::read_within(&b, Duration::from_secs(5)).unwrap();
+        sender.join().unwrap();
+        assert_eq!((got.request, got.flags), (12, 1));
+        assert_eq!(got.payload, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(got.fds.iter().map(inode).collect::<Vec<_>>(), vec![id]);
     }
 
     #[test]

@@ -9,8 +9,20 @@
 //! Replaying the record then sends the last message of every key in the
 //! order the front-end sent them, which reaches the state the front-end
 //! reached, because the state vhost-user-backend 0.24 keeps is a function
-//! of the last message of each key, except where a message clears state,
-//! which the record mirrors by dropping entries:
+//! of the last message of each key, with two exceptions.
+//!
+//! Memory messages (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) go before
+//! the first ring message instead of the end: a ring's SET_VRING_ADDR is
+//! translated through the memory table the back-end has when it handles
+//! it (none: refused, and the connection ends), so the table must be
+//! replayed before it. QEMU sends the table again while the rings run (a
+//! memory hot-plug; cenallocd does not offer CONFIGURE_MEM_SLOTS), and
+//! keeps the memory a running ring lives in where it is, so the last
+//! table translates the rings' addresses as the first one did. The
+//! memory messages keep their order among themselves.
+//!
+//! Where a message clears state, the record mirrors it by dropping
+//! entries:
 //! - GET_VRING_BASE (answered) stops its ring and forgets its kick and
 //!   call fds: their entries go, so the replayed ring stays stopped until
 //!   the front-end starts it again;
@@ -225,7 +237,15 @@ impl Record {
                     ));
                 }
                 self.fds += frame.fds.len();
-                self.entries.push(Entry { key, frame });
+                let at = match key {
+                    Key::MemTable | Key::AddMem { .. } | Key::RemMem { .. } => self
+                        .entries
+                        .iter()
+                        .position(|e| matches!(e.key, Key::Vring { .. }))
+                        .unwrap_or(self.entries.len()),
+                    _ => self.entries.len(),
+                };
+                self.entries.insert(at, Entry { key, frame });
             }
         }
         Ok(())
@@ -416,6 +436,48 @@ mod tests {
         // Started again: the new kick comes after everything before it.
         record.keep(msg(SET_VRING_KICK, u64s(&[1]), 1)).unwrap();
         assert_eq!(replay(&record).last(), Some(&(SET_VRING_KICK, Some(1))));
+    }
+
+    #[test]
+    fn a_memory_table_sent_again_is_replayed_before_the_rings() {
+        let mut record = session();
+        let (len, fds) = (record.len(), record.fd_count());
+        // A hot-plug while the rings run.
+        let table = msg(SET_MEM_TABLE, vec![1; 104], 3);
+        let files = inodes(&table);
+        record.keep(table).unwrap();
+        assert_eq!((record.len(), record.fd_count()), (len, fds + 1));
+        let replayed = replay(&record);
+        let first_ring = replayed.iter().position(|(_, ring)| ring.is_some());
+        let tables: Vec<usize> = (0..replayed.len())
+            .filter(|&i| replayed[i].0 == SET_MEM_TABLE)
+            .collect();
+        assert_eq!(tables.len(), 1);
+        assert!(Some(tables[0]) < first_ring, "{replayed:?}");
+        // Where the first table was: after the features.
+        assert_eq!(tables[0], 4, "{replayed:?}");
+        let kept = record
+            .frames()
+            .find(|f| f.request == SET_MEM_TABLE)
+            .unwrap();
+        assert_eq!(kept.payload, vec![1; 104]);
+        assert_eq!(inodes(kept), files);
+        // Regions added and removed afterwards keep their order, before
+        // the rings too.
+        let region = u64s(&[0, 1 << 32, 1 << 20, 0, 0]);
+        record.keep(msg(ADD_MEM_REG, region.clone(), 1)).unwrap();
+        let other = u64s(&[0, 2 << 32, 1 << 20, 0, 0]);
+        record.keep(msg(REM_MEM_REG, other, 1)).unwrap();
+        let replayed = replay(&record);
+        assert_eq!(
+            replayed[4..7].iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            vec![SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG],
+            "{replayed:?}"
+        );
+        assert!(replayed[7].1.is_some(), "{replayed:?}");
+        // Ring messages still go to the end.
+        record.keep(msg(SET_VRING_BASE, state(0, 5), 0)).unwrap();
+        assert_eq!(replay(&record).last(), Some(&(SET_VRING_BASE, Some(0))));
     }
 
     /// Open fds of this process that are one of `files` (by inode).

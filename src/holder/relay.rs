@@ -16,9 +16,13 @@
 //! Bounds: one frame at a time (4 KiB and 32 fds at most, see
 //! [`super::frame`]), one request awaiting its reply (a front-end that
 //! sends another before it has the reply is out of protocol and is
-//! disconnected), and the record's own bounds. Blocking reads and writes
-//! only ever block this VM's thread; nothing is read from a side that did
-//! not poll readable, so no loop spins.
+//! disconnected), and the record's own bounds. A front-end's frame must
+//! be whole [`FRAME_TIMEOUT`] (5 s) after its first bytes came: one that
+//! stops inside a frame (a header, then nothing) is disconnected then,
+//! logged, and the frame's fds closed, so it holds neither the relay
+//! thread nor descriptors. Blocking reads and writes only ever block this
+//! VM's thread; nothing is read from a side that did not poll readable,
+//! so no loop spins.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::frame::{self, Frame, FrameError, FLAG_NEED_REPLY, FLAG_REPLY};
+use super::frame::{self, Frame, FrameError, FLAG_NEED_REPLY, FLAG_REPLY, FRAME_TIMEOUT};
 use super::persist::{self, Persister, Restored};
 use super::record::Record;
 use super::request::{self, Acks};
@@ -253,7 +257,7 @@ impl VmRelay {
 /// The front-end's next frame, peeked, with fds only if its request takes
 /// any ([`request::takes_fds`]).
 fn peek_front_end(sock: &UnixStream) -> Result<Frame, FrameError> {
-    let mut frame = Frame::peek(sock)?;
+    let mut frame = Frame::peek_within(sock, FRAME_TIMEOUT)?;
     if !request::takes_fds(frame.request) {
         frame.fds.clear();
     }
@@ -327,7 +331,7 @@ impl Session<'_> {
                 let taken = if persisting {
                     peek_front_end(front_end)
                 } else {
-                    Frame::read(front_end)
+                    Frame::read_within(front_end, FRAME_TIMEOUT)
                 };
                 let frame = match taken {
                     Ok(frame) => frame,

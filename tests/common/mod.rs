@@ -787,6 +787,39 @@ impl Harness {
     }
 
     fn try_setup_queue(&mut self, index: usize, base: u16) -> Result<(), vhost::Error> {
+        self.try_setup_queue_with(index, base, |frontend, kick| {
+            frontend.set_vring_kick(index, kick)
+        })
+    }
+
+    /// [`Harness::start_queues`] for ring `index` alone.
+    pub fn start_queue(&mut self, index: usize, base: u16) {
+        self.setup_queue(index, base)
+    }
+
+    /// [`Harness::start_queue`], its SET_VRING_KICK
+    /// sent by `send_kick` with the ring's kick eventfd (e.g. as raw
+    /// frames on a clone of the front-end's stream) instead of the
+    /// front-end: the other messages before and after it as usual.
+    pub fn start_queue_with_kick(
+        &mut self,
+        index: usize,
+        base: u16,
+        send_kick: impl FnOnce(&EventFd),
+    ) {
+        self.try_setup_queue_with(index, base, |_, kick| {
+            send_kick(kick);
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    fn try_setup_queue_with(
+        &mut self,
+        index: usize,
+        base: u16,
+        send_kick: impl FnOnce(&mut Frontend, &EventFd) -> Result<(), vhost::Error>,
+    ) -> Result<(), vhost::Error> {
         let queue = if index == 0 {
             &self.control
         } else {
@@ -805,7 +838,7 @@ impl Harness {
         self.frontend.set_vring_addr(index, &data)?;
         self.frontend.set_vring_base(index, base)?;
         self.frontend.set_vring_call(index, &queue.call)?;
-        self.frontend.set_vring_kick(index, &queue.kick)?;
+        send_kick(&mut self.frontend, &queue.kick)?;
         self.frontend.set_vring_enable(index, true)
     }
 

@@ -68,6 +68,19 @@ impl Twin {
         }
     }
 
+    /// The twin of the holder's device of `harness`, both given the
+    /// harness's pool donations.
+    pub fn donated(harness: &mut Harness) -> Twin {
+        let mut twin = Twin::new(&["--pool", "system:4M"]);
+        for (pool, ranges) in harness.donate_all().iter().enumerate() {
+            let cmd = Cmd::pool_add(pool as u32, ranges);
+            let request = encode_batch(std::slice::from_ref(&cmd));
+            twin.reference
+                .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
+        }
+        twin
+    }
+
     /// Runs `cmds` on both; their answers must be byte for byte the same,
     /// and every chain posted must have exactly one used entry.
     pub fn batch(&mut self, harness: &mut Harness, cmds: &[Cmd]) -> BatchAnswer {
