@@ -137,6 +137,25 @@ impl Holder {
         found.unwrap()
     }
 
+    /// Waits for a serving process other than `old` that runs its own
+    /// program (exec'd: before it, the holder's fork runs the holder's).
+    fn exec_serving_pid_after(&self, old: Option<i32>) -> i32 {
+        let mut found = None;
+        self.wait_for(
+            || {
+                found = self.serving_pid().filter(|pid| {
+                    Some(*pid) != old
+                        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                            cmdline.split(|b| *b == 0).any(|a| a == b"--restarted")
+                        })
+                });
+                found.is_some()
+            },
+            "no (new) serving process that runs its program",
+        );
+        found.unwrap()
+    }
+
     /// Waits until the VM's relay thread sleeps (in poll: whatever the
     /// front-end sent before has been relayed; a frame arriving makes it
     /// runnable at once, in the sender's write).
@@ -1266,7 +1285,7 @@ fn cenallocctl_upgrade_replaces_the_serving_process() {
         "the plain daemon never listened on its control socket",
     );
     let mut client = client.unwrap();
-    match client.upgrade() {
+    match client.upgrade(None) {
         Err(cenalloc::control::client::Error::Daemon(body)) => assert_eq!(
             body.code,
             cenalloc::control::protocol::ErrorCode::Forbidden,
@@ -1276,4 +1295,171 @@ fn cenallocctl_upgrade_replaces_the_serving_process() {
     }
     signal(plain.id() as i32, libc::SIGTERM);
     plain.wait().unwrap();
+}
+
+/// Runs cenallocctl against the holder's control socket.
+fn ctl(holder: &Holder, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cenallocctl"))
+        .arg("--socket")
+        .arg(&holder.control)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The file process `pid` runs.
+fn exe(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+/// A temporary directory of this test's, with a copy of cenallocd in it
+/// at `name` (mode 0755).
+fn binary_copy(test: &str, name: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("cenallocd-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join(name);
+    std::fs::copy(env!("CARGO_BIN_EXE_cenallocd"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
+
+/// `cenallocctl upgrade --binary PATH`: the next serving process runs from
+/// PATH (its /proc/PID/exe), and so do those restarted after a crash; the
+/// device is the same throughout; a plain upgrade then goes back to the
+/// holder's own path.
+#[test]
+fn cenallocctl_upgrade_binary_starts_the_serving_process_from_it() {
+    let (dir, second) = binary_copy("second", "cenallocd-second");
+    let own = std::fs::canonicalize(env!("CARGO_BIN_EXE_cenallocd")).unwrap();
+    let holder = Holder::start(&[]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    harness.donate_all();
+    let mut expected: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    let mut same_device = |harness: &mut Harness| {
+        let next: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+        assert_eq!(
+            next.buffer_id,
+            expected.buffer_id + 1,
+            "not the same device"
+        );
+        expected = next;
+    };
+    let first = holder.exec_serving_pid_after(None);
+    assert_eq!(exe(first), own);
+
+    let out = ctl(
+        &holder,
+        &["upgrade".as_ref(), "--binary".as_ref(), second.as_ref()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let upgraded = holder.exec_serving_pid_after(Some(first));
+    assert_eq!(exe(upgraded), second);
+    same_device(&mut harness);
+
+    // A crash restart starts from the same binary.
+    let dying = holder.exec_serving_pid_after(None);
+    signal(dying, libc::SIGKILL);
+    let restarted = holder.exec_serving_pid_after(Some(dying));
+    assert_eq!(exe(restarted), second);
+    same_device(&mut harness);
+
+    // A plain upgrade: the holder's own path again.
+    let out = ctl(&holder, &["upgrade".as_ref()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = holder.exec_serving_pid_after(Some(restarted));
+    assert_eq!(exe(back), own);
+    same_device(&mut harness);
+    assert_open_and_drained(&raw);
+    let log = holder.log_text();
+    assert!(
+        log.contains(&format!("replaced by one from {}", second.display())),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A binary that is not an absolute path to an executable regular file
+/// that only its owner (root or the holder's user) may write is refused
+/// with why (cenallocctl exits 1), and nothing changes: the serving
+/// process stays, and the next plain upgrade starts from the holder's own
+/// path, not from a refused binary.
+#[test]
+fn cenallocctl_upgrade_refuses_a_bad_binary_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, copy) = binary_copy("refused", "cenallocd-copy");
+    let own = std::fs::canonicalize(env!("CARGO_BIN_EXE_cenallocd")).unwrap();
+    let plain = dir.join("plain");
+    std::fs::write(&plain, b"not a program").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shared = dir.join("shared");
+    std::fs::copy(&copy, &shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let holder = Holder::start(&[]);
+    let (mut harness, raw) = front_end(&holder.socket);
+    harness.donate_all();
+    let created: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    let pid = holder.exec_serving_pid_after(None);
+
+    let mut cases: Vec<(PathBuf, String)> = vec![
+        (
+            PathBuf::from("relative/cenallocd"),
+            "must be absolute".into(),
+        ),
+        (dir.join("missing"), "No such file".into()),
+        (dir.clone(), "not a regular file".into()),
+        (plain.clone(), "not executable".into()),
+        (shared.clone(), "writable by its group or by others".into()),
+    ];
+    // What only the holder checks: the owner (a file of another user can
+    // be made only by root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let foreign = dir.join("foreign");
+        std::fs::copy(&copy, &foreign).unwrap();
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        cases.push((foreign, "the holder refused it: ".to_string()));
+    } else {
+        eprintln!(
+            "not root: the holder's owner check is tested by holder::status's unit test only"
+        );
+    }
+    for (path, why) in &cases {
+        let out = ctl(
+            &holder,
+            &["upgrade".as_ref(), "--binary".as_ref(), path.as_ref()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", path.display());
+        assert!(
+            stderr.contains(why.as_str()),
+            "{}: {stderr}",
+            path.display()
+        );
+    }
+    // An upgrade asked by mistake would have replaced it within this time.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(holder.serving_pid(), Some(pid));
+    let log = holder.log_text();
+    assert!(!log.contains("upgrade: serving process"), "{log}");
+    let next: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
+    assert_eq!(next.buffer_id, created.buffer_id + 1);
+
+    let out = ctl(&holder, &["upgrade".as_ref()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(exe(holder.exec_serving_pid_after(Some(pid))), own);
+    assert_open_and_drained(&raw);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -423,6 +423,74 @@ uint64_t ca_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
+static struct ca_stall_kind *stall_kind(struct ca_stall *s, const char *what)
+{
+	unsigned int i;
+
+	for (i = 0; i < CA_STALL_KINDS; i++) {
+		if (s->kind[i].what && !strcmp(s->kind[i].what, what))
+			return &s->kind[i];
+		if (!s->kind[i].what) {
+			s->kind[i].what = what;
+			return &s->kind[i];
+		}
+	}
+	return &s->kind[CA_STALL_KINDS - 1];	/* too many kinds: pooled */
+}
+
+static void stall_add(struct ca_stall_kind *k, uint64_t took, unsigned int index,
+		      unsigned long calls, unsigned long slow)
+{
+	k->calls += calls;
+	k->slow += slow;
+	if (took > k->worst_ns || (calls && !k->worst_ns)) {
+		k->worst_ns = took;
+		k->worst_index = index;
+	}
+}
+
+void ca_stall_note(struct ca_stall *s, uint64_t start_ns, const char *what,
+		   unsigned int index)
+{
+	uint64_t took = ca_now_ns() - start_ns;
+
+	stall_add(stall_kind(s, what), took, index, 1, took >= CA_STALL_SLOW_NS);
+}
+
+void ca_stall_merge(struct ca_stall *into, const struct ca_stall *from)
+{
+	unsigned int i;
+
+	for (i = 0; i < CA_STALL_KINDS && from->kind[i].what; i++) {
+		const struct ca_stall_kind *k = &from->kind[i];
+
+		stall_add(stall_kind(into, k->what), k->worst_ns, k->worst_index,
+			  k->calls, k->slow);
+	}
+}
+
+void ca_stall_print(const struct ca_stall *s, const char *test)
+{
+	const struct ca_stall_kind *worst = NULL;
+	unsigned long calls = 0, slow = 0;
+	unsigned int i;
+
+	for (i = 0; i < CA_STALL_KINDS && s->kind[i].what; i++) {
+		calls += s->kind[i].calls;
+		slow += s->kind[i].slow;
+		if (!worst || s->kind[i].worst_ns > worst->worst_ns)
+			worst = &s->kind[i];
+	}
+	tap_diag("stall: %s: slowest call %.1f ms (%s %u), %lu calls, %lu of %llu ms or more",
+		 test, worst ? worst->worst_ns / 1e6 : 0.0, worst ? worst->what : "none",
+		 worst ? worst->worst_index : 0, calls, slow, CA_STALL_SLOW_NS / 1000000);
+	for (i = 0; i < CA_STALL_KINDS && s->kind[i].what; i++)
+		tap_diag("stall: %s: %s: slowest %.1f ms (%u), %lu calls, %lu of %llu ms or more",
+			 test, s->kind[i].what, s->kind[i].worst_ns / 1e6,
+			 s->kind[i].worst_index, s->kind[i].calls, s->kind[i].slow,
+			 CA_STALL_SLOW_NS / 1000000);
+}
+
 const char *ca_mask_str(uint32_t mask, char *buf, size_t len)
 {
 	static const char *const names[] = {

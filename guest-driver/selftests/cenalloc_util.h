@@ -204,6 +204,40 @@ size_t ca_first_nonzero(const void *data, size_t len);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t ca_now_ns(void);
+
+/*
+ * The slowest of a series of timed device calls, by kind of call: the
+ * longest the guest waited on the device (a stall, e.g. while the host
+ * upgrades or restarts its serving process; a map may also wait for a
+ * pool to grow). Zero-initialise; ca_stall_note() after each call, with a
+ * string that outlives @s for @what.
+ */
+#define CA_STALL_SLOW_NS	(100 * 1000000ull)
+#define CA_STALL_KINDS		6
+struct ca_stall_kind {
+	const char *what;
+	uint64_t worst_ns;
+	unsigned int worst_index;
+	unsigned long calls;
+	unsigned long slow;		/* calls that took CA_STALL_SLOW_NS or more */
+};
+
+struct ca_stall {
+	struct ca_stall_kind kind[CA_STALL_KINDS];
+};
+
+/* One call, started at @start_ns: @what of item @index. */
+void ca_stall_note(struct ca_stall *s, uint64_t start_ns, const char *what,
+		   unsigned int index);
+/* Adds @from's calls to @into. */
+void ca_stall_merge(struct ca_stall *into, const struct ca_stall *from);
+/*
+ * The TAP diagnostics launchers read (qemu-scripts/run-vm), the slowest
+ * call of all, then each kind's:
+ * "# stall: TEST: slowest call X.X ms (WHAT INDEX), N calls, M of 100 ms or more"
+ * "# stall: TEST: WHAT: slowest X.X ms (INDEX), N calls, M of 100 ms or more"
+ */
+void ca_stall_print(const struct ca_stall *s, const char *test);
 /* "SYSTEM|DMA32"-style text for a mask (static buffer per call site). */
 const char *ca_mask_str(uint32_t mask, char *buf, size_t len);
 const char *ca_map_type_str(uint32_t type);

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Many buffers: 10,000 live, allocated buffers at once. Afterwards the pool
- * must be exactly as before.
+ * must be exactly as before. Every call is timed: the slowest is printed
+ * (the stall a host-side restart or upgrade of the device's serving
+ * process costs the guest, qemu-scripts/run-vm --upgrade-serving).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -36,6 +38,7 @@ static enum tap_result test_ten_thousand_buffers(void)
 	int *fds = calloc(MANY_BUFFERS, sizeof(*fds));
 	struct ct_mapping *m = calloc(1, sizeof(*m));
 	unsigned int i, created = 0, errors = 0;
+	struct ca_stall stall = { 0 };
 	uint64_t t0, t1, t2;
 	int ca, ct, ret;
 
@@ -55,18 +58,26 @@ static enum tap_result test_ten_thousand_buffers(void)
 	t0 = ca_now_ns();
 	for (i = 0; i < MANY_BUFFERS; i++) {
 		uint32_t handle;
+		uint64_t start = ca_now_ns();
 
 		fds[i] = ca_create(ca, size, 0);
+		ca_stall_note(&stall, start, "create", i);
 		if (fds[i] < 0) {
 			CHECK(false, "create %u: %s", i, strerror(-fds[i]));
 			break;
 		}
 		created++;
 		/* Attach, allocate with a map, then let the buffer keep it. */
+		start = ca_now_ns();
 		ret = ct_attach(ct, fds[i], 0, &handle, NULL);
+		ca_stall_note(&stall, start, "attach", i);
 		if (!ret) {
+			start = ca_now_ns();
 			ret = ct_map(ct, handle, 0, m);
+			ca_stall_note(&stall, start, "map", i);
+			start = ca_now_ns();
 			ct_detach(ct, handle);
+			ca_stall_note(&stall, start, "detach", i);
 		}
 		if (ret && errors++ < 5)
 			CHECK(false, "buffer %u: attach/map: %s", i, strerror(-ret));
@@ -89,6 +100,7 @@ static enum tap_result test_ten_thousand_buffers(void)
 	tap_diag("%u buffers: create+attach+map+detach %.1f us each, close %.1f us each",
 		 MANY_BUFFERS, (t1 - t0) / 1e3 / MANY_BUFFERS,
 		 (t2 - t1) / 1e3 / MANY_BUFFERS);
+	ca_stall_print(&stall, "test_stress_buffers");
 	CHECK(errors == 0, "%u buffers failed", errors);
 	if (CHECK(ca_pool_read(ca, &after) == 0, "INFO"))
 		CHECK(ca_pool_same(&before, &after), "pool not back after closing everything");

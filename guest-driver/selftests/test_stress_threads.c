@@ -3,7 +3,8 @@
  * 8 threads creating, attaching, mapping, touching through mmap, checking
  * with the device's CHECKSUM, and closing buffers concurrently, each through
  * its own /dev/cenalloc_test file and device (with different masks).
- * Afterwards the pool must be exactly as before.
+ * Afterwards the pool must be exactly as before. The slowest device call
+ * is printed (see test_stress_buffers).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@ struct worker {
 	int ca;
 	atomic_uint *failures;
 	unsigned int done;
+	struct ca_stall stall;
 };
 
 static void worker_fail(struct worker *w, const char *what, int err)
@@ -55,22 +57,28 @@ static void *worker_run(void *arg)
 	}
 	for (i = 0; i < ITERATIONS; i++) {
 		uint64_t size = ((rand_r(&seed) % 16) + 1) * CA_PAGE_SIZE;
-		uint64_t word = ((uint64_t)w->index << 32) | i, sum, len;
+		uint64_t word = ((uint64_t)w->index << 32) | i, sum, len, start;
 		uint32_t handle;
 		uint8_t *p;
 		int fd;
 
+		start = ca_now_ns();
 		fd = ca_create(w->ca, size, 0);
+		ca_stall_note(&w->stall, start, "create", i);
 		if (fd < 0) {
 			worker_fail(w, "create", fd);
 			continue;
 		}
+		start = ca_now_ns();
 		ret = ct_attach(ct, fd, w->index, &handle, NULL);
+		ca_stall_note(&w->stall, start, "attach", i);
 		if (ret) {
 			worker_fail(w, "attach", ret);
 			goto next;
 		}
+		start = ca_now_ns();
 		ret = ct_map(ct, handle, i % 3, m);
+		ca_stall_note(&w->stall, start, "map", i);
 		if (ret) {
 			worker_fail(w, "map", ret);
 			goto detach;
@@ -84,7 +92,10 @@ static void *worker_run(void *arg)
 		}
 		memcpy(p, &word, sizeof(word));
 		memcpy(p + size - sizeof(word), &word, sizeof(word));
-		if (ca_checksum(w->ca, fd, &sum, &len) || sum != ca_fnv1a64(p, size))
+		start = ca_now_ns();
+		ret = ca_checksum(w->ca, fd, &sum, &len);
+		ca_stall_note(&w->stall, start, "checksum", i);
+		if (ret || sum != ca_fnv1a64(p, size))
 			worker_fail(w, "checksum", -EIO);
 		munmap(p, size);
 		w->done++;
@@ -103,6 +114,7 @@ next:
 static enum tap_result test_threads(void)
 {
 	struct worker workers[THREADS];
+	struct ca_stall stall = { 0 };
 	struct ca_pool before, after;
 	atomic_uint failures = 0;
 	unsigned int i, started = 0, done = 0;
@@ -129,10 +141,12 @@ static enum tap_result test_threads(void)
 	for (i = 0; i < started; i++) {
 		pthread_join(workers[i].thread, NULL);
 		done += workers[i].done;
+		ca_stall_merge(&stall, &workers[i].stall);
 	}
 	tap_diag("%u threads x %u iterations: %u completed, %u failures, %.1f ms",
 		 started, ITERATIONS, done, atomic_load(&failures),
 		 (ca_now_ns() - t0) / 1e6);
+	ca_stall_print(&stall, "test_stress_threads");
 	CHECK(atomic_load(&failures) == 0, "%u failures", atomic_load(&failures));
 	CHECK(done == THREADS * ITERATIONS, "%u of %u iterations completed",
 	      done, THREADS * ITERATIONS);

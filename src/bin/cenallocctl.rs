@@ -267,8 +267,8 @@ fn read_valid(export: &Export) -> Result<Vec<u8>, Failure> {
 fn run(args: Args) -> Result<(), Failure> {
     let mut client = Client::connect(&args.socket)?;
     match args.command {
-        Command::Upgrade => {
-            let upgrading = client.upgrade()?;
+        Command::Upgrade { binary } => {
+            let upgrading = client.upgrade(binary.as_deref())?;
             if args.json {
                 print_json(&upgrading)?;
             } else {

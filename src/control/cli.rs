@@ -74,7 +74,14 @@ pub enum Command {
         output: PathBuf,
     },
     /// Live upgrade of a `cenallocd --supervise`: its serving process is
-    /// replaced by one started from the binary now at the daemon's path,
-    /// which takes every VM over.
-    Upgrade,
+    /// replaced by one started from the binary now at the daemon's path
+    /// (or --binary), which takes every VM over.
+    Upgrade {
+        /// Start the new serving process (and those restarted after it)
+        /// from this executable instead: an absolute path to a regular
+        /// file, not writable by its group or others, owned by root or the
+        /// daemon's user. Refused otherwise, and nothing changes.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }

@@ -222,9 +222,12 @@ impl Client {
         Ok(())
     }
 
-    /// Asks the holder of `cenallocd --supervise` for a live upgrade.
-    pub fn upgrade(&mut self) -> Result<Upgrading, Error> {
-        self.request(&Request::Upgrade {})
+    /// Asks the holder of `cenallocd --supervise` for a live upgrade, to
+    /// the binary at its own path or to `binary`.
+    pub fn upgrade(&mut self, binary: Option<&std::path::Path>) -> Result<Upgrading, Error> {
+        self.request(&Request::Upgrade {
+            binary: binary.map(std::path::Path::to_path_buf),
+        })
     }
 }
 

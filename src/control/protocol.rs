@@ -12,6 +12,8 @@
 //! {"v":1,"cmd":"stats","vm":"vm1"}            vm optional
 //! {"v":1,"cmd":"export","vm":"vm1","buffer":3,"writable":false}
 //! {"v":1,"cmd":"release","export":7}
+//! {"v":1,"cmd":"upgrade"}
+//! {"v":1,"cmd":"upgrade","binary":"/usr/libexec/cenallocd.new"}
 //! ```
 //! The answer is `{"v":1,"ok":RESULT}` or
 //! `{"v":1,"error":{"code":CODE,"message":TEXT}}` ([`ErrorCode`]). An
@@ -83,9 +85,15 @@ pub enum Request {
     Release { export: u64 },
     /// Live upgrade under `cenallocd --supervise`: the holder replaces
     /// this serving process with one started from the binary now at its
-    /// path, which takes every VM over: [`Upgrading`]. Forbidden without
-    /// a holder.
-    Upgrade {},
+    /// path, or from `binary` (an absolute path to an executable regular
+    /// file, not writable by its group or others, owned by root or the
+    /// holder's user; the serving process and the holder both check it),
+    /// which takes every VM over: [`Upgrading`]. Forbidden without a
+    /// holder; a binary refused is `bad_request`, and nothing changes.
+    Upgrade {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 /// Why a request failed.
@@ -392,6 +400,10 @@ mod tests {
                 writable: true,
             },
             Request::Release { export: 9 },
+            Request::Upgrade { binary: None },
+            Request::Upgrade {
+                binary: Some("/usr/libexec/cenallocd".into()),
+            },
         ] {
             let line = encode_request(&request);
             assert_eq!(line.last(), Some(&b'\n'));

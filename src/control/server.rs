@@ -444,7 +444,7 @@ impl Client {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let mut upgrade = false;
         let result = decode_request(line).and_then(|request| {
-            upgrade = matches!(request, Request::Upgrade {});
+            upgrade = matches!(request, Request::Upgrade { .. });
             self.handle(request)
         });
         self.end_answer();
@@ -576,19 +576,52 @@ impl Client {
                 held.exports.release(held.id, self.id);
                 value(Released { export })
             }
-            Request::Upgrade {} => {
+            Request::Upgrade { binary } => {
                 if self.shared.policy.upgrade_fd.is_none() {
                     return Err(error(
                         ErrorCode::Forbidden,
                         "no holder to upgrade this daemon (run cenallocd --supervise)",
                     ));
                 }
+                self.upgrade_binary(binary.as_deref())?;
                 // The holder is asked once this answer is sent.
-                info!("control client {}: live upgrade asked", self.id);
+                match &binary {
+                    Some(path) => info!(
+                        "control client {}: live upgrade to {} asked",
+                        self.id,
+                        path.display()
+                    ),
+                    None => info!("control client {}: live upgrade asked", self.id),
+                }
                 value(Upgrading {
                     pid: std::process::id(),
                 })
             }
+        }
+    }
+
+    /// Tells the holder what the upgrade about to be asked starts:
+    /// `binary` once checked here and by the holder, or its own path.
+    fn upgrade_binary(&self, binary: Option<&std::path::Path>) -> Result<(), ErrorBody> {
+        use crate::registry::exports::keeper::{self, AskError};
+        if let Some(path) = binary {
+            crate::holder::binary::check(path)
+                .map_err(|e| error(ErrorCode::BadRequest, format!("upgrade binary: {e}")))?;
+        }
+        match keeper::ask_upgrade_binary(binary) {
+            Ok(()) => Ok(()),
+            // A serving process started by hand with --upgrade-fd only:
+            // the holder's own path is all it can ask for.
+            Err(AskError::NoHolder) if binary.is_none() => Ok(()),
+            Err(AskError::NoHolder) => Err(error(
+                ErrorCode::Forbidden,
+                "no channel to the holder to name an upgrade binary (--status-fd)",
+            )),
+            Err(AskError::Refused(why)) => Err(error(
+                ErrorCode::BadRequest,
+                format!("upgrade binary: the holder refused it: {why}"),
+            )),
+            Err(e @ AskError::Io(_)) => Err(error(ErrorCode::Internal, format!("upgrade: {e}"))),
         }
     }
 

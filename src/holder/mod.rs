@@ -43,6 +43,7 @@
 //! `--user` applies to the serving process; the holder keeps the user it
 //! was started as (run it as the unprivileged user).
 
+pub mod binary;
 pub mod frame;
 pub mod persist;
 pub mod record;

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+use super::binary::Binary;
+use super::status::AskedBinary;
 use crate::listen::{self, SocketPermissions};
 
 /// Back-off per death within the window, and its ceiling.
@@ -133,6 +135,24 @@ pub fn journal_file() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// What a serving process is started from.
+#[derive(Clone, Debug)]
+enum Program {
+    /// The file at a path as it is at each start.
+    Path(PathBuf),
+    /// A binary an upgrade asked for, held open since it was checked.
+    Asked(Arc<Binary>),
+}
+
+impl Program {
+    fn path(&self) -> &Path {
+        match self {
+            Program::Path(path) => path,
+            Program::Asked(binary) => binary.path(),
+        }
+    }
+}
+
 /// Starts, watches and restarts the serving processes.
 pub struct Supervisor {
     plan: Plan,
@@ -140,11 +160,18 @@ pub struct Supervisor {
     changed: Condvar,
     /// The binary serving processes are started from: the holder's own
     /// (`/proc/self/exe`, even once its file was replaced), until an
-    /// upgrade switches to the file at the holder's path as it is then.
-    binary: Mutex<PathBuf>,
+    /// upgrade switches to the file at the holder's path as it is then,
+    /// or to the binary it was given.
+    binary: Mutex<Program>,
+    /// What ran before the upgrade under way: back to it if the new
+    /// binary cannot be started.
+    previous: Mutex<Option<Program>>,
     /// An upgrade asked the serving process to exit: the next start is
     /// not a death (no back-off, not counted) and uses the new binary.
     upgrading: std::sync::atomic::AtomicBool,
+    /// The binary the upgrade asked through the control socket starts
+    /// (the serving process sends it on its status channel first).
+    asked: AskedBinary,
 }
 
 /// `pidfd_open(2)`.
@@ -166,8 +193,10 @@ impl Supervisor {
             plan,
             state: Mutex::new((State::Restarting, false)),
             changed: Condvar::new(),
-            binary: Mutex::new(PathBuf::from("/proc/self/exe")),
+            binary: Mutex::new(Program::Path(PathBuf::from("/proc/self/exe"))),
+            previous: Mutex::new(None),
             upgrading: std::sync::atomic::AtomicBool::new(false),
+            asked: AskedBinary::default(),
         });
         let (generation, child) = supervisor.spawn(0)?;
         supervisor.set(State::Running(generation));
@@ -199,7 +228,15 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut command = std::process::Command::new(binary);
+        let mut command = match &binary {
+            Program::Path(path) => std::process::Command::new(path),
+            // Its descriptor is open in the child until the exec.
+            Program::Asked(asked) => {
+                let mut command = std::process::Command::new(asked.program());
+                command.arg0(asked.path());
+                command
+            }
+        };
         command.args(&self.plan.args);
         let mut handed = Vec::new();
         for (index, name) in self.plan.vms.iter().enumerate() {
@@ -298,9 +335,10 @@ impl Supervisor {
         drop(listeners);
         drop(theirs);
         let pid = child.id() as i32;
+        let asked = self.asked.clone();
         let kept = std::thread::Builder::new()
             .name(format!("status-{number}").chars().take(15).collect())
-            .spawn(move || super::status::keep_pages(keeper, pid));
+            .spawn(move || super::status::keep_pages(keeper, pid, asked));
         if let Err(e) = kept {
             error!("serving process {pid}: no thread to keep its export status pages: {e}");
         }
@@ -383,14 +421,29 @@ impl Supervisor {
             {
                 info!("upgrade: serving process {pid} exited ({status:?})");
                 number += 1;
+                let previous = self
+                    .previous
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 match self.spawn(number) {
                     Ok((generation, next)) => {
                         child = next;
                         self.set(State::Running(generation));
                         continue;
                     }
-                    // Started as after a death, below.
-                    Err(e) => error!("upgrade: {e}"),
+                    // Started as after a death, below, from what ran
+                    // before.
+                    Err(e) => {
+                        error!("upgrade: {e}");
+                        if let Some(previous) = previous {
+                            warn!(
+                                "upgrade: back to {} for the next serving process",
+                                previous.path().display()
+                            );
+                            *self.binary.lock().unwrap_or_else(|e| e.into_inner()) = previous;
+                        }
+                    }
                 }
             }
             // Dead, or never started.
@@ -443,8 +496,10 @@ impl Supervisor {
     }
 
     /// Waits for upgrade requests on the eventfd every serving process
-    /// has (its control socket's `upgrade`) and upgrades; returns when it
-    /// cannot read it any more.
+    /// has (its control socket's `upgrade`) and upgrades, to the binary
+    /// the running serving process asked for on its status channel if it
+    /// did (else the holder's path); returns when it cannot read the
+    /// eventfd any more.
     pub fn serve_upgrade_requests(&self) {
         loop {
             let mut count = [0u8; 8];
@@ -458,7 +513,25 @@ impl Supervisor {
                 )
             };
             if read == 8 {
-                self.upgrade();
+                let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let running = match &self.lock().0 {
+                    State::Running(g) => Some(g.pid),
+                    _ => None,
+                };
+                match asked {
+                    Some(asked) if Some(asked.pid) == running => match asked.binary {
+                        Some(binary) => self.upgrade_to(Program::Asked(Arc::new(binary))),
+                        None => self.upgrade(),
+                    },
+                    Some(asked) => {
+                        warn!(
+                            "upgrade: the binary asked by serving process {} is left, it is gone",
+                            asked.pid
+                        );
+                        self.upgrade();
+                    }
+                    None => self.upgrade(),
+                }
             } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
                 error!("upgrade requests: {}", std::io::Error::last_os_error());
                 return;
@@ -472,21 +545,34 @@ impl Supervisor {
     /// the holder's binary path as the file is now, and takes every VM
     /// over.
     pub fn upgrade(&self) {
+        self.upgrade_to(Program::Path(self.plan.exe.clone()));
+    }
+
+    /// Live upgrade to `program`: as [`Self::upgrade`]. Crash restarts
+    /// start from it too, until the next upgrade.
+    fn upgrade_to(&self, program: Program) {
         let running = match &self.lock().0 {
             State::Running(g) => Some(g.clone()),
             _ => None,
         };
         let Some(g) = running else {
-            warn!("upgrade asked while no serving process runs: the next one starts from the new binary");
-            *self.binary.lock().unwrap_or_else(|e| e.into_inner()) = self.plan.exe.clone();
+            warn!(
+                "upgrade asked while no serving process runs: the next one starts from {}",
+                program.path().display()
+            );
+            *self.binary.lock().unwrap_or_else(|e| e.into_inner()) = program;
             return;
         };
         info!(
             "upgrade: serving process {} replaced by one from {}",
             g.pid,
-            self.plan.exe.display()
+            program.path().display()
         );
-        *self.binary.lock().unwrap_or_else(|e| e.into_inner()) = self.plan.exe.clone();
+        let previous = std::mem::replace(
+            &mut *self.binary.lock().unwrap_or_else(|e| e.into_inner()),
+            program,
+        );
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(previous);
         self.upgrading
             .store(true, std::sync::atomic::Ordering::Release);
         // SAFETY: kill(2) on the pid of our own child, not yet reaped.

@@ -119,7 +119,9 @@ impl std::fmt::Display for Revocation {
 /// process's status pages: each page is sent to it (before the seal) and
 /// the export waits for its acknowledgement; it writes
 /// [`Revocation::DaemonRestarted`] into every page it holds once this
-/// process is gone (crate::holder::status).
+/// process is gone (crate::holder::status). The same channel tells the
+/// holder the binary of an upgrade asked on the control socket
+/// ([`keeper::ask_upgrade_binary`]).
 pub mod keeper {
     use std::fs::File;
     use std::io;
@@ -129,6 +131,8 @@ pub mod keeper {
     use std::time::Duration;
 
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    use crate::holder::status::{MAX_ANSWER, MSG_PAGE, MSG_UPGRADE_BINARY};
 
     /// How long a page waits for the holder's acknowledgement.
     const ACK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -160,7 +164,7 @@ pub mod keeper {
         };
         let socket = channel.lock().unwrap_or_else(|e| e.into_inner());
         socket
-            .send_with_fd(&[1u8][..], page.as_raw_fd())
+            .send_with_fd(&[MSG_PAGE][..], page.as_raw_fd())
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         let mut ack = [0u8; 1];
         match socket.recv(&mut ack) {
@@ -169,6 +173,40 @@ pub mod keeper {
             Err(e) => Err(io::Error::other(format!(
                 "the holder did not take the status page: {e}"
             ))),
+        }
+    }
+
+    /// Why the holder did not take an upgrade's binary.
+    #[derive(Debug, thiserror::Error)]
+    pub enum AskError {
+        #[error("no holder channel to send it on")]
+        NoHolder,
+        #[error("the holder refused it: {0}")]
+        Refused(String),
+        #[error("the holder did not answer: {0}")]
+        Io(io::Error),
+    }
+
+    /// Tells the holder which binary the upgrade about to be asked (on
+    /// the upgrade eventfd) starts: `binary`, or the holder's own path.
+    /// The holder checks and opens it, or refuses it with a reason.
+    pub fn ask_upgrade_binary(binary: Option<&std::path::Path>) -> Result<(), AskError> {
+        use std::os::unix::ffi::OsStrExt;
+        let channel = CHANNEL.get().ok_or(AskError::NoHolder)?;
+        let mut message = vec![MSG_UPGRADE_BINARY];
+        if let Some(path) = binary {
+            message.extend_from_slice(path.as_os_str().as_bytes());
+        }
+        let socket = channel.lock().unwrap_or_else(|e| e.into_inner());
+        socket.send(&message).map_err(AskError::Io)?;
+        let mut answer = vec![0u8; MAX_ANSWER];
+        let read = socket.recv(&mut answer).map_err(AskError::Io)?;
+        match answer.get(..read) {
+            Some([1]) => Ok(()),
+            Some([0, why @ ..]) => Err(AskError::Refused(String::from_utf8_lossy(why).into())),
+            _ => Err(AskError::Refused(
+                "an answer it should not give".to_string(),
+            )),
         }
     }
 }
