@@ -177,6 +177,7 @@ fn main() -> ExitCode {
         window: std::time::Duration::from_secs(args.restart_window),
     });
     let restarted = args.restarted;
+    let upgrade_dirs = args.upgrade_dirs.clone();
     if let Some(fd) = args.status_fd {
         if let Err(e) = status_keeper(fd) {
             eprintln!("cenallocd: --status-fd {fd}: {e}");
@@ -207,7 +208,7 @@ fn main() -> ExitCode {
 
     if let Some(limit) = supervise {
         let args = holder::child_args(std::env::args_os().skip(1));
-        return holder::run(&config, args, limit, stored);
+        return holder::run(&config, args, limit, stored, &upgrade_dirs);
     }
     if restarted > 0 {
         info!(

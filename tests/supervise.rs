@@ -1332,7 +1332,7 @@ fn binary_copy(test: &str, name: &str) -> (PathBuf, PathBuf) {
 fn cenallocctl_upgrade_binary_starts_the_serving_process_from_it() {
     let (dir, second) = binary_copy("second", "cenallocd-second");
     let own = std::fs::canonicalize(env!("CARGO_BIN_EXE_cenallocd")).unwrap();
-    let holder = Holder::start(&[]);
+    let holder = Holder::start(&["--upgrade-dir", dir.to_str().unwrap()]);
     let (mut harness, raw) = front_end(&holder.socket);
     harness.donate_all();
     let mut expected: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
@@ -1403,11 +1403,16 @@ fn cenallocctl_upgrade_refuses_a_bad_binary_and_changes_nothing() {
     let shared = dir.join("shared");
     std::fs::copy(&copy, &shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o775)).unwrap();
-    let holder = Holder::start(&[]);
+    let holder = Holder::start(&["--upgrade-dir", dir.to_str().unwrap()]);
     let (mut harness, raw) = front_end(&holder.socket);
     harness.donate_all();
     let created: CreateResp = harness.run(Cmd::create(4096, 0)).ok().get();
     let pid = holder.exec_serving_pid_after(None);
+    // A fine binary outside the --upgrade-dir directories: the holder
+    // would run it unsandboxed for any control client that asks.
+    let outside = std::env::temp_dir().join(format!("cenallocd-outside-{}", std::process::id()));
+    std::fs::copy(&copy, &outside).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let mut cases: Vec<(PathBuf, String)> = vec![
         (
@@ -1418,6 +1423,10 @@ fn cenallocctl_upgrade_refuses_a_bad_binary_and_changes_nothing() {
         (dir.clone(), "not a regular file".into()),
         (plain.clone(), "not executable".into()),
         (shared.clone(), "writable by its group or by others".into()),
+        (
+            outside.clone(),
+            "nor in a directory of --upgrade-dir".into(),
+        ),
     ];
     // What only the holder checks: the owner (a file of another user can
     // be made only by root).
@@ -1461,5 +1470,6 @@ fn cenallocctl_upgrade_refuses_a_bad_binary_and_changes_nothing() {
     );
     assert_eq!(exe(holder.exec_serving_pid_after(Some(pid))), own);
     assert_open_and_drained(&raw);
+    let _ = std::fs::remove_file(&outside);
     let _ = std::fs::remove_dir_all(&dir);
 }

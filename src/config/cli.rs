@@ -171,6 +171,13 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_restarts: u32,
 
+    /// With --supervise: a directory whose executables `cenallocctl upgrade
+    /// --binary PATH` may start (besides the holder's own binary, always
+    /// allowed). Repeatable. Without it, --binary can name only the
+    /// holder's own binary. Ignored without --supervise.
+    #[arg(long = "upgrade-dir", value_name = "DIR")]
+    pub upgrade_dirs: Vec<std::path::PathBuf>,
+
     /// With --supervise: the window of --max-restarts, in seconds.
     /// Ignored without --supervise.
     #[arg(long, value_name = "SECS", default_value_t = 60,

@@ -10,6 +10,11 @@
 //! belongs to root or to the holder's own user, and keeps it open: the
 //! serving processes are started from that file (`/proc/self/fd/N`), so
 //! what runs is what was checked, whatever happens at the path later.
+//!
+//! And the holder runs only what the operator allowed ([`Allowed`]): its
+//! own binary, or a file directly in a directory given with
+//! `--upgrade-dir`. Without that, a control client could have the
+//! unsandboxed holder run any executable root owns.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,6 +41,8 @@ pub enum BinaryError {
     NotExecutable(PathBuf),
     #[error("{0}: writable by its group or by others")]
     Writable(PathBuf),
+    #[error("{0}: neither the holder's own binary nor in a directory of --upgrade-dir")]
+    NotAllowed(PathBuf),
     #[error("{path}: owned by uid {owner}, neither root nor the holder's user ({holder})")]
     Owner {
         path: PathBuf,
@@ -101,9 +108,39 @@ pub struct Binary {
     path: PathBuf,
 }
 
+/// What the holder may run: its own binary, and files directly in the
+/// `--upgrade-dir` directories (compared by their real paths).
+#[derive(Clone, Debug, Default)]
+pub struct Allowed {
+    exe: Option<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Allowed {
+    /// The holder's binary `exe` and the directories `dirs` (those that
+    /// do not resolve allow nothing).
+    pub fn new(exe: &Path, dirs: &[PathBuf]) -> Allowed {
+        Allowed {
+            exe: std::fs::canonicalize(exe).ok(),
+            dirs: dirs
+                .iter()
+                .filter_map(|dir| std::fs::canonicalize(dir).ok())
+                .collect(),
+        }
+    }
+
+    fn allows(&self, real: &Path) -> bool {
+        self.exe.as_deref() == Some(real)
+            || real
+                .parent()
+                .is_some_and(|parent| self.dirs.iter().any(|dir| dir == parent))
+    }
+}
+
 impl Binary {
-    /// Opens and checks the binary at `path` (the holder's check).
-    pub fn open(path: &Path) -> Result<Binary, BinaryError> {
+    /// Opens and checks the binary at `path` (the holder's check), which
+    /// `allowed` must allow.
+    pub fn open(path: &Path, allowed: &Allowed) -> Result<Binary, BinaryError> {
         check_path(path)?;
         let unreachable = |error: std::io::Error| BinaryError::Unreachable {
             path: path.to_path_buf(),
@@ -126,6 +163,12 @@ impl Binary {
         // SAFETY: geteuid has no preconditions.
         let holder = unsafe { libc::geteuid() };
         check_file(path, stat.st_mode, stat.st_uid, Some(holder))?;
+        // The file opened, by its real path (no link, no `..` on the way).
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(unreachable)?;
+        if !allowed.allows(&real) {
+            return Err(BinaryError::NotAllowed(path.to_path_buf()));
+        }
         Ok(Binary {
             file,
             path: path.to_path_buf(),
@@ -196,7 +239,29 @@ mod tests {
         let good = dir.join("good");
         std::fs::write(&good, b"#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let binary = Binary::open(&good).unwrap();
+        let allowed = Allowed::new(Path::new("/nonexistent"), std::slice::from_ref(&dir));
+        // Outside the allowed directories: refused, even when it is fine.
+        assert!(matches!(
+            Binary::open(&good, &Allowed::new(Path::new("/nonexistent"), &[])),
+            Err(BinaryError::NotAllowed(_))
+        ));
+        // The holder's own binary is allowed without a directory.
+        assert!(Binary::open(&good, &Allowed::new(&good, &[])).is_ok());
+        // Through a link from elsewhere: what counts is where the file is.
+        let elsewhere =
+            std::env::temp_dir().join(format!("cenalloc-binary-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&elsewhere);
+        std::os::unix::fs::symlink(&good, &elsewhere).unwrap();
+        assert!(Binary::open(&elsewhere, &allowed).is_ok());
+        assert!(matches!(
+            Binary::open(
+                &good,
+                &Allowed::new(Path::new("/nonexistent"), &[std::env::temp_dir()])
+            ),
+            Err(BinaryError::NotAllowed(_))
+        ));
+        std::fs::remove_file(&elsewhere).unwrap();
+        let binary = Binary::open(&good, &allowed).unwrap();
         assert_eq!(binary.path(), good);
         assert_eq!(check(&good), Ok(()));
         // The program is the open file, not the path.
@@ -209,16 +274,16 @@ mod tests {
         std::fs::write(&plain, b"data").unwrap();
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
-            Binary::open(&plain),
+            Binary::open(&plain, &allowed),
             Err(BinaryError::NotExecutable(_))
         ));
         assert!(matches!(check(&plain), Err(BinaryError::NotExecutable(_))));
         assert!(matches!(
-            Binary::open(&dir),
+            Binary::open(&dir, &allowed),
             Err(BinaryError::NotRegular(_))
         ));
         assert!(matches!(
-            Binary::open(&dir.join("missing")),
+            Binary::open(&dir.join("missing"), &allowed),
             Err(BinaryError::Unreachable { .. })
         ));
         assert!(matches!(

@@ -121,6 +121,7 @@ pub fn run(
     args: Vec<OsString>,
     limit: RestartLimit,
     mut passed: store::Stored,
+    upgrade_dirs: &[PathBuf],
 ) -> ExitCode {
     // A holder holds a record's fds per VM besides its connections.
     let _ = crate::fd_budget::raise_limit();
@@ -229,14 +230,16 @@ pub fn run(
         }
         drop(passed);
     }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let plan = Plan {
+        allowed: std::sync::Arc::new(binary::Allowed::new(&exe, upgrade_dirs)),
         args,
         vms: config.vms.iter().map(|vm| vm.name.clone()).collect(),
         control: control.as_ref().map(|c| c.as_raw_fd()),
         dir: dir.clone(),
         max_restarts: limit.max_restarts,
         window: limit.window,
-        exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        exe,
         upgrade,
         live: sessions
             .iter()

@@ -63,6 +63,8 @@ pub struct Plan {
     pub dir: PathBuf,
     pub max_restarts: u32,
     pub window: Duration,
+    /// What `cenallocctl upgrade --binary` may start.
+    pub allowed: Arc<super::binary::Allowed>,
     /// The holder's binary path: what an upgrade starts.
     pub exe: PathBuf,
     /// An eventfd every generation gets (`--upgrade-fd`): its control
@@ -338,7 +340,10 @@ impl Supervisor {
         let asked = self.asked.clone();
         let kept = std::thread::Builder::new()
             .name(format!("status-{number}").chars().take(15).collect())
-            .spawn(move || super::status::keep_pages(keeper, pid, asked));
+            .spawn({
+                let allowed = self.plan.allowed.clone();
+                move || super::status::keep_pages(keeper, pid, asked, allowed)
+            });
         if let Err(e) = kept {
             error!("serving process {pid}: no thread to keep its export status pages: {e}");
         }

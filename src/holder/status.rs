@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use log::{info, warn};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::binary::{Binary, MAX_PATH_BYTES};
+use super::binary::{Allowed, Binary, MAX_PATH_BYTES};
 use crate::registry::{Revocation, StatusPage};
 
 /// A status page, with its descriptor.
@@ -84,9 +84,14 @@ pub fn channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Keeps the status pages serving process `pid` sends on `channel` until
 /// the channel ends, then revokes those still valid; takes the binaries
-/// its upgrades ask for into `asked`. Runs on a thread of its own per
-/// serving process.
-pub fn keep_pages(channel: OwnedFd, pid: i32, asked: AskedBinary) {
+/// its upgrades ask for (and `allowed` allows) into `asked`. Runs on a
+/// thread of its own per serving process.
+pub fn keep_pages(
+    channel: OwnedFd,
+    pid: i32,
+    asked: AskedBinary,
+    allowed: std::sync::Arc<Allowed>,
+) {
     let socket = UnixDatagram::from(channel);
     let mut kept: Vec<StatusPage> = Vec::new();
     // One byte more than the largest message: a longer one is seen.
@@ -114,7 +119,7 @@ pub fn keep_pages(channel: OwnedFd, pid: i32, asked: AskedBinary) {
                 }
             },
             (MSG_UPGRADE_BINARY, None) if read <= MAX_MESSAGE => {
-                take_binary(&message[1..read], pid, &asked)
+                take_binary(&message[1..read], pid, &asked, &allowed)
             }
             (MSG_UPGRADE_BINARY, None) => Err(format!(
                 "the binary's path is longer than {MAX_PATH_BYTES} bytes"
@@ -146,12 +151,17 @@ pub fn keep_pages(channel: OwnedFd, pid: i32, asked: AskedBinary) {
 
 /// An upgrade's binary from serving process `pid`: checked and opened,
 /// then the one the next upgrade asked through the control socket starts.
-fn take_binary(path: &[u8], pid: i32, asked: &AskedBinary) -> Result<(), String> {
+fn take_binary(
+    path: &[u8],
+    pid: i32,
+    asked: &AskedBinary,
+    allowed: &Allowed,
+) -> Result<(), String> {
     let binary = if path.is_empty() {
         None
     } else {
         let path = Path::new(OsStr::from_bytes(path));
-        match Binary::open(path) {
+        match Binary::open(path, allowed) {
             Ok(binary) => Some(binary),
             Err(e) => {
                 warn!("serving process {pid}: upgrade binary refused: {e}");
@@ -173,9 +183,13 @@ mod tests {
     fn holder(pid: i32) -> (UnixDatagram, AskedBinary, std::thread::JoinHandle<()>) {
         let (keeper, theirs) = channel().unwrap();
         let asked = AskedBinary::default();
+        let allowed = std::sync::Arc::new(Allowed::new(
+            std::path::Path::new("/nonexistent"),
+            &[std::env::temp_dir().join(format!("cenalloc-asked-{}", std::process::id()))],
+        ));
         let thread = {
             let asked = asked.clone();
-            std::thread::spawn(move || keep_pages(keeper, pid, asked))
+            std::thread::spawn(move || keep_pages(keeper, pid, asked, allowed))
         };
         (UnixDatagram::from(theirs), asked, thread)
     }
