@@ -592,6 +592,15 @@ fn the_device_survives_holder_and_serving_kills_under_systemd() {
         twin.slowest
     );
     assert!(holder_kills > 0 && holder_kills < kills as usize);
+    eprintln!(
+        "{} POOL_ADDs at run time, {} taken",
+        twin.pool_adds, twin.pool_adds_taken
+    );
+    assert!(
+        twin.pool_adds_taken > 5,
+        "{} POOL_ADDs taken",
+        twin.pool_adds_taken
+    );
     assert!(twin.batches > u64::from(kills));
     assert!(twin.slowest < Duration::from_secs(10), "{:?}", twin.slowest);
     assert_eq!(systemd.store.lock().unwrap().names(), stored_before);

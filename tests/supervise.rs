@@ -1070,6 +1070,15 @@ fn the_device_survives_sigkills_at_random_instants_under_load() {
     );
     eprintln!("{} leased maps", twin.leased_maps);
     assert!(twin.leased_maps > 10, "{} leased maps", twin.leased_maps);
+    eprintln!(
+        "{} POOL_ADDs at run time, {} taken",
+        twin.pool_adds, twin.pool_adds_taken
+    );
+    assert!(
+        twin.pool_adds_taken > 5,
+        "{} POOL_ADDs taken",
+        twin.pool_adds_taken
+    );
     let log = holder.log_text();
     // Every serving process died of the test's SIGKILL, none of its own
     // (a seccomp SIGSYS, a panic).

@@ -40,6 +40,9 @@ pub struct Twin {
     /// Driver ids of leased maps handed out so far, and those mapped.
     pub driver_ids: u32,
     pub leased_maps: u32,
+    /// Ranges given to the pool at run time (POOL_ADD), and those taken.
+    pub pool_adds: u32,
+    pub pool_adds_taken: u32,
 }
 
 impl Twin {
@@ -65,6 +68,8 @@ impl Twin {
             slowest: Duration::ZERO,
             driver_ids: 0,
             leased_maps: 0,
+            pool_adds: 0,
+            pool_adds_taken: 0,
         }
     }
 
@@ -107,7 +112,17 @@ impl Twin {
 
     /// One random step of a VM's life.
     pub fn step(&mut self, harness: &mut Harness, rng: &mut Rng) {
-        match rng.below(12) {
+        match rng.below(13) {
+            // The pool grows at run time, as an elastic pool does: a fresh
+            // 64 KiB of low RAM (never given before) each time.
+            12 if self.pool_adds < 256 => {
+                let start = (64 << 20) + u64::from(self.pool_adds) * 0x10000;
+                self.pool_adds += 1;
+                let answer = self.batch(harness, &[Cmd::pool_add(0, &[(start, 0x10000)])]);
+                if answer.status == 0 {
+                    self.pool_adds_taken += 1;
+                }
+            }
             // A leased map, as the guest driver makes them: LEASE one
             // extent, then LEASED_MAP a buffer with the driver's ids on it.
             10 | 11 => {
