@@ -1,13 +1,11 @@
-//! `cenallocd --supervise` (issue 16, step 1): the holder keeps the
-//! front-end's connection while the serving process is killed and
-//! restarted, replays the vhost-user session into the new one and
-//! re-sends the request that was not answered. Driven against the real
-//! binary as a vhost-user front-end; the serving process is found as the
-//! holder's child in /proc.
-//!
-//! The device state (buffers) does not survive yet, nor do ring
-//! positions: these tests set the rings up and run commands on them only
-//! after the last restart, or not at all.
+//! `cenallocd --supervise` (issue 16): the holder keeps the front-end's
+//! connection while the serving process is killed and restarted, replays
+//! the vhost-user session into the new one and re-sends the request that
+//! was not answered; the new process takes the device (buffers, ring
+//! positions) over from its journal. Driven against the real binary as a
+//! vhost-user front-end, answers compared with a crash-free twin
+//! (tests/common/twin.rs); the serving process is found as the holder's
+//! child in /proc. The holder's own death under systemd: tests/fdstore.rs.
 
 mod common;
 #[path = "common/twin.rs"]

@@ -25,12 +25,14 @@
 //!   removes the sockets it created and its private directory, and exits
 //!   with status 0.
 //!
-//! What survives a restart is the vhost-user session only. The device
-//! state (buffers, pools, exports) starts empty in the new serving
-//! process, and its rings restart from the base the record holds, not
-//! from where the dead process was: the device-state journal and the ring
-//! positions are the next steps of the design. Control connections die
-//! with the serving process (the listener survives).
+//! The vhost-user session survives a restart through the record; the
+//! device state (buffers, pools, leases, ring positions) through the
+//! device journal the holder keeps per VM, from which the next serving
+//! process takes the device over ([`crate::adoption`]). Exports are
+//! revoked ([`status`]). Control connections die with the serving process
+//! (the listener survives). Under systemd the holder keeps all of it in
+//! the service manager's fd store too, and a holder started again goes on
+//! with every session ([`store`], [`persist`]).
 //!
 //! The holder contains no device logic and never maps guest memory. It
 //! does not enter the daemon's sandbox: the seccomp allowlist forbids
