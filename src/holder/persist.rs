@@ -24,7 +24,8 @@
 //!   `replying` decides whether it was sent (see [`reply_was_sent`]).
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -74,7 +75,7 @@ pub struct Restored {
 
 /// `kcmp(2)` `KCMP_FILE`: whether two fds of this process share one open
 /// file description.
-fn same_description(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+pub fn same_description(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
     // SAFETY: kcmp takes integers only; our own pid twice.
     let pid = unsafe { libc::getpid() };
     // SAFETY: as above; KCMP_FILE is 0.
@@ -232,60 +233,9 @@ impl Image {
 
 /// The session memfd.
 struct SessionFile {
-    fd: OwnedFd,
+    fd: std::fs::File,
     /// The slot of the current image.
     slot: u32,
-}
-
-fn pwrite_all(fd: RawFd, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < bytes.len() {
-        // SAFETY: the pointer and length are a live slice of `bytes`.
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                bytes[done..].as_ptr().cast(),
-                bytes.len() - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
-fn pread_exact(fd: RawFd, bytes: &mut [u8], offset: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < bytes.len() {
-        // SAFETY: the pointer and length are a live slice of `bytes`.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                bytes[done..].as_mut_ptr().cast(),
-                bytes.len() - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        done += n as usize;
-    }
-    Ok(())
 }
 
 impl SessionFile {
@@ -296,7 +246,7 @@ impl SessionFile {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = unsafe { std::fs::File::from_raw_fd(fd) };
         let mut file = SessionFile { fd, slot: 1 };
         file.write(&Image::default().encode())?;
         Ok(file)
@@ -308,20 +258,21 @@ impl SessionFile {
 
     fn write(&mut self, image: &[u8]) -> std::io::Result<()> {
         let slot = 1 - self.slot;
-        pwrite_all(self.fd.as_raw_fd(), image, Self::slot_offset(slot))?;
+        self.fd.write_all_at(image, Self::slot_offset(slot))?;
         let mut header = [0u8; HEADER_LEN];
         header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         header[4..8].copy_from_slice(&VERSION.to_le_bytes());
         header[8..12].copy_from_slice(&slot.to_le_bytes());
         header[12..16].copy_from_slice(&(image.len() as u32).to_le_bytes());
-        pwrite_all(self.fd.as_raw_fd(), &header, 0)?;
+        self.fd.write_all_at(&header, 0)?;
         self.slot = slot;
         Ok(())
     }
 
     fn read(fd: OwnedFd) -> Result<(SessionFile, Image), PersistError> {
+        let fd = std::fs::File::from(fd);
         let mut header = [0u8; HEADER_LEN];
-        pread_exact(fd.as_raw_fd(), &mut header, 0)?;
+        fd.read_exact_at(&mut header, 0)?;
         let word =
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         if word(0) != MAGIC || word(4) != VERSION {
@@ -332,7 +283,7 @@ impl SessionFile {
             return Err(PersistError::Damaged("slot"));
         }
         let mut bytes = vec![0u8; len as usize];
-        pread_exact(fd.as_raw_fd(), &mut bytes, Self::slot_offset(slot))?;
+        fd.read_exact_at(&mut bytes, Self::slot_offset(slot))?;
         let image = Image::decode(&bytes)?;
         Ok((SessionFile { fd, slot }, image))
     }
@@ -641,17 +592,14 @@ mod tests {
         let image = image();
         file.write(&image.encode()).unwrap();
         let copy = file.fd.try_clone().unwrap();
-        let (_, read) = SessionFile::read(copy).unwrap();
+        let (_, read) = SessionFile::read(copy.into()).unwrap();
         assert_eq!(read, image);
         // A write cut before its header write leaves the previous image.
         let slot = 1 - file.slot;
-        pwrite_all(
-            file.fd.as_raw_fd(),
-            &Image::default().encode(),
-            SessionFile::slot_offset(slot),
-        )
-        .unwrap();
-        let (_, read) = SessionFile::read(file.fd.try_clone().unwrap()).unwrap();
+        file.fd
+            .write_all_at(&Image::default().encode(), SessionFile::slot_offset(slot))
+            .unwrap();
+        let (_, read) = SessionFile::read(file.fd.try_clone().unwrap().into()).unwrap();
         assert_eq!(read, image);
     }
 
