@@ -86,19 +86,8 @@ impl VmRelay {
     /// has no serving process any more.
     pub fn serve(mut self) {
         if let Some((front_end, restored)) = self.adopted.take() {
-            self.supervisor.set_live(self.index, true);
-            let ended = self.adopted_session(&front_end, restored);
-            self.supervisor.set_live(self.index, false);
-            if !matches!(ended, Err(RelayError::Gone(_))) {
-                self.forget_session();
-            }
-            match ended {
-                Ok(()) => info!("{}: front-end disconnected", self.name),
-                Err(e @ RelayError::Gone(_)) => {
-                    error!("{}: {e}; closing the front-end's connection", self.name);
-                    return;
-                }
-                Err(e) => error!("{}: {e}; closing the front-end's connection", self.name),
+            if !self.run_session(|vm| vm.adopted_session(&front_end, restored)) {
+                return;
             }
         }
         let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -117,25 +106,31 @@ impl VmRelay {
                 }
             };
             backoff = ACCEPT_BACKOFF_MIN;
-            // A serving process started while the session lasts takes the
-            // device over from its journal.
-            self.supervisor.set_live(self.index, true);
-            let ended = self.session(&front_end);
-            self.supervisor.set_live(self.index, false);
-            // A holder that stops (or gives up) leaves the session in the
-            // store: the next holder goes on with it.
-            if !matches!(ended, Err(RelayError::Gone(_))) {
-                self.forget_session();
-            }
-            match ended {
-                Ok(()) => info!("{}: front-end disconnected", self.name),
-                Err(e @ RelayError::Gone(_)) => {
-                    error!("{}: {e}; closing the front-end's connection", self.name);
-                    return;
-                }
-                Err(e) => error!("{}: {e}; closing the front-end's connection", self.name),
+            if !self.run_session(|vm| vm.session(&front_end)) {
+                return;
             }
         }
+    }
+
+    /// Runs one session (`session`) while the VM is marked live (a serving
+    /// process started meanwhile takes the device over from its journal),
+    /// and says how it ended. Returns false when there will be no serving
+    /// process any more: the holder stops or gave up, and leaves the
+    /// session in the store, for the next holder to go on with.
+    fn run_session(&self, session: impl FnOnce(&Self) -> Result<(), RelayError>) -> bool {
+        self.supervisor.set_live(self.index, true);
+        let ended = session(self);
+        self.supervisor.set_live(self.index, false);
+        match ended {
+            Ok(()) => info!("{}: front-end disconnected", self.name),
+            Err(e @ RelayError::Gone(_)) => {
+                error!("{}: {e}; closing the front-end's connection", self.name);
+                return false;
+            }
+            Err(e) => error!("{}: {e}; closing the front-end's connection", self.name),
+        }
+        self.forget_session();
+        true
     }
 
     /// Under the fd store: the session ended, its state and connection
