@@ -12,13 +12,14 @@
 //! serving process is gone.
 
 mod common;
+#[path = "common/relayed.rs"]
+mod relayed;
 #[path = "common/twin.rs"]
 mod twin;
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -28,32 +29,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cenalloc::holder::frame::{Frame, FLAG_REPLY};
+use cenalloc::holder::persist::same_description;
 use cenalloc::holder::request::GET_CONFIG;
 use cenalloc::protocol::*;
 use common::*;
+use relayed::*;
 use twin::{Rng, Twin};
 use vhost::vhost_user::message::VhostUserConfigFlags;
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn same_description(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
-    // SAFETY: kcmp(2) with integers: this process twice, KCMP_FILE (0).
-    let pid = unsafe { libc::getpid() };
-    // SAFETY: as above.
-    unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid,
-            pid,
-            0,
-            a.as_raw_fd() as libc::c_ulong,
-            b.as_raw_fd() as libc::c_ulong,
-        ) == 0
-    }
-}
 
 /// The service manager's side: the notification socket and the store.
 #[derive(Default)]
@@ -263,7 +250,7 @@ impl Systemd {
 
     /// The holder's living child (not a zombie), if any.
     fn serving_pid(&self) -> Option<i32> {
-        children(self.main_pid()).into_iter().next()
+        living_children(self.main_pid()).into_iter().next()
     }
 
     fn serving_pid_after(&self, old: Option<i32>) -> i32 {
@@ -284,7 +271,7 @@ impl Systemd {
     /// `FileDescriptorStorePreserve=yes`). Returns the exit status.
     fn kill_main_and_restart(&self, signal: libc::c_int) -> std::process::ExitStatus {
         let mut main = self.main.lock().unwrap();
-        let serving = children(main.id() as i32);
+        let serving = living_children(main.id() as i32);
         // SAFETY: kill(2) with integers, on our own child.
         unsafe { libc::kill(main.id() as i32, signal) };
         let status = main.wait().unwrap();
@@ -321,22 +308,6 @@ impl Drop for Systemd {
     }
 }
 
-/// Living (not zombie) children of `parent`.
-fn children(parent: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let (state, ppid) = (fields.first()?, fields.get(1)?.parse::<i32>().ok()?);
-            (ppid == parent && *state != "Z" && *state != "X").then_some(pid)
-        })
-        .collect()
-}
-
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -350,19 +321,6 @@ fn alive(pid: i32) -> bool {
             Some(state != "Z" && state != "X")
         })
         .unwrap_or(false)
-}
-
-fn signal(pid: i32, signal: libc::c_int) {
-    // SAFETY: kill(2) with integers; the pid is a process of this test.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid} {signal}");
-}
-
-fn front_end(socket: &Path) -> (Harness, UnixStream) {
-    let stream = UnixStream::connect(socket).unwrap();
-    let raw = stream.try_clone().unwrap();
-    let frontend = Frontend::from_stream(stream, CENALLOC_NUM_VQS as u64);
-    let harness = Harness::try_set_up(frontend, socket, WANTED_FEATURES, GuestRam::new()).unwrap();
-    (harness, raw)
 }
 
 fn config_of(harness: &mut Harness) -> Vec<u8> {
@@ -379,31 +337,10 @@ fn config_of(harness: &mut Harness) -> Vec<u8> {
         .1
 }
 
-fn assert_open_and_drained(raw: &UnixStream) {
-    raw.set_nonblocking(true).unwrap();
-    let mut byte = [0u8; 1];
-    match (&*raw).read(&mut byte) {
-        Ok(0) => panic!("the front-end's connection was closed"),
-        Ok(_) => panic!("an extra frame waits on the front-end's connection"),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
-    }
-    raw.set_nonblocking(false).unwrap();
-}
-
 fn stop_all_threads(pid: i32, what: &Systemd) {
     signal(pid, libc::SIGSTOP);
     what.wait_for(
-        || {
-            std::fs::read_dir(format!("/proc/{pid}/task"))
-                .unwrap()
-                .flatten()
-                .all(|task| {
-                    std::fs::read_to_string(task.path().join("stat"))
-                        .unwrap_or_default()
-                        .rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-                })
-        },
+        || all_threads_stopped(pid),
         "the serving process never stopped",
     );
 }
@@ -453,16 +390,10 @@ fn a_request_in_flight_when_the_holder_dies_is_answered_once() {
     let config = config_of(&mut harness);
     let pid = systemd.serving_pid_after(None);
     stop_all_threads(pid, &systemd);
-    let size = config.len() as u32;
-    let mut payload = Vec::new();
-    payload.extend_from_slice(&0u32.to_le_bytes());
-    payload.extend_from_slice(&size.to_le_bytes());
-    payload.extend_from_slice(&0u32.to_le_bytes());
-    payload.extend_from_slice(&vec![0u8; size as usize]);
     Frame {
         request: GET_CONFIG,
         flags: 1,
-        payload,
+        payload: get_config_payload(config.len()),
         fds: Vec::new(),
     }
     .write(&raw)
@@ -535,13 +466,7 @@ fn the_device_survives_holder_and_serving_kills_under_systemd() {
     let seed = 0x5d_0000 + u64::from(kills);
     let systemd = Systemd::start(&["--max-restarts", "1000000", "--restart-window", "1"]);
     let (mut harness, raw) = front_end(&systemd.socket);
-    let mut twin = Twin::new(&["--pool", "system:4M"]);
-    for (pool, ranges) in harness.donate_all().iter().enumerate() {
-        let cmd = Cmd::pool_add(pool as u32, ranges);
-        let request = encode_batch(std::slice::from_ref(&cmd));
-        twin.reference
-            .execute_batch(&twin.mem, &request, response_len(&[cmd]) as usize);
-    }
+    let mut twin = Twin::donated(&mut harness);
     let stored_before = systemd.store.lock().unwrap().names();
     let fds_before = systemd.fds();
     let done = AtomicBool::new(false);

@@ -8,6 +8,8 @@
 //! child in /proc. The holder's own death under systemd: tests/fdstore.rs.
 
 mod common;
+#[path = "common/relayed.rs"]
+mod relayed;
 #[path = "common/twin.rs"]
 mod twin;
 
@@ -25,9 +27,10 @@ use cenalloc::holder::frame::{FRAME_TIMEOUT, HEADER_LEN};
 use cenalloc::holder::request::{GET_CONFIG, GET_VRING_BASE, SET_MEM_TABLE, SET_VRING_KICK};
 use cenalloc::protocol::*;
 use common::*;
+use relayed::*;
 use twin::{Rng, Twin};
 use vhost::vhost_user::message::VhostUserConfigFlags;
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -110,16 +113,7 @@ impl Holder {
 
     /// The holder's living child (not a zombie), if any.
     fn serving_pid(&self) -> Option<i32> {
-        std::fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .find_map(|entry| {
-                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                let (state, ppid) = (fields.first()?, fields.get(1)?.parse::<i32>().ok()?);
-                (ppid == self.pid() && *state != "Z").then_some(pid)
-            })
+        living_children(self.pid()).into_iter().next()
     }
 
     /// Waits for a serving process other than `old`.
@@ -234,11 +228,6 @@ impl Drop for Holder {
     }
 }
 
-fn signal(pid: i32, signal: libc::c_int) {
-    // SAFETY: kill(2) with integers; the pid is a process of this test.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid} {signal}");
-}
-
 /// What the holder's descriptors are.
 fn fd_targets(holder: &Holder) -> Vec<(String, PathBuf)> {
     std::fs::read_dir(format!("/proc/{}/fd", holder.pid()))
@@ -260,16 +249,6 @@ fn kill_serving(holder: &Holder) -> i32 {
     holder.serving_pid_after(Some(pid))
 }
 
-/// A set-up front-end (features, protocol features, config, memory table,
-/// both rings) and a clone of its stream for raw frames.
-fn front_end(socket: &Path) -> (Harness, UnixStream) {
-    let stream = UnixStream::connect(socket).unwrap();
-    let raw = stream.try_clone().unwrap();
-    let frontend = Frontend::from_stream(stream, CENALLOC_NUM_VQS as u64);
-    let harness = Harness::try_set_up(frontend, socket, WANTED_FEATURES, GuestRam::new()).unwrap();
-    (harness, raw)
-}
-
 /// What the device answers the session queries with.
 fn answers(harness: &mut Harness) -> (u64, u64, Vec<u8>) {
     let size = std::mem::size_of::<Config>() as u32;
@@ -285,18 +264,6 @@ fn answers(harness: &mut Harness) -> (u64, u64, Vec<u8>) {
         )
         .unwrap();
     (features, protocol, config)
-}
-
-/// The connection is open and nothing unread waits on it.
-fn assert_open_and_drained(raw: &UnixStream) {
-    raw.set_nonblocking(true).unwrap();
-    let mut byte = [0u8; 1];
-    match (&*raw).read(&mut byte) {
-        Ok(0) => panic!("the front-end's connection was closed"),
-        Ok(_) => panic!("an extra frame waits on the front-end's connection"),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
-    }
-    raw.set_nonblocking(false).unwrap();
 }
 
 #[test]
@@ -350,29 +317,13 @@ fn a_request_in_flight_is_answered_once_by_the_next_process() {
     // (every thread of it: kill returns before they all stopped).
     signal(pid, libc::SIGSTOP);
     holder.wait_for(
-        || {
-            std::fs::read_dir(format!("/proc/{pid}/task"))
-                .unwrap()
-                .flatten()
-                .all(|task| {
-                    std::fs::read_to_string(task.path().join("stat"))
-                        .unwrap_or_default()
-                        .rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-                })
-        },
+        || all_threads_stopped(pid),
         "the serving process never stopped",
     );
-    let size = config.len() as u32;
-    let mut payload = Vec::new();
-    payload.extend_from_slice(&0u32.to_le_bytes());
-    payload.extend_from_slice(&size.to_le_bytes());
-    payload.extend_from_slice(&0u32.to_le_bytes());
-    payload.extend_from_slice(&vec![0u8; size as usize]);
     Frame {
         request: GET_CONFIG,
         flags: 1,
-        payload,
+        payload: get_config_payload(config.len()),
         fds: Vec::new(),
     }
     .write(&raw)
@@ -751,12 +702,7 @@ fn a_kill_between_the_header_and_the_body_of_a_message_is_not_seen() {
                     harness.start_queues(&[base, u16::try_from(event).unwrap()]);
                 }
                 GET_CONFIG => {
-                    let size = config.len();
-                    let mut payload = [0u32.to_le_bytes(), (size as u32).to_le_bytes()]
-                        .concat()
-                        .to_vec();
-                    payload.extend_from_slice(&0u32.to_le_bytes());
-                    payload.extend_from_slice(&vec![0u8; size]);
+                    let payload = get_config_payload(config.len());
                     split_with_kill(&holder, &raw, request, &payload, &[], body);
                     let reply = reply_to(&holder, &raw, request, start);
                     assert_eq!(&reply.payload[12..], &config[..], "{body:?}");
@@ -916,11 +862,7 @@ fn message_step(
 ) {
     match rng.below(3) {
         0 => {
-            let mut payload = Vec::new();
-            payload.extend_from_slice(&0u32.to_le_bytes());
-            payload.extend_from_slice(&(config.len() as u32).to_le_bytes());
-            payload.extend_from_slice(&0u32.to_le_bytes());
-            payload.extend_from_slice(&vec![0u8; config.len()]);
+            let payload = get_config_payload(config.len());
             let start = Instant::now();
             send_maybe_cut(raw, GET_CONFIG, &payload, &[], rng, cuts, stats);
             let reply = reply_to(holder, raw, GET_CONFIG, start);
