@@ -465,3 +465,39 @@ fn rust_mirror_matches_the_c_header() {
     // Every struct, field, constant and pattern value was compared.
     assert!(list.len() > 150, "only {} checks", list.len());
 }
+
+/// Every `#define` and every struct of the header is in [`expectations`]:
+/// a protocol addition without its Rust mirror fails here.
+#[test]
+fn every_define_and_struct_of_the_header_is_checked() {
+    let header = std::fs::read_to_string(header_dir().join("cenalloc_proto.h")).unwrap();
+    let checked: Vec<String> = expectations().into_iter().map(|e| e.c_expr).collect();
+    let mut missing = Vec::new();
+    for line in header.lines() {
+        // Without a trailing comment (`struct x {\t/* version 1 */`).
+        let line = line.split("/*").next().unwrap_or_default().trim_end();
+        let name = if let Some(def) = line.strip_prefix("#define") {
+            def.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else if let Some(rest) = line.strip_prefix("struct ") {
+            match rest.strip_suffix('{') {
+                Some(name) => format!("sizeof(struct {})", name.trim()),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        if name.is_empty() || name == "CENALLOC_PROTO_H" {
+            continue;
+        }
+        if !checked.contains(&name) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/protocol_layout.rs does not check: {missing:#?}"
+    );
+}
