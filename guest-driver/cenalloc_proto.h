@@ -125,9 +125,19 @@ typedef uint64_t __le64;
  *   LEASE_RETURN), and the driver backs a buffer's first map from them
  *   without waiting (LEASED_MAP); the device may ask for them back
  *   (CENALLOC_EVENT_LEASE_REVOKE). MAP may then fail with -EAGAIN.
+ * CENALLOC_F_SHARE: cross-VM sharing (SHARE, UNSHARE, IMPORT, RELEASE,
+ *   REVOKE_ACK; events SHARE_REVOKE, SHARE_READY). An importing device
+ *   has the shared memory region CENALLOC_SHM_WINDOW. Bits 2-7 stay
+ *   reserved for pool management and leases. cenallocd does not offer
+ *   this bit yet: the device side lands in steps
+ *   (docs/design/cross-vm-sharing.md); until then opcodes 19-23 answer
+ *   -EOPNOTSUPP like any unknown opcode.
  */
 #define CENALLOC_F_ELASTIC		0
 #define CENALLOC_F_LEASE		1
+#define CENALLOC_F_SHARE		8
+#define CENALLOC_SHM_WINDOW		0	/* VIRTIO shared memory region id */
+#define CENALLOC_ALLOCATOR_WINDOW	0xffffffffu /* map_resp.allocator_id of an import */
 
 /*
  * Ids the driver chooses itself (LEASED_MAP): CENALLOC_DRIVER_ID_FIRST ..
@@ -237,6 +247,11 @@ enum cenalloc_opcode {
 	CENALLOC_CMD_LEASE = 16,	/* CENALLOC_F_LEASE */
 	CENALLOC_CMD_LEASE_RETURN = 17,	/* CENALLOC_F_LEASE */
 	CENALLOC_CMD_LEASED_MAP = 18,	/* CENALLOC_F_LEASE */
+	CENALLOC_CMD_SHARE = 19,	/* CENALLOC_F_SHARE */
+	CENALLOC_CMD_UNSHARE = 20,	/* CENALLOC_F_SHARE */
+	CENALLOC_CMD_IMPORT = 21,	/* CENALLOC_F_SHARE */
+	CENALLOC_CMD_RELEASE = 22,	/* CENALLOC_F_SHARE */
+	CENALLOC_CMD_REVOKE_ACK = 23,	/* CENALLOC_F_SHARE */
 };
 
 /* ---------------------------------------------------------------------- */
@@ -454,6 +469,7 @@ struct cenalloc_map_req {
 
 #define CENALLOC_MAP_F_ALLOCATED	(1u << 0) /* this MAP allocated the backing */
 #define CENALLOC_MAP_F_MIGRATED		(1u << 1) /* this MAP moved the backing */
+#define CENALLOC_MAP_F_WINDOW		(1u << 2) /* the range is an offset in the window */
 
 /*
  * If the slot is too small for every segment, the MAP fails with -ENOSPC,
@@ -467,11 +483,15 @@ struct cenalloc_map_req {
  * extents leased to the driver, the MAP fails with -EAGAIN, changes
  * nothing, and the device sends CENALLOC_EVENT_LEASE_REVOKE for that
  * allocator: the driver gives its unused extents back and maps again.
+ * With CENALLOC_F_SHARE, the MAP of an imported buffer (IMPORT) answers one
+ * range, an offset and length in the window CENALLOC_SHM_WINDOW, with
+ * allocator_id CENALLOC_ALLOCATOR_WINDOW and CENALLOC_MAP_F_WINDOW set.
  */
 struct cenalloc_map_resp {
 	__le32 map_type;	/* negotiated type */
 	__le32 num_segments;	/* struct cenalloc_range that follow */
-	__le32 allocator_id;	/* allocator backing the buffer */
+	__le32 allocator_id;	/* allocator backing the buffer, or
+				 * CENALLOC_ALLOCATOR_WINDOW (an import) */
 	__le32 flags;		/* CENALLOC_MAP_F_* */
 	__le64 size;		/* buffer size */
 	/* followed by struct cenalloc_range[num_segments] */
@@ -578,19 +598,179 @@ struct cenalloc_reset_resp {
 };
 
 /* ---------------------------------------------------------------------- */
+/* Cross-VM sharing (CENALLOC_F_SHARE).                                    */
+
+/*
+ * A VM (A, the exporter) shares a buffer of its own memory with the VMs
+ * (B, the importers) the operator put in a share group with it; B reaches
+ * the buffer through its window, the shared memory region
+ * CENALLOC_SHM_WINDOW of its device (the driver finds it with
+ * virtio_get_shm_region()). Nothing of this is in config space.
+ *
+ * Sized payloads (opcodes 19 on). A request's len is at least the size of
+ * the version-1 struct below (else -EINVAL); bytes past the size the
+ * device knows must be 0 (else -E2BIG), so a newer driver works with an
+ * older device as long as it asks for nothing new. The response slot must
+ * hold the version-1 answer (else -ENOSPC, needed = the device's whole
+ * answer); the device writes min(slot, its answer) bytes and says how many
+ * in resp_hdr.len. Every reserved field is 0 and every flag not defined is
+ * 0 (else -EINVAL).
+ *
+ * Statuses new with sharing: -EAGAIN (the window does not hold the buffer
+ * yet: CENALLOC_EVENT_SHARE_READY will say), -ENOLINK (revoked for good:
+ * RELEASE it), -EACCES (a write through a read-only import), -EIO (the VMM
+ * refused to map the window; logged), -E2BIG (non-zero bytes past the
+ * known payload); -ENOENT, -EEXIST, -EBUSY, -ENOSPC, -EINVAL, -EOPNOTSUPP
+ * and -EPERM as each command says.
+ */
+
+/*
+ * SHARE (A): publishes buffer buffer_id in share group group (one of the
+ * groups A exports to; all 0: A's first; else -ENOENT) and answers the
+ * token an importer names it by: never 0, not guessable by a guest. A
+ * buffer is shared once at a time (-EEXIST). A shared buffer is one extent
+ * of a share pool: a buffer backed elsewhere or in several extents follows
+ * the late-attach rule, answered CENALLOC_SHARE_F_MIGRATE when nothing maps
+ * it (the next MAP moves it), else -EBUSY. CENALLOC_SHARE_F_WRITABLE is
+ * granted if asked and the group is read-write. -ENOSPC at A's share
+ * limits (shares, shared bytes, bytes held back for importers that did not
+ * let go); -EINVAL for a released buffer or an imported one (nothing is
+ * re-exported).
+ */
+#define CENALLOC_SHARE_F_WRITABLE	(1u << 0) /* importers may write (if the group allows) */
+#define CENALLOC_SHARE_F_MIGRATE	(1u << 1) /* answer: the next MAP moves the backing */
+
+struct cenalloc_share_req {		/* version 1: 32 bytes */
+	__le32 buffer_id;		/* the buffer to share */
+	__le32 flags;			/* CENALLOC_SHARE_F_WRITABLE */
+	char group[CENALLOC_NAME_LEN];	/* NUL-padded; all 0: A's first group */
+	__le64 reserved;		/* must be 0 */
+};
+
+struct cenalloc_share_resp {		/* version 1: 24 bytes */
+	__le64 token;			/* never 0; the importer's key */
+	__le64 size;			/* bytes an importer sees */
+	__le32 flags;			/* CENALLOC_SHARE_F_WRITABLE granted, _MIGRATE */
+	__le32 reserved;		/* 0 */
+};
+
+/*
+ * UNSHARE (A): revokes every import of the share (each importer gets
+ * CENALLOC_EVENT_SHARE_REVOKE, CENALLOC_REVOKE_FINAL) and answers once the
+ * last window is gone or its bound passed. forced counts the imports that
+ * may still see the buffer until the importer's VMM lets go: a later FREE
+ * keeps the buffer's extent from reuse until then. -ENOENT for a buffer
+ * not shared under token. FREE of a shared buffer is UNSHARE then FREE, in
+ * one command.
+ */
+struct cenalloc_unshare_req {		/* version 1: 16 bytes */
+	__le32 buffer_id;		/* the shared buffer */
+	__le32 flags;			/* must be 0 */
+	__le64 token;			/* as SHARE answered it */
+};
+
+struct cenalloc_unshare_resp {		/* version 1: 8 bytes */
+	__le32 revoked;			/* imports that were revoked */
+	__le32 forced;			/* of which without acknowledgement or proof */
+};
+
+/*
+ * IMPORT (B): finds the share of token (-ENOENT when B is in no group with
+ * its exporter, for an unknown token and for a token of another group: no
+ * oracle for tokens), checks the limits (-ENOSPC: B's imports, imported
+ * bytes, mappings and room in its window; the group's importers of one
+ * share), reserves a range of B's window (first fit, in A's host pages)
+ * and creates an imported buffer: an id of B's, no backing in B's pools.
+ * initial_mask counts as a first attachment's mask, as in CREATE. If A's
+ * backing meets it, the device maps the window at once
+ * (CENALLOC_IMPORT_F_MAPPED when that was done before the answer), else
+ * CENALLOC_EVENT_SHARE_READY says when. -EPERM for
+ * CENALLOC_IMPORT_F_WRITABLE in a read-only group; -EEXIST for a second
+ * import of one share by one VM; -EBUSY when the mask needs a migration A
+ * cannot do now; -EOPNOTSUPP when B has no window or did not accept
+ * CENALLOC_F_SHARE.
+ *
+ * On an imported buffer B uses the ordinary commands: ATTACH and DETACH,
+ * MAP and UNMAP (one range in the window, see MAP; -EAGAIN while the
+ * window does not hold the buffer, -ENOLINK once the share is revoked for
+ * good), SYNC, CHECKSUM (over A's backing), FILL (-EACCES on a read-only
+ * import). PHYS answers -ENODEV, FREE -EINVAL; LEASED_MAP cannot name one.
+ */
+#define CENALLOC_IMPORT_F_WRITABLE	(1u << 0) /* asked / granted */
+#define CENALLOC_IMPORT_F_MAPPED	(1u << 1) /* answer: the window holds it now */
+
+struct cenalloc_import_req {		/* version 1: 16 bytes */
+	__le64 token;			/* SHARE's answer, passed on by the guests */
+	__le32 flags;			/* CENALLOC_IMPORT_F_WRITABLE */
+	__le32 initial_mask;		/* as CREATE: 0, or B's first importer's mask */
+};
+
+struct cenalloc_import_resp {		/* version 1: 32 bytes */
+	__le32 buffer_id;		/* B's id of the imported buffer */
+	__le32 flags;			/* CENALLOC_IMPORT_F_* */
+	__le64 size;			/* bytes of the buffer */
+	__le64 window_offset;		/* in region CENALLOC_SHM_WINDOW, host-page aligned */
+	__le64 window_len;		/* size rounded up to A's host pages */
+};
+
+/*
+ * RELEASE (B): ends an import. -EBUSY while an attachment of it holds a
+ * mapping; -ENOENT for an unknown import. Its window range is reused
+ * once the device has proof that the window no longer holds the buffer.
+ * No answer payload.
+ */
+struct cenalloc_release_req {		/* version 1: 8 bytes */
+	__le32 buffer_id;		/* an imported buffer */
+	__le32 reserved;		/* must be 0 */
+};
+
+/*
+ * REVOKE_ACK (B): acknowledges a CENALLOC_EVENT_SHARE_REVOKE: 0 for the
+ * import's current serial (again if repeated), -ENOENT for any other (a
+ * late acknowledgement of an older revocation). The device unmaps the
+ * window after the acknowledgement, or after a bound without one. No
+ * answer payload.
+ */
+struct cenalloc_revoke_ack_req {	/* version 1: 16 bytes */
+	__le32 buffer_id;		/* an imported buffer */
+	__le32 reserved;		/* must be 0 */
+	__le64 serial;			/* data of the SHARE_REVOKE event, serial bits */
+};
+
+
+/* ---------------------------------------------------------------------- */
 /* Event queue.                                                            */
 
 enum cenalloc_event_type {
 	CENALLOC_EVENT_MIGRATED = 1,	/* buffer_id moved to new backing */
 	CENALLOC_EVENT_POOL_LOW = 2,	/* allocator data has < 1/8 free */
 	CENALLOC_EVENT_LEASE_REVOKE = 3, /* give allocator data's stock back */
+	CENALLOC_EVENT_SHARE_REVOKE = 4, /* buffer_id: an import; data: below */
+	CENALLOC_EVENT_SHARE_READY = 5,	/* buffer_id: an import; data: its serial */
 };
+
+/*
+ * SHARE_REVOKE (CENALLOC_F_SHARE): the device will unmap import buffer_id
+ * from the window. data holds the revocation's serial (the bits of
+ * CENALLOC_REVOKE_SERIAL_MASK, for REVOKE_ACK) and its reason (data >>
+ * CENALLOC_REVOKE_REASON_SHIFT): CENALLOC_REVOKE_FINAL, later MAPs answer
+ * -ENOLINK; CENALLOC_REVOKE_MOVING, a SHARE_READY follows. SHARE_READY
+ * (CENALLOC_F_SHARE): the window holds the buffer (its first map, after a
+ * migration or a stop of the exporter). Both stay hints: MAP's -EAGAIN and
+ * -ENOLINK say the same.
+ */
+#define CENALLOC_REVOKE_SERIAL_MASK	0x00ffffffffffffffull /* bits 0-55 */
+#define CENALLOC_REVOKE_REASON_SHIFT	56
+#define CENALLOC_REVOKE_FINAL		1 /* freed, unshared, A reset or gone */
+#define CENALLOC_REVOKE_MOVING		2 /* A migrates or stopped: SHARE_READY follows */
 
 struct cenalloc_event {
 	__le32 type;
-	__le32 buffer_id;	/* MIGRATED: the buffer; others: 0 */
+	__le32 buffer_id;	/* MIGRATED, SHARE_*: the buffer; others: 0 */
 	__le64 data;		/* POOL_LOW, LEASE_REVOKE: allocator id;
-				 * MIGRATED: new allocator id */
+				 * MIGRATED: new allocator id;
+				 * SHARE_REVOKE: serial and reason;
+				 * SHARE_READY: serial */
 };
 
 #endif /* CENALLOC_PROTO_H */

@@ -32,6 +32,14 @@ pub const CENALLOC_BATCH_REF: u32 = 0x8000_0000;
 
 pub const CENALLOC_F_ELASTIC: u32 = 0;
 pub const CENALLOC_F_LEASE: u32 = 1;
+/// Cross-VM sharing. Defined, not offered yet: the device side lands in
+/// steps (docs/design/cross-vm-sharing.md), and until it does opcodes
+/// 19-23 answer `EOPNOTSUPP` as any unknown opcode.
+pub const CENALLOC_F_SHARE: u32 = 8;
+/// The importer's window: its VIRTIO shared memory region id.
+pub const CENALLOC_SHM_WINDOW: u8 = 0;
+/// `map_resp.allocator_id` of an imported buffer.
+pub const CENALLOC_ALLOCATOR_WINDOW: u32 = 0xffff_ffff;
 pub const CENALLOC_DRIVER_ID_FIRST: u32 = 0x4000_0000;
 
 pub const CENALLOC_KIND_SYSTEM: u32 = 1 << 0;
@@ -68,6 +76,11 @@ pub const CENALLOC_CMD_POOL_REMOVE: u16 = 15;
 pub const CENALLOC_CMD_LEASE: u16 = 16;
 pub const CENALLOC_CMD_LEASE_RETURN: u16 = 17;
 pub const CENALLOC_CMD_LEASED_MAP: u16 = 18;
+pub const CENALLOC_CMD_SHARE: u16 = 19;
+pub const CENALLOC_CMD_UNSHARE: u16 = 20;
+pub const CENALLOC_CMD_IMPORT: u16 = 21;
+pub const CENALLOC_CMD_RELEASE: u16 = 22;
+pub const CENALLOC_CMD_REVOKE_ACK: u16 = 23;
 
 pub const CENALLOC_LEASE_MAX_SIZE: u64 = 1 << 20;
 pub const CENALLOC_MAX_LEASE: u32 = 64;
@@ -83,6 +96,12 @@ pub const CENALLOC_DIR_FROM_DEVICE: u32 = 2;
 
 pub const CENALLOC_MAP_F_ALLOCATED: u32 = 1 << 0;
 pub const CENALLOC_MAP_F_MIGRATED: u32 = 1 << 1;
+pub const CENALLOC_MAP_F_WINDOW: u32 = 1 << 2;
+
+pub const CENALLOC_SHARE_F_WRITABLE: u32 = 1 << 0;
+pub const CENALLOC_SHARE_F_MIGRATE: u32 = 1 << 1;
+pub const CENALLOC_IMPORT_F_WRITABLE: u32 = 1 << 0;
+pub const CENALLOC_IMPORT_F_MAPPED: u32 = 1 << 1;
 
 pub const CENALLOC_SYNC_BEGIN: u32 = 1 << 0;
 pub const CENALLOC_SYNC_END: u32 = 1 << 1;
@@ -95,6 +114,15 @@ pub const CENALLOC_FNV1A64_PRIME: u64 = 0x0000_0100_0000_01b3;
 pub const CENALLOC_EVENT_MIGRATED: u32 = 1;
 pub const CENALLOC_EVENT_POOL_LOW: u32 = 2;
 pub const CENALLOC_EVENT_LEASE_REVOKE: u32 = 3;
+pub const CENALLOC_EVENT_SHARE_REVOKE: u32 = 4;
+pub const CENALLOC_EVENT_SHARE_READY: u32 = 5;
+
+/// SHARE_REVOKE's `data`: the serial in these bits, the reason above
+/// [`CENALLOC_REVOKE_REASON_SHIFT`].
+pub const CENALLOC_REVOKE_SERIAL_MASK: u64 = (1 << 56) - 1;
+pub const CENALLOC_REVOKE_REASON_SHIFT: u32 = 56;
+pub const CENALLOC_REVOKE_FINAL: u64 = 1;
+pub const CENALLOC_REVOKE_MOVING: u64 = 2;
 
 /// `cenalloc_pattern()`: splitmix64 of `seed + (i + 1) * golden`, the value
 /// of 64-bit word `i` written by FILL.
@@ -468,6 +496,81 @@ wire_struct!(
         buffers: u32,
         reserved: u32,
         donated: u64,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_share_req`, version 1 (opcodes 19 on take sized
+    /// payloads: a longer request is zero past this size).
+    ShareReq = 32, {
+        buffer_id: u32,
+        flags: u32,
+        group: [u8; CENALLOC_NAME_LEN],
+        reserved: u64,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_share_resp`, version 1.
+    ShareResp = 24, {
+        token: u64,
+        size: u64,
+        flags: u32,
+        reserved: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_unshare_req`, version 1.
+    UnshareReq = 16, {
+        buffer_id: u32,
+        flags: u32,
+        token: u64,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_unshare_resp`, version 1.
+    UnshareResp = 8, {
+        revoked: u32,
+        forced: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_import_req`, version 1.
+    ImportReq = 16, {
+        token: u64,
+        flags: u32,
+        initial_mask: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_import_resp`, version 1.
+    ImportResp = 32, {
+        buffer_id: u32,
+        flags: u32,
+        size: u64,
+        window_offset: u64,
+        window_len: u64,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_release_req`, version 1.
+    ReleaseReq = 8, {
+        buffer_id: u32,
+        reserved: u32,
+    }
+);
+
+wire_struct!(
+    /// `struct cenalloc_revoke_ack_req`, version 1.
+    RevokeAckReq = 16, {
+        buffer_id: u32,
+        reserved: u32,
+        serial: u64,
     }
 );
 

@@ -170,6 +170,7 @@ fn batch_corpus_replays_without_panic_or_hang() {
                 migrations: a.migrations + r.migrations,
                 leased_maps: a.leased_maps + r.leased_maps,
                 unchanged_checked: a.unchanged_checked + r.unchanged_checked,
+                share_commands: a.share_commands + r.share_commands,
             }
         });
     eprintln!("batch corpus reach: {total:?}");
@@ -181,6 +182,9 @@ fn batch_corpus_replays_without_panic_or_hang() {
     );
     assert!(total.allocations > 0 && total.leased_maps > 0, "{total:?}");
     assert!(total.unchanged_checked > 0, "{total:?}");
+    // Every share opcode with its sized payload (refused as unknown until
+    // the device serves them: the did-nothing oracle judges them).
+    assert!(total.share_commands >= 5, "{total:?}");
 }
 
 /// The committed seed inputs are what the harness builds (so they mean

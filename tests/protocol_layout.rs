@@ -302,6 +302,69 @@ fn expectations() -> Vec<Expected> {
             donated
         }
     );
+    layout!(
+        list,
+        ShareReq = cenalloc_share_req {
+            buffer_id,
+            flags,
+            group,
+            reserved
+        }
+    );
+    layout!(
+        list,
+        ShareResp = cenalloc_share_resp {
+            token,
+            size,
+            flags,
+            reserved
+        }
+    );
+    layout!(
+        list,
+        UnshareReq = cenalloc_unshare_req {
+            buffer_id,
+            flags,
+            token
+        }
+    );
+    layout!(
+        list,
+        UnshareResp = cenalloc_unshare_resp { revoked, forced }
+    );
+    layout!(
+        list,
+        ImportReq = cenalloc_import_req {
+            token,
+            flags,
+            initial_mask
+        }
+    );
+    layout!(
+        list,
+        ImportResp = cenalloc_import_resp {
+            buffer_id,
+            flags,
+            size,
+            window_offset,
+            window_len
+        }
+    );
+    layout!(
+        list,
+        ReleaseReq = cenalloc_release_req {
+            buffer_id,
+            reserved
+        }
+    );
+    layout!(
+        list,
+        RevokeAckReq = cenalloc_revoke_ack_req {
+            buffer_id,
+            reserved,
+            serial
+        }
+    );
     layout!(list, Event = cenalloc_event { event_type => type, buffer_id, data });
 
     constants!(
@@ -320,6 +383,9 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_BATCH_REF,
         CENALLOC_F_ELASTIC,
         CENALLOC_F_LEASE,
+        CENALLOC_F_SHARE,
+        CENALLOC_SHM_WINDOW,
+        CENALLOC_ALLOCATOR_WINDOW,
         CENALLOC_DRIVER_ID_FIRST,
         CENALLOC_KIND_SYSTEM,
         CENALLOC_KIND_CONTIG,
@@ -352,6 +418,11 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_CMD_LEASE,
         CENALLOC_CMD_LEASE_RETURN,
         CENALLOC_CMD_LEASED_MAP,
+        CENALLOC_CMD_SHARE,
+        CENALLOC_CMD_UNSHARE,
+        CENALLOC_CMD_IMPORT,
+        CENALLOC_CMD_RELEASE,
+        CENALLOC_CMD_REVOKE_ACK,
         CENALLOC_LEASE_MAX_SIZE,
         CENALLOC_MAX_LEASE,
         CENALLOC_MAX_LEASED_ATTACH,
@@ -363,6 +434,11 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_DIR_FROM_DEVICE,
         CENALLOC_MAP_F_ALLOCATED,
         CENALLOC_MAP_F_MIGRATED,
+        CENALLOC_MAP_F_WINDOW,
+        CENALLOC_SHARE_F_WRITABLE,
+        CENALLOC_SHARE_F_MIGRATE,
+        CENALLOC_IMPORT_F_WRITABLE,
+        CENALLOC_IMPORT_F_MAPPED,
         CENALLOC_SYNC_BEGIN,
         CENALLOC_SYNC_END,
         CENALLOC_SYNC_READ,
@@ -372,6 +448,12 @@ fn expectations() -> Vec<Expected> {
         CENALLOC_EVENT_MIGRATED,
         CENALLOC_EVENT_POOL_LOW,
         CENALLOC_EVENT_LEASE_REVOKE,
+        CENALLOC_EVENT_SHARE_REVOKE,
+        CENALLOC_EVENT_SHARE_READY,
+        CENALLOC_REVOKE_SERIAL_MASK,
+        CENALLOC_REVOKE_REASON_SHIFT,
+        CENALLOC_REVOKE_FINAL,
+        CENALLOC_REVOKE_MOVING,
     );
 
     for (seed, i) in [
@@ -464,4 +546,40 @@ fn rust_mirror_matches_the_c_header() {
     );
     // Every struct, field, constant and pattern value was compared.
     assert!(list.len() > 150, "only {} checks", list.len());
+}
+
+/// Every `#define` and every struct of the header is in [`expectations`]:
+/// a protocol addition without its Rust mirror fails here.
+#[test]
+fn every_define_and_struct_of_the_header_is_checked() {
+    let header = std::fs::read_to_string(header_dir().join("cenalloc_proto.h")).unwrap();
+    let checked: Vec<String> = expectations().into_iter().map(|e| e.c_expr).collect();
+    let mut missing = Vec::new();
+    for line in header.lines() {
+        // Without a trailing comment (`struct x {\t/* version 1 */`).
+        let line = line.split("/*").next().unwrap_or_default().trim_end();
+        let name = if let Some(def) = line.strip_prefix("#define") {
+            def.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else if let Some(rest) = line.strip_prefix("struct ") {
+            match rest.strip_suffix('{') {
+                Some(name) => format!("sizeof(struct {})", name.trim()),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        if name.is_empty() || name == "CENALLOC_PROTO_H" {
+            continue;
+        }
+        if !checked.contains(&name) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/protocol_layout.rs does not check: {missing:#?}"
+    );
 }

@@ -929,6 +929,13 @@ impl Device {
                 }
                 Ok((write_struct(slot, &dropped), Produced::Nothing))
             }
+            // CENALLOC_F_SHARE is defined but not offered: its device side
+            // lands in steps (docs/design/cross-vm-sharing.md). Until then
+            // its opcodes are answered as any opcode this device does not
+            // know, whatever the payload.
+            opcode @ CENALLOC_CMD_SHARE..=CENALLOC_CMD_REVOKE_ACK => {
+                Err(Error::UnknownOpcode(opcode))
+            }
             opcode => Err(Error::UnknownOpcode(opcode)),
         }
     }
@@ -2183,9 +2190,10 @@ mod proptests {
             .boxed()
     }
 
-    /// One command of any opcode, 0 to 18: small words for the older
-    /// commands, structured payloads (sometimes cut short) for the lease
-    /// commands, whose requests are too long for random words to frame.
+    /// One command of any opcode, 0 to 23: small words for the older
+    /// commands (and the share opcodes, refused as unknown for now),
+    /// structured payloads (sometimes cut short) for the lease commands,
+    /// whose requests are too long for random words to frame.
     fn command() -> BoxedStrategy<(u16, Vec<u8>)> {
         let lease = prop_oneof![
             lease_payload().prop_map(|p| (CENALLOC_CMD_LEASE, p)),
@@ -2194,7 +2202,7 @@ mod proptests {
         ];
         prop_oneof![
             3 => (
-                0u16..=CENALLOC_CMD_LEASED_MAP,
+                0u16..=CENALLOC_CMD_REVOKE_ACK,
                 proptest::collection::vec(
                     prop_oneof![3 => Just(0u32), 2 => Just(1u32), 1 => 2u32..16, 1 => any::<u32>()],
                     0..12,
@@ -2744,7 +2752,7 @@ mod proptests {
         fn arbitrary_commands_never_panic(
             cmds in proptest::collection::vec(
                 prop_oneof![
-                    1 => (0u16..=CENALLOC_CMD_LEASED_MAP, proptest::collection::vec(any::<u8>(), 0..64)),
+                    1 => (0u16..=CENALLOC_CMD_REVOKE_ACK, proptest::collection::vec(any::<u8>(), 0..64)),
                     1 => command(),
                 ]
                 .prop_flat_map(|(opcode, payload)| (Just(opcode), Just(payload), 0u32..64)),
@@ -2871,6 +2879,131 @@ mod proptests {
         eprintln!("{images} journal images at 512 bytes, {leased_images} lives with leased maps");
         assert!(images > 64, "{images} journal images");
         assert!(leased_images > 8, "{leased_images} lives with leased maps");
+    }
+
+    /// The version-1 request of each `CENALLOC_F_SHARE` opcode, naming the
+    /// buffer `stateful_device` holds (id 1), and its answer's size.
+    fn share_requests() -> Vec<(u16, Vec<u8>, u32)> {
+        let share = ShareReq {
+            buffer_id: 1,
+            flags: CENALLOC_SHARE_F_WRITABLE,
+            group: encode_name("camera"),
+            reserved: 0,
+        };
+        let unshare = UnshareReq {
+            buffer_id: 1,
+            flags: 0,
+            token: 1,
+        };
+        let import = ImportReq {
+            token: 1,
+            flags: CENALLOC_IMPORT_F_WRITABLE,
+            initial_mask: CENALLOC_KIND_SYSTEM,
+        };
+        let release = ReleaseReq {
+            buffer_id: 1,
+            reserved: 0,
+        };
+        let revoke_ack = RevokeAckReq {
+            buffer_id: 1,
+            reserved: 0,
+            serial: 1,
+        };
+        vec![
+            (
+                CENALLOC_CMD_SHARE,
+                share.as_slice().to_vec(),
+                size_of::<ShareResp>() as u32,
+            ),
+            (
+                CENALLOC_CMD_UNSHARE,
+                unshare.as_slice().to_vec(),
+                size_of::<UnshareResp>() as u32,
+            ),
+            (
+                CENALLOC_CMD_IMPORT,
+                import.as_slice().to_vec(),
+                size_of::<ImportResp>() as u32,
+            ),
+            (CENALLOC_CMD_RELEASE, release.as_slice().to_vec(), 0),
+            (CENALLOC_CMD_REVOKE_ACK, revoke_ack.as_slice().to_vec(), 0),
+        ]
+    }
+
+    /// Design step 2 (docs/design/cross-vm-sharing.md): the share
+    /// protocol is defined, not offered. The bit is not offered, and each
+    /// of opcodes 19-23, with its version-1 payload (or a longer, zeroed
+    /// one) on a device with a buffer, leases and a pending event, is
+    /// answered -EOPNOTSUPP as an unknown opcode: no answer bytes, the
+    /// batch stops there, the pool and the events are unchanged.
+    #[test]
+    fn share_opcodes_are_refused_as_unknown_and_change_nothing() {
+        // With and without leases (the bits the daemon offers depend on
+        // the configuration).
+        for max_lease_bytes in [0, 1 << 20] {
+            let mut config = DeviceConfig::default_layout();
+            config.pool.limits.max_lease_bytes = max_lease_bytes;
+            assert_eq!(config.features() & (1 << CENALLOC_F_SHARE), 0);
+        }
+        let mem = memory();
+        let mut requests = share_requests();
+        assert_eq!(requests.len(), 5);
+        for (opcode, payload, resp_len) in share_requests() {
+            let mut longer = payload;
+            longer.extend_from_slice(&[0; 8]);
+            requests.push((opcode, longer, resp_len));
+        }
+        for (opcode, payload, resp_len) in requests {
+            let mut device = stateful_device(&mem);
+            let before = (device.pool.snapshot(), device.events.clone());
+            let failed = device.counters.failed_commands;
+            let mut request = BatchHdr {
+                num_cmds: 2,
+                reserved: 0,
+            }
+            .as_slice()
+            .to_vec();
+            for (opcode, payload, resp_len) in [
+                (opcode, payload.as_slice(), resp_len),
+                (CENALLOC_CMD_STATS, &[][..], 8),
+            ] {
+                let hdr = CmdHdr {
+                    opcode,
+                    flags: 0,
+                    len: payload.len() as u32,
+                    resp_len,
+                    reserved: 0,
+                };
+                request.extend_from_slice(hdr.as_slice());
+                request.extend_from_slice(payload);
+            }
+            let writable =
+                size_of::<BatchResp>() + 2 * size_of::<RespHdr>() + resp_len as usize + 8;
+            let out = device.execute_batch(&mem, &request, writable);
+            assert_eq!(out.len(), writable, "opcode {opcode}");
+            let batch: BatchResp = read_struct(&out, 0).unwrap();
+            assert_eq!(batch.status as i32, -libc::EOPNOTSUPP, "opcode {opcode}");
+            assert_eq!(batch.num_done, 0, "opcode {opcode}");
+            let first: RespHdr = read_struct(&out, size_of::<BatchResp>()).unwrap();
+            assert_eq!(
+                (first.status as i32, first.len, first.needed),
+                (-libc::EOPNOTSUPP, 0, 0),
+                "opcode {opcode}"
+            );
+            let slot = size_of::<BatchResp>() + size_of::<RespHdr>();
+            assert!(
+                out[slot..slot + resp_len as usize].iter().all(|&b| b == 0),
+                "opcode {opcode} wrote answer bytes"
+            );
+            let second: RespHdr = read_struct(&out, slot + resp_len as usize).unwrap();
+            assert_eq!(second.status as i32, -libc::ECANCELED, "opcode {opcode}");
+            assert_eq!(
+                (device.pool.snapshot(), device.events.clone()),
+                before,
+                "opcode {opcode} changed the device"
+            );
+            assert_eq!(device.counters.failed_commands, failed + 1);
+        }
     }
 
     /// Guards the generator: the commands `a_failed_command_changes_nothing`

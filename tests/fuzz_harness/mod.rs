@@ -906,6 +906,9 @@ pub struct BatchReach {
     pub leased_maps: u64,
     /// Batches that did nothing, checked to have changed nothing.
     pub unchanged_checked: u64,
+    /// Commands of the share opcodes (19-23) with at least their
+    /// version-1 payload, whatever the answer.
+    pub share_commands: u64,
 }
 
 /// Whether a command is a MAP (structured, or raw with MAP's opcode).
@@ -915,6 +918,37 @@ fn is_map(cmd: &CmdSpec) -> bool {
         CmdSpec::Raw { opcode, .. } => *opcode == CENALLOC_CMD_MAP,
         _ => false,
     }
+}
+
+/// The version-1 request size and answer size of each share opcode
+/// (`CENALLOC_F_SHARE`, docs/virtio-dmabuf.md 5.N.6.14): their payloads
+/// are sized, at least this long, zero past what the device knows.
+pub const SHARE_PAYLOADS: [(u16, usize, usize); 5] = [
+    (
+        CENALLOC_CMD_SHARE,
+        size_of::<ShareReq>(),
+        size_of::<ShareResp>(),
+    ),
+    (
+        CENALLOC_CMD_UNSHARE,
+        size_of::<UnshareReq>(),
+        size_of::<UnshareResp>(),
+    ),
+    (
+        CENALLOC_CMD_IMPORT,
+        size_of::<ImportReq>(),
+        size_of::<ImportResp>(),
+    ),
+    (CENALLOC_CMD_RELEASE, size_of::<ReleaseReq>(), 0),
+    (CENALLOC_CMD_REVOKE_ACK, size_of::<RevokeAckReq>(), 0),
+];
+
+/// Whether a command is a share opcode with at least its version-1
+/// payload.
+fn is_sized_share_command(cmd: &Encoded) -> bool {
+    SHARE_PAYLOADS
+        .iter()
+        .any(|&(opcode, len, _)| cmd.opcode == opcode && cmd.payload.len() >= len)
 }
 
 /// Runs a structured batch case against a fresh device. Panics (an
@@ -940,6 +974,12 @@ pub fn run_batch_case(case: &BatchCase) -> BatchReach {
     }
     LEASED.with(|l| l.borrow_mut().clear());
     for (spec, writable) in case.batches.iter().take(MAX_BATCHES) {
+        reach.share_commands += spec
+            .cmds
+            .iter()
+            .take(CENALLOC_MAX_BATCH as usize + 1)
+            .filter(|cmd| is_sized_share_command(&cmd.encode()))
+            .count() as u64;
         let (request, need) = spec.encode();
         let writable_len = writable.resolve(need);
         let before = device.pool().snapshot();
@@ -2112,6 +2152,82 @@ fn chain(batch: BatchSpec, splits: Vec<u16>, indirect: bool) -> ChainSpec {
     }
 }
 
+/// Each share opcode as a driver would send it (a raw command: the
+/// device does not offer `CENALLOC_F_SHARE` yet and refuses them as
+/// unknown), naming `buffer`, with its version-1 payload followed by
+/// `tail` (empty, zeros a newer driver may send, or non-zero bytes), and
+/// a slot of its version-1 answer.
+fn share_commands(buffer: u32, tail: &[u8]) -> Vec<CmdSpec> {
+    let group = encode_name("camera");
+    let requests: [(u16, Vec<u8>); 5] = [
+        (
+            CENALLOC_CMD_SHARE,
+            ShareReq {
+                buffer_id: buffer,
+                flags: CENALLOC_SHARE_F_WRITABLE,
+                group,
+                reserved: 0,
+            }
+            .as_slice()
+            .to_vec(),
+        ),
+        (
+            CENALLOC_CMD_UNSHARE,
+            UnshareReq {
+                buffer_id: buffer,
+                flags: 0,
+                token: 0x5eed,
+            }
+            .as_slice()
+            .to_vec(),
+        ),
+        (
+            CENALLOC_CMD_IMPORT,
+            ImportReq {
+                token: 0x5eed,
+                flags: CENALLOC_IMPORT_F_WRITABLE,
+                initial_mask: CENALLOC_KIND_SYSTEM,
+            }
+            .as_slice()
+            .to_vec(),
+        ),
+        (
+            CENALLOC_CMD_RELEASE,
+            ReleaseReq {
+                buffer_id: buffer,
+                reserved: 0,
+            }
+            .as_slice()
+            .to_vec(),
+        ),
+        (
+            CENALLOC_CMD_REVOKE_ACK,
+            RevokeAckReq {
+                buffer_id: buffer,
+                reserved: 0,
+                serial: 1,
+            }
+            .as_slice()
+            .to_vec(),
+        ),
+    ];
+    requests
+        .into_iter()
+        .zip(SHARE_PAYLOADS)
+        .map(|((opcode, mut payload), (_, len, resp_len))| {
+            assert_eq!(payload.len(), len);
+            payload.extend_from_slice(tail);
+            CmdSpec::Raw {
+                opcode,
+                flags: 0,
+                reserved: 0,
+                payload,
+                resp_len: resp_len as u32,
+            }
+        })
+        .collect()
+}
+
 /// The committed seed inputs: (target, file name, input bytes).
 pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut seeds = Vec::new();
@@ -2161,6 +2277,35 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             .collect(),
     };
     seeds.push(("batch", "seed-map-fill-migrate-free", encode(&case)));
+    // The share opcodes (19-23), each alone in a batch after a buffer was
+    // created and mapped: their version-1 payloads, then longer ones
+    // (zeros, then non-zero bytes past the version-1 size). Refused as
+    // unknown today, each batch checked to change nothing; the commands
+    // to start from once the device serves them.
+    let mut batches = vec![batch(vec![
+        CmdSpec::Create {
+            size: SizeSpec::Pages(2),
+            flags: None,
+            mask: None,
+        },
+        system_attach(IdSpec::Ref(0)),
+        map(IdSpec::Ref(1), SlotSpec::Natural),
+    ])];
+    for tail in [&[][..], &[0; 8], &[0xff; 8]] {
+        batches.extend(
+            share_commands(1, tail)
+                .into_iter()
+                .map(|cmd| batch(vec![cmd])),
+        );
+    }
+    let case = BatchCase {
+        donate: true,
+        batches: batches
+            .into_iter()
+            .map(|b| (b, WritableSpec::Exact))
+            .collect(),
+    };
+    seeds.push(("batch", "seed-share-opcodes", encode(&case)));
     seeds
 }
 
