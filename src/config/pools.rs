@@ -169,6 +169,7 @@ pub(super) fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<PoolEnt
             below_4g,
             align,
         },
+        share: false,
     };
     Ok((allocator, size, max_size))
 }
@@ -314,6 +315,7 @@ pub(super) fn build_device(
                 below_4g,
                 align,
             },
+            share: false,
         };
         let max_size = match &pool.max_size {
             Some(size) => size.bytes()?,
