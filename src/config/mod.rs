@@ -118,11 +118,13 @@
 //! `cli.rs` is the command line, `file.rs` the file's TOML schema, `pools.rs`
 //! turns kinds, pools and limits into a [`DeviceConfig`], `share.rs` the
 //! sharing tables into a [`ShareConfig`] and each VM's [`VmShare`], and
-//! this module joins them with the sockets into the daemon's [`Config`].
+//! this module joins them with the sockets into the daemon's [`Config`];
+//! `print.rs` prints it back (`--print-config`, [`Config::describe`]).
 
 mod cli;
 mod file;
 mod pools;
+mod print;
 mod share;
 #[cfg(test)]
 mod tests;

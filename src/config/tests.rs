@@ -1233,3 +1233,48 @@ fn limit_max_quarantine_bytes_is_inherited_and_overridden() {
         |s| s.limits.max_quarantine_bytes,
     );
 }
+
+#[test]
+fn print_config_shows_the_share_section() {
+    let config = config_of(
+        "print",
+        &format!("{KINDS}{ALPHA}{BETA}{CAMERA}[share_group.kind_map]\nscanout = [\"carveout\"]\n"),
+        &[],
+    )
+    .unwrap();
+    let printed: toml::Value = toml::from_str(&config.describe()).unwrap();
+    let (alpha, beta) = (&printed["vm"][0], &printed["vm"][1]);
+    assert_eq!(alpha["name"].as_str(), Some("alpha"));
+    assert_eq!(alpha["socket"].as_str(), Some("/run/alpha.sock"));
+    assert_eq!(alpha["pool"][0]["share"].as_bool(), Some(true));
+    assert_eq!(alpha["pool"][0]["align"].as_str(), Some("2M"));
+    assert_eq!(alpha["pool"][1].get("share"), None);
+    assert_eq!(
+        alpha["share"]["exporter_groups"][0].as_str(),
+        Some("camera")
+    );
+    assert_eq!(alpha["share"].get("window"), None);
+    assert_eq!(beta["share"]["window"].as_str(), Some("64M"));
+    assert_eq!(beta["share"]["max_mappings"].as_integer(), Some(8));
+    assert_eq!(beta["share"]["max_quarantine_bytes"].as_str(), Some("64M"));
+    assert_eq!(
+        printed["share"]["revoke_timeout_ms"].as_integer(),
+        Some(1000)
+    );
+    assert_eq!(printed["share"]["grace_ms"].as_integer(), Some(20));
+    let group = &printed["share_group"][0];
+    assert_eq!(group["name"].as_str(), Some("camera"));
+    assert_eq!(group["access"].as_str(), Some("read-only"));
+    assert_eq!(group["max_importers"].as_integer(), Some(4));
+    assert_eq!(group["importers"][0].as_str(), Some("beta"));
+    assert_eq!(group["kind_map"]["scanout"][0].as_str(), Some("carveout"));
+    // Without a group: no share section, no VM's [vm.share].
+    let config = Config::try_from(args(&["-s", "one=/tmp/one.sock"])).unwrap();
+    let text = config.describe();
+    assert!(text.contains("no [[share_group]]"), "{text}");
+    let printed: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(printed.get("share"), None);
+    assert_eq!(printed.get("share_group"), None);
+    assert_eq!(printed["vm"][0].get("share"), None);
+    assert_eq!(printed["vm"][0]["pool"].as_array().unwrap().len(), 4);
+}
