@@ -7,6 +7,7 @@
 //! cenallocd --fd [NAME=]FD ...   # a listening unix socket inherited from the caller
 //! LISTEN_FDS=... cenallocd ...   # systemd socket activation
 //! cenallocd --supervise ...       # a holder keeps the connections, restarts the server
+//! cenallocd --print-config ...    # print the configuration as built (TOML) and exit
 //! ```
 //! With `--supervise` this process is the holder (src/holder/mod.rs): it
 //! binds the sockets and keeps every front-end connection, and serves them
@@ -198,6 +199,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let print_config = args.print_config;
     let config = match Config::build(args, &activated) {
         Ok(config) => config,
         Err(e) => {
@@ -205,6 +207,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if print_config {
+        print!("{}", config.describe());
+        return ExitCode::SUCCESS;
+    }
 
     if let Some(limit) = supervise {
         let args = holder::child_args(std::env::args_os().skip(1));

@@ -36,6 +36,57 @@ fn prints_config_size_and_capabilities() {
     assert_eq!(json["virtio-id"], 37);
 }
 
+/// `--print-config` builds the configuration, prints it with its share
+/// section and binds nothing; a refused configuration exits 2.
+#[test]
+fn print_config_shows_the_configuration_with_its_share_section() {
+    let dir = temp_dir("print-config");
+    let file = dir.join("c.toml");
+    let config = |group: &str| {
+        format!(
+            "[[vm]]\nname = \"alpha\"\nsocket = \"{}\"\n[[vm.pool]]\nkind = \"contig\"\nsize = \"32M\"\nshare = true\n\
+             [[share_group]]\nname = \"{group}\"\nexporters = [\"alpha\"]\nimporters = [\"beta\"]\n\
+             [limits.share]\nwindow = \"64M\"\n",
+            dir.join("alpha.sock").display()
+        )
+    };
+    std::fs::write(&file, config("camera")).unwrap();
+    let beta = format!("beta={}", dir.join("beta.sock").display());
+    let out = Command::new(BIN)
+        .args(["--print-config", "-s", &beta, "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let printed: toml::Value = toml::from_str(&stdout).unwrap();
+    let vms = printed["vm"].as_array().unwrap();
+    assert_eq!(vms[0]["name"].as_str(), Some("beta"));
+    assert_eq!(vms[0]["share"]["window"].as_str(), Some("64M"));
+    assert_eq!(
+        vms[1]["share"]["exporter_groups"][0].as_str(),
+        Some("camera")
+    );
+    assert_eq!(printed["share_group"][0]["name"].as_str(), Some("camera"));
+    assert_eq!(
+        printed["share"]["unmap_timeout_ms"].as_integer(),
+        Some(2000)
+    );
+    assert!(!dir.join("alpha.sock").exists() && !dir.join("beta.sock").exists());
+
+    std::fs::write(&file, config("Camera")).unwrap();
+    let out = Command::new(BIN)
+        .args(["--print-config", "-s", &beta, "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("[[share_group]] name"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The hostile-host options exist in test builds only (cargo feature
 /// fault-injection); a normal build refuses them as unknown.
 #[test]

@@ -258,6 +258,12 @@ pub struct Args {
     #[arg(long)]
     pub print_config_size: bool,
 
+    /// Build the configuration (command line, file, activated sockets),
+    /// print it as TOML (each VM's socket and pools, what it may share)
+    /// and exit; binds nothing. Exits 2 if the configuration is refused.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// TEST BUILDS ONLY: answer the guest wrongly on purpose (see
     /// src/fault/mod.rs for the specs, e.g. `split-segment`, `no-answer:map`).
     #[cfg(feature = "fault-injection")]

@@ -2,6 +2,7 @@
 //! refuses unknown keys; values are checked when the configuration is
 //! built ([`super::pools`], [`super::Config::build`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -9,6 +10,7 @@ use serde::Deserialize;
 use crate::sandbox::{LandlockMode, SeccompMode};
 
 use super::pools::parse_size;
+use super::share::ShareAccess;
 use super::{parse_mode, Error};
 
 /// A size: an integer, or a string with an optional K/M/G suffix.
@@ -79,6 +81,10 @@ pub(super) struct FileLimits {
     pub(super) max_total_bytes: Option<SizeValue>,
     pub(super) max_lease_bytes: Option<SizeValue>,
     pub(super) max_regions: Option<u32>,
+    /// `[limits.share]`, every VM's sharing limits (issue 17). A VM's own
+    /// are `[vm.share]`: [`super::share`] refuses `[vm.limits.share]`.
+    #[serde(default)]
+    pub(super) share: FileShareLimits,
 }
 
 impl FileLimits {
@@ -102,8 +108,48 @@ impl FileLimits {
                 .clone()
                 .or_else(|| self.max_lease_bytes.clone()),
             max_regions: over.max_regions.or(self.max_regions),
+            // A VM's own sharing limits are [vm.share], merged by
+            // super::share.
+            share: self.share.clone(),
         }
     }
+}
+
+/// `[limits.share]` or `[vm.share]` (issue 17); checked and merged by
+/// [`super::share`].
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileShareLimits {
+    pub(super) window: Option<SizeValue>,
+    pub(super) max_imports: Option<u32>,
+    pub(super) max_import_bytes: Option<SizeValue>,
+    pub(super) max_mappings: Option<u32>,
+    pub(super) max_shares: Option<u32>,
+    pub(super) max_shared_bytes: Option<SizeValue>,
+    pub(super) max_quarantine_bytes: Option<SizeValue>,
+}
+
+/// `[share]`: the daemon-wide bounds of a revocation (issue 17).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileShare {
+    pub(super) revoke_timeout_ms: Option<u32>,
+    pub(super) unmap_timeout_ms: Option<u32>,
+    pub(super) grace_ms: Option<u32>,
+}
+
+/// One `[[share_group]]` (issue 17).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileShareGroup {
+    pub(super) name: String,
+    pub(super) exporters: Vec<String>,
+    pub(super) importers: Vec<String>,
+    pub(super) access: Option<ShareAccess>,
+    pub(super) max_importers: Option<u32>,
+    /// An importer's custom kind → the exporter's custom kinds.
+    #[serde(default)]
+    pub(super) kind_map: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -129,6 +175,9 @@ pub(super) struct FilePool {
     pub(super) max_size: Option<SizeValue>,
     pub(super) below_4g: Option<bool>,
     pub(super) align: Option<SizeValue>,
+    /// A share pool (issue 17): contiguous, `align` 2 MiB by default.
+    #[serde(default)]
+    pub(super) share: bool,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -160,6 +209,9 @@ pub(super) struct FileVm {
     pub(super) limits: FileLimits,
     #[serde(default, rename = "pool")]
     pub(super) pools: Vec<FilePool>,
+    /// `[vm.share]`: overrides `[limits.share]` key by key.
+    #[serde(default)]
+    pub(super) share: FileShareLimits,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -179,6 +231,10 @@ pub(super) struct ConfigFile {
     pub(super) pools: Vec<FilePool>,
     #[serde(default, rename = "vm")]
     pub(super) vms: Vec<FileVm>,
+    #[serde(default)]
+    pub(super) share: FileShare,
+    #[serde(default, rename = "share_group")]
+    pub(super) share_groups: Vec<FileShareGroup>,
 }
 
 pub(super) fn read_config_file(path: &Path) -> Result<ConfigFile, Error> {

@@ -81,20 +81,60 @@
 //! [vm.limits]
 //! max_buffers = 256
 //! ```
+//!
+//! # Sharing between VMs (issue 17)
+//! Being built: these keys are parsed and checked (`share.rs`), the device
+//! does not share yet. Only VMs named together in a `[[share_group]]`
+//! share; a VM in no group gets no share configuration
+//! ([`VmConfig::share`] is `None`). docs/design/cross-vm-sharing.md.
+//! ```toml
+//! [share]                                # daemon-wide
+//! revoke_timeout_ms = 1000               # 1..=60000
+//! unmap_timeout_ms = 2000                # 1..=60000
+//! grace_ms = 20                          # 0..=1000
+//! [[share_group]]
+//! name = "camera"                        # 1..=15 bytes of a-z 0-9 _ -
+//! exporters = ["alpha"]                  # VM names; each needs a share pool
+//! importers = ["beta"]                   # each needs a window
+//! access = "read-only"                   # or "read-write"
+//! max_importers = 4
+//! [share_group.kind_map]                 # importer's custom kind -> exporter's
+//! scanout = ["carveout"]
+//! [[pool]]                               # or [[vm.pool]]
+//! kind = "contig"
+//! size = "32M"
+//! share = true                           # contiguous; align 2M by default
+//! [limits.share]                         # every VM; [vm.share] overrides
+//! window = "64M"                         # importers: power of two, 2M..=1G
+//! max_imports = 16
+//! max_import_bytes = "256M"
+//! max_mappings = 8                       # 1..=64
+//! max_shares = 16
+//! max_shared_bytes = "256M"
+//! max_quarantine_bytes = "64M"
+//! ```
 
 //! # Layout
 //! `cli.rs` is the command line, `file.rs` the file's TOML schema, `pools.rs`
-//! turns kinds, pools and limits into a [`DeviceConfig`], and this module
-//! joins them with the sockets into the daemon's [`Config`].
+//! turns kinds, pools and limits into a [`DeviceConfig`], `share.rs` the
+//! sharing tables into a [`ShareConfig`] and each VM's [`VmShare`], and
+//! this module joins them with the sockets into the daemon's [`Config`];
+//! `print.rs` prints it back (`--print-config`, [`Config::describe`]).
 
 mod cli;
 mod file;
 mod pools;
+mod print;
+mod share;
 #[cfg(test)]
 mod tests;
 
 pub use cli::{parse_mode, valid_name, Args, NamedFd, NamedPath};
 pub use pools::{device_config, parse_size};
+pub use share::{
+    valid_group_name, KindMapping, ShareAccess, ShareConfig, ShareGroup, ShareLimits,
+    ShareTimeouts, VmShare,
+};
 
 use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
@@ -184,6 +224,16 @@ pub struct VmConfig {
     pub name: String,
     pub listen: ListenOn,
     pub device: DeviceConfig,
+    /// What it may share (issue 17); `None` for a VM in no
+    /// `[[share_group]]`, served exactly as before sharing existed.
+    pub share: Option<VmShare>,
+}
+
+impl VmConfig {
+    /// The size of its window (the shared memory region), if it imports.
+    pub fn window(&self) -> Option<u64> {
+        self.share.as_ref().and_then(|share| share.window)
+    }
 }
 
 /// The control socket.
@@ -209,6 +259,9 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Test hooks of the queue glue (none in normal builds), every VM's.
     pub hooks: Hooks,
+    /// Cross-VM sharing (issue 17): timeouts and groups; no group, no
+    /// sharing. Each member's own view is [`VmConfig::share`].
+    pub share: ShareConfig,
 }
 
 /// Everything wrong a configuration can be.
@@ -279,6 +332,10 @@ pub enum Error {
     NotHandedDown(String),
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
+    /// Cross-VM sharing (issue 17): `key` names the table and key at
+    /// fault, e.g. `[[share_group]] "camera" importers`.
+    #[error("{key}: {reason}")]
+    Share { key: String, reason: String },
 }
 
 /// The VM name of an unnamed socket path: the file name without its
@@ -358,6 +415,7 @@ impl Config {
                 name: checked_name(&socket.name)?,
                 listen: ListenOn::Fd(socket.fd),
                 device: base.clone(),
+                share: None,
             });
         }
         for named in socket_paths {
@@ -369,6 +427,7 @@ impl Config {
                 name,
                 listen: ListenOn::Path(named.path.clone()),
                 device: base.clone(),
+                share: None,
             });
         }
         for named in fds {
@@ -380,6 +439,7 @@ impl Config {
                 name,
                 listen: ListenOn::Fd(named.fd),
                 device: base.clone(),
+                share: None,
             });
         }
         for vm in &file.vms {
@@ -411,6 +471,7 @@ impl Config {
                 name: checked_name(&vm.name)?,
                 listen,
                 device,
+                share: None,
             });
         }
         if vms.is_empty() {
@@ -434,6 +495,7 @@ impl Config {
                 return Err(Error::DuplicateSocket(vm.listen.to_string()));
             }
         }
+        let share = share::build(&file, &mut vms, &base.pool.custom_kinds)?;
 
         let defaults = DaemonLimits::default();
         let daemon = DaemonLimits {
@@ -601,7 +663,26 @@ impl Config {
             daemon,
             sandbox,
             hooks,
+            share,
         })
+    }
+
+    /// VM `vm`'s sharing view: `None` for a VM in no group (or unknown).
+    pub fn vm_share(&self, vm: &str) -> Option<&VmShare> {
+        self.vms
+            .iter()
+            .find(|config| config.name == vm)
+            .and_then(|config| config.share.as_ref())
+    }
+
+    /// VM `vm` is a member of some `[[share_group]]`.
+    pub fn is_share_member(&self, vm: &str) -> bool {
+        self.share.is_member(vm)
+    }
+
+    /// The size of VM `vm`'s window, if it imports.
+    pub fn window(&self, vm: &str) -> Option<u64> {
+        self.vm_share(vm).and_then(|share| share.window)
     }
 }
 

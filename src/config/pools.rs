@@ -13,7 +13,7 @@ use crate::protocol::{
 };
 
 use super::file::{read_config_file, ConfigFile, FileLimits, FilePool, KindsValue, MapTypeValue};
-use super::Error;
+use super::{share, Error};
 
 /// Size suffixes (after lowercasing) and their shifts; longest first.
 pub(super) const SIZE_SUFFIXES: [(&str, u32); 9] = [
@@ -169,6 +169,7 @@ pub(super) fn parse_pool_flag(spec: &str, custom: &[KindSpec]) -> Result<PoolEnt
             below_4g,
             align,
         },
+        share: false,
     };
     Ok((allocator, size, max_size))
 }
@@ -302,11 +303,17 @@ pub(super) fn build_device(
         if let Some(value) = pool.below_4g {
             below_4g = value;
         }
-        if let Some(value) = &pool.align {
-            align = value.bytes()?;
+        let name = pool.name.clone().unwrap_or_else(|| base.to_string());
+        match &pool.align {
+            Some(value) => align = value.bytes()?,
+            None if pool.share => align = align.max(share::DEFAULT_SHARE_POOL_ALIGN),
+            None => {}
+        }
+        if pool.share {
+            share::check_share_pool(&name, strategy, align)?;
         }
         let spec = AllocatorSpec {
-            name: pool.name.clone().unwrap_or_else(|| base.to_string()),
+            name,
             strategy,
             kinds: mask,
             placement: Placement {
@@ -314,6 +321,7 @@ pub(super) fn build_device(
                 below_4g,
                 align,
             },
+            share: pool.share,
         };
         let max_size = match &pool.max_size {
             Some(size) => size.bytes()?,

@@ -609,3 +609,672 @@ fn supervise_and_holder_fds_exclude_each_other() {
         (3, 60)
     );
 }
+
+// Cross-VM sharing (issue 17): `[share]`, `[[share_group]]`,
+// `[limits.share]`, `[vm.share]`, share pools.
+
+/// Two custom kinds every sharing test may name.
+const KINDS: &str = r#"
+[[kind]]
+bit = 8
+name = "carveout"
+contiguous = true
+[[kind]]
+bit = 9
+name = "scanout"
+contiguous = true
+"#;
+
+/// VM alpha, with a share pool.
+const ALPHA: &str = r#"
+[[vm]]
+name = "alpha"
+socket = "/run/alpha.sock"
+[[vm.pool]]
+name = "share"
+kind = "contig"
+size = "32M"
+share = true
+[[vm.pool]]
+kind = "system"
+size = "16M"
+"#;
+
+/// VM beta, with a window.
+const BETA: &str = r#"
+[[vm]]
+name = "beta"
+socket = "/run/beta.sock"
+[vm.share]
+window = "64M"
+"#;
+
+/// Group camera: alpha exports to beta.
+const CAMERA: &str = r#"
+[[share_group]]
+name = "camera"
+exporters = ["alpha"]
+importers = ["beta"]
+"#;
+
+/// The configuration of a file holding `text`, with `more` arguments.
+fn config_of(test: &str, text: &str, more: &[&str]) -> Result<Config, Error> {
+    let dir = std::env::temp_dir().join(format!("cenalloc-share-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut list = vec!["-c", path.to_str().unwrap()];
+    list.extend_from_slice(more);
+    let result = Config::try_from(args(&list));
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+/// The key and reason of the sharing error `text` makes.
+fn share_error(test: &str, text: &str) -> (String, String) {
+    match config_of(test, text, &[]) {
+        Err(Error::Share { key, reason }) => (key, reason),
+        other => panic!("{test}: expected a sharing error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_configuration_without_sharing_is_what_it_was() {
+    // No sharing table: no VM shares, no pool is a share pool, and the
+    // pools keep the alignment of their kind (not the share default).
+    let text = "[[pool]]\nkind = \"contig\"\nsize = \"2M\"\n[[vm]]\nname = \"one\"\nsocket = \"/run/one.sock\"\n";
+    let config = config_of("none", text, &["-s", "two=/run/two.sock"]).unwrap();
+    assert_eq!(config.share, ShareConfig::default());
+    assert!(config.share.groups.is_empty());
+    for vm in &config.vms {
+        assert_eq!(vm.share, None, "{}", vm.name);
+        assert_eq!(vm.window(), None);
+        assert!(!config.is_share_member(&vm.name));
+        let spec = &vm.device.pool.allocators[0];
+        assert!(!spec.share);
+        assert_eq!(spec.placement.align, crate::model::PAGE_SIZE);
+    }
+    // The device of each VM is the one the pools alone make.
+    assert_eq!(
+        config.vms[0].device,
+        config_from_toml("none-device", text).unwrap()
+    );
+    let plain = Config::try_from(args(&["-s", "/tmp/s"])).unwrap();
+    assert_eq!(plain.share, ShareConfig::default());
+    assert_eq!(plain.vms[0].share, None);
+    // Timeouts alone change nothing for a VM.
+    let config = config_of(
+        "timeouts-only",
+        &format!("[share]\ngrace_ms = 5\n{text}"),
+        &[],
+    )
+    .unwrap();
+    assert!(config.share.groups.is_empty());
+    assert_eq!(config.vms[0].share, None);
+}
+
+#[test]
+fn sharing_defaults_are_applied() {
+    let config = config_of("defaults", &format!("{ALPHA}{BETA}{CAMERA}"), &[]).unwrap();
+    assert_eq!(
+        config.share.timeouts,
+        ShareTimeouts {
+            revoke: Duration::from_millis(1000),
+            unmap: Duration::from_millis(2000),
+            grace: Duration::from_millis(20),
+        }
+    );
+    let group = config.share.group("camera").unwrap();
+    assert_eq!(group.access, ShareAccess::ReadOnly);
+    assert_eq!(group.max_importers, 4);
+    assert!(group.kind_map.is_empty());
+    assert!(group.is_exporter("alpha") && !group.is_importer("alpha"));
+    assert!(group.is_importer("beta") && !group.is_exporter("beta"));
+    let alpha = config.vm_share("alpha").unwrap();
+    assert_eq!(alpha.exporter_groups, ["camera"]);
+    assert!(alpha.importer_groups.is_empty());
+    assert!(alpha.is_exporter() && !alpha.is_importer());
+    assert_eq!(alpha.window, None);
+    assert_eq!(alpha.limits, ShareLimits::default());
+    assert_eq!(
+        alpha.limits,
+        ShareLimits {
+            max_imports: 16,
+            max_import_bytes: 256 << 20,
+            max_mappings: 8,
+            max_shares: 16,
+            max_shared_bytes: 256 << 20,
+            max_quarantine_bytes: 64 << 20,
+        }
+    );
+    let beta = config.vm_share("beta").unwrap();
+    assert_eq!(beta.importer_groups, ["camera"]);
+    assert_eq!(beta.window, Some(64 << 20));
+    assert_eq!(config.window("beta"), Some(64 << 20));
+    assert_eq!(config.window("alpha"), None);
+    assert!(config.is_share_member("alpha") && config.is_share_member("beta"));
+    // A share pool is 2 MiB aligned unless it says otherwise.
+    let share_pool = &config.vms[0].device.pool.allocators[0];
+    assert!(share_pool.share);
+    assert_eq!(share_pool.placement.align, 2 << 20);
+    assert!(!config.vms[0].device.pool.allocators[1].share);
+}
+
+#[test]
+fn sharing_tables_take_their_values() {
+    let text = format!(
+        r#"
+[share]
+revoke_timeout_ms = 50
+unmap_timeout_ms = 60000
+grace_ms = 0
+[limits.share]
+window = "2M"
+{KINDS}{ALPHA}{BETA}
+[[vm]]
+name = "gamma"
+socket = "/run/gamma.sock"
+[[share_group]]
+name = "camera_2-x"
+exporters = ["alpha"]
+importers = ["beta", "alpha"]
+access = "read-write"
+max_importers = 1
+[share_group.kind_map]
+scanout = ["carveout", "scanout"]
+carveout = ["carveout"]
+"#
+    );
+    let config = config_of("values", &text, &["-s", "delta=/run/delta.sock"]).unwrap();
+    assert_eq!(config.share.timeouts.revoke, Duration::from_millis(50));
+    assert_eq!(config.share.timeouts.unmap, Duration::from_secs(60));
+    assert_eq!(config.share.timeouts.grace, Duration::ZERO);
+    let group = &config.share.groups[0];
+    assert_eq!(group.name, "camera_2-x");
+    assert_eq!(group.access, ShareAccess::ReadWrite);
+    assert_eq!(group.max_importers, 1);
+    assert_eq!(
+        group.kind_map,
+        vec![
+            KindMapping {
+                importer_kind: "carveout".into(),
+                importer_bit: 8,
+                exporter_kinds: vec!["carveout".into()],
+                exporter_mask: 1 << 8,
+            },
+            KindMapping {
+                importer_kind: "scanout".into(),
+                importer_bit: 9,
+                exporter_kinds: vec!["carveout".into(), "scanout".into()],
+                exporter_mask: 1 << 8 | 1 << 9,
+            },
+        ]
+    );
+    // Alpha exports and imports in one group (it never imports its own
+    // shares: nothing to check here); its window is every VM's.
+    let alpha = config.vm_share("alpha").unwrap();
+    assert!(alpha.is_exporter() && alpha.is_importer());
+    assert_eq!(alpha.window, Some(2 << 20));
+    assert_eq!(config.window("beta"), Some(64 << 20));
+    // Gamma ([[vm]]) and delta (--socket-path) are in no group.
+    for vm in ["gamma", "delta"] {
+        assert!(!config.is_share_member(vm), "{vm}");
+        assert_eq!(config.vm_share(vm), None, "{vm}");
+        assert_eq!(config.window(vm), None, "{vm}");
+    }
+    // A member named on the command line gets [limits.share].
+    let text = text.replace("[\"beta\", \"alpha\"]", "[\"beta\", \"delta\"]");
+    let config = config_of("socket-member", &text, &["-s", "delta=/run/delta.sock"]).unwrap();
+    assert_eq!(config.window("delta"), Some(2 << 20));
+    assert_eq!(
+        config.vm_share("delta").unwrap().importer_groups,
+        ["camera_2-x"]
+    );
+    assert_eq!(config.window("alpha"), None);
+}
+
+#[test]
+fn sharing_timeouts_out_of_range_are_refused() {
+    for (line, key) in [
+        ("revoke_timeout_ms = 0", "[share] revoke_timeout_ms"),
+        ("revoke_timeout_ms = 60001", "[share] revoke_timeout_ms"),
+        ("unmap_timeout_ms = 0", "[share] unmap_timeout_ms"),
+        ("grace_ms = 1001", "[share] grace_ms"),
+    ] {
+        let (got, reason) = share_error("timeouts", &format!("[share]\n{line}\n{ALPHA}"));
+        assert_eq!(got, key, "{line}: {reason}");
+    }
+}
+
+#[test]
+fn a_bad_group_name_is_refused() {
+    for name in ["", "Camera", "a.b", "sixteen-bytes-xx", "caméra"] {
+        let text = format!("{ALPHA}{BETA}{}", CAMERA.replace("camera", name));
+        let (key, reason) = share_error("name", &text);
+        assert_eq!(key, "[[share_group]] name", "{name:?}");
+        assert!(reason.contains("1..=15 bytes"), "{reason}");
+    }
+    assert!(valid_group_name("fifteen-bytes-x"));
+}
+
+#[test]
+fn a_duplicate_group_is_refused() {
+    let (key, reason) = share_error("duplicate", &format!("{ALPHA}{BETA}{CAMERA}{CAMERA}"));
+    assert_eq!(key, "[[share_group]] name");
+    assert!(reason.contains("\"camera\" is used twice"), "{reason}");
+}
+
+#[test]
+fn an_unknown_member_is_refused() {
+    for (list, from, to) in [
+        ("exporters", "[\"alpha\"]", "[\"zeta\"]"),
+        ("importers", "[\"beta\"]", "[\"beta\", \"zeta\"]"),
+    ] {
+        let text = format!("{ALPHA}{BETA}{}", CAMERA.replace(from, to));
+        let (key, reason) = share_error("unknown", &text);
+        assert_eq!(key, format!("[[share_group]] \"camera\" {list}"));
+        assert!(reason.contains("\"zeta\" is not a VM"), "{reason}");
+        assert!(reason.contains("alpha, beta"), "{reason}");
+    }
+}
+
+#[test]
+fn group_members_are_listed_once_and_groups_are_not_empty() {
+    for (from, to, list, says) in [
+        ("[\"alpha\"]", "[]", "exporters", "names no VM"),
+        ("[\"beta\"]", "[]", "importers", "names no VM"),
+        (
+            "[\"beta\"]",
+            "[\"beta\", \"beta\"]",
+            "importers",
+            "listed twice",
+        ),
+    ] {
+        let text = format!("{ALPHA}{BETA}{}", CAMERA.replace(from, to));
+        let (key, reason) = share_error("members", &text);
+        assert_eq!(key, format!("[[share_group]] \"camera\" {list}"));
+        assert!(reason.contains(says), "{reason}");
+    }
+    let (key, _) = share_error(
+        "max-importers",
+        &format!("{ALPHA}{BETA}{CAMERA}max_importers = 0\n"),
+    );
+    assert_eq!(key, "[[share_group]] \"camera\" max_importers");
+    // access is one of two words.
+    let error = config_of(
+        "access",
+        &format!("{ALPHA}{BETA}{CAMERA}access = \"rw\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(matches!(error, Error::ParseConfig { .. }), "{error}");
+    assert!(error.to_string().contains("read-only"), "{error}");
+}
+
+#[test]
+fn an_exporter_without_a_share_pool_is_refused() {
+    let alpha = ALPHA.replace("share = true\n", "");
+    let (key, reason) = share_error("no-share-pool", &format!("{alpha}{BETA}{CAMERA}"));
+    assert_eq!(key, "[[share_group]] \"camera\" exporters");
+    assert!(
+        reason.contains("VM \"alpha\" has no share pool"),
+        "{reason}"
+    );
+    // The default layout has none either.
+    let text = CAMERA.replace("[\"alpha\"]", "[\"plain\"]");
+    let result = config_of(
+        "default-layout",
+        &format!("{BETA}{text}"),
+        &["-s", "plain=/run/p.sock"],
+    );
+    assert!(
+        matches!(&result, Err(Error::Share { reason, .. }) if reason.contains("\"plain\" has no share pool")),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_share_pool_that_is_not_contiguous_is_refused() {
+    for (from, to) in [
+        ("kind = \"contig\"", "kind = \"system\""),
+        (
+            "kind = \"contig\"",
+            "kind = \"contig\"\nstrategy = \"scatter\"\nkinds = [\"system\"]",
+        ),
+    ] {
+        let alpha = ALPHA.replace(from, to);
+        let (key, reason) = share_error("not-contiguous", &format!("{alpha}{BETA}{CAMERA}"));
+        assert_eq!(key, "pool \"share\" share", "{to}");
+        assert!(reason.contains("must be contiguous"), "{reason}");
+        // In a VM of no group too: a share pool is one wherever it is.
+        let (key, _) = share_error("not-contiguous-alone", &alpha);
+        assert_eq!(key, "pool \"share\" share");
+    }
+}
+
+#[test]
+fn a_bad_share_pool_align_is_refused() {
+    for align in ["\"12K\"", "2048", "0"] {
+        let alpha = ALPHA.replace("share = true", &format!("share = true\nalign = {align}"));
+        let (key, reason) = share_error("align", &format!("{alpha}{BETA}{CAMERA}"));
+        assert_eq!(key, "pool \"share\" align", "{align}");
+        assert!(
+            reason.contains("power of two of at least 4 KiB"),
+            "{reason}"
+        );
+    }
+    // A share pool may say its own, 4 KiB included.
+    let alpha = ALPHA.replace("share = true", "share = true\nalign = \"4K\"");
+    let config = config_of("align-4k", &format!("{alpha}{BETA}{CAMERA}"), &[]).unwrap();
+    assert_eq!(
+        config.vms[0].device.pool.allocators[0].placement.align,
+        4096
+    );
+    // A share pool the default align does not divide is refused by the
+    // pool size check, which names the alignment.
+    let alpha = ALPHA.replace("size = \"32M\"", "size = \"1M\"");
+    let result = config_of("align-size", &format!("{alpha}{BETA}{CAMERA}"), &[]);
+    assert!(
+        matches!(
+            &result,
+            Err(Error::PoolSize {
+                align: 0x200000,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn an_importer_without_a_window_is_refused() {
+    let beta = BETA.replace("window = \"64M\"\n", "");
+    let (key, reason) = share_error("no-window", &format!("{ALPHA}{beta}{CAMERA}"));
+    assert_eq!(key, "[[share_group]] \"camera\" importers");
+    assert!(reason.contains("VM \"beta\" has no window"), "{reason}");
+}
+
+#[test]
+fn a_window_that_is_not_a_power_of_two_or_out_of_range_is_refused() {
+    for window in ["\"3M\"", "\"1M\"", "\"2G\"", "0", "\"96M\""] {
+        let beta = BETA.replace("\"64M\"", window);
+        let (key, reason) = share_error("window", &format!("{ALPHA}{beta}{CAMERA}"));
+        assert_eq!(key, "[[vm]] \"beta\" [vm.share] window", "{window}");
+        assert!(
+            reason.contains("power of two from 2 MiB to 1 GiB"),
+            "{reason}"
+        );
+        // The same in [limits.share].
+        let text = format!("[limits.share]\nwindow = {window}\n{ALPHA}");
+        let (key, _) = share_error("window-every", &text);
+        assert_eq!(key, "[limits.share] window", "{window}");
+    }
+    for window in ["\"2M\"", "\"1G\""] {
+        let beta = BETA.replace("\"64M\"", window);
+        assert!(config_of("window-ok", &format!("{ALPHA}{beta}{CAMERA}"), &[]).is_ok());
+    }
+}
+
+#[test]
+fn a_window_of_a_vm_that_imports_nothing_is_refused_in_its_own_table() {
+    // Alpha's own [vm.share] window: alpha imports in no group.
+    let alpha = format!("{ALPHA}[vm.share]\nwindow = \"64M\"\n");
+    let (key, reason) = share_error("exporter-window", &format!("{alpha}{BETA}{CAMERA}"));
+    assert_eq!(key, "[[vm]] \"alpha\" [vm.share] window");
+    assert!(reason.contains("imports in no [[share_group]]"), "{reason}");
+    // Every VM's window is the importers' only.
+    let text = format!("[limits.share]\nwindow = \"4M\"\n{ALPHA}{BETA}{CAMERA}");
+    let config = config_of("every-window", &text, &[]).unwrap();
+    assert_eq!(config.window("alpha"), None);
+    assert_eq!(config.window("beta"), Some(64 << 20));
+}
+
+#[test]
+fn max_mappings_0_is_refused() {
+    let beta = format!("{BETA}max_mappings = 0\n");
+    let (key, reason) = share_error("mappings-0", &format!("{ALPHA}{beta}{CAMERA}"));
+    assert_eq!(key, "[[vm]] \"beta\" [vm.share] max_mappings");
+    assert!(reason.contains("must be 1..=64"), "{reason}");
+}
+
+#[test]
+fn max_mappings_65_is_refused() {
+    let text = format!("[limits.share]\nmax_mappings = 65\n{ALPHA}{BETA}{CAMERA}");
+    let (key, reason) = share_error("mappings-65", &text);
+    assert_eq!(key, "[limits.share] max_mappings");
+    assert!(reason.contains("must be 1..=64"), "{reason}");
+    let text = format!("[limits.share]\nmax_mappings = 64\n{ALPHA}{BETA}{CAMERA}");
+    let config = config_of("mappings-64", &text, &[]).unwrap();
+    assert_eq!(config.vm_share("beta").unwrap().limits.max_mappings, 64);
+}
+
+#[test]
+fn an_unknown_kind_in_kind_map_is_refused() {
+    for (line, key) in [
+        // The importer's side.
+        (
+            "nosuch = [\"carveout\"]",
+            "[[share_group]] \"camera\" kind_map",
+        ),
+        // The exporter's side.
+        (
+            "scanout = [\"carveout\", \"nosuch\"]",
+            "[[share_group]] \"camera\" kind_map scanout",
+        ),
+        // Well-known kinds mean the same in every VM: no mapping.
+        (
+            "contig = [\"carveout\"]",
+            "[[share_group]] \"camera\" kind_map",
+        ),
+        (
+            "scanout = [\"system\"]",
+            "[[share_group]] \"camera\" kind_map scanout",
+        ),
+        (
+            "scanout = []",
+            "[[share_group]] \"camera\" kind_map scanout",
+        ),
+    ] {
+        let text = format!("{KINDS}{ALPHA}{BETA}{CAMERA}[share_group.kind_map]\n{line}\n");
+        let (got, reason) = share_error("kind-map", &text);
+        assert_eq!(got, key, "{line}: {reason}");
+    }
+    let text =
+        format!("{KINDS}{ALPHA}{BETA}{CAMERA}[share_group.kind_map]\nnosuch = [\"carveout\"]\n");
+    let (_, reason) = share_error("kind-map-reason", &text);
+    assert!(
+        reason.contains("\"nosuch\" is not a custom kind"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn vm_limits_share_is_not_a_vm_s_sharing_table() {
+    let beta = format!("{BETA}[vm.limits.share]\nmax_imports = 2\n");
+    let (key, reason) = share_error("vm-limits-share", &format!("{ALPHA}{beta}{CAMERA}"));
+    assert_eq!(key, "[[vm]] \"beta\" [vm.limits.share]");
+    assert!(reason.contains("[vm.share]"), "{reason}");
+}
+
+#[test]
+fn unknown_sharing_keys_are_refused_with_their_name() {
+    for (text, key) in [
+        ("[share]\nrevoke_ms = 5\n".to_string(), "revoke_ms"),
+        (format!("{CAMERA}acess = \"read-only\"\n"), "acess"),
+        ("[limits.share]\nwindows = \"2M\"\n".to_string(), "windows"),
+        (format!("{BETA}max_import = 1\n"), "max_import"),
+        (
+            "[[pool]]\nsize = \"2M\"\nshared = true\n".to_string(),
+            "shared",
+        ),
+    ] {
+        let error = config_from_toml("unknown-share", &text).unwrap_err();
+        assert!(
+            matches!(error, Error::ParseConfig { .. }),
+            "{text}: {error}"
+        );
+        assert!(error.to_string().contains(key), "{text}: {error}");
+    }
+}
+
+/// `key = every` in `[limits.share]`, `key = own` in beta's `[vm.share]`:
+/// beta gets `own`, gamma (an importer too) `every`, and with neither
+/// both get `default`. `limit` reads the key of a [`VmShare`].
+fn inherited_and_overridden(
+    key: &str,
+    every: &str,
+    own: &str,
+    values: [u64; 3],
+    limit: fn(&VmShare) -> u64,
+) {
+    let [every_value, own_value, default] = values;
+    let gamma =
+        "[[vm]]\nname = \"gamma\"\nsocket = \"/run/gamma.sock\"\n[vm.share]\nwindow = \"2M\"\n";
+    let camera = CAMERA.replace("[\"beta\"]", "[\"beta\", \"gamma\"]");
+    let with = |every_line: &str, own_line: &str| {
+        let text =
+            format!("[limits.share]\n{every_line}\n{ALPHA}{BETA}{own_line}\n{gamma}{camera}");
+        config_of(&format!("inherit-{key}"), &text, &[]).unwrap()
+    };
+    let config = with(&format!("{key} = {every}"), &format!("{key} = {own}"));
+    assert_eq!(
+        limit(config.vm_share("beta").unwrap()),
+        own_value,
+        "{key}: beta's own"
+    );
+    assert_eq!(
+        limit(config.vm_share("gamma").unwrap()),
+        every_value,
+        "{key}: every VM's"
+    );
+    assert_eq!(
+        limit(config.vm_share("alpha").unwrap()),
+        every_value,
+        "{key}: the exporter's"
+    );
+    let config = with(&format!("{key} = {every}"), "");
+    assert_eq!(
+        limit(config.vm_share("beta").unwrap()),
+        every_value,
+        "{key}: inherited"
+    );
+    let config = with("", "");
+    assert_eq!(
+        limit(config.vm_share("alpha").unwrap()),
+        default,
+        "{key}: default"
+    );
+}
+
+#[test]
+fn limit_window_is_inherited_and_overridden() {
+    // Beta's own window is BETA's; [limits.share] gives alpha none (it
+    // imports nothing) and gamma its own.
+    let text = format!(
+        "[limits.share]\nwindow = \"8M\"\n{ALPHA}{BETA}[[vm]]\nname = \"gamma\"\nsocket = \"/run/gamma.sock\"\n{}",
+        CAMERA.replace("[\"beta\"]", "[\"beta\", \"gamma\"]")
+    );
+    let config = config_of("inherit-window", &text, &[]).unwrap();
+    assert_eq!(config.window("beta"), Some(64 << 20));
+    assert_eq!(config.window("gamma"), Some(8 << 20));
+    assert_eq!(config.window("alpha"), None);
+}
+
+#[test]
+fn limit_max_imports_is_inherited_and_overridden() {
+    inherited_and_overridden("max_imports", "3", "5", [3, 5, 16], |s| {
+        s.limits.max_imports.into()
+    });
+}
+
+#[test]
+fn limit_max_import_bytes_is_inherited_and_overridden() {
+    inherited_and_overridden(
+        "max_import_bytes",
+        "\"1G\"",
+        "\"8M\"",
+        [1 << 30, 8 << 20, 256 << 20],
+        |s| s.limits.max_import_bytes,
+    );
+}
+
+#[test]
+fn limit_max_mappings_is_inherited_and_overridden() {
+    inherited_and_overridden("max_mappings", "1", "64", [1, 64, 8], |s| {
+        s.limits.max_mappings.into()
+    });
+}
+
+#[test]
+fn limit_max_shares_is_inherited_and_overridden() {
+    inherited_and_overridden("max_shares", "0", "100", [0, 100, 16], |s| {
+        s.limits.max_shares.into()
+    });
+}
+
+#[test]
+fn limit_max_shared_bytes_is_inherited_and_overridden() {
+    inherited_and_overridden(
+        "max_shared_bytes",
+        "4096",
+        "\"2G\"",
+        [4096, 2 << 30, 256 << 20],
+        |s| s.limits.max_shared_bytes,
+    );
+}
+
+#[test]
+fn limit_max_quarantine_bytes_is_inherited_and_overridden() {
+    inherited_and_overridden(
+        "max_quarantine_bytes",
+        "0",
+        "\"128M\"",
+        [0, 128 << 20, 64 << 20],
+        |s| s.limits.max_quarantine_bytes,
+    );
+}
+
+#[test]
+fn print_config_shows_the_share_section() {
+    let config = config_of(
+        "print",
+        &format!("{KINDS}{ALPHA}{BETA}{CAMERA}[share_group.kind_map]\nscanout = [\"carveout\"]\n"),
+        &[],
+    )
+    .unwrap();
+    let printed: toml::Value = toml::from_str(&config.describe()).unwrap();
+    let (alpha, beta) = (&printed["vm"][0], &printed["vm"][1]);
+    assert_eq!(alpha["name"].as_str(), Some("alpha"));
+    assert_eq!(alpha["socket"].as_str(), Some("/run/alpha.sock"));
+    assert_eq!(alpha["pool"][0]["share"].as_bool(), Some(true));
+    assert_eq!(alpha["pool"][0]["align"].as_str(), Some("2M"));
+    assert_eq!(alpha["pool"][1].get("share"), None);
+    assert_eq!(
+        alpha["share"]["exporter_groups"][0].as_str(),
+        Some("camera")
+    );
+    assert_eq!(alpha["share"].get("window"), None);
+    assert_eq!(beta["share"]["window"].as_str(), Some("64M"));
+    assert_eq!(beta["share"]["max_mappings"].as_integer(), Some(8));
+    assert_eq!(beta["share"]["max_quarantine_bytes"].as_str(), Some("64M"));
+    assert_eq!(
+        printed["share"]["revoke_timeout_ms"].as_integer(),
+        Some(1000)
+    );
+    assert_eq!(printed["share"]["grace_ms"].as_integer(), Some(20));
+    let group = &printed["share_group"][0];
+    assert_eq!(group["name"].as_str(), Some("camera"));
+    assert_eq!(group["access"].as_str(), Some("read-only"));
+    assert_eq!(group["max_importers"].as_integer(), Some(4));
+    assert_eq!(group["importers"][0].as_str(), Some("beta"));
+    assert_eq!(group["kind_map"]["scanout"][0].as_str(), Some("carveout"));
+    // Without a group: no share section, no VM's [vm.share].
+    let config = Config::try_from(args(&["-s", "one=/tmp/one.sock"])).unwrap();
+    let text = config.describe();
+    assert!(text.contains("no [[share_group]]"), "{text}");
+    let printed: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(printed.get("share"), None);
+    assert_eq!(printed.get("share_group"), None);
+    assert_eq!(printed["vm"][0].get("share"), None);
+    assert_eq!(printed["vm"][0]["pool"].as_array().unwrap().len(), 4);
+}

@@ -41,6 +41,11 @@ pub struct AllocatorSpec {
     /// Kinds served: non-zero, only defined kinds.
     pub kinds: u32,
     pub placement: Placement,
+    /// A share pool: buffers shared with other VMs (issue 17,
+    /// docs/design/cross-vm-sharing.md) come from share pools only. Must be
+    /// contiguous. Nothing in the model acts on it yet.
+    #[serde(default)]
+    pub share: bool,
 }
 
 /// A memory kind a pool configuration defines (bits 8..=31).
@@ -140,6 +145,7 @@ impl PoolConfig {
                 below_4g,
                 align: PAGE_SIZE,
             },
+            share: false,
         };
         PoolConfig {
             limits: Limits::default(),
@@ -345,6 +351,12 @@ pub(crate) fn validate(config: &PoolConfig) -> Result<(KindTable, Vec<AllocatorP
         if spec.placement.contiguous != contiguous {
             return Err(invalid(format!(
                 "allocator {:?}: placement.contiguous must match the strategy",
+                spec.name
+            )));
+        }
+        if spec.share && !contiguous {
+            return Err(invalid(format!(
+                "allocator {:?}: a share allocator must be contiguous",
                 spec.name
             )));
         }

@@ -40,6 +40,7 @@ fn spec(name: &str, strategy: Strategy, kinds: u32, below_4g: bool) -> Allocator
             below_4g,
             align: PAGE_SIZE,
         },
+        share: false,
     }
 }
 
@@ -217,6 +218,10 @@ fn invalid_configs_are_refused() {
     let mut s = spec("s", Strategy::Scatter, kinds::SYSTEM, false);
     s.placement.align = 3 * PAGE_SIZE;
     bad(config_with(vec![s]));
+    // A share allocator that is not contiguous.
+    let mut s = spec("s", Strategy::Scatter, kinds::SYSTEM, false);
+    s.share = true;
+    bad(config_with(vec![s]));
     // Names.
     bad(config_with(vec![spec(
         "",
@@ -271,6 +276,20 @@ fn invalid_configs_are_refused() {
     let mut c = PoolConfig::default_layout();
     c.limits.max_total_bytes = PAGE_SIZE;
     bad(c);
+}
+
+#[test]
+fn a_contiguous_allocator_may_be_a_share_allocator() {
+    let mut s = spec("share", Strategy::Contiguous, kinds::CONTIG, false);
+    s.share = true;
+    s.placement.align = 2 * MIB;
+    let pool = Pool::new(config_with(vec![s])).unwrap();
+    assert!(pool.config().allocators[0].share);
+    // Written before the field existed: not a share allocator.
+    let old = r#"{"name":"contig","strategy":"Contiguous","kinds":2,
+        "placement":{"contiguous":true,"below_4g":false,"align":4096}}"#;
+    let spec: AllocatorSpec = serde_json::from_str(old).unwrap();
+    assert!(!spec.share);
 }
 
 #[test]
