@@ -41,9 +41,10 @@ pub struct AllocatorSpec {
     /// Kinds served: non-zero, only defined kinds.
     pub kinds: u32,
     pub placement: Placement,
-    /// A share pool: buffers shared with other VMs (issue 17,
-    /// docs/design/cross-vm-sharing.md) come from share pools only. Must be
-    /// contiguous. Nothing in the model acts on it yet.
+    /// A share allocator: it backs only buffers published for other VMs
+    /// ([`Pool::share`](super::Pool::share)), and those only come from share
+    /// allocators. Contiguous only; every allocation starts on
+    /// `placement.align` (the exporter's host pages).
     #[serde(default)]
     pub share: bool,
 }
@@ -372,7 +373,7 @@ pub(crate) fn validate(config: &PoolConfig) -> Result<(KindTable, Vec<AllocatorP
         } else {
             u64::MAX
         };
-        let mut alloc_align = PAGE_SIZE;
+        let mut alloc_align = if spec.share { align } else { PAGE_SIZE };
         for kind in table.iter_mask(spec.kinds) {
             if kind.contiguous && !contiguous {
                 return Err(invalid(format!(

@@ -133,6 +133,20 @@ pub enum Error {
     NoBacking(BufferId),
     #[error("backing of buffer {0} is not one contiguous range")]
     NotContiguous(BufferId),
+
+    // ---- sharing with other VMs ----
+    #[error("buffer {0} is already shared")]
+    AlreadyShared(BufferId),
+    #[error("buffer {0} is not shared")]
+    NotShared(BufferId),
+    #[error("share page size {0:#x} must be a power of two, 4 KiB ..= 2 MiB")]
+    InvalidPageSize(u64),
+    #[error("no share allocator serves buffer {buffer}'s access mask {mask:#x}")]
+    NoShareAllocator { buffer: BufferId, mask: u32 },
+    #[error("share attachment {0} still has importers")]
+    SharedWithImporters(AttachmentId),
+    #[error("no window holds the backing with serial {0}")]
+    UnknownHold(u64),
 }
 
 impl Error {
@@ -156,8 +170,13 @@ impl Error {
             | InvalidLease { .. }
             | LeaseTooSmall { .. }
             | LeasedMapIndex(_)
-            | DriverIdOutOfRange(_) => libc::EINVAL,
-            RegionOverlap { .. } | IdInUse(_) => libc::EEXIST,
+            | DriverIdOutOfRange(_)
+            | NotShared(_)
+            | InvalidPageSize(_) => libc::EINVAL,
+            RegionOverlap { .. } | IdInUse(_) | AlreadyShared(_) => libc::EEXIST,
+            NoShareAllocator { .. } => libc::ENOMEM,
+            SharedWithImporters(_) => libc::EBUSY,
+            UnknownHold(_) => libc::ENOENT,
             RegionNotDonated { .. } => libc::ENOENT,
             RegionInUse { .. } => libc::EBUSY,
             NotLeased { .. } => libc::EPERM,

@@ -111,6 +111,10 @@ mod elastic_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod share_proptests;
+#[cfg(test)]
+mod share_tests;
+#[cfg(test)]
 mod tests;
 
 pub use allocator::{Allocator, ContiguousAllocator, ScatterAllocator};
@@ -118,8 +122,8 @@ pub use config::{AllocatorSpec, KindSpec, Limits, Placement, PoolConfig, Strateg
 pub use error::Error;
 pub use mapping::MappingType;
 pub use pool::{
-    Attached, AttachmentImage, BufferImage, Created, LeasedAttach, LeasedMap, Mapped, Origin, Pool,
-    PoolImage,
+    Attached, AttachmentImage, BufferImage, Created, Held, LeasedAttach, LeasedMap, Mapped, Origin,
+    Owner, Pool, PoolImage, Quarantined,
 };
 pub use snapshot::{AllocatorStats, AttachmentInfo, BufferInfo, Counters, RegionInfo, Snapshot};
 

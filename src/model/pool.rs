@@ -7,6 +7,8 @@ use super::config::{self, AllocatorProps, KindTable};
 use super::ids::{IdAllocator, IdMap};
 use super::mapping::{self, MappingType};
 use super::snapshot::{AllocatorStats, AttachmentInfo, BufferInfo, Counters, RegionInfo, Snapshot};
+use serde::{Deserialize, Serialize};
+
 use super::{
     kinds, AttachmentId, BufferId, Direction, Error, PoolConfig, Segment, Strategy,
     DRIVER_ID_FIRST, DRIVER_ID_LAST, LEASE_MAX_COUNT, LEASE_MAX_EXTENT, PAGE_SIZE,
@@ -84,6 +86,45 @@ pub struct LeasedMap {
     pub extent: u64,
 }
 
+/// Who holds an attachment. The guest's driver names only its own
+/// ([`Owner::Guest`]): map, unmap and detach of any other answer
+/// `ENOENT`, as for an attachment that does not exist.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Owner {
+    /// A device of this VM (ATTACH, a leased map).
+    #[default]
+    Guest,
+    /// The buffer is published for importers in other VMs ([`Pool::share`]):
+    /// it is allocated and moved only into share allocators, as one extent
+    /// of whole `page_size` pages (the exporter's host pages).
+    Share { page_size: u64 },
+    /// One importing VM's constraints ([`Pool::attach_remote`]); `tag` is
+    /// the caller's name for the import.
+    Remote { tag: u64 },
+}
+
+/// Result of [`Pool::hold`]: the backing an importer's window now reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The backing's serial: what [`Pool::unhold`] names.
+    pub serial: u64,
+    /// The one extent of a shared buffer.
+    pub extent: Segment,
+}
+
+/// An extent another VM may still reach: neither free nor any buffer's
+/// backing until its last hold goes ([`Pool::unhold`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// The backing serial the holds name.
+    pub serial: u64,
+    /// `None` once the pool was cleared: the extent is in no region, and
+    /// no region may be donated over it until it leaves quarantine.
+    pub allocator: Option<usize>,
+    pub segments: Vec<Segment>,
+    pub holds: u32,
+}
+
 /// Where an empty pool's ids and serials go on ([`Pool::origin`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -99,6 +140,15 @@ struct Backing {
     /// Unique in the pool's life (never reused, even by [`Pool::clear`]):
     /// names this backing of this buffer, whatever id the buffer has.
     serial: u64,
+    /// Windows of other VMs that may reach it ([`Pool::hold`]): when the
+    /// backing leaves its buffer with holds, it goes to quarantine.
+    holds: u32,
+}
+
+impl Backing {
+    fn len(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -122,6 +172,7 @@ struct Attachment {
     mask: u32,
     map_type: MappingType,
     maps: [u32; 3],
+    owner: Owner,
 }
 
 impl Attachment {
@@ -135,6 +186,8 @@ struct AllocatorSlot {
     kinds: u32,
     strategy: Strategy,
     props: AllocatorProps,
+    /// Backs only shared buffers, and shared buffers only come from it.
+    share: bool,
     num_buffers: u32,
     /// Leased extents the driver has not used or given back: start -> len.
     /// Not free (nothing else is carved from them) and not backing.
@@ -143,6 +196,16 @@ struct AllocatorSlot {
 }
 
 impl AllocatorSlot {
+    /// Whether this allocator may back a buffer of access mask `mask`,
+    /// shared in `page`-sized pages or not shared (`None`): it serves a
+    /// kind of the mask, it is a share allocator exactly when the buffer is
+    /// shared, and its allocations start on the share page.
+    fn serves(&self, mask: u32, page: Option<u64>) -> bool {
+        self.kinds & mask != 0
+            && self.share == page.is_some()
+            && page.map_or(true, |p| self.props.alloc_align % p == 0)
+    }
+
     /// Room for `size` bytes: the allocator could carve them from its free
     /// extents, or could if its leased stock were free again.
     fn has_room(&self, size: u64, single_segment: bool) -> bool {
@@ -168,6 +231,7 @@ impl Clone for AllocatorSlot {
             kinds: self.kinds,
             strategy: self.strategy,
             props: self.props.clone(),
+            share: self.share,
             num_buffers: self.num_buffers,
             stock: self.stock.clone(),
             stock_bytes: self.stock_bytes,
@@ -189,6 +253,8 @@ pub struct Pool {
     attachment_ids: IdAllocator,
     /// The serial of the next backing (see [`Pool::backing_serial`]).
     next_serial: u64,
+    /// Extents other VMs may still reach, by backing serial.
+    quarantine: BTreeMap<u64, Quarantined>,
     counters: Counters,
 }
 
@@ -219,6 +285,14 @@ fn cut(regions: &mut BTreeMap<u64, (u64, usize)>, addr: u64, end: u64) {
         if region_end > end {
             regions.insert(end, (region_end, owner));
         }
+    }
+}
+
+/// Bytes a buffer's backing takes: a shared buffer's whole share pages.
+fn alloc_size(size: u64, page: Option<u64>) -> u64 {
+    match page {
+        Some(page) => size.next_multiple_of(page),
+        None => size,
     }
 }
 
@@ -255,6 +329,7 @@ impl Pool {
                     kinds: spec.kinds,
                     strategy: spec.strategy,
                     props,
+                    share: spec.share,
                     num_buffers: 0,
                     stock: BTreeMap::new(),
                     stock_bytes: 0,
@@ -271,6 +346,7 @@ impl Pool {
             buffer_ids: IdAllocator::new(),
             attachment_ids: IdAllocator::new(),
             next_serial: 1,
+            quarantine: BTreeMap::new(),
             counters: Counters::default(),
         })
     }
@@ -283,12 +359,31 @@ impl Pool {
     /// [`Pool::new`] built it, except that ids keep counting where they
     /// were, so that an id handed out before never names a later object.
     /// The counters start from zero (they hold the live totals the limits
-    /// use). On error nothing changed.
+    /// use). Extents other VMs may still reach stay in quarantine, in no
+    /// region now: nothing may be donated over them until their last hold
+    /// goes ([`Pool::unhold`]). On error nothing changed.
     pub fn clear(&mut self) -> Result<(), Error> {
         let mut fresh = Pool::new(self.config.clone())?;
         fresh.buffer_ids = self.buffer_ids.clone();
         fresh.attachment_ids = self.attachment_ids.clone();
         fresh.next_serial = self.next_serial;
+        let held = self.buffers.values().filter_map(|b| b.backing.as_ref());
+        let held = held.filter(|k| k.holds > 0).map(|k| Quarantined {
+            serial: k.serial,
+            allocator: None,
+            segments: k.segments.clone(),
+            holds: k.holds,
+        });
+        for entry in self.quarantine.values().cloned().chain(held) {
+            fresh.counters.quarantined_bytes += entry.segments.iter().map(|s| s.len).sum::<u64>();
+            fresh.quarantine.insert(
+                entry.serial,
+                Quarantined {
+                    allocator: None,
+                    ..entry
+                },
+            );
+        }
         *self = fresh;
         Ok(())
     }
@@ -308,6 +403,7 @@ impl Pool {
     pub fn is_pristine(&self) -> bool {
         self.buffers.is_empty()
             && self.attachments.is_empty()
+            && self.quarantine.is_empty()
             && self.regions.is_empty()
             && self.allocators.iter().all(|slot| slot.stock.is_empty())
     }
@@ -345,6 +441,10 @@ impl Pool {
             .ok_or(Error::UnknownAllocator(allocator))?;
         slot.allocator.check_region(addr, len)?;
         let end = addr + len; // check_region refused an overflow
+        let quarantined = self.quarantine.values().flat_map(|q| q.segments.iter());
+        if quarantined.clone().any(|q| q.addr < end && addr < q.end()) {
+            return Err(Error::RegionInUse { addr, len });
+        }
         if let Some((_, &(prev_end, owner))) = self.regions.range(..end).next_back() {
             if prev_end > addr {
                 return Err(Error::RegionOverlap {
@@ -459,10 +559,10 @@ impl Pool {
     /// Whether every allocator that could back `mask` is contiguous (and
     /// there is at least one): a buffer with this access mask can only
     /// become one contiguous range.
-    fn only_contiguous_for(&self, mask: u32) -> bool {
+    fn only_contiguous_for(&self, mask: u32, page: Option<u64>) -> bool {
         let mut any = false;
         for slot in &self.allocators {
-            if slot.kinds & mask != 0 {
+            if slot.serves(mask, page) {
                 if slot.strategy != Strategy::Contiguous {
                     return false;
                 }
@@ -472,8 +572,46 @@ impl Pool {
         any
     }
 
-    fn any_allocator_for(&self, mask: u32) -> bool {
-        self.allocators.iter().any(|slot| slot.kinds & mask != 0)
+    fn any_allocator_for(&self, mask: u32, page: Option<u64>) -> bool {
+        self.allocators.iter().any(|slot| slot.serves(mask, page))
+    }
+
+    /// The share page size of a buffer: the largest of its share
+    /// attachments' (`None`: the buffer is not shared).
+    fn share_page(&self, buffer: &Buffer) -> Option<u64> {
+        buffer
+            .attachments
+            .iter()
+            .filter_map(|a| match self.attachments.get(a)?.owner {
+                Owner::Share { page_size } => Some(page_size),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// Whether `backing` may stay the backing of a buffer with access mask
+    /// `mask`, shared in `page`-sized pages or not shared (`None`).
+    fn backing_fits(&self, backing: &Backing, mask: u32, page: Option<u64>) -> bool {
+        let slot = &self.allocators[backing.allocator];
+        if slot.kinds & mask == 0 {
+            return false;
+        }
+        match page {
+            None => true,
+            Some(page) => {
+                slot.share
+                    && matches!(backing.segments.as_slice(),
+                        [one] if one.addr % page == 0 && one.len % page == 0)
+            }
+        }
+    }
+
+    /// Whether any attachment of `buffer` holds a mapping.
+    fn any_mapped(&self, buffer: &Buffer) -> bool {
+        buffer
+            .attachments
+            .iter()
+            .any(|a| self.attachments.get(a).is_some_and(Attachment::mapped))
     }
 
     /// Attaches a device with constraint `mask` and the mapping types it
@@ -484,21 +622,147 @@ impl Pool {
         mask: u32,
         importer_types: &[MappingType],
     ) -> Result<Attached, Error> {
-        let checked = self.check_attach(buffer_id, mask, importer_types)?;
+        self.attach_as(buffer_id, mask, importer_types, Owner::Guest)
+    }
+
+    fn attach_as(
+        &mut self,
+        buffer_id: BufferId,
+        mask: u32,
+        importer_types: &[MappingType],
+        owner: Owner,
+    ) -> Result<Attached, Error> {
+        let checked = self.check_attach_as(buffer_id, mask, importer_types, owner)?;
         let id = self
             .attachment_ids
             .peek(&self.attachments)
             .ok_or(Error::IdsExhausted)?;
         self.attachment_ids.commit(id);
-        self.insert_attachment(id, buffer_id, mask, checked)
+        self.insert_attachment(id, buffer_id, mask, checked, owner)
     }
 
-    /// The checks and the negotiation of an attach; changes nothing.
-    fn check_attach(
+    /// Publishes a buffer for other VMs: adds its share attachment (mask
+    /// `ANY`, type `Contiguous`, never mapped in this VM, not counted in
+    /// `max_attachments_per_buffer`). From now on the buffer is allocated
+    /// and moved only into share allocators whose allocations start on
+    /// `page_size`, as one extent of whole `page_size` pages. A backing
+    /// that does not meet this follows the late-attach rule: the next map
+    /// moves it (`migrate_pending`) if nothing maps it, else `EBUSY`.
+    /// `EEXIST` if already shared, `EINVAL` for a page size that is not a
+    /// power of two from 4 KiB to 2 MiB or a released buffer, `ENOMEM` when
+    /// no share allocator could ever back it.
+    pub fn share(&mut self, buffer_id: BufferId, page_size: u64) -> Result<Attached, Error> {
+        self.attach_as(buffer_id, kinds::ANY, &[], Owner::Share { page_size })
+    }
+
+    /// Adds an importing VM's constraints to a shared buffer: an attachment
+    /// of mask `mask`, type `Contiguous`, tagged `tag`, never mapped in this
+    /// VM and not counted in `max_attachments_per_buffer`. The access mask
+    /// and the late-attach rule apply as for [`Pool::attach`]. `EINVAL` if
+    /// the buffer is not shared.
+    pub fn attach_remote(
+        &mut self,
+        buffer_id: BufferId,
+        mask: u32,
+        tag: u64,
+    ) -> Result<Attached, Error> {
+        self.attach_as(buffer_id, mask, &[], Owner::Remote { tag })
+    }
+
+    /// Changes a remote attachment's mask (the importer attached or
+    /// detached a device): as a detach and an attach in one step, all or
+    /// nothing. A backing that meets the new access mask stays (a pending
+    /// migration it no longer needs is cancelled); one that does not is
+    /// marked for migration if nothing maps it, else `EBUSY`.
+    pub fn set_remote_mask(
+        &mut self,
+        attachment_id: AttachmentId,
+        mask: u32,
+    ) -> Result<Attached, Error> {
+        let attachment = self
+            .attachments
+            .get(&attachment_id)
+            .filter(|a| matches!(a.owner, Owner::Remote { .. }))
+            .ok_or(Error::UnknownAttachment(attachment_id))?;
+        let buffer_id = attachment.buffer;
+        let buffer = self.buffer(buffer_id)?;
+        let mut access = base_mask(buffer.initial_mask) & mask;
+        for a in buffer.attachments.iter().filter(|&&a| a != attachment_id) {
+            if let Some(att) = self.attachments.get(a) {
+                access &= att.mask;
+            }
+        }
+        if access == 0 {
+            return Err(Error::EmptyAccessMask {
+                access_mask: buffer.access_mask,
+                mask,
+            });
+        }
+        let page = self.share_page(buffer);
+        let mut migrate = false;
+        if let Some(backing) = &buffer.backing {
+            if !self.backing_fits(backing, access, page) {
+                if self.any_mapped(buffer) {
+                    return Err(Error::MigrationWhileMapped {
+                        buffer: buffer_id,
+                        mask: access,
+                    });
+                }
+                if !self.any_allocator_for(access, page) {
+                    return Err(Error::NoAllocatorForMask {
+                        buffer: buffer_id,
+                        mask: access,
+                    });
+                }
+                migrate = true;
+            }
+        }
+        if let Some(buffer) = self.buffers.get_mut(&buffer_id) {
+            buffer.access_mask = access;
+            buffer.migrate_pending = migrate;
+        }
+        if let Some(att) = self.attachments.get_mut(&attachment_id) {
+            att.mask = mask;
+        }
+        Ok(Attached {
+            id: attachment_id,
+            map_type: MappingType::Contiguous,
+            migrate_pending: migrate,
+            access_mask: access,
+        })
+    }
+
+    /// Who holds a live attachment.
+    pub fn attachment_owner(&self, attachment_id: AttachmentId) -> Result<Owner, Error> {
+        self.attachments
+            .get(&attachment_id)
+            .map(|a| a.owner)
+            .ok_or(Error::UnknownAttachment(attachment_id))
+    }
+
+    /// The attachments of a live buffer with their owners, in attach order.
+    pub fn attachments_of(&self, buffer_id: BufferId) -> Result<Vec<(AttachmentId, Owner)>, Error> {
+        let buffer = self.buffer(buffer_id)?;
+        Ok(buffer
+            .attachments
+            .iter()
+            .filter_map(|&a| Some((a, self.attachments.get(&a)?.owner)))
+            .collect())
+    }
+
+    /// Whether a live buffer is shared (has a share attachment).
+    pub fn is_shared(&self, buffer_id: BufferId) -> Result<bool, Error> {
+        Ok(self.share_page(self.buffer(buffer_id)?).is_some())
+    }
+
+    /// The checks and the negotiation of an attach by `owner`; changes
+    /// nothing.
+    fn check_attach_as(
         &self,
         buffer_id: BufferId,
         mask: u32,
         importer_types: &[MappingType],
+        owner: Owner,
     ) -> Result<Attached, Error> {
         let buffer = self
             .buffers
@@ -507,18 +771,44 @@ impl Pool {
         if buffer.released {
             return Err(Error::BufferReleased(buffer_id));
         }
-        if importer_types.is_empty() {
-            return Err(Error::NoImporterTypes);
-        }
-        if let Some(bad) = importer_types.iter().find(|t| !t.is_valid()) {
-            return Err(Error::InvalidMappingType(bad.code()));
-        }
-        let max = self.config.limits.max_attachments_per_buffer;
-        if buffer.attachments.len() >= max as usize {
-            return Err(Error::TooManyAttachments {
-                buffer: buffer_id,
-                max,
-            });
+        let mut page = self.share_page(buffer);
+        match owner {
+            Owner::Guest => {
+                if importer_types.is_empty() {
+                    return Err(Error::NoImporterTypes);
+                }
+                if let Some(bad) = importer_types.iter().find(|t| !t.is_valid()) {
+                    return Err(Error::InvalidMappingType(bad.code()));
+                }
+                let max = self.config.limits.max_attachments_per_buffer;
+                let guests = buffer.attachments.iter().filter(|a| {
+                    self.attachments
+                        .get(a)
+                        .is_some_and(|att| att.owner == Owner::Guest)
+                });
+                if guests.count() >= max as usize {
+                    return Err(Error::TooManyAttachments {
+                        buffer: buffer_id,
+                        max,
+                    });
+                }
+            }
+            Owner::Share { page_size } => {
+                if page.is_some() {
+                    return Err(Error::AlreadyShared(buffer_id));
+                }
+                if !page_size.is_power_of_two()
+                    || !(PAGE_SIZE..=super::MAX_KIND_ALIGN).contains(&page_size)
+                {
+                    return Err(Error::InvalidPageSize(page_size));
+                }
+                page = Some(page_size);
+            }
+            Owner::Remote { .. } => {
+                if page.is_none() {
+                    return Err(Error::NotShared(buffer_id));
+                }
+            }
         }
         let new_mask = buffer.access_mask & mask;
         if new_mask == 0 {
@@ -531,18 +821,14 @@ impl Pool {
         // Does the backing (if any) still fit? If not: migrate or refuse.
         let mut migrate = buffer.migrate_pending;
         if let Some(backing) = &buffer.backing {
-            if self.allocators[backing.allocator].kinds & new_mask == 0 {
-                let mapped = buffer
-                    .attachments
-                    .iter()
-                    .any(|a| self.attachments.get(a).is_some_and(Attachment::mapped));
-                if mapped {
+            if !self.backing_fits(backing, new_mask, page) {
+                if self.any_mapped(buffer) {
                     return Err(Error::MigrationWhileMapped {
                         buffer: buffer_id,
                         mask: new_mask,
                     });
                 }
-                if !self.any_allocator_for(new_mask) {
+                if !self.any_allocator_for(new_mask, page) {
                     return Err(Error::NoAllocatorForMask {
                         buffer: buffer_id,
                         mask: new_mask,
@@ -550,13 +836,27 @@ impl Pool {
                 }
                 migrate = true;
             }
+        } else if page.is_some() && !self.any_allocator_for(new_mask, page) {
+            return Err(Error::NoShareAllocator {
+                buffer: buffer_id,
+                mask: new_mask,
+            });
+        }
+        if owner != Owner::Guest {
+            // A shared buffer is always one extent: the promise holds.
+            return Ok(Attached {
+                id: 0,
+                map_type: MappingType::Contiguous,
+                migrate_pending: migrate,
+                access_mask: new_mask,
+            });
         }
 
         // Contiguous matches a buffer that is one range (and stays), or that
         // will be allocated and can only become one range.
         let contiguous_ok = match &buffer.backing {
             Some(backing) if !migrate => backing.segments.len() == 1,
-            _ => self.only_contiguous_for(new_mask),
+            _ => self.only_contiguous_for(new_mask, page),
         };
         let map_type =
             mapping::negotiate(&self.config.exporter_types, importer_types, |t| match t {
@@ -579,6 +879,7 @@ impl Pool {
         buffer_id: BufferId,
         mask: u32,
         checked: Attached,
+        owner: Owner,
     ) -> Result<Attached, Error> {
         let buffer = self
             .buffers
@@ -594,6 +895,7 @@ impl Pool {
                 mask,
                 map_type: checked.map_type,
                 maps: [0; 3],
+                owner,
             },
         );
         self.counters.attaches += 1;
@@ -606,9 +908,37 @@ impl Pool {
     /// when the backing satisfies the wider mask). Detaching the last
     /// attachment of a freed buffer destroys it.
     pub fn detach(&mut self, attachment_id: AttachmentId) -> Result<(), Error> {
+        self.detach_as(attachment_id, |owner| owner == Owner::Guest)
+    }
+
+    /// Removes a share or a remote attachment ([`Pool::share`],
+    /// [`Pool::attach_remote`]) as [`Pool::detach`] removes a guest's. The
+    /// share attachment goes last: `EBUSY` while remote ones remain.
+    pub fn detach_owned(&mut self, attachment_id: AttachmentId) -> Result<(), Error> {
+        let owner = self.attachment_owner(attachment_id)?;
+        if let Owner::Share { .. } = owner {
+            let buffer = self.buffer(self.attachments[&attachment_id].buffer)?;
+            let remote = buffer.attachments.iter().any(|a| {
+                self.attachments
+                    .get(a)
+                    .is_some_and(|att| matches!(att.owner, Owner::Remote { .. }))
+            });
+            if remote {
+                return Err(Error::SharedWithImporters(attachment_id));
+            }
+        }
+        self.detach_as(attachment_id, |owner| owner != Owner::Guest)
+    }
+
+    fn detach_as(
+        &mut self,
+        attachment_id: AttachmentId,
+        allowed: impl Fn(Owner) -> bool,
+    ) -> Result<(), Error> {
         let attachment = self
             .attachments
             .get(&attachment_id)
+            .filter(|a| allowed(a.owner))
             .ok_or(Error::UnknownAttachment(attachment_id))?;
         if attachment.mapped() {
             return Err(Error::AttachmentMapped(attachment_id));
@@ -629,20 +959,21 @@ impl Pool {
             }
         }
         buffer.access_mask = access;
+        let buffer = &self.buffers[&buffer_id];
         if let Some(backing) = &buffer.backing {
             // Cancel a pending migration the backing no longer needs: it
-            // satisfies the wider mask and every contiguous promise.
-            let contiguous_promised = buffer.attachments.iter().any(|a| {
-                self.attachments
-                    .get(a)
-                    .is_some_and(|att| att.map_type == MappingType::Contiguous)
-            });
-            if self.allocators[backing.allocator].kinds & access != 0
-                && (!contiguous_promised || backing.segments.len() == 1)
-            {
-                buffer.migrate_pending = false;
+            // satisfies the wider mask, the share rule and every contiguous
+            // promise.
+            let contiguous_promised = self.contiguous_promised(buffer);
+            let fits = self.backing_fits(backing, access, self.share_page(buffer))
+                && (!contiguous_promised || backing.segments.len() == 1);
+            if fits {
+                if let Some(buffer) = self.buffers.get_mut(&buffer_id) {
+                    buffer.migrate_pending = false;
+                }
             }
         }
+        let buffer = &self.buffers[&buffer_id];
         self.counters.detaches += 1;
         self.counters.live_attachments -= 1;
         if buffer.released && buffer.attachments.is_empty() {
@@ -654,15 +985,18 @@ impl Pool {
     /// The allocator rule: the first allocator, in priority order, that
     /// serves a kind of `mask` and has room for `size` bytes (free extents
     /// or leased stock, see the module documentation).
+    /// A shared buffer (`page`: its share page size) only takes share
+    /// allocators, an unshared one none.
     fn choose(
         allocators: &[AllocatorSlot],
         size: u64,
         mask: u32,
         single_segment: bool,
+        page: Option<u64>,
     ) -> Option<usize> {
         allocators
             .iter()
-            .position(|slot| slot.kinds & mask != 0 && slot.has_room(size, single_segment))
+            .position(|slot| slot.serves(mask, page) && slot.has_room(size, single_segment))
     }
 
     /// Allocates backing for `size` bytes from the allocator the rule picks.
@@ -672,8 +1006,9 @@ impl Pool {
         size: u64,
         mask: u32,
         single_segment: bool,
+        page: Option<u64>,
     ) -> Result<Backing, Error> {
-        let index = Self::choose(allocators, size, mask, single_segment)
+        let index = Self::choose(allocators, size, mask, single_segment, page)
             .ok_or(Error::OutOfMemory { size, mask })?;
         let segments = allocators[index]
             .allocator
@@ -686,6 +1021,7 @@ impl Pool {
             allocator: index,
             segments,
             serial: 0, // set by the caller
+            holds: 0,
         })
     }
 
@@ -700,11 +1036,13 @@ impl Pool {
     /// rule (`None`: no allocator has room). For tests and diagnostics.
     pub fn chosen_allocator(&self, buffer_id: BufferId) -> Result<Option<usize>, Error> {
         let buffer = self.buffer(buffer_id)?;
+        let page = self.share_page(buffer);
         Ok(Self::choose(
             &self.allocators,
-            buffer.size,
+            alloc_size(buffer.size, page),
             buffer.access_mask,
             self.contiguous_promised(buffer),
+            page,
         ))
     }
 
@@ -725,12 +1063,14 @@ impl Pool {
         let attachment = self
             .attachments
             .get(&attachment_id)
+            .filter(|a| a.owner == Owner::Guest)
             .ok_or(Error::UnknownAttachment(attachment_id))?;
         if attachment.maps[dir.index()] == u32::MAX {
             return Err(Error::MapCountOverflow(attachment_id));
         }
         let map_type = attachment.map_type;
         let buffer_id = attachment.buffer;
+        let page = self.share_page(self.buffer(buffer_id)?);
         let buffer = self
             .buffers
             .get_mut(&buffer_id)
@@ -761,29 +1101,29 @@ impl Pool {
             });
             let mut new = Self::allocate(
                 &mut self.allocators,
-                buffer.size,
+                alloc_size(buffer.size, page),
                 buffer.access_mask,
                 single_segment,
+                page,
             )?;
             new.serial = self.next_serial;
             self.next_serial += 1;
             self.allocators[new.allocator].num_buffers += 1;
             self.counters.allocations += 1;
+            self.counters.backing_bytes += new.len();
             match buffer.backing.replace(new) {
                 Some(old) => {
-                    let slot = &mut self.allocators[old.allocator];
-                    slot.allocator.free(&old.segments);
-                    slot.num_buffers -= 1;
-                    migrated_from = Some(old.segments);
                     buffer.migrate_pending = false;
                     self.counters.migrations += 1;
+                    migrated_from = Some(old.segments.clone());
+                    self.retire(old);
                 }
-                None => {
-                    newly_allocated = true;
-                    self.counters.backing_bytes += buffer.size;
-                }
+                None => newly_allocated = true,
             }
         }
+        let Some(buffer) = self.buffers.get(&buffer_id) else {
+            return Err(Error::UnknownBuffer(buffer_id)); // found just above
+        };
         let Some(backing) = &buffer.backing else {
             return Err(Error::NoBacking(buffer_id)); // set just above
         };
@@ -808,6 +1148,7 @@ impl Pool {
         let attachment = self
             .attachments
             .get_mut(&attachment_id)
+            .filter(|a| a.owner == Owner::Guest)
             .ok_or(Error::UnknownAttachment(attachment_id))?;
         let count = &mut attachment.maps[dir.index()];
         if *count == 0 {
@@ -841,11 +1182,8 @@ impl Pool {
             return Err(Error::UnknownBuffer(buffer_id)); // found just above
         };
         let backing = buffer.backing.take().ok_or(Error::NoBacking(buffer_id))?;
-        let slot = &mut self.allocators[backing.allocator];
-        slot.allocator.free(&backing.segments);
-        slot.num_buffers -= 1;
-        self.counters.backing_bytes -= buffer.size;
         buffer.migrate_pending = false;
+        self.retire(backing);
         Ok(())
     }
 
@@ -870,13 +1208,92 @@ impl Pool {
         Ok(())
     }
 
+    /// A backing leaves its buffer (destroyed, moved, discarded): back to
+    /// its allocator, or to quarantine while other VMs may reach it.
+    fn retire(&mut self, backing: Backing) {
+        let len = backing.len();
+        self.counters.backing_bytes -= len;
+        let slot = &mut self.allocators[backing.allocator];
+        slot.num_buffers -= 1;
+        if backing.holds == 0 {
+            slot.allocator.free(&backing.segments);
+            return;
+        }
+        self.counters.quarantined_bytes += len;
+        self.quarantine.insert(
+            backing.serial,
+            Quarantined {
+                serial: backing.serial,
+                allocator: Some(backing.allocator),
+                segments: backing.segments,
+                holds: backing.holds,
+            },
+        );
+    }
+
+    /// Records that a window of another VM reaches the backing of shared
+    /// buffer `buffer_id` (a mapping is about to be made): until the
+    /// matching [`Pool::unhold`], the extent is never free memory, even
+    /// after the buffer is freed or moved (it is then quarantined).
+    /// `EINVAL` for a buffer that is not shared, `ENODATA` without backing.
+    pub fn hold(&mut self, buffer_id: BufferId) -> Result<Held, Error> {
+        let page = self.share_page(self.buffer(buffer_id)?);
+        let buffer = self
+            .buffers
+            .get_mut(&buffer_id)
+            .ok_or(Error::UnknownBuffer(buffer_id))?;
+        if page.is_none() {
+            return Err(Error::NotShared(buffer_id));
+        }
+        let backing = buffer.backing.as_mut().ok_or(Error::NoBacking(buffer_id))?;
+        let (&[extent], Some(holds)) = (backing.segments.as_slice(), backing.holds.checked_add(1))
+        else {
+            return Err(Error::NotContiguous(buffer_id));
+        };
+        backing.holds = holds;
+        Ok(Held {
+            serial: backing.serial,
+            extent,
+        })
+    }
+
+    /// Ends one [`Pool::hold`] of the backing `serial` (the window is
+    /// proven gone). Returns true when that freed a quarantined extent.
+    /// `ENOENT` for a serial without holds.
+    pub fn unhold(&mut self, serial: u64) -> Result<bool, Error> {
+        if let Some(entry) = self.quarantine.get_mut(&serial) {
+            entry.holds -= 1;
+            if entry.holds > 0 {
+                return Ok(false);
+            }
+            if let Some(entry) = self.quarantine.remove(&serial) {
+                self.counters.quarantined_bytes -=
+                    entry.segments.iter().map(|s| s.len).sum::<u64>();
+                if let Some(allocator) = entry.allocator {
+                    self.allocators[allocator].allocator.free(&entry.segments);
+                }
+            }
+            return Ok(true);
+        }
+        let backing = self
+            .buffers
+            .values_mut()
+            .filter_map(|b| b.backing.as_mut())
+            .find(|k| k.serial == serial && k.holds > 0)
+            .ok_or(Error::UnknownHold(serial))?;
+        backing.holds -= 1;
+        Ok(false)
+    }
+
+    /// The extents in quarantine, by backing serial.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.quarantine.values().cloned().collect()
+    }
+
     fn destroy(&mut self, buffer_id: BufferId) {
         if let Some(buffer) = self.buffers.remove(&buffer_id) {
             if let Some(backing) = buffer.backing {
-                let slot = &mut self.allocators[backing.allocator];
-                slot.allocator.free(&backing.segments);
-                slot.num_buffers -= 1;
-                self.counters.backing_bytes -= buffer.size;
+                self.retire(backing);
             }
             self.counters.total_bytes -= buffer.size;
             self.counters.live_buffers -= 1;
@@ -1170,7 +1587,8 @@ impl Pool {
         extent_len: u64,
     ) -> Result<Mapped, Error> {
         for a in &req.attachments {
-            let checked = self.check_attach(req.buffer_id, a.mask, &a.importer_types)?;
+            let checked =
+                self.check_attach_as(req.buffer_id, a.mask, &a.importer_types, Owner::Guest)?;
             if checked.map_type != a.map_type {
                 return Err(Error::LeasedMappingType {
                     attachment: a.id,
@@ -1178,12 +1596,12 @@ impl Pool {
                     device: checked.map_type.code(),
                 });
             }
-            self.insert_attachment(a.id, req.buffer_id, a.mask, checked)?;
+            self.insert_attachment(a.id, req.buffer_id, a.mask, checked, Owner::Guest)?;
         }
         let buffer = self.buffer(req.buffer_id)?;
         let (size, mask) = (buffer.size, buffer.access_mask);
         let single = self.contiguous_promised(buffer);
-        let chosen = Self::choose(&self.allocators, size, mask, single);
+        let chosen = Self::choose(&self.allocators, size, mask, single, None);
         if chosen != Some(allocator) {
             return Err(Error::LeaseElsewhere {
                 addr: req.extent,
@@ -1214,6 +1632,7 @@ impl Pool {
                 allocator,
                 segments: segments.clone(),
                 serial,
+                holds: 0,
             });
         }
         if let Some(att) = self.attachments.get_mut(&attachment) {
@@ -1288,10 +1707,12 @@ impl Pool {
         Ok(self.buffer(buffer_id)?.size)
     }
 
-    /// Buffer of a live attachment.
+    /// Buffer of a live attachment of the guest (`ENOENT` for a share or
+    /// remote attachment: the guest never names those).
     pub fn attachment_buffer(&self, attachment_id: AttachmentId) -> Result<BufferId, Error> {
         self.attachments
             .get(&attachment_id)
+            .filter(|a| a.owner == Owner::Guest)
             .map(|a| a.buffer)
             .ok_or(Error::UnknownAttachment(attachment_id))
     }
@@ -1327,6 +1748,14 @@ impl Pool {
                 num_buffers: slot.num_buffers,
                 leased: slot.stock_bytes,
                 leased_extents: slot.stock.len(),
+                quarantined: self
+                    .quarantine
+                    .values()
+                    .filter(|q| q.allocator == Some(id))
+                    .flat_map(|q| q.segments.iter())
+                    .map(|s| s.len)
+                    .sum(),
+                share: slot.share,
             })
             .collect()
     }
@@ -1380,6 +1809,7 @@ impl Pool {
                 mask: a.mask,
                 map_type: a.map_type,
                 maps: a.maps,
+                owner: a.owner,
             })
             .collect();
         attachments.sort_by_key(|a| a.id);

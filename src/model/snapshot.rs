@@ -33,6 +33,10 @@ pub struct Counters {
     pub total_bytes: u64,
     /// Bytes of backing in use.
     pub backing_bytes: u64,
+    /// Bytes other VMs may still reach after their buffer let go of them
+    /// (neither free nor backing; [`Pool::unhold`](super::Pool::unhold)).
+    #[serde(default)]
+    pub quarantined_bytes: u64,
 }
 
 /// One allocator, as `cenalloc_allocator_info` reports it.
@@ -58,6 +62,10 @@ pub struct AllocatorStats {
     /// Bytes and extents leased to the driver, not yet used or returned.
     pub leased: u64,
     pub leased_extents: usize,
+    /// Bytes in quarantine: neither free nor any buffer's backing.
+    pub quarantined: u64,
+    /// Backs only buffers shared with other VMs.
+    pub share: bool,
 }
 
 /// One donated region.
@@ -94,6 +102,7 @@ pub struct AttachmentInfo {
     pub map_type: MappingType,
     /// Outstanding maps per direction: bidirectional, to device, from device.
     pub maps: [u32; 3],
+    pub owner: super::Owner,
 }
 
 /// The whole pool. Buffers and attachments sorted by id.

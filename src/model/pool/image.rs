@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Attachment, Backing, Buffer, Pool};
+use super::{Attachment, Backing, Buffer, Owner, Pool, Quarantined};
 use crate::model::ids::IdAllocator;
 use crate::model::mapping::MappingType;
 use crate::model::snapshot::Counters;
@@ -30,6 +30,9 @@ pub struct BufferImage {
     pub attachments: Vec<u32>,
     /// Allocator, segments, serial.
     pub backing: Option<(usize, Vec<Segment>, u64)>,
+    /// Windows of other VMs that reach the backing ([`Pool::hold`]).
+    #[serde(default)]
+    pub holds: u32,
     pub migrate_pending: bool,
     pub serial: u64,
 }
@@ -41,6 +44,8 @@ pub struct AttachmentImage {
     pub mask: u32,
     pub map_type: MappingType,
     pub maps: [u32; 3],
+    #[serde(default)]
+    pub owner: Owner,
 }
 
 /// A pool's state as data (see the module documentation).
@@ -58,6 +63,9 @@ pub struct PoolImage {
     pub next_attachment_id: u32,
     pub next_serial: u64,
     pub counters: Counters,
+    /// Extents in quarantine, by serial.
+    #[serde(default)]
+    pub quarantine: Vec<Quarantined>,
 }
 
 fn bad(what: &str) -> Error {
@@ -82,6 +90,7 @@ impl Pool {
                     .backing
                     .as_ref()
                     .map(|k| (k.allocator, k.segments.clone(), k.serial)),
+                holds: b.backing.as_ref().map_or(0, |k| k.holds),
                 migrate_pending: b.migrate_pending,
                 serial: b.serial,
             })
@@ -96,6 +105,7 @@ impl Pool {
                 mask: a.mask,
                 map_type: a.map_type,
                 maps: a.maps,
+                owner: a.owner,
             })
             .collect();
         attachments.sort_by_key(|a| a.id);
@@ -121,6 +131,7 @@ impl Pool {
             next_attachment_id: self.attachment_ids.next_value(),
             next_serial: self.next_serial,
             counters: self.counters.clone(),
+            quarantine: self.quarantine.values().cloned().collect(),
         }
     }
 
@@ -174,6 +185,27 @@ impl Pool {
                 slot.stock_bytes += len;
             }
         }
+        let mut serials = std::collections::BTreeSet::new();
+        for entry in &image.quarantine {
+            if entry.holds == 0 || entry.segments.is_empty() || !serials.insert(entry.serial) {
+                return Err(bad("quarantine"));
+            }
+            if let Some(allocator) = entry.allocator {
+                for segment in &entry.segments {
+                    claim(&mut pool, allocator, segment.addr, segment.len)?;
+                }
+            } else if entry.segments.iter().any(|q| {
+                pool.regions
+                    .range(..q.end())
+                    .next_back()
+                    .is_some_and(|(_, &(end, _))| end > q.addr)
+            }) {
+                return Err(bad(
+                    "a quarantined extent inside a region it is not part of",
+                ));
+            }
+            pool.quarantine.insert(entry.serial, entry.clone());
+        }
         for (slot, &count) in pool.allocators.iter_mut().zip(&image.num_buffers) {
             slot.num_buffers = count;
         }
@@ -186,13 +218,18 @@ impl Pool {
                     for segment in segments {
                         claim(&mut pool, *allocator, segment.addr, segment.len)?;
                     }
+                    if serials.contains(serial) {
+                        return Err(bad("a backing serial also in quarantine"));
+                    }
                     Some(Backing {
                         allocator: *allocator,
                         segments: segments.clone(),
                         serial: *serial,
+                        holds: b.holds,
                     })
                 }
-                None => None,
+                None if b.holds == 0 => None,
+                None => return Err(bad("holds without backing")),
             };
             pool.buffers.insert(
                 b.id,
@@ -224,6 +261,7 @@ impl Pool {
                     mask: a.mask,
                     map_type: a.map_type,
                     maps: a.maps,
+                    owner: a.owner,
                 },
             );
         }
