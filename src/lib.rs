@@ -48,4 +48,5 @@ pub mod protocol;
 pub mod registry;
 pub mod ring;
 pub mod sandbox;
+pub mod share;
 pub mod vhu_cenalloc;
