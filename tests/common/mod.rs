@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod shmem;
+
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
