@@ -1,7 +1,9 @@
 //! The test VMM's QEMU side of cross-VM sharing (tests/common/shmem.rs),
-//! checked against a back-end written here: vhost's `Backend` on the other
+//! checked against back-ends written here: vhost's `Backend` on the other
 //! end of the backend channel sends SHMEM_MAP / SHMEM_UNMAP as a daemon
-//! would. B's guest is the window.
+//! would; a small vhost-user-backend device offers the protocol features
+//! cenallocd does not offer yet, for the front-end's set-up and the
+//! commits' ADD_MEM_REG / REM_MEM_REG. B's guest is the window.
 
 mod common;
 
@@ -9,12 +11,27 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cenalloc::device::DeviceConfig;
 use common::shmem::*;
-use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
-use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+use common::*;
+use vhost::vhost_user::message::{
+    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{
+    Backend, Frontend, Listener, VhostUserFrontend, VhostUserFrontendReqHandler,
+};
+use vhost::VhostBackend;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 /// The region the tests map into (shmid 0).
 const WINDOW: u64 = 16 << 20;
@@ -820,4 +837,203 @@ fn a_back_end_that_closes_its_end_ends_the_channel() {
         }
     ))));
     assert!(channel.is_closed());
+}
+
+#[test]
+fn the_front_end_option_asks_cenallocd_for_nothing_it_does_not_offer() {
+    let socket = spawn_daemon(DeviceConfig::default_layout());
+    let shmem = QemuShmem::new();
+    let (mut harness, setup) = Harness::connect_with_window(&socket, WANTED_FEATURES, &shmem);
+    // vhost's back-end side offers REPLY_ACK to everyone; QEMU takes it.
+    assert_eq!(
+        window_features(setup.acked),
+        VhostUserProtocolFeatures::REPLY_ACK,
+        "{:?}",
+        setup.acked
+    );
+    assert!(setup.channel.is_none() && setup.regions.is_empty());
+    assert_eq!(setup.max_mem_slots, None);
+    assert!(shmem.window(0).is_none());
+    harness.run(Cmd::get_info()).ok();
+}
+
+/// A vhost-user-backend device offering what a window needs: the backend
+/// channel, one shared memory region, REPLY_ACK and CONFIGURE_MEM_SLOTS.
+#[derive(Default)]
+struct WindowDevice {
+    backend: Mutex<Option<Backend>>,
+    memory: Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+}
+
+impl VhostUserBackend for WindowDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        1
+    }
+
+    fn max_queue_size(&self) -> usize {
+        256
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::SHMEM
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        *self.memory.lock().unwrap() = Some(mem);
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        *self.backend.lock().unwrap() = Some(backend);
+    }
+
+    fn get_shmem_config(&self) -> std::io::Result<VhostUserShMemConfig> {
+        Ok(VhostUserShMemConfig::new(1, &[WINDOW]))
+    }
+
+    /// The library keeps the consumer's descriptor for good (one per
+    /// connection, a test's worth); without an exit event its workers would
+    /// never end.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(
+        &self,
+        _device_event: u16,
+        _evset: EventSet,
+        _vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl WindowDevice {
+    /// The back-end's guest memory as it stands.
+    fn memory(&self) -> GuestMemoryMmap {
+        let memory = self.memory.lock().unwrap();
+        let memory = memory.as_ref().expect("a memory table");
+        GuestMemoryMmap::clone(&memory.memory())
+    }
+}
+
+#[test]
+fn end_to_end_the_back_end_maps_and_sees_the_window_in_its_table() {
+    let path = std::env::temp_dir().join(format!("shmem-harness-{}.sock", std::process::id()));
+    let mut listener = Listener::new(&path, true).unwrap();
+    let device = Arc::new(WindowDevice::default());
+    let mut daemon = VhostUserDaemon::new(
+        "window-device".into(),
+        device.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .unwrap();
+    let served = std::thread::spawn(move || {
+        daemon.start(&mut listener).unwrap();
+        let _ = daemon.wait();
+    });
+
+    // QEMU's set-up of the device.
+    let mut frontend = Frontend::connect(&path, 1).unwrap();
+    frontend.set_owner().unwrap();
+    let features = frontend.get_features().unwrap();
+    frontend.set_features(features).unwrap();
+    let offered = frontend.get_protocol_features().unwrap();
+    let acked = window_features(offered);
+    assert_eq!(acked, device.protocol_features());
+    frontend.set_protocol_features(acked).unwrap();
+    let shmem = QemuShmem::new();
+    let setup = set_up_window(&mut frontend, acked, &shmem).unwrap();
+    assert_eq!(setup.regions, vec![(0, WINDOW)]);
+    assert!(setup.max_mem_slots.is_some_and(|slots| slots > 8));
+    assert!(setup.channel.is_some());
+    let window = shmem.window(0).unwrap();
+    assert_eq!(window.size(), WINDOW);
+    shmem.set_on_commit(frontend_hook(frontend.clone()));
+    // GET_SHMEM_CONFIG was answered after SET_BACKEND_REQ_FD was handled.
+    let backend = device
+        .backend
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the channel's end");
+
+    // The back-end maps part of a file; the commit adds the window region
+    // to its memory table, where it reads what B's window shows.
+    let p = page();
+    let file = memfd(64 * p);
+    let map = request(0, 16 * p, 32 * p, 8 * p, true);
+    backend.shmem_map(&map, &file).unwrap();
+    wait_commits(&shmem, 1);
+    match shmem.log().last().unwrap() {
+        Event::Commit {
+            sent: true,
+            error: None,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    let gpa = WINDOW_GPA + 32 * p;
+    let mut seen = vec![0u8; (8 * p) as usize];
+    device
+        .memory()
+        .read_slice(&mut seen, GuestAddress(gpa))
+        .unwrap();
+    assert_eq!(seen, pattern(16 * p, 8 * p));
+    window.write(32 * p + 100, b"from B").unwrap();
+    let mut back = [0u8; 6];
+    device
+        .memory()
+        .read_slice(&mut back, GuestAddress(gpa + 100))
+        .unwrap();
+    assert_eq!(&back, b"from B");
+
+    // The unmap's commit takes it out again.
+    backend.shmem_unmap(&map).unwrap();
+    wait_commits(&shmem, 2);
+    use vm_memory::GuestMemoryBackend;
+    assert!(!device.memory().address_in_range(GuestAddress(gpa)));
+    assert!(shmem.told().is_empty());
+
+    // A read-only fd in the memory table: vhost-user-backend maps every
+    // region read-write, fails (EACCES) and ends the connection, which the
+    // hook's fence finds closed. QEMU's window took the map.
+    let readonly = read_only(&file);
+    backend
+        .shmem_map(&request(0, 0, 0, 4 * p, false), &readonly)
+        .unwrap();
+    wait_commits(&shmem, 3);
+    match shmem.log().last().unwrap() {
+        Event::Commit {
+            sent: true,
+            error: Some(_),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(window.read(0, 4 * p).unwrap(), pattern(0, 4 * p));
+    let deadline = Instant::now() + WAIT;
+    while !served.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the device kept a connection whose table it could not map"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    served.join().unwrap();
+    drop((setup, shmem, frontend));
+    let _ = std::fs::remove_file(&path);
 }

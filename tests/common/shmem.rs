@@ -9,6 +9,8 @@
 //!   with QEMU's rules, a log of what happened, and switches.
 //! - [`Channel`]: the socket pair (QEMU's `vhost_setup_backend_channel`)
 //!   and the thread serving QEMU's end.
+//! - [`set_up_window`]: the protocol features, GET_MAX_MEM_SLOTS,
+//!   SET_BACKEND_REQ_FD and GET_SHMEM_CONFIG, when the back-end offers them.
 //!
 //! QEMU's rules, read in the series that added the requests (its last
 //! posting, v11 of "vhost-user: Add VirtIO Shared Memory map request",
@@ -67,7 +69,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags, VhostUserShMemConfig};
+use vhost::vhost_user::message::{
+    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserFrontendReqHandler};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vm_memory::volatile_memory::VolatileSlice;
@@ -1713,4 +1717,73 @@ impl Drop for Channel {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The protocol features a front-end with a window takes when the
+/// back-end offers them (QEMU's `vhost-user-test-device-pci`).
+pub fn window_features(offered: VhostUserProtocolFeatures) -> VhostUserProtocolFeatures {
+    offered
+        & (VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::SHMEM
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+}
+
+/// What [`set_up_window`] did.
+pub struct WindowSetUp {
+    pub acked: VhostUserProtocolFeatures,
+    /// GET_MAX_MEM_SLOTS's answer (with CONFIGURE_MEM_SLOTS).
+    pub max_mem_slots: Option<u64>,
+    /// The regions GET_SHMEM_CONFIG gave (`shmid`, size), added to the
+    /// handler (with SHMEM).
+    pub regions: Vec<(u8, u64)>,
+    /// The backend channel (with BACKEND_REQ); keep it alive.
+    pub channel: Option<Channel>,
+}
+
+/// The rest of QEMU's set-up once SET_PROTOCOL_FEATURES(`acked`) is sent
+/// (`vhost_user_backend_init`, then `vhost-user-base` realize):
+/// GET_MAX_MEM_SLOTS, the backend channel and SET_BACKEND_REQ_FD,
+/// GET_SHMEM_CONFIG (every region of non-zero size, its index the
+/// `shmid`), each only if acked.
+pub fn set_up_window(
+    frontend: &mut Frontend,
+    acked: VhostUserProtocolFeatures,
+    shmem: &Arc<QemuShmem>,
+) -> Result<WindowSetUp, vhost::Error> {
+    let max_mem_slots = if acked.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS) {
+        Some(frontend.get_max_mem_slots()?)
+    } else {
+        None
+    };
+    let channel = if acked.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+        let mut channel = Channel::spawn(shmem).map_err(vhost::Error::IOError)?;
+        let end = channel
+            .take_backend_end()
+            .expect("a new channel has its end");
+        frontend.set_backend_request_fd(&end)?;
+        drop(end);
+        Some(channel)
+    } else {
+        None
+    };
+    let mut regions = Vec::new();
+    if acked.contains(VhostUserProtocolFeatures::SHMEM) {
+        let config = frontend.get_shmem_config()?;
+        for (shmid, &size) in config.memory_sizes.iter().enumerate() {
+            if size != 0 {
+                let shmid = shmid as u8;
+                shmem
+                    .add_region(shmid, size)
+                    .map_err(vhost::Error::IOError)?;
+                regions.push((shmid, size));
+            }
+        }
+    }
+    Ok(WindowSetUp {
+        acked,
+        max_mem_slots,
+        regions,
+        channel,
+    })
 }
