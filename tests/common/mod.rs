@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod shmem;
+
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -639,11 +641,50 @@ impl Harness {
     /// [`Harness::try_connect_with_ram`] over a front-end already connected
     /// (e.g. `Frontend::from_stream`, keeping a clone of the stream).
     pub fn try_set_up(
-        mut frontend: Frontend,
+        frontend: Frontend,
         socket: &Path,
         wanted: u64,
         ram: GuestRam,
     ) -> Result<Self, vhost::Error> {
+        Self::set_up(frontend, socket, wanted, ram, None).map(|(harness, _)| harness)
+    }
+
+    /// [`Harness::try_set_up`] as QEMU sets up a device with VIRTIO shared
+    /// memory (importer B, docs/design/cross-vm-sharing.md section 8): the
+    /// protocol features of [`shmem::window_features`] the daemon offers
+    /// are taken too, then [`shmem::set_up_window`] serves `shmem` (the
+    /// backend channel, GET_SHMEM_CONFIG's regions). Against a daemon that
+    /// offers none of the window's own features, the session of
+    /// `try_set_up` but for REPLY_ACK, which vhost's back-end side always
+    /// offers and QEMU takes (the harness sets no NEED_REPLY with it).
+    pub fn try_set_up_with_window(
+        frontend: Frontend,
+        socket: &Path,
+        wanted: u64,
+        ram: GuestRam,
+        shmem: &std::sync::Arc<shmem::QemuShmem>,
+    ) -> Result<(Self, shmem::WindowSetUp), vhost::Error> {
+        Self::set_up(frontend, socket, wanted, ram, Some(shmem))
+            .map(|(harness, window)| (harness, window.expect("set up with a window")))
+    }
+
+    /// [`Harness::connect`] with a window ([`Harness::try_set_up_with_window`]).
+    pub fn connect_with_window(
+        socket: &Path,
+        wanted: u64,
+        shmem: &std::sync::Arc<shmem::QemuShmem>,
+    ) -> (Self, shmem::WindowSetUp) {
+        let frontend = Frontend::connect(socket, CENALLOC_NUM_VQS as u64).unwrap();
+        Self::try_set_up_with_window(frontend, socket, wanted, GuestRam::new(), shmem).unwrap()
+    }
+
+    fn set_up(
+        mut frontend: Frontend,
+        socket: &Path,
+        wanted: u64,
+        ram: GuestRam,
+        window: Option<&std::sync::Arc<shmem::QemuShmem>>,
+    ) -> Result<(Self, Option<shmem::WindowSetUp>), vhost::Error> {
         frontend.set_owner()?;
         let offered = frontend.get_features()?;
         assert_eq!(
@@ -655,8 +696,18 @@ impl Harness {
         frontend.set_features(features)?;
         let protocol = frontend.get_protocol_features()?;
         assert!(protocol.contains(VhostUserProtocolFeatures::CONFIG));
-        assert!(!protocol.contains(VhostUserProtocolFeatures::SHMEM));
-        frontend.set_protocol_features(VhostUserProtocolFeatures::CONFIG)?;
+        let acked = match window {
+            Some(_) => VhostUserProtocolFeatures::CONFIG | shmem::window_features(protocol),
+            None => {
+                assert!(!protocol.contains(VhostUserProtocolFeatures::SHMEM));
+                VhostUserProtocolFeatures::CONFIG
+            }
+        };
+        frontend.set_protocol_features(acked)?;
+        let window = match window {
+            Some(shmem) => Some(shmem::set_up_window(&mut frontend, acked, shmem)?),
+            None => None,
+        };
         let size = size_of::<Config>() as u32;
         let (_, bytes) = frontend.get_config(
             0,
@@ -685,7 +736,7 @@ impl Harness {
         for index in 0..CENALLOC_NUM_VQS {
             harness.try_setup_queue(index, 0)?;
         }
-        Ok(harness)
+        Ok((harness, window))
     }
 
     /// What the holder of `cenallocd --supervise` does for a new serving
