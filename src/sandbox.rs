@@ -14,7 +14,7 @@
 //!    to that user's uid and gid with no supplementary groups (every
 //!    capability goes with uid 0).
 //! 3. **seccomp** ([`seccompiler`]), on every thread: an allowlist
-//!    ([`allowed_syscalls`], 45 syscalls) derived by tracing the daemon
+//!    ([`allowed_syscalls`], 46 syscalls) derived by tracing the daemon
 //!    through the integration tests (several VMs, every control request,
 //!    exports, reconnects, SIGTERM). A syscall outside it kills the daemon (`--seccomp kill`,
 //!    the default), raises SIGSYS (`trap`), is only logged by the kernel
@@ -23,7 +23,8 @@
 //!    flags seccomp cannot see, answers `ENOSYS` so the C library falls
 //!    back to `clone`), `mmap`/`mprotect` never `PROT_EXEC`, `openat` only
 //!    read-only without `O_CREAT`, `fcntl`, `prctl` and `setsockopt` only
-//!    the commands used. No `socket`, `connect`, `bind`, `execve`, no
+//!    the commands used, `getsockopt` only `SO_DOMAIN` and `SO_TYPE` (the
+//!    check vhost makes of a window's back-end request channel). No `socket`, `connect`, `bind`, `execve`, no
 //!    `ptrace`, no privilege changes.
 //!
 //! Guest memory files arrive after the sandbox is up (SET_MEM_TABLE): the
@@ -273,6 +274,8 @@ pub enum Arguments {
     OneOf(u8, &'static [u64]),
     /// `openat` for reading only, never creating or truncating.
     ReadOnlyOpen,
+    /// `getsockopt` at level `SOL_SOCKET` of one of these options.
+    SocketOption(&'static [u64]),
 }
 
 /// The syscalls the daemon may make once sandboxed, with their argument
@@ -305,6 +308,13 @@ pub fn allowed_syscalls() -> &'static [(&'static str, i64, Arguments)] {
         // daemon limits admit it (vhu_cenalloc::serve_one).
         ("poll", libc::SYS_poll, Any),
         ("shutdown", libc::SYS_shutdown, Any),
+        // The back-end request channel of a VM with a window (issue 17):
+        // vhost checks the socket it is handed is a Unix stream socket.
+        (
+            "getsockopt",
+            libc::SYS_getsockopt,
+            SocketOption(&[libc::SO_DOMAIN as u64, libc::SO_TYPE as u64]),
+        ),
         // Control clients' write timeouts.
         (
             "setsockopt",
@@ -408,6 +418,17 @@ fn seccomp_filters(mode: SeccompMode) -> Result<Vec<seccompiler::BpfProgram>, Er
             Arguments::OneOf(arg, values) => values
                 .iter()
                 .map(|&value| rule(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value))
+                .collect::<Result<_, _>>()?,
+            Arguments::SocketOption(options) => options
+                .iter()
+                .map(|&option| {
+                    let condition = |arg: u8, value: u64| {
+                        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+                    };
+                    condition(1, libc::SOL_SOCKET as u64)
+                        .and_then(|level| SeccompRule::new(vec![level, condition(2, option)?]))
+                        .map_err(|e| err(&e))
+                })
                 .collect::<Result<_, _>>()?,
             Arguments::ReadOnlyOpen => {
                 let forbidden = libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE;

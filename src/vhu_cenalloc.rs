@@ -50,7 +50,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -67,7 +70,9 @@ use crate::config::Hooks;
 use crate::device::{self, Device, DeviceConfig};
 use crate::memory_table;
 use crate::poll::Poller;
-use crate::protocol::{CENALLOC_NUM_VQS, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT};
+use crate::protocol::{
+    CENALLOC_NUM_VQS, CENALLOC_SHM_WINDOW, CENALLOC_VQ_CONTROL, CENALLOC_VQ_EVENT,
+};
 use crate::registry::{self, DeviceView, Exports, Registry, Revocation, Vm};
 use crate::ring::{self, Health, MemoryGuard, RingError, Served, Walk};
 
@@ -361,6 +366,9 @@ pub struct CenallocBackend {
     /// Taken over before the event ring ran: it goes on from its used
     /// index once it does.
     events_resync: AtomicBool,
+    /// The back-end request channel QEMU gave (SET_BACKEND_REQ_FD), for a
+    /// device with a window: where the window's maps will be sent.
+    backend_channel: Mutex<Option<Backend>>,
 }
 
 impl CenallocBackend {
@@ -394,7 +402,14 @@ impl CenallocBackend {
             adopt_event: None,
             vrings: std::sync::OnceLock::new(),
             events_resync: AtomicBool::new(false),
+            backend_channel: Mutex::new(None),
         })
+    }
+
+    /// Whether QEMU gave the back-end request channel (a device with a
+    /// window only).
+    pub fn has_backend_channel(&self) -> bool {
+        lock(&self.backend_channel).is_some()
     }
 
     /// The backend with its device journaled in `slot`'s file: a fresh
@@ -619,8 +634,41 @@ impl VhostUserBackend for CenallocBackend {
             | self.config.features()
     }
 
+    /// CONFIG for every VM. A VM with a window (an importer of a share
+    /// group, issue 17) also gets what the window needs: its shared memory
+    /// region (SHMEM), the back-end request channel the maps go on
+    /// (BACKEND_REQ, with REPLY_ACK for their answers), and memory-table
+    /// changes one region at a time (CONFIGURE_MEM_SLOTS: each mapped
+    /// window becomes a region of the table). Every other VM is offered
+    /// exactly what it was before sharing existed.
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let mut features = VhostUserProtocolFeatures::CONFIG;
+        if self.config.window.is_some() {
+            features |= VhostUserProtocolFeatures::SHMEM
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        }
+        features
+    }
+
+    /// GET_SHMEM_CONFIG (sent only if SHMEM was negotiated): one region,
+    /// `CENALLOC_SHM_WINDOW`, of the configured window size.
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        let window = self
+            .config
+            .window
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "this VM has no window"))?;
+        let mut sizes = vec![0u64; usize::from(CENALLOC_SHM_WINDOW) + 1];
+        sizes[usize::from(CENALLOC_SHM_WINDOW)] = window;
+        Ok(VhostUserShMemConfig::new(sizes.len() as u32, &sizes))
+    }
+
+    /// SET_BACKEND_REQ_FD (sent only if BACKEND_REQ was negotiated, so
+    /// for a VM with a window): kept for the window's maps.
+    fn set_backend_req_fd(&self, backend: Backend) {
+        debug!("{}: back-end request channel set", self.name);
+        *lock(&self.backend_channel) = Some(backend);
     }
 
     /// VHOST_USER_RESET_DEVICE (not negotiated, so QEMU does not send it):

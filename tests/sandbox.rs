@@ -28,6 +28,7 @@
 mod common;
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ const CTL: &str = env!("CARGO_BIN_EXE_cenallocctl");
 const CHILD: &str = "CENALLOC_SANDBOX_CHILD";
 /// A file the child must not be able to open once sandboxed.
 const FORBIDDEN: &str = "CENALLOC_SANDBOX_FORBIDDEN";
+/// The descriptor of the child's socket for the getsockopt probes.
+const PROBE_SOCKET: i32 = 100;
 
 fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(CHILD) {
@@ -231,6 +234,30 @@ fn probe(name: &str) {
             let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
             report!("survived open-rdwr: {fd}");
         }
+        // getsockopt is allowed at SOL_SOCKET for SO_DOMAIN and SO_TYPE
+        // only (vhost's check of a window's channel), on the socket the
+        // child made before its sandbox.
+        "getsockopt-rcvbuf" | "getsockopt-type" => {
+            let option = if name == "getsockopt-type" {
+                libc::SO_TYPE
+            } else {
+                libc::SO_RCVBUF
+            };
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            report!("probe {name}");
+            // SAFETY: `value` and `len` are locals that outlive the call.
+            let rc = unsafe {
+                libc::getsockopt(
+                    PROBE_SOCKET,
+                    libc::SOL_SOCKET,
+                    option,
+                    std::ptr::addr_of_mut!(value).cast(),
+                    &mut len,
+                )
+            };
+            report!("survived {name}: {rc}");
+        }
         "clone3" => {
             // SAFETY: clone3 with no arguments creates nothing: ENOSYS
             // under the sandbox, EINVAL outside.
@@ -275,6 +302,14 @@ fn child(spec: &str) -> ! {
         removable_dirs: Vec::new(),
         readable_dirs: Vec::new(),
     };
+    // A socket for the getsockopt probes (the sandbox forbids making one).
+    let (socket, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    // SAFETY: dup2 of a descriptor we own onto a number nothing uses.
+    assert_eq!(
+        unsafe { libc::dup2(socket.as_raw_fd(), PROBE_SOCKET) },
+        PROBE_SOCKET
+    );
+    std::mem::forget((socket, peer));
     let (go, wait) = std::sync::mpsc::channel::<()>();
     let probe_name = probe_name.to_string();
     let probing = {
@@ -399,7 +434,13 @@ fn a_forbidden_syscall_kills_a_sandboxed_process_from_any_thread() {
 
 fn the_argument_rules_end_in_sigsys_and_clone3_in_enosys() {
     let forbidden = forbidden_file();
-    for probe_name in ["fork", "mmap-exec", "mprotect-exec", "open-rdwr"] {
+    for probe_name in [
+        "fork",
+        "mmap-exec",
+        "mprotect-exec",
+        "open-rdwr",
+        "getsockopt-rcvbuf",
+    ] {
         let spec = format!("kill:main:{probe_name}");
         let (status, out) = run_child(&spec, &forbidden);
         assert_killed(&spec, status, &out);
@@ -420,6 +461,10 @@ fn the_argument_rules_end_in_sigsys_and_clone3_in_enosys() {
             "{spec}: {out}"
         );
     }
+    // The options vhost asks are allowed.
+    let (status, out) = run_child("kill:main:getsockopt-type", &forbidden);
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(out.contains("survived getsockopt-type: 0"), "{out}");
     let (status, out) = run_child("kill:main:clone3", &forbidden);
     assert!(status.success(), "{status:?}\n{out}");
     assert!(

@@ -496,6 +496,9 @@ impl Config {
             }
         }
         let share = share::build(&file, &mut vms, &base.pool.custom_kinds)?;
+        for vm in &mut vms {
+            vm.device.window = vm.window();
+        }
 
         let defaults = DaemonLimits::default();
         let daemon = DaemonLimits {

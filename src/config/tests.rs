@@ -1180,6 +1180,20 @@ fn limit_window_is_inherited_and_overridden() {
     assert_eq!(config.window("alpha"), None);
 }
 
+/// The window reaches the importer's device (its shared memory region);
+/// the exporter's device has none, as a VM in no group.
+#[test]
+fn the_window_is_the_importers_device_region() {
+    let text = format!("{ALPHA}{BETA}{CAMERA}");
+    let config = config_of("device-window", &text, &[]).unwrap();
+    let device = |name: &str| {
+        let vm = config.vms.iter().find(|vm| vm.name == name).unwrap();
+        vm.device.window
+    };
+    assert_eq!(device("beta"), Some(64 << 20));
+    assert_eq!(device("alpha"), None);
+}
+
 #[test]
 fn limit_max_imports_is_inherited_and_overridden() {
     inherited_and_overridden("max_imports", "3", "5", [3, 5, 16], |s| {

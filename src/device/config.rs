@@ -25,6 +25,12 @@ pub struct DeviceConfig {
     /// Longest time the control queue's worker polls for the next request
     /// after answering, microseconds (adaptive below it; 0: never).
     pub poll_us: u32,
+    /// The size of the device's shared memory region
+    /// (`CENALLOC_SHM_WINDOW`), the window other VMs' buffers are mapped
+    /// into: only a VM that imports in a `[[share_group]]` has one (issue
+    /// 17). `None`: no region, and the vhost-user features it needs
+    /// (SHMEM, BACKEND_REQ, CONFIGURE_MEM_SLOTS) are not offered.
+    pub window: Option<u64>,
 }
 
 /// Default of [`DeviceConfig::max_pool_percent`].
@@ -52,6 +58,7 @@ impl DeviceConfig {
             max_pool_percent: DEFAULT_MAX_POOL_PERCENT,
             max_batch: CENALLOC_MAX_BATCH,
             poll_us: crate::poll::DEFAULT_POLL_US,
+            window: None,
         }
     }
 
