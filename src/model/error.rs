@@ -147,6 +147,8 @@ pub enum Error {
     SharedWithImporters(AttachmentId),
     #[error("no window holds the backing with serial {0}")]
     UnknownHold(u64),
+    #[error("buffer {0}: not for an imported buffer (or not one)")]
+    NotImported(BufferId),
 }
 
 impl Error {
@@ -172,7 +174,8 @@ impl Error {
             | LeasedMapIndex(_)
             | DriverIdOutOfRange(_)
             | NotShared(_)
-            | InvalidPageSize(_) => libc::EINVAL,
+            | InvalidPageSize(_)
+            | NotImported(_) => libc::EINVAL,
             RegionOverlap { .. } | IdInUse(_) | AlreadyShared(_) => libc::EEXIST,
             NoShareAllocator { .. } => libc::ENOMEM,
             SharedWithImporters(_) => libc::EBUSY,

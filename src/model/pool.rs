@@ -164,6 +164,9 @@ struct Buffer {
     /// Unique in the pool's life, like a backing's serial: tells this
     /// buffer from a later one with the same id.
     serial: u64,
+    /// Another VM's shared buffer, reached through this VM's window
+    /// ([`Pool::import`]): never backed here.
+    imported: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -536,6 +539,17 @@ impl Pool {
     }
 
     fn insert_buffer(&mut self, id: BufferId, size: u64, flags: u32, initial_mask: u32) {
+        self.insert_buffer_as(id, size, flags, initial_mask, false);
+    }
+
+    fn insert_buffer_as(
+        &mut self,
+        id: BufferId,
+        size: u64,
+        flags: u32,
+        initial_mask: u32,
+        imported: bool,
+    ) {
         let serial = self.take_serial();
         self.buffers.insert(
             id,
@@ -549,11 +563,105 @@ impl Pool {
                 backing: None,
                 migrate_pending: false,
                 serial,
+                imported,
             },
         );
         self.counters.creates += 1;
         self.counters.live_buffers += 1;
-        self.counters.total_bytes += size;
+        if !imported {
+            self.counters.total_bytes += size;
+        }
+    }
+
+    /// An imported buffer: another VM's shared buffer of `size` bytes that
+    /// this VM reaches through its window. It takes an id and a place in
+    /// `max_buffers` but no memory of this pool (nothing in
+    /// `max_total_bytes`, never backed). Its devices attach as to any
+    /// buffer (the window is one range, so `Contiguous` matches), map it
+    /// with [`Pool::map_import`], and [`Pool::release_import`] ends it;
+    /// FREE, a share and the ordinary map refuse it (`EINVAL`).
+    pub fn import(&mut self, size: u64, initial_mask: u32) -> Result<Created, Error> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let rounded = size
+            .checked_next_multiple_of(PAGE_SIZE)
+            .ok_or(Error::BufferTooLarge {
+                size,
+                max: u64::MAX,
+            })?;
+        let max = self.config.limits.max_buffers;
+        if self.buffers.len() >= max as usize {
+            return Err(Error::TooManyBuffers { max });
+        }
+        let id = self
+            .buffer_ids
+            .peek(&self.buffers)
+            .ok_or(Error::IdsExhausted)?;
+        self.buffer_ids.commit(id);
+        self.insert_buffer_as(id, rounded, 0, initial_mask, true);
+        Ok(Created { id, size: rounded })
+    }
+
+    /// Whether a live buffer is imported ([`Pool::import`]).
+    pub fn is_imported(&self, buffer_id: BufferId) -> Result<bool, Error> {
+        Ok(self.buffer(buffer_id)?.imported)
+    }
+
+    /// A map of an imported buffer by one of its guest attachments: only
+    /// counted (the window holds the pages, if the exporter let it);
+    /// returns the negotiated type. `EINVAL` for a buffer that is not
+    /// imported.
+    pub fn map_import(
+        &mut self,
+        attachment_id: AttachmentId,
+        dir: Direction,
+    ) -> Result<MappingType, Error> {
+        let attachment = self
+            .attachments
+            .get(&attachment_id)
+            .filter(|a| a.owner == Owner::Guest)
+            .ok_or(Error::UnknownAttachment(attachment_id))?;
+        let buffer = attachment.buffer;
+        if !self.buffer(buffer)?.imported {
+            return Err(Error::NotImported(buffer));
+        }
+        if attachment.maps[dir.index()] == u32::MAX {
+            return Err(Error::MapCountOverflow(attachment_id));
+        }
+        let map_type = attachment.map_type;
+        if let Some(att) = self.attachments.get_mut(&attachment_id) {
+            att.maps[dir.index()] += 1;
+        }
+        self.counters.maps += 1;
+        Ok(map_type)
+    }
+
+    /// Ends an import: the buffer and its attachments go. `EBUSY` while an
+    /// attachment holds a mapping; `ENOENT` for a buffer that is not
+    /// imported (or does not exist).
+    pub fn release_import(&mut self, buffer_id: BufferId) -> Result<(), Error> {
+        let buffer = self
+            .buffers
+            .get(&buffer_id)
+            .filter(|b| b.imported)
+            .ok_or(Error::UnknownBuffer(buffer_id))?;
+        if let Some(mapped) = buffer
+            .attachments
+            .iter()
+            .find(|a| self.attachments.get(a).is_some_and(Attachment::mapped))
+        {
+            return Err(Error::AttachmentMapped(*mapped));
+        }
+        let attachments = buffer.attachments.clone();
+        for a in &attachments {
+            self.attachments.remove(a);
+            self.counters.detaches += 1;
+            self.counters.live_attachments -= 1;
+        }
+        self.counters.frees += 1;
+        self.destroy(buffer_id);
+        Ok(())
     }
 
     /// Whether every allocator that could back `mask` is contiguous (and
@@ -772,6 +880,10 @@ impl Pool {
             return Err(Error::BufferReleased(buffer_id));
         }
         let mut page = self.share_page(buffer);
+        if buffer.imported && owner != Owner::Guest {
+            // Nothing is shared again from another VM.
+            return Err(Error::NotImported(buffer_id));
+        }
         match owner {
             Owner::Guest => {
                 if importer_types.is_empty() {
@@ -855,6 +967,8 @@ impl Pool {
         // Contiguous matches a buffer that is one range (and stays), or that
         // will be allocated and can only become one range.
         let contiguous_ok = match &buffer.backing {
+            // The window is one range.
+            _ if buffer.imported => true,
             Some(backing) if !migrate => backing.segments.len() == 1,
             _ => self.only_contiguous_for(new_mask, page),
         };
@@ -1070,6 +1184,9 @@ impl Pool {
         }
         let map_type = attachment.map_type;
         let buffer_id = attachment.buffer;
+        if self.buffer(buffer_id)?.imported {
+            return Err(Error::NotImported(buffer_id));
+        }
         let page = self.share_page(self.buffer(buffer_id)?);
         let buffer = self
             .buffers
@@ -1199,6 +1316,10 @@ impl Pool {
         if buffer.released {
             return Err(Error::BufferReleased(buffer_id));
         }
+        if buffer.imported {
+            // An import ends with RELEASE.
+            return Err(Error::NotImported(buffer_id));
+        }
         buffer.released = true;
         let destroy = buffer.attachments.is_empty();
         self.counters.frees += 1;
@@ -1295,7 +1416,9 @@ impl Pool {
             if let Some(backing) = buffer.backing {
                 self.retire(backing);
             }
-            self.counters.total_bytes -= buffer.size;
+            if !buffer.imported {
+                self.counters.total_bytes -= buffer.size;
+            }
             self.counters.live_buffers -= 1;
             self.counters.destroyed += 1;
         }
@@ -1797,6 +1920,7 @@ impl Pool {
                     .unwrap_or_default(),
                 migrate_pending: b.migrate_pending,
                 attachments: b.attachments.clone(),
+                imported: b.imported,
             })
             .collect();
         buffers.sort_by_key(|b| b.id);

@@ -82,6 +82,16 @@ enum Op {
     Unhold {
         pick: usize,
     },
+    /// Another VM's buffer imported, mapped through the window, released.
+    Import {
+        pages: u64,
+    },
+    MapImport {
+        pick: usize,
+    },
+    ReleaseImport {
+        pick: usize,
+    },
     Clear,
 }
 
@@ -92,15 +102,18 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<usize>(), 0usize..6).prop_map(|(pick, mask)| Op::Attach { pick, mask }),
         4 => any::<usize>().prop_map(|pick| Op::Map { pick }),
         2 => any::<usize>().prop_map(|pick| Op::Unmap { pick }),
-        2 => any::<usize>().prop_map(|pick| Op::UnmapAll { pick }),
+        3 => any::<usize>().prop_map(|pick| Op::UnmapAll { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Detach { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Free { pick }),
         3 => (any::<usize>(), 0usize..3).prop_map(|(pick, page)| Op::Share { pick, page }),
         2 => (any::<usize>(), 0usize..6).prop_map(|(pick, mask)| Op::AttachRemote { pick, mask }),
-        2 => (any::<usize>(), 0usize..6).prop_map(|(pick, mask)| Op::SetRemoteMask { pick, mask }),
+        3 => (any::<usize>(), 0usize..6).prop_map(|(pick, mask)| Op::SetRemoteMask { pick, mask }),
         2 => any::<usize>().prop_map(|pick| Op::DetachOwned { pick }),
         3 => any::<usize>().prop_map(|pick| Op::Hold { pick }),
         2 => any::<usize>().prop_map(|pick| Op::Unhold { pick }),
+        1 => (1u64..6).prop_map(|pages| Op::Import { pages }),
+        2 => any::<usize>().prop_map(|pick| Op::MapImport { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::ReleaseImport { pick }),
         1 => Just(Op::Clear),
     ]
 }
@@ -301,6 +314,20 @@ impl Life {
                 );
                 Ok(())
             }
+            Op::Import { pages } => {
+                // An import and the importer's first device, in one step.
+                let id = self.pool.import(pages * PAGE, 0)?.id;
+                let types = [MappingType::Contiguous, MappingType::ScatterGather];
+                self.pool.attach(id, kinds::ANY, &types).map(drop)
+            }
+            Op::MapImport { pick: p } => {
+                let a = pick(&self.attachments(guest), p);
+                self.pool.map_import(a, Direction::Bidirectional).map(drop)
+            }
+            Op::ReleaseImport { pick: p } => {
+                let b = pick(&self.buffers(), p);
+                self.pool.release_import(b)
+            }
             Op::Clear => self.pool.clear(),
         }
     }
@@ -320,10 +347,18 @@ fn check(life: &Life) {
         .collect();
     let mut used = vec![0u64; snap.allocators.len()];
     let mut extents: Vec<Segment> = Vec::new();
+    let own: u64 = snap
+        .buffers
+        .iter()
+        .filter(|b| !b.imported)
+        .map(|b| b.size)
+        .sum();
+    assert_eq!(snap.counters.total_bytes, own, "imports take no memory");
     for b in &snap.buffers {
         let Some(allocator) = b.allocator else {
             continue;
         };
+        assert!(!b.imported, "an imported buffer with backing");
         used[allocator] += b.backing.iter().map(|s| s.len).sum::<u64>();
         extents.extend(&b.backing);
         let serial = pool.backing_serial(b.id).expect("backed");
@@ -381,7 +416,7 @@ fn check(life: &Life) {
     assert_eq!(rebuilt.snapshot(), snap);
 }
 
-fn run(ops: &[Op]) -> (usize, usize) {
+fn run(ops: &[Op]) -> (usize, usize, usize) {
     let mut pool = Pool::new(config()).unwrap();
     for allocator in 0..4 {
         let r = region(allocator, 0);
@@ -392,7 +427,7 @@ fn run(ops: &[Op]) -> (usize, usize) {
         held: BTreeMap::new(),
         unshared_serials: Vec::new(),
     };
-    let (mut quarantines, mut migrations) = (0, 0);
+    let (mut quarantines, mut migrations, mut imports) = (0, 0, 0);
     let start = (0..3).map(|i| Op::Create {
         pages: 1 + i,
         initial: 6,
@@ -420,9 +455,16 @@ fn run(ops: &[Op]) -> (usize, usize) {
         if life.pool.counters().migrations > migrated {
             migrations += 1;
         }
+        let snap = life.pool.snapshot();
+        let mapped_import = snap.attachments.iter().any(|a| {
+            a.maps != [0; 3] && snap.buffers.iter().any(|b| b.id == a.buffer && b.imported)
+        });
+        if mapped_import {
+            imports += 1;
+        }
         check(&life);
     }
-    (quarantines, migrations)
+    (quarantines, migrations, imports)
 }
 
 proptest! {
@@ -434,21 +476,25 @@ proptest! {
 }
 
 /// Guards the generator: the sequences the property draws (here from a
-/// fixed seed, as many as a default run) quarantine extents and move
-/// shared buffers.
+/// fixed seed, as many as a default run) quarantine extents, move shared
+/// buffers and map imported ones.
 #[test]
 fn the_share_property_reaches_quarantine_and_migrations() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = prop::collection::vec(op(), 1..80);
-    let (mut quarantines, mut migrations) = (0, 0);
+    let (mut quarantines, mut migrations, mut imports) = (0, 0, 0);
     for _ in 0..256 {
         let ops = strategy.new_tree(&mut runner).expect("a case").current();
-        let (q, m) = run(&ops);
+        let (q, m, i) = run(&ops);
         quarantines += q;
         migrations += m;
+        imports += i;
     }
-    eprintln!("steps with quarantine {quarantines}, migrations {migrations}");
+    eprintln!(
+        "steps with quarantine {quarantines}, migrations {migrations}, steps with a mapped import {imports}"
+    );
+    assert!(imports >= 20, "{imports} steps with a mapped import");
     assert!(quarantines >= 20, "{quarantines} steps with quarantine");
     assert!(migrations >= 5, "{migrations} migrations");
 }

@@ -421,3 +421,76 @@ fn images_carry_owners_holds_and_quarantine() {
     unheld.quarantine[0].holds = 0;
     assert!(Pool::from_image(share_config(), &unheld).is_err());
 }
+
+// ---------------------------------------------------------------- imports
+
+/// An importer's view of another VM's shared buffer: an id and a place in
+/// `max_buffers`, no memory of its own pools.
+#[test]
+fn an_imported_buffer_takes_an_id_but_no_memory() {
+    let mut config = share_config();
+    config.limits.max_buffers = 2;
+    let mut pool = Pool::new(config).unwrap();
+    let before = pool.counters().total_bytes;
+    let import = pool.import(3 * PAGE, 0).unwrap();
+    assert!(pool.is_imported(import.id).unwrap());
+    assert_eq!(import.size, 3 * PAGE);
+    assert_eq!(pool.counters().total_bytes, before);
+    assert!(pool.snapshot().buffers[0].imported);
+    pool.create(PAGE, 0, 0).unwrap();
+    fails_unchanged(&mut pool, libc::ENOSPC, |p| p.import(PAGE, 0));
+    let mut pool = share_pool();
+    fails_unchanged(&mut pool, libc::EINVAL, |p| p.import(0, 0));
+}
+
+#[test]
+fn an_imported_buffer_is_attached_mapped_and_released_not_freed() {
+    let mut pool = share_pool();
+    let import = pool.import(2 * PAGE, 0).unwrap().id;
+    // The window is one range: Contiguous matches whatever the mask.
+    let a = pool
+        .attach(import, kinds::SYSTEM, &[MappingType::Contiguous])
+        .unwrap();
+    assert_eq!(a.map_type, MappingType::Contiguous);
+    fails_unchanged(&mut pool, libc::EINVAL, |p| p.map(a.id, DIR));
+    fails_unchanged(&mut pool, libc::EINVAL, |p| p.free(import));
+    fails_unchanged(&mut pool, libc::EINVAL, |p| p.share(import, PAGE));
+    fails_unchanged(&mut pool, libc::EINVAL, |p| p.attach_remote(import, LOW, 1));
+    assert_eq!(pool.map_import(a.id, DIR).unwrap(), MappingType::Contiguous);
+    fails_unchanged(&mut pool, libc::EBUSY, |p| p.release_import(import));
+    fails_unchanged(&mut pool, libc::EBUSY, |p| p.detach(a.id));
+    pool.unmap(a.id, DIR).unwrap();
+    let second = pool.attach(import, kinds::ANY, &[SG]).unwrap().id;
+    pool.release_import(import).unwrap();
+    assert!(pool.buffer_size(import).is_err());
+    assert!(pool.attachment_buffer(a.id).is_err() && pool.attachment_buffer(second).is_err());
+    assert_eq!(pool.num_attachments(), 0);
+    // RELEASE names imports only; map_import imported buffers only.
+    let (b, ba) = buffer(&mut pool, PAGE, kinds::ANY);
+    fails_unchanged(&mut pool, libc::ENOENT, |p| p.release_import(b));
+    fails_unchanged(&mut pool, libc::EINVAL, |p| p.map_import(ba, DIR));
+}
+
+#[test]
+fn imports_survive_images_and_go_with_a_reset() {
+    let mut pool = share_pool();
+    let import = pool.import(PAGE, kinds::CONTIG).unwrap().id;
+    let a = pool.attach(import, kinds::CONTIG, BOTH).unwrap().id;
+    pool.map_import(a, DIR).unwrap();
+    let image = pool.image();
+    let rebuilt = Pool::from_image(share_config(), &image).unwrap();
+    assert_eq!(rebuilt.image(), image);
+    assert!(rebuilt.is_imported(import).unwrap());
+    let mut backed = image;
+    backed.buffers[0].backing = Some((
+        SHARE,
+        vec![Segment {
+            addr: 20 * GIB,
+            len: PAGE,
+        }],
+        99,
+    ));
+    assert!(Pool::from_image(share_config(), &backed).is_err());
+    pool.clear().unwrap();
+    assert!(pool.is_pristine());
+}

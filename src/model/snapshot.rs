@@ -91,6 +91,8 @@ pub struct BufferInfo {
     pub backing: Vec<Segment>,
     pub migrate_pending: bool,
     pub attachments: Vec<AttachmentId>,
+    /// Another VM's shared buffer, reached through this VM's window.
+    pub imported: bool,
 }
 
 /// One attachment.

@@ -35,6 +35,9 @@ pub struct BufferImage {
     pub holds: u32,
     pub migrate_pending: bool,
     pub serial: u64,
+    /// Another VM's shared buffer ([`Pool::import`]).
+    #[serde(default)]
+    pub imported: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,7 @@ impl Pool {
                 holds: b.backing.as_ref().map_or(0, |k| k.holds),
                 migrate_pending: b.migrate_pending,
                 serial: b.serial,
+                imported: b.imported,
             })
             .collect();
         buffers.sort_by_key(|b| b.id);
@@ -231,6 +235,9 @@ impl Pool {
                 None if b.holds == 0 => None,
                 None => return Err(bad("holds without backing")),
             };
+            if b.imported && backing.is_some() {
+                return Err(bad("an imported buffer with backing"));
+            }
             pool.buffers.insert(
                 b.id,
                 Buffer {
@@ -243,6 +250,7 @@ impl Pool {
                     backing,
                     migrate_pending: b.migrate_pending,
                     serial: b.serial,
+                    imported: b.imported,
                 },
             );
         }
