@@ -375,7 +375,11 @@ fn the_holder_killed_under_systemd_is_not_seen_by_the_front_end() {
     harness.run(Cmd::free(created.buffer_id)).ok();
     assert_open_and_drained(&raw);
     // The store holds what it held (nothing leaked, nothing lost).
-    assert_eq!(systemd.store.lock().unwrap().names(), names);
+    let after = systemd.store.lock().unwrap().names();
+    assert_eq!(
+        after, names,
+        "the store after the holder's restart (left) and before its kill (right)"
+    );
     let log = systemd.log_text();
     assert!(log.contains("session adopted from the fd store"), "{log}");
     assert!(log.contains("device taken over"), "{log}");
