@@ -384,7 +384,7 @@ impl Systemd {
         unsafe { libc::kill(main.id() as i32, signal) };
         let status = main.wait().unwrap();
         self.wait_for(
-            || serving.iter().all(|pid| !alive(*pid)),
+            || serving.iter().all(|pid| gone(*pid)),
             "the serving process outlived its holder",
         );
         let starts = self.starts.fetch_add(1, Ordering::AcqRel) as u32 + 1;
@@ -420,19 +420,25 @@ impl Drop for Systemd {
     }
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
+/// Whether every thread of process `pid` has exited (and closed its
+/// fds), as systemd's cgroup is empty: the thread group's leader turns
+/// zombie as soon as it exits itself, while the other threads may still
+/// be on their way out, holding the process's fds (the control socket's
+/// listener among them). A thread leaves /proc/<pid>/task only once it
+/// has released them.
+fn gone(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                Some(state == "Z" || state == "X")
+            })
+            .unwrap_or(true)
+    })
 }
 
 fn config_of(harness: &mut Harness) -> Vec<u8> {
