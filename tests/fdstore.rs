@@ -9,7 +9,13 @@
 //! stored (systemd drops duplicates), passes the fds from 3 up, sets
 //! `LISTEN_PID` to the new process, and, like systemd's
 //! `KillMode=control-group`, starts the new holder only once the old
-//! serving process is gone.
+//! serving process is gone. Like systemd, which handles the notification
+//! socket before SIGCHLD, it takes every notification a dead holder sent
+//! before it starts the next one.
+//!
+//! A test that reads the store waits first for the holder to be quiet
+//! with its front-end ([`Systemd::quiet_names`]): the store then says
+//! all the holder stored, and a holder killed then owes nothing.
 
 mod common;
 #[path = "common/relayed.rs"]
@@ -17,19 +23,20 @@ mod relayed;
 #[path = "common/twin.rs"]
 mod twin;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cenalloc::holder::frame::{Frame, FLAG_REPLY};
-use cenalloc::holder::persist::same_description;
+use cenalloc::holder::persist::{same_description, view_session};
 use cenalloc::holder::request::GET_CONFIG;
 use cenalloc::protocol::*;
 use common::*;
@@ -85,12 +92,60 @@ impl Store {
         names.sort();
         names
     }
+
+    /// Whether the holder is between two exchanges with VM `vm`'s
+    /// front-end as far as the store shows: the session image stored for
+    /// the VM is settled and the store holds exactly the fds it names.
+    fn settled(&self, vm: &str) -> bool {
+        let session = format!("cenalloc.{vm}.session");
+        let Some((_, file)) = self.fds.iter().find(|(name, _)| *name == session) else {
+            return false;
+        };
+        // An image being written reads as damaged: not settled yet.
+        let Ok(view) = view_session(file.as_fd()) else {
+            return false;
+        };
+        let prefix = format!("cenalloc.{vm}.fd.");
+        let stored: Option<BTreeSet<u64>> = self
+            .fds
+            .iter()
+            .filter_map(|(name, _)| name.strip_prefix(&prefix))
+            .map(|key| key.parse().ok())
+            .collect();
+        view.settled() && stored == Some(view.fd_keys)
+    }
+}
+
+/// Whether a datagram waits on `socket`.
+fn readable(socket: &UnixDatagram, timeout_ms: libc::c_int) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd that lives across the call.
+    let ret = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+    ret > 0 && pollfd.revents & libc::POLLIN != 0
+}
+
+/// Bytes the front-end sent on `front_end` that its peer (the holder)
+/// has not read yet (SIOCOUTQ).
+fn unread_by_peer(front_end: &UnixStream) -> libc::c_int {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    assert_eq!(
+        unsafe { libc::ioctl(front_end.as_raw_fd(), libc::TIOCOUTQ, &mut queued) },
+        0
+    );
+    queued
 }
 
 /// An emulated systemd running one `cenallocd --supervise` service.
 struct Systemd {
     store: Arc<Mutex<Store>>,
     stop: Arc<AtomicBool>,
+    /// The notification socket (the thread reads a clone of it).
+    notifications: UnixDatagram,
     notify: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -106,16 +161,23 @@ impl Systemd {
         let base = std::env::temp_dir().join(format!("cenallocd-fds-{}-{n}", std::process::id()));
         let notify = base.with_extension("notify");
         let _ = std::fs::remove_file(&notify);
-        let datagram = UnixDatagram::bind(&notify).unwrap();
-        datagram
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
+        let notifications = UnixDatagram::bind(&notify).unwrap();
+        notifications.set_nonblocking(true).unwrap();
+        let datagram = notifications.try_clone().unwrap();
         let store = Arc::new(Mutex::new(Store::default()));
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (store, stop) = (store.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Acquire) {
+                    if !readable(&datagram, 50) {
+                        continue;
+                    }
+                    // A datagram leaves the socket and enters the store
+                    // under the store's lock: with the lock held, an empty
+                    // socket means every notification sent is in the
+                    // store (Systemd::drained).
+                    let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
                     let mut buf = [0u8; 4096];
                     let mut raw: [RawFd; 64] = [-1; 64];
                     let mut iov = [libc::iovec {
@@ -138,7 +200,7 @@ impl Systemd {
                         })
                         .collect();
                     let message = String::from_utf8_lossy(&buf[..len]).into_owned();
-                    store.lock().unwrap().take(&message, fds);
+                    store.take(&message, fds);
                 }
             });
         }
@@ -156,10 +218,11 @@ impl Systemd {
         all.extend(args.iter().map(|a| a.to_string()));
         let log = base.with_extension("log");
         File::create(&log).unwrap();
-        let main = Self::spawn(&store, &notify, &log, &all);
+        let main = Self::spawn(&store.lock().unwrap(), &notify, &log, &all);
         let systemd = Systemd {
             store,
             stop,
+            notifications,
             notify,
             socket,
             log,
@@ -173,8 +236,7 @@ impl Systemd {
 
     /// Starts the service's main process with the stored fds, as systemd
     /// does: from fd 3 up, named in LISTEN_FDNAMES, LISTEN_PID its own.
-    fn spawn(store: &Mutex<Store>, notify: &Path, log: &Path, args: &[String]) -> Child {
-        let store = store.lock().unwrap();
+    fn spawn(store: &Store, notify: &Path, log: &Path, args: &[String]) -> Child {
         let raw: Vec<RawFd> = store.fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         let names: Vec<String> = store.fds.iter().map(|(n, _)| n.clone()).collect();
         let mut command = Command::new("/bin/sh");
@@ -237,6 +299,52 @@ impl Systemd {
         }
     }
 
+    /// The store, if every notification sent so far is in it (the
+    /// thread takes a datagram off the socket only under the store's
+    /// lock).
+    fn drained(&self) -> Option<MutexGuard<'_, Store>> {
+        let store = self.store.lock().unwrap();
+        (!readable(&self.notifications, 0)).then_some(store)
+    }
+
+    fn drained_store(&self) -> MutexGuard<'_, Store> {
+        let mut store = None;
+        self.wait_for(
+            || {
+                store = self.drained();
+                store.is_some()
+            },
+            "notifications keep coming",
+        );
+        store.unwrap()
+    }
+
+    /// The store's names once the holder is quiet with vm1's front-end
+    /// (`front_end`, the front-end's end): it has read all the front-end
+    /// sent, its session image is settled, the store holds exactly the
+    /// fds the image names and every notification sent so far is in the
+    /// store. A holder killed then loses nothing and owes the front-end
+    /// nothing; the front-end must not send meanwhile.
+    fn quiet_names(&self, front_end: &UnixStream) -> Vec<String> {
+        let mut names = Vec::new();
+        self.wait_for(
+            || {
+                if unread_by_peer(front_end) != 0 {
+                    return false;
+                }
+                match self.drained() {
+                    Some(store) if store.settled("vm1") => {
+                        names = store.names();
+                        true
+                    }
+                    _ => false,
+                }
+            },
+            "the holder never went quiet",
+        );
+        names
+    }
+
     fn wait_ready(&self, count: u32) {
         self.wait_for(
             || self.store.lock().unwrap().ready >= count,
@@ -276,11 +384,15 @@ impl Systemd {
         unsafe { libc::kill(main.id() as i32, signal) };
         let status = main.wait().unwrap();
         self.wait_for(
-            || serving.iter().all(|pid| !alive(*pid)),
+            || serving.iter().all(|pid| gone(*pid)),
             "the serving process outlived its holder",
         );
         let starts = self.starts.fetch_add(1, Ordering::AcqRel) as u32 + 1;
-        *main = Self::spawn(&self.store, &self.notify, &self.log, &self.args);
+        // What the dead holder sent, systemd has taken before it handles
+        // the death (its notification socket comes before SIGCHLD).
+        let store = self.drained_store();
+        *main = Self::spawn(&store, &self.notify, &self.log, &self.args);
+        drop(store);
         drop(main);
         self.wait_ready(starts);
         status
@@ -308,19 +420,25 @@ impl Drop for Systemd {
     }
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
+/// Whether every thread of process `pid` has exited (and closed its
+/// fds), as systemd's cgroup is empty: the thread group's leader turns
+/// zombie as soon as it exits itself, while the other threads may still
+/// be on their way out, holding the process's fds (the control socket's
+/// listener among them). A thread leaves /proc/<pid>/task only once it
+/// has released them.
+fn gone(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                Some(state == "Z" || state == "X")
+            })
+            .unwrap_or(true)
+    })
 }
 
 fn config_of(harness: &mut Harness) -> Vec<u8> {
@@ -354,7 +472,7 @@ fn the_holder_killed_under_systemd_is_not_seen_by_the_front_end() {
     let (mut harness, raw) = front_end(&systemd.socket);
     let config = config_of(&mut harness);
     let created: CreateResp = harness.run(Cmd::create(8192, 0)).ok().get();
-    let names = systemd.store.lock().unwrap().names();
+    let names = systemd.quiet_names(&raw);
     for name in [
         "cenalloc.vm1.conn",
         "cenalloc.vm1.journal",
@@ -375,7 +493,11 @@ fn the_holder_killed_under_systemd_is_not_seen_by_the_front_end() {
     harness.run(Cmd::free(created.buffer_id)).ok();
     assert_open_and_drained(&raw);
     // The store holds what it held (nothing leaked, nothing lost).
-    assert_eq!(systemd.store.lock().unwrap().names(), names);
+    let after = systemd.quiet_names(&raw);
+    assert_eq!(
+        after, names,
+        "the store after the holder's restart (left) and before its kill (right)"
+    );
     let log = systemd.log_text();
     assert!(log.contains("session adopted from the fd store"), "{log}");
     assert!(log.contains("device taken over"), "{log}");
@@ -467,7 +589,7 @@ fn the_device_survives_holder_and_serving_kills_under_systemd() {
     let systemd = Systemd::start(&["--max-restarts", "1000000", "--restart-window", "1"]);
     let (mut harness, raw) = front_end(&systemd.socket);
     let mut twin = Twin::donated(&mut harness);
-    let stored_before = systemd.store.lock().unwrap().names();
+    let stored_before = systemd.quiet_names(&raw);
     let fds_before = systemd.fds();
     let done = AtomicBool::new(false);
     let answered = AtomicU64::new(0);
@@ -528,7 +650,7 @@ fn the_device_survives_holder_and_serving_kills_under_systemd() {
     );
     assert!(twin.batches > u64::from(kills));
     assert!(twin.slowest < Duration::from_secs(10), "{:?}", twin.slowest);
-    assert_eq!(systemd.store.lock().unwrap().names(), stored_before);
+    assert_eq!(systemd.quiet_names(&raw), stored_before);
     assert_eq!(systemd.fds(), fds_before, "descriptors of the holder");
     let log = systemd.log_text();
     for line in log.lines().filter(|l| l.contains("died (Ok(ExitStatus")) {

@@ -23,7 +23,7 @@
 //!   front-end, and saved away after: a restarted holder that finds
 //!   `replying` decides whether it was sent (see [`reply_was_sent`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -196,6 +196,17 @@ struct Image {
 }
 
 impl Image {
+    /// The store keys of the fds the image's frames hold.
+    fn keys(&self) -> BTreeSet<u64> {
+        self.record
+            .iter()
+            .chain(&self.pending)
+            .chain(&self.replying)
+            .chain(&self.at_head)
+            .flat_map(|frame| frame.fds.iter().copied())
+            .collect()
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut e = Encoder(Vec::new());
         e.u32(u32::from(self.overflowed));
@@ -289,6 +300,49 @@ impl SessionFile {
     }
 }
 
+/// A session image as seen from outside the holder (a test, a
+/// diagnostic tool reading the memfd the store keeps as
+/// `cenalloc.<vm>.session`): what a holder started now would find.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// Messages in the record.
+    pub messages: usize,
+    /// The request sent and not answered yet (its request code).
+    pub pending: Option<u32>,
+    /// A reply being handed to the front-end.
+    pub replying: Option<u32>,
+    /// A front-end frame taken but perhaps still unread in its socket.
+    pub at_head: Option<u32>,
+    /// The store keys (`cenalloc.<vm>.fd.<key>`) the image names.
+    pub fd_keys: BTreeSet<u64>,
+}
+
+impl SessionView {
+    /// Whether the holder wrote the image between two exchanges with the
+    /// front-end: no request pending, no reply being handed over, no
+    /// frame at the head of the socket. A holder that dies then leaves
+    /// its successor nothing to settle.
+    pub fn settled(&self) -> bool {
+        self.pending.is_none() && self.replying.is_none() && self.at_head.is_none()
+    }
+}
+
+/// Reads the current image of a session memfd, changing nothing. An
+/// image read while the holder writes the next one is the previous one,
+/// the next one or an error ([`PersistError::Damaged`]): read again; only
+/// a read that outlasts two of the holder's writes can be a mix of both.
+pub fn view_session(session: BorrowedFd<'_>) -> Result<SessionView, PersistError> {
+    let (_, image) = SessionFile::read(session.try_clone_to_owned()?)?;
+    let code = |frame: &Option<FrameImage>| frame.as_ref().map(|f| f.request);
+    Ok(SessionView {
+        messages: image.record.len(),
+        pending: code(&image.pending),
+        replying: code(&image.replying),
+        at_head: code(&image.at_head),
+        fd_keys: image.keys(),
+    })
+}
+
 /// Keeps one VM's relay state in the store.
 pub struct Persister {
     store: Arc<FdStore>,
@@ -358,14 +412,7 @@ impl Persister {
         image: &Image,
         mut fds: HashMap<u64, OwnedFd>,
     ) -> Result<Restored, PersistError> {
-        let named: std::collections::HashSet<u64> = image
-            .record
-            .iter()
-            .chain(&image.pending)
-            .chain(&image.replying)
-            .chain(&image.at_head)
-            .flat_map(|frame| frame.fds.iter().copied())
-            .collect();
+        let named = image.keys();
         let unnamed: Vec<u64> = fds
             .keys()
             .filter(|key| !named.contains(key))
@@ -473,14 +520,7 @@ impl Persister {
             return Err(PersistError::TooLarge(bytes.len()));
         }
         self.file.write(&bytes)?;
-        let named: std::collections::HashSet<u64> = image
-            .record
-            .iter()
-            .chain(&image.pending)
-            .chain(&image.replying)
-            .chain(&image.at_head)
-            .flat_map(|frame| frame.fds.iter().copied())
-            .collect();
+        let named = image.keys();
         let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stored)
             .into_iter()
             .partition(|(key, _)| named.contains(key));
@@ -601,6 +641,35 @@ mod tests {
             .unwrap();
         let (_, read) = SessionFile::read(file.fd.try_clone().unwrap().into()).unwrap();
         assert_eq!(read, image);
+    }
+
+    #[test]
+    fn a_view_of_the_session_says_what_is_in_flight() {
+        let mut file = SessionFile::create().unwrap();
+        let view = view_session(file.fd.as_fd()).unwrap();
+        assert!(view.settled());
+        assert_eq!((view.messages, view.fd_keys.len()), (0, 0));
+        file.write(&image().encode()).unwrap();
+        let view = view_session(file.fd.as_fd()).unwrap();
+        assert_eq!(view.messages, 2);
+        assert_eq!(
+            (view.pending, view.replying, view.at_head),
+            (Some(24), None, Some(24))
+        );
+        assert!(!view.settled());
+        assert_eq!(view.fd_keys, BTreeSet::from([0, 3]));
+        let settled = Image {
+            pending: None,
+            at_head: None,
+            ..image()
+        };
+        file.write(&settled.encode()).unwrap();
+        let view = view_session(file.fd.as_fd()).unwrap();
+        assert!(view.settled());
+        assert_eq!(view.fd_keys, BTreeSet::from([0, 3]));
+        // Reading changed nothing: the holder's next write lands as before.
+        let (_, read) = SessionFile::read(file.fd.try_clone().unwrap().into()).unwrap();
+        assert_eq!(read, settled);
     }
 
     #[test]
