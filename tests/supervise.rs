@@ -288,6 +288,126 @@ fn a_kill_between_messages_is_not_seen_by_the_front_end() {
     assert!(log.contains("(1 died before it)"), "{log}");
 }
 
+/// A supervised daemon whose VM vm1 imports in a share group (its
+/// exporter is the daemon's vm2): `-c` a configuration file with the group,
+/// a share pool and a 64 MiB window, and vm2's socket. The holder and the
+/// file's path, for the test to remove.
+fn importer_holder(test: &str) -> (Holder, PathBuf) {
+    let base = std::env::temp_dir().join(format!("cenallocd-sup-{test}-{}", std::process::id()));
+    let config = base.with_extension("toml");
+    let vm2 = base.with_extension("vm2.sock");
+    std::fs::write(
+        &config,
+        r#"
+[limits.share]
+window = "64M"
+[[pool]]
+kind = "contig"
+size = "4M"
+share = true
+[[share_group]]
+name = "camera"
+exporters = ["vm2"]
+importers = ["vm1"]
+"#,
+    )
+    .unwrap();
+    let holder = Holder::start(&[
+        "--socket-path",
+        &format!("vm2={}", vm2.display()),
+        "-c",
+        config.to_str().unwrap(),
+    ]);
+    (holder, config)
+}
+
+/// How many times the log says vm1's back-end request channel was set (a
+/// serving process took SET_BACKEND_REQ_FD).
+fn channels_set(holder: &Holder) -> usize {
+    holder
+        .log_text()
+        .matches("vm1: back-end request channel set")
+        .count()
+}
+
+/// A supervised importer (a VM with a window, issue 17) is set up through
+/// the holder as QEMU sets it up: SHMEM, BACKEND_REQ, REPLY_ACK and
+/// CONFIGURE_MEM_SLOTS, GET_MAX_MEM_SLOTS, the back-end request channel,
+/// GET_SHMEM_CONFIG. Its serving process killed, the front-end sees
+/// nothing; the next one answers GET_SHMEM_CONFIG the same, and got the
+/// channel again from the replay (the holder keeps its end: QEMU's end
+/// stays open), and serves the control queue.
+#[test]
+fn a_supervised_importer_keeps_its_window_and_channel_across_a_kill() {
+    use cenalloc::protocol::CENALLOC_SHM_WINDOW;
+    use common::shmem::{window_features, Event, QemuShmem};
+    use vhost::vhost_user::message::VhostUserProtocolFeatures as Proto;
+    const WINDOW: u64 = 64 << 20;
+
+    let (holder, config) = importer_holder("importer");
+    let shmem = QemuShmem::new();
+    let (mut harness, setup, raw) = front_end_with_window(&holder.socket, &shmem);
+    assert_eq!(
+        window_features(setup.acked),
+        Proto::SHMEM | Proto::BACKEND_REQ | Proto::REPLY_ACK | Proto::CONFIGURE_MEM_SLOTS,
+        "{:?}",
+        setup.acked
+    );
+    assert_eq!(setup.regions, vec![(CENALLOC_SHM_WINDOW, WINDOW)]);
+    assert!(setup.max_mem_slots.is_some_and(|slots| slots >= 8));
+    let channel = setup.channel.expect("the back-end request channel");
+    let shmem_config = |harness: &mut Harness| {
+        let config = harness.frontend.get_shmem_config().unwrap();
+        (
+            config.nregions,
+            config.memory_sizes[..usize::from(CENALLOC_SHM_WINDOW) + 2].to_vec(),
+        )
+    };
+    let before = shmem_config(&mut harness);
+    assert_eq!(
+        before.1[usize::from(CENALLOC_SHM_WINDOW)],
+        WINDOW,
+        "{before:?}"
+    );
+    let answered = answers(&mut harness);
+    let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.version, CENALLOC_PROTOCOL_VERSION);
+    assert_eq!(channels_set(&holder), 1, "{}", holder.log_text());
+
+    let first = holder.serving_pid_after(None);
+    let second = kill_serving(&holder);
+    assert_ne!(first, second);
+    // Queries through the holder: answered by the new serving process once
+    // the session is replayed into it.
+    assert_eq!(shmem_config(&mut harness), before);
+    assert_eq!(answers(&mut harness), answered);
+    let log = holder.log_text();
+    assert!(
+        log.contains("vm1: session replayed into serving process"),
+        "{log}"
+    );
+    // QEMU's end of the channel saw no close (the holder keeps a copy of
+    // the back-end's end): none within a while either.
+    assert!(
+        !shmem.wait_log(Duration::from_millis(300), |log| log
+            .iter()
+            .any(|event| matches!(event, Event::Closed { .. }))),
+        "{:?}",
+        shmem.log()
+    );
+    assert!(!channel.is_closed());
+    // The replay handed the new process the channel's back-end end again.
+    assert_eq!(channels_set(&holder), 2, "{log}");
+    let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.version, CENALLOC_PROTOCOL_VERSION);
+    let created: CreateResp = harness.run(Cmd::create(8192, 0)).ok().get();
+    harness.run(Cmd::free(created.buffer_id)).ok();
+    assert!(!channel.is_closed());
+    assert!(shmem.mappings(CENALLOC_SHM_WINDOW).is_empty());
+    assert_open_and_drained(&raw);
+    let _ = std::fs::remove_file(config);
+}
+
 /// QEMU sends the memory table again while the rings run (a memory
 /// hot-plug: cenallocd does not offer CONFIGURE_MEM_SLOTS). A restart
 /// after it must replay the table before the rings' SET_VRING_ADDR, which
