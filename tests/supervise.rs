@@ -408,6 +408,80 @@ fn a_supervised_importer_keeps_its_window_and_channel_across_a_kill() {
     let _ = std::fs::remove_file(config);
 }
 
+/// A sealed memfd of `len` bytes, as QEMU's memory backends give.
+fn sealed_memfd(len: u64) -> File {
+    use std::os::fd::FromRawFd;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a NUL-terminated name; checked, then owned
+    // by the File.
+    let fd = unsafe { libc::memfd_create(c"supervise-region".as_ptr(), flags) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len).unwrap();
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor owned here.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(rc, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+    file
+}
+
+/// With CONFIGURE_MEM_SLOTS an importer's memory changes one region at a
+/// time, ADD_MEM_REG and REM_MEM_REG with NEED_REPLY under REPLY_ACK, as
+/// QEMU sends them (a window's commit among them, at the window's guest
+/// address). A region added through the holder is in the table of the
+/// serving process that replaces a killed one: its REM_MEM_REG, which
+/// vhost-user-backend refuses for a region it does not have, is acked 0.
+#[test]
+fn a_supervised_importers_added_region_is_replayed_into_the_next_process() {
+    use cenalloc::protocol::CENALLOC_SHM_WINDOW;
+    use common::shmem::QemuShmem;
+    use vhost::vhost_user::message::VhostUserHeaderFlag;
+    use vhost::VhostUserMemoryRegionInfo;
+
+    let (holder, config) = importer_holder("region");
+    let shmem = QemuShmem::new();
+    let (mut harness, setup, raw) = front_end_with_window(&holder.socket, &shmem);
+    let channel = setup.channel.expect("the back-end request channel");
+    let window = shmem.window(CENALLOC_SHM_WINDOW).expect("the window");
+    let file = sealed_memfd(2 << 20);
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: shmem.region_gpa(CENALLOC_SHM_WINDOW).unwrap(),
+        memory_size: 2 << 20,
+        userspace_addr: window.host_addr(),
+        mmap_offset: 0,
+        mmap_handle: file.as_raw_fd(),
+    };
+    // QEMU's NEED_REPLY: each is acked, 0 for done.
+    harness
+        .frontend
+        .set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    harness.frontend.add_mem_region(&region).unwrap();
+    harness.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+    let answered = answers(&mut harness);
+    let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.version, CENALLOC_PROTOCOL_VERSION);
+
+    kill_serving(&holder);
+    assert_eq!(answers(&mut harness), answered);
+    let log = holder.log_text();
+    assert!(
+        log.contains("vm1: session replayed into serving process"),
+        "{log}"
+    );
+    harness
+        .frontend
+        .set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    harness.frontend.remove_mem_region(&region).unwrap();
+    harness.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+    // The guest RAM is still there: the control queue is served.
+    let created: CreateResp = harness.run(Cmd::create(8192, 0)).ok().get();
+    harness.run(Cmd::free(created.buffer_id)).ok();
+    assert!(!channel.is_closed());
+    assert_open_and_drained(&raw);
+    let _ = std::fs::remove_file(config);
+}
+
 /// QEMU sends the memory table again while the rings run (a memory
 /// hot-plug: cenallocd does not offer CONFIGURE_MEM_SLOTS). A restart
 /// after it must replay the table before the rings' SET_VRING_ADDR, which
