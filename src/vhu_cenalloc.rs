@@ -665,9 +665,12 @@ impl VhostUserBackend for CenallocBackend {
     }
 
     /// SET_BACKEND_REQ_FD (sent only if BACKEND_REQ was negotiated, so
-    /// for a VM with a window): kept for the window's maps.
+    /// for a VM with a window): kept for the window's maps. Logged at
+    /// info, once per connection as "front-end connected" is: under a
+    /// holder, the line after a restart shows that the replay handed the
+    /// new serving process the channel again.
     fn set_backend_req_fd(&self, backend: Backend) {
-        debug!("{}: back-end request channel set", self.name);
+        info!("{}: back-end request channel set", self.name);
         *lock(&self.backend_channel) = Some(backend);
     }
 

@@ -288,6 +288,200 @@ fn a_kill_between_messages_is_not_seen_by_the_front_end() {
     assert!(log.contains("(1 died before it)"), "{log}");
 }
 
+/// A supervised daemon whose VM vm1 imports in a share group (its
+/// exporter is the daemon's vm2): `-c` a configuration file with the group,
+/// a share pool and a 64 MiB window, and vm2's socket. The holder and the
+/// file's path, for the test to remove.
+fn importer_holder(test: &str) -> (Holder, PathBuf) {
+    let base = std::env::temp_dir().join(format!("cenallocd-sup-{test}-{}", std::process::id()));
+    let config = base.with_extension("toml");
+    let vm2 = base.with_extension("vm2.sock");
+    std::fs::write(
+        &config,
+        r#"
+[limits.share]
+window = "64M"
+[[pool]]
+kind = "contig"
+size = "4M"
+share = true
+[[share_group]]
+name = "camera"
+exporters = ["vm2"]
+importers = ["vm1"]
+"#,
+    )
+    .unwrap();
+    let holder = Holder::start(&[
+        "--socket-path",
+        &format!("vm2={}", vm2.display()),
+        "-c",
+        config.to_str().unwrap(),
+    ]);
+    (holder, config)
+}
+
+/// How many times the log says vm1's back-end request channel was set (a
+/// serving process took SET_BACKEND_REQ_FD).
+fn channels_set(holder: &Holder) -> usize {
+    holder
+        .log_text()
+        .matches("vm1: back-end request channel set")
+        .count()
+}
+
+/// A supervised importer (a VM with a window, issue 17) is set up through
+/// the holder as QEMU sets it up: SHMEM, BACKEND_REQ, REPLY_ACK and
+/// CONFIGURE_MEM_SLOTS, GET_MAX_MEM_SLOTS, the back-end request channel,
+/// GET_SHMEM_CONFIG. Its serving process killed, the front-end sees
+/// nothing; the next one answers GET_SHMEM_CONFIG the same, and got the
+/// channel again from the replay (the holder keeps its end: QEMU's end
+/// stays open), and serves the control queue.
+#[test]
+fn a_supervised_importer_keeps_its_window_and_channel_across_a_kill() {
+    use cenalloc::protocol::CENALLOC_SHM_WINDOW;
+    use common::shmem::{window_features, Event, QemuShmem};
+    use vhost::vhost_user::message::VhostUserProtocolFeatures as Proto;
+    const WINDOW: u64 = 64 << 20;
+
+    let (holder, config) = importer_holder("importer");
+    let shmem = QemuShmem::new();
+    let (mut harness, setup, raw) = front_end_with_window(&holder.socket, &shmem);
+    assert_eq!(
+        window_features(setup.acked),
+        Proto::SHMEM | Proto::BACKEND_REQ | Proto::REPLY_ACK | Proto::CONFIGURE_MEM_SLOTS,
+        "{:?}",
+        setup.acked
+    );
+    assert_eq!(setup.regions, vec![(CENALLOC_SHM_WINDOW, WINDOW)]);
+    assert!(setup.max_mem_slots.is_some_and(|slots| slots >= 8));
+    let channel = setup.channel.expect("the back-end request channel");
+    let shmem_config = |harness: &mut Harness| {
+        let config = harness.frontend.get_shmem_config().unwrap();
+        (
+            config.nregions,
+            config.memory_sizes[..usize::from(CENALLOC_SHM_WINDOW) + 2].to_vec(),
+        )
+    };
+    let before = shmem_config(&mut harness);
+    assert_eq!(
+        before.1[usize::from(CENALLOC_SHM_WINDOW)],
+        WINDOW,
+        "{before:?}"
+    );
+    let answered = answers(&mut harness);
+    let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.version, CENALLOC_PROTOCOL_VERSION);
+    assert_eq!(channels_set(&holder), 1, "{}", holder.log_text());
+
+    let first = holder.serving_pid_after(None);
+    let second = kill_serving(&holder);
+    assert_ne!(first, second);
+    // Queries through the holder: answered by the new serving process once
+    // the session is replayed into it.
+    assert_eq!(shmem_config(&mut harness), before);
+    assert_eq!(answers(&mut harness), answered);
+    let log = holder.log_text();
+    assert!(
+        log.contains("vm1: session replayed into serving process"),
+        "{log}"
+    );
+    // QEMU's end of the channel saw no close (the holder keeps a copy of
+    // the back-end's end): none within a while either.
+    assert!(
+        !shmem.wait_log(Duration::from_millis(300), |log| log
+            .iter()
+            .any(|event| matches!(event, Event::Closed { .. }))),
+        "{:?}",
+        shmem.log()
+    );
+    assert!(!channel.is_closed());
+    // The replay handed the new process the channel's back-end end again.
+    assert_eq!(channels_set(&holder), 2, "{log}");
+    let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.version, CENALLOC_PROTOCOL_VERSION);
+    let created: CreateResp = harness.run(Cmd::create(8192, 0)).ok().get();
+    harness.run(Cmd::free(created.buffer_id)).ok();
+    assert!(!channel.is_closed());
+    assert!(shmem.mappings(CENALLOC_SHM_WINDOW).is_empty());
+    assert_open_and_drained(&raw);
+    let _ = std::fs::remove_file(config);
+}
+
+/// A sealed memfd of `len` bytes, as QEMU's memory backends give.
+fn sealed_memfd(len: u64) -> File {
+    use std::os::fd::FromRawFd;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a NUL-terminated name; checked, then owned
+    // by the File.
+    let fd = unsafe { libc::memfd_create(c"supervise-region".as_ptr(), flags) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len).unwrap();
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor owned here.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(rc, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+    file
+}
+
+/// With CONFIGURE_MEM_SLOTS an importer's memory changes one region at a
+/// time, ADD_MEM_REG and REM_MEM_REG with NEED_REPLY under REPLY_ACK, as
+/// QEMU sends them (a window's commit among them, at the window's guest
+/// address). A region added through the holder is in the table of the
+/// serving process that replaces a killed one: its REM_MEM_REG, which
+/// vhost-user-backend refuses for a region it does not have, is acked 0.
+#[test]
+fn a_supervised_importers_added_region_is_replayed_into_the_next_process() {
+    use cenalloc::protocol::CENALLOC_SHM_WINDOW;
+    use common::shmem::QemuShmem;
+    use vhost::vhost_user::message::VhostUserHeaderFlag;
+    use vhost::VhostUserMemoryRegionInfo;
+
+    let (holder, config) = importer_holder("region");
+    let shmem = QemuShmem::new();
+    let (mut harness, setup, raw) = front_end_with_window(&holder.socket, &shmem);
+    let channel = setup.channel.expect("the back-end request channel");
+    let window = shmem.window(CENALLOC_SHM_WINDOW).expect("the window");
+    let file = sealed_memfd(2 << 20);
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: shmem.region_gpa(CENALLOC_SHM_WINDOW).unwrap(),
+        memory_size: 2 << 20,
+        userspace_addr: window.host_addr(),
+        mmap_offset: 0,
+        mmap_handle: file.as_raw_fd(),
+    };
+    // QEMU's NEED_REPLY: each is acked, 0 for done.
+    harness
+        .frontend
+        .set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    harness.frontend.add_mem_region(&region).unwrap();
+    harness.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+    let answered = answers(&mut harness);
+    let info: InfoResp = harness.run(Cmd::get_info()).ok().get();
+    assert_eq!(info.version, CENALLOC_PROTOCOL_VERSION);
+
+    kill_serving(&holder);
+    assert_eq!(answers(&mut harness), answered);
+    let log = holder.log_text();
+    assert!(
+        log.contains("vm1: session replayed into serving process"),
+        "{log}"
+    );
+    harness
+        .frontend
+        .set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    harness.frontend.remove_mem_region(&region).unwrap();
+    harness.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+    // The guest RAM is still there: the control queue is served.
+    let created: CreateResp = harness.run(Cmd::create(8192, 0)).ok().get();
+    harness.run(Cmd::free(created.buffer_id)).ok();
+    assert!(!channel.is_closed());
+    assert_open_and_drained(&raw);
+    let _ = std::fs::remove_file(config);
+}
+
 /// QEMU sends the memory table again while the rings run (a memory
 /// hot-plug: cenallocd does not offer CONFIGURE_MEM_SLOTS). A restart
 /// after it must replay the table before the rings' SET_VRING_ADDR, which

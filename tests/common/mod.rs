@@ -656,7 +656,9 @@ impl Harness {
     /// backend channel, GET_SHMEM_CONFIG's regions). Against a daemon that
     /// offers none of the window's own features, the session of
     /// `try_set_up` but for REPLY_ACK, which vhost's back-end side always
-    /// offers and QEMU takes (the harness sets no NEED_REPLY with it).
+    /// offers and QEMU takes (the harness sets NEED_REPLY only on
+    /// SET_BACKEND_REQ_FD, as QEMU does, and sends that only with
+    /// BACKEND_REQ).
     pub fn try_set_up_with_window(
         frontend: Frontend,
         socket: &Path,

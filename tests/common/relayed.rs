@@ -24,6 +24,23 @@ pub fn front_end(socket: &Path) -> (Harness, UnixStream) {
     (harness, raw)
 }
 
+/// [`front_end`] set up as QEMU sets up a device with a window
+/// ([`Harness::try_set_up_with_window`]): the window's protocol features
+/// the daemon offers, the backend channel served for `shmem`,
+/// GET_SHMEM_CONFIG's regions.
+pub fn front_end_with_window(
+    socket: &Path,
+    shmem: &std::sync::Arc<crate::common::shmem::QemuShmem>,
+) -> (Harness, crate::common::shmem::WindowSetUp, UnixStream) {
+    let stream = UnixStream::connect(socket).unwrap();
+    let raw = stream.try_clone().unwrap();
+    let frontend = Frontend::from_stream(stream, CENALLOC_NUM_VQS as u64);
+    let (harness, setup) =
+        Harness::try_set_up_with_window(frontend, socket, WANTED_FEATURES, GuestRam::new(), shmem)
+            .unwrap();
+    (harness, setup, raw)
+}
+
 /// The connection is open and nothing unread waits on it.
 pub fn assert_open_and_drained(raw: &UnixStream) {
     raw.set_nonblocking(true).unwrap();

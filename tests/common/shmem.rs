@@ -70,7 +70,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
-    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserHeaderFlag, VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures,
+    VhostUserShMemConfig,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserFrontendReqHandler};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
@@ -1743,7 +1744,8 @@ pub struct WindowSetUp {
 
 /// The rest of QEMU's set-up once SET_PROTOCOL_FEATURES(`acked`) is sent
 /// (`vhost_user_backend_init`, then `vhost-user-base` realize):
-/// GET_MAX_MEM_SLOTS, the backend channel and SET_BACKEND_REQ_FD,
+/// GET_MAX_MEM_SLOTS, the backend channel and SET_BACKEND_REQ_FD (with
+/// NEED_REPLY if REPLY_ACK is acked, as QEMU sends it),
 /// GET_SHMEM_CONFIG (every region of non-zero size, its index the
 /// `shmid`), each only if acked.
 pub fn set_up_window(
@@ -1761,7 +1763,14 @@ pub fn set_up_window(
         let end = channel
             .take_backend_end()
             .expect("a new channel has its end");
-        frontend.set_backend_request_fd(&end)?;
+        // QEMU asks for its ack when REPLY_ACK is taken
+        // (`vhost_setup_backend_channel`).
+        if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let set = frontend.set_backend_request_fd(&end);
+        frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+        set?;
         drop(end);
         Some(channel)
     } else {
