@@ -237,6 +237,22 @@ fn main() -> ExitCode {
 
     // Every socket first: a VM that cannot listen stops the start-up.
     let registry = Registry::new(config.daemon.clone());
+    if !config.share.groups.is_empty() {
+        let members = config
+            .vms
+            .iter()
+            .filter_map(|vm| Some((vm.name.clone(), vm.share.clone()?)))
+            .collect();
+        let Some(key) = cenalloc::registry::sharing::draw_key() else {
+            eprintln!("cenallocd: no random key for share tokens (getrandom failed)");
+            return ExitCode::FAILURE;
+        };
+        registry.enable_sharing(cenalloc::registry::Sharing::new(
+            config.share.clone(),
+            members,
+            key,
+        ));
+    }
     let mut owned = Vec::new();
     let mut vm_listeners = Vec::new();
     for vm in &config.vms {

@@ -984,3 +984,85 @@ fn cenallocctl_prints_tables_and_json_and_exits_0_1_2() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `shares` (issue 17): the share groups' members as the table sees them
+/// (joined when their front-end connects, gone when it leaves), for one
+/// VM or all; nothing is shared yet, as no command shares.
+#[test]
+fn shares_lists_the_members_and_follows_their_connections() {
+    use cenalloc::config::{ShareAccess, ShareConfig, ShareGroup, ShareLimits, VmShare};
+    use std::collections::BTreeMap;
+    let window = 64 << 20;
+    let daemon = daemon(&[
+        ("alpha", pools(&["system:1M"])),
+        (
+            "beta",
+            DeviceConfig {
+                window: Some(window),
+                ..pools(&["system:1M"])
+            },
+        ),
+        ("gamma", pools(&["system:1M"])),
+    ]);
+    let mut client = Client::connect(&daemon.control).unwrap();
+    // No share group: sharing is off, nothing listed.
+    let off = client.shares(None).unwrap();
+    assert!(!off.enabled && off.members.is_empty());
+    let member = |exports: &[&str], imports: &[&str], window| VmShare {
+        exporter_groups: exports.iter().map(|s| s.to_string()).collect(),
+        importer_groups: imports.iter().map(|s| s.to_string()).collect(),
+        window,
+        limits: ShareLimits::default(),
+    };
+    let config = ShareConfig {
+        groups: vec![ShareGroup {
+            name: "camera".into(),
+            exporters: vec!["alpha".into()],
+            importers: vec!["beta".into()],
+            access: ShareAccess::ReadOnly,
+            max_importers: 4,
+            kind_map: Vec::new(),
+        }],
+        ..ShareConfig::default()
+    };
+    let members = BTreeMap::from([
+        ("alpha".to_string(), member(&["camera"], &[], None)),
+        ("beta".to_string(), member(&[], &["camera"], Some(window))),
+    ]);
+    let sharing = cenalloc::registry::Sharing::new(config, members, [7; 16]);
+    assert!(daemon.registry.enable_sharing(sharing));
+    let all = client.shares(None).unwrap();
+    assert!(all.enabled);
+    let names: Vec<&str> = all.members.iter().map(|m| m.vm.as_str()).collect();
+    assert_eq!(names, ["alpha", "beta"], "gamma is in no group");
+    assert!(all.members.iter().all(|m| !m.connected));
+    assert!(all.shares.is_empty() && all.imports.is_empty());
+    let beta = &all.members[1];
+    assert_eq!(
+        (beta.window, beta.mappings, beta.max_mappings),
+        (Some(window), 0, 8)
+    );
+    assert_eq!(beta.imports_from, ["camera"]);
+    // Beta connects: it is in the table; one VM is asked for.
+    let shmem = common::shmem::QemuShmem::new();
+    let (mut harness, _setup) =
+        Harness::connect_with_window(&daemon.sockets[1], WANTED_FEATURES, &shmem);
+    harness.run(Cmd::get_info()).ok();
+    let only_beta = client.shares(Some("beta")).unwrap();
+    assert_eq!(only_beta.members.len(), 1);
+    assert!(only_beta.members[0].connected);
+    assert!(client.shares(Some("gamma")).unwrap().members.is_empty());
+    match client.shares(Some("nobody")) {
+        Err(cenalloc::control::client::Error::Daemon(body)) => {
+            assert_eq!(body.code, ErrorCode::UnknownVm)
+        }
+        other => panic!("expected unknown_vm, got {other:?}"),
+    }
+    // It leaves: gone from the table.
+    drop(harness);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.shares(Some("beta")).unwrap().members[0].connected {
+        assert!(Instant::now() < deadline, "beta never left");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -6,6 +6,7 @@
 //! cenallocctl [--socket PATH] [--json] buffers [VM]
 //! cenallocctl [--socket PATH] [--json] allocators [VM]
 //! cenallocctl [--socket PATH] [--json] stats [VM]
+//! cenallocctl [--socket PATH] [--json] shares [VM]
 //! cenallocctl [--socket PATH] [--json] export VM BUFFER [--writable] [-o FILE]
 //! cenallocctl [--socket PATH] snapshot VM BUFFER --format yuyv|rgb24|xrgb8888|gray
 //!             --width W --height H [--stride S] [--offset O] -o frame.png
@@ -20,7 +21,7 @@ use clap::Parser;
 
 use cenalloc::control::cli::{Args, Command};
 use cenalloc::control::client::{Client, Error as ClientError, Export, Status};
-use cenalloc::control::protocol::{AllocatorInfo, BufferInfo, Stats, VmInfo, VmState};
+use cenalloc::control::protocol::{AllocatorInfo, BufferInfo, Shares, Stats, VmInfo, VmState};
 use cenalloc::control::snapshot::{self, FrameLayout};
 use cenalloc::protocol::Fnv1a64;
 
@@ -140,6 +141,91 @@ fn show_vms(vms: &[VmInfo]) {
         ],
         &rows,
     );
+}
+
+fn show_shares(shares: &Shares) {
+    if !shares.enabled {
+        println!("sharing is off: the configuration has no [[share_group]]");
+        return;
+    }
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let members: Vec<Vec<String>> = shares
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.vm.clone(),
+                yes_no(m.connected),
+                list_or_dash(&m.exports_in),
+                list_or_dash(&m.imports_from),
+                m.window.map_or("-".into(), human),
+                format!("{}/{}", m.mappings, m.max_mappings),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "VM",
+            "CONNECTED",
+            "EXPORTS IN",
+            "IMPORTS FROM",
+            "WINDOW",
+            "SLOTS",
+        ],
+        &members,
+    );
+    println!();
+    let published: Vec<Vec<String>> = shares
+        .shares
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{:#018x}", s.token),
+                s.exporter.clone(),
+                s.buffer.to_string(),
+                human(s.size),
+                s.group.clone(),
+                yes_no(s.writable),
+                yes_no(s.ending),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "TOKEN", "EXPORTER", "BUFFER", "SIZE", "GROUP", "WRITABLE", "ENDING",
+        ],
+        &published,
+    );
+    println!();
+    let imports: Vec<Vec<String>> = shares
+        .imports
+        .iter()
+        .map(|i| {
+            vec![
+                format!("{:#018x}", i.token),
+                i.importer.clone(),
+                i.buffer.to_string(),
+                format!("{:#x}+{}", i.window_offset, human(i.window_len)),
+                i.state.clone(),
+                yes_no(i.revoking),
+                yes_no(i.forced),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "TOKEN", "IMPORTER", "BUFFER", "WINDOW", "STATE", "REVOKING", "FORCED",
+        ],
+        &imports,
+    );
+}
+
+fn list_or_dash(list: &[String]) -> String {
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
 }
 
 fn show_buffers(buffers: &[BufferInfo]) {
@@ -284,6 +370,14 @@ fn run(args: Args) -> Result<(), Failure> {
                 print_json(&vms)?;
             } else {
                 show_vms(&vms);
+            }
+        }
+        Command::Shares { vm } => {
+            let shares = client.shares(vm.as_deref())?;
+            if args.json {
+                print_json(&shares)?;
+            } else {
+                show_shares(&shares);
             }
         }
         Command::Buffers { vm } => {

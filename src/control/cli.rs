@@ -42,6 +42,9 @@ pub enum Command {
     Allocators { vm: Option<String> },
     /// Counters of one VM, or of all, and of the daemon.
     Stats { vm: Option<String> },
+    /// Cross-VM sharing: the share groups' member VMs, the buffers they
+    /// publish, and the imports (of one VM, or of all).
+    Shares { vm: Option<String> },
     /// Export a buffer: print where its bytes are and their FNV-1a 64
     /// checksum (the guest's CENALLOC_IOC_CHECKSUM); -o writes them out.
     Export {

@@ -190,6 +190,14 @@ impl Client {
         Ok(self.request::<Buffers>(&request)?.buffers)
     }
 
+    /// Cross-VM sharing, of one VM or of all.
+    pub fn shares(&mut self, vm: Option<&str>) -> Result<Shares, Error> {
+        let request = Request::Shares {
+            vm: vm.map(str::to_string),
+        };
+        self.request::<Shares>(&request)
+    }
+
     pub fn allocators(&mut self, vm: Option<&str>) -> Result<Vec<AllocatorInfo>, Error> {
         let request = Request::Allocators {
             vm: vm.map(str::to_string),

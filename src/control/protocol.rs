@@ -94,6 +94,11 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         binary: Option<std::path::PathBuf>,
     },
+    /// Cross-VM sharing (issue 17), of one VM or of all: [`Shares`].
+    Shares {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vm: Option<String>,
+    },
 }
 
 /// Why a request failed.
@@ -283,6 +288,65 @@ pub struct BufferInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Buffers {
     pub buffers: Vec<BufferInfo>,
+}
+
+/// One member VM of a share group in `shares`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareMember {
+    pub vm: String,
+    /// In the share table: its front-end is connected.
+    pub connected: bool,
+    /// Groups it exports in, groups it imports from.
+    pub exports_in: Vec<String>,
+    pub imports_from: Vec<String>,
+    /// Its window (shared memory region) in bytes, if it imports.
+    pub window: Option<u64>,
+    /// Memory slots its windows take now, and at most.
+    pub mappings: u32,
+    pub max_mappings: u32,
+}
+
+/// One published buffer in `shares`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    pub token: u64,
+    pub exporter: String,
+    pub buffer: u32,
+    pub size: u64,
+    pub group: String,
+    pub writable: bool,
+    /// Unshared, its imports being revoked.
+    pub ending: bool,
+}
+
+/// One import in `shares`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportInfo {
+    pub token: u64,
+    pub importer: String,
+    /// The importer's id of the imported buffer.
+    pub buffer: u32,
+    /// Its range in the importer's window.
+    pub window_offset: u64,
+    pub window_len: u64,
+    pub writable: bool,
+    /// `reserved`, `mapping`, `mapped`, `unmapping` or `revoked`.
+    pub state: String,
+    /// A revocation under way.
+    pub revoking: bool,
+    /// Its unmap was never proven: range, slot and the exporter's memory
+    /// stay held until the importer leaves.
+    pub forced: bool,
+}
+
+/// Answer to `shares`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shares {
+    /// The configuration has share groups.
+    pub enabled: bool,
+    pub members: Vec<ShareMember>,
+    pub shares: Vec<ShareInfo>,
+    pub imports: Vec<ImportInfo>,
 }
 
 /// One allocator in `allocators`.

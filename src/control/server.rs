@@ -576,6 +576,7 @@ impl Client {
                 held.exports.release(held.id, self.id);
                 value(Released { export })
             }
+            Request::Shares { vm } => self.shares(vm.as_deref()),
             Request::Upgrade { binary } => {
                 if self.shared.policy.upgrade_fd.is_none() {
                     return Err(error(
@@ -627,6 +628,77 @@ impl Client {
 
     /// The connected VMs a request names: one (by name; none if it waits
     /// for a front-end) or all.
+    /// The share table as seen from VM `name` (its membership, the shares
+    /// it exports or imports, its imports and those of its shares), or
+    /// whole.
+    fn shares(&self, name: Option<&str>) -> Handled {
+        let registry = &self.shared.registry;
+        if let Some(name) = name {
+            if !registry.contains(name) {
+                return Err(registry_error(registry::Error::UnknownVm(name.to_string())));
+            }
+        }
+        let Some(sharing) = registry.sharing() else {
+            return value(Shares {
+                enabled: false,
+                members: Vec::new(),
+                shares: Vec::new(),
+                imports: Vec::new(),
+            });
+        };
+        let table = sharing.table();
+        let wanted = |vm: &str| name.map_or(true, |name| name == vm);
+        let members = sharing
+            .members()
+            .iter()
+            .filter(|(vm, _)| wanted(vm))
+            .map(|(vm, share)| ShareMember {
+                vm: vm.clone(),
+                connected: table.joined(vm),
+                exports_in: share.exporter_groups.clone(),
+                imports_from: share.importer_groups.clone(),
+                window: share.window,
+                mappings: table.mappings(vm),
+                max_mappings: share.limits.max_mappings,
+            })
+            .collect();
+        let exporter_of = |token: u64| table.share_of(token).map(|s| s.exporter.clone());
+        let imports: Vec<ImportInfo> = table
+            .imports()
+            .filter(|i| wanted(&i.importer) || exporter_of(i.token).is_some_and(|e| wanted(&e)))
+            .map(|i| ImportInfo {
+                token: i.token,
+                importer: i.importer.clone(),
+                buffer: i.id,
+                window_offset: i.offset,
+                window_len: i.len,
+                writable: i.writable,
+                state: format!("{:?}", i.mapping).to_lowercase(),
+                revoking: i.revocation.is_some(),
+                forced: i.forced,
+            })
+            .collect();
+        let shares = table
+            .shares()
+            .filter(|s| wanted(&s.exporter) || imports.iter().any(|i| i.token == s.token))
+            .map(|s| ShareInfo {
+                token: s.token,
+                exporter: s.exporter.clone(),
+                buffer: s.buffer,
+                size: s.size,
+                group: s.group.clone(),
+                writable: s.writable,
+                ending: s.ending,
+            })
+            .collect();
+        value(Shares {
+            enabled: true,
+            members,
+            shares,
+            imports,
+        })
+    }
+
     fn selected(&self, name: Option<&str>) -> Result<Vec<Arc<Vm>>, ErrorBody> {
         let registry = &self.shared.registry;
         match name {

@@ -29,6 +29,7 @@
 //! another VM's allocation fail.
 
 pub mod exports;
+pub mod sharing;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::device::Device;
 use crate::model::Limits;
 pub use exports::{AddError, Exports, Identity, Revocation, StatusPage};
+pub use sharing::Sharing;
 
 /// The guest memory of a VM, as the vhost glue keeps it up to date.
 pub type VmMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -170,6 +172,8 @@ pub struct Registry {
     limits: DaemonLimits,
     slots: Mutex<BTreeMap<String, Slot>>,
     next_id: AtomicU64,
+    /// Cross-VM sharing, when the configuration has share groups.
+    sharing: std::sync::OnceLock<Sharing>,
 }
 
 impl Registry {
@@ -178,7 +182,20 @@ impl Registry {
             limits,
             slots: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
+            sharing: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Turns cross-VM sharing on (once, before any front-end is admitted):
+    /// member VMs join the share table when admitted and leave when they
+    /// go. False if it was on already.
+    pub fn enable_sharing(&self, sharing: Sharing) -> bool {
+        self.sharing.set(sharing).is_ok()
+    }
+
+    /// Cross-VM sharing, if on.
+    pub fn sharing(&self) -> Option<&Sharing> {
+        self.sharing.get()
     }
 
     fn slots(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
@@ -263,6 +280,9 @@ impl Registry {
         let vm = Arc::new(vm);
         slot.vm = Some(vm.clone());
         slot.connections += 1;
+        if let Some(sharing) = self.sharing.get() {
+            sharing.join(&name);
+        }
         Ok(Admitted {
             registry: self.clone(),
             vm,
@@ -322,6 +342,9 @@ impl Drop for Admitted {
             }
         }
         drop(slots);
+        if let Some(sharing) = self.registry.sharing.get() {
+            sharing.leave(&self.vm.name);
+        }
         // Also refuses an export prepared while the VM was leaving.
         self.vm.exports.close();
     }

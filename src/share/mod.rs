@@ -865,6 +865,11 @@ impl ShareTable {
         self.imports.values()
     }
 
+    /// Whether `vm` is in the table (its front-end is connected).
+    pub fn joined(&self, vm: &str) -> bool {
+        self.members.contains_key(vm)
+    }
+
     /// Memory slots `vm` spends (reserved windows).
     pub fn mappings(&self, vm: &str) -> u32 {
         self.members.get(vm).map_or(0, |m| m.mappings)
