@@ -16,6 +16,7 @@
 //!   through /proc/self/fd)
 //! - `unmap SHM_OFF LEN`: BACKEND_SHMEM_UNMAP
 //! - `hold MS`: the next GET_VRING_BASE answers MS milliseconds late
+//! - `holdmem MS`: the next ADD_MEM_REG or REM_MEM_REG answers MS ms late
 //! - `fill OFF LEN BYTE`, `peek OFF LEN`: the memfd's bytes, from the host
 //! - `quit`
 //!
@@ -82,7 +83,20 @@ struct Probe {
     memfd_ino: u64,
     backend: Arc<Mutex<Option<Backend>>>,
     hold_ms: Arc<AtomicU64>,
+    hold_mem_ms: Arc<AtomicU64>,
     bases: [u32; 8],
+}
+
+impl Probe {
+    /// The `holdmem` delay, once, before a table change is answered.
+    fn hold_mem(&self, what: &str) {
+        let hold = self.hold_mem_ms.swap(0, Ordering::SeqCst);
+        if hold > 0 {
+            note!("  holding the {what} reply for {hold} ms");
+            std::thread::sleep(Duration::from_millis(hold));
+        }
+        note!("done {what}");
+    }
 }
 
 fn unsupported<T>(what: &'static str) -> Result<T> {
@@ -240,11 +254,13 @@ impl VhostUserBackendReqHandlerMut for Probe {
             "recv ADD_MEM_REG gpa {gpa:#x} size {size:#x} mmap_offset {off:#x} {}",
             describe(&fd, self.memfd_ino)
         );
+        self.hold_mem("ADD_MEM_REG");
         Ok(None)
     }
     fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> Result<()> {
         let (gpa, size) = (region.guest_phys_addr, region.memory_size);
         note!("recv REM_MEM_REG gpa {gpa:#x} size {size:#x}");
+        self.hold_mem("REM_MEM_REG");
         Ok(())
     }
     fn set_device_state_fd(
@@ -285,6 +301,7 @@ fn command(
     memfd: &File,
     backend: &Mutex<Option<Backend>>,
     hold_ms: &AtomicU64,
+    hold_mem_ms: &AtomicU64,
 ) -> std::result::Result<String, String> {
     let mut words = line.split_whitespace();
     let verb = words.next().unwrap_or("");
@@ -346,6 +363,12 @@ fn command(
             note!("the next GET_VRING_BASE is held {ms} ms");
             Ok(format!("hold {ms}"))
         }
+        "holdmem" => {
+            let ms = number(words.next())?;
+            hold_mem_ms.store(ms, Ordering::SeqCst);
+            note!("the next ADD_MEM_REG or REM_MEM_REG is held {ms} ms");
+            Ok(format!("holdmem {ms}"))
+        }
         "fill" => {
             let (off, len, byte) = (
                 number(words.next())?,
@@ -390,11 +413,13 @@ fn main() {
 
     let backend = Arc::new(Mutex::new(None));
     let hold_ms = Arc::new(AtomicU64::new(0));
+    let hold_mem_ms = Arc::new(AtomicU64::new(0));
     let probe = Arc::new(Mutex::new(Probe {
         region_len,
         memfd_ino: st.st_ino,
         backend: backend.clone(),
         hold_ms: hold_ms.clone(),
+        hold_mem_ms: hold_mem_ms.clone(),
         bases: [0; 8],
     }));
     let mut listener = Listener::new(socket, true).expect("listen");
@@ -433,7 +458,7 @@ fn main() {
         if line == "quit" {
             break;
         }
-        let answer = match command(line, &memfd, &backend, &hold_ms) {
+        let answer = match command(line, &memfd, &backend, &hold_ms, &hold_mem_ms) {
             Ok(text) => format!("ok {text}"),
             Err(text) => format!("err {text}"),
         };
