@@ -278,3 +278,15 @@ build_cenallocd() {
 		return 1
 	printf '%s\n' "$target/release"
 }
+
+# build_example NAME: builds examples/NAME.rs (a debug build, for probes
+# that no test runs) into the same target directory; prints its path.
+build_example() {
+	local name="${1:?build_example: which example}"
+	local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+	log "building example $name into $target"
+	(cd "$REPO_ROOT" && run nice -n 10 env CARGO_TARGET_DIR="$target" \
+		cargo build --example "$name" >&2) ||
+		return 1
+	printf '%s\n' "$target/debug/examples/$name"
+}
