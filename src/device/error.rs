@@ -69,6 +69,16 @@ pub enum Error {
     },
     #[error("{0} leased attachment records, must be 1..={max}", max = CENALLOC_MAX_LEASED_ATTACH)]
     LeasedAttachCount(u32),
+    #[error("non-zero byte at {offset} past the {known} bytes of the request this device knows")]
+    UnknownTail { known: usize, offset: usize },
+    #[error("non-zero reserved field {0:#x}")]
+    Reserved64(u64),
+    #[error("malformed name field (not NUL-padded UTF-8)")]
+    BadName,
+    #[error("buffer {0} is another VM's (an import): it cannot be shared again")]
+    ImportedBuffer(u32),
+    #[error("{0}")]
+    Share(#[from] crate::share::ShareError),
 }
 
 impl Error {
@@ -91,7 +101,12 @@ impl Error {
             | RangeNotPageAligned { .. }
             | RangeMisaligned { .. }
             | LeasedAttachCount(_)
+            | Reserved64(_)
+            | BadName
+            | ImportedBuffer(_)
             | Framing(_) => libc::EINVAL,
+            UnknownTail { .. } => libc::E2BIG,
+            Share(e) => e.errno(),
             PoolFull { .. } => libc::ENOSPC,
             UnknownPool(_) => libc::ENOENT,
             SlotTooSmall { .. } | ResponseTooSmall { .. } => libc::ENOSPC,

@@ -89,6 +89,38 @@ pub(crate) fn write_struct<T: ByteValued>(slot: &mut [u8], value: &T) -> usize {
     bytes.len()
 }
 
+/// A sized payload (opcodes 19 on): at least one `T`, and every byte past
+/// it zero (a newer driver asking for nothing this device does not know).
+pub(crate) fn sized<T: ByteValued + Default>(payload: &[u8]) -> Result<T, Error> {
+    let known = size_of::<T>();
+    let value = read_struct(payload, 0).ok_or(Error::PayloadLength {
+        need: known,
+        got: payload.len(),
+    })?;
+    if let Some(at) = payload[known..].iter().position(|&b| b != 0) {
+        return Err(Error::UnknownTail {
+            known,
+            offset: known + at,
+        });
+    }
+    Ok(value)
+}
+
+/// A NUL-padded name field: `None` when all zero, else the UTF-8 name
+/// before the first NUL (which must exist, with only NULs after it).
+pub(crate) fn name_field(field: &[u8]) -> Result<Option<&str>, Error> {
+    let end = field.iter().position(|&b| b == 0).ok_or(Error::BadName)?;
+    if field[end..].iter().any(|&b| b != 0) {
+        return Err(Error::BadName);
+    }
+    if end == 0 {
+        return Ok(None);
+    }
+    std::str::from_utf8(&field[..end])
+        .map(Some)
+        .map_err(|_| Error::BadName)
+}
+
 /// The payload must be exactly one `T`.
 pub(crate) fn exact<T: ByteValued + Default>(payload: &[u8]) -> Result<T, Error> {
     if payload.len() != size_of::<T>() {

@@ -24,6 +24,9 @@ mod frame;
 mod guest_log;
 mod guest_mem;
 mod replay;
+mod share;
+#[cfg(test)]
+mod share_tests;
 
 pub use config::DeviceConfig;
 pub use error::Error;
@@ -126,6 +129,12 @@ enum Pending {
         extents: Vec<Segment>,
         work: Work,
     },
+    /// An UNSHARE or a FREE of a shared buffer: the model and the table
+    /// changed; the answer waits until the shares `tokens` are settled.
+    Settle {
+        tokens: Vec<u64>,
+        answer: share::Settled,
+    },
 }
 
 impl Pending {
@@ -134,6 +143,7 @@ impl Pending {
             Pending::Map { work, .. } => work.as_mut(),
             Pending::Fill(work) | Pending::Checksum(work) => Some(work),
             Pending::Lease { work, .. } => Some(work),
+            Pending::Settle { .. } => None,
         }
     }
 }
@@ -213,6 +223,11 @@ pub struct Device {
     hold_work_at: Option<usize>,
     /// Journal bytes after which the records become an image.
     compact_after: u64,
+    /// The way to the share table, if this VM may share (issue 17).
+    share: Option<crate::share::ShareLink>,
+    /// The backings other VMs' windows hold, by share token (one serial
+    /// per hold, in the order taken).
+    share_holds: std::collections::BTreeMap<u64, Vec<u64>>,
 }
 
 impl Device {
@@ -230,6 +245,8 @@ impl Device {
             dry: false,
             hold_work_at: None,
             compact_after: JOURNAL_COMPACT_AFTER,
+            share: None,
+            share_holds: std::collections::BTreeMap::new(),
         })
     }
 
@@ -451,6 +468,7 @@ impl Device {
         };
         self.pool.clear()?;
         self.events.clear();
+        self.end_all_shares();
         self.counters.resets += 1;
         Ok(dropped)
     }
@@ -473,6 +491,11 @@ impl Device {
             if let Progress::Done(answer) = self.run_batch(mem, &mut batch, &mut || false) {
                 self.commit_batch(&batch, answer.len() as u32);
                 return answer;
+            }
+            if matches!(batch.pending.as_deref(), Some(Pending::Settle { .. })) {
+                // Parked until other VMs let go (bounded by the share
+                // table's deadlines): no busy wait.
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
     }
@@ -694,6 +717,9 @@ impl Device {
                 }
             }
             Pending::Fill(_) | Pending::Checksum(_) => {}
+            // The share ended and the table revokes on: only the answer is
+            // lost with the chain.
+            Pending::Settle { .. } => {}
         }
     }
 
@@ -733,6 +759,21 @@ impl Device {
                 let pending = self.start_lease(mem, payload, slot)?;
                 Ok(Started::Work(Box::new(pending)))
             }
+            CENALLOC_CMD_UNSHARE => {
+                let pending = self.start_unshare(payload, slot, produced)?;
+                Ok(Started::Work(Box::new(pending)))
+            }
+            CENALLOC_CMD_FREE if self.share.is_some() => {
+                let req: FreeReq = exact(payload)?;
+                check_reserved(req.reserved)?;
+                let buffer = resolve_buffer(req.buffer_id, produced)?;
+                match self.start_free_shared(buffer)? {
+                    Some(pending) => Ok(Started::Work(Box::new(pending))),
+                    None => self
+                        .run_command(mem, header, payload, slot, produced)
+                        .map(Started::Done),
+                }
+            }
             CENALLOC_CMD_CHECKSUM => {
                 let req: ChecksumReq = exact(payload)?;
                 check_reserved(req.reserved)?;
@@ -757,6 +798,11 @@ impl Device {
         slot: &mut [u8],
         yield_now: &mut dyn FnMut() -> bool,
     ) -> Step {
+        if let Pending::Settle { tokens, .. } = &*pending {
+            if !self.settled(tokens) {
+                return Step::Yielded(pending);
+            }
+        }
         // A replay checked the work's segments when it started; the guest
         // memory already holds what the work wrote.
         while let Some(work) = pending.work().filter(|_| !self.dry) {
@@ -794,6 +840,7 @@ impl Device {
                 .finish_map(attachment, direction, buffer, &mapped, flags, slot)
                 .map(nothing),
             Pending::Fill(_) => Ok((0, Produced::Nothing)),
+            Pending::Settle { tokens, answer } => self.finish_settle(&tokens, answer, slot),
             Pending::Lease {
                 allocator, extents, ..
             } => self.finish_lease(allocator, &extents, slot).map(nothing),
@@ -930,10 +977,14 @@ impl Device {
                 Ok((write_struct(slot, &dropped), Produced::Nothing))
             }
             // CENALLOC_F_SHARE is defined but not offered: its device side
-            // lands in steps (docs/design/cross-vm-sharing.md). Until then
-            // its opcodes are answered as any opcode this device does not
-            // know, whatever the payload.
-            opcode @ CENALLOC_CMD_SHARE..=CENALLOC_CMD_REVOKE_ACK => {
+            // lands in steps (docs/design/cross-vm-sharing.md). A device
+            // with a share link serves the exporter's commands (SHARE here,
+            // UNSHARE and FREE of a shared buffer in `start_command`); the
+            // importer's are answered as any opcode this device does not
+            // know, whatever the payload, as is every share opcode on a
+            // device without a link.
+            CENALLOC_CMD_SHARE => self.share_cmd(payload, slot, produced),
+            opcode @ CENALLOC_CMD_UNSHARE..=CENALLOC_CMD_REVOKE_ACK => {
                 Err(Error::UnknownOpcode(opcode))
             }
             opcode => Err(Error::UnknownOpcode(opcode)),

@@ -22,6 +22,7 @@
 //! reserved, and the exporter's hold stays, until the importer leaves
 //! ([`ShareTable::leave`]).
 
+mod desk;
 mod window;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use thiserror::Error;
 
 use crate::config::{ShareAccess, ShareConfig, VmShare};
 use crate::protocol::{CENALLOC_REVOKE_FINAL, CENALLOC_REVOKE_MOVING, CENALLOC_REVOKE_SERIAL_MASK};
+pub use desk::{Desk, ShareLink};
 pub use window::Window;
 
 /// Why a share or an import was refused. Each maps to the protocol's
