@@ -79,6 +79,12 @@ pub enum Error {
     ImportedBuffer(u32),
     #[error("{0}")]
     Share(#[from] crate::share::ShareError),
+    #[error("import {0}: the window does not hold the buffer (yet)")]
+    WindowNotMapped(u32),
+    #[error("import {0}: revoked for good")]
+    ImportRevoked(u32),
+    #[error("mask {0:#x}: custom kinds of an importer need the group's kind_map, not built yet")]
+    ImportKinds(u32),
 }
 
 impl Error {
@@ -106,6 +112,9 @@ impl Error {
             | ImportedBuffer(_)
             | Framing(_) => libc::EINVAL,
             UnknownTail { .. } => libc::E2BIG,
+            WindowNotMapped(_) => libc::EAGAIN,
+            ImportRevoked(_) => libc::ENOLINK,
+            ImportKinds(_) => libc::EOPNOTSUPP,
             Share(e) => e.errno(),
             PoolFull { .. } => libc::ENOSPC,
             UnknownPool(_) => libc::ENOENT,

@@ -23,6 +23,7 @@ mod error;
 mod frame;
 mod guest_log;
 mod guest_mem;
+mod import;
 mod replay;
 mod share;
 #[cfg(test)]
@@ -744,6 +745,14 @@ impl Device {
                 let req: MapReq = exact(payload)?;
                 let attachment = resolve_attachment(req.attach_id, produced)?;
                 let direction = direction(req.direction)?;
+                if let Some(link) = self.share.clone() {
+                    let buffer = self.pool.attachment_buffer(attachment)?;
+                    if self.pool.is_imported(buffer)? {
+                        return self
+                            .map_import_cmd(&link, buffer, attachment, direction, slot)
+                            .map(Started::Done);
+                    }
+                }
                 let pending = self.start_map(mem, attachment, direction)?;
                 Ok(Started::Work(Box::new(pending)))
             }
@@ -836,9 +845,17 @@ impl Device {
                 mapped,
                 flags,
                 ..
-            } => self
-                .finish_map(attachment, direction, buffer, &mapped, flags, slot)
-                .map(nothing),
+            } => {
+                let answer = self
+                    .finish_map(attachment, direction, buffer, &mapped, flags, slot)
+                    .map(nothing);
+                if answer.is_ok() {
+                    // Zeroed or copied: the windows waiting for a shared
+                    // buffer may be mapped now.
+                    self.place_after_map(buffer);
+                }
+                answer
+            }
             Pending::Fill(_) => Ok((0, Produced::Nothing)),
             Pending::Settle { tokens, answer } => self.finish_settle(&tokens, answer, slot),
             Pending::Lease {
@@ -978,15 +995,16 @@ impl Device {
             }
             // CENALLOC_F_SHARE is defined but not offered: its device side
             // lands in steps (docs/design/cross-vm-sharing.md). A device
-            // with a share link serves the exporter's commands (SHARE here,
-            // UNSHARE and FREE of a shared buffer in `start_command`); the
-            // importer's are answered as any opcode this device does not
-            // know, whatever the payload, as is every share opcode on a
-            // device without a link.
+            // with a share link serves the share commands (UNSHARE and FREE
+            // of a shared buffer park, in `start_command`); on a device
+            // without one, every share opcode is answered as an opcode this
+            // device does not know, whatever the payload.
             CENALLOC_CMD_SHARE => self.share_cmd(payload, slot, produced),
-            opcode @ CENALLOC_CMD_UNSHARE..=CENALLOC_CMD_REVOKE_ACK => {
-                Err(Error::UnknownOpcode(opcode))
-            }
+            CENALLOC_CMD_IMPORT => self.import_cmd(payload, slot),
+            CENALLOC_CMD_RELEASE => self.release_cmd(payload, produced),
+            CENALLOC_CMD_REVOKE_ACK => self.revoke_ack_cmd(payload, produced),
+            // Parked commands start in `start_command`.
+            opcode @ CENALLOC_CMD_UNSHARE => Err(Error::UnknownOpcode(opcode)),
             opcode => Err(Error::UnknownOpcode(opcode)),
         }
     }

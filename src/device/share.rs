@@ -36,7 +36,7 @@ impl Device {
     }
 
     /// The share link, or the answer a device without sharing gives.
-    fn link(&self, opcode: u16) -> Result<ShareLink, Error> {
+    pub(super) fn link(&self, opcode: u16) -> Result<ShareLink, Error> {
         self.share.clone().ok_or(Error::UnknownOpcode(opcode))
     }
 
@@ -105,7 +105,7 @@ impl Device {
 
     /// The token under which this VM shares `buffer` (this buffer, not an
     /// earlier one with the same id), if it does.
-    fn token_of(&self, link: &ShareLink, buffer: u32) -> Result<Option<u64>, Error> {
+    pub(super) fn token_of(&self, link: &ShareLink, buffer: u32) -> Result<Option<u64>, Error> {
         let serial = self.pool.buffer_serial(buffer)?;
         let table = link.desk().table();
         let token = table
@@ -204,7 +204,7 @@ impl Device {
 
     /// Carries out actions: holds on this VM's backings are dropped here,
     /// everything else goes to the desk.
-    fn carry(&mut self, link: &ShareLink, actions: Vec<Action>) {
+    pub(super) fn carry(&mut self, link: &ShareLink, actions: Vec<Action>) {
         let (mine, others): (Vec<_>, Vec<_>) = actions
             .into_iter()
             .partition(|a| matches!(a, Action::Unhold { exporter, .. } if exporter == link.vm()));
@@ -265,9 +265,25 @@ impl Device {
                 }
                 _ => warn!("share {token:#x}: a hold to drop that this device never took"),
             },
-            Action::Unmap { vm, .. } => {
-                warn!("an unmap for VM {vm:?} reached a device: nothing to do here")
+            Action::Place { token, .. } => {
+                if let Some(link) = self.share.clone() {
+                    self.place(&link, token);
+                }
             }
+            Action::Unmap { vm, .. } | Action::Map { vm, .. } => {
+                warn!("a window request for VM {vm:?} reached a device: nothing to do here")
+            }
+        }
+    }
+
+    /// After a MAP that placed or kept `buffer`'s backing: if this VM
+    /// shares it, the waiting windows are mapped.
+    pub(super) fn place_after_map(&mut self, buffer: u32) {
+        let Some(link) = self.share.clone().filter(|_| !self.dry) else {
+            return;
+        };
+        if let Ok(Some(token)) = self.token_of(&link, buffer) {
+            self.place(&link, token);
         }
     }
 

@@ -674,3 +674,395 @@ fn a_hold_names_only_a_live_share_of_this_vm() {
         libc::ENOENT
     );
 }
+
+/// alpha and beta, and the serving process between them played by the
+/// test: events and holds go to the devices, beta's QEMU answers each map
+/// request at once (recorded), unmaps are recorded for the test to prove.
+struct Two {
+    desk: Arc<FakeDesk>,
+    alpha: Device,
+    beta: Device,
+    maps: Vec<Action>,
+    unmaps: Vec<Action>,
+}
+
+impl Two {
+    fn new() -> Two {
+        let desk = desk();
+        let alpha = device("alpha", &desk);
+        let beta = device("beta", &desk);
+        Two {
+            desk,
+            alpha,
+            beta,
+            maps: Vec::new(),
+            unmaps: Vec::new(),
+        }
+    }
+
+    fn route(&mut self) {
+        loop {
+            let carried = self.desk.take_carried();
+            if carried.is_empty() {
+                return;
+            }
+            for (_, action) in carried {
+                match &action {
+                    Action::Place { .. } | Action::Unhold { .. } => self.alpha.receive(action),
+                    Action::Revoke { vm, .. } | Action::Ready { vm, .. } => {
+                        assert_eq!(vm, "beta");
+                        self.beta.receive(action)
+                    }
+                    Action::Map { vm, import, .. } => {
+                        let answered = self.desk.table().map_answered(vm, *import, true);
+                        self.desk.carry("qemu-beta", answered);
+                        self.maps.push(action);
+                    }
+                    Action::Unmap { .. } => self.unmaps.push(action),
+                }
+            }
+        }
+    }
+
+    fn import(&mut self, token: u64, flags: u32, mask: u32) -> (i32, ImportResp) {
+        let req = ImportReq {
+            token,
+            flags,
+            initial_mask: mask,
+        };
+        let (status, out, _) = run(&mut self.beta, CENALLOC_CMD_IMPORT, req.as_slice(), 32);
+        self.route();
+        (status, read_struct(&out, 0).unwrap())
+    }
+
+    /// beta attaches to its import; returns the attachment.
+    fn beta_attach(&mut self, import: u32) -> u32 {
+        let mut req = AttachReq {
+            buffer_id: import,
+            mask: CENALLOC_KIND_SYSTEM | CENALLOC_KIND_CONTIG,
+            num_types: 1,
+            ..Default::default()
+        };
+        req.types[0] = CENALLOC_MAP_CONTIG;
+        let (status, out, _) = run(&mut self.beta, CENALLOC_CMD_ATTACH, req.as_slice(), 16);
+        assert_eq!(status, 0);
+        read_struct::<AttachResp>(&out, 0).unwrap().attach_id
+    }
+
+    fn beta_map(&mut self, attachment: u32) -> (i32, Vec<u8>) {
+        let req = MapReq {
+            attach_id: attachment,
+            direction: 0,
+        };
+        let (status, out, _) = run(&mut self.beta, CENALLOC_CMD_MAP, req.as_slice(), 40);
+        (status, out)
+    }
+
+    fn beta_events(&mut self) -> Vec<(u32, u32, u64)> {
+        let mut events = Vec::new();
+        while let Some(e) = self.beta.next_event() {
+            events.push((e.event_type, e.buffer_id, e.data));
+            self.beta.pop_event();
+        }
+        events
+    }
+}
+
+/// The window's range in a MAP answer of an import.
+fn window_answer(out: &[u8]) -> (MapResp, Range) {
+    (
+        read_struct(out, 0).unwrap(),
+        read_struct(out, size_of::<MapResp>()).unwrap(),
+    )
+}
+
+/// Shared before its first map: B's import waits (-EAGAIN), A's first
+/// map places the buffer in the share pool and maps B's window at A's
+/// extent, SHARE_READY reaches B, and B's MAP answers the window range.
+#[test]
+fn an_import_before_the_first_map_is_mapped_by_it() {
+    let mut two = Two::new();
+    let buffer = create(&mut two.alpha, 2 * PAGE_SIZE, CENALLOC_KIND_SYSTEM);
+    let (_, shared) = share(&mut two.alpha, buffer, CENALLOC_SHARE_F_WRITABLE, "");
+    let (status, imported) = two.import(shared.token, CENALLOC_IMPORT_F_WRITABLE, 0);
+    assert_eq!(status, 0);
+    assert_eq!(imported.flags, CENALLOC_IMPORT_F_WRITABLE);
+    assert_eq!(imported.size, 2 * PAGE_SIZE);
+    assert_eq!(
+        (imported.window_offset, imported.window_len),
+        (0, 2 * PAGE_SIZE)
+    );
+    assert!(two.beta.pool.is_imported(imported.buffer_id).unwrap());
+    assert!(two.maps.is_empty(), "mapped before A placed the buffer");
+    let attachment = two.beta_attach(imported.buffer_id);
+    assert_eq!(two.beta_map(attachment).0, -libc::EAGAIN);
+
+    attach_and_map(&mut two.alpha, buffer, CENALLOC_KIND_SYSTEM);
+    two.route();
+    let extent = two.alpha.pool.backing(buffer).unwrap()[0];
+    assert_eq!(
+        two.maps,
+        vec![Action::Map {
+            vm: "beta".into(),
+            import: imported.buffer_id,
+            exporter: "alpha".into(),
+            addr: extent.addr,
+            offset: 0,
+            len: 2 * PAGE_SIZE,
+            writable: true,
+        }]
+    );
+    assert_eq!(
+        two.beta_events(),
+        vec![(CENALLOC_EVENT_SHARE_READY, imported.buffer_id, 0)]
+    );
+    let (status, out) = two.beta_map(attachment);
+    assert_eq!(status, 0);
+    let (resp, range) = window_answer(&out);
+    assert_eq!(
+        (resp.num_segments, resp.allocator_id, resp.flags, resp.size),
+        (
+            1,
+            CENALLOC_ALLOCATOR_WINDOW,
+            CENALLOC_MAP_F_WINDOW,
+            2 * PAGE_SIZE
+        )
+    );
+    assert_eq!((range.addr, range.len), (0, 2 * PAGE_SIZE));
+}
+
+#[test]
+fn an_import_after_the_first_map_is_mapped_at_once() {
+    let mut two = Two::new();
+    let buffer = create(&mut two.alpha, PAGE_SIZE, CENALLOC_KIND_SYSTEM);
+    share(&mut two.alpha, buffer, 0, "stills");
+    attach_and_map(&mut two.alpha, buffer, CENALLOC_KIND_SYSTEM);
+    two.route();
+    assert!(two.maps.is_empty());
+    let token = two.desk.table().shares().next().unwrap().token;
+    let (status, imported) = two.import(token, 0, CENALLOC_KIND_CONTIG);
+    assert_eq!(status, 0);
+    assert!(
+        matches!(
+            two.maps.as_slice(),
+            [Action::Map {
+                writable: false,
+                ..
+            }]
+        ),
+        "{:?}",
+        two.maps
+    );
+    let attachment = two.beta_attach(imported.buffer_id);
+    assert_eq!(two.beta_map(attachment).0, 0);
+}
+
+/// The order seen from both sides: A's FREE parks; B gets
+/// SHARE_REVOKE (FINAL) and its MAPs answer -ENOLINK; B's REVOKE_ACK sends
+/// the unmap; the proof drops A's hold and answers A; B releases.
+#[test]
+fn free_in_a_revokes_b_and_b_releases() {
+    let mut two = Two::new();
+    let buffer = create(&mut two.alpha, PAGE_SIZE, CENALLOC_KIND_SYSTEM);
+    let (_, shared) = share(&mut two.alpha, buffer, 0, "");
+    let (_, imported) = two.import(shared.token, 0, 0);
+    let b = imported.buffer_id;
+    let alpha_attach = attach_and_map(&mut two.alpha, buffer, CENALLOC_KIND_SYSTEM);
+    two.route();
+    two.beta_events();
+    let attachment = two.beta_attach(b);
+    assert_eq!(two.beta_map(attachment).0, 0);
+
+    let unmap = UnmapReq {
+        attach_id: alpha_attach,
+        direction: 0,
+    };
+    assert_eq!(
+        run(&mut two.alpha, CENALLOC_CMD_UNMAP, unmap.as_slice(), 0).0,
+        0
+    );
+    let detach = DetachReq {
+        attach_id: alpha_attach,
+        reserved: 0,
+    };
+    assert_eq!(
+        run(&mut two.alpha, CENALLOC_CMD_DETACH, detach.as_slice(), 0).0,
+        0
+    );
+    let mut free = begin(&mut two.alpha, CENALLOC_CMD_FREE, &free_req(buffer), 0);
+    assert_eq!(step(&mut two.alpha, &mut free), None);
+    two.route();
+    let events = two.beta_events();
+    let serial = match events.as_slice() {
+        [(CENALLOC_EVENT_SHARE_REVOKE, id, data)] if *id == b => {
+            assert_eq!(data >> CENALLOC_REVOKE_REASON_SHIFT, CENALLOC_REVOKE_FINAL);
+            data & CENALLOC_REVOKE_SERIAL_MASK
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(two.beta_map(attachment).0, -libc::ENOLINK);
+    // A stale serial is refused and sends nothing.
+    let stale = RevokeAckReq {
+        buffer_id: b,
+        reserved: 0,
+        serial: serial + 1,
+    };
+    let (status, _, _) = run(&mut two.beta, CENALLOC_CMD_REVOKE_ACK, stale.as_slice(), 0);
+    assert_eq!(status, -libc::ENOENT);
+    two.route();
+    assert!(two.unmaps.is_empty());
+    let ack = RevokeAckReq {
+        buffer_id: b,
+        reserved: 0,
+        serial,
+    };
+    let (status, _, _) = run(&mut two.beta, CENALLOC_CMD_REVOKE_ACK, ack.as_slice(), 0);
+    assert_eq!(status, 0);
+    two.route();
+    assert!(matches!(two.unmaps.as_slice(), [Action::Unmap { import, .. }] if *import == b));
+    assert_eq!(
+        step(&mut two.alpha, &mut free),
+        None,
+        "answered before the proof"
+    );
+    assert_eq!(two.alpha.pool.quarantined().len(), 1);
+    let proven = two.desk.table().unmapped("beta", b);
+    two.desk.carry("qemu-beta", proven);
+    two.route();
+    assert!(two.alpha.pool.quarantined().is_empty());
+    assert_eq!(step(&mut two.alpha, &mut free), Some((0, vec![], 0)));
+
+    // B's RELEASE: refused while its attachment maps the import.
+    let release = ReleaseReq {
+        buffer_id: b,
+        reserved: 0,
+    };
+    let (status, _, _) = run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0);
+    assert_eq!(status, -libc::EBUSY);
+    let unmap = UnmapReq {
+        attach_id: attachment,
+        direction: 0,
+    };
+    assert_eq!(
+        run(&mut two.beta, CENALLOC_CMD_UNMAP, unmap.as_slice(), 0).0,
+        0
+    );
+    let (status, _, _) = run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0);
+    assert_eq!(status, 0);
+    assert!(two.beta.pool.buffer_size(b).is_err());
+    assert_eq!(two.desk.table().imports().count(), 0);
+    assert_eq!(two.desk.table().shares().count(), 0);
+}
+
+/// B's RELEASE of a mapped window unmaps it without an event; its proof
+/// drops A's hold.
+#[test]
+fn release_in_b_unmaps_its_window() {
+    let mut two = Two::new();
+    let buffer = create(&mut two.alpha, PAGE_SIZE, CENALLOC_KIND_SYSTEM);
+    let (_, shared) = share(&mut two.alpha, buffer, 0, "");
+    attach_and_map(&mut two.alpha, buffer, CENALLOC_KIND_SYSTEM);
+    let (_, imported) = two.import(shared.token, 0, 0);
+    two.beta_events();
+    let release = ReleaseReq {
+        buffer_id: imported.buffer_id,
+        reserved: 0,
+    };
+    let (status, _, _) = run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0);
+    assert_eq!(status, 0);
+    two.route();
+    assert!(two.beta_events().is_empty());
+    assert_eq!(two.unmaps.len(), 1);
+    let proven = two.desk.table().unmapped("beta", imported.buffer_id);
+    assert_eq!(
+        proven,
+        vec![Action::Unhold {
+            exporter: "alpha".into(),
+            token: shared.token
+        }]
+    );
+    two.desk.carry("qemu-beta", proven);
+    two.route();
+    // A's buffer lives on, its hold gone: FREE answers at once.
+    let (status, _, _) = run(&mut two.alpha, CENALLOC_CMD_FREE, &free_req(buffer), 0);
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn every_bad_import_gets_its_errno_and_changes_nothing() {
+    let mut two = Two::new();
+    let buffer = create(&mut two.alpha, PAGE_SIZE, CENALLOC_KIND_SYSTEM);
+    let (_, shared) = share(&mut two.alpha, buffer, 0, "stills");
+    let token = shared.token;
+    let cases: Vec<(&str, u64, u32, u32, i32)> = vec![
+        ("wrong token", token ^ 1, 0, 0, -libc::ENOENT),
+        (
+            "write to a read-only group",
+            token,
+            CENALLOC_IMPORT_F_WRITABLE,
+            0,
+            -libc::EPERM,
+        ),
+        ("unknown flag", token, 1 << 4, 0, -libc::EINVAL),
+        ("custom kind", token, 0, 1 << 9, -libc::EOPNOTSUPP),
+    ];
+    for (what, token, flags, mask, errno) in cases {
+        let before = (two.beta.pool.snapshot(), two.desk.table().imports().count());
+        let (status, resp) = two.import(token, flags, mask);
+        assert_eq!(status, errno, "{what}");
+        assert_eq!(resp.buffer_id, 0, "{what}");
+        assert_eq!(
+            (two.beta.pool.snapshot(), two.desk.table().imports().count()),
+            before,
+            "{what}"
+        );
+    }
+    // A member that imports in no group of the share: as a wrong token.
+    let mut delta = device("delta", &two.desk);
+    let req = ImportReq {
+        token,
+        flags: 0,
+        initial_mask: 0,
+    };
+    let (status, _, _) = run(&mut delta, CENALLOC_CMD_IMPORT, req.as_slice(), 32);
+    assert_eq!(status, -libc::ENOENT);
+    // A VM in no group at all.
+    let mut outsider = device("outsider", &two.desk);
+    let (status, _, _) = run(&mut outsider, CENALLOC_CMD_IMPORT, req.as_slice(), 32);
+    assert_eq!(status, -libc::EOPNOTSUPP);
+    // The exporter itself.
+    let (status, _, _) = run(&mut two.alpha, CENALLOC_CMD_IMPORT, req.as_slice(), 32);
+    assert_eq!(status, -libc::ENOENT);
+    // One import per VM and share.
+    let (status, imported) = two.import(token, 0, 0);
+    assert_eq!(status, 0);
+    assert_eq!(two.import(token, 0, 0).0, -libc::EEXIST);
+    // An import is never shared again, freed, or released twice.
+    let id = imported.buffer_id;
+    let (status, _) = share(&mut two.beta, id, 0, "");
+    assert_eq!(status, -libc::EINVAL, "an import shared again");
+    let (status, _, _) = run(&mut two.beta, CENALLOC_CMD_FREE, &free_req(id), 0);
+    assert_eq!(status, -libc::EINVAL);
+    let release = ReleaseReq {
+        buffer_id: id,
+        reserved: 0,
+    };
+    assert_eq!(
+        run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0).0,
+        0
+    );
+    assert_eq!(
+        run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0).0,
+        -libc::ENOENT
+    );
+    // RELEASE of a buffer of B's own: not an import.
+    let own = create(&mut two.beta, PAGE_SIZE, CENALLOC_KIND_SYSTEM);
+    let release = ReleaseReq {
+        buffer_id: own,
+        reserved: 0,
+    };
+    assert_eq!(
+        run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0).0,
+        -libc::EINVAL
+    );
+}

@@ -603,6 +603,24 @@ impl Pool {
         Ok(Created { id, size: rounded })
     }
 
+    /// The id the next [`Pool::import`] takes, after the checks of
+    /// `max_buffers` and the id space; changes nothing (an importer's
+    /// table entry is made under this id before the model's).
+    pub fn next_import_id(&self) -> Result<BufferId, Error> {
+        let max = self.config.limits.max_buffers;
+        if self.buffers.len() >= max as usize {
+            return Err(Error::TooManyBuffers { max });
+        }
+        self.buffer_ids
+            .peek(&self.buffers)
+            .ok_or(Error::IdsExhausted)
+    }
+
+    /// Whether a live buffer's next map moves its backing.
+    pub fn migrate_pending(&self, buffer_id: BufferId) -> Result<bool, Error> {
+        Ok(self.buffer(buffer_id)?.migrate_pending)
+    }
+
     /// Whether a live buffer is imported ([`Pool::import`]).
     pub fn is_imported(&self, buffer_id: BufferId) -> Result<bool, Error> {
         Ok(self.buffer(buffer_id)?.imported)

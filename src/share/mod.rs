@@ -199,6 +199,22 @@ pub enum Action {
     /// The window that reached the exporter's backing is gone: drop one
     /// hold of share `token` in the exporter's model.
     Unhold { exporter: String, token: u64 },
+    /// From an importer's IMPORT, for the exporter's worker: if share
+    /// `token`'s backing is in place, map the windows that wait for it.
+    Place { exporter: String, token: u64 },
+    /// From the exporter's worker (its hold taken): send
+    /// `BACKEND_SHMEM_MAP` on VM `vm`'s channel, the exporter's extent at
+    /// guest-physical `addr` (its memory table gives file and offset) to
+    /// `[offset, offset + len)` of `vm`'s window.
+    Map {
+        vm: String,
+        import: u32,
+        exporter: String,
+        addr: u64,
+        offset: u64,
+        len: u64,
+        writable: bool,
+    },
 }
 
 /// The answer to a SHARE.
