@@ -330,13 +330,29 @@ impl Device {
 
     /// At RESET (the command, or the front-end's): every share of this VM
     /// ends, without waiting (docs/design/cross-vm-sharing.md wants the
-    /// RESET command to wait as FREE does: not built yet). Holds stay:
-    /// the model keeps the extents in quarantine until each window is
-    /// proven gone.
+    /// RESET command to wait as FREE does: not built yet), and every
+    /// import of this VM is released (its windows unmapped, no event).
+    /// Holds stay: the model keeps the extents in quarantine until each
+    /// window is proven gone.
     pub(super) fn end_all_shares(&mut self) {
         let Some(link) = self.share.clone() else {
             return;
         };
+        let imports: Vec<u32> = link
+            .desk()
+            .table()
+            .imports()
+            .filter(|i| i.importer == link.vm() && !i.released)
+            .map(|i| i.id)
+            .collect();
+        for id in imports {
+            let now = link.desk().now();
+            let released = link.desk().table().release(link.vm(), id, now);
+            match released {
+                Ok(actions) => self.carry(&link, actions),
+                Err(e) => warn!("RESET: releasing import {id}: {e}"),
+            }
+        }
         let tokens: Vec<u64> = link
             .desk()
             .table()

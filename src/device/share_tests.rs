@@ -1066,3 +1066,32 @@ fn every_bad_import_gets_its_errno_and_changes_nothing() {
         -libc::EINVAL
     );
 }
+
+/// B's RESET drops its imported buffers from its model: the table must
+/// not keep them (their windows are unmapped, no event, A's hold dropped
+/// with the proof), or a later import would find the share "imported".
+#[test]
+fn a_reset_in_b_releases_its_imports() {
+    let mut two = Two::new();
+    let buffer = create(&mut two.alpha, PAGE_SIZE, CENALLOC_KIND_SYSTEM);
+    let (_, shared) = share(&mut two.alpha, buffer, 0, "");
+    attach_and_map(&mut two.alpha, buffer, CENALLOC_KIND_SYSTEM);
+    let (_, imported) = two.import(shared.token, 0, 0);
+    assert_eq!(two.maps.len(), 1);
+    two.beta_events();
+    two.beta.reset().unwrap();
+    two.route();
+    assert!(two.beta_events().is_empty());
+    assert!(
+        matches!(two.unmaps.as_slice(), [Action::Unmap { import, .. }] if *import == imported.buffer_id)
+    );
+    let proven = two.desk.table().unmapped("beta", imported.buffer_id);
+    two.desk.carry("qemu-beta", proven);
+    two.route();
+    assert_eq!(two.desk.table().imports().count(), 0);
+    // Imported again after the reset, under a new id of B's.
+    let (status, again) = two.import(shared.token, 0, 0);
+    assert_eq!(status, 0);
+    assert_eq!(two.maps.len(), 2);
+    assert!(two.beta.pool.is_imported(again.buffer_id).unwrap());
+}
