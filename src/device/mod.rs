@@ -27,6 +27,8 @@ mod import;
 mod replay;
 mod share;
 #[cfg(test)]
+mod share_proptests;
+#[cfg(test)]
 mod share_tests;
 
 pub use config::DeviceConfig;

@@ -17,9 +17,9 @@ use crate::share::{Action, Desk, ShareLink, ShareTable};
 const MIB: u64 = 1 << 20;
 const KEY: [u8; 16] = *b"share-tests-key!";
 /// The share allocator's index in `exporter()`'s pool.
-const SHARE_POOL: usize = 4;
+pub(super) const SHARE_POOL: usize = 4;
 
-struct FakeDesk {
+pub(super) struct FakeDesk {
     table: Mutex<ShareTable>,
     now: Mutex<Duration>,
     carried: Mutex<Vec<(String, Action)>>,
@@ -39,21 +39,21 @@ impl Desk for FakeDesk {
 }
 
 impl FakeDesk {
-    fn advance(&self, by: Duration) {
+    pub(super) fn advance(&self, by: Duration) {
         *self.now.lock().unwrap() += by;
     }
-    fn take_carried(&self) -> Vec<(String, Action)> {
+    pub(super) fn take_carried(&self) -> Vec<(String, Action)> {
         std::mem::take(&mut *self.carried.lock().unwrap())
     }
 }
 
-fn member(exports: &[&str], imports: &[&str], window: Option<u64>) -> VmShare {
+fn member(exports: &[&str], imports: &[&str], window: Option<u64>, max_shares: u32) -> VmShare {
     VmShare {
         exporter_groups: exports.iter().map(|s| s.to_string()).collect(),
         importer_groups: imports.iter().map(|s| s.to_string()).collect(),
         window,
         limits: ShareLimits {
-            max_shares: 2,
+            max_shares,
             ..ShareLimits::default()
         },
     }
@@ -61,7 +61,12 @@ fn member(exports: &[&str], imports: &[&str], window: Option<u64>) -> VmShare {
 
 /// "alpha" exports in "camera" (read-write) and "stills" (read-only) to
 /// "beta"; "delta" is a member that exports nothing.
-fn desk() -> Arc<FakeDesk> {
+pub(super) fn desk() -> Arc<FakeDesk> {
+    desk_with(2)
+}
+
+/// As [`desk`], each VM sharing at most `max_shares` buffers.
+pub(super) fn desk_with(max_shares: u32) -> Arc<FakeDesk> {
     let group = |name: &str, access| ShareGroup {
         name: name.into(),
         exporters: vec!["alpha".into()],
@@ -82,9 +87,15 @@ fn desk() -> Arc<FakeDesk> {
         ],
     };
     let mut table = ShareTable::new(config, KEY);
-    table.join("alpha", member(&["camera", "stills"], &[], None));
-    table.join("beta", member(&[], &["camera", "stills"], Some(64 * MIB)));
-    table.join("delta", member(&[], &[], None));
+    table.join(
+        "alpha",
+        member(&["camera", "stills"], &[], None, max_shares),
+    );
+    table.join(
+        "beta",
+        member(&[], &["camera", "stills"], Some(64 * MIB), max_shares),
+    );
+    table.join("delta", member(&[], &[], None, max_shares));
     Arc::new(FakeDesk {
         table: Mutex::new(table),
         now: Mutex::new(Duration::from_secs(1)),
@@ -98,7 +109,7 @@ fn memory() -> GuestMemoryMmap {
 
 /// The default layout plus a share allocator (index `SHARE_POOL`) with
 /// 2 MiB donated; system has 4 MiB.
-fn device(vm: &str, desk: &Arc<FakeDesk>) -> Device {
+pub(super) fn device(vm: &str, desk: &Arc<FakeDesk>) -> Device {
     let mut config = DeviceConfig::default_layout();
     config.pool.allocators.push(AllocatorSpec {
         name: "share".into(),
@@ -125,7 +136,12 @@ fn device(vm: &str, desk: &Arc<FakeDesk>) -> Device {
 
 /// One command in its own batch, run to its end (a parked command is run
 /// again until it answers): (status, answer slot, needed).
-fn run(device: &mut Device, opcode: u16, payload: &[u8], resp_len: u32) -> (i32, Vec<u8>, u32) {
+pub(super) fn run(
+    device: &mut Device,
+    opcode: u16,
+    payload: &[u8],
+    resp_len: u32,
+) -> (i32, Vec<u8>, u32) {
     let mut batch = begin(device, opcode, payload, resp_len);
     loop {
         if let Some(done) = step(device, &mut batch) {
@@ -134,7 +150,7 @@ fn run(device: &mut Device, opcode: u16, payload: &[u8], resp_len: u32) -> (i32,
     }
 }
 
-fn begin(device: &mut Device, opcode: u16, payload: &[u8], resp_len: u32) -> Batch {
+pub(super) fn begin(device: &mut Device, opcode: u16, payload: &[u8], resp_len: u32) -> Batch {
     let mut request = BatchHdr {
         num_cmds: 1,
         reserved: 0,
@@ -156,7 +172,7 @@ fn begin(device: &mut Device, opcode: u16, payload: &[u8], resp_len: u32) -> Bat
 }
 
 /// Runs the batch once: `None` while its command is parked.
-fn step(device: &mut Device, batch: &mut Batch) -> Option<(i32, Vec<u8>, u32)> {
+pub(super) fn step(device: &mut Device, batch: &mut Batch) -> Option<(i32, Vec<u8>, u32)> {
     let mem = memory();
     match device.run_batch(&mem, batch, &mut || false) {
         Progress::Yielded => None,
@@ -168,7 +184,7 @@ fn step(device: &mut Device, batch: &mut Batch) -> Option<(i32, Vec<u8>, u32)> {
     }
 }
 
-fn create(device: &mut Device, size: u64, mask: u32) -> u32 {
+pub(super) fn create(device: &mut Device, size: u64, mask: u32) -> u32 {
     let req = CreateReq {
         size,
         flags: 0,
@@ -179,7 +195,7 @@ fn create(device: &mut Device, size: u64, mask: u32) -> u32 {
     read_struct::<CreateResp>(&out, 0).unwrap().buffer_id
 }
 
-fn attach_and_map(device: &mut Device, buffer: u32, mask: u32) -> u32 {
+pub(super) fn attach_and_map(device: &mut Device, buffer: u32, mask: u32) -> u32 {
     let mut req = AttachReq {
         buffer_id: buffer,
         mask,
@@ -216,7 +232,7 @@ fn share_req(buffer: u32, flags: u32, group: &str) -> Vec<u8> {
     .to_vec()
 }
 
-fn share(device: &mut Device, buffer: u32, flags: u32, group: &str) -> (i32, ShareResp) {
+pub(super) fn share(device: &mut Device, buffer: u32, flags: u32, group: &str) -> (i32, ShareResp) {
     let (status, out, _) = run(
         device,
         CENALLOC_CMD_SHARE,
@@ -236,7 +252,7 @@ fn unshare(device: &mut Device, buffer: u32, token: u64) -> (i32, UnshareResp) {
     (status, read_struct(&out, 0).unwrap())
 }
 
-fn free_req(buffer: u32) -> Vec<u8> {
+pub(super) fn free_req(buffer: u32) -> Vec<u8> {
     FreeReq {
         buffer_id: buffer,
         reserved: 0,
@@ -678,17 +694,20 @@ fn a_hold_names_only_a_live_share_of_this_vm() {
 /// alpha and beta, and the serving process between them played by the
 /// test: events and holds go to the devices, beta's QEMU answers each map
 /// request at once (recorded), unmaps are recorded for the test to prove.
-struct Two {
-    desk: Arc<FakeDesk>,
-    alpha: Device,
-    beta: Device,
-    maps: Vec<Action>,
-    unmaps: Vec<Action>,
+pub(super) struct Two {
+    pub(super) desk: Arc<FakeDesk>,
+    pub(super) alpha: Device,
+    pub(super) beta: Device,
+    pub(super) maps: Vec<Action>,
+    pub(super) unmaps: Vec<Action>,
 }
 
 impl Two {
-    fn new() -> Two {
-        let desk = desk();
+    pub(super) fn new() -> Two {
+        Two::with_desk(desk())
+    }
+
+    pub(super) fn with_desk(desk: Arc<FakeDesk>) -> Two {
         let alpha = device("alpha", &desk);
         let beta = device("beta", &desk);
         Two {
@@ -700,7 +719,7 @@ impl Two {
         }
     }
 
-    fn route(&mut self) {
+    pub(super) fn route(&mut self) {
         loop {
             let carried = self.desk.take_carried();
             if carried.is_empty() {
@@ -724,7 +743,7 @@ impl Two {
         }
     }
 
-    fn import(&mut self, token: u64, flags: u32, mask: u32) -> (i32, ImportResp) {
+    pub(super) fn import(&mut self, token: u64, flags: u32, mask: u32) -> (i32, ImportResp) {
         let req = ImportReq {
             token,
             flags,
@@ -736,7 +755,7 @@ impl Two {
     }
 
     /// beta attaches to its import; returns the attachment.
-    fn beta_attach(&mut self, import: u32) -> u32 {
+    pub(super) fn beta_attach(&mut self, import: u32) -> u32 {
         let mut req = AttachReq {
             buffer_id: import,
             mask: CENALLOC_KIND_SYSTEM | CENALLOC_KIND_CONTIG,
@@ -749,7 +768,7 @@ impl Two {
         read_struct::<AttachResp>(&out, 0).unwrap().attach_id
     }
 
-    fn beta_map(&mut self, attachment: u32) -> (i32, Vec<u8>) {
+    pub(super) fn beta_map(&mut self, attachment: u32) -> (i32, Vec<u8>) {
         let req = MapReq {
             attach_id: attachment,
             direction: 0,
@@ -758,7 +777,7 @@ impl Two {
         (status, out)
     }
 
-    fn beta_events(&mut self) -> Vec<(u32, u32, u64)> {
+    pub(super) fn beta_events(&mut self) -> Vec<(u32, u32, u64)> {
         let mut events = Vec::new();
         while let Some(e) = self.beta.next_event() {
             events.push((e.event_type, e.buffer_id, e.data));
