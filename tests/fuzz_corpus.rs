@@ -171,6 +171,11 @@ fn batch_corpus_replays_without_panic_or_hang() {
                 leased_maps: a.leased_maps + r.leased_maps,
                 unchanged_checked: a.unchanged_checked + r.unchanged_checked,
                 share_commands: a.share_commands + r.share_commands,
+                linked: fuzz_harness::ShareReach {
+                    shared: a.linked.shared + r.linked.shared,
+                    imported: a.linked.imported + r.linked.imported,
+                    windows: a.linked.windows + r.linked.windows,
+                },
             }
         });
     eprintln!("batch corpus reach: {total:?}");
@@ -185,6 +190,13 @@ fn batch_corpus_replays_without_panic_or_hang() {
     // Every share opcode with its sized payload (refused as unknown until
     // the device serves them: the did-nothing oracle judges them).
     assert!(total.share_commands >= 5, "{total:?}");
+    // On the device that may share: an input shares, imports, and maps
+    // windows both ways.
+    let sharing = reaching(&reached, |r| {
+        r.linked.shared > 0 && r.linked.imported > 0 && r.linked.windows >= 2
+    });
+    eprintln!("shares, imports and maps windows: {sharing:?}");
+    assert!(!sharing.is_empty(), "{total:?}");
 }
 
 /// The committed seed inputs are what the harness builds (so they mean

@@ -39,6 +39,9 @@
 
 #![allow(dead_code)]
 
+mod share;
+pub use share::{run_linked, ShareReach, PEER_TOKEN_ALIAS};
+
 use arbitrary::{Arbitrary, Unstructured};
 use cenalloc::device::{Device, DeviceConfig};
 use cenalloc::protocol::*;
@@ -909,6 +912,8 @@ pub struct BatchReach {
     /// Commands of the share opcodes (19-23) with at least their
     /// version-1 payload, whatever the answer.
     pub share_commands: u64,
+    /// The same batches on a device that may share.
+    pub linked: ShareReach,
 }
 
 /// Whether a command is a MAP (structured, or raw with MAP's opcode).
@@ -1025,6 +1030,8 @@ pub fn run_batch_case(case: &BatchCase) -> BatchReach {
     reach.allocations = counters.allocations;
     reach.migrations = counters.migrations;
     reach.leased_maps = counters.leased_maps;
+    // Again, on a device that may share (issue 17).
+    reach.linked = run_linked(case);
     reach
 }
 
@@ -1143,6 +1150,15 @@ fn check_pool(device: &Device) {
             .filter(|r| r.allocator == stat.id)
             .map(|r| r.len)
             .sum();
+        // Extents other VMs' windows may still reach (issue 17).
+        let quarantined: u64 = device
+            .pool()
+            .quarantined()
+            .iter()
+            .filter(|q| q.allocator == Some(stat.id))
+            .flat_map(|q| &q.segments)
+            .map(|s| s.len)
+            .sum();
         assert_eq!(
             stat.capacity, donated,
             "allocator {} capacity is not its donated regions",
@@ -1150,8 +1166,8 @@ fn check_pool(device: &Device) {
         );
         assert_eq!(
             stat.capacity,
-            stat.free + stat.leased + backed,
-            "allocator {}: capacity {} != free {} + leased {} + backing {backed}",
+            stat.free + stat.leased + backed + quarantined,
+            "allocator {}: capacity {} != free {} + leased {} + backing {backed} + quarantined {quarantined}",
             stat.name,
             stat.capacity,
             stat.free,
@@ -2184,7 +2200,7 @@ fn share_commands(buffer: u32, tail: &[u8]) -> Vec<CmdSpec> {
         (
             CENALLOC_CMD_IMPORT,
             ImportReq {
-                token: 0x5eed,
+                token: PEER_TOKEN_ALIAS,
                 flags: CENALLOC_IMPORT_F_WRITABLE,
                 initial_mask: CENALLOC_KIND_SYSTEM,
             }
@@ -2306,6 +2322,64 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             .collect(),
     };
     seeds.push(("batch", "seed-share-opcodes", encode(&case)));
+    // Sharing on the linked device (the unlinked run refuses it all): A
+    // shares buffer 1 before its first map, which places it in the share
+    // pool and maps beta's window; A imports beta's share (the alias) as
+    // buffer 2, attaches and maps it; A frees buffer 1 (parked until
+    // beta's window goes), then releases its import.
+    let cmds = share_commands(1, &[]);
+    let (share, import, release) = (cmds[0].clone(), cmds[2].clone(), cmds[3].clone());
+    let release_import = match release {
+        CmdSpec::Raw {
+            opcode,
+            flags,
+            reserved,
+            resp_len,
+            ..
+        } => CmdSpec::Raw {
+            opcode,
+            flags,
+            reserved,
+            payload: ReleaseReq {
+                buffer_id: 2,
+                reserved: 0,
+            }
+            .as_slice()
+            .to_vec(),
+            resp_len,
+        },
+        other => other,
+    };
+    let batches = vec![
+        batch(vec![CmdSpec::Create {
+            size: SizeSpec::Pages(2),
+            flags: None,
+            mask: None,
+        }]),
+        batch(vec![share]),
+        batch(vec![
+            system_attach(IdSpec::Id(1)),
+            map(IdSpec::Ref(0), SlotSpec::Natural),
+        ]),
+        batch(vec![import]),
+        batch(vec![
+            system_attach(IdSpec::Id(2)),
+            map(IdSpec::Ref(0), SlotSpec::Natural),
+        ]),
+        batch(vec![CmdSpec::Free {
+            buffer: IdSpec::Id(1),
+            reserved: None,
+        }]),
+        batch(vec![release_import]),
+    ];
+    let case = BatchCase {
+        donate: true,
+        batches: batches
+            .into_iter()
+            .map(|b| (b, WritableSpec::Exact))
+            .collect(),
+    };
+    seeds.push(("batch", "seed-share-linked", encode(&case)));
     seeds
 }
 
