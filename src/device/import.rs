@@ -16,7 +16,7 @@ use super::frame::{check_reserved, check_slot, sized, write_struct};
 use super::{resolve_buffer, Device, Error, Produced};
 use crate::model::{kinds, Direction};
 use crate::protocol::*;
-use crate::share::{Action, Mapping, Reason, ShareLink};
+use crate::share::{Action, Mapping, Reason, ShareError, ShareLink};
 
 impl Device {
     /// IMPORT: share `token` becomes an imported buffer of this VM, with a
@@ -101,8 +101,9 @@ impl Device {
         let req: ReleaseReq = sized(payload)?;
         check_reserved(req.reserved)?;
         let buffer = resolve_buffer(req.buffer_id, produced)?;
+        // A buffer of this VM's own is no import (-ENOENT, as the spec says).
         if !self.pool.is_imported(buffer)? {
-            return Err(crate::model::Error::NotImported(buffer).into());
+            return Err(ShareError::UnknownImport(link.vm().to_string(), buffer).into());
         }
         self.pool.release_import(buffer)?;
         let desk = link.desk();
@@ -127,8 +128,9 @@ impl Device {
         let req: RevokeAckReq = sized(payload)?;
         check_reserved(req.reserved)?;
         let buffer = resolve_buffer(req.buffer_id, produced)?;
+        // A buffer of this VM's own is no import (-ENOENT, as the spec says).
         if !self.pool.is_imported(buffer)? {
-            return Err(crate::model::Error::NotImported(buffer).into());
+            return Err(ShareError::UnknownImport(link.vm().to_string(), buffer).into());
         }
         let desk = link.desk();
         let now = desk.now();

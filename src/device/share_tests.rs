@@ -1074,7 +1074,8 @@ fn every_bad_import_gets_its_errno_and_changes_nothing() {
         run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0).0,
         -libc::ENOENT
     );
-    // RELEASE of a buffer of B's own: not an import.
+    // RELEASE and REVOKE_ACK of a buffer of B's own: no import (the
+    // spec's -ENOENT for an unknown import).
     let own = create(&mut two.beta, PAGE_SIZE, CENALLOC_KIND_SYSTEM);
     let release = ReleaseReq {
         buffer_id: own,
@@ -1082,8 +1083,18 @@ fn every_bad_import_gets_its_errno_and_changes_nothing() {
     };
     assert_eq!(
         run(&mut two.beta, CENALLOC_CMD_RELEASE, release.as_slice(), 0).0,
-        -libc::EINVAL
+        -libc::ENOENT
     );
+    let ack = RevokeAckReq {
+        buffer_id: own,
+        reserved: 0,
+        serial: 1,
+    };
+    assert_eq!(
+        run(&mut two.beta, CENALLOC_CMD_REVOKE_ACK, ack.as_slice(), 0).0,
+        -libc::ENOENT
+    );
+    assert!(two.beta.pool.buffer_size(own).is_ok());
 }
 
 /// B's RESET drops its imported buffers from its model: the table must
