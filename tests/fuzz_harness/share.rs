@@ -334,24 +334,26 @@ impl Linked {
                         ..
                     } => {
                         let (vm, exporter) = (vm.clone(), exporter.clone());
-                        let snapshot = self.exporter(&exporter).pool().snapshot();
-                        let owner = snapshot
+                        // The buffer whose backing it is; none when the
+                        // exporter freed it or reset since the request
+                        // left (later in the same batch): then the extent
+                        // must be held in quarantine (`check_windows`).
+                        let pool = self.exporter(&exporter).pool();
+                        let (buffer, serial) = pool
+                            .snapshot()
                             .buffers
                             .iter()
                             .find(|b| b.backing.iter().any(|s| s.addr == addr))
-                            .unwrap_or_else(|| panic!("a map of {addr:#x}, no buffer's backing"));
-                        let serial = self
-                            .exporter(&exporter)
-                            .pool()
-                            .buffer_serial(owner.id)
-                            .unwrap_or(u64::MAX);
+                            .map_or((u32::MAX, u64::MAX), |owner| {
+                                (owner.id, pool.buffer_serial(owner.id).unwrap_or(u64::MAX))
+                            });
                         self.windows.insert(
                             (vm.clone(), import),
                             Window {
                                 exporter_is_alpha: exporter == "alpha",
                                 addr,
                                 len,
-                                buffer: owner.id,
+                                buffer,
                                 serial,
                             },
                         );
