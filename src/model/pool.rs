@@ -732,6 +732,38 @@ impl Pool {
         }
     }
 
+    /// Whether `buffer`'s backing must move to serve access mask `mask`
+    /// (shared in `page`-sized pages or not): the late-attach rule. `false`
+    /// without backing or when it fits; refused when it does not fit and
+    /// something maps the buffer, or no allocator could take it.
+    fn backing_must_move(
+        &self,
+        buffer_id: BufferId,
+        buffer: &Buffer,
+        mask: u32,
+        page: Option<u64>,
+    ) -> Result<bool, Error> {
+        let Some(backing) = &buffer.backing else {
+            return Ok(false);
+        };
+        if self.backing_fits(backing, mask, page) {
+            return Ok(false);
+        }
+        if self.any_mapped(buffer) {
+            return Err(Error::MigrationWhileMapped {
+                buffer: buffer_id,
+                mask,
+            });
+        }
+        if !self.any_allocator_for(mask, page) {
+            return Err(Error::NoAllocatorForMask {
+                buffer: buffer_id,
+                mask,
+            });
+        }
+        Ok(true)
+    }
+
     /// Whether any attachment of `buffer` holds a mapping.
     fn any_mapped(&self, buffer: &Buffer) -> bool {
         buffer
@@ -825,24 +857,7 @@ impl Pool {
             });
         }
         let page = self.share_page(buffer);
-        let mut migrate = false;
-        if let Some(backing) = &buffer.backing {
-            if !self.backing_fits(backing, access, page) {
-                if self.any_mapped(buffer) {
-                    return Err(Error::MigrationWhileMapped {
-                        buffer: buffer_id,
-                        mask: access,
-                    });
-                }
-                if !self.any_allocator_for(access, page) {
-                    return Err(Error::NoAllocatorForMask {
-                        buffer: buffer_id,
-                        mask: access,
-                    });
-                }
-                migrate = true;
-            }
-        }
+        let migrate = self.backing_must_move(buffer_id, buffer, access, page)?;
         if let Some(buffer) = self.buffers.get_mut(&buffer_id) {
             buffer.access_mask = access;
             buffer.migrate_pending = migrate;
@@ -949,24 +964,10 @@ impl Pool {
         }
 
         // Does the backing (if any) still fit? If not: migrate or refuse.
-        let mut migrate = buffer.migrate_pending;
-        if let Some(backing) = &buffer.backing {
-            if !self.backing_fits(backing, new_mask, page) {
-                if self.any_mapped(buffer) {
-                    return Err(Error::MigrationWhileMapped {
-                        buffer: buffer_id,
-                        mask: new_mask,
-                    });
-                }
-                if !self.any_allocator_for(new_mask, page) {
-                    return Err(Error::NoAllocatorForMask {
-                        buffer: buffer_id,
-                        mask: new_mask,
-                    });
-                }
-                migrate = true;
-            }
-        } else if page.is_some() && !self.any_allocator_for(new_mask, page) {
+        // Checked even when a migration is pending already.
+        let must_move = self.backing_must_move(buffer_id, buffer, new_mask, page)?;
+        let migrate = buffer.migrate_pending || must_move;
+        if buffer.backing.is_none() && page.is_some() && !self.any_allocator_for(new_mask, page) {
             return Err(Error::NoShareAllocator {
                 buffer: buffer_id,
                 mask: new_mask,
