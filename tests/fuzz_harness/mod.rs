@@ -856,13 +856,22 @@ pub struct BatchCase {
 fn donate_default(device: &mut Device, mem: &Mem) {
     let (r1, _) = REGIONS[1];
     let (r2, r2_len) = REGIONS[2];
-    let cmds = vec![
-        (0u32, r2, r2_len),
-        (1, r1, 64 << 10),
-        (2, r1 + (64 << 10), 64 << 10),
-        (3, r1 + (128 << 10), 128 << 10),
-    ];
-    for (pool, addr, len) in cmds {
+    donate(
+        device,
+        mem,
+        &[
+            (0, r2, r2_len),
+            (1, r1, 64 << 10),
+            (2, r1 + (64 << 10), 64 << 10),
+            (3, r1 + (128 << 10), 128 << 10),
+        ],
+    );
+}
+
+/// POOL_ADD of each (pool, address, length), each alone in a batch; a
+/// refusal fails the case's set-up.
+fn donate(device: &mut Device, mem: &Mem, layout: &[(u32, u64, u64)]) {
+    for &(pool, addr, len) in layout {
         let mut payload = PoolAddReq {
             pool_index: pool,
             num_ranges: 1,
@@ -870,28 +879,40 @@ fn donate_default(device: &mut Device, mem: &Mem) {
         .as_slice()
         .to_vec();
         payload.extend_from_slice(Range { addr, len }.as_slice());
-        let mut request = BatchHdr {
-            num_cmds: 1,
-            reserved: 0,
-        }
-        .as_slice()
-        .to_vec();
-        let hdr = CmdHdr {
-            opcode: CENALLOC_CMD_POOL_ADD,
-            flags: 0,
-            len: payload.len() as u32,
-            resp_len: 0,
-            reserved: 0,
-        };
-        request.extend_from_slice(hdr.as_slice());
-        request.extend_from_slice(&payload);
-        let answer = device.execute_batch(mem, &request, 24);
+        let answer = one_command(device, mem, CENALLOC_CMD_POOL_ADD, &payload, 0);
         assert_eq!(
             read_u32(&answer, 0),
             0,
-            "the default donation of pool {pool} failed"
+            "the donation of pool {pool} failed"
         );
     }
+}
+
+/// One command in a batch of its own, its slot `resp_len` bytes: the answer.
+fn one_command(
+    device: &mut Device,
+    mem: &Mem,
+    opcode: u16,
+    payload: &[u8],
+    resp_len: u32,
+) -> Vec<u8> {
+    let mut request = BatchHdr {
+        num_cmds: 1,
+        reserved: 0,
+    }
+    .as_slice()
+    .to_vec();
+    let hdr = CmdHdr {
+        opcode,
+        flags: 0,
+        len: payload.len() as u32,
+        resp_len,
+        reserved: 0,
+    };
+    request.extend_from_slice(hdr.as_slice());
+    request.extend_from_slice(payload);
+    let writable = size_of::<BatchResp>() + size_of::<RespHdr>() + resp_len as usize;
+    device.execute_batch(mem, &request, writable)
 }
 
 fn read_u32(bytes: &[u8], offset: usize) -> u32 {

@@ -108,47 +108,22 @@ fn config() -> DeviceConfig {
     config
 }
 
-fn one(device: &mut Device, mem: &Mem, opcode: u16, payload: &[u8], resp_len: u32) -> Vec<u8> {
-    let mut request = BatchHdr {
-        num_cmds: 1,
-        reserved: 0,
-    }
-    .as_slice()
-    .to_vec();
-    let hdr = CmdHdr {
-        opcode,
-        flags: 0,
-        len: payload.len() as u32,
-        resp_len,
-        reserved: 0,
-    };
-    request.extend_from_slice(hdr.as_slice());
-    request.extend_from_slice(payload);
-    device.execute_batch(mem, &request, 24 + resp_len as usize)
-}
-
 /// As the unlinked donation, with region 2 split: its first half to
 /// `system`, its second to `share`.
-fn donate(device: &mut Device, mem: &Mem) {
+fn donate_linked(device: &mut Device, mem: &Mem) {
     let (r1, _) = REGIONS[1];
     let (r2, r2_len) = REGIONS[2];
-    for (pool, addr, len) in [
-        (0u32, r2, r2_len / 2),
-        (1, r1, 64 << 10),
-        (2, r1 + (64 << 10), 64 << 10),
-        (3, r1 + (128 << 10), 128 << 10),
-        (4, r2 + r2_len / 2, r2_len / 2),
-    ] {
-        let mut payload = PoolAddReq {
-            pool_index: pool,
-            num_ranges: 1,
-        }
-        .as_slice()
-        .to_vec();
-        payload.extend_from_slice(Range { addr, len }.as_slice());
-        let answer = one(device, mem, CENALLOC_CMD_POOL_ADD, &payload, 0);
-        assert_eq!(read_u32(&answer, 0), 0, "donating pool {pool} failed");
-    }
+    donate(
+        device,
+        mem,
+        &[
+            (0, r2, r2_len / 2),
+            (1, r1, 64 << 10),
+            (2, r1 + (64 << 10), 64 << 10),
+            (3, r1 + (128 << 10), 128 << 10),
+            (4, r2 + r2_len / 2, r2_len / 2),
+        ],
+    );
 }
 
 /// Replaces the alias in every IMPORT of a well-framed request.
@@ -203,8 +178,8 @@ impl Linked {
         };
         let (mut alpha, mut beta) = (new("alpha"), new("beta"));
         let (alpha_mem, beta_mem) = (guest_memory(), guest_memory());
-        donate(&mut alpha, &alpha_mem);
-        donate(&mut beta, &beta_mem);
+        donate_linked(&mut alpha, &alpha_mem);
+        donate_linked(&mut beta, &beta_mem);
         let mut linked = Linked {
             desk,
             alpha,
@@ -226,7 +201,7 @@ impl Linked {
             flags: 0,
             initial_mask: CENALLOC_KIND_SYSTEM,
         };
-        let out = one(
+        let out = one_command(
             &mut self.beta,
             &self.beta_mem,
             CENALLOC_CMD_CREATE,
@@ -241,7 +216,7 @@ impl Linked {
             group: encode_name("camera"),
             reserved: 0,
         };
-        let out = one(
+        let out = one_command(
             &mut self.beta,
             &self.beta_mem,
             CENALLOC_CMD_SHARE,
@@ -256,7 +231,7 @@ impl Linked {
             ..Default::default()
         };
         attach.types[0] = CENALLOC_MAP_CONTIG;
-        let out = one(
+        let out = one_command(
             &mut self.beta,
             &self.beta_mem,
             CENALLOC_CMD_ATTACH,
@@ -268,7 +243,7 @@ impl Linked {
             attach_id: read_u32(&out, 24),
             direction: 0,
         };
-        let out = one(
+        let out = one_command(
             &mut self.beta,
             &self.beta_mem,
             CENALLOC_CMD_MAP,
@@ -390,7 +365,7 @@ impl Linked {
                 flags: 0,
                 initial_mask: 0,
             };
-            one(
+            one_command(
                 &mut self.beta,
                 &self.beta_mem,
                 CENALLOC_CMD_IMPORT,
