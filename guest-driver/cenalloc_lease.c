@@ -374,7 +374,7 @@ static unsigned int cenalloc_lease_fill(struct cenalloc_dev *cdev,
 	lr->allocator_id = cpu_to_le32(allocator);
 	lr->count = cpu_to_le32(count);
 	lr->size = cpu_to_le64(cenalloc_lease_sizes[class]);
-	ret = cenalloc_req_submit(req);
+	ret = cenalloc_req_submit_background(req);
 	if (!ret && !cenalloc_req_answered(req, 0)) {
 		cenalloc_answer_rejected(cdev);
 		atomic64_inc(&cdev->leases->bad_answers);

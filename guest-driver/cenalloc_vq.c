@@ -563,9 +563,14 @@ static long cenalloc_wait_device(struct cenalloc_req *req,
 	}
 }
 
+/* How a submitter waits (cenalloc_req_submit_wait()). */
+#define CENALLOC_SUBMIT_UNKILLABLE	BIT(0)	/* no fatal signal cuts it */
+#define CENALLOC_SUBMIT_NO_POLL		BIT(1)	/* sleeps until the interrupt */
+
 static int cenalloc_req_submit_wait(struct cenalloc_req *req,
-				    unsigned long timeout, bool unkillable)
+				    unsigned long timeout, unsigned int how)
 {
+	bool unkillable = how & CENALLOC_SUBMIT_UNKILLABLE;
 	struct cenalloc_dev *cdev = req->cdev;
 	unsigned long start = jiffies;
 	long waited;
@@ -574,7 +579,8 @@ static int cenalloc_req_submit_wait(struct cenalloc_req *req,
 	ret = cenalloc_dev_usable(cdev);
 	if (ret)
 		return ret;
-	req->polling = READ_ONCE(cenalloc_poll_us) != 0;
+	req->polling = !(how & CENALLOC_SUBMIT_NO_POLL) &&
+		       READ_ONCE(cenalloc_poll_us) != 0;
 	ret = cenalloc_req_prepare(req);
 	if (ret)
 		return ret;
@@ -611,13 +617,13 @@ static int cenalloc_req_submit_wait(struct cenalloc_req *req,
  */
 int cenalloc_req_submit(struct cenalloc_req *req)
 {
-	return cenalloc_req_submit_wait(req, cenalloc_timeout_jiffies(), false);
+	return cenalloc_req_submit_wait(req, cenalloc_timeout_jiffies(), 0);
 }
 
 /* cenalloc_req_submit() with a bound of its own (RESET waits less). */
 int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
 {
-	return cenalloc_req_submit_wait(req, timeout, false);
+	return cenalloc_req_submit_wait(req, timeout, 0);
 }
 
 /*
@@ -630,7 +636,22 @@ int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
  */
 int cenalloc_req_submit_unkillable(struct cenalloc_req *req)
 {
-	return cenalloc_req_submit_wait(req, cenalloc_timeout_jiffies(), true);
+	return cenalloc_req_submit_wait(req, cenalloc_timeout_jiffies(),
+					CENALLOC_SUBMIT_UNKILLABLE);
+}
+
+/*
+ * cenalloc_req_submit() for a request nobody waits on (a work item's: the
+ * lease stock's refill): it sleeps until the answer's interrupt instead of
+ * polling for it. A poller keeps its CPU busy for up to poll_us, and here
+ * that CPU is one the task it works for could use (under TCG, a host core
+ * the device's back-end needs to answer it). Killable, as
+ * cenalloc_req_submit() (a work item gets no signals).
+ */
+int cenalloc_req_submit_background(struct cenalloc_req *req)
+{
+	return cenalloc_req_submit_wait(req, cenalloc_timeout_jiffies(),
+					CENALLOC_SUBMIT_NO_POLL);
 }
 
 /* Completion of a posted request (ctrl_lock held): log what failed. */

@@ -913,6 +913,68 @@ out:
 }
 
 /*
+ * The stock refills from a work item that nobody waits for: its LEASE
+ * sleeps until the answer's interrupt instead of polling for it (a poller
+ * keeps a CPU busy that the cycles it feeds could use). Leased cycles send
+ * nothing that waits, so every round trip meanwhile is a refill's (or a
+ * map's that found the stock empty), and the transport counts no poll for
+ * the refills. Only the transport's counters are read until
+ * then: debugfs allocators asks the device (GET_INFO, a round trip).
+ */
+static enum tap_result test_refills_do_not_poll(void)
+{
+	long long trips, polls, taken0, taken, missed;
+	unsigned int i, cycles = 0;
+	char saved[32] = "";
+	struct ca_pool pool;
+	struct ca_buf b;
+	int ca, ct, index, ret;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index) ||
+	    !CHECK(ca_param_read("poll_us", saved, sizeof(saved)) == 0,
+		   "read poll_us") ||
+	    !CHECK(ca_param_write("poll_us", "200") == 0, "write poll_us"))
+		goto out;
+	taken0 = lease_value("lease_taken");
+	if (!CHECK(ca_transport_reset(), "reset %s", CA_TRANSPORT_PATH))
+		goto restore;
+	/* Four times the stock's default depth: it refills several times. */
+	for (i = 0; i < 4 * 32; i++, cycles++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b);
+		if (!CHECK(ret == 0, "cycle %u: %s", i, strerror(-ret)))
+			break;
+		ca_buf_free(ct, &b);
+	}
+	/* The last refill's answer, if one is still on its way. */
+	usleep(200 * 1000);
+	trips = ca_transport_value("round_trips");
+	polls = ca_transport_value("polls");
+	taken = lease_value("lease_taken") - taken0;
+	tap_diag("%u leased 4 KiB cycles: %lld maps from the stock, %lld round trips, %lld polls",
+		 cycles, taken, trips, polls);
+	/* A map the stock missed waits for the device, and may poll. */
+	missed = cycles - taken;
+	CHECK(trips > missed,
+	      "no refill in %u cycles (%lld round trips, %lld of them maps)",
+	      cycles, trips, missed);
+	CHECK(polls <= missed,
+	      "%lld polls for %lld round trips, %lld of them refills nobody waited for",
+	      polls, trips, trips - missed);
+restore:
+	CHECK(ca_param_write("poll_us", saved) == 0, "restore poll_us=%s",
+	      saved);
+out:
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
+/*
  * Whatever reports on the device right after a leased first map sees that
  * map: the INFO ioctl (GET_INFO), debugfs allocators (GET_INFO), PHYS and
  * CHECKSUM of the buffer. Each observer runs first after its own map.
@@ -997,6 +1059,8 @@ out:
 static const struct tap_test tests[] = {
 	TAP_TEST("a leased 4 KiB cycle costs one chain",
 		 test_a_leased_cycle_is_one_chain),
+	TAP_TEST("the stock refills without polling for the answer",
+		 test_refills_do_not_poll),
 	TAP_TEST("observers right after a leased first map see it",
 		 test_observers_see_a_leased_map),
 	TAP_TEST("a leased first map is zeroed and counted",
