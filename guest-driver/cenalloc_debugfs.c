@@ -102,16 +102,19 @@ DEFINE_SHOW_ATTRIBUTE(cenalloc_attachments);
 static void cenalloc_leases_show(struct seq_file *s, struct cenalloc_dev *cdev)
 {
 	struct cenalloc_leases *l = cdev->leases;
-	unsigned int a, c;
+	unsigned int a, c, n, kib, target;
 
 	seq_printf(s, "leases %d\n", l ? 1 : 0);
 	if (!l)
 		return;
-	for (a = 0; a < l->num_allocators; a++)
-		for (c = 0; c < CENALLOC_LEASE_CLASSES; c++)
-			seq_printf(s, "stock%u_%uk %u\n", a,
-				   cenalloc_lease_class_size(c) >> 10,
-				   cenalloc_lease_stock(cdev, a, c));
+	for (a = 0; a < l->num_allocators; a++) {
+		for (c = 0; c < CENALLOC_LEASE_CLASSES; c++) {
+			n = cenalloc_lease_stock(cdev, a, c, &target);
+			kib = cenalloc_lease_class_size(c) >> 10;
+			seq_printf(s, "stock%u_%uk %u\ntarget%u_%uk %u\n", a,
+				   kib, n, a, kib, target);
+		}
+	}
 	seq_printf(s, "lease_taken %lld\nlease_missed %lld\nlease_extents %lld\nlease_returned %lld\nlease_bad_answers %lld\n",
 		   atomic64_read(&l->taken), atomic64_read(&l->missed),
 		   atomic64_read(&l->leased), atomic64_read(&l->returned),

@@ -3,8 +3,9 @@
  * cenalloc leases (CENALLOC_F_LEASE): the device lends the driver a stock
  * of zeroed extents per allocator, in two sizes (4 KiB and 64 KiB), and
  * the first map of a small buffer takes one without asking (LEASED_MAP,
- * posted: cenalloc_batch.c). The stock is filled by a work item when it
- * falls below a quarter of its target (LEASE), and given back (LEASE_RETURN)
+ * posted: cenalloc_batch.c). The stock is filled by a work item when half
+ * of its target is gone (LEASE; the target follows the rate of first maps:
+ * cenalloc_lease_follow()), and given back (LEASE_RETURN)
  * when the device asks (CENALLOC_EVENT_LEASE_REVOKE), when a map finds its
  * room leased (-EAGAIN: that map first holds refills off until it is done
  * and waits for a LEASE on its way, cenalloc_lease_hold()), and under
@@ -92,6 +93,37 @@ static unsigned int cenalloc_lease_target(const struct cenalloc_stock *st,
 		       cenalloc_lease_max(class));
 }
 
+/*
+ * The stock follows the rate of first maps, so that a steady stream of
+ * them, or a burst, finds it deep enough before it runs dry, and each
+ * refill brings more at once (one round trip per half stock: a deeper
+ * stock refills less often). When half of it went within
+ * CENALLOC_LEASE_FAST_MS of its last refill, its target doubles (up to
+ * the class's maximum); when that took more than CENALLOC_LEASE_SLOW_MS,
+ * it halves (down to the module parameter's). A miss doubles it too.
+ */
+#define CENALLOC_LEASE_FAST_MS		50
+#define CENALLOC_LEASE_SLOW_MS		1000
+
+static void cenalloc_lease_deepen(struct cenalloc_stock *st,
+				  unsigned int class)
+{
+	st->target = min(2 * cenalloc_lease_target(st, class),
+			 cenalloc_lease_max(class));
+}
+
+/* Half of @st went since its last refill (l->lock held). */
+static void cenalloc_lease_follow(struct cenalloc_stock *st,
+				  unsigned int class)
+{
+	unsigned long since = jiffies - st->filled_at;
+
+	if (since < msecs_to_jiffies(CENALLOC_LEASE_FAST_MS))
+		cenalloc_lease_deepen(st, class);
+	else if (since > msecs_to_jiffies(CENALLOC_LEASE_SLOW_MS))
+		st->target = cenalloc_lease_target(st, class) / 2;
+}
+
 static int cenalloc_lease_class(u64 size)
 {
 	unsigned int class;
@@ -147,10 +179,12 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 		*len = cenalloc_lease_sizes[class];
 		*allocator = a;
 		taken = true;
+		/* Half gone: the stock follows the rate of first maps. */
+		if (st->count == cenalloc_lease_target(st, class) / 2)
+			cenalloc_lease_follow(st, class);
 	} else {
 		/* Too shallow for the rate of maps: deeper next time. */
-		st->target = min(2 * cenalloc_lease_target(st, class),
-				 cenalloc_lease_max(class));
+		cenalloc_lease_deepen(st, class);
 	}
 	want = st->count <= cenalloc_lease_target(st, class) / 2 &&
 	       !test_bit(a, &l->revoking);
@@ -311,6 +345,7 @@ static unsigned int cenalloc_lease_accept(struct cenalloc_dev *cdev,
 		st = cenalloc_stock_of(l, allocator, class);
 		if (st->count < CENALLOC_LEASE_STOCK_MAX) {
 			st->addr[st->count++] = addr;
+			st->filled_at = jiffies;
 			taken++;
 			addr = 0;
 		}
@@ -697,16 +732,20 @@ static void cenalloc_lease_revoke_work(struct work_struct *work)
 }
 
 unsigned int cenalloc_lease_stock(struct cenalloc_dev *cdev, u32 allocator,
-				  unsigned int class)
+				  unsigned int class, unsigned int *target)
 {
 	struct cenalloc_leases *l = cdev->leases;
+	struct cenalloc_stock *st;
 	unsigned int n;
 
+	*target = 0;
 	if (!l || allocator >= l->num_allocators ||
 	    class >= CENALLOC_LEASE_CLASSES)
 		return 0;
 	spin_lock(&l->lock);
-	n = cenalloc_stock_of(l, allocator, class)->count;
+	st = cenalloc_stock_of(l, allocator, class);
+	n = st->count;
+	*target = cenalloc_lease_target(st, class);
 	spin_unlock(&l->lock);
 	return n;
 }

@@ -26,6 +26,7 @@ struct cenalloc_stock {
 	u64 addr[CENALLOC_LEASE_STOCK_MAX];
 	unsigned int count;
 	unsigned int target;		/* 0: the module parameter's */
+	unsigned long filled_at;	/* jiffies: a refill's extents came */
 };
 
 struct cenalloc_leases {
@@ -86,6 +87,6 @@ void cenalloc_lease_taking(struct cenalloc_dev *cdev);
 void cenalloc_lease_taken(struct cenalloc_dev *cdev);
 void cenalloc_lease_unhold(struct cenalloc_dev *cdev);
 unsigned int cenalloc_lease_stock(struct cenalloc_dev *cdev, u32 allocator,
-				  unsigned int class);
+				  unsigned int class, unsigned int *target);
 
 #endif /* CENALLOC_LEASE_H */

@@ -912,6 +912,105 @@ out:
 	return TAP_PASS;
 }
 
+static long long target_4k(int allocator)
+{
+	char name[32];
+
+	snprintf(name, sizeof(name), "target%d_4k", allocator);
+	return lease_value(name);
+}
+
+/* @n 4 KiB cycles back to back; false (checked) when one fails. */
+static bool cycles_4k(int ca, int ct, unsigned int n)
+{
+	struct ca_buf b;
+	unsigned int i;
+	int ret;
+
+	for (i = 0; i < n; i++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &b);
+		if (!CHECK(ret == 0, "cycle %u: %s", i, strerror(-ret)))
+			return false;
+		ca_buf_free(ct, &b);
+	}
+	return true;
+}
+
+/*
+ * The stock follows the rate of first maps: when half of it lasts more
+ * than a second it halves, down to lease_stock; when half of it goes
+ * within 50 ms of its refill it doubles, before it runs dry, so that a
+ * stream of first maps never waits for the device and each refill brings
+ * more at once.
+ */
+static enum tap_result test_the_stock_follows_the_rate(void)
+{
+	long long base, target, have, missed0, missed, taken0, taken;
+	char param[32] = "";
+	struct ca_pool pool;
+	unsigned int round;
+	int ca, ct, index;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO") ||
+	    !CHECK(ca_param_read("lease_stock", param, sizeof(param)) == 0,
+		   "read lease_stock"))
+		goto out;
+	index = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
+	base = atoll(param);
+	if (base > 128)
+		base = 128;
+	if (!CHECK(base >= 4, "lease_stock %lld", base) ||
+	    !warm(ca, ct, index))
+		goto out;
+	/*
+	 * Slow: each round lets the stock rest, then takes it down to half
+	 * its target and one more (at or below half, a refill is on its way:
+	 * it is waited for).
+	 */
+	for (round = 0; round < 5; round++) {
+		target = target_4k(index);
+		have = stock(index, 4);
+		tap_diag("slow round %u: target %lld, stock %lld", round,
+			 target, have);
+		if (target <= base)
+			break;
+		if (have <= target / 2) {
+			if (!CHECK(stock_reaches(index, target),
+				   "allocator %d: stock %lld of %lld", index,
+				   stock(index, 4), target))
+				goto out;
+			have = stock(index, 4);
+		}
+		usleep(1200 * 1000);
+		if (!cycles_4k(ca, ct, have - target / 2 + 1))
+			goto out;
+	}
+	target = target_4k(index);
+	if (!CHECK(target == base,
+		   "a stock that lasts: target %lld, lease_stock %lld",
+		   target, base))
+		goto out;
+	/* Fast: four stocks' worth of first maps back to back. */
+	missed0 = lease_value("lease_missed");
+	taken0 = lease_value("lease_taken");
+	if (!cycles_4k(ca, ct, 4 * base))
+		goto out;
+	target = target_4k(index);
+	missed = lease_value("lease_missed") - missed0;
+	taken = lease_value("lease_taken") - taken0;
+	tap_diag("%lld cycles back to back: target %lld -> %lld, %lld from the stock, %lld missed it",
+		 4 * base, base, target, taken, missed);
+	CHECK(target > base, "a stock used fast stays at %lld", target);
+	CHECK(missed == 0, "%lld of %lld first maps missed the stock", missed,
+	      4 * base);
+out:
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
 /*
  * The stock refills from a work item that nobody waits for: its LEASE
  * sleeps until the answer's interrupt instead of polling for it (a poller
@@ -1059,6 +1158,8 @@ out:
 static const struct tap_test tests[] = {
 	TAP_TEST("a leased 4 KiB cycle costs one chain",
 		 test_a_leased_cycle_is_one_chain),
+	TAP_TEST("the stock follows the rate of first maps, both ways",
+		 test_the_stock_follows_the_rate),
 	TAP_TEST("the stock refills without polling for the answer",
 		 test_refills_do_not_poll),
 	TAP_TEST("observers right after a leased first map see it",
