@@ -943,7 +943,8 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	struct cenalloc_leased_map_req *lm;
 	struct cenalloc_attachment *each;
 	struct cenalloc_range ext, seg;
-	u32 allocator, index = 0, i, *ids;
+	struct cenalloc_lease_id *ids;
+	u32 allocator, index = 0, i;
 	unsigned int num_ids = 0;
 	struct cenalloc_req *req;
 	u64 addr, len;
@@ -959,8 +960,11 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	if (!cenalloc_leased_types_hold(buffer))
 		return -EAGAIN;
 	/* The buffer's id, then one per attachment: none in use (F4). */
-	ids = kmalloc_array(buffer->num_attachments + 1, sizeof(*ids),
-			    GFP_KERNEL);
+	if (buffer->num_attachments < ARRAY_SIZE(buffer->lease_ids_inline))
+		ids = buffer->lease_ids_inline;
+	else
+		ids = kmalloc_array(buffer->num_attachments + 1,
+				    sizeof(*ids), GFP_KERNEL);
 	if (!ids)
 		return -EAGAIN;
 	while (num_ids <= buffer->num_attachments &&
@@ -997,7 +1001,7 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 		goto err_taking;
 	}
 
-	lm->buffer_id = cpu_to_le32(ids[0]);
+	lm->buffer_id = cpu_to_le32(ids[0].id);
 	lm->initial_mask = cpu_to_le32(buffer->initial_mask);
 	lm->size = cpu_to_le64(buffer->size);
 	lm->extent = cpu_to_le64(addr);
@@ -1007,7 +1011,7 @@ static int cenalloc_map_leased(struct cenalloc_attachment *a, u32 direction)
 	list_for_each_entry(each, &buffer->attachments, node) {
 		if (each == a)
 			lm->map_index = cpu_to_le32(index);
-		rec[index].attach_id = cpu_to_le32(ids[index + 1]);
+		rec[index].attach_id = cpu_to_le32(ids[index + 1].id);
 		rec[index].mask = cpu_to_le32(each->mask);
 		rec[index].map_type = cpu_to_le32(each->map_type);
 		rec[index].num_types = cpu_to_le32(each->num_types);
@@ -1036,7 +1040,8 @@ err_req:
 	cenalloc_req_free(req);
 err_ids:
 	cenalloc_lease_ids_put(cdev, ids, num_ids);
-	kfree(ids);
+	if (ids != buffer->lease_ids_inline)
+		kfree(ids);
 	return -EAGAIN;
 }
 

@@ -509,7 +509,8 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	if (buffer->num_lease_ids)
 		cenalloc_lease_ids_put(cdev, buffer->lease_ids,
 				       buffer->num_lease_ids);
-	kfree(buffer->lease_ids);
+	if (buffer->lease_ids != buffer->lease_ids_inline)
+		kfree(buffer->lease_ids);
 	cenalloc_quota_uncharge(buffer->user, buffer->size);
 	/* The FREE is on the ring before the blocks may be offered back. */
 	if (buffer->backing)

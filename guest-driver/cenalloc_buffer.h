@@ -14,6 +14,7 @@
 #include <linux/types.h>
 
 #include "cenalloc_dev.h"
+#include "cenalloc_lease.h"
 #include "cenalloc_reach.h"
 
 struct cenalloc_attachment;
@@ -59,8 +60,10 @@ struct cenalloc_buffer {
 	/* Ids this driver chose for a LEASED_MAP (the buffer's, then its
 	 * attachments'), kept from reuse until the FREE is on the ring.
 	 */
-	u32 *lease_ids;
+	struct cenalloc_lease_id *lease_ids;
 	unsigned int num_lease_ids;
+	/* Where they are for a buffer with one attachment (the usual). */
+	struct cenalloc_lease_id lease_ids_inline[2];
 	/* Commands nobody waits for, not on the ring yet (cenalloc_batch.c). */
 	struct cenalloc_req *pending;
 	/*

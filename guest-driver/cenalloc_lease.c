@@ -197,32 +197,58 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 	return taken;
 }
 
+/* Ids of the driver's range: CENALLOC_DRIVER_ID_FIRST + 0..range - 1. */
+#define CENALLOC_LEASE_ID_RANGE	(CENALLOC_BATCH_REF - CENALLOC_DRIVER_ID_FIRST)
+
+static bool cenalloc_lease_id_live(struct cenalloc_leases *l, u32 id)
+{
+	struct cenalloc_lease_id *each;
+
+	hash_for_each_possible(l->live_ids, each, node, id)
+		if (each->id == id)
+			return true;
+	return false;
+}
+
 /*
- * A fresh id from the driver's range for a leased map: the next one after
- * the cursor that no live buffer or attachment has (the range wraps every
- * 2^30 ids, and a buffer may live through many wraps). The device refuses
- * an id in use, and such a refusal is only seen after the buffer is in
- * use: the FILL, CHECKSUM and FREE of the new buffer would then reach the
- * old one. Returns 0 or -ENOMEM / -ENOSPC.
+ * A fresh id from the driver's range for a leased map, in @slot: the next
+ * one from the cursor that no live buffer or attachment has (the range
+ * wraps every 2^30 ids, and a buffer may live through many wraps). The
+ * device refuses an id in use, and such a refusal is only seen after the
+ * buffer is in use: the FILL, CHECKSUM and FREE of the new buffer would
+ * then reach the old one. The ids alive are hashed by id in slots their
+ * buffers own: taking one costs no allocation and no lock that turns
+ * interrupts off (an IDA did both, and freed its nodes through RCU, on
+ * every first map: a moving cursor never reuses a bitmap). The cursor
+ * skips live ids one by one (each try that fails is a live id, so the
+ * tries are bounded by the ids alive), letting others in every 1024.
+ * Returns 0, or -ENOSPC when the whole range is alive.
  */
-int cenalloc_lease_id_get(struct cenalloc_dev *cdev, u32 *id)
+int cenalloc_lease_id_get(struct cenalloc_dev *cdev,
+			  struct cenalloc_lease_id *slot)
 {
 	struct cenalloc_leases *l = cdev->leases;
-	u32 n = (u32)atomic_inc_return(&l->next_id);
-	u32 start = CENALLOC_DRIVER_ID_FIRST +
-		    n % (CENALLOC_BATCH_REF - CENALLOC_DRIVER_ID_FIRST);
-	int ret;
+	u32 tries, id;
 
 	BUILD_BUG_ON(CENALLOC_BATCH_REF - 1 > INT_MAX);
-	ret = ida_alloc_range(&l->ids, start, CENALLOC_BATCH_REF - 1,
-			      GFP_KERNEL);
-	if (ret == -ENOSPC && start > CENALLOC_DRIVER_ID_FIRST)
-		ret = ida_alloc_range(&l->ids, CENALLOC_DRIVER_ID_FIRST,
-				      start - 1, GFP_KERNEL);
-	if (ret < 0)
-		return ret;
-	*id = ret;
-	return 0;
+	spin_lock(&l->ids_lock);
+	for (tries = 0; tries < CENALLOC_LEASE_ID_RANGE; tries++) {
+		id = CENALLOC_DRIVER_ID_FIRST +
+		     l->next_id++ % CENALLOC_LEASE_ID_RANGE;
+		if (!cenalloc_lease_id_live(l, id)) {
+			slot->id = id;
+			hash_add(l->live_ids, &slot->node, id);
+			spin_unlock(&l->ids_lock);
+			return 0;
+		}
+		if (tries % 1024 == 1023) {
+			spin_unlock(&l->ids_lock);
+			cond_resched();
+			spin_lock(&l->ids_lock);
+		}
+	}
+	spin_unlock(&l->ids_lock);
+	return -ENOSPC;
 }
 
 /*
@@ -230,13 +256,16 @@ int cenalloc_lease_id_get(struct cenalloc_dev *cdev, u32 *id)
  * them on the device (FREE, DETACH) are on the ring: a later LEASED_MAP
  * that reuses one comes after them.
  */
-void cenalloc_lease_ids_put(struct cenalloc_dev *cdev, const u32 *ids,
-			    unsigned int num)
+void cenalloc_lease_ids_put(struct cenalloc_dev *cdev,
+			    struct cenalloc_lease_id *ids, unsigned int num)
 {
+	struct cenalloc_leases *l = cdev->leases;
 	unsigned int i;
 
+	spin_lock(&l->ids_lock);
 	for (i = 0; i < num; i++)
-		ida_free(&cdev->leases->ids, ids[i]);
+		hash_del(&ids[i].node);
+	spin_unlock(&l->ids_lock);
 }
 
 /*
@@ -246,18 +275,24 @@ void cenalloc_lease_ids_put(struct cenalloc_dev *cdev, const u32 *ids,
  */
 u32 cenalloc_lease_next_id(struct cenalloc_dev *cdev)
 {
-	u32 n = (u32)atomic_read(&cdev->leases->next_id) + 1;
+	struct cenalloc_leases *l = cdev->leases;
+	u32 id;
 
-	return CENALLOC_DRIVER_ID_FIRST +
-	       n % (CENALLOC_BATCH_REF - CENALLOC_DRIVER_ID_FIRST);
+	spin_lock(&l->ids_lock);
+	id = CENALLOC_DRIVER_ID_FIRST + l->next_id % CENALLOC_LEASE_ID_RANGE;
+	spin_unlock(&l->ids_lock);
+	return id;
 }
 
 int cenalloc_lease_set_next_id(struct cenalloc_dev *cdev, u64 id)
 {
+	struct cenalloc_leases *l = cdev->leases;
+
 	if (id < CENALLOC_DRIVER_ID_FIRST || id >= CENALLOC_BATCH_REF)
 		return -EINVAL;
-	atomic_set(&cdev->leases->next_id,
-		   (int)(id - CENALLOC_DRIVER_ID_FIRST - 1));
+	spin_lock(&l->ids_lock);
+	l->next_id = id - CENALLOC_DRIVER_ID_FIRST;
+	spin_unlock(&l->ids_lock);
 	return 0;
 }
 
@@ -772,7 +807,8 @@ int cenalloc_lease_init(struct cenalloc_dev *cdev)
 	mutex_init(&l->move_lock);
 	atomic_set(&l->holds, 0);
 	init_rwsem(&l->taking);
-	ida_init(&l->ids);
+	spin_lock_init(&l->ids_lock);
+	hash_init(l->live_ids);
 	INIT_WORK(&l->refill_work, cenalloc_lease_refill_work);
 	INIT_WORK(&l->revoke_work, cenalloc_lease_revoke_work);
 	cdev->leases = l;
@@ -785,7 +821,7 @@ void cenalloc_lease_free(struct cenalloc_dev *cdev)
 	if (!cdev->leases)
 		return;
 	mutex_destroy(&cdev->leases->move_lock);
-	ida_destroy(&cdev->leases->ids);
+	WARN_ON(!hash_empty(cdev->leases->live_ids));
 	kfree(cdev->leases);
 	cdev->leases = NULL;
 }

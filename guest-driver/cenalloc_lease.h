@@ -8,7 +8,7 @@
 #define CENALLOC_LEASE_H
 
 #include <linux/atomic.h>
-#include <linux/idr.h>
+#include <linux/hashtable.h>
 #include <linux/mutex.h>
 #include <linux/rwsem.h>
 #include <linux/spinlock.h>
@@ -21,6 +21,14 @@ struct cenalloc_range;
 /* Extent sizes leased: a buffer takes the smallest class it fits. */
 #define CENALLOC_LEASE_CLASSES		2
 #define CENALLOC_LEASE_STOCK_MAX	128
+
+/* A driver-chosen id of a live buffer or attachment (LEASED_MAP). */
+struct cenalloc_lease_id {
+	struct hlist_node node;			/* leases->live_ids */
+	u32 id;
+};
+
+#define CENALLOC_LEASE_ID_BITS		8	/* 256 buckets */
 
 struct cenalloc_stock {
 	u64 addr[CENALLOC_LEASE_STOCK_MAX];
@@ -53,8 +61,10 @@ struct cenalloc_leases {
 	 * that gives the stock back, to wait for those.
 	 */
 	struct rw_semaphore taking;
-	atomic_t next_id;			/* driver-chosen ids: cursor */
-	struct ida ids;				/* driver-chosen ids alive */
+	/* Driver-chosen ids: the cursor, and those alive (by id). */
+	spinlock_t ids_lock;
+	u32 next_id;
+	DECLARE_HASHTABLE(live_ids, CENALLOC_LEASE_ID_BITS);
 	/* Counters (debugfs). */
 	atomic64_t taken;			/* first maps from the stock */
 	atomic64_t missed;			/* small first maps with no stock */
@@ -70,9 +80,10 @@ u32 cenalloc_lease_class_size(unsigned int class);
 bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 			 u32 *allocator, u64 *extent, u64 *len);
 void cenalloc_lease_free(struct cenalloc_dev *cdev);
-int cenalloc_lease_id_get(struct cenalloc_dev *cdev, u32 *id);
-void cenalloc_lease_ids_put(struct cenalloc_dev *cdev, const u32 *ids,
-			    unsigned int num);
+int cenalloc_lease_id_get(struct cenalloc_dev *cdev,
+			  struct cenalloc_lease_id *slot);
+void cenalloc_lease_ids_put(struct cenalloc_dev *cdev,
+			    struct cenalloc_lease_id *ids, unsigned int num);
 u32 cenalloc_lease_next_id(struct cenalloc_dev *cdev);
 int cenalloc_lease_set_next_id(struct cenalloc_dev *cdev, u64 id);
 void cenalloc_lease_revoke(struct cenalloc_dev *cdev, u32 allocator);
