@@ -115,10 +115,13 @@ static void cenalloc_leases_show(struct seq_file *s, struct cenalloc_dev *cdev)
 				   kib, n, a, kib, target);
 		}
 	}
-	seq_printf(s, "lease_taken %lld\nlease_missed %lld\nlease_extents %lld\nlease_returned %lld\nlease_bad_answers %lld\n",
+	seq_printf(s, "lease_taken %lld\nlease_missed %lld\nlease_extents %lld\nlease_returned %lld\nlease_bad_answers %lld\nlease_requests %lld\nlease_short %lld\nlease_deeper %lld\nlease_shallower %lld\n",
 		   atomic64_read(&l->taken), atomic64_read(&l->missed),
 		   atomic64_read(&l->leased), atomic64_read(&l->returned),
-		   atomic64_read(&l->bad_answers));
+		   atomic64_read(&l->bad_answers),
+		   atomic64_read(&l->requests),
+		   atomic64_read(&l->short_answers),
+		   atomic64_read(&l->deeper), atomic64_read(&l->shallower));
 }
 
 static int cenalloc_allocators_show(struct seq_file *s, void *unused)

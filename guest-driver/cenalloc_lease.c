@@ -113,15 +113,21 @@ static void cenalloc_lease_deepen(struct cenalloc_stock *st,
 }
 
 /* Half of @st went since its last refill (l->lock held). */
-static void cenalloc_lease_follow(struct cenalloc_stock *st,
-				  unsigned int class)
+static void cenalloc_lease_follow(struct cenalloc_leases *l,
+				  struct cenalloc_stock *st, unsigned int class)
 {
 	unsigned long since = jiffies - st->filled_at;
+	unsigned int target = cenalloc_lease_target(st, class);
 
-	if (since < msecs_to_jiffies(CENALLOC_LEASE_FAST_MS))
+	if (since < msecs_to_jiffies(CENALLOC_LEASE_FAST_MS)) {
 		cenalloc_lease_deepen(st, class);
-	else if (since > msecs_to_jiffies(CENALLOC_LEASE_SLOW_MS))
-		st->target = cenalloc_lease_target(st, class) / 2;
+		if (cenalloc_lease_target(st, class) != target)
+			atomic64_inc(&l->deeper);
+	} else if (since > msecs_to_jiffies(CENALLOC_LEASE_SLOW_MS)) {
+		st->target = target / 2;
+		if (cenalloc_lease_target(st, class) != target)
+			atomic64_inc(&l->shallower);
+	}
 }
 
 static int cenalloc_lease_class(u64 size)
@@ -181,7 +187,7 @@ bool cenalloc_lease_take(struct cenalloc_dev *cdev, u32 mask, u64 size,
 		taken = true;
 		/* Half gone: the stock follows the rate of first maps. */
 		if (st->count == cenalloc_lease_target(st, class) / 2)
-			cenalloc_lease_follow(st, class);
+			cenalloc_lease_follow(l, st, class);
 	} else {
 		/* Too shallow for the rate of maps: deeper next time. */
 		cenalloc_lease_deepen(st, class);
@@ -459,6 +465,9 @@ static unsigned int cenalloc_lease_fill(struct cenalloc_dev *cdev,
 	}
 	resp = cenalloc_req_resp(req, 0, &len);
 	taken = cenalloc_lease_accept(cdev, allocator, class, resp, len, count);
+	atomic64_inc(&cdev->leases->requests);
+	if (taken < count)
+		atomic64_inc(&cdev->leases->short_answers);
 out:
 	cenalloc_req_free(req);
 	return taken;

@@ -69,6 +69,10 @@ struct cenalloc_leases {
 	atomic64_t taken;			/* first maps from the stock */
 	atomic64_t missed;			/* small first maps with no stock */
 	atomic64_t leased;			/* extents received */
+	atomic64_t requests;			/* LEASE requests answered */
+	atomic64_t short_answers;		/* ... with fewer than asked */
+	atomic64_t deeper;			/* targets doubled ahead of need */
+	atomic64_t shallower;			/* ... halved: the stock lasted */
 	atomic64_t returned;			/* extents given back */
 	atomic64_t bad_answers;			/* LEASE answers refused */
 	struct cenalloc_stock stock[];		/* [allocator][class] */
