@@ -447,7 +447,7 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 	struct cenalloc_zombie *z, *ztmp;
 	struct cenalloc_attachment *a;
 	struct cenalloc_free_req *fr;
-	unsigned int i;
+	unsigned int i, n;
 
 	mutex_lock(&cdev->lock);
 	list_del(&buffer->node);
@@ -488,11 +488,10 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 		if (!WARN_ON_ONCE(z->mappings))
 			cenalloc_zombie_free(cdev, z);
 	/* Into the held LEASED_MAP, in order, while they fit. */
-	for (i = 0; i < ARRAY_SIZE(reqs) && READ_ONCE(buffer->held); i++) {
-		if (!reqs[i])
-			continue;
-		if (!cenalloc_req_held_append(cdev, &buffer->held, reqs[i]))
-			break;
+	n = READ_ONCE(buffer->held) ?
+	    cenalloc_req_held_append_seq(cdev, &buffer->held, reqs,
+					 ARRAY_SIZE(reqs)) : 0;
+	for (i = 0; i < n; i++) {
 		cenalloc_req_free(reqs[i]);
 		reqs[i] = NULL;
 	}

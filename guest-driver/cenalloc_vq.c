@@ -811,6 +811,30 @@ bool cenalloc_req_held_append(struct cenalloc_dev *cdev,
 }
 
 /*
+ * cenalloc_req_held_append() of each request of @reqs in order (NULL
+ * entries skipped) under one hold of the lock, until one does not fit.
+ * Returns how many entries of @reqs it went through: the caller frees the
+ * requests among those and posts the rest.
+ */
+unsigned int cenalloc_req_held_append_seq(struct cenalloc_dev *cdev,
+					  struct cenalloc_req **owner,
+					  struct cenalloc_req **reqs,
+					  unsigned int n)
+{
+	struct cenalloc_req *held;
+	unsigned long flags;
+	unsigned int i;
+
+	spin_lock_irqsave(&cdev->ctrl_lock, flags);
+	held = *owner;
+	for (i = 0; held && i < n; i++)
+		if (reqs[i] && !cenalloc_req_append(held, reqs[i]))
+			break;
+	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+	return held ? i : 0;
+}
+
+/*
  * Put every held request on the ring (or behind its backlog) now; with
  * @kick, notify the device at once (the delayed work: nobody else will).
  */

@@ -77,6 +77,10 @@ void cenalloc_req_hold(struct cenalloc_req *req, struct cenalloc_req **owner);
 bool cenalloc_req_held_append(struct cenalloc_dev *cdev,
 			      struct cenalloc_req **owner,
 			      const struct cenalloc_req *req);
+unsigned int cenalloc_req_held_append_seq(struct cenalloc_dev *cdev,
+					  struct cenalloc_req **owner,
+					  struct cenalloc_req **reqs,
+					  unsigned int n);
 void cenalloc_held_flush(struct cenalloc_dev *cdev);
 void cenalloc_req_undo(struct cenalloc_req *req);
 int cenalloc_req_status(struct cenalloc_req *req, unsigned int i);
