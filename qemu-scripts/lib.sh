@@ -103,10 +103,34 @@ cache_lock() {
 	fi
 }
 
+# apt_waiting CMD...: runs an apt-get command; while another apt or dpkg
+# holds the lock it needs (a second run installing at the same time, a
+# daily update), tries again every 5 s for up to 10 min instead of failing.
+# apt's own DPkg::Lock::Timeout covers dpkg's lock, not the lists' of
+# apt-get update.
+apt_waiting() {
+	local err status tries=0
+	err="$(mktemp)"
+	while :; do
+		status=0
+		"$@" 2>"$err" || status=$?
+		cat "$err" >&2
+		if [ "$status" -ne 0 ] && [ "$tries" -lt 120 ] &&
+			grep -q -e 'Could not get lock' -e 'Unable to acquire the dpkg frontend lock' "$err"; then
+			tries=$((tries + 1))
+			log "another apt or dpkg holds its lock: again in 5 s ($tries of 120)"
+			sleep 5
+			continue
+		fi
+		rm -f "$err"
+		return "$status"
+	done
+}
+
 APT_UPDATED=0
 apt_update_once() {
 	if [ "$APT_UPDATED" -eq 0 ]; then
-		as_root apt-get update -q >&2
+		apt_waiting as_root apt-get update -q >&2
 		APT_UPDATED=1
 	fi
 }
@@ -122,7 +146,7 @@ ensure_packages() {
 	[ "${#missing[@]}" -eq 0 ] && return 0
 	log "installing missing packages: ${missing[*]}"
 	apt_update_once
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+	apt_waiting as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 }
 
 # Makes sure the host's apt knows the <codename>-backports suite, adding it
