@@ -97,13 +97,16 @@ static unsigned int cenalloc_lease_target(const struct cenalloc_stock *st,
  * The stock follows the rate of first maps, so that a steady stream of
  * them, or a burst, finds it deep enough before it runs dry, and each
  * refill brings more at once (one round trip per half stock: a deeper
- * stock refills less often). When half of it went within
- * CENALLOC_LEASE_FAST_MS of its last refill, its target doubles (up to
- * the class's maximum); when that took more than CENALLOC_LEASE_SLOW_MS,
- * it halves (down to the module parameter's). A miss doubles it too.
+ * stock refills less often). When half of it went within lease_fast_ms
+ * of its last refill, its target doubles (up to the class's maximum);
+ * when that took more than CENALLOC_LEASE_SLOW_MS, it halves (down to the
+ * lease_stock's). A miss doubles it too.
  */
-#define CENALLOC_LEASE_FAST_MS		50
 #define CENALLOC_LEASE_SLOW_MS		1000
+static unsigned int lease_fast_ms = 50;
+module_param(lease_fast_ms, uint, 0644);
+MODULE_PARM_DESC(lease_fast_ms,
+		 "A leased stock half gone within this many milliseconds of its refill doubles its depth (1..1000, default 50)");
 
 static void cenalloc_lease_deepen(struct cenalloc_stock *st,
 				  unsigned int class)
@@ -119,7 +122,9 @@ static void cenalloc_lease_follow(struct cenalloc_leases *l,
 	unsigned long since = jiffies - st->filled_at;
 	unsigned int target = cenalloc_lease_target(st, class);
 
-	if (since < msecs_to_jiffies(CENALLOC_LEASE_FAST_MS)) {
+	if (since < msecs_to_jiffies(clamp_t(unsigned int,
+					     READ_ONCE(lease_fast_ms), 1,
+					     CENALLOC_LEASE_SLOW_MS))) {
 		cenalloc_lease_deepen(st, class);
 		if (cenalloc_lease_target(st, class) != target)
 			atomic64_inc(&l->deeper);
