@@ -59,8 +59,8 @@
  * lock: so whatever the device answers or reports after that (GET_INFO,
  * STATS, PHYS, a MAP, LEASE_RETURN, RESET) comes after every held command,
  * and no observer sees the device without a map the driver already made.
- * Held requests nobody follows go on the ring from a delayed work, at most
- * hold_ms after the first of them was held, and are kicked at once. Moving them
+ * Held requests nobody follows go on the ring from a delayed work, hold_ms
+ * after the first of them was held, and are kicked at once. Moving them
  * needs no memory
  * (their answers fit in the request); a broken or removed device drops
  * them with the backlog.
@@ -774,15 +774,10 @@ void cenalloc_req_hold(struct cenalloc_req *req, struct cenalloc_req **owner)
 	req->held_by = owner;
 	WRITE_ONCE(*owner, req);
 	list_add_tail(&req->node, &cdev->held);
-	/*
-	 * Usable: remove has not cancelled the work yet. A work still
-	 * pending from an earlier hold keeps its (earlier) time: re-arming
-	 * the timer at every leased first map cost more than the rare chain
-	 * it sends early.
-	 */
+	/* Usable: remove has not cancelled the work yet. */
 	if (!cdev->num_held++)
-		queue_delayed_work(system_wq, &cdev->held_work,
-				   cenalloc_hold_jiffies());
+		mod_delayed_work(system_wq, &cdev->held_work,
+				 cenalloc_hold_jiffies());
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
 }
 
