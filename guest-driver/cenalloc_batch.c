@@ -232,20 +232,14 @@ void cenalloc_buffer_flush(struct cenalloc_buffer *buffer)
 
 	lockdep_assert_held(&buffer->lock);
 	buffer->pending = NULL;
-	if (READ_ONCE(buffer->held)) {
-		if (pending &&
-		    cenalloc_req_held_append(cdev, &buffer->held, pending)) {
-			cenalloc_req_free(pending);
-			pending = NULL;
-		}
-		if (!pending) {
-			cenalloc_held_flush(cdev);
-			return;
-		}
+	if (READ_ONCE(buffer->held) && pending &&
+	    cenalloc_req_held_append(cdev, &buffer->held, pending)) {
+		cenalloc_req_free(pending);
+		pending = NULL;
 	}
-	/* Held requests go on the ring first. */
-	if (pending)
-		cenalloc_req_post(pending);
+	/* Behind the buffer's held LEASED_MAP, if it is still held. */
+	if (pending || READ_ONCE(buffer->held))
+		cenalloc_req_post_own(cdev, pending, &buffer->held);
 }
 
 /*

@@ -495,10 +495,11 @@ static void cenalloc_dmabuf_release(struct dma_buf *dmabuf)
 		cenalloc_req_free(reqs[i]);
 		reqs[i] = NULL;
 	}
-	cenalloc_req_post_seq(reqs, ARRAY_SIZE(reqs));
-	/* Nothing refers to the buffer once it is freed. */
-	if (READ_ONCE(buffer->held))
-		cenalloc_held_flush(cdev);
+	/*
+	 * Behind its own held LEASED_MAP only (the other buffers' stay held):
+	 * nothing refers to the buffer once it is freed.
+	 */
+	cenalloc_req_post_seq_own(cdev, reqs, ARRAY_SIZE(reqs), &buffer->held);
 	WARN_ON_ONCE(READ_ONCE(buffer->held));
 	mutex_unlock(&buffer->lock);
 

@@ -59,6 +59,10 @@
  * lock: so whatever the device answers or reports after that (GET_INFO,
  * STATS, PHYS, a MAP, LEASE_RETURN, RESET) comes after every held command,
  * and no observer sees the device without a map the driver already made.
+ * The one exception is a buffer's own posted commands (its teardown:
+ * cenalloc_req_post_own()), which only need that buffer's held request
+ * before them: the other buffers' stay held, so that buffers released
+ * together (a burst) still cost one chain each.
  * Held requests nobody follows go on the ring from a delayed work, hold_ms
  * after the first of them was held, and are kicked at once. Moving them
  * needs no memory
@@ -190,23 +194,28 @@ static bool cenalloc_backlog_flush(struct cenalloc_dev *cdev, bool *kick);
  * device usable); the caller then flushes the backlog. No allocation: a
  * held request's answer fits in the request (cenalloc_req_hold()).
  */
+static void cenalloc_held_release_one_locked(struct cenalloc_dev *cdev,
+					     struct cenalloc_req *req)
+{
+	list_del_init(&req->node);
+	cdev->num_held--;
+	WRITE_ONCE(*req->held_by, NULL);
+	req->held_by = NULL;
+	if (WARN_ON_ONCE(cenalloc_req_prepare(req))) {
+		cenalloc_req_put(req);
+		return;
+	}
+	atomic64_inc(&cdev->posted);
+	list_add_tail(&req->node, &cdev->backlog);
+	cdev->backlogged++;
+}
+
 static void cenalloc_held_release_locked(struct cenalloc_dev *cdev)
 {
 	struct cenalloc_req *req, *tmp;
 
-	list_for_each_entry_safe(req, tmp, &cdev->held, node) {
-		list_del_init(&req->node);
-		cdev->num_held--;
-		WRITE_ONCE(*req->held_by, NULL);
-		req->held_by = NULL;
-		if (WARN_ON_ONCE(cenalloc_req_prepare(req))) {
-			cenalloc_req_put(req);
-			continue;
-		}
-		atomic64_inc(&cdev->posted);
-		list_add_tail(&req->node, &cdev->backlog);
-		cdev->backlogged++;
-	}
+	list_for_each_entry_safe(req, tmp, &cdev->held, node)
+		cenalloc_held_release_one_locked(cdev, req);
 }
 
 /* Take every held request off the held list into @drop (ctrl_lock held). */
@@ -683,42 +692,69 @@ static void cenalloc_req_posted_done(struct cenalloc_req *req)
  * a full ring puts it in the backlog. A removed or broken device drops it
  * (the reset that follows drops the device state it would change).
  */
-void cenalloc_req_post(struct cenalloc_req *req)
+static void cenalloc_req_post_behind(struct cenalloc_dev *cdev,
+				     struct cenalloc_req *req,
+				     struct cenalloc_req **owner)
 {
-	struct cenalloc_dev *cdev = req->cdev;
 	unsigned long flags;
 	bool kick = false;
 	int ret;
 
-	req->posted = true;
-	ret = cenalloc_req_prepare(req);
-	if (ret) {
-		pr_warn_ratelimited("cenalloc: cannot post request: %d\n", ret);
-		cenalloc_req_put(req);
-		return;
+	if (req) {
+		req->posted = true;
+		ret = cenalloc_req_prepare(req);
+		if (ret) {
+			pr_warn_ratelimited("cenalloc: cannot post request: %d\n",
+					    ret);
+			cenalloc_req_put(req);
+			req = NULL;
+		}
 	}
 	spin_lock_irqsave(&cdev->ctrl_lock, flags);
-	ret = cenalloc_usable_locked(cdev);
-	if (ret) {
+	if (cenalloc_usable_locked(cdev)) {
 		spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
-		cenalloc_req_put(req);
+		if (req)
+			cenalloc_req_put(req);
 		return;
 	}
-	atomic64_inc(&cdev->posted);
-	cenalloc_held_release_locked(cdev);
+	if (!owner)
+		cenalloc_held_release_locked(cdev);
+	else if (*owner)
+		cenalloc_held_release_one_locked(cdev, *owner);
 	ret = -ENOSPC;
-	if (cenalloc_backlog_flush(cdev, &kick))
+	if (cenalloc_backlog_flush(cdev, &kick) && req)
 		ret = cenalloc_vq_add_locked(cdev, req, &kick);
-	if (ret) {
+	if (req && ret) {
 		/* No room (or no memory for an indirect table): later. */
 		list_add_tail(&req->node, &cdev->backlog);
 		cdev->backlogged++;
 		if (cdev->unkicked)
 			kick |= cenalloc_kick_prepare(cdev);
 	}
+	if (req)
+		atomic64_inc(&cdev->posted);
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
+}
+
+void cenalloc_req_post(struct cenalloc_req *req)
+{
+	cenalloc_req_post_behind(req->cdev, req, NULL);
+}
+
+/*
+ * Post @req (or nothing, when NULL) behind the held request *@owner only,
+ * if that is still held: one buffer's commands, which need to follow that
+ * buffer's LEASED_MAP and nothing else; the other buffers' held requests
+ * stay held (they leave with their own buffer's teardown, before any chain
+ * that waits for an answer, or after hold_ms), so that buffers released
+ * together cost one chain each.
+ */
+void cenalloc_req_post_own(struct cenalloc_dev *cdev, struct cenalloc_req *req,
+			   struct cenalloc_req **owner)
+{
+	cenalloc_req_post_behind(cdev, req, owner);
 }
 
 /*
@@ -726,6 +762,18 @@ void cenalloc_req_post(struct cenalloc_req *req)
  * into the one before when the device's max_batch allows.
  */
 void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n)
+{
+	cenalloc_req_post_seq_own(NULL, reqs, n, NULL);
+}
+
+/*
+ * cenalloc_req_post_seq() behind the held request *@owner only
+ * (cenalloc_req_post_own()), or behind every held request when @owner is
+ * NULL.
+ */
+void cenalloc_req_post_seq_own(struct cenalloc_dev *cdev,
+			       struct cenalloc_req **reqs, unsigned int n,
+			       struct cenalloc_req **owner)
 {
 	struct cenalloc_req *cur = NULL;
 	unsigned int i;
@@ -738,11 +786,13 @@ void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n)
 			continue;
 		}
 		if (cur)
-			cenalloc_req_post(cur);
+			cenalloc_req_post_behind(cur->cdev, cur, owner);
 		cur = reqs[i];
 	}
 	if (cur)
-		cenalloc_req_post(cur);
+		cenalloc_req_post_behind(cur->cdev, cur, owner);
+	else if (owner)
+		cenalloc_req_post_behind(cdev, NULL, owner);
 }
 
 /*
@@ -750,7 +800,7 @@ void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n)
  * may add commands to it, until the next chain goes on the ring (or the
  * delayed work, a jiffy from now), and goes first. *@owner points to it
  * while it is held and is cleared (under ctrl_lock) when it leaves; the
- * owner must call cenalloc_held_flush() before *@owner goes away. The ring
+ * owner must send it (cenalloc_req_post_own()) before *@owner goes away. The ring
  * owns @req from here on, as with cenalloc_req_post(). A request whose
  * answer would need memory of its own is posted at once.
  */
@@ -848,11 +898,6 @@ static void cenalloc_held_send(struct cenalloc_dev *cdev, bool kick_now)
 	if (kick)
 		virtqueue_notify(cdev->ctrl_vq);
 	spin_unlock_irqrestore(&cdev->ctrl_lock, flags);
-}
-
-void cenalloc_held_flush(struct cenalloc_dev *cdev)
-{
-	cenalloc_held_send(cdev, false);
 }
 
 /* Held requests that no other chain followed within hold_ms. */

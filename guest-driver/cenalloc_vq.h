@@ -73,6 +73,11 @@ int cenalloc_req_submit_unkillable(struct cenalloc_req *req);
 int cenalloc_req_submit_background(struct cenalloc_req *req);
 void cenalloc_req_post(struct cenalloc_req *req);
 void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n);
+void cenalloc_req_post_own(struct cenalloc_dev *cdev, struct cenalloc_req *req,
+			   struct cenalloc_req **owner);
+void cenalloc_req_post_seq_own(struct cenalloc_dev *cdev,
+			       struct cenalloc_req **reqs, unsigned int n,
+			       struct cenalloc_req **owner);
 void cenalloc_req_hold(struct cenalloc_req *req, struct cenalloc_req **owner);
 bool cenalloc_req_held_append(struct cenalloc_dev *cdev,
 			      struct cenalloc_req **owner,
@@ -81,7 +86,6 @@ unsigned int cenalloc_req_held_append_seq(struct cenalloc_dev *cdev,
 					  struct cenalloc_req **owner,
 					  struct cenalloc_req **reqs,
 					  unsigned int n);
-void cenalloc_held_flush(struct cenalloc_dev *cdev);
 void cenalloc_req_undo(struct cenalloc_req *req);
 int cenalloc_req_status(struct cenalloc_req *req, unsigned int i);
 bool cenalloc_req_answered(struct cenalloc_req *req, unsigned int i);

@@ -826,6 +826,7 @@ out:
 }
 
 #define CYCLES			12
+#define BURST			8
 
 /*
  * @cycles leased cycles of @kib KiB buffers (create, attach, first map,
@@ -1103,6 +1104,69 @@ out:
 }
 
 /*
+ * Leased buffers alive together and then released (a burst) cost one chain
+ * each, as a lone cycle does: a buffer's close sends its own held
+ * LEASED_MAP with its teardown and leaves the others' held, for their own
+ * closes. hold_ms is at its largest (1 s) meanwhile, and the stock deep
+ * enough that no refill (a chain that sends every held one) comes.
+ */
+static enum tap_result test_a_burst_costs_one_chain_a_buffer(void)
+{
+	static struct ca_buf bufs[BURST];
+	long long taken0, taken, chains, waited0, waited;
+	unsigned int made = 0, i;
+	char saved[32] = "";
+	struct ca_pool pool;
+	int ca, ct, index, ret;
+	enum tap_result r = setup(&ca, &ct, CENALLOC_KIND_SYSTEM);
+
+	if (r != TAP_PASS)
+		return r;
+	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
+		goto out;
+	index = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
+	if (!warm(ca, ct, index) ||
+	    !CHECK(stock_reaches(index, 4 * BURST), "allocator %d: stock %lld",
+		   index, stock(index, 4)) ||
+	    !CHECK(ca_param_read("hold_ms", saved, sizeof(saved)) == 0,
+		   "read hold_ms") ||
+	    !CHECK(ca_param_write("hold_ms", "1000") == 0, "write hold_ms"))
+		goto out;
+	taken0 = lease_value("lease_taken");
+	if (!CHECK(ca_transport_reset(), "reset %s", CA_TRANSPORT_PATH))
+		goto restore;
+	waited0 = ca_transport_value("round_trips");
+	for (made = 0; made < BURST; made++) {
+		ret = ca_buf_alloc(ca, ct, 4 * CA_KIB, DEV, &bufs[made]);
+		if (!CHECK(ret == 0, "buffer %u: %s", made, strerror(-ret)))
+			break;
+	}
+	for (i = 0; i < made; i++)
+		ca_buf_free(ct, &bufs[i]);
+	/* Read before anything else sends a chain. */
+	chains = ca_transport_value("chains_sent");
+	waited = ca_transport_value("round_trips") - waited0;
+	made = 0;
+	taken = lease_value("lease_taken") - taken0;
+	tap_diag("%d leased 4 KiB buffers alive together, then released: %lld chains (%lld of them waited for), %lld maps from the stock",
+		 BURST, chains, waited, taken);
+	CHECK(taken == BURST, "%lld of %d first maps from the stock", taken,
+	      BURST);
+	CHECK(waited == 0, "%lld round trips in the burst", waited);
+	CHECK(chains <= BURST + BURST / 4,
+	      "%lld chains for %d buffers released together (one each expected)",
+	      chains, BURST);
+restore:
+	CHECK(ca_param_write("hold_ms", saved) == 0, "restore hold_ms=%s",
+	      saved);
+out:
+	for (i = 0; i < made; i++)
+		ca_buf_free(ct, &bufs[i]);
+	ca_env_close(&ca, &ct, NULL);
+	return TAP_PASS;
+}
+
+/*
  * Whatever reports on the device right after a leased first map sees that
  * map: the INFO ioctl (GET_INFO), debugfs allocators (GET_INFO), PHYS and
  * CHECKSUM of the buffer. Each observer runs first after its own map.
@@ -1191,6 +1255,8 @@ static const struct tap_test tests[] = {
 		 test_the_stock_follows_the_rate),
 	TAP_TEST("the stock refills without polling for the answer",
 		 test_refills_do_not_poll),
+	TAP_TEST("leased buffers released together cost one chain each",
+		 test_a_burst_costs_one_chain_a_buffer),
 	TAP_TEST("observers right after a leased first map see it",
 		 test_observers_see_a_leased_map),
 	TAP_TEST("a leased first map is zeroed and counted",
