@@ -1001,6 +1001,16 @@ static enum tap_result test_the_stock_follows_the_rate(void)
 		   lease_value("lease_shallower") - shallower0))
 		goto out;
 	/*
+	 * A fresh stock for the fast phase: down to half (a refill comes),
+	 * then full again, so that its first half-way point is measured from
+	 * that refill and not from the slow rounds.
+	 */
+	have = stock(index, 4);
+	if ((have > base / 2 && !cycles_4k(ca, ct, have - base / 2)) ||
+	    !CHECK(stock_reaches(index, base), "allocator %d: stock %lld of %lld",
+		   index, stock(index, 4), base))
+		goto out;
+	/*
 	 * Fast: four stocks' worth of first maps back to back, with "fast"
 	 * at 500 ms (half a stock of cycles of the debug kernel take over
 	 * the default 50). A miss would deepen the stock too (a refill
@@ -1107,13 +1117,13 @@ out:
  * Leased buffers alive together and then released (a burst) cost one chain
  * each, as a lone cycle does: a buffer's close sends its own held
  * LEASED_MAP with its teardown and leaves the others' held, for their own
- * closes. hold_ms is at its largest (1 s) meanwhile, and the stock deep
- * enough that no refill (a chain that sends every held one) comes.
+ * closes. hold_ms is at its largest (1 s) meanwhile, and the stock full,
+ * so that no refill (a chain that sends every held one) comes.
  */
 static enum tap_result test_a_burst_costs_one_chain_a_buffer(void)
 {
 	static struct ca_buf bufs[BURST];
-	long long taken0, taken, chains, waited0, waited;
+	long long taken0, taken, chains, waited0, waited, target, have;
 	unsigned int made = 0, i;
 	char saved[32] = "";
 	struct ca_pool pool;
@@ -1125,10 +1135,25 @@ static enum tap_result test_a_burst_costs_one_chain_a_buffer(void)
 	if (!CHECK(ca_pool_read(ca, &pool) == 0, "INFO"))
 		goto out;
 	index = ca_pool_find_kind(&pool, CENALLOC_KIND_SYSTEM);
-	if (!warm(ca, ct, index) ||
-	    !CHECK(stock_reaches(index, 4 * BURST), "allocator %d: stock %lld",
-		   index, stock(index, 4)) ||
-	    !CHECK(ca_param_read("hold_ms", saved, sizeof(saved)) == 0,
+	/*
+	 * A stock that BURST takes leave above half (of a target of at least
+	 * 4 * BURST): no refill comes meanwhile.
+	 */
+	if (!warm(ca, ct, index))
+		goto out;
+	target = target_4k(index);
+	have = stock(index, 4);
+	if (!CHECK(target >= 4 * BURST, "allocator %d: target %lld", index,
+		   target))
+		goto out;
+	/* Too close to half: down to half (a refill), then full. */
+	if (have - BURST <= target / 2 &&
+	    ((have > target / 2 && !cycles_4k(ca, ct, have - target / 2)) ||
+	     !CHECK(stock_reaches(index, target),
+		    "allocator %d: stock %lld of %lld", index, stock(index, 4),
+		    target)))
+		goto out;
+	if (!CHECK(ca_param_read("hold_ms", saved, sizeof(saved)) == 0,
 		   "read hold_ms") ||
 	    !CHECK(ca_param_write("hold_ms", "1000") == 0, "write hold_ms"))
 		goto out;
