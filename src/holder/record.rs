@@ -32,6 +32,17 @@
 //!   the virtio features and every ring's enable (a fresh back-end is in
 //!   the state these leave, so they are not kept themselves).
 //!
+//! A SET_VRING_ENABLE is kept only while the kept SET_FEATURES acks
+//! VHOST_USER_F_PROTOCOL_FEATURES. Without it the back-end refuses the
+//! message and nothing changes, but a fresh back-end refuses it more
+//! harshly: vhost 0.18's handler keeps the virtio features it last saw
+//! across a RESET_DEVICE and checks them first, while vhost-user-backend
+//! forgets them there. So live, a SET_VRING_ENABLE between a RESET_DEVICE
+//! and the next SET_FEATURES (QEMU sends them when a device stops) is
+//! refused quietly; replayed into a new serving process, whose handler has
+//! no features at all, it ended the session (seen: the serving process
+//! killed while a guest's driver reset its device).
+//!
 //! Not kept: queries (GET_*, except GET_FEATURES: vhost's handler decides
 //! REPLY_ACK from what it last reported), replies, one-shot messages
 //! (SEND_RARP, IOTLB_MSG, migration's SET_DEVICE_STATE_FD and POSTCOPY_*),
@@ -50,6 +61,9 @@
 
 use super::frame::{Frame, FLAG_REPLY};
 use super::request::*;
+
+/// VHOST_USER_F_PROTOCOL_FEATURES, in SET_FEATURES.
+const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 
 /// Most messages one record keeps.
 pub const MAX_ENTRIES: usize = 640;
@@ -202,6 +216,9 @@ impl Record {
         if frame.flags & FLAG_REPLY != 0 {
             return Ok(());
         }
+        if frame.request == SET_VRING_ENABLE && !self.protocol_features_acked() {
+            return Ok(());
+        }
         match effect(&frame) {
             Effect::Ignore => {}
             Effect::Clear(matching) => self.remove(|key| matching(key)),
@@ -249,6 +266,15 @@ impl Record {
             }
         }
         Ok(())
+    }
+
+    /// Whether the kept SET_FEATURES acks VHOST_USER_F_PROTOCOL_FEATURES.
+    fn protocol_features_acked(&self) -> bool {
+        self.entries.iter().any(|entry| {
+            entry.key == Key::Features
+                && payload_u64(&entry.frame.payload, 0)
+                    .is_some_and(|features| features & PROTOCOL_FEATURES_BIT != 0)
+        })
     }
 
     /// Drops (and closes the fds of) every entry whose key matches.
@@ -351,7 +377,9 @@ mod tests {
         let mut record = Record::new();
         record.keep(msg(SET_OWNER, Vec::new(), 0)).unwrap();
         record.keep(msg(GET_FEATURES, Vec::new(), 0)).unwrap();
-        record.keep(msg(SET_FEATURES, u64s(&[1 << 32]), 0)).unwrap();
+        record
+            .keep(msg(SET_FEATURES, u64s(&[1 << 32 | 1 << 30]), 0))
+            .unwrap();
         record
             .keep(msg(SET_PROTOCOL_FEATURES, u64s(&[1 << 9]), 0))
             .unwrap();
@@ -537,6 +565,36 @@ mod tests {
             .iter()
             .any(|(r, _)| matches!(*r, SET_OWNER | SET_PROTOCOL_FEATURES)));
         assert!(replayed.iter().any(|(r, _)| *r == SET_MEM_TABLE));
+    }
+
+    #[test]
+    fn a_ring_enable_the_back_end_refused_after_a_reset_is_not_replayed() {
+        let mut record = session();
+        record.keep(msg(RESET_DEVICE, Vec::new(), 0)).unwrap();
+        // QEMU stopping the device: rings disabled after the reset, which
+        // a back-end without acked features refuses (quietly, live).
+        for index in 0..2 {
+            record
+                .keep(msg(SET_VRING_ENABLE, state(index, 0), 0))
+                .unwrap();
+        }
+        assert!(!replay(&record).iter().any(|(r, _)| *r == SET_VRING_ENABLE));
+        // Without VHOST_USER_F_PROTOCOL_FEATURES acked, still refused.
+        record.keep(msg(SET_FEATURES, u64s(&[1 << 32]), 0)).unwrap();
+        start_ring(&mut record, 0, 0);
+        assert!(!replay(&record).iter().any(|(r, _)| *r == SET_VRING_ENABLE));
+        // The device started again: kept.
+        record
+            .keep(msg(SET_FEATURES, u64s(&[1 << 32 | 1 << 30]), 0))
+            .unwrap();
+        start_ring(&mut record, 0, 0);
+        assert_eq!(
+            replay(&record)
+                .iter()
+                .filter(|(r, _)| *r == SET_VRING_ENABLE)
+                .count(),
+            1
+        );
     }
 
     #[test]
