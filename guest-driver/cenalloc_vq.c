@@ -759,17 +759,9 @@ void cenalloc_req_post_own(struct cenalloc_dev *cdev, struct cenalloc_req *req,
 
 /*
  * Post the requests of @reqs (NULL entries skipped) in order, each merged
- * into the one before when the device's max_batch allows.
- */
-void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n)
-{
-	cenalloc_req_post_seq_own(NULL, reqs, n, NULL);
-}
-
-/*
- * cenalloc_req_post_seq() behind the held request *@owner only
- * (cenalloc_req_post_own()), or behind every held request when @owner is
- * NULL.
+ * into the one before when the device's max_batch allows, behind the held
+ * request *@owner only (cenalloc_req_post_own()), or behind every held
+ * request when @owner is NULL.
  */
 void cenalloc_req_post_seq_own(struct cenalloc_dev *cdev,
 			       struct cenalloc_req **reqs, unsigned int n,

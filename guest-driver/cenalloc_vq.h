@@ -72,7 +72,6 @@ int cenalloc_req_submit_timeout(struct cenalloc_req *req, unsigned long timeout)
 int cenalloc_req_submit_unkillable(struct cenalloc_req *req);
 int cenalloc_req_submit_background(struct cenalloc_req *req);
 void cenalloc_req_post(struct cenalloc_req *req);
-void cenalloc_req_post_seq(struct cenalloc_req **reqs, unsigned int n);
 void cenalloc_req_post_own(struct cenalloc_dev *cdev, struct cenalloc_req *req,
 			   struct cenalloc_req **owner);
 void cenalloc_req_post_seq_own(struct cenalloc_dev *cdev,
